@@ -1,0 +1,241 @@
+//! Compute backends: where deployed functions actually run.
+//!
+//! [`ComputeBackend`] is the contract every backend meets: deploy and undeploy,
+//! a call with positional and keyword args, an ordered map over a stream of
+//! inputs, and spawn / wait / cancel for calls that outlive the request. Values
+//! in and out are JSON. [`LocalBackend`] runs functions in warm local `python3`
+//! containers; a Modal backend drives Modal's SDK behind the same trait.
+
+mod local;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures_util::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::spec::{FunctionSpec, SpecError};
+use crate::task::TaskError;
+
+pub use local::{LocalBackend, LocalConfig};
+
+/// A backend's own id for a spawned call.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CallId(pub String);
+
+impl std::fmt::Display for CallId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a backend operation failed (as opposed to the function failing, which
+/// is a [`TaskError`] inside a successful outcome).
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The code was refused at deploy: syntax error, missing function, or an
+    /// exception while loading.
+    #[error(transparent)]
+    Code(#[from] SpecError),
+    /// The function is not deployed on this backend.
+    #[error("function `{0}` is not deployed")]
+    UnknownFunction(String),
+    /// No spawned call has this id (or its result was already taken).
+    #[error("no call with id `{0}`")]
+    UnknownCall(CallId),
+    /// A container could not be started.
+    #[error("could not start a container for `{function}`: {reason}")]
+    ContainerStart {
+        /// The function.
+        function: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The backend was shut down.
+    #[error("the compute backend is shut down")]
+    Closed,
+    /// An I/O failure talking to the backend.
+    #[error("backend I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A function to deploy, with what the runtime resolved for it.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    /// The validated spec.
+    pub spec: FunctionSpec,
+    /// Environment variables from the spec's secrets. Never logged.
+    pub secret_env: BTreeMap<String, String>,
+    /// Host directories of the spec's volumes, by mount path.
+    pub volume_dirs: BTreeMap<String, PathBuf>,
+}
+
+/// What a backend can run, for capacity planning and `GET /resources`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Capacity {
+    /// `local` or `modal`.
+    pub backend: String,
+    /// CPU cores available to containers.
+    pub cpus: f64,
+    /// Memory available to containers, in MiB.
+    pub memory_mib: u64,
+    /// GPUs available (model names).
+    pub gpus: Vec<String>,
+    /// Containers one function may run at once by default.
+    pub default_pool_size: usize,
+}
+
+/// The outcome of one call: its result or error, and how many attempts it took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallOutcome {
+    /// The function's return value, or why it failed.
+    pub result: Result<Value, TaskError>,
+    /// Attempts made, retries included.
+    pub attempts: u32,
+}
+
+/// One map input's outcome, emitted in input order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MapItem {
+    /// The input's position, from 0.
+    pub index: u64,
+    /// Its result or error.
+    pub result: Result<Value, TaskError>,
+    /// Attempts made for this input.
+    pub attempts: u32,
+}
+
+/// Which stream a log chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStream {
+    /// The function's stdout.
+    Stdout,
+    /// The function's stderr.
+    Stderr,
+}
+
+/// Where a backend sends a task's captured output.
+#[derive(Debug, Clone)]
+pub struct LogSink(Option<mpsc::UnboundedSender<(LogStream, String)>>);
+
+impl LogSink {
+    /// A sink that discards everything.
+    pub fn discard() -> LogSink {
+        LogSink(None)
+    }
+
+    /// A sink and the receiver of what is written to it.
+    pub fn channel() -> (LogSink, mpsc::UnboundedReceiver<(LogStream, String)>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (LogSink(Some(tx)), rx)
+    }
+
+    /// Writes a chunk.
+    pub fn write(&self, stream: LogStream, text: String) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send((stream, text));
+        }
+    }
+}
+
+/// Live counters of a running map, read for its progress.
+#[derive(Debug, Default)]
+pub struct MapMeter {
+    /// Inputs taken from the input stream so far.
+    pub submitted: AtomicU64,
+    /// Inputs currently in a container.
+    pub running: AtomicU64,
+}
+
+impl MapMeter {
+    /// `(submitted, running)` now.
+    pub fn read(&self) -> (u64, u64) {
+        (
+            self.submitted.load(Ordering::Relaxed),
+            self.running.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Per-task context a backend gets with a call or map.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    /// Fires when the task is cancelled; the backend stops and kills its work.
+    pub cancel: CancellationToken,
+    /// Where captured stdout/stderr goes.
+    pub logs: LogSink,
+    /// A map's live counters.
+    pub meter: Arc<MapMeter>,
+}
+
+impl Default for CallContext {
+    fn default() -> Self {
+        CallContext {
+            cancel: CancellationToken::new(),
+            logs: LogSink::discard(),
+            meter: Arc::default(),
+        }
+    }
+}
+
+/// A compute backend. Implementations must be cheap to share (`Arc`).
+#[async_trait]
+pub trait ComputeBackend: Send + Sync + 'static {
+    /// The backend's short name (`local`, `modal`).
+    fn name(&self) -> &'static str;
+
+    /// What this backend can run.
+    fn capacity(&self) -> Capacity;
+
+    /// Deploys (or redeploys) a function. Code errors come back as
+    /// [`BackendError::Code`].
+    async fn deploy(&self, deployment: Deployment) -> Result<(), BackendError>;
+
+    /// Removes a function; in-flight work on it is stopped.
+    async fn undeploy(&self, function: &str) -> Result<(), BackendError>;
+
+    /// Calls the function once with `args` and `kwargs`, retrying per its policy.
+    async fn call(
+        &self,
+        function: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        ctx: CallContext,
+    ) -> Result<CallOutcome, BackendError>;
+
+    /// Maps the function over `inputs`, one argument each. The returned stream
+    /// yields every input's outcome exactly once, in input order, holding only
+    /// a bounded window of inputs and results in memory. Dropping the stream,
+    /// or cancelling `ctx.cancel`, stops the map.
+    async fn map(
+        &self,
+        function: &str,
+        inputs: BoxStream<'static, Value>,
+        ctx: CallContext,
+    ) -> Result<BoxStream<'static, MapItem>, BackendError>;
+
+    /// Starts a call in the background and returns its id at once.
+    async fn spawn(
+        &self,
+        function: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        ctx: CallContext,
+    ) -> Result<CallId, BackendError>;
+
+    /// Waits for a spawned call and takes its outcome.
+    async fn wait(&self, call: &CallId) -> Result<CallOutcome, BackendError>;
+
+    /// Cancels a spawned call; its outcome becomes a `Cancelled` error.
+    async fn cancel(&self, call: &CallId) -> Result<(), BackendError>;
+
+    /// Stops everything and releases every container; nothing is left running.
+    async fn shutdown(&self);
+}

@@ -1,0 +1,415 @@
+//! The local backend: warm `python3` containers on this machine.
+//!
+//! Each deployed function gets a [pool](pool) of containers, each a `python3`
+//! process running the harness shipped in this crate, which loads the code once
+//! and then serves calls and map batches over framed JSON on its stdin/stdout.
+//! Containers run in their own process group with a clean environment (only
+//! `PATH`, `HOME`, `LANG`, the function's secrets and `MODAL_AGENTS_*`), in a
+//! work directory of their own, and die with the runtime.
+//!
+//! Volumes: until the sandbox binds them at their mount paths, a function finds
+//! each volume's directory through the `MODAL_AGENTS_VOLUMES` environment
+//! variable, a JSON object from mount path to host directory:
+//! `json.loads(os.environ["MODAL_AGENTS_VOLUMES"])["/data"]`.
+
+mod container;
+mod map;
+mod pool;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use futures_util::stream::BoxStream;
+use serde_json::{json, Map, Value};
+use tokio::sync::{Mutex as AsyncMutex, OnceCell};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::container::{frame, ContainerConfig, LiveSet, StartError};
+use self::pool::{cancelled_error, decode_call_reply, Pool};
+use super::{
+    BackendError, CallContext, CallId, CallOutcome, Capacity, ComputeBackend, Deployment,
+    LogStream, MapItem,
+};
+use crate::task::TaskError;
+
+pub(crate) use self::container::CONTAINER_MARKER;
+
+/// Settings of the local backend.
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// The Python interpreter (default: `python3` from `PATH`, resolved once to
+    /// the real executable so shims such as pyenv's cost nothing per container).
+    pub python: Option<PathBuf>,
+    /// Containers per function unless its spec's `max_concurrency` says
+    /// otherwise (default: the number of cores).
+    pub pool_size: usize,
+    /// Where containers get their working directories (default: a
+    /// `containers` directory under the runtime's data dir).
+    pub work_dir: PathBuf,
+    /// Largest map batch sent to one container (default 4096).
+    pub max_batch: usize,
+    /// How long a map batch should take; batch sizes adapt towards it
+    /// (default 20 ms).
+    pub target_batch: Duration,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        LocalConfig {
+            python: None,
+            pool_size: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            work_dir: std::env::temp_dir().join("modal-agents").join("containers"),
+            max_batch: 4096,
+            target_batch: Duration::from_millis(20),
+        }
+    }
+}
+
+struct SpawnedCall {
+    cancel: CancellationToken,
+    handle: AsyncMutex<Option<JoinHandle<CallOutcome>>>,
+}
+
+/// Runs functions in warm local `python3` containers. See the [module docs](self).
+pub struct LocalBackend {
+    config: LocalConfig,
+    runtime_tag: String,
+    python: OnceCell<PathBuf>,
+    functions: DashMap<String, Arc<Pool>>,
+    calls: DashMap<CallId, Arc<SpawnedCall>>,
+    live: Arc<LiveSet>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for LocalBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBackend")
+            .field("config", &self.config)
+            .field("functions", &self.functions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalBackend {
+    /// A backend with the given settings. Containers start on first deploy.
+    pub fn new(config: LocalConfig) -> LocalBackend {
+        LocalBackend {
+            config,
+            runtime_tag: uuid::Uuid::new_v4().simple().to_string(),
+            python: OnceCell::new(),
+            functions: DashMap::new(),
+            calls: DashMap::new(),
+            live: Arc::default(),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// A tag in every container's command line (`modal-agents-container <tag>
+    /// <function>`), unique to this backend, for finding its processes.
+    pub fn instance_tag(&self) -> &str {
+        &self.runtime_tag
+    }
+
+    /// Process ids of the containers alive now.
+    pub fn container_pids(&self) -> Vec<u32> {
+        self.live.pids()
+    }
+
+    async fn python(&self) -> Result<&PathBuf, BackendError> {
+        self.python
+            .get_or_try_init(|| resolve_python(self.config.python.clone()))
+            .await
+    }
+
+    fn pool(&self, function: &str) -> Result<Arc<Pool>, BackendError> {
+        if self.shutdown.is_cancelled() {
+            return Err(BackendError::Closed);
+        }
+        self.functions
+            .get(function)
+            .map(|p| p.clone())
+            .ok_or_else(|| BackendError::UnknownFunction(function.to_owned()))
+    }
+
+    fn container_env(&self, d: &Deployment) -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        for key in ["PATH", "HOME", "LANG", "TZ"] {
+            if let Ok(v) = std::env::var(key) {
+                env.push((key.to_owned(), v));
+            }
+        }
+        if !env.iter().any(|(k, _)| k == "LANG") {
+            env.push(("LANG".into(), "C.UTF-8".into()));
+        }
+        env.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
+        env.push(("PYTHONUNBUFFERED".into(), "1".into()));
+        env.push(("MODAL_AGENTS_FUNCTION".into(), d.spec.name.clone()));
+        let volumes: BTreeMap<&String, String> = d
+            .volume_dirs
+            .iter()
+            .map(|(mount, dir)| (mount, dir.display().to_string()))
+            .collect();
+        env.push((
+            "MODAL_AGENTS_VOLUMES".into(),
+            serde_json::to_string(&volumes).expect("string map serializes"),
+        ));
+        env.extend(d.secret_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
+    }
+}
+
+async fn resolve_python(configured: Option<PathBuf>) -> Result<PathBuf, BackendError> {
+    let candidate = configured.unwrap_or_else(|| PathBuf::from("python3"));
+    let out = tokio::process::Command::new(&candidate)
+        .args(["-c", "import sys; print(sys.executable)"])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| BackendError::ContainerStart {
+            function: String::new(),
+            reason: format!("cannot run {}: {e}", candidate.display()),
+        })?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if !out.status.success() || path.is_empty() {
+        return Err(BackendError::ContainerStart {
+            function: String::new(),
+            reason: format!(
+                "{} did not report its executable: {}",
+                candidate.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(PathBuf::from(path))
+}
+
+async fn call_with_retries(pool: Arc<Pool>, frame: Vec<u8>, ctx: CallContext) -> CallOutcome {
+    let policy = pool.spec.retries.clone();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let result = call_once(&pool, &frame, &ctx).await;
+        match result {
+            Err(e) if e.kind != "Cancelled" && attempts <= policy.max_retries => {
+                tracing::debug!(function = %pool.spec.name, attempts, error = %e, "retrying call");
+                tokio::select! {
+                    () = tokio::time::sleep(policy.delay(attempts)) => {}
+                    () = ctx.cancel.cancelled() => {
+                        return CallOutcome { result: Err(cancelled_error()), attempts };
+                    }
+                }
+            }
+            result => return CallOutcome { result, attempts },
+        }
+    }
+}
+
+async fn call_once(pool: &Arc<Pool>, frame: &[u8], ctx: &CallContext) -> Result<Value, TaskError> {
+    let mut lease = pool.acquire(&ctx.cancel).await?;
+    ctx.meter.running.store(1, std::sync::atomic::Ordering::Relaxed);
+    let reply = tokio::select! {
+        reply = lease.request(frame, pool.timeout()) => reply,
+        () = ctx.cancel.cancelled() => Err(cancelled_error()),
+    };
+    ctx.meter.running.store(0, std::sync::atomic::Ordering::Relaxed);
+    drop(lease);
+    let (result, stdout, stderr) = decode_call_reply(&reply?);
+    if let Some(text) = stdout {
+        ctx.logs.write(LogStream::Stdout, text);
+    }
+    if let Some(text) = stderr {
+        ctx.logs.write(LogStream::Stderr, text);
+    }
+    result
+}
+
+#[async_trait]
+impl ComputeBackend for LocalBackend {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn capacity(&self) -> Capacity {
+        Capacity {
+            backend: "local".into(),
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
+            memory_mib: total_memory_mib(),
+            gpus: Vec::new(),
+            default_pool_size: self.config.pool_size,
+        }
+    }
+
+    async fn deploy(&self, d: Deployment) -> Result<(), BackendError> {
+        if self.shutdown.is_cancelled() {
+            return Err(BackendError::Closed);
+        }
+        let python = self.python().await?.clone();
+        let spec = d.spec.clone();
+        let cwd = self.config.work_dir.join(&spec.name);
+        tokio::fs::create_dir_all(&cwd).await?;
+        let cfg = ContainerConfig {
+            python,
+            function: spec.name.clone(),
+            runtime_tag: self.runtime_tag.clone(),
+            env: self.container_env(&d),
+            cwd,
+            load_frame: frame(&json!({
+                "op": "load",
+                "code": spec.code,
+                "entrypoint": spec.python_entrypoint(),
+                "filename": format!("{}.py", spec.name),
+            })),
+        };
+        let size = spec
+            .max_concurrency
+            .map_or(self.config.pool_size, |n| n as usize)
+            .max(1);
+        let pool = Arc::new(Pool::new(spec.clone(), cfg, size, self.live.clone()));
+        pool.warm_up().await.map_err(|e| match e {
+            StartError::Code(e) => BackendError::Code(e),
+            StartError::Failed(reason) => BackendError::ContainerStart {
+                function: spec.name.clone(),
+                reason,
+            },
+        })?;
+        if let Some(old) = self.functions.insert(spec.name.clone(), pool) {
+            old.close();
+        }
+        tracing::info!(function = %spec.name, pool_size = size, "deployed on the local backend");
+        Ok(())
+    }
+
+    async fn undeploy(&self, function: &str) -> Result<(), BackendError> {
+        let (_, pool) = self
+            .functions
+            .remove(function)
+            .ok_or_else(|| BackendError::UnknownFunction(function.to_owned()))?;
+        pool.close();
+        Ok(())
+    }
+
+    async fn call(
+        &self,
+        function: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        ctx: CallContext,
+    ) -> Result<CallOutcome, BackendError> {
+        let pool = self.pool(function)?;
+        let frame = frame(&json!({"op": "call", "args": args, "kwargs": kwargs}));
+        Ok(call_with_retries(pool, frame, ctx).await)
+    }
+
+    async fn map(
+        &self,
+        function: &str,
+        inputs: BoxStream<'static, Value>,
+        ctx: CallContext,
+    ) -> Result<BoxStream<'static, MapItem>, BackendError> {
+        let pool = self.pool(function)?;
+        let tuning = map::Tuning {
+            max_batch: self.config.max_batch.max(1),
+            target_batch: self.config.target_batch,
+        };
+        Ok(map::start(
+            pool,
+            inputs,
+            ctx,
+            tuning,
+            &self.tasks,
+            self.shutdown.clone(),
+        ))
+    }
+
+    async fn spawn(
+        &self,
+        function: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        mut ctx: CallContext,
+    ) -> Result<CallId, BackendError> {
+        let pool = self.pool(function)?;
+        let frame = frame(&json!({"op": "call", "args": args, "kwargs": kwargs}));
+        let id = CallId(format!("lc-{}", uuid::Uuid::new_v4().simple()));
+        ctx.cancel = ctx.cancel.child_token();
+        let cancel = ctx.cancel.clone();
+        let handle = self.tasks.spawn(call_with_retries(pool, frame, ctx));
+        self.calls.insert(
+            id.clone(),
+            Arc::new(SpawnedCall {
+                cancel,
+                handle: AsyncMutex::new(Some(handle)),
+            }),
+        );
+        Ok(id)
+    }
+
+    async fn wait(&self, call: &CallId) -> Result<CallOutcome, BackendError> {
+        let spawned = self
+            .calls
+            .get(call)
+            .map(|c| c.clone())
+            .ok_or_else(|| BackendError::UnknownCall(call.clone()))?;
+        let handle = spawned
+            .handle
+            .lock()
+            .await
+            .take()
+            .ok_or_else(|| BackendError::UnknownCall(call.clone()))?;
+        let outcome = handle.await.unwrap_or_else(|e| CallOutcome {
+            result: Err(TaskError::new("InternalError", format!("call task failed: {e}"))),
+            attempts: 1,
+        });
+        self.calls.remove(call);
+        Ok(outcome)
+    }
+
+    async fn cancel(&self, call: &CallId) -> Result<(), BackendError> {
+        let spawned = self
+            .calls
+            .get(call)
+            .map(|c| c.clone())
+            .ok_or_else(|| BackendError::UnknownCall(call.clone()))?;
+        spawned.cancel.cancel();
+        Ok(())
+    }
+
+    async fn shutdown(&self) {
+        self.shutdown.cancel();
+        for entry in self.calls.iter() {
+            entry.cancel.cancel();
+        }
+        for entry in self.functions.iter() {
+            entry.close();
+        }
+        self.functions.clear();
+        self.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(10), self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("local backend tasks still running at shutdown");
+        }
+        self.live.kill_all_and_wait(Duration::from_secs(10)).await;
+    }
+}
+
+fn total_memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
+}

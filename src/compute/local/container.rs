@@ -1,0 +1,362 @@
+//! One warm `python3` process running the harness for one function.
+
+use std::collections::{HashSet, VecDeque};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::Notify;
+
+use crate::spec::SpecError;
+
+/// The harness source, shipped inside the crate.
+const HARNESS: &str = include_str!("harness.py");
+
+/// First argument of every container, so they can be found in `/proc`.
+pub(crate) const CONTAINER_MARKER: &str = "modal-agents-container";
+
+/// Lines of a container's stderr kept to explain a crash.
+const STDERR_TAIL: usize = 20;
+
+/// Largest reply frame accepted from a container (1 GiB).
+const MAX_FRAME: usize = 1 << 30;
+
+/// How to start the containers of one function.
+#[derive(Debug)]
+pub(crate) struct ContainerConfig {
+    pub(crate) python: PathBuf,
+    pub(crate) function: String,
+    pub(crate) runtime_tag: String,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) cwd: PathBuf,
+    /// The framed `load` message.
+    pub(crate) load_frame: Vec<u8>,
+}
+
+/// Pids of live containers, so shutdown can wait until every one is reaped.
+#[derive(Debug, Default)]
+pub(crate) struct LiveSet {
+    pids: Mutex<HashSet<u32>>,
+    changed: Notify,
+}
+
+impl LiveSet {
+    fn insert(&self, pid: u32) {
+        self.pids.lock().expect("live set poisoned").insert(pid);
+    }
+
+    fn remove(&self, pid: u32) {
+        self.pids.lock().expect("live set poisoned").remove(&pid);
+        self.changed.notify_waiters();
+    }
+
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.pids.lock().expect("live set poisoned").iter().copied().collect()
+    }
+
+    /// Kills every live container's process group and waits until all are reaped.
+    pub(crate) async fn kill_all_and_wait(&self, deadline: Duration) {
+        let give_up = tokio::time::Instant::now() + deadline;
+        loop {
+            let notified = self.changed.notified();
+            let pids = self.pids();
+            if pids.is_empty() {
+                return;
+            }
+            for pid in pids {
+                kill_group(pid);
+            }
+            if tokio::time::timeout_at(give_up, notified).await.is_err() {
+                tracing::warn!(left = ?self.pids(), "containers not reaped before the deadline");
+                return;
+            }
+        }
+    }
+}
+
+fn kill_group(pid: u32) {
+    // SAFETY: kill(2) with a negative pid signals the process group the
+    // container leads (it was started with process_group(0)).
+    unsafe {
+        libc::kill(-(pid as i32), libc::SIGKILL);
+    }
+}
+
+/// Why a container could not serve a request.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The process died (or closed its pipes) before answering.
+    Died(String),
+    /// It did not answer within the deadline and was killed.
+    TimedOut,
+}
+
+/// Why a container could not be started.
+#[derive(Debug)]
+pub(crate) enum StartError {
+    /// The function's code was refused.
+    Code(SpecError),
+    /// The process could not be started or died while loading.
+    Failed(String),
+}
+
+#[derive(Deserialize)]
+struct LoadError {
+    #[serde(rename = "type")]
+    kind: String,
+    message: String,
+    #[serde(default)]
+    line: u32,
+    #[serde(default)]
+    column: u32,
+    #[serde(default)]
+    defined: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LoadReply {
+    Ready {
+        #[allow(dead_code)]
+        ready: u32,
+    },
+    Error {
+        load_error: LoadError,
+    },
+}
+
+/// A running container. Dropping it kills its process group.
+#[derive(Debug)]
+pub(crate) struct Container {
+    child: Option<Child>,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    pid: u32,
+    /// Set while a request is outstanding; a container dropped in that state
+    /// has an unknown protocol state and is never reused.
+    pub(crate) busy: bool,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    live: Arc<LiveSet>,
+}
+
+impl Container {
+    /// Starts a container and loads the function's code into it.
+    pub(crate) async fn start(
+        cfg: &ContainerConfig,
+        live: &Arc<LiveSet>,
+    ) -> Result<Container, StartError> {
+        let mut cmd = Command::new(&cfg.python);
+        cmd.arg("-c")
+            .arg(HARNESS)
+            .arg(CONTAINER_MARKER)
+            .arg(&cfg.runtime_tag)
+            .arg(&cfg.function)
+            .env_clear()
+            .envs(cfg.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&cfg.cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the
+        // container when the thread that started it exits, so a runtime killed
+        // with SIGKILL leaves no container behind.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| StartError::Failed(format!("{}: {e}", cfg.python.display())))?;
+        let pid = child.id().unwrap_or_default();
+        live.insert(pid);
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = BufReader::with_capacity(1 << 16, child.stdout.take().expect("piped stdout"));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+        tokio::spawn(drain_stderr(
+            stderr,
+            cfg.function.clone(),
+            pid,
+            stderr_tail.clone(),
+        ));
+        let mut container = Container {
+            child: Some(child),
+            stdin,
+            stdout,
+            pid,
+            busy: false,
+            stderr_tail,
+            live: live.clone(),
+        };
+        let reply = container
+            .request(&cfg.load_frame, Duration::from_secs(120))
+            .await
+            .map_err(|f| StartError::Failed(container.explain(f)))?;
+        match serde_json::from_slice::<LoadReply>(&reply) {
+            Ok(LoadReply::Ready { .. }) => Ok(container),
+            Ok(LoadReply::Error { load_error: e }) => Err(StartError::Code(match e.kind.as_str() {
+                "SyntaxError" | "IndentationError" | "TabError" => SpecError::Syntax {
+                    line: e.line,
+                    column: e.column,
+                    message: e.message,
+                },
+                "MissingFunction" => SpecError::MissingFunction {
+                    name: e.message,
+                    defined: e.defined,
+                },
+                _ => SpecError::Load {
+                    kind: e.kind,
+                    message: e.message,
+                },
+            })),
+            Err(e) => Err(StartError::Failed(format!("bad reply from harness: {e}"))),
+        }
+    }
+
+    /// The container's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Sends one framed request and reads the framed reply.
+    pub(crate) async fn request(
+        &mut self,
+        frame: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, Failure> {
+        self.busy = true;
+        let exchange = async {
+            self.stdin.write_all(frame).await?;
+            self.stdin.flush().await?;
+            let len = self.stdout.read_u32().await? as usize;
+            if len > MAX_FRAME {
+                return Err(std::io::Error::other(format!(
+                    "reply of {len} bytes is over the limit"
+                )));
+            }
+            let mut buf = vec![0; len];
+            self.stdout.read_exact(&mut buf).await?;
+            Ok::<_, std::io::Error>(buf)
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(buf)) => {
+                self.busy = false;
+                Ok(buf)
+            }
+            Ok(Err(io)) => Err(Failure::Died(self.exit_description(io).await)),
+            Err(_) => {
+                kill_group(self.pid);
+                Err(Failure::TimedOut)
+            }
+        }
+    }
+
+    /// Explains a failure, with the tail of the container's stderr.
+    pub(crate) fn explain(&self, failure: Failure) -> String {
+        let what = match failure {
+            Failure::Died(how) => how,
+            Failure::TimedOut => "did not answer in time".to_owned(),
+        };
+        let tail = self.stderr_tail();
+        if tail.is_empty() {
+            what
+        } else {
+            format!("{what}; last stderr:\n{tail}")
+        }
+    }
+
+    pub(crate) fn stderr_tail(&self) -> String {
+        let tail = self.stderr_tail.lock().expect("stderr tail poisoned");
+        tail.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    async fn exit_description(&mut self, io: std::io::Error) -> String {
+        let Some(child) = self.child.as_mut() else {
+            return format!("container pipe failed: {io}");
+        };
+        match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
+            Ok(Ok(status)) => describe_exit(status),
+            _ => {
+                kill_group(self.pid);
+                format!("container stopped answering ({io})")
+            }
+        }
+    }
+}
+
+/// A human description of how a process ended.
+fn describe_exit(status: ExitStatus) -> String {
+    if let Some(sig) = status.signal() {
+        let name = match sig {
+            libc::SIGKILL => " (SIGKILL)",
+            libc::SIGSEGV => " (SIGSEGV)",
+            libc::SIGABRT => " (SIGABRT)",
+            libc::SIGTERM => " (SIGTERM)",
+            libc::SIGBUS => " (SIGBUS)",
+            _ => "",
+        };
+        format!("container was killed by signal {sig}{name}")
+    } else {
+        format!(
+            "container exited with code {}",
+            status.code().unwrap_or(-1)
+        )
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        kill_group(self.pid);
+        let live = self.live.clone();
+        let pid = self.pid;
+        if let Some(mut child) = self.child.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn(async move {
+                        let _ = child.wait().await;
+                        live.remove(pid);
+                    });
+                }
+                Err(_) => {
+                    let _ = child.start_kill();
+                    live.remove(pid);
+                }
+            }
+        }
+    }
+}
+
+async fn drain_stderr(
+    stderr: tokio::process::ChildStderr,
+    function: String,
+    pid: u32,
+    tail: Arc<Mutex<VecDeque<String>>>,
+) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::debug!(target: "modal_agents::container", %function, pid, "{line}");
+        let mut tail = tail.lock().expect("stderr tail poisoned");
+        if tail.len() == STDERR_TAIL {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+}
+
+/// Frames a JSON message: 4-byte big-endian length, then the body.
+pub(crate) fn frame(body: &impl serde::Serialize) -> Vec<u8> {
+    let mut out = vec![0; 4];
+    serde_json::to_writer(&mut out, body).expect("JSON values always serialize");
+    let len = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    out
+}

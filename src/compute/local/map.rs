@@ -1,0 +1,346 @@
+//! The local map scheduler: adaptive batches over a function's pool, results
+//! reordered into input order inside a bounded window, per-input retries, and
+//! isolation of the inputs of a batch whose container died.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{BoxStream, FuturesUnordered};
+use futures_util::{FutureExt, StreamExt};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::container::frame;
+use super::pool::Pool;
+use crate::compute::{CallContext, LogSink, LogStream, MapItem};
+use crate::task::TaskError;
+
+/// Batching knobs of the local map.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tuning {
+    /// Largest batch sent to one container.
+    pub(crate) max_batch: usize,
+    /// How long a batch should take; sizes adapt towards it.
+    pub(crate) target_batch: Duration,
+}
+
+struct Slot {
+    index: u64,
+    input: Value,
+    attempts: u32,
+}
+
+enum Outcome {
+    Results(Vec<Result<Value, TaskError>>),
+    /// The container failed (crash, timeout, start failure): not attributable
+    /// to one input unless the batch held just one.
+    Failed(TaskError),
+}
+
+struct BatchDone {
+    slots: Vec<Slot>,
+    outcome: Outcome,
+    elapsed: Duration,
+}
+
+/// Batch size that adapts so each batch takes about `target`.
+struct Adaptive {
+    size: f64,
+    max: f64,
+    target: f64,
+}
+
+impl Adaptive {
+    fn size(&self) -> usize {
+        self.size.clamp(1.0, self.max) as usize
+    }
+
+    fn observe(&mut self, n: usize, elapsed: Duration) {
+        let per_item = elapsed.as_secs_f64() / n.max(1) as f64;
+        let ideal = if per_item > 0.0 {
+            self.target / per_item
+        } else {
+            self.max
+        };
+        self.size = ideal.min(self.size * 4.0).clamp(1.0, self.max);
+    }
+}
+
+/// Starts the map; its outcomes arrive on the returned stream in input order.
+pub(crate) fn start(
+    pool: Arc<Pool>,
+    inputs: BoxStream<'static, Value>,
+    ctx: CallContext,
+    tuning: Tuning,
+    tasks: &tokio_util::task::TaskTracker,
+    shutdown: CancellationToken,
+) -> BoxStream<'static, MapItem> {
+    let (tx, mut rx) = mpsc::channel(1024);
+    let window = (pool.size * tuning.max_batch * 2).max(1024) as u64;
+    let scheduler = Scheduler {
+        timeout: pool.timeout(),
+        pool,
+        shutdown,
+        ctx,
+        batch: Adaptive {
+            size: 1.0,
+            max: tuning.max_batch as f64,
+            target: tuning.target_batch.as_secs_f64(),
+        },
+        window,
+        fresh: VecDeque::new(),
+        isolated: VecDeque::new(),
+        delayed: BTreeMap::new(),
+        done: VecDeque::new(),
+        head: 0,
+        next_index: 0,
+        input_ended: false,
+        running_inputs: 0,
+    };
+    tasks.spawn(scheduler.run(inputs, tx));
+    Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}
+
+struct Scheduler {
+    pool: Arc<Pool>,
+    shutdown: CancellationToken,
+    ctx: CallContext,
+    timeout: Duration,
+    batch: Adaptive,
+    window: u64,
+    /// Inputs taken from the stream, not yet sent.
+    fresh: VecDeque<Slot>,
+    /// Inputs to run one at a time (their batch's container failed).
+    isolated: VecDeque<Slot>,
+    /// Inputs waiting out a retry backoff, by due time.
+    delayed: BTreeMap<(Instant, u64), Slot>,
+    /// Outcomes from `head` on; `None` where the input is not done yet.
+    done: VecDeque<Option<MapItem>>,
+    head: u64,
+    next_index: u64,
+    input_ended: bool,
+    running_inputs: u64,
+}
+
+impl Scheduler {
+    async fn run(mut self, mut inputs: BoxStream<'static, Value>, tx: mpsc::Sender<MapItem>) {
+        let mut running = FuturesUnordered::new();
+        loop {
+            while matches!(self.done.front(), Some(Some(_))) {
+                let item = self.done.pop_front().flatten().expect("checked above");
+                self.head += 1;
+                if tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+            if self.input_ended && self.head == self.next_index {
+                return;
+            }
+            while running.len() < self.pool.size {
+                let free = self.pool.size - running.len();
+                let slots = if let Some(slot) = self.isolated.pop_front() {
+                    vec![slot]
+                } else {
+                    self.pull_ready(&mut inputs, self.batch.size() * free);
+                    if self.fresh.is_empty() {
+                        break;
+                    }
+                    let n = self.batch.size().min(self.fresh.len().div_ceil(free));
+                    self.fresh.drain(..n).collect()
+                };
+                self.running_inputs += slots.len() as u64;
+                running.push(run_batch(
+                    self.pool.clone(),
+                    slots,
+                    self.ctx.clone(),
+                    self.timeout,
+                ));
+            }
+            self.publish_meter();
+            let want_input = !self.input_ended
+                && self.fresh.len() < self.batch.size() * self.pool.size
+                && self.window_open();
+            let next_retry = self.delayed.keys().next().map(|(due, _)| *due);
+            tokio::select! {
+                biased;
+                () = self.ctx.cancel.cancelled() => return,
+                () = self.shutdown.cancelled() => return,
+                () = tx.closed() => return,
+                Some(done) = running.next(), if !running.is_empty() => self.finish(done),
+                () = tokio::time::sleep_until(next_retry.unwrap_or_else(Instant::now)), if next_retry.is_some() => {
+                    self.release_due_retries();
+                }
+                next = inputs.next(), if want_input => self.accept(next),
+            }
+        }
+    }
+
+    fn window_open(&self) -> bool {
+        self.next_index - self.head < self.window
+    }
+
+    fn accept(&mut self, next: Option<Value>) {
+        match next {
+            Some(input) => {
+                self.fresh.push_back(Slot {
+                    index: self.next_index,
+                    input,
+                    attempts: 0,
+                });
+                self.done.push_back(None);
+                self.next_index += 1;
+            }
+            None => self.input_ended = true,
+        }
+    }
+
+    /// Takes inputs the stream has ready now, up to `want` buffered.
+    fn pull_ready(&mut self, inputs: &mut BoxStream<'static, Value>, want: usize) {
+        while !self.input_ended && self.fresh.len() < want && self.window_open() {
+            match inputs.next().now_or_never() {
+                Some(next) => self.accept(next),
+                None => break,
+            }
+        }
+    }
+
+    fn publish_meter(&self) {
+        let meter = &self.ctx.meter;
+        meter.submitted.store(self.next_index, Ordering::Relaxed);
+        meter.running.store(self.running_inputs, Ordering::Relaxed);
+    }
+
+    fn release_due_retries(&mut self) {
+        let now = Instant::now();
+        while let Some(entry) = self.delayed.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            self.isolated.push_back(entry.remove());
+        }
+    }
+
+    fn finish(&mut self, done: BatchDone) {
+        self.running_inputs -= done.slots.len() as u64;
+        match done.outcome {
+            Outcome::Results(results) => {
+                self.batch.observe(done.slots.len(), done.elapsed);
+                for (slot, result) in done.slots.into_iter().zip(results) {
+                    self.settle(slot, result);
+                }
+            }
+            Outcome::Failed(error) if done.slots.len() == 1 => {
+                let slot = done.slots.into_iter().next().expect("one slot");
+                self.settle(slot, Err(error));
+            }
+            Outcome::Failed(error) => {
+                tracing::info!(
+                    function = %self.pool.spec.name,
+                    inputs = done.slots.len(),
+                    error = %error,
+                    "batch failed; rerunning its inputs one at a time"
+                );
+                self.isolated.extend(done.slots);
+            }
+        }
+    }
+
+    /// Records an attempt's outcome: done, or scheduled for a retry.
+    fn settle(&mut self, mut slot: Slot, result: Result<Value, TaskError>) {
+        slot.attempts += 1;
+        let policy = &self.pool.spec.retries;
+        if result.is_err() && slot.attempts <= policy.max_retries {
+            let due = Instant::now() + policy.delay(slot.attempts);
+            self.delayed.insert((due, slot.index), slot);
+            return;
+        }
+        let pos = (slot.index - self.head) as usize;
+        self.done[pos] = Some(MapItem {
+            index: slot.index,
+            result,
+            attempts: slot.attempts,
+        });
+    }
+}
+
+#[derive(Serialize)]
+struct MapRequest<'a> {
+    op: &'static str,
+    #[serde(serialize_with = "serialize_inputs")]
+    inputs: &'a [Slot],
+}
+
+fn serialize_inputs<S: serde::Serializer>(slots: &&[Slot], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(slots.iter().map(|slot| &slot.input))
+}
+
+async fn run_batch(
+    pool: Arc<Pool>,
+    slots: Vec<Slot>,
+    ctx: CallContext,
+    timeout: Duration,
+) -> BatchDone {
+    let started = Instant::now();
+    let request = frame(&MapRequest {
+        op: "map",
+        inputs: &slots,
+    });
+    let outcome = match pool.acquire(&ctx.cancel).await {
+        Err(e) => Outcome::Failed(e),
+        Ok(mut lease) => match lease.request(&request, timeout).await {
+            Err(e) => Outcome::Failed(e),
+            Ok(reply) => decode_reply(&reply, slots.len(), &ctx.logs),
+        },
+    };
+    BatchDone {
+        slots,
+        outcome,
+        elapsed: started.elapsed(),
+    }
+}
+
+fn decode_reply(reply: &[u8], n: usize, logs: &LogSink) -> Outcome {
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        results: Vec<Value>,
+        #[serde(default)]
+        errors: Vec<(usize, TaskError)>,
+        #[serde(default)]
+        stdout: Option<String>,
+        #[serde(default)]
+        stderr: Option<String>,
+    }
+    let reply = match serde_json::from_slice::<Reply>(reply) {
+        Ok(r) if r.results.len() == n => r,
+        Ok(r) => {
+            return Outcome::Failed(TaskError::new(
+                "ProtocolError",
+                format!("container answered {} results for {n} inputs", r.results.len()),
+            ))
+        }
+        Err(e) => {
+            return Outcome::Failed(TaskError::new(
+                "ProtocolError",
+                format!("bad reply from container: {e}"),
+            ))
+        }
+    };
+    if let Some(text) = reply.stdout {
+        logs.write(LogStream::Stdout, text);
+    }
+    if let Some(text) = reply.stderr {
+        logs.write(LogStream::Stderr, text);
+    }
+    let mut results: Vec<Result<Value, TaskError>> = reply.results.into_iter().map(Ok).collect();
+    for (i, e) in reply.errors {
+        if let Some(slot) = results.get_mut(i) {
+            *slot = Err(e);
+        }
+    }
+    Outcome::Results(results)
+}

@@ -1,0 +1,186 @@
+//! A function's pool of warm containers, capped at its concurrency.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::container::{Container, ContainerConfig, Failure, LiveSet, StartError};
+use crate::spec::FunctionSpec;
+use crate::task::TaskError;
+
+/// Warm containers of one deployed function.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    pub(crate) spec: FunctionSpec,
+    cfg: ContainerConfig,
+    idle: Mutex<Vec<Container>>,
+    slots: Arc<Semaphore>,
+    /// Most containers running at once.
+    pub(crate) size: usize,
+    closed: AtomicBool,
+    live: Arc<LiveSet>,
+}
+
+/// A container checked out of a pool; it goes back when the lease drops,
+/// unless it failed or was left mid-request.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    pool: Arc<Pool>,
+    container: Option<Container>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Pool {
+    pub(crate) fn new(
+        spec: FunctionSpec,
+        cfg: ContainerConfig,
+        size: usize,
+        live: Arc<LiveSet>,
+    ) -> Pool {
+        Pool {
+            spec,
+            cfg,
+            idle: Mutex::new(Vec::new()),
+            slots: Arc::new(Semaphore::new(size)),
+            size,
+            closed: AtomicBool::new(false),
+            live,
+        }
+    }
+
+    /// Starts one container now (checking the code) and keeps it warm.
+    pub(crate) async fn warm_up(&self) -> Result<(), StartError> {
+        let container = Container::start(&self.cfg, &self.live).await?;
+        self.idle.lock().expect("pool poisoned").push(container);
+        Ok(())
+    }
+
+    /// Checks out a container, starting one if none is idle. Waits while the
+    /// pool is at its concurrency limit; gives up when `cancel` fires.
+    pub(crate) async fn acquire(
+        self: &Arc<Self>,
+        cancel: &CancellationToken,
+    ) -> Result<Lease, TaskError> {
+        let permit = tokio::select! {
+            p = self.slots.clone().acquire_owned() => p.map_err(|_| closed_error())?,
+            () = cancel.cancelled() => return Err(cancelled_error()),
+        };
+        let idle = self.idle.lock().expect("pool poisoned").pop();
+        let container = match idle {
+            Some(c) => c,
+            None => {
+                let start = Container::start(&self.cfg, &self.live);
+                tokio::select! {
+                    started = start => started.map_err(|e| match e {
+                        StartError::Code(e) => TaskError::new("ContainerStartFailed", e.to_string()),
+                        StartError::Failed(why) => TaskError::new("ContainerStartFailed", why),
+                    })?,
+                    () = cancel.cancelled() => return Err(cancelled_error()),
+                }
+            }
+        };
+        Ok(Lease {
+            pool: self.clone(),
+            container: Some(container),
+            _permit: permit,
+        })
+    }
+
+    /// Stops handing out containers and kills the idle ones; leased ones are
+    /// killed when their leases end.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.slots.close();
+        self.idle.lock().expect("pool poisoned").clear();
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        Duration::from_secs(u64::from(self.spec.timeout_s))
+    }
+}
+
+impl Lease {
+    /// Runs one request on the leased container. On failure the container is
+    /// discarded and the error says why, as a task error.
+    pub(crate) async fn request(
+        &mut self,
+        frame: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, TaskError> {
+        let container = self.container.as_mut().expect("lease holds a container");
+        match container.request(frame, timeout).await {
+            Ok(reply) => Ok(reply),
+            Err(failure) => {
+                let container = self.container.take().expect("lease holds a container");
+                Err(match failure {
+                    Failure::TimedOut => TaskError::new(
+                        "TimeoutError",
+                        format!(
+                            "the function ran past its timeout of {} s; its container was killed",
+                            timeout.as_secs()
+                        ),
+                    ),
+                    died @ Failure::Died(_) => {
+                        let mut e = TaskError::new("ContainerCrashed", "");
+                        e.message = container.explain(died);
+                        e
+                    }
+                })
+            }
+        }
+    }
+
+    /// The pid of the leased container.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.container.as_ref().map(Container::pid)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(c) = self.container.take() {
+            if !c.busy && !self.pool.closed.load(Ordering::SeqCst) {
+                self.pool.idle.lock().expect("pool poisoned").push(c);
+            }
+        }
+    }
+}
+
+pub(crate) fn cancelled_error() -> TaskError {
+    TaskError::new("Cancelled", "the task was cancelled")
+}
+
+fn closed_error() -> TaskError {
+    TaskError::new(
+        "FunctionUndeployed",
+        "the function was undeployed or the runtime shut down",
+    )
+}
+
+/// Decodes a reply to a `call` request.
+pub(crate) fn decode_call_reply(reply: &[u8]) -> (Result<Value, TaskError>, Option<String>, Option<String>) {
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        #[serde(default)]
+        ok: Option<Value>,
+        #[serde(default)]
+        err: Option<TaskError>,
+        #[serde(default)]
+        stdout: Option<String>,
+        #[serde(default)]
+        stderr: Option<String>,
+    }
+    match serde_json::from_slice::<Reply>(reply) {
+        Ok(Reply { err: Some(e), stdout, stderr, .. }) => (Err(e), stdout, stderr),
+        Ok(Reply { ok, stdout, stderr, .. }) => (Ok(ok.unwrap_or(Value::Null)), stdout, stderr),
+        Err(e) => (
+            Err(TaskError::new("ProtocolError", format!("bad reply from container: {e}"))),
+            None,
+            None,
+        ),
+    }
+}

@@ -1,0 +1,252 @@
+//! Task identity, lifecycle and records.
+//!
+//! Lifecycle: `pending -> running -> completed | failed | cancelled`. A map is
+//! one parent task whose [`MapProgress`] counts its inputs and whose results are
+//! read page by page in input order.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// A task's id: a UUID, printed in its hyphenated form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TaskId(Uuid);
+
+impl TaskId {
+    /// A fresh random id.
+    pub fn new() -> TaskId {
+        TaskId(Uuid::new_v4())
+    }
+}
+
+impl Default for TaskId {
+    fn default() -> Self {
+        TaskId::new()
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for TaskId {
+    type Err = uuid::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(TaskId)
+    }
+}
+
+/// Where a task is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    /// Accepted, not started.
+    Pending,
+    /// Running on a backend.
+    Running,
+    /// Finished with a result.
+    Completed,
+    /// Finished with an error (for a map: at least one input failed).
+    Failed,
+    /// Stopped by a cancel request.
+    Cancelled,
+}
+
+impl TaskStatus {
+    /// Whether the task has finished, one way or another.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled
+        )
+    }
+
+    /// The lowercase name, as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "pending",
+            TaskStatus::Running => "running",
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A single call, or a map over many inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    /// One call with args and kwargs.
+    Call,
+    /// A map over inputs, one argument each.
+    Map,
+}
+
+/// What went wrong in a task or one map input: `{type, message, traceback}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct TaskError {
+    /// The Python exception type (`ValueError`), or a runtime kind such as
+    /// `TimeoutError`, `ContainerCrashed`, `ResultNotSerializable`, `Cancelled`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Human-readable message.
+    pub message: String,
+    /// The Python traceback, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceback: Option<String>,
+}
+
+impl TaskError {
+    /// An error without a traceback.
+    pub fn new(kind: impl Into<String>, message: impl Into<String>) -> TaskError {
+        TaskError {
+            kind: kind.into(),
+            message: message.into(),
+            traceback: None,
+        }
+    }
+}
+
+/// Counts of a map's inputs by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapProgress {
+    /// All inputs (known once the input stream has ended, or given up front).
+    pub total: u64,
+    /// Not started.
+    pub pending: u64,
+    /// Sent to a container, not finished.
+    pub running: u64,
+    /// Finished with a result.
+    pub completed: u64,
+    /// Finished with an error.
+    pub failed: u64,
+}
+
+impl MapProgress {
+    /// Inputs that finished, either way.
+    pub fn done(&self) -> u64 {
+        self.completed + self.failed
+    }
+}
+
+/// Everything known about a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// Its id.
+    pub task_id: TaskId,
+    /// The function it runs.
+    pub function_name: String,
+    /// Call or map.
+    pub kind: TaskKind,
+    /// Lifecycle state.
+    pub status: TaskStatus,
+    /// When it was accepted.
+    pub created_at: DateTime<Utc>,
+    /// When it started running.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it finished.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Attempts made (a call's retries count; a map counts 1).
+    pub attempts: u32,
+    /// The result of a completed call. Map results are read with
+    /// [`Runtime::results`](crate::Runtime::results).
+    pub result: Option<Value>,
+    /// Why it failed.
+    pub error: Option<TaskError>,
+    /// A map's progress.
+    pub progress: Option<MapProgress>,
+    /// The backend's own id for the call, when it has one (a Modal FunctionCall id).
+    pub backend_call_id: Option<String>,
+}
+
+impl TaskRecord {
+    pub(crate) fn new(function_name: &str, kind: TaskKind, total: Option<u64>) -> TaskRecord {
+        TaskRecord {
+            task_id: TaskId::new(),
+            function_name: function_name.to_owned(),
+            kind,
+            status: TaskStatus::Pending,
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            attempts: 0,
+            result: None,
+            error: None,
+            progress: (kind == TaskKind::Map).then(|| MapProgress {
+                total: total.unwrap_or(0),
+                pending: total.unwrap_or(0),
+                ..MapProgress::default()
+            }),
+            backend_call_id: None,
+        }
+    }
+}
+
+/// One page of a map's results, in input order. A failed input appears as
+/// `{"error": {type, message, traceback}}` in its slot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultsPage {
+    /// The results, `results[i]` being input `offset + i`.
+    pub results: Vec<Value>,
+    /// Index of the first result.
+    pub offset: u64,
+    /// The page size asked for.
+    pub limit: u64,
+    /// How many inputs the map has (so far, while its input is still streaming).
+    pub total: u64,
+    /// Where the next page starts; `None` at the end of a finished map.
+    pub next_offset: Option<u64>,
+}
+
+/// A task's captured output.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskLogs {
+    /// What the function printed to stdout.
+    pub stdout: String,
+    /// What the function printed to stderr.
+    pub stderr: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip() {
+        let id = TaskId::new();
+        assert_eq!(id.to_string().parse::<TaskId>().unwrap(), id);
+        assert!("nope".parse::<TaskId>().is_err());
+    }
+
+    #[test]
+    fn error_serializes_with_type_field() {
+        let e = TaskError::new("ValueError", "bad");
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            serde_json::json!({"type": "ValueError", "message": "bad"})
+        );
+    }
+
+    #[test]
+    fn terminal_states() {
+        assert!(!TaskStatus::Running.is_terminal());
+        assert!(TaskStatus::Cancelled.is_terminal());
+        assert_eq!(serde_json::to_string(&TaskStatus::Completed).unwrap(), "\"completed\"");
+    }
+}
