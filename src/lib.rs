@@ -1,10 +1,65 @@
-//! modal-agents (wip)
-#![allow(missing_docs)]
+//! # modal-agents
+//!
+//! An actor runtime in which agent programs deploy Python functions from code
+//! strings and run them on warm local Python containers (or on Modal), one call
+//! or a whole parallel map at a time, with every task tracked.
+//!
+//! ## Layout
+//!
+//! - [`runtime`](Runtime): the [`Runtime`] handle and its [`RuntimeBuilder`];
+//!   start, deploy, spawn, call, map, status, wait, results, cancel, shutdown.
+//! - `spec`: [`FunctionSpec`] and its parts ([`Resources`], [`GpuSpec`],
+//!   [`ImageSpec`], [`RetryPolicy`]), validated before any backend sees them.
+//! - `task`: [`TaskId`], [`TaskStatus`], [`TaskRecord`], [`MapProgress`],
+//!   [`TaskError`], [`ResultsPage`].
+//! - `compute`: the [`ComputeBackend`] trait and the [`LocalBackend`] (warm
+//!   `python3` containers running a harness shipped in the crate).
+//! - `secrets`: the [`SecretStore`] functions draw environment variables from.
+//! - `supervisor`: the root supervisor and its [`RestartPolicy`]; `registry`,
+//!   `tracker` and `dispatcher` are its children (actors with handles).
+//!
+//! ## Example
+//!
+//! ```no_run
+//! use modal_agents::{FunctionSpec, Runtime};
+//! use serde_json::json;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let rt = Runtime::builder().data_dir("/tmp/modal-agents-demo").start().await?;
+//! rt.deploy_function(FunctionSpec::new("double", "def double(x):\n    return x * 2\n"))
+//!     .await?;
+//! assert_eq!(rt.call("double", vec![json!(21)], Default::default()).await?, json!(42));
+//! let map = rt.run_parallel("double", (0..100).map(|i| json!(i)).collect()).await?;
+//! rt.wait(map, None).await?;
+//! let page = rt.results(map, 0, 10).await?;
+//! assert_eq!(page.results[3], json!(6));
+//! rt.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
 mod compute;
+mod dispatcher;
+mod registry;
+mod runtime;
+mod secrets;
 mod spec;
+mod supervisor;
 mod task;
-pub use compute::*;
-pub use spec::*;
-pub use task::*;
-/// Secrets placeholder.
-pub struct SecretStore;
+mod tracker;
+
+pub use compute::{
+    BackendError, CallContext, CallId, CallOutcome, Capacity, ComputeBackend, Deployment,
+    LocalBackend, LocalConfig, LogSink, LogStream, MapItem, MapMeter,
+};
+pub use registry::FunctionInfo;
+pub use runtime::{Runtime, RuntimeBuilder, RuntimeError, DEFAULT_DATA_DIR, MAX_RESULTS_PAGE};
+pub use secrets::{SecretError, SecretStore};
+pub use spec::{
+    FunctionSpec, GpuRequest, GpuSpec, GpuType, ImageSpec, Resources, RetryPolicy, SpecError,
+    DEFAULT_TIMEOUT_S, GPU_TYPES,
+};
+pub use supervisor::{ChildError, RestartPolicy, RuntimeChild};
+pub use task::{
+    MapProgress, ResultsPage, TaskError, TaskId, TaskKind, TaskLogs, TaskRecord, TaskStatus,
+};

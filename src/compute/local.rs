@@ -38,8 +38,6 @@ use super::{
 };
 use crate::task::TaskError;
 
-pub(crate) use self::container::CONTAINER_MARKER;
-
 /// Settings of the local backend.
 #[derive(Debug, Clone)]
 pub struct LocalConfig {

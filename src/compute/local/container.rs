@@ -222,11 +222,6 @@ impl Container {
         }
     }
 
-    /// The container's process id.
-    pub(crate) fn pid(&self) -> u32 {
-        self.pid
-    }
-
     /// Sends one framed request and reads the framed reply.
     pub(crate) async fn request(
         &mut self,

@@ -133,11 +133,6 @@ impl Lease {
             }
         }
     }
-
-    /// The pid of the leased container.
-    pub(crate) fn pid(&self) -> Option<u32> {
-        self.container.as_ref().map(Container::pid)
-    }
 }
 
 impl Drop for Lease {

@@ -1,0 +1,372 @@
+//! The dispatcher: turns submitted tasks into backend work and reports their
+//! progress and outcome to the task tracker.
+//!
+//! Each task runs as its own tokio task in a tracked set, not inside the actor,
+//! so a slow map never blocks the dispatcher and a dispatcher restart never
+//! interrupts running work.
+
+mod logs;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker as JobSet;
+
+use crate::compute::{BackendError, CallContext, CallOutcome, ComputeBackend, LogSink, MapItem, MapMeter};
+use crate::supervisor::{ChildError, Slot};
+use crate::task::{MapProgress, TaskError, TaskId, TaskStatus};
+use crate::tracker::{Finished, ResultWriter, TaskTrackerHandle, TaskUpdate};
+
+pub(crate) use logs::read_logs;
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
+/// Work for the dispatcher.
+pub(crate) enum Job {
+    /// One call.
+    Call {
+        task_id: TaskId,
+        function: String,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+    },
+    /// A map over a stream of inputs.
+    Map {
+        task_id: TaskId,
+        function: String,
+        inputs: BoxStream<'static, Value>,
+        total: Option<u64>,
+    },
+}
+
+impl Job {
+    fn task_id(&self) -> TaskId {
+        match self {
+            Job::Call { task_id, .. } | Job::Map { task_id, .. } => *task_id,
+        }
+    }
+}
+
+/// A job handed to the dispatcher; taken at most once even if the message is
+/// sent again after a restart.
+pub(crate) struct JobCell(Mutex<Option<Job>>);
+
+/// What the dispatcher's jobs share; it outlives any one dispatcher actor.
+pub(crate) struct DispatchShared {
+    pub(crate) backend: Arc<dyn ComputeBackend>,
+    pub(crate) tracker: TaskTrackerHandle,
+    pub(crate) cancels: DashMap<TaskId, CancellationToken>,
+    pub(crate) jobs: JobSet,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// The dispatcher actor.
+pub(crate) struct Dispatcher;
+
+/// Messages of the [`Dispatcher`].
+pub(crate) enum DispatcherMsg {
+    /// Starts a job.
+    Submit(Arc<JobCell>, RpcReplyPort<()>),
+    /// Cancels a task; answers whether it was still running.
+    Cancel(TaskId, RpcReplyPort<bool>),
+    /// Panics (fault injection).
+    InjectPanic,
+}
+
+/// Arguments of the [`Dispatcher`].
+#[derive(Clone)]
+pub(crate) struct DispatcherArgs {
+    pub(crate) shared: Arc<DispatchShared>,
+}
+
+/// State of the [`Dispatcher`].
+pub(crate) struct DispatcherState {
+    shared: Arc<DispatchShared>,
+}
+
+impl Actor for Dispatcher {
+    type Msg = DispatcherMsg;
+    type State = DispatcherState;
+    type Arguments = DispatcherArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(DispatcherState {
+            shared: args.shared,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            DispatcherMsg::Submit(cell, reply) => {
+                let job = cell.0.lock().expect("job cell poisoned").take();
+                if let Some(job) = job {
+                    let shared = state.shared.clone();
+                    let cancel = shared.shutdown.child_token();
+                    shared.cancels.insert(job.task_id(), cancel.clone());
+                    state.shared.jobs.spawn(run_job(shared, job, cancel));
+                }
+                let _ = reply.send(());
+            }
+            DispatcherMsg::Cancel(id, reply) => {
+                let found = state.shared.cancels.get(&id).map(|t| t.cancel()).is_some();
+                let _ = reply.send(found);
+            }
+            DispatcherMsg::InjectPanic => panic!("fault injected into the dispatcher"),
+        }
+        Ok(())
+    }
+}
+
+/// A cloneable handle to the [`Dispatcher`].
+#[derive(Clone)]
+pub(crate) struct DispatcherHandle {
+    slot: Slot<DispatcherMsg>,
+}
+
+impl DispatcherHandle {
+    pub(crate) fn new(slot: Slot<DispatcherMsg>) -> Self {
+        DispatcherHandle { slot }
+    }
+
+    pub(crate) async fn submit(&self, job: Job) -> Result<(), ChildError> {
+        let cell = Arc::new(JobCell(Mutex::new(Some(job))));
+        self.slot
+            .call(CALL_TIMEOUT, |reply| DispatcherMsg::Submit(cell.clone(), reply))
+            .await
+    }
+
+    pub(crate) async fn cancel(&self, id: TaskId) -> Result<bool, ChildError> {
+        self.slot
+            .call(CALL_TIMEOUT, |reply| DispatcherMsg::Cancel(id, reply))
+            .await
+    }
+}
+
+async fn run_job(shared: Arc<DispatchShared>, job: Job, cancel: CancellationToken) {
+    let id = job.task_id();
+    let dir = shared.tracker.store().task_dir(id);
+    let (sink, log_rx) = LogSink::channel();
+    let log_writer = tokio::spawn(logs::write_logs(dir, log_rx));
+    let ctx = CallContext {
+        cancel: cancel.clone(),
+        logs: sink,
+        meter: Arc::new(MapMeter::default()),
+    };
+    let finished = match job {
+        Job::Call { function, args, kwargs, .. } => {
+            run_call(&shared, id, &function, args, kwargs, ctx).await
+        }
+        Job::Map { function, inputs, total, .. } => {
+            run_map(&shared, id, &function, inputs, total, ctx).await
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(5), log_writer).await.is_err() {
+        tracing::warn!(task_id = %id, "task logs not flushed in time");
+    }
+    let status = finished.status;
+    if let Err(e) = shared.tracker.finish(id, finished).await {
+        tracing::error!(task_id = %id, error = %e, "could not record the end of a task");
+    }
+    shared.cancels.remove(&id);
+    tracing::debug!(task_id = %id, %status, "task finished");
+}
+
+fn backend_error(e: BackendError) -> TaskError {
+    let kind = match e {
+        BackendError::UnknownFunction(_) => "FunctionNotFound",
+        BackendError::Closed => "RuntimeShutdown",
+        _ => "BackendError",
+    };
+    TaskError::new(kind, e.to_string())
+}
+
+async fn run_call(
+    shared: &DispatchShared,
+    id: TaskId,
+    function: &str,
+    args: Vec<Value>,
+    kwargs: Map<String, Value>,
+    ctx: CallContext,
+) -> Finished {
+    let cancel = ctx.cancel.clone();
+    let backend = &shared.backend;
+    let outcome = match backend.spawn(function, args, kwargs, ctx).await {
+        Err(e) => Err(e),
+        Ok(call) => {
+            let started = TaskUpdate::Started {
+                backend_call_id: Some(call.0.clone()),
+            };
+            if let Err(e) = shared.tracker.update(id, started).await {
+                tracing::warn!(task_id = %id, error = %e, "could not record the start of a task");
+            }
+            tokio::select! {
+                outcome = backend.wait(&call) => outcome,
+                () = cancel.cancelled() => {
+                    if let Err(e) = backend.cancel(&call).await {
+                        tracing::debug!(task_id = %id, error = %e, "cancel of a finished call");
+                    }
+                    backend.wait(&call).await
+                }
+            }
+        }
+    };
+    let (result, attempts) = match outcome {
+        Ok(CallOutcome { result, attempts }) => (result, attempts),
+        Err(e) => (Err(backend_error(e)), 1),
+    };
+    let (status, result, error) = match result {
+        Ok(value) => (TaskStatus::Completed, Some(value), None),
+        Err(_) if cancel.is_cancelled() => (
+            TaskStatus::Cancelled,
+            None,
+            Some(TaskError::new("Cancelled", "the task was cancelled")),
+        ),
+        Err(e) => (TaskStatus::Failed, None, Some(e)),
+    };
+    Finished {
+        status,
+        result,
+        error,
+        attempts,
+        progress: None,
+    }
+}
+
+struct MapCounts {
+    total: Option<u64>,
+    completed: u64,
+    failed: u64,
+}
+
+impl MapCounts {
+    fn progress(&self, meter: &MapMeter, input_done: bool) -> MapProgress {
+        let (submitted, running) = meter.read();
+        let done = self.completed + self.failed;
+        let total = match self.total {
+            Some(t) => t,
+            None if input_done => done,
+            None => submitted.max(done),
+        };
+        let running = running.min(total.saturating_sub(done));
+        MapProgress {
+            total,
+            pending: total.saturating_sub(done + running),
+            running,
+            completed: self.completed,
+            failed: self.failed,
+        }
+    }
+}
+
+async fn run_map(
+    shared: &DispatchShared,
+    id: TaskId,
+    function: &str,
+    inputs: BoxStream<'static, Value>,
+    total: Option<u64>,
+    ctx: CallContext,
+) -> Finished {
+    let cancel = ctx.cancel.clone();
+    let meter = ctx.meter.clone();
+    let tracker = &shared.tracker;
+    let failed = |error: TaskError, progress| Finished {
+        status: TaskStatus::Failed,
+        result: None,
+        error: Some(error),
+        attempts: 1,
+        progress,
+    };
+    let mut writer = match ResultWriter::create(&tracker.store().task_dir(id)).await {
+        Ok(w) => w,
+        Err(e) => return failed(TaskError::new("StorageError", format!("cannot store results: {e}")), None),
+    };
+    let mut items = match shared.backend.map(function, inputs, ctx).await {
+        Ok(items) => items,
+        Err(e) => return failed(backend_error(e), None),
+    };
+    if let Err(e) = tracker.update(id, TaskUpdate::Started { backend_call_id: None }).await {
+        tracing::warn!(task_id = %id, error = %e, "could not record the start of a map");
+    }
+    let mut counts = MapCounts { total, completed: 0, failed: 0 };
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = tick.tick() => {
+                match writer.flush().await {
+                    Ok(n) => tracker.set_available(id, n),
+                    Err(e) => return failed(TaskError::new("StorageError", format!("cannot store results: {e}")), None),
+                }
+                let progress = counts.progress(&meter, false);
+                if let Err(e) = tracker.update(id, TaskUpdate::Progress(progress)).await {
+                    tracing::warn!(task_id = %id, error = %e, "could not record map progress");
+                }
+            }
+            item = items.next() => {
+                let Some(MapItem { result, .. }) = item else { break };
+                let value = match result {
+                    Ok(v) => {
+                        counts.completed += 1;
+                        v
+                    }
+                    Err(e) => {
+                        counts.failed += 1;
+                        json!({ "error": e })
+                    }
+                };
+                if let Err(e) = writer.push(&value).await {
+                    return failed(TaskError::new("StorageError", format!("cannot store results: {e}")), None);
+                }
+            }
+        }
+    }
+    match writer.flush().await {
+        Ok(n) => tracker.set_available(id, n),
+        Err(e) => return failed(TaskError::new("StorageError", format!("cannot store results: {e}")), None),
+    }
+    let cancelled = cancel.is_cancelled();
+    let mut progress = counts.progress(&meter, !cancelled);
+    progress.running = 0;
+    progress.pending = progress.total.saturating_sub(progress.done());
+    let (status, error) = if cancelled {
+        (TaskStatus::Cancelled, Some(TaskError::new("Cancelled", "the map was cancelled")))
+    } else if counts.failed > 0 {
+        (
+            TaskStatus::Failed,
+            Some(TaskError::new(
+                "MapInputsFailed",
+                format!(
+                    "{} of {} inputs failed; their errors are in the results",
+                    counts.failed,
+                    progress.total
+                ),
+            )),
+        )
+    } else {
+        (TaskStatus::Completed, None)
+    };
+    Finished {
+        status,
+        result: None,
+        error,
+        attempts: 1,
+        progress: Some(progress),
+    }
+}

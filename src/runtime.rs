@@ -1,0 +1,406 @@
+//! The runtime: builder, start and shutdown, and the handle agents use.
+
+mod builder;
+mod error;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::stream::{BoxStream, Stream};
+use futures_util::StreamExt;
+use ractor::ActorRef;
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker as JobSet;
+use uuid::Uuid;
+
+use crate::compute::{BackendError, Capacity, ComputeBackend, Deployment};
+use crate::dispatcher::{read_logs, DispatcherHandle, Job};
+use crate::registry::{FunctionInfo, FunctionRegistryHandle};
+use crate::secrets::SecretStore;
+use crate::spec::FunctionSpec;
+use crate::supervisor::{RootSupervisorMsg, RuntimeChild};
+use crate::task::{ResultsPage, TaskId, TaskKind, TaskLogs, TaskRecord, TaskStatus};
+use crate::tracker::{read_page, Finished, TaskTrackerHandle};
+
+pub use builder::{RuntimeBuilder, DEFAULT_DATA_DIR};
+pub use error::RuntimeError;
+
+/// Largest page of map results one read returns.
+pub const MAX_RESULTS_PAGE: u64 = 10_000;
+
+/// How long shutdown waits for running tasks to stop after cancelling them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// A running modal-agents runtime. Cheap to clone; every clone is the same
+/// runtime. See the [crate docs](crate) for an example.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    data_dir: PathBuf,
+    backend: Arc<dyn ComputeBackend>,
+    secrets: SecretStore,
+    registry: FunctionRegistryHandle,
+    tracker: TaskTrackerHandle,
+    dispatcher: DispatcherHandle,
+    root: ActorRef<RootSupervisorMsg>,
+    jobs: JobSet,
+    shutdown: CancellationToken,
+    stopped: AtomicBool,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("data_dir", &self.inner.data_dir)
+            .field("backend", &self.inner.backend.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        self.root.stop(None);
+    }
+}
+
+impl Runtime {
+    /// Starts configuring a runtime.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::default()
+    }
+
+    /// The directory holding the runtime's tasks, volumes and containers.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
+    }
+
+    /// The runtime's secrets.
+    pub fn secrets(&self) -> &SecretStore {
+        &self.inner.secrets
+    }
+
+    /// What the compute backend can run.
+    pub fn capacity(&self) -> Capacity {
+        self.inner.backend.capacity()
+    }
+
+    /// The host directory of volume `name`, as functions that mount it see it.
+    pub fn volume_dir(&self, name: &str) -> PathBuf {
+        self.inner.data_dir.join("volumes").join(name).join("files")
+    }
+
+    fn ensure_running(&self) -> Result<(), RuntimeError> {
+        if self.inner.stopped.load(Ordering::SeqCst) {
+            Err(RuntimeError::ShutDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Validates, deploys and registers a function. Redeploying a name
+    /// replaces the function; its new containers serve calls from then on.
+    pub async fn deploy_function(&self, spec: FunctionSpec) -> Result<FunctionInfo, RuntimeError> {
+        self.ensure_running()?;
+        spec.validate()?;
+        let secret_env = self.inner.secrets.resolve(&spec.secrets)?;
+        let mut volume_dirs = std::collections::BTreeMap::new();
+        for (mount, name) in &spec.volumes {
+            let dir = self.volume_dir(name);
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .map_err(|source| RuntimeError::DataDir { path: dir.clone(), source })?;
+            volume_dirs.insert(mount.clone(), dir);
+        }
+        self.inner
+            .backend
+            .deploy(Deployment {
+                spec: spec.clone(),
+                secret_env,
+                volume_dirs,
+            })
+            .await
+            .map_err(|e| match e {
+                BackendError::Code(e) => RuntimeError::Spec(e),
+                e => RuntimeError::Backend(e),
+            })?;
+        let info = FunctionInfo {
+            function_id: Uuid::new_v4(),
+            function_name: spec.name.clone(),
+            backend: self.inner.backend.name().to_owned(),
+            deployed_at: Utc::now(),
+            spec,
+        };
+        self.inner.registry.register(info.clone()).await?;
+        Ok(info)
+    }
+
+    /// Removes a deployed function and stops its containers.
+    pub async fn undeploy_function(&self, name: &str) -> Result<FunctionInfo, RuntimeError> {
+        self.ensure_running()?;
+        let info = self
+            .inner
+            .registry
+            .remove(name)
+            .await?
+            .ok_or_else(|| RuntimeError::UnknownFunction(name.to_owned()))?;
+        if let Err(e) = self.inner.backend.undeploy(name).await {
+            tracing::warn!(function = name, error = %e, "backend undeploy failed");
+        }
+        Ok(info)
+    }
+
+    /// The deployed functions, by name.
+    pub fn functions(&self) -> Vec<FunctionInfo> {
+        self.inner.registry.list()
+    }
+
+    /// One deployed function.
+    pub fn function(&self, name: &str) -> Option<FunctionInfo> {
+        self.inner.registry.get(name)
+    }
+
+    fn require_function(&self, name: &str) -> Result<(), RuntimeError> {
+        self.ensure_running()?;
+        match self.inner.registry.get(name) {
+            Some(_) => Ok(()),
+            None => Err(RuntimeError::UnknownFunction(name.to_owned())),
+        }
+    }
+
+    async fn submit(&self, record: TaskRecord, job: Job) -> Result<TaskId, RuntimeError> {
+        let id = record.task_id;
+        self.inner.tracker.create(record).await?;
+        if let Err(e) = self.inner.dispatcher.submit(job).await {
+            let finished = Finished {
+                status: TaskStatus::Failed,
+                result: None,
+                error: Some(crate::TaskError::new("DispatchFailed", e.to_string())),
+                attempts: 0,
+                progress: None,
+            };
+            let _ = self.inner.tracker.finish(id, finished).await;
+            return Err(e.into());
+        }
+        Ok(id)
+    }
+
+    /// Starts one call of `function(*args, **kwargs)` and returns its task id.
+    pub async fn spawn(
+        &self,
+        function: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+    ) -> Result<TaskId, RuntimeError> {
+        self.require_function(function)?;
+        let record = TaskRecord::new(function, TaskKind::Call, None);
+        let job = Job::Call {
+            task_id: record.task_id,
+            function: function.to_owned(),
+            args,
+            kwargs,
+        };
+        self.submit(record, job).await
+    }
+
+    /// Calls `function(*args, **kwargs)` and waits for its result.
+    pub async fn call(
+        &self,
+        function: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+    ) -> Result<Value, RuntimeError> {
+        let id = self.spawn(function, args, kwargs).await?;
+        let record = self.wait(id, None).await?;
+        match record.status {
+            TaskStatus::Completed => Ok(record.result.unwrap_or(Value::Null)),
+            TaskStatus::Cancelled => Err(RuntimeError::Cancelled(id)),
+            _ => Err(RuntimeError::TaskFailed {
+                task_id: id,
+                error: record.error.unwrap_or_else(|| crate::TaskError::new("Unknown", "no error recorded")),
+            }),
+        }
+    }
+
+    /// Maps `function` over `inputs` (one argument each) in parallel and
+    /// returns the map's task id. Read results with [`Runtime::results`].
+    pub async fn run_parallel(
+        &self,
+        function: &str,
+        inputs: Vec<Value>,
+    ) -> Result<TaskId, RuntimeError> {
+        let total = inputs.len() as u64;
+        self.run_parallel_stream(function, futures_util::stream::iter(inputs), Some(total))
+            .await
+    }
+
+    /// Maps `function` over a stream of inputs, pulled only as fast as the
+    /// containers consume them, so a map of any size runs in bounded memory.
+    /// `total`, when known, is reported in the progress from the start.
+    pub async fn run_parallel_stream<S>(
+        &self,
+        function: &str,
+        inputs: S,
+        total: Option<u64>,
+    ) -> Result<TaskId, RuntimeError>
+    where
+        S: Stream<Item = Value> + Send + 'static,
+    {
+        self.require_function(function)?;
+        let record = TaskRecord::new(function, TaskKind::Map, total);
+        let inputs: BoxStream<'static, Value> = inputs.boxed();
+        let job = Job::Map {
+            task_id: record.task_id,
+            function: function.to_owned(),
+            inputs,
+            total,
+        };
+        self.submit(record, job).await
+    }
+
+    /// A task's current record.
+    pub fn status(&self, id: TaskId) -> Result<TaskRecord, RuntimeError> {
+        self.inner.tracker.get(id).ok_or(RuntimeError::UnknownTask(id))
+    }
+
+    /// Tasks, newest first, optionally only those in `status`; returns the page
+    /// and how many tasks match in all.
+    pub fn tasks(
+        &self,
+        status: Option<TaskStatus>,
+        offset: usize,
+        limit: usize,
+    ) -> (Vec<TaskRecord>, usize) {
+        self.inner.tracker.list(status, offset, limit)
+    }
+
+    /// Waits until the task is completed, failed or cancelled, at most
+    /// `timeout` (forever when `None`), and returns its record.
+    pub async fn wait(
+        &self,
+        id: TaskId,
+        timeout: Option<Duration>,
+    ) -> Result<TaskRecord, RuntimeError> {
+        let mut rx = self.inner.tracker.watch(id).ok_or(RuntimeError::UnknownTask(id))?;
+        let until_done = async {
+            loop {
+                if rx.borrow_and_update().is_terminal() {
+                    return Ok(());
+                }
+                if rx.changed().await.is_err() {
+                    return Err(RuntimeError::ShutDown);
+                }
+            }
+        };
+        match timeout {
+            None => until_done.await?,
+            Some(t) => tokio::time::timeout(t, until_done)
+                .await
+                .map_err(|_| RuntimeError::WaitTimeout { task_id: id, waited: t })??,
+        }
+        self.status(id)
+    }
+
+    /// One page of a map's results in input order; a failed input appears as
+    /// `{"error": {...}}` in its slot. While the map runs, the page holds what
+    /// is finished so far. `limit` is capped at [`MAX_RESULTS_PAGE`].
+    pub async fn results(
+        &self,
+        id: TaskId,
+        offset: u64,
+        limit: u64,
+    ) -> Result<ResultsPage, RuntimeError> {
+        let record = self.status(id)?;
+        let Some(progress) = record.progress.filter(|_| record.kind == TaskKind::Map) else {
+            return Err(RuntimeError::NotAMap(id));
+        };
+        let limit = limit.min(MAX_RESULTS_PAGE);
+        let available = self.inner.tracker.available(id);
+        let dir = self.inner.tracker.store().task_dir(id);
+        let results = if available > offset && limit > 0 {
+            tokio::task::spawn_blocking(move || read_page(dir, offset, limit, available))
+                .await
+                .map_err(|e| RuntimeError::Storage(std::io::Error::other(e)))?
+                .map_err(RuntimeError::Storage)?
+        } else {
+            Vec::new()
+        };
+        let end = offset + results.len() as u64;
+        let finished_short = record.status.is_terminal() && end >= available;
+        let next_offset = (end < progress.total && !finished_short).then_some(end);
+        Ok(ResultsPage {
+            results,
+            offset,
+            limit,
+            total: progress.total,
+            next_offset,
+        })
+    }
+
+    /// What a task printed.
+    pub async fn logs(&self, id: TaskId) -> Result<TaskLogs, RuntimeError> {
+        self.status(id)?;
+        let dir = self.inner.tracker.store().task_dir(id);
+        read_logs(&dir).await.map_err(RuntimeError::Storage)
+    }
+
+    /// Cancels a task and waits (up to 30 s) until it has stopped; returns its
+    /// final record. Cancelling a finished task changes nothing.
+    pub async fn cancel(&self, id: TaskId) -> Result<TaskRecord, RuntimeError> {
+        let record = self.status(id)?;
+        if record.status.is_terminal() {
+            return Ok(record);
+        }
+        self.inner.dispatcher.cancel(id).await?;
+        match self.wait(id, Some(SHUTDOWN_GRACE)).await {
+            Err(RuntimeError::WaitTimeout { .. }) => self.status(id),
+            other => other,
+        }
+    }
+
+    /// How many times the supervisor has restarted a failed child.
+    pub async fn restarts(&self) -> Result<u64, RuntimeError> {
+        ractor::call_t!(self.inner.root, RootSupervisorMsg::Restarts, 5_000)
+            .map_err(|_| RuntimeError::Unavailable("root supervisor".into()))
+    }
+
+    /// Fault injection for chaos tests: makes a runtime child panic. The
+    /// supervisor restarts it per its [`RestartPolicy`](crate::RestartPolicy).
+    pub fn inject_fault(&self, child: RuntimeChild) {
+        let _ = self.inner.root.cast(RootSupervisorMsg::InjectFault(child));
+    }
+
+    /// Whether the supervision tree is up (false after shutdown, or after a
+    /// child failed more often than the restart policy allows).
+    pub fn is_running(&self) -> bool {
+        !self.inner.stopped.load(Ordering::SeqCst)
+            && self.inner.root.get_status() == ractor::ActorStatus::Running
+    }
+
+    /// Stops gracefully: running tasks are cancelled and recorded as such,
+    /// every container is killed and reaped, and the actors stop. Idempotent.
+    pub async fn shutdown(&self) {
+        if self.inner.stopped.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tracing::info!("runtime shutting down");
+        self.inner.shutdown.cancel();
+        self.inner.jobs.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.inner.jobs.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("tasks still running after the shutdown grace period");
+        }
+        self.inner.backend.shutdown().await;
+        let _ = self.inner.root.stop_and_wait(None, Some(Duration::from_secs(5))).await;
+        tracing::info!("runtime stopped");
+    }
+}

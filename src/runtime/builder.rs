@@ -1,0 +1,163 @@
+//! Configuring and starting a [`Runtime`].
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use ractor::Actor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker as JobSet;
+
+use super::{Inner, Runtime, RuntimeError};
+use crate::compute::{ComputeBackend, LocalBackend, LocalConfig};
+use crate::dispatcher::{DispatchShared, Dispatcher, DispatcherArgs, DispatcherHandle, DispatcherMsg};
+use crate::registry::{FunctionRegistry, FunctionRegistryArgs, FunctionRegistryHandle, FunctionRegistryMsg};
+use crate::secrets::SecretStore;
+use crate::supervisor::{
+    ChildRunner, ChildSpec, RestartPolicy, RootSupervisor, RootSupervisorArgs, RuntimeChild, Slot,
+};
+use crate::tracker::{TaskStore, TaskTracker, TaskTrackerArgs, TaskTrackerHandle, TaskTrackerMsg};
+
+/// Configures a [`Runtime`]. Every setting has a documented default.
+#[derive(Default)]
+pub struct RuntimeBuilder {
+    data_dir: Option<PathBuf>,
+    backend: Option<Arc<dyn ComputeBackend>>,
+    local: Option<LocalConfig>,
+    secrets: SecretStore,
+    restart: RestartPolicy,
+}
+
+/// Default data dir, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "modal-agents-data";
+
+impl RuntimeBuilder {
+    /// Where tasks, volumes and container work dirs live (default
+    /// `./modal-agents-data`).
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// The compute backend (default: a [`LocalBackend`]).
+    pub fn backend(mut self, backend: Arc<dyn ComputeBackend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// Settings of the default local backend (default: [`LocalConfig::default`]
+    /// with container work dirs under the data dir).
+    pub fn local_config(mut self, config: LocalConfig) -> Self {
+        self.local = Some(config);
+        self
+    }
+
+    /// Containers per function for the default local backend (default: cores).
+    pub fn pool_size(mut self, n: usize) -> Self {
+        let mut config = self.local.take().unwrap_or_default();
+        config.pool_size = n.max(1);
+        self.local = Some(config);
+        self
+    }
+
+    /// The secrets functions may ask for (default: empty; add more later with
+    /// [`Runtime::secrets`]).
+    pub fn secrets(mut self, secrets: SecretStore) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
+    /// How the root supervisor restarts failed children (default:
+    /// [`RestartPolicy::default`]).
+    pub fn restart_policy(mut self, policy: RestartPolicy) -> Self {
+        self.restart = policy;
+        self
+    }
+
+    /// Creates the data dir and starts the supervision tree.
+    pub async fn start(self) -> Result<Runtime, RuntimeError> {
+        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        for sub in ["tasks", "volumes", "containers"] {
+            let path = data_dir.join(sub);
+            tokio::fs::create_dir_all(&path)
+                .await
+                .map_err(|source| RuntimeError::DataDir { path, source })?;
+        }
+        let data_dir = tokio::fs::canonicalize(&data_dir)
+            .await
+            .map_err(|source| RuntimeError::DataDir { path: data_dir.clone(), source })?;
+        let backend = match self.backend {
+            Some(b) => b,
+            None => {
+                let mut config = self.local.unwrap_or_default();
+                config.work_dir = data_dir.join("containers");
+                Arc::new(LocalBackend::new(config))
+            }
+        };
+
+        let table = Arc::new(DashMap::new());
+        let store = TaskStore::new(data_dir.join("tasks"));
+        let (registry_slot, registry_tx) = Slot::<FunctionRegistryMsg>::new(RuntimeChild::Registry);
+        let (tracker_slot, tracker_tx) = Slot::<TaskTrackerMsg>::new(RuntimeChild::Tracker);
+        let (dispatcher_slot, dispatcher_tx) = Slot::<DispatcherMsg>::new(RuntimeChild::Dispatcher);
+        let registry = FunctionRegistryHandle::new(registry_slot, table.clone());
+        let tracker = TaskTrackerHandle::new(tracker_slot, store.clone());
+        let dispatcher = DispatcherHandle::new(dispatcher_slot);
+        let shutdown = CancellationToken::new();
+        let jobs = JobSet::new();
+        let shared = Arc::new(DispatchShared {
+            backend: backend.clone(),
+            tracker: tracker.clone(),
+            cancels: DashMap::new(),
+            jobs: jobs.clone(),
+            shutdown: shutdown.clone(),
+        });
+
+        let children: Vec<Box<dyn ChildSpec>> = vec![
+            Box::new(ChildRunner {
+                child: RuntimeChild::Registry,
+                make: || FunctionRegistry,
+                args: FunctionRegistryArgs { table },
+                publish: registry_tx,
+                panic_msg: || FunctionRegistryMsg::InjectPanic,
+            }),
+            Box::new(ChildRunner {
+                child: RuntimeChild::Tracker,
+                make: || TaskTracker,
+                args: TaskTrackerArgs { store },
+                publish: tracker_tx,
+                panic_msg: || TaskTrackerMsg::InjectPanic,
+            }),
+            Box::new(ChildRunner {
+                child: RuntimeChild::Dispatcher,
+                make: || Dispatcher,
+                args: DispatcherArgs { shared },
+                publish: dispatcher_tx,
+                panic_msg: || DispatcherMsg::InjectPanic,
+            }),
+        ];
+        let args = RootSupervisorArgs {
+            children,
+            policy: self.restart,
+        };
+        let (root, _join) = Actor::spawn(None, RootSupervisor, args)
+            .await
+            .map_err(|e| RuntimeError::Start(e.to_string()))?;
+        tracing::info!(data_dir = %data_dir.display(), backend = backend.name(), "runtime started");
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                data_dir,
+                backend,
+                secrets: self.secrets,
+                registry,
+                tracker,
+                dispatcher,
+                root,
+                jobs,
+                shutdown,
+                stopped: AtomicBool::new(false),
+            }),
+        })
+    }
+}

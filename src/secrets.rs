@@ -1,0 +1,167 @@
+//! Named sets of secret key/values that functions receive as environment
+//! variables.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::spec::{validate_object_name, SpecError};
+
+/// Why a secret could not be stored or resolved.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SecretError {
+    /// The secret's name is not acceptable.
+    #[error(transparent)]
+    Name(#[from] SpecError),
+    /// A key is not a valid environment variable name.
+    #[error("invalid key {key:?} in secret `{secret}`: expected an environment variable name ([A-Za-z_][A-Za-z0-9_]*, at most 256 characters)")]
+    Key {
+        /// The secret.
+        secret: String,
+        /// The bad key.
+        key: String,
+    },
+    /// A value holds a NUL byte, which no environment variable can carry.
+    #[error("the value of {key:?} in secret `{secret}` contains a NUL byte")]
+    Value {
+        /// The secret.
+        secret: String,
+        /// The key whose value is bad.
+        key: String,
+    },
+    /// A function asks for a secret the store does not have.
+    #[error("unknown secret `{name}` (known secrets: {})", if .known.is_empty() { "none".to_owned() } else { .known.join(", ") })]
+    Unknown {
+        /// The missing secret.
+        name: String,
+        /// The secrets the store has.
+        known: Vec<String>,
+    },
+}
+
+/// The runtime's secrets: named key/value sets. Values are never logged,
+/// never returned by listings and never written into task records.
+///
+/// Cloning is cheap and every clone sees the same secrets.
+#[derive(Clone, Default)]
+pub struct SecretStore {
+    inner: Arc<DashMap<String, BTreeMap<String, String>>>,
+}
+
+impl fmt::Debug for SecretStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretStore")
+            .field("names", &self.names())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SecretStore {
+    /// An empty store.
+    pub fn new() -> SecretStore {
+        SecretStore::default()
+    }
+
+    /// Stores (or replaces) secret `name` with the given key/values.
+    pub fn set<K, V>(
+        &self,
+        name: &str,
+        values: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<(), SecretError>
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        validate_object_name("name", name)?;
+        let mut map = BTreeMap::new();
+        for (k, v) in values {
+            let (key, value) = (k.into(), v.into());
+            let valid_key = key.len() <= 256
+                && key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid_key {
+                return Err(SecretError::Key {
+                    secret: name.to_owned(),
+                    key,
+                });
+            }
+            if value.contains('\0') {
+                return Err(SecretError::Value {
+                    secret: name.to_owned(),
+                    key,
+                });
+            }
+            map.insert(key, value);
+        }
+        self.inner.insert(name.to_owned(), map);
+        Ok(())
+    }
+
+    /// Removes a secret; returns whether it existed.
+    pub fn remove(&self, name: &str) -> bool {
+        self.inner.remove(name).is_some()
+    }
+
+    /// The names of all secrets, sorted. Values are never listed.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.inner.iter().map(|e| e.key().clone()).collect();
+        names.sort();
+        names
+    }
+
+    /// The keys of one secret, without values.
+    pub fn keys(&self, name: &str) -> Option<Vec<String>> {
+        self.inner.get(name).map(|m| m.keys().cloned().collect())
+    }
+
+    /// The environment for a function that declares `names`: every key of
+    /// every named secret (later secrets win on a clash).
+    pub(crate) fn resolve(&self, names: &[String]) -> Result<BTreeMap<String, String>, SecretError> {
+        let mut env = BTreeMap::new();
+        for name in names {
+            let secret = self.inner.get(name).ok_or_else(|| SecretError::Unknown {
+                name: name.clone(),
+                known: self.names(),
+            })?;
+            env.extend(secret.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        Ok(env)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_resolve_and_list() {
+        let store = SecretStore::new();
+        store.set("api-keys", [("TOKEN", "s3cret")]).unwrap();
+        store.set("db", [("DB_URL", "postgres://x"), ("TOKEN", "other")]).unwrap();
+        assert_eq!(store.names(), ["api-keys", "db"]);
+        let env = store.resolve(&["api-keys".into(), "db".into()]).unwrap();
+        assert_eq!(env["TOKEN"], "other");
+        assert_eq!(env["DB_URL"], "postgres://x");
+        assert!(!format!("{store:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn unknown_secret_lists_known_ones() {
+        let store = SecretStore::new();
+        store.set("a", [("K", "v")]).unwrap();
+        let err = store.resolve(&["b".into()]).unwrap_err().to_string();
+        assert!(err.contains("`b`") && err.contains("known secrets: a"), "{err}");
+    }
+
+    #[test]
+    fn bad_names_keys_and_values() {
+        let store = SecretStore::new();
+        assert!(matches!(store.set("bad name", [("K", "v")]), Err(SecretError::Name(_))));
+        let err = store.set("s", [("1KEY", "v")]).unwrap_err().to_string();
+        assert!(err.contains("1KEY") && err.contains("environment variable"), "{err}");
+        assert!(matches!(store.set("s", [("K", "a\0b")]), Err(SecretError::Value { .. })));
+        assert!(store.names().is_empty());
+    }
+}

@@ -1,0 +1,298 @@
+//! The root supervisor and its restart policy.
+//!
+//! The runtime's children (function registry, task tracker, dispatcher) are
+//! spawned linked to a root supervisor. When one fails (a panic in a handler),
+//! the supervisor restarts it one-for-one from the same arguments; children
+//! keep their state in shared stores handed in through those arguments, so a
+//! restart loses no registered function or task record. More than
+//! `max_restarts` failures within `window` escalate: the supervisor stops and
+//! the runtime reports itself unavailable.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, Message, RpcReplyPort, SupervisionEvent};
+use tokio::sync::watch;
+
+/// How the root supervisor reacts to a failing child.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RestartPolicy {
+    /// Restarts allowed within `window` before escalating (default 5).
+    pub max_restarts: u32,
+    /// The sliding window restarts are counted in (default 10 s).
+    pub window: Duration,
+    /// Delay before a restart, doubled for each restart already in the window
+    /// (default 10 ms, at most 1 s).
+    pub backoff: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            max_restarts: 5,
+            window: Duration::from_secs(10),
+            backoff: Duration::from_millis(10),
+        }
+    }
+}
+
+/// The runtime's supervised children, for fault injection and diagnostics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RuntimeChild {
+    /// The function registry.
+    Registry,
+    /// The task tracker.
+    Tracker,
+    /// The dispatcher.
+    Dispatcher,
+}
+
+impl fmt::Display for RuntimeChild {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RuntimeChild::Registry => "function registry",
+            RuntimeChild::Tracker => "task tracker",
+            RuntimeChild::Dispatcher => "dispatcher",
+        })
+    }
+}
+
+/// Why a runtime child could not be reached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChildError {
+    /// It did not answer within the call's timeout.
+    #[error("the {0} did not answer in time")]
+    Timeout(RuntimeChild),
+    /// It is down and was not restarted in time (or the runtime stopped).
+    #[error("the {0} is unavailable")]
+    Down(RuntimeChild),
+}
+
+/// How long a call waits for a failed child to be restarted.
+const RESTART_WAIT: Duration = Duration::from_secs(5);
+
+/// The current `ActorRef` of a supervised child; the supervisor replaces it on
+/// restart and handles follow.
+#[derive(Debug)]
+pub(crate) struct Slot<M: Message> {
+    child: RuntimeChild,
+    rx: watch::Receiver<Option<ActorRef<M>>>,
+}
+
+impl<M: Message> Clone for Slot<M> {
+    fn clone(&self) -> Self {
+        Slot {
+            child: self.child,
+            rx: self.rx.clone(),
+        }
+    }
+}
+
+impl<M: Message> Slot<M> {
+    pub(crate) fn new(child: RuntimeChild) -> (Slot<M>, watch::Sender<Option<ActorRef<M>>>) {
+        let (tx, rx) = watch::channel(None);
+        (Slot { child, rx }, tx)
+    }
+
+    /// Calls the child. When it is down (or dies before answering), waits for
+    /// the supervisor to restart it and calls again, so `build` may run more
+    /// than once: messages sent this way must be idempotent.
+    pub(crate) async fn call<R: Send + 'static>(
+        &self,
+        timeout: Duration,
+        build: impl Fn(RpcReplyPort<R>) -> M,
+    ) -> Result<R, ChildError> {
+        let deadline = tokio::time::Instant::now() + RESTART_WAIT;
+        let mut rx = self.rx.clone();
+        loop {
+            let actor = rx.borrow_and_update().clone();
+            if let Some(actor) = actor {
+                let ms = timeout.as_millis() as u64;
+                match ractor::call_t!(actor, build, ms) {
+                    Ok(reply) => return Ok(reply),
+                    Err(ractor::RactorErr::Timeout) => return Err(ChildError::Timeout(self.child)),
+                    Err(e) => tracing::debug!(child = %self.child, error = %e, "child unreachable; waiting for restart"),
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return Err(ChildError::Down(self.child)),
+            }
+        }
+    }
+}
+
+/// A child the supervisor can (re)start.
+#[async_trait]
+pub(crate) trait ChildSpec: Send + Sync + 'static {
+    fn child(&self) -> RuntimeChild;
+    /// Spawns the child linked to `supervisor` and publishes its new ref.
+    async fn start(&self, supervisor: ActorCell) -> Result<ActorCell, ractor::SpawnErr>;
+    /// Makes the running child panic (fault injection).
+    fn inject_panic(&self);
+}
+
+/// Restarts any child of the runtime by calling its [`ChildSpec`].
+pub(crate) struct ChildRunner<A: Actor> {
+    pub(crate) child: RuntimeChild,
+    pub(crate) make: fn() -> A,
+    pub(crate) args: A::Arguments,
+    pub(crate) publish: watch::Sender<Option<ActorRef<A::Msg>>>,
+    pub(crate) panic_msg: fn() -> A::Msg,
+}
+
+#[async_trait]
+impl<A> ChildSpec for ChildRunner<A>
+where
+    A: Actor,
+    A::Arguments: Clone + Sync,
+{
+    fn child(&self) -> RuntimeChild {
+        self.child
+    }
+
+    async fn start(&self, supervisor: ActorCell) -> Result<ActorCell, ractor::SpawnErr> {
+        let (actor, _join) =
+            Actor::spawn_linked(None, (self.make)(), self.args.clone(), supervisor).await?;
+        let cell = actor.get_cell();
+        self.publish.send_replace(Some(actor));
+        Ok(cell)
+    }
+
+    fn inject_panic(&self) {
+        if let Some(actor) = self.publish.borrow().as_ref() {
+            let _ = actor.cast((self.panic_msg)());
+        }
+    }
+}
+
+/// The root of the runtime's supervision tree.
+pub(crate) struct RootSupervisor;
+
+/// Messages of the [`RootSupervisor`].
+pub(crate) enum RootSupervisorMsg {
+    /// Make a child panic (for chaos tests).
+    InjectFault(RuntimeChild),
+    /// How many restarts have happened so far.
+    Restarts(RpcReplyPort<u64>),
+}
+
+/// Arguments of the [`RootSupervisor`].
+pub(crate) struct RootSupervisorArgs {
+    pub(crate) children: Vec<Box<dyn ChildSpec>>,
+    pub(crate) policy: RestartPolicy,
+}
+
+/// State of the [`RootSupervisor`].
+pub(crate) struct RootSupervisorState {
+    children: Vec<(Box<dyn ChildSpec>, ActorCell)>,
+    policy: RestartPolicy,
+    recent: VecDeque<Instant>,
+    total_restarts: u64,
+}
+
+impl Actor for RootSupervisor {
+    type Msg = RootSupervisorMsg;
+    type State = RootSupervisorState;
+    type Arguments = RootSupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let mut children = Vec::new();
+        for spec in args.children {
+            let cell = spec.start(myself.get_cell()).await?;
+            children.push((spec, cell));
+        }
+        Ok(RootSupervisorState {
+            children,
+            policy: args.policy,
+            recent: VecDeque::new(),
+            total_restarts: 0,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        for (_, cell) in state.children.iter().rev() {
+            cell.stop(None);
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            RootSupervisorMsg::InjectFault(child) => {
+                if let Some((spec, _)) = state.children.iter().find(|(s, _)| s.child() == child) {
+                    tracing::warn!(%child, "injecting a panic");
+                    spec.inject_panic();
+                }
+            }
+            RootSupervisorMsg::Restarts(reply) => {
+                let _ = reply.send(state.total_restarts);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".to_owned()))
+            }
+            _ => return Ok(()),
+        };
+        let Some(pos) = state
+            .children
+            .iter()
+            .position(|(_, c)| c.get_id() == cell.get_id())
+        else {
+            return Ok(());
+        };
+        let child = state.children[pos].0.child();
+        let now = Instant::now();
+        while state
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > state.policy.window)
+        {
+            state.recent.pop_front();
+        }
+        if state.recent.len() as u32 >= state.policy.max_restarts {
+            tracing::error!(%child, %reason, restarts = state.recent.len(), window = ?state.policy.window,
+                "restart intensity exceeded; escalating by stopping the runtime");
+            myself.stop(Some(format!("{child} failed too often: {reason}")));
+            return Ok(());
+        }
+        let delay = state
+            .policy
+            .backoff
+            .saturating_mul(1 << state.recent.len().min(10))
+            .min(Duration::from_secs(1));
+        state.recent.push_back(now);
+        state.total_restarts += 1;
+        tracing::warn!(%child, %reason, ?delay, "runtime child failed; restarting");
+        tokio::time::sleep(delay).await;
+        let new_cell = state.children[pos].0.start(myself.get_cell()).await?;
+        state.children[pos].1 = new_cell;
+        Ok(())
+    }
+}

@@ -1,0 +1,250 @@
+//! The task tracker: every task's record, its transitions, waiters, logs and
+//! (for maps) results on disk.
+
+mod results;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use dashmap::DashMap;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::supervisor::{ChildError, Slot};
+use crate::task::{MapProgress, TaskError, TaskId, TaskRecord, TaskStatus};
+
+pub(crate) use results::{read_page, ResultWriter};
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The tracker's contents, shared with its handle so that a restarted tracker
+/// actor starts from exactly what the failed one had.
+pub(crate) struct TaskStore {
+    records: DashMap<TaskId, TaskRecord>,
+    watches: DashMap<TaskId, watch::Sender<TaskStatus>>,
+    /// Map results flushed to disk and readable, per map task.
+    available: DashMap<TaskId, u64>,
+    dir: PathBuf,
+}
+
+impl TaskStore {
+    pub(crate) fn new(dir: PathBuf) -> Arc<TaskStore> {
+        Arc::new(TaskStore {
+            records: DashMap::new(),
+            watches: DashMap::new(),
+            available: DashMap::new(),
+            dir,
+        })
+    }
+
+    /// Where a task keeps its files (results, logs).
+    pub(crate) fn task_dir(&self, id: TaskId) -> PathBuf {
+        self.dir.join(id.to_string())
+    }
+
+    fn apply(&self, id: TaskId, update: TaskUpdate) {
+        let Some(mut record) = self.records.get_mut(&id) else {
+            tracing::warn!(task_id = %id, "update for an unknown task");
+            return;
+        };
+        if record.status.is_terminal() {
+            return;
+        }
+        match update {
+            TaskUpdate::Started { backend_call_id } => {
+                record.status = TaskStatus::Running;
+                record.started_at.get_or_insert_with(Utc::now);
+                record.attempts = record.attempts.max(1);
+                if backend_call_id.is_some() {
+                    record.backend_call_id = backend_call_id;
+                }
+            }
+            TaskUpdate::Progress(progress) => record.progress = Some(progress),
+            TaskUpdate::Finished(done) => {
+                record.status = done.status;
+                record.result = done.result;
+                record.error = done.error;
+                record.attempts = done.attempts.max(record.attempts);
+                if done.progress.is_some() {
+                    record.progress = done.progress;
+                }
+                record.finished_at = Some(Utc::now());
+            }
+        }
+        let status = record.status;
+        drop(record);
+        if let Some(tx) = self.watches.get(&id) {
+            tx.send_replace(status);
+        }
+    }
+}
+
+/// A change to a task's record.
+#[derive(Debug)]
+pub(crate) enum TaskUpdate {
+    /// It started running.
+    Started {
+        backend_call_id: Option<String>,
+    },
+    /// A map's counts changed.
+    Progress(MapProgress),
+    /// It reached a terminal state.
+    Finished(Box<Finished>),
+}
+
+/// The terminal part of a record.
+#[derive(Debug)]
+pub(crate) struct Finished {
+    pub(crate) status: TaskStatus,
+    pub(crate) result: Option<Value>,
+    pub(crate) error: Option<TaskError>,
+    pub(crate) attempts: u32,
+    pub(crate) progress: Option<MapProgress>,
+}
+
+/// The tracker actor: the single writer of task records.
+pub(crate) struct TaskTracker;
+
+/// Messages of the [`TaskTracker`].
+pub(crate) enum TaskTrackerMsg {
+    /// Adds a new record.
+    Create(Box<TaskRecord>, RpcReplyPort<()>),
+    /// Applies an update (ignored once the task is terminal).
+    Update(TaskId, Arc<TaskUpdateCell>, RpcReplyPort<()>),
+    /// Panics (fault injection).
+    InjectPanic,
+}
+
+/// An update that can be re-sent if the tracker restarts mid-call; it is
+/// applied at most once.
+pub(crate) struct TaskUpdateCell(std::sync::Mutex<Option<TaskUpdate>>);
+
+/// Arguments of the [`TaskTracker`].
+#[derive(Clone)]
+pub(crate) struct TaskTrackerArgs {
+    pub(crate) store: Arc<TaskStore>,
+}
+
+/// State of the [`TaskTracker`].
+pub(crate) struct TaskTrackerState {
+    store: Arc<TaskStore>,
+}
+
+impl Actor for TaskTracker {
+    type Msg = TaskTrackerMsg;
+    type State = TaskTrackerState;
+    type Arguments = TaskTrackerArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(TaskTrackerState { store: args.store })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            TaskTrackerMsg::Create(record, reply) => {
+                let id = record.task_id;
+                state
+                    .store
+                    .watches
+                    .entry(id)
+                    .or_insert_with(|| watch::channel(record.status).0);
+                state.store.records.entry(id).or_insert(*record);
+                let _ = reply.send(());
+            }
+            TaskTrackerMsg::Update(id, cell, reply) => {
+                let update = cell.0.lock().expect("update cell poisoned").take();
+                if let Some(update) = update {
+                    state.store.apply(id, update);
+                }
+                let _ = reply.send(());
+            }
+            TaskTrackerMsg::InjectPanic => panic!("fault injected into the task tracker"),
+        }
+        Ok(())
+    }
+}
+
+/// A cloneable handle to the [`TaskTracker`]. Reads go to the shared store;
+/// writes go through the actor.
+#[derive(Clone)]
+pub(crate) struct TaskTrackerHandle {
+    slot: Slot<TaskTrackerMsg>,
+    store: Arc<TaskStore>,
+}
+
+impl TaskTrackerHandle {
+    pub(crate) fn new(slot: Slot<TaskTrackerMsg>, store: Arc<TaskStore>) -> Self {
+        TaskTrackerHandle { slot, store }
+    }
+
+    pub(crate) fn store(&self) -> &Arc<TaskStore> {
+        &self.store
+    }
+
+    pub(crate) async fn create(&self, record: TaskRecord) -> Result<(), ChildError> {
+        self.slot
+            .call(CALL_TIMEOUT, |reply| {
+                TaskTrackerMsg::Create(Box::new(record.clone()), reply)
+            })
+            .await
+    }
+
+    pub(crate) async fn update(&self, id: TaskId, update: TaskUpdate) -> Result<(), ChildError> {
+        let cell = Arc::new(TaskUpdateCell(std::sync::Mutex::new(Some(update))));
+        self.slot
+            .call(CALL_TIMEOUT, |reply| TaskTrackerMsg::Update(id, cell.clone(), reply))
+            .await
+    }
+
+    pub(crate) async fn finish(&self, id: TaskId, finished: Finished) -> Result<(), ChildError> {
+        self.update(id, TaskUpdate::Finished(Box::new(finished))).await
+    }
+
+    pub(crate) fn get(&self, id: TaskId) -> Option<TaskRecord> {
+        self.store.records.get(&id).map(|r| r.clone())
+    }
+
+    /// Records, newest first, optionally only those in `status`.
+    pub(crate) fn list(
+        &self,
+        status: Option<TaskStatus>,
+        offset: usize,
+        limit: usize,
+    ) -> (Vec<TaskRecord>, usize) {
+        let mut all: Vec<TaskRecord> = self
+            .store
+            .records
+            .iter()
+            .filter(|r| status.is_none_or(|s| r.status == s))
+            .map(|r| r.clone())
+            .collect();
+        all.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.task_id.cmp(&b.task_id)));
+        let total = all.len();
+        (all.into_iter().skip(offset).take(limit).collect(), total)
+    }
+
+    /// A receiver that sees the task's status changes.
+    pub(crate) fn watch(&self, id: TaskId) -> Option<watch::Receiver<TaskStatus>> {
+        self.store.watches.get(&id).map(|tx| tx.subscribe())
+    }
+
+    pub(crate) fn set_available(&self, id: TaskId, n: u64) {
+        self.store.available.insert(id, n);
+    }
+
+    pub(crate) fn available(&self, id: TaskId) -> u64 {
+        self.store.available.get(&id).map_or(0, |n| *n)
+    }
+}

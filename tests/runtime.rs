@@ -1,0 +1,296 @@
+//! The runtime against real `python3` containers: deploy, call, errors,
+//! secrets, volumes, logs, supervision and shutdown.
+
+mod support;
+
+use std::time::Duration;
+
+use modal_agents::{
+    FunctionSpec, RestartPolicy, Runtime, RuntimeChild, RuntimeError, SpecError, TaskStatus,
+};
+use serde_json::{json, Map, Value};
+
+fn kwargs(v: Value) -> Map<String, Value> {
+    v.as_object().cloned().expect("an object")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_and_call_with_args_and_kwargs() {
+    let t = support::start(2).await;
+    let info = t
+        .rt
+        .deploy_function(FunctionSpec::new(
+            "greet",
+            "def greet(name, punctuation='.', *, times=1):\n    print('greeting', name)\n    return (f'hello {name}' + punctuation) * times\n",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(info.function_name, "greet");
+    assert_eq!(t.rt.functions().len(), 1);
+
+    let out = t.rt.call("greet", vec![json!("ada")], Map::new()).await.unwrap();
+    assert_eq!(out, json!("hello ada."));
+    let out = t
+        .rt
+        .call("greet", vec![json!("bo"), json!("!")], kwargs(json!({"times": 2})))
+        .await
+        .unwrap();
+    assert_eq!(out, json!("hello bo!hello bo!"));
+
+    let id = t.rt.spawn("greet", vec![json!("cy")], Map::new()).await.unwrap();
+    let record = t.rt.wait(id, Some(Duration::from_secs(30))).await.unwrap();
+    assert_eq!(record.status, TaskStatus::Completed);
+    assert_eq!(record.result, Some(json!("hello cy.")));
+    assert_eq!(record.attempts, 1);
+    assert!(record.started_at.is_some() && record.finished_at.is_some());
+    assert!(record.backend_call_id.is_some());
+    let logs = t.rt.logs(id).await.unwrap();
+    assert_eq!(logs.stdout, "greeting cy\n");
+    t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_functions_and_none_results() {
+    let t = support::start(1).await;
+    let code = "import asyncio\nasync def slow_add(a, b):\n    await asyncio.sleep(0.01)\n    return a + b\n";
+    t.rt.deploy_function(FunctionSpec::new("slow_add", code)).await.unwrap();
+    let out = t.rt.call("slow_add", vec![json!(2), json!(3)], Map::new()).await.unwrap();
+    assert_eq!(out, json!(5));
+    t.rt.deploy_function(FunctionSpec::new("nothing", "def nothing():\n    pass\n")).await.unwrap();
+    assert_eq!(t.rt.call("nothing", vec![], Map::new()).await.unwrap(), Value::Null);
+    t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exceptions_become_task_errors_with_traceback() {
+    let t = support::start(1).await;
+    let code = "def check(x):\n    if x < 0:\n        raise ValueError(f'negative: {x}')\n    return x\n";
+    t.rt.deploy_function(FunctionSpec::new("check", code)).await.unwrap();
+    let err = t.rt.call("check", vec![json!(-4)], Map::new()).await.unwrap_err();
+    let RuntimeError::TaskFailed { task_id, error } = err else { panic!("{err:?}") };
+    assert_eq!(error.kind, "ValueError");
+    assert_eq!(error.message, "negative: -4");
+    let tb = error.traceback.expect("a traceback");
+    assert!(tb.contains("check.py\", line 3, in check"), "{tb}");
+    assert!(tb.contains("raise ValueError"), "source line shown: {tb}");
+    assert!(!tb.contains("harness"), "harness frames hidden: {tb}");
+    let record = t.rt.status(task_id).unwrap();
+    assert_eq!(record.status, TaskStatus::Failed);
+    // The container survives an exception and keeps serving.
+    assert_eq!(t.rt.call("check", vec![json!(4)], Map::new()).await.unwrap(), json!(4));
+    t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_errors_are_reported_at_deploy() {
+    let t = support::start(1).await;
+    let err = t
+        .rt
+        .deploy_function(FunctionSpec::new("f", "def f(x):\n    return (x +\n\ndef g(: pass\n"))
+        .await
+        .unwrap_err();
+    match err {
+        RuntimeError::Spec(SpecError::Syntax { line, column, .. }) => {
+            assert!(line >= 2, "line {line}");
+            assert!(column >= 1, "column {column}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let err = t
+        .rt
+        .deploy_function(FunctionSpec::new("f", "def g(x):\n    return x\nh = 3\n"))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, RuntimeError::Spec(SpecError::MissingFunction { .. })), "{err:?}");
+    assert!(text.contains("`f`") && text.contains("g"), "{text}");
+    let err = t
+        .rt
+        .deploy_function(FunctionSpec::new("f", "import no_such_module_xyz\ndef f(): pass\n"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("ModuleNotFoundError"), "{err}");
+    let err = t.rt.deploy_function(FunctionSpec::new("f", "def f(): pass").timeout_s(0)).await;
+    assert!(err.unwrap_err().to_string().contains("timeout_s"));
+    assert!(t.rt.functions().is_empty(), "nothing registered after failed deploys");
+    let err = t.rt.spawn("f", vec![], Map::new()).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::UnknownFunction(ref f) if f == "f"), "{err:?}");
+    t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_json_results_are_clear_task_errors() {
+    let t = support::start(1).await;
+    let code = "import math\ndef odd(kind):\n    return {'set': {1, 2}, 'nan': math.nan, 'obj': object()}[kind]\n";
+    t.rt.deploy_function(FunctionSpec::new("odd", code)).await.unwrap();
+    for kind in ["set", "nan", "obj"] {
+        let err = t.rt.call("odd", vec![json!(kind)], Map::new()).await.unwrap_err();
+        let RuntimeError::TaskFailed { error, .. } = err else { panic!("{err:?}") };
+        assert_eq!(error.kind, "ResultNotSerializable", "{kind}");
+        assert!(error.message.contains("not JSON-serializable"), "{}", error.message);
+    }
+    t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_kills_and_replaces_the_container() {
+    let t = support::start(1).await;
+    let code = "import os, time\ndef nap(s):\n    time.sleep(s)\n    return os.getpid()\n";
+    t.rt.deploy_function(FunctionSpec::new("nap", code).timeout_s(1)).await.unwrap();
+    let before = t.rt.call("nap", vec![json!(0)], Map::new()).await.unwrap();
+    let started = std::time::Instant::now();
+    let err = t.rt.call("nap", vec![json!(60)], Map::new()).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let RuntimeError::TaskFailed { error, .. } = err else { panic!("{err:?}") };
+    assert_eq!(error.kind, "TimeoutError");
+    let old_pid = before.as_u64().unwrap() as u32;
+    support::eventually(Duration::from_secs(10), "timed-out container gone", || async {
+        !support::processes_with(t.backend.instance_tag()).contains(&old_pid)
+    })
+    .await;
+    let after = t.rt.call("nap", vec![json!(0)], Map::new()).await.unwrap();
+    assert_ne!(after, before, "a fresh container serves the next call");
+    t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_reach_only_functions_that_declare_them() {
+    let t = support::start(1).await;
+    t.rt.secrets().set("api-keys", [("API_TOKEN", "tok-123")]).unwrap();
+    let code = "import os\ndef env(k):\n    return os.environ.get(k)\n";
+    t.rt.deploy_function(FunctionSpec::new("with_secret", code).entrypoint("env").secret("api-keys"))
+        .await
+        .unwrap();
+    t.rt.deploy_function(FunctionSpec::new("without", code).entrypoint("env")).await.unwrap();
+    let get = |f: &'static str, k: &'static str| {
+        let rt = t.rt.clone();
+        async move { rt.call(f, vec![json!(k)], Map::new()).await.unwrap() }
+    };
+    assert_eq!(get("with_secret", "API_TOKEN").await, json!("tok-123"));
+    assert_eq!(get("without", "API_TOKEN").await, Value::Null);
+    // The runtime's own environment does not leak into containers.
+    assert!(std::env::var("CARGO_PKG_NAME").is_ok() || std::env::var("PATH").is_ok());
+    assert_eq!(get("without", "CARGO_MANIFEST_DIR").await, Value::Null);
+    let err = t
+        .rt
+        .deploy_function(FunctionSpec::new("needs", code).entrypoint("env").secret("nope"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::Secret(_)), "{err:?}");
+    assert!(err.to_string().contains("unknown secret `nope`"), "{err}");
+    t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_are_shared_directories() {
+    let t = support::start(1).await;
+    let code = r#"
+import json, os
+def save(name, text):
+    root = json.loads(os.environ["MODAL_AGENTS_VOLUMES"])["/data"]
+    with open(os.path.join(root, name), "w") as f:
+        f.write(text)
+    return sorted(os.listdir(root))
+"#;
+    t.rt.deploy_function(FunctionSpec::new("save", code).volume("/data", "shared"))
+        .await
+        .unwrap();
+    let listing = t.rt.call("save", vec![json!("a.txt"), json!("hi")], Map::new()).await.unwrap();
+    assert_eq!(listing, json!(["a.txt"]));
+    let on_host = std::fs::read_to_string(t.rt.volume_dir("shared").join("a.txt")).unwrap();
+    assert_eq!(on_host, "hi");
+    t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panicking_children_are_restarted_without_losing_state() {
+    let t = support::start(1).await;
+    t.rt.deploy_function(FunctionSpec::new("inc", "def inc(x):\n    return x + 1\n"))
+        .await
+        .unwrap();
+    let first = t.rt.spawn("inc", vec![json!(1)], Map::new()).await.unwrap();
+    t.rt.wait(first, Some(Duration::from_secs(30))).await.unwrap();
+
+    for (n, child) in [RuntimeChild::Registry, RuntimeChild::Tracker, RuntimeChild::Dispatcher]
+        .into_iter()
+        .enumerate()
+    {
+        t.rt.inject_fault(child);
+        let rt = t.rt.clone();
+        support::eventually(Duration::from_secs(10), "child restarted", move || {
+            let rt = rt.clone();
+            async move { rt.restarts().await.unwrap() == n as u64 + 1 }
+        })
+        .await;
+        assert!(t.rt.is_running());
+        // Nothing lost: the function is registered, old records are intact,
+        // and the restarted child serves new work.
+        assert_eq!(t.rt.functions().len(), 1, "after {child}");
+        assert_eq!(t.rt.status(first).unwrap().result, Some(json!(2)), "after {child}");
+        let out = t.rt.call("inc", vec![json!(n)], Map::new()).await.unwrap();
+        assert_eq!(out, json!(n + 1), "after {child}");
+    }
+    t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_intensity_exceeded_escalates() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::builder()
+        .data_dir(dir.path())
+        .pool_size(1)
+        .restart_policy(RestartPolicy {
+            max_restarts: 1,
+            window: Duration::from_secs(60),
+            backoff: Duration::from_millis(1),
+        })
+        .start()
+        .await
+        .unwrap();
+    rt.inject_fault(RuntimeChild::Tracker);
+    let probe = rt.clone();
+    support::eventually(Duration::from_secs(10), "first restart", move || {
+        let rt = probe.clone();
+        async move { rt.restarts().await.unwrap_or(0) == 1 }
+    })
+    .await;
+    rt.inject_fault(RuntimeChild::Tracker);
+    let probe = rt.clone();
+    support::eventually(Duration::from_secs(10), "runtime stops", move || {
+        let rt = probe.clone();
+        async move { !rt.is_running() }
+    })
+    .await;
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_leaves_no_python_process_behind() {
+    let t = support::start(2).await;
+    let tag = t.backend.instance_tag().to_owned();
+    t.rt.deploy_function(FunctionSpec::new("nap", "import time\ndef nap(s):\n    time.sleep(s)\n    return s\n"))
+        .await
+        .unwrap();
+    t.rt.deploy_function(FunctionSpec::new("idle", "def idle(): return 1\n")).await.unwrap();
+    let long_call = t.rt.spawn("nap", vec![json!(300)], Map::new()).await.unwrap();
+    let map = t.rt.run_parallel("nap", vec![json!(300); 4]).await.unwrap();
+    let rt = t.rt.clone();
+    support::eventually(Duration::from_secs(20), "both tasks running", move || {
+        let rt = rt.clone();
+        async move {
+            rt.status(map).unwrap().progress.unwrap().running > 0
+                && rt.status(long_call).unwrap().status == TaskStatus::Running
+        }
+    })
+    .await;
+    assert!(support::processes_with(&tag).len() >= 2, "containers are up");
+    let started = std::time::Instant::now();
+    t.rt.shutdown().await;
+    assert!(started.elapsed() < Duration::from_secs(20), "shutdown is prompt");
+    assert_eq!(support::processes_with(&tag), Vec::<u32>::new(), "no container left");
+    assert!(t.backend.container_pids().is_empty());
+    assert_eq!(t.rt.status(long_call).unwrap().status, TaskStatus::Cancelled);
+    assert_eq!(t.rt.status(map).unwrap().status, TaskStatus::Cancelled);
+    let err = t.rt.spawn("idle", vec![], Map::new()).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::ShutDown), "{err:?}");
+}

@@ -1,0 +1,77 @@
+//! Helpers shared by the integration tests: a runtime on a temp dir, and
+//! process inspection through /proc.
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use modal_agents::{LocalBackend, LocalConfig, Runtime};
+use tempfile::TempDir;
+
+/// A runtime with a local backend of `pool_size` containers per function,
+/// plus the backend itself (to find its containers) and the temp data dir.
+pub struct TestRuntime {
+    pub rt: Runtime,
+    pub backend: Arc<LocalBackend>,
+    pub dir: TempDir,
+}
+
+pub async fn start(pool_size: usize) -> TestRuntime {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backend = Arc::new(LocalBackend::new(LocalConfig {
+        pool_size,
+        work_dir: dir.path().join("containers"),
+        ..LocalConfig::default()
+    }));
+    let rt = Runtime::builder()
+        .data_dir(dir.path())
+        .backend(backend.clone())
+        .start()
+        .await
+        .expect("runtime starts");
+    TestRuntime { rt, backend, dir }
+}
+
+/// Pids of processes whose command line contains `needle`.
+pub fn processes_with(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc") {
+        let Ok(entry) = entry else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        if String::from_utf8_lossy(&cmdline).contains(needle) && !is_zombie(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+        .unwrap_or(true)
+}
+
+/// Polls `check` every 20 ms until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn kill(pid: u32, signal: i32) {
+    // SAFETY: kill(2) on a pid this test found; no memory is touched.
+    unsafe {
+        libc::kill(pid as i32, signal);
+    }
+}
