@@ -1,1 +1,116 @@
-fn main(){}
+//! Throughput and latency of the local backend, one JSON line per figure.
+//!
+//! Run: `cargo bench --bench throughput` (`BENCH_MAP_N` sets the map size,
+//! default 1,000,000). Compare with `python3 benches/peer_pool.py`.
+
+use std::time::{Duration, Instant};
+
+use modal_agents::{FunctionSpec, Runtime, RuntimeError, TaskStatus};
+use serde_json::{json, Map};
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> u128 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_micros()
+}
+
+async fn map_trivial(rt: &Runtime, n: u64) -> Result<(), RuntimeError> {
+    rt.deploy_function(FunctionSpec::new("f", "def f(x): return x * 2\n"))
+        .await?;
+    let inputs = futures_util::stream::iter((0..n).map(|i| json!(i)));
+    let started = Instant::now();
+    let id = rt.run_parallel_stream("f", inputs, Some(n)).await?;
+    let record = rt.wait(id, None).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(record.status, TaskStatus::Completed);
+    let check = rt.results(id, n - 1, 1).await?;
+    assert_eq!(check.results, vec![json!((n - 1) * 2)]);
+    println!(
+        "{}",
+        json!({
+            "bench": "local_map_trivial", "n": n, "containers": 2,
+            "seconds": (seconds * 1000.0).round() / 1000.0,
+            "per_sec": (n as f64 / seconds).round(),
+            "peak_rss_mib": (peak_rss_mib() * 10.0).round() / 10.0,
+        })
+    );
+    Ok(())
+}
+
+async fn call_roundtrip(rt: &Runtime, n: usize) -> Result<(), RuntimeError> {
+    rt.deploy_function(FunctionSpec::new("echo", "def echo(x): return x\n"))
+        .await?;
+    for i in 0..100 {
+        rt.call("echo", vec![json!(i)], Map::new()).await?;
+    }
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = Instant::now();
+        rt.call("echo", vec![json!(i)], Map::new()).await?;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    println!(
+        "{}",
+        json!({
+            "bench": "local_call_roundtrip", "n": n,
+            "p50_us": percentile(&times, 0.5), "p99_us": percentile(&times, 0.99),
+        })
+    );
+    Ok(())
+}
+
+async fn cold_start(rt: &Runtime) -> Result<(), RuntimeError> {
+    // The interpreter path is resolved once per backend; warm that first.
+    rt.deploy_function(FunctionSpec::new("warm", "def warm(): return 0\n"))
+        .await?;
+    let mut samples = Vec::new();
+    for i in 0..5 {
+        let name = format!("cold_{i}");
+        let started = Instant::now();
+        rt.deploy_function(FunctionSpec::new(
+            &name,
+            format!("def {name}(x): return x + 1\n"),
+        ))
+        .await?;
+        rt.call(&name, vec![json!(1)], Map::new()).await?;
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    println!(
+        "{}",
+        json!({"bench": "local_cold_start", "ms": (samples[2].as_secs_f64() * 1e4).round() / 10.0,
+               "samples": samples.len()})
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let n: u64 = std::env::var("BENCH_MAP_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = tempfile::tempdir()?;
+    let rt = Runtime::builder()
+        .data_dir(dir.path())
+        .pool_size(2)
+        .start()
+        .await?;
+    map_trivial(&rt, n).await?;
+    call_roundtrip(&rt, 2000).await?;
+    cold_start(&rt).await?;
+    rt.shutdown().await;
+    Ok(())
+}

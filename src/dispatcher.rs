@@ -18,7 +18,9 @@ use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker as JobSet;
 
-use crate::compute::{BackendError, CallContext, CallOutcome, ComputeBackend, LogSink, MapItem, MapMeter};
+use crate::compute::{
+    BackendError, CallContext, CallOutcome, ComputeBackend, LogSink, MapItem, MapMeter,
+};
 use crate::supervisor::{ChildError, Slot};
 use crate::task::{MapProgress, TaskError, TaskId, TaskStatus};
 use crate::tracker::{Finished, ResultWriter, TaskTrackerHandle, TaskUpdate};
@@ -147,7 +149,9 @@ impl DispatcherHandle {
     pub(crate) async fn submit(&self, job: Job) -> Result<(), ChildError> {
         let cell = Arc::new(JobCell(Mutex::new(Some(job))));
         self.slot
-            .call(CALL_TIMEOUT, |reply| DispatcherMsg::Submit(cell.clone(), reply))
+            .call(CALL_TIMEOUT, |reply| {
+                DispatcherMsg::Submit(cell.clone(), reply)
+            })
             .await
     }
 
@@ -169,14 +173,23 @@ async fn run_job(shared: Arc<DispatchShared>, job: Job, cancel: CancellationToke
         meter: Arc::new(MapMeter::default()),
     };
     let finished = match job {
-        Job::Call { function, args, kwargs, .. } => {
-            run_call(&shared, id, &function, args, kwargs, ctx).await
-        }
-        Job::Map { function, inputs, total, .. } => {
-            run_map(&shared, id, &function, inputs, total, ctx).await
-        }
+        Job::Call {
+            function,
+            args,
+            kwargs,
+            ..
+        } => run_call(&shared, id, &function, args, kwargs, ctx).await,
+        Job::Map {
+            function,
+            inputs,
+            total,
+            ..
+        } => run_map(&shared, id, &function, inputs, total, ctx).await,
     };
-    if tokio::time::timeout(Duration::from_secs(5), log_writer).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), log_writer)
+        .await
+        .is_err()
+    {
         tracing::warn!(task_id = %id, "task logs not flushed in time");
     }
     let status = finished.status;
@@ -294,16 +307,33 @@ async fn run_map(
     };
     let mut writer = match ResultWriter::create(&tracker.store().task_dir(id)).await {
         Ok(w) => w,
-        Err(e) => return failed(TaskError::new("StorageError", format!("cannot store results: {e}")), None),
+        Err(e) => {
+            return failed(
+                TaskError::new("StorageError", format!("cannot store results: {e}")),
+                None,
+            )
+        }
     };
     let mut items = match shared.backend.map(function, inputs, ctx).await {
-        Ok(items) => items,
+        Ok(items) => items.ready_chunks(4096),
         Err(e) => return failed(backend_error(e), None),
     };
-    if let Err(e) = tracker.update(id, TaskUpdate::Started { backend_call_id: None }).await {
+    if let Err(e) = tracker
+        .update(
+            id,
+            TaskUpdate::Started {
+                backend_call_id: None,
+            },
+        )
+        .await
+    {
         tracing::warn!(task_id = %id, error = %e, "could not record the start of a map");
     }
-    let mut counts = MapCounts { total, completed: 0, failed: 0 };
+    let mut counts = MapCounts {
+        total,
+        completed: 0,
+        failed: 0,
+    };
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -319,34 +349,44 @@ async fn run_map(
                     tracing::warn!(task_id = %id, error = %e, "could not record map progress");
                 }
             }
-            item = items.next() => {
-                let Some(MapItem { result, .. }) = item else { break };
-                let value = match result {
-                    Ok(v) => {
-                        counts.completed += 1;
-                        v
+            chunk = items.next() => {
+                let Some(chunk) = chunk else { break };
+                for MapItem { result, .. } in chunk {
+                    let value = match result {
+                        Ok(v) => {
+                            counts.completed += 1;
+                            v
+                        }
+                        Err(e) => {
+                            counts.failed += 1;
+                            json!({ "error": e })
+                        }
+                    };
+                    if let Err(e) = writer.push(&value).await {
+                        return failed(TaskError::new("StorageError", format!("cannot store results: {e}")), None);
                     }
-                    Err(e) => {
-                        counts.failed += 1;
-                        json!({ "error": e })
-                    }
-                };
-                if let Err(e) = writer.push(&value).await {
-                    return failed(TaskError::new("StorageError", format!("cannot store results: {e}")), None);
                 }
             }
         }
     }
     match writer.flush().await {
         Ok(n) => tracker.set_available(id, n),
-        Err(e) => return failed(TaskError::new("StorageError", format!("cannot store results: {e}")), None),
+        Err(e) => {
+            return failed(
+                TaskError::new("StorageError", format!("cannot store results: {e}")),
+                None,
+            )
+        }
     }
     let cancelled = cancel.is_cancelled();
     let mut progress = counts.progress(&meter, !cancelled);
     progress.running = 0;
     progress.pending = progress.total.saturating_sub(progress.done());
     let (status, error) = if cancelled {
-        (TaskStatus::Cancelled, Some(TaskError::new("Cancelled", "the map was cancelled")))
+        (
+            TaskStatus::Cancelled,
+            Some(TaskError::new("Cancelled", "the map was cancelled")),
+        )
     } else if counts.failed > 0 {
         (
             TaskStatus::Failed,
@@ -354,8 +394,7 @@ async fn run_map(
                 "MapInputsFailed",
                 format!(
                     "{} of {} inputs failed; their errors are in the results",
-                    counts.failed,
-                    progress.total
+                    counts.failed, progress.total
                 ),
             )),
         )

@@ -113,7 +113,9 @@ impl FunctionRegistryHandle {
 
     pub(crate) async fn remove(&self, name: &str) -> Result<Option<FunctionInfo>, ChildError> {
         self.slot
-            .call(CALL_TIMEOUT, |reply| FunctionRegistryMsg::Remove(name.to_owned(), reply))
+            .call(CALL_TIMEOUT, |reply| {
+                FunctionRegistryMsg::Remove(name.to_owned(), reply)
+            })
             .await
     }
 

@@ -116,7 +116,10 @@ impl Runtime {
             let dir = self.volume_dir(name);
             tokio::fs::create_dir_all(&dir)
                 .await
-                .map_err(|source| RuntimeError::DataDir { path: dir.clone(), source })?;
+                .map_err(|source| RuntimeError::DataDir {
+                    path: dir.clone(),
+                    source,
+                })?;
             volume_dirs.insert(mount.clone(), dir);
         }
         self.inner
@@ -224,7 +227,9 @@ impl Runtime {
             TaskStatus::Cancelled => Err(RuntimeError::Cancelled(id)),
             _ => Err(RuntimeError::TaskFailed {
                 task_id: id,
-                error: record.error.unwrap_or_else(|| crate::TaskError::new("Unknown", "no error recorded")),
+                error: record
+                    .error
+                    .unwrap_or_else(|| crate::TaskError::new("Unknown", "no error recorded")),
             }),
         }
     }
@@ -267,7 +272,10 @@ impl Runtime {
 
     /// A task's current record.
     pub fn status(&self, id: TaskId) -> Result<TaskRecord, RuntimeError> {
-        self.inner.tracker.get(id).ok_or(RuntimeError::UnknownTask(id))
+        self.inner
+            .tracker
+            .get(id)
+            .ok_or(RuntimeError::UnknownTask(id))
     }
 
     /// Tasks, newest first, optionally only those in `status`; returns the page
@@ -288,7 +296,11 @@ impl Runtime {
         id: TaskId,
         timeout: Option<Duration>,
     ) -> Result<TaskRecord, RuntimeError> {
-        let mut rx = self.inner.tracker.watch(id).ok_or(RuntimeError::UnknownTask(id))?;
+        let mut rx = self
+            .inner
+            .tracker
+            .watch(id)
+            .ok_or(RuntimeError::UnknownTask(id))?;
         let until_done = async {
             loop {
                 if rx.borrow_and_update().is_terminal() {
@@ -301,9 +313,12 @@ impl Runtime {
         };
         match timeout {
             None => until_done.await?,
-            Some(t) => tokio::time::timeout(t, until_done)
-                .await
-                .map_err(|_| RuntimeError::WaitTimeout { task_id: id, waited: t })??,
+            Some(t) => tokio::time::timeout(t, until_done).await.map_err(|_| {
+                RuntimeError::WaitTimeout {
+                    task_id: id,
+                    waited: t,
+                }
+            })??,
         }
         self.status(id)
     }
@@ -400,7 +415,11 @@ impl Runtime {
             tracing::warn!("tasks still running after the shutdown grace period");
         }
         self.inner.backend.shutdown().await;
-        let _ = self.inner.root.stop_and_wait(None, Some(Duration::from_secs(5))).await;
+        let _ = self
+            .inner
+            .root
+            .stop_and_wait(None, Some(Duration::from_secs(5)))
+            .await;
         tracing::info!("runtime stopped");
     }
 }

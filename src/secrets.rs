@@ -118,7 +118,10 @@ impl SecretStore {
 
     /// The environment for a function that declares `names`: every key of
     /// every named secret (later secrets win on a clash).
-    pub(crate) fn resolve(&self, names: &[String]) -> Result<BTreeMap<String, String>, SecretError> {
+    pub(crate) fn resolve(
+        &self,
+        names: &[String],
+    ) -> Result<BTreeMap<String, String>, SecretError> {
         let mut env = BTreeMap::new();
         for name in names {
             let secret = self.inner.get(name).ok_or_else(|| SecretError::Unknown {
@@ -139,7 +142,9 @@ mod tests {
     fn set_resolve_and_list() {
         let store = SecretStore::new();
         store.set("api-keys", [("TOKEN", "s3cret")]).unwrap();
-        store.set("db", [("DB_URL", "postgres://x"), ("TOKEN", "other")]).unwrap();
+        store
+            .set("db", [("DB_URL", "postgres://x"), ("TOKEN", "other")])
+            .unwrap();
         assert_eq!(store.names(), ["api-keys", "db"]);
         let env = store.resolve(&["api-keys".into(), "db".into()]).unwrap();
         assert_eq!(env["TOKEN"], "other");
@@ -152,16 +157,28 @@ mod tests {
         let store = SecretStore::new();
         store.set("a", [("K", "v")]).unwrap();
         let err = store.resolve(&["b".into()]).unwrap_err().to_string();
-        assert!(err.contains("`b`") && err.contains("known secrets: a"), "{err}");
+        assert!(
+            err.contains("`b`") && err.contains("known secrets: a"),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_names_keys_and_values() {
         let store = SecretStore::new();
-        assert!(matches!(store.set("bad name", [("K", "v")]), Err(SecretError::Name(_))));
+        assert!(matches!(
+            store.set("bad name", [("K", "v")]),
+            Err(SecretError::Name(_))
+        ));
         let err = store.set("s", [("1KEY", "v")]).unwrap_err().to_string();
-        assert!(err.contains("1KEY") && err.contains("environment variable"), "{err}");
-        assert!(matches!(store.set("s", [("K", "a\0b")]), Err(SecretError::Value { .. })));
+        assert!(
+            err.contains("1KEY") && err.contains("environment variable"),
+            "{err}"
+        );
+        assert!(matches!(
+            store.set("s", [("K", "a\0b")]),
+            Err(SecretError::Value { .. })
+        ));
         assert!(store.names().is_empty());
     }
 }

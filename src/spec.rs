@@ -335,9 +335,9 @@ impl ImageSpec {
         for (i, p) in self.apt_packages.iter().enumerate() {
             let (name, version) = p.split_once('=').unwrap_or((p, "x"));
             let ok = name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                && name.chars().all(|c| {
-                    c.is_ascii_lowercase() || c.is_ascii_digit() || "+.-".contains(c)
-                })
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+.-".contains(c))
                 && !version.is_empty()
                 && version
                     .chars()
@@ -467,7 +467,10 @@ mod tests {
     fn field_of(spec: FunctionSpec) -> String {
         let err = spec.validate().unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("expected"), "message says what is accepted: {text}");
+        assert!(
+            text.contains("expected"),
+            "message says what is accepted: {text}"
+        );
         err.field().to_owned()
     }
 
@@ -527,7 +530,9 @@ mod tests {
     fn gpu_in_spec() {
         ok().gpu("A100-80GB:2".parse().unwrap()).validate().unwrap();
         let json = r#"{"name":"f","code":"x","resources":{"gpu":["H100","nope"]}}"#;
-        let err = serde_json::from_str::<FunctionSpec>(json).unwrap_err().to_string();
+        let err = serde_json::from_str::<FunctionSpec>(json)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("gpu[1]") && err.contains("nope"), "{err}");
     }
 
@@ -539,21 +544,33 @@ mod tests {
 
     #[test]
     fn secrets_names() {
-        ok().secret("api-keys").secret("db.creds_1").validate().unwrap();
+        ok().secret("api-keys")
+            .secret("db.creds_1")
+            .validate()
+            .unwrap();
         assert_eq!(field_of(ok().secret("bad name")), "secrets[0]");
         assert_eq!(field_of(ok().secret("ok").secret("")), "secrets[1]");
     }
 
     #[test]
     fn volume_mounts() {
-        ok().volume("/data", "shared").volume("/models/x", "m").validate().unwrap();
-        for bad in ["data", "/", "/a/../b", "/a//b", "/a/", "/proc", "/tmp/x", "/etc"] {
+        ok().volume("/data", "shared")
+            .volume("/models/x", "m")
+            .validate()
+            .unwrap();
+        for bad in [
+            "data", "/", "/a/../b", "/a//b", "/a/", "/proc", "/tmp/x", "/etc",
+        ] {
             let field = field_of(ok().volume(bad, "v"));
             assert!(field.starts_with("volumes["), "{bad}: {field}");
         }
         assert!(field_of(ok().volume("/data", "bad/name")).starts_with("volumes["));
         let nested = ok().volume("/data", "a").volume("/data/sub", "b");
-        assert!(nested.validate().unwrap_err().to_string().contains("nested"));
+        assert!(nested
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("nested"));
     }
 
     #[test]
@@ -569,7 +586,10 @@ mod tests {
             field_of(ok().python_package("--index-url=http://x")),
             "image.python_packages[0]"
         );
-        assert_eq!(field_of(ok().python_package("a b")), "image.python_packages[0]");
+        assert_eq!(
+            field_of(ok().python_package("a b")),
+            "image.python_packages[0]"
+        );
         let mut spec = ok();
         spec.image.apt_packages = vec!["ffmpeg".into(), "curl=7.88.1-10".into()];
         spec.validate().unwrap();
@@ -579,7 +599,8 @@ mod tests {
 
     #[test]
     fn json_defaults_and_unknown_fields() {
-        let spec: FunctionSpec = serde_json::from_str(r#"{"name":"f","code":"x","retries":3}"#).unwrap();
+        let spec: FunctionSpec =
+            serde_json::from_str(r#"{"name":"f","code":"x","retries":3}"#).unwrap();
         assert_eq!(spec.timeout_s, 300);
         assert_eq!(spec.retries.max_retries, 3);
         let err = serde_json::from_str::<FunctionSpec>(r#"{"name":"f","code":"x","gpus":"T4"}"#)

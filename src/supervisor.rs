@@ -13,7 +13,9 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, Message, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorProcessingErr, ActorRef, Message, RpcReplyPort, SupervisionEvent,
+};
 use tokio::sync::watch;
 
 /// How the root supervisor reacts to a failing child.
@@ -113,7 +115,9 @@ impl<M: Message> Slot<M> {
                 match ractor::call_t!(actor, build, ms) {
                     Ok(reply) => return Ok(reply),
                     Err(ractor::RactorErr::Timeout) => return Err(ChildError::Timeout(self.child)),
-                    Err(e) => tracing::debug!(child = %self.child, error = %e, "child unreachable; waiting for restart"),
+                    Err(e) => {
+                        tracing::debug!(child = %self.child, error = %e, "child unreachable; waiting for restart")
+                    }
                 }
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {

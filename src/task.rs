@@ -247,6 +247,9 @@ mod tests {
     fn terminal_states() {
         assert!(!TaskStatus::Running.is_terminal());
         assert!(TaskStatus::Cancelled.is_terminal());
-        assert_eq!(serde_json::to_string(&TaskStatus::Completed).unwrap(), "\"completed\"");
+        assert_eq!(
+            serde_json::to_string(&TaskStatus::Completed).unwrap(),
+            "\"completed\""
+        );
     }
 }

@@ -86,9 +86,7 @@ impl TaskStore {
 #[derive(Debug)]
 pub(crate) enum TaskUpdate {
     /// It started running.
-    Started {
-        backend_call_id: Option<String>,
-    },
+    Started { backend_call_id: Option<String> },
     /// A map's counts changed.
     Progress(MapProgress),
     /// It reached a terminal state.
@@ -204,12 +202,15 @@ impl TaskTrackerHandle {
     pub(crate) async fn update(&self, id: TaskId, update: TaskUpdate) -> Result<(), ChildError> {
         let cell = Arc::new(TaskUpdateCell(std::sync::Mutex::new(Some(update))));
         self.slot
-            .call(CALL_TIMEOUT, |reply| TaskTrackerMsg::Update(id, cell.clone(), reply))
+            .call(CALL_TIMEOUT, |reply| {
+                TaskTrackerMsg::Update(id, cell.clone(), reply)
+            })
             .await
     }
 
     pub(crate) async fn finish(&self, id: TaskId, finished: Finished) -> Result<(), ChildError> {
-        self.update(id, TaskUpdate::Finished(Box::new(finished))).await
+        self.update(id, TaskUpdate::Finished(Box::new(finished)))
+            .await
     }
 
     pub(crate) fn get(&self, id: TaskId) -> Option<TaskRecord> {
@@ -230,7 +231,11 @@ impl TaskTrackerHandle {
             .filter(|r| status.is_none_or(|s| r.status == s))
             .map(|r| r.clone())
             .collect();
-        all.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.task_id.cmp(&b.task_id)));
+        all.sort_by(|a, b| {
+            b.created_at
+                .cmp(&a.created_at)
+                .then(a.task_id.cmp(&b.task_id))
+        });
         let total = all.len();
         (all.into_iter().skip(offset).take(limit).collect(), total)
     }

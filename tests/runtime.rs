@@ -28,16 +28,25 @@ async fn deploy_and_call_with_args_and_kwargs() {
     assert_eq!(info.function_name, "greet");
     assert_eq!(t.rt.functions().len(), 1);
 
-    let out = t.rt.call("greet", vec![json!("ada")], Map::new()).await.unwrap();
+    let out =
+        t.rt.call("greet", vec![json!("ada")], Map::new())
+            .await
+            .unwrap();
     assert_eq!(out, json!("hello ada."));
-    let out = t
-        .rt
-        .call("greet", vec![json!("bo"), json!("!")], kwargs(json!({"times": 2})))
+    let out =
+        t.rt.call(
+            "greet",
+            vec![json!("bo"), json!("!")],
+            kwargs(json!({"times": 2})),
+        )
         .await
         .unwrap();
     assert_eq!(out, json!("hello bo!hello bo!"));
 
-    let id = t.rt.spawn("greet", vec![json!("cy")], Map::new()).await.unwrap();
+    let id =
+        t.rt.spawn("greet", vec![json!("cy")], Map::new())
+            .await
+            .unwrap();
     let record = t.rt.wait(id, Some(Duration::from_secs(30))).await.unwrap();
     assert_eq!(record.status, TaskStatus::Completed);
     assert_eq!(record.result, Some(json!("hello cy.")));
@@ -53,21 +62,39 @@ async fn deploy_and_call_with_args_and_kwargs() {
 async fn async_functions_and_none_results() {
     let t = support::start(1).await;
     let code = "import asyncio\nasync def slow_add(a, b):\n    await asyncio.sleep(0.01)\n    return a + b\n";
-    t.rt.deploy_function(FunctionSpec::new("slow_add", code)).await.unwrap();
-    let out = t.rt.call("slow_add", vec![json!(2), json!(3)], Map::new()).await.unwrap();
+    t.rt.deploy_function(FunctionSpec::new("slow_add", code))
+        .await
+        .unwrap();
+    let out =
+        t.rt.call("slow_add", vec![json!(2), json!(3)], Map::new())
+            .await
+            .unwrap();
     assert_eq!(out, json!(5));
-    t.rt.deploy_function(FunctionSpec::new("nothing", "def nothing():\n    pass\n")).await.unwrap();
-    assert_eq!(t.rt.call("nothing", vec![], Map::new()).await.unwrap(), Value::Null);
+    t.rt.deploy_function(FunctionSpec::new("nothing", "def nothing():\n    pass\n"))
+        .await
+        .unwrap();
+    assert_eq!(
+        t.rt.call("nothing", vec![], Map::new()).await.unwrap(),
+        Value::Null
+    );
     t.rt.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exceptions_become_task_errors_with_traceback() {
     let t = support::start(1).await;
-    let code = "def check(x):\n    if x < 0:\n        raise ValueError(f'negative: {x}')\n    return x\n";
-    t.rt.deploy_function(FunctionSpec::new("check", code)).await.unwrap();
-    let err = t.rt.call("check", vec![json!(-4)], Map::new()).await.unwrap_err();
-    let RuntimeError::TaskFailed { task_id, error } = err else { panic!("{err:?}") };
+    let code =
+        "def check(x):\n    if x < 0:\n        raise ValueError(f'negative: {x}')\n    return x\n";
+    t.rt.deploy_function(FunctionSpec::new("check", code))
+        .await
+        .unwrap();
+    let err =
+        t.rt.call("check", vec![json!(-4)], Map::new())
+            .await
+            .unwrap_err();
+    let RuntimeError::TaskFailed { task_id, error } = err else {
+        panic!("{err:?}")
+    };
     assert_eq!(error.kind, "ValueError");
     assert_eq!(error.message, "negative: -4");
     let tb = error.traceback.expect("a traceback");
@@ -77,16 +104,23 @@ async fn exceptions_become_task_errors_with_traceback() {
     let record = t.rt.status(task_id).unwrap();
     assert_eq!(record.status, TaskStatus::Failed);
     // The container survives an exception and keeps serving.
-    assert_eq!(t.rt.call("check", vec![json!(4)], Map::new()).await.unwrap(), json!(4));
+    assert_eq!(
+        t.rt.call("check", vec![json!(4)], Map::new())
+            .await
+            .unwrap(),
+        json!(4)
+    );
     t.rt.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn code_errors_are_reported_at_deploy() {
     let t = support::start(1).await;
-    let err = t
-        .rt
-        .deploy_function(FunctionSpec::new("f", "def f(x):\n    return (x +\n\ndef g(: pass\n"))
+    let err =
+        t.rt.deploy_function(FunctionSpec::new(
+            "f",
+            "def f(x):\n    return (x +\n\ndef g(: pass\n",
+        ))
         .await
         .unwrap_err();
     match err {
@@ -96,25 +130,37 @@ async fn code_errors_are_reported_at_deploy() {
         }
         other => panic!("{other:?}"),
     }
-    let err = t
-        .rt
-        .deploy_function(FunctionSpec::new("f", "def g(x):\n    return x\nh = 3\n"))
-        .await
-        .unwrap_err();
+    let err =
+        t.rt.deploy_function(FunctionSpec::new("f", "def g(x):\n    return x\nh = 3\n"))
+            .await
+            .unwrap_err();
     let text = err.to_string();
-    assert!(matches!(err, RuntimeError::Spec(SpecError::MissingFunction { .. })), "{err:?}");
+    assert!(
+        matches!(err, RuntimeError::Spec(SpecError::MissingFunction { .. })),
+        "{err:?}"
+    );
     assert!(text.contains("`f`") && text.contains("g"), "{text}");
-    let err = t
-        .rt
-        .deploy_function(FunctionSpec::new("f", "import no_such_module_xyz\ndef f(): pass\n"))
+    let err =
+        t.rt.deploy_function(FunctionSpec::new(
+            "f",
+            "import no_such_module_xyz\ndef f(): pass\n",
+        ))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("ModuleNotFoundError"), "{err}");
-    let err = t.rt.deploy_function(FunctionSpec::new("f", "def f(): pass").timeout_s(0)).await;
+    let err =
+        t.rt.deploy_function(FunctionSpec::new("f", "def f(): pass").timeout_s(0))
+            .await;
     assert!(err.unwrap_err().to_string().contains("timeout_s"));
-    assert!(t.rt.functions().is_empty(), "nothing registered after failed deploys");
+    assert!(
+        t.rt.functions().is_empty(),
+        "nothing registered after failed deploys"
+    );
     let err = t.rt.spawn("f", vec![], Map::new()).await.unwrap_err();
-    assert!(matches!(err, RuntimeError::UnknownFunction(ref f) if f == "f"), "{err:?}");
+    assert!(
+        matches!(err, RuntimeError::UnknownFunction(ref f) if f == "f"),
+        "{err:?}"
+    );
     t.rt.shutdown().await;
 }
 
@@ -122,12 +168,23 @@ async fn code_errors_are_reported_at_deploy() {
 async fn non_json_results_are_clear_task_errors() {
     let t = support::start(1).await;
     let code = "import math\ndef odd(kind):\n    return {'set': {1, 2}, 'nan': math.nan, 'obj': object()}[kind]\n";
-    t.rt.deploy_function(FunctionSpec::new("odd", code)).await.unwrap();
+    t.rt.deploy_function(FunctionSpec::new("odd", code))
+        .await
+        .unwrap();
     for kind in ["set", "nan", "obj"] {
-        let err = t.rt.call("odd", vec![json!(kind)], Map::new()).await.unwrap_err();
-        let RuntimeError::TaskFailed { error, .. } = err else { panic!("{err:?}") };
+        let err =
+            t.rt.call("odd", vec![json!(kind)], Map::new())
+                .await
+                .unwrap_err();
+        let RuntimeError::TaskFailed { error, .. } = err else {
+            panic!("{err:?}")
+        };
         assert_eq!(error.kind, "ResultNotSerializable", "{kind}");
-        assert!(error.message.contains("not JSON-serializable"), "{}", error.message);
+        assert!(
+            error.message.contains("not JSON-serializable"),
+            "{}",
+            error.message
+        );
     }
     t.rt.shutdown().await;
 }
@@ -136,17 +193,26 @@ async fn non_json_results_are_clear_task_errors() {
 async fn timeout_kills_and_replaces_the_container() {
     let t = support::start(1).await;
     let code = "import os, time\ndef nap(s):\n    time.sleep(s)\n    return os.getpid()\n";
-    t.rt.deploy_function(FunctionSpec::new("nap", code).timeout_s(1)).await.unwrap();
+    t.rt.deploy_function(FunctionSpec::new("nap", code).timeout_s(1))
+        .await
+        .unwrap();
     let before = t.rt.call("nap", vec![json!(0)], Map::new()).await.unwrap();
     let started = std::time::Instant::now();
-    let err = t.rt.call("nap", vec![json!(60)], Map::new()).await.unwrap_err();
+    let err =
+        t.rt.call("nap", vec![json!(60)], Map::new())
+            .await
+            .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(20));
-    let RuntimeError::TaskFailed { error, .. } = err else { panic!("{err:?}") };
+    let RuntimeError::TaskFailed { error, .. } = err else {
+        panic!("{err:?}")
+    };
     assert_eq!(error.kind, "TimeoutError");
     let old_pid = before.as_u64().unwrap() as u32;
-    support::eventually(Duration::from_secs(10), "timed-out container gone", || async {
-        !support::processes_with(t.backend.instance_tag()).contains(&old_pid)
-    })
+    support::eventually(
+        Duration::from_secs(10),
+        "timed-out container gone",
+        || async { !support::processes_with(t.backend.instance_tag()).contains(&old_pid) },
+    )
     .await;
     let after = t.rt.call("nap", vec![json!(0)], Map::new()).await.unwrap();
     assert_ne!(after, before, "a fresh container serves the next call");
@@ -156,12 +222,20 @@ async fn timeout_kills_and_replaces_the_container() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_reach_only_functions_that_declare_them() {
     let t = support::start(1).await;
-    t.rt.secrets().set("api-keys", [("API_TOKEN", "tok-123")]).unwrap();
+    t.rt.secrets()
+        .set("api-keys", [("API_TOKEN", "tok-123")])
+        .unwrap();
     let code = "import os\ndef env(k):\n    return os.environ.get(k)\n";
-    t.rt.deploy_function(FunctionSpec::new("with_secret", code).entrypoint("env").secret("api-keys"))
+    t.rt.deploy_function(
+        FunctionSpec::new("with_secret", code)
+            .entrypoint("env")
+            .secret("api-keys"),
+    )
+    .await
+    .unwrap();
+    t.rt.deploy_function(FunctionSpec::new("without", code).entrypoint("env"))
         .await
         .unwrap();
-    t.rt.deploy_function(FunctionSpec::new("without", code).entrypoint("env")).await.unwrap();
     let get = |f: &'static str, k: &'static str| {
         let rt = t.rt.clone();
         async move { rt.call(f, vec![json!(k)], Map::new()).await.unwrap() }
@@ -171,9 +245,12 @@ async fn secrets_reach_only_functions_that_declare_them() {
     // The runtime's own environment does not leak into containers.
     assert!(std::env::var("CARGO_PKG_NAME").is_ok() || std::env::var("PATH").is_ok());
     assert_eq!(get("without", "CARGO_MANIFEST_DIR").await, Value::Null);
-    let err = t
-        .rt
-        .deploy_function(FunctionSpec::new("needs", code).entrypoint("env").secret("nope"))
+    let err =
+        t.rt.deploy_function(
+            FunctionSpec::new("needs", code)
+                .entrypoint("env")
+                .secret("nope"),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, RuntimeError::Secret(_)), "{err:?}");
@@ -195,7 +272,10 @@ def save(name, text):
     t.rt.deploy_function(FunctionSpec::new("save", code).volume("/data", "shared"))
         .await
         .unwrap();
-    let listing = t.rt.call("save", vec![json!("a.txt"), json!("hi")], Map::new()).await.unwrap();
+    let listing =
+        t.rt.call("save", vec![json!("a.txt"), json!("hi")], Map::new())
+            .await
+            .unwrap();
     assert_eq!(listing, json!(["a.txt"]));
     let on_host = std::fs::read_to_string(t.rt.volume_dir("shared").join("a.txt")).unwrap();
     assert_eq!(on_host, "hi");
@@ -209,11 +289,17 @@ async fn panicking_children_are_restarted_without_losing_state() {
         .await
         .unwrap();
     let first = t.rt.spawn("inc", vec![json!(1)], Map::new()).await.unwrap();
-    t.rt.wait(first, Some(Duration::from_secs(30))).await.unwrap();
+    t.rt.wait(first, Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
 
-    for (n, child) in [RuntimeChild::Registry, RuntimeChild::Tracker, RuntimeChild::Dispatcher]
-        .into_iter()
-        .enumerate()
+    for (n, child) in [
+        RuntimeChild::Registry,
+        RuntimeChild::Tracker,
+        RuntimeChild::Dispatcher,
+    ]
+    .into_iter()
+    .enumerate()
     {
         t.rt.inject_fault(child);
         let rt = t.rt.clone();
@@ -226,7 +312,11 @@ async fn panicking_children_are_restarted_without_losing_state() {
         // Nothing lost: the function is registered, old records are intact,
         // and the restarted child serves new work.
         assert_eq!(t.rt.functions().len(), 1, "after {child}");
-        assert_eq!(t.rt.status(first).unwrap().result, Some(json!(2)), "after {child}");
+        assert_eq!(
+            t.rt.status(first).unwrap().result,
+            Some(json!(2)),
+            "after {child}"
+        );
         let out = t.rt.call("inc", vec![json!(n)], Map::new()).await.unwrap();
         assert_eq!(out, json!(n + 1), "after {child}");
     }
@@ -268,11 +358,19 @@ async fn restart_intensity_exceeded_escalates() {
 async fn shutdown_leaves_no_python_process_behind() {
     let t = support::start(2).await;
     let tag = t.backend.instance_tag().to_owned();
-    t.rt.deploy_function(FunctionSpec::new("nap", "import time\ndef nap(s):\n    time.sleep(s)\n    return s\n"))
+    t.rt.deploy_function(FunctionSpec::new(
+        "nap",
+        "import time\ndef nap(s):\n    time.sleep(s)\n    return s\n",
+    ))
+    .await
+    .unwrap();
+    t.rt.deploy_function(FunctionSpec::new("idle", "def idle(): return 1\n"))
         .await
         .unwrap();
-    t.rt.deploy_function(FunctionSpec::new("idle", "def idle(): return 1\n")).await.unwrap();
-    let long_call = t.rt.spawn("nap", vec![json!(300)], Map::new()).await.unwrap();
+    let long_call =
+        t.rt.spawn("nap", vec![json!(300)], Map::new())
+            .await
+            .unwrap();
     let map = t.rt.run_parallel("nap", vec![json!(300); 4]).await.unwrap();
     let rt = t.rt.clone();
     support::eventually(Duration::from_secs(20), "both tasks running", move || {
@@ -283,13 +381,26 @@ async fn shutdown_leaves_no_python_process_behind() {
         }
     })
     .await;
-    assert!(support::processes_with(&tag).len() >= 2, "containers are up");
+    assert!(
+        support::processes_with(&tag).len() >= 2,
+        "containers are up"
+    );
     let started = std::time::Instant::now();
     t.rt.shutdown().await;
-    assert!(started.elapsed() < Duration::from_secs(20), "shutdown is prompt");
-    assert_eq!(support::processes_with(&tag), Vec::<u32>::new(), "no container left");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "shutdown is prompt"
+    );
+    assert_eq!(
+        support::processes_with(&tag),
+        Vec::<u32>::new(),
+        "no container left"
+    );
     assert!(t.backend.container_pids().is_empty());
-    assert_eq!(t.rt.status(long_call).unwrap().status, TaskStatus::Cancelled);
+    assert_eq!(
+        t.rt.status(long_call).unwrap().status,
+        TaskStatus::Cancelled
+    );
     assert_eq!(t.rt.status(map).unwrap().status, TaskStatus::Cancelled);
     let err = t.rt.spawn("idle", vec![], Map::new()).await.unwrap_err();
     assert!(matches!(err, RuntimeError::ShutDown), "{err:?}");

@@ -14,7 +14,9 @@
 
 mod container;
 mod map;
+mod marshal;
 mod pool;
+mod protocol;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,16 +26,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dashmap::DashMap;
 use futures_util::stream::BoxStream;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tokio::sync::{Mutex as AsyncMutex, OnceCell};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use self::container::{frame, ContainerConfig, LiveSet, StartError};
-use self::pool::{cancelled_error, decode_call_reply, Pool};
+use self::container::{ContainerConfig, LiveSet, StartError};
+use self::pool::{cancelled_error, Pool};
+use self::protocol::{call_request, decode_call_reply, load_request, Output};
 use super::{
-    BackendError, CallContext, CallId, CallOutcome, Capacity, ComputeBackend, Deployment,
+    BackendError, CallContext, CallId, CallOutcome, Capacity, ComputeBackend, Deployment, LogSink,
     LogStream, MapItem,
 };
 use crate::task::TaskError;
@@ -50,7 +53,7 @@ pub struct LocalConfig {
     /// Where containers get their working directories (default: a
     /// `containers` directory under the runtime's data dir).
     pub work_dir: PathBuf,
-    /// Largest map batch sent to one container (default 4096).
+    /// Largest map batch sent to one container (default 16384).
     pub max_batch: usize,
     /// How long a map batch should take; batch sizes adapt towards it
     /// (default 20 ms).
@@ -63,7 +66,7 @@ impl Default for LocalConfig {
             python: None,
             pool_size: std::thread::available_parallelism().map_or(2, |n| n.get()),
             work_dir: std::env::temp_dir().join("modal-agents").join("containers"),
-            max_batch: 4096,
+            max_batch: 16_384,
             target_batch: Duration::from_millis(20),
         }
     }
@@ -212,21 +215,29 @@ async fn call_with_retries(pool: Arc<Pool>, frame: Vec<u8>, ctx: CallContext) ->
 
 async fn call_once(pool: &Arc<Pool>, frame: &[u8], ctx: &CallContext) -> Result<Value, TaskError> {
     let mut lease = pool.acquire(&ctx.cancel).await?;
-    ctx.meter.running.store(1, std::sync::atomic::Ordering::Relaxed);
+    ctx.meter
+        .running
+        .store(1, std::sync::atomic::Ordering::Relaxed);
     let reply = tokio::select! {
         reply = lease.request(frame, pool.timeout()) => reply,
         () = ctx.cancel.cancelled() => Err(cancelled_error()),
     };
-    ctx.meter.running.store(0, std::sync::atomic::Ordering::Relaxed);
+    ctx.meter
+        .running
+        .store(0, std::sync::atomic::Ordering::Relaxed);
     drop(lease);
-    let (result, stdout, stderr) = decode_call_reply(&reply?);
-    if let Some(text) = stdout {
-        ctx.logs.write(LogStream::Stdout, text);
-    }
-    if let Some(text) = stderr {
-        ctx.logs.write(LogStream::Stderr, text);
-    }
+    let (result, output) = decode_call_reply(&reply?);
+    write_output(&ctx.logs, output);
     result
+}
+
+fn write_output(logs: &LogSink, output: Output) {
+    if let Some(text) = output.stdout {
+        logs.write(LogStream::Stdout, text);
+    }
+    if let Some(text) = output.stderr {
+        logs.write(LogStream::Stderr, text);
+    }
 }
 
 #[async_trait]
@@ -259,12 +270,7 @@ impl ComputeBackend for LocalBackend {
             runtime_tag: self.runtime_tag.clone(),
             env: self.container_env(&d),
             cwd,
-            load_frame: frame(&json!({
-                "op": "load",
-                "code": spec.code,
-                "entrypoint": spec.python_entrypoint(),
-                "filename": format!("{}.py", spec.name),
-            })),
+            load_frame: load_request(&spec),
         };
         let size = spec
             .max_concurrency
@@ -302,7 +308,7 @@ impl ComputeBackend for LocalBackend {
         ctx: CallContext,
     ) -> Result<CallOutcome, BackendError> {
         let pool = self.pool(function)?;
-        let frame = frame(&json!({"op": "call", "args": args, "kwargs": kwargs}));
+        let frame = call_request(args, kwargs);
         Ok(call_with_retries(pool, frame, ctx).await)
     }
 
@@ -335,7 +341,7 @@ impl ComputeBackend for LocalBackend {
         mut ctx: CallContext,
     ) -> Result<CallId, BackendError> {
         let pool = self.pool(function)?;
-        let frame = frame(&json!({"op": "call", "args": args, "kwargs": kwargs}));
+        let frame = call_request(args, kwargs);
         let id = CallId(format!("lc-{}", uuid::Uuid::new_v4().simple()));
         ctx.cancel = ctx.cancel.child_token();
         let cancel = ctx.cancel.clone();
@@ -363,7 +369,10 @@ impl ComputeBackend for LocalBackend {
             .take()
             .ok_or_else(|| BackendError::UnknownCall(call.clone()))?;
         let outcome = handle.await.unwrap_or_else(|e| CallOutcome {
-            result: Err(TaskError::new("InternalError", format!("call task failed: {e}"))),
+            result: Err(TaskError::new(
+                "InternalError",
+                format!("call task failed: {e}"),
+            )),
             attempts: 1,
         });
         self.calls.remove(call);

@@ -11,8 +11,12 @@ use tokio_util::task::TaskTracker as JobSet;
 
 use super::{Inner, Runtime, RuntimeError};
 use crate::compute::{ComputeBackend, LocalBackend, LocalConfig};
-use crate::dispatcher::{DispatchShared, Dispatcher, DispatcherArgs, DispatcherHandle, DispatcherMsg};
-use crate::registry::{FunctionRegistry, FunctionRegistryArgs, FunctionRegistryHandle, FunctionRegistryMsg};
+use crate::dispatcher::{
+    DispatchShared, Dispatcher, DispatcherArgs, DispatcherHandle, DispatcherMsg,
+};
+use crate::registry::{
+    FunctionRegistry, FunctionRegistryArgs, FunctionRegistryHandle, FunctionRegistryMsg,
+};
 use crate::secrets::SecretStore;
 use crate::supervisor::{
     ChildRunner, ChildSpec, RestartPolicy, RootSupervisor, RootSupervisorArgs, RuntimeChild, Slot,
@@ -77,16 +81,22 @@ impl RuntimeBuilder {
 
     /// Creates the data dir and starts the supervision tree.
     pub async fn start(self) -> Result<Runtime, RuntimeError> {
-        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         for sub in ["tasks", "volumes", "containers"] {
             let path = data_dir.join(sub);
             tokio::fs::create_dir_all(&path)
                 .await
                 .map_err(|source| RuntimeError::DataDir { path, source })?;
         }
-        let data_dir = tokio::fs::canonicalize(&data_dir)
-            .await
-            .map_err(|source| RuntimeError::DataDir { path: data_dir.clone(), source })?;
+        let data_dir =
+            tokio::fs::canonicalize(&data_dir)
+                .await
+                .map_err(|source| RuntimeError::DataDir {
+                    path: data_dir.clone(),
+                    source,
+                })?;
         let backend = match self.backend {
             Some(b) => b,
             None => {

@@ -129,7 +129,11 @@ impl GpuRequest {
                     return Err(SpecError::invalid(
                         field,
                         s,
-                        format!("a count from 1 to {} for {}", kind.max_count(), kind.as_str()),
+                        format!(
+                            "a count from 1 to {} for {}",
+                            kind.max_count(),
+                            kind.as_str()
+                        ),
                     ))
                 }
             },
@@ -241,7 +245,10 @@ mod tests {
     fn counts_are_bounded_per_type() {
         assert_eq!("H100:8".parse::<GpuSpec>().unwrap().choices()[0].count, 8);
         let err = "H100:9".parse::<GpuSpec>().unwrap_err().to_string();
-        assert!(err.contains("`gpu`") && err.contains("H100:9") && err.contains("1 to 8"), "{err}");
+        assert!(
+            err.contains("`gpu`") && err.contains("H100:9") && err.contains("1 to 8"),
+            "{err}"
+        );
         assert!("A10G:4".parse::<GpuSpec>().is_ok());
         let err = "A10G:5".parse::<GpuSpec>().unwrap_err().to_string();
         assert!(err.contains("1 to 4"), "{err}");
@@ -252,7 +259,10 @@ mod tests {
     #[test]
     fn unknown_type_names_the_accepted_ones() {
         let err = "V100".parse::<GpuSpec>().unwrap_err().to_string();
-        assert!(err.contains("V100") && err.contains("H100!") && err.contains("B200+"), "{err}");
+        assert!(
+            err.contains("V100") && err.contains("H100!") && err.contains("B200+"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -269,8 +279,13 @@ mod tests {
         let one: GpuSpec = serde_json::from_str("\"t4\"").unwrap();
         assert_eq!(serde_json::to_string(&one).unwrap(), "\"T4\"");
         let list: GpuSpec = serde_json::from_str("[\"H100!\",\"A100\"]").unwrap();
-        assert_eq!(serde_json::to_string(&list).unwrap(), "[\"H100!\",\"A100\"]");
-        let err = serde_json::from_str::<GpuSpec>("\"Z1\"").unwrap_err().to_string();
+        assert_eq!(
+            serde_json::to_string(&list).unwrap(),
+            "[\"H100!\",\"A100\"]"
+        );
+        let err = serde_json::from_str::<GpuSpec>("\"Z1\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("Z1"), "{err}");
     }
 }

@@ -51,7 +51,8 @@ impl RetryPolicy {
     /// The delay before retry number `retry` (1-based).
     pub fn delay(&self, retry: u32) -> Duration {
         let exp = retry.saturating_sub(1).min(64) as i32;
-        let secs = (self.initial_delay_s * self.backoff_coefficient.powi(exp)).min(self.max_delay_s);
+        let secs =
+            (self.initial_delay_s * self.backoff_coefficient.powi(exp)).min(self.max_delay_s);
         Duration::from_secs_f64(secs.max(0.0))
     }
 
@@ -65,7 +66,12 @@ impl RetryPolicy {
         }
         let checks = [
             ("retries.initial_delay_s", self.initial_delay_s, 0.0, 60.0),
-            ("retries.backoff_coefficient", self.backoff_coefficient, 1.0, 10.0),
+            (
+                "retries.backoff_coefficient",
+                self.backoff_coefficient,
+                1.0,
+                10.0,
+            ),
             ("retries.max_delay_s", self.max_delay_s, 1.0, 60.0),
         ];
         for (field, value, lo, hi) in checks {
@@ -137,14 +143,35 @@ mod tests {
 
     #[test]
     fn bounds_name_the_field() {
-        RetryPolicy::new(10).backoff(0.0, 1.0, 1.0).validate().unwrap();
+        RetryPolicy::new(10)
+            .backoff(0.0, 1.0, 1.0)
+            .validate()
+            .unwrap();
         let cases = [
-            (RetryPolicy::new(3).backoff(-1.0, 2.0, 10.0), "retries.initial_delay_s"),
-            (RetryPolicy::new(3).backoff(61.0, 2.0, 10.0), "retries.initial_delay_s"),
-            (RetryPolicy::new(3).backoff(1.0, 0.5, 10.0), "retries.backoff_coefficient"),
-            (RetryPolicy::new(3).backoff(1.0, 11.0, 10.0), "retries.backoff_coefficient"),
-            (RetryPolicy::new(3).backoff(1.0, 2.0, 0.5), "retries.max_delay_s"),
-            (RetryPolicy::new(3).backoff(1.0, 2.0, f64::INFINITY), "retries.max_delay_s"),
+            (
+                RetryPolicy::new(3).backoff(-1.0, 2.0, 10.0),
+                "retries.initial_delay_s",
+            ),
+            (
+                RetryPolicy::new(3).backoff(61.0, 2.0, 10.0),
+                "retries.initial_delay_s",
+            ),
+            (
+                RetryPolicy::new(3).backoff(1.0, 0.5, 10.0),
+                "retries.backoff_coefficient",
+            ),
+            (
+                RetryPolicy::new(3).backoff(1.0, 11.0, 10.0),
+                "retries.backoff_coefficient",
+            ),
+            (
+                RetryPolicy::new(3).backoff(1.0, 2.0, 0.5),
+                "retries.max_delay_s",
+            ),
+            (
+                RetryPolicy::new(3).backoff(1.0, 2.0, f64::INFINITY),
+                "retries.max_delay_s",
+            ),
         ];
         for (policy, field) in cases {
             assert_eq!(policy.validate().unwrap_err().field(), field);

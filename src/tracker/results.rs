@@ -11,18 +11,23 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::AsyncWriteExt;
 
 pub(crate) const DATA_FILE: &str = "results.jsonl";
 pub(crate) const INDEX_FILE: &str = "results.idx";
 
-/// Appends results in order.
+/// Bytes buffered in memory before they are written out.
+const BUFFER: usize = 1 << 18;
+
+/// Appends results in order. Pushing only serializes into memory; the files
+/// are written when the buffer fills or on [`ResultWriter::flush`].
 pub(crate) struct ResultWriter {
-    data: BufWriter<tokio::fs::File>,
-    index: BufWriter<tokio::fs::File>,
+    data_file: tokio::fs::File,
+    index_file: tokio::fs::File,
+    data: Vec<u8>,
+    index: Vec<u8>,
     end: u64,
-    written: u64,
-    line: Vec<u8>,
+    pushed: u64,
 }
 
 impl ResultWriter {
@@ -31,35 +36,50 @@ impl ResultWriter {
         let data = tokio::fs::File::create(dir.join(DATA_FILE)).await?;
         let index = tokio::fs::File::create(dir.join(INDEX_FILE)).await?;
         Ok(ResultWriter {
-            data: BufWriter::with_capacity(1 << 16, data),
-            index: BufWriter::with_capacity(1 << 14, index),
+            data_file: data,
+            index_file: index,
+            data: Vec::with_capacity(BUFFER),
+            index: Vec::with_capacity(BUFFER / 8),
             end: 0,
-            written: 0,
-            line: Vec::with_capacity(256),
+            pushed: 0,
         })
     }
 
+    /// Appends one result; writes the buffer out when it is full.
     pub(crate) async fn push(&mut self, value: &Value) -> io::Result<()> {
-        self.line.clear();
-        serde_json::to_writer(&mut self.line, value).map_err(io::Error::other)?;
-        self.line.push(b'\n');
-        self.data.write_all(&self.line).await?;
-        self.end += self.line.len() as u64;
-        self.index.write_all(&self.end.to_le_bytes()).await?;
-        self.written += 1;
+        let before = self.data.len();
+        serde_json::to_writer(&mut self.data, value).map_err(io::Error::other)?;
+        self.data.push(b'\n');
+        self.end += (self.data.len() - before) as u64;
+        self.index.extend_from_slice(&self.end.to_le_bytes());
+        self.pushed += 1;
+        if self.data.len() >= BUFFER {
+            self.flush().await?;
+        }
         Ok(())
     }
 
-    /// Flushes to the files; returns how many results are now readable.
+    /// Writes everything pushed to the files; returns how many results are
+    /// now readable.
     pub(crate) async fn flush(&mut self) -> io::Result<u64> {
-        self.data.flush().await?;
-        self.index.flush().await?;
-        Ok(self.written)
+        self.data_file.write_all(&self.data).await?;
+        self.data.clear();
+        self.index_file.write_all(&self.index).await?;
+        self.index.clear();
+        // tokio's File finishes a write in the background; flush waits for it.
+        self.data_file.flush().await?;
+        self.index_file.flush().await?;
+        Ok(self.pushed)
     }
 }
 
 /// Reads results `offset .. offset + limit` (clamped to `available`).
-pub(crate) fn read_page(dir: PathBuf, offset: u64, limit: u64, available: u64) -> io::Result<Vec<Value>> {
+pub(crate) fn read_page(
+    dir: PathBuf,
+    offset: u64,
+    limit: u64,
+    available: u64,
+) -> io::Result<Vec<Value>> {
     let end = offset.saturating_add(limit).min(available);
     if offset >= end {
         return Ok(Vec::new());
@@ -76,7 +96,11 @@ pub(crate) fn read_page(dir: PathBuf, offset: u64, limit: u64, available: u64) -
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(c.try_into().expect("8-byte chunk")))
         .collect();
-    let (start, ends) = if offset > 0 { (ends[0], &ends[1..]) } else { (0, &ends[..]) };
+    let (start, ends) = if offset > 0 {
+        (ends[0], &ends[1..])
+    } else {
+        (0, &ends[..])
+    };
     let stop = *ends.last().expect("at least one entry");
     let mut data = File::open(dir.join(DATA_FILE))?;
     data.seek(SeekFrom::Start(start))?;
@@ -103,7 +127,14 @@ mod tests {
         assert_eq!(w.flush().await.unwrap(), 1000);
         let p = dir.path().to_path_buf();
         let page = read_page(p.clone(), 0, 3, 1000).unwrap();
-        assert_eq!(page, vec![json!({"i":0,"s":"x\ny"}), json!({"i":1,"s":"x\ny"}), json!({"i":2,"s":"x\ny"})]);
+        assert_eq!(
+            page,
+            vec![
+                json!({"i":0,"s":"x\ny"}),
+                json!({"i":1,"s":"x\ny"}),
+                json!({"i":2,"s":"x\ny"})
+            ]
+        );
         let page = read_page(p.clone(), 997, 10, 1000).unwrap();
         assert_eq!(page.len(), 3);
         assert_eq!(page[2]["i"], 999);

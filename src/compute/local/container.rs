@@ -7,11 +7,11 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::Notify;
 
+use super::protocol::decode_load_reply;
 use crate::spec::SpecError;
 
 /// The harness source, shipped inside the crate.
@@ -56,7 +56,12 @@ impl LiveSet {
     }
 
     pub(crate) fn pids(&self) -> Vec<u32> {
-        self.pids.lock().expect("live set poisoned").iter().copied().collect()
+        self.pids
+            .lock()
+            .expect("live set poisoned")
+            .iter()
+            .copied()
+            .collect()
     }
 
     /// Kills every live container's process group and waits until all are reaped.
@@ -103,31 +108,6 @@ pub(crate) enum StartError {
     Code(SpecError),
     /// The process could not be started or died while loading.
     Failed(String),
-}
-
-#[derive(Deserialize)]
-struct LoadError {
-    #[serde(rename = "type")]
-    kind: String,
-    message: String,
-    #[serde(default)]
-    line: u32,
-    #[serde(default)]
-    column: u32,
-    #[serde(default)]
-    defined: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum LoadReply {
-    Ready {
-        #[allow(dead_code)]
-        ready: u32,
-    },
-    Error {
-        load_error: LoadError,
-    },
 }
 
 /// A running container. Dropping it kills its process group.
@@ -201,24 +181,10 @@ impl Container {
             .request(&cfg.load_frame, Duration::from_secs(120))
             .await
             .map_err(|f| StartError::Failed(container.explain(f)))?;
-        match serde_json::from_slice::<LoadReply>(&reply) {
-            Ok(LoadReply::Ready { .. }) => Ok(container),
-            Ok(LoadReply::Error { load_error: e }) => Err(StartError::Code(match e.kind.as_str() {
-                "SyntaxError" | "IndentationError" | "TabError" => SpecError::Syntax {
-                    line: e.line,
-                    column: e.column,
-                    message: e.message,
-                },
-                "MissingFunction" => SpecError::MissingFunction {
-                    name: e.message,
-                    defined: e.defined,
-                },
-                _ => SpecError::Load {
-                    kind: e.kind,
-                    message: e.message,
-                },
-            })),
-            Err(e) => Err(StartError::Failed(format!("bad reply from harness: {e}"))),
+        match decode_load_reply(&reply) {
+            Ok(Ok(())) => Ok(container),
+            Ok(Err(code)) => Err(StartError::Code(code)),
+            Err(why) => Err(StartError::Failed(why)),
         }
     }
 
@@ -301,10 +267,7 @@ fn describe_exit(status: ExitStatus) -> String {
         };
         format!("container was killed by signal {sig}{name}")
     } else {
-        format!(
-            "container exited with code {}",
-            status.code().unwrap_or(-1)
-        )
+        format!("container exited with code {}", status.code().unwrap_or(-1))
     }
 }
 
@@ -345,13 +308,4 @@ async fn drain_stderr(
         }
         tail.push_back(line);
     }
-}
-
-/// Frames a JSON message: 4-byte big-endian length, then the body.
-pub(crate) fn frame(body: &impl serde::Serialize) -> Vec<u8> {
-    let mut out = vec![0; 4];
-    serde_json::to_writer(&mut out, body).expect("JSON values always serialize");
-    let len = (out.len() - 4) as u32;
-    out[..4].copy_from_slice(&len.to_be_bytes());
-    out
 }

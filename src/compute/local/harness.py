@@ -1,19 +1,26 @@
 # modal-agents container harness: loads one function, then serves calls.
 #
 # Protocol (on the process's original stdin/stdout, which the harness keeps for
-# itself): every message is a 4-byte big-endian length and a UTF-8 JSON body.
+# itself): every message is a 4-byte big-endian length and a body in marshal
+# format version 2 (no back-references), holding JSON-model values only.
 #   -> {"op":"load","code":..,"entrypoint":..,"filename":..}
 #   <- {"ready":pid} | {"load_error":{"type","message","line","column","defined","traceback"}}
 #   -> {"op":"call","args":[..],"kwargs":{..}}
 #   <- {"ok":value,"stdout":..,"stderr":..} | {"err":{type,message,traceback},..}
 #   -> {"op":"map","inputs":[..]}
 #   <- {"results":[..],"errors":[[i,{..}],..],"stdout":..,"stderr":..}
+# A result marshal cannot write but JSON can (an IntEnum, an OrderedDict, a
+# namedtuple) is normalised through JSON; one neither can write becomes a
+# ResultNotSerializable error for its input only. Values marshal writes but
+# JSON cannot hold (sets, bytes, NaN) are caught by the runtime, per input.
 # The function's own prints are captured per request; anything written to fd 1
 # or 2 by native code goes to the container's stderr, which the runtime logs.
 import io
-import json
+import marshal
 import os
 import sys
+
+VERSION = 2
 
 
 def main():
@@ -31,8 +38,8 @@ def main():
     read = proto_in.read
     write = proto_out.write
     flush = proto_out.flush
-    encode = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
-    loads = json.loads
+    dumps = marshal.dumps
+    loads = marshal.loads
 
     def recv():
         head = read(4)
@@ -40,13 +47,11 @@ def main():
             return None
         return loads(read(int.from_bytes(head, "big")))
 
-    def send_bytes(data):
+    def send(obj):
+        data = dumps(obj, VERSION)
         write(len(data).to_bytes(4, "big"))
         write(data)
         flush()
-
-    def send(obj):
-        send_bytes(encode(obj).encode("utf-8", "surrogatepass"))
 
     def describe(exc, skip_harness_frame=True):
         import traceback
@@ -54,18 +59,33 @@ def main():
         tb = exc.__traceback__
         if skip_harness_frame and tb is not None:
             tb = tb.tb_next
+        try:
+            message = str(exc)
+        except BaseException:
+            message = "<exception str() failed>"
         return {
             "type": type(exc).__name__,
-            "message": str(exc),
+            "message": message,
             "traceback": "".join(traceback.format_exception(type(exc), exc, tb)),
         }
 
-    def not_serializable(value, exc):
-        return {
-            "type": "ResultNotSerializable",
-            "message": "the function returned a %s, which is not JSON-serializable (%s)"
-            % (type(value).__name__, exc),
-        }
+    def normalise(value):
+        """A marshal-writable copy of a JSON-serializable value, or an error."""
+        try:
+            dumps(value, VERSION)
+            return value, None
+        except ValueError:
+            pass
+        import json
+
+        try:
+            return json.loads(json.dumps(value, allow_nan=False)), None
+        except (TypeError, ValueError, OverflowError, RecursionError) as e:
+            return None, {
+                "type": "ResultNotSerializable",
+                "message": "the function returned a %s, which is not JSON-serializable (%s)"
+                % (type(value).__name__, e),
+            }
 
     msg = recv()
     if msg is None or msg.get("op") != "load":
@@ -103,15 +123,6 @@ def main():
 
     send({"ready": os.getpid()})
 
-    def captured(reply, out, err):
-        text = out.getvalue()
-        if text:
-            reply["stdout"] = text
-        text = err.getvalue()
-        if text:
-            reply["stderr"] = text
-        return reply
-
     while True:
         msg = recv()
         if msg is None:
@@ -120,15 +131,18 @@ def main():
         sys.stdout, sys.stderr = out, err
         try:
             if msg["op"] == "map":
+                # list.extend keeps what map() produced before an exception,
+                # and the shared iterator resumes after the failing input.
                 results = []
                 errors = []
-                append = results.append
-                for i, x in enumerate(msg["inputs"]):
+                pending = iter(msg["inputs"])
+                while True:
                     try:
-                        append(fn(x))
+                        results.extend(map(fn, pending))
+                        break
                     except BaseException as e:
-                        append(None)
-                        errors.append([i, describe(e)])
+                        errors.append([len(results), describe(e)])
+                        results.append(None)
                 reply = {"results": results, "errors": errors}
             else:
                 try:
@@ -137,22 +151,29 @@ def main():
                     reply = {"err": describe(e)}
         finally:
             sys.stdout, sys.stderr = real_out, real_err
+        text = out.getvalue()
+        if text:
+            reply["stdout"] = text
+        text = err.getvalue()
+        if text:
+            reply["stderr"] = text
         try:
-            data = encode(captured(reply, out, err))
-        except (TypeError, ValueError, OverflowError, RecursionError):
+            data = dumps(reply, VERSION)
+        except ValueError:
             if "ok" in reply:
-                reply = {"err": not_serializable(reply["ok"], sys.exc_info()[1])}
+                value, error = normalise(reply.pop("ok"))
+                reply["ok" if error is None else "err"] = value if error is None else error
             else:
-                bad = {}
-                for i, r in enumerate(reply["results"]):
-                    try:
-                        encode(r)
-                    except (TypeError, ValueError, OverflowError, RecursionError) as e:
-                        bad[i] = not_serializable(r, e)
-                        reply["results"][i] = None
-                reply["errors"].extend([i, e] for i, e in bad.items())
-            data = encode(captured(reply, out, err))
-        send_bytes(data.encode("utf-8", "surrogatepass"))
+                results = reply["results"]
+                for i, r in enumerate(results):
+                    value, error = normalise(r)
+                    results[i] = value
+                    if error is not None:
+                        reply["errors"].append([i, error])
+            data = dumps(reply, VERSION)
+        write(len(data).to_bytes(4, "big"))
+        write(data)
+        flush()
 
 
 if __name__ == "__main__":

@@ -9,15 +9,15 @@ use std::time::Duration;
 
 use futures_util::stream::{BoxStream, FuturesUnordered};
 use futures_util::{FutureExt, StreamExt};
-use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::container::frame;
 use super::pool::Pool;
-use crate::compute::{CallContext, LogSink, LogStream, MapItem};
+use super::protocol::{decode_map_reply, map_request};
+use super::write_output;
+use crate::compute::{CallContext, MapItem};
 use crate::task::TaskError;
 
 /// Batching knobs of the local map.
@@ -80,7 +80,7 @@ pub(crate) fn start(
     tasks: &tokio_util::task::TaskTracker,
     shutdown: CancellationToken,
 ) -> BoxStream<'static, MapItem> {
-    let (tx, mut rx) = mpsc::channel(1024);
+    let (tx, mut rx) = mpsc::channel::<Vec<MapItem>>(16);
     let window = (pool.size * tuning.max_batch * 2).max(1024) as u64;
     let scheduler = Scheduler {
         timeout: pool.timeout(),
@@ -103,7 +103,9 @@ pub(crate) fn start(
         running_inputs: 0,
     };
     tasks.spawn(scheduler.run(inputs, tx));
-    Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+        .flat_map(futures_util::stream::iter)
+        .boxed()
 }
 
 struct Scheduler {
@@ -128,15 +130,16 @@ struct Scheduler {
 }
 
 impl Scheduler {
-    async fn run(mut self, mut inputs: BoxStream<'static, Value>, tx: mpsc::Sender<MapItem>) {
+    async fn run(mut self, mut inputs: BoxStream<'static, Value>, tx: mpsc::Sender<Vec<MapItem>>) {
         let mut running = FuturesUnordered::new();
         loop {
+            let mut ready = Vec::new();
             while matches!(self.done.front(), Some(Some(_))) {
-                let item = self.done.pop_front().flatten().expect("checked above");
+                ready.push(self.done.pop_front().flatten().expect("checked above"));
                 self.head += 1;
-                if tx.send(item).await.is_err() {
-                    return;
-                }
+            }
+            if !ready.is_empty() && tx.send(ready).await.is_err() {
+                return;
             }
             if self.input_ended && self.head == self.next_index {
                 return;
@@ -175,7 +178,11 @@ impl Scheduler {
                 () = tokio::time::sleep_until(next_retry.unwrap_or_else(Instant::now)), if next_retry.is_some() => {
                     self.release_due_retries();
                 }
-                next = inputs.next(), if want_input => self.accept(next),
+                next = inputs.next(), if want_input => {
+                    self.accept(next);
+                    let want = self.batch.size() * self.pool.size;
+                    self.pull_ready(&mut inputs, want);
+                }
             }
         }
     }
@@ -268,17 +275,6 @@ impl Scheduler {
     }
 }
 
-#[derive(Serialize)]
-struct MapRequest<'a> {
-    op: &'static str,
-    #[serde(serialize_with = "serialize_inputs")]
-    inputs: &'a [Slot],
-}
-
-fn serialize_inputs<S: serde::Serializer>(slots: &&[Slot], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(slots.iter().map(|slot| &slot.input))
-}
-
 async fn run_batch(
     pool: Arc<Pool>,
     slots: Vec<Slot>,
@@ -286,15 +282,18 @@ async fn run_batch(
     timeout: Duration,
 ) -> BatchDone {
     let started = Instant::now();
-    let request = frame(&MapRequest {
-        op: "map",
-        inputs: &slots,
-    });
+    let request = map_request(slots.iter().map(|s| &s.input));
     let outcome = match pool.acquire(&ctx.cancel).await {
         Err(e) => Outcome::Failed(e),
         Ok(mut lease) => match lease.request(&request, timeout).await {
             Err(e) => Outcome::Failed(e),
-            Ok(reply) => decode_reply(&reply, slots.len(), &ctx.logs),
+            Ok(reply) => match decode_map_reply(&reply, slots.len()) {
+                Ok((results, output)) => {
+                    write_output(&ctx.logs, output);
+                    Outcome::Results(results)
+                }
+                Err(e) => Outcome::Failed(e),
+            },
         },
     };
     BatchDone {
@@ -302,45 +301,4 @@ async fn run_batch(
         outcome,
         elapsed: started.elapsed(),
     }
-}
-
-fn decode_reply(reply: &[u8], n: usize, logs: &LogSink) -> Outcome {
-    #[derive(serde::Deserialize)]
-    struct Reply {
-        results: Vec<Value>,
-        #[serde(default)]
-        errors: Vec<(usize, TaskError)>,
-        #[serde(default)]
-        stdout: Option<String>,
-        #[serde(default)]
-        stderr: Option<String>,
-    }
-    let reply = match serde_json::from_slice::<Reply>(reply) {
-        Ok(r) if r.results.len() == n => r,
-        Ok(r) => {
-            return Outcome::Failed(TaskError::new(
-                "ProtocolError",
-                format!("container answered {} results for {n} inputs", r.results.len()),
-            ))
-        }
-        Err(e) => {
-            return Outcome::Failed(TaskError::new(
-                "ProtocolError",
-                format!("bad reply from container: {e}"),
-            ))
-        }
-    };
-    if let Some(text) = reply.stdout {
-        logs.write(LogStream::Stdout, text);
-    }
-    if let Some(text) = reply.stderr {
-        logs.write(LogStream::Stderr, text);
-    }
-    let mut results: Vec<Result<Value, TaskError>> = reply.results.into_iter().map(Ok).collect();
-    for (i, e) in reply.errors {
-        if let Some(slot) = results.get_mut(i) {
-            *slot = Err(e);
-        }
-    }
-    Outcome::Results(results)
 }

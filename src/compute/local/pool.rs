@@ -4,7 +4,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -154,28 +153,4 @@ fn closed_error() -> TaskError {
         "FunctionUndeployed",
         "the function was undeployed or the runtime shut down",
     )
-}
-
-/// Decodes a reply to a `call` request.
-pub(crate) fn decode_call_reply(reply: &[u8]) -> (Result<Value, TaskError>, Option<String>, Option<String>) {
-    #[derive(serde::Deserialize)]
-    struct Reply {
-        #[serde(default)]
-        ok: Option<Value>,
-        #[serde(default)]
-        err: Option<TaskError>,
-        #[serde(default)]
-        stdout: Option<String>,
-        #[serde(default)]
-        stderr: Option<String>,
-    }
-    match serde_json::from_slice::<Reply>(reply) {
-        Ok(Reply { err: Some(e), stdout, stderr, .. }) => (Err(e), stdout, stderr),
-        Ok(Reply { ok, stdout, stderr, .. }) => (Ok(ok.unwrap_or(Value::Null)), stdout, stderr),
-        Err(e) => (
-            Err(TaskError::new("ProtocolError", format!("bad reply from container: {e}"))),
-            None,
-            None,
-        ),
-    }
 }

@@ -1,0 +1,206 @@
+//! Messages between the runtime and a container's harness: framing, requests
+//! and the decoding of replies.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::marshal::{self, Decoder, Malformed};
+use crate::spec::{FunctionSpec, SpecError};
+use crate::task::TaskError;
+
+/// Frames a message: 4-byte big-endian length, then the marshal body.
+fn frame_with(write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut out = vec![0; 4];
+    write(&mut out);
+    let len = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// The `load` request for a function.
+pub(crate) fn load_request(spec: &FunctionSpec) -> Vec<u8> {
+    let body = json!({
+        "op": "load",
+        "code": spec.code,
+        "entrypoint": spec.python_entrypoint(),
+        "filename": format!("{}.py", spec.name),
+    });
+    frame_with(|out| marshal::encode(&body, out))
+}
+
+/// A `call` request.
+pub(crate) fn call_request(args: Vec<Value>, kwargs: serde_json::Map<String, Value>) -> Vec<u8> {
+    let body = json!({"op": "call", "args": args, "kwargs": kwargs});
+    frame_with(|out| marshal::encode(&body, out))
+}
+
+/// A `map` request over a batch of inputs.
+pub(crate) fn map_request<'a>(inputs: impl ExactSizeIterator<Item = &'a Value>) -> Vec<u8> {
+    frame_with(|out| {
+        out.push(b'{');
+        marshal::encode_str("op", out);
+        marshal::encode_str("map", out);
+        marshal::encode_str("inputs", out);
+        marshal::encode_list_header(inputs.len(), out);
+        for input in inputs {
+            marshal::encode(input, out);
+        }
+        out.push(b'0');
+    })
+}
+
+#[derive(Deserialize)]
+struct LoadError {
+    #[serde(rename = "type")]
+    kind: String,
+    message: String,
+    #[serde(default)]
+    line: u32,
+    #[serde(default)]
+    column: u32,
+    #[serde(default)]
+    defined: Vec<String>,
+}
+
+/// What loading the code gave: ready, or why the code was refused.
+pub(crate) fn decode_load_reply(reply: &[u8]) -> Result<Result<(), SpecError>, String> {
+    let value = match Decoder::new(reply).value() {
+        Ok(Ok(v)) => v,
+        Ok(Err(why)) => return Err(format!("bad load reply: {why}")),
+        Err(e) => return Err(e.to_string()),
+    };
+    if value.get("ready").is_some() {
+        return Ok(Ok(()));
+    }
+    let e: LoadError = value
+        .get("load_error")
+        .cloned()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .ok_or_else(|| format!("bad load reply: {value}"))?;
+    Ok(Err(match e.kind.as_str() {
+        "SyntaxError" | "IndentationError" | "TabError" => SpecError::Syntax {
+            line: e.line,
+            column: e.column,
+            message: e.message,
+        },
+        "MissingFunction" => SpecError::MissingFunction {
+            name: e.message,
+            defined: e.defined,
+        },
+        _ => SpecError::Load {
+            kind: e.kind,
+            message: e.message,
+        },
+    }))
+}
+
+fn not_serializable(why: String) -> TaskError {
+    TaskError::new(
+        "ResultNotSerializable",
+        format!("the function returned {why}"),
+    )
+}
+
+fn protocol_error(e: impl std::fmt::Display) -> TaskError {
+    TaskError::new("ProtocolError", format!("bad reply from container: {e}"))
+}
+
+/// Captured output that came with a reply.
+#[derive(Debug, Default)]
+pub(crate) struct Output {
+    pub(crate) stdout: Option<String>,
+    pub(crate) stderr: Option<String>,
+}
+
+impl Output {
+    fn take(&mut self, key: &str, value: Result<Value, String>) -> bool {
+        let slot = match key {
+            "stdout" => &mut self.stdout,
+            "stderr" => &mut self.stderr,
+            _ => return false,
+        };
+        *slot = Some(match value {
+            Ok(Value::String(s)) => s,
+            Ok(other) => other.to_string(),
+            Err(why) => format!("[output not decodable: {why}]"),
+        });
+        true
+    }
+}
+
+fn task_error(value: Result<Value, String>) -> TaskError {
+    match value {
+        Ok(v) => serde_json::from_value(v).unwrap_or_else(protocol_error),
+        Err(why) => protocol_error(why),
+    }
+}
+
+/// Decodes the reply to a `call`.
+pub(crate) fn decode_call_reply(reply: &[u8]) -> (Result<Value, TaskError>, Output) {
+    let decode = || -> Result<(Result<Value, TaskError>, Output), Malformed> {
+        let mut d = Decoder::new(reply);
+        d.dict_start()?;
+        let mut result = Ok(Value::Null);
+        let mut output = Output::default();
+        while let Some(key) = d.dict_key()? {
+            let value = d.value()?;
+            match key.as_str() {
+                "ok" => result = value.map_err(not_serializable),
+                "err" => result = Err(task_error(value)),
+                other => {
+                    output.take(other, value);
+                }
+            }
+        }
+        Ok((result, output))
+    };
+    decode().unwrap_or_else(|e| (Err(protocol_error(e)), Output::default()))
+}
+
+/// Decodes the reply to a `map` of `n` inputs: one result per input.
+pub(crate) fn decode_map_reply(
+    reply: &[u8],
+    n: usize,
+) -> Result<(Vec<Result<Value, TaskError>>, Output), TaskError> {
+    let mut d = Decoder::new(reply);
+    let mut results: Vec<Result<Value, TaskError>> = Vec::new();
+    let mut errors: Vec<(usize, TaskError)> = Vec::new();
+    let mut output = Output::default();
+    let mut decode = || -> Result<(), Malformed> {
+        d.dict_start()?;
+        while let Some(key) = d.dict_key()? {
+            match key.as_str() {
+                "results" => {
+                    let len = d.list_len()?;
+                    results.reserve(len);
+                    for _ in 0..len {
+                        results.push(d.value()?.map_err(not_serializable));
+                    }
+                }
+                "errors" => {
+                    if let Ok(v) = d.value()? {
+                        errors = serde_json::from_value(v).unwrap_or_default();
+                    }
+                }
+                other => {
+                    let value = d.value()?;
+                    output.take(other, value);
+                }
+            }
+        }
+        Ok(())
+    };
+    decode().map_err(protocol_error)?;
+    for (i, e) in errors {
+        if let Some(slot) = results.get_mut(i) {
+            *slot = Err(e);
+        }
+    }
+    if results.len() != n {
+        return Err(protocol_error(format!(
+            "{} results for {n} inputs",
+            results.len()
+        )));
+    }
+    Ok((results, output))
+}

@@ -1,0 +1,339 @@
+//! Parallel maps on real `python3` containers: ordering, paging, crashes,
+//! retries, cancellation and the concurrency limit.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use modal_agents::{FunctionSpec, RetryPolicy, Runtime, TaskId, TaskStatus};
+use serde_json::{json, Map, Value};
+
+/// Reads every result of a finished map, page by page.
+async fn all_results(rt: &Runtime, id: TaskId, page: u64) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut offset = Some(0);
+    while let Some(at) = offset {
+        let p = rt.results(id, at, page).await.unwrap();
+        assert_eq!(p.offset, at);
+        out.extend(p.results);
+        offset = p.next_offset;
+    }
+    out
+}
+
+fn fast_retries(n: u32) -> RetryPolicy {
+    RetryPolicy::new(n).backoff(0.0, 1.0, 1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn map_of_ten_thousand_is_exact_and_ordered() {
+    let t = support::start(2).await;
+    t.rt.deploy_function(FunctionSpec::new(
+        "square",
+        "def square(x):\n    return {'x': x, 'sq': x * x}\n",
+    ))
+    .await
+    .unwrap();
+    let n = 10_000u64;
+    let id =
+        t.rt.run_parallel("square", (0..n).map(|i| json!(i)).collect())
+            .await
+            .unwrap();
+    let record = t.rt.wait(id, Some(Duration::from_secs(120))).await.unwrap();
+    assert_eq!(record.status, TaskStatus::Completed, "{record:?}");
+    let progress = record.progress.unwrap();
+    assert_eq!(
+        (progress.total, progress.completed, progress.failed),
+        (n, n, 0)
+    );
+    assert_eq!((progress.pending, progress.running), (0, 0));
+    let results = all_results(&t.rt, id, 777).await;
+    assert_eq!(results.len(), n as usize);
+    for (i, r) in results.iter().enumerate() {
+        let i = i as u64;
+        assert_eq!(r, &json!({"x": i, "sq": i * i}), "slot {i}");
+    }
+    let last = t.rt.results(id, n - 1, 100).await.unwrap();
+    assert_eq!(
+        (last.results.len(), last.total, last.next_offset),
+        (1, n, None)
+    );
+    t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_inputs_keep_their_slot_and_the_rest_succeed() {
+    let t = support::start(2).await;
+    let code = "def inv(x):\n    return 1 / x\n";
+    t.rt.deploy_function(FunctionSpec::new("inv", code))
+        .await
+        .unwrap();
+    let inputs = vec![json!(1), json!(0), json!(4), json!(0), json!(2)];
+    let id = t.rt.run_parallel("inv", inputs).await.unwrap();
+    let record = t.rt.wait(id, Some(Duration::from_secs(60))).await.unwrap();
+    assert_eq!(record.status, TaskStatus::Failed);
+    assert_eq!(record.error.as_ref().unwrap().kind, "MapInputsFailed");
+    let progress = record.progress.unwrap();
+    assert_eq!((progress.completed, progress.failed), (3, 2));
+    let results = all_results(&t.rt, id, 10).await;
+    assert_eq!(results[0], json!(1.0));
+    assert_eq!(results[1]["error"]["type"], "ZeroDivisionError");
+    assert_eq!(results[2], json!(0.25));
+    assert_eq!(results[3]["error"]["type"], "ZeroDivisionError");
+    assert_eq!(results[4], json!(0.5));
+    t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_killed_from_outside_mid_map_loses_nothing() {
+    let t = support::start(2).await;
+    let code = "import time\ndef slow_double(x):\n    time.sleep(0.0004)\n    return x * 2\n";
+    t.rt.deploy_function(FunctionSpec::new("slow_double", code).retry_policy(fast_retries(3)))
+        .await
+        .unwrap();
+    let n = 10_000u64;
+    let id =
+        t.rt.run_parallel("slow_double", (0..n).map(|i| json!(i)).collect())
+            .await
+            .unwrap();
+    let rt = t.rt.clone();
+    support::eventually(Duration::from_secs(60), "map under way", move || {
+        let rt = rt.clone();
+        async move { rt.status(id).unwrap().progress.unwrap().completed > 1_000 }
+    })
+    .await;
+    let victims = t.backend.container_pids();
+    assert!(!victims.is_empty());
+    assert_eq!(
+        t.rt.status(id).unwrap().status,
+        TaskStatus::Running,
+        "killed mid-map"
+    );
+    for pid in &victims {
+        support::kill(*pid, libc::SIGKILL);
+    }
+    let record = t.rt.wait(id, Some(Duration::from_secs(120))).await.unwrap();
+    assert_eq!(record.status, TaskStatus::Completed, "{record:?}");
+    assert!(record.progress.unwrap().completed == n);
+    let results = all_results(&t.rt, id, 4096).await;
+    assert_eq!(results.len(), n as usize, "every result exactly once");
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r, &json!(i as u64 * 2), "slot {i}");
+    }
+    let now: HashSet<u32> = t.backend.container_pids().into_iter().collect();
+    assert!(
+        victims.iter().all(|p| !now.contains(p)),
+        "killed containers were replaced"
+    );
+    t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashing_inputs_are_retried_then_isolated() {
+    let t = support::start(2).await;
+    // Input 5 kills its container on the first attempt only (a marker file in
+    // a volume remembers); input 13 segfaults on every attempt.
+    let code = r#"
+import ctypes, json, os
+def fragile(x):
+    root = json.loads(os.environ["MODAL_AGENTS_VOLUMES"])["/state"]
+    marker = os.path.join(root, "crashed-once")
+    if x == 5 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(3)
+    if x == 13:
+        ctypes.string_at(0)
+    return x + 100
+"#;
+    t.rt.deploy_function(
+        FunctionSpec::new("fragile", code)
+            .volume("/state", "fragile-state")
+            .retry_policy(fast_retries(2)),
+    )
+    .await
+    .unwrap();
+    let id =
+        t.rt.run_parallel("fragile", (0..40).map(|i| json!(i)).collect())
+            .await
+            .unwrap();
+    let record = t.rt.wait(id, Some(Duration::from_secs(120))).await.unwrap();
+    let progress = record.progress.unwrap();
+    assert_eq!((progress.completed, progress.failed), (39, 1), "{record:?}");
+    let results = all_results(&t.rt, id, 100).await;
+    for (i, r) in results.iter().enumerate() {
+        if i == 13 {
+            assert_eq!(r["error"]["type"], "ContainerCrashed", "{r}");
+            let message = r["error"]["message"].as_str().unwrap();
+            assert!(message.contains("SIGSEGV"), "{message}");
+        } else {
+            assert_eq!(r, &json!(i + 100), "slot {i}");
+        }
+    }
+    // A single call that crashes once succeeds on its retry, counting attempts.
+    std::fs::remove_file(t.rt.volume_dir("fragile-state").join("crashed-once")).unwrap();
+    let call =
+        t.rt.spawn("fragile", vec![json!(5)], Map::new())
+            .await
+            .unwrap();
+    let record =
+        t.rt.wait(call, Some(Duration::from_secs(60)))
+            .await
+            .unwrap();
+    assert_eq!(record.result, Some(json!(105)));
+    assert_eq!(record.attempts, 2);
+    t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_map_stops_it() {
+    let t = support::start(2).await;
+    let code = "import time\ndef tick(x):\n    time.sleep(0.01)\n    return x\n";
+    t.rt.deploy_function(FunctionSpec::new("tick", code))
+        .await
+        .unwrap();
+    let n = 10_000u64;
+    let id =
+        t.rt.run_parallel("tick", (0..n).map(|i| json!(i)).collect())
+            .await
+            .unwrap();
+    let rt = t.rt.clone();
+    support::eventually(Duration::from_secs(60), "some inputs done", move || {
+        let rt = rt.clone();
+        async move { rt.status(id).unwrap().progress.unwrap().completed >= 50 }
+    })
+    .await;
+    let record = t.rt.cancel(id).await.unwrap();
+    assert_eq!(record.status, TaskStatus::Cancelled);
+    let progress = record.progress.unwrap();
+    assert!(
+        progress.completed < n && progress.completed >= 50,
+        "{progress:?}"
+    );
+    assert_eq!(progress.running, 0);
+    assert_eq!(progress.pending, n - progress.completed);
+    // The results finished before the cancel stay readable, in order.
+    let page = t.rt.results(id, 0, 50).await.unwrap();
+    assert_eq!(page.results, (0..50).map(|i| json!(i)).collect::<Vec<_>>());
+    // Nothing keeps running: the count does not move and the runtime serves new work.
+    let frozen = t.rt.status(id).unwrap().progress.unwrap();
+    assert_eq!(frozen, progress);
+    assert_eq!(
+        t.rt.call("tick", vec![json!(7)], Map::new()).await.unwrap(),
+        json!(7)
+    );
+    t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_call() {
+    let t = support::start(1).await;
+    let code = "import time\ndef nap(s):\n    time.sleep(s)\n    return s\n";
+    t.rt.deploy_function(FunctionSpec::new("nap", code))
+        .await
+        .unwrap();
+    let id =
+        t.rt.spawn("nap", vec![json!(300)], Map::new())
+            .await
+            .unwrap();
+    let rt = t.rt.clone();
+    support::eventually(Duration::from_secs(20), "call running", move || {
+        let rt = rt.clone();
+        async move { rt.status(id).unwrap().status == TaskStatus::Running }
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let record = t.rt.cancel(id).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(record.status, TaskStatus::Cancelled);
+    assert_eq!(record.error.unwrap().kind, "Cancelled");
+    assert_eq!(
+        t.rt.call("nap", vec![json!(0)], Map::new()).await.unwrap(),
+        json!(0)
+    );
+    t.rt.shutdown().await;
+}
+
+/// Largest number of (start, end) intervals that overlap at one instant.
+fn max_overlap(intervals: &[(f64, f64)]) -> usize {
+    let mut events: Vec<(f64, i32)> = intervals
+        .iter()
+        .flat_map(|&(s, e)| [(s, 1), (e, -1)])
+        .collect();
+    events.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (mut now, mut best) = (0i32, 0i32);
+    for (_, d) in events {
+        now += d;
+        best = best.max(now);
+    }
+    best as usize
+}
+
+fn intervals(values: &[Value]) -> Vec<(f64, f64)> {
+    values
+        .iter()
+        .map(|v| (v[0].as_f64().unwrap(), v[1].as_f64().unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_concurrency_is_honoured() {
+    let t = support::start(4).await;
+    let code = "import time\ndef span(x):\n    s = time.time()\n    time.sleep(0.25)\n    return [s, time.time()]\n";
+    t.rt.deploy_function(FunctionSpec::new("span", code).max_concurrency(2))
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(
+            t.rt.spawn("span", vec![json!(i)], Map::new())
+                .await
+                .unwrap(),
+        );
+    }
+    let mut spans = Vec::new();
+    for id in ids {
+        spans.push(
+            t.rt.wait(id, Some(Duration::from_secs(60)))
+                .await
+                .unwrap()
+                .result
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        max_overlap(&intervals(&spans)),
+        2,
+        "calls: at most 2 at once, and 2 used"
+    );
+    let map =
+        t.rt.run_parallel("span", (0..8).map(|i| json!(i)).collect())
+            .await
+            .unwrap();
+    t.rt.wait(map, Some(Duration::from_secs(60))).await.unwrap();
+    let results = all_results(&t.rt, map, 100).await;
+    assert_eq!(
+        max_overlap(&intervals(&results)),
+        2,
+        "map: at most 2 at once"
+    );
+    t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_inputs_with_unknown_total() {
+    let t = support::start(2).await;
+    t.rt.deploy_function(FunctionSpec::new("neg", "def neg(x):\n    return -x\n"))
+        .await
+        .unwrap();
+    let inputs = futures_util::stream::iter((0..2_500).map(|i| json!(i)));
+    let id = t.rt.run_parallel_stream("neg", inputs, None).await.unwrap();
+    let record = t.rt.wait(id, Some(Duration::from_secs(60))).await.unwrap();
+    assert_eq!(record.status, TaskStatus::Completed);
+    assert_eq!(record.progress.unwrap().total, 2_500);
+    let results = all_results(&t.rt, id, 1000).await;
+    assert_eq!(results, (0..2_500).map(|i| json!(-i)).collect::<Vec<_>>());
+    let err = t.rt.results(TaskId::new(), 0, 10).await.unwrap_err();
+    assert!(err.to_string().contains("no task"), "{err}");
+    t.rt.shutdown().await;
+}
