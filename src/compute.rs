@@ -211,15 +211,16 @@ pub trait ComputeBackend: Send + Sync + 'static {
     ) -> Result<CallOutcome, BackendError>;
 
     /// Maps the function over `inputs`, one argument each. The returned stream
-    /// yields every input's outcome exactly once, in input order, holding only
-    /// a bounded window of inputs and results in memory. Dropping the stream,
-    /// or cancelling `ctx.cancel`, stops the map.
+    /// yields every input's outcome exactly once, in input order, in chunks of
+    /// consecutive items (never empty), holding only a bounded window of inputs
+    /// and results in memory. Dropping the stream, or cancelling `ctx.cancel`,
+    /// stops the map.
     async fn map(
         &self,
         function: &str,
         inputs: BoxStream<'static, Value>,
         ctx: CallContext,
-    ) -> Result<BoxStream<'static, MapItem>, BackendError>;
+    ) -> Result<BoxStream<'static, Vec<MapItem>>, BackendError>;
 
     /// Starts a call in the background and returns its id at once.
     async fn spawn(

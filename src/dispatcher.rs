@@ -315,7 +315,7 @@ async fn run_map(
         }
     };
     let mut items = match shared.backend.map(function, inputs, ctx).await {
-        Ok(items) => items.ready_chunks(4096),
+        Ok(items) => items,
         Err(e) => return failed(backend_error(e), None),
     };
     if let Err(e) = tracker

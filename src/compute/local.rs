@@ -20,6 +20,7 @@ mod protocol;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use self::container::{ContainerConfig, LiveSet, StartError};
+use self::container::{Launcher, LiveSet, StartError};
 use self::pool::{cancelled_error, Pool};
 use self::protocol::{call_request, decode_call_reply, load_request, Output};
 use super::{
@@ -58,6 +59,10 @@ pub struct LocalConfig {
     /// How long a map batch should take; batch sizes adapt towards it
     /// (default 20 ms).
     pub target_batch: Duration,
+    /// Blank containers (interpreter started, no code loaded) kept ready so a
+    /// deploy, or a pool growing under load, skips the interpreter's start-up
+    /// (default 1; 0 disables).
+    pub standby: usize,
 }
 
 impl Default for LocalConfig {
@@ -68,6 +73,7 @@ impl Default for LocalConfig {
             work_dir: std::env::temp_dir().join("modal-agents").join("containers"),
             max_batch: 16_384,
             target_batch: Duration::from_millis(20),
+            standby: 1,
         }
     }
 }
@@ -81,7 +87,7 @@ struct SpawnedCall {
 pub struct LocalBackend {
     config: LocalConfig,
     runtime_tag: String,
-    python: OnceCell<PathBuf>,
+    launcher: OnceCell<Arc<Launcher>>,
     functions: DashMap<String, Arc<Pool>>,
     calls: DashMap<CallId, Arc<SpawnedCall>>,
     live: Arc<LiveSet>,
@@ -104,7 +110,7 @@ impl LocalBackend {
         LocalBackend {
             config,
             runtime_tag: uuid::Uuid::new_v4().simple().to_string(),
-            python: OnceCell::new(),
+            launcher: OnceCell::new(),
             functions: DashMap::new(),
             calls: DashMap::new(),
             live: Arc::default(),
@@ -124,9 +130,23 @@ impl LocalBackend {
         self.live.pids()
     }
 
-    async fn python(&self) -> Result<&PathBuf, BackendError> {
-        self.python
-            .get_or_try_init(|| resolve_python(self.config.python.clone()))
+    async fn launcher(&self) -> Result<&Arc<Launcher>, BackendError> {
+        self.launcher
+            .get_or_try_init(|| async {
+                let python = resolve_python(self.config.python.clone()).await?;
+                tokio::fs::create_dir_all(&self.config.work_dir).await?;
+                Ok::<_, BackendError>(Arc::new(Launcher {
+                    python,
+                    runtime_tag: self.runtime_tag.clone(),
+                    base_env: base_env(),
+                    cwd: self.config.work_dir.clone(),
+                    live: self.live.clone(),
+                    standby_target: self.config.standby,
+                    standby: std::sync::Mutex::new(Vec::new()),
+                    refilling: AtomicBool::new(false),
+                    closed: AtomicBool::new(false),
+                }))
+            })
             .await
     }
 
@@ -139,32 +159,40 @@ impl LocalBackend {
             .map(|p| p.clone())
             .ok_or_else(|| BackendError::UnknownFunction(function.to_owned()))
     }
+}
 
-    fn container_env(&self, d: &Deployment) -> Vec<(String, String)> {
-        let mut env = Vec::new();
-        for key in ["PATH", "HOME", "LANG", "TZ"] {
-            if let Ok(v) = std::env::var(key) {
-                env.push((key.to_owned(), v));
-            }
+/// What every container's environment starts from; nothing else of the
+/// runtime's environment reaches a container.
+fn base_env() -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    for key in ["PATH", "HOME", "LANG", "TZ"] {
+        if let Ok(v) = std::env::var(key) {
+            env.push((key.to_owned(), v));
         }
-        if !env.iter().any(|(k, _)| k == "LANG") {
-            env.push(("LANG".into(), "C.UTF-8".into()));
-        }
-        env.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
-        env.push(("PYTHONUNBUFFERED".into(), "1".into()));
-        env.push(("MODAL_AGENTS_FUNCTION".into(), d.spec.name.clone()));
-        let volumes: BTreeMap<&String, String> = d
-            .volume_dirs
-            .iter()
-            .map(|(mount, dir)| (mount, dir.display().to_string()))
-            .collect();
-        env.push((
-            "MODAL_AGENTS_VOLUMES".into(),
-            serde_json::to_string(&volumes).expect("string map serializes"),
-        ));
-        env.extend(d.secret_env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        env
     }
+    if !env.iter().any(|(k, _)| k == "LANG") {
+        env.push(("LANG".into(), "C.UTF-8".into()));
+    }
+    env.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
+    env.push(("PYTHONUNBUFFERED".into(), "1".into()));
+    env
+}
+
+/// The function's own environment, set when its code is loaded.
+fn function_env(d: &Deployment) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    env.insert("MODAL_AGENTS_FUNCTION".into(), d.spec.name.clone());
+    let volumes: BTreeMap<&String, String> = d
+        .volume_dirs
+        .iter()
+        .map(|(mount, dir)| (mount, dir.display().to_string()))
+        .collect();
+    env.insert(
+        "MODAL_AGENTS_VOLUMES".into(),
+        serde_json::to_string(&volumes).expect("string map serializes"),
+    );
+    env.extend(d.secret_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env
 }
 
 async fn resolve_python(configured: Option<PathBuf>) -> Result<PathBuf, BackendError> {
@@ -260,23 +288,16 @@ impl ComputeBackend for LocalBackend {
         if self.shutdown.is_cancelled() {
             return Err(BackendError::Closed);
         }
-        let python = self.python().await?.clone();
+        let launcher = self.launcher().await?.clone();
         let spec = d.spec.clone();
         let cwd = self.config.work_dir.join(&spec.name);
         tokio::fs::create_dir_all(&cwd).await?;
-        let cfg = ContainerConfig {
-            python,
-            function: spec.name.clone(),
-            runtime_tag: self.runtime_tag.clone(),
-            env: self.container_env(&d),
-            cwd,
-            load_frame: load_request(&spec),
-        };
+        let load_frame = load_request(&spec, &function_env(&d), &cwd);
         let size = spec
             .max_concurrency
             .map_or(self.config.pool_size, |n| n as usize)
             .max(1);
-        let pool = Arc::new(Pool::new(spec.clone(), cfg, size, self.live.clone()));
+        let pool = Arc::new(Pool::new(spec.clone(), load_frame, size, launcher));
         pool.warm_up().await.map_err(|e| match e {
             StartError::Code(e) => BackendError::Code(e),
             StartError::Failed(reason) => BackendError::ContainerStart {
@@ -317,7 +338,7 @@ impl ComputeBackend for LocalBackend {
         function: &str,
         inputs: BoxStream<'static, Value>,
         ctx: CallContext,
-    ) -> Result<BoxStream<'static, MapItem>, BackendError> {
+    ) -> Result<BoxStream<'static, Vec<MapItem>>, BackendError> {
         let pool = self.pool(function)?;
         let tuning = map::Tuning {
             max_batch: self.config.max_batch.max(1),
@@ -398,6 +419,9 @@ impl ComputeBackend for LocalBackend {
             entry.close();
         }
         self.functions.clear();
+        if let Some(launcher) = self.launcher.get() {
+            launcher.close();
+        }
         self.tasks.close();
         if tokio::time::timeout(Duration::from_secs(10), self.tasks.wait())
             .await

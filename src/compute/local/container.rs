@@ -1,6 +1,7 @@
 //! One warm `python3` process running the harness for one function.
 
 use std::collections::{HashSet, VecDeque};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -26,16 +27,79 @@ const STDERR_TAIL: usize = 20;
 /// Largest reply frame accepted from a container (1 GiB).
 const MAX_FRAME: usize = 1 << 30;
 
-/// How to start the containers of one function.
+/// Starts containers. A container is started blank (interpreter and harness
+/// up, no code) and then loaded with one function's code, environment and
+/// working directory. The launcher keeps `standby` blank containers ready, so
+/// a deploy or a pool growing under load skips the interpreter's start-up.
 #[derive(Debug)]
-pub(crate) struct ContainerConfig {
+pub(crate) struct Launcher {
     pub(crate) python: PathBuf,
-    pub(crate) function: String,
     pub(crate) runtime_tag: String,
-    pub(crate) env: Vec<(String, String)>,
+    pub(crate) base_env: Vec<(String, String)>,
     pub(crate) cwd: PathBuf,
-    /// The framed `load` message.
-    pub(crate) load_frame: Vec<u8>,
+    pub(crate) live: Arc<LiveSet>,
+    pub(crate) standby_target: usize,
+    pub(crate) standby: Mutex<Vec<Container>>,
+    pub(crate) refilling: std::sync::atomic::AtomicBool,
+    pub(crate) closed: std::sync::atomic::AtomicBool,
+}
+
+impl Launcher {
+    /// A container loaded with the function of `load_frame`.
+    pub(crate) async fn start(
+        self: &Arc<Self>,
+        load_frame: &[u8],
+    ) -> Result<Container, StartError> {
+        let standby = self.standby.lock().expect("standby poisoned").pop();
+        self.refill();
+        if let Some(mut container) = standby {
+            match container.load(load_frame).await {
+                Err(StartError::Failed(why)) => {
+                    tracing::debug!(%why, "standby container unusable; starting a fresh one");
+                }
+                other => return other.map(|()| container),
+            }
+        }
+        let mut container = self.spawn().await?;
+        container.load(load_frame).await?;
+        Ok(container)
+    }
+
+    /// Tops the standby set up in the background.
+    pub(crate) fn refill(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.standby_target == 0
+            || self.closed.load(Ordering::SeqCst)
+            || self.refilling.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let launcher = self.clone();
+        tokio::spawn(async move {
+            while !launcher.closed.load(Ordering::SeqCst)
+                && launcher.standby.lock().expect("standby poisoned").len()
+                    < launcher.standby_target
+            {
+                match launcher.spawn().await {
+                    Ok(c) if !launcher.closed.load(Ordering::SeqCst) => {
+                        launcher.standby.lock().expect("standby poisoned").push(c);
+                    }
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = ?e, "could not start a standby container");
+                        break;
+                    }
+                }
+            }
+            launcher.refilling.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// Stops refilling and kills the standby containers.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.standby.lock().expect("standby poisoned").clear();
+    }
 }
 
 /// Pids of live containers, so shutdown can wait until every one is reaped.
@@ -84,6 +148,15 @@ impl LiveSet {
     }
 }
 
+/// Asks for a 1 MiB pipe buffer (the default is 64 KiB) so a whole map batch
+/// crosses in one go; the kernel may refuse, which only costs speed.
+fn widen_pipe(fd: std::os::fd::RawFd) {
+    // SAFETY: fcntl on a pipe fd this process owns; no memory is passed.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETPIPE_SZ, 1 << 20);
+    }
+}
+
 fn kill_group(pid: u32) {
     // SAFETY: kill(2) with a negative pid signals the process group the
     // container leads (it was started with process_group(0)).
@@ -124,21 +197,18 @@ pub(crate) struct Container {
     live: Arc<LiveSet>,
 }
 
-impl Container {
-    /// Starts a container and loads the function's code into it.
-    pub(crate) async fn start(
-        cfg: &ContainerConfig,
-        live: &Arc<LiveSet>,
-    ) -> Result<Container, StartError> {
-        let mut cmd = Command::new(&cfg.python);
+impl Launcher {
+    /// Starts a blank container.
+    async fn spawn(&self) -> Result<Container, StartError> {
+        let live = &self.live;
+        let mut cmd = Command::new(&self.python);
         cmd.arg("-c")
             .arg(HARNESS)
             .arg(CONTAINER_MARKER)
-            .arg(&cfg.runtime_tag)
-            .arg(&cfg.function)
+            .arg(&self.runtime_tag)
             .env_clear()
-            .envs(cfg.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&cfg.cwd)
+            .envs(self.base_env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&self.cwd)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -155,20 +225,18 @@ impl Container {
         }
         let mut child = cmd
             .spawn()
-            .map_err(|e| StartError::Failed(format!("{}: {e}", cfg.python.display())))?;
+            .map_err(|e| StartError::Failed(format!("{}: {e}", self.python.display())))?;
         let pid = child.id().unwrap_or_default();
         live.insert(pid);
         let stdin = child.stdin.take().expect("piped stdin");
-        let stdout = BufReader::with_capacity(1 << 16, child.stdout.take().expect("piped stdout"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        widen_pipe(stdin.as_raw_fd());
+        widen_pipe(stdout.as_raw_fd());
+        let stdout = BufReader::with_capacity(1 << 16, stdout);
         let stderr = child.stderr.take().expect("piped stderr");
         let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
-        tokio::spawn(drain_stderr(
-            stderr,
-            cfg.function.clone(),
-            pid,
-            stderr_tail.clone(),
-        ));
-        let mut container = Container {
+        tokio::spawn(drain_stderr(stderr, pid, stderr_tail.clone()));
+        Ok(Container {
             child: Some(child),
             stdin,
             stdout,
@@ -176,14 +244,19 @@ impl Container {
             busy: false,
             stderr_tail,
             live: live.clone(),
-        };
-        let reply = container
-            .request(&cfg.load_frame, Duration::from_secs(120))
+        })
+    }
+}
+
+impl Container {
+    /// Loads a function into a blank container.
+    async fn load(&mut self, load_frame: &[u8]) -> Result<(), StartError> {
+        let reply = self
+            .request(load_frame, Duration::from_secs(120))
             .await
-            .map_err(|f| StartError::Failed(container.explain(f)))?;
+            .map_err(|f| StartError::Failed(self.explain(f)))?;
         match decode_load_reply(&reply) {
-            Ok(Ok(())) => Ok(container),
-            Ok(Err(code)) => Err(StartError::Code(code)),
+            Ok(result) => result.map_err(StartError::Code),
             Err(why) => Err(StartError::Failed(why)),
         }
     }
@@ -295,13 +368,12 @@ impl Drop for Container {
 
 async fn drain_stderr(
     stderr: tokio::process::ChildStderr,
-    function: String,
     pid: u32,
     tail: Arc<Mutex<VecDeque<String>>>,
 ) {
     let mut lines = BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        tracing::debug!(target: "modal_agents::container", %function, pid, "{line}");
+        tracing::debug!(target: "modal_agents::container", pid, "{line}");
         let mut tail = tail.lock().expect("stderr tail poisoned");
         if tail.len() == STDERR_TAIL {
             tail.pop_front();

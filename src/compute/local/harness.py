@@ -54,7 +54,11 @@ def main():
         flush()
 
     def describe(exc, skip_harness_frame=True):
+        import linecache
         import traceback
+
+        if source is not None:
+            linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
 
         tb = exc.__traceback__
         if skip_harness_frame and tb is not None:
@@ -87,9 +91,12 @@ def main():
                 % (type(value).__name__, e),
             }
 
+    source = filename = None
     msg = recv()
     if msg is None or msg.get("op") != "load":
         return
+    os.environ.update(msg.get("env", {}))
+    os.chdir(msg.get("cwd", "."))
     source = msg["code"]
     entry = msg["entrypoint"]
     filename = msg["filename"]
@@ -99,9 +106,6 @@ def main():
         send({"load_error": {"type": type(e).__name__, "message": e.msg or str(e),
                              "line": e.lineno or 0, "column": e.offset or 0}})
         return
-    import linecache
-
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     ns = {"__name__": "__modal_agents__", "__file__": filename}
     try:
         exec(code, ns)

@@ -79,7 +79,7 @@ pub(crate) fn start(
     tuning: Tuning,
     tasks: &tokio_util::task::TaskTracker,
     shutdown: CancellationToken,
-) -> BoxStream<'static, MapItem> {
+) -> BoxStream<'static, Vec<MapItem>> {
     let (tx, mut rx) = mpsc::channel::<Vec<MapItem>>(16);
     let window = (pool.size * tuning.max_batch * 2).max(1024) as u64;
     let scheduler = Scheduler {
@@ -103,9 +103,7 @@ pub(crate) fn start(
         running_inputs: 0,
     };
     tasks.spawn(scheduler.run(inputs, tx));
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-        .flat_map(futures_util::stream::iter)
-        .boxed()
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
 }
 
 struct Scheduler {

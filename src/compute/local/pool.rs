@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::container::{Container, ContainerConfig, Failure, LiveSet, StartError};
+use super::container::{Container, Failure, Launcher, StartError};
 use crate::spec::FunctionSpec;
 use crate::task::TaskError;
 
@@ -15,13 +15,13 @@ use crate::task::TaskError;
 #[derive(Debug)]
 pub(crate) struct Pool {
     pub(crate) spec: FunctionSpec,
-    cfg: ContainerConfig,
+    load_frame: Vec<u8>,
+    launcher: Arc<Launcher>,
     idle: Mutex<Vec<Container>>,
     slots: Arc<Semaphore>,
     /// Most containers running at once.
     pub(crate) size: usize,
     closed: AtomicBool,
-    live: Arc<LiveSet>,
 }
 
 /// A container checked out of a pool; it goes back when the lease drops,
@@ -36,24 +36,24 @@ pub(crate) struct Lease {
 impl Pool {
     pub(crate) fn new(
         spec: FunctionSpec,
-        cfg: ContainerConfig,
+        load_frame: Vec<u8>,
         size: usize,
-        live: Arc<LiveSet>,
+        launcher: Arc<Launcher>,
     ) -> Pool {
         Pool {
             spec,
-            cfg,
+            load_frame,
+            launcher,
             idle: Mutex::new(Vec::new()),
             slots: Arc::new(Semaphore::new(size)),
             size,
             closed: AtomicBool::new(false),
-            live,
         }
     }
 
     /// Starts one container now (checking the code) and keeps it warm.
     pub(crate) async fn warm_up(&self) -> Result<(), StartError> {
-        let container = Container::start(&self.cfg, &self.live).await?;
+        let container = self.launcher.start(&self.load_frame).await?;
         self.idle.lock().expect("pool poisoned").push(container);
         Ok(())
     }
@@ -72,7 +72,7 @@ impl Pool {
         let container = match idle {
             Some(c) => c,
             None => {
-                let start = Container::start(&self.cfg, &self.live);
+                let start = self.launcher.start(&self.load_frame);
                 tokio::select! {
                     started = start => started.map_err(|e| match e {
                         StartError::Code(e) => TaskError::new("ContainerStartFailed", e.to_string()),

@@ -1,6 +1,9 @@
 //! Messages between the runtime and a container's harness: framing, requests
 //! and the decoding of replies.
 
+use std::collections::BTreeMap;
+use std::path::Path;
+
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -17,13 +20,20 @@ fn frame_with(write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     out
 }
 
-/// The `load` request for a function.
-pub(crate) fn load_request(spec: &FunctionSpec) -> Vec<u8> {
+/// The `load` request for a function: its code, the environment variables
+/// it adds (secrets included) and its working directory.
+pub(crate) fn load_request(
+    spec: &FunctionSpec,
+    env: &BTreeMap<String, String>,
+    cwd: &Path,
+) -> Vec<u8> {
     let body = json!({
         "op": "load",
         "code": spec.code,
         "entrypoint": spec.python_entrypoint(),
         "filename": format!("{}.py", spec.name),
+        "env": env,
+        "cwd": cwd.display().to_string(),
     });
     frame_with(|out| marshal::encode(&body, out))
 }
