@@ -3,9 +3,11 @@
 //! Run: `cargo bench --bench throughput` (`BENCH_MAP_N` sets the map size,
 //! default 1,000,000). Compare with `python3 benches/peer_pool.py`.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use modal_agents::{FunctionSpec, Runtime, RuntimeError, TaskStatus};
+use modal_agents::{FunctionSpec, LocalBackend, LocalConfig, Runtime, RuntimeError, TaskStatus};
 use serde_json::{json, Map};
 
 fn peak_rss_mib() -> f64 {
@@ -71,12 +73,23 @@ async fn call_roundtrip(rt: &Runtime, n: usize) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-async fn cold_start(rt: &Runtime) -> Result<(), RuntimeError> {
+/// Deploy of a new function to its first result. With `standby`, each sample
+/// first lets the backend's blank standby container come up (a runtime
+/// between deploys); without, every sample starts an interpreter.
+async fn cold_start(
+    rt: &Runtime,
+    backend: &LocalBackend,
+    standby: bool,
+) -> Result<(), RuntimeError> {
     // The interpreter path is resolved once per backend; warm that first.
     rt.deploy_function(FunctionSpec::new("warm", "def warm(): return 0\n"))
         .await?;
     let mut samples = Vec::new();
     for i in 0..5 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while standby && backend.standby_ready() == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let name = format!("cold_{i}");
         let started = Instant::now();
         rt.deploy_function(FunctionSpec::new(
@@ -88,12 +101,32 @@ async fn cold_start(rt: &Runtime) -> Result<(), RuntimeError> {
         samples.push(started.elapsed());
     }
     samples.sort();
+    let bench = if standby {
+        "local_cold_start"
+    } else {
+        "local_cold_start_no_standby"
+    };
     println!(
         "{}",
-        json!({"bench": "local_cold_start", "ms": (samples[2].as_secs_f64() * 1e4).round() / 10.0,
+        json!({"bench": bench, "ms": (samples[2].as_secs_f64() * 1e4).round() / 10.0,
                "samples": samples.len()})
     );
     Ok(())
+}
+
+async fn runtime(dir: &Path, standby: usize) -> Result<(Runtime, Arc<LocalBackend>), RuntimeError> {
+    let backend = Arc::new(LocalBackend::new(LocalConfig {
+        pool_size: 2,
+        standby,
+        work_dir: dir.join("containers"),
+        ..LocalConfig::default()
+    }));
+    let rt = Runtime::builder()
+        .data_dir(dir)
+        .backend(backend.clone())
+        .start()
+        .await?;
+    Ok((rt, backend))
 }
 
 #[tokio::main]
@@ -103,14 +136,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir()?;
-    let rt = Runtime::builder()
-        .data_dir(dir.path())
-        .pool_size(2)
-        .start()
-        .await?;
+    let (rt, backend) = runtime(dir.path(), 1).await?;
     map_trivial(&rt, n).await?;
     call_roundtrip(&rt, 2000).await?;
-    cold_start(&rt).await?;
+    cold_start(&rt, &backend, true).await?;
+    rt.shutdown().await;
+    let (rt, backend) = runtime(&dir.path().join("no-standby"), 0).await?;
+    cold_start(&rt, &backend, false).await?;
     rt.shutdown().await;
     Ok(())
 }

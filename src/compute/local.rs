@@ -125,6 +125,13 @@ impl LocalBackend {
         &self.runtime_tag
     }
 
+    /// Blank containers ready for the next deploy or pool growth.
+    pub fn standby_ready(&self) -> usize {
+        self.launcher
+            .get()
+            .map_or(0, |l| l.standby.lock().expect("standby poisoned").len())
+    }
+
     /// Process ids of the containers alive now.
     pub fn container_pids(&self) -> Vec<u32> {
         self.live.pids()

@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::Notify;
 
-use super::protocol::decode_load_reply;
+use super::protocol::{decode_load_reply, ping_request};
 use crate::spec::SpecError;
 
 /// The harness source, shipped inside the crate.
@@ -80,7 +80,11 @@ impl Launcher {
                 && launcher.standby.lock().expect("standby poisoned").len()
                     < launcher.standby_target
             {
-                match launcher.spawn().await {
+                let started = match launcher.spawn().await {
+                    Ok(mut c) => c.ping().await.map(|()| c),
+                    Err(e) => Err(e),
+                };
+                match started {
                     Ok(c) if !launcher.closed.load(Ordering::SeqCst) => {
                         launcher.standby.lock().expect("standby poisoned").push(c);
                     }
@@ -249,6 +253,14 @@ impl Launcher {
 }
 
 impl Container {
+    /// Waits until a blank container's harness answers.
+    async fn ping(&mut self) -> Result<(), StartError> {
+        self.request(&ping_request(), Duration::from_secs(60))
+            .await
+            .map(drop)
+            .map_err(|f| StartError::Failed(self.explain(f)))
+    }
+
     /// Loads a function into a blank container.
     async fn load(&mut self, load_frame: &[u8]) -> Result<(), StartError> {
         let reply = self

@@ -3,7 +3,8 @@
 # Protocol (on the process's original stdin/stdout, which the harness keeps for
 # itself): every message is a 4-byte big-endian length and a body in marshal
 # format version 2 (no back-references), holding JSON-model values only.
-#   -> {"op":"load","code":..,"entrypoint":..,"filename":..}
+#   -> {"op":"ping"}  (any number, before load)  <- {"pong":pid}
+#   -> {"op":"load","code":..,"entrypoint":..,"filename":..,"env":{..},"cwd":..}
 #   <- {"ready":pid} | {"load_error":{"type","message","line","column","defined","traceback"}}
 #   -> {"op":"call","args":[..],"kwargs":{..}}
 #   <- {"ok":value,"stdout":..,"stderr":..} | {"err":{type,message,traceback},..}
@@ -93,6 +94,9 @@ def main():
 
     source = filename = None
     msg = recv()
+    while msg is not None and msg.get("op") == "ping":
+        send({"pong": os.getpid()})
+        msg = recv()
     if msg is None or msg.get("op") != "load":
         return
     os.environ.update(msg.get("env", {}))

@@ -20,6 +20,11 @@ fn frame_with(write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     out
 }
 
+/// A `ping`, answered by a blank container once its harness is up.
+pub(crate) fn ping_request() -> Vec<u8> {
+    frame_with(|out| marshal::encode(&json!({"op": "ping"}), out))
+}
+
 /// The `load` request for a function: its code, the environment variables
 /// it adds (secrets included) and its working directory.
 pub(crate) fn load_request(
