@@ -89,6 +89,7 @@ impl Launcher {
                         launcher.standby.lock().expect("standby poisoned").push(c);
                     }
                     Ok(_) => break,
+                    Err(_) if launcher.closed.load(Ordering::SeqCst) => break,
                     Err(e) => {
                         tracing::warn!(error = ?e, "could not start a standby container");
                         break;
