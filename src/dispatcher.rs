@@ -166,29 +166,43 @@ async fn run_job(shared: Arc<DispatchShared>, job: Job, cancel: CancellationToke
     let id = job.task_id();
     let dir = shared.tracker.store().task_dir(id);
     let (sink, log_rx) = LogSink::channel();
-    let log_writer = tokio::spawn(logs::write_logs(dir, log_rx));
     let ctx = CallContext {
         cancel: cancel.clone(),
         logs: sink,
         meter: Arc::new(MapMeter::default()),
     };
-    let finished = match job {
-        Job::Call {
-            function,
-            args,
-            kwargs,
-            ..
-        } => run_call(&shared, id, &function, args, kwargs, ctx).await,
-        Job::Map {
-            function,
-            inputs,
-            total,
-            ..
-        } => run_map(&shared, id, &function, inputs, total, ctx).await,
+    let work = async {
+        match job {
+            Job::Call {
+                function,
+                args,
+                kwargs,
+                ..
+            } => run_call(&shared, id, &function, args, kwargs, ctx).await,
+            Job::Map {
+                function,
+                inputs,
+                total,
+                ..
+            } => run_map(&shared, id, &function, inputs, total, ctx).await,
+        }
     };
-    if tokio::time::timeout(Duration::from_secs(5), log_writer)
-        .await
-        .is_err()
+    // The log writer runs beside the work in this same task and ends when the
+    // backend drops its log sinks; the task is finished only once its logs are
+    // on disk.
+    let logs = logs::write_logs(dir, log_rx);
+    tokio::pin!(work, logs);
+    let mut logs_done = false;
+    let finished = loop {
+        tokio::select! {
+            finished = &mut work => break finished,
+            () = &mut logs, if !logs_done => logs_done = true,
+        }
+    };
+    if !logs_done
+        && tokio::time::timeout(Duration::from_secs(5), logs)
+            .await
+            .is_err()
     {
         tracing::warn!(task_id = %id, "task logs not flushed in time");
     }
@@ -222,12 +236,12 @@ async fn run_call(
     let outcome = match backend.spawn(function, args, kwargs, ctx).await {
         Err(e) => Err(e),
         Ok(call) => {
-            let started = TaskUpdate::Started {
-                backend_call_id: Some(call.0.clone()),
-            };
-            if let Err(e) = shared.tracker.update(id, started).await {
-                tracing::warn!(task_id = %id, error = %e, "could not record the start of a task");
-            }
+            shared.tracker.notify(
+                id,
+                TaskUpdate::Started {
+                    backend_call_id: Some(call.0.clone()),
+                },
+            );
             tokio::select! {
                 outcome = backend.wait(&call) => outcome,
                 () = cancel.cancelled() => {
@@ -318,17 +332,12 @@ async fn run_map(
         Ok(items) => items,
         Err(e) => return failed(backend_error(e), None),
     };
-    if let Err(e) = tracker
-        .update(
-            id,
-            TaskUpdate::Started {
-                backend_call_id: None,
-            },
-        )
-        .await
-    {
-        tracing::warn!(task_id = %id, error = %e, "could not record the start of a map");
-    }
+    tracker.notify(
+        id,
+        TaskUpdate::Started {
+            backend_call_id: None,
+        },
+    );
     let mut counts = MapCounts {
         total,
         completed: 0,
@@ -344,10 +353,7 @@ async fn run_map(
                     Ok(n) => tracker.set_available(id, n),
                     Err(e) => return failed(TaskError::new("StorageError", format!("cannot store results: {e}")), None),
                 }
-                let progress = counts.progress(&meter, false);
-                if let Err(e) = tracker.update(id, TaskUpdate::Progress(progress)).await {
-                    tracing::warn!(task_id = %id, error = %e, "could not record map progress");
-                }
+                tracker.notify(id, TaskUpdate::Progress(counts.progress(&meter, false)));
             }
             chunk = items.next() => {
                 let Some(chunk) = chunk else { break };

@@ -98,6 +98,13 @@ impl<M: Message> Slot<M> {
         (Slot { child, rx }, tx)
     }
 
+    /// Sends without waiting; a message to a child that is down is dropped.
+    pub(crate) fn cast(&self, msg: M) {
+        if let Some(actor) = self.rx.borrow().as_ref() {
+            let _ = actor.cast(msg);
+        }
+    }
+
     /// Calls the child. When it is down (or dies before answering), waits for
     /// the supervisor to restart it and calls again, so `build` may run more
     /// than once: messages sent this way must be idempotent.

@@ -112,6 +112,8 @@ pub(crate) enum TaskTrackerMsg {
     Create(Box<TaskRecord>, RpcReplyPort<()>),
     /// Applies an update (ignored once the task is terminal).
     Update(TaskId, Arc<TaskUpdateCell>, RpcReplyPort<()>),
+    /// Applies an update without answering.
+    Notify(TaskId, TaskUpdate),
     /// Panics (fault injection).
     InjectPanic,
 }
@@ -168,6 +170,7 @@ impl Actor for TaskTracker {
                 }
                 let _ = reply.send(());
             }
+            TaskTrackerMsg::Notify(id, update) => state.store.apply(id, update),
             TaskTrackerMsg::InjectPanic => panic!("fault injected into the task tracker"),
         }
         Ok(())
@@ -206,6 +209,13 @@ impl TaskTrackerHandle {
                 TaskTrackerMsg::Update(id, cell.clone(), reply)
             })
             .await
+    }
+
+    /// Sends an update without waiting for it to be applied. Used for
+    /// `Started` and `Progress`, which a later update supersedes; one sent
+    /// while the tracker restarts is lost, never a task's end.
+    pub(crate) fn notify(&self, id: TaskId, update: TaskUpdate) {
+        self.slot.cast(TaskTrackerMsg::Notify(id, update));
     }
 
     pub(crate) async fn finish(&self, id: TaskId, finished: Finished) -> Result<(), ChildError> {
