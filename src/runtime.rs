@@ -325,7 +325,7 @@ impl Runtime {
 
     /// One page of a map's results in input order; a failed input appears as
     /// `{"error": {...}}` in its slot. While the map runs, the page holds what
-    /// is finished so far. `limit` is capped at [`MAX_RESULTS_PAGE`].
+    /// is finished so far. `limit` is taken between 1 and [`MAX_RESULTS_PAGE`].
     pub async fn results(
         &self,
         id: TaskId,
@@ -336,7 +336,7 @@ impl Runtime {
         let Some(progress) = record.progress.filter(|_| record.kind == TaskKind::Map) else {
             return Err(RuntimeError::NotAMap(id));
         };
-        let limit = limit.min(MAX_RESULTS_PAGE);
+        let limit = limit.clamp(1, MAX_RESULTS_PAGE);
         let available = self.inner.tracker.available(id);
         let dir = self.inner.tracker.store().task_dir(id);
         let results = if available > offset && limit > 0 {

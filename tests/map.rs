@@ -333,6 +333,15 @@ async fn streamed_inputs_with_unknown_total() {
     assert_eq!(record.progress.unwrap().total, 2_500);
     let results = all_results(&t.rt, id, 1000).await;
     assert_eq!(results, (0..2_500).map(|i| json!(-i)).collect::<Vec<_>>());
+    let empty = t.rt.run_parallel("neg", Vec::new()).await.unwrap();
+    let record =
+        t.rt.wait(empty, Some(Duration::from_secs(30)))
+            .await
+            .unwrap();
+    assert_eq!(record.status, TaskStatus::Completed);
+    assert_eq!(record.progress.unwrap().total, 0);
+    let page = t.rt.results(empty, 0, 10).await.unwrap();
+    assert!(page.results.is_empty() && page.next_offset.is_none());
     let err = t.rt.results(TaskId::new(), 0, 10).await.unwrap_err();
     assert!(err.to_string().contains("no task"), "{err}");
     t.rt.shutdown().await;

@@ -167,11 +167,35 @@ async fn code_errors_are_reported_at_deploy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_json_results_are_clear_task_errors() {
     let t = support::start(1).await;
-    let code = "import math\ndef odd(kind):\n    return {'set': {1, 2}, 'nan': math.nan, 'obj': object()}[kind]\n";
+    let code = r#"
+import collections, enum, math
+class Color(enum.IntEnum):
+    RED = 1
+Point = collections.namedtuple("Point", "x y")
+def odd(kind):
+    return {
+        "set": {1, 2}, "nan": math.nan, "obj": object(), "bytes": b"x", "nested": {"a": [1, {2}]},
+        "enum": Color.RED, "ordered": collections.OrderedDict(b=1, a=2), "point": Point(1, 2),
+        "int_keys": {1: "one", None: "none"},
+    }[kind]
+"#;
     t.rt.deploy_function(FunctionSpec::new("odd", code))
         .await
         .unwrap();
-    for kind in ["set", "nan", "obj"] {
+    // What JSON can hold comes back as JSON would have it.
+    for (kind, expected) in [
+        ("enum", json!(1)),
+        ("ordered", json!({"b": 1, "a": 2})),
+        ("point", json!([1, 2])),
+        ("int_keys", json!({"1": "one", "null": "none"})),
+    ] {
+        let out =
+            t.rt.call("odd", vec![json!(kind)], Map::new())
+                .await
+                .unwrap();
+        assert_eq!(out, expected, "{kind}");
+    }
+    for kind in ["set", "nan", "obj", "bytes", "nested"] {
         let err =
             t.rt.call("odd", vec![json!(kind)], Map::new())
                 .await

@@ -163,6 +163,9 @@ impl Scheduler {
                 ));
             }
             self.publish_meter();
+            if self.input_ended && self.head == self.next_index {
+                return;
+            }
             let want_input = !self.input_ended
                 && self.fresh.len() < self.batch.size() * self.pool.size
                 && self.window_open();
