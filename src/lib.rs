@@ -47,6 +47,7 @@ mod spec;
 mod supervisor;
 mod task;
 mod tracker;
+mod volume;
 
 pub use compute::{
     BackendError, CallContext, CallId, CallOutcome, Capacity, ComputeBackend, Deployment,
@@ -62,4 +63,8 @@ pub use spec::{
 pub use supervisor::{ChildError, RestartPolicy, RuntimeChild};
 pub use task::{
     MapProgress, ResultsPage, TaskError, TaskId, TaskKind, TaskLogs, TaskRecord, TaskStatus,
+};
+pub use volume::{
+    FileStat, Versioned, VolumeChange, VolumeError, VolumeEvent, Volumes, MAX_FILE_BYTES,
+    MAX_VALUE_BYTES,
 };

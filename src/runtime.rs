@@ -25,6 +25,7 @@ use crate::spec::FunctionSpec;
 use crate::supervisor::{RootSupervisorMsg, RuntimeChild};
 use crate::task::{ResultsPage, TaskId, TaskKind, TaskLogs, TaskRecord, TaskStatus};
 use crate::tracker::{read_page, Finished, TaskTrackerHandle};
+use crate::volume::Volumes;
 
 pub use builder::{RuntimeBuilder, DEFAULT_DATA_DIR};
 pub use error::RuntimeError;
@@ -49,6 +50,7 @@ struct Inner {
     registry: FunctionRegistryHandle,
     tracker: TaskTrackerHandle,
     dispatcher: DispatcherHandle,
+    volumes: Volumes,
     root: ActorRef<RootSupervisorMsg>,
     jobs: JobSet,
     shutdown: CancellationToken,
@@ -94,7 +96,13 @@ impl Runtime {
 
     /// The host directory of volume `name`, as functions that mount it see it.
     pub fn volume_dir(&self, name: &str) -> PathBuf {
-        self.inner.data_dir.join("volumes").join(name).join("files")
+        self.inner.volumes.files_dir(name)
+    }
+
+    /// The volumes: versioned state, files and watches shared by agents and
+    /// the functions that mount them.
+    pub fn volumes(&self) -> &Volumes {
+        &self.inner.volumes
     }
 
     fn ensure_running(&self) -> Result<(), RuntimeError> {

@@ -49,6 +49,8 @@ pub enum RuntimeChild {
     Tracker,
     /// The dispatcher.
     Dispatcher,
+    /// The volume store.
+    Volumes,
 }
 
 impl fmt::Display for RuntimeChild {
@@ -57,6 +59,7 @@ impl fmt::Display for RuntimeChild {
             RuntimeChild::Registry => "function registry",
             RuntimeChild::Tracker => "task tracker",
             RuntimeChild::Dispatcher => "dispatcher",
+            RuntimeChild::Volumes => "volume store",
         })
     }
 }

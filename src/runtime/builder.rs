@@ -22,6 +22,7 @@ use crate::supervisor::{
     ChildRunner, ChildSpec, RestartPolicy, RootSupervisor, RootSupervisorArgs, RuntimeChild, Slot,
 };
 use crate::tracker::{TaskStore, TaskTracker, TaskTrackerArgs, TaskTrackerHandle, TaskTrackerMsg};
+use crate::volume::{VolumeShared, VolumeStore, VolumeStoreArgs, VolumeStoreMsg, Volumes};
 
 /// Configures a [`Runtime`]. Every setting has a documented default.
 #[derive(Default)]
@@ -110,6 +111,9 @@ impl RuntimeBuilder {
         let store = TaskStore::new(data_dir.join("tasks"));
         let (registry_slot, registry_tx) = Slot::<FunctionRegistryMsg>::new(RuntimeChild::Registry);
         let (tracker_slot, tracker_tx) = Slot::<TaskTrackerMsg>::new(RuntimeChild::Tracker);
+        let volume_shared = VolumeShared::new(data_dir.join("volumes"));
+        let (volumes_slot, volumes_tx) = Slot::<VolumeStoreMsg>::new(RuntimeChild::Volumes);
+        let volumes = Volumes::new(volumes_slot, volume_shared.clone());
         let (dispatcher_slot, dispatcher_tx) = Slot::<DispatcherMsg>::new(RuntimeChild::Dispatcher);
         let registry = FunctionRegistryHandle::new(registry_slot, table.clone());
         let tracker = TaskTrackerHandle::new(tracker_slot, store.clone());
@@ -140,6 +144,15 @@ impl RuntimeBuilder {
                 panic_msg: || TaskTrackerMsg::InjectPanic,
             }),
             Box::new(ChildRunner {
+                child: RuntimeChild::Volumes,
+                make: || VolumeStore,
+                args: VolumeStoreArgs {
+                    shared: volume_shared,
+                },
+                publish: volumes_tx,
+                panic_msg: || VolumeStoreMsg::InjectPanic,
+            }),
+            Box::new(ChildRunner {
                 child: RuntimeChild::Dispatcher,
                 make: || Dispatcher,
                 args: DispatcherArgs { shared },
@@ -163,6 +176,7 @@ impl RuntimeBuilder {
                 registry,
                 tracker,
                 dispatcher,
+                volumes,
                 root,
                 jobs,
                 shutdown,

@@ -1,0 +1,734 @@
+//! Named volumes: versioned JSON state and files on disk, shared by agents and
+//! by the functions that mount them.
+//!
+//! Layout: `DATA_DIR/volumes/NAME/state/state.log` (the key/value state) and
+//! `DATA_DIR/volumes/NAME/files/` (the files; the same directory a function
+//! sees when it mounts the volume).
+//!
+//! ## Commit and reload semantics
+//!
+//! - **State** writes go through the [`VolumeStore`] actor one at a time, are
+//!   appended to the volume's log and fsynced *before* the call returns. When
+//!   `write`/`cas`/`delete` returns, every other agent's next `read` sees the
+//!   change (linearizable), and it survives a crash or restart of the process.
+//!   `cas` succeeds only if the key's version is still the one expected.
+//! - **Files** are replaced atomically (temp file, fsync, rename, fsync of the
+//!   directory): a reader sees the old content or the new, never a mix. A file
+//!   is visible to other agents and to running functions as soon as `put`
+//!   returns. Files that functions write are visible at once too (same
+//!   directory); there is no explicit commit or reload locally, unlike a Modal
+//!   Volume, where the Modal backend syncs on commit and reload.
+//! - **Watch**: a subscriber to a prefix receives every change made through the
+//!   store (state puts and deletes, file puts and deletes) whose key or path
+//!   starts with the prefix, in commit order, each with a sequence number.
+//!   Writes that functions make directly to files are not announced.
+
+mod files;
+mod state;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::spec::{validate_object_name, SpecError};
+use crate::supervisor::{ChildError, Slot};
+
+pub use files::FileStat;
+use state::VolumeState;
+
+const STATE_TIMEOUT: Duration = Duration::from_secs(10);
+const FILE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Largest state value, serialized (1 MiB).
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+/// Largest file (256 MiB).
+pub const MAX_FILE_BYTES: usize = 256 << 20;
+
+/// Why a volume operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// The volume name is not acceptable.
+    #[error(transparent)]
+    Name(#[from] SpecError),
+    /// A state key is not acceptable.
+    #[error("invalid key {key:?}: expected 1 to 512 bytes without control characters")]
+    BadKey {
+        /// The key.
+        key: String,
+    },
+    /// A file path is not acceptable.
+    #[error("invalid path {path:?}: {why}")]
+    BadPath {
+        /// The path.
+        path: String,
+        /// What is wrong and what is accepted.
+        why: String,
+    },
+    /// A value or file is larger than allowed.
+    #[error("{what} is {size} bytes; at most {limit} bytes are accepted")]
+    TooLarge {
+        /// `value of key "k"` or `file "p"`.
+        what: String,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A compare-and-swap found another version.
+    #[error("version conflict on {key:?}: expected {}, found {}", show_version(*.expected), show_version(*.current))]
+    Conflict {
+        /// The key.
+        key: String,
+        /// The version the caller expected (`None`: absent).
+        expected: Option<u64>,
+        /// The version it has (`None`: absent).
+        current: Option<u64>,
+    },
+    /// The file does not exist.
+    #[error("no file {path:?} in volume `{volume}`")]
+    NoSuchFile {
+        /// The volume.
+        volume: String,
+        /// The path.
+        path: String,
+    },
+    /// Disk I/O failed.
+    #[error("volume `{volume}`: {source}")]
+    Io {
+        /// The volume.
+        volume: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The volume store is down.
+    #[error(transparent)]
+    Unavailable(#[from] ChildError),
+}
+
+fn show_version(v: Option<u64>) -> String {
+    v.map_or_else(|| "absent".to_owned(), |v| format!("version {v}"))
+}
+
+/// A state value with its version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Versioned {
+    /// The value.
+    pub value: Value,
+    /// Its version: 1 on first write, +1 on every write or delete.
+    pub version: u64,
+}
+
+/// A change announced to watchers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum VolumeChange {
+    /// A state key was written.
+    Put {
+        /// The key.
+        key: String,
+        /// Its new version.
+        version: u64,
+        /// Its new value.
+        value: Value,
+    },
+    /// A state key was deleted.
+    Delete {
+        /// The key.
+        key: String,
+        /// The version of the deletion.
+        version: u64,
+    },
+    /// A file was written.
+    FilePut {
+        /// The path.
+        path: String,
+        /// Its size.
+        size: u64,
+    },
+    /// A file was deleted.
+    FileDelete {
+        /// The path.
+        path: String,
+    },
+}
+
+impl VolumeChange {
+    fn subject(&self) -> &str {
+        match self {
+            VolumeChange::Put { key, .. } | VolumeChange::Delete { key, .. } => key,
+            VolumeChange::FilePut { path, .. } | VolumeChange::FileDelete { path } => path,
+        }
+    }
+}
+
+/// One change, in commit order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeEvent {
+    /// The volume.
+    pub volume: String,
+    /// Increases by one with every change to any volume of this store.
+    pub seq: u64,
+    /// What changed.
+    pub change: VolumeChange,
+}
+
+struct Subscriber {
+    volume: String,
+    prefix: String,
+    tx: mpsc::UnboundedSender<VolumeEvent>,
+}
+
+/// What outlives a [`VolumeStore`] actor: its root and the watchers.
+pub(crate) struct VolumeShared {
+    root: PathBuf,
+    subscribers: Mutex<Vec<Subscriber>>,
+    seq: std::sync::atomic::AtomicU64,
+}
+
+impl VolumeShared {
+    pub(crate) fn new(root: PathBuf) -> Arc<VolumeShared> {
+        Arc::new(VolumeShared {
+            root,
+            subscribers: Mutex::new(Vec::new()),
+            seq: Default::default(),
+        })
+    }
+
+    fn files_dir(&self, volume: &str) -> PathBuf {
+        self.root.join(volume).join("files")
+    }
+
+    fn announce(&self, volume: &str, change: VolumeChange) {
+        let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let mut subs = self.subscribers.lock().expect("subscribers poisoned");
+        subs.retain(|s| {
+            if s.volume != volume || !change.subject().starts_with(&s.prefix) {
+                return !s.tx.is_closed();
+            }
+            let event = VolumeEvent {
+                volume: volume.to_owned(),
+                seq,
+                change: change.clone(),
+            };
+            s.tx.send(event).is_ok()
+        });
+    }
+}
+
+/// The volume store actor: the single writer of every volume's state.
+pub(crate) struct VolumeStore;
+
+/// Messages of the [`VolumeStore`].
+pub(crate) enum VolumeStoreMsg {
+    Read(
+        String,
+        String,
+        RpcReplyPort<Result<Option<Versioned>, VolumeError>>,
+    ),
+    List(
+        String,
+        String,
+        RpcReplyPort<Result<Vec<(String, Versioned)>, VolumeError>>,
+    ),
+    /// Writes when the expected version matches (`None` in the outer option:
+    /// unconditional; `Some(None)`: must be absent).
+    Write {
+        volume: String,
+        key: String,
+        value: Option<Value>,
+        expected: Option<Option<u64>>,
+        reply: RpcReplyPort<Result<u64, VolumeError>>,
+    },
+    PutFile(
+        String,
+        String,
+        Arc<Vec<u8>>,
+        RpcReplyPort<Result<FileStat, VolumeError>>,
+    ),
+    DeleteFile(String, String, RpcReplyPort<Result<bool, VolumeError>>),
+    InjectPanic,
+}
+
+/// Arguments of the [`VolumeStore`].
+#[derive(Clone)]
+pub(crate) struct VolumeStoreArgs {
+    pub(crate) shared: Arc<VolumeShared>,
+}
+
+/// State of the [`VolumeStore`]: volumes opened so far.
+pub(crate) struct VolumeStoreState {
+    shared: Arc<VolumeShared>,
+    volumes: HashMap<String, VolumeState>,
+}
+
+impl VolumeStoreState {
+    fn volume(&mut self, name: &str) -> Result<&mut VolumeState, VolumeError> {
+        if !self.volumes.contains_key(name) {
+            let dir = self.shared.root.join(name).join("state");
+            let opened = VolumeState::open(&dir).map_err(|source| VolumeError::Io {
+                volume: name.to_owned(),
+                source,
+            })?;
+            std::fs::create_dir_all(self.shared.files_dir(name)).map_err(|source| {
+                VolumeError::Io {
+                    volume: name.to_owned(),
+                    source,
+                }
+            })?;
+            self.volumes.insert(name.to_owned(), opened);
+        }
+        Ok(self.volumes.get_mut(name).expect("inserted above"))
+    }
+
+    fn write(
+        &mut self,
+        volume: &str,
+        key: &str,
+        value: Option<Value>,
+        expected: Option<Option<u64>>,
+    ) -> Result<u64, VolumeError> {
+        let state = self.volume(volume)?;
+        let current = state.live_version(key);
+        if let Some(expected) = expected {
+            if expected != current {
+                return Err(VolumeError::Conflict {
+                    key: key.to_owned(),
+                    expected,
+                    current,
+                });
+            }
+        }
+        if value.is_none() && current.is_none() {
+            return Ok(0);
+        }
+        let version = state
+            .commit(key, value.clone())
+            .map_err(|source| VolumeError::Io {
+                volume: volume.to_owned(),
+                source,
+            })?;
+        let change = match value {
+            Some(value) => VolumeChange::Put {
+                key: key.to_owned(),
+                version,
+                value,
+            },
+            None => VolumeChange::Delete {
+                key: key.to_owned(),
+                version,
+            },
+        };
+        self.shared.announce(volume, change);
+        Ok(version)
+    }
+}
+
+impl Actor for VolumeStore {
+    type Msg = VolumeStoreMsg;
+    type State = VolumeStoreState;
+    type Arguments = VolumeStoreArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(VolumeStoreState {
+            shared: args.shared,
+            volumes: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            VolumeStoreMsg::Read(volume, key, reply) => {
+                let result = state.volume(&volume).map(|s| {
+                    s.get(&key).map(|(version, value)| Versioned {
+                        value: value.clone(),
+                        version,
+                    })
+                });
+                let _ = reply.send(result);
+            }
+            VolumeStoreMsg::List(volume, prefix, reply) => {
+                let result = state.volume(&volume).map(|s| {
+                    s.entries
+                        .range(prefix.clone()..)
+                        .take_while(|(k, _)| k.starts_with(&prefix))
+                        .filter_map(|(k, e)| {
+                            e.value.as_ref().map(|v| {
+                                (
+                                    k.clone(),
+                                    Versioned {
+                                        value: v.clone(),
+                                        version: e.version,
+                                    },
+                                )
+                            })
+                        })
+                        .collect()
+                });
+                let _ = reply.send(result);
+            }
+            VolumeStoreMsg::Write {
+                volume,
+                key,
+                value,
+                expected,
+                reply,
+            } => {
+                let _ = reply.send(state.write(&volume, &key, value, expected));
+            }
+            VolumeStoreMsg::PutFile(volume, path, bytes, reply) => {
+                let result = async {
+                    state.volume(&volume)?;
+                    let root = state.shared.files_dir(&volume);
+                    let target = files::resolve(&root, &path)?;
+                    let io = |source| VolumeError::Io {
+                        volume: volume.clone(),
+                        source,
+                    };
+                    let stat = tokio::task::spawn_blocking(move || {
+                        files::put(&target, &bytes)?;
+                        files::stat(&root, &target)
+                    })
+                    .await
+                    .map_err(|e| io(std::io::Error::other(e)))?
+                    .map_err(io)?
+                    .ok_or_else(|| io(std::io::Error::other("file vanished after write")))?;
+                    state.shared.announce(
+                        &volume,
+                        VolumeChange::FilePut {
+                            path: path.clone(),
+                            size: stat.size,
+                        },
+                    );
+                    Ok(stat)
+                }
+                .await;
+                let _ = reply.send(result);
+            }
+            VolumeStoreMsg::DeleteFile(volume, path, reply) => {
+                let result = (|| {
+                    state.volume(&volume)?;
+                    let target = files::resolve(&state.shared.files_dir(&volume), &path)?;
+                    match std::fs::remove_file(&target) {
+                        Ok(()) => {
+                            state
+                                .shared
+                                .announce(&volume, VolumeChange::FileDelete { path: path.clone() });
+                            Ok(true)
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                        Err(source) => Err(VolumeError::Io {
+                            volume: volume.clone(),
+                            source,
+                        }),
+                    }
+                })();
+                let _ = reply.send(result);
+            }
+            VolumeStoreMsg::InjectPanic => panic!("fault injected into the volume store"),
+        }
+        Ok(())
+    }
+}
+
+fn check_key(key: &str) -> Result<(), VolumeError> {
+    if key.is_empty() || key.len() > 512 || key.chars().any(char::is_control) {
+        return Err(VolumeError::BadKey {
+            key: key.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn check_value(key: &str, value: &Value) -> Result<(), VolumeError> {
+    let size = serde_json::to_vec(value).map_or(usize::MAX, |v| v.len());
+    if size > MAX_VALUE_BYTES {
+        return Err(VolumeError::TooLarge {
+            what: format!("value of key {key:?}"),
+            size,
+            limit: MAX_VALUE_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// A cloneable handle to the volumes. State operations are linearizable and
+/// durable when they return; see the [module docs](self) for the semantics.
+#[derive(Clone)]
+pub struct Volumes {
+    slot: Slot<VolumeStoreMsg>,
+    shared: Arc<VolumeShared>,
+}
+
+impl std::fmt::Debug for Volumes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Volumes")
+            .field("root", &self.shared.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Volumes {
+    pub(crate) fn new(slot: Slot<VolumeStoreMsg>, shared: Arc<VolumeShared>) -> Volumes {
+        Volumes { slot, shared }
+    }
+
+    /// The host directory of a volume's files (what functions mounting it see).
+    pub fn files_dir(&self, volume: &str) -> PathBuf {
+        self.shared.files_dir(volume)
+    }
+
+    /// The names of all volumes on disk.
+    pub fn list_volumes(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.shared.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Creates a volume if it does not exist (Modal's `create_if_missing`).
+    pub async fn create(&self, volume: &str) -> Result<(), VolumeError> {
+        validate_object_name("volume_name", volume)?;
+        self.list(volume, "\u{10FFFF}").await.map(drop)
+    }
+
+    /// A key's value and version, `None` if absent.
+    pub async fn read(&self, volume: &str, key: &str) -> Result<Option<Versioned>, VolumeError> {
+        validate_object_name("volume_name", volume)?;
+        check_key(key)?;
+        self.slot
+            .call(STATE_TIMEOUT, |reply| {
+                VolumeStoreMsg::Read(volume.to_owned(), key.to_owned(), reply)
+            })
+            .await?
+    }
+
+    /// Keys starting with `prefix`, sorted, with values and versions.
+    pub async fn list(
+        &self,
+        volume: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, Versioned)>, VolumeError> {
+        validate_object_name("volume_name", volume)?;
+        self.slot
+            .call(STATE_TIMEOUT, |reply| {
+                VolumeStoreMsg::List(volume.to_owned(), prefix.to_owned(), reply)
+            })
+            .await?
+    }
+
+    async fn write_inner(
+        &self,
+        volume: &str,
+        key: &str,
+        value: Option<Value>,
+        expected: Option<Option<u64>>,
+    ) -> Result<u64, VolumeError> {
+        validate_object_name("volume_name", volume)?;
+        check_key(key)?;
+        if let Some(v) = &value {
+            check_value(key, v)?;
+        }
+        self.slot
+            .call(STATE_TIMEOUT, |reply| VolumeStoreMsg::Write {
+                volume: volume.to_owned(),
+                key: key.to_owned(),
+                value: value.clone(),
+                expected,
+                reply,
+            })
+            .await?
+    }
+
+    /// Writes a value; returns its new version.
+    pub async fn write(&self, volume: &str, key: &str, value: Value) -> Result<u64, VolumeError> {
+        self.write_inner(volume, key, Some(value), None).await
+    }
+
+    /// Writes only if the key's version is `expected` (`None`: the key must be
+    /// absent); returns the new version or [`VolumeError::Conflict`].
+    pub async fn compare_and_swap(
+        &self,
+        volume: &str,
+        key: &str,
+        expected: Option<u64>,
+        value: Value,
+    ) -> Result<u64, VolumeError> {
+        self.write_inner(volume, key, Some(value), Some(expected))
+            .await
+    }
+
+    /// Deletes a key; returns the deletion's version (0 if it was absent).
+    pub async fn delete(&self, volume: &str, key: &str) -> Result<u64, VolumeError> {
+        self.write_inner(volume, key, None, None).await
+    }
+
+    /// Read-modify-write with retries on conflict: `update` gets the current
+    /// value (if any) and returns the new one. Returns the value written and
+    /// its version.
+    pub async fn update<F>(
+        &self,
+        volume: &str,
+        key: &str,
+        mut update: F,
+    ) -> Result<Versioned, VolumeError>
+    where
+        F: FnMut(Option<&Value>) -> Value,
+    {
+        loop {
+            let current = self.read(volume, key).await?;
+            let next = update(current.as_ref().map(|c| &c.value));
+            let expected = current.map(|c| c.version);
+            match self
+                .compare_and_swap(volume, key, expected, next.clone())
+                .await
+            {
+                Ok(version) => {
+                    return Ok(Versioned {
+                        value: next,
+                        version,
+                    })
+                }
+                Err(VolumeError::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Subscribes to every change whose key or path starts with `prefix`.
+    pub fn watch(
+        &self,
+        volume: &str,
+        prefix: &str,
+    ) -> Result<mpsc::UnboundedReceiver<VolumeEvent>, VolumeError> {
+        validate_object_name("volume_name", volume)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.shared
+            .subscribers
+            .lock()
+            .expect("subscribers poisoned")
+            .push(Subscriber {
+                volume: volume.to_owned(),
+                prefix: prefix.to_owned(),
+                tx,
+            });
+        Ok(rx)
+    }
+
+    /// Writes a file atomically.
+    pub async fn put_file(
+        &self,
+        volume: &str,
+        path: &str,
+        bytes: impl Into<Vec<u8>>,
+    ) -> Result<FileStat, VolumeError> {
+        validate_object_name("volume_name", volume)?;
+        files::resolve(&self.files_dir(volume), path)?;
+        let bytes = Arc::new(bytes.into());
+        if bytes.len() > MAX_FILE_BYTES {
+            return Err(VolumeError::TooLarge {
+                what: format!("file {path:?}"),
+                size: bytes.len(),
+                limit: MAX_FILE_BYTES,
+            });
+        }
+        self.slot
+            .call(FILE_TIMEOUT, |reply| {
+                VolumeStoreMsg::PutFile(volume.to_owned(), path.to_owned(), bytes.clone(), reply)
+            })
+            .await?
+    }
+
+    fn target(&self, volume: &str, path: &str) -> Result<PathBuf, VolumeError> {
+        validate_object_name("volume_name", volume)?;
+        files::resolve(&self.files_dir(volume), path)
+    }
+
+    /// Reads a file.
+    pub async fn get_file(&self, volume: &str, path: &str) -> Result<Vec<u8>, VolumeError> {
+        let target = self.target(volume, path)?;
+        match tokio::fs::read(&target).await {
+            Ok(bytes) => Ok(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(VolumeError::NoSuchFile {
+                volume: volume.to_owned(),
+                path: path.to_owned(),
+            }),
+            Err(source) => Err(VolumeError::Io {
+                volume: volume.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// A file's metadata, `None` if it does not exist.
+    pub async fn stat_file(
+        &self,
+        volume: &str,
+        path: &str,
+    ) -> Result<Option<FileStat>, VolumeError> {
+        let target = self.target(volume, path)?;
+        let root = self.files_dir(volume);
+        blocking(volume, move || files::stat(&root, &target)).await
+    }
+
+    /// Files whose path starts with `prefix`, sorted.
+    pub async fn list_files(
+        &self,
+        volume: &str,
+        prefix: &str,
+    ) -> Result<Vec<FileStat>, VolumeError> {
+        validate_object_name("volume_name", volume)?;
+        let root = self.files_dir(volume);
+        let prefix = prefix.to_owned();
+        blocking(volume, move || files::list(&root, &prefix)).await
+    }
+
+    /// Deletes a file; returns whether it existed.
+    pub async fn delete_file(&self, volume: &str, path: &str) -> Result<bool, VolumeError> {
+        self.target(volume, path)?;
+        self.slot
+            .call(FILE_TIMEOUT, |reply| {
+                VolumeStoreMsg::DeleteFile(volume.to_owned(), path.to_owned(), reply)
+            })
+            .await?
+    }
+
+    /// The volume root of the store, `DATA_DIR/volumes`.
+    pub fn root(&self) -> &Path {
+        &self.shared.root
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    volume: &str,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, VolumeError> {
+    let io = |source| VolumeError::Io {
+        volume: volume.to_owned(),
+        source,
+    };
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io(std::io::Error::other(e)))?
+        .map_err(io)
+}
