@@ -38,6 +38,7 @@
 //! # }
 //! ```
 
+mod agents;
 mod compute;
 mod dispatcher;
 mod registry;
@@ -49,6 +50,10 @@ mod task;
 mod tracker;
 mod volume;
 
+pub use agents::{
+    AgentError, AgentEvent, AgentInfo, AgentKind, AgentTask, Agents, HandlerFuture, JobProgress,
+    JobReport, MasterConfig, MasterHandle, TaskHandler, TaskResult, WorkerHandle, WorkerStats,
+};
 pub use compute::{
     BackendError, CallContext, CallId, CallOutcome, Capacity, ComputeBackend, Deployment,
     LocalBackend, LocalConfig, LogSink, LogStream, MapItem, MapMeter,

@@ -17,11 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker as JobSet;
 use uuid::Uuid;
 
+use crate::agents::{AgentShared, AgentSupervisorMsg, Agents};
 use crate::compute::{BackendError, Capacity, ComputeBackend, Deployment};
 use crate::dispatcher::{read_logs, DispatcherHandle, Job};
 use crate::registry::{FunctionInfo, FunctionRegistryHandle};
 use crate::secrets::SecretStore;
 use crate::spec::FunctionSpec;
+use crate::supervisor::Slot;
 use crate::supervisor::{RootSupervisorMsg, RuntimeChild};
 use crate::task::{ResultsPage, TaskId, TaskKind, TaskLogs, TaskRecord, TaskStatus};
 use crate::tracker::{read_page, Finished, TaskTrackerHandle};
@@ -51,6 +53,8 @@ struct Inner {
     tracker: TaskTrackerHandle,
     dispatcher: DispatcherHandle,
     volumes: Volumes,
+    agents_slot: Slot<AgentSupervisorMsg>,
+    agent_shared: Arc<AgentShared>,
     root: ActorRef<RootSupervisorMsg>,
     jobs: JobSet,
     shutdown: CancellationToken,
@@ -97,6 +101,16 @@ impl Runtime {
     /// The host directory of volume `name`, as functions that mount it see it.
     pub fn volume_dir(&self, name: &str) -> PathBuf {
         self.inner.volumes.files_dir(name)
+    }
+
+    /// The agents of this runtime: spawn masters, workers, codegen and
+    /// repo-creator agents, register task handlers, watch their lifecycle.
+    pub fn agents(&self) -> Agents {
+        Agents {
+            runtime: self.clone(),
+            slot: self.inner.agents_slot.clone(),
+            shared: self.inner.agent_shared.clone(),
+        }
     }
 
     /// The volumes: versioned state, files and watches shared by agents and
@@ -428,6 +442,8 @@ impl Runtime {
             .root
             .stop_and_wait(None, Some(Duration::from_secs(5)))
             .await;
+        // Agents hold the runtime; forgetting them breaks that cycle.
+        self.inner.agent_shared.clear();
         tracing::info!("runtime stopped");
     }
 }

@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -40,6 +41,48 @@ impl Default for RestartPolicy {
     }
 }
 
+/// Restarts counted against a [`RestartPolicy`]'s window.
+#[derive(Debug)]
+pub(crate) struct RestartBudget {
+    policy: RestartPolicy,
+    recent: VecDeque<Instant>,
+    pub(crate) total: u64,
+}
+
+impl RestartBudget {
+    pub(crate) fn new(policy: RestartPolicy) -> RestartBudget {
+        RestartBudget {
+            policy,
+            recent: VecDeque::new(),
+            total: 0,
+        }
+    }
+
+    /// The delay before the next restart, or `None` when the policy's
+    /// intensity is exceeded and the failure must escalate.
+    pub(crate) fn next_restart(&mut self) -> Option<Duration> {
+        let now = Instant::now();
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.policy.window)
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() as u32 >= self.policy.max_restarts {
+            return None;
+        }
+        let delay = self
+            .policy
+            .backoff
+            .saturating_mul(1 << self.recent.len().min(10))
+            .min(Duration::from_secs(1));
+        self.recent.push_back(now);
+        self.total += 1;
+        Some(delay)
+    }
+}
+
 /// The runtime's supervised children, for fault injection and diagnostics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RuntimeChild {
@@ -51,6 +94,8 @@ pub enum RuntimeChild {
     Dispatcher,
     /// The volume store.
     Volumes,
+    /// The agent supervisor.
+    Agents,
 }
 
 impl fmt::Display for RuntimeChild {
@@ -60,6 +105,7 @@ impl fmt::Display for RuntimeChild {
             RuntimeChild::Tracker => "task tracker",
             RuntimeChild::Dispatcher => "dispatcher",
             RuntimeChild::Volumes => "volume store",
+            RuntimeChild::Agents => "agent supervisor",
         })
     }
 }
@@ -69,10 +115,10 @@ impl fmt::Display for RuntimeChild {
 pub enum ChildError {
     /// It did not answer within the call's timeout.
     #[error("the {0} did not answer in time")]
-    Timeout(RuntimeChild),
+    Timeout(String),
     /// It is down and was not restarted in time (or the runtime stopped).
     #[error("the {0} is unavailable")]
-    Down(RuntimeChild),
+    Down(String),
 }
 
 /// How long a call waits for a failed child to be restarted.
@@ -82,23 +128,44 @@ const RESTART_WAIT: Duration = Duration::from_secs(5);
 /// restart and handles follow.
 #[derive(Debug)]
 pub(crate) struct Slot<M: Message> {
-    child: RuntimeChild,
+    label: Arc<str>,
     rx: watch::Receiver<Option<ActorRef<M>>>,
 }
 
 impl<M: Message> Clone for Slot<M> {
     fn clone(&self) -> Self {
         Slot {
-            child: self.child,
+            label: self.label.clone(),
             rx: self.rx.clone(),
         }
     }
 }
 
 impl<M: Message> Slot<M> {
-    pub(crate) fn new(child: RuntimeChild) -> (Slot<M>, watch::Sender<Option<ActorRef<M>>>) {
+    pub(crate) fn new(label: impl fmt::Display) -> (Slot<M>, watch::Sender<Option<ActorRef<M>>>) {
         let (tx, rx) = watch::channel(None);
-        (Slot { child, rx }, tx)
+        let label = label.to_string().into();
+        (Slot { label, rx }, tx)
+    }
+
+    /// Calls the child once; if it is down or dies before answering, says so
+    /// without re-sending.
+    pub(crate) async fn call_once<R: Send + 'static>(
+        &self,
+        timeout: Duration,
+        build: impl FnOnce(RpcReplyPort<R>) -> M,
+    ) -> Result<R, ChildError> {
+        let actor = self.rx.borrow().clone();
+        let Some(actor) = actor else {
+            return Err(ChildError::Down(self.label.to_string()));
+        };
+        match actor.call(build, Some(timeout)).await {
+            Ok(ractor::rpc::CallResult::Success(reply)) => Ok(reply),
+            Ok(ractor::rpc::CallResult::Timeout) => {
+                Err(ChildError::Timeout(self.label.to_string()))
+            }
+            _ => Err(ChildError::Down(self.label.to_string())),
+        }
     }
 
     /// Sends without waiting; a message to a child that is down is dropped.
@@ -124,15 +191,17 @@ impl<M: Message> Slot<M> {
                 let ms = timeout.as_millis() as u64;
                 match ractor::call_t!(actor, build, ms) {
                     Ok(reply) => return Ok(reply),
-                    Err(ractor::RactorErr::Timeout) => return Err(ChildError::Timeout(self.child)),
+                    Err(ractor::RactorErr::Timeout) => {
+                        return Err(ChildError::Timeout(self.label.to_string()))
+                    }
                     Err(e) => {
-                        tracing::debug!(child = %self.child, error = %e, "child unreachable; waiting for restart")
+                        tracing::debug!(child = %self.label, error = %e, "child unreachable; waiting for restart")
                     }
                 }
             }
             match tokio::time::timeout_at(deadline, rx.changed()).await {
                 Ok(Ok(())) => continue,
-                _ => return Err(ChildError::Down(self.child)),
+                _ => return Err(ChildError::Down(self.label.to_string())),
             }
         }
     }
@@ -141,7 +210,8 @@ impl<M: Message> Slot<M> {
 /// A child the supervisor can (re)start.
 #[async_trait]
 pub(crate) trait ChildSpec: Send + Sync + 'static {
-    fn child(&self) -> RuntimeChild;
+    /// Names the child in logs and fault injection.
+    fn label(&self) -> &str;
     /// Spawns the child linked to `supervisor` and publishes its new ref.
     async fn start(&self, supervisor: ActorCell) -> Result<ActorCell, ractor::SpawnErr>;
     /// Makes the running child panic (fault injection).
@@ -150,7 +220,7 @@ pub(crate) trait ChildSpec: Send + Sync + 'static {
 
 /// Restarts any child of the runtime by calling its [`ChildSpec`].
 pub(crate) struct ChildRunner<A: Actor> {
-    pub(crate) child: RuntimeChild,
+    pub(crate) label: String,
     pub(crate) make: fn() -> A,
     pub(crate) args: A::Arguments,
     pub(crate) publish: watch::Sender<Option<ActorRef<A::Msg>>>,
@@ -163,8 +233,8 @@ where
     A: Actor,
     A::Arguments: Clone + Sync,
 {
-    fn child(&self) -> RuntimeChild {
-        self.child
+    fn label(&self) -> &str {
+        &self.label
     }
 
     async fn start(&self, supervisor: ActorCell) -> Result<ActorCell, ractor::SpawnErr> {
@@ -202,9 +272,7 @@ pub(crate) struct RootSupervisorArgs {
 /// State of the [`RootSupervisor`].
 pub(crate) struct RootSupervisorState {
     children: Vec<(Box<dyn ChildSpec>, ActorCell)>,
-    policy: RestartPolicy,
-    recent: VecDeque<Instant>,
-    total_restarts: u64,
+    budget: RestartBudget,
 }
 
 impl Actor for RootSupervisor {
@@ -224,9 +292,7 @@ impl Actor for RootSupervisor {
         }
         Ok(RootSupervisorState {
             children,
-            policy: args.policy,
-            recent: VecDeque::new(),
-            total_restarts: 0,
+            budget: RestartBudget::new(args.policy),
         })
     }
 
@@ -249,13 +315,14 @@ impl Actor for RootSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             RootSupervisorMsg::InjectFault(child) => {
-                if let Some((spec, _)) = state.children.iter().find(|(s, _)| s.child() == child) {
+                let label = child.to_string();
+                if let Some((spec, _)) = state.children.iter().find(|(s, _)| s.label() == label) {
                     tracing::warn!(%child, "injecting a panic");
                     spec.inject_panic();
                 }
             }
             RootSupervisorMsg::Restarts(reply) => {
-                let _ = reply.send(state.total_restarts);
+                let _ = reply.send(state.budget.total);
             }
         }
         Ok(())
@@ -281,28 +348,12 @@ impl Actor for RootSupervisor {
         else {
             return Ok(());
         };
-        let child = state.children[pos].0.child();
-        let now = Instant::now();
-        while state
-            .recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > state.policy.window)
-        {
-            state.recent.pop_front();
-        }
-        if state.recent.len() as u32 >= state.policy.max_restarts {
-            tracing::error!(%child, %reason, restarts = state.recent.len(), window = ?state.policy.window,
-                "restart intensity exceeded; escalating by stopping the runtime");
+        let child = state.children[pos].0.label().to_owned();
+        let Some(delay) = state.budget.next_restart() else {
+            tracing::error!(%child, %reason, "restart intensity exceeded; escalating by stopping the runtime");
             myself.stop(Some(format!("{child} failed too often: {reason}")));
             return Ok(());
-        }
-        let delay = state
-            .policy
-            .backoff
-            .saturating_mul(1 << state.recent.len().min(10))
-            .min(Duration::from_secs(1));
-        state.recent.push_back(now);
-        state.total_restarts += 1;
+        };
         tracing::warn!(%child, %reason, ?delay, "runtime child failed; restarting");
         tokio::time::sleep(delay).await;
         let new_cell = state.children[pos].0.start(myself.get_cell()).await?;

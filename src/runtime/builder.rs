@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker as JobSet;
 
 use super::{Inner, Runtime, RuntimeError};
+use crate::agents::{AgentShared, AgentSupervisor, AgentSupervisorArgs, AgentSupervisorMsg};
 use crate::compute::{ComputeBackend, LocalBackend, LocalConfig};
 use crate::dispatcher::{
     DispatchShared, Dispatcher, DispatcherArgs, DispatcherHandle, DispatcherMsg,
@@ -114,6 +115,8 @@ impl RuntimeBuilder {
         let volume_shared = VolumeShared::new(data_dir.join("volumes"));
         let (volumes_slot, volumes_tx) = Slot::<VolumeStoreMsg>::new(RuntimeChild::Volumes);
         let volumes = Volumes::new(volumes_slot, volume_shared.clone());
+        let agent_shared = AgentShared::new(self.restart);
+        let (agents_slot, agents_tx) = Slot::<AgentSupervisorMsg>::new(RuntimeChild::Agents);
         let (dispatcher_slot, dispatcher_tx) = Slot::<DispatcherMsg>::new(RuntimeChild::Dispatcher);
         let registry = FunctionRegistryHandle::new(registry_slot, table.clone());
         let tracker = TaskTrackerHandle::new(tracker_slot, store.clone());
@@ -130,21 +133,21 @@ impl RuntimeBuilder {
 
         let children: Vec<Box<dyn ChildSpec>> = vec![
             Box::new(ChildRunner {
-                child: RuntimeChild::Registry,
+                label: RuntimeChild::Registry.to_string(),
                 make: || FunctionRegistry,
                 args: FunctionRegistryArgs { table },
                 publish: registry_tx,
                 panic_msg: || FunctionRegistryMsg::InjectPanic,
             }),
             Box::new(ChildRunner {
-                child: RuntimeChild::Tracker,
+                label: RuntimeChild::Tracker.to_string(),
                 make: || TaskTracker,
                 args: TaskTrackerArgs { store },
                 publish: tracker_tx,
                 panic_msg: || TaskTrackerMsg::InjectPanic,
             }),
             Box::new(ChildRunner {
-                child: RuntimeChild::Volumes,
+                label: RuntimeChild::Volumes.to_string(),
                 make: || VolumeStore,
                 args: VolumeStoreArgs {
                     shared: volume_shared,
@@ -153,11 +156,20 @@ impl RuntimeBuilder {
                 panic_msg: || VolumeStoreMsg::InjectPanic,
             }),
             Box::new(ChildRunner {
-                child: RuntimeChild::Dispatcher,
+                label: RuntimeChild::Dispatcher.to_string(),
                 make: || Dispatcher,
                 args: DispatcherArgs { shared },
                 publish: dispatcher_tx,
                 panic_msg: || DispatcherMsg::InjectPanic,
+            }),
+            Box::new(ChildRunner {
+                label: RuntimeChild::Agents.to_string(),
+                make: || AgentSupervisor,
+                args: AgentSupervisorArgs {
+                    shared: agent_shared.clone(),
+                },
+                publish: agents_tx,
+                panic_msg: || AgentSupervisorMsg::InjectPanic,
             }),
         ];
         let args = RootSupervisorArgs {
@@ -177,6 +189,8 @@ impl RuntimeBuilder {
                 tracker,
                 dispatcher,
                 volumes,
+                agents_slot,
+                agent_shared,
                 root,
                 jobs,
                 shutdown,
