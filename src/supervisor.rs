@@ -148,6 +148,14 @@ impl<M: Message> Slot<M> {
         (Slot { label, rx }, tx)
     }
 
+    /// Whether the child is running now (false while it is being restarted).
+    pub(crate) fn is_up(&self) -> bool {
+        self.rx
+            .borrow()
+            .as_ref()
+            .is_some_and(|a| a.get_status() == ractor::ActorStatus::Running)
+    }
+
     /// Calls the child once; if it is down or dies before answering, says so
     /// without re-sending.
     pub(crate) async fn call_once<R: Send + 'static>(

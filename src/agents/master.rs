@@ -182,6 +182,8 @@ pub(crate) enum MasterMsg {
         outcome: Result<Value, String>,
         reply: RpcReplyPort<()>,
     },
+    /// Hands out queued tasks again (after workers were down).
+    Pump(String),
     /// Panics (fault injection).
     InjectPanic,
 }
@@ -271,6 +273,7 @@ impl Actor for Master {
                 finish_if_done(shared, &job_id).await;
                 let _ = reply.send(());
             }
+            MasterMsg::Pump(job_id) => pump(shared, &job_id),
             MasterMsg::InjectPanic => panic!("fault injected into master {}", shared.id),
         }
         Ok(())
@@ -342,7 +345,10 @@ fn pump(shared: &Arc<MasterShared>, job_id: &str) {
         let pick = job
             .workers
             .iter()
-            .filter(|w| job.inflight.get(w.id()).copied().unwrap_or(0) < shared.config.per_worker)
+            .filter(|w| {
+                w.is_up()
+                    && job.inflight.get(w.id()).copied().unwrap_or(0) < shared.config.per_worker
+            })
             .min_by_key(|w| {
                 let stats = job.per_worker.get(w.id()).copied().unwrap_or_default();
                 (
@@ -352,7 +358,17 @@ fn pump(shared: &Arc<MasterShared>, job_id: &str) {
                 )
             })
             .cloned();
-        let Some(worker) = pick else { break };
+        let Some(worker) = pick else {
+            if job.inflight.values().all(|n| *n == 0) {
+                // Every worker is down: look again shortly.
+                let (slot, job_id) = (shared.slot.clone(), job_id.to_owned());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    slot.cast(MasterMsg::Pump(job_id));
+                });
+            }
+            break;
+        };
         job.queue.pop_front();
         job.attempts[index] += 1;
         job.last_worker[index] = Some(worker.id().to_owned());

@@ -256,6 +256,11 @@ impl WorkerHandle {
         &self.id
     }
 
+    /// Whether the worker is running now (false while it is being restarted).
+    pub fn is_up(&self) -> bool {
+        self.slot.is_up()
+    }
+
     /// Runs a task on this worker and waits for it. `Err` when the worker
     /// crashed (or was down) before answering; the task is not re-sent.
     pub async fn run(
