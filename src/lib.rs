@@ -47,6 +47,7 @@ mod secrets;
 mod spec;
 mod supervisor;
 mod task;
+mod tools;
 mod tracker;
 mod volume;
 
@@ -69,6 +70,7 @@ pub use supervisor::{ChildError, RestartPolicy, RuntimeChild};
 pub use task::{
     MapProgress, ResultsPage, TaskError, TaskId, TaskKind, TaskLogs, TaskRecord, TaskStatus,
 };
+pub use tools::{ToolDefinition, ToolError, Tools, MAX_INLINE_RESULTS};
 pub use volume::{
     FileStat, Versioned, VolumeChange, VolumeError, VolumeEvent, Volumes, MAX_FILE_BYTES,
     MAX_VALUE_BYTES,

@@ -1,0 +1,207 @@
+//! The agent tools over a real runtime, called the way an LLM would call them.
+
+mod support;
+
+use modal_agents::{ToolError, Tools};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_tool_flow() {
+    let t = support::start(2).await;
+    let tools = Tools::new(t.rt.clone());
+    let defs = tools.definitions();
+    let names: Vec<&str> = defs.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "deploy_modal_function",
+            "spawn_parallel_tasks",
+            "request_gpu_task",
+            "coordinate_state"
+        ]
+    );
+    for d in &defs {
+        let props = d.input_schema["properties"].as_object().unwrap();
+        for required in d.input_schema["required"].as_array().unwrap() {
+            assert!(
+                props.contains_key(required.as_str().unwrap()),
+                "{}: {required}",
+                d.name
+            );
+        }
+    }
+
+    let deployed = tools
+        .call(
+            "deploy_modal_function",
+            json!({"function_code": "def square(x):\n    return x * x\n", "function_name": "square",
+                   "timeout": 60, "volumes": ["scratch"], "retries": 1}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(deployed["status"], "registered");
+    assert_eq!(
+        t.rt.function("square").unwrap().spec.volumes["/volumes/scratch"],
+        "scratch"
+    );
+
+    let out = tools
+        .call(
+            "spawn_parallel_tasks",
+            json!({"function_ref": "square", "inputs": [1, 2, 3, 4]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (out["num_tasks"].clone(), out["status"].clone()),
+        (json!(4), json!("completed"))
+    );
+    assert_eq!(out["results"], json!([1, 4, 9, 16]));
+    let pending = tools
+        .call(
+            "spawn_parallel_tasks",
+            json!({"function_ref": "square", "inputs": [5], "wait": false}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(pending["status"], "pending");
+    let id = pending["task_id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        t.rt.wait(id, None).await.unwrap().status,
+        modal_agents::TaskStatus::Completed
+    );
+
+    tools
+        .call(
+            "deploy_modal_function",
+            json!({"function_code": "def train(steps, lr=0.1):\n    return {'steps': steps, 'lr': lr}\n",
+                   "function_name": "train", "gpu": "T4"}),
+        )
+        .await
+        .unwrap();
+    let gpu = tools
+        .call(
+            "request_gpu_task",
+            json!({"function_ref": "train", "args": [10], "kwargs": {"lr": 0.5}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(gpu["result"], json!({"steps": 10, "lr": 0.5}));
+    assert_eq!(gpu["gpu"], "T4");
+    let err = tools
+        .call("request_gpu_task", json!({"function_ref": "square"}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ToolError::InvalidArguments { field, .. } if field == "function_ref"),
+        "{err}"
+    );
+
+    let state = |args| tools.call("coordinate_state", args);
+    let w = state(
+        json!({"volume_name": "team", "operation": "write", "key": "plan", "data": {"step": 1}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(w["version"], 1);
+    let r = state(json!({"volume_name": "team", "operation": "read", "key": "plan"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r["value"].clone(), r["version"].clone()),
+        (json!({"step": 1}), json!(1))
+    );
+    let c = state(json!({"volume_name": "team", "operation": "cas", "key": "plan", "data": {"step": 2}, "expected_version": 1})).await.unwrap();
+    assert_eq!(c["version"], 2);
+    let stale = state(json!({"volume_name": "team", "operation": "cas", "key": "plan", "data": {"step": 3}, "expected_version": 1})).await;
+    assert!(stale.unwrap_err().to_string().contains("version conflict"));
+    let l = state(json!({"volume_name": "team", "operation": "list", "key": "pl"}))
+        .await
+        .unwrap();
+    assert_eq!(l["keys"], json!(["plan"]));
+    let d = state(json!({"volume_name": "team", "operation": "delete", "key": "plan"}))
+        .await
+        .unwrap();
+    assert_eq!(d["deleted"], true);
+    t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_arguments_name_the_field() {
+    let t = support::start(1).await;
+    let tools = Tools::new(t.rt.clone());
+    let field_of = |e: ToolError| match e {
+        ToolError::InvalidArguments { field, .. } => field,
+        other => panic!("{other}"),
+    };
+    let cases = [
+        (
+            "deploy_modal_function",
+            json!({"function_name": "f"}),
+            "function_code",
+        ),
+        (
+            "deploy_modal_function",
+            json!({"function_code": "def f(): pass", "function_name": "f", "timeout": 0}),
+            "timeout",
+        ),
+        (
+            "deploy_modal_function",
+            json!({"function_code": "def f(): pass", "function_name": "f", "gpu": "V100"}),
+            "gpu",
+        ),
+        (
+            "deploy_modal_function",
+            json!({"function_code": "def f(): pass", "function_name": "f", "image_packages": ["-e ."]}),
+            "image_packages[0]",
+        ),
+        (
+            "deploy_modal_function",
+            json!({"function_code": "def f(): pass", "function_name": "f", "timeout": "soon"}),
+            "timeout",
+        ),
+        (
+            "spawn_parallel_tasks",
+            json!({"function_ref": "f"}),
+            "inputs",
+        ),
+        (
+            "coordinate_state",
+            json!({"volume_name": "v", "operation": "read"}),
+            "key",
+        ),
+        (
+            "coordinate_state",
+            json!({"volume_name": "v", "operation": "write", "key": "k"}),
+            "data",
+        ),
+        (
+            "coordinate_state",
+            json!({"volume_name": "v", "operation": "read", "key": "k", "bogus": 1}),
+            "bogus",
+        ),
+    ];
+    for (tool, args, field) in cases {
+        let err = tools.call(tool, args.clone()).await.unwrap_err();
+        let text = err.to_string();
+        assert_eq!(field_of(err), field, "{tool} {args}: {text}");
+    }
+    let err = tools
+        .call("rm_rf", json!({}))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unknown tool `rm_rf`") && err.contains("coordinate_state"),
+        "{err}"
+    );
+    let err = tools
+        .call(
+            "spawn_parallel_tasks",
+            json!({"function_ref": "nope", "inputs": []}),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("`nope` is not deployed"), "{err}");
+    t.rt.shutdown().await;
+}
