@@ -10,6 +10,7 @@
 //! through [`Agents::events`]. Registrations live outside the supervisor actor,
 //! so if it is restarted itself it brings every agent back.
 
+mod codegen;
 mod master;
 mod worker;
 
@@ -26,6 +27,10 @@ use crate::runtime::Runtime;
 use crate::spec::SpecError;
 use crate::supervisor::{ChildError, ChildSpec, RestartBudget, RestartPolicy, Slot};
 
+pub use codegen::{
+    CodeGenerator, CodegenError, CodegenHandle, CodegenReport, CodegenTask, ComponentKind,
+    ComponentResult, GeneratedCode, Language, TemplateGenerator,
+};
 pub use master::{JobProgress, JobReport, MasterConfig, MasterHandle, TaskResult, WorkerStats};
 pub use worker::{AgentTask, HandlerFuture, TaskHandler, WorkerHandle};
 
@@ -112,6 +117,14 @@ pub enum AgentError {
     /// The agent or its supervisor is down.
     #[error(transparent)]
     Unavailable(#[from] ChildError),
+    /// A codegen agent could not produce a component.
+    #[error("codegen agent `{agent}`: {error}")]
+    Codegen {
+        /// The agent.
+        agent: String,
+        /// Why.
+        error: CodegenError,
+    },
     /// A runtime operation the agent needed failed.
     #[error(transparent)]
     Runtime(#[from] Box<crate::RuntimeError>),

@@ -52,8 +52,10 @@ mod tracker;
 mod volume;
 
 pub use agents::{
-    AgentError, AgentEvent, AgentInfo, AgentKind, AgentTask, Agents, HandlerFuture, JobProgress,
-    JobReport, MasterConfig, MasterHandle, TaskHandler, TaskResult, WorkerHandle, WorkerStats,
+    AgentError, AgentEvent, AgentInfo, AgentKind, AgentTask, Agents, CodeGenerator, CodegenError,
+    CodegenHandle, CodegenReport, CodegenTask, ComponentKind, ComponentResult, GeneratedCode,
+    HandlerFuture, JobProgress, JobReport, Language, MasterConfig, MasterHandle, TaskHandler,
+    TaskResult, TemplateGenerator, WorkerHandle, WorkerStats,
 };
 pub use compute::{
     BackendError, CallContext, CallId, CallOutcome, Capacity, ComputeBackend, Deployment,
