@@ -12,6 +12,7 @@
 
 mod codegen;
 mod master;
+mod repo;
 mod worker;
 
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ pub use codegen::{
     ComponentResult, GeneratedCode, Language, TemplateGenerator,
 };
 pub use master::{JobProgress, JobReport, MasterConfig, MasterHandle, TaskResult, WorkerStats};
+pub use repo::{RepoConfig, RepoCreatorConfig, RepoCreatorHandle, RepoError, RepoResult};
 pub use worker::{AgentTask, HandlerFuture, TaskHandler, WorkerHandle};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,6 +127,9 @@ pub enum AgentError {
         /// Why.
         error: CodegenError,
     },
+    /// A repository could not be created.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
     /// A runtime operation the agent needed failed.
     #[error(transparent)]
     Runtime(#[from] Box<crate::RuntimeError>),

@@ -54,8 +54,9 @@ mod volume;
 pub use agents::{
     AgentError, AgentEvent, AgentInfo, AgentKind, AgentTask, Agents, CodeGenerator, CodegenError,
     CodegenHandle, CodegenReport, CodegenTask, ComponentKind, ComponentResult, GeneratedCode,
-    HandlerFuture, JobProgress, JobReport, Language, MasterConfig, MasterHandle, TaskHandler,
-    TaskResult, TemplateGenerator, WorkerHandle, WorkerStats,
+    HandlerFuture, JobProgress, JobReport, Language, MasterConfig, MasterHandle, RepoConfig,
+    RepoCreatorConfig, RepoCreatorHandle, RepoError, RepoResult, TaskHandler, TaskResult,
+    TemplateGenerator, WorkerHandle, WorkerStats,
 };
 pub use compute::{
     BackendError, CallContext, CallId, CallOutcome, Capacity, ComputeBackend, Deployment,
