@@ -28,7 +28,10 @@ pub struct MasterConfig {
     pub max_attempts: u32,
     /// Tasks in flight per worker at most (default 2).
     pub per_worker: usize,
-    /// How long one task may take on a worker (default 10 minutes).
+    /// How long one task may take on a worker (default 10 minutes). A task
+    /// past it is re-run on another worker; the first run may still finish,
+    /// and its late outcome is ignored (the one case where a task can run
+    /// twice, so set it well above the slowest task).
     pub task_timeout: Duration,
     /// The volume the aggregate is stored in (default `agents`).
     pub results_volume: String,
