@@ -66,8 +66,8 @@ pub use registry::FunctionInfo;
 pub use runtime::{Runtime, RuntimeBuilder, RuntimeError, DEFAULT_DATA_DIR, MAX_RESULTS_PAGE};
 pub use secrets::{SecretError, SecretStore};
 pub use spec::{
-    FunctionSpec, GpuRequest, GpuSpec, GpuType, ImageSpec, Resources, RetryPolicy, SpecError,
-    DEFAULT_TIMEOUT_S, GPU_TYPES,
+    FunctionSpec, GpuRequest, GpuSpec, GpuType, ImageSpec, Resources, RetryPolicy, SeedVolumes,
+    SpecError, DEFAULT_TIMEOUT_S, GPU_TYPES,
 };
 pub use supervisor::{ChildError, RestartPolicy, RuntimeChild};
 pub use task::{

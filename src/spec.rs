@@ -7,6 +7,7 @@
 
 mod gpu;
 mod retry;
+mod seed;
 
 use std::collections::BTreeMap;
 
@@ -14,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 pub use gpu::{GpuRequest, GpuSpec, GpuType, GPU_TYPES};
 pub use retry::RetryPolicy;
+pub use seed::SeedVolumes;
+pub(crate) use seed::{seed_field, SeedDeploy};
 
 /// Why a function spec, or its code, was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

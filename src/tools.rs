@@ -19,14 +19,12 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::BTreeMap;
-
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::runtime::{Runtime, RuntimeError};
-use crate::spec::{FunctionSpec, GpuSpec, RetryPolicy, SpecError};
+use crate::spec::{seed_field, SeedDeploy, SeedVolumes, SpecError};
 use crate::task::TaskStatus;
 use crate::volume::VolumeError;
 
@@ -92,13 +90,6 @@ pub struct Tools {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Volumes {
-    Names(Vec<String>),
-    Mounts(BTreeMap<String, String>),
-}
-
-#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DeployArgs {
     function_code: String,
@@ -112,9 +103,9 @@ struct DeployArgs {
     #[serde(default)]
     secrets: Vec<String>,
     #[serde(default)]
-    volumes: Option<Volumes>,
+    volumes: Option<SeedVolumes>,
     #[serde(default)]
-    retries: Option<u32>,
+    retries: Option<Value>,
     #[serde(default)]
     max_concurrency: Option<u32>,
     #[serde(default)]
@@ -169,26 +160,8 @@ struct StateArgs {
     expected_version: Option<u64>,
 }
 
-/// The seed's spelling of a spec field, for errors.
 fn tool_field(spec_field: &str) -> String {
-    let renames = [
-        ("name", "function_name"),
-        ("code", "function_code"),
-        ("entrypoint", "function_name"),
-        ("timeout_s", "timeout"),
-        ("image.python_packages", "image_packages"),
-        ("resources.cpu", "cpu"),
-        ("resources.memory_mib", "memory"),
-        ("retries.max_retries", "retries"),
-    ];
-    for (from, to) in renames {
-        if let Some(rest) = spec_field.strip_prefix(from) {
-            if rest.is_empty() || rest.starts_with('[') {
-                return format!("{to}{rest}");
-            }
-        }
-    }
-    spec_field.to_owned()
+    seed_field(spec_field, "image_packages")
 }
 
 fn parse<T: DeserializeOwned>(tool: &str, args: Value) -> Result<T, ToolError> {
@@ -351,47 +324,22 @@ impl Tools {
 
     async fn deploy(&self, a: DeployArgs) -> Result<Value, ToolError> {
         const TOOL: &str = "deploy_modal_function";
-        let invalid = |e: SpecError| Self::runtime_error(TOOL, RuntimeError::Spec(e));
-        let mut spec = FunctionSpec::new(&a.function_name, a.function_code);
-        spec.image.python_packages = a.image_packages;
-        spec.secrets = a.secrets;
-        if let Some(t) = a.timeout {
-            spec.timeout_s = t;
+        let spec = SeedDeploy {
+            code: a.function_code,
+            name: a.function_name,
+            packages: a.image_packages,
+            apt_packages: Vec::new(),
+            gpu: a.gpu,
+            timeout: a.timeout,
+            secrets: a.secrets,
+            volumes: a.volumes,
+            retries: a.retries,
+            max_concurrency: a.max_concurrency,
+            cpu: a.cpu,
+            memory: a.memory,
         }
-        if let Some(r) = a.retries {
-            spec.retries = RetryPolicy::new(r);
-        }
-        spec.max_concurrency = a.max_concurrency;
-        spec.resources.cpu = a.cpu;
-        spec.resources.memory_mib = a.memory;
-        if let Some(gpu) = a.gpu {
-            spec.resources.gpu = Some(match gpu {
-                Value::String(s) => s.parse::<GpuSpec>().map_err(invalid)?,
-                Value::Array(items) => {
-                    let names: Vec<String> = items
-                        .iter()
-                        .map(|v| v.as_str().unwrap_or_default().to_owned())
-                        .collect();
-                    GpuSpec::fallback(names).map_err(invalid)?
-                }
-                other => {
-                    return Err(ToolError::InvalidArguments {
-                        tool: TOOL.into(),
-                        field: "gpu".into(),
-                        message: format!("expected a GPU type or a list of them, got {other}"),
-                    })
-                }
-            });
-        }
-        match a.volumes {
-            None => {}
-            Some(Volumes::Names(names)) => {
-                for name in names {
-                    spec.volumes.insert(format!("/volumes/{name}"), name);
-                }
-            }
-            Some(Volumes::Mounts(mounts)) => spec.volumes = mounts,
-        }
+        .into_spec()
+        .map_err(|e| Self::runtime_error(TOOL, RuntimeError::Spec(e)))?;
         let info = self
             .runtime
             .deploy_function(spec)

@@ -1,0 +1,199 @@
+//! The API's one error type, answered as RFC 9457 `application/problem+json`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::agents::AgentError;
+use crate::runtime::RuntimeError;
+use crate::secrets::SecretError;
+use crate::spec::SpecError;
+use crate::tools::ToolError;
+use crate::volume::VolumeError;
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A short summary of the kind.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong this time.
+    pub detail: String,
+    /// The request field at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// Every way an API request fails.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The body is not valid JSON or not the expected shape.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A field holds a value that is not accepted.
+    #[error("{detail}")]
+    Invalid {
+        /// The field.
+        field: String,
+        /// What is wrong and what is accepted.
+        detail: String,
+    },
+    /// The thing asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// An `If-Match` precondition failed.
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// No valid bearer token.
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    /// The body is over the configured limit.
+    #[error("the request body is over the limit of {0} bytes")]
+    TooLarge(usize),
+    /// The body is not JSON.
+    #[error("expected Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// The runtime cannot serve now.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Something failed inside; the cause is logged, never returned.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl Error {
+    /// A 422 naming `field`.
+    pub fn invalid(field: impl Into<String>, detail: impl Into<String>) -> Error {
+        Error::Invalid {
+            field: field.into(),
+            detail: detail.into(),
+        }
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Malformed request"),
+            Error::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation", "Invalid field"),
+            Error::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            Error::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            Error::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "precondition-failed", "Precondition failed"),
+            Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-large", "Payload too large"),
+            Error::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type"),
+            Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
+            Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error"),
+        }
+    }
+
+    /// The problem document this error answers with.
+    pub fn problem(&self) -> Problem {
+        let (status, slug, title) = self.parts();
+        let detail = match self {
+            Error::Internal(_) => "the server failed to handle the request; it has been logged".to_owned(),
+            other => other.to_string(),
+        };
+        Problem {
+            kind: format!("urn:modal-agents:problem:{slug}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail,
+            field: match self {
+                Error::Invalid { field, .. } => Some(field.clone()),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        if let Error::Internal(cause) = &self {
+            tracing::error!(%cause, "internal error answering a request");
+        }
+        let problem = self.problem();
+        let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if matches!(self, Error::Unauthorized) {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"modal-agents\""),
+            );
+        }
+        response
+    }
+}
+
+impl From<SpecError> for Error {
+    fn from(e: SpecError) -> Self {
+        let field = e.field().to_owned();
+        Error::invalid(field, e.to_string())
+    }
+}
+
+impl From<SecretError> for Error {
+    fn from(e: SecretError) -> Self {
+        match e {
+            SecretError::Name(e) => e.into(),
+            SecretError::Unknown { .. } => Error::invalid("secrets", e.to_string()),
+            other => Error::invalid("values", other.to_string()),
+        }
+    }
+}
+
+impl From<RuntimeError> for Error {
+    fn from(e: RuntimeError) -> Self {
+        match e {
+            RuntimeError::Spec(e) => e.into(),
+            RuntimeError::Secret(e) => e.into(),
+            RuntimeError::UnknownFunction(_) | RuntimeError::UnknownTask(_) => Error::NotFound(e.to_string()),
+            RuntimeError::NotAMap(_) => Error::Conflict(e.to_string()),
+            RuntimeError::ShutDown | RuntimeError::Unavailable(_) => Error::Unavailable(e.to_string()),
+            RuntimeError::TaskFailed { .. } | RuntimeError::Cancelled(_) => Error::Conflict(e.to_string()),
+            RuntimeError::WaitTimeout { .. } => Error::Conflict(e.to_string()),
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<VolumeError> for Error {
+    fn from(e: VolumeError) -> Self {
+        match e {
+            VolumeError::Name(e) => e.into(),
+            VolumeError::BadKey { .. } => Error::invalid("key", e.to_string()),
+            VolumeError::BadPath { .. } => Error::invalid("path", e.to_string()),
+            VolumeError::TooLarge { .. } => Error::invalid("body", e.to_string()),
+            VolumeError::Conflict { .. } => Error::PreconditionFailed(e.to_string()),
+            VolumeError::NoSuchFile { .. } => Error::NotFound(e.to_string()),
+            VolumeError::Unavailable(_) => Error::Unavailable(e.to_string()),
+            VolumeError::Io { .. } => Error::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<ToolError> for Error {
+    fn from(e: ToolError) -> Self {
+        match e {
+            ToolError::UnknownTool { .. } => Error::NotFound(e.to_string()),
+            ToolError::InvalidArguments { ref field, .. } => Error::invalid(field.clone(), e.to_string()),
+            ToolError::Runtime { source, .. } => source.into(),
+            ToolError::Volume { source, .. } => source.into(),
+        }
+    }
+}
+
+impl From<AgentError> for Error {
+    fn from(e: AgentError) -> Self {
+        Error::Internal(e.to_string())
+    }
+}
