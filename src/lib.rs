@@ -39,6 +39,7 @@
 //! ```
 
 mod agents;
+pub mod api;
 mod compute;
 mod dispatcher;
 mod registry;

@@ -418,7 +418,10 @@ impl Runtime {
     /// child failed more often than the restart policy allows).
     pub fn is_running(&self) -> bool {
         !self.inner.stopped.load(Ordering::SeqCst)
-            && self.inner.root.get_status() == ractor::ActorStatus::Running
+            && matches!(
+                self.inner.root.get_status(),
+                ractor::ActorStatus::Starting | ractor::ActorStatus::Running
+            )
     }
 
     /// Stops gracefully: running tasks are cancelled and recorded as such,

@@ -13,8 +13,21 @@ use serde_json::Value;
 use uuid::Uuid;
 
 /// A task's id: a UUID, printed in its hyphenated form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(transparent)]
+#[schema(value_type = String, format = Uuid)]
 pub struct TaskId(Uuid);
 
 impl TaskId {
@@ -45,7 +58,7 @@ impl FromStr for TaskId {
 }
 
 /// Where a task is in its lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
     /// Accepted, not started.
@@ -88,7 +101,7 @@ impl fmt::Display for TaskStatus {
 }
 
 /// A single call, or a map over many inputs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskKind {
     /// One call with args and kwargs.
@@ -98,7 +111,9 @@ pub enum TaskKind {
 }
 
 /// What went wrong in a task or one map input: `{type, message, traceback}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, utoipa::ToSchema,
+)]
 #[error("{kind}: {message}")]
 pub struct TaskError {
     /// The Python exception type (`ValueError`), or a runtime kind such as
@@ -124,7 +139,7 @@ impl TaskError {
 }
 
 /// Counts of a map's inputs by state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MapProgress {
     /// All inputs (known once the input stream has ended, or given up front).
     pub total: u64,
@@ -146,7 +161,7 @@ impl MapProgress {
 }
 
 /// Everything known about a task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskRecord {
     /// Its id.
     pub task_id: TaskId,
@@ -200,7 +215,7 @@ impl TaskRecord {
 
 /// One page of a map's results, in input order. A failed input appears as
 /// `{"error": {type, message, traceback}}` in its slot.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ResultsPage {
     /// The results, `results[i]` being input `offset + i`.
     pub results: Vec<Value>,
@@ -215,7 +230,7 @@ pub struct ResultsPage {
 }
 
 /// A task's captured output.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskLogs {
     /// What the function printed to stdout.
     pub stdout: String,

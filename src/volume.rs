@@ -583,6 +583,17 @@ impl Volumes {
         self.write_inner(volume, key, None, None).await
     }
 
+    /// Deletes a key only if its version is `expected`.
+    pub async fn delete_if(
+        &self,
+        volume: &str,
+        key: &str,
+        expected: u64,
+    ) -> Result<u64, VolumeError> {
+        self.write_inner(volume, key, None, Some(Some(expected)))
+            .await
+    }
+
     /// Read-modify-write with retries on conflict: `update` gets the current
     /// value (if any) and returns the new one. Returns the value written and
     /// its version.

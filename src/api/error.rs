@@ -81,15 +81,39 @@ impl Error {
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
             Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Malformed request"),
-            Error::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation", "Invalid field"),
+            Error::Invalid { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation",
+                "Invalid field",
+            ),
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
-            Error::PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "precondition-failed", "Precondition failed"),
+            Error::PreconditionFailed(_) => (
+                StatusCode::PRECONDITION_FAILED,
+                "precondition-failed",
+                "Precondition failed",
+            ),
             Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
-            Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-large", "Payload too large"),
-            Error::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type"),
-            Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
-            Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal server error"),
+            Error::TooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                "Payload too large",
+            ),
+            Error::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            Error::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            ),
+            Error::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal server error",
+            ),
         }
     }
 
@@ -97,7 +121,9 @@ impl Error {
     pub fn problem(&self) -> Problem {
         let (status, slug, title) = self.parts();
         let detail = match self {
-            Error::Internal(_) => "the server failed to handle the request; it has been logged".to_owned(),
+            Error::Internal(_) => {
+                "the server failed to handle the request; it has been logged".to_owned()
+            }
             other => other.to_string(),
         };
         Problem {
@@ -119,11 +145,15 @@ impl IntoResponse for Error {
             tracing::error!(%cause, "internal error answering a request");
         }
         let problem = self.problem();
-        let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&problem).unwrap_or_default();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if matches!(self, Error::Unauthorized) {
             headers.insert(
                 header::WWW_AUTHENTICATE,
@@ -156,10 +186,16 @@ impl From<RuntimeError> for Error {
         match e {
             RuntimeError::Spec(e) => e.into(),
             RuntimeError::Secret(e) => e.into(),
-            RuntimeError::UnknownFunction(_) | RuntimeError::UnknownTask(_) => Error::NotFound(e.to_string()),
+            RuntimeError::UnknownFunction(_) | RuntimeError::UnknownTask(_) => {
+                Error::NotFound(e.to_string())
+            }
             RuntimeError::NotAMap(_) => Error::Conflict(e.to_string()),
-            RuntimeError::ShutDown | RuntimeError::Unavailable(_) => Error::Unavailable(e.to_string()),
-            RuntimeError::TaskFailed { .. } | RuntimeError::Cancelled(_) => Error::Conflict(e.to_string()),
+            RuntimeError::ShutDown | RuntimeError::Unavailable(_) => {
+                Error::Unavailable(e.to_string())
+            }
+            RuntimeError::TaskFailed { .. } | RuntimeError::Cancelled(_) => {
+                Error::Conflict(e.to_string())
+            }
             RuntimeError::WaitTimeout { .. } => Error::Conflict(e.to_string()),
             other => Error::Internal(other.to_string()),
         }
@@ -185,7 +221,9 @@ impl From<ToolError> for Error {
     fn from(e: ToolError) -> Self {
         match e {
             ToolError::UnknownTool { .. } => Error::NotFound(e.to_string()),
-            ToolError::InvalidArguments { ref field, .. } => Error::invalid(field.clone(), e.to_string()),
+            ToolError::InvalidArguments { ref field, .. } => {
+                Error::invalid(field.clone(), e.to_string())
+            }
             ToolError::Runtime { source, .. } => source.into(),
             ToolError::Volume { source, .. } => source.into(),
         }

@@ -23,8 +23,16 @@ fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
-        .is_some_and(|v| v == "application/json" || (v.starts_with("application/") && v.ends_with("+json")))
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_some_and(|v| {
+            v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
+        })
 }
 
 /// Parses JSON, naming the field at fault for shape errors.
@@ -74,18 +82,23 @@ impl FromRequest<ApiState> for RawBody {
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &ApiState) -> Result<Self, Error> {
-        Bytes::from_request(req, state).await.map(RawBody).map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                Error::TooLarge(state.config.body_limit)
-            } else {
-                Error::BadRequest(e.body_text())
-            }
-        })
+        Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    Error::TooLarge(state.config.body_limit)
+                } else {
+                    Error::BadRequest(e.body_text())
+                }
+            })
     }
 }
 
 enum Entry {
-    InFlight { hash: [u8; 32] },
+    InFlight {
+        hash: [u8; 32],
+    },
     Done {
         hash: [u8; 32],
         status: StatusCode,
@@ -111,17 +124,22 @@ impl IdempotencyStore {
         if self.entries.len() < MAX_KEYS {
             return;
         }
-        self.entries.retain(|_, e| match &*e.lock().unwrap_or_else(|p| p.into_inner()) {
-            Entry::Done { at, .. } => at.elapsed() < KEEP,
-            Entry::InFlight { .. } => true,
-        });
+        self.entries
+            .retain(|_, e| match &*e.lock().unwrap_or_else(|p| p.into_inner()) {
+                Entry::Done { at, .. } => at.elapsed() < KEEP,
+                Entry::InFlight { .. } => true,
+            });
     }
 }
 
 /// Middleware: with an `Idempotency-Key`, a replay of the same request gets
 /// the first response; the same key with another body gets 422; a replay
 /// while the first is still running gets 409.
-pub(crate) async fn idempotency(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+pub(crate) async fn idempotency(
+    State(state): State<ApiState>,
+    req: Request,
+    next: Next,
+) -> Response {
     let Some(key) = req
         .headers()
         .get("idempotency-key")
@@ -171,7 +189,12 @@ pub(crate) async fn idempotency(State(state): State<ApiState>, req: Request, nex
                 )
                 .into_response();
             }
-            Entry::Done { status, headers, body, .. } => {
+            Entry::Done {
+                status,
+                headers,
+                body,
+                ..
+            } => {
                 let mut response = (*status, body.clone()).into_response();
                 *response.headers_mut() = headers.clone();
                 response
@@ -180,12 +203,16 @@ pub(crate) async fn idempotency(State(state): State<ApiState>, req: Request, nex
                 return response;
             }
             Entry::InFlight { .. } => {
-                return Error::Conflict("a request with this Idempotency-Key is still in progress".into())
-                    .into_response();
+                return Error::Conflict(
+                    "a request with this Idempotency-Key is still in progress".into(),
+                )
+                .into_response();
             }
         }
     }
-    let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
     let (resp_parts, body) = response.into_parts();
     let body = match axum::body::to_bytes(body, usize::MAX).await {
         Ok(b) => b,

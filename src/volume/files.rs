@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::VolumeError;
 
 /// Metadata of one file in a volume.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileStat {
     /// Path relative to the volume root, `/`-separated.
     pub path: String,

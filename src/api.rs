@@ -1,0 +1,271 @@
+//! The HTTP API: the seed's "Modal Agent API Service" over a [`Runtime`].
+//!
+//! The seed's endpoints keep the seed's field names (`POST /deploy-function`,
+//! `/run-parallel`, `/spawn-task`, `/webhook`, `GET /status/{task_id}`), with
+//! what a job service also needs around them: functions, tasks, results,
+//! logs, volumes with optimistic concurrency, secrets, the agent tools,
+//! resources, health, Prometheus metrics and an OpenAPI 3.1 document
+//! (`/openapi.json`). Every endpoint but `/healthz` needs a bearer token;
+//! every error is RFC 9457 `application/problem+json`.
+
+mod error;
+mod extract;
+mod functions;
+mod metrics;
+mod misc;
+mod tasks;
+mod volumes;
+mod webhooks;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use utoipa::OpenApi;
+
+use crate::runtime::Runtime;
+
+pub use error::{Error, Problem};
+pub use webhooks::{Cidr, WebhookView};
+
+/// Settings of the API server.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Accepted bearer tokens (default: none).
+    pub tokens: Vec<String>,
+    /// Serve without authentication (default false; refused when `tokens` is
+    /// non-empty makes no sense, so tokens win).
+    pub allow_no_auth: bool,
+    /// Largest request body in bytes (default 32 MiB).
+    pub body_limit: usize,
+    /// Non-public webhook targets allowed anyway (default none).
+    pub webhook_allow: Vec<Cidr>,
+    /// Attempts per webhook delivery before it is given up (default 8).
+    pub webhook_max_attempts: u32,
+    /// First retry delay of a delivery; doubled per attempt with jitter, at
+    /// most 10 minutes (default 1 s).
+    pub webhook_backoff: Duration,
+    /// How long one delivery attempt may take (default 10 s).
+    pub webhook_timeout: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            tokens: Vec::new(),
+            allow_no_auth: false,
+            body_limit: 32 << 20,
+            webhook_allow: Vec::new(),
+            webhook_max_attempts: 8,
+            webhook_backoff: Duration::from_secs(1),
+            webhook_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the server could not be configured.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No token and no explicit opt-out.
+    #[error("no API token: set MODAL_AGENTS_TOKEN (comma-separated tokens) or pass --insecure-no-auth to serve without authentication")]
+    NoToken,
+    /// A token is too short to be a secret.
+    #[error("API tokens must be at least 16 characters; one has {0}")]
+    WeakToken(usize),
+}
+
+impl ApiConfig {
+    /// Checks that the server will not run open by accident.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.tokens.is_empty() && !self.allow_no_auth {
+            return Err(ConfigError::NoToken);
+        }
+        if let Some(t) = self.tokens.iter().find(|t| t.len() < 16) {
+            return Err(ConfigError::WeakToken(t.len()));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) runtime: Runtime,
+    pub(crate) config: ApiConfig,
+    pub(crate) idempotency: extract::IdempotencyStore,
+    pub(crate) webhooks: webhooks::Webhooks,
+    pub(crate) metrics: metrics::Metrics,
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub(crate) struct ApiState(Arc<Inner>);
+
+impl std::ops::Deref for ApiState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// Constant-time equality of two byte strings (length is not hidden).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    if state.config.tokens.is_empty() && state.config.allow_no_auth {
+        return next.run(req).await;
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let ok = presented.is_some_and(|p| {
+        // Compare with every token so timing does not tell which matched.
+        state
+            .config
+            .tokens
+            .iter()
+            .fold(false, |ok, t| same(p.as_bytes(), t.as_bytes()) | ok)
+    });
+    if ok {
+        next.run(req).await
+    } else {
+        Error::Unauthorized.into_response()
+    }
+}
+
+/// The OpenAPI document of this API.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "modal-agents", description = "Deploy Python functions, run them in parallel, track tasks, share state, get signed webhooks."),
+    paths(
+        functions::deploy, functions::list, functions::get_one, functions::delete,
+        tasks::run_parallel, tasks::spawn_task, tasks::status, tasks::results, tasks::logs,
+        tasks::cancel, tasks::list,
+        webhooks::register, webhooks::get_one,
+        volumes::list_volumes, volumes::get_state, volumes::put_state, volumes::delete_state,
+        volumes::list_state, volumes::put_file, volumes::get_file, volumes::delete_file,
+        volumes::list_files,
+        misc::put_secret, misc::list_secrets, misc::delete_secret, misc::list_tools,
+        misc::call_tool, misc::resources, misc::healthz, misc::metrics,
+    ),
+    components(schemas(Problem)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+async fn openapi() -> impl IntoResponse {
+    axum::Json(ApiDoc::openapi())
+}
+
+async fn fallback() -> Error {
+    Error::NotFound("no such endpoint".into())
+}
+
+/// The API's router over `runtime`.
+pub fn app(runtime: Runtime, config: ApiConfig) -> Router {
+    let state = ApiState(Arc::new(Inner {
+        webhooks: webhooks::Webhooks::new(&config),
+        runtime,
+        config,
+        idempotency: Default::default(),
+        metrics: Default::default(),
+    }));
+    let creating = Router::new()
+        .route("/deploy-function", post(functions::deploy))
+        .route("/run-parallel", post(tasks::run_parallel))
+        .route("/spawn-task", post(tasks::spawn_task))
+        .route("/webhook", post(webhooks::register))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            extract::idempotency,
+        ));
+    let protected = Router::new()
+        .merge(creating)
+        .route("/functions", get(functions::list))
+        .route(
+            "/functions/{name}",
+            get(functions::get_one).delete(functions::delete),
+        )
+        .route("/status/{task_id}", get(tasks::status))
+        .route("/status/{task_id}/results", get(tasks::results))
+        .route("/tasks", get(tasks::list))
+        .route("/tasks/{task_id}", get(tasks::status))
+        .route("/tasks/{task_id}/results", get(tasks::results))
+        .route("/tasks/{task_id}/logs", get(tasks::logs))
+        .route("/tasks/{task_id}/cancel", post(tasks::cancel))
+        .route("/webhooks/{webhook_id}", get(webhooks::get_one))
+        .route("/volumes", get(volumes::list_volumes))
+        .route("/volumes/{name}/state", get(volumes::list_state))
+        .route(
+            "/volumes/{name}/state/{*key}",
+            get(volumes::get_state)
+                .put(volumes::put_state)
+                .delete(volumes::delete_state),
+        )
+        .route("/volumes/{name}/files", get(volumes::list_files))
+        .route(
+            "/volumes/{name}/files/{*path}",
+            get(volumes::get_file)
+                .put(volumes::put_file)
+                .delete(volumes::delete_file),
+        )
+        .route("/secrets", get(misc::list_secrets))
+        .route(
+            "/secrets/{name}",
+            axum::routing::put(misc::put_secret).delete(misc::delete_secret),
+        )
+        .route("/tools", get(misc::list_tools))
+        .route("/tools/{tool_name}", post(misc::call_tool))
+        .route("/resources", get(misc::resources))
+        .route("/metrics", get(misc::metrics))
+        .route("/openapi.json", get(openapi))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route("/healthz", get(misc::healthz))
+        .merge(protected)
+        .fallback(fallback)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .layer(DefaultBodyLimit::max(state.config.body_limit))
+        .with_state(state)
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then stops
+/// accepting and lets requests in flight finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,200 @@
+//! Volumes over HTTP: versioned state with optimistic concurrency
+//! (`If-Match: <version>` -> 412 on mismatch, `If-None-Match: *` to create
+//! only), and files.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::extract::{ApiJson, RawBody};
+use super::{ApiState, Error};
+use crate::volume::FileStat;
+
+/// A state value.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct StateValue {
+    key: String,
+    #[schema(value_type = Object)]
+    value: Value,
+    version: u64,
+}
+
+/// The body of a state write.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PutState {
+    #[schema(value_type = Object)]
+    value: Value,
+}
+
+fn with_etag(body: StateValue) -> Response {
+    let etag = HeaderValue::from_str(&format!("\"{}\"", body.version)).expect("digits");
+    ([(header::ETAG, etag)], Json(body)).into_response()
+}
+
+/// `If-Match: 3` or `If-Match: "3"` -> Some(3); `*` means "exists".
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, Error> {
+    let Some(raw) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = raw.to_str().unwrap_or("").trim().trim_matches('"');
+    text.parse().map(Some).map_err(|_| {
+        Error::invalid(
+            "If-Match",
+            format!("got {text:?}; expected a version number"),
+        )
+    })
+}
+
+/// The volumes that exist.
+#[utoipa::path(get, path = "/volumes", responses((status = 200, body = Object)))]
+pub(crate) async fn list_volumes(State(state): State<ApiState>) -> Json<Value> {
+    Json(serde_json::json!({"volumes": state.runtime.volumes().list_volumes()}))
+}
+
+/// State keys under a prefix.
+#[utoipa::path(get, path = "/volumes/{name}/state", params(("prefix" = Option<String>, Query)),
+    responses((status = 200, body = Object)))]
+pub(crate) async fn list_state(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Result<Json<Value>, Error> {
+    let prefix = query.get("prefix").map_or("", String::as_str);
+    let entries: Vec<StateValue> = state
+        .runtime
+        .volumes()
+        .list(&name, prefix)
+        .await?
+        .into_iter()
+        .map(|(key, v)| StateValue {
+            key,
+            value: v.value,
+            version: v.version,
+        })
+        .collect();
+    Ok(Json(serde_json::json!({"entries": entries})))
+}
+
+/// Read a state key.
+#[utoipa::path(get, path = "/volumes/{name}/state/{key}", responses((status = 200, body = StateValue), (status = 404, body = super::Problem)))]
+pub(crate) async fn get_state(
+    State(state): State<ApiState>,
+    Path((name, key)): Path<(String, String)>,
+) -> Result<Response, Error> {
+    let v = state.runtime.volumes().read(&name, &key).await?;
+    let v = v.ok_or_else(|| Error::NotFound(format!("no key {key:?} in volume `{name}`")))?;
+    Ok(with_etag(StateValue {
+        key,
+        value: v.value,
+        version: v.version,
+    }))
+}
+
+/// Write a state key; with `If-Match: <version>` only if it still has that
+/// version, with `If-None-Match: *` only if it does not exist.
+#[utoipa::path(put, path = "/volumes/{name}/state/{key}", request_body = PutState,
+    responses((status = 200, body = StateValue), (status = 412, body = super::Problem)))]
+pub(crate) async fn put_state(
+    State(state): State<ApiState>,
+    Path((name, key)): Path<(String, String)>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<PutState>,
+) -> Result<Response, Error> {
+    let volumes = state.runtime.volumes();
+    let create_only = headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == b"*");
+    let version = match (if_match(&headers)?, create_only) {
+        (Some(expected), _) => {
+            volumes
+                .compare_and_swap(&name, &key, Some(expected), body.value.clone())
+                .await?
+        }
+        (None, true) => {
+            volumes
+                .compare_and_swap(&name, &key, None, body.value.clone())
+                .await?
+        }
+        (None, false) => volumes.write(&name, &key, body.value.clone()).await?,
+    };
+    Ok(with_etag(StateValue {
+        key,
+        value: body.value,
+        version,
+    }))
+}
+
+/// Delete a state key (with `If-Match`, only at that version).
+#[utoipa::path(delete, path = "/volumes/{name}/state/{key}", responses((status = 200, body = Object), (status = 412, body = super::Problem)))]
+pub(crate) async fn delete_state(
+    State(state): State<ApiState>,
+    Path((name, key)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, Error> {
+    let volumes = state.runtime.volumes();
+    let version = match if_match(&headers)? {
+        Some(expected) => volumes.delete_if(&name, &key, expected).await?,
+        None => volumes.delete(&name, &key).await?,
+    };
+    Ok(Json(
+        serde_json::json!({"key": key, "deleted": version > 0}),
+    ))
+}
+
+/// Files under a prefix.
+#[utoipa::path(get, path = "/volumes/{name}/files", params(("prefix" = Option<String>, Query)),
+    responses((status = 200, body = Vec<FileStat>)))]
+pub(crate) async fn list_files(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Result<Json<Vec<FileStat>>, Error> {
+    let prefix = query.get("prefix").map_or("", String::as_str);
+    Ok(Json(
+        state.runtime.volumes().list_files(&name, prefix).await?,
+    ))
+}
+
+/// Write a file (the body is its content), atomically.
+#[utoipa::path(put, path = "/volumes/{name}/files/{path}", request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, body = FileStat), (status = 422, body = super::Problem)))]
+pub(crate) async fn put_file(
+    State(state): State<ApiState>,
+    Path((name, path)): Path<(String, String)>,
+    RawBody(bytes): RawBody,
+) -> Result<Json<FileStat>, Error> {
+    Ok(Json(
+        state
+            .runtime
+            .volumes()
+            .put_file(&name, &path, bytes.to_vec())
+            .await?,
+    ))
+}
+
+/// Read a file.
+#[utoipa::path(get, path = "/volumes/{name}/files/{path}", responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = super::Problem)))]
+pub(crate) async fn get_file(
+    State(state): State<ApiState>,
+    Path((name, path)): Path<(String, String)>,
+) -> Result<Response, Error> {
+    let bytes = state.runtime.volumes().get_file(&name, &path).await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+/// Delete a file.
+#[utoipa::path(delete, path = "/volumes/{name}/files/{path}", responses((status = 200, body = Object)))]
+pub(crate) async fn delete_file(
+    State(state): State<ApiState>,
+    Path((name, path)): Path<(String, String)>,
+) -> Result<Json<Value>, Error> {
+    let deleted = state.runtime.volumes().delete_file(&name, &path).await?;
+    Ok(Json(serde_json::json!({"path": path, "deleted": deleted})))
+}

@@ -1,0 +1,748 @@
+//! The HTTP API against a real server on 127.0.0.1:0 (and via `oneshot`):
+//! the seed's examples verbatim, auth, problem+json for bad input,
+//! idempotency, volumes with optimistic concurrency, secrets, tools, signed
+//! webhooks with retries and SSRF refusal, OpenAPI and metrics.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use modal_agents::api::{app, ApiConfig, Cidr};
+use reqwest::header::HeaderMap;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+struct Server {
+    url: String,
+    http: reqwest::Client,
+    t: support::TestRuntime,
+}
+
+impl Server {
+    async fn start(config: ApiConfig) -> Server {
+        let t = support::start(2).await;
+        let router = app(t.rt.clone(), config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        Server {
+            url,
+            http: reqwest::Client::new(),
+            t,
+        }
+    }
+
+    async fn default() -> Server {
+        Server::start(ApiConfig {
+            tokens: vec![TOKEN.into()],
+            ..ApiConfig::default()
+        })
+        .await
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(TOKEN)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, HeaderMap, Value) {
+        let r = self
+            .req(reqwest::Method::POST, path)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        read(r).await
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, HeaderMap, Value) {
+        read(self.req(reqwest::Method::GET, path).send().await.unwrap()).await
+    }
+}
+
+async fn read(r: reqwest::Response) -> (StatusCode, HeaderMap, Value) {
+    let status = StatusCode::from_u16(r.status().as_u16()).unwrap();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, headers, body)
+}
+
+fn assert_problem(status: StatusCode, headers: &HeaderMap, body: &Value, expected: StatusCode) {
+    assert_eq!(status, expected, "{body}");
+    assert_eq!(
+        headers["content-type"], "application/problem+json",
+        "{body}"
+    );
+    assert_eq!(body["status"], expected.as_u16(), "{body}");
+    assert!(body["type"]
+        .as_str()
+        .unwrap()
+        .starts_with("urn:modal-agents:problem:"));
+    assert!(
+        body["title"].is_string() && body["detail"].is_string(),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_examples_verbatim() {
+    let s = Server::default().await;
+    let (status, _, body) = s
+        .req(reqwest::Method::PUT, "/secrets/api-keys")
+        .json(&json!({"API_KEY": "k-123"}))
+        .send()
+        .await
+        .map(|r| async { read(r).await })
+        .unwrap()
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // POST /deploy-function, the seed's request.
+    let (status, _, body) = s
+        .post(
+            "/deploy-function",
+            json!({
+              "function_code": "def my_function(x): return x * 2",
+              "function_name": "my_function",
+              "image_config": {"packages": ["numpy"]},
+              "gpu": "T4",
+              "timeout": 3600,
+              "secrets": ["api-keys"],
+              "volumes": ["my-volume"]
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["function_name"].clone(), body["status"].clone()),
+        (json!("my_function"), json!("registered"))
+    );
+    assert!(body["function_id"].as_str().unwrap().len() == 36);
+    // POST /run-parallel
+    let (status, _, body) = s
+        .post(
+            "/run-parallel",
+            json!({"function_name": "my_function", "inputs": [1, 2, 3, 4, 5], "wait": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["num_tasks"], 5);
+    assert_eq!(body["status"], "completed");
+    assert_eq!(body["results"], json!([2, 4, 6, 8, 10]));
+    // POST /spawn-task: 202 + Location, then GET /status/{task_id}.
+    let (status, headers, body) = s
+        .post(
+            "/spawn-task",
+            json!({"function_name": "my_function", "args": [42], "kwargs": {"param": "value"}, "wait": false}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let task_id = body["task_id"].as_str().unwrap().to_owned();
+    assert_eq!(headers["location"], format!("/status/{task_id}"));
+    assert_eq!(body["function_name"], "my_function");
+    let record =
+        s.t.rt
+            .wait(task_id.parse().unwrap(), Some(Duration::from_secs(30)))
+            .await
+            .unwrap();
+    let (status, _, body) = s.get(&format!("/status/{task_id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["task_id"], task_id);
+    assert_eq!(
+        body["status"], "failed",
+        "my_function takes no `param`: {body}"
+    );
+    assert_eq!(body["error"]["type"], "TypeError");
+    assert_eq!(body["status"], json!(record.status));
+    for field in [
+        "created_at",
+        "started_at",
+        "finished_at",
+        "attempts",
+        "result",
+    ] {
+        assert!(body.get(field).is_some(), "{field} in {body}");
+    }
+    // Waiting spawn with a result.
+    let (status, _, body) = s
+        .post(
+            "/spawn-task",
+            json!({"function_name": "my_function", "args": [21], "wait": true}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["result"].clone()),
+        (StatusCode::OK, json!(42)),
+        "{body}"
+    );
+    // A map's results, paged.
+    let (_, _, body) = s
+        .post(
+            "/run-parallel",
+            json!({"function_name": "my_function", "inputs": (0..25).collect::<Vec<_>>()}),
+        )
+        .await;
+    let id = body["task_id"].as_str().unwrap().to_owned();
+    s.t.rt
+        .wait(id.parse().unwrap(), Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let (_, _, page) = s
+        .get(&format!("/status/{id}/results?offset=20&limit=10"))
+        .await;
+    assert_eq!(page["results"], json!([40, 42, 44, 46, 48]));
+    assert_eq!(
+        (page["total"].clone(), page["next_offset"].clone()),
+        (json!(25), Value::Null)
+    );
+    // Functions, tasks, logs, cancel, resources.
+    let (_, _, fns) = s.get("/functions").await;
+    assert_eq!(fns[0]["function_name"], "my_function");
+    let (_, _, tasks) = s.get("/tasks?status=failed").await;
+    assert_eq!(tasks["total"], 1);
+    let (status, _, _) = s.get(&format!("/tasks/{task_id}/logs")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, _, res) = s.get("/resources").await;
+    assert!(res["capacity"]["cpus"].as_f64().unwrap() >= 1.0, "{res}");
+    assert_eq!(res["gpu_requests"][0]["gpu"], "T4");
+    let (status, _, _) = s
+        .req(reqwest::Method::DELETE, "/functions/my_function")
+        .send()
+        .await
+        .map(|r| async { read(r).await })
+        .unwrap()
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    s.t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_and_bad_input_are_problems() {
+    let s = Server::start(ApiConfig {
+        tokens: vec![TOKEN.into()],
+        body_limit: 4096,
+        ..ApiConfig::default()
+    })
+    .await;
+    // No token, wrong token.
+    for token in [None, Some("wrong-token-0123456789")] {
+        let mut r = s.http.get(format!("{}/functions", s.url));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        let (status, headers, body) = read(r.send().await.unwrap()).await;
+        assert_problem(status, &headers, &body, StatusCode::UNAUTHORIZED);
+        assert_eq!(headers["www-authenticate"], "Bearer realm=\"modal-agents\"");
+    }
+    let health = s
+        .http
+        .get(format!("{}/healthz", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+
+    let post_raw = |path: &str, ct: &str, body: &str| {
+        s.req(reqwest::Method::POST, path)
+            .header("content-type", ct)
+            .body(body.to_owned())
+            .send()
+    };
+    let (status, headers, body) = read(
+        post_raw("/deploy-function", "application/json", "{not json")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_problem(status, &headers, &body, StatusCode::BAD_REQUEST);
+    let (status, headers, body) = read(
+        post_raw("/deploy-function", "text/plain", "{}")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_problem(status, &headers, &body, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let big = format!(
+        "{{\"function_code\": \"{}\", \"function_name\": \"f\"}}",
+        "x".repeat(5000)
+    );
+    let (status, headers, body) = read(
+        post_raw("/deploy-function", "application/json", &big)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_problem(status, &headers, &body, StatusCode::PAYLOAD_TOO_LARGE);
+
+    let cases = [
+        (
+            "/deploy-function",
+            json!({"function_code": "def f(): pass", "function_name": "f", "gpus": "T4"}),
+            "gpus",
+        ),
+        (
+            "/deploy-function",
+            json!({"function_name": "f"}),
+            "function_code",
+        ),
+        (
+            "/deploy-function",
+            json!({"function_code": "def f(): pass", "function_name": "f", "timeout": "1h"}),
+            "timeout",
+        ),
+        (
+            "/deploy-function",
+            json!({"function_code": "def f(): pass", "function_name": "f", "timeout": 0}),
+            "timeout",
+        ),
+        (
+            "/deploy-function",
+            json!({"function_code": "def f(): pass", "function_name": "f", "gpu": "V100"}),
+            "gpu",
+        ),
+        (
+            "/deploy-function",
+            json!({"function_code": "def f(: pass", "function_name": "f"}),
+            "function_code",
+        ),
+        (
+            "/deploy-function",
+            json!({"function_code": "def g(): pass", "function_name": "f"}),
+            "function_name",
+        ),
+        (
+            "/deploy-function",
+            json!({"function_code": "def f(): pass", "function_name": "f", "secrets": ["nope"]}),
+            "secrets",
+        ),
+        (
+            "/run-parallel",
+            json!({"function_name": "f", "inputs": "1,2"}),
+            "inputs",
+        ),
+        (
+            "/spawn-task",
+            json!({"function_name": "f", "args": [], "wait": false, "wait_timeout": -1}),
+            "wait_timeout",
+        ),
+        (
+            "/webhook",
+            json!({"task_id": "not-a-uuid", "webhook_url": "https://example.com"}),
+            "task_id",
+        ),
+    ];
+    for (path, body, field) in cases {
+        let (status, headers, problem) = s.post(path, body.clone()).await;
+        assert_problem(status, &headers, &problem, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(problem["field"], field, "{path} {body}: {problem}");
+    }
+    let (status, headers, body) = s
+        .post("/spawn-task", json!({"function_name": "ghost"}))
+        .await;
+    assert_problem(status, &headers, &body, StatusCode::NOT_FOUND);
+    let (status, headers, body) = s.get("/status/6f1e1a3c-59b8-4f0e-9d8c-1b3f0c9b2a11").await;
+    assert_problem(status, &headers, &body, StatusCode::NOT_FOUND);
+    let (status, headers, body) = s.get("/no/such/route").await;
+    assert_problem(status, &headers, &body, StatusCode::NOT_FOUND);
+    s.t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_replay_and_refuse_changes() {
+    let s = Server::default().await;
+    s.post(
+        "/deploy-function",
+        json!({"function_code": "def f(x): return x", "function_name": "f"}),
+    )
+    .await;
+    let send = |body: Value| {
+        s.req(reqwest::Method::POST, "/spawn-task")
+            .header("idempotency-key", "k-1")
+            .json(&body)
+            .send()
+    };
+    let (status, _, first) = read(
+        send(json!({"function_name": "f", "args": [1]}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, headers, again) = read(
+        send(json!({"function_name": "f", "args": [1]}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(
+        again["task_id"], first["task_id"],
+        "same task, not a second one"
+    );
+    assert_eq!(headers["idempotent-replayed"], "true");
+    let (status, headers, problem) = read(
+        send(json!({"function_name": "f", "args": [2]}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_problem(status, &headers, &problem, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(problem["field"], "Idempotency-Key");
+    let (_, _, tasks) = s.get("/tasks").await;
+    assert_eq!(tasks["total"], 1, "one task created");
+    s.t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_secrets_and_tools_over_http() {
+    let s = Server::default().await;
+    let put = |path: &str, body: Value, if_match: Option<&str>| {
+        let mut r = s.req(reqwest::Method::PUT, path).json(&body);
+        if let Some(v) = if_match {
+            r = r.header("if-match", v);
+        }
+        r.send()
+    };
+    let (status, headers, body) = read(
+        put(
+            "/volumes/team/state/plan/step",
+            json!({"value": {"n": 1}}),
+            None,
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["version"].clone()),
+        (StatusCode::OK, json!(1)),
+        "{body}"
+    );
+    assert_eq!(headers["etag"], "\"1\"");
+    let (status, headers, problem) = read(
+        put(
+            "/volumes/team/state/plan/step",
+            json!({"value": 2}),
+            Some("7"),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_problem(status, &headers, &problem, StatusCode::PRECONDITION_FAILED);
+    let (status, _, body) = read(
+        put(
+            "/volumes/team/state/plan/step",
+            json!({"value": 2}),
+            Some("\"1\""),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["version"].clone()),
+        (StatusCode::OK, json!(2))
+    );
+    let create_only = s
+        .req(reqwest::Method::PUT, "/volumes/team/state/plan/step")
+        .header("if-none-match", "*")
+        .json(&json!({"value": 3}));
+    let (status, _, _) = read(create_only.send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+    let (_, _, got) = s.get("/volumes/team/state/plan/step").await;
+    assert_eq!(
+        (got["value"].clone(), got["version"].clone()),
+        (json!(2), json!(2))
+    );
+    let (_, _, listing) = s.get("/volumes/team/state?prefix=plan/").await;
+    assert_eq!(listing["entries"][0]["key"], "plan/step");
+    let r = s
+        .req(reqwest::Method::PUT, "/volumes/team/files/docs/a.txt")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = s
+        .req(reqwest::Method::GET, "/volumes/team/files/docs/a.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "hello");
+    let (_, _, files) = s.get("/volumes/team/files").await;
+    assert_eq!(files[0]["path"], "docs/a.txt");
+    let (status, headers, problem) = s.get("/volumes/team/files/missing.txt").await;
+    assert_problem(status, &headers, &problem, StatusCode::NOT_FOUND);
+
+    let r = s
+        .req(reqwest::Method::PUT, "/secrets/db")
+        .json(&json!({"DB_PASSWORD": "hunter2-secret"}))
+        .send()
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    assert!(!text.contains("hunter2"), "values never returned: {text}");
+    let (_, _, secrets) = s.get("/secrets").await;
+    assert_eq!(secrets, json!([{"name": "db", "keys": ["DB_PASSWORD"]}]));
+
+    let (status, _, out) = s
+        .post(
+            "/tools/coordinate_state",
+            json!({"volume_name": "team", "operation": "read", "key": "plan/step"}),
+        )
+        .await;
+    assert_eq!((status, out["value"].clone()), (StatusCode::OK, json!(2)));
+    let (status, headers, problem) = s
+        .post("/tools/coordinate_state", json!({"volume_name": "team"}))
+        .await;
+    assert_problem(status, &headers, &problem, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(problem["field"], "operation");
+    let (_, _, defs) = s.get("/tools").await;
+    assert_eq!(defs.as_array().unwrap().len(), 4);
+
+    let (_, _, doc) = s.get("/openapi.json").await;
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in [
+        "/deploy-function",
+        "/run-parallel",
+        "/spawn-task",
+        "/status/{task_id}",
+        "/webhook",
+        "/volumes/{name}/state/{key}",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} documented");
+    }
+    assert!(doc["components"]["schemas"].get("DeployRequest").is_some());
+    let metrics = s
+        .req(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("modal_agents_http_requests_total{method=\"PUT\",route=\"/volumes/{name}/state/{*key}\",status=\"412\"}"), "{metrics}");
+    s.t.rt.shutdown().await;
+}
+
+#[derive(Clone, Default)]
+struct Receiver {
+    seen: Arc<Mutex<Vec<(axum::http::HeaderMap, String)>>>,
+    answers: Arc<Mutex<Vec<u16>>>,
+}
+
+async fn receiver(answers: Vec<u16>) -> (String, Receiver) {
+    let r = Receiver {
+        answers: Arc::new(Mutex::new(answers)),
+        ..Receiver::default()
+    };
+    let state = r.clone();
+    let router = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let state = state.clone();
+            async move {
+                state.seen.lock().unwrap().push((headers, body));
+                let mut answers = state.answers.lock().unwrap();
+                let code = if answers.is_empty() {
+                    200
+                } else {
+                    answers.remove(0)
+                };
+                StatusCode::from_u16(code).unwrap()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (url, r)
+}
+
+async fn webhook_state(s: &Server, id: &str, want: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, _, view) = s.get(&format!("/webhooks/{id}")).await;
+        if view["state"] == want {
+            return view;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "webhook never reached {want}: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_webhooks_retry_and_verify() {
+    let s = Server::start(ApiConfig {
+        tokens: vec![TOKEN.into()],
+        webhook_allow: vec!["127.0.0.0/8".parse::<Cidr>().unwrap()],
+        webhook_backoff: Duration::from_millis(20),
+        webhook_max_attempts: 4,
+        ..ApiConfig::default()
+    })
+    .await;
+    s.post(
+        "/deploy-function",
+        json!({"function_code": "def f(x): return x", "function_name": "f"}),
+    )
+    .await;
+    let (_, _, task) = s
+        .post("/spawn-task", json!({"function_name": "f", "args": [7]}))
+        .await;
+    let task_id = task["task_id"].as_str().unwrap().to_owned();
+    let (url, rx) = receiver(vec![500, 503]).await;
+    let (status, _, reg) = s
+        .post("/webhook", json!({"task_id": task_id, "webhook_url": url}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{reg}");
+    let secret = reg["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"));
+    let id = reg["webhook_id"].as_str().unwrap().to_owned();
+    let view = webhook_state(&s, &id, "delivered").await;
+    assert!(view.get("secret").is_none(), "the secret is shown once");
+    let statuses: Vec<Value> = view["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status"].clone())
+        .collect();
+    assert_eq!(statuses, [json!(500), json!(503), json!(200)]);
+    let seen = rx.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3);
+    let wh = standardwebhooks::Webhook::new(&secret).unwrap();
+    let ids: Vec<&str> = seen
+        .iter()
+        .map(|(h, _)| h["webhook-id"].to_str().unwrap())
+        .collect();
+    assert!(
+        ids.iter().all(|i| *i == ids[0]),
+        "one message id across retries"
+    );
+    for (headers, body) in &seen {
+        let mut hm = headers.clone();
+        wh.verify(body.as_bytes(), &hm)
+            .expect("valid Standard Webhooks signature");
+        hm.insert("webhook-signature", "v1,AAAA".parse().unwrap());
+        assert!(wh.verify(body.as_bytes(), &hm).is_err());
+    }
+    let payload: Value = serde_json::from_str(&seen[2].1).unwrap();
+    assert_eq!(payload["type"], "task.completed");
+    assert_eq!(
+        (
+            payload["data"]["task_id"].clone(),
+            payload["data"]["status"].clone()
+        ),
+        (json!(task_id), json!("completed"))
+    );
+
+    // 410 disables the endpoint after one attempt.
+    let (url, _) = receiver(vec![410]).await;
+    let (_, _, reg) = s
+        .post("/webhook", json!({"task_id": task_id, "webhook_url": url}))
+        .await;
+    let view = webhook_state(&s, reg["webhook_id"].as_str().unwrap(), "disabled").await;
+    assert_eq!(view["attempts"].as_array().unwrap().len(), 1);
+    // A failing endpoint is given up after max attempts.
+    let (url, _) = receiver(vec![500; 10]).await;
+    let (_, _, reg) = s
+        .post("/webhook", json!({"task_id": task_id, "webhook_url": url}))
+        .await;
+    let view = webhook_state(&s, reg["webhook_id"].as_str().unwrap(), "failed").await;
+    assert_eq!(view["attempts"].as_array().unwrap().len(), 4);
+    s.t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_targets_must_be_public() {
+    let s = Server::default().await;
+    s.post(
+        "/deploy-function",
+        json!({"function_code": "def f(x): return x", "function_name": "f"}),
+    )
+    .await;
+    let (_, _, task) = s
+        .post("/spawn-task", json!({"function_name": "f", "args": [1]}))
+        .await;
+    let (hook, rx) = receiver(vec![]).await;
+    for url in [
+        hook.as_str(),
+        "http://10.0.0.1/x",
+        "http://[::1]:9/x",
+        "http://169.254.169.254/latest",
+        "ftp://example.com/x",
+        "http://user:pw@127.0.0.1/",
+    ] {
+        let (status, headers, problem) = s
+            .post(
+                "/webhook",
+                json!({"task_id": task["task_id"], "webhook_url": url}),
+            )
+            .await;
+        assert_problem(status, &headers, &problem, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(problem["field"], "webhook_url", "{url}: {problem}");
+    }
+    assert!(rx.seen.lock().unwrap().is_empty());
+    s.t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oneshot_routes_and_config_checks() {
+    let t = support::start(1).await;
+    let router = app(
+        t.rt.clone(),
+        ApiConfig {
+            tokens: vec![TOKEN.into()],
+            ..ApiConfig::default()
+        },
+    );
+    let ok = router
+        .clone()
+        .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let denied = router
+        .clone()
+        .oneshot(Request::get("/resources").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
+    let allowed = router
+        .oneshot(
+            Request::get("/resources")
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), StatusCode::OK);
+    assert!(ApiConfig::default()
+        .check()
+        .unwrap_err()
+        .to_string()
+        .contains("--insecure-no-auth"));
+    assert!(ApiConfig {
+        tokens: vec!["short".into()],
+        ..ApiConfig::default()
+    }
+    .check()
+    .is_err());
+    assert!(ApiConfig {
+        allow_no_auth: true,
+        ..ApiConfig::default()
+    }
+    .check()
+    .is_ok());
+    t.rt.shutdown().await;
+}
