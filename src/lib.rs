@@ -40,6 +40,7 @@
 
 mod agents;
 pub mod api;
+pub mod client;
 mod compute;
 mod dispatcher;
 mod registry;

@@ -1,187 +1,506 @@
-//! `modal-agents`: run Python functions on warm local containers from the shell.
+//! `modal-agents`: serve the HTTP API, or drive a server from the shell.
 //!
 //! ```text
-//! modal-agents call FILE.py FUNCTION [JSON_ARG ...]     one call, result on stdout
-//! modal-agents map  FILE.py FUNCTION [--inputs FILE|-]  one JSON value per input line,
-//!                                                       results as JSON lines, in order
-//! options: --data-dir DIR (env MODAL_AGENTS_DATA_DIR, default ./modal-agents-data)
-//!          --timeout SECONDS   --retries N   --concurrency N
+//! modal-agents serve [--addr 127.0.0.1:8080] [--data-dir DIR] [--insecure-no-auth] [--webhook-allow CIDR]
+//! modal-agents deploy FILE.py --name NAME [--gpu T4] [--timeout 60] [--package numpy] ...
+//! modal-agents run FUNCTION --inputs FILE|-        (progress bar; results as JSON lines)
+//! modal-agents spawn FUNCTION [ARG ...] [--kwargs JSON] [--wait]
+//! modal-agents status|wait|cancel|logs TASK_ID
+//! modal-agents volume get|put|ls ...   modal-agents secret set|ls ...
 //! ```
-//! Logs go to stderr (`RUST_LOG=info` or `debug` for more). Exit status is 0
-//! on success and 1 with a one-line reason on failure.
+//! The server URL and token come from `--url`/`--token` or
+//! `MODAL_AGENTS_URL`/`MODAL_AGENTS_TOKEN`. Exit status 0 on success, 1 with a
+//! one-line reason on failure.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use modal_agents::{FunctionSpec, Runtime, TaskStatus, DEFAULT_DATA_DIR};
-use serde_json::{Map, Value};
+use clap::{Args, Parser, Subcommand};
+use modal_agents::api::{self, ApiConfig, Cidr};
+use modal_agents::client::{Client, DeployRequest};
+use modal_agents::{Runtime, TaskId, TaskStatus, DEFAULT_DATA_DIR};
+use serde_json::{json, Map, Value};
 
-const USAGE: &str = "usage:
-  modal-agents call FILE.py FUNCTION [JSON_ARG ...]
-  modal-agents map  FILE.py FUNCTION [--inputs FILE|-]
-options:
-  --data-dir DIR        runtime data dir (env MODAL_AGENTS_DATA_DIR; default ./modal-agents-data)
-  --timeout SECONDS     per-input timeout (default 300)
-  --retries N           retries of a failed input (default 0)
-  --concurrency N       containers at most (default: cores)
-  -h, --help            this help
-  -V, --version         version";
+#[derive(Parser)]
+#[command(
+    name = "modal-agents",
+    version,
+    about = "Deploy Python functions, run them in parallel, track tasks."
+)]
+struct Cli {
+    /// The server (for every command but `serve`).
+    #[arg(
+        long,
+        global = true,
+        env = "MODAL_AGENTS_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    url: String,
+    /// Bearer token; for `serve`, the accepted tokens, comma-separated.
+    #[arg(
+        long,
+        global = true,
+        env = "MODAL_AGENTS_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
 
-struct Args {
-    command: String,
-    file: PathBuf,
-    function: String,
-    rest: Vec<String>,
-    inputs: Option<String>,
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API server.
+    Serve(ServeArgs),
+    /// Deploy a function from a Python file.
+    Deploy(DeployArgs),
+    /// Map a function over JSON-lines inputs; print results as JSON lines.
+    Run {
+        /// The function.
+        function: String,
+        /// A file of one JSON value per line, or `-` for stdin.
+        #[arg(long, default_value = "-")]
+        inputs: String,
+    },
+    /// Start one call; print its task id (or, with --wait, its record).
+    Spawn {
+        /// The function.
+        function: String,
+        /// Positional arguments, each JSON (a bare word is a string).
+        args: Vec<String>,
+        /// Keyword arguments as a JSON object.
+        #[arg(long)]
+        kwargs: Option<String>,
+        /// Wait for the result.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show a task's record.
+    Status {
+        /// The task id.
+        task_id: String,
+    },
+    /// Wait for a task and show its record; exit 1 if it did not complete.
+    Wait {
+        /// The task id.
+        task_id: String,
+        /// Give up after this many seconds.
+        #[arg(long)]
+        timeout: Option<f64>,
+    },
+    /// Cancel a task.
+    Cancel {
+        /// The task id.
+        task_id: String,
+    },
+    /// Print a task's stdout and stderr.
+    Logs {
+        /// The task id.
+        task_id: String,
+    },
+    /// Volume state and files.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+    /// Secrets.
+    #[command(subcommand)]
+    Secret(SecretCommand),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long, env = "MODAL_AGENTS_ADDR", default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// Where tasks, volumes and containers live.
+    #[arg(long, env = "MODAL_AGENTS_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
+    /// Serve without authentication (never on a shared network).
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// Non-public webhook targets to allow, as CIDR blocks (repeat or comma-separate).
+    #[arg(long, env = "MODAL_AGENTS_WEBHOOK_ALLOW", value_delimiter = ',')]
+    webhook_allow: Vec<String>,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 32 << 20)]
+    body_limit: usize,
+}
+
+#[derive(Args)]
+struct DeployArgs {
+    /// The Python file.
+    file: PathBuf,
+    /// The function's name (defaults to the file's stem).
+    #[arg(long)]
+    name: Option<String>,
+    /// GPU type, e.g. T4 or A100-80GB:2 (repeat for a fallback list).
+    #[arg(long)]
+    gpu: Vec<String>,
+    /// Timeout in seconds.
+    #[arg(long)]
     timeout: Option<u32>,
+    /// pip requirement (repeatable).
+    #[arg(long = "package")]
+    packages: Vec<String>,
+    /// Secret name (repeatable).
+    #[arg(long = "secret")]
+    secrets: Vec<String>,
+    /// Volume: NAME (mounted at /volumes/NAME) or /mount=NAME (repeatable).
+    #[arg(long = "volume")]
+    volumes: Vec<String>,
+    /// Retries of a failed input.
+    #[arg(long)]
     retries: Option<u32>,
-    concurrency: Option<u32>,
+    /// Containers at most.
+    #[arg(long)]
+    max_concurrency: Option<u32>,
 }
 
-fn number<T: std::str::FromStr>(flag: &str, value: Option<String>) -> Result<T, String> {
-    let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
-    value
-        .parse()
-        .map_err(|_| format!("{flag}: {value:?} is not a valid number"))
+#[derive(Subcommand)]
+enum VolumeCommand {
+    /// Print a key's value and version.
+    Get {
+        /// The volume.
+        volume: String,
+        /// The key.
+        key: String,
+    },
+    /// Write a key (VALUE is JSON; a bare word is a string).
+    Put {
+        /// The volume.
+        volume: String,
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// Only if the key still has this version.
+        #[arg(long)]
+        if_match: Option<u64>,
+    },
+    /// List keys (or files, with --files).
+    Ls {
+        /// The volume.
+        volume: String,
+        /// Only keys or paths starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// List files instead of keys.
+        #[arg(long)]
+        files: bool,
+    },
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut positional = Vec::new();
-    let mut inputs = None;
-    let mut data_dir = std::env::var_os("MODAL_AGENTS_DATA_DIR").map(PathBuf::from);
-    let (mut timeout, mut retries, mut concurrency) = (None, None, None);
-    let mut argv = std::env::args().skip(1);
-    while let Some(arg) = argv.next() {
-        match arg.as_str() {
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            "-V" | "--version" => {
-                println!("modal-agents {}", env!("CARGO_PKG_VERSION"));
-                std::process::exit(0);
-            }
-            "--inputs" => inputs = Some(argv.next().ok_or("--inputs needs FILE or -")?),
-            "--data-dir" => data_dir = Some(argv.next().ok_or("--data-dir needs a path")?.into()),
-            "--timeout" => timeout = Some(number("--timeout", argv.next())?),
-            "--retries" => retries = Some(number("--retries", argv.next())?),
-            "--concurrency" => concurrency = Some(number("--concurrency", argv.next())?),
-            flag if flag.starts_with("--") => return Err(format!("unknown option {flag}")),
-            _ => positional.push(arg),
-        }
-    }
-    let mut positional = positional.into_iter();
-    let (Some(command), Some(file), Some(function)) =
-        (positional.next(), positional.next(), positional.next())
-    else {
-        return Err(String::new());
+#[derive(Subcommand)]
+enum SecretCommand {
+    /// Store a secret: KEY=VALUE pairs.
+    Set {
+        /// The secret's name.
+        name: String,
+        /// KEY=VALUE pairs.
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
+    /// List secrets (names and keys; never values).
+    Ls,
+}
+
+fn json_arg(raw: &str) -> Value {
+    serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_owned()))
+}
+
+fn task_id(raw: &str) -> Result<TaskId, String> {
+    raw.parse().map_err(|_| format!("{raw:?} is not a task id"))
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<(), String> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String> {
+    let tokens: Vec<String> = token
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let webhook_allow = args
+        .webhook_allow
+        .iter()
+        .filter(|c| !c.trim().is_empty())
+        .map(|c| c.parse::<Cidr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("--webhook-allow: {e}"))?;
+    let config = ApiConfig {
+        tokens,
+        allow_no_auth: args.insecure_no_auth,
+        body_limit: args.body_limit,
+        webhook_allow,
+        ..ApiConfig::default()
     };
-    if command != "call" && command != "map" {
-        return Err(format!("unknown command {command:?}; expected call or map"));
+    config.check().map_err(|e| e.to_string())?;
+    if config.tokens.is_empty() {
+        tracing::warn!("serving WITHOUT authentication (--insecure-no-auth)");
     }
-    Ok(Args {
-        command,
-        file: file.into(),
-        function,
-        rest: positional.collect(),
-        inputs,
-        data_dir: data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
-        timeout,
-        retries,
-        concurrency,
-    })
-}
-
-fn read_inputs(source: Option<&str>) -> Result<Vec<Value>, String> {
-    let reader: Box<dyn BufRead> = match source {
-        None | Some("-") => Box::new(std::io::stdin().lock()),
-        Some(path) => Box::new(std::io::BufReader::new(
-            std::fs::File::open(path).map_err(|e| format!("--inputs {path}: {e}"))?,
-        )),
-    };
-    let mut inputs = Vec::new();
-    for (n, line) in reader.lines().enumerate() {
-        let line = line.map_err(|e| format!("reading inputs: {e}"))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        inputs.push(
-            serde_json::from_str(&line)
-                .map_err(|e| format!("input line {}: not JSON ({e})", n + 1))?,
-        );
-    }
-    Ok(inputs)
-}
-
-async fn run(args: Args) -> Result<(), String> {
-    let code =
-        std::fs::read_to_string(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
-    let mut spec = FunctionSpec::new(&args.function, code);
-    if let Some(t) = args.timeout {
-        spec = spec.timeout_s(t);
-    }
-    if let Some(r) = args.retries {
-        spec = spec.retries(r);
-    }
-    if let Some(c) = args.concurrency {
-        spec = spec.max_concurrency(c);
-    }
-    let rt = Runtime::builder()
+    let listener = tokio::net::TcpListener::bind(&args.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
+    let runtime = Runtime::builder()
         .data_dir(&args.data_dir)
         .start()
         .await
         .map_err(|e| e.to_string())?;
-    let result = async {
-        rt.deploy_function(spec).await.map_err(|e| e.to_string())?;
-        if args.command == "call" {
-            let call_args = args
-                .rest
-                .iter()
-                .map(|a| serde_json::from_str(a).unwrap_or_else(|_| Value::String(a.clone())))
-                .collect();
-            let value = rt
-                .call(&args.function, call_args, Map::new())
-                .await
-                .map_err(|e| e.to_string())?;
-            println!("{value}");
-            return Ok(());
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    println!(
+        "modal-agents listening on http://{addr} (data dir {})",
+        args.data_dir.display()
+    );
+    let _ = std::io::stdout().flush();
+    let app = api::app(runtime.clone(), config);
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
         }
-        let inputs = read_inputs(args.inputs.as_deref())?;
-        let total = inputs.len() as u64;
-        let id = rt
-            .run_parallel(&args.function, inputs)
-            .await
-            .map_err(|e| e.to_string())?;
-        let record = rt.wait(id, None).await.map_err(|e| e.to_string())?;
-        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-        let mut offset = Some(0);
-        while let Some(at) = offset {
-            let page = rt
-                .results(id, at, 10_000)
-                .await
-                .map_err(|e| e.to_string())?;
-            for r in &page.results {
-                writeln!(out, "{r}").map_err(|e| e.to_string())?;
-            }
-            offset = page.next_offset;
+        tracing::info!("shutting down");
+    };
+    let served = api::serve(listener, app, shutdown).await;
+    runtime.shutdown().await;
+    served.map_err(|e| e.to_string())
+}
+
+async fn deploy(client: &Client, args: DeployArgs) -> Result<(), String> {
+    let code =
+        std::fs::read_to_string(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
+    let name = match args.name {
+        Some(n) => n,
+        None => args
+            .file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .ok_or("--name is required")?,
+    };
+    let mut request = DeployRequest::new(name, code);
+    request.timeout = args.timeout;
+    request.retries = args.retries;
+    request.max_concurrency = args.max_concurrency;
+    request.secrets = args.secrets;
+    request.gpu = match args.gpu.len() {
+        0 => None,
+        1 => Some(json!(args.gpu[0])),
+        _ => Some(json!(args.gpu)),
+    };
+    if !args.packages.is_empty() {
+        request.image_config = Some(json!({"packages": args.packages}));
+    }
+    if !args.volumes.is_empty() {
+        let mut mounts = Map::new();
+        for v in &args.volumes {
+            match v.split_once('=') {
+                Some((mount, name)) => mounts.insert(mount.to_owned(), json!(name)),
+                None => mounts.insert(format!("/volumes/{v}"), json!(v)),
+            };
         }
-        out.flush().map_err(|e| e.to_string())?;
-        match record.status {
-            TaskStatus::Completed => Ok(()),
-            _ => Err(format!(
-                "map {}: {}",
-                record.status,
-                record
-                    .error
-                    .map_or(format!("{total} inputs"), |e| e.message)
-            )),
+        request.volumes = Some(Value::Object(mounts));
+    }
+    let deployed = client.deploy(&request).await.map_err(|e| e.to_string())?;
+    print_json(&deployed)
+}
+
+fn read_inputs(source: &str) -> Result<Vec<Value>, String> {
+    let reader: Box<dyn BufRead> = if source == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(source).map_err(|e| format!("--inputs {source}: {e}"))?,
+        ))
+    };
+    let mut inputs = Vec::new();
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.map_err(|e| format!("reading inputs: {e}"))?;
+        if !line.trim().is_empty() {
+            inputs.push(
+                serde_json::from_str(&line)
+                    .map_err(|e| format!("input line {}: not JSON ({e})", n + 1))?,
+            );
         }
     }
-    .await;
-    rt.shutdown().await;
-    result
+    Ok(inputs)
+}
+
+async fn run(client: &Client, function: &str, inputs: &str) -> Result<(), String> {
+    let inputs = read_inputs(inputs)?;
+    let submitted = client
+        .run_parallel(function, inputs, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    let id = submitted.task_id;
+    let bar = indicatif::ProgressBar::new(submitted.num_tasks);
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta} {msg}")
+            .map_err(|e| e.to_string())?,
+    );
+    let record = loop {
+        let record = client.status(id).await.map_err(|e| e.to_string())?;
+        if let Some(p) = record.progress {
+            bar.set_position(p.completed + p.failed);
+            if p.failed > 0 {
+                bar.set_message(format!("{} failed", p.failed));
+            }
+        }
+        if record.status.is_terminal() {
+            break record;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    bar.finish_and_clear();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut offset = Some(0);
+    while let Some(at) = offset {
+        let page = client
+            .results(id, at, 10_000)
+            .await
+            .map_err(|e| e.to_string())?;
+        for r in &page.results {
+            writeln!(out, "{r}").map_err(|e| e.to_string())?;
+        }
+        offset = page.next_offset;
+    }
+    out.flush().map_err(|e| e.to_string())?;
+    match record.status {
+        TaskStatus::Completed => Ok(()),
+        status => Err(format!(
+            "map {id} {status}: {}",
+            record.error.map_or_else(String::new, |e| e.message)
+        )),
+    }
+}
+
+async fn run_command(cli: Cli) -> Result<(), String> {
+    if let Command::Serve(args) = cli.command {
+        return serve(args, cli.token).await;
+    }
+    let client = Client::new(&cli.url, cli.token.as_deref()).map_err(|e| e.to_string())?;
+    let err = |e: modal_agents::client::ClientError| e.to_string();
+    match cli.command {
+        Command::Serve(_) => unreachable!("handled above"),
+        Command::Deploy(args) => deploy(&client, args).await,
+        Command::Run { function, inputs } => run(&client, &function, &inputs).await,
+        Command::Spawn {
+            function,
+            args,
+            kwargs,
+            wait,
+        } => {
+            let kwargs = match kwargs {
+                None => Map::new(),
+                Some(k) => match serde_json::from_str::<Value>(&k) {
+                    Ok(Value::Object(m)) => m,
+                    _ => return Err("--kwargs must be a JSON object".into()),
+                },
+            };
+            let args = args.iter().map(|a| json_arg(a)).collect();
+            let record = client
+                .spawn(&function, args, kwargs, wait)
+                .await
+                .map_err(err)?;
+            if wait {
+                print_json(&record)
+            } else {
+                println!("{}", record.task_id);
+                Ok(())
+            }
+        }
+        Command::Status { task_id: id } => {
+            print_json(&client.status(task_id(&id)?).await.map_err(err)?)
+        }
+        Command::Wait {
+            task_id: id,
+            timeout,
+        } => {
+            let record = client
+                .wait(task_id(&id)?, timeout.map(Duration::from_secs_f64))
+                .await
+                .map_err(err)?;
+            print_json(&record)?;
+            match record.status {
+                TaskStatus::Completed => Ok(()),
+                status => Err(format!(
+                    "task {id} {status}{}",
+                    record.error.map(|e| format!(": {e}")).unwrap_or_default()
+                )),
+            }
+        }
+        Command::Cancel { task_id: id } => {
+            print_json(&client.cancel(task_id(&id)?).await.map_err(err)?)
+        }
+        Command::Logs { task_id: id } => {
+            let logs = client.logs(task_id(&id)?).await.map_err(err)?;
+            print!("{}", logs.stdout);
+            eprint!("{}", logs.stderr);
+            Ok(())
+        }
+        Command::Volume(VolumeCommand::Get { volume, key }) => {
+            match client.volume_get(&volume, &key).await.map_err(err)? {
+                Some(entry) => print_json(&entry),
+                None => Err(format!("no key {key:?} in volume `{volume}`")),
+            }
+        }
+        Command::Volume(VolumeCommand::Put {
+            volume,
+            key,
+            value,
+            if_match,
+        }) => print_json(
+            &client
+                .volume_put(&volume, &key, json_arg(&value), if_match)
+                .await
+                .map_err(err)?,
+        ),
+        Command::Volume(VolumeCommand::Ls {
+            volume,
+            prefix,
+            files,
+        }) => {
+            if files {
+                for f in client.file_list(&volume, &prefix).await.map_err(err)? {
+                    println!("{}\t{}", f.size, f.path);
+                }
+            } else {
+                for e in client.volume_list(&volume, &prefix).await.map_err(err)? {
+                    println!("{}\tv{}\t{}", e.key, e.version, e.value);
+                }
+            }
+            Ok(())
+        }
+        Command::Secret(SecretCommand::Set { name, pairs }) => {
+            let mut values = BTreeMap::new();
+            for pair in pairs {
+                let (k, v) = pair
+                    .split_once('=')
+                    .ok_or_else(|| format!("{pair:?} is not KEY=VALUE"))?;
+                values.insert(k.to_owned(), v.to_owned());
+            }
+            let info = client.secret_set(&name, &values).await.map_err(err)?;
+            println!("secret {} set ({} keys)", info.name, info.keys.len());
+            Ok(())
+        }
+        Command::Secret(SecretCommand::Ls) => {
+            for s in client.secrets().await.map_err(err)? {
+                println!("{}\t{}", s.name, s.keys.join(","));
+            }
+            Ok(())
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -189,7 +508,7 @@ fn main() -> ExitCode {
         .ok()
         .and_then(|v| v.parse::<tracing_subscriber::filter::Targets>().ok())
         .unwrap_or_else(|| {
-            tracing_subscriber::filter::Targets::new().with_default(tracing::Level::WARN)
+            tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
         });
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -197,17 +516,7 @@ fn main() -> ExitCode {
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .with(filter)
         .init();
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(why) => {
-            if why.is_empty() {
-                eprintln!("{USAGE}");
-            } else {
-                eprintln!("modal-agents: {why}\n{USAGE}");
-            }
-            return ExitCode::FAILURE;
-        }
-    };
+    let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -215,10 +524,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(run_command(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(why) => {
-            eprintln!("modal-agents: {why}");
+            eprintln!("modal-agents: {}", why.lines().next().unwrap_or(&why));
             ExitCode::FAILURE
         }
     }

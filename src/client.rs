@@ -1,0 +1,578 @@
+//! A typed async client for the HTTP API (the seed's "Agent Helper
+//! Library"), with a [`StatusMonitor`] that watches many tasks at once.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), modal_agents::client::ClientError> {
+//! use modal_agents::client::{Client, DeployRequest};
+//! use serde_json::json;
+//!
+//! let client = Client::new("http://127.0.0.1:8080", Some("my-token"))?;
+//! client.deploy(&DeployRequest::new("double", "def double(x): return x * 2")).await?;
+//! let map = client.run_parallel("double", vec![json!(1), json!(2)], true).await?;
+//! assert_eq!(map.results, Some(vec![json!(2), json!(4)]));
+//! # Ok(()) }
+//! ```
+
+mod monitor;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::task::{MapProgress, ResultsPage, TaskError, TaskId, TaskLogs, TaskRecord, TaskStatus};
+use crate::tools::ToolDefinition;
+use crate::volume::FileStat;
+
+pub use monitor::{StatusMonitor, Transition};
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with a problem document.
+    #[error("{status}: {detail}{}", .field.as_ref().map(|f| format!(" (field `{f}`)")).unwrap_or_default())]
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// The problem's title.
+        title: String,
+        /// The problem's detail.
+        detail: String,
+        /// The field at fault, when there is one.
+        field: Option<String>,
+    },
+    /// The server could not be reached.
+    #[error("cannot reach the server: {0}")]
+    Transport(#[from] reqwest::Error),
+    /// The answer was not what the API documents.
+    #[error("unexpected answer: {0}")]
+    Decode(String),
+    /// The base URL is not usable.
+    #[error("invalid server URL {0:?}")]
+    BadUrl(String),
+    /// A wait ran out of time.
+    #[error("task {0} did not finish in time")]
+    Timeout(TaskId),
+}
+
+/// The seed's deploy request; build it with [`DeployRequest::new`] and the
+/// public fields.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeployRequest {
+    /// Python source.
+    pub function_code: String,
+    /// The function's name.
+    pub function_name: String,
+    /// `{"packages": [...], "apt_packages": [...]}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_config: Option<Value>,
+    /// A GPU type or a list of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<Value>,
+    /// Timeout in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u32>,
+    /// Retries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Secret names.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub secrets: Vec<String>,
+    /// Volume names or `{mount: name}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<Value>,
+    /// Containers at most.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// CPU cores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+    /// Memory in MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+}
+
+impl DeployRequest {
+    /// A request with the name and code; set the rest on the fields.
+    pub fn new(function_name: impl Into<String>, function_code: impl Into<String>) -> Self {
+        DeployRequest {
+            function_name: function_name.into(),
+            function_code: function_code.into(),
+            ..DeployRequest::default()
+        }
+    }
+}
+
+/// The seed's deploy response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployed {
+    /// A fresh id per deployment.
+    pub function_id: String,
+    /// The name.
+    pub function_name: String,
+    /// `registered`.
+    pub status: String,
+}
+
+/// A map submission's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MapSubmitted {
+    /// The map's task id.
+    pub task_id: TaskId,
+    /// The function.
+    pub function_name: String,
+    /// Inputs.
+    pub num_tasks: u64,
+    /// Its status.
+    pub status: TaskStatus,
+    /// Progress, when known.
+    #[serde(default)]
+    pub progress: Option<MapProgress>,
+    /// With `wait`: the first page of results.
+    #[serde(default)]
+    pub results: Option<Vec<Value>>,
+    /// Where the next page starts.
+    #[serde(default)]
+    pub next_offset: Option<u64>,
+    /// Why the map failed.
+    #[serde(default)]
+    pub error: Option<TaskError>,
+}
+
+/// A page of tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskList {
+    /// The tasks, newest first.
+    pub tasks: Vec<TaskRecord>,
+    /// How many match in all.
+    pub total: usize,
+}
+
+/// A webhook registration; `secret` is only set in the registration answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Webhook {
+    /// Its id.
+    pub webhook_id: String,
+    /// The task.
+    pub task_id: TaskId,
+    /// The target.
+    pub webhook_url: String,
+    /// `waiting`, `delivering`, `delivered`, `failed` or `disabled`.
+    pub state: String,
+    /// The `whsec_...` signing secret.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Delivery attempts.
+    #[serde(default)]
+    pub attempts: Vec<Value>,
+}
+
+/// A state value in a volume.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateEntry {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: Value,
+    /// Its version.
+    pub version: u64,
+}
+
+/// A secret's name and keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretInfo {
+    /// The name.
+    pub name: String,
+    /// Its keys (never values).
+    pub keys: Vec<String>,
+}
+
+/// A client of one server. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+    max_retries: u32,
+}
+
+impl Client {
+    /// A client for `base_url` (`http://host:port`), with a bearer token.
+    pub fn new(base_url: &str, token: Option<&str>) -> Result<Client, ClientError> {
+        let parsed =
+            reqwest::Url::parse(base_url).map_err(|_| ClientError::BadUrl(base_url.to_owned()))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(ClientError::BadUrl(base_url.to_owned()));
+        }
+        Ok(Client {
+            base: base_url.trim_end_matches('/').to_owned(),
+            token: token.map(str::to_owned),
+            http: reqwest::Client::builder()
+                .user_agent(concat!("modal-agents-client/", env!("CARGO_PKG_VERSION")))
+                .build()?,
+            max_retries: 5,
+        })
+    }
+
+    /// How often a request answered 429 or 503 is retried (default 5).
+    pub fn with_max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, String)],
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 0;
+        loop {
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.base));
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t);
+            }
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            for (k, v) in headers {
+                req = req.header(*k, v);
+            }
+            let response = req.send().await?;
+            let status = response.status();
+            let retryable = status == StatusCode::TOO_MANY_REQUESTS
+                || status == StatusCode::SERVICE_UNAVAILABLE;
+            if !retryable || attempt >= self.max_retries {
+                return Ok(response);
+            }
+            let wait = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .map_or(delay, |s| Duration::from_secs(s.min(60)));
+            tokio::time::sleep(wait).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+            attempt += 1;
+        }
+    }
+
+    async fn problem(response: reqwest::Response) -> ClientError {
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        ClientError::Api {
+            status,
+            title: v["title"].as_str().unwrap_or("error").to_owned(),
+            detail: v["detail"]
+                .as_str()
+                .map_or_else(|| text.clone(), str::to_owned),
+            field: v["field"].as_str().map(str::to_owned),
+        }
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<T, ClientError> {
+        let response = self.send(method, path, body, &[]).await?;
+        Self::decode(response).await
+    }
+
+    async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, ClientError> {
+        if !response.status().is_success() {
+            return Err(Self::problem(response).await);
+        }
+        let bytes = response.bytes().await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// `GET /healthz`.
+    pub async fn health(&self) -> Result<Value, ClientError> {
+        self.json(Method::GET, "/healthz", None).await
+    }
+
+    /// `POST /deploy-function`.
+    pub async fn deploy(&self, request: &DeployRequest) -> Result<Deployed, ClientError> {
+        let body = serde_json::to_value(request).map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.json(Method::POST, "/deploy-function", Some(&body))
+            .await
+    }
+
+    /// `GET /functions`.
+    pub async fn functions(&self) -> Result<Vec<Value>, ClientError> {
+        self.json(Method::GET, "/functions", None).await
+    }
+
+    /// `DELETE /functions/{name}`.
+    pub async fn undeploy(&self, name: &str) -> Result<Value, ClientError> {
+        self.json(Method::DELETE, &format!("/functions/{name}"), None)
+            .await
+    }
+
+    /// `POST /run-parallel`.
+    pub async fn run_parallel(
+        &self,
+        function_name: &str,
+        inputs: Vec<Value>,
+        wait: bool,
+    ) -> Result<MapSubmitted, ClientError> {
+        let body = json!({"function_name": function_name, "inputs": inputs, "wait": wait});
+        self.json(Method::POST, "/run-parallel", Some(&body)).await
+    }
+
+    /// `POST /spawn-task`.
+    pub async fn spawn(
+        &self,
+        function_name: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        wait: bool,
+    ) -> Result<TaskRecord, ClientError> {
+        let body =
+            json!({"function_name": function_name, "args": args, "kwargs": kwargs, "wait": wait});
+        self.json(Method::POST, "/spawn-task", Some(&body)).await
+    }
+
+    /// `GET /status/{task_id}`.
+    pub async fn status(&self, id: TaskId) -> Result<TaskRecord, ClientError> {
+        self.json(Method::GET, &format!("/status/{id}"), None).await
+    }
+
+    /// Polls a task until it finishes (backing off from 50 ms to 1 s), at most `timeout`.
+    pub async fn wait(
+        &self,
+        id: TaskId,
+        timeout: Option<Duration>,
+    ) -> Result<TaskRecord, ClientError> {
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let record = self.status(id).await?;
+            if record.status.is_terminal() {
+                return Ok(record);
+            }
+            if deadline.is_some_and(|d| tokio::time::Instant::now() + delay > d) {
+                return Err(ClientError::Timeout(id));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// `GET /status/{task_id}/results`.
+    pub async fn results(
+        &self,
+        id: TaskId,
+        offset: u64,
+        limit: u64,
+    ) -> Result<ResultsPage, ClientError> {
+        self.json(
+            Method::GET,
+            &format!("/status/{id}/results?offset={offset}&limit={limit}"),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /tasks/{task_id}/logs`.
+    pub async fn logs(&self, id: TaskId) -> Result<TaskLogs, ClientError> {
+        self.json(Method::GET, &format!("/tasks/{id}/logs"), None)
+            .await
+    }
+
+    /// `POST /tasks/{task_id}/cancel`.
+    pub async fn cancel(&self, id: TaskId) -> Result<TaskRecord, ClientError> {
+        self.json(Method::POST, &format!("/tasks/{id}/cancel"), None)
+            .await
+    }
+
+    /// `GET /tasks`.
+    pub async fn tasks(
+        &self,
+        status: Option<TaskStatus>,
+        offset: u64,
+        limit: u64,
+    ) -> Result<TaskList, ClientError> {
+        let filter = status.map(|s| format!("&status={s}")).unwrap_or_default();
+        self.json(
+            Method::GET,
+            &format!("/tasks?offset={offset}&limit={limit}{filter}"),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /webhook`.
+    pub async fn register_webhook(
+        &self,
+        task_id: TaskId,
+        webhook_url: &str,
+    ) -> Result<Webhook, ClientError> {
+        let body = json!({"task_id": task_id, "webhook_url": webhook_url});
+        self.json(Method::POST, "/webhook", Some(&body)).await
+    }
+
+    /// `GET /webhooks/{id}`.
+    pub async fn webhook(&self, webhook_id: &str) -> Result<Webhook, ClientError> {
+        self.json(Method::GET, &format!("/webhooks/{webhook_id}"), None)
+            .await
+    }
+
+    /// `GET /volumes/{name}/state/{key}`; `None` if absent.
+    pub async fn volume_get(
+        &self,
+        volume: &str,
+        key: &str,
+    ) -> Result<Option<StateEntry>, ClientError> {
+        let response = self
+            .send(
+                Method::GET,
+                &format!("/volumes/{volume}/state/{key}"),
+                None,
+                &[],
+            )
+            .await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        Self::decode(response).await.map(Some)
+    }
+
+    /// `PUT /volumes/{name}/state/{key}`, with `If-Match` when `expected` is given.
+    pub async fn volume_put(
+        &self,
+        volume: &str,
+        key: &str,
+        value: Value,
+        expected: Option<u64>,
+    ) -> Result<StateEntry, ClientError> {
+        let headers: Vec<(&str, String)> = expected
+            .map(|v| ("if-match", v.to_string()))
+            .into_iter()
+            .collect();
+        let response = self
+            .send(
+                Method::PUT,
+                &format!("/volumes/{volume}/state/{key}"),
+                Some(&json!({"value": value})),
+                &headers,
+            )
+            .await?;
+        Self::decode(response).await
+    }
+
+    /// `DELETE /volumes/{name}/state/{key}`.
+    pub async fn volume_delete(&self, volume: &str, key: &str) -> Result<Value, ClientError> {
+        self.json(
+            Method::DELETE,
+            &format!("/volumes/{volume}/state/{key}"),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /volumes/{name}/state?prefix=`.
+    pub async fn volume_list(
+        &self,
+        volume: &str,
+        prefix: &str,
+    ) -> Result<Vec<StateEntry>, ClientError> {
+        let v: Value = self
+            .json(
+                Method::GET,
+                &format!("/volumes/{volume}/state?prefix={prefix}"),
+                None,
+            )
+            .await?;
+        serde_json::from_value(v["entries"].clone()).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// `PUT /volumes/{name}/files/{path}`.
+    pub async fn file_put(
+        &self,
+        volume: &str,
+        path: &str,
+        bytes: Vec<u8>,
+    ) -> Result<FileStat, ClientError> {
+        let mut req = self
+            .http
+            .put(format!("{}/volumes/{volume}/files/{path}", self.base))
+            .body(bytes);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        Self::decode(req.send().await?).await
+    }
+
+    /// `GET /volumes/{name}/files/{path}`.
+    pub async fn file_get(&self, volume: &str, path: &str) -> Result<Vec<u8>, ClientError> {
+        let response = self
+            .send(
+                Method::GET,
+                &format!("/volumes/{volume}/files/{path}"),
+                None,
+                &[],
+            )
+            .await?;
+        if !response.status().is_success() {
+            return Err(Self::problem(response).await);
+        }
+        Ok(response.bytes().await?.to_vec())
+    }
+
+    /// `GET /volumes/{name}/files?prefix=`.
+    pub async fn file_list(
+        &self,
+        volume: &str,
+        prefix: &str,
+    ) -> Result<Vec<FileStat>, ClientError> {
+        self.json(
+            Method::GET,
+            &format!("/volumes/{volume}/files?prefix={prefix}"),
+            None,
+        )
+        .await
+    }
+
+    /// `PUT /secrets/{name}`.
+    pub async fn secret_set(
+        &self,
+        name: &str,
+        values: &BTreeMap<String, String>,
+    ) -> Result<SecretInfo, ClientError> {
+        let body = serde_json::to_value(values).map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.json(Method::PUT, &format!("/secrets/{name}"), Some(&body))
+            .await
+    }
+
+    /// `GET /secrets` (names and keys only).
+    pub async fn secrets(&self) -> Result<Vec<SecretInfo>, ClientError> {
+        self.json(Method::GET, "/secrets", None).await
+    }
+
+    /// `GET /tools`.
+    pub async fn tools(&self) -> Result<Vec<ToolDefinition>, ClientError> {
+        self.json(Method::GET, "/tools", None).await
+    }
+
+    /// `POST /tools/{name}`.
+    pub async fn tool(&self, name: &str, args: Value) -> Result<Value, ClientError> {
+        self.json(Method::POST, &format!("/tools/{name}"), Some(&args))
+            .await
+    }
+
+    /// `GET /resources`.
+    pub async fn resources(&self) -> Result<Value, ClientError> {
+        self.json(Method::GET, "/resources", None).await
+    }
+}

@@ -1,0 +1,223 @@
+//! The CLI end to end: `modal-agents serve` on 127.0.0.1:0 and the client
+//! commands against it, failures with one-line reasons, and a graceful stop
+//! on SIGTERM that leaves no container behind.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_modal-agents");
+const TOKEN: &str = "cli-test-token-0123456789";
+
+struct Served {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+fn serve() -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("MODAL_AGENTS_TOKEN", TOKEN)
+        .env_remove("MODAL_AGENTS_ADDR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_owned();
+    Served {
+        child,
+        url,
+        _dir: dir,
+    }
+}
+
+fn cli(s: &Served, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("MODAL_AGENTS_URL", &s.url)
+        .env("MODAL_AGENTS_TOKEN", TOKEN)
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
+            let fields: Vec<&str> = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
+            if fields.get(1).and_then(|f| f.parse::<u32>().ok()) == Some(pid) && fields[0] != "Z" {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_end_to_end() {
+    let mut s = serve();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("double.py");
+    std::fs::write(
+        &file,
+        "def double(x):\n    print('doubling', x)\n    return x * 2\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+
+    let (ok, out, err) = cli(
+        &s,
+        &["deploy", file, "--timeout", "30", "--volume", "scratch"],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("\"registered\"") && out.contains("\"double\""),
+        "{out}"
+    );
+
+    let (ok, out, err) = cli(
+        &s,
+        &["run", "double", "--inputs", "-"],
+        Some("1\n2\n3\n\n4\n"),
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["2", "4", "6", "8"]);
+
+    let (ok, id, err) = cli(&s, &["spawn", "double", "21"], None);
+    assert!(ok, "{err}");
+    let id = id.trim().to_owned();
+    let (ok, out, _) = cli(&s, &["wait", &id, "--timeout", "30"], None);
+    assert!(ok && out.contains("\"result\": 42"), "{out}");
+    let (ok, out, _) = cli(&s, &["status", &id], None);
+    assert!(ok && out.contains("\"completed\""), "{out}");
+    let (ok, out, _) = cli(&s, &["logs", &id], None);
+    assert!(ok && out.contains("doubling 21"), "{out}");
+    let (ok, out, _) = cli(&s, &["cancel", &id], None);
+    assert!(
+        ok && out.contains("\"completed\""),
+        "cancelling a finished task changes nothing: {out}"
+    );
+
+    let (ok, out, _) = cli(
+        &s,
+        &["volume", "put", "team", "plan", "{\"step\": 1}"],
+        None,
+    );
+    assert!(ok && out.contains("\"version\": 1"), "{out}");
+    let (ok, _, err) = cli(
+        &s,
+        &["volume", "put", "team", "plan", "2", "--if-match", "5"],
+        None,
+    );
+    assert!(!ok && err.starts_with("modal-agents: 412"), "{err}");
+    let (ok, out, _) = cli(&s, &["volume", "get", "team", "plan"], None);
+    assert!(ok && out.contains("\"step\": 1"), "{out}");
+    let (ok, out, _) = cli(&s, &["volume", "ls", "team"], None);
+    assert!(ok && out.starts_with("plan\tv1\t"), "{out}");
+
+    let (ok, _, err) = cli(
+        &s,
+        &["secret", "set", "db", "PASSWORD=hunter2-secret", "USER=bob"],
+        None,
+    );
+    assert!(ok, "{err}");
+    let (ok, out, _) = cli(&s, &["secret", "ls"], None);
+    assert!(ok && out.trim() == "db\tPASSWORD,USER", "{out}");
+    assert!(!out.contains("hunter2"));
+
+    // Failures: non-zero exit and one line saying why.
+    let (ok, _, err) = cli(&s, &["status", "not-a-task"], None);
+    assert!(
+        !ok && err.trim().lines().count() == 1 && err.contains("not a task id"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(&s, &["spawn", "ghost"], None);
+    assert!(!ok && err.contains("404") && err.contains("ghost"), "{err}");
+    let bad = Command::new(BIN)
+        .args(["status", &id])
+        .env("MODAL_AGENTS_URL", &s.url)
+        .env("MODAL_AGENTS_TOKEN", "wrong-token-0000000000")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("401"));
+
+    // SIGTERM: a graceful stop, and no container left behind.
+    let pid = s.child.id();
+    let containers = children_of(pid);
+    assert!(!containers.is_empty(), "the server runs containers");
+    support::kill(pid, libc::SIGTERM);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    for c in containers {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{c}")).exists() || children_of(pid).is_empty(),
+            "container {c} left behind"
+        );
+    }
+}
+
+#[test]
+fn serve_refuses_to_start_without_a_token() {
+    let out = Command::new(BIN)
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .env_remove("MODAL_AGENTS_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("MODAL_AGENTS_TOKEN") && err.contains("--insecure-no-auth"),
+        "{err}"
+    );
+}
