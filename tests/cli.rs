@@ -200,10 +200,15 @@ async fn cli_end_to_end() {
     };
     assert!(status.success(), "{status:?}");
     for c in containers {
-        assert!(
-            !std::path::Path::new(&format!("/proc/{c}")).exists() || children_of(pid).is_empty(),
-            "container {c} left behind"
-        );
+        let alive = std::fs::read_to_string(format!("/proc/{c}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        });
+        assert!(!alive, "container {c} left behind");
     }
 }
 
