@@ -1,0 +1,189 @@
+//! The typed client against a real server: every call family, the
+//! StatusMonitor over several tasks, and retries on 429/503.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use modal_agents::api::{app, ApiConfig};
+use modal_agents::client::{Client, ClientError, DeployRequest, StatusMonitor};
+use modal_agents::TaskStatus;
+use serde_json::{json, Map};
+
+const TOKEN: &str = "client-test-token-0123456789";
+
+async fn server() -> (Client, support::TestRuntime) {
+    let t = support::start(2).await;
+    let router = app(
+        t.rt.clone(),
+        ApiConfig {
+            tokens: vec![TOKEN.into()],
+            ..ApiConfig::default()
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (Client::new(&url, Some(TOKEN)).unwrap(), t)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_calls_and_a_status_monitor() {
+    let (c, t) = server().await;
+    assert_eq!(c.health().await.unwrap()["status"], "ok");
+    let mut req = DeployRequest::new(
+        "nap",
+        "import time\ndef nap(s):\n    time.sleep(s)\n    return s\n",
+    );
+    req.timeout = Some(30);
+    let deployed = c.deploy(&req).await.unwrap();
+    assert_eq!(deployed.status, "registered");
+    let map = c
+        .run_parallel("nap", vec![json!(0), json!(0.01)], true)
+        .await
+        .unwrap();
+    assert_eq!(
+        (map.status, map.results.clone()),
+        (TaskStatus::Completed, Some(vec![json!(0), json!(0.01)]))
+    );
+
+    let mut monitor = StatusMonitor::new(c.clone(), Duration::from_millis(20));
+    let mut ids = Vec::new();
+    for s in [0.05, 0.1, 0.15] {
+        let record = c
+            .spawn("nap", vec![json!(s)], Map::new(), false)
+            .await
+            .unwrap();
+        monitor.watch(record.task_id);
+        ids.push(record.task_id);
+    }
+    let mut completed = Vec::new();
+    let mut transitions = 0;
+    while let Some(t) = monitor.next().await {
+        let t = t.unwrap();
+        transitions += 1;
+        assert_ne!(t.from, Some(t.to));
+        if t.to == TaskStatus::Completed {
+            completed.push(t.task_id);
+        }
+    }
+    completed.sort();
+    ids.sort();
+    assert_eq!(
+        completed, ids,
+        "every watched task reported completing once"
+    );
+    assert!(transitions >= 3);
+    assert_eq!(monitor.pending(), 0);
+
+    let record = c.wait(ids[0], Some(Duration::from_secs(10))).await.unwrap();
+    assert_eq!(record.result, Some(json!(0.05)));
+    let page = c.results(map.task_id, 1, 10).await.unwrap();
+    assert_eq!(page.results, vec![json!(0.01)]);
+    let list = c.tasks(Some(TaskStatus::Completed), 0, 100).await.unwrap();
+    assert_eq!(list.total, 4);
+
+    let entry = c.volume_put("v", "k", json!({"a": 1}), None).await.unwrap();
+    assert_eq!(entry.version, 1);
+    let err = c.volume_put("v", "k", json!(2), Some(9)).await.unwrap_err();
+    assert!(matches!(err, ClientError::Api { status: 412, .. }), "{err}");
+    assert_eq!(
+        c.volume_get("v", "k").await.unwrap().unwrap().value,
+        json!({"a": 1})
+    );
+    assert!(c.volume_get("v", "missing").await.unwrap().is_none());
+    c.file_put("v", "a/b.txt", b"bytes".to_vec()).await.unwrap();
+    assert_eq!(c.file_get("v", "a/b.txt").await.unwrap(), b"bytes");
+    assert_eq!(c.file_list("v", "a/").await.unwrap()[0].path, "a/b.txt");
+
+    let mut values = BTreeMap::new();
+    values.insert("TOKEN".to_string(), "s3cr3t-value".to_string());
+    c.secret_set("svc", &values).await.unwrap();
+    assert_eq!(c.secrets().await.unwrap()[0].keys, ["TOKEN"]);
+    let mut with_secret = DeployRequest::new(
+        "env",
+        "import os\ndef env():\n    return os.environ['TOKEN']\n",
+    );
+    with_secret.secrets = vec!["svc".into()];
+    c.deploy(&with_secret).await.unwrap();
+    let record = c.spawn("env", vec![], Map::new(), true).await.unwrap();
+    assert_eq!(
+        record.result,
+        Some(json!("s3cr3t-value")),
+        "the function sees it"
+    );
+    for body in [
+        serde_json::to_string(&c.functions().await.unwrap()).unwrap(),
+        serde_json::to_string(&c.resources().await.unwrap()).unwrap(),
+        serde_json::to_string(&c.secrets().await.unwrap()).unwrap(),
+    ] {
+        assert!(
+            !body.contains("s3cr3t-value"),
+            "no secret value in API answers: {body}"
+        );
+    }
+    assert_eq!(c.tools().await.unwrap().len(), 4);
+    let err = c
+        .spawn("missing", vec![], Map::new(), false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Api { status: 404, .. }),
+        "{err}"
+    );
+    t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_on_429_and_503() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let record = json!({
+        "task_id": "6f1e1a3c-59b8-4f0e-9d8c-1b3f0c9b2a11", "function_name": "f", "kind": "call",
+        "status": "completed", "created_at": "2026-01-01T00:00:00Z", "started_at": null,
+        "finished_at": null, "attempts": 1, "result": 1, "error": null, "progress": null,
+        "backend_call_id": null
+    });
+    let router = axum::Router::new().route(
+        "/status/{id}",
+        axum::routing::get(move || {
+            let counter = counter.clone();
+            let record = record.clone();
+            async move {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                match n {
+                    0 => (
+                        axum::http::StatusCode::TOO_MANY_REQUESTS,
+                        [("retry-after", "0")],
+                        String::new(),
+                    ),
+                    1 => (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        [("retry-after", "0")],
+                        String::new(),
+                    ),
+                    _ => (
+                        axum::http::StatusCode::OK,
+                        [("retry-after", "0")],
+                        record.to_string(),
+                    ),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let client = Client::new(&url, None).unwrap();
+    let id = "6f1e1a3c-59b8-4f0e-9d8c-1b3f0c9b2a11".parse().unwrap();
+    let record = client.status(id).await.unwrap();
+    assert_eq!(record.result, Some(json!(1)));
+    assert_eq!(hits.load(Ordering::SeqCst), 3, "two retries, then success");
+    hits.store(0, Ordering::SeqCst);
+    let err = client.with_max_retries(1).status(id).await.unwrap_err();
+    assert!(matches!(err, ClientError::Api { status: 503, .. }), "{err}");
+    assert!(Client::new("ftp://x", None).is_err());
+}
