@@ -1,0 +1,171 @@
+//! HTTP API throughput on loopback, one JSON line per figure:
+//! `POST /spawn-task` with `wait: true` on a trivial function, and
+//! `GET /status/{id}`, each with 16 concurrent clients; then the same load
+//! against a FastAPI + uvicorn server of the seed's design
+//! (`benches/peer_fastapi.py`) when fastapi and uvicorn are importable.
+//!
+//! Run: `cargo bench --bench api` (`BENCH_API_N` sets requests per phase,
+//! default 4000).
+
+use std::os::unix::process::CommandExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use modal_agents::api::{app, ApiConfig};
+use modal_agents::Runtime;
+use serde_json::{json, Value};
+
+const TOKEN: &str = "bench-token-0123456789abcdef";
+const CONCURRENCY: usize = 16;
+
+fn percentile(sorted: &[Duration], p: f64) -> u128 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_micros()
+}
+
+async fn load(
+    http: &reqwest::Client,
+    n: usize,
+    request: Arc<dyn Fn(&reqwest::Client) -> reqwest::RequestBuilder + Send + Sync>,
+) -> (f64, Vec<Duration>) {
+    let per = n / CONCURRENCY;
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let http = http.clone();
+        let request = request.clone();
+        workers.push(tokio::spawn(async move {
+            let mut times = Vec::with_capacity(per);
+            for _ in 0..per {
+                let t = Instant::now();
+                let r = request(&http).send().await.expect("request");
+                assert!(r.status().is_success(), "{}", r.status());
+                r.bytes().await.expect("body");
+                times.push(t.elapsed());
+            }
+            times
+        }));
+    }
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.expect("worker"));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    all.sort();
+    (all.len() as f64 / secs, all)
+}
+
+async fn measure(server: &str, url: &str, n: usize) {
+    let http = reqwest::Client::new();
+    let deploy = http
+        .post(format!("{url}/deploy-function"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"function_code": "def f(x): return x", "function_name": "f"}))
+        .send()
+        .await
+        .expect("deploy");
+    assert!(deploy.status().is_success());
+    let spawn_url = format!("{url}/spawn-task");
+    let body = json!({"function_name": "f", "args": [1], "wait": true});
+    let warm = http
+        .post(&spawn_url)
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .expect("warm");
+    let task: Value = warm.json().await.expect("task");
+    let spawn: Arc<dyn Fn(&reqwest::Client) -> reqwest::RequestBuilder + Send + Sync> =
+        Arc::new(move |c| c.post(&spawn_url).bearer_auth(TOKEN).json(&body));
+    let (rate, times) = load(&http, n, spawn).await;
+    println!(
+        "{}",
+        json!({"bench": "api_spawn_task_wait", "server": server, "n": times.len(), "concurrency": CONCURRENCY,
+               "per_sec": rate.round(), "p50_us": percentile(&times, 0.5), "p99_us": percentile(&times, 0.99)})
+    );
+    let status_url = format!(
+        "{url}/status/{}",
+        task["task_id"].as_str().expect("task id")
+    );
+    let status: Arc<dyn Fn(&reqwest::Client) -> reqwest::RequestBuilder + Send + Sync> =
+        Arc::new(move |c| c.get(&status_url).bearer_auth(TOKEN));
+    let (rate, times) = load(&http, n * 4, status).await;
+    println!(
+        "{}",
+        json!({"bench": "api_status", "server": server, "n": times.len(), "concurrency": CONCURRENCY,
+               "per_sec": rate.round(), "p50_us": percentile(&times, 0.5), "p99_us": percentile(&times, 0.99)})
+    );
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let n: usize = std::env::var("BENCH_API_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4000);
+    let dir = tempfile::tempdir()?;
+    let rt = Runtime::builder()
+        .data_dir(dir.path())
+        .pool_size(2)
+        .start()
+        .await?;
+    let router = app(
+        rt.clone(),
+        ApiConfig {
+            tokens: vec![TOKEN.into()],
+            ..ApiConfig::default()
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    measure("modal-agents", &url, n).await;
+    server.abort();
+    rt.shutdown().await;
+
+    let peer = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/peer_fastapi.py");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    // Its own process group, so its pool workers go with it.
+    let mut child = match std::process::Command::new("python3")
+        .args([peer, &port.to_string(), TOKEN])
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("peer not run: {e}");
+            return Ok(());
+        }
+    };
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            eprintln!("peer not run (fastapi and uvicorn importable?): {status}");
+            return Ok(());
+        }
+        if http.get(format!("{url}/docs")).send().await.is_ok() {
+            break;
+        }
+        if Instant::now() > deadline {
+            eprintln!("peer did not start");
+            stop(&mut child);
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    measure("fastapi+uvicorn", &url, n / 4).await;
+    stop(&mut child);
+    Ok(())
+}
+
+fn stop(child: &mut std::process::Child) {
+    // SAFETY: signals the process group this bench created for the peer.
+    unsafe {
+        libc::kill(-(child.id() as i32), libc::SIGKILL);
+    }
+    let _ = child.wait();
+}
