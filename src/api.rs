@@ -250,6 +250,7 @@ pub fn app(runtime: Runtime, config: ApiConfig) -> Router {
         .route("/healthz", get(misc::healthz))
         .merge(protected)
         .fallback(fallback)
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(
             state.clone(),
             metrics::track,

@@ -350,6 +350,13 @@ async fn auth_and_bad_input_are_problems() {
     assert_problem(status, &headers, &body, StatusCode::NOT_FOUND);
     let (status, headers, body) = s.get("/no/such/route").await;
     assert_problem(status, &headers, &body, StatusCode::NOT_FOUND);
+    let r = s
+        .req(reqwest::Method::DELETE, "/spawn-task")
+        .send()
+        .await
+        .unwrap();
+    let (status, headers, body) = read(r).await;
+    assert_problem(status, &headers, &body, StatusCode::METHOD_NOT_ALLOWED);
     s.t.rt.shutdown().await;
 }
 

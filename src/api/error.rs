@@ -61,6 +61,9 @@ pub enum Error {
     /// The body is not JSON.
     #[error("expected Content-Type: application/json")]
     UnsupportedMediaType,
+    /// The path exists but not with this method.
+    #[error("this method is not allowed on this path")]
+    MethodNotAllowed,
     /// The runtime cannot serve now.
     #[error("{0}")]
     Unavailable(String),
@@ -103,6 +106,11 @@ impl Error {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported-media-type",
                 "Unsupported media type",
+            ),
+            Error::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
             ),
             Error::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
