@@ -70,6 +70,7 @@ async fn typed_calls_and_a_status_monitor() {
             completed.push(t.task_id);
         }
     }
+    let first = ids[0];
     completed.sort();
     ids.sort();
     assert_eq!(
@@ -79,7 +80,7 @@ async fn typed_calls_and_a_status_monitor() {
     assert!(transitions >= 3);
     assert_eq!(monitor.pending(), 0);
 
-    let record = c.wait(ids[0], Some(Duration::from_secs(10))).await.unwrap();
+    let record = c.wait(first, Some(Duration::from_secs(10))).await.unwrap();
     assert_eq!(record.result, Some(json!(0.05)));
     let page = c.results(map.task_id, 1, 10).await.unwrap();
     assert_eq!(page.results, vec![json!(0.01)]);
