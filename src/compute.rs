@@ -75,6 +75,9 @@ pub struct Deployment {
     pub secret_env: BTreeMap<String, String>,
     /// Host directories of the spec's volumes, by mount path.
     pub volume_dirs: BTreeMap<String, PathBuf>,
+    /// Start a container now (checking the code) rather than on first use.
+    /// False when a restarted runtime re-registers functions it had.
+    pub warm: bool,
 }
 
 /// What a backend can run, for capacity planning and `GET /resources`.

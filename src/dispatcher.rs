@@ -14,6 +14,7 @@ use dashmap::DashMap;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker as JobSet;
@@ -45,7 +46,76 @@ pub(crate) enum Job {
         function: String,
         inputs: BoxStream<'static, Value>,
         total: Option<u64>,
+        /// Where a map interrupted by a restart picks up.
+        resume: Option<Resume>,
     },
+}
+
+/// What a resumed map had finished before the restart.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Resume {
+    pub(crate) done: u64,
+    pub(crate) completed: u64,
+    pub(crate) failed: u64,
+}
+
+/// What is stored of an unfinished task's job, to run it again after a restart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum JobSpec {
+    /// A call and its arguments.
+    Call {
+        function: String,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+    },
+    /// A map; `inputs_file` says its inputs were written to `inputs.jsonl`.
+    Map {
+        function: String,
+        total: Option<u64>,
+        inputs_file: bool,
+    },
+}
+
+/// The file a map's inputs are kept in, one JSON value per line.
+pub(crate) const INPUTS_FILE: &str = "inputs.jsonl";
+
+/// Writes a map's inputs before it starts, so a restart can resume it.
+pub(crate) fn write_inputs(dir: &std::path::Path, inputs: &[Value]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let mut out =
+        std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(dir.join(INPUTS_FILE))?);
+    for v in inputs {
+        serde_json::to_writer(&mut out, v)?;
+        out.write_all(b"\n")?;
+    }
+    out.into_inner().map_err(|e| e.into_error())?.sync_data()
+}
+
+/// Streams a map's stored inputs from index `skip` on.
+pub(crate) fn read_inputs(dir: &std::path::Path, skip: u64) -> BoxStream<'static, Value> {
+    let path = dir.join(INPUTS_FILE);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Value>(1024);
+    tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let Ok(file) = std::fs::File::open(&path) else {
+            return;
+        };
+        for line in std::io::BufReader::new(file).lines().skip(skip as usize) {
+            let Ok(value) = line
+                .map_err(|_| ())
+                .and_then(|l| serde_json::from_str(&l).map_err(|_| ()))
+            else {
+                tracing::error!(file = %path.display(), "unreadable map input; stopping");
+                return;
+            };
+            if tx.blocking_send(value).is_err() {
+                return;
+            }
+        }
+    });
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
 }
 
 impl Job {
@@ -183,8 +253,9 @@ async fn run_job(shared: Arc<DispatchShared>, job: Job, cancel: CancellationToke
                 function,
                 inputs,
                 total,
+                resume,
                 ..
-            } => run_map(&shared, id, &function, inputs, total, ctx).await,
+            } => run_map(&shared, id, &function, inputs, total, resume, ctx).await,
         }
     };
     // The log writer runs beside the work in this same task and ends when the
@@ -307,6 +378,7 @@ async fn run_map(
     function: &str,
     inputs: BoxStream<'static, Value>,
     total: Option<u64>,
+    resume: Option<Resume>,
     ctx: CallContext,
 ) -> Finished {
     let cancel = ctx.cancel.clone();
@@ -319,7 +391,12 @@ async fn run_map(
         attempts: 1,
         progress,
     };
-    let mut writer = match ResultWriter::create(&tracker.store().task_dir(id)).await {
+    let dir = tracker.store().task_dir(id);
+    let opened = match resume {
+        Some(r) => ResultWriter::resume(&dir, r.done).await,
+        None => ResultWriter::create(&dir).await,
+    };
+    let mut writer = match opened {
         Ok(w) => w,
         Err(e) => {
             return failed(
@@ -338,10 +415,11 @@ async fn run_map(
             backend_call_id: None,
         },
     );
+    let resume = resume.unwrap_or_default();
     let mut counts = MapCounts {
         total,
-        completed: 0,
-        failed: 0,
+        completed: resume.completed,
+        failed: resume.failed,
     };
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

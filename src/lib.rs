@@ -47,6 +47,7 @@ mod registry;
 mod runtime;
 mod secrets;
 mod spec;
+mod store;
 mod supervisor;
 mod task;
 mod tools;
@@ -71,6 +72,7 @@ pub use spec::{
     FunctionSpec, GpuRequest, GpuSpec, GpuType, ImageSpec, Resources, RetryPolicy, SeedVolumes,
     SpecError, DEFAULT_TIMEOUT_S, GPU_TYPES,
 };
+pub use store::StoreError;
 pub use supervisor::{ChildError, RestartPolicy, RuntimeChild};
 pub use task::{
     MapProgress, ResultsPage, TaskError, TaskId, TaskKind, TaskLogs, TaskRecord, TaskStatus,

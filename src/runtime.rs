@@ -19,14 +19,17 @@ use uuid::Uuid;
 
 use crate::agents::{AgentShared, AgentSupervisorMsg, Agents};
 use crate::compute::{BackendError, Capacity, ComputeBackend, Deployment};
-use crate::dispatcher::{read_logs, DispatcherHandle, Job};
+use crate::dispatcher::{
+    read_inputs, read_logs, write_inputs, DispatcherHandle, Job, JobSpec, Resume,
+};
 use crate::registry::{FunctionInfo, FunctionRegistryHandle};
 use crate::secrets::SecretStore;
 use crate::spec::FunctionSpec;
+use crate::store::{put, Store, Table, Write};
 use crate::supervisor::Slot;
 use crate::supervisor::{RootSupervisorMsg, RuntimeChild};
 use crate::task::{ResultsPage, TaskId, TaskKind, TaskLogs, TaskRecord, TaskStatus};
-use crate::tracker::{read_page, Finished, TaskTrackerHandle};
+use crate::tracker::{read_page, Durable, Finished, TaskTrackerHandle};
 use crate::volume::Volumes;
 
 pub use builder::{RuntimeBuilder, DEFAULT_DATA_DIR};
@@ -52,6 +55,9 @@ struct Inner {
     registry: FunctionRegistryHandle,
     tracker: TaskTrackerHandle,
     dispatcher: DispatcherHandle,
+    store: Arc<Store>,
+    durable: Arc<Durable>,
+    flusher_stop: CancellationToken,
     volumes: Volumes,
     agents_slot: Slot<AgentSupervisorMsg>,
     agent_shared: Arc<AgentShared>,
@@ -72,6 +78,7 @@ impl std::fmt::Debug for Runtime {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.flusher_stop.cancel();
         self.shutdown.cancel();
         self.root.stop(None);
     }
@@ -150,6 +157,7 @@ impl Runtime {
                 spec: spec.clone(),
                 secret_env,
                 volume_dirs,
+                warm: true,
             })
             .await
             .map_err(|e| match e {
@@ -164,7 +172,21 @@ impl Runtime {
             spec,
         };
         self.inner.registry.register(info.clone()).await?;
+        self.persist(vec![put(
+            Table::Functions,
+            info.function_name.clone(),
+            &info,
+        )])
+        .await?;
         Ok(info)
+    }
+
+    async fn persist(&self, writes: Vec<Write>) -> Result<(), RuntimeError> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || store.apply(writes))
+            .await
+            .map_err(|e| RuntimeError::Storage(std::io::Error::other(e)))?
+            .map_err(RuntimeError::Store)
     }
 
     /// Removes a deployed function and stops its containers.
@@ -176,6 +198,8 @@ impl Runtime {
             .remove(name)
             .await?
             .ok_or_else(|| RuntimeError::UnknownFunction(name.to_owned()))?;
+        self.persist(vec![Write::Delete(Table::Functions, name.to_owned())])
+            .await?;
         if let Err(e) = self.inner.backend.undeploy(name).await {
             tracing::warn!(function = name, error = %e, "backend undeploy failed");
         }
@@ -200,9 +224,16 @@ impl Runtime {
         }
     }
 
-    async fn submit(&self, record: TaskRecord, job: Job) -> Result<TaskId, RuntimeError> {
+    async fn submit(
+        &self,
+        record: TaskRecord,
+        job: Job,
+        spec: JobSpec,
+    ) -> Result<TaskId, RuntimeError> {
         let id = record.task_id;
-        self.inner.tracker.create(record).await?;
+        let spec = serde_json::to_vec(&spec)
+            .map_err(|e| RuntimeError::Storage(std::io::Error::other(e)))?;
+        self.inner.tracker.create(record, Some(spec)).await?;
         if let Err(e) = self.inner.dispatcher.submit(job).await {
             let finished = Finished {
                 status: TaskStatus::Failed,
@@ -226,13 +257,18 @@ impl Runtime {
     ) -> Result<TaskId, RuntimeError> {
         self.require_function(function)?;
         let record = TaskRecord::new(function, TaskKind::Call, None);
+        let spec = JobSpec::Call {
+            function: function.to_owned(),
+            args: args.clone(),
+            kwargs: kwargs.clone(),
+        };
         let job = Job::Call {
             task_id: record.task_id,
             function: function.to_owned(),
             args,
             kwargs,
         };
-        self.submit(record, job).await
+        self.submit(record, job, spec).await
     }
 
     /// Calls `function(*args, **kwargs)` and waits for its result.
@@ -263,14 +299,36 @@ impl Runtime {
         function: &str,
         inputs: Vec<Value>,
     ) -> Result<TaskId, RuntimeError> {
+        self.require_function(function)?;
         let total = inputs.len() as u64;
-        self.run_parallel_stream(function, futures_util::stream::iter(inputs), Some(total))
-            .await
+        let record = TaskRecord::new(function, TaskKind::Map, Some(total));
+        // The inputs go to disk first, so a restart can resume the map.
+        let dir = self.inner.tracker.store().task_dir(record.task_id);
+        let inputs =
+            tokio::task::spawn_blocking(move || write_inputs(&dir, &inputs).map(|()| inputs))
+                .await
+                .map_err(|e| RuntimeError::Storage(std::io::Error::other(e)))?
+                .map_err(RuntimeError::Storage)?;
+        let job = Job::Map {
+            task_id: record.task_id,
+            function: function.to_owned(),
+            inputs: futures_util::stream::iter(inputs).boxed(),
+            total: Some(total),
+            resume: None,
+        };
+        let spec = JobSpec::Map {
+            function: function.to_owned(),
+            total: Some(total),
+            inputs_file: true,
+        };
+        self.submit(record, job, spec).await
     }
 
     /// Maps `function` over a stream of inputs, pulled only as fast as the
     /// containers consume them, so a map of any size runs in bounded memory.
-    /// `total`, when known, is reported in the progress from the start.
+    /// `total`, when known, is reported in the progress from the start. Unlike
+    /// [`Runtime::run_parallel`], a streamed map's inputs are not stored, so
+    /// if the process dies mid-map it is reported failed after the restart.
     pub async fn run_parallel_stream<S>(
         &self,
         function: &str,
@@ -288,8 +346,14 @@ impl Runtime {
             function: function.to_owned(),
             inputs,
             total,
+            resume: None,
         };
-        self.submit(record, job).await
+        let spec = JobSpec::Map {
+            function: function.to_owned(),
+            total,
+            inputs_file: false,
+        };
+        self.submit(record, job, spec).await
     }
 
     /// A task's current record.
@@ -445,8 +509,136 @@ impl Runtime {
             .root
             .stop_and_wait(None, Some(Duration::from_secs(5)))
             .await;
+        // Every record as it ended, on disk before we return.
+        self.inner.durable.flush(self.inner.tracker.store()).await;
+        self.inner.flusher_stop.cancel();
+        self.inner.store.close();
         // Agents hold the runtime; forgetting them breaks that cycle.
         self.inner.agent_shared.clear();
         tracing::info!("runtime stopped");
+    }
+}
+
+impl Runtime {
+    /// Brings back what the data dir holds: functions (containers start on
+    /// demand), finished tasks as they were, and unfinished ones re-queued
+    /// with their attempts counted; a map resumes after its stored results.
+    pub(crate) async fn recover(&self) -> Result<(), RuntimeError> {
+        let store = self.inner.store.clone();
+        let (functions, tasks, jobs) = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::store::StoreError>((
+                store.all::<FunctionInfo>(Table::Functions, "function")?,
+                store.all::<TaskRecord>(Table::Tasks, "task record")?,
+                store.all::<JobSpec>(Table::Jobs, "job")?,
+            ))
+        })
+        .await
+        .map_err(|e| RuntimeError::Storage(std::io::Error::other(e)))?
+        .map_err(RuntimeError::Store)?;
+        for (name, info) in functions {
+            if let Err(e) = self.redeploy(info).await {
+                tracing::error!(function = %name, error = %e, "could not restore a function");
+            }
+        }
+        let mut jobs: std::collections::HashMap<String, JobSpec> = jobs.into_iter().collect();
+        let tracker = self.inner.tracker.store().clone();
+        let mut requeued = 0;
+        for (key, mut record) in tasks {
+            let dir = tracker.task_dir(record.task_id);
+            let stored = crate::tracker::stored_count(&dir);
+            if record.status.is_terminal() {
+                tracker.restore(record, stored);
+                continue;
+            }
+            record.attempts += 1;
+            record.status = TaskStatus::Pending;
+            let job = match jobs.remove(&key) {
+                Some(JobSpec::Call {
+                    function,
+                    args,
+                    kwargs,
+                }) => Some(Job::Call {
+                    task_id: record.task_id,
+                    function,
+                    args,
+                    kwargs,
+                }),
+                Some(JobSpec::Map {
+                    function,
+                    total,
+                    inputs_file: true,
+                }) => {
+                    let (completed, failed) = crate::tracker::count_outcomes(&dir, stored)
+                        .map_err(RuntimeError::Storage)?;
+                    if let Some(p) = record.progress.as_mut() {
+                        p.completed = completed;
+                        p.failed = failed;
+                        p.running = 0;
+                        p.pending = p.total.saturating_sub(stored);
+                    }
+                    Some(Job::Map {
+                        task_id: record.task_id,
+                        function,
+                        inputs: read_inputs(&dir, stored),
+                        total,
+                        resume: Some(Resume {
+                            done: stored,
+                            completed,
+                            failed,
+                        }),
+                    })
+                }
+                _ => None,
+            };
+            let id = record.task_id;
+            match job {
+                Some(job) => {
+                    tracker.restore(record, stored);
+                    if let Some(d) = tracker.durable() {
+                        d.mark(id, None);
+                    }
+                    self.inner.dispatcher.submit(job).await?;
+                    requeued += 1;
+                }
+                None => {
+                    record.status = TaskStatus::Failed;
+                    record.finished_at = Some(Utc::now());
+                    record.error = Some(crate::TaskError::new(
+                        "LostAtRestart",
+                        "the runtime stopped while this task ran and its input (a stream) was not stored; its stored results are kept",
+                    ));
+                    tracker.restore(record, stored);
+                    if let Some(d) = tracker.durable() {
+                        d.mark(id, None);
+                    }
+                }
+            }
+        }
+        if requeued > 0 {
+            tracing::info!(requeued, "unfinished tasks re-queued after a restart");
+        }
+        Ok(())
+    }
+
+    async fn redeploy(&self, info: FunctionInfo) -> Result<(), RuntimeError> {
+        let spec = info.spec.clone();
+        let secret_env = self.inner.secrets.resolve(&spec.secrets)?;
+        let volume_dirs = spec
+            .volumes
+            .iter()
+            .map(|(mount, name)| (mount.clone(), self.volume_dir(name)))
+            .collect();
+        self.inner
+            .backend
+            .deploy(Deployment {
+                spec,
+                secret_env,
+                volume_dirs,
+                warm: false,
+            })
+            .await
+            .map_err(RuntimeError::Backend)?;
+        self.inner.registry.register(info).await?;
+        Ok(())
     }
 }

@@ -48,6 +48,7 @@ pub enum SecretError {
 #[derive(Clone, Default)]
 pub struct SecretStore {
     inner: Arc<DashMap<String, BTreeMap<String, String>>>,
+    store: Arc<std::sync::OnceLock<Arc<crate::store::Store>>>,
 }
 
 impl fmt::Debug for SecretStore {
@@ -95,13 +96,53 @@ impl SecretStore {
             }
             map.insert(key, value);
         }
+        self.persist(crate::store::put(crate::store::Table::Secrets, name, &map));
         self.inner.insert(name.to_owned(), map);
+        Ok(())
+    }
+
+    fn persist(&self, write: crate::store::Write) {
+        if let Some(store) = self.store.get() {
+            if let Err(e) = store.apply(vec![write]) {
+                tracing::error!(error = %e, "could not store a secret");
+            }
+        }
+    }
+
+    /// Keeps secrets in the runtime's database from now on: loads what it
+    /// holds and stores what was set before.
+    pub(crate) fn attach(
+        &self,
+        store: Arc<crate::store::Store>,
+    ) -> Result<(), crate::store::StoreError> {
+        let saved: Vec<(String, BTreeMap<String, String>)> =
+            store.all(crate::store::Table::Secrets, "secret")?;
+        let mut writes = Vec::new();
+        for entry in self.inner.iter() {
+            writes.push(crate::store::put(
+                crate::store::Table::Secrets,
+                entry.key().clone(),
+                entry.value(),
+            ));
+        }
+        store.apply(writes)?;
+        for (name, values) in saved {
+            self.inner.entry(name).or_insert(values);
+        }
+        let _ = self.store.set(store);
         Ok(())
     }
 
     /// Removes a secret; returns whether it existed.
     pub fn remove(&self, name: &str) -> bool {
-        self.inner.remove(name).is_some()
+        let removed = self.inner.remove(name).is_some();
+        if removed {
+            self.persist(crate::store::Write::Delete(
+                crate::store::Table::Secrets,
+                name.to_owned(),
+            ));
+        }
+        removed
     }
 
     /// The names of all secrets, sorted. Values are never listed.

@@ -1,6 +1,7 @@
 //! The task tracker: every task's record, its transitions, waiters, logs and
 //! (for maps) results on disk.
 
+mod durable;
 mod results;
 
 use std::path::PathBuf;
@@ -16,7 +17,8 @@ use tokio::sync::watch;
 use crate::supervisor::{ChildError, Slot};
 use crate::task::{MapProgress, TaskError, TaskId, TaskRecord, TaskStatus};
 
-pub(crate) use results::{read_page, ResultWriter};
+pub(crate) use durable::Durable;
+pub(crate) use results::{count_outcomes, read_page, stored_count, ResultWriter};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -28,6 +30,7 @@ pub(crate) struct TaskStore {
     /// Map results flushed to disk and readable, per map task.
     available: DashMap<TaskId, u64>,
     dir: PathBuf,
+    durable: std::sync::OnceLock<Arc<Durable>>,
 }
 
 impl TaskStore {
@@ -37,7 +40,29 @@ impl TaskStore {
             watches: DashMap::new(),
             available: DashMap::new(),
             dir,
+            durable: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Persists records from now on.
+    pub(crate) fn attach(&self, durable: Arc<Durable>) {
+        let _ = self.durable.set(durable);
+    }
+
+    pub(crate) fn durable(&self) -> Option<&Arc<Durable>> {
+        self.durable.get()
+    }
+
+    /// Adds a recovered record as it is, with its readable results count.
+    pub(crate) fn restore(&self, record: TaskRecord, available: u64) {
+        let id = record.task_id;
+        self.watches
+            .entry(id)
+            .or_insert_with(|| watch::channel(record.status).0);
+        if record.kind == crate::task::TaskKind::Map {
+            self.available.insert(id, available);
+        }
+        self.records.insert(id, record);
     }
 
     /// Where a task keeps its files (results, logs).
@@ -76,6 +101,9 @@ impl TaskStore {
         }
         let status = record.status;
         drop(record);
+        if let Some(d) = self.durable.get() {
+            d.mark(id, None);
+        }
         if let Some(tx) = self.watches.get(&id) {
             tx.send_replace(status);
         }
@@ -108,8 +136,9 @@ pub(crate) struct TaskTracker;
 
 /// Messages of the [`TaskTracker`].
 pub(crate) enum TaskTrackerMsg {
-    /// Adds a new record.
-    Create(Box<TaskRecord>, RpcReplyPort<()>),
+    /// Adds a new record (and stores its job, when durable); answers once
+    /// both are on disk.
+    Create(Box<TaskRecord>, Option<Arc<Vec<u8>>>, RpcReplyPort<()>),
     /// Applies an update (ignored once the task is terminal).
     Update(TaskId, Arc<TaskUpdateCell>, RpcReplyPort<()>),
     /// Applies an update without answering.
@@ -153,7 +182,7 @@ impl Actor for TaskTracker {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            TaskTrackerMsg::Create(record, reply) => {
+            TaskTrackerMsg::Create(record, job, reply) => {
                 let id = record.task_id;
                 state
                     .store
@@ -161,7 +190,27 @@ impl Actor for TaskTracker {
                     .entry(id)
                     .or_insert_with(|| watch::channel(record.status).0);
                 state.store.records.entry(id).or_insert(*record);
-                let _ = reply.send(());
+                match state.store.durable.get() {
+                    Some(d) => {
+                        let job = job.map(|j| {
+                            crate::store::Write::Put(
+                                crate::store::Table::Jobs,
+                                id.to_string(),
+                                j.to_vec(),
+                            )
+                        });
+                        let epoch = d.mark(id, job);
+                        let d = d.clone();
+                        // Answer once it is on disk, without holding up the tracker.
+                        tokio::spawn(async move {
+                            d.wait(epoch).await;
+                            let _ = reply.send(());
+                        });
+                    }
+                    None => {
+                        let _ = reply.send(());
+                    }
+                }
             }
             TaskTrackerMsg::Update(id, cell, reply) => {
                 let update = cell.0.lock().expect("update cell poisoned").take();
@@ -194,10 +243,15 @@ impl TaskTrackerHandle {
         &self.store
     }
 
-    pub(crate) async fn create(&self, record: TaskRecord) -> Result<(), ChildError> {
+    pub(crate) async fn create(
+        &self,
+        record: TaskRecord,
+        job: Option<Vec<u8>>,
+    ) -> Result<(), ChildError> {
+        let job = job.map(Arc::new);
         self.slot
             .call(CALL_TIMEOUT, |reply| {
-                TaskTrackerMsg::Create(Box::new(record.clone()), reply)
+                TaskTrackerMsg::Create(Box::new(record.clone()), job.clone(), reply)
             })
             .await
     }

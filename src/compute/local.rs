@@ -305,7 +305,8 @@ impl ComputeBackend for LocalBackend {
             .map_or(self.config.pool_size, |n| n as usize)
             .max(1);
         let pool = Arc::new(Pool::new(spec.clone(), load_frame, size, launcher));
-        pool.warm_up().await.map_err(|e| match e {
+        let warm = if d.warm { pool.warm_up().await } else { Ok(()) };
+        warm.map_err(|e| match e {
             StartError::Code(e) => BackendError::Code(e),
             StartError::Failed(reason) => BackendError::ContainerStart {
                 function: spec.name.clone(),

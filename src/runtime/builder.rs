@@ -19,10 +19,13 @@ use crate::registry::{
     FunctionRegistry, FunctionRegistryArgs, FunctionRegistryHandle, FunctionRegistryMsg,
 };
 use crate::secrets::SecretStore;
+use crate::store::Store;
 use crate::supervisor::{
     ChildRunner, ChildSpec, RestartPolicy, RootSupervisor, RootSupervisorArgs, RuntimeChild, Slot,
 };
-use crate::tracker::{TaskStore, TaskTracker, TaskTrackerArgs, TaskTrackerHandle, TaskTrackerMsg};
+use crate::tracker::{
+    Durable, TaskStore, TaskTracker, TaskTrackerArgs, TaskTrackerHandle, TaskTrackerMsg,
+};
 use crate::volume::{VolumeShared, VolumeStore, VolumeStoreArgs, VolumeStoreMsg, Volumes};
 
 /// Configures a [`Runtime`]. Every setting has a documented default.
@@ -108,8 +111,27 @@ impl RuntimeBuilder {
             }
         };
 
+        let db_path = data_dir.join("state.redb");
+        let db = {
+            let path = db_path.clone();
+            tokio::task::spawn_blocking(move || Store::open(&path))
+                .await
+                .map_err(|e| RuntimeError::Start(e.to_string()))?
+                .map_err(|source| RuntimeError::DataDir {
+                    path: db_path.clone(),
+                    source: std::io::Error::other(source.to_string()),
+                })?
+        };
+        let db = Arc::new(db);
+        self.secrets
+            .attach(db.clone())
+            .map_err(RuntimeError::Store)?;
         let table = Arc::new(DashMap::new());
         let store = TaskStore::new(data_dir.join("tasks"));
+        let durable = Durable::new(db.clone());
+        store.attach(durable.clone());
+        let flusher_stop = CancellationToken::new();
+        tokio::spawn(durable.clone().run(store.clone(), flusher_stop.clone()));
         let (registry_slot, registry_tx) = Slot::<FunctionRegistryMsg>::new(RuntimeChild::Registry);
         let (tracker_slot, tracker_tx) = Slot::<TaskTrackerMsg>::new(RuntimeChild::Tracker);
         let volume_shared = VolumeShared::new(data_dir.join("volumes"));
@@ -180,7 +202,7 @@ impl RuntimeBuilder {
             .await
             .map_err(|e| RuntimeError::Start(e.to_string()))?;
         tracing::info!(data_dir = %data_dir.display(), backend = backend.name(), "runtime started");
-        Ok(Runtime {
+        let runtime = Runtime {
             inner: Arc::new(Inner {
                 data_dir,
                 backend,
@@ -195,7 +217,12 @@ impl RuntimeBuilder {
                 jobs,
                 shutdown,
                 stopped: AtomicBool::new(false),
+                store: db,
+                durable,
+                flusher_stop,
             }),
-        })
+        };
+        runtime.recover().await?;
+        Ok(runtime)
     }
 }

@@ -67,6 +67,9 @@ pub enum RuntimeError {
     /// Reading or writing task files failed.
     #[error("task storage failed: {0}")]
     Storage(#[source] std::io::Error),
+    /// The state database failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// The supervision tree could not be started.
     #[error("the runtime's actors could not start: {0}")]
     Start(String),

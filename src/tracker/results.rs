@@ -45,6 +45,52 @@ impl ResultWriter {
         })
     }
 
+    /// Reopens a map's results to append after the first `at` (dropping any
+    /// partial tail a crash left).
+    pub(crate) async fn resume(dir: &Path, at: u64) -> io::Result<ResultWriter> {
+        let (blocking_dir, at2) = (dir.to_path_buf(), at);
+        let end = tokio::task::spawn_blocking(move || -> io::Result<u64> {
+            let dir = blocking_dir;
+            let index = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(dir.join(INDEX_FILE))?;
+            index.set_len(at2 * 8)?;
+            let end = if at2 == 0 {
+                0
+            } else {
+                let mut raw = [0u8; 8];
+                let mut f = &index;
+                f.seek(SeekFrom::Start((at2 - 1) * 8))?;
+                f.read_exact(&mut raw)?;
+                u64::from_le_bytes(raw)
+            };
+            let data = std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join(DATA_FILE))?;
+            data.set_len(end)?;
+            Ok(end)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        let data = tokio::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join(DATA_FILE))
+            .await?;
+        let index = tokio::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join(INDEX_FILE))
+            .await?;
+        Ok(ResultWriter {
+            data_file: data,
+            index_file: index,
+            data: Vec::with_capacity(BUFFER),
+            index: Vec::with_capacity(BUFFER / 8),
+            end,
+            pushed: at,
+        })
+    }
+
     /// Appends one result; writes the buffer out when it is full.
     pub(crate) async fn push(&mut self, value: &Value) -> io::Result<()> {
         let before = self.data.len();
@@ -71,6 +117,29 @@ impl ResultWriter {
         self.index_file.flush().await?;
         Ok(self.pushed)
     }
+}
+
+/// How many results a map has on disk (whole index entries).
+pub(crate) fn stored_count(dir: &Path) -> u64 {
+    std::fs::metadata(dir.join(INDEX_FILE)).map_or(0, |m| m.len() / 8)
+}
+
+/// `(completed, failed)` among the first `n` stored results.
+pub(crate) fn count_outcomes(dir: &Path, n: u64) -> io::Result<(u64, u64)> {
+    let mut failed = 0;
+    let mut offset = 0;
+    while offset < n {
+        let page = read_page(dir.to_path_buf(), offset, 10_000, n)?;
+        failed += page
+            .iter()
+            .filter(|v| {
+                v.as_object()
+                    .is_some_and(|o| o.len() == 1 && o.contains_key("error"))
+            })
+            .count() as u64;
+        offset += page.len().max(1) as u64;
+    }
+    Ok((n - failed, failed))
 }
 
 /// Reads results `offset .. offset + limit` (clamped to `available`).

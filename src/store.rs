@@ -1,0 +1,172 @@
+//! The runtime's durable state: an embedded redb database at
+//! `DATA_DIR/state.redb` (file mode 0600) holding functions, task records,
+//! the jobs of unfinished tasks and secrets.
+//!
+//! Map inputs and results stay in files next to the task (`DATA_DIR/tasks/ID`);
+//! the database holds what is needed to find and resume them.
+
+use std::path::Path;
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+const FUNCTIONS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("functions");
+const TASKS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("tasks");
+const JOBS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("jobs");
+const SECRETS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("secrets");
+
+/// Why the durable state failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("state database: {0}")]
+    Db(Box<redb::Error>),
+    /// A stored value does not decode.
+    #[error("state database holds a bad {what}: {error}")]
+    Decode {
+        /// What was read.
+        what: &'static str,
+        /// The decoder's message.
+        error: String,
+    },
+    /// The database file could not be prepared.
+    #[error("state database file: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(Box::new(e.into()))
+            }
+        }
+    )*};
+}
+db_err!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// One change to write.
+pub(crate) enum Write {
+    Put(Table, String, Vec<u8>),
+    Delete(Table, String),
+}
+
+/// The tables.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Table {
+    Functions,
+    Tasks,
+    Jobs,
+    Secrets,
+}
+
+impl Table {
+    fn def(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        match self {
+            Table::Functions => FUNCTIONS,
+            Table::Tasks => TASKS,
+            Table::Jobs => JOBS,
+            Table::Secrets => SECRETS,
+        }
+    }
+}
+
+/// The database; closed at shutdown so another runtime can open the data dir.
+pub(crate) struct Store {
+    db: std::sync::RwLock<Option<Database>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database; only this process may use it.
+    pub(crate) fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = Database::create(path)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        }
+        let txn = db.begin_write()?;
+        for table in [FUNCTIONS, TASKS, JOBS, SECRETS] {
+            txn.open_table(table)?;
+        }
+        txn.commit()?;
+        Ok(Store {
+            db: std::sync::RwLock::new(Some(db)),
+        })
+    }
+
+    /// Closes the database; later writes fail.
+    pub(crate) fn close(&self) {
+        self.db.write().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    fn closed() -> StoreError {
+        StoreError::Io(std::io::Error::other("the state database is closed (runtime shut down)"))
+    }
+
+    /// Applies writes in one durable transaction.
+    pub(crate) fn apply(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        let db = guard.as_ref().ok_or_else(Store::closed)?;
+        let txn = db.begin_write()?;
+        for w in writes {
+            match w {
+                Write::Put(t, k, v) => {
+                    txn.open_table(t.def())?.insert(k.as_str(), v.as_slice())?;
+                }
+                Write::Delete(t, k) => {
+                    txn.open_table(t.def())?.remove(k.as_str())?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every entry of a table, decoded.
+    pub(crate) fn all<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        what: &'static str,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        let db = guard.as_ref().ok_or_else(Store::closed)?;
+        let txn = db.begin_read()?;
+        let t = txn.open_table(table.def())?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let value = serde_json::from_slice(v.value()).map_err(|e| StoreError::Decode {
+                what,
+                error: e.to_string(),
+            })?;
+            out.push((k.value().to_owned(), value));
+        }
+        Ok(out)
+    }
+}
+
+/// A put of `value` as JSON.
+pub(crate) fn put(table: Table, key: impl Into<String>, value: &impl Serialize) -> Write {
+    Write::Put(
+        table,
+        key.into(),
+        serde_json::to_vec(value).expect("state serializes"),
+    )
+}
