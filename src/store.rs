@@ -114,7 +114,9 @@ impl Store {
     }
 
     fn closed() -> StoreError {
-        StoreError::Io(std::io::Error::other("the state database is closed (runtime shut down)"))
+        StoreError::Io(std::io::Error::other(
+            "the state database is closed (runtime shut down)",
+        ))
     }
 
     /// Applies writes in one durable transaction.

@@ -1,0 +1,232 @@
+//! Durability: the server is killed with SIGKILL in the middle of a
+//! 20,000-input map and a long call, then started again on the same data dir.
+//! Functions, secrets and finished tasks are back, the call is re-run with its
+//! attempt counted, and the map completes with exactly 20,000 results in order.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_modal-agents");
+const TOKEN: &str = "durability-token-0123456789";
+
+fn serve(data: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .env("MODAL_AGENTS_TOKEN", TOKEN)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_owned();
+    (child, url)
+}
+
+struct Api {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Api {
+    async fn post(&self, path: &str, body: Value) -> Value {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    async fn until(&self, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+        loop {
+            let v = self.get(path).await;
+            if done(&v) {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_map_then_restart_completes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut server, url) = serve(&data);
+    let api = Api {
+        http: reqwest::Client::new(),
+        url,
+    };
+
+    let r = api
+        .http
+        .put(format!("{}/secrets/keys", api.url))
+        .bearer_auth(TOKEN)
+        .json(&json!({"FACTOR": "2"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let code = "import os, time\ndef work(x):\n    time.sleep(0.0003)\n    return x * int(os.environ['FACTOR'])\n";
+    api.post(
+        "/deploy-function",
+        json!({"function_code": code, "function_name": "work", "secrets": ["keys"], "retries": 1}),
+    )
+    .await;
+    let done_call = api
+        .post(
+            "/spawn-task",
+            json!({"function_name": "work", "args": [21], "wait": true}),
+        )
+        .await;
+    assert_eq!(done_call["result"], 42);
+    api.post("/deploy-function", json!({"function_code": "import time\ndef nap(s):\n    time.sleep(s)\n    return s\n", "function_name": "nap"})).await;
+    let long_call = api
+        .post(
+            "/spawn-task",
+            json!({"function_name": "nap", "args": [1.5]}),
+        )
+        .await;
+    let n = 20_000u64;
+    let map = api
+        .post(
+            "/run-parallel",
+            json!({"function_name": "work", "inputs": (0..n).collect::<Vec<_>>()}),
+        )
+        .await;
+    let map_id = map["task_id"].as_str().unwrap().to_owned();
+    api.until(&format!("/status/{map_id}"), "the map under way", |v| {
+        v["progress"]["completed"].as_u64().unwrap_or(0) > 3_000
+    })
+    .await;
+
+    support::kill(server.id(), libc::SIGKILL);
+    server.wait().unwrap();
+
+    let (mut server, url) = serve(&data);
+    let api = Api {
+        http: api.http,
+        url,
+    };
+    let functions = api.get("/functions").await;
+    let names: Vec<&str> = functions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["function_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["nap", "work"]);
+    let secrets = api.get("/secrets").await;
+    assert_eq!(secrets, json!([{"name": "keys", "keys": ["FACTOR"]}]));
+    let first = api
+        .get(&format!(
+            "/status/{}",
+            done_call["task_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(
+        (first["status"].clone(), first["result"].clone()),
+        (json!("completed"), json!(42))
+    );
+
+    let record = api
+        .until(&format!("/status/{map_id}"), "the map to finish", |v| {
+            v["status"] != "pending" && v["status"] != "running"
+        })
+        .await;
+    assert_eq!(record["status"], "completed", "{record}");
+    assert_eq!(record["progress"]["completed"], n);
+    assert!(
+        record["attempts"].as_u64().unwrap() >= 2,
+        "the restart is counted: {record}"
+    );
+    let mut results = Vec::new();
+    let mut offset = Some(0u64);
+    while let Some(at) = offset {
+        let page = api
+            .get(&format!("/status/{map_id}/results?offset={at}&limit=10000"))
+            .await;
+        results.extend(page["results"].as_array().unwrap().iter().cloned());
+        offset = page["next_offset"].as_u64();
+    }
+    assert_eq!(results.len() as u64, n, "exactly 20,000 results");
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r, &json!(i as u64 * 2), "slot {i}");
+    }
+    let long = api
+        .until(
+            &format!("/status/{}", long_call["task_id"].as_str().unwrap()),
+            "the call re-run",
+            |v| v["status"] == "completed",
+        )
+        .await;
+    assert_eq!(
+        (long["result"].clone(), long["attempts"].clone()),
+        (json!(1.5), json!(2))
+    );
+
+    support::kill(server.id(), libc::SIGTERM);
+    assert!(server.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_data_dir_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let err = modal_agents::Runtime::builder()
+        .data_dir(&file)
+        .start()
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("not-a-dir"), "{text}");
+    // A second runtime on a data dir in use is refused, not corrupted.
+    let rt = modal_agents::Runtime::builder()
+        .data_dir(dir.path())
+        .start()
+        .await
+        .unwrap();
+    let err = modal_agents::Runtime::builder()
+        .data_dir(dir.path())
+        .start()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("state.redb"), "{err}");
+    rt.shutdown().await;
+}
