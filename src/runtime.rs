@@ -29,7 +29,7 @@ use crate::store::{put, Store, Table, Write};
 use crate::supervisor::Slot;
 use crate::supervisor::{RootSupervisorMsg, RuntimeChild};
 use crate::task::{ResultsPage, TaskId, TaskKind, TaskLogs, TaskRecord, TaskStatus};
-use crate::tracker::{read_page, Durable, Finished, TaskTrackerHandle};
+use crate::tracker::{read_page, Durable, Finished, Replayed, TaskTrackerHandle};
 use crate::volume::Volumes;
 
 pub use builder::{RuntimeBuilder, DEFAULT_DATA_DIR};
@@ -231,7 +231,7 @@ impl Runtime {
         spec: JobSpec,
     ) -> Result<TaskId, RuntimeError> {
         let id = record.task_id;
-        let spec = serde_json::to_vec(&spec)
+        let spec = serde_json::to_value(&spec)
             .map_err(|e| RuntimeError::Storage(std::io::Error::other(e)))?;
         self.inner.tracker.create(record, Some(spec)).await?;
         if let Err(e) = self.inner.dispatcher.submit(job).await {
@@ -523,24 +523,26 @@ impl Runtime {
     /// Brings back what the data dir holds: functions (containers start on
     /// demand), finished tasks as they were, and unfinished ones re-queued
     /// with their attempts counted; a map resumes after its stored results.
-    pub(crate) async fn recover(&self) -> Result<(), RuntimeError> {
+    pub(crate) async fn recover(&self, replayed: Replayed) -> Result<(), RuntimeError> {
         let store = self.inner.store.clone();
-        let (functions, tasks, jobs) = tokio::task::spawn_blocking(move || {
-            Ok::<_, crate::store::StoreError>((
-                store.all::<FunctionInfo>(Table::Functions, "function")?,
-                store.all::<TaskRecord>(Table::Tasks, "task record")?,
-                store.all::<JobSpec>(Table::Jobs, "job")?,
-            ))
+        let functions = tokio::task::spawn_blocking(move || {
+            store.all::<FunctionInfo>(Table::Functions, "function")
         })
         .await
         .map_err(|e| RuntimeError::Storage(std::io::Error::other(e)))?
         .map_err(RuntimeError::Store)?;
+        let tasks = replayed.records;
+        let jobs: Vec<(TaskId, JobSpec)> = replayed
+            .jobs
+            .into_iter()
+            .filter_map(|(id, spec)| serde_json::from_value(spec).ok().map(|s| (id, s)))
+            .collect();
         for (name, info) in functions {
             if let Err(e) = self.redeploy(info).await {
                 tracing::error!(function = %name, error = %e, "could not restore a function");
             }
         }
-        let mut jobs: std::collections::HashMap<String, JobSpec> = jobs.into_iter().collect();
+        let mut jobs: std::collections::HashMap<TaskId, JobSpec> = jobs.into_iter().collect();
         let tracker = self.inner.tracker.store().clone();
         let mut requeued = 0;
         for (key, mut record) in tasks {

@@ -12,8 +12,6 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 const FUNCTIONS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("functions");
-const TASKS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("tasks");
-const JOBS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("jobs");
 const SECRETS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("secrets");
 
 /// Why the durable state failed.
@@ -63,8 +61,6 @@ pub(crate) enum Write {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Table {
     Functions,
-    Tasks,
-    Jobs,
     Secrets,
 }
 
@@ -72,8 +68,6 @@ impl Table {
     fn def(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
         match self {
             Table::Functions => FUNCTIONS,
-            Table::Tasks => TASKS,
-            Table::Jobs => JOBS,
             Table::Secrets => SECRETS,
         }
     }
@@ -99,7 +93,7 @@ impl Store {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         }
         let txn = db.begin_write()?;
-        for table in [FUNCTIONS, TASKS, JOBS, SECRETS] {
+        for table in [FUNCTIONS, SECRETS] {
             txn.open_table(table)?;
         }
         txn.commit()?;
@@ -119,14 +113,23 @@ impl Store {
         ))
     }
 
-    /// Applies writes in one durable transaction.
+    /// Applies writes in one transaction, fsynced before it returns.
     pub(crate) fn apply(&self, writes: Vec<Write>) -> Result<(), StoreError> {
-        if writes.is_empty() {
+        self.apply_with(writes, redb::Durability::Immediate)
+    }
+
+    fn apply_with(
+        &self,
+        writes: Vec<Write>,
+        durability: redb::Durability,
+    ) -> Result<(), StoreError> {
+        if writes.is_empty() && !matches!(durability, redb::Durability::Immediate) {
             return Ok(());
         }
         let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
         let db = guard.as_ref().ok_or_else(Store::closed)?;
-        let txn = db.begin_write()?;
+        let mut txn = db.begin_write()?;
+        txn.set_durability(durability);
         for w in writes {
             match w {
                 Write::Put(t, k, v) => {

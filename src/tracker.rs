@@ -2,6 +2,7 @@
 //! (for maps) results on disk.
 
 mod durable;
+mod journal;
 mod results;
 
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use crate::supervisor::{ChildError, Slot};
 use crate::task::{MapProgress, TaskError, TaskId, TaskRecord, TaskStatus};
 
 pub(crate) use durable::Durable;
+pub(crate) use journal::{Journal, Replayed};
 pub(crate) use results::{count_outcomes, read_page, stored_count, ResultWriter};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -137,8 +139,8 @@ pub(crate) struct TaskTracker;
 /// Messages of the [`TaskTracker`].
 pub(crate) enum TaskTrackerMsg {
     /// Adds a new record (and stores its job, when durable); answers once
-    /// both are on disk.
-    Create(Box<TaskRecord>, Option<Arc<Vec<u8>>>, RpcReplyPort<()>),
+    /// both are written.
+    Create(Box<TaskRecord>, Option<serde_json::Value>, RpcReplyPort<()>),
     /// Applies an update (ignored once the task is terminal).
     Update(TaskId, Arc<TaskUpdateCell>, RpcReplyPort<()>),
     /// Applies an update without answering.
@@ -192,13 +194,6 @@ impl Actor for TaskTracker {
                 state.store.records.entry(id).or_insert(*record);
                 match state.store.durable.get() {
                     Some(d) => {
-                        let job = job.map(|j| {
-                            crate::store::Write::Put(
-                                crate::store::Table::Jobs,
-                                id.to_string(),
-                                j.to_vec(),
-                            )
-                        });
                         let epoch = d.mark(id, job);
                         let d = d.clone();
                         // Answer once it is on disk, without holding up the tracker.
@@ -246,9 +241,8 @@ impl TaskTrackerHandle {
     pub(crate) async fn create(
         &self,
         record: TaskRecord,
-        job: Option<Vec<u8>>,
+        job: Option<serde_json::Value>,
     ) -> Result<(), ChildError> {
-        let job = job.map(Arc::new);
         self.slot
             .call(CALL_TIMEOUT, |reply| {
                 TaskTrackerMsg::Create(Box::new(record.clone()), job.clone(), reply)

@@ -24,7 +24,7 @@ use crate::supervisor::{
     ChildRunner, ChildSpec, RestartPolicy, RootSupervisor, RootSupervisorArgs, RuntimeChild, Slot,
 };
 use crate::tracker::{
-    Durable, TaskStore, TaskTracker, TaskTrackerArgs, TaskTrackerHandle, TaskTrackerMsg,
+    Durable, Journal, TaskStore, TaskTracker, TaskTrackerArgs, TaskTrackerHandle, TaskTrackerMsg,
 };
 use crate::volume::{VolumeShared, VolumeStore, VolumeStoreArgs, VolumeStoreMsg, Volumes};
 
@@ -128,7 +128,18 @@ impl RuntimeBuilder {
             .map_err(RuntimeError::Store)?;
         let table = Arc::new(DashMap::new());
         let store = TaskStore::new(data_dir.join("tasks"));
-        let durable = Durable::new(db.clone());
+        let journal_path = data_dir.join("tasks.journal");
+        let (journal, replayed) = {
+            let path = journal_path.clone();
+            tokio::task::spawn_blocking(move || Journal::open(&path))
+                .await
+                .map_err(|e| RuntimeError::Start(e.to_string()))?
+                .map_err(|source| RuntimeError::DataDir {
+                    path: journal_path.clone(),
+                    source,
+                })?
+        };
+        let durable = Durable::new(journal, replayed.jobs.clone());
         store.attach(durable.clone());
         let flusher_stop = CancellationToken::new();
         tokio::spawn(durable.clone().run(store.clone(), flusher_stop.clone()));
@@ -222,7 +233,7 @@ impl RuntimeBuilder {
                 flusher_stop,
             }),
         };
-        runtime.recover().await?;
+        runtime.recover(replayed).await?;
         Ok(runtime)
     }
 }

@@ -1,59 +1,81 @@
-//! Group commit of task records: changes are marked dirty and written in one
-//! database transaction every few milliseconds; a task's creation (with its
-//! job) is acknowledged only once it is on disk.
+//! Group commit of task records to the [journal](super::journal): changes
+//! are marked dirty and appended in one write as soon as the previous write
+//! is done (a burst of changes shares one), and a task's creation (with its
+//! job) is acknowledged only once it is written. A write reaches the OS at
+//! once, which is what a crash of this process needs; at most once a second
+//! (and at shutdown) the journal is also fsynced, which bounds what a crash of
+//! the machine loses.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::journal::{Entry, Journal};
 use super::TaskStore;
-use crate::store::{put, Store, Table, Write};
 use crate::task::TaskId;
 
-/// How long a flush waits to gather more changes.
-const BATCH_WINDOW: Duration = Duration::from_millis(2);
+/// How often the journal is fsynced while it changes.
+const FSYNC_EVERY: Duration = Duration::from_secs(1);
+/// Fewest lines before a compaction is considered.
+const COMPACT_AT: usize = 10_000;
 
 #[derive(Default)]
 struct Pending {
     dirty: HashSet<TaskId>,
-    extra: Vec<Write>,
+    jobs: Vec<(TaskId, Value)>,
     epoch: u64,
 }
 
-/// The writer of task records to the database.
+struct Disk {
+    journal: Journal,
+    /// Open jobs, for compaction.
+    jobs: HashMap<TaskId, Value>,
+    last_fsync: Instant,
+    unsynced: bool,
+}
+
+/// The writer of task records.
 pub(crate) struct Durable {
-    store: Arc<Store>,
+    disk: Arc<Mutex<Disk>>,
     pending: Mutex<Pending>,
     wake: Notify,
     done: watch::Sender<u64>,
 }
 
 impl Durable {
-    pub(crate) fn new(store: Arc<Store>) -> Arc<Durable> {
+    pub(crate) fn new(journal: Journal, jobs: HashMap<TaskId, Value>) -> Arc<Durable> {
         Arc::new(Durable {
-            store,
+            disk: Arc::new(Mutex::new(Disk {
+                journal,
+                jobs,
+                last_fsync: Instant::now(),
+                unsynced: false,
+            })),
             pending: Mutex::default(),
             wake: Notify::new(),
             done: watch::channel(0).0,
         })
     }
 
-    /// Marks a record (and optional extra writes) for the next flush; returns
-    /// that flush's number.
-    pub(crate) fn mark(&self, id: TaskId, extra: Option<Write>) -> u64 {
+    /// Marks a record (and its job, when new) for the next write; returns
+    /// that write's number.
+    pub(crate) fn mark(&self, id: TaskId, job: Option<Value>) -> u64 {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         p.dirty.insert(id);
-        p.extra.extend(extra);
+        if let Some(job) = job {
+            p.jobs.push((id, job));
+        }
         let epoch = p.epoch + 1;
         drop(p);
         self.wake.notify_one();
         epoch
     }
 
-    /// Waits until flush `epoch` is on disk.
+    /// Waits until write `epoch` is done.
     pub(crate) async fn wait(&self, epoch: u64) {
         let mut rx = self.done.subscribe();
         while *rx.borrow_and_update() < epoch {
@@ -63,44 +85,92 @@ impl Durable {
         }
     }
 
-    /// Flushes until `stop`, then once more.
+    /// Writes until `stop`, then once more, fsynced.
     pub(crate) async fn run(self: Arc<Self>, tasks: Arc<TaskStore>, stop: CancellationToken) {
         loop {
             tokio::select! {
                 () = self.wake.notified() => {}
+                () = tokio::time::sleep(FSYNC_EVERY) => {}
                 () = stop.cancelled() => break,
             }
-            tokio::time::sleep(BATCH_WINDOW).await;
-            self.flush(&tasks).await;
+            self.write(&tasks, false).await;
         }
         self.flush(&tasks).await;
     }
 
-    /// Writes everything marked so far.
-    pub(crate) async fn flush(&self, tasks: &TaskStore) {
-        let (dirty, mut writes, epoch) = {
+    /// Writes everything marked so far, fsynced.
+    pub(crate) async fn flush(&self, tasks: &Arc<TaskStore>) {
+        self.write(tasks, true).await;
+    }
+
+    async fn write(&self, tasks: &Arc<TaskStore>, fsync: bool) {
+        let (dirty, jobs, epoch) = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             p.epoch += 1;
             (
                 std::mem::take(&mut p.dirty),
-                std::mem::take(&mut p.extra),
+                std::mem::take(&mut p.jobs),
                 p.epoch,
             )
         };
+        let mut entries: Vec<Entry> = jobs
+            .into_iter()
+            .map(|(id, spec)| Entry::Job(id, spec))
+            .collect();
         for id in dirty {
             if let Some(record) = tasks.records.get(&id).map(|r| r.clone()) {
-                writes.push(put(Table::Tasks, id.to_string(), &record));
-                if record.status.is_terminal() {
-                    writes.push(Write::Delete(Table::Jobs, id.to_string()));
+                let terminal = record.status.is_terminal();
+                entries.push(Entry::Record(Box::new(record)));
+                if terminal {
+                    entries.push(Entry::Done(id));
                 }
             }
         }
-        let store = self.store.clone();
-        let written = tokio::task::spawn_blocking(move || store.apply(writes)).await;
+        let disk = self.disk.clone();
+        let tasks = tasks.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let mut d = disk.lock().unwrap_or_else(|e| e.into_inner());
+            for e in &entries {
+                match e {
+                    Entry::Job(id, spec) => {
+                        d.jobs.insert(*id, spec.clone());
+                    }
+                    Entry::Done(id) => {
+                        d.jobs.remove(id);
+                    }
+                    Entry::Record(_) => {}
+                }
+            }
+            d.journal.append(&entries)?;
+            d.unsynced |= !entries.is_empty();
+            let live = tasks.records.len() + d.jobs.len();
+            if d.journal.lines() > COMPACT_AT.max(4 * live) {
+                let mut snapshot: Vec<Entry> = d
+                    .jobs
+                    .iter()
+                    .map(|(id, s)| Entry::Job(*id, s.clone()))
+                    .collect();
+                snapshot.extend(
+                    tasks
+                        .records
+                        .iter()
+                        .map(|r| Entry::Record(Box::new(r.clone()))),
+                );
+                d.journal.compact(&snapshot)?;
+                d.unsynced = false;
+                d.last_fsync = Instant::now();
+            } else if d.unsynced && (fsync || d.last_fsync.elapsed() >= FSYNC_EVERY) {
+                d.journal.sync()?;
+                d.unsynced = false;
+                d.last_fsync = Instant::now();
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
         match written {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "could not write task records"),
-            Err(e) => tracing::error!(error = %e, "task record writer failed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "could not write the task journal"),
+            Err(e) => tracing::error!(error = %e, "task journal writer failed"),
         }
         self.done.send_replace(epoch);
     }
