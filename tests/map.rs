@@ -346,3 +346,36 @@ async fn streamed_inputs_with_unknown_total() {
     assert!(err.to_string().contains("no task"), "{err}");
     t.rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_random_container_kills_lose_and_duplicate_nothing() {
+    let t = support::start(2).await;
+    let code = "import time\ndef triple(x):\n    time.sleep(0.0002)\n    return x * 3\n";
+    t.rt.deploy_function(FunctionSpec::new("triple", code).retry_policy(fast_retries(10)))
+        .await
+        .unwrap();
+    let n = 20_000u64;
+    let id = t.rt.run_parallel("triple", (0..n).map(|i| json!(i)).collect()).await.unwrap();
+    let mut kills = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while kills < 100 && tokio::time::Instant::now() < deadline {
+        if t.rt.status(id).unwrap().status.is_terminal() {
+            break;
+        }
+        let pids = t.backend.container_pids();
+        if let Some(pid) = pids.get(fastrand::usize(..pids.len().max(1))) {
+            support::kill(*pid, libc::SIGKILL);
+            kills += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5 + fastrand::u64(..20))).await;
+    }
+    let record = t.rt.wait(id, Some(Duration::from_secs(180))).await.unwrap();
+    assert!(kills >= 50, "the map outlived at least 50 kills ({kills})");
+    assert_eq!(record.status, TaskStatus::Completed, "{record:?}");
+    let results = all_results(&t.rt, id, 5000).await;
+    assert_eq!(results.len() as u64, n);
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r, &json!(i as u64 * 3), "slot {i}");
+    }
+    t.rt.shutdown().await;
+}
