@@ -58,6 +58,14 @@ pub enum BackendError {
         /// What went wrong.
         reason: String,
     },
+    /// The function's Python packages could not be installed.
+    #[error("installing {packages} failed: {log}")]
+    Image {
+        /// The requirements.
+        packages: String,
+        /// What the installer said.
+        log: String,
+    },
     /// The backend was shut down.
     #[error("the compute backend is shut down")]
     Closed,

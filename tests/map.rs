@@ -355,7 +355,10 @@ async fn a_hundred_random_container_kills_lose_and_duplicate_nothing() {
         .await
         .unwrap();
     let n = 20_000u64;
-    let id = t.rt.run_parallel("triple", (0..n).map(|i| json!(i)).collect()).await.unwrap();
+    let id =
+        t.rt.run_parallel("triple", (0..n).map(|i| json!(i)).collect())
+            .await
+            .unwrap();
     let mut kills = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while kills < 100 && tokio::time::Instant::now() < deadline {

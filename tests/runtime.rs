@@ -429,3 +429,43 @@ async fn shutdown_leaves_no_python_process_behind() {
     let err = t.rt.spawn("idle", vec![], Map::new()).await.unwrap_err();
     assert!(matches!(err, RuntimeError::ShutDown), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_packages_get_a_cached_environment() {
+    let t = support::start(1).await;
+    let code = "import six\ndef which():\n    return [six.__version__, six.__file__]\n";
+    let spec = |name: &str| {
+        FunctionSpec::new(name, code)
+            .entrypoint("which")
+            .python_package("six==1.16.0")
+    };
+    // Two deploys of the same package set at once build it once.
+    let (a, b) = tokio::join!(
+        t.rt.deploy_function(spec("six_a")),
+        t.rt.deploy_function(spec("six_b"))
+    );
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(t.backend.image_builds(), 1);
+    let out = t.rt.call("six_b", vec![], Map::new()).await.unwrap();
+    assert_eq!(out[0], json!("1.16.0"));
+    let file = out[1].as_str().unwrap();
+    assert!(
+        file.contains("/images/"),
+        "imported from the environment: {file}"
+    );
+    let logs: Vec<_> = std::fs::read_dir(t.dir.path().join("images"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".build.log"))
+        .collect();
+    assert_eq!(logs.len(), 1, "the build log is kept");
+    // A package that does not exist fails the deploy with the installer's words.
+    let bad = FunctionSpec::new("bad_pkg", "def bad_pkg(): pass")
+        .python_package("modal-agents-no-such-package-xyz==0.0.1");
+    let err = t.rt.deploy_function(bad).await.unwrap_err().to_string();
+    assert!(err.contains("modal-agents-no-such-package-xyz"), "{err}");
+    assert!(err.contains("installer exited"), "{err}");
+    assert!(t.rt.function("bad_pkg").is_none());
+    t.rt.shutdown().await;
+}

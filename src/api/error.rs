@@ -194,6 +194,9 @@ impl From<RuntimeError> for Error {
         match e {
             RuntimeError::Spec(e) => e.into(),
             RuntimeError::Secret(e) => e.into(),
+            RuntimeError::Backend(e @ crate::compute::BackendError::Image { .. }) => {
+                Error::invalid("image_config.packages", e.to_string())
+            }
             RuntimeError::UnknownFunction(_) | RuntimeError::UnknownTask(_) => {
                 Error::NotFound(e.to_string())
             }

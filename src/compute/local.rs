@@ -13,6 +13,7 @@
 //! `json.loads(os.environ["MODAL_AGENTS_VOLUMES"])["/data"]`.
 
 mod container;
+mod images;
 mod map;
 mod marshal;
 mod pool;
@@ -88,6 +89,9 @@ pub struct LocalBackend {
     config: LocalConfig,
     runtime_tag: String,
     launcher: OnceCell<Arc<Launcher>>,
+    /// Launchers of interpreters in package environments (no standby).
+    env_launchers: DashMap<PathBuf, Arc<Launcher>>,
+    images: images::Images,
     functions: DashMap<String, Arc<Pool>>,
     calls: DashMap<CallId, Arc<SpawnedCall>>,
     live: Arc<LiveSet>,
@@ -111,6 +115,8 @@ impl LocalBackend {
             config,
             runtime_tag: uuid::Uuid::new_v4().simple().to_string(),
             launcher: OnceCell::new(),
+            env_launchers: DashMap::new(),
+            images: images::Images::default(),
             functions: DashMap::new(),
             calls: DashMap::new(),
             live: Arc::default(),
@@ -155,6 +161,42 @@ impl LocalBackend {
                 }))
             })
             .await
+    }
+
+    /// Python environments built by this backend so far.
+    pub fn image_builds(&self) -> u64 {
+        self.images.builds()
+    }
+
+    /// The launcher for a function: the base one, or one for its package
+    /// environment.
+    async fn launcher_for(&self, packages: &[String]) -> Result<Arc<Launcher>, BackendError> {
+        let base = self.launcher().await?;
+        if packages.is_empty() {
+            return Ok(base.clone());
+        }
+        let root = self.config.work_dir.with_file_name("images");
+        let python = self
+            .images
+            .python_for(&root, &base.python, packages)
+            .await?;
+        Ok(self
+            .env_launchers
+            .entry(python.clone())
+            .or_insert_with(|| {
+                Arc::new(Launcher {
+                    python,
+                    runtime_tag: base.runtime_tag.clone(),
+                    base_env: base.base_env.clone(),
+                    cwd: base.cwd.clone(),
+                    live: self.live.clone(),
+                    standby_target: 0,
+                    standby: std::sync::Mutex::new(Vec::new()),
+                    refilling: AtomicBool::new(false),
+                    closed: AtomicBool::new(false),
+                })
+            })
+            .clone())
     }
 
     fn pool(&self, function: &str) -> Result<Arc<Pool>, BackendError> {
@@ -295,8 +337,8 @@ impl ComputeBackend for LocalBackend {
         if self.shutdown.is_cancelled() {
             return Err(BackendError::Closed);
         }
-        let launcher = self.launcher().await?.clone();
         let spec = d.spec.clone();
+        let launcher = self.launcher_for(&spec.image.python_packages).await?;
         let cwd = self.config.work_dir.join(&spec.name);
         tokio::fs::create_dir_all(&cwd).await?;
         let load_frame = load_request(&spec, &function_env(&d), &cwd);
