@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::spec::{FunctionSpec, SpecError};
 use crate::task::TaskError;
 
-pub use local::{LocalBackend, LocalConfig};
+pub use local::{GpuDevice, GpuUse, LocalBackend, LocalConfig, Usage};
 
 /// A backend's own id for a spawned call.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -204,6 +204,17 @@ pub trait ComputeBackend: Send + Sync + 'static {
 
     /// What this backend can run.
     fn capacity(&self) -> Capacity;
+
+    /// Whether a container of `spec` can ever run here; the error names the
+    /// resource, what was asked and what exists.
+    async fn check_resources(&self, _spec: &FunctionSpec) -> Result<(), SpecError> {
+        Ok(())
+    }
+
+    /// What is in use and queued now, when the backend tracks it.
+    fn usage(&self) -> Option<Usage> {
+        None
+    }
 
     /// Deploys (or redeploys) a function. Code errors come back as
     /// [`BackendError::Code`].

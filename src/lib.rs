@@ -63,10 +63,12 @@ pub use agents::{
 };
 pub use compute::{
     BackendError, CallContext, CallId, CallOutcome, Capacity, ComputeBackend, Deployment,
-    LocalBackend, LocalConfig, LogSink, LogStream, MapItem, MapMeter,
+    GpuDevice, GpuUse, LocalBackend, LocalConfig, LogSink, LogStream, MapItem, MapMeter, Usage,
 };
 pub use registry::FunctionInfo;
-pub use runtime::{Runtime, RuntimeBuilder, RuntimeError, DEFAULT_DATA_DIR, MAX_RESULTS_PAGE};
+pub use runtime::{
+    ResourceReport, Runtime, RuntimeBuilder, RuntimeError, DEFAULT_DATA_DIR, MAX_RESULTS_PAGE,
+};
 pub use secrets::{SecretError, SecretStore};
 pub use spec::{
     FunctionSpec, GpuRequest, GpuSpec, GpuType, ImageSpec, Resources, RetryPolicy, SeedVolumes,

@@ -469,3 +469,113 @@ async fn python_packages_get_a_cached_environment() {
     assert!(t.rt.function("bad_pkg").is_none());
     t.rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_are_checked_assigned_and_reported() {
+    // No GPU here: a GPU function is refused naming what was asked and what exists.
+    let t = support::start_with_gpus(1, vec![]).await;
+    let err =
+        t.rt.deploy_function(
+            FunctionSpec::new("train", "def train(): pass").gpu("A100:2".parse().unwrap()),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("A100:2") && err.contains("no GPU"), "{err}");
+    let cores = t.rt.capacity().cpus;
+    let err =
+        t.rt.deploy_function(FunctionSpec::new("big", "def big(): pass").cpu(cores + 1.0))
+            .await
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains("resources.cpu") && err.contains(&format!("this machine has {cores}")),
+        "{err}"
+    );
+    let err =
+        t.rt.request_compute_resources(cores * 4.0, 1.0, 60)
+            .await
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("resources.cpu"), "{err}");
+    t.rt.request_compute_resources(0.5, 0.5, 60).await.unwrap();
+    t.rt.shutdown().await;
+
+    // Two declared GPUs: containers get their own device through CUDA_VISIBLE_DEVICES.
+    let gpus = vec![
+        modal_agents::GpuDevice {
+            index: 0,
+            name: "Tesla T4".into(),
+        },
+        modal_agents::GpuDevice {
+            index: 1,
+            name: "Tesla T4".into(),
+        },
+    ];
+    let t = support::start_with_gpus(2, gpus).await;
+    let code = "import os, time\ndef dev(s):\n    time.sleep(s)\n    return os.environ.get('CUDA_VISIBLE_DEVICES')\n";
+    t.rt.deploy_function(
+        FunctionSpec::new("dev", code)
+            .gpu("T4".parse().unwrap())
+            .max_concurrency(2),
+    )
+    .await
+    .unwrap();
+    let a =
+        t.rt.spawn("dev", vec![json!(0.3)], Map::new())
+            .await
+            .unwrap();
+    let b =
+        t.rt.spawn("dev", vec![json!(0.3)], Map::new())
+            .await
+            .unwrap();
+    let rt = t.rt.clone();
+    support::eventually(Duration::from_secs(20), "both GPUs in use", move || {
+        let rt = rt.clone();
+        async move {
+            rt.resources()
+                .usage
+                .is_some_and(|u| u.gpus.iter().all(|g| g.in_use))
+        }
+    })
+    .await;
+    let mut devices = vec![
+        t.rt.wait(a, None).await.unwrap().result.unwrap(),
+        t.rt.wait(b, None).await.unwrap().result.unwrap(),
+    ];
+    devices.sort_by_key(|d| d.to_string());
+    assert_eq!(
+        devices,
+        [json!("0"), json!("1")],
+        "each container has its own GPU"
+    );
+    let report = t.rt.resources();
+    let usage = report.usage.unwrap();
+    assert_eq!(report.capacity.gpus, ["Tesla T4", "Tesla T4"]);
+    assert!(
+        usage.cpu_used > 0.0 && usage.memory_used_mib >= 128,
+        "{usage:?}"
+    );
+    let seed =
+        t.rt.request_gpu_resources("T4", 1, Some("dev"))
+            .await
+            .unwrap();
+    assert_eq!(seed["status"], "allocated");
+    let err =
+        t.rt.request_gpu_resources("H100", 1, None)
+            .await
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("Tesla T4"), "names what exists: {err}");
+    t.rt.create_volume("models").await.unwrap();
+    assert!(t
+        .rt
+        .volumes()
+        .list_volumes()
+        .contains(&"models".to_string()));
+    t.rt.secrets().set("hf", [("HF_TOKEN", "t")]).unwrap();
+    let info = t.rt.mount_secrets(&["hf".into()], "dev").await.unwrap();
+    assert_eq!(info.spec.secrets, ["hf"]);
+    assert!(t.rt.mount_secrets(&["nope".into()], "dev").await.is_err());
+    t.rt.shutdown().await;
+}

@@ -110,8 +110,10 @@ pub(crate) async fn resources(State(state): State<ApiState>) -> Json<Value> {
                 .map(|g| json!({"function": f.function_name, "gpu": g}))
         })
         .collect();
+    let report = rt.resources();
     Json(json!({
-        "capacity": rt.capacity(),
+        "capacity": report.capacity,
+        "usage": report.usage,
         "functions": rt.functions().len(),
         "gpu_requests": gpu_functions,
         "tasks": tasks,

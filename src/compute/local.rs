@@ -12,6 +12,7 @@
 //! variable, a JSON object from mount path to host directory:
 //! `json.loads(os.environ["MODAL_AGENTS_VOLUMES"])["/data"]`.
 
+mod budget;
 mod container;
 mod images;
 mod map;
@@ -34,9 +35,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::budget::Budget;
 use self::container::{Launcher, LiveSet, StartError};
 use self::pool::{cancelled_error, Pool};
-use self::protocol::{call_request, decode_call_reply, load_request, Output};
+use self::protocol::{call_request, decode_call_reply, Output};
+
+pub use self::budget::{GpuDevice, GpuUse, Usage};
 use super::{
     BackendError, CallContext, CallId, CallOutcome, Capacity, ComputeBackend, Deployment, LogSink,
     LogStream, MapItem,
@@ -60,6 +64,8 @@ pub struct LocalConfig {
     /// How long a map batch should take; batch sizes adapt towards it
     /// (default 20 ms).
     pub target_batch: Duration,
+    /// The GPUs containers may use (default: what `nvidia-smi` lists).
+    pub gpus: Option<Vec<GpuDevice>>,
     /// Blank containers (interpreter started, no code loaded) kept ready so a
     /// deploy, or a pool growing under load, skips the interpreter's start-up
     /// (default 1; 0 disables).
@@ -75,6 +81,7 @@ impl Default for LocalConfig {
             max_batch: 16_384,
             target_batch: Duration::from_millis(20),
             standby: 1,
+            gpus: None,
         }
     }
 }
@@ -89,6 +96,7 @@ pub struct LocalBackend {
     config: LocalConfig,
     runtime_tag: String,
     launcher: OnceCell<Arc<Launcher>>,
+    budget: OnceCell<Arc<Budget>>,
     /// Launchers of interpreters in package environments (no standby).
     env_launchers: DashMap<PathBuf, Arc<Launcher>>,
     images: images::Images,
@@ -115,6 +123,7 @@ impl LocalBackend {
             config,
             runtime_tag: uuid::Uuid::new_v4().simple().to_string(),
             launcher: OnceCell::new(),
+            budget: OnceCell::new(),
             env_launchers: DashMap::new(),
             images: images::Images::default(),
             functions: DashMap::new(),
@@ -159,6 +168,18 @@ impl LocalBackend {
                     refilling: AtomicBool::new(false),
                     closed: AtomicBool::new(false),
                 }))
+            })
+            .await
+    }
+
+    async fn budget(&self) -> &Arc<Budget> {
+        self.budget
+            .get_or_init(|| async {
+                let gpus = match &self.config.gpus {
+                    Some(g) => g.clone(),
+                    None => budget::detect_gpus().await,
+                };
+                Budget::new(cores(), total_memory_mib(), gpus)
             })
             .await
     }
@@ -326,11 +347,26 @@ impl ComputeBackend for LocalBackend {
     fn capacity(&self) -> Capacity {
         Capacity {
             backend: "local".into(),
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
+            cpus: cores(),
             memory_mib: total_memory_mib(),
-            gpus: Vec::new(),
+            gpus: self
+                .budget
+                .get()
+                .map(|b| b.devices().into_iter().map(|d| d.name).collect())
+                .unwrap_or_default(),
             default_pool_size: self.config.pool_size,
         }
+    }
+
+    async fn check_resources(
+        &self,
+        spec: &crate::spec::FunctionSpec,
+    ) -> Result<(), crate::spec::SpecError> {
+        self.budget().await.check(spec)
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.budget.get().map(|b| b.usage())
     }
 
     async fn deploy(&self, d: Deployment) -> Result<(), BackendError> {
@@ -341,12 +377,20 @@ impl ComputeBackend for LocalBackend {
         let launcher = self.launcher_for(&spec.image.python_packages).await?;
         let cwd = self.config.work_dir.join(&spec.name);
         tokio::fs::create_dir_all(&cwd).await?;
-        let load_frame = load_request(&spec, &function_env(&d), &cwd);
+        let budget = self.budget().await.clone();
+        budget.check(&spec)?;
         let size = spec
             .max_concurrency
             .map_or(self.config.pool_size, |n| n as usize)
             .max(1);
-        let pool = Arc::new(Pool::new(spec.clone(), load_frame, size, launcher));
+        let pool = Arc::new(Pool::new(
+            spec.clone(),
+            function_env(&d),
+            cwd,
+            size,
+            launcher,
+            budget,
+        ));
         let warm = if d.warm { pool.warm_up().await } else { Ok(()) };
         warm.map_err(|e| match e {
             StartError::Code(e) => BackendError::Code(e),
@@ -481,6 +525,10 @@ impl ComputeBackend for LocalBackend {
         }
         self.live.kill_all_and_wait(Duration::from_secs(10)).await;
     }
+}
+
+fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
 }
 
 fn total_memory_mib() -> u64 {

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use modal_agents::{LocalBackend, LocalConfig, Runtime};
+use modal_agents::{GpuDevice, LocalBackend, LocalConfig, Runtime};
 use tempfile::TempDir;
 
 /// A runtime with a local backend of `pool_size` containers per function,
@@ -17,11 +17,26 @@ pub struct TestRuntime {
     pub dir: TempDir,
 }
 
+/// The runtime tests use: `pool_size` containers per function, and one
+/// declared T4 at index 0 (so GPU functions deploy on machines without one;
+/// containers of such functions get `CUDA_VISIBLE_DEVICES=0`).
 pub async fn start(pool_size: usize) -> TestRuntime {
+    start_with_gpus(
+        pool_size,
+        vec![GpuDevice {
+            index: 0,
+            name: "Tesla T4".into(),
+        }],
+    )
+    .await
+}
+
+pub async fn start_with_gpus(pool_size: usize, gpus: Vec<GpuDevice>) -> TestRuntime {
     let dir = tempfile::tempdir().expect("temp dir");
     let backend = Arc::new(LocalBackend::new(LocalConfig {
         pool_size,
         work_dir: dir.path().join("containers"),
+        gpus: Some(gpus),
         ..LocalConfig::default()
     }));
     let rt = Runtime::builder()

@@ -200,6 +200,8 @@ pub(crate) struct Container {
     pub(crate) busy: bool,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     live: Arc<LiveSet>,
+    /// The resources it holds, given back when it goes.
+    reservation: Option<super::budget::Reservation>,
 }
 
 impl Launcher {
@@ -249,11 +251,17 @@ impl Launcher {
             busy: false,
             stderr_tail,
             live: live.clone(),
+            reservation: None,
         })
     }
 }
 
 impl Container {
+    /// Attaches the resources this container holds.
+    pub(crate) fn hold(&mut self, reservation: super::budget::Reservation) {
+        self.reservation = Some(reservation);
+    }
+
     /// Waits until a blank container's harness answers.
     async fn ping(&mut self) -> Result<(), StartError> {
         self.request(&ping_request(), Duration::from_secs(60))

@@ -7,7 +7,12 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::budget::Budget;
 use super::container::{Container, Failure, Launcher, StartError};
+use super::protocol::load_request;
 use crate::spec::FunctionSpec;
 use crate::task::TaskError;
 
@@ -15,9 +20,13 @@ use crate::task::TaskError;
 #[derive(Debug)]
 pub(crate) struct Pool {
     pub(crate) spec: FunctionSpec,
-    load_frame: Vec<u8>,
+    env: BTreeMap<String, String>,
+    cwd: PathBuf,
     launcher: Arc<Launcher>,
+    budget: Arc<Budget>,
     idle: Mutex<Vec<Container>>,
+    /// Signalled when a container comes back idle.
+    returned: tokio::sync::Notify,
     slots: Arc<Semaphore>,
     /// Most containers running at once.
     pub(crate) size: usize,
@@ -36,26 +45,56 @@ pub(crate) struct Lease {
 impl Pool {
     pub(crate) fn new(
         spec: FunctionSpec,
-        load_frame: Vec<u8>,
+        env: BTreeMap<String, String>,
+        cwd: PathBuf,
         size: usize,
         launcher: Arc<Launcher>,
+        budget: Arc<Budget>,
     ) -> Pool {
         Pool {
             spec,
-            load_frame,
+            env,
+            cwd,
             launcher,
+            budget,
             idle: Mutex::new(Vec::new()),
+            returned: tokio::sync::Notify::new(),
             slots: Arc::new(Semaphore::new(size)),
             size,
             closed: AtomicBool::new(false),
         }
     }
 
-    /// Starts one container now (checking the code) and keeps it warm.
+    /// Starts one container now, checking the code, and keeps it warm. When
+    /// the resources are taken (by this function's previous deployment, say)
+    /// the check runs in a container that is dropped right after, and the
+    /// pool starts its containers on demand.
     pub(crate) async fn warm_up(&self) -> Result<(), StartError> {
-        let container = self.launcher.start(&self.load_frame).await?;
-        self.idle.lock().expect("pool poisoned").push(container);
+        match self.budget.try_reserve(&self.spec) {
+            Some(reservation) => {
+                let container = self.launch(reservation).await?;
+                self.idle.lock().expect("pool poisoned").push(container);
+            }
+            None => {
+                let frame = load_request(&self.spec, &self.env, &self.cwd);
+                drop(self.launcher.start(&frame).await?);
+            }
+        }
         Ok(())
+    }
+
+    async fn launch(
+        &self,
+        reservation: super::budget::Reservation,
+    ) -> Result<Container, StartError> {
+        let mut env = self.env.clone();
+        if let Some(devices) = reservation.cuda_visible_devices() {
+            env.insert("CUDA_VISIBLE_DEVICES".into(), devices);
+        }
+        let frame = load_request(&self.spec, &env, &self.cwd);
+        let mut container = self.launcher.start(&frame).await?;
+        container.hold(reservation);
+        Ok(container)
     }
 
     /// Checks out a container, starting one if none is idle. Waits while the
@@ -68,18 +107,29 @@ impl Pool {
             p = self.slots.clone().acquire_owned() => p.map_err(|_| closed_error())?,
             () = cancel.cancelled() => return Err(cancelled_error()),
         };
-        let idle = self.idle.lock().expect("pool poisoned").pop();
-        let container = match idle {
-            Some(c) => c,
-            None => {
-                let start = self.launcher.start(&self.load_frame);
-                tokio::select! {
-                    started = start => started.map_err(|e| match e {
-                        StartError::Code(e) => TaskError::new("ContainerStartFailed", e.to_string()),
-                        StartError::Failed(why) => TaskError::new("ContainerStartFailed", why),
-                    })?,
-                    () = cancel.cancelled() => return Err(cancelled_error()),
+        let start_failed = |e| match e {
+            StartError::Code(e) => TaskError::new("ContainerStartFailed", e.to_string()),
+            StartError::Failed(why) => TaskError::new("ContainerStartFailed", why),
+        };
+        // Take an idle container, or start one once resources allow; a
+        // container coming back idle meanwhile wins over waiting.
+        let container = loop {
+            let returned = self.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(c) = self.idle.lock().expect("pool poisoned").pop() {
+                break c;
+            }
+            tokio::select! {
+                reserved = self.budget.reserve(&self.spec) => {
+                    let reservation = reserved.map_err(|why| TaskError::new("ContainerStartFailed", why))?;
+                    tokio::select! {
+                        started = self.launch(reservation) => break started.map_err(start_failed)?,
+                        () = cancel.cancelled() => return Err(cancelled_error()),
+                    }
                 }
+                () = &mut returned => continue,
+                () = cancel.cancelled() => return Err(cancelled_error()),
             }
         };
         Ok(Lease {
@@ -139,6 +189,7 @@ impl Drop for Lease {
         if let Some(c) = self.container.take() {
             if !c.busy && !self.pool.closed.load(Ordering::SeqCst) {
                 self.pool.idle.lock().expect("pool poisoned").push(c);
+                self.pool.returned.notify_one();
             }
         }
     }
