@@ -101,3 +101,29 @@ pub fn kill(pid: u32, signal: i32) {
         libc::kill(pid as i32, signal);
     }
 }
+
+/// Starts `modal-agents serve` (the built binary `bin`) on 127.0.0.1:0 over
+/// `data_dir` with `token`; returns the child and the URL it printed.
+pub fn serve(bin: &str, data_dir: &std::path::Path, token: &str) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(bin)
+        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("MODAL_AGENTS_TOKEN", token)
+        .env("RUST_LOG", "warn")
+        .env_remove("MODAL_AGENTS_ADDR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the server starts");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("the server prints its address");
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_owned();
+    (child, url)
+}
