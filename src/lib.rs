@@ -16,7 +16,12 @@
 //!   `python3` containers running a harness shipped in the crate).
 //! - `secrets`: the [`SecretStore`] functions draw environment variables from.
 //! - `supervisor`: the root supervisor and its [`RestartPolicy`]; `registry`,
-//!   `tracker` and `dispatcher` are its children (actors with handles).
+//!   `tracker` (task records, journal, map results), `dispatcher`, `volume`
+//!   ([`Volumes`]: versioned state, files, watches) and `agents`
+//!   ([`Agents`]: master, worker, codegen, repo-creator) are its children.
+//! - `store`: the redb database of functions and secrets.
+//! - `tools`: the seed's agent tools with JSON Schemas ([`Tools`]).
+//! - [`api`]: the axum HTTP service; [`client`]: its typed client.
 //!
 //! ## Example
 //!

@@ -468,7 +468,7 @@ fn check_value(key: &str, value: &Value) -> Result<(), VolumeError> {
 }
 
 /// A cloneable handle to the volumes. State operations are linearizable and
-/// durable when they return; see the [module docs](self) for the semantics.
+/// durable when they return; see the module docs for the semantics.
 #[derive(Clone)]
 pub struct Volumes {
     slot: Slot<VolumeStoreMsg>,

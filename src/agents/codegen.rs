@@ -69,7 +69,7 @@ pub struct CodegenTask {
     /// The language.
     #[serde(default)]
     pub language: Language,
-    /// The generator's input (see the [module docs](self)).
+    /// The generator's input (see the module docs).
     #[serde(default)]
     pub spec: Value,
 }

@@ -1,6 +1,6 @@
 //! The local backend: warm `python3` containers on this machine.
 //!
-//! Each deployed function gets a [pool](pool) of containers, each a `python3`
+//! Each deployed function gets a pool of containers, each a `python3`
 //! process running the harness shipped in this crate, which loads the code once
 //! and then serves calls and map batches over framed JSON on its stdin/stdout.
 //! Containers run in their own process group with a clean environment (only
@@ -91,7 +91,7 @@ struct SpawnedCall {
     handle: AsyncMutex<Option<JoinHandle<CallOutcome>>>,
 }
 
-/// Runs functions in warm local `python3` containers. See the [module docs](self).
+/// Runs functions in warm local `python3` containers. See the module docs.
 pub struct LocalBackend {
     config: LocalConfig,
     runtime_tag: String,

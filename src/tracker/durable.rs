@@ -1,4 +1,4 @@
-//! Group commit of task records to the [journal](super::journal): changes
+//! Group commit of task records to the journal: changes
 //! are marked dirty and appended in one write as soon as the previous write
 //! is done (a burst of changes shares one), and a task's creation (with its
 //! job) is acknowledged only once it is written. A write reaches the OS at
