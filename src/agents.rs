@@ -393,6 +393,31 @@ impl fmt::Debug for Agents {
 }
 
 impl Agents {
+    /// Starts agent `id` of `kind`, an actor made by `make` from `args`,
+    /// publishing its ref (across restarts) through `publish`.
+    pub(crate) async fn start<A>(
+        &self,
+        id: &str,
+        kind: AgentKind,
+        publish: tokio::sync::watch::Sender<Option<ActorRef<A::Msg>>>,
+        make: fn() -> A,
+        args: A::Arguments,
+        panic_msg: fn() -> A::Msg,
+    ) -> Result<(), AgentError>
+    where
+        A: Actor,
+        A::Arguments: Clone + Sync,
+    {
+        let runner = crate::supervisor::ChildRunner {
+            label: id.to_owned(),
+            make,
+            args,
+            publish,
+            panic_msg,
+        };
+        self.register(id, kind, Box::new(runner)).await
+    }
+
     /// Starts an agent under the agent supervisor.
     pub(crate) async fn register(
         &self,

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use modal_agents::{
-    AgentError, AgentEvent, AgentTask, MasterConfig, RestartPolicy, Runtime, RuntimeChild,
-    WorkerHandle,
+    AgentError, AgentEvent, AgentTask, MasterConfig, Runtime, RuntimeChild, WorkerHandle,
 };
 use serde_json::json;
 
@@ -256,18 +255,7 @@ async fn agent_supervisor_restart_brings_agents_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ids_policy_and_give_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = Runtime::builder()
-        .data_dir(dir.path())
-        .pool_size(1)
-        .restart_policy(RestartPolicy {
-            max_restarts: 1,
-            window: Duration::from_secs(60),
-            backoff: Duration::from_millis(1),
-        })
-        .start()
-        .await
-        .unwrap();
+    let (rt, _dir) = support::start_strict().await;
     let agents = rt.agents();
     let err = agents.spawn_worker("bad id").await.unwrap_err();
     assert!(matches!(err, AgentError::Id(_)), "{err:?}");

@@ -5,9 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use modal_agents::{
-    FunctionSpec, RestartPolicy, Runtime, RuntimeChild, RuntimeError, SpecError, TaskStatus,
-};
+use modal_agents::{FunctionSpec, RuntimeChild, RuntimeError, SpecError, TaskStatus};
 use serde_json::{json, Map, Value};
 
 fn kwargs(v: Value) -> Map<String, Value> {
@@ -349,18 +347,7 @@ async fn panicking_children_are_restarted_without_losing_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_intensity_exceeded_escalates() {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = Runtime::builder()
-        .data_dir(dir.path())
-        .pool_size(1)
-        .restart_policy(RestartPolicy {
-            max_restarts: 1,
-            window: Duration::from_secs(60),
-            backoff: Duration::from_millis(1),
-        })
-        .start()
-        .await
-        .unwrap();
+    let (rt, _dir) = support::start_strict().await;
     rt.inject_fault(RuntimeChild::Tracker);
     let probe = rt.clone();
     support::eventually(Duration::from_secs(10), "first restart", move || {

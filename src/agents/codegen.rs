@@ -33,7 +33,7 @@ use serde_json::{json, Map, Value};
 use super::{AgentError, AgentKind, Agents};
 use crate::runtime::Runtime;
 use crate::spec::FunctionSpec;
-use crate::supervisor::{ChildRunner, Slot};
+use crate::supervisor::Slot;
 
 /// What a component is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -483,20 +483,20 @@ impl Agents {
         crate::spec::validate_object_name("volume", volume)?;
         ensure_checker(&self.runtime).await?;
         let (slot, publish) = Slot::new(format!("codegen agent {id}"));
-        let runner = ChildRunner {
-            label: id.to_owned(),
-            make: || CodegenAgent,
-            args: CodegenAgentArgs {
+        self.start(
+            id,
+            AgentKind::Codegen,
+            publish,
+            || CodegenAgent,
+            CodegenAgentArgs {
                 id: id.to_owned(),
                 runtime: self.runtime.clone(),
                 generator,
                 volume: volume.to_owned(),
             },
-            publish,
-            panic_msg: || CodegenAgentMsg::InjectPanic,
-        };
-        self.register(id, AgentKind::Codegen, Box::new(runner))
-            .await?;
+            || CodegenAgentMsg::InjectPanic,
+        )
+        .await?;
         Ok(CodegenHandle {
             id: id.to_owned(),
             slot,

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use super::{AgentError, AgentKind, AgentTask, Agents, WorkerHandle};
 use crate::runtime::Runtime;
-use crate::supervisor::{ChildRunner, Slot};
+use crate::supervisor::Slot;
 
 /// How a master runs jobs.
 #[derive(Debug, Clone)]
@@ -560,17 +560,17 @@ impl Agents {
             jobs: Mutex::new(HashMap::new()),
             slot,
         });
-        let runner = ChildRunner {
-            label: id.to_owned(),
-            make: || Master,
-            args: MasterArgs {
+        self.start(
+            id,
+            AgentKind::Master,
+            publish,
+            || Master,
+            MasterArgs {
                 shared: shared.clone(),
             },
-            publish,
-            panic_msg: || MasterMsg::InjectPanic,
-        };
-        self.register(id, AgentKind::Master, Box::new(runner))
-            .await?;
+            || MasterMsg::InjectPanic,
+        )
+        .await?;
         Ok(MasterHandle { shared })
     }
 }

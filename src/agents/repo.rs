@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use super::{AgentError, AgentKind, Agents};
 use crate::runtime::Runtime;
-use crate::supervisor::{ChildRunner, Slot};
+use crate::supervisor::Slot;
 use crate::volume::VolumeError;
 
 /// Most bytes of all files of one repository (100 MiB).
@@ -459,19 +459,19 @@ impl Agents {
         super::validate_agent_id(id)?;
         crate::spec::validate_object_name("volume", &config.volume)?;
         let (slot, publish) = Slot::new(format!("repo creator {id}"));
-        let runner = ChildRunner {
-            label: id.to_owned(),
-            make: || RepoCreator,
-            args: RepoCreatorArgs {
+        self.start(
+            id,
+            AgentKind::RepoCreator,
+            publish,
+            || RepoCreator,
+            RepoCreatorArgs {
                 id: id.to_owned(),
                 runtime: self.runtime.clone(),
                 config,
             },
-            publish,
-            panic_msg: || RepoCreatorMsg::InjectPanic,
-        };
-        self.register(id, AgentKind::RepoCreator, Box::new(runner))
-            .await?;
+            || RepoCreatorMsg::InjectPanic,
+        )
+        .await?;
         Ok(RepoCreatorHandle {
             id: id.to_owned(),
             slot,

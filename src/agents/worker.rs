@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use super::{AgentError, AgentKind, Agents};
 use crate::runtime::Runtime;
 use crate::spec::FunctionSpec;
-use crate::supervisor::{ChildError, ChildRunner, Slot};
+use crate::supervisor::{ChildError, Slot};
 
 /// A task for a worker, in the seed's shape: `{"type": ..., "data": ...}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -288,19 +288,19 @@ impl Agents {
         ensure_builtins(&self.runtime).await?;
         builtin_handlers(&self.shared.handlers);
         let (slot, publish) = Slot::new(format!("worker {id}"));
-        let runner = ChildRunner {
-            label: id.to_owned(),
-            make: || Worker,
-            args: WorkerArgs {
+        self.start(
+            id,
+            AgentKind::Worker,
+            publish,
+            || Worker,
+            WorkerArgs {
                 id: id.to_owned(),
                 runtime: self.runtime.clone(),
                 handlers: self.shared.handlers.clone(),
             },
-            publish,
-            panic_msg: || WorkerMsg::InjectPanic,
-        };
-        self.register(id, AgentKind::Worker, Box::new(runner))
-            .await?;
+            || WorkerMsg::InjectPanic,
+        )
+        .await?;
         Ok(WorkerHandle {
             id: id.to_owned(),
             slot,

@@ -127,3 +127,21 @@ pub fn serve(bin: &str, data_dir: &std::path::Path, token: &str) -> (std::proces
         .to_owned();
     (child, url)
 }
+
+/// A runtime whose supervisor allows one restart a minute (to reach
+/// escalation and give-up paths quickly); keep the temp dir alive with it.
+pub async fn start_strict() -> (Runtime, TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rt = Runtime::builder()
+        .data_dir(dir.path())
+        .pool_size(1)
+        .restart_policy(modal_agents::RestartPolicy {
+            max_restarts: 1,
+            window: Duration::from_secs(60),
+            backoff: Duration::from_millis(1),
+        })
+        .start()
+        .await
+        .expect("runtime starts");
+    (rt, dir)
+}
