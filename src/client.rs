@@ -93,6 +93,9 @@ pub struct DeployRequest {
     /// Memory in MiB.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<u64>,
+    /// Limits on each container.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<crate::Limits>,
 }
 
 impl DeployRequest {

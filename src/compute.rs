@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::spec::{FunctionSpec, SpecError};
 use crate::task::TaskError;
 
-pub use local::{GpuDevice, GpuUse, LocalBackend, LocalConfig, Usage};
+pub use local::{GpuDevice, GpuUse, LocalBackend, LocalConfig, SandboxMode, Usage};
 
 /// A backend's own id for a spawned call.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -66,6 +66,9 @@ pub enum BackendError {
         /// What the installer said.
         log: String,
     },
+    /// Containers must run sandboxed and cannot be.
+    #[error("{0}")]
+    Sandbox(String),
     /// The backend was shut down.
     #[error("the compute backend is shut down")]
     Closed,
@@ -204,6 +207,13 @@ pub trait ComputeBackend: Send + Sync + 'static {
 
     /// What this backend can run.
     fn capacity(&self) -> Capacity;
+
+    /// Checks, once at runtime start, what the backend needs before any
+    /// deploy (a required sandbox, say), so a misconfiguration stops the
+    /// start with a clear error rather than failing every deploy later.
+    async fn start(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
 
     /// Whether a container of `spec` can ever run here; the error names the
     /// resource, what was asked and what exists.

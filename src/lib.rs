@@ -68,7 +68,8 @@ pub use agents::{
 };
 pub use compute::{
     BackendError, CallContext, CallId, CallOutcome, Capacity, ComputeBackend, Deployment,
-    GpuDevice, GpuUse, LocalBackend, LocalConfig, LogSink, LogStream, MapItem, MapMeter, Usage,
+    GpuDevice, GpuUse, LocalBackend, LocalConfig, LogSink, LogStream, MapItem, MapMeter,
+    SandboxMode, Usage,
 };
 pub use registry::FunctionInfo;
 pub use runtime::{
@@ -76,8 +77,8 @@ pub use runtime::{
 };
 pub use secrets::{SecretError, SecretStore};
 pub use spec::{
-    FunctionSpec, GpuRequest, GpuSpec, GpuType, ImageSpec, Resources, RetryPolicy, SeedVolumes,
-    SpecError, DEFAULT_TIMEOUT_S, GPU_TYPES,
+    FunctionSpec, GpuRequest, GpuSpec, GpuType, ImageSpec, Limits, Resources, RetryPolicy,
+    SeedVolumes, SpecError, DEFAULT_TIMEOUT_S, GPU_TYPES,
 };
 pub use store::StoreError;
 pub use supervisor::{ChildError, RestartPolicy, RuntimeChild};

@@ -6,6 +6,7 @@
 //! with line and column, a missing function) happen at deploy, in a container.
 
 mod gpu;
+mod limits;
 mod retry;
 mod seed;
 
@@ -14,6 +15,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use gpu::{GpuRequest, GpuSpec, GpuType, GPU_TYPES};
+pub use limits::Limits;
 pub use retry::RetryPolicy;
 pub use seed::SeedVolumes;
 pub(crate) use seed::{seed_field, SeedDeploy};
@@ -169,6 +171,14 @@ pub struct FunctionSpec {
     /// backend's pool size, the number of cores for the local backend).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
+    /// Limits on each container: address space, CPU time, open files, file
+    /// size, processes, network (default: [`Limits::default`]).
+    #[serde(default, skip_serializing_if = "is_default_limits")]
+    pub limits: Limits,
+}
+
+fn is_default_limits(limits: &Limits) -> bool {
+    *limits == Limits::default()
 }
 
 impl FunctionSpec {
@@ -185,7 +195,14 @@ impl FunctionSpec {
             secrets: Vec::new(),
             volumes: BTreeMap::new(),
             max_concurrency: None,
+            limits: Limits::default(),
         }
+    }
+
+    /// Sets the container limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Sets the Python function to call.
@@ -307,6 +324,7 @@ impl FunctionSpec {
             validate_object_name(&format!("secrets[{i}]"), s)?;
         }
         validate_volumes(&self.volumes)?;
+        self.limits.validate()?;
         if let Some(n) = self.max_concurrency {
             if !(1..=1000).contains(&n) {
                 return Err(SpecError::invalid(

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::runtime::{Runtime, RuntimeError};
-use crate::spec::{seed_field, SeedDeploy, SeedVolumes, SpecError};
+use crate::spec::{seed_field, Limits, SeedDeploy, SeedVolumes, SpecError};
 use crate::task::TaskStatus;
 use crate::volume::VolumeError;
 
@@ -112,6 +112,8 @@ struct DeployArgs {
     cpu: Option<f64>,
     #[serde(default)]
     memory: Option<u64>,
+    #[serde(default)]
+    limits: Option<Limits>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -236,7 +238,16 @@ impl Tools {
                         "retries": {"type": "integer", "minimum": 0, "maximum": 10},
                         "max_concurrency": {"type": "integer", "minimum": 1, "maximum": 1000},
                         "cpu": {"type": "number", "exclusiveMinimum": 0},
-                        "memory": {"type": "integer", "minimum": 128, "description": "MiB"}
+                        "memory": {"type": "integer", "minimum": 128, "description": "MiB"},
+                        "limits": {"type": "object", "additionalProperties": false,
+                                   "description": "limits on each container; network is off in the local sandbox unless true",
+                                   "properties": {
+                                       "memory_mib": {"type": "integer", "minimum": 128},
+                                       "cpu_s": {"type": "integer", "minimum": 1, "maximum": 86400},
+                                       "open_files": {"type": "integer", "minimum": 16},
+                                       "file_size_mib": {"type": "integer", "minimum": 1},
+                                       "processes": {"type": "integer", "minimum": 4, "maximum": 65536},
+                                       "network": {"type": "boolean"}}}
                     },
                     "required": ["function_code", "function_name"],
                     "additionalProperties": false
@@ -337,6 +348,7 @@ impl Tools {
             max_concurrency: a.max_concurrency,
             cpu: a.cpu,
             memory: a.memory,
+            limits: a.limits,
         }
         .into_spec()
         .map_err(|e| Self::runtime_error(TOOL, RuntimeError::Spec(e)))?;

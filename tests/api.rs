@@ -322,6 +322,16 @@ async fn auth_and_bad_input_are_problems() {
             "secrets",
         ),
         (
+            "/deploy-function",
+            json!({"function_code": "def f(): pass", "function_name": "f", "limits": {"processes": 1}}),
+            "limits.processes",
+        ),
+        (
+            "/deploy-function",
+            json!({"function_code": "def f(): pass", "function_name": "f", "limits": {"forks": 1}}),
+            "limits.forks",
+        ),
+        (
             "/run-parallel",
             json!({"function_name": "f", "inputs": "1,2"}),
             "inputs",

@@ -214,11 +214,13 @@ def odd(kind):
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_kills_and_replaces_the_container() {
     let t = support::start(1).await;
-    let code = "import os, time\ndef nap(s):\n    time.sleep(s)\n    return os.getpid()\n";
+    let code = "import time, uuid\nCONTAINER = uuid.uuid4().hex\ndef nap(s):\n    time.sleep(s)\n    return CONTAINER\n";
     t.rt.deploy_function(FunctionSpec::new("nap", code).timeout_s(1))
         .await
         .unwrap();
     let before = t.rt.call("nap", vec![json!(0)], Map::new()).await.unwrap();
+    let old_pids = t.backend.container_pids();
+    assert!(!old_pids.is_empty());
     let started = std::time::Instant::now();
     let err =
         t.rt.call("nap", vec![json!(60)], Map::new())
@@ -229,11 +231,13 @@ async fn timeout_kills_and_replaces_the_container() {
         panic!("{err:?}")
     };
     assert_eq!(error.kind, "TimeoutError");
-    let old_pid = before.as_u64().unwrap() as u32;
     support::eventually(
         Duration::from_secs(10),
         "timed-out container gone",
-        || async { !support::processes_with(t.backend.instance_tag()).contains(&old_pid) },
+        || async {
+            let alive = support::processes_with(t.backend.instance_tag());
+            !old_pids.iter().any(|p| alive.contains(p))
+        },
     )
     .await;
     let after = t.rt.call("nap", vec![json!(0)], Map::new()).await.unwrap();

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use super::extract::ApiJson;
 use super::{ApiState, Error};
 use crate::registry::FunctionInfo;
-use crate::spec::{seed_field, SeedDeploy, SeedVolumes, SpecError};
+use crate::spec::{seed_field, Limits, SeedDeploy, SeedVolumes, SpecError};
 
 /// `image_config`: Python packages (`packages`, the seed's name) and apt packages.
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -59,6 +59,10 @@ pub(crate) struct DeployRequest {
     /// Containers at most.
     #[serde(default)]
     max_concurrency: Option<u32>,
+    /// Limits on each container (address space, CPU time, open files, file
+    /// size, processes, network).
+    #[serde(default)]
+    limits: Option<Limits>,
 }
 
 /// The seed's deploy response.
@@ -134,6 +138,7 @@ pub(crate) async fn deploy(
         max_concurrency: req.max_concurrency,
         cpu: req.cpu,
         memory: req.memory,
+        limits: req.limits,
     }
     .into_spec()
     .map_err(seed_error)?;

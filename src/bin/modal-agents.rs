@@ -21,7 +21,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use modal_agents::api::{self, ApiConfig, Cidr};
 use modal_agents::client::{Client, DeployRequest};
-use modal_agents::{Runtime, TaskId, TaskStatus, DEFAULT_DATA_DIR};
+use modal_agents::{
+    Limits, LocalConfig, Runtime, SandboxMode, TaskId, TaskStatus, DEFAULT_DATA_DIR,
+};
 use serde_json::{json, Map, Value};
 
 #[derive(Parser)]
@@ -126,6 +128,9 @@ struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 32 << 20)]
     body_limit: usize,
+    /// Run containers under bubblewrap: auto (when it works), required, off.
+    #[arg(long, env = "MODAL_AGENTS_SANDBOX", default_value = "auto")]
+    sandbox: SandboxMode,
 }
 
 #[derive(Args)]
@@ -156,6 +161,10 @@ struct DeployArgs {
     /// Containers at most.
     #[arg(long)]
     max_concurrency: Option<u32>,
+    /// A container limit as KEY=VALUE (repeatable): memory_mib, cpu_s,
+    /// open_files, file_size_mib, processes, network=true|false.
+    #[arg(long = "limit")]
+    limits: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -253,6 +262,10 @@ async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
     let runtime = Runtime::builder()
         .data_dir(&args.data_dir)
+        .local_config(LocalConfig {
+            sandbox: args.sandbox,
+            ..LocalConfig::default()
+        })
         .start()
         .await
         .map_err(|e| e.to_string())?;
@@ -292,6 +305,9 @@ async fn deploy(client: &Client, args: DeployArgs) -> Result<(), String> {
     request.timeout = args.timeout;
     request.retries = args.retries;
     request.max_concurrency = args.max_concurrency;
+    if !args.limits.is_empty() {
+        request.limits = Some(parse_limits(&args.limits)?);
+    }
     request.secrets = args.secrets;
     request.gpu = match args.gpu.len() {
         0 => None,
@@ -531,4 +547,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--limit KEY=VALUE` flags as [`Limits`]; errors name the flag and key.
+fn parse_limits(flags: &[String]) -> Result<Limits, String> {
+    let mut object = Map::new();
+    for flag in flags {
+        let (key, value) = flag.split_once('=').ok_or_else(|| {
+            format!("--limit {flag:?}: expected KEY=VALUE, such as memory_mib=512")
+        })?;
+        let value = serde_json::from_str::<Value>(value.trim())
+            .map_err(|_| format!("--limit {key}: {value:?} is not a number or true/false"))?;
+        object.insert(key.trim().to_owned(), value);
+    }
+    serde_json::from_value(Value::Object(object)).map_err(|e| format!("--limit: {e}"))
 }

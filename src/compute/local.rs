@@ -7,22 +7,31 @@
 //! `PATH`, `HOME`, `LANG`, the function's secrets and `MODAL_AGENTS_*`), in a
 //! work directory of their own, and die with the runtime.
 //!
-//! Volumes: until the sandbox binds them at their mount paths, a function finds
-//! each volume's directory through the `MODAL_AGENTS_VOLUMES` environment
-//! variable, a JSON object from mount path to host directory:
+//! Sandbox: where bubblewrap works ([`SandboxMode`], default `auto`), every
+//! container runs under it (see [`sandbox`](self::sandbox)): read-only system,
+//! private `/tmp`, no network unless `limits.network` is true, only the
+//! function's working directory and volumes writable, volumes at their mount
+//! paths. Limits (`limits.*`) are rlimits set by the harness before the code
+//! loads, plus a pids cgroup per container where one can be made.
+//!
+//! Volumes: sandboxed code opens `/data/...` as on Modal. Unsandboxed, a
+//! function finds each volume's host directory through the
+//! `MODAL_AGENTS_VOLUMES` environment variable (set in both cases), a JSON
+//! object from mount path to directory:
 //! `json.loads(os.environ["MODAL_AGENTS_VOLUMES"])["/data"]`.
 
 mod budget;
+mod cgroup;
 mod container;
 mod images;
 mod map;
 mod marshal;
 mod pool;
 mod protocol;
+mod sandbox;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,11 +45,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::budget::Budget;
-use self::container::{Launcher, LiveSet, StartError};
+use self::cgroup::PidsGroup;
+use self::container::{Launcher, LauncherArgs, LiveSet, StartError};
 use self::pool::{cancelled_error, Pool};
 use self::protocol::{call_request, decode_call_reply, Output};
+use self::sandbox::{Bwrap, Jail};
 
 pub use self::budget::{GpuDevice, GpuUse, Usage};
+pub use self::sandbox::SandboxMode;
 use super::{
     BackendError, CallContext, CallId, CallOutcome, Capacity, ComputeBackend, Deployment, LogSink,
     LogStream, MapItem,
@@ -68,8 +80,13 @@ pub struct LocalConfig {
     pub gpus: Option<Vec<GpuDevice>>,
     /// Blank containers (interpreter started, no code loaded) kept ready so a
     /// deploy, or a pool growing under load, skips the interpreter's start-up
-    /// (default 1; 0 disables).
+    /// (default 1; 0 disables). Sandboxed containers are started per
+    /// function (their mounts differ), so they have no standby.
     pub standby: usize,
+    /// Whether containers run under bubblewrap (default [`SandboxMode::Auto`]).
+    pub sandbox: SandboxMode,
+    /// The bubblewrap executable (default: `bwrap` from `PATH`).
+    pub bwrap: Option<PathBuf>,
 }
 
 impl Default for LocalConfig {
@@ -82,6 +99,8 @@ impl Default for LocalConfig {
             target_batch: Duration::from_millis(20),
             standby: 1,
             gpus: None,
+            sandbox: SandboxMode::Auto,
+            bwrap: None,
         }
     }
 }
@@ -96,6 +115,8 @@ pub struct LocalBackend {
     config: LocalConfig,
     runtime_tag: String,
     launcher: OnceCell<Arc<Launcher>>,
+    /// The sandbox, once detected (`None` inside: unsandboxed).
+    bwrap: std::sync::OnceLock<Option<Arc<Bwrap>>>,
     budget: OnceCell<Arc<Budget>>,
     /// Launchers of interpreters in package environments (no standby).
     env_launchers: DashMap<PathBuf, Arc<Launcher>>,
@@ -123,6 +144,7 @@ impl LocalBackend {
             config,
             runtime_tag: uuid::Uuid::new_v4().simple().to_string(),
             launcher: OnceCell::new(),
+            bwrap: std::sync::OnceLock::new(),
             budget: OnceCell::new(),
             env_launchers: DashMap::new(),
             images: images::Images::default(),
@@ -155,21 +177,36 @@ impl LocalBackend {
     async fn launcher(&self) -> Result<&Arc<Launcher>, BackendError> {
         self.launcher
             .get_or_try_init(|| async {
-                let python = resolve_python(self.config.python.clone()).await?;
+                let (python, roots) = resolve_python(self.config.python.clone()).await?;
                 tokio::fs::create_dir_all(&self.config.work_dir).await?;
-                Ok::<_, BackendError>(Arc::new(Launcher {
+                let bwrap =
+                    Bwrap::detect(self.config.sandbox, self.config.bwrap.as_deref(), &roots)
+                        .await?;
+                let standby = if bwrap.is_some() {
+                    0
+                } else {
+                    self.config.standby
+                };
+                let _ = self.bwrap.set(bwrap);
+                let pids = PidsGroup::create(&self.runtime_tag).map(Arc::new);
+                Ok::<_, BackendError>(Arc::new(Launcher::new(LauncherArgs {
                     python,
                     runtime_tag: self.runtime_tag.clone(),
                     base_env: base_env(),
                     cwd: self.config.work_dir.clone(),
                     live: self.live.clone(),
-                    standby_target: self.config.standby,
-                    standby: std::sync::Mutex::new(Vec::new()),
-                    refilling: AtomicBool::new(false),
-                    closed: AtomicBool::new(false),
-                }))
+                    standby,
+                    jail: None,
+                    pids,
+                })))
             })
             .await
+    }
+
+    /// Whether containers run sandboxed; `None` until the first deploy (or
+    /// [`ComputeBackend::start`]) has looked for bubblewrap.
+    pub fn sandboxed(&self) -> Option<bool> {
+        self.bwrap.get().map(Option::is_some)
     }
 
     async fn budget(&self) -> &Arc<Budget> {
@@ -189,35 +226,66 @@ impl LocalBackend {
         self.images.builds()
     }
 
-    /// The launcher for a function: the base one, or one for its package
-    /// environment.
-    async fn launcher_for(&self, packages: &[String]) -> Result<Arc<Launcher>, BackendError> {
+    /// The launcher for a function: the base one, one for its package
+    /// environment, or (sandboxed) one of its own with its mounts.
+    async fn launcher_for(
+        &self,
+        d: &Deployment,
+        cwd: &Path,
+    ) -> Result<Arc<Launcher>, BackendError> {
         let base = self.launcher().await?;
-        if packages.is_empty() {
+        let packages = &d.spec.image.python_packages;
+        let bwrap = self.bwrap.get().cloned().flatten();
+        if packages.is_empty() && bwrap.is_none() {
             return Ok(base.clone());
         }
-        let root = self.config.work_dir.with_file_name("images");
-        let python = self
-            .images
-            .python_for(&root, &base.python, packages)
-            .await?;
-        Ok(self
-            .env_launchers
-            .entry(python.clone())
-            .or_insert_with(|| {
-                Arc::new(Launcher {
-                    python,
-                    runtime_tag: base.runtime_tag.clone(),
-                    base_env: base.base_env.clone(),
-                    cwd: base.cwd.clone(),
-                    live: self.live.clone(),
-                    standby_target: 0,
-                    standby: std::sync::Mutex::new(Vec::new()),
-                    refilling: AtomicBool::new(false),
-                    closed: AtomicBool::new(false),
-                })
-            })
-            .clone())
+        let python = if packages.is_empty() {
+            base.python.clone()
+        } else {
+            let root = self.config.work_dir.with_file_name("images");
+            self.images
+                .python_for(&root, &base.python, packages)
+                .await?
+        };
+        let args = LauncherArgs {
+            python: python.clone(),
+            runtime_tag: base.runtime_tag.clone(),
+            base_env: base.base_env.clone(),
+            cwd: base.cwd.clone(),
+            live: self.live.clone(),
+            standby: 0,
+            jail: None,
+            pids: base.pids.clone(),
+        };
+        let Some(bwrap) = bwrap else {
+            return Ok(self
+                .env_launchers
+                .entry(python)
+                .or_insert_with(|| Arc::new(Launcher::new(args)))
+                .clone());
+        };
+        let mut binds = vec![(cwd.to_path_buf(), cwd.display().to_string())];
+        binds.extend(
+            d.volume_dirs
+                .iter()
+                .map(|(mount, dir)| (dir.clone(), mount.clone())),
+        );
+        // A package environment's interpreter: bin/python inside its root.
+        let read_only = match python.parent().and_then(Path::parent) {
+            Some(env) if !packages.is_empty() => vec![env.to_path_buf()],
+            _ => Vec::new(),
+        };
+        let jail = Jail {
+            bwrap,
+            binds,
+            read_only,
+            network: d.spec.limits.allows_network(),
+            gpu: d.spec.resources.gpu.is_some(),
+        };
+        Ok(Arc::new(Launcher::new(LauncherArgs {
+            jail: Some(jail),
+            ..args
+        })))
     }
 
     fn pool(&self, function: &str) -> Result<Arc<Pool>, BackendError> {
@@ -249,13 +317,21 @@ fn base_env() -> Vec<(String, String)> {
 }
 
 /// The function's own environment, set when its code is loaded.
-fn function_env(d: &Deployment) -> BTreeMap<String, String> {
+/// Sandboxed, volumes are at their mount paths; otherwise at their host dirs.
+fn function_env(d: &Deployment, sandboxed: bool) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
     env.insert("MODAL_AGENTS_FUNCTION".into(), d.spec.name.clone());
     let volumes: BTreeMap<&String, String> = d
         .volume_dirs
         .iter()
-        .map(|(mount, dir)| (mount, dir.display().to_string()))
+        .map(|(mount, dir)| {
+            let at = if sandboxed {
+                mount.clone()
+            } else {
+                dir.display().to_string()
+            };
+            (mount, at)
+        })
         .collect();
     env.insert(
         "MODAL_AGENTS_VOLUMES".into(),
@@ -265,29 +341,50 @@ fn function_env(d: &Deployment) -> BTreeMap<String, String> {
     env
 }
 
-async fn resolve_python(configured: Option<PathBuf>) -> Result<PathBuf, BackendError> {
+/// The interpreter's real executable and the directories it needs (its
+/// prefixes), resolved once so shims such as pyenv's cost nothing per container.
+async fn resolve_python(
+    configured: Option<PathBuf>,
+) -> Result<(PathBuf, Vec<PathBuf>), BackendError> {
     let candidate = configured.unwrap_or_else(|| PathBuf::from("python3"));
+    let failed = |reason: String| BackendError::ContainerStart {
+        function: String::new(),
+        reason,
+    };
     let out = tokio::process::Command::new(&candidate)
-        .args(["-c", "import sys; print(sys.executable)"])
+        .args([
+            "-c",
+            "import os, sys; print(sys.executable); print(os.path.realpath(sys.executable)); \
+             print(sys.prefix); print(sys.base_prefix)",
+        ])
         .kill_on_drop(true)
         .output()
         .await
-        .map_err(|e| BackendError::ContainerStart {
-            function: String::new(),
-            reason: format!("cannot run {}: {e}", candidate.display()),
-        })?;
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    if !out.status.success() || path.is_empty() {
-        return Err(BackendError::ContainerStart {
-            function: String::new(),
-            reason: format!(
-                "{} did not report its executable: {}",
-                candidate.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        });
+        .map_err(|e| failed(format!("cannot run {}: {e}", candidate.display())))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let Some(executable) = lines.next().filter(|_| out.status.success()) else {
+        return Err(failed(format!(
+            "{} did not report its executable: {}",
+            candidate.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    };
+    let mut roots: Vec<PathBuf> = Vec::new();
+    for line in lines {
+        let path = PathBuf::from(line);
+        // The real executable's directory, and each prefix.
+        let root = if path.is_file() {
+            path.parent().map(Path::to_path_buf).unwrap_or(path)
+        } else {
+            path
+        };
+        if !roots.iter().any(|r| root.starts_with(r)) {
+            roots.retain(|r| !r.starts_with(&root));
+            roots.push(root);
+        }
     }
-    Ok(PathBuf::from(path))
+    Ok((PathBuf::from(executable), roots))
 }
 
 async fn call_with_retries(pool: Arc<Pool>, frame: Vec<u8>, ctx: CallContext) -> CallOutcome {
@@ -369,14 +466,23 @@ impl ComputeBackend for LocalBackend {
         self.budget.get().map(|b| b.usage())
     }
 
+    async fn start(&self) -> Result<(), BackendError> {
+        // Only a required sandbox is worth an interpreter start at boot.
+        if self.config.sandbox == SandboxMode::Required {
+            self.launcher().await?;
+        }
+        Ok(())
+    }
+
     async fn deploy(&self, d: Deployment) -> Result<(), BackendError> {
         if self.shutdown.is_cancelled() {
             return Err(BackendError::Closed);
         }
         let spec = d.spec.clone();
-        let launcher = self.launcher_for(&spec.image.python_packages).await?;
         let cwd = self.config.work_dir.join(&spec.name);
         tokio::fs::create_dir_all(&cwd).await?;
+        let launcher = self.launcher_for(&d, &cwd).await?;
+        let sandboxed = launcher.jail.is_some();
         let budget = self.budget().await.clone();
         budget.check(&spec)?;
         let size = spec
@@ -385,7 +491,7 @@ impl ComputeBackend for LocalBackend {
             .max(1);
         let pool = Arc::new(Pool::new(
             spec.clone(),
-            function_env(&d),
+            function_env(&d, sandboxed),
             cwd,
             size,
             launcher,
@@ -524,6 +630,9 @@ impl ComputeBackend for LocalBackend {
             tracing::warn!("local backend tasks still running at shutdown");
         }
         self.live.kill_all_and_wait(Duration::from_secs(10)).await;
+        if let Some(pids) = self.launcher.get().and_then(|l| l.pids.as_ref()) {
+            pids.sweep();
+        }
     }
 }
 

@@ -110,6 +110,7 @@ impl RuntimeBuilder {
                 Arc::new(LocalBackend::new(config))
             }
         };
+        backend.start().await.map_err(RuntimeError::Backend)?;
 
         let db_path = data_dir.join("state.redb");
         let db = {

@@ -12,7 +12,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::Notify;
 
+use super::cgroup::{Confined, PidsGroup};
 use super::protocol::{decode_load_reply, ping_request};
+use super::sandbox::Jail;
 use crate::spec::SpecError;
 
 /// The harness source, shipped inside the crate.
@@ -42,17 +44,53 @@ pub(crate) struct Launcher {
     pub(crate) standby: Mutex<Vec<Container>>,
     pub(crate) refilling: std::sync::atomic::AtomicBool,
     pub(crate) closed: std::sync::atomic::AtomicBool,
+    /// The sandbox containers start in, if any.
+    pub(crate) jail: Option<Jail>,
+    /// Where containers get their pids cgroup, if one can be made here.
+    pub(crate) pids: Option<Arc<PidsGroup>>,
+}
+
+/// What a [`Launcher`] is made from.
+#[derive(Debug, Clone)]
+pub(crate) struct LauncherArgs {
+    pub(crate) python: PathBuf,
+    pub(crate) runtime_tag: String,
+    pub(crate) base_env: Vec<(String, String)>,
+    pub(crate) cwd: PathBuf,
+    pub(crate) live: Arc<LiveSet>,
+    pub(crate) standby: usize,
+    pub(crate) jail: Option<Jail>,
+    pub(crate) pids: Option<Arc<PidsGroup>>,
 }
 
 impl Launcher {
-    /// A container loaded with the function of `load_frame`.
+    pub(crate) fn new(args: LauncherArgs) -> Launcher {
+        Launcher {
+            python: args.python,
+            runtime_tag: args.runtime_tag,
+            base_env: args.base_env,
+            cwd: args.cwd,
+            live: args.live,
+            standby_target: args.standby,
+            standby: Mutex::new(Vec::new()),
+            refilling: std::sync::atomic::AtomicBool::new(false),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            jail: args.jail,
+            pids: args.pids,
+        }
+    }
+
+    /// A container loaded with the function of `load_frame`, allowed at most
+    /// `processes` processes where a pids cgroup enforces it.
     pub(crate) async fn start(
         self: &Arc<Self>,
         load_frame: &[u8],
+        processes: u32,
     ) -> Result<Container, StartError> {
         let standby = self.standby.lock().expect("standby poisoned").pop();
         self.refill();
         if let Some(mut container) = standby {
+            container.limit_processes(processes);
             match container.load(load_frame).await {
                 Err(StartError::Failed(why)) => {
                     tracing::debug!(%why, "standby container unusable; starting a fresh one");
@@ -61,6 +99,7 @@ impl Launcher {
             }
         }
         let mut container = self.spawn().await?;
+        container.limit_processes(processes);
         container.load(load_frame).await?;
         Ok(container)
     }
@@ -202,13 +241,20 @@ pub(crate) struct Container {
     live: Arc<LiveSet>,
     /// The resources it holds, given back when it goes.
     reservation: Option<super::budget::Reservation>,
+    /// Its pids cgroup, removed when it goes.
+    confined: Option<Arc<Confined>>,
+    /// Whether it runs under bubblewrap.
+    sandboxed: bool,
 }
 
 impl Launcher {
     /// Starts a blank container.
     async fn spawn(&self) -> Result<Container, StartError> {
         let live = &self.live;
-        let mut cmd = Command::new(&self.python);
+        let mut cmd = match &self.jail {
+            Some(jail) => jail.command(&self.python),
+            None => Command::new(&self.python),
+        };
         cmd.arg("-c")
             .arg(HARNESS)
             .arg(CONTAINER_MARKER)
@@ -221,13 +267,19 @@ impl Launcher {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .process_group(0);
+        let confined = self.pids.as_ref().and_then(|g| g.child()).map(Arc::new);
+        let joining = confined.clone();
         // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the
         // container when the thread that started it exits, so a runtime killed
-        // with SIGKILL leaves no container behind.
+        // with SIGKILL leaves no container behind. join_self only makes
+        // async-signal-safe calls.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
+                match &joining {
+                    Some(confined) => confined.join_self(),
+                    None => Ok(()),
+                }
             });
         }
         let mut child = cmd
@@ -252,6 +304,8 @@ impl Launcher {
             stderr_tail,
             live: live.clone(),
             reservation: None,
+            confined,
+            sandboxed: self.jail.is_some(),
         })
     }
 }
@@ -260,6 +314,18 @@ impl Container {
     /// Attaches the resources this container holds.
     pub(crate) fn hold(&mut self, reservation: super::budget::Reservation) {
         self.reservation = Some(reservation);
+    }
+
+    /// Whether the container ever hit its process limit (then it may hold
+    /// runaway processes and must not be reused).
+    pub(crate) fn hit_process_limit(&self) -> bool {
+        self.confined.as_ref().is_some_and(|c| c.hit_limit())
+    }
+
+    fn limit_processes(&self, processes: u32) {
+        if let Some(confined) = &self.confined {
+            confined.limit(processes);
+        }
     }
 
     /// Waits until a blank container's harness answers.
@@ -339,7 +405,7 @@ impl Container {
             return format!("container pipe failed: {io}");
         };
         match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
-            Ok(Ok(status)) => describe_exit(status),
+            Ok(Ok(status)) => describe_exit(status, self.sandboxed),
             _ => {
                 kill_group(self.pid);
                 format!("container stopped answering ({io})")
@@ -348,15 +414,24 @@ impl Container {
     }
 }
 
-/// A human description of how a process ended.
-fn describe_exit(status: ExitStatus) -> String {
-    if let Some(sig) = status.signal() {
+/// A human description of how a process ended. bubblewrap exits with
+/// 128 + N when the program it ran was killed by signal N.
+fn describe_exit(status: ExitStatus, sandboxed: bool) -> String {
+    let signal = status.signal().or_else(|| {
+        status
+            .code()
+            .filter(|c| sandboxed && (129..=128 + 64).contains(c))
+            .map(|c| c - 128)
+    });
+    if let Some(sig) = signal {
         let name = match sig {
             libc::SIGKILL => " (SIGKILL)",
             libc::SIGSEGV => " (SIGSEGV)",
             libc::SIGABRT => " (SIGABRT)",
             libc::SIGTERM => " (SIGTERM)",
             libc::SIGBUS => " (SIGBUS)",
+            libc::SIGXCPU => " (SIGXCPU: the input used more CPU time than limits.cpu_s allows)",
+            libc::SIGXFSZ => " (SIGXFSZ: a file grew past limits.file_size_mib)",
             _ => "",
         };
         format!("container was killed by signal {sig}{name}")
@@ -370,12 +445,16 @@ impl Drop for Container {
         kill_group(self.pid);
         let live = self.live.clone();
         let pid = self.pid;
+        let confined = self.confined.take();
         if let Some(mut child) = self.child.take() {
             match tokio::runtime::Handle::try_current() {
                 Ok(handle) => {
                     handle.spawn(async move {
                         let _ = child.wait().await;
                         live.remove(pid);
+                        if let Some(confined) = confined.and_then(Arc::into_inner) {
+                            confined.remove().await;
+                        }
                     });
                 }
                 Err(_) => {

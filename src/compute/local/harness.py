@@ -4,7 +4,8 @@
 # itself): every message is a 4-byte big-endian length and a body in marshal
 # format version 2 (no back-references), holding JSON-model values only.
 #   -> {"op":"ping"}  (any number, before load)  <- {"pong":pid}
-#   -> {"op":"load","code":..,"entrypoint":..,"filename":..,"env":{..},"cwd":..}
+#   -> {"op":"load","code":..,"entrypoint":..,"filename":..,"env":{..},"cwd":..,
+#       "limits":{"as","cpu","nofile","fsize","nproc"}}  (bytes, CPU s per input, counts)
 #   <- {"ready":pid} | {"load_error":{"type","message","line","column","defined","traceback"}}
 #   -> {"op":"call","args":[..],"kwargs":{..}}
 #   <- {"ok":value,"stdout":..,"stderr":..} | {"err":{type,message,traceback},..}
@@ -101,6 +102,8 @@ def main():
         return
     os.environ.update(msg.get("env", {}))
     os.chdir(msg.get("cwd", "."))
+    cpu_per_input = apply_limits(msg.get("limits") or {})
+    harness_pid = os.getpid()
     source = msg["code"]
     entry = msg["entrypoint"]
     filename = msg["filename"]
@@ -135,6 +138,8 @@ def main():
         msg = recv()
         if msg is None:
             return
+        if cpu_per_input:
+            allow_cpu(cpu_per_input * max(1, len(msg.get("inputs", ()))))
         out, err = io.StringIO(), io.StringIO()
         sys.stdout, sys.stderr = out, err
         try:
@@ -159,6 +164,9 @@ def main():
                     reply = {"err": describe(e)}
         finally:
             sys.stdout, sys.stderr = real_out, real_err
+        if os.getpid() != harness_pid:
+            # A process the function forked came back here: it must not answer.
+            os._exit(0)
         text = out.getvalue()
         if text:
             reply["stdout"] = text
@@ -182,6 +190,32 @@ def main():
         write(len(data).to_bytes(4, "big"))
         write(data)
         flush()
+
+
+def apply_limits(limits):
+    """Sets the function's rlimits, soft and hard, so its code cannot raise
+    them; returns the CPU seconds allowed per input (None for no limit)."""
+    import resource
+
+    for key, which in (("as", resource.RLIMIT_AS), ("nofile", resource.RLIMIT_NOFILE),
+                       ("fsize", resource.RLIMIT_FSIZE), ("nproc", resource.RLIMIT_NPROC)):
+        value = limits.get(key)
+        if value is None:
+            continue
+        hard = resource.getrlimit(which)[1]
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)
+        resource.setrlimit(which, (value, value))
+    return limits.get("cpu")
+
+
+def allow_cpu(seconds):
+    """Lets the next request use `seconds` more CPU time, then SIGXCPU."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    used = int(usage.ru_utime + usage.ru_stime) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (used + seconds, resource.RLIM_INFINITY))
 
 
 if __name__ == "__main__":

@@ -76,11 +76,22 @@ impl Pool {
                 self.idle.lock().expect("pool poisoned").push(container);
             }
             None => {
-                let frame = load_request(&self.spec, &self.env, &self.cwd);
-                drop(self.launcher.start(&frame).await?);
+                let frame = self.load_frame(&self.env);
+                drop(
+                    self.launcher
+                        .start(&frame, self.spec.limits.processes)
+                        .await?,
+                );
             }
         }
         Ok(())
+    }
+
+    fn load_frame(&self, env: &BTreeMap<String, String>) -> Vec<u8> {
+        // RLIMIT_NPROC counts a user's processes machine-wide unless the
+        // sandbox gives the container a user namespace of its own.
+        let per_container_nproc = self.launcher.jail.is_some();
+        load_request(&self.spec, env, &self.cwd, per_container_nproc)
     }
 
     async fn launch(
@@ -91,8 +102,11 @@ impl Pool {
         if let Some(devices) = reservation.cuda_visible_devices() {
             env.insert("CUDA_VISIBLE_DEVICES".into(), devices);
         }
-        let frame = load_request(&self.spec, &env, &self.cwd);
-        let mut container = self.launcher.start(&frame).await?;
+        let frame = self.load_frame(&env);
+        let mut container = self
+            .launcher
+            .start(&frame, self.spec.limits.processes)
+            .await?;
         container.hold(reservation);
         Ok(container)
     }
@@ -187,7 +201,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(c) = self.container.take() {
-            if !c.busy && !self.pool.closed.load(Ordering::SeqCst) {
+            if !c.busy && !self.pool.closed.load(Ordering::SeqCst) && !c.hit_process_limit() {
                 self.pool.idle.lock().expect("pool poisoned").push(c);
                 self.pool.returned.notify_one();
             }

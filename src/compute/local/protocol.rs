@@ -31,8 +31,18 @@ pub(crate) fn load_request(
     spec: &FunctionSpec,
     env: &BTreeMap<String, String>,
     cwd: &Path,
+    nproc: bool,
 ) -> Vec<u8> {
+    const MIB: u64 = 1 << 20;
+    let limits = &spec.limits;
     let body = json!({
+        "limits": {
+            "as": limits.memory_mib.map(|m| m * MIB),
+            "cpu": limits.cpu_s,
+            "nofile": limits.open_files,
+            "fsize": limits.file_size_mib.map(|m| m * MIB),
+            "nproc": nproc.then_some(limits.processes),
+        },
         "op": "load",
         "code": spec.code,
         "entrypoint": spec.python_entrypoint(),
