@@ -166,8 +166,10 @@ async fn sandboxed_code_cannot_reach_the_host() {
     );
 
     // A function that asks for the network gets it.
-    let mut limits = Limits::default();
-    limits.network = Some(true);
+    let limits = Limits {
+        network: Some(true),
+        ..Limits::default()
+    };
     t.rt.deploy_function(
         FunctionSpec::new("online", PROBE)
             .entrypoint("probe")
