@@ -190,7 +190,7 @@ async fn fallback() -> Error {
 /// The API's router over `runtime`.
 pub fn app(runtime: Runtime, config: ApiConfig) -> Router {
     let state = ApiState(Arc::new(Inner {
-        webhooks: webhooks::Webhooks::new(&config),
+        webhooks: webhooks::Webhooks::new(&config, &runtime),
         runtime,
         config,
         idempotency: Default::default(),

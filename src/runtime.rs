@@ -99,6 +99,11 @@ impl Runtime {
         RuntimeBuilder::default()
     }
 
+    /// The runtime's database.
+    pub(crate) fn store(&self) -> &Arc<Store> {
+        &self.inner.store
+    }
+
     /// The directory holding the runtime's tasks, volumes and containers.
     pub fn data_dir(&self) -> &Path {
         &self.inner.data_dir

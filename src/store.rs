@@ -1,6 +1,7 @@
 //! The runtime's durable state: an embedded redb database at
 //! `DATA_DIR/state.redb` (file mode 0600) holding functions, task records,
-//! the jobs of unfinished tasks and secrets.
+//! the jobs of unfinished tasks, secrets, and webhook registrations with
+//! their delivery attempts.
 //!
 //! Map inputs and results stay in files next to the task (`DATA_DIR/tasks/ID`);
 //! the database holds what is needed to find and resume them.
@@ -13,6 +14,7 @@ use serde::Serialize;
 
 const FUNCTIONS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("functions");
 const SECRETS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("secrets");
+const WEBHOOKS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("webhooks");
 
 /// Why the durable state failed.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,7 @@ pub(crate) enum Write {
 pub(crate) enum Table {
     Functions,
     Secrets,
+    Webhooks,
 }
 
 impl Table {
@@ -69,6 +72,7 @@ impl Table {
         match self {
             Table::Functions => FUNCTIONS,
             Table::Secrets => SECRETS,
+            Table::Webhooks => WEBHOOKS,
         }
     }
 }
@@ -93,7 +97,7 @@ impl Store {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         }
         let txn = db.begin_write()?;
-        for table in [FUNCTIONS, SECRETS] {
+        for table in [FUNCTIONS, SECRETS, WEBHOOKS] {
             txn.open_table(table)?;
         }
         txn.commit()?;

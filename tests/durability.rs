@@ -2,10 +2,12 @@
 //! 20,000-input map and a long call, then started again on the same data dir.
 //! Functions, secrets and finished tasks are back, the call is re-run with its
 //! attempt counted, and the map completes with exactly 20,000 results in order.
+//! Webhook registrations and their deliveries survive the same kill.
 
 mod support;
 
 use std::process::Child;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -185,6 +187,138 @@ async fn sigkill_mid_map_then_restart_completes_exactly() {
     assert!(server.wait().unwrap().success());
 }
 
+type Seen = Arc<Mutex<Vec<(axum::http::HeaderMap, String)>>>;
+
+/// A webhook receiver on 127.0.0.1 that answers 200 and keeps what it got.
+async fn receiver() -> (String, Seen) {
+    let seen: Seen = Arc::default();
+    let state = seen.clone();
+    let router = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let state = state.clone();
+            async move {
+                state.lock().unwrap().push((headers, body));
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (url, seen)
+}
+
+fn deliveries_of(seen: &Seen, message_id: &str) -> Vec<(axum::http::HeaderMap, String)> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|(h, _)| h["webhook-id"] == message_id)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_survive_sigkill_and_are_delivered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let allow = [("MODAL_AGENTS_WEBHOOK_ALLOW", "127.0.0.0/8")];
+    let (mut server, url) = support::serve_with(BIN, &data, TOKEN, &allow);
+    let api = Api {
+        http: reqwest::Client::new(),
+        url,
+    };
+    let (hook_url, seen) = receiver().await;
+
+    // A finished task's webhook, delivered before the kill.
+    api.post(
+        "/deploy-function",
+        json!({"function_code": "def one():\n    return 1\n", "function_name": "one"}),
+    )
+    .await;
+    let done = api
+        .post("/spawn-task", json!({"function_name": "one", "wait": true}))
+        .await;
+    let early = api
+        .post(
+            "/webhook",
+            json!({"task_id": done["task_id"], "webhook_url": hook_url}),
+        )
+        .await;
+    let early_id = early["webhook_id"].as_str().unwrap().to_owned();
+    api.until(&format!("/webhooks/{early_id}"), "first delivery", |v| {
+        v["state"] == "delivered"
+    })
+    .await;
+
+    // A task that cannot finish until a file appears in its volume.
+    let gate = "import json, os, time\ndef gate():\n    root = json.loads(os.environ['MODAL_AGENTS_VOLUMES'])['/gate']\n    while not os.path.exists(os.path.join(root, 'open')):\n        time.sleep(0.01)\n    return 'opened'\n";
+    api.post(
+        "/deploy-function",
+        json!({"function_code": gate, "function_name": "gate", "volumes": {"/gate": "gate"}}),
+    )
+    .await;
+    let pending = api
+        .post("/spawn-task", json!({"function_name": "gate"}))
+        .await;
+    let late = api
+        .post(
+            "/webhook",
+            json!({"task_id": pending["task_id"], "webhook_url": hook_url}),
+        )
+        .await;
+    let late_id = late["webhook_id"].as_str().unwrap().to_owned();
+    let secret = late["secret"].as_str().unwrap().to_owned();
+    assert_eq!(
+        api.get(&format!("/webhooks/{late_id}")).await["state"],
+        "waiting"
+    );
+
+    support::kill(server.id(), libc::SIGKILL);
+    server.wait().unwrap();
+    std::fs::write(data.join("volumes/gate/files/open"), "").unwrap();
+    let (mut server, url) = support::serve_with(BIN, &data, TOKEN, &allow);
+    let api = Api {
+        http: api.http,
+        url,
+    };
+
+    let view = api
+        .until(
+            &format!("/webhooks/{late_id}"),
+            "delivery after restart",
+            |v| v["state"] == "delivered",
+        )
+        .await;
+    assert_eq!(view["message_id"], late["message_id"]);
+    assert!(
+        view.get("secret").is_none(),
+        "the secret is never shown again"
+    );
+    let delivered = deliveries_of(&seen, late["message_id"].as_str().unwrap());
+    assert_eq!(delivered.len(), 1, "delivered once");
+    let (headers, body) = &delivered[0];
+    standardwebhooks::Webhook::new(&secret)
+        .unwrap()
+        .verify(body.as_bytes(), headers)
+        .expect("signed with the secret given at registration");
+    let payload: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(payload["type"], "task.completed");
+    assert_eq!(payload["data"]["task_id"], pending["task_id"]);
+
+    // The earlier registration is back as it was, and was not sent again.
+    let before = api.get(&format!("/webhooks/{early_id}")).await;
+    assert_eq!(before["state"], "delivered");
+    assert_eq!(before["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        deliveries_of(&seen, early["message_id"].as_str().unwrap()).len(),
+        1
+    );
+
+    support::kill(server.id(), libc::SIGTERM);
+    assert!(server.wait().unwrap().success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unusable_data_dir_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -210,4 +344,33 @@ async fn an_unusable_data_dir_is_a_clear_error() {
         .unwrap_err();
     assert!(err.to_string().contains("state.redb"), "{err}");
     rt.shutdown().await;
+}
+
+#[test]
+fn a_full_disk_at_start_is_a_clear_error() {
+    // The server runs in a mount namespace (bubblewrap, which `.ci/run`
+    // installs) where its data dir is on a 128 KiB tmpfs filled to the brim.
+    let full = tempfile::tempdir().unwrap();
+    let dir = full.path().display().to_string();
+    let script = format!(
+        "head -c 10M /dev/zero > {dir}/fill 2>/dev/null; exec {BIN} serve --addr 127.0.0.1:0 --data-dir {dir}/data"
+    );
+    let out = std::process::Command::new("bwrap")
+        .args(["--dev-bind", "/", "/", "--size", "131072", "--tmpfs", &dir])
+        .args(["--", "sh", "-c", &script])
+        .env("MODAL_AGENTS_TOKEN", TOKEN)
+        .env_remove("MODAL_AGENTS_ADDR")
+        .output()
+        .expect("bwrap runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a clean exit with an error: {stderr}"
+    );
+    assert!(
+        stderr.contains("No space left on device") && stderr.contains(&format!("{dir}/data")),
+        "names the cause and the path: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

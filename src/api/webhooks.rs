@@ -7,11 +7,16 @@
 //! addresses are refused at registration and again at connect time (DNS
 //! answers are checked by the HTTP client's resolver, IP literals before each
 //! attempt), redirects are never followed, unless an allow-list CIDR covers
-//! the address.
+//! the address ([`ssrf`]).
+//!
+//! Registrations and every attempt are stored in the runtime's database
+//! before they are acknowledged or recorded, so a restarted server shows them
+//! again and resumes deliveries that were waiting or retrying, with the same
+//! `webhook-id` (receivers deduplicate on it).
 
-use std::fmt;
-use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
+mod ssrf;
+
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,164 +37,14 @@ use super::extract::ApiJson;
 use super::tasks::parse_id;
 use super::{ApiConfig, ApiState, Error};
 use crate::runtime::Runtime;
+use crate::store::{self, Store, Table};
 use crate::task::{TaskId, TaskStatus};
 
-/// An address block, `10.0.0.0/8` or `::1/128` (a bare address is a /32 or /128).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?} is not an address or CIDR block (like 10.0.0.0/8)"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
-        };
-        Ok(Cidr { addr, prefix })
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-impl Cidr {
-    /// Whether `ip` is inside the block.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, canonical(ip)) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-/// Whether `ip` is an ordinary public unicast address.
-fn is_public(ip: IpAddr) -> bool {
-    match canonical(ip) {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || v4.is_multicast()
-                || o[0] == 0
-                || o[0] >= 240
-                || (o[0] == 100 && (64..128).contains(&o[1]))
-                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
-                || (o[0] == 198 && (18..20).contains(&o[1])))
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-                || (s[0] == 0x2001 && s[1] == 0xdb8)
-                || (s[0] == 0x64 && s[1] == 0xff9b))
-        }
-    }
-}
-
-fn allowed(ip: IpAddr, allow: &[Cidr]) -> bool {
-    is_public(ip) || allow.iter().any(|c| c.contains(ip))
-}
-
-fn refusal(ip: IpAddr) -> String {
-    format!("the target resolves to {ip}, which is not a public address; allow it with --webhook-allow / MODAL_AGENTS_WEBHOOK_ALLOW")
-}
-
-/// A DNS resolver for the delivery client that refuses non-public answers.
-struct GuardedResolver {
-    allow: Arc<Vec<Cidr>>,
-}
-
-impl reqwest::dns::Resolve for GuardedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let allow = self.allow.clone();
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
-            if let Some(bad) = addrs.iter().find(|a| !allowed(a.ip(), &allow)) {
-                return Err(refusal(bad.ip()).into());
-            }
-            let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
-            Ok(addrs)
-        })
-    }
-}
-
-/// Checks a target URL and every address it resolves to.
-async fn check_target(url: &str, allow: &[Cidr]) -> Result<reqwest::Url, String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(format!(
-            "scheme {:?} is not accepted; use https (or http)",
-            parsed.scheme()
-        ));
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err("credentials in the URL are not accepted".into());
-    }
-    let host = parsed.host_str().ok_or("the URL has no host")?.to_owned();
-    let port = parsed.port_or_known_default().unwrap_or(443);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(format!("{host} resolves to no address"));
-    }
-    if let Some(bad) = addrs.iter().find(|a| !allowed(a.ip(), allow)) {
-        return Err(refusal(bad.ip()));
-    }
-    Ok(parsed)
-}
+pub use self::ssrf::Cidr;
+use self::ssrf::{allowed, check_target, refusal, GuardedResolver};
 
 /// The state of a registration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WebhookState {
     /// Waiting for the task to finish.
@@ -205,7 +60,7 @@ pub enum WebhookState {
 }
 
 /// One delivery attempt.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Attempt {
     /// When it started (RFC 3339).
     pub at: String,
@@ -218,7 +73,7 @@ pub struct Attempt {
 }
 
 /// A webhook registration as the API shows it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct WebhookView {
     /// Its id.
     pub webhook_id: String,
@@ -237,9 +92,27 @@ pub struct WebhookView {
     pub secret: Option<String>,
 }
 
+#[derive(Serialize, Deserialize)]
 struct Registration {
     view: WebhookView,
+    #[serde(with = "key_b64")]
     key: Vec<u8>,
+}
+
+mod key_b64 {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(key: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(key))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 struct Settings {
@@ -255,10 +128,13 @@ pub(crate) struct Webhooks {
     client: reqwest::Client,
     delivered: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
+    store: Arc<Store>,
 }
 
 impl Webhooks {
-    pub(crate) fn new(config: &ApiConfig) -> Webhooks {
+    /// The webhooks of `runtime`'s data dir; deliveries that were waiting or
+    /// retrying when the server stopped start again.
+    pub(crate) fn new(config: &ApiConfig, runtime: &Runtime) -> Webhooks {
         let allow = Arc::new(config.webhook_allow.clone());
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -269,7 +145,7 @@ impl Webhooks {
             .user_agent(concat!("modal-agents/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("a TLS backend is compiled in");
-        Webhooks {
+        let hooks = Webhooks {
             settings: Arc::new(Settings {
                 allow,
                 max_attempts: config.webhook_max_attempts.max(1),
@@ -279,6 +155,34 @@ impl Webhooks {
             client,
             delivered: Arc::default(),
             failed: Arc::default(),
+            store: runtime.store().clone(),
+        };
+        match hooks.store.all::<Registration>(Table::Webhooks, "webhook") {
+            Ok(stored) => {
+                for (id, registration) in stored {
+                    let pending = matches!(
+                        registration.view.state,
+                        WebhookState::Waiting | WebhookState::Delivering
+                    );
+                    let registration = Arc::new(Mutex::new(registration));
+                    hooks.registrations.insert(id, registration.clone());
+                    if pending {
+                        tokio::spawn(deliver(runtime.clone(), hooks.ctx(), registration));
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "stored webhooks could not be read"),
+        }
+        hooks
+    }
+
+    fn ctx(&self) -> DeliveryCtx {
+        DeliveryCtx {
+            settings: self.settings.clone(),
+            client: self.client.clone(),
+            delivered: self.delivered.clone(),
+            failed: self.failed.clone(),
+            store: self.store.clone(),
         }
     }
 
@@ -303,13 +207,14 @@ pub(crate) fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String 
 }
 
 async fn deliver(runtime: Runtime, hooks: DeliveryCtx, registration: Arc<Mutex<Registration>>) {
-    let (task_id, url, key, message_id) = {
+    let (task_id, url, key, message_id, done) = {
         let r = registration.lock().unwrap_or_else(|p| p.into_inner());
         (
             r.view.task_id,
             r.view.webhook_url.clone(),
             r.key.clone(),
             r.view.message_id.clone(),
+            r.view.attempts.len() as u32,
         )
     };
     let Ok(record) = runtime.wait(task_id, None).await else {
@@ -334,8 +239,10 @@ async fn deliver(runtime: Runtime, hooks: DeliveryCtx, registration: Arc<Mutex<R
             .state = state
     };
     set_state(WebhookState::Delivering);
+    hooks.persist(&registration).await;
     let settings = &hooks.settings;
-    for n in 1..=settings.max_attempts {
+    // Attempts made before a restart count.
+    for n in (done + 1)..=settings.max_attempts {
         let started = Instant::now();
         let at = chrono::Utc::now();
         let outcome = attempt(&hooks, &url, &key, &message_id, at.timestamp(), &body).await;
@@ -357,24 +264,28 @@ async fn deliver(runtime: Runtime, hooks: DeliveryCtx, registration: Arc<Mutex<R
         match outcome {
             Ok(s) if s.is_success() => {
                 set_state(WebhookState::Delivered);
+                hooks.persist(&registration).await;
                 hooks.delivered.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             Ok(StatusCode::GONE) => {
                 tracing::info!(%url, "webhook endpoint answered 410; disabled");
                 set_state(WebhookState::Disabled);
+                hooks.persist(&registration).await;
                 return;
             }
-            _ if n == settings.max_attempts => break,
-            _ => {
-                let base = settings.backoff.as_secs_f64() * 2f64.powi(n as i32 - 1);
-                let jittered = base * (0.75 + fastrand::f64() * 0.5);
-                tokio::time::sleep(Duration::from_secs_f64(jittered.min(600.0))).await;
-            }
+            _ => hooks.persist(&registration).await,
         }
+        if n == settings.max_attempts {
+            break;
+        }
+        let base = settings.backoff.as_secs_f64() * 2f64.powi(n as i32 - 1);
+        let jittered = base * (0.75 + fastrand::f64() * 0.5);
+        tokio::time::sleep(Duration::from_secs_f64(jittered.min(600.0))).await;
     }
     tracing::warn!(%url, attempts = settings.max_attempts, "webhook delivery failed");
     set_state(WebhookState::Failed);
+    hooks.persist(&registration).await;
     hooks.failed.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -384,6 +295,29 @@ struct DeliveryCtx {
     client: reqwest::Client,
     delivered: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
+    store: Arc<Store>,
+}
+
+impl DeliveryCtx {
+    /// [`DeliveryCtx::save`], logging a failure (the delivery goes on; a
+    /// restart may then repeat an attempt, with the same `webhook-id`).
+    async fn persist(&self, registration: &Mutex<Registration>) {
+        if let Err(e) = self.save(registration).await {
+            tracing::error!(error = %e, "could not store a webhook's progress");
+        }
+    }
+
+    /// Stores the registration as it is now (fsynced).
+    async fn save(&self, registration: &Mutex<Registration>) -> Result<(), crate::StoreError> {
+        let write = {
+            let r = registration.lock().unwrap_or_else(|p| p.into_inner());
+            store::put(Table::Webhooks, r.view.webhook_id.clone(), &*r)
+        };
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.apply(vec![write]))
+            .await
+            .map_err(|e| crate::StoreError::Io(std::io::Error::other(e.to_string())))?
+    }
 }
 
 async fn attempt(
@@ -471,15 +405,13 @@ pub(crate) async fn register(
         view: view.clone(),
         key: key.to_vec(),
     }));
+    let ctx = hooks.ctx();
+    ctx.save(&registration)
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?;
     hooks
         .registrations
         .insert(view.webhook_id.clone(), registration.clone());
-    let ctx = DeliveryCtx {
-        settings: hooks.settings.clone(),
-        client: hooks.client.clone(),
-        delivered: hooks.delivered.clone(),
-        failed: hooks.failed.clone(),
-    };
     tokio::spawn(deliver(state.runtime.clone(), ctx, registration));
     let mut shown = view;
     shown.secret = Some(secret);
@@ -503,41 +435,6 @@ pub(crate) async fn get_one(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn public_and_private_addresses() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "0.0.0.0",
-            "100.64.0.1",
-            "::1",
-            "fe80::1",
-            "fd00::1",
-            "::ffff:127.0.0.1",
-            "224.0.0.1",
-        ] {
-            assert!(!is_public(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {
-            assert!(is_public(ip.parse().unwrap()), "{ip}");
-        }
-    }
-
-    #[test]
-    fn cidr_allow_list() {
-        let c: Cidr = "127.0.0.0/8".parse().unwrap();
-        assert!(c.contains("127.9.9.9".parse().unwrap()));
-        assert!(c.contains("::ffff:127.0.0.1".parse().unwrap()));
-        assert!(!c.contains("10.0.0.1".parse().unwrap()));
-        let one: Cidr = "::1".parse().unwrap();
-        assert!(one.contains("::1".parse().unwrap()));
-        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
-        assert!("nope".parse::<Cidr>().unwrap_err().contains("nope"));
-    }
 
     #[test]
     fn signature_matches_the_spec_example() {

@@ -105,11 +105,22 @@ pub fn kill(pid: u32, signal: i32) {
 /// Starts `modal-agents serve` (the built binary `bin`) on 127.0.0.1:0 over
 /// `data_dir` with `token`; returns the child and the URL it printed.
 pub fn serve(bin: &str, data_dir: &std::path::Path, token: &str) -> (std::process::Child, String) {
+    serve_with(bin, data_dir, token, &[])
+}
+
+/// [`serve`] with extra environment variables.
+pub fn serve_with(
+    bin: &str,
+    data_dir: &std::path::Path,
+    token: &str,
+    env: &[(&str, &str)],
+) -> (std::process::Child, String) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(bin)
         .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .env("MODAL_AGENTS_TOKEN", token)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
         .env_remove("MODAL_AGENTS_ADDR")
         .stdout(std::process::Stdio::piped())
