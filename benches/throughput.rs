@@ -7,7 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use modal_agents::{FunctionSpec, LocalBackend, LocalConfig, Runtime, RuntimeError, TaskStatus};
+use modal_agents::{
+    FunctionSpec, LocalBackend, LocalConfig, Runtime, RuntimeError, SandboxMode, TaskStatus,
+};
 use serde_json::{json, Map};
 
 fn peak_rss_mib() -> f64 {
@@ -27,7 +29,7 @@ fn percentile(sorted: &[Duration], p: f64) -> u128 {
     sorted[i].as_micros()
 }
 
-async fn map_trivial(rt: &Runtime, n: u64) -> Result<(), RuntimeError> {
+async fn map_trivial(rt: &Runtime, n: u64, suffix: &str) -> Result<(), RuntimeError> {
     rt.deploy_function(FunctionSpec::new("f", "def f(x): return x * 2\n"))
         .await?;
     let inputs = futures_util::stream::iter((0..n).map(|i| json!(i)));
@@ -41,7 +43,7 @@ async fn map_trivial(rt: &Runtime, n: u64) -> Result<(), RuntimeError> {
     println!(
         "{}",
         json!({
-            "bench": "local_map_trivial", "n": n, "containers": 2,
+            "bench": format!("local_map_trivial{suffix}"), "n": n, "containers": 2,
             "seconds": (seconds * 1000.0).round() / 1000.0,
             "per_sec": (n as f64 / seconds).round(),
             "peak_rss_mib": (peak_rss_mib() * 10.0).round() / 10.0,
@@ -70,7 +72,7 @@ async fn map_stored(rt: &Runtime, n: u64) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-async fn call_roundtrip(rt: &Runtime, n: usize) -> Result<(), RuntimeError> {
+async fn call_roundtrip(rt: &Runtime, n: usize, suffix: &str) -> Result<(), RuntimeError> {
     rt.deploy_function(FunctionSpec::new("echo", "def echo(x): return x\n"))
         .await?;
     for i in 0..100 {
@@ -86,7 +88,7 @@ async fn call_roundtrip(rt: &Runtime, n: usize) -> Result<(), RuntimeError> {
     println!(
         "{}",
         json!({
-            "bench": "local_call_roundtrip", "n": n,
+            "bench": format!("local_call_roundtrip{suffix}"), "n": n,
             "p50_us": percentile(&times, 0.5), "p99_us": percentile(&times, 0.99),
         })
     );
@@ -100,6 +102,7 @@ async fn cold_start(
     rt: &Runtime,
     backend: &LocalBackend,
     standby: bool,
+    suffix: &str,
 ) -> Result<(), RuntimeError> {
     // The interpreter path is resolved once per backend; warm that first.
     rt.deploy_function(FunctionSpec::new("warm", "def warm(): return 0\n"))
@@ -122,9 +125,9 @@ async fn cold_start(
     }
     samples.sort();
     let bench = if standby {
-        "local_cold_start"
+        format!("local_cold_start{suffix}")
     } else {
-        "local_cold_start_no_standby"
+        format!("local_cold_start_no_standby{suffix}")
     };
     println!(
         "{}",
@@ -134,10 +137,15 @@ async fn cold_start(
     Ok(())
 }
 
-async fn runtime(dir: &Path, standby: usize) -> Result<(Runtime, Arc<LocalBackend>), RuntimeError> {
+async fn runtime(
+    dir: &Path,
+    standby: usize,
+    sandbox: SandboxMode,
+) -> Result<(Runtime, Arc<LocalBackend>), RuntimeError> {
     let backend = Arc::new(LocalBackend::new(LocalConfig {
         pool_size: 2,
         standby,
+        sandbox,
         work_dir: dir.join("containers"),
         ..LocalConfig::default()
     }));
@@ -156,14 +164,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir()?;
-    let (rt, backend) = runtime(dir.path(), 1).await?;
-    map_trivial(&rt, n).await?;
+    // Plain processes, as multiprocessing.Pool runs them (benches/peer_pool.py).
+    let (rt, backend) = runtime(dir.path(), 1, SandboxMode::Off).await?;
+    map_trivial(&rt, n, "").await?;
     map_stored(&rt, n).await?;
-    call_roundtrip(&rt, 2000).await?;
-    cold_start(&rt, &backend, true).await?;
+    call_roundtrip(&rt, 2000, "").await?;
+    cold_start(&rt, &backend, true, "").await?;
     rt.shutdown().await;
-    let (rt, backend) = runtime(&dir.path().join("no-standby"), 0).await?;
-    cold_start(&rt, &backend, false).await?;
+    let (rt, backend) = runtime(&dir.path().join("no-standby"), 0, SandboxMode::Off).await?;
+    cold_start(&rt, &backend, false, "").await?;
+    rt.shutdown().await;
+    // Under bubblewrap, when it works here (containers start per function,
+    // so there is no standby).
+    let (rt, backend) = runtime(&dir.path().join("sandboxed"), 0, SandboxMode::Auto).await?;
+    map_trivial(&rt, n, "_sandboxed").await?;
+    call_roundtrip(&rt, 2000, "_sandboxed").await?;
+    cold_start(&rt, &backend, false, "_sandboxed").await?;
+    if backend.sandboxed() != Some(true) {
+        eprintln!("bubblewrap is not usable here: the _sandboxed figures are unsandboxed");
+    }
     rt.shutdown().await;
     Ok(())
 }
