@@ -355,25 +355,46 @@ impl Container {
         timeout: Duration,
     ) -> Result<Vec<u8>, Failure> {
         self.busy = true;
-        let exchange = async {
-            self.stdin.write_all(frame).await?;
-            self.stdin.flush().await?;
-            let len = self.stdout.read_u32().await? as usize;
+        let (stdin, stdout) = (&mut self.stdin, &mut self.stdout);
+        let exchange = async move {
+            stdin.write_all(frame).await?;
+            stdin.flush().await?;
+            let len = stdout.read_u32().await? as usize;
             if len > MAX_FRAME {
                 return Err(std::io::Error::other(format!(
                     "reply of {len} bytes is over the limit"
                 )));
             }
             let mut buf = vec![0; len];
-            self.stdout.read_exact(&mut buf).await?;
+            stdout.read_exact(&mut buf).await?;
             Ok::<_, std::io::Error>(buf)
         };
-        match tokio::time::timeout(timeout, exchange).await {
+        // The process we started may die while something it left behind
+        // (a half-started sandbox) still holds the pipes open: its exit
+        // alone ends the request.
+        let exited = async {
+            match self.child.as_mut() {
+                Some(child) => child.wait().await,
+                None => std::future::pending().await,
+            }
+        };
+        let outcome = tokio::select! {
+            reply = tokio::time::timeout(timeout, exchange) => reply,
+            status = exited => Ok(Err(match status {
+                Ok(status) => std::io::Error::other(describe_exit(status, self.sandboxed)),
+                Err(e) => e,
+            })),
+        };
+        match outcome {
             Ok(Ok(buf)) => {
                 self.busy = false;
                 Ok(buf)
             }
-            Ok(Err(io)) => Err(Failure::Died(self.exit_description(io).await)),
+            Ok(Err(io)) => {
+                let how = self.exit_description(io).await;
+                kill_group(self.pid);
+                Err(Failure::Died(how))
+            }
             Err(_) => {
                 kill_group(self.pid);
                 Err(Failure::TimedOut)
