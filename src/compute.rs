@@ -7,6 +7,7 @@
 //! containers; a Modal backend drives Modal's SDK behind the same trait.
 
 mod local;
+mod modal;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,6 +25,9 @@ use crate::spec::{FunctionSpec, SpecError};
 use crate::task::TaskError;
 
 pub use local::{GpuDevice, GpuUse, LocalBackend, LocalConfig, SandboxMode, Usage};
+pub use modal::{
+    app_file, ModalBackend, ModalConfig, ModalCredentials, SyncReport, MODAL_SDK_VERSION,
+};
 
 /// A backend's own id for a spawned call.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -66,6 +70,15 @@ pub enum BackendError {
         /// What the installer said.
         log: String,
     },
+    /// The Modal backend has no credentials.
+    #[error("Modal credentials are missing: {0}")]
+    ModalCredentials(String),
+    /// The Modal SDK, `modal deploy` or the bridge to it failed.
+    #[error("modal: {0}")]
+    Modal(String),
+    /// No backend can run the function as asked.
+    #[error("{0}")]
+    NoBackend(String),
     /// Containers must run sandboxed and cannot be.
     #[error("{0}")]
     Sandbox(String),
@@ -86,6 +99,9 @@ pub struct Deployment {
     pub secret_env: BTreeMap<String, String>,
     /// Host directories of the spec's volumes, by mount path.
     pub volume_dirs: BTreeMap<String, PathBuf>,
+    /// Secrets the runtime's store does not hold, for a backend with secrets
+    /// of its own (Modal's `Secret.from_name`); empty for the local backend.
+    pub remote_secrets: Vec<String>,
     /// Start a container now (checking the code) rather than on first use.
     /// False when a restarted runtime re-registers functions it had.
     pub warm: bool,

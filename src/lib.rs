@@ -67,9 +67,9 @@ pub use agents::{
     TemplateGenerator, WorkerHandle, WorkerStats,
 };
 pub use compute::{
-    BackendError, CallContext, CallId, CallOutcome, Capacity, ComputeBackend, Deployment,
+    app_file, BackendError, CallContext, CallId, CallOutcome, Capacity, ComputeBackend, Deployment,
     GpuDevice, GpuUse, LocalBackend, LocalConfig, LogSink, LogStream, MapItem, MapMeter,
-    SandboxMode, Usage,
+    ModalBackend, ModalConfig, ModalCredentials, SandboxMode, SyncReport, Usage, MODAL_SDK_VERSION,
 };
 pub use registry::FunctionInfo;
 pub use runtime::{

@@ -263,6 +263,7 @@ impl Runtime {
                 spec: spec.clone(),
                 secret_env,
                 volume_dirs,
+                remote_secrets: Vec::new(),
                 warm: true,
             })
             .await
@@ -742,6 +743,7 @@ impl Runtime {
                 spec,
                 secret_env,
                 volume_dirs,
+                remote_secrets: Vec::new(),
                 warm: false,
             })
             .await

@@ -23,7 +23,7 @@
 mod budget;
 mod cgroup;
 mod container;
-mod images;
+pub(crate) mod images;
 mod map;
 mod marshal;
 mod pool;
@@ -343,7 +343,7 @@ fn function_env(d: &Deployment, sandboxed: bool) -> BTreeMap<String, String> {
 
 /// The interpreter's real executable and the directories it needs (its
 /// prefixes), resolved once so shims such as pyenv's cost nothing per container.
-async fn resolve_python(
+pub(crate) async fn resolve_python(
     configured: Option<PathBuf>,
 ) -> Result<(PathBuf, Vec<PathBuf>), BackendError> {
     let candidate = configured.unwrap_or_else(|| PathBuf::from("python3"));

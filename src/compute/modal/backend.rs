@@ -1,0 +1,477 @@
+//! [`ModalBackend`]: the [`ComputeBackend`] over the bridge and `modal deploy`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use futures_util::stream::{BoxStream, StreamExt};
+use serde_json::{json, Map, Value};
+use tokio::sync::{mpsc, Mutex as AsyncMutex, OnceCell};
+use tokio_util::sync::CancellationToken;
+
+use super::app_file::{app_file, secret_values, SECRET_VALUES_ENV};
+use super::bridge::{answer_of, task_error, Bridge, BridgeArgs};
+use super::credentials::HOW_TO_SET;
+use super::{setup, ModalConfig, ModalCredentials};
+use crate::compute::{
+    BackendError, CallContext, CallId, CallOutcome, Capacity, ComputeBackend, Deployment, MapItem,
+};
+use crate::spec::{FunctionSpec, GPU_TYPES};
+use crate::task::TaskError;
+
+/// A deployed function: its spec and Modal app.
+#[derive(Debug, Clone)]
+struct Deployed {
+    spec: FunctionSpec,
+    app: String,
+}
+
+/// Runs functions on Modal. See the [module docs](super).
+#[derive(Debug)]
+pub struct ModalBackend {
+    pub(super) config: ModalConfig,
+    python: OnceCell<PathBuf>,
+    bridge: AsyncMutex<Option<Arc<Bridge>>>,
+    functions: DashMap<String, Deployed>,
+    shutdown: CancellationToken,
+}
+
+impl ModalBackend {
+    /// A backend with the given settings; nothing starts until first use.
+    pub fn new(config: ModalConfig) -> ModalBackend {
+        ModalBackend {
+            config,
+            python: OnceCell::new(),
+            bridge: AsyncMutex::new(None),
+            functions: DashMap::new(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Whether credentials are configured (not whether Modal accepts them).
+    pub fn has_credentials(&self) -> bool {
+        self.config.credentials.is_some()
+    }
+
+    fn credentials(&self) -> Result<&ModalCredentials, BackendError> {
+        self.config
+            .credentials
+            .as_ref()
+            .ok_or_else(|| BackendError::ModalCredentials(HOW_TO_SET.to_owned()))
+    }
+
+    /// The interpreter with the SDK, building its environment on first use.
+    pub async fn sdk_python(&self) -> Result<PathBuf, BackendError> {
+        self.python
+            .get_or_try_init(|| setup::sdk_python(&self.config))
+            .await
+            .cloned()
+    }
+
+    /// The environment of the bridge and `modal deploy`: only what the SDK
+    /// needs, with the credentials given explicitly (the user's own
+    /// `~/.modal.toml` is not read behind the configuration's back).
+    fn env(&self, credentials: &ModalCredentials) -> Vec<(String, String)> {
+        let mut env = vec![
+            (
+                "PATH".to_owned(),
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
+            ),
+            (
+                "HOME".to_owned(),
+                self.config.cache_dir.display().to_string(),
+            ),
+            ("LANG".to_owned(), "C.UTF-8".to_owned()),
+            ("PYTHONUNBUFFERED".to_owned(), "1".to_owned()),
+            ("MODAL_TOKEN_ID".to_owned(), credentials.token_id.clone()),
+            (
+                "MODAL_TOKEN_SECRET".to_owned(),
+                credentials.token_secret.clone(),
+            ),
+            (
+                "MODAL_CONFIG_PATH".to_owned(),
+                self.config
+                    .cache_dir
+                    .join("modal.toml")
+                    .display()
+                    .to_string(),
+            ),
+        ];
+        if let Some(environment) = &self.config.environment {
+            env.push(("MODAL_ENVIRONMENT".to_owned(), environment.clone()));
+        }
+        if let Some(path) = &self.config.sdk_path {
+            env.push(("PYTHONPATH".to_owned(), path.display().to_string()));
+        }
+        env
+    }
+
+    pub(crate) async fn bridge(&self) -> Result<Arc<Bridge>, BackendError> {
+        if self.shutdown.is_cancelled() {
+            return Err(BackendError::Closed);
+        }
+        let credentials = self.credentials()?.clone();
+        let mut slot = self.bridge.lock().await;
+        if let Some(bridge) = slot.as_ref().filter(|b| !b.is_dead()) {
+            return Ok(bridge.clone());
+        }
+        let python = self.sdk_python().await?;
+        let bridge = Arc::new(Bridge::start(&BridgeArgs {
+            python,
+            env: self.env(&credentials),
+        })?);
+        *slot = Some(bridge.clone());
+        Ok(bridge)
+    }
+
+    fn deployed(&self, function: &str) -> Result<Deployed, BackendError> {
+        if self.shutdown.is_cancelled() {
+            return Err(BackendError::Closed);
+        }
+        self.functions
+            .get(function)
+            .map(|d| d.clone())
+            .ok_or_else(|| BackendError::UnknownFunction(function.to_owned()))
+    }
+
+    /// Runs `modal deploy` on the function's generated app file.
+    async fn modal_deploy(&self, d: &Deployment, app: &str) -> Result<(), BackendError> {
+        let credentials = self.credentials()?.clone();
+        let python = self.sdk_python().await?;
+        let dir = self.config.cache_dir.join("apps");
+        tokio::fs::create_dir_all(&dir).await?;
+        let file = dir.join(format!("{}.py", d.spec.name));
+        let text = app_file(&d.spec, app, !d.secret_env.is_empty(), &d.remote_secrets);
+        tokio::fs::write(&file, text).await?;
+        let mut cmd = tokio::process::Command::new(&python);
+        cmd.args(["-m", "modal", "deploy"])
+            .arg(&file)
+            .current_dir(&dir)
+            .env_clear()
+            .envs(self.env(&credentials))
+            .env(SECRET_VALUES_ENV, secret_values(&d.secret_env))
+            .kill_on_drop(true);
+        if let Some(environment) = &self.config.environment {
+            cmd.args(["--env", environment]);
+        }
+        let out = tokio::time::timeout(self.config.deploy_timeout, cmd.output())
+            .await
+            .map_err(|_| {
+                BackendError::Modal(format!(
+                    "`modal deploy` of {} did not finish within {} s",
+                    d.spec.name,
+                    self.config.deploy_timeout.as_secs()
+                ))
+            })?
+            .map_err(|e| BackendError::Modal(format!("cannot run modal deploy: {e}")))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        Err(deploy_error(&text, &credentials))
+    }
+
+    fn timeout_for(&self, spec: &FunctionSpec) -> Duration {
+        let attempts = u64::from(spec.retries.max_retries) + 1;
+        Duration::from_secs(u64::from(spec.timeout_s) * attempts) + self.config.request_timeout
+    }
+
+    /// One control request to the bridge; Modal's errors become backend errors.
+    pub(crate) async fn control(&self, msg: Value) -> Result<Value, BackendError> {
+        let bridge = self.bridge().await?;
+        bridge
+            .request(msg, self.config.request_timeout)
+            .await?
+            .map_err(|e| modal_error(&e))
+    }
+}
+
+/// A failed `modal deploy`, with credentials problems told apart.
+fn deploy_error(output: &str, credentials: &ModalCredentials) -> BackendError {
+    let lines: Vec<&str> = output.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(8)..].join("\n");
+    let lower = output.to_ascii_lowercase();
+    if lower.contains("token missing")
+        || lower.contains("could not authenticate")
+        || lower.contains("token validation")
+        || lower.contains("invalid token")
+    {
+        BackendError::ModalCredentials(format!(
+            "Modal refused the credentials from {} ({}); {HOW_TO_SET}",
+            credentials.source,
+            tail.lines().last().unwrap_or_default()
+        ))
+    } else {
+        BackendError::Modal(format!("`modal deploy` failed:\n{tail}"))
+    }
+}
+
+/// A Modal error on a control request as a backend error.
+fn modal_error(e: &TaskError) -> BackendError {
+    if e.kind == "AuthError" {
+        BackendError::ModalCredentials(format!(
+            "Modal refused the credentials ({}); {HOW_TO_SET}",
+            e.message
+        ))
+    } else {
+        BackendError::Modal(format!("{}: {}", e.kind, e.message))
+    }
+}
+
+fn cancelled() -> TaskError {
+    TaskError::new("Cancelled", "the task was cancelled")
+}
+
+#[async_trait]
+impl ComputeBackend for ModalBackend {
+    fn name(&self) -> &'static str {
+        "modal"
+    }
+
+    fn capacity(&self) -> Capacity {
+        // Modal scales out on demand: no fixed cores or memory to report.
+        Capacity {
+            backend: "modal".into(),
+            cpus: 0.0,
+            memory_mib: 0,
+            gpus: GPU_TYPES
+                .replace(" (alias A10G)", "")
+                .split(", ")
+                .map(str::to_owned)
+                .collect(),
+            default_pool_size: 0,
+        }
+    }
+
+    async fn deploy(&self, d: Deployment) -> Result<(), BackendError> {
+        if self.shutdown.is_cancelled() {
+            return Err(BackendError::Closed);
+        }
+        self.credentials()?;
+        let app = d.spec.name.clone();
+        self.modal_deploy(&d, &app).await?;
+        for (mount, dir) in &d.volume_dirs {
+            if let Some(name) = d.spec.volumes.get(mount) {
+                super::sync::push(self, name, dir).await?;
+            }
+        }
+        self.functions
+            .insert(d.spec.name.clone(), Deployed { spec: d.spec, app });
+        Ok(())
+    }
+
+    async fn undeploy(&self, function: &str) -> Result<(), BackendError> {
+        let (_, deployed) = self
+            .functions
+            .remove(function)
+            .ok_or_else(|| BackendError::UnknownFunction(function.to_owned()))?;
+        // Stopping the app on Modal is best effort: the function is gone here.
+        if let (Ok(credentials), Ok(python)) = (self.credentials(), self.sdk_python().await) {
+            let stop = tokio::process::Command::new(python)
+                .args(["-m", "modal", "app", "stop", &deployed.app])
+                .env_clear()
+                .envs(self.env(credentials))
+                .kill_on_drop(true)
+                .output();
+            match tokio::time::timeout(self.config.request_timeout, stop).await {
+                Ok(Ok(out)) if out.status.success() => {}
+                other => {
+                    tracing::warn!(app = %deployed.app, ?other, "could not stop the Modal app")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn call(
+        &self,
+        function: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        ctx: CallContext,
+    ) -> Result<CallOutcome, BackendError> {
+        let d = self.deployed(function)?;
+        let bridge = self.bridge().await?;
+        let msg = json!({"op": "call", "app": d.app, "function": d.spec.python_entrypoint(),
+                         "args": args, "kwargs": kwargs});
+        let result = tokio::select! {
+            answer = bridge.request(msg, self.timeout_for(&d.spec)) => answer?,
+            () = ctx.cancel.cancelled() => Err(cancelled()),
+        };
+        Ok(CallOutcome {
+            result,
+            attempts: 1,
+        })
+    }
+
+    async fn map(
+        &self,
+        function: &str,
+        inputs: BoxStream<'static, Value>,
+        ctx: CallContext,
+    ) -> Result<BoxStream<'static, Vec<MapItem>>, BackendError> {
+        let d = self.deployed(function)?;
+        let bridge = self.bridge().await?;
+        let window = self.config.map_window.max(1);
+        let (id, answers) = bridge.open(json!({"op": "map", "app": d.app,
+            "function": d.spec.python_entrypoint(), "window": window}))?;
+        let (out, rx) = mpsc::channel(4);
+        tokio::spawn(run_map(bridge, id, answers, inputs, out, ctx));
+        Ok(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        })
+        .boxed())
+    }
+
+    async fn spawn(
+        &self,
+        function: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        _ctx: CallContext,
+    ) -> Result<CallId, BackendError> {
+        let d = self.deployed(function)?;
+        let id = self
+            .control(
+                json!({"op": "spawn", "app": d.app, "function": d.spec.python_entrypoint(),
+                            "args": args, "kwargs": kwargs}),
+            )
+            .await?;
+        let id = id
+            .as_str()
+            .ok_or_else(|| BackendError::Modal(format!("spawn answered {id}, not a call id")))?;
+        Ok(CallId(id.to_owned()))
+    }
+
+    async fn wait(&self, call: &CallId) -> Result<CallOutcome, BackendError> {
+        loop {
+            let bridge = self.bridge().await?;
+            let answer = bridge
+                .request(
+                    json!({"op": "poll", "call_id": call.0}),
+                    self.config.request_timeout,
+                )
+                .await?;
+            match answer {
+                Ok(state) if state["done"] == json!(true) => {
+                    return Ok(CallOutcome {
+                        result: Ok(state.get("value").cloned().unwrap_or(Value::Null)),
+                        attempts: 1,
+                    })
+                }
+                Ok(_) => {}
+                Err(e) if e.kind == "AuthError" => return Err(modal_error(&e)),
+                Err(e) => {
+                    return Ok(CallOutcome {
+                        result: Err(e),
+                        attempts: 1,
+                    })
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.config.poll_interval) => {}
+                () = self.shutdown.cancelled() => return Err(BackendError::Closed),
+            }
+        }
+    }
+
+    async fn cancel(&self, call: &CallId) -> Result<(), BackendError> {
+        self.control(json!({"op": "cancel", "call_id": call.0}))
+            .await
+            .map(drop)
+    }
+
+    async fn shutdown(&self) {
+        self.shutdown.cancel();
+        if let Some(bridge) = self.bridge.lock().await.take() {
+            bridge.kill();
+        }
+    }
+}
+
+/// Feeds a map's inputs to the bridge as it grants credit and forwards its
+/// results in order. If the map fails as a whole, every input without a
+/// result gets that error, so each input still has exactly one outcome.
+async fn run_map(
+    bridge: Arc<Bridge>,
+    id: u64,
+    mut answers: mpsc::UnboundedReceiver<Value>,
+    mut inputs: BoxStream<'static, Value>,
+    out: mpsc::Sender<Vec<MapItem>>,
+    ctx: CallContext,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (mut sent, mut done, mut ended) = (0u64, 0u64, false);
+    let failure = loop {
+        let msg = tokio::select! {
+            msg = answers.recv() => msg,
+            () = ctx.cancel.cancelled() => {
+                let _ = bridge.send(&json!({"id": 0, "op": "abort", "target": id}));
+                return;
+            }
+        };
+        let Some(msg) = msg else {
+            break TaskError::new("ModalError", "the bridge process exited during the map");
+        };
+        if let Some(credit) = msg.get("credit").and_then(Value::as_u64) {
+            let mut batch = Vec::new();
+            while !ended && (batch.len() as u64) < credit {
+                match inputs.next().await {
+                    Some(v) => batch.push(v),
+                    None => ended = true,
+                }
+            }
+            sent += batch.len() as u64;
+            ctx.meter.submitted.store(sent, Relaxed);
+            ctx.meter.running.store(sent - done, Relaxed);
+            if !batch.is_empty() {
+                let _ = bridge.send(&json!({"op": "inputs", "target": id, "inputs": batch}));
+            }
+            if ended {
+                let _ = bridge.send(&json!({"op": "end", "target": id}));
+            }
+        } else if let Some(item) = msg.get("item") {
+            let result = answer_of(&item[1]);
+            if out
+                .send(vec![MapItem {
+                    index: done,
+                    result,
+                    attempts: 1,
+                }])
+                .await
+                .is_err()
+            {
+                let _ = bridge.send(&json!({"id": 0, "op": "abort", "target": id}));
+                return;
+            }
+            done += 1;
+            ctx.meter.running.store(sent - done, Relaxed);
+        } else if let Some(err) = msg.get("err") {
+            break task_error(err);
+        } else if msg.get("ok").is_some() {
+            return;
+        }
+    };
+    // Every input without a result fails with the map's error.
+    let mut index = done;
+    loop {
+        if index >= sent {
+            if ended || inputs.next().await.is_none() {
+                return;
+            }
+            sent += 1;
+        }
+        let item = MapItem {
+            index,
+            result: Err(failure.clone()),
+            attempts: 1,
+        };
+        if out.send(vec![item]).await.is_err() {
+            return;
+        }
+        index += 1;
+    }
+}

@@ -1,0 +1,229 @@
+# modal-agents bridge to the official `modal` SDK: one long-lived process per
+# runtime, driven over JSON lines on stdin/stdout. Every request carries an id;
+# answers carry it back, so many requests are in flight at once.
+#   -> {"id":N,"op":"ping"}                                  <- {"id":N,"ok":{"modal":version}}
+#   -> {"id":N,"op":"call","app":..,"function":..,"args":[..],"kwargs":{..}}
+#   -> {"id":N,"op":"spawn", same fields}                   <- {"id":N,"ok":"fc-..."}
+#   -> {"id":N,"op":"poll","call_id":..}                    <- {"id":N,"ok":{"done":bool,"value":..}}
+#   -> {"id":N,"op":"cancel","call_id":..}
+#   -> {"id":N,"op":"map","app":..,"function":..,"window":W}
+#        <- {"id":N,"credit":K}   (send up to K more inputs)
+#   -> {"id":N,"op":"inputs","inputs":[..]} ... {"id":N,"op":"end"}
+#        <- {"id":N,"item":[index,{"ok":v}|{"err":{..}}]} (in input order) ... {"id":N,"ok":null}
+#   -> {"id":N,"op":"abort","target":M}                      (stops map M)
+#   -> {"id":N,"op":"volume_put","volume":..,"files":[[local,remote],..],"delete":[..]}
+#   -> {"id":N,"op":"volume_list","volume":..}               <- {"ok":[[path,size,mtime],..]}
+#   -> {"id":N,"op":"volume_get","volume":..,"files":[[remote,local],..]}
+# Failures answer {"id":N,"err":{"type","message","traceback"}} with Modal's
+# exceptions named as the local backend names its errors.
+import asyncio
+import json
+import os
+import sys
+import traceback
+
+import modal
+
+try:
+    from modal import exception as modal_exc
+except ImportError:  # a stand-in SDK may not have the submodule
+    modal_exc = None
+
+KINDS = {
+    "AuthError": "AuthError",
+    "FunctionTimeoutError": "TimeoutError",
+    "TimeoutError": "TimeoutError",
+    "ResourceExhaustedError": "ResourceExhausted",
+    "NotFoundError": "FunctionNotFound",
+    "InputCancellation": "Cancelled",
+    "ExecutionError": "ExecutionError",
+    "RemoteError": "RemoteError",
+    "ConnectionError": "ConnectionError",
+    "InvalidError": "InvalidError",
+    "OutputExpiredError": "OutputExpired",
+}
+
+
+def describe(exc):
+    name = type(exc).__name__
+    modal_error = type(exc).__module__.startswith("modal")
+    kind = KINDS.get(name, name) if modal_error else name
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return {"type": kind, "message": str(exc), "traceback": tb}
+
+
+class Bridge:
+    def __init__(self):
+        self.out = sys.stdout
+        self.maps = {}
+        self.functions = {}
+
+    def send(self, msg):
+        self.out.write(json.dumps(msg, separators=(",", ":")) + "\n")
+        self.out.flush()
+
+    def function(self, app, name):
+        key = (app, name)
+        if key not in self.functions:
+            self.functions[key] = modal.Function.from_name(app, name)
+        return self.functions[key]
+
+    async def handle(self, msg):
+        rid = msg["id"]
+        op = msg["op"]
+        try:
+            if op == "map":
+                await self.map(rid, msg)
+                return
+            result = await getattr(self, "op_" + op)(msg)
+            self.send({"id": rid, "ok": result})
+        except BaseException as e:  # noqa: BLE001 - every failure is an answer
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            self.send({"id": rid, "err": describe(e)})
+
+    async def op_ping(self, msg):
+        return {"modal": getattr(modal, "__version__", "unknown")}
+
+    async def op_call(self, msg):
+        f = self.function(msg["app"], msg["function"])
+        return await f.remote.aio(*msg.get("args", []), **msg.get("kwargs", {}))
+
+    async def op_spawn(self, msg):
+        f = self.function(msg["app"], msg["function"])
+        call = await f.spawn.aio(*msg.get("args", []), **msg.get("kwargs", {}))
+        return call.object_id
+
+    async def op_poll(self, msg):
+        call = modal.FunctionCall.from_id(msg["call_id"])
+        try:
+            value = await call.get.aio(timeout=0)
+        except Exception as e:  # noqa: BLE001
+            # get(timeout=0) raises modal's plain TimeoutError while the call
+            # runs; FunctionTimeoutError (a subclass) means the call timed out.
+            if type(e).__name__ == "TimeoutError":
+                return {"done": False}
+            raise
+        return {"done": True, "value": value}
+
+    async def op_cancel(self, msg):
+        call = modal.FunctionCall.from_id(msg["call_id"])
+        await call.cancel.aio()
+        return None
+
+    async def op_abort(self, msg):
+        task = self.maps.pop(msg["target"], None)
+        if task is not None:
+            task["task"].cancel()
+        return None
+
+    async def op_inputs(self, msg):
+        state = self.maps.get(msg["target"])
+        if state is not None:
+            for value in msg["inputs"]:
+                state["queue"].put_nowait(value)
+        return None
+
+    async def op_end(self, msg):
+        state = self.maps.get(msg["target"])
+        if state is not None:
+            state["queue"].put_nowait(StopAsyncIteration)
+        return None
+
+    async def map(self, rid, msg):
+        window = max(1, int(msg.get("window", 1000)))
+        queue = asyncio.Queue()
+        state = {"queue": queue}
+        self.maps[rid] = state
+        f = self.function(msg["app"], msg["function"])
+        taken = 0
+        done = 0
+
+        async def inputs():
+            nonlocal taken
+            while True:
+                value = await queue.get()
+                if value is StopAsyncIteration:
+                    return
+                taken += 1
+                yield value
+
+        async def run():
+            nonlocal done
+            self.send({"id": rid, "credit": window})
+            async for result in f.map.aio(inputs(), order_outputs=True, return_exceptions=True):
+                if isinstance(result, BaseException):
+                    item = {"err": describe(result)}
+                else:
+                    item = {"ok": result}
+                self.send({"id": rid, "item": [done, item]})
+                done += 1
+                # One more input may be in flight for each result out.
+                self.send({"id": rid, "credit": 1})
+            self.send({"id": rid, "ok": None})
+
+        task = asyncio.ensure_future(run())
+        state["task"] = task
+        try:
+            await task
+        except asyncio.CancelledError:
+            self.send({"id": rid, "err": {"type": "Cancelled", "message": "the map was stopped"}})
+        except BaseException as e:  # noqa: BLE001
+            self.send({"id": rid, "err": describe(e)})
+        finally:
+            self.maps.pop(rid, None)
+
+    async def op_volume_list(self, msg):
+        volume = modal.Volume.from_name(msg["volume"], create_if_missing=True)
+        out = []
+        async for entry in volume.iterdir.aio("/", recursive=True):
+            if getattr(entry, "type", None) is not None and int(getattr(entry.type, "value", entry.type)) != 1:
+                continue
+            out.append([entry.path, entry.size, entry.mtime])
+        return out
+
+    async def op_volume_put(self, msg):
+        volume = modal.Volume.from_name(msg["volume"], create_if_missing=True)
+        if msg.get("files"):
+            async with volume.batch_upload(force=True) as batch:
+                for local, remote in msg["files"]:
+                    batch.put_file(local, remote)
+        for remote in msg.get("delete", []):
+            await volume.remove_file.aio(remote)
+        return None
+
+    async def op_volume_get(self, msg):
+        volume = modal.Volume.from_name(msg["volume"], create_if_missing=True)
+        for remote, local in msg["files"]:
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            tmp = local + ".modal-agents-part"
+            with open(tmp, "wb") as f:
+                async for chunk in volume.read_file.aio(remote):
+                    f.write(chunk)
+            os.replace(tmp, local)
+        return None
+
+
+async def main():
+    bridge = Bridge()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 30)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    pending = set()
+    while True:
+        line = await reader.readline()
+        if not line:
+            break
+        msg = json.loads(line)
+        if msg["op"] in ("inputs", "end", "abort"):
+            await bridge.handle(msg) if msg["op"] == "abort" else await getattr(bridge, "op_" + msg["op"])(msg)
+            continue
+        task = asyncio.ensure_future(bridge.handle(msg))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    for task in pending:
+        task.cancel()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
