@@ -156,7 +156,7 @@ async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Respon
         webhooks::register, webhooks::get_one,
         volumes::list_volumes, volumes::get_state, volumes::put_state, volumes::delete_state,
         volumes::list_state, volumes::put_file, volumes::get_file, volumes::delete_file,
-        volumes::list_files,
+        volumes::list_files, volumes::push, volumes::pull,
         misc::put_secret, misc::list_secrets, misc::delete_secret, misc::list_tools,
         misc::call_tool, misc::resources, misc::healthz, misc::metrics,
     ),
@@ -229,6 +229,8 @@ pub fn app(runtime: Runtime, config: ApiConfig) -> Router {
                 .delete(volumes::delete_state),
         )
         .route("/volumes/{name}/files", get(volumes::list_files))
+        .route("/volumes/{name}/push", post(volumes::push))
+        .route("/volumes/{name}/pull", post(volumes::pull))
         .route(
             "/volumes/{name}/files/{*path}",
             get(volumes::get_file)

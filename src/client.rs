@@ -96,6 +96,9 @@ pub struct DeployRequest {
     /// Limits on each container.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limits: Option<crate::Limits>,
+    /// Where it runs (default: auto).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<crate::BackendChoice>,
 }
 
 impl DeployRequest {
@@ -545,6 +548,18 @@ impl Client {
             None,
         )
         .await
+    }
+
+    /// `POST /volumes/{name}/push`: upload changes to the Modal Volume.
+    pub async fn volume_push(&self, volume: &str) -> Result<Value, ClientError> {
+        self.json(Method::POST, &format!("/volumes/{volume}/push"), None)
+            .await
+    }
+
+    /// `POST /volumes/{name}/pull`: download changes from the Modal Volume.
+    pub async fn volume_pull(&self, volume: &str) -> Result<Value, ClientError> {
+        self.json(Method::POST, &format!("/volumes/{volume}/pull"), None)
+            .await
     }
 
     /// `PUT /secrets/{name}`.

@@ -8,6 +8,7 @@
 
 mod local;
 mod modal;
+mod router;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ pub use local::{GpuDevice, GpuUse, LocalBackend, LocalConfig, SandboxMode, Usage
 pub use modal::{
     app_file, ModalBackend, ModalConfig, ModalCredentials, SyncReport, MODAL_SDK_VERSION,
 };
+pub(crate) use router::Router;
 
 /// A backend's own id for a spawned call.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -223,6 +225,12 @@ pub trait ComputeBackend: Send + Sync + 'static {
 
     /// What this backend can run.
     fn capacity(&self) -> Capacity;
+
+    /// The backend a deployed function runs on (`local`, `modal`); a router
+    /// over several backends answers per function.
+    fn placement(&self, _function: &str) -> &'static str {
+        self.name()
+    }
 
     /// Checks, once at runtime start, what the backend needs before any
     /// deploy (a required sandbox, say), so a misconfiguration stops the

@@ -77,8 +77,8 @@ pub use runtime::{
 };
 pub use secrets::{SecretError, SecretStore};
 pub use spec::{
-    FunctionSpec, GpuRequest, GpuSpec, GpuType, ImageSpec, Limits, Resources, RetryPolicy,
-    SeedVolumes, SpecError, DEFAULT_TIMEOUT_S, GPU_TYPES,
+    BackendChoice, FunctionSpec, GpuRequest, GpuSpec, GpuType, ImageSpec, Limits, Resources,
+    RetryPolicy, SeedVolumes, SpecError, DEFAULT_TIMEOUT_S, GPU_TYPES,
 };
 pub use store::StoreError;
 pub use supervisor::{ChildError, RestartPolicy, RuntimeChild};

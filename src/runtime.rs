@@ -18,13 +18,17 @@ use tokio_util::task::TaskTracker as JobSet;
 use uuid::Uuid;
 
 use crate::agents::{AgentShared, AgentSupervisorMsg, Agents};
-use crate::compute::{BackendError, Capacity, ComputeBackend, Deployment};
+use std::collections::BTreeMap;
+
+use crate::compute::{
+    BackendError, Capacity, ComputeBackend, Deployment, ModalBackend, SyncReport,
+};
 use crate::dispatcher::{
     read_inputs, read_logs, write_inputs, DispatcherHandle, Job, JobSpec, Resume,
 };
 use crate::registry::{FunctionInfo, FunctionRegistryHandle};
 use crate::secrets::SecretStore;
-use crate::spec::FunctionSpec;
+use crate::spec::{BackendChoice, FunctionSpec};
 use crate::store::{put, Store, Table, Write};
 use crate::supervisor::Slot;
 use crate::supervisor::{RootSupervisorMsg, RuntimeChild};
@@ -65,6 +69,7 @@ struct Inner {
     tracker: TaskTrackerHandle,
     dispatcher: DispatcherHandle,
     store: Arc<Store>,
+    modal: Option<Arc<ModalBackend>>,
     durable: Arc<Durable>,
     flusher_stop: CancellationToken,
     volumes: Volumes,
@@ -245,7 +250,7 @@ impl Runtime {
     pub async fn deploy_function(&self, spec: FunctionSpec) -> Result<FunctionInfo, RuntimeError> {
         self.ensure_running()?;
         spec.validate()?;
-        let secret_env = self.inner.secrets.resolve(&spec.secrets)?;
+        let (secret_env, remote_secrets) = self.resolve_secrets(&spec)?;
         let mut volume_dirs = std::collections::BTreeMap::new();
         for (mount, name) in &spec.volumes {
             let dir = self.volume_dir(name);
@@ -263,7 +268,7 @@ impl Runtime {
                 spec: spec.clone(),
                 secret_env,
                 volume_dirs,
-                remote_secrets: Vec::new(),
+                remote_secrets,
                 warm: true,
             })
             .await
@@ -274,7 +279,7 @@ impl Runtime {
         let info = FunctionInfo {
             function_id: Uuid::new_v4(),
             function_name: spec.name.clone(),
-            backend: self.inner.backend.name().to_owned(),
+            backend: self.inner.backend.placement(&spec.name).to_owned(),
             deployed_at: Utc::now(),
             spec,
         };
@@ -286,6 +291,54 @@ impl Runtime {
         )])
         .await?;
         Ok(info)
+    }
+
+    /// The function's secret environment from the runtime's store; a function
+    /// that may run on Modal may also name secrets that only exist there.
+    fn resolve_secrets(
+        &self,
+        spec: &FunctionSpec,
+    ) -> Result<(BTreeMap<String, String>, Vec<String>), RuntimeError> {
+        if spec.backend == BackendChoice::Local || self.inner.modal.is_none() {
+            return Ok((self.inner.secrets.resolve(&spec.secrets)?, Vec::new()));
+        }
+        let known = self.inner.secrets.names();
+        let (here, remote): (Vec<String>, Vec<String>) = spec
+            .secrets
+            .iter()
+            .cloned()
+            .partition(|s| known.contains(s));
+        Ok((self.inner.secrets.resolve(&here)?, remote))
+    }
+
+    /// Uploads what changed in volume `name` to the Modal Volume of the same
+    /// name (created there if missing).
+    pub async fn push_volume(&self, name: &str) -> Result<SyncReport, RuntimeError> {
+        let modal = self.modal_backend()?;
+        crate::spec::validate_object_name("name", name)?;
+        Ok(modal
+            .push_volume(name, &self.volume_dir(name))
+            .await
+            .map_err(RuntimeError::Backend)?)
+    }
+
+    /// Downloads what changed in the Modal Volume `name` into the runtime's
+    /// volume of the same name.
+    pub async fn pull_volume(&self, name: &str) -> Result<SyncReport, RuntimeError> {
+        let modal = self.modal_backend()?;
+        crate::spec::validate_object_name("name", name)?;
+        Ok(modal
+            .pull_volume(name, &self.volume_dir(name))
+            .await
+            .map_err(RuntimeError::Backend)?)
+    }
+
+    fn modal_backend(&self) -> Result<&Arc<ModalBackend>, RuntimeError> {
+        self.inner.modal.as_ref().ok_or_else(|| {
+            RuntimeError::Backend(BackendError::NoBackend(
+                "this runtime has no Modal backend (RuntimeBuilder::modal)".into(),
+            ))
+        })
     }
 
     async fn persist(&self, writes: Vec<Write>) -> Result<(), RuntimeError> {
@@ -731,7 +784,7 @@ impl Runtime {
 
     async fn redeploy(&self, info: FunctionInfo) -> Result<(), RuntimeError> {
         let spec = info.spec.clone();
-        let secret_env = self.inner.secrets.resolve(&spec.secrets)?;
+        let (secret_env, remote_secrets) = self.resolve_secrets(&spec)?;
         let volume_dirs = spec
             .volumes
             .iter()
@@ -743,7 +796,7 @@ impl Runtime {
                 spec,
                 secret_env,
                 volume_dirs,
-                remote_secrets: Vec::new(),
+                remote_secrets,
                 warm: false,
             })
             .await

@@ -175,6 +175,43 @@ pub struct FunctionSpec {
     /// size, processes, network (default: [`Limits::default`]).
     #[serde(default, skip_serializing_if = "is_default_limits")]
     pub limits: Limits,
+    /// Where the function runs (default [`BackendChoice::Auto`]).
+    #[serde(default, skip_serializing_if = "BackendChoice::is_auto")]
+    pub backend: BackendChoice,
+}
+
+/// Where a function runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// Local containers when this machine can ever run the function, else
+    /// Modal when credentials exist, else the deploy fails naming what was
+    /// asked (the default).
+    #[default]
+    Auto,
+    /// Warm local containers.
+    Local,
+    /// Modal.
+    Modal,
+}
+
+impl BackendChoice {
+    fn is_auto(&self) -> bool {
+        *self == BackendChoice::Auto
+    }
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(BackendChoice::Auto),
+            "local" => Ok(BackendChoice::Local),
+            "modal" => Ok(BackendChoice::Modal),
+            _ => Err(SpecError::invalid("backend", s, "local, modal or auto")),
+        }
+    }
 }
 
 fn is_default_limits(limits: &Limits) -> bool {
@@ -196,7 +233,14 @@ impl FunctionSpec {
             volumes: BTreeMap::new(),
             max_concurrency: None,
             limits: Limits::default(),
+            backend: BackendChoice::Auto,
         }
+    }
+
+    /// Sets where the function runs.
+    pub fn backend(mut self, backend: BackendChoice) -> Self {
+        self.backend = backend;
+        self
     }
 
     /// Sets the container limits.

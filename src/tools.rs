@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::runtime::{Runtime, RuntimeError};
-use crate::spec::{seed_field, Limits, SeedDeploy, SeedVolumes, SpecError};
+use crate::spec::{seed_field, BackendChoice, Limits, SeedDeploy, SeedVolumes, SpecError};
 use crate::task::TaskStatus;
 use crate::volume::VolumeError;
 
@@ -114,6 +114,8 @@ struct DeployArgs {
     memory: Option<u64>,
     #[serde(default)]
     limits: Option<Limits>,
+    #[serde(default)]
+    backend: Option<BackendChoice>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,6 +241,8 @@ impl Tools {
                         "max_concurrency": {"type": "integer", "minimum": 1, "maximum": 1000},
                         "cpu": {"type": "number", "exclusiveMinimum": 0},
                         "memory": {"type": "integer", "minimum": 128, "description": "MiB"},
+                        "backend": {"type": "string", "enum": ["auto", "local", "modal"],
+                                    "description": "where it runs; auto sends to Modal what this machine cannot run"},
                         "limits": {"type": "object", "additionalProperties": false,
                                    "description": "limits on each container; network is off in the local sandbox unless true",
                                    "properties": {
@@ -349,6 +353,7 @@ impl Tools {
             cpu: a.cpu,
             memory: a.memory,
             limits: a.limits,
+            backend: a.backend,
         }
         .into_spec()
         .map_err(|e| Self::runtime_error(TOOL, RuntimeError::Spec(e)))?;

@@ -197,6 +197,13 @@ impl From<RuntimeError> for Error {
             RuntimeError::Backend(e @ crate::compute::BackendError::Image { .. }) => {
                 Error::invalid("image_config.packages", e.to_string())
             }
+            // What Modal needs (credentials, a working deploy) is said in full:
+            // it is configuration, not an internal failure.
+            RuntimeError::Backend(
+                e @ (crate::compute::BackendError::ModalCredentials(_)
+                | crate::compute::BackendError::NoBackend(_)
+                | crate::compute::BackendError::Modal(_)),
+            ) => Error::invalid("backend", e.to_string()),
             RuntimeError::UnknownFunction(_) | RuntimeError::UnknownTask(_) => {
                 Error::NotFound(e.to_string())
             }

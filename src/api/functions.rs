@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use super::extract::ApiJson;
 use super::{ApiState, Error};
 use crate::registry::FunctionInfo;
-use crate::spec::{seed_field, Limits, SeedDeploy, SeedVolumes, SpecError};
+use crate::spec::{seed_field, BackendChoice, Limits, SeedDeploy, SeedVolumes, SpecError};
 
 /// `image_config`: Python packages (`packages`, the seed's name) and apt packages.
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -63,6 +63,10 @@ pub(crate) struct DeployRequest {
     /// size, processes, network).
     #[serde(default)]
     limits: Option<Limits>,
+    /// Where it runs: `local`, `modal` or `auto` (default: `auto`, local
+    /// unless this machine cannot run it and Modal credentials exist).
+    #[serde(default)]
+    backend: Option<BackendChoice>,
 }
 
 /// The seed's deploy response.
@@ -139,6 +143,7 @@ pub(crate) async fn deploy(
         cpu: req.cpu,
         memory: req.memory,
         limits: req.limits,
+        backend: req.backend,
     }
     .into_spec()
     .map_err(seed_error)?;

@@ -148,6 +148,24 @@ pub(crate) async fn delete_state(
     ))
 }
 
+/// Upload what changed in the volume to the Modal Volume of the same name.
+#[utoipa::path(post, path = "/volumes/{name}/push", responses((status = 200, body = Object), (status = 422, body = super::Problem)))]
+pub(crate) async fn push(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<crate::SyncReport>, Error> {
+    Ok(Json(state.runtime.push_volume(&name).await?))
+}
+
+/// Download what changed in the Modal Volume of the same name.
+#[utoipa::path(post, path = "/volumes/{name}/pull", responses((status = 200, body = Object), (status = 422, body = super::Problem)))]
+pub(crate) async fn pull(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<crate::SyncReport>, Error> {
+    Ok(Json(state.runtime.pull_volume(&name).await?))
+}
+
 /// Files under a prefix.
 #[utoipa::path(get, path = "/volumes/{name}/files", params(("prefix" = Option<String>, Query)),
     responses((status = 200, body = Vec<FileStat>)))]

@@ -22,7 +22,8 @@ use clap::{Args, Parser, Subcommand};
 use modal_agents::api::{self, ApiConfig, Cidr};
 use modal_agents::client::{Client, DeployRequest};
 use modal_agents::{
-    Limits, LocalConfig, Runtime, SandboxMode, TaskId, TaskStatus, DEFAULT_DATA_DIR,
+    BackendChoice, Limits, LocalConfig, ModalBackend, ModalConfig, ModalCredentials, Runtime,
+    SandboxMode, TaskId, TaskStatus, DEFAULT_DATA_DIR,
 };
 use serde_json::{json, Map, Value};
 
@@ -57,6 +58,9 @@ struct Cli {
 enum Command {
     /// Run the HTTP API server.
     Serve(ServeArgs),
+    /// Modal: build the environment with the pinned `modal` SDK.
+    #[command(subcommand)]
+    Modal(ModalCommand),
     /// Deploy a function from a Python file.
     Deploy(DeployArgs),
     /// Map a function over JSON-lines inputs; print results as JSON lines.
@@ -131,6 +135,34 @@ struct ServeArgs {
     /// Run containers under bubblewrap: auto (when it works), required, off.
     #[arg(long, env = "MODAL_AGENTS_SANDBOX", default_value = "auto")]
     sandbox: SandboxMode,
+    #[command(flatten)]
+    modal: ModalArgs,
+}
+
+#[derive(Subcommand)]
+enum ModalCommand {
+    /// Build (or reuse) the virtual environment with the pinned `modal` SDK
+    /// and print its interpreter.
+    Setup {
+        /// Where the environment lives (the server's default: DATA_DIR/modal).
+        #[arg(long, default_value = "modal-agents-data/modal")]
+        cache_dir: PathBuf,
+    },
+}
+
+/// Modal settings of `serve`; credentials come from MODAL_TOKEN_ID /
+/// MODAL_TOKEN_SECRET or ~/.modal.toml.
+#[derive(Args)]
+struct ModalArgs {
+    /// An interpreter that has the `modal` SDK (default: build one under DATA_DIR/modal).
+    #[arg(long, env = "MODAL_AGENTS_MODAL_PYTHON")]
+    modal_python: Option<PathBuf>,
+    /// The Modal environment to deploy to.
+    #[arg(long, env = "MODAL_ENVIRONMENT")]
+    modal_environment: Option<String>,
+    /// Disable the Modal backend.
+    #[arg(long)]
+    no_modal: bool,
 }
 
 #[derive(Args)]
@@ -140,6 +172,9 @@ struct DeployArgs {
     /// The function's name (defaults to the file's stem).
     #[arg(long)]
     name: Option<String>,
+    /// Where it runs: local, modal or auto (default auto).
+    #[arg(long)]
+    backend: Option<BackendChoice>,
     /// GPU type, e.g. T4 or A100-80GB:2 (repeat for a fallback list).
     #[arg(long)]
     gpu: Vec<String>,
@@ -187,6 +222,16 @@ enum VolumeCommand {
         /// Only if the key still has this version.
         #[arg(long)]
         if_match: Option<u64>,
+    },
+    /// Upload what changed to the Modal Volume of the same name.
+    Push {
+        /// The volume.
+        volume: String,
+    },
+    /// Download what changed in the Modal Volume of the same name.
+    Pull {
+        /// The volume.
+        volume: String,
     },
     /// List keys (or files, with --files).
     Ls {
@@ -265,10 +310,23 @@ async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), String> {
         .local_config(LocalConfig {
             sandbox: args.sandbox,
             ..LocalConfig::default()
+        });
+    let runtime = if args.modal.no_modal {
+        runtime
+    } else {
+        let credentials = ModalCredentials::discover();
+        match &credentials {
+            Some(c) => tracing::info!(source = %c.source, "Modal credentials found"),
+            None => tracing::info!("no Modal credentials: functions can only run locally"),
+        }
+        runtime.modal(ModalConfig {
+            credentials,
+            python: args.modal.modal_python.clone(),
+            environment: args.modal.modal_environment.clone(),
+            ..ModalConfig::default()
         })
-        .start()
-        .await
-        .map_err(|e| e.to_string())?;
+    };
+    let runtime = runtime.start().await.map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     println!(
         "modal-agents listening on http://{addr} (data dir {})",
@@ -305,6 +363,7 @@ async fn deploy(client: &Client, args: DeployArgs) -> Result<(), String> {
     request.timeout = args.timeout;
     request.retries = args.retries;
     request.max_concurrency = args.max_concurrency;
+    request.backend = args.backend;
     if !args.limits.is_empty() {
         request.limits = Some(parse_limits(&args.limits)?);
     }
@@ -402,13 +461,23 @@ async fn run(client: &Client, function: &str, inputs: &str) -> Result<(), String
 }
 
 async fn run_command(cli: Cli) -> Result<(), String> {
-    if let Command::Serve(args) = cli.command {
-        return serve(args, cli.token).await;
-    }
+    let cli = match cli.command {
+        Command::Serve(args) => return serve(args, cli.token).await,
+        Command::Modal(ModalCommand::Setup { cache_dir }) => {
+            let backend = ModalBackend::new(ModalConfig {
+                cache_dir,
+                ..ModalConfig::default()
+            });
+            let python = backend.sdk_python().await.map_err(|e| e.to_string())?;
+            println!("{}", python.display());
+            return Ok(());
+        }
+        _ => cli,
+    };
     let client = Client::new(&cli.url, cli.token.as_deref()).map_err(|e| e.to_string())?;
     let err = |e: modal_agents::client::ClientError| e.to_string();
     match cli.command {
-        Command::Serve(_) => unreachable!("handled above"),
+        Command::Serve(_) | Command::Modal(_) => unreachable!("handled above"),
         Command::Deploy(args) => deploy(&client, args).await,
         Command::Run { function, inputs } => run(&client, &function, &inputs).await,
         Command::Spawn {
@@ -482,6 +551,12 @@ async fn run_command(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(err)?,
         ),
+        Command::Volume(VolumeCommand::Push { volume }) => {
+            print_json(&client.volume_push(&volume).await.map_err(err)?)
+        }
+        Command::Volume(VolumeCommand::Pull { volume }) => {
+            print_json(&client.volume_pull(&volume).await.map_err(err)?)
+        }
         Command::Volume(VolumeCommand::Ls {
             volume,
             prefix,

@@ -35,6 +35,7 @@ use std::time::Duration;
 pub use self::app_file::app_file;
 pub use self::backend::ModalBackend;
 pub use self::credentials::ModalCredentials;
+pub(crate) use self::credentials::HOW_TO_SET;
 pub use self::sync::SyncReport;
 
 /// The `modal` SDK version the backend installs and is checked against.

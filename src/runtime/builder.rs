@@ -11,7 +11,9 @@ use tokio_util::task::TaskTracker as JobSet;
 
 use super::{Inner, Runtime, RuntimeError};
 use crate::agents::{AgentShared, AgentSupervisor, AgentSupervisorArgs, AgentSupervisorMsg};
-use crate::compute::{ComputeBackend, LocalBackend, LocalConfig};
+use crate::compute::{
+    ComputeBackend, LocalBackend, LocalConfig, ModalBackend, ModalConfig, Router,
+};
 use crate::dispatcher::{
     DispatchShared, Dispatcher, DispatcherArgs, DispatcherHandle, DispatcherMsg,
 };
@@ -34,6 +36,7 @@ pub struct RuntimeBuilder {
     data_dir: Option<PathBuf>,
     backend: Option<Arc<dyn ComputeBackend>>,
     local: Option<LocalConfig>,
+    modal: Option<ModalConfig>,
     secrets: SecretStore,
     restart: RestartPolicy,
 }
@@ -46,6 +49,14 @@ impl RuntimeBuilder {
     /// `./modal-agents-data`).
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Adds the Modal backend (default: none). Functions then choose with
+    /// their `backend` field; `auto` sends to Modal what this machine cannot
+    /// run. A `cache_dir` left at its default moves under the data dir.
+    pub fn modal(mut self, config: ModalConfig) -> Self {
+        self.modal = Some(config);
         self
     }
 
@@ -110,6 +121,13 @@ impl RuntimeBuilder {
                 Arc::new(LocalBackend::new(config))
             }
         };
+        let modal = self.modal.map(|mut config| {
+            if config.cache_dir == ModalConfig::default().cache_dir {
+                config.cache_dir = data_dir.join("modal");
+            }
+            Arc::new(ModalBackend::new(config))
+        });
+        let backend: Arc<dyn ComputeBackend> = Arc::new(Router::new(backend, modal.clone()));
         backend.start().await.map_err(RuntimeError::Backend)?;
 
         let db_path = data_dir.join("state.redb");
@@ -230,6 +248,7 @@ impl RuntimeBuilder {
                 shutdown,
                 stopped: AtomicBool::new(false),
                 store: db,
+                modal,
                 durable,
                 flusher_stop,
             }),

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{FunctionSpec, GpuSpec, Limits, RetryPolicy, SpecError};
+use super::{BackendChoice, FunctionSpec, GpuSpec, Limits, RetryPolicy, SpecError};
 
 /// `volumes`: the seed's list of names (each mounted at `/volumes/NAME`) or
 /// Modal's mapping `{"/data": "name"}`.
@@ -36,6 +36,7 @@ pub(crate) struct SeedDeploy {
     pub(crate) cpu: Option<f64>,
     pub(crate) memory: Option<u64>,
     pub(crate) limits: Option<Limits>,
+    pub(crate) backend: Option<BackendChoice>,
 }
 
 impl SeedDeploy {
@@ -59,6 +60,7 @@ impl SeedDeploy {
         }
         spec.max_concurrency = self.max_concurrency;
         spec.limits = self.limits.unwrap_or_default();
+        spec.backend = self.backend.unwrap_or_default();
         spec.resources.cpu = self.cpu;
         spec.resources.memory_mib = self.memory;
         spec.resources.gpu = match self.gpu {
