@@ -27,7 +27,8 @@ use crate::task::TaskError;
 
 pub use local::{GpuDevice, GpuUse, LocalBackend, LocalConfig, SandboxMode, Usage};
 pub use modal::{
-    app_file, ModalBackend, ModalConfig, ModalCredentials, SyncReport, MODAL_SDK_VERSION,
+    app_file, ModalBackend, ModalConfig, ModalCredentials, SyncReport, APP_OBJECT,
+    MODAL_SDK_VERSION,
 };
 pub(crate) use router::Router;
 

@@ -69,7 +69,8 @@ pub use agents::{
 pub use compute::{
     app_file, BackendError, CallContext, CallId, CallOutcome, Capacity, ComputeBackend, Deployment,
     GpuDevice, GpuUse, LocalBackend, LocalConfig, LogSink, LogStream, MapItem, MapMeter,
-    ModalBackend, ModalConfig, ModalCredentials, SandboxMode, SyncReport, Usage, MODAL_SDK_VERSION,
+    ModalBackend, ModalConfig, ModalCredentials, SandboxMode, SyncReport, Usage, APP_OBJECT,
+    MODAL_SDK_VERSION,
 };
 pub use registry::FunctionInfo;
 pub use runtime::{

@@ -316,10 +316,10 @@ impl Runtime {
     pub async fn push_volume(&self, name: &str) -> Result<SyncReport, RuntimeError> {
         let modal = self.modal_backend()?;
         crate::spec::validate_object_name("name", name)?;
-        Ok(modal
+        modal
             .push_volume(name, &self.volume_dir(name))
             .await
-            .map_err(RuntimeError::Backend)?)
+            .map_err(RuntimeError::Backend)
     }
 
     /// Downloads what changed in the Modal Volume `name` into the runtime's
@@ -327,10 +327,10 @@ impl Runtime {
     pub async fn pull_volume(&self, name: &str) -> Result<SyncReport, RuntimeError> {
         let modal = self.modal_backend()?;
         crate::spec::validate_object_name("name", name)?;
-        Ok(modal
+        modal
             .pull_volume(name, &self.volume_dir(name))
             .await
-            .map_err(RuntimeError::Backend)?)
+            .map_err(RuntimeError::Backend)
     }
 
     fn modal_backend(&self) -> Result<&Arc<ModalBackend>, RuntimeError> {

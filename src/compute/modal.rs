@@ -32,7 +32,7 @@ mod sync;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use self::app_file::app_file;
+pub use self::app_file::{app_file, APP_OBJECT};
 pub use self::backend::ModalBackend;
 pub use self::credentials::ModalCredentials;
 pub(crate) use self::credentials::HOW_TO_SET;

@@ -6,13 +6,17 @@
 //! so the function is a module-level function as Modal requires, and its
 //! tracebacks point at the user's lines. Secret values are never written: the
 //! file reads them from `MODAL_AGENTS_SECRET_VALUES` in the environment of
-//! `modal deploy`.
+//! `modal deploy`. The app object is `__ma_app` (user code may well define
+//! its own `app`), so the deploy target is `FILE::__ma_app` ([`APP_OBJECT`]).
 
 use std::fmt::Write as _;
 
 use serde_json::Value;
 
 use crate::spec::{FunctionSpec, GpuSpec};
+
+/// The app object in the file: deploy `FILE::__ma_app`.
+pub const APP_OBJECT: &str = "__ma_app";
 
 /// The environment variable `modal deploy` gets the secret values in.
 pub(crate) const SECRET_VALUES_ENV: &str = "MODAL_AGENTS_SECRET_VALUES";
@@ -111,11 +115,14 @@ pub fn app_file(
         );
     }
     f.push_str("}\n\n");
+    let filename = py_str(&format!("{}.py", spec.name));
     let _ = writeln!(f, "__ma_source = {}", py_str(&spec.code));
+    // Registered with linecache so tracebacks show the user's lines.
     let _ = writeln!(
         f,
-        "exec(compile(__ma_source, {}, \"exec\"), globals())\n",
-        py_str(&format!("{}.py", spec.name))
+        "import linecache as __ma_linecache\n\
+         __ma_linecache.cache[{filename}] = (len(__ma_source), None, __ma_source.splitlines(True), {filename})\n\
+         exec(compile(__ma_source, {filename}, \"exec\"), globals())\n"
     );
     let mut options = vec![
         "image=__ma_image".to_owned(),

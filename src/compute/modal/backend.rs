@@ -55,7 +55,7 @@ impl ModalBackend {
         self.config.credentials.is_some()
     }
 
-    fn credentials(&self) -> Result<&ModalCredentials, BackendError> {
+    pub(crate) fn credentials(&self) -> Result<&ModalCredentials, BackendError> {
         self.config
             .credentials
             .as_ref()
@@ -147,7 +147,11 @@ impl ModalBackend {
         tokio::fs::write(&file, text).await?;
         let mut cmd = tokio::process::Command::new(&python);
         cmd.args(["-m", "modal", "deploy"])
-            .arg(&file)
+            .arg(format!(
+                "{}::{}",
+                file.display(),
+                super::app_file::APP_OBJECT
+            ))
             .current_dir(&dir)
             .env_clear()
             .envs(self.env(&credentials))

@@ -96,6 +96,7 @@ pub(crate) async fn push(
     volume: &str,
     dir: &Path,
 ) -> Result<SyncReport, BackendError> {
+    backend.credentials()?;
     let path = manifest_path(backend, volume);
     let mut manifest = load(&path).await;
     let root = dir.to_path_buf();
@@ -137,6 +138,7 @@ pub(crate) async fn pull(
     volume: &str,
     dir: &Path,
 ) -> Result<SyncReport, BackendError> {
+    backend.credentials()?;
     let path = manifest_path(backend, volume);
     let mut manifest = load(&path).await;
     let listing = backend
