@@ -9,17 +9,21 @@
 //! - [`runtime`](Runtime): the [`Runtime`] handle and its [`RuntimeBuilder`];
 //!   start, deploy, spawn, call, map, status, wait, results, cancel, shutdown.
 //! - `spec`: [`FunctionSpec`] and its parts ([`Resources`], [`GpuSpec`],
-//!   [`ImageSpec`], [`RetryPolicy`]), validated before any backend sees them.
+//!   [`ImageSpec`], [`RetryPolicy`], [`Limits`], [`BackendChoice`]), validated
+//!   before any backend sees them.
 //! - `task`: [`TaskId`], [`TaskStatus`], [`TaskRecord`], [`MapProgress`],
 //!   [`TaskError`], [`ResultsPage`].
-//! - `compute`: the [`ComputeBackend`] trait and the [`LocalBackend`] (warm
-//!   `python3` containers running a harness shipped in the crate).
+//! - `compute`: the [`ComputeBackend`] trait, the [`LocalBackend`] (warm
+//!   `python3` containers running a harness shipped in the crate, sandboxed
+//!   under bubblewrap per [`SandboxMode`]), the [`ModalBackend`] (Modal through
+//!   the pinned official SDK, [`ModalConfig`], [`ModalCredentials`]) and the
+//!   router that sends each function where its `backend` says.
 //! - `secrets`: the [`SecretStore`] functions draw environment variables from.
 //! - `supervisor`: the root supervisor and its [`RestartPolicy`]; `registry`,
 //!   `tracker` (task records, journal, map results), `dispatcher`, `volume`
 //!   ([`Volumes`]: versioned state, files, watches) and `agents`
 //!   ([`Agents`]: master, worker, codegen, repo-creator) are its children.
-//! - `store`: the redb database of functions and secrets.
+//! - `store`: the redb database of functions, secrets and webhooks.
 //! - `tools`: the seed's agent tools with JSON Schemas ([`Tools`]).
 //! - [`api`]: the axum HTTP service; [`client`]: its typed client.
 //!

@@ -5,6 +5,7 @@
 //! field, the bad value and what is accepted. Python-level checks (syntax errors
 //! with line and column, a missing function) happen at deploy, in a container.
 
+mod backend;
 mod gpu;
 mod limits;
 mod retry;
@@ -14,6 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use backend::BackendChoice;
 pub use gpu::{GpuRequest, GpuSpec, GpuType, GPU_TYPES};
 pub use limits::Limits;
 pub use retry::RetryPolicy;
@@ -178,40 +180,6 @@ pub struct FunctionSpec {
     /// Where the function runs (default [`BackendChoice::Auto`]).
     #[serde(default, skip_serializing_if = "BackendChoice::is_auto")]
     pub backend: BackendChoice,
-}
-
-/// Where a function runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendChoice {
-    /// Local containers when this machine can ever run the function, else
-    /// Modal when credentials exist, else the deploy fails naming what was
-    /// asked (the default).
-    #[default]
-    Auto,
-    /// Warm local containers.
-    Local,
-    /// Modal.
-    Modal,
-}
-
-impl BackendChoice {
-    fn is_auto(&self) -> bool {
-        *self == BackendChoice::Auto
-    }
-}
-
-impl std::str::FromStr for BackendChoice {
-    type Err = SpecError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "auto" => Ok(BackendChoice::Auto),
-            "local" => Ok(BackendChoice::Local),
-            "modal" => Ok(BackendChoice::Modal),
-            _ => Err(SpecError::invalid("backend", s, "local, modal or auto")),
-        }
-    }
 }
 
 fn is_default_limits(limits: &Limits) -> bool {
