@@ -479,3 +479,59 @@ async fn run_map(
         index += 1;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn creds() -> ModalCredentials {
+        ModalCredentials {
+            token_id: "ak-1".into(),
+            token_secret: "as-1".into(),
+            source: "environment".into(),
+        }
+    }
+
+    #[test]
+    fn deploy_failures_tell_credentials_apart() {
+        let refused = deploy_error(
+            "Building...\nError: Token missing. Could not authenticate client.\n",
+            &creds(),
+        );
+        let text = refused.to_string();
+        assert!(
+            matches!(refused, BackendError::ModalCredentials(_)),
+            "{text}"
+        );
+        assert!(
+            text.contains("environment") && text.contains("modal token new"),
+            "{text}"
+        );
+        let other = deploy_error(
+            "Step 3/4: pip install nope==0\nERROR: No matching distribution found for nope==0\n",
+            &creds(),
+        );
+        assert!(
+            matches!(&other, BackendError::Modal(m) if m.contains("No matching distribution")),
+            "{other}"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_credentials_nothing_starts() {
+        let backend = ModalBackend::new(ModalConfig {
+            python: Some("/nonexistent/python".into()),
+            ..ModalConfig::default()
+        });
+        let err = backend
+            .call("f", Vec::new(), Map::new(), CallContext::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BackendError::UnknownFunction(_)), "{err}");
+        let err = backend.cancel(&CallId("fc-1".into())).await.unwrap_err();
+        assert!(
+            matches!(&err, BackendError::ModalCredentials(m) if m.contains("MODAL_TOKEN_ID")),
+            "{err}"
+        );
+    }
+}
