@@ -256,10 +256,14 @@ impl ComputeBackend for ModalBackend {
         }
         self.credentials()?;
         let app = d.spec.name.clone();
-        self.modal_deploy(&d, &app).await?;
-        for (mount, dir) in &d.volume_dirs {
-            if let Some(name) = d.spec.volumes.get(mount) {
-                super::sync::push(self, name, dir).await?;
+        // `warm: false` is a restarted runtime registering what it had: the
+        // app is still deployed on Modal, so it is only looked up again.
+        if d.warm {
+            self.modal_deploy(&d, &app).await?;
+            for (mount, dir) in &d.volume_dirs {
+                if let Some(name) = d.spec.volumes.get(mount) {
+                    super::sync::push(self, name, dir).await?;
+                }
             }
         }
         self.functions
