@@ -78,7 +78,8 @@ pub use compute::{
 };
 pub use registry::FunctionInfo;
 pub use runtime::{
-    ResourceReport, Runtime, RuntimeBuilder, RuntimeError, DEFAULT_DATA_DIR, MAX_RESULTS_PAGE,
+    ModalStatus, ResourceReport, Runtime, RuntimeBuilder, RuntimeError, DEFAULT_DATA_DIR,
+    MAX_RESULTS_PAGE,
 };
 pub use secrets::{SecretError, SecretStore};
 pub use spec::{

@@ -46,6 +46,17 @@ pub struct ResourceReport {
     pub capacity: Capacity,
     /// What is in use and waiting, when the backend tracks it.
     pub usage: Option<crate::compute::Usage>,
+    /// The Modal backend: whether it is configured and has credentials.
+    pub modal: ModalStatus,
+}
+
+/// Whether functions can be sent to Modal.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ModalStatus {
+    /// A Modal backend is part of the runtime.
+    pub configured: bool,
+    /// It has credentials (Modal may still refuse them).
+    pub credentials: bool,
 }
 
 /// Largest page of map results one read returns.
@@ -129,6 +140,14 @@ impl Runtime {
         ResourceReport {
             capacity: self.inner.backend.capacity(),
             usage: self.inner.backend.usage(),
+            modal: ModalStatus {
+                configured: self.inner.modal.is_some(),
+                credentials: self
+                    .inner
+                    .modal
+                    .as_ref()
+                    .is_some_and(|m| m.has_credentials()),
+            },
         }
     }
 

@@ -242,6 +242,8 @@ async fn invalid_specs_and_missing_credentials_never_reach_the_sdk() {
     );
     assert!(started.elapsed() < Duration::from_secs(5), "failed at once");
     assert!(!cache.join("apps").exists(), "no app file was written");
+    let modal = rt.resources().modal;
+    assert!(modal.configured && !modal.credentials, "{modal:?}");
     let err = rt.push_volume("shared").await.unwrap_err().to_string();
     assert!(err.contains("MODAL_TOKEN_ID"), "{err}");
     rt.shutdown().await;
@@ -467,6 +469,7 @@ async fn routing_volume_sync_and_refused_tokens_with_the_standin() {
         .await
         .unwrap();
     assert_eq!(local.backend, "local");
+    assert!(rt.resources().modal.credentials);
     let remote = rt
         .deploy_function(
             FunctionSpec::new("there", "def there():\n    return 'modal'\n")
