@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker as JobSet;
 
 use crate::compute::{
-    BackendError, CallContext, CallOutcome, ComputeBackend, LogSink, MapItem, MapMeter,
+    BackendError, CallContext, CallId, CallOutcome, ComputeBackend, LogSink, MapItem, MapMeter,
 };
 use crate::supervisor::{ChildError, Slot};
 use crate::task::{MapProgress, TaskError, TaskId, TaskStatus};
@@ -39,6 +39,9 @@ pub(crate) enum Job {
         function: String,
         args: Vec<Value>,
         kwargs: Map<String, Value>,
+        /// A call still running on a backend that outlives this process
+        /// (Modal) after a restart: wait for it instead of starting another.
+        attach: Option<CallId>,
     },
     /// A map over a stream of inputs.
     Map {
@@ -247,8 +250,9 @@ async fn run_job(shared: Arc<DispatchShared>, job: Job, cancel: CancellationToke
                 function,
                 args,
                 kwargs,
+                attach,
                 ..
-            } => run_call(&shared, id, &function, args, kwargs, ctx).await,
+            } => run_call(&shared, id, &function, (args, kwargs), attach, ctx).await,
             Job::Map {
                 function,
                 inputs,
@@ -298,13 +302,20 @@ async fn run_call(
     shared: &DispatchShared,
     id: TaskId,
     function: &str,
-    args: Vec<Value>,
-    kwargs: Map<String, Value>,
+    (args, kwargs): (Vec<Value>, Map<String, Value>),
+    attach: Option<CallId>,
     ctx: CallContext,
 ) -> Finished {
     let cancel = ctx.cancel.clone();
     let backend = &shared.backend;
-    let outcome = match backend.spawn(function, args, kwargs, ctx).await {
+    let started = match attach {
+        Some(call) => {
+            tracing::info!(task_id = %id, call_id = %call, "waiting again for a call started before the restart");
+            Ok(call)
+        }
+        None => backend.spawn(function, args, kwargs, ctx).await,
+    };
+    let outcome = match started {
         Err(e) => Err(e),
         Ok(call) => {
             shared.tracker.notify(

@@ -446,6 +446,7 @@ impl Runtime {
             function: function.to_owned(),
             args,
             kwargs,
+            attach: None,
         };
         self.submit(record, job, spec).await
     }
@@ -731,7 +732,16 @@ impl Runtime {
                 tracker.restore(record, stored);
                 continue;
             }
-            record.attempts += 1;
+            // A call running on Modal carries on there: wait for it (same
+            // attempt). Local calls died with the process: run them again.
+            let attach = record
+                .backend_call_id
+                .clone()
+                .filter(|c| !c.starts_with("lc-"))
+                .map(crate::compute::CallId);
+            if attach.is_none() {
+                record.attempts += 1;
+            }
             record.status = TaskStatus::Pending;
             let job = match jobs.remove(&key) {
                 Some(JobSpec::Call {
@@ -743,6 +753,7 @@ impl Runtime {
                     function,
                     args,
                     kwargs,
+                    attach,
                 }),
                 Some(JobSpec::Map {
                     function,

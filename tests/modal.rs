@@ -538,3 +538,118 @@ async fn routing_volume_sync_and_refused_tokens_with_the_standin() {
     assert!(started.elapsed() < Duration::from_secs(10));
     rt.shutdown().await;
 }
+
+/// Polls `check` every 20 ms until it holds or `within` passes.
+async fn until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_modal_call_in_flight_survives_a_sigkill_of_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    // `serve` finds the SDK through --modal-python / MODAL_AGENTS_MODAL_PYTHON:
+    // a wrapper that puts the stand-in first on the import path.
+    let standin = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/modal_standin");
+    let wrapper = dir.path().join("python-standin");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nPYTHONPATH={} exec python3 \"$@\"\n",
+            standin.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (home_s, wrapper_s) = (home.display().to_string(), wrapper.display().to_string());
+    let env = [
+        ("HOME", home_s.as_str()),
+        ("MODAL_TOKEN_ID", "ak-test"),
+        ("MODAL_TOKEN_SECRET", "as-ok"),
+        ("MODAL_AGENTS_MODAL_PYTHON", wrapper_s.as_str()),
+    ];
+    let token = "modal-durable-token-0123456789";
+    let (mut server, url) = support::serve_with(BIN, &data, token, &env);
+    let http = reqwest::Client::new();
+    let post = |url: String, body: Value| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let gate = dir.path().join("gate");
+    let code = format!(
+        "import os, time\ndef gated():\n    with open({runs:?}, 'a') as f:\n        f.write('run\\n')\n    while not os.path.exists({gate:?}):\n        time.sleep(0.01)\n    return 'opened'\n",
+        runs = dir.path().join("runs").display().to_string(),
+        gate = gate.display().to_string(),
+    );
+    post(
+        format!("{url}/deploy-function"),
+        json!({"function_code": code, "function_name": "gated", "backend": "modal"}),
+    )
+    .await;
+    let task = post(
+        format!("{url}/spawn-task"),
+        json!({"function_name": "gated"}),
+    )
+    .await;
+    let task_id = task["task_id"].as_str().unwrap().to_owned();
+    // The FunctionCall id is journaled before the kill.
+    let journal = data.join("tasks.journal");
+    until(
+        Duration::from_secs(30),
+        "the call id in the journal",
+        || std::fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"fc-")),
+    )
+    .await;
+    support::kill(server.id(), libc::SIGKILL);
+    server.wait().unwrap();
+
+    std::fs::write(&gate, "").unwrap();
+    let (mut server, url) = support::serve_with(BIN, &data, token, &env);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the task never finished after the restart"
+        );
+        let s: Value = http
+            .get(format!("{url}/status/{task_id}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if s["status"] == "completed" || s["status"] == "failed" {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status["status"], "completed", "{status}");
+    assert_eq!(status["result"], "opened");
+    assert_eq!(status["attempts"], 1, "waited for, not run again: {status}");
+    let runs = std::fs::read_to_string(dir.path().join("runs")).unwrap();
+    assert_eq!(runs.lines().count(), 1, "the function ran once");
+    support::kill(server.id(), libc::SIGTERM);
+    server.wait().unwrap();
+}

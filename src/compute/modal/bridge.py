@@ -101,7 +101,8 @@ class Bridge:
         except Exception as e:  # noqa: BLE001
             # get(timeout=0) raises modal's plain TimeoutError while the call
             # runs; FunctionTimeoutError (a subclass) means the call timed out.
-            if type(e).__name__ == "TimeoutError":
+            # (A user's own TimeoutError, re-raised, is not modal's.)
+            if type(e).__name__ == "TimeoutError" and type(e).__module__.startswith("modal"):
                 return {"done": False}
             raise
         return {"done": True, "value": value}

@@ -8,8 +8,11 @@ the bridge's own process. State lives under $HOME/standin (the backend's cache d
 """
 import asyncio
 import importlib.util
+import json
 import os
-import time
+import signal
+import subprocess
+import sys
 import uuid
 
 from . import exception
@@ -163,10 +166,9 @@ class Function:
             raise exception.NotFoundError(f"Lookup failed for Function '{name}' from the '{app_name}' app")
         with open(path) as f:
             file = f.read().strip()
-        spec = importlib.util.spec_from_file_location("standin_" + app_name, file)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return getattr(module, name)
+        function = getattr(_load(file, "standin_" + app_name), name)
+        function.app_file = file
+        return function
 
     async def _run(self, args, kwargs):
         loop = asyncio.get_running_loop()
@@ -181,9 +183,20 @@ class Function:
         return await self._run(args, kwargs)
 
     async def _spawn(self, *args, **kwargs):
-        call = FunctionCall("fc-" + uuid.uuid4().hex[:24])
-        _CALLS[call.object_id] = asyncio.ensure_future(self._run(args, kwargs))
-        return call
+        # Like Modal, a spawned call runs apart from the caller and outlives
+        # it: here, a detached process that stores its outcome in calls/.
+        call_id = "fc-" + uuid.uuid4().hex[:24]
+        calls = os.path.join(_DIR, "calls")
+        os.makedirs(calls, exist_ok=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "modal._runner", self.app_file, self.fn.__name__, call_id,
+             json.dumps([list(args), kwargs])],
+            start_new_session=True,
+        )
+        with open(os.path.join(calls, call_id + ".pid"), "w") as f:
+            f.write(str(proc.pid))
+        _CALLS[call_id] = proc
+        return FunctionCall(call_id)
 
     async def _map(self, inputs, order_outputs=True, return_exceptions=False):
         # Inputs are consumed while results go out, as the SDK does.
@@ -214,28 +227,67 @@ def _outcome(task, return_exceptions):
     return task.result()
 
 
+class _RemoteTraceback(Exception):
+    def __init__(self, tb):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self):
+        return "\n" + self.tb
+
+
+def _load(file, name):
+    spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 class FunctionCall:
     def __init__(self, object_id):
         self.object_id = object_id
+        self.path = os.path.join(_DIR, "calls", object_id)
         self.get = _Aio(self._get)
         self.cancel = _Aio(self._cancel)
 
     @staticmethod
     def from_id(object_id):
         _check_token()
-        if object_id not in _CALLS:
+        call = FunctionCall(object_id)
+        if not os.path.exists(call.path + ".pid"):
             raise exception.NotFoundError(f"No function call {object_id}")
-        return FunctionCall(object_id)
+        return call
 
     async def _get(self, timeout=None):
-        task = _CALLS[self.object_id]
-        if not task.done():
+        while True:
+            if os.path.exists(self.path + ".cancelled"):
+                raise exception.InputCancellation("Input was cancelled by user")
+            if os.path.exists(self.path + ".json"):
+                with open(self.path + ".json") as f:
+                    outcome = json.load(f)
+                if "err" in outcome:
+                    # The remote traceback rides along as the cause, the way
+                    # concurrent.futures carries a worker's traceback.
+                    name, message = outcome["err"]["type"], outcome["err"]["message"]
+                    if name == "FunctionTimeoutError":
+                        raise exception.FunctionTimeoutError(message)
+                    kind = type(name, (Exception,), {"__module__": "user_code"})
+                    remote = _RemoteTraceback(outcome["err"].get("traceback", ""))
+                    raise kind(message) from remote
+                return outcome["ok"]
             if timeout == 0:
                 raise exception.TimeoutError()
-            await asyncio.wait([task], timeout=timeout)
-        if task.cancelled():
-            raise exception.InputCancellation("Input was cancelled by user")
-        return _outcome(task, False)
+            await asyncio.sleep(0.01)
 
     async def _cancel(self):
-        _CALLS[self.object_id].cancel()
+        with open(self.path + ".cancelled", "w"):
+            pass
+        with open(self.path + ".pid") as f:
+            pid = int(f.read())
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc = _CALLS.pop(self.object_id, None)
+        if proc is not None:
+            proc.wait()
