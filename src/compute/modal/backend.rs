@@ -28,7 +28,23 @@ struct Deployed {
     app: String,
 }
 
-/// Runs functions on Modal. See the [module docs](super).
+/// Runs functions on Modal (modal.com) through the official `modal` Python
+/// SDK, pinned to [`MODAL_SDK_VERSION`](crate::MODAL_SDK_VERSION).
+///
+/// Modal defines functions only from Python, so each deployed function
+/// becomes a generated app file ([`app_file`](crate::app_file)) deployed with
+/// `modal deploy`; calls, maps, spawns, polls and cancels go through one
+/// long-lived bridge process driving `modal.Function.from_name(..)` and
+/// `modal.FunctionCall.from_id(..)`. Both run in a virtual environment with the
+/// pinned SDK, built once under [`ModalConfig::cache_dir`] unless
+/// [`ModalConfig::python`] points to one.
+///
+/// Credentials are explicit ([`ModalConfig::credentials`];
+/// [`ModalCredentials::discover`] reads them like the `modal` CLI). Without
+/// them every operation fails at once with
+/// [`BackendError::ModalCredentials`], saying how to set them, and no process
+/// starts. Every bridge request is bounded by a timeout. Modal's errors become
+/// the local backend's [`TaskError`] shape.
 #[derive(Debug)]
 pub struct ModalBackend {
     pub(super) config: ModalConfig,
