@@ -157,6 +157,48 @@ async fn cli_end_to_end() {
     );
     let (ok, _, err) = cli(&s, &["spawn", "ghost"], None);
     assert!(!ok && err.contains("404") && err.contains("ghost"), "{err}");
+    // Limits: each key checked, the field named.
+    let (ok, _, err) = cli(&s, &["deploy", file, "--limit", "processes=2"], None);
+    assert!(
+        !ok && err.contains("limits.processes") && err.contains("4 to 65536"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(&s, &["deploy", file, "--limit", "memory"], None);
+    assert!(!ok && err.contains("KEY=VALUE"), "{err}");
+    let (ok, _, err) = cli(&s, &["deploy", file, "--limit", "forks=3"], None);
+    assert!(!ok && err.contains("forks"), "{err}");
+    let (ok, out, err) = cli(
+        &s,
+        &[
+            "deploy",
+            file,
+            "--limit",
+            "memory_mib=512",
+            "--limit",
+            "network=true",
+            "--backend",
+            "local",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("\"registered\""), "{out}");
+    let info: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/functions/double", s.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["spec"]["limits"]["memory_mib"], 512, "{info}");
+    assert_eq!(info["spec"]["limits"]["network"], true, "{info}");
+    assert_eq!(
+        (info["spec"]["backend"].as_str(), info["backend"].as_str()),
+        (Some("local"), Some("local")),
+        "{info}"
+    );
     let bad = Command::new(BIN)
         .args(["status", &id])
         .env("MODAL_AGENTS_URL", &s.url)
