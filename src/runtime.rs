@@ -2,6 +2,8 @@
 
 mod builder;
 mod error;
+mod recover;
+mod resources;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,12 +22,8 @@ use uuid::Uuid;
 use crate::agents::{AgentShared, AgentSupervisorMsg, Agents};
 use std::collections::BTreeMap;
 
-use crate::compute::{
-    BackendError, Capacity, ComputeBackend, Deployment, ModalBackend, SyncReport,
-};
-use crate::dispatcher::{
-    read_inputs, read_logs, write_inputs, DispatcherHandle, Job, JobSpec, Resume,
-};
+use crate::compute::{BackendError, ComputeBackend, Deployment, ModalBackend};
+use crate::dispatcher::{read_logs, write_inputs, DispatcherHandle, Job, JobSpec};
 use crate::registry::{FunctionInfo, FunctionRegistryHandle};
 use crate::secrets::SecretStore;
 use crate::spec::{BackendChoice, FunctionSpec};
@@ -33,31 +31,12 @@ use crate::store::{put, Store, Table, Write};
 use crate::supervisor::Slot;
 use crate::supervisor::{RootSupervisorMsg, RuntimeChild};
 use crate::task::{ResultsPage, TaskId, TaskKind, TaskLogs, TaskRecord, TaskStatus};
-use crate::tracker::{read_page, Durable, Finished, Replayed, TaskTrackerHandle};
+use crate::tracker::{read_page, Durable, Finished, TaskTrackerHandle};
 use crate::volume::Volumes;
 
 pub use builder::{RuntimeBuilder, DEFAULT_DATA_DIR};
 pub use error::RuntimeError;
-
-/// The seed's resource status: capacity, and what is used and queued.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct ResourceReport {
-    /// What the backend can run.
-    pub capacity: Capacity,
-    /// What is in use and waiting, when the backend tracks it.
-    pub usage: Option<crate::compute::Usage>,
-    /// The Modal backend: whether it is configured and has credentials.
-    pub modal: ModalStatus,
-}
-
-/// Whether functions can be sent to Modal.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ModalStatus {
-    /// A Modal backend is part of the runtime.
-    pub configured: bool,
-    /// It has credentials (Modal may still refuse them).
-    pub credentials: bool,
-}
+pub use resources::{ModalStatus, ResourceReport};
 
 /// Largest page of map results one read returns.
 pub const MAX_RESULTS_PAGE: u64 = 10_000;
@@ -128,111 +107,6 @@ impl Runtime {
     /// The runtime's secrets.
     pub fn secrets(&self) -> &SecretStore {
         &self.inner.secrets
-    }
-
-    /// What the compute backend can run.
-    pub fn capacity(&self) -> Capacity {
-        self.inner.backend.capacity()
-    }
-
-    /// Capacity, what is in use and what waits (the seed's resource status).
-    pub fn resources(&self) -> ResourceReport {
-        ResourceReport {
-            capacity: self.inner.backend.capacity(),
-            usage: self.inner.backend.usage(),
-            modal: ModalStatus {
-                configured: self.inner.modal.is_some(),
-                credentials: self
-                    .inner
-                    .modal
-                    .as_ref()
-                    .is_some_and(|m| m.has_credentials()),
-            },
-        }
-    }
-
-    /// The seed's `request_gpu_resources`: checks that `count` GPUs of
-    /// `gpu_type` can be had and, with `function_name`, redeploys that
-    /// function asking for them.
-    pub async fn request_gpu_resources(
-        &self,
-        gpu_type: &str,
-        count: u8,
-        function_name: Option<&str>,
-    ) -> Result<serde_json::Value, RuntimeError> {
-        let gpu: crate::GpuSpec = format!("{gpu_type}:{count}").parse()?;
-        let spec = match function_name {
-            Some(name) => {
-                let mut spec = self
-                    .function(name)
-                    .ok_or_else(|| RuntimeError::UnknownFunction(name.to_owned()))?
-                    .spec;
-                spec.resources.gpu = Some(gpu.clone());
-                self.deploy_function(spec).await?;
-                Some(name)
-            }
-            None => {
-                // Validate against the machine without deploying anything.
-                let probe =
-                    FunctionSpec::new("gpu_probe", "def gpu_probe(): pass").gpu(gpu.clone());
-                self.check_fits(&probe).await?;
-                None
-            }
-        };
-        Ok(
-            serde_json::json!({"gpu": gpu, "function_name": spec, "status": "allocated", "resources": self.resources()}),
-        )
-    }
-
-    /// The seed's `request_compute_resources`: whether a container with
-    /// `cpu_count` cores and `memory_gb` GiB can run here, and what is free.
-    pub async fn request_compute_resources(
-        &self,
-        cpu_count: f64,
-        memory_gb: f64,
-        timeout_s: u32,
-    ) -> Result<serde_json::Value, RuntimeError> {
-        let probe = FunctionSpec::new("compute_probe", "def compute_probe(): pass")
-            .cpu(cpu_count)
-            .memory_mib((memory_gb * 1024.0).ceil() as u64)
-            .timeout_s(timeout_s);
-        probe.validate()?;
-        self.check_fits(&probe).await?;
-        Ok(
-            serde_json::json!({"cpu": cpu_count, "memory_gb": memory_gb, "timeout": timeout_s,
-                              "status": "available", "resources": self.resources()}),
-        )
-    }
-
-    async fn check_fits(&self, spec: &FunctionSpec) -> Result<(), RuntimeError> {
-        Ok(self.inner.backend.check_resources(spec).await?)
-    }
-
-    /// The seed's `create_volume`.
-    pub async fn create_volume(&self, name: &str) -> Result<serde_json::Value, crate::VolumeError> {
-        self.volumes().create(name).await?;
-        Ok(
-            serde_json::json!({"volume_name": name, "status": "ready", "path": self.volume_dir(name)}),
-        )
-    }
-
-    /// The seed's `mount_secrets`: redeploys `function_name` with the secrets
-    /// added (every name must exist).
-    pub async fn mount_secrets(
-        &self,
-        secret_names: &[String],
-        function_name: &str,
-    ) -> Result<FunctionInfo, RuntimeError> {
-        let mut spec = self
-            .function(function_name)
-            .ok_or_else(|| RuntimeError::UnknownFunction(function_name.to_owned()))?
-            .spec;
-        for s in secret_names {
-            if !spec.secrets.contains(s) {
-                spec.secrets.push(s.clone());
-            }
-        }
-        self.deploy_function(spec).await
     }
 
     /// The host directory of volume `name`, as functions that mount it see it.
@@ -328,36 +202,6 @@ impl Runtime {
             .cloned()
             .partition(|s| known.contains(s));
         Ok((self.inner.secrets.resolve(&here)?, remote))
-    }
-
-    /// Uploads what changed in volume `name` to the Modal Volume of the same
-    /// name (created there if missing).
-    pub async fn push_volume(&self, name: &str) -> Result<SyncReport, RuntimeError> {
-        let modal = self.modal_backend()?;
-        crate::spec::validate_object_name("name", name)?;
-        modal
-            .push_volume(name, &self.volume_dir(name))
-            .await
-            .map_err(RuntimeError::Backend)
-    }
-
-    /// Downloads what changed in the Modal Volume `name` into the runtime's
-    /// volume of the same name.
-    pub async fn pull_volume(&self, name: &str) -> Result<SyncReport, RuntimeError> {
-        let modal = self.modal_backend()?;
-        crate::spec::validate_object_name("name", name)?;
-        modal
-            .pull_volume(name, &self.volume_dir(name))
-            .await
-            .map_err(RuntimeError::Backend)
-    }
-
-    fn modal_backend(&self) -> Result<&Arc<ModalBackend>, RuntimeError> {
-        self.inner.modal.as_ref().ok_or_else(|| {
-            RuntimeError::Backend(BackendError::NoBackend(
-                "this runtime has no Modal backend (RuntimeBuilder::modal)".into(),
-            ))
-        })
     }
 
     async fn persist(&self, writes: Vec<Write>) -> Result<(), RuntimeError> {
@@ -696,142 +540,5 @@ impl Runtime {
         // Agents hold the runtime; forgetting them breaks that cycle.
         self.inner.agent_shared.clear();
         tracing::info!("runtime stopped");
-    }
-}
-
-impl Runtime {
-    /// Brings back what the data dir holds: functions (containers start on
-    /// demand), finished tasks as they were, and unfinished ones re-queued
-    /// with their attempts counted; a map resumes after its stored results.
-    pub(crate) async fn recover(&self, replayed: Replayed) -> Result<(), RuntimeError> {
-        let store = self.inner.store.clone();
-        let functions = tokio::task::spawn_blocking(move || {
-            store.all::<FunctionInfo>(Table::Functions, "function")
-        })
-        .await
-        .map_err(|e| RuntimeError::Storage(std::io::Error::other(e)))?
-        .map_err(RuntimeError::Store)?;
-        let tasks = replayed.records;
-        let jobs: Vec<(TaskId, JobSpec)> = replayed
-            .jobs
-            .into_iter()
-            .filter_map(|(id, spec)| serde_json::from_value(spec).ok().map(|s| (id, s)))
-            .collect();
-        for (name, info) in functions {
-            if let Err(e) = self.redeploy(info).await {
-                tracing::error!(function = %name, error = %e, "could not restore a function");
-            }
-        }
-        let mut jobs: std::collections::HashMap<TaskId, JobSpec> = jobs.into_iter().collect();
-        let tracker = self.inner.tracker.store().clone();
-        let mut requeued = 0;
-        for (key, mut record) in tasks {
-            let dir = tracker.task_dir(record.task_id);
-            let stored = crate::tracker::stored_count(&dir);
-            if record.status.is_terminal() {
-                tracker.restore(record, stored);
-                continue;
-            }
-            // A call running on Modal carries on there: wait for it (same
-            // attempt). Local calls died with the process: run them again.
-            let attach = record
-                .backend_call_id
-                .clone()
-                .filter(|c| !c.starts_with("lc-"))
-                .map(crate::compute::CallId);
-            if attach.is_none() {
-                record.attempts += 1;
-            }
-            record.status = TaskStatus::Pending;
-            let job = match jobs.remove(&key) {
-                Some(JobSpec::Call {
-                    function,
-                    args,
-                    kwargs,
-                }) => Some(Job::Call {
-                    task_id: record.task_id,
-                    function,
-                    args,
-                    kwargs,
-                    attach,
-                }),
-                Some(JobSpec::Map {
-                    function,
-                    total,
-                    inputs_file: true,
-                }) => {
-                    let (completed, failed) = crate::tracker::count_outcomes(&dir, stored)
-                        .map_err(RuntimeError::Storage)?;
-                    if let Some(p) = record.progress.as_mut() {
-                        p.completed = completed;
-                        p.failed = failed;
-                        p.running = 0;
-                        p.pending = p.total.saturating_sub(stored);
-                    }
-                    Some(Job::Map {
-                        task_id: record.task_id,
-                        function,
-                        inputs: read_inputs(&dir, stored),
-                        total,
-                        resume: Some(Resume {
-                            done: stored,
-                            completed,
-                            failed,
-                        }),
-                    })
-                }
-                _ => None,
-            };
-            let id = record.task_id;
-            match job {
-                Some(job) => {
-                    tracker.restore(record, stored);
-                    if let Some(d) = tracker.durable() {
-                        d.mark(id, None);
-                    }
-                    self.inner.dispatcher.submit(job).await?;
-                    requeued += 1;
-                }
-                None => {
-                    record.status = TaskStatus::Failed;
-                    record.finished_at = Some(Utc::now());
-                    record.error = Some(crate::TaskError::new(
-                        "LostAtRestart",
-                        "the runtime stopped while this task ran and its input (a stream) was not stored; its stored results are kept",
-                    ));
-                    tracker.restore(record, stored);
-                    if let Some(d) = tracker.durable() {
-                        d.mark(id, None);
-                    }
-                }
-            }
-        }
-        if requeued > 0 {
-            tracing::info!(requeued, "unfinished tasks re-queued after a restart");
-        }
-        Ok(())
-    }
-
-    async fn redeploy(&self, info: FunctionInfo) -> Result<(), RuntimeError> {
-        let spec = info.spec.clone();
-        let (secret_env, remote_secrets) = self.resolve_secrets(&spec)?;
-        let volume_dirs = spec
-            .volumes
-            .iter()
-            .map(|(mount, name)| (mount.clone(), self.volume_dir(name)))
-            .collect();
-        self.inner
-            .backend
-            .deploy(Deployment {
-                spec,
-                secret_env,
-                volume_dirs,
-                remote_secrets,
-                warm: false,
-            })
-            .await
-            .map_err(RuntimeError::Backend)?;
-        self.inner.registry.register(info).await?;
-        Ok(())
     }
 }
