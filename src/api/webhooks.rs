@@ -123,12 +123,9 @@ struct Settings {
 
 /// Registrations and their deliveries.
 pub(crate) struct Webhooks {
-    settings: Arc<Settings>,
     registrations: Arc<DashMap<String, Arc<Mutex<Registration>>>>,
-    client: reqwest::Client,
-    delivered: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    store: Arc<Store>,
+    /// What every delivery uses, shared with the delivery tasks.
+    ctx: DeliveryCtx,
 }
 
 impl Webhooks {
@@ -146,18 +143,24 @@ impl Webhooks {
             .build()
             .expect("a TLS backend is compiled in");
         let hooks = Webhooks {
-            settings: Arc::new(Settings {
-                allow,
-                max_attempts: config.webhook_max_attempts.max(1),
-                backoff: config.webhook_backoff,
-            }),
             registrations: Arc::default(),
-            client,
-            delivered: Arc::default(),
-            failed: Arc::default(),
-            store: runtime.store().clone(),
+            ctx: DeliveryCtx {
+                settings: Arc::new(Settings {
+                    allow,
+                    max_attempts: config.webhook_max_attempts.max(1),
+                    backoff: config.webhook_backoff,
+                }),
+                client,
+                delivered: Arc::default(),
+                failed: Arc::default(),
+                store: runtime.store().clone(),
+            },
         };
-        match hooks.store.all::<Registration>(Table::Webhooks, "webhook") {
+        match hooks
+            .ctx
+            .store
+            .all::<Registration>(Table::Webhooks, "webhook")
+        {
             Ok(stored) => {
                 for (id, registration) in stored {
                     let pending = matches!(
@@ -167,7 +170,7 @@ impl Webhooks {
                     let registration = Arc::new(Mutex::new(registration));
                     hooks.registrations.insert(id, registration.clone());
                     if pending {
-                        tokio::spawn(deliver(runtime.clone(), hooks.ctx(), registration));
+                        tokio::spawn(deliver(runtime.clone(), hooks.ctx.clone(), registration));
                     }
                 }
             }
@@ -176,21 +179,11 @@ impl Webhooks {
         hooks
     }
 
-    fn ctx(&self) -> DeliveryCtx {
-        DeliveryCtx {
-            settings: self.settings.clone(),
-            client: self.client.clone(),
-            delivered: self.delivered.clone(),
-            failed: self.failed.clone(),
-            store: self.store.clone(),
-        }
-    }
-
     /// `(delivered, failed)` deliveries so far.
     pub(crate) fn counts(&self) -> (u64, u64) {
         (
-            self.delivered.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
+            self.ctx.delivered.load(Ordering::Relaxed),
+            self.ctx.failed.load(Ordering::Relaxed),
         )
     }
 }
@@ -382,7 +375,7 @@ pub(crate) async fn register(
     let task_id = parse_id(&req.task_id)?;
     state.runtime.status(task_id)?;
     let hooks = &state.webhooks;
-    check_target(&req.webhook_url, &hooks.settings.allow)
+    check_target(&req.webhook_url, &hooks.ctx.settings.allow)
         .await
         .map_err(|why| Error::invalid("webhook_url", why))?;
     let mut key = [0u8; 24];
@@ -405,7 +398,7 @@ pub(crate) async fn register(
         view: view.clone(),
         key: key.to_vec(),
     }));
-    let ctx = hooks.ctx();
+    let ctx = hooks.ctx.clone();
     ctx.save(&registration)
         .await
         .map_err(|e| Error::Internal(e.to_string()))?;
