@@ -11,8 +11,6 @@
 
 use std::fmt::Write as _;
 
-use serde_json::Value;
-
 use crate::spec::{FunctionSpec, GpuSpec};
 
 /// The app object in the file: deploy `FILE::__ma_app`.
@@ -177,12 +175,7 @@ fn gpu_literal(gpu: &GpuSpec) -> String {
 
 /// The secret values `modal deploy` reads, as the JSON it expects.
 pub(crate) fn secret_values(env: &std::collections::BTreeMap<String, String>) -> String {
-    Value::Object(
-        env.iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect(),
-    )
-    .to_string()
+    serde_json::to_string(env).expect("a string map serializes")
 }
 
 #[cfg(test)]

@@ -278,7 +278,7 @@ impl ComputeBackend for ModalBackend {
             self.modal_deploy(&d, &app).await?;
             for (mount, dir) in &d.volume_dirs {
                 if let Some(name) = d.spec.volumes.get(mount) {
-                    super::sync::push(self, name, dir).await?;
+                    self.push_volume(name, dir).await?;
                 }
             }
         }

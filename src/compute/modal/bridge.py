@@ -113,9 +113,9 @@ class Bridge:
         return None
 
     async def op_abort(self, msg):
-        task = self.maps.pop(msg["target"], None)
-        if task is not None:
-            task["task"].cancel()
+        state = self.maps.pop(msg["target"], None)
+        if state is not None:
+            state["task"].cancel()
         return None
 
     async def op_inputs(self, msg):
@@ -216,8 +216,9 @@ async def main():
         if not line:
             break
         msg = json.loads(line)
-        if msg["op"] in ("inputs", "end", "abort"):
-            await bridge.handle(msg) if msg["op"] == "abort" else await getattr(bridge, "op_" + msg["op"])(msg)
+        if msg["op"] in ("inputs", "end"):
+            # A running map's input stream: handled in order, no answer.
+            await getattr(bridge, "op_" + msg["op"])(msg)
             continue
         task = asyncio.ensure_future(bridge.handle(msg))
         pending.add(task)

@@ -89,9 +89,17 @@ fn scan(dir: &Path) -> std::io::Result<BTreeMap<String, Stamp>> {
     Ok(out)
 }
 
+/// [`scan`] off the async threads.
+async fn scan_dir(dir: &Path) -> Result<BTreeMap<String, Stamp>, BackendError> {
+    let root = dir.to_path_buf();
+    Ok(tokio::task::spawn_blocking(move || scan(&root))
+        .await
+        .map_err(|e| BackendError::Modal(e.to_string()))??)
+}
+
 /// Uploads the files of `dir` that changed since the last sync to the Modal
 /// Volume `volume` (created if missing) and deletes there what was deleted here.
-pub(crate) async fn push(
+async fn push(
     backend: &ModalBackend,
     volume: &str,
     dir: &Path,
@@ -99,10 +107,7 @@ pub(crate) async fn push(
     backend.credentials()?;
     let path = manifest_path(backend, volume);
     let mut manifest = load(&path).await;
-    let root = dir.to_path_buf();
-    let now = tokio::task::spawn_blocking(move || scan(&root))
-        .await
-        .map_err(|e| BackendError::Modal(e.to_string()))??;
+    let now = scan_dir(dir).await?;
     let copied: Vec<String> = now
         .iter()
         .filter(|(rel, stamp)| manifest.local.get(*rel) != Some(stamp))
@@ -133,7 +138,7 @@ pub(crate) async fn push(
 
 /// Downloads the files of the Modal Volume `volume` that changed there since
 /// the last sync into `dir`.
-pub(crate) async fn pull(
+async fn pull(
     backend: &ModalBackend,
     volume: &str,
     dir: &Path,
@@ -181,10 +186,7 @@ pub(crate) async fn pull(
             .await?;
     }
     manifest.remote = remote;
-    let root = dir.to_path_buf();
-    manifest.local = tokio::task::spawn_blocking(move || scan(&root))
-        .await
-        .map_err(|e| BackendError::Modal(e.to_string()))??;
+    manifest.local = scan_dir(dir).await?;
     save(&path, &manifest).await?;
     Ok(SyncReport {
         copied,
