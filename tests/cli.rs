@@ -17,6 +17,16 @@ struct Served {
     _dir: tempfile::TempDir,
 }
 
+/// A test that fails midway still stops its server (and so its containers).
+impl Drop for Served {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn serve() -> Served {
     let dir = tempfile::tempdir().unwrap();
     let (child, url) = support::serve(BIN, &dir.path().join("data"), TOKEN);

@@ -50,7 +50,8 @@ impl PidsGroup {
         let dir = self.dir.join(n.to_string());
         std::fs::create_dir(&dir).ok()?;
         let procs = std::ffi::CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok()?;
-        Some(Confined { dir, procs })
+        let events = std::fs::File::open(dir.join("pids.events")).ok()?;
+        Some(Confined { dir, procs, events })
     }
 }
 
@@ -79,6 +80,8 @@ impl Drop for PidsGroup {
 pub(crate) struct Confined {
     dir: PathBuf,
     procs: std::ffi::CString,
+    /// `pids.events`, kept open: it is read after every request.
+    events: std::fs::File,
 }
 
 impl Confined {
@@ -106,11 +109,15 @@ impl Confined {
     /// Whether a fork was ever refused in this group (it hit its limit). A
     /// container that did may be full of runaway processes and is retired.
     pub(crate) fn hit_limit(&self) -> bool {
-        std::fs::read_to_string(self.dir.join("pids.events")).is_ok_and(|events| {
-            events
-                .lines()
-                .any(|l| l.strip_prefix("max ").is_some_and(|n| n.trim() != "0"))
-        })
+        use std::os::unix::fs::FileExt;
+        // One pread (~1 µs) rather than open/read/close (~15 µs) per request.
+        let mut buf = [0u8; 256];
+        let Ok(n) = self.events.read_at(&mut buf, 0) else {
+            return false;
+        };
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .any(|l| l.strip_prefix("max ").is_some_and(|n| n.trim() != "0"))
     }
 
     /// Caps processes and threads in the group.
