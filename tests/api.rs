@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -549,40 +548,6 @@ async fn volumes_secrets_and_tools_over_http() {
     s.t.rt.shutdown().await;
 }
 
-#[derive(Clone, Default)]
-struct Receiver {
-    seen: Arc<Mutex<Vec<(axum::http::HeaderMap, String)>>>,
-    answers: Arc<Mutex<Vec<u16>>>,
-}
-
-async fn receiver(answers: Vec<u16>) -> (String, Receiver) {
-    let r = Receiver {
-        answers: Arc::new(Mutex::new(answers)),
-        ..Receiver::default()
-    };
-    let state = r.clone();
-    let router = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
-            let state = state.clone();
-            async move {
-                state.seen.lock().unwrap().push((headers, body));
-                let mut answers = state.answers.lock().unwrap();
-                let code = if answers.is_empty() {
-                    200
-                } else {
-                    answers.remove(0)
-                };
-                StatusCode::from_u16(code).unwrap()
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    (url, r)
-}
-
 async fn webhook_state(s: &Server, id: &str, want: &str) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -617,7 +582,7 @@ async fn signed_webhooks_retry_and_verify() {
         .post("/spawn-task", json!({"function_name": "f", "args": [7]}))
         .await;
     let task_id = task["task_id"].as_str().unwrap().to_owned();
-    let (url, rx) = receiver(vec![500, 503]).await;
+    let (url, rx) = support::receiver(vec![500, 503]).await;
     let (status, _, reg) = s
         .post("/webhook", json!({"task_id": task_id, "webhook_url": url}))
         .await;
@@ -663,14 +628,14 @@ async fn signed_webhooks_retry_and_verify() {
     );
 
     // 410 disables the endpoint after one attempt.
-    let (url, _) = receiver(vec![410]).await;
+    let (url, _) = support::receiver(vec![410]).await;
     let (_, _, reg) = s
         .post("/webhook", json!({"task_id": task_id, "webhook_url": url}))
         .await;
     let view = webhook_state(&s, reg["webhook_id"].as_str().unwrap(), "disabled").await;
     assert_eq!(view["attempts"].as_array().unwrap().len(), 1);
     // A failing endpoint is given up after max attempts.
-    let (url, _) = receiver(vec![500; 10]).await;
+    let (url, _) = support::receiver(vec![500; 10]).await;
     let (_, _, reg) = s
         .post("/webhook", json!({"task_id": task_id, "webhook_url": url}))
         .await;
@@ -690,7 +655,7 @@ async fn webhook_targets_must_be_public() {
     let (_, _, task) = s
         .post("/spawn-task", json!({"function_name": "f", "args": [1]}))
         .await;
-    let (hook, rx) = receiver(vec![]).await;
+    let (hook, rx) = support::receiver(vec![]).await;
     for url in [
         hook.as_str(),
         "http://10.0.0.1/x",

@@ -7,7 +7,6 @@
 mod support;
 
 use std::process::Child;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -187,37 +186,6 @@ async fn sigkill_mid_map_then_restart_completes_exactly() {
     assert!(server.wait().unwrap().success());
 }
 
-type Seen = Arc<Mutex<Vec<(axum::http::HeaderMap, String)>>>;
-
-/// A webhook receiver on 127.0.0.1 that answers 200 and keeps what it got.
-async fn receiver() -> (String, Seen) {
-    let seen: Seen = Arc::default();
-    let state = seen.clone();
-    let router = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
-            let state = state.clone();
-            async move {
-                state.lock().unwrap().push((headers, body));
-                axum::http::StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    (url, seen)
-}
-
-fn deliveries_of(seen: &Seen, message_id: &str) -> Vec<(axum::http::HeaderMap, String)> {
-    seen.lock()
-        .unwrap()
-        .iter()
-        .filter(|(h, _)| h["webhook-id"] == message_id)
-        .cloned()
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_survive_sigkill_and_are_delivered_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -228,7 +196,7 @@ async fn webhooks_survive_sigkill_and_are_delivered_once() {
         http: reqwest::Client::new(),
         url,
     };
-    let (hook_url, seen) = receiver().await;
+    let (hook_url, seen) = support::receiver(Vec::new()).await;
 
     // A finished task's webhook, delivered before the kill.
     api.post(
@@ -295,7 +263,7 @@ async fn webhooks_survive_sigkill_and_are_delivered_once() {
         view.get("secret").is_none(),
         "the secret is never shown again"
     );
-    let delivered = deliveries_of(&seen, late["message_id"].as_str().unwrap());
+    let delivered = seen.deliveries_of(late["message_id"].as_str().unwrap());
     assert_eq!(delivered.len(), 1, "delivered once");
     let (headers, body) = &delivered[0];
     standardwebhooks::Webhook::new(&secret)
@@ -311,7 +279,8 @@ async fn webhooks_survive_sigkill_and_are_delivered_once() {
     assert_eq!(before["state"], "delivered");
     assert_eq!(before["attempts"].as_array().unwrap().len(), 1);
     assert_eq!(
-        deliveries_of(&seen, early["message_id"].as_str().unwrap()).len(),
+        seen.deliveries_of(early["message_id"].as_str().unwrap())
+            .len(),
         1
     );
 

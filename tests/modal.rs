@@ -217,13 +217,7 @@ async fn invalid_specs_and_missing_credentials_never_reach_the_sdk() {
         matches!(&err, RuntimeError::Spec(e) if e.field() == "timeout_s"),
         "{err}"
     );
-    let err = rt
-        .deploy_function(
-            FunctionSpec::new("f", "def f():\n    return 1\n").backend(BackendChoice::Modal),
-        )
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = modal_deploy_error(&rt).await;
     assert!(
         err.contains("MODAL_TOKEN_ID") && err.contains("modal token new"),
         "{err}"
@@ -321,6 +315,12 @@ async fn missing_credentials_through_the_api_and_the_cli() {
     assert!(started.elapsed() < Duration::from_secs(10), "no hang");
     support::kill(server.id(), libc::SIGTERM);
     server.wait().unwrap();
+}
+
+/// Why deploying a trivial function on Modal fails.
+async fn modal_deploy_error(rt: &Runtime) -> String {
+    let spec = FunctionSpec::new("f", "def f():\n    return 1\n").backend(BackendChoice::Modal);
+    rt.deploy_function(spec).await.unwrap_err().to_string()
 }
 
 /// A runtime whose Modal backend drives the STAND-IN SDK.
@@ -524,28 +524,13 @@ async fn routing_volume_sync_and_refused_tokens_with_the_standin() {
     let dir = tempfile::tempdir().unwrap();
     let rt = standin_runtime(dir.path(), "as-revoked").await;
     let started = Instant::now();
-    let err = rt
-        .deploy_function(
-            FunctionSpec::new("f", "def f():\n    return 1\n").backend(BackendChoice::Modal),
-        )
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = modal_deploy_error(&rt).await;
     assert!(
         err.contains("refused the credentials") && err.contains("modal token new"),
         "{err}"
     );
     assert!(started.elapsed() < Duration::from_secs(10));
     rt.shutdown().await;
-}
-
-/// Polls `check` every 20 ms until it holds or `within` passes.
-async fn until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -614,10 +599,10 @@ async fn a_modal_call_in_flight_survives_a_sigkill_of_the_server() {
     let task_id = task["task_id"].as_str().unwrap().to_owned();
     // The FunctionCall id is journaled before the kill.
     let journal = data.join("tasks.journal");
-    until(
+    support::eventually(
         Duration::from_secs(30),
         "the call id in the journal",
-        || std::fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"fc-")),
+        || async { std::fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"fc-")) },
     )
     .await;
     support::kill(server.id(), libc::SIGKILL);

@@ -156,3 +156,53 @@ pub async fn start_strict() -> (Runtime, TempDir) {
         .expect("runtime starts");
     (rt, dir)
 }
+
+/// A webhook receiver on 127.0.0.1: keeps every delivery (headers, body) and
+/// answers with the given status codes in turn, then 200.
+#[derive(Clone, Default)]
+pub struct Receiver {
+    pub seen: Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>>,
+    answers: Arc<std::sync::Mutex<Vec<u16>>>,
+}
+
+impl Receiver {
+    /// The deliveries that carried `webhook-id: message_id`.
+    pub fn deliveries_of(&self, message_id: &str) -> Vec<(axum::http::HeaderMap, String)> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(h, _)| h["webhook-id"] == message_id)
+            .cloned()
+            .collect()
+    }
+}
+
+/// Starts a [`Receiver`]; returns its URL (`http://127.0.0.1:PORT/hook`).
+pub async fn receiver(answers: Vec<u16>) -> (String, Receiver) {
+    let r = Receiver {
+        answers: Arc::new(std::sync::Mutex::new(answers)),
+        ..Receiver::default()
+    };
+    let state = r.clone();
+    let router = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let state = state.clone();
+            async move {
+                state.seen.lock().unwrap().push((headers, body));
+                let mut answers = state.answers.lock().unwrap();
+                let code = if answers.is_empty() {
+                    200
+                } else {
+                    answers.remove(0)
+                };
+                axum::http::StatusCode::from_u16(code).unwrap()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (url, r)
+}
