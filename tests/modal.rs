@@ -281,35 +281,26 @@ async fn missing_credentials_through_the_api_and_the_cli() {
 
     let file = dir.path().join("f.py");
     std::fs::write(&file, "def f():\n    return 1\n").unwrap();
-    let out = std::process::Command::new(BIN)
-        .args([
-            "deploy",
-            "--backend",
-            "modal",
-            "--url",
-            &url,
-            "--token",
-            token,
-        ])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let deploy = |backend: &str| {
+        std::process::Command::new(BIN)
+            .args([
+                "deploy",
+                "--backend",
+                backend,
+                "--url",
+                &url,
+                "--token",
+                token,
+            ])
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let out = deploy("modal");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("modal token new"), "{stderr}");
-    let out = std::process::Command::new(BIN)
-        .args([
-            "deploy",
-            "--backend",
-            "cloud",
-            "--url",
-            &url,
-            "--token",
-            token,
-        ])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = deploy("cloud");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("local, modal or auto"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(10), "no hang");
