@@ -156,6 +156,11 @@ impl<M: Message> Slot<M> {
             .is_some_and(|a| a.get_status() == ractor::ActorStatus::Running)
     }
 
+    /// The id of the child's current actor; a restart gives a new one.
+    pub(crate) fn actor_id(&self) -> Option<ractor::ActorId> {
+        self.rx.borrow().as_ref().map(|a| a.get_id())
+    }
+
     /// Calls the child once; if it is down or dies before answering, says so
     /// without re-sending.
     pub(crate) async fn call_once<R: Send + 'static>(

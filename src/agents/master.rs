@@ -8,18 +8,18 @@
 //! and none is counted twice. Jobs live outside the master actor: a master
 //! restarted mid-job carries on with it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::{AgentError, AgentKind, AgentTask, Agents, WorkerHandle};
 use crate::runtime::Runtime;
-use crate::supervisor::Slot;
+use crate::supervisor::{ChildError, Slot};
 
 /// How a master runs jobs.
 #[derive(Debug, Clone)]
@@ -156,11 +156,25 @@ pub(crate) struct MasterShared {
     runtime: Runtime,
     jobs: Mutex<HashMap<String, JobState>>,
     slot: Slot<MasterMsg>,
+    /// Worker actors seen dead: a worker is skipped until its supervisor has
+    /// replaced the actor, even while the dead one still looks running.
+    dead: Mutex<HashSet<ActorId>>,
 }
 
 impl MasterShared {
     fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, JobState>> {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn usable(&self, worker: &WorkerHandle) -> bool {
+        worker.is_up()
+            && worker.actor_id().is_some_and(|id| {
+                !self
+                    .dead
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&id)
+            })
     }
 }
 
@@ -349,7 +363,7 @@ fn pump(shared: &Arc<MasterShared>, job_id: &str) {
             .workers
             .iter()
             .filter(|w| {
-                w.is_up()
+                shared.usable(w)
                     && job.inflight.get(w.id()).copied().unwrap_or(0) < shared.config.per_worker
             })
             .min_by_key(|w| {
@@ -379,13 +393,25 @@ fn pump(shared: &Arc<MasterShared>, job_id: &str) {
         let task = job.tasks[index].clone();
         let attempt = job.attempts[index];
         let (shared, job_id) = (shared.clone(), job_id.to_owned());
+        let actor = worker.actor_id();
         tokio::spawn(async move {
             let outcome = match worker.run(task, shared.config.task_timeout).await {
                 Ok(outcome) => outcome,
-                Err(e) => Err(format!(
-                    "worker {} crashed or was unreachable: {e}",
-                    worker.id()
-                )),
+                Err(e) => {
+                    if let (ChildError::Down(_), Some(actor)) = (&e, actor) {
+                        // Until it is restarted, this worker fails whatever it
+                        // gets at once: do not hand it more.
+                        shared
+                            .dead
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(actor);
+                    }
+                    Err(format!(
+                        "worker {} crashed or was unreachable: {e}",
+                        worker.id()
+                    ))
+                }
             };
             let sent = shared
                 .slot
@@ -559,6 +585,7 @@ impl Agents {
             runtime: self.runtime.clone(),
             jobs: Mutex::new(HashMap::new()),
             slot,
+            dead: Mutex::new(HashSet::new()),
         });
         self.start(
             id,

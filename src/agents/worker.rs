@@ -261,6 +261,11 @@ impl WorkerHandle {
         self.slot.is_up()
     }
 
+    /// The id of the worker's current actor (a restart gives a new one).
+    pub(crate) fn actor_id(&self) -> Option<ractor::ActorId> {
+        self.slot.actor_id()
+    }
+
     /// Runs a task on this worker and waits for it. `Err` when the worker
     /// crashed (or was down) before answering; the task is not re-sent.
     pub async fn run(
