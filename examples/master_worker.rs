@@ -204,6 +204,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         report.stored_at["key"].as_str().unwrap_or("?"),
         report.stored_at["file"].as_str().unwrap_or("?"),
     );
+    for failed in report.results.iter().filter(|r| r.error.is_some()).take(5) {
+        println!(
+            "  failed     task {} ({}) after {} attempts on {}: {}",
+            failed.index,
+            failed.kind,
+            failed.attempts,
+            failed.worker.as_deref().unwrap_or("?"),
+            failed.error.as_deref().unwrap_or_default()
+        );
+    }
     rt.shutdown().await;
     if report.failed == 0 {
         Ok(())
