@@ -24,7 +24,7 @@ use crate::compute::{
 };
 use crate::supervisor::{ChildError, Slot};
 use crate::task::{MapProgress, TaskError, TaskId, TaskStatus};
-use crate::tracker::{Finished, ResultWriter, TaskTrackerHandle, TaskUpdate};
+use crate::tracker::{Finished, ResultWriter, Stored, TaskTrackerHandle, TaskUpdate};
 
 pub(crate) use logs::read_logs;
 
@@ -43,23 +43,16 @@ pub(crate) enum Job {
         /// (Modal) after a restart: wait for it instead of starting another.
         attach: Option<CallId>,
     },
-    /// A map over a stream of inputs.
+    /// A map over a stream of inputs; an input that cannot be read (a
+    /// damaged stored line) is an error in its slot.
     Map {
         task_id: TaskId,
         function: String,
-        inputs: BoxStream<'static, Value>,
+        inputs: BoxStream<'static, Result<Value, TaskError>>,
         total: Option<u64>,
         /// Where a map interrupted by a restart picks up.
-        resume: Option<Resume>,
+        resume: Option<Stored>,
     },
-}
-
-/// What a resumed map had finished before the restart.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Resume {
-    pub(crate) done: u64,
-    pub(crate) completed: u64,
-    pub(crate) failed: u64,
 }
 
 /// What is stored of an unfinished task's job, to run it again after a restart.
@@ -86,34 +79,60 @@ pub(crate) const INPUTS_FILE: &str = "inputs.jsonl";
 /// Writes a map's inputs before it starts, so a restart can resume it.
 pub(crate) fn write_inputs(dir: &std::path::Path, inputs: &[Value]) -> std::io::Result<()> {
     use std::io::Write;
-    std::fs::create_dir_all(dir)?;
-    let mut out =
-        std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(dir.join(INPUTS_FILE))?);
-    for v in inputs {
-        serde_json::to_writer(&mut out, v)?;
-        out.write_all(b"\n")?;
-    }
-    out.into_inner().map_err(|e| e.into_error())?.sync_data()
+    crate::persist::private_dir(dir)?;
+    crate::persist::write_atomic(&dir.join(INPUTS_FILE), |out| {
+        for v in inputs {
+            serde_json::to_writer(&mut *out, v)?;
+            out.write_all(b"\n")?;
+        }
+        Ok(())
+    })
 }
 
-/// Streams a map's stored inputs from index `skip` on.
-pub(crate) fn read_inputs(dir: &std::path::Path, skip: u64) -> BoxStream<'static, Value> {
+/// Streams a map's stored inputs from index `skip` on. A line that does not
+/// parse is an `InputUnreadable` error in its slot; the stream ends early
+/// only when the file itself cannot be read (the map then fails as
+/// incomplete).
+pub(crate) fn read_inputs(
+    dir: &std::path::Path,
+    skip: u64,
+) -> BoxStream<'static, Result<Value, TaskError>> {
     let path = dir.join(INPUTS_FILE);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Value>(1024);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
     tokio::task::spawn_blocking(move || {
         use std::io::BufRead;
-        let Ok(file) = std::fs::File::open(&path) else {
-            return;
-        };
-        for line in std::io::BufReader::new(file).lines().skip(skip as usize) {
-            let Ok(value) = line
-                .map_err(|_| ())
-                .and_then(|l| serde_json::from_str(&l).map_err(|_| ()))
-            else {
-                tracing::error!(file = %path.display(), "unreadable map input; stopping");
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(error) => {
+                tracing::error!(file = %path.display(), %error, "cannot open a map's stored inputs");
                 return;
-            };
-            if tx.blocking_send(value).is_err() {
+            }
+        };
+        let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+        let mut line = Vec::new();
+        let mut index = 0u64;
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::error!(file = %path.display(), index, %error, "cannot read a map's stored inputs");
+                    return;
+                }
+            }
+            index += 1;
+            if index <= skip {
+                continue;
+            }
+            let item = serde_json::from_slice::<Value>(&line).map_err(|error| {
+                tracing::error!(file = %path.display(), index = index - 1, %error, "unreadable stored map input");
+                TaskError::new(
+                    "InputUnreadable",
+                    format!("the stored input could not be read back: {error}"),
+                )
+            });
+            if tx.blocking_send(item).is_err() {
                 return;
             }
         }
@@ -192,7 +211,9 @@ impl Actor for Dispatcher {
                 let job = cell.0.lock().expect("job cell poisoned").take();
                 if let Some(job) = job {
                     let shared = state.shared.clone();
-                    let cancel = shared.shutdown.child_token();
+                    // Not a child of the shutdown token: a stop is not a
+                    // cancel (see `run_job`).
+                    let cancel = CancellationToken::new();
                     shared.cancels.insert(job.task_id(), cancel.clone());
                     state.shared.jobs.spawn(run_job(shared, job, cancel));
                 }
@@ -219,13 +240,19 @@ impl DispatcherHandle {
         DispatcherHandle { slot }
     }
 
-    pub(crate) async fn submit(&self, job: Job) -> Result<(), ChildError> {
+    /// Hands a job to the dispatcher. On an error the job is taken back
+    /// unless the dispatcher already took it (the message may still be
+    /// handled after a timeout): `Some(job)` means it never started and never
+    /// will, `None` that it runs.
+    pub(crate) async fn submit(&self, job: Job) -> Result<(), (ChildError, Option<Job>)> {
         let cell = Arc::new(JobCell(Mutex::new(Some(job))));
-        self.slot
+        let sent = self
+            .slot
             .call(CALL_TIMEOUT, |reply| {
                 DispatcherMsg::Submit(cell.clone(), reply)
             })
-            .await
+            .await;
+        sent.map_err(|e| (e, cell.0.lock().unwrap_or_else(|p| p.into_inner()).take()))
     }
 
     pub(crate) async fn cancel(&self, id: TaskId) -> Result<bool, ChildError> {
@@ -270,8 +297,17 @@ async fn run_job(shared: Arc<DispatchShared>, job: Job, cancel: CancellationToke
     let mut logs_done = false;
     let finished = loop {
         tokio::select! {
+            biased;
             finished = &mut work => break finished,
             () = &mut logs, if !logs_done => logs_done = true,
+            // A graceful stop leaves the task as a crash would: unfinished,
+            // its job stored, so the next start resumes it. Recording it as
+            // cancelled would lose work a kill -9 keeps.
+            () = shared.shutdown.cancelled() => {
+                tracing::info!(task_id = %id, "runtime stopping; the task resumes at the next start");
+                shared.cancels.remove(&id);
+                return;
+            }
         }
     };
     if !logs_done
@@ -296,6 +332,22 @@ fn backend_error(e: BackendError) -> TaskError {
         _ => "BackendError",
     };
     TaskError::new(kind, e.to_string())
+}
+
+/// A result nesting deeper than the runtime stores (and reads back) is the
+/// input's error, whichever backend produced it.
+fn storable(value: Value) -> Result<Value, TaskError> {
+    if crate::value::deeper_than(&value, crate::value::MAX_VALUE_DEPTH) {
+        return Err(TaskError::new(
+            "ResultTooDeep",
+            format!(
+                "the result nests arrays/objects more than {} levels deep; at most {} are stored (flatten it, or return it as a string)",
+                crate::value::MAX_VALUE_DEPTH,
+                crate::value::MAX_VALUE_DEPTH
+            ),
+        ));
+    }
+    Ok(value)
 }
 
 async fn run_call(
@@ -336,7 +388,7 @@ async fn run_call(
         }
     };
     let (result, attempts) = match outcome {
-        Ok(CallOutcome { result, attempts }) => (result, attempts),
+        Ok(CallOutcome { result, attempts }) => (result.and_then(storable), attempts),
         Err(e) => (Err(backend_error(e)), 1),
     };
     let (status, result, error) = match result {
@@ -383,13 +435,59 @@ impl MapCounts {
     }
 }
 
+/// Inputs that could not be read, by their position in the map, waiting for
+/// their slot in the results.
+type Unreadable = Arc<Mutex<std::collections::VecDeque<(u64, TaskError)>>>;
+
+/// Passes readable inputs on to the backend and sets the others aside, with
+/// their positions (counted from `first`).
+fn readable_inputs(
+    inputs: BoxStream<'static, Result<Value, TaskError>>,
+    first: u64,
+    unreadable: Unreadable,
+) -> BoxStream<'static, Value> {
+    let mut position = first;
+    inputs
+        .filter_map(move |item| {
+            let at = position;
+            position += 1;
+            let value = match item {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    unreadable
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_back((at, e));
+                    None
+                }
+            };
+            std::future::ready(value)
+        })
+        .boxed()
+}
+
+/// The unreadable inputs due at slot `next` (consecutive from it), or all
+/// that are left when `all`; advances `next` past them.
+fn take_unreadable(unreadable: &Unreadable, next: &mut u64, all: bool) -> Vec<TaskError> {
+    let mut q = unreadable.lock().unwrap_or_else(|p| p.into_inner());
+    let mut due = Vec::new();
+    while let Some((at, _)) = q.front() {
+        if !all && *at != *next {
+            break;
+        }
+        due.extend(q.pop_front().map(|(_, e)| e));
+        *next += 1;
+    }
+    due
+}
+
 async fn run_map(
     shared: &DispatchShared,
     id: TaskId,
     function: &str,
-    inputs: BoxStream<'static, Value>,
+    inputs: BoxStream<'static, Result<Value, TaskError>>,
     total: Option<u64>,
-    resume: Option<Resume>,
+    resume: Option<Stored>,
     ctx: CallContext,
 ) -> Finished {
     let cancel = ctx.cancel.clone();
@@ -402,20 +500,24 @@ async fn run_map(
         attempts: 1,
         progress,
     };
+    let storage = |e: std::io::Error| {
+        failed(
+            TaskError::new("StorageError", format!("cannot store results: {e}")),
+            None,
+        )
+    };
     let dir = tracker.store().task_dir(id);
     let opened = match resume {
-        Some(r) => ResultWriter::resume(&dir, r.done).await,
+        Some(stored) => ResultWriter::resume(&dir, stored).await,
         None => ResultWriter::create(&dir).await,
     };
     let mut writer = match opened {
         Ok(w) => w,
-        Err(e) => {
-            return failed(
-                TaskError::new("StorageError", format!("cannot store results: {e}")),
-                None,
-            )
-        }
+        Err(e) => return storage(e),
     };
+    let resume = resume.unwrap_or_default();
+    let unreadable = Unreadable::default();
+    let inputs = readable_inputs(inputs, resume.count, unreadable.clone());
     let mut items = match shared.backend.map(function, inputs, ctx).await {
         Ok(items) => items,
         Err(e) => return failed(backend_error(e), None),
@@ -426,12 +528,13 @@ async fn run_map(
             backend_call_id: None,
         },
     );
-    let resume = resume.unwrap_or_default();
     let mut counts = MapCounts {
         total,
         completed: resume.completed,
         failed: resume.failed,
     };
+    // The slot the next result goes to.
+    let mut next = resume.count;
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -440,14 +543,21 @@ async fn run_map(
             _ = tick.tick() => {
                 match writer.flush().await {
                     Ok(n) => tracker.set_available(id, n),
-                    Err(e) => return failed(TaskError::new("StorageError", format!("cannot store results: {e}")), None),
+                    Err(e) => return storage(e),
                 }
                 tracker.notify(id, TaskUpdate::Progress(counts.progress(&meter, false)));
             }
             chunk = items.next() => {
                 let Some(chunk) = chunk else { break };
                 for MapItem { result, .. } in chunk {
-                    let value = match result {
+                    // Unreadable inputs just before this one take their slots first.
+                    for e in take_unreadable(&unreadable, &mut next, false) {
+                        counts.failed += 1;
+                        if let Err(e) = writer.push(&json!({ "error": e })).await {
+                            return storage(e);
+                        }
+                    }
+                    let value = match result.and_then(storable) {
                         Ok(v) => {
                             counts.completed += 1;
                             v
@@ -457,21 +567,24 @@ async fn run_map(
                             json!({ "error": e })
                         }
                     };
+                    next += 1;
                     if let Err(e) = writer.push(&value).await {
-                        return failed(TaskError::new("StorageError", format!("cannot store results: {e}")), None);
+                        return storage(e);
                     }
                 }
             }
         }
     }
-    match writer.flush().await {
-        Ok(n) => tracker.set_available(id, n),
-        Err(e) => {
-            return failed(
-                TaskError::new("StorageError", format!("cannot store results: {e}")),
-                None,
-            )
+    for e in take_unreadable(&unreadable, &mut next, true) {
+        counts.failed += 1;
+        if let Err(e) = writer.push(&json!({ "error": e })).await {
+            return storage(e);
         }
+    }
+    // Every result on disk before the map's end is recorded.
+    match writer.sync().await {
+        Ok(n) => tracker.set_available(id, n),
+        Err(e) => return storage(e),
     }
     let cancelled = cancel.is_cancelled();
     let mut progress = counts.progress(&meter, !cancelled);
@@ -481,6 +594,17 @@ async fn run_map(
         (
             TaskStatus::Cancelled,
             Some(TaskError::new("Cancelled", "the map was cancelled")),
+        )
+    } else if progress.done() < progress.total {
+        (
+            TaskStatus::Failed,
+            Some(TaskError::new(
+                "MapIncomplete",
+                format!(
+                    "{} of {} inputs have no outcome: their stored inputs could not be read",
+                    progress.pending, progress.total
+                ),
+            )),
         )
     } else if counts.failed > 0 {
         (

@@ -52,6 +52,7 @@ pub mod api;
 pub mod client;
 mod compute;
 mod dispatcher;
+mod persist;
 mod registry;
 mod runtime;
 mod secrets;
@@ -61,6 +62,7 @@ mod supervisor;
 mod task;
 mod tools;
 mod tracker;
+mod value;
 mod volume;
 
 pub use agents::{
@@ -79,7 +81,7 @@ pub use compute::{
 pub use registry::FunctionInfo;
 pub use runtime::{
     ModalStatus, ResourceReport, Runtime, RuntimeBuilder, RuntimeError, DEFAULT_DATA_DIR,
-    MAX_RESULTS_PAGE,
+    DEFAULT_SHUTDOWN_TIMEOUT, MAX_RESULTS_PAGE,
 };
 pub use secrets::{SecretError, SecretStore};
 pub use spec::{
@@ -92,6 +94,7 @@ pub use task::{
     MapProgress, ResultsPage, TaskError, TaskId, TaskKind, TaskLogs, TaskRecord, TaskStatus,
 };
 pub use tools::{ToolDefinition, ToolError, Tools, MAX_INLINE_RESULTS};
+pub use value::{TooDeep, MAX_VALUE_DEPTH};
 pub use volume::{
     FileStat, Versioned, VolumeChange, VolumeError, VolumeEvent, Volumes, MAX_FILE_BYTES,
     MAX_VALUE_BYTES,

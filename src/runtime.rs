@@ -31,18 +31,19 @@ use crate::store::{put, Store, Table, Write};
 use crate::supervisor::Slot;
 use crate::supervisor::{RootSupervisorMsg, RuntimeChild};
 use crate::task::{ResultsPage, TaskId, TaskKind, TaskLogs, TaskRecord, TaskStatus};
-use crate::tracker::{read_page, Durable, Finished, TaskTrackerHandle};
+use crate::tracker::{read_page, Durable, TaskTrackerHandle};
+use crate::value::{check_depth, check_each};
 use crate::volume::Volumes;
 
-pub use builder::{RuntimeBuilder, DEFAULT_DATA_DIR};
+pub use builder::{RuntimeBuilder, DEFAULT_DATA_DIR, DEFAULT_SHUTDOWN_TIMEOUT};
 pub use error::RuntimeError;
 pub use resources::{ModalStatus, ResourceReport};
 
 /// Largest page of map results one read returns.
 pub const MAX_RESULTS_PAGE: u64 = 10_000;
 
-/// How long shutdown waits for running tasks to stop after cancelling them.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long [`Runtime::cancel`] waits for a cancelled task to stop.
+const CANCEL_GRACE: Duration = Duration::from_secs(30);
 
 /// A running modal-agents runtime. Cheap to clone; every clone is the same
 /// runtime. See the [crate docs](crate) for an example.
@@ -68,6 +69,7 @@ struct Inner {
     root: ActorRef<RootSupervisorMsg>,
     jobs: JobSet,
     shutdown: CancellationToken,
+    shutdown_timeout: Duration,
     stopped: AtomicBool,
 }
 
@@ -256,19 +258,35 @@ impl Runtime {
         let id = record.task_id;
         let spec = serde_json::to_value(&spec)
             .map_err(|e| RuntimeError::Storage(std::io::Error::other(e)))?;
-        self.inner.tracker.create(record, Some(spec)).await?;
-        if let Err(e) = self.inner.dispatcher.submit(job).await {
-            let finished = Finished {
-                status: TaskStatus::Failed,
-                result: None,
-                error: Some(crate::TaskError::new("DispatchFailed", e.to_string())),
-                attempts: 0,
-                progress: None,
-            };
-            let _ = self.inner.tracker.finish(id, finished).await;
+        let store = self.inner.tracker.store();
+        if let Err(e) = self.inner.tracker.create(record.clone(), Some(spec)).await {
+            // The caller hears "not created": it must never run, even if the
+            // tracker gets to the create later.
+            store.abandon(
+                record,
+                crate::TaskError::new(
+                    "NotCreated",
+                    format!("the task could not be recorded ({e}); it was not run"),
+                ),
+            );
             return Err(e.into());
         }
-        Ok(id)
+        match self.inner.dispatcher.submit(job).await {
+            Ok(()) => Ok(id),
+            // The dispatcher took the job after all: it runs, and the caller
+            // gets its id.
+            Err((_, None)) => Ok(id),
+            Err((e, Some(_job))) => {
+                store.abandon(
+                    record,
+                    crate::TaskError::new(
+                        "DispatchFailed",
+                        format!("the task could not be started ({e}); it was not run"),
+                    ),
+                );
+                Err(e.into())
+            }
+        }
     }
 
     /// Starts one call of `function(*args, **kwargs)` and returns its task id.
@@ -279,6 +297,10 @@ impl Runtime {
         kwargs: Map<String, Value>,
     ) -> Result<TaskId, RuntimeError> {
         self.require_function(function)?;
+        check_each(&args, "args")?;
+        for (name, value) in &kwargs {
+            check_depth(value, || format!("kwargs.{name}"))?;
+        }
         let record = TaskRecord::new(function, TaskKind::Call, None);
         let spec = JobSpec::Call {
             function: function.to_owned(),
@@ -324,6 +346,7 @@ impl Runtime {
         inputs: Vec<Value>,
     ) -> Result<TaskId, RuntimeError> {
         self.require_function(function)?;
+        check_each(&inputs, "inputs")?;
         let total = inputs.len() as u64;
         let record = TaskRecord::new(function, TaskKind::Map, Some(total));
         // The inputs go to disk first, so a restart can resume the map.
@@ -336,7 +359,7 @@ impl Runtime {
         let job = Job::Map {
             task_id: record.task_id,
             function: function.to_owned(),
-            inputs: futures_util::stream::iter(inputs).boxed(),
+            inputs: futures_util::stream::iter(inputs.into_iter().map(Ok)).boxed(),
             total: Some(total),
             resume: None,
         };
@@ -364,7 +387,7 @@ impl Runtime {
     {
         self.require_function(function)?;
         let record = TaskRecord::new(function, TaskKind::Map, total);
-        let inputs: BoxStream<'static, Value> = inputs.boxed();
+        let inputs: BoxStream<'static, _> = inputs.map(Ok).boxed();
         let job = Job::Map {
             task_id: record.task_id,
             function: function.to_owned(),
@@ -400,7 +423,9 @@ impl Runtime {
     }
 
     /// Waits until the task is completed, failed or cancelled, at most
-    /// `timeout` (forever when `None`), and returns its record.
+    /// `timeout` (forever when `None`), and returns its record. A wait ends
+    /// with [`RuntimeError::ShutDown`] when the runtime stops; the task then
+    /// resumes at the next start.
     pub async fn wait(
         &self,
         id: TaskId,
@@ -411,13 +436,17 @@ impl Runtime {
             .tracker
             .watch(id)
             .ok_or(RuntimeError::UnknownTask(id))?;
+        let shutdown = self.inner.shutdown.clone();
         let until_done = async {
             loop {
                 if rx.borrow_and_update().is_terminal() {
                     return Ok(());
                 }
-                if rx.changed().await.is_err() {
-                    return Err(RuntimeError::ShutDown);
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() {
+                        return Err(RuntimeError::ShutDown);
+                    },
+                    () = shutdown.cancelled() => return Err(RuntimeError::ShutDown),
                 }
             }
         };
@@ -484,7 +513,7 @@ impl Runtime {
             return Ok(record);
         }
         self.inner.dispatcher.cancel(id).await?;
-        match self.wait(id, Some(SHUTDOWN_GRACE)).await {
+        match self.wait(id, Some(CANCEL_GRACE)).await {
             Err(RuntimeError::WaitTimeout { .. }) => self.status(id),
             other => other,
         }
@@ -512,8 +541,13 @@ impl Runtime {
             )
     }
 
-    /// Stops gracefully: running tasks are cancelled and recorded as such,
-    /// every container is killed and reaped, and the actors stop. Idempotent.
+    /// Stops gracefully, within the builder's
+    /// [`shutdown_timeout`](RuntimeBuilder::shutdown_timeout) for running
+    /// work: waits in progress end with [`RuntimeError::ShutDown`], running
+    /// tasks are left unfinished exactly as a crash would leave them (the
+    /// next start on the same data dir resumes them), every record is written
+    /// and fsynced, every container is killed and reaped, and the actors
+    /// stop. Idempotent.
     pub async fn shutdown(&self) {
         if self.inner.stopped.swap(true, Ordering::SeqCst) {
             return;
@@ -521,11 +555,11 @@ impl Runtime {
         tracing::info!("runtime shutting down");
         self.inner.shutdown.cancel();
         self.inner.jobs.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.inner.jobs.wait())
+        if tokio::time::timeout(self.inner.shutdown_timeout, self.inner.jobs.wait())
             .await
             .is_err()
         {
-            tracing::warn!("tasks still running after the shutdown grace period");
+            tracing::warn!("tasks still running after the shutdown bound");
         }
         self.inner.backend.shutdown().await;
         let _ = self

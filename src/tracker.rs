@@ -20,7 +20,9 @@ use crate::task::{MapProgress, TaskError, TaskId, TaskRecord, TaskStatus};
 
 pub(crate) use durable::Durable;
 pub(crate) use journal::{Journal, Replayed};
-pub(crate) use results::{count_outcomes, read_page, stored_count, ResultWriter};
+pub(crate) use results::{
+    indexed_count, looks_whole, read_page, recover as recover_results, ResultWriter, Stored,
+};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -65,6 +67,34 @@ impl TaskStore {
             self.available.insert(id, available);
         }
         self.records.insert(id, record);
+    }
+
+    /// Records a task that will never run (its creation or dispatch was not
+    /// acknowledged) as failed, whether or not its record exists yet: a
+    /// create still on its way finds it failed, and its job is written
+    /// followed by its end, so a restart never runs it.
+    pub(crate) fn abandon(&self, mut record: TaskRecord, error: TaskError) {
+        let id = record.task_id;
+        {
+            let mut entry = self.records.entry(id).or_insert_with(|| {
+                record.status = TaskStatus::Pending;
+                record
+            });
+            if entry.status.is_terminal() {
+                return;
+            }
+            entry.status = TaskStatus::Failed;
+            entry.error = Some(error);
+            entry.finished_at = Some(Utc::now());
+        }
+        if let Some(d) = self.durable.get() {
+            d.mark(id, None);
+        }
+        let tx = self
+            .watches
+            .entry(id)
+            .or_insert_with(|| watch::channel(TaskStatus::Failed).0);
+        tx.send_replace(TaskStatus::Failed);
     }
 
     /// Where a task keeps its files (results, logs).

@@ -110,6 +110,9 @@ pub enum VolumeError {
     /// The volume store is down.
     #[error(transparent)]
     Unavailable(#[from] ChildError),
+    /// A value nests too deep to be stored and read back.
+    #[error(transparent)]
+    TooDeep(#[from] crate::value::TooDeep),
 }
 
 fn show_version(v: Option<u64>) -> String {
@@ -276,7 +279,7 @@ impl VolumeStoreState {
                 volume: name.to_owned(),
                 source,
             })?;
-            std::fs::create_dir_all(self.shared.files_dir(name)).map_err(|source| {
+            crate::persist::private_dir(&self.shared.files_dir(name)).map_err(|source| {
                 VolumeError::Io {
                     volume: name.to_owned(),
                     source,
@@ -456,6 +459,7 @@ fn check_key(key: &str) -> Result<(), VolumeError> {
 }
 
 fn check_value(key: &str, value: &Value) -> Result<(), VolumeError> {
+    crate::value::check_depth(value, || format!("value of key {key:?}"))?;
     let size = serde_json::to_vec(value).map_or(usize::MAX, |v| v.len());
     if size > MAX_VALUE_BYTES {
         return Err(VolumeError::TooLarge {

@@ -194,6 +194,7 @@ impl From<RuntimeError> for Error {
         match e {
             RuntimeError::Spec(e) => e.into(),
             RuntimeError::Secret(e) => e.into(),
+            RuntimeError::TooDeep(e) => Error::invalid(e.field.clone(), e.to_string()),
             RuntimeError::Backend(e @ crate::compute::BackendError::Image { .. }) => {
                 Error::invalid("image_config.packages", e.to_string())
             }
@@ -226,7 +227,9 @@ impl From<VolumeError> for Error {
             VolumeError::Name(e) => e.into(),
             VolumeError::BadKey { .. } => Error::invalid("key", e.to_string()),
             VolumeError::BadPath { .. } => Error::invalid("path", e.to_string()),
-            VolumeError::TooLarge { .. } => Error::invalid("body", e.to_string()),
+            VolumeError::TooLarge { .. } | VolumeError::TooDeep(_) => {
+                Error::invalid("body", e.to_string())
+            }
             VolumeError::Conflict { .. } => Error::PreconditionFailed(e.to_string()),
             VolumeError::NoSuchFile { .. } => Error::NotFound(e.to_string()),
             VolumeError::Unavailable(_) => Error::Unavailable(e.to_string()),

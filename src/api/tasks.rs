@@ -107,7 +107,8 @@ async fn wait_for(
 ) -> Result<Option<TaskRecord>, Error> {
     match state.runtime.wait(id, limit).await {
         Ok(record) => Ok(Some(record)),
-        Err(crate::RuntimeError::WaitTimeout { .. }) => Ok(None),
+        // A stopping server answers 202: the task resumes after the restart.
+        Err(crate::RuntimeError::WaitTimeout { .. } | crate::RuntimeError::ShutDown) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }

@@ -74,10 +74,14 @@ pub(crate) async fn write_logs(dir: PathBuf, mut rx: mpsc::UnboundedReceiver<(Lo
 }
 
 async fn open(dir: &Path, stream: LogStream) -> io::Result<tokio::fs::File> {
-    tokio::fs::create_dir_all(dir).await?;
+    let d = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || crate::persist::private_dir(&d))
+        .await
+        .map_err(io::Error::other)??;
     tokio::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(crate::persist::FILE_MODE)
         .open(dir.join(file_name(stream)))
         .await
 }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use dashmap::DashMap;
 use ractor::Actor;
@@ -39,7 +40,11 @@ pub struct RuntimeBuilder {
     modal: Option<ModalConfig>,
     secrets: SecretStore,
     restart: RestartPolicy,
+    shutdown_timeout: Option<Duration>,
 }
+
+/// Default bound of [`Runtime::shutdown`] on running work.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Default data dir, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "modal-agents-data";
@@ -95,15 +100,26 @@ impl RuntimeBuilder {
         self
     }
 
+    /// How long [`Runtime::shutdown`] waits for running work to let go
+    /// (default [`DEFAULT_SHUTDOWN_TIMEOUT`], 30 s). Unfinished tasks are not
+    /// lost either way: the next start resumes them.
+    pub fn shutdown_timeout(mut self, bound: Duration) -> Self {
+        self.shutdown_timeout = Some(bound);
+        self
+    }
+
     /// Creates the data dir and starts the supervision tree.
     pub async fn start(self) -> Result<Runtime, RuntimeError> {
         let data_dir = self
             .data_dir
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        // Task files and volumes are the runtime's user's alone.
         for sub in ["tasks", "volumes", "containers"] {
             let path = data_dir.join(sub);
-            tokio::fs::create_dir_all(&path)
+            let p = path.clone();
+            tokio::task::spawn_blocking(move || crate::persist::private_dir(&p))
                 .await
+                .map_err(|e| RuntimeError::Start(e.to_string()))?
                 .map_err(|source| RuntimeError::DataDir { path, source })?;
         }
         let data_dir =
@@ -246,6 +262,7 @@ impl RuntimeBuilder {
                 root,
                 jobs,
                 shutdown,
+                shutdown_timeout: self.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
                 stopped: AtomicBool::new(false),
                 store: db,
                 modal,

@@ -21,6 +21,9 @@ pub enum RuntimeError {
     /// The compute backend failed.
     #[error(transparent)]
     Backend(BackendError),
+    /// An argument or input nests too deep to be stored and read back.
+    #[error(transparent)]
+    TooDeep(#[from] crate::value::TooDeep),
     /// No function of that name is deployed.
     #[error("function `{0}` is not deployed")]
     UnknownFunction(String),

@@ -1,14 +1,16 @@
 //! Bringing a runtime back from its data dir after a stop or a crash.
 
+use std::path::Path;
+
 use chrono::Utc;
 
 use super::{Runtime, RuntimeError};
 use crate::compute::{CallId, Deployment};
-use crate::dispatcher::{read_inputs, Job, JobSpec, Resume};
+use crate::dispatcher::{read_inputs, Job, JobSpec};
 use crate::registry::FunctionInfo;
 use crate::store::Table;
-use crate::task::{TaskId, TaskStatus};
-use crate::tracker::Replayed;
+use crate::task::{TaskId, TaskKind, TaskRecord, TaskStatus};
+use crate::tracker::{Replayed, Stored};
 
 impl Runtime {
     /// Brings back what the data dir holds: functions (containers start on
@@ -38,9 +40,9 @@ impl Runtime {
         let mut requeued = 0;
         for (key, mut record) in tasks {
             let dir = tracker.task_dir(record.task_id);
-            let stored = crate::tracker::stored_count(&dir);
             if record.status.is_terminal() {
-                tracker.restore(record, stored);
+                let available = finished_results(&mut record, &dir).await;
+                tracker.restore(record, available);
                 continue;
             }
             // A call running on Modal carries on there: wait for it (same
@@ -53,6 +55,7 @@ impl Runtime {
             if attach.is_none() {
                 record.attempts += 1;
             }
+            let mut lost = None;
             record.status = TaskStatus::Pending;
             let job = match jobs.remove(&key) {
                 Some(JobSpec::Call {
@@ -70,46 +73,52 @@ impl Runtime {
                     function,
                     total,
                     inputs_file: true,
-                }) => {
-                    let (completed, failed) = crate::tracker::count_outcomes(&dir, stored)
-                        .map_err(RuntimeError::Storage)?;
-                    if let Some(p) = record.progress.as_mut() {
-                        p.completed = completed;
-                        p.failed = failed;
-                        p.running = 0;
-                        p.pending = p.total.saturating_sub(stored);
+                }) => match check_results(&dir).await {
+                    Ok(stored) => {
+                        if let Some(p) = record.progress.as_mut() {
+                            p.completed = stored.completed;
+                            p.failed = stored.failed;
+                            p.running = 0;
+                            p.pending = p.total.saturating_sub(stored.count);
+                        }
+                        Some(Job::Map {
+                            task_id: record.task_id,
+                            function,
+                            inputs: read_inputs(&dir, stored.count),
+                            total,
+                            resume: Some(stored),
+                        })
                     }
-                    Some(Job::Map {
-                        task_id: record.task_id,
-                        function,
-                        inputs: read_inputs(&dir, stored),
-                        total,
-                        resume: Some(Resume {
-                            done: stored,
-                            completed,
-                            failed,
-                        }),
-                    })
-                }
+                    Err(e) => {
+                        // One damaged map never keeps the runtime from starting.
+                        tracing::error!(task_id = %record.task_id, error = %e, "a map's results cannot be read; it is marked failed");
+                        lost = Some(crate::TaskError::new(
+                            "StorageError",
+                            format!("the map's stored results could not be read after a restart: {e}"),
+                        ));
+                        None
+                    }
+                },
                 _ => None,
             };
             let id = record.task_id;
+            let stored = crate::tracker::indexed_count(&dir);
             match job {
                 Some(job) => {
                     tracker.restore(record, stored);
                     if let Some(d) = tracker.durable() {
                         d.mark(id, None);
                     }
-                    self.inner.dispatcher.submit(job).await?;
+                    self.inner.dispatcher.submit(job).await.map_err(|(e, _)| e)?;
                     requeued += 1;
                 }
                 None => {
                     record.status = TaskStatus::Failed;
                     record.finished_at = Some(Utc::now());
-                    record.error = Some(crate::TaskError::new(
+                    record.error = Some(lost.take().unwrap_or_else(|| crate::TaskError::new(
                         "LostAtRestart",
                         "the runtime stopped while this task ran and its input (a stream) was not stored; its stored results are kept",
-                    ));
+                    )));
                     tracker.restore(record, stored);
                     if let Some(d) = tracker.durable() {
                         d.mark(id, None);
@@ -145,4 +154,42 @@ impl Runtime {
         self.inner.registry.register(info).await?;
         Ok(())
     }
+}
+
+/// Checks a map's result files off the async threads.
+async fn check_results(dir: &Path) -> std::io::Result<Stored> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || crate::tracker::recover_results(&dir))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// Results readable for a finished task. A finished map whose files no longer
+/// hold all its results is cut back to what reads back whole and marked
+/// failed with the reason.
+async fn finished_results(record: &mut TaskRecord, dir: &Path) -> u64 {
+    let Some(done) = record
+        .progress
+        .filter(|_| record.kind == TaskKind::Map)
+        .map(|p| p.done())
+    else {
+        return 0;
+    };
+    let whole = {
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || crate::tracker::looks_whole(&dir, done))
+            .await
+            .unwrap_or(false)
+    };
+    if whole {
+        return done;
+    }
+    let kept = check_results(dir).await.map_or(0, |s| s.count);
+    tracing::error!(task_id = %record.task_id, kept, expected = done, "a finished map's results are damaged; it is marked failed");
+    record.status = TaskStatus::Failed;
+    record.error = Some(crate::TaskError::new(
+        "StorageError",
+        format!("only {kept} of the map's {done} results could be read back after a restart; they are kept"),
+    ));
+    kept
 }

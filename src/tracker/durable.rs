@@ -42,6 +42,8 @@ struct Disk {
 pub(crate) struct Durable {
     disk: Arc<Mutex<Disk>>,
     pending: Mutex<Pending>,
+    /// One write at a time, snapshot included.
+    writing: tokio::sync::Mutex<()>,
     wake: Notify,
     done: watch::Sender<u64>,
 }
@@ -56,6 +58,7 @@ impl Durable {
                 unsynced: false,
             })),
             pending: Mutex::default(),
+            writing: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
             done: watch::channel(0).0,
         })
@@ -103,7 +106,14 @@ impl Durable {
         self.write(tasks, true).await;
     }
 
+    /// One group commit. Writes are taken one at a time and each takes its
+    /// snapshot of the records under its turn, so a record written later is
+    /// never older than one written before it. A batch that cannot be
+    /// appended is not in the file at all; it goes back to be written again
+    /// and its waiters keep waiting (a create times out rather than being
+    /// acknowledged on a write that did not happen).
     async fn write(&self, tasks: &Arc<TaskStore>, fsync: bool) {
+        let _turn = self.writing.lock().await;
         let (dirty, jobs, epoch) = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             p.epoch += 1;
@@ -130,6 +140,9 @@ impl Durable {
         let tasks = tasks.clone();
         let written = tokio::task::spawn_blocking(move || {
             let mut d = disk.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = d.journal.append(&entries) {
+                return Err((e, entries));
+            }
             for e in &entries {
                 match e {
                     Entry::Job(id, spec) => {
@@ -141,37 +154,69 @@ impl Durable {
                     Entry::Record(_) => {}
                 }
             }
-            d.journal.append(&entries)?;
             d.unsynced |= !entries.is_empty();
-            let live = tasks.records.len() + d.jobs.len();
-            if d.journal.lines() > COMPACT_AT.max(4 * live) {
-                let mut snapshot: Vec<Entry> = d
-                    .jobs
-                    .iter()
-                    .map(|(id, s)| Entry::Job(*id, s.clone()))
-                    .collect();
-                snapshot.extend(
-                    tasks
-                        .records
-                        .iter()
-                        .map(|r| Entry::Record(Box::new(r.clone()))),
-                );
-                d.journal.compact(&snapshot)?;
-                d.unsynced = false;
-                d.last_fsync = Instant::now();
-            } else if d.unsynced && (fsync || d.last_fsync.elapsed() >= FSYNC_EVERY) {
-                d.journal.sync()?;
-                d.unsynced = false;
-                d.last_fsync = Instant::now();
+            // The batch is in the file: what follows can fail without
+            // taking that back, and is tried again next time.
+            if let Err(error) = d.settle(&tasks, fsync) {
+                tracing::error!(%error, "could not fsync or compact the task journal; retrying");
             }
-            Ok::<_, std::io::Error>(())
+            Ok(())
         })
         .await;
         match written {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "could not write the task journal"),
-            Err(e) => tracing::error!(error = %e, "task journal writer failed"),
+            Ok(Ok(())) => {
+                self.done.send_replace(epoch);
+            }
+            Ok(Err((error, entries))) => {
+                tracing::error!(%error, entries = entries.len(), "could not append to the task journal; the batch is retried and not acknowledged");
+                self.requeue(entries);
+            }
+            Err(error) => tracing::error!(%error, "task journal writer failed"),
         }
-        self.done.send_replace(epoch);
+    }
+
+    /// Puts a batch that was not written back in front of what is pending.
+    fn requeue(&self, entries: Vec<Entry>) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut jobs = Vec::new();
+        for e in entries {
+            match e {
+                Entry::Job(id, spec) => jobs.push((id, spec)),
+                Entry::Record(r) => {
+                    p.dirty.insert(r.task_id);
+                }
+                Entry::Done(_) => {}
+            }
+        }
+        jobs.append(&mut p.jobs);
+        p.jobs = jobs;
+    }
+}
+
+impl Disk {
+    /// Compacts the journal when it has grown, else fsyncs it when due.
+    fn settle(&mut self, tasks: &TaskStore, fsync: bool) -> std::io::Result<()> {
+        let live = tasks.records.len() + self.jobs.len();
+        if self.journal.lines() > COMPACT_AT.max(4 * live) {
+            let mut snapshot: Vec<Entry> = self
+                .jobs
+                .iter()
+                .map(|(id, s)| Entry::Job(*id, s.clone()))
+                .collect();
+            snapshot.extend(
+                tasks
+                    .records
+                    .iter()
+                    .map(|r| Entry::Record(Box::new(r.clone()))),
+            );
+            self.journal.compact(&snapshot)?;
+            self.unsynced = false;
+            self.last_fsync = Instant::now();
+        } else if self.unsynced && (fsync || self.last_fsync.elapsed() >= FSYNC_EVERY) {
+            self.journal.sync()?;
+            self.unsynced = false;
+            self.last_fsync = Instant::now();
+        }
+        Ok(())
     }
 }

@@ -1,18 +1,17 @@
 //! The task journal: task records and the jobs of unfinished tasks as
-//! JSON lines appended to `DATA_DIR/tasks.journal`, replayed at start (last
-//! line of a task wins), and compacted into a snapshot (temp file, fsync,
-//! rename) when it grows. One `write` per batch makes a change safe against a
-//! crash of the process; a periodic fsync bounds what a crash of the machine
-//! loses.
+//! JSON lines appended to `DATA_DIR/tasks.journal` (a [`JsonLog`]), replayed
+//! at start (last line of a task wins), and compacted into a snapshot when it
+//! grows. One `write` per batch makes a change safe against a crash of the
+//! process; a periodic fsync bounds what a crash of the machine loses.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::persist::JsonLog;
 use crate::task::{TaskId, TaskRecord};
 
 /// One journal line.
@@ -38,107 +37,46 @@ pub(crate) struct Replayed {
 
 /// The open journal.
 pub(crate) struct Journal {
-    path: PathBuf,
-    file: File,
-    lines: usize,
+    log: JsonLog,
 }
 
 impl Journal {
-    /// Opens (or creates) the journal and replays it; a torn last line left
-    /// by a crash mid-write is cut off.
+    /// Opens (or creates) the journal and replays it (see
+    /// [`crate::persist`] for what happens to torn and unreadable lines).
     pub(crate) fn open(path: &Path) -> io::Result<(Journal, Replayed)> {
         let mut replayed = Replayed::default();
-        let mut lines = 0;
-        let mut good = 0u64;
-        let mut torn = false;
-        if let Ok(f) = File::open(path) {
-            let mut reader = BufReader::new(f);
-            let mut line = Vec::new();
-            while reader.read_until(b'\n', &mut line)? > 0 {
-                let entry = line
-                    .ends_with(b"\n")
-                    .then(|| serde_json::from_slice::<Entry>(&line).ok())
-                    .flatten();
-                let Some(entry) = entry else {
-                    torn = true;
-                    break;
-                };
-                good += line.len() as u64;
-                lines += 1;
-                match entry {
-                    Entry::Record(r) => {
-                        replayed.records.insert(r.task_id, *r);
-                    }
-                    Entry::Job(id, spec) => {
-                        replayed.jobs.insert(id, spec);
-                    }
-                    Entry::Done(id) => {
-                        replayed.jobs.remove(&id);
-                    }
-                }
-                line.clear();
+        let (log, _) = JsonLog::open::<Entry>(path, |entry| match entry {
+            Entry::Record(r) => {
+                replayed.records.insert(r.task_id, *r);
             }
-        }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        if torn {
-            tracing::warn!(journal = %path.display(), "dropping a torn line at the end of the task journal");
-            file.set_len(good)?;
-        }
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        }
-        Ok((
-            Journal {
-                path: path.to_path_buf(),
-                file,
-                lines,
-            },
-            replayed,
-        ))
+            Entry::Job(id, spec) => {
+                replayed.jobs.insert(id, spec);
+            }
+            Entry::Done(id) => {
+                replayed.jobs.remove(&id);
+            }
+        })?;
+        Ok((Journal { log }, replayed))
     }
 
-    /// Appends entries with one write.
+    /// Appends entries with one write; on failure none of them is in the file.
     pub(crate) fn append(&mut self, entries: &[Entry]) -> io::Result<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let mut buf = Vec::with_capacity(entries.len() * 256);
-        for e in entries {
-            serde_json::to_writer(&mut buf, e).map_err(io::Error::other)?;
-            buf.push(b'\n');
-        }
-        self.file.write_all(&buf)?;
-        self.lines += entries.len();
-        Ok(())
+        self.log.append(entries)
     }
 
     /// Forces what was appended to the disk.
     pub(crate) fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
+        self.log.sync()
     }
 
     /// Lines in the file now.
     pub(crate) fn lines(&self) -> usize {
-        self.lines
+        self.log.lines()
     }
 
     /// Rewrites the journal as one line per record and per open job.
     pub(crate) fn compact(&mut self, entries: &[Entry]) -> io::Result<()> {
-        let tmp = self.path.with_extension("journal.tmp");
-        let mut out = io::BufWriter::new(File::create(&tmp)?);
-        for e in entries {
-            serde_json::to_writer(&mut out, e).map_err(io::Error::other)?;
-            out.write_all(b"\n")?;
-        }
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
-        self.file = OpenOptions::new().append(true).open(&self.path)?;
-        self.lines = entries.len();
-        Ok(())
+        self.log.compact(entries)
     }
 }
 
@@ -166,7 +104,8 @@ mod tests {
         j.append(&[Entry::Record(Box::new(a.clone())), Entry::Done(b.task_id)])
             .unwrap();
         drop(j);
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"r\": {\"task_id\"").unwrap();
         let (mut j, r) = Journal::open(&path).unwrap();
         assert_eq!(r.records[&a.task_id].attempts, 3);

@@ -5,13 +5,21 @@
 //! result, the little-endian `u64` byte offset where its line ends. A page is
 //! two positioned reads, whatever the map's size, and nothing of a map's
 //! results stays in memory beyond the writer's buffer.
+//!
+//! Writes are ordered: a batch of lines is in the data file before the index
+//! entries that point at it are written, so a crash can leave data past the
+//! index but never an index entry past the data. Both files are fsynced before
+//! the map's end is recorded. [`recover`] checks both after a restart and cuts
+//! them back to the last result that reads back whole.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
+
+use crate::persist::{private_dir, FILE_MODE};
 
 pub(crate) const DATA_FILE: &str = "results.jsonl";
 pub(crate) const INDEX_FILE: &str = "results.idx";
@@ -30,14 +38,26 @@ pub(crate) struct ResultWriter {
     pushed: u64,
 }
 
+async fn open(path: &Path, truncate: bool) -> io::Result<tokio::fs::File> {
+    let mut options = tokio::fs::OpenOptions::new();
+    options.create(true).mode(FILE_MODE);
+    if truncate {
+        options.write(true).truncate(true);
+    } else {
+        options.append(true);
+    }
+    options.open(path).await
+}
+
 impl ResultWriter {
     pub(crate) async fn create(dir: &Path) -> io::Result<ResultWriter> {
-        tokio::fs::create_dir_all(dir).await?;
-        let data = tokio::fs::File::create(dir.join(DATA_FILE)).await?;
-        let index = tokio::fs::File::create(dir.join(INDEX_FILE)).await?;
+        let d = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || private_dir(&d))
+            .await
+            .map_err(io::Error::other)??;
         Ok(ResultWriter {
-            data_file: data,
-            index_file: index,
+            data_file: open(&dir.join(DATA_FILE), true).await?,
+            index_file: open(&dir.join(INDEX_FILE), true).await?,
             data: Vec::with_capacity(BUFFER),
             index: Vec::with_capacity(BUFFER / 8),
             end: 0,
@@ -45,49 +65,18 @@ impl ResultWriter {
         })
     }
 
-    /// Reopens a map's results to append after the first `at` (dropping any
-    /// partial tail a crash left).
-    pub(crate) async fn resume(dir: &Path, at: u64) -> io::Result<ResultWriter> {
-        let (blocking_dir, at2) = (dir.to_path_buf(), at);
-        let end = tokio::task::spawn_blocking(move || -> io::Result<u64> {
-            let dir = blocking_dir;
-            let index = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(dir.join(INDEX_FILE))?;
-            index.set_len(at2 * 8)?;
-            let end = if at2 == 0 {
-                0
-            } else {
-                let mut raw = [0u8; 8];
-                let mut f = &index;
-                f.seek(SeekFrom::Start((at2 - 1) * 8))?;
-                f.read_exact(&mut raw)?;
-                u64::from_le_bytes(raw)
-            };
-            let data = std::fs::OpenOptions::new()
-                .write(true)
-                .open(dir.join(DATA_FILE))?;
-            data.set_len(end)?;
-            Ok(end)
-        })
-        .await
-        .map_err(io::Error::other)??;
-        let data = tokio::fs::OpenOptions::new()
-            .append(true)
-            .open(dir.join(DATA_FILE))
-            .await?;
-        let index = tokio::fs::OpenOptions::new()
-            .append(true)
-            .open(dir.join(INDEX_FILE))
-            .await?;
+    /// Reopens a map's results to append after what [`recover`] found.
+    pub(crate) async fn resume(dir: &Path, stored: Stored) -> io::Result<ResultWriter> {
+        if stored.count == 0 {
+            return ResultWriter::create(dir).await;
+        }
         Ok(ResultWriter {
-            data_file: data,
-            index_file: index,
+            data_file: open(&dir.join(DATA_FILE), false).await?,
+            index_file: open(&dir.join(INDEX_FILE), false).await?,
             data: Vec::with_capacity(BUFFER),
             index: Vec::with_capacity(BUFFER / 8),
-            end,
-            pushed: at,
+            end: stored.data_len,
+            pushed: stored.count,
         })
     }
 
@@ -105,41 +94,135 @@ impl ResultWriter {
         Ok(())
     }
 
-    /// Writes everything pushed to the files; returns how many results are
-    /// now readable.
+    /// Writes everything pushed to the files, data before index; returns how
+    /// many results are now readable.
     pub(crate) async fn flush(&mut self) -> io::Result<u64> {
+        // tokio's File finishes a write in the background; its flush waits
+        // for it, so the index is written only once the data is.
         self.data_file.write_all(&self.data).await?;
+        self.data_file.flush().await?;
         self.data.clear();
         self.index_file.write_all(&self.index).await?;
-        self.index.clear();
-        // tokio's File finishes a write in the background; flush waits for it.
-        self.data_file.flush().await?;
         self.index_file.flush().await?;
+        self.index.clear();
         Ok(self.pushed)
+    }
+
+    /// Writes and fsyncs everything pushed (data first); the map's end may be
+    /// recorded once this returns.
+    pub(crate) async fn sync(&mut self) -> io::Result<u64> {
+        let n = self.flush().await?;
+        self.data_file.sync_data().await?;
+        self.index_file.sync_data().await?;
+        Ok(n)
     }
 }
 
-/// How many results a map has on disk (whole index entries).
-pub(crate) fn stored_count(dir: &Path) -> u64 {
+/// What a map has on disk after [`recover`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Stored {
+    /// Results that read back whole, from the first.
+    pub(crate) count: u64,
+    /// Of those, inputs that completed / failed.
+    pub(crate) completed: u64,
+    pub(crate) failed: u64,
+    /// Bytes of data those results take.
+    pub(crate) data_len: u64,
+    /// Whether anything past them was cut off.
+    pub(crate) cut: bool,
+}
+
+/// How many results a map has on disk, by its index alone (no check).
+pub(crate) fn indexed_count(dir: &Path) -> u64 {
     std::fs::metadata(dir.join(INDEX_FILE)).map_or(0, |m| m.len() / 8)
 }
 
-/// `(completed, failed)` among the first `n` stored results.
-pub(crate) fn count_outcomes(dir: &Path, n: u64) -> io::Result<(u64, u64)> {
-    let mut failed = 0;
-    let mut offset = 0;
-    while offset < n {
-        let page = read_page(dir.to_path_buf(), offset, 10_000, n)?;
-        failed += page
-            .iter()
-            .filter(|v| {
-                v.as_object()
-                    .is_some_and(|o| o.len() == 1 && o.contains_key("error"))
-            })
-            .count() as u64;
-        offset += page.len().max(1) as u64;
+/// Checks a map's result files after a restart: every index entry must end
+/// a line of the data file that parses, in order. Both files are cut back to
+/// the last result that does, so the map can resume after it. Missing files
+/// are a map with no results.
+pub(crate) fn recover(dir: &Path) -> io::Result<Stored> {
+    let mut raw = Vec::new();
+    match File::open(dir.join(INDEX_FILE)) {
+        Ok(mut f) => {
+            f.read_to_end(&mut raw)?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
     }
-    Ok((n - failed, failed))
+    let entries = raw.len() as u64 / 8;
+    let data_path = dir.join(DATA_FILE);
+    let data_file_len = std::fs::metadata(&data_path).map_or(0, |m| m.len());
+    let mut stored = Stored::default();
+    if entries > 0 {
+        let mut data = BufReader::with_capacity(1 << 16, File::open(&data_path)?);
+        let mut line = Vec::new();
+        for chunk in raw.chunks_exact(8) {
+            let end = u64::from_le_bytes(chunk.try_into().expect("8-byte chunk"));
+            if end <= stored.data_len || end > data_file_len {
+                break;
+            }
+            line.clear();
+            let n = data.read_until(b'\n', &mut line)? as u64;
+            if stored.data_len + n != end || !line.ends_with(b"\n") {
+                break;
+            }
+            let Ok(value) = serde_json::from_slice::<Value>(&line) else {
+                break;
+            };
+            if is_error_slot(&value) {
+                stored.failed += 1;
+            } else {
+                stored.completed += 1;
+            }
+            stored.count += 1;
+            stored.data_len = end;
+        }
+    }
+    if stored.count < entries || data_file_len > stored.data_len {
+        stored.cut = true;
+        if stored.count < entries {
+            tracing::warn!(dir = %dir.display(), kept = stored.count, indexed = entries,
+                "map results past the last whole result cut off; the map resumes after it");
+        }
+        let index = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join(INDEX_FILE));
+        if let Ok(index) = index {
+            index.set_len(stored.count * 8)?;
+            index.sync_all()?;
+        }
+        let data = std::fs::OpenOptions::new().write(true).open(&data_path)?;
+        data.set_len(stored.data_len)?;
+        data.sync_all()?;
+    }
+    Ok(stored)
+}
+
+/// Cheap check of a finished map's files: `expected` index entries, the
+/// last of which ends inside the data file.
+pub(crate) fn looks_whole(dir: &Path, expected: u64) -> bool {
+    if indexed_count(dir) != expected {
+        return false;
+    }
+    if expected == 0 {
+        return true;
+    }
+    let last = (|| -> io::Result<u64> {
+        let mut f = File::open(dir.join(INDEX_FILE))?;
+        f.seek(SeekFrom::Start((expected - 1) * 8))?;
+        let mut raw = [0u8; 8];
+        f.read_exact(&mut raw)?;
+        Ok(u64::from_le_bytes(raw))
+    })();
+    let data_len = std::fs::metadata(dir.join(DATA_FILE)).map_or(0, |m| m.len());
+    last.is_ok_and(|end| end == data_len)
+}
+
+/// Whether a stored result is a failed input's `{"error": {...}}`.
+fn is_error_slot(v: &Value) -> bool {
+    v.as_object()
+        .is_some_and(|o| o.len() == 1 && o.contains_key("error"))
 }
 
 /// Reads results `offset .. offset + limit` (clamped to `available`).
@@ -209,5 +292,69 @@ mod tests {
         assert_eq!(page[2]["i"], 999);
         assert!(read_page(p.clone(), 1000, 10, 1000).unwrap().is_empty());
         assert_eq!(read_page(p, 500, 10, 505).unwrap().len(), 5);
+    }
+
+    async fn hundred(dir: &Path) {
+        let mut w = ResultWriter::create(dir).await.unwrap();
+        for i in 0..100 {
+            let v = if i % 10 == 0 {
+                json!({"error": {"type": "ValueError"}})
+            } else {
+                json!(i)
+            };
+            w.push(&v).await.unwrap();
+        }
+        w.sync().await.unwrap();
+    }
+
+    fn append(path: PathBuf, bytes: &[u8]) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        f.write_all(bytes).unwrap();
+    }
+
+    #[tokio::test]
+    async fn recovery_cuts_back_to_the_last_whole_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        hundred(d).await;
+        assert!(looks_whole(d, 100));
+        let whole = recover(d).unwrap();
+        assert_eq!((whole.count, whole.completed, whole.failed, whole.cut), (100, 90, 10, false));
+
+        // Data past the index (a crash between the two writes) is cut off.
+        append(d.join(DATA_FILE), b"101\n102\n");
+        let r = recover(d).unwrap();
+        assert_eq!((r.count, r.cut), (100, true));
+        assert_eq!(r.data_len, whole.data_len);
+        assert!(looks_whole(d, 100));
+
+        // An index entry past the data is cut off.
+        append(d.join(INDEX_FILE), &(whole.data_len + 50).to_le_bytes());
+        assert!(!looks_whole(d, 101));
+        assert_eq!(recover(d).unwrap().count, 100);
+
+        // A damaged line in the middle: everything from it on is cut, and the
+        // map resumes writing after the last good result.
+        let page = read_page(d.to_path_buf(), 0, 50, 100).unwrap();
+        assert_eq!(page[49], json!(49));
+        let mut raw = std::fs::read(d.join(DATA_FILE)).unwrap();
+        let at = raw.len() / 2;
+        raw[at] = 0x01;
+        std::fs::write(d.join(DATA_FILE), &raw).unwrap();
+        let r = recover(d).unwrap();
+        assert!(r.count < 100 && r.count > 40, "{r:?}");
+        let mut w = ResultWriter::resume(d, r).await.unwrap();
+        for i in r.count..100 {
+            w.push(&json!(i)).await.unwrap();
+        }
+        assert_eq!(w.sync().await.unwrap(), 100);
+        let page = read_page(d.to_path_buf(), 0, 100, 100).unwrap();
+        assert_eq!(page[99], json!(99));
+        assert_eq!(recover(d).unwrap().count, 100);
+
+        // No files at all: nothing stored.
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(recover(empty.path()).unwrap(), Stored::default());
     }
 }

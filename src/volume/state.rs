@@ -1,14 +1,15 @@
 //! A volume's versioned key/value state: an in-memory map backed by an
-//! append-only JSON-lines log that is fsynced before a write is acknowledged,
-//! and compacted into a snapshot (temp file, fsync, rename) when it grows.
+//! append-only JSON-lines log (a [`JsonLog`]) that is fsynced before a write
+//! is acknowledged, and compacted into a snapshot when it grows.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::persist::{private_dir, JsonLog};
 
 const LOG: &str = "state.log";
 
@@ -30,58 +31,26 @@ struct Record {
 
 /// The state of one volume.
 pub(crate) struct VolumeState {
-    dir: PathBuf,
     pub(crate) entries: BTreeMap<String, Entry>,
-    log: File,
-    log_records: usize,
+    log: JsonLog,
 }
 
 impl VolumeState {
-    /// Opens (or creates) the state under `dir`, replaying its log. A torn
-    /// last line, left by a crash mid-append, is ignored.
+    /// Opens (or creates) the state under `dir`, replaying its log (see
+    /// [`crate::persist`] for what happens to torn and unreadable lines).
     pub(crate) fn open(dir: &Path) -> io::Result<VolumeState> {
-        std::fs::create_dir_all(dir)?;
-        let path = dir.join(LOG);
+        private_dir(dir)?;
         let mut entries = BTreeMap::new();
-        let mut log_records = 0;
-        let mut good_len = 0u64;
-        let mut torn = false;
-        if let Ok(file) = File::open(&path) {
-            let mut reader = BufReader::new(file);
-            let mut line = Vec::new();
-            while reader.read_until(b'\n', &mut line)? > 0 {
-                let record = line
-                    .ends_with(b"\n")
-                    .then(|| serde_json::from_slice::<Record>(&line).ok())
-                    .flatten();
-                let Some(record) = record else {
-                    torn = true;
-                    break;
-                };
-                good_len += line.len() as u64;
-                log_records += 1;
-                entries.insert(
-                    record.k,
-                    Entry {
-                        version: record.v,
-                        value: record.d,
-                    },
-                );
-                line.clear();
-            }
-        }
-        let log = OpenOptions::new().create(true).append(true).open(&path)?;
-        if torn {
-            tracing::warn!(log = %path.display(), "dropping a torn record at the end of a state log");
-            log.set_len(good_len)?;
-            log.sync_all()?;
-        }
-        Ok(VolumeState {
-            dir: dir.to_path_buf(),
-            entries,
-            log,
-            log_records,
-        })
+        let (log, _) = JsonLog::open::<Record>(&dir.join(LOG), |record| {
+            entries.insert(
+                record.k,
+                Entry {
+                    version: record.v,
+                    value: record.d,
+                },
+            );
+        })?;
+        Ok(VolumeState { entries, log })
     }
 
     /// The live value of `key`.
@@ -96,47 +65,45 @@ impl VolumeState {
         self.get(key).map(|(v, _)| v)
     }
 
-    /// Durably records `value` (or a deletion) for `key`; returns the new version.
+    /// Durably records `value` (or a deletion) for `key`; returns the new
+    /// version. An error means nothing was recorded.
     pub(crate) fn commit(&mut self, key: &str, value: Option<Value>) -> io::Result<u64> {
         let version = self.entries.get(key).map_or(0, |e| e.version) + 1;
-        let mut line = serde_json::to_vec(&Record {
+        let record = Record {
             k: key.to_owned(),
             v: version,
-            d: value.clone(),
-        })
-        .map_err(io::Error::other)?;
-        line.push(b'\n');
-        self.log.write_all(&line)?;
-        self.log.sync_data()?;
-        self.log_records += 1;
-        self.entries
-            .insert(key.to_owned(), Entry { version, value });
-        if self.log_records > 1024 && self.log_records > 2 * self.entries.len() {
-            self.compact()?;
+            d: value,
+        };
+        self.log.append_durable([&record])?;
+        self.entries.insert(
+            record.k,
+            Entry {
+                version,
+                value: record.d,
+            },
+        );
+        if self.log.lines() > 1024 && self.log.lines() > 2 * self.entries.len() {
+            // The write is durable already; a failed compaction is retried
+            // at the next write and must not report it as failed.
+            if let Err(error) = self.compact() {
+                tracing::warn!(%error, "could not compact a volume's state log");
+            }
         }
         Ok(version)
     }
 
     /// Rewrites the log as one record per key.
     fn compact(&mut self) -> io::Result<()> {
-        let tmp = self.dir.join(format!("{LOG}.tmp"));
-        let mut out = io::BufWriter::new(File::create(&tmp)?);
-        for (k, e) in &self.entries {
-            let record = Record {
+        let records: Vec<Record> = self
+            .entries
+            .iter()
+            .map(|(k, e)| Record {
                 k: k.clone(),
                 v: e.version,
                 d: e.value.clone(),
-            };
-            serde_json::to_writer(&mut out, &record).map_err(io::Error::other)?;
-            out.write_all(b"\n")?;
-        }
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, self.dir.join(LOG))?;
-        File::open(&self.dir)?.sync_all()?;
-        self.log = OpenOptions::new().append(true).open(self.dir.join(LOG))?;
-        self.log_records = self.entries.len();
-        Ok(())
+            })
+            .collect();
+        self.log.compact(&records)
     }
 }
 
@@ -176,7 +143,8 @@ mod tests {
         let mut s = VolumeState::open(dir.path()).unwrap();
         s.commit("a", Some(json!(1))).unwrap();
         drop(s);
-        let mut log = OpenOptions::new()
+        use std::io::Write;
+        let mut log = std::fs::OpenOptions::new()
             .append(true)
             .open(dir.path().join(LOG))
             .unwrap();

@@ -3,8 +3,10 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
+use tokio_util::sync::CancellationToken;
 use modal_agents::api::{self, ApiConfig, Cidr};
 use modal_agents::{
     LocalConfig, ModalConfig, ModalCredentials, Runtime, SandboxMode, DEFAULT_DATA_DIR,
@@ -30,6 +32,11 @@ pub(crate) struct ServeArgs {
     /// Run containers under bubblewrap: auto (when it works), required, off.
     #[arg(long, env = "MODAL_AGENTS_SANDBOX", default_value = "auto")]
     sandbox: SandboxMode,
+    /// Seconds a SIGTERM/Ctrl-C stop may take; unfinished tasks resume at
+    /// the next start either way.
+    #[arg(long, env = "MODAL_AGENTS_SHUTDOWN_TIMEOUT", default_value_t = 30.0,
+          value_parser = parse_seconds)]
+    shutdown_timeout: f64,
     #[command(flatten)]
     modal: ModalArgs,
 }
@@ -78,8 +85,10 @@ pub(crate) async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), 
     let listener = tokio::net::TcpListener::bind(&args.addr)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
+    let bound = Duration::from_secs_f64(args.shutdown_timeout);
     let runtime = Runtime::builder()
         .data_dir(&args.data_dir)
+        .shutdown_timeout(bound)
         .local_config(LocalConfig {
             sandbox: args.sandbox,
             ..LocalConfig::default()
@@ -107,16 +116,54 @@ pub(crate) async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), 
     );
     let _ = std::io::stdout().flush();
     let app = api::app(runtime.clone(), config);
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("a SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("shutting down");
+            stop.cancel();
         }
-        tracing::info!("shutting down");
+    });
+    // The runtime stops as soon as the signal comes, so requests waiting on
+    // tasks answer (202: the task resumes after a restart) and connections
+    // drain.
+    let stopping = tokio::spawn({
+        let (runtime, stop) = (runtime.clone(), stop.clone());
+        async move {
+            stop.cancelled().await;
+            runtime.shutdown().await;
+        }
+    });
+    let served = api::serve(listener, app, stop.clone().cancelled_owned());
+    tokio::pin!(served);
+    let served = tokio::select! {
+        served = &mut served => served,
+        () = async { stop.cancelled().await; tokio::time::sleep(bound).await } => {
+            tracing::warn!(bound_s = bound.as_secs_f64(), "requests still open at the shutdown bound; closing them");
+            Ok(())
+        }
     };
-    let served = api::serve(listener, app, shutdown).await;
-    runtime.shutdown().await;
+    stop.cancel();
+    // The runtime's own stop is bounded by the same bound, plus the time to
+    // reap containers and write the journal.
+    if tokio::time::timeout(bound + Duration::from_secs(10), stopping)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the runtime did not stop in time; exiting anyway");
+    }
     served.map_err(|e| e.to_string())
+}
+
+fn parse_seconds(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(s) if s.is_finite() && (0.0..=3600.0).contains(&s) => Ok(s),
+        _ => Err(format!("got {raw:?}; expected seconds from 0 to 3600")),
+    }
 }

@@ -1,0 +1,138 @@
+//! The persistence kit: the few ways this runtime puts bytes on disk, each
+//! written once.
+//!
+//! - [`write_atomic`]: a whole file replaced at once (temp file, fsync,
+//!   rename, fsync of the directory), created `0600`.
+//! - [`JsonLog`]: an append-only JSON-lines log with replay, quarantine of
+//!   unreadable lines and compaction; the task journal and every volume's
+//!   state log are one.
+//! - [`private_dir`]: a directory only the runtime's user can read.
+//!
+//! ## Replay rules
+//!
+//! Only an unterminated last line is a torn tail (a crash mid-append) and is
+//! cut off. A terminated line that does not parse is never taken for the end
+//! of the log: it is copied to `<log>.quarantine`, logged with its byte offset,
+//! and removed from the log; every other record is kept. An append that fails
+//! is cut back off the file, so a failed write leaves no partial line for a
+//! later append to follow.
+
+mod log;
+
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+pub(crate) use log::JsonLog;
+
+/// Mode of every file the runtime keeps state in.
+pub(crate) const FILE_MODE: u32 = 0o600;
+/// Mode of every directory the runtime keeps state in.
+pub(crate) const DIR_MODE: u32 = 0o700;
+
+/// Replaces `path` with what `fill` writes, atomically: a reader (or a crash)
+/// sees the old file or the new one, never a mix. The file is `0600`.
+pub(crate) fn write_atomic(
+    path: &Path,
+    fill: impl FnOnce(&mut io::BufWriter<File>) -> io::Result<()>,
+) -> io::Result<()> {
+    let tmp = tmp_path(path);
+    let result = (|| {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(FILE_MODE)
+            .open(&tmp)?;
+        // A temp file left by an earlier crash keeps its old mode.
+        file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
+        let mut out = io::BufWriter::with_capacity(1 << 16, file);
+        fill(&mut out)?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        sync_dir(path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Fsyncs the directory holding `path`, so a rename or creation in it lasts.
+pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
+        _ => File::open(".")?.sync_all(),
+    }
+}
+
+/// Creates `dir` (and missing parents) readable by the runtime's user only;
+/// an existing `dir` is narrowed to that.
+pub(crate) fn private_dir(dir: &Path) -> io::Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode != DIR_MODE {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))?;
+    }
+    Ok(())
+}
+
+/// Opens `path` for appending, creating it `0600` (and narrowing an existing
+/// file to that).
+pub(crate) fn open_append(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(FILE_MODE)
+        .open(path)?;
+    if file.metadata()?.permissions().mode() & 0o777 != FILE_MODE {
+        file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
+    }
+    Ok(file)
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn atomic_writes_are_private_and_replace_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_atomic(&path, |out| out.write_all(b"new")).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(!tmp_path(&path).exists());
+        // A failing fill leaves the old file and no temp file.
+        let err = write_atomic(&path, |_| Err(io::Error::other("boom"))).unwrap_err();
+        assert_eq!(err.to_string(), "boom");
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert!(!tmp_path(&path).exists());
+    }
+
+    #[test]
+    fn private_dirs_are_narrowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("a/b");
+        private_dir(&sub).unwrap();
+        std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&sub).unwrap();
+        let mode = std::fs::metadata(&sub).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+}

@@ -1,0 +1,95 @@
+//! JSON values crossing the runtime: call arguments, map inputs, results
+//! from containers and Modal, volume state. They share one depth bound,
+//! [`MAX_VALUE_DEPTH`], checked where each enters, so that whatever is
+//! accepted is also read back from the journal, the result files and the
+//! state logs (serde_json reads at most 128 levels, and a stored value sits a
+//! few levels inside its record).
+
+use serde_json::Value;
+
+/// Deepest nesting of arrays and objects a value may have (a scalar is 0,
+/// `[1]` is 1, `{"a": [1]}` is 2).
+pub const MAX_VALUE_DEPTH: usize = 64;
+
+/// A value nests deeper than [`MAX_VALUE_DEPTH`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} nests arrays/objects more than {MAX_VALUE_DEPTH} levels deep; at most {MAX_VALUE_DEPTH} are accepted (flatten the value, or pass it as a string)")]
+pub struct TooDeep {
+    /// Where the value was given (`args[0]`, `inputs[12]`, `value`, `result`).
+    pub field: String,
+}
+
+/// Whether `value` nests deeper than `max` (without recursion, so any value
+/// can be checked).
+pub(crate) fn deeper_than(value: &Value, max: usize) -> bool {
+    let mut stack: Vec<(&Value, usize)> = vec![(value, 0)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        if depth + 1 > max {
+            return true;
+        }
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    false
+}
+
+/// Checks one value given as `field`.
+pub(crate) fn check_depth(value: &Value, field: impl FnOnce() -> String) -> Result<(), TooDeep> {
+    if deeper_than(value, MAX_VALUE_DEPTH) {
+        Err(TooDeep { field: field() })
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks each of `values`, named `field[i]`.
+pub(crate) fn check_each<'a>(
+    values: impl IntoIterator<Item = &'a Value>,
+    field: &str,
+) -> Result<(), TooDeep> {
+    values
+        .into_iter()
+        .enumerate()
+        .try_for_each(|(i, v)| check_depth(v, || format!("{field}[{i}]")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn nested(levels: usize) -> Value {
+        let mut v = json!(1);
+        for i in 0..levels {
+            v = if i % 2 == 0 {
+                json!([v])
+            } else {
+                json!({ "k": v })
+            };
+        }
+        v
+    }
+
+    #[test]
+    fn depth_is_counted_per_level() {
+        assert!(!deeper_than(&json!(1), 0));
+        assert!(deeper_than(&json!([]), 0));
+        assert!(!deeper_than(&nested(MAX_VALUE_DEPTH), MAX_VALUE_DEPTH));
+        assert!(deeper_than(&nested(MAX_VALUE_DEPTH + 1), MAX_VALUE_DEPTH));
+        let err = check_each(&[json!(1), nested(65)], "inputs").unwrap_err();
+        assert_eq!(err.field, "inputs[1]");
+        assert!(err.to_string().contains("at most 64"));
+    }
+
+    #[test]
+    fn what_is_accepted_reads_back_inside_a_record() {
+        // The deepest accepted value, wrapped the way the journal wraps a
+        // job's arguments, still parses.
+        let line = serde_json::to_string(&json!({"j": ["id", {"kind": "call", "args": [nested(MAX_VALUE_DEPTH)]}]})).unwrap();
+        assert!(serde_json::from_str::<Value>(&line).is_ok());
+    }
+}
