@@ -149,8 +149,10 @@ impl Runtime {
         let mut volume_dirs = std::collections::BTreeMap::new();
         for (mount, name) in &spec.volumes {
             let dir = self.volume_dir(name);
-            tokio::fs::create_dir_all(&dir)
+            let d = dir.clone();
+            tokio::task::spawn_blocking(move || crate::persist::private_dir(&d))
                 .await
+                .map_err(|e| RuntimeError::Storage(std::io::Error::other(e)))?
                 .map_err(|source| RuntimeError::DataDir {
                     path: dir.clone(),
                     source,

@@ -69,6 +69,18 @@ impl TaskStore {
         self.records.insert(id, record);
     }
 
+    /// Adds a new record (kept as it is if the task is already known, e.g.
+    /// abandoned) and marks it and its job for the journal; returns the write
+    /// to wait for.
+    fn insert_new(&self, record: TaskRecord, job: Option<Value>) -> Option<(Arc<Durable>, u64)> {
+        let id = record.task_id;
+        self.watches
+            .entry(id)
+            .or_insert_with(|| watch::channel(record.status).0);
+        self.records.entry(id).or_insert(record);
+        self.durable.get().map(|d| (d.clone(), d.mark(id, job)))
+    }
+
     /// Records a task that will never run (its creation or dispatch was not
     /// acknowledged) as failed, whether or not its record exists yet: a
     /// create still on its way finds it failed, and its job is written
@@ -215,17 +227,8 @@ impl Actor for TaskTracker {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             TaskTrackerMsg::Create(record, job, reply) => {
-                let id = record.task_id;
-                state
-                    .store
-                    .watches
-                    .entry(id)
-                    .or_insert_with(|| watch::channel(record.status).0);
-                state.store.records.entry(id).or_insert(*record);
-                match state.store.durable.get() {
-                    Some(d) => {
-                        let epoch = d.mark(id, job);
-                        let d = d.clone();
+                match state.store.insert_new(*record, job) {
+                    Some((d, epoch)) => {
                         // Answer once it is on disk, without holding up the tracker.
                         tokio::spawn(async move {
                             d.wait(epoch).await;
@@ -339,5 +342,54 @@ impl TaskTrackerHandle {
 
     pub(crate) fn available(&self, id: TaskId) -> u64 {
         self.store.available.get(&id).map_or(0, |n| *n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::TaskKind;
+
+    #[tokio::test]
+    async fn a_task_abandoned_before_its_create_lands_never_runs_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tasks.journal");
+        let open = || {
+            let (journal, replayed) = Journal::open(&path).unwrap();
+            let store = TaskStore::new(dir.path().join("tasks"));
+            let durable = Durable::new(journal, replayed.jobs.clone());
+            store.attach(durable.clone());
+            (store, durable, replayed)
+        };
+        let (store, durable, _) = open();
+        let late = TaskRecord::new("f", TaskKind::Call, None);
+        let early = TaskRecord::new("f", TaskKind::Call, None);
+        // The caller heard "not created" before the tracker got to the create.
+        store.abandon(
+            late.clone(),
+            TaskError::new("NotCreated", "not recorded in time"),
+        );
+        store.insert_new(late.clone(), Some(serde_json::json!({"kind": "call"})));
+        // And one whose create was written before the caller gave up.
+        store.insert_new(early.clone(), Some(serde_json::json!({"kind": "call"})));
+        durable.flush(&store).await;
+        store.abandon(
+            early.clone(),
+            TaskError::new("NotCreated", "not recorded in time"),
+        );
+        durable.flush(&store).await;
+        drop((store, durable));
+
+        let (_, _, replayed) = open();
+        assert!(
+            replayed.jobs.is_empty(),
+            "no job is left to run: {:?}",
+            replayed.jobs
+        );
+        for id in [late.task_id, early.task_id] {
+            let r = &replayed.records[&id];
+            assert_eq!(r.status, TaskStatus::Failed);
+            assert_eq!(r.error.as_ref().unwrap().kind, "NotCreated");
+        }
     }
 }

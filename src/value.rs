@@ -89,7 +89,10 @@ mod tests {
     fn what_is_accepted_reads_back_inside_a_record() {
         // The deepest accepted value, wrapped the way the journal wraps a
         // job's arguments, still parses.
-        let line = serde_json::to_string(&json!({"j": ["id", {"kind": "call", "args": [nested(MAX_VALUE_DEPTH)]}]})).unwrap();
+        let line = serde_json::to_string(
+            &json!({"j": ["id", {"kind": "call", "args": [nested(MAX_VALUE_DEPTH)]}]}),
+        )
+        .unwrap();
         assert!(serde_json::from_str::<Value>(&line).is_ok());
     }
 }

@@ -7,9 +7,9 @@
 mod support;
 
 use std::process::Child;
-use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::Api;
 
 const BIN: &str = env!("CARGO_BIN_EXE_modal-agents");
 const TOKEN: &str = "durability-token-0123456789";
@@ -18,62 +18,12 @@ fn serve(data: &std::path::Path) -> (Child, String) {
     support::serve(BIN, data, TOKEN)
 }
 
-struct Api {
-    http: reqwest::Client,
-    url: String,
-}
-
-impl Api {
-    async fn post(&self, path: &str, body: Value) -> Value {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .bearer_auth(TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{path}: {}", r.status());
-        r.json().await.unwrap()
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{path}: {}", r.status());
-        r.json().await.unwrap()
-    }
-
-    async fn until(&self, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-        loop {
-            let v = self.get(path).await;
-            if done(&v) {
-                return v;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}: {v}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_map_then_restart_completes_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let (mut server, url) = serve(&data);
-    let api = Api {
-        http: reqwest::Client::new(),
-        url,
-    };
+    let api = Api::new(url, TOKEN);
 
     let r = api
         .http
@@ -121,10 +71,7 @@ async fn sigkill_mid_map_then_restart_completes_exactly() {
     server.wait().unwrap();
 
     let (mut server, url) = serve(&data);
-    let api = Api {
-        http: api.http,
-        url,
-    };
+    let api = api.at(url);
     let functions = api.get("/functions").await;
     let names: Vec<&str> = functions
         .as_array()
@@ -157,15 +104,7 @@ async fn sigkill_mid_map_then_restart_completes_exactly() {
         record["attempts"].as_u64().unwrap() >= 2,
         "the restart is counted: {record}"
     );
-    let mut results = Vec::new();
-    let mut offset = Some(0u64);
-    while let Some(at) = offset {
-        let page = api
-            .get(&format!("/status/{map_id}/results?offset={at}&limit=10000"))
-            .await;
-        results.extend(page["results"].as_array().unwrap().iter().cloned());
-        offset = page["next_offset"].as_u64();
-    }
+    let results = api.all_results(&map_id).await;
     assert_eq!(results.len() as u64, n, "exactly 20,000 results");
     for (i, r) in results.iter().enumerate() {
         assert_eq!(r, &json!(i as u64 * 2), "slot {i}");
@@ -192,10 +131,7 @@ async fn webhooks_survive_sigkill_and_are_delivered_once() {
     let data = dir.path().join("data");
     let allow = [("MODAL_AGENTS_WEBHOOK_ALLOW", "127.0.0.0/8")];
     let (mut server, url) = support::serve_with(BIN, &data, TOKEN, &allow);
-    let api = Api {
-        http: reqwest::Client::new(),
-        url,
-    };
+    let api = Api::new(url, TOKEN);
     let (hook_url, seen) = support::receiver(Vec::new()).await;
 
     // A finished task's webhook, delivered before the kill.
@@ -246,10 +182,7 @@ async fn webhooks_survive_sigkill_and_are_delivered_once() {
     server.wait().unwrap();
     std::fs::write(data.join("volumes/gate/files/open"), "").unwrap();
     let (mut server, url) = support::serve_with(BIN, &data, TOKEN, &allow);
-    let api = Api {
-        http: api.http,
-        url,
-    };
+    let api = api.at(url);
 
     let view = api
         .until(

@@ -412,11 +412,10 @@ async fn shutdown_leaves_no_python_process_behind() {
         "no container left"
     );
     assert!(t.backend.container_pids().is_empty());
-    assert_eq!(
-        t.rt.status(long_call).unwrap().status,
-        TaskStatus::Cancelled
-    );
-    assert_eq!(t.rt.status(map).unwrap().status, TaskStatus::Cancelled);
+    // A stop is not a cancel: the tasks are left unfinished, as a crash
+    // would leave them, for the next start to resume (tests/recovery.rs).
+    assert_eq!(t.rt.status(long_call).unwrap().status, TaskStatus::Running);
+    assert_eq!(t.rt.status(map).unwrap().status, TaskStatus::Running);
     let err = t.rt.spawn("idle", vec![], Map::new()).await.unwrap_err();
     assert!(matches!(err, RuntimeError::ShutDown), "{err:?}");
 }

@@ -227,9 +227,8 @@ impl From<VolumeError> for Error {
             VolumeError::Name(e) => e.into(),
             VolumeError::BadKey { .. } => Error::invalid("key", e.to_string()),
             VolumeError::BadPath { .. } => Error::invalid("path", e.to_string()),
-            VolumeError::TooLarge { .. } | VolumeError::TooDeep(_) => {
-                Error::invalid("body", e.to_string())
-            }
+            VolumeError::TooLarge { .. } => Error::invalid("body", e.to_string()),
+            VolumeError::TooDeep(_) => Error::invalid("value", e.to_string()),
             VolumeError::Conflict { .. } => Error::PreconditionFailed(e.to_string()),
             VolumeError::NoSuchFile { .. } => Error::NotFound(e.to_string()),
             VolumeError::Unavailable(_) => Error::Unavailable(e.to_string()),

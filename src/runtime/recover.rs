@@ -73,32 +73,34 @@ impl Runtime {
                     function,
                     total,
                     inputs_file: true,
-                }) => match check_results(&dir).await {
-                    Ok(stored) => {
-                        if let Some(p) = record.progress.as_mut() {
-                            p.completed = stored.completed;
-                            p.failed = stored.failed;
-                            p.running = 0;
-                            p.pending = p.total.saturating_sub(stored.count);
+                }) => {
+                    match check_results(&dir).await {
+                        Ok(stored) => {
+                            if let Some(p) = record.progress.as_mut() {
+                                p.completed = stored.completed;
+                                p.failed = stored.failed;
+                                p.running = 0;
+                                p.pending = p.total.saturating_sub(stored.count);
+                            }
+                            Some(Job::Map {
+                                task_id: record.task_id,
+                                function,
+                                inputs: read_inputs(&dir, stored.count),
+                                total,
+                                resume: Some(stored),
+                            })
                         }
-                        Some(Job::Map {
-                            task_id: record.task_id,
-                            function,
-                            inputs: read_inputs(&dir, stored.count),
-                            total,
-                            resume: Some(stored),
-                        })
-                    }
-                    Err(e) => {
-                        // One damaged map never keeps the runtime from starting.
-                        tracing::error!(task_id = %record.task_id, error = %e, "a map's results cannot be read; it is marked failed");
-                        lost = Some(crate::TaskError::new(
+                        Err(e) => {
+                            // One damaged map never keeps the runtime from starting.
+                            tracing::error!(task_id = %record.task_id, error = %e, "a map's results cannot be read; it is marked failed");
+                            lost = Some(crate::TaskError::new(
                             "StorageError",
                             format!("the map's stored results could not be read after a restart: {e}"),
                         ));
-                        None
+                            None
+                        }
                     }
-                },
+                }
                 _ => None,
             };
             let id = record.task_id;
@@ -109,7 +111,11 @@ impl Runtime {
                     if let Some(d) = tracker.durable() {
                         d.mark(id, None);
                     }
-                    self.inner.dispatcher.submit(job).await.map_err(|(e, _)| e)?;
+                    self.inner
+                        .dispatcher
+                        .submit(job)
+                        .await
+                        .map_err(|(e, _)| e)?;
                     requeued += 1;
                 }
                 None => {

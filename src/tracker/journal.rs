@@ -105,7 +105,10 @@ mod tests {
             .unwrap();
         drop(j);
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         f.write_all(b"{\"r\": {\"task_id\"").unwrap();
         let (mut j, r) = Journal::open(&path).unwrap();
         assert_eq!(r.records[&a.task_id].attempts, 3);

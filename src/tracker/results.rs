@@ -320,7 +320,10 @@ mod tests {
         hundred(d).await;
         assert!(looks_whole(d, 100));
         let whole = recover(d).unwrap();
-        assert_eq!((whole.count, whole.completed, whole.failed, whole.cut), (100, 90, 10, false));
+        assert_eq!(
+            (whole.count, whole.completed, whole.failed, whole.cut),
+            (100, 90, 10, false)
+        );
 
         // Data past the index (a crash between the two writes) is cut off.
         append(d.join(DATA_FILE), b"101\n102\n");

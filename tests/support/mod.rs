@@ -206,3 +206,99 @@ pub async fn receiver(answers: Vec<u16>) -> (String, Receiver) {
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     (url, r)
 }
+
+/// A client of a server the test started, with its token.
+pub struct Api {
+    pub http: reqwest::Client,
+    pub url: String,
+    pub token: String,
+}
+
+impl Api {
+    pub fn new(url: String, token: &str) -> Api {
+        Api {
+            http: reqwest::Client::new(),
+            url,
+            token: token.to_owned(),
+        }
+    }
+
+    /// The same client against a restarted server.
+    pub fn at(self, url: String) -> Api {
+        Api { url, ..self }
+    }
+
+    /// Sends a request; returns the status and the JSON body (null if none).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// POSTs and asserts success.
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let (status, v) = self.send(reqwest::Method::POST, path, Some(body)).await;
+        assert!((200..300).contains(&status), "{path}: {status} {v}");
+        v
+    }
+
+    /// GETs and asserts success.
+    pub async fn get(&self, path: &str) -> serde_json::Value {
+        let (status, v) = self.send(reqwest::Method::GET, path, None).await;
+        assert!((200..300).contains(&status), "{path}: {status} {v}");
+        v
+    }
+
+    /// GETs `path` until `done` holds (3 minutes at most).
+    pub async fn until(
+        &self,
+        path: &str,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+        loop {
+            let v = self.get(path).await;
+            if done(&v) {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every result of a map, page by page.
+    pub async fn all_results(&self, task_id: &str) -> Vec<serde_json::Value> {
+        let mut results = Vec::new();
+        let mut offset = Some(0u64);
+        while let Some(at) = offset {
+            let page = self
+                .get(&format!(
+                    "/status/{task_id}/results?offset={at}&limit=10000"
+                ))
+                .await;
+            results.extend(page["results"].as_array().unwrap().iter().cloned());
+            offset = page["next_offset"].as_u64();
+        }
+        results
+    }
+}

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use tokio_util::sync::CancellationToken;
 use modal_agents::api::{self, ApiConfig, Cidr};
 use modal_agents::{
     LocalConfig, ModalConfig, ModalCredentials, Runtime, SandboxMode, DEFAULT_DATA_DIR,
 };
+use tokio_util::sync::CancellationToken;
 
 #[derive(Args)]
 pub(crate) struct ServeArgs {
