@@ -80,8 +80,8 @@ pub use compute::{
 };
 pub use registry::FunctionInfo;
 pub use runtime::{
-    ModalStatus, ResourceReport, Runtime, RuntimeBuilder, RuntimeError, DEFAULT_DATA_DIR,
-    DEFAULT_SHUTDOWN_TIMEOUT, MAX_RESULTS_PAGE,
+    ModalStatus, ResourceReport, Retention, Runtime, RuntimeBuilder, RuntimeError,
+    DEFAULT_DATA_DIR, DEFAULT_SHUTDOWN_TIMEOUT, MAX_RESULTS_PAGE,
 };
 pub use secrets::{SecretError, SecretStore};
 pub use spec::{

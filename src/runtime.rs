@@ -35,6 +35,7 @@ use crate::tracker::{read_page, Durable, TaskTrackerHandle};
 use crate::value::{check_depth, check_each};
 use crate::volume::Volumes;
 
+pub use crate::tracker::Retention;
 pub use builder::{RuntimeBuilder, DEFAULT_DATA_DIR, DEFAULT_SHUTDOWN_TIMEOUT};
 pub use error::RuntimeError;
 pub use resources::{ModalStatus, ResourceReport};
@@ -99,6 +100,11 @@ impl Runtime {
     /// The runtime's database.
     pub(crate) fn store(&self) -> &Arc<Store> {
         &self.inner.store
+    }
+
+    /// Hears of every batch of tasks retention removes.
+    pub(crate) fn subscribe_forgotten(&self) -> tokio::sync::broadcast::Receiver<Arc<Vec<TaskId>>> {
+        self.inner.tracker.store().subscribe_forgotten()
     }
 
     /// The directory holding the runtime's tasks, volumes and containers.

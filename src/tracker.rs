@@ -2,8 +2,10 @@
 //! (for maps) results on disk.
 
 mod durable;
+mod index;
 mod journal;
 mod results;
+mod retention;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,6 +25,8 @@ pub(crate) use journal::{Journal, Replayed};
 pub(crate) use results::{
     indexed_count, looks_whole, read_page, recover as recover_results, ResultWriter, Stored,
 };
+pub use retention::Retention;
+pub(crate) use retention::{remove_orphans, sweep};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -33,6 +37,10 @@ pub(crate) struct TaskStore {
     watches: DashMap<TaskId, watch::Sender<TaskStatus>>,
     /// Map results flushed to disk and readable, per map task.
     available: DashMap<TaskId, u64>,
+    /// Order and counts of the records.
+    index: index::TaskIndex,
+    /// Tasks removed by retention, for those that keep things per task.
+    forgotten: tokio::sync::broadcast::Sender<Arc<Vec<TaskId>>>,
     dir: PathBuf,
     durable: std::sync::OnceLock<Arc<Durable>>,
 }
@@ -43,6 +51,8 @@ impl TaskStore {
             records: DashMap::new(),
             watches: DashMap::new(),
             available: DashMap::new(),
+            index: index::TaskIndex::default(),
+            forgotten: tokio::sync::broadcast::channel(16).0,
             dir,
             durable: std::sync::OnceLock::new(),
         })
@@ -66,7 +76,10 @@ impl TaskStore {
         if record.kind == crate::task::TaskKind::Map {
             self.available.insert(id, available);
         }
-        self.records.insert(id, record);
+        self.index.insert(record.created_at, id, record.status);
+        if let Some(old) = self.records.insert(id, record) {
+            self.index.remove(old.created_at, id, old.status);
+        }
     }
 
     /// Adds a new record (kept as it is if the task is already known, e.g.
@@ -77,7 +90,10 @@ impl TaskStore {
         self.watches
             .entry(id)
             .or_insert_with(|| watch::channel(record.status).0);
-        self.records.entry(id).or_insert(record);
+        if let dashmap::Entry::Vacant(slot) = self.records.entry(id) {
+            self.index.insert(record.created_at, id, record.status);
+            slot.insert(record);
+        }
         self.durable.get().map(|d| (d.clone(), d.mark(id, job)))
     }
 
@@ -90,11 +106,13 @@ impl TaskStore {
         {
             let mut entry = self.records.entry(id).or_insert_with(|| {
                 record.status = TaskStatus::Pending;
+                self.index.insert(record.created_at, id, record.status);
                 record
             });
             if entry.status.is_terminal() {
                 return;
             }
+            self.index.moved(entry.status, TaskStatus::Failed);
             entry.status = TaskStatus::Failed;
             entry.error = Some(error);
             entry.finished_at = Some(Utc::now());
@@ -122,6 +140,7 @@ impl TaskStore {
         if record.status.is_terminal() {
             return;
         }
+        let before = record.status;
         match update {
             TaskUpdate::Started { backend_call_id } => {
                 record.status = TaskStatus::Running;
@@ -145,6 +164,7 @@ impl TaskStore {
         }
         let status = record.status;
         drop(record);
+        self.index.moved(before, status);
         if let Some(d) = self.durable.get() {
             d.mark(id, None);
         }
@@ -308,27 +328,23 @@ impl TaskTrackerHandle {
         self.store.records.get(&id).map(|r| r.clone())
     }
 
-    /// Records, newest first, optionally only those in `status`.
+    /// Records, newest first, optionally only those in `status`, and how
+    /// many match in all. Only the page is cloned.
     pub(crate) fn list(
         &self,
         status: Option<TaskStatus>,
         offset: usize,
         limit: usize,
     ) -> (Vec<TaskRecord>, usize) {
-        let mut all: Vec<TaskRecord> = self
-            .store
-            .records
-            .iter()
-            .filter(|r| status.is_none_or(|s| r.status == s))
-            .map(|r| r.clone())
-            .collect();
-        all.sort_by(|a, b| {
-            b.created_at
-                .cmp(&a.created_at)
-                .then(a.task_id.cmp(&b.task_id))
+        let records = &self.store.records;
+        let ids = self.store.index.page(offset, limit, |id| {
+            status.is_none_or(|s| records.get(&id).is_some_and(|r| r.status == s))
         });
-        let total = all.len();
-        (all.into_iter().skip(offset).take(limit).collect(), total)
+        let page = ids
+            .into_iter()
+            .filter_map(|id| records.get(&id).map(|r| r.clone()))
+            .collect();
+        (page, self.store.index.count(status))
     }
 
     /// A receiver that sees the task's status changes.

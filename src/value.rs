@@ -22,17 +22,36 @@ pub struct TooDeep {
 /// Whether `value` nests deeper than `max` (without recursion, so any value
 /// can be checked).
 pub(crate) fn deeper_than(value: &Value, max: usize) -> bool {
-    let mut stack: Vec<(&Value, usize)> = vec![(value, 0)];
-    while let Some((v, depth)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match v {
-            Value::Array(items) => Box::new(items.iter()),
-            Value::Object(map) => Box::new(map.values()),
-            _ => continue,
-        };
-        if depth + 1 > max {
-            return true;
+    fn children(v: &Value) -> Option<Box<dyn Iterator<Item = &Value> + '_>> {
+        match v {
+            Value::Array(items) => Some(Box::new(items.iter())),
+            Value::Object(map) => Some(Box::new(map.values())),
+            _ => None,
         }
-        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    // Scalars (most results) cost nothing.
+    let Some(top) = children(value) else {
+        return false;
+    };
+    if max == 0 {
+        return true;
+    }
+    let mut stack = vec![(top, 1usize)];
+    while let Some((iter, depth)) = stack.last_mut() {
+        let depth = *depth;
+        match iter.next() {
+            None => {
+                stack.pop();
+            }
+            Some(child) => {
+                if let Some(grand) = children(child) {
+                    if depth + 1 > max {
+                        return true;
+                    }
+                    stack.push((grand, depth + 1));
+                }
+            }
+        }
     }
     false
 }

@@ -347,9 +347,10 @@ async fn streamed_inputs_with_unknown_total() {
     t.rt.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hundred_random_container_kills_lose_and_duplicate_nothing() {
-    let t = support::start(2).await;
+/// Kills a random container of a 20,000-input map up to 100 times; every
+/// input must still end with its one result (10 retries, and the function
+/// never fails by itself).
+async fn kill_containers_at_random(t: support::TestRuntime) {
     let code = "import time\ndef triple(x):\n    time.sleep(0.0002)\n    return x * 3\n";
     t.rt.deploy_function(FunctionSpec::new("triple", code).retry_policy(fast_retries(10)))
         .await
@@ -381,4 +382,39 @@ async fn a_hundred_random_container_kills_lose_and_duplicate_nothing() {
         assert_eq!(r, &json!(i as u64 * 3), "slot {i}");
     }
     t.rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_random_container_kills_lose_and_duplicate_nothing() {
+    kill_containers_at_random(support::start(2).await).await;
+}
+
+/// The same kills where a container takes ~90 ms to start (as sandboxed
+/// containers, which have no standby, do on slower machines), so many kills
+/// land on containers that are starting or idle: those charge no input an
+/// attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kills_of_slow_starting_containers_charge_no_innocent_input() {
+    use std::os::unix::fs::PermissionsExt;
+    let slow = tempfile::tempdir().unwrap();
+    let python = slow.path().join("slow-python");
+    // The backend asks its interpreter for the real executable once; the
+    // wrapper names itself there, so every container starts through it.
+    std::fs::write(
+        &python,
+        "#!/bin/sh\ncase \"$2\" in *sys.base_prefix*) python3 \"$@\" | sed \"1s|.*|$0|\"; exit;; esac\nsleep 0.09\nexec python3 \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A script outside the sandbox's mounts: containers run as plain
+    // processes here, which is all the kills need.
+    let t = support::start_with_config(modal_agents::LocalConfig {
+        pool_size: 2,
+        python: Some(python),
+        standby: 0,
+        sandbox: modal_agents::SandboxMode::Off,
+        ..modal_agents::LocalConfig::default()
+    })
+    .await;
+    kill_containers_at_random(t).await;
 }

@@ -176,6 +176,35 @@ impl Webhooks {
             }
             Err(e) => tracing::error!(error = %e, "stored webhooks could not be read"),
         }
+        // Registrations of tasks retention removed (while the server was down,
+        // or from now on) go with them.
+        let known = |task: TaskId| runtime.status(task).is_ok();
+        prune(&hooks.registrations, &hooks.ctx.store, |task| !known(task));
+        let mut forgotten = runtime.subscribe_forgotten();
+        let (registrations, store) = (hooks.registrations.clone(), hooks.ctx.store.clone());
+        tokio::spawn(async move {
+            loop {
+                match forgotten.recv().await {
+                    Ok(ids) => {
+                        let (registrations, store) = (registrations.clone(), store.clone());
+                        // The database write is blocking.
+                        let _ = tokio::task::spawn_blocking(move || {
+                            let ids: std::collections::HashSet<TaskId> =
+                                ids.iter().copied().collect();
+                            prune(&registrations, &store, |task| ids.contains(&task));
+                        })
+                        .await;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::debug!(
+                            missed,
+                            "retention batches missed; the next start prunes them"
+                        );
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
         hooks
     }
 
@@ -185,6 +214,39 @@ impl Webhooks {
             self.ctx.delivered.load(Ordering::Relaxed),
             self.ctx.failed.load(Ordering::Relaxed),
         )
+    }
+}
+
+/// Removes finished registrations of the tasks `gone` selects, from memory
+/// and the database.
+fn prune(
+    registrations: &DashMap<String, Arc<Mutex<Registration>>>,
+    store: &Arc<Store>,
+    gone: impl Fn(TaskId) -> bool,
+) {
+    let ids: Vec<String> = registrations
+        .iter()
+        .filter(|r| {
+            let r = r.value().lock().unwrap_or_else(|p| p.into_inner());
+            !matches!(
+                r.view.state,
+                WebhookState::Waiting | WebhookState::Delivering
+            ) && gone(r.view.task_id)
+        })
+        .map(|r| r.key().clone())
+        .collect();
+    if ids.is_empty() {
+        return;
+    }
+    for id in &ids {
+        registrations.remove(id);
+    }
+    let writes = ids
+        .into_iter()
+        .map(|id| store::Write::Delete(Table::Webhooks, id))
+        .collect();
+    if let Err(error) = store.apply(writes) {
+        tracing::warn!(%error, "could not remove the webhooks of removed tasks");
     }
 }
 

@@ -49,7 +49,7 @@ use self::cgroup::PidsGroup;
 use self::container::{Launcher, LauncherArgs, LiveSet, StartError};
 pub(crate) use self::env::resolve_python;
 use self::env::{base_env, cores, function_env, total_memory_mib};
-use self::pool::{cancelled_error, Pool};
+use self::pool::{cancelled_error, AttemptError, Pool, MAX_LOST};
 use self::protocol::{call_request, decode_call_reply, Output};
 use self::sandbox::{Bwrap, Jail};
 
@@ -301,35 +301,57 @@ impl LocalBackend {
     }
 }
 
+/// Runs a call, retrying per the function's policy. An attempt is charged
+/// only when the call ran (or can never run): a container lost before it
+/// took the call in is replaced without counting, up to [`MAX_LOST`] times.
 async fn call_with_retries(pool: Arc<Pool>, frame: Vec<u8>, ctx: CallContext) -> CallOutcome {
     let policy = pool.spec.retries.clone();
     let mut attempts = 0;
+    let mut lost = 0;
     loop {
-        attempts += 1;
-        let result = call_once(&pool, &frame, &ctx).await;
-        match result {
-            Err(e) if e.kind != "Cancelled" && attempts <= policy.max_retries => {
-                tracing::debug!(function = %pool.spec.name, attempts, error = %e, "retrying call");
-                tokio::select! {
-                    () = tokio::time::sleep(policy.delay(attempts)) => {}
-                    () = ctx.cancel.cancelled() => {
-                        return CallOutcome { result: Err(cancelled_error()), attempts };
-                    }
+        let error = match call_once(&pool, &frame, &ctx).await {
+            Ok(value) => {
+                return CallOutcome {
+                    result: Ok(value),
+                    attempts: attempts + 1,
                 }
             }
-            result => return CallOutcome { result, attempts },
+            Err(AttemptError::Lost(e)) if lost < MAX_LOST && !ctx.cancel.is_cancelled() => {
+                lost += 1;
+                tracing::debug!(function = %pool.spec.name, lost, error = %e, "container lost before the call ran; starting another");
+                continue;
+            }
+            Err(e) => e.into_error(),
+        };
+        attempts += 1;
+        if error.kind == "Cancelled" || attempts > policy.max_retries {
+            return CallOutcome {
+                result: Err(error),
+                attempts,
+            };
+        }
+        tracing::debug!(function = %pool.spec.name, attempts, %error, "retrying call");
+        tokio::select! {
+            () = tokio::time::sleep(policy.delay(attempts)) => {}
+            () = ctx.cancel.cancelled() => {
+                return CallOutcome { result: Err(cancelled_error()), attempts };
+            }
         }
     }
 }
 
-async fn call_once(pool: &Arc<Pool>, frame: &[u8], ctx: &CallContext) -> Result<Value, TaskError> {
+async fn call_once(
+    pool: &Arc<Pool>,
+    frame: &[u8],
+    ctx: &CallContext,
+) -> Result<Value, AttemptError> {
     let mut lease = pool.acquire(&ctx.cancel).await?;
     ctx.meter
         .running
         .store(1, std::sync::atomic::Ordering::Relaxed);
     let reply = tokio::select! {
         reply = lease.request(frame, pool.timeout()) => reply,
-        () = ctx.cancel.cancelled() => Err(cancelled_error()),
+        () = ctx.cancel.cancelled() => Err(cancelled_error().into()),
     };
     ctx.meter
         .running
@@ -337,7 +359,7 @@ async fn call_once(pool: &Arc<Pool>, frame: &[u8], ctx: &CallContext) -> Result<
     drop(lease);
     let (result, output) = decode_call_reply(&reply?);
     write_output(&ctx.logs, output);
-    result
+    result.map_err(AttemptError::Failed)
 }
 
 fn write_output(logs: &LogSink, output: Output) {
@@ -414,7 +436,7 @@ impl ComputeBackend for LocalBackend {
         let warm = if d.warm { pool.warm_up().await } else { Ok(()) };
         warm.map_err(|e| match e {
             StartError::Code(e) => BackendError::Code(e),
-            StartError::Failed(reason) => BackendError::ContainerStart {
+            StartError::Failed(reason) | StartError::Died(reason) => BackendError::ContainerStart {
                 function: spec.name.clone(),
                 reason,
             },

@@ -27,7 +27,8 @@ use crate::supervisor::{
     ChildRunner, ChildSpec, RestartPolicy, RootSupervisor, RootSupervisorArgs, RuntimeChild, Slot,
 };
 use crate::tracker::{
-    Durable, Journal, TaskStore, TaskTracker, TaskTrackerArgs, TaskTrackerHandle, TaskTrackerMsg,
+    Durable, Journal, Retention, TaskStore, TaskTracker, TaskTrackerArgs, TaskTrackerHandle,
+    TaskTrackerMsg,
 };
 use crate::volume::{VolumeShared, VolumeStore, VolumeStoreArgs, VolumeStoreMsg, Volumes};
 
@@ -41,6 +42,7 @@ pub struct RuntimeBuilder {
     secrets: SecretStore,
     restart: RestartPolicy,
     shutdown_timeout: Option<Duration>,
+    retention: Retention,
 }
 
 /// Default bound of [`Runtime::shutdown`] on running work.
@@ -105,6 +107,14 @@ impl RuntimeBuilder {
     /// lost either way: the next start resumes them.
     pub fn shutdown_timeout(mut self, bound: Duration) -> Self {
         self.shutdown_timeout = Some(bound);
+        self
+    }
+
+    /// How long and how many finished tasks are kept, with their result and
+    /// log files and webhook registrations (default [`Retention::default`]:
+    /// 7 days, 100,000 tasks, swept every minute and at start).
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
         self
     }
 
@@ -271,6 +281,7 @@ impl RuntimeBuilder {
             }),
         };
         runtime.recover(replayed).await?;
+        runtime.start_retention(self.retention).await;
         Ok(runtime)
     }
 }

@@ -138,6 +138,32 @@ impl Runtime {
         Ok(())
     }
 
+    /// Removes files no task refers to any more, then sweeps finished tasks
+    /// per `policy` now and every `policy.sweep_every` until shutdown.
+    pub(crate) async fn start_retention(&self, policy: crate::tracker::Retention) {
+        let store = self.inner.tracker.store().clone();
+        let orphans = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || crate::tracker::remove_orphans(&store)).await
+        };
+        match orphans {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(removed = n, "task files no record refers to removed"),
+            Ok(Err(error)) => tracing::warn!(%error, "could not look for orphaned task files"),
+            Err(error) => tracing::warn!(%error, "could not look for orphaned task files"),
+        }
+        let shutdown = self.inner.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                crate::tracker::sweep(&store, &policy).await;
+                tokio::select! {
+                    () = tokio::time::sleep(policy.sweep_every) => {}
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        });
+    }
+
     async fn redeploy(&self, info: FunctionInfo) -> Result<(), RuntimeError> {
         let spec = info.spec.clone();
         let (secret_env, remote_secrets) = self.resolve_secrets(&spec)?;

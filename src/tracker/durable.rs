@@ -27,6 +27,7 @@ const COMPACT_AT: usize = 10_000;
 struct Pending {
     dirty: HashSet<TaskId>,
     jobs: Vec<(TaskId, Value)>,
+    forgets: Vec<TaskId>,
     epoch: u64,
 }
 
@@ -78,6 +79,17 @@ impl Durable {
         epoch
     }
 
+    /// Marks tasks removed by retention for the next write; returns that
+    /// write's number.
+    pub(crate) fn forget(&self, ids: &[TaskId]) -> u64 {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.forgets.extend_from_slice(ids);
+        let epoch = p.epoch + 1;
+        drop(p);
+        self.wake.notify_one();
+        epoch
+    }
+
     /// Waits until write `epoch` is done.
     pub(crate) async fn wait(&self, epoch: u64) {
         let mut rx = self.done.subscribe();
@@ -114,12 +126,13 @@ impl Durable {
     /// acknowledged on a write that did not happen).
     async fn write(&self, tasks: &Arc<TaskStore>, fsync: bool) {
         let _turn = self.writing.lock().await;
-        let (dirty, jobs, epoch) = {
+        let (dirty, jobs, forgets, epoch) = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             p.epoch += 1;
             (
                 std::mem::take(&mut p.dirty),
                 std::mem::take(&mut p.jobs),
+                std::mem::take(&mut p.forgets),
                 p.epoch,
             )
         };
@@ -136,6 +149,7 @@ impl Durable {
                 }
             }
         }
+        entries.extend(forgets.into_iter().map(Entry::Forget));
         let disk = self.disk.clone();
         let tasks = tasks.clone();
         let written = tokio::task::spawn_blocking(move || {
@@ -148,7 +162,7 @@ impl Durable {
                     Entry::Job(id, spec) => {
                         d.jobs.insert(*id, spec.clone());
                     }
-                    Entry::Done(id) => {
+                    Entry::Done(id) | Entry::Forget(id) => {
                         d.jobs.remove(id);
                     }
                     Entry::Record(_) => {}
@@ -185,6 +199,7 @@ impl Durable {
                 Entry::Record(r) => {
                     p.dirty.insert(r.task_id);
                 }
+                Entry::Forget(id) => p.forgets.push(id),
                 Entry::Done(_) => {}
             }
         }

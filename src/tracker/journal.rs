@@ -26,6 +26,9 @@ pub(crate) enum Entry {
     /// A task whose job is done.
     #[serde(rename = "d")]
     Done(TaskId),
+    /// A task removed by retention.
+    #[serde(rename = "f")]
+    Forget(TaskId),
 }
 
 /// What a journal holds after replay.
@@ -53,6 +56,10 @@ impl Journal {
                 replayed.jobs.insert(id, spec);
             }
             Entry::Done(id) => {
+                replayed.jobs.remove(&id);
+            }
+            Entry::Forget(id) => {
+                replayed.records.remove(&id);
                 replayed.jobs.remove(&id);
             }
         })?;

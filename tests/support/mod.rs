@@ -32,12 +32,21 @@ pub async fn start(pool_size: usize) -> TestRuntime {
 }
 
 pub async fn start_with_gpus(pool_size: usize, gpus: Vec<GpuDevice>) -> TestRuntime {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let backend = Arc::new(LocalBackend::new(LocalConfig {
+    start_with_config(LocalConfig {
         pool_size,
-        work_dir: dir.path().join("containers"),
         gpus: Some(gpus),
         ..LocalConfig::default()
+    })
+    .await
+}
+
+/// A runtime over a local backend with `config` (its work dir goes under the
+/// temp data dir).
+pub async fn start_with_config(config: LocalConfig) -> TestRuntime {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let backend = Arc::new(LocalBackend::new(LocalConfig {
+        work_dir: dir.path().join("containers"),
+        ..config
     }));
     let rt = Runtime::builder()
         .data_dir(dir.path())

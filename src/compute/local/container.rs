@@ -92,7 +92,7 @@ impl Launcher {
         if let Some(mut container) = standby {
             container.limit_processes(processes);
             match container.load(load_frame).await {
-                Err(StartError::Failed(why)) => {
+                Err(StartError::Failed(why) | StartError::Died(why)) => {
                     tracing::debug!(%why, "standby container unusable; starting a fresh one");
                 }
                 other => return other.map(|()| container),
@@ -212,7 +212,11 @@ fn kill_group(pid: u32) {
 /// Why a container could not serve a request.
 #[derive(Debug)]
 pub(crate) enum Failure {
-    /// The process died (or closed its pipes) before answering.
+    /// The process was gone before it took the request in (killed while
+    /// idle, or as the request was being sent): the request never ran.
+    NotRun(String),
+    /// The process died (or closed its pipes) after taking the request in,
+    /// before answering.
     Died(String),
     /// It did not answer within the deadline and was killed.
     TimedOut,
@@ -223,8 +227,12 @@ pub(crate) enum Failure {
 pub(crate) enum StartError {
     /// The function's code was refused.
     Code(SpecError),
-    /// The process could not be started or died while loading.
+    /// The process could not be started, or its harness failed to load
+    /// or answer in time.
     Failed(String),
+    /// The process died while starting or loading (most often killed from
+    /// outside): starting again may well work.
+    Died(String),
 }
 
 /// A running container. Dropping it kills its process group.
@@ -333,7 +341,7 @@ impl Container {
         self.request(&ping_request(), Duration::from_secs(60))
             .await
             .map(drop)
-            .map_err(|f| StartError::Failed(self.explain(f)))
+            .map_err(|f| self.start_error(f))
     }
 
     /// Loads a function into a blank container.
@@ -341,10 +349,31 @@ impl Container {
         let reply = self
             .request(load_frame, Duration::from_secs(120))
             .await
-            .map_err(|f| StartError::Failed(self.explain(f)))?;
+            .map_err(|f| self.start_error(f))?;
         match decode_load_reply(&reply) {
             Ok(result) => result.map_err(StartError::Code),
             Err(why) => Err(StartError::Failed(why)),
+        }
+    }
+
+    fn start_error(&self, failure: Failure) -> StartError {
+        match failure {
+            Failure::TimedOut => StartError::Failed(self.explain(failure)),
+            died => StartError::Died(self.explain(died)),
+        }
+    }
+
+    /// Bytes of the last request still in the container's stdin pipe: more
+    /// than none after the process died means it never took the request in.
+    fn unread_request_bytes(&self) -> usize {
+        let mut unread: libc::c_int = 0;
+        // SAFETY: FIONREAD on a pipe fd this process owns writes one c_int
+        // through the valid pointer given.
+        let rc = unsafe { libc::ioctl(self.stdin.as_raw_fd(), libc::FIONREAD, &mut unread) };
+        if rc == 0 {
+            usize::try_from(unread).unwrap_or(0)
+        } else {
+            0
         }
     }
 
@@ -355,10 +384,12 @@ impl Container {
         timeout: Duration,
     ) -> Result<Vec<u8>, Failure> {
         self.busy = true;
-        let (stdin, stdout) = (&mut self.stdin, &mut self.stdout);
+        let mut sent = false;
+        let (stdin, stdout, sent_flag) = (&mut self.stdin, &mut self.stdout, &mut sent);
         let exchange = async move {
             stdin.write_all(frame).await?;
             stdin.flush().await?;
+            *sent_flag = true;
             let len = stdout.read_u32().await? as usize;
             if len > MAX_FRAME {
                 return Err(std::io::Error::other(format!(
@@ -391,9 +422,16 @@ impl Container {
                 Ok(buf)
             }
             Ok(Err(io)) => {
+                // A write that failed (no reader left) or a request still in
+                // the pipe: the process was gone before it took it in.
+                let not_run = !sent || self.unread_request_bytes() > 0;
                 let how = self.exit_description(io).await;
                 kill_group(self.pid);
-                Err(Failure::Died(how))
+                Err(if not_run {
+                    Failure::NotRun(how)
+                } else {
+                    Failure::Died(how)
+                })
             }
             Err(_) => {
                 kill_group(self.pid);
@@ -405,7 +443,7 @@ impl Container {
     /// Explains a failure, with the tail of the container's stderr.
     pub(crate) fn explain(&self, failure: Failure) -> String {
         let what = match failure {
-            Failure::Died(how) => how,
+            Failure::Died(how) | Failure::NotRun(how) => how,
             Failure::TimedOut => "did not answer in time".to_owned(),
         };
         let tail = self.stderr_tail();

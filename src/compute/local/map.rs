@@ -1,6 +1,13 @@
 //! The local map scheduler: adaptive batches over a function's pool, results
 //! reordered into input order inside a bounded window, per-input retries, and
-//! isolation of the inputs of a batch whose container died.
+//! isolation of the input that took a container down.
+//!
+//! Who is charged an attempt: an input alone in a batch whose container died
+//! while running it. A batch of several whose container died is split in
+//! halves and run again, so the culprit ends up alone in log2(n) rounds and
+//! the other inputs are charged nothing. A batch whose container was lost
+//! before it ran (killed while starting, idle, or as the batch was sent) runs
+//! again as it was, charging no one (up to [`MAX_LOST`] times per input).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -14,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::pool::Pool;
+use super::pool::{AttemptError, Pool, MAX_LOST};
 use super::protocol::{decode_map_reply, map_request};
 use super::write_output;
 use crate::compute::{CallContext, MapItem};
@@ -33,12 +40,17 @@ struct Slot {
     index: u64,
     input: Value,
     attempts: u32,
+    /// Containers lost before this input ran in them.
+    lost: u32,
 }
 
 enum Outcome {
     Results(Vec<Result<Value, TaskError>>),
-    /// The container failed (crash, timeout, start failure): not attributable
-    /// to one input unless the batch held just one.
+    /// The container was lost before the batch ran.
+    Lost(TaskError),
+    /// The container failed while running the batch (crash, timeout) or could
+    /// not start for good: not attributable to one input unless the batch
+    /// held just one.
     Failed(TaskError),
 }
 
@@ -94,7 +106,7 @@ pub(crate) fn start(
         },
         window,
         fresh: VecDeque::new(),
-        isolated: VecDeque::new(),
+        again: VecDeque::new(),
         delayed: BTreeMap::new(),
         done: VecDeque::new(),
         head: 0,
@@ -115,8 +127,9 @@ struct Scheduler {
     window: u64,
     /// Inputs taken from the stream, not yet sent.
     fresh: VecDeque<Slot>,
-    /// Inputs to run one at a time (their batch's container failed).
-    isolated: VecDeque<Slot>,
+    /// Batches to run before fresh inputs: halves of a batch whose container
+    /// died, batches whose container was lost, inputs due for a retry.
+    again: VecDeque<Vec<Slot>>,
     /// Inputs waiting out a retry backoff, by due time.
     delayed: BTreeMap<(Instant, u64), Slot>,
     /// Outcomes from `head` on; `None` where the input is not done yet.
@@ -144,8 +157,8 @@ impl Scheduler {
             }
             while running.len() < self.pool.size {
                 let free = self.pool.size - running.len();
-                let slots = if let Some(slot) = self.isolated.pop_front() {
-                    vec![slot]
+                let slots = if let Some(batch) = self.again.pop_front() {
+                    batch
                 } else {
                     self.pull_ready(&mut inputs, self.batch.size() * free);
                     if self.fresh.is_empty() {
@@ -199,6 +212,7 @@ impl Scheduler {
                     index: self.next_index,
                     input,
                     attempts: 0,
+                    lost: 0,
                 });
                 self.done.push_back(None);
                 self.next_index += 1;
@@ -229,7 +243,7 @@ impl Scheduler {
             if entry.key().0 > now {
                 break;
             }
-            self.isolated.push_back(entry.remove());
+            self.again.push_back(vec![entry.remove()]);
         }
     }
 
@@ -242,20 +256,44 @@ impl Scheduler {
                     self.settle(slot, result);
                 }
             }
-            Outcome::Failed(error) if done.slots.len() == 1 => {
-                let slot = done.slots.into_iter().next().expect("one slot");
-                self.settle(slot, Err(error));
+            Outcome::Lost(error) => {
+                let mut slots = done.slots;
+                for slot in &mut slots {
+                    slot.lost += 1;
+                }
+                if slots.iter().any(|s| s.lost > MAX_LOST) {
+                    self.failed(slots, error);
+                } else {
+                    tracing::debug!(
+                        function = %self.pool.spec.name,
+                        inputs = slots.len(),
+                        error = %error,
+                        "container lost before the batch ran; running it again"
+                    );
+                    self.again.push_back(slots);
+                }
             }
-            Outcome::Failed(error) => {
-                tracing::info!(
-                    function = %self.pool.spec.name,
-                    inputs = done.slots.len(),
-                    error = %error,
-                    "batch failed; rerunning its inputs one at a time"
-                );
-                self.isolated.extend(done.slots);
-            }
+            Outcome::Failed(error) => self.failed(done.slots, error),
         }
+    }
+
+    /// A batch whose container failed while running it: one input is
+    /// charged; more are split in halves to find the one at fault.
+    fn failed(&mut self, mut slots: Vec<Slot>, error: TaskError) {
+        if slots.len() == 1 {
+            let slot = slots.pop().expect("one slot");
+            self.settle(slot, Err(error));
+            return;
+        }
+        tracing::info!(
+            function = %self.pool.spec.name,
+            inputs = slots.len(),
+            error = %error,
+            "batch failed; running its halves again"
+        );
+        let second = slots.split_off(slots.len() / 2);
+        self.again.push_back(slots);
+        self.again.push_back(second);
     }
 
     /// Records an attempt's outcome: done, or scheduled for a retry.
@@ -284,10 +322,14 @@ async fn run_batch(
 ) -> BatchDone {
     let started = Instant::now();
     let request = map_request(slots.iter().map(|s| &s.input));
+    let attempt = |e| match e {
+        AttemptError::Lost(e) => Outcome::Lost(e),
+        AttemptError::Failed(e) => Outcome::Failed(e),
+    };
     let outcome = match pool.acquire(&ctx.cancel).await {
-        Err(e) => Outcome::Failed(e),
+        Err(e) => attempt(e),
         Ok(mut lease) => match lease.request(&request, timeout).await {
-            Err(e) => Outcome::Failed(e),
+            Err(e) => attempt(e),
             Ok(reply) => match decode_map_reply(&reply, slots.len()) {
                 Ok((results, output)) => {
                     write_output(&ctx.logs, output);

@@ -33,6 +33,32 @@ pub(crate) struct Pool {
     closed: AtomicBool,
 }
 
+/// Why an attempt on a pool got no reply.
+#[derive(Debug)]
+pub(crate) enum AttemptError {
+    /// The container was lost before the input ran (it died while starting,
+    /// or was gone before it took the request in). The input is charged
+    /// nothing and runs again.
+    Lost(TaskError),
+    /// The attempt counts: the input ran (or can never run) and this is
+    /// its error.
+    Failed(TaskError),
+}
+
+impl AttemptError {
+    pub(crate) fn into_error(self) -> TaskError {
+        match self {
+            AttemptError::Lost(e) | AttemptError::Failed(e) => e,
+        }
+    }
+}
+
+impl From<TaskError> for AttemptError {
+    fn from(e: TaskError) -> Self {
+        AttemptError::Failed(e)
+    }
+}
+
 /// A container checked out of a pool; it goes back when the lease drops,
 /// unless it failed or was left mid-request.
 #[derive(Debug)]
@@ -116,14 +142,21 @@ impl Pool {
     pub(crate) async fn acquire(
         self: &Arc<Self>,
         cancel: &CancellationToken,
-    ) -> Result<Lease, TaskError> {
+    ) -> Result<Lease, AttemptError> {
         let permit = tokio::select! {
             p = self.slots.clone().acquire_owned() => p.map_err(|_| closed_error())?,
-            () = cancel.cancelled() => return Err(cancelled_error()),
+            () = cancel.cancelled() => return Err(cancelled_error().into()),
         };
         let start_failed = |e| match e {
-            StartError::Code(e) => TaskError::new("ContainerStartFailed", e.to_string()),
-            StartError::Failed(why) => TaskError::new("ContainerStartFailed", why),
+            StartError::Code(e) => {
+                AttemptError::Failed(TaskError::new("ContainerStartFailed", e.to_string()))
+            }
+            StartError::Failed(why) => {
+                AttemptError::Failed(TaskError::new("ContainerStartFailed", why))
+            }
+            StartError::Died(why) => {
+                AttemptError::Lost(TaskError::new("ContainerStartFailed", why))
+            }
         };
         // Take an idle container, or start one once resources allow; a
         // container coming back idle meanwhile wins over waiting.
@@ -139,11 +172,11 @@ impl Pool {
                     let reservation = reserved.map_err(|why| TaskError::new("ContainerStartFailed", why))?;
                     tokio::select! {
                         started = self.launch(reservation) => break started.map_err(start_failed)?,
-                        () = cancel.cancelled() => return Err(cancelled_error()),
+                        () = cancel.cancelled() => return Err(cancelled_error().into()),
                     }
                 }
                 () = &mut returned => continue,
-                () = cancel.cancelled() => return Err(cancelled_error()),
+                () = cancel.cancelled() => return Err(cancelled_error().into()),
             }
         };
         Ok(Lease {
@@ -173,25 +206,28 @@ impl Lease {
         &mut self,
         frame: &[u8],
         timeout: Duration,
-    ) -> Result<Vec<u8>, TaskError> {
+    ) -> Result<Vec<u8>, AttemptError> {
         let container = self.container.as_mut().expect("lease holds a container");
         match container.request(frame, timeout).await {
             Ok(reply) => Ok(reply),
             Err(failure) => {
                 let container = self.container.take().expect("lease holds a container");
                 Err(match failure {
-                    Failure::TimedOut => TaskError::new(
+                    Failure::TimedOut => AttemptError::Failed(TaskError::new(
                         "TimeoutError",
                         format!(
                             "the function ran past its timeout of {} s; its container was killed",
                             timeout.as_secs()
                         ),
-                    ),
-                    died @ Failure::Died(_) => {
-                        let mut e = TaskError::new("ContainerCrashed", "");
-                        e.message = container.explain(died);
-                        e
-                    }
+                    )),
+                    died @ Failure::Died(_) => AttemptError::Failed(TaskError::new(
+                        "ContainerCrashed",
+                        container.explain(died),
+                    )),
+                    lost @ Failure::NotRun(_) => AttemptError::Lost(TaskError::new(
+                        "ContainerCrashed",
+                        container.explain(lost),
+                    )),
                 })
             }
         }
@@ -208,6 +244,12 @@ impl Drop for Lease {
         }
     }
 }
+
+/// Times an input may lose its container before running (killed while
+/// starting, idle, or as its request was sent) without being charged an
+/// attempt. Past it a loss counts like any failure, so a function whose
+/// containers can never start still fails.
+pub(crate) const MAX_LOST: u32 = 100;
 
 pub(crate) fn cancelled_error() -> TaskError {
     TaskError::new("Cancelled", "the task was cancelled")
