@@ -318,6 +318,14 @@ async fn run_job(shared: Arc<DispatchShared>, job: Job, cancel: CancellationToke
         tracing::warn!(task_id = %id, "task logs not flushed in time");
     }
     let status = finished.status;
+    // A failure that ends as the runtime stops is most likely the stop's
+    // doing (containers going away): leave the task for the next start
+    // rather than record it failed. A result, or a cancel asked for, stands.
+    if shared.shutdown.is_cancelled() && status != TaskStatus::Completed && !cancel.is_cancelled() {
+        tracing::info!(task_id = %id, "task interrupted by the stop; it resumes at the next start");
+        shared.cancels.remove(&id);
+        return;
+    }
     if let Err(e) = shared.tracker.finish(id, finished).await {
         tracing::error!(task_id = %id, error = %e, "could not record the end of a task");
     }
