@@ -8,6 +8,22 @@
 //!   state log are one.
 //! - [`private_dir`]: a directory only the runtime's user can read.
 //!
+//! ## The data dir
+//!
+//! | path | format | owner | durability |
+//! |---|---|---|---|
+//! | `state.redb` | redb | `store` (functions, secrets, webhooks) | committed before the call returns |
+//! | `tasks.journal` | [`JsonLog`] of task records, jobs, ends, removals | `tracker` | written before a create is acknowledged; fsynced each second and at stop |
+//! | `tasks.journal.quarantine` | lines replay could not read | [`JsonLog`] | kept for inspection |
+//! | `tasks/ID/inputs.jsonl` | a map's inputs, one JSON value a line | `dispatcher` | [`write_atomic`] before the map is created |
+//! | `tasks/ID/results.jsonl` + `results.idx` | results in input order + their end offsets | `tracker::results` | data before index; fsynced before the map's end |
+//! | `tasks/ID/stdout.log`, `stderr.log` | what the task printed | `dispatcher` | written as it comes |
+//! | `volumes/NAME/state/state.log` | [`JsonLog`] of key, version, value | `volume` | fsynced before a write is acknowledged |
+//! | `volumes/NAME/files/` | the volume's files | `volume`, functions | atomic replace, fsynced |
+//! | `containers/` | containers' working directories | local backend | scratch |
+//!
+//! Files are `0600` and directories `0700` ([`FILE_MODE`], [`DIR_MODE`]).
+//!
 //! ## Replay rules
 //!
 //! Only an unterminated last line is a torn tail (a crash mid-append) and is

@@ -390,3 +390,110 @@ async fn sigterm_stops_within_its_bound_and_everything_resumes() {
     support::kill(server.id(), libc::SIGTERM);
     assert!(server.wait().unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_finished_tasks_their_files_and_webhooks_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let env = [
+        ("MODAL_AGENTS_RETENTION_MAX", "3"),
+        ("MODAL_AGENTS_RETENTION_SWEEP", "0.2"),
+        ("MODAL_AGENTS_WEBHOOK_ALLOW", "127.0.0.0/8"),
+    ];
+    let (mut server, url) = support::serve_with(BIN, &data, TOKEN, &env);
+    let api = Api::new(url, TOKEN);
+    let (hook, _receiver) = support::receiver(Vec::new()).await;
+    deploy(
+        &api,
+        "echo",
+        "def echo(x):\n    print('echo', x)\n    return x\n",
+        json!({}),
+    )
+    .await;
+
+    // The oldest: a map (result files) with a delivered webhook.
+    let map = api
+        .post(
+            "/run-parallel",
+            json!({"function_name": "echo", "inputs": (0..100).collect::<Vec<_>>(), "wait": true}),
+        )
+        .await;
+    let map_id = map["task_id"].as_str().unwrap().to_owned();
+    let map_dir = data.join("tasks").join(&map_id);
+    assert!(map_dir.join("results.jsonl").exists());
+    let hook = api
+        .post("/webhook", json!({"task_id": map_id, "webhook_url": hook}))
+        .await;
+    let hook_id = hook["webhook_id"].as_str().unwrap().to_owned();
+    api.until(&format!("/webhooks/{hook_id}"), "the delivery", |v| {
+        v["state"] == "delivered"
+    })
+    .await;
+    let mut calls = Vec::new();
+    for i in 0..5 {
+        let t = api
+            .post(
+                "/spawn-task",
+                json!({"function_name": "echo", "args": [i], "wait": true}),
+            )
+            .await;
+        calls.push(t["task_id"].as_str().unwrap().to_owned());
+    }
+
+    // Only the three newest finished tasks stay, with nothing left of the
+    // others: record, files, webhook registration.
+    api.until("/tasks?status=completed", "the sweep", |v| v["total"] == 3)
+        .await;
+    let listed = api.get("/tasks").await;
+    let ids: Vec<&str> = listed["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["task_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [&calls[4], &calls[3], &calls[2]], "newest first");
+    for gone in [&map_id, &calls[0], &calls[1]] {
+        let (status, _) = api
+            .send(Method::GET, &format!("/status/{gone}"), None)
+            .await;
+        assert_eq!(status, 404, "{gone} removed");
+        assert!(
+            !data.join("tasks").join(gone).exists(),
+            "{gone}'s files removed"
+        );
+    }
+    let (status, _) = api
+        .send(Method::GET, &format!("/webhooks/{hook_id}"), None)
+        .await;
+    assert_eq!(
+        status, 404,
+        "the removed task's webhook registration went with it"
+    );
+    let logs = api.get(&format!("/tasks/{}/logs", calls[4])).await;
+    assert!(logs.to_string().contains("echo 4"), "{logs}");
+
+    // For good: a restart does not bring them back.
+    let api = restart(&mut server, libc::SIGKILL, &data, api).await;
+    let (status, _) = api
+        .send(Method::GET, &format!("/status/{map_id}"), None)
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(api.get("/tasks").await["total"], 3);
+    let metrics = api
+        .http
+        .get(format!("{}/metrics", api.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("modal_agents_tasks{status=\"completed\"} 3"),
+        "{metrics}"
+    );
+
+    support::kill(server.id(), libc::SIGTERM);
+    assert!(server.wait().unwrap().success());
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use modal_agents::api::{self, ApiConfig, Cidr};
 use modal_agents::{
-    LocalConfig, ModalConfig, ModalCredentials, Runtime, SandboxMode, DEFAULT_DATA_DIR,
+    LocalConfig, ModalConfig, ModalCredentials, Retention, Runtime, SandboxMode, DEFAULT_DATA_DIR,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +37,18 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "MODAL_AGENTS_SHUTDOWN_TIMEOUT", default_value_t = 30.0,
           value_parser = parse_seconds)]
     shutdown_timeout: f64,
+    /// Days finished tasks (records, result and log files, webhook
+    /// registrations) are kept.
+    #[arg(long, env = "MODAL_AGENTS_RETENTION_DAYS", default_value_t = 7.0,
+          value_parser = parse_days)]
+    retention_days: f64,
+    /// Most finished tasks kept; the oldest go first.
+    #[arg(long, env = "MODAL_AGENTS_RETENTION_MAX", default_value_t = 100_000)]
+    retention_max: usize,
+    /// Seconds between retention sweeps (one also runs at start).
+    #[arg(long, env = "MODAL_AGENTS_RETENTION_SWEEP", default_value_t = 60.0,
+          value_parser = parse_seconds)]
+    retention_sweep: f64,
     #[command(flatten)]
     modal: ModalArgs,
 }
@@ -89,6 +101,11 @@ pub(crate) async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), 
     let runtime = Runtime::builder()
         .data_dir(&args.data_dir)
         .shutdown_timeout(bound)
+        .retention(Retention {
+            max_age: Duration::from_secs_f64(args.retention_days * 86_400.0),
+            max_finished: args.retention_max,
+            sweep_every: Duration::from_secs_f64(args.retention_sweep.max(0.1)),
+        })
         .local_config(LocalConfig {
             sandbox: args.sandbox,
             ..LocalConfig::default()
@@ -159,6 +176,13 @@ pub(crate) async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), 
         tracing::warn!("the runtime did not stop in time; exiting anyway");
     }
     served.map_err(|e| e.to_string())
+}
+
+fn parse_days(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(d) if d.is_finite() && (0.0..=36_500.0).contains(&d) => Ok(d),
+        _ => Err(format!("got {raw:?}; expected days from 0 to 36500")),
+    }
 }
 
 fn parse_seconds(raw: &str) -> Result<f64, String> {
