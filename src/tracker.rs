@@ -112,7 +112,8 @@ impl TaskStore {
             if entry.status.is_terminal() {
                 return;
             }
-            self.index.moved(entry.status, TaskStatus::Failed);
+            self.index
+                .moved(entry.created_at, id, entry.status, TaskStatus::Failed);
             entry.status = TaskStatus::Failed;
             entry.error = Some(error);
             entry.finished_at = Some(Utc::now());
@@ -163,8 +164,9 @@ impl TaskStore {
             }
         }
         let status = record.status;
+        // Under the record's lock, so index moves follow status changes in order.
+        self.index.moved(record.created_at, id, before, status);
         drop(record);
-        self.index.moved(before, status);
         if let Some(d) = self.durable.get() {
             d.mark(id, None);
         }
@@ -337,10 +339,10 @@ impl TaskTrackerHandle {
         limit: usize,
     ) -> (Vec<TaskRecord>, usize) {
         let records = &self.store.records;
-        let ids = self.store.index.page(offset, limit, |id| {
-            status.is_none_or(|s| records.get(&id).is_some_and(|r| r.status == s))
-        });
-        let page = ids
+        let page = self
+            .store
+            .index
+            .page(status, offset, limit)
             .into_iter()
             .filter_map(|id| records.get(&id).map(|r| r.clone()))
             .collect();
