@@ -43,12 +43,14 @@ pub(crate) enum Job {
         /// (Modal) after a restart: wait for it instead of starting another.
         attach: Option<CallId>,
     },
-    /// A map over a stream of inputs; an input that cannot be read (a
-    /// damaged stored line) is an error in its slot.
+    /// A map over a stream of inputs.
     Map {
         task_id: TaskId,
         function: String,
-        inputs: BoxStream<'static, Result<Value, TaskError>>,
+        inputs: BoxStream<'static, Value>,
+        /// Stored inputs that could not be read back, each an error in its
+        /// own slot (set aside by [`read_inputs`]).
+        unreadable: Option<Unreadable>,
         total: Option<u64>,
         /// Where a map interrupted by a restart picks up.
         resume: Option<Stored>,
@@ -90,14 +92,17 @@ pub(crate) fn write_inputs(dir: &std::path::Path, inputs: &[Value]) -> std::io::
 }
 
 /// Streams a map's stored inputs from index `skip` on. A line that does not
-/// parse is an `InputUnreadable` error in its slot; the stream ends early
-/// only when the file itself cannot be read (the map then fails as
-/// incomplete).
+/// parse is set aside in the returned [`Unreadable`] with its position (before
+/// any later input is sent), to become an `InputUnreadable` error in its slot;
+/// the stream ends early only when the file itself cannot be read (the map
+/// then fails as incomplete).
 pub(crate) fn read_inputs(
     dir: &std::path::Path,
     skip: u64,
-) -> BoxStream<'static, Result<Value, TaskError>> {
+) -> (BoxStream<'static, Value>, Unreadable) {
     let path = dir.join(INPUTS_FILE);
+    let unreadable = Unreadable::default();
+    let set_aside = unreadable.clone();
     let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
     tokio::task::spawn_blocking(move || {
         use std::io::BufRead;
@@ -125,19 +130,29 @@ pub(crate) fn read_inputs(
             if index <= skip {
                 continue;
             }
-            let item = serde_json::from_slice::<Value>(&line).map_err(|error| {
-                tracing::error!(file = %path.display(), index = index - 1, %error, "unreadable stored map input");
-                TaskError::new(
-                    "InputUnreadable",
-                    format!("the stored input could not be read back: {error}"),
-                )
-            });
-            if tx.blocking_send(item).is_err() {
-                return;
+            match serde_json::from_slice::<Value>(&line) {
+                Ok(value) => {
+                    if tx.blocking_send(value).is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(file = %path.display(), index = index - 1, %error, "unreadable stored map input");
+                    set_aside.push(
+                        index - 1,
+                        TaskError::new(
+                            "InputUnreadable",
+                            format!("the stored input could not be read back: {error}"),
+                        ),
+                    );
+                }
             }
         }
     });
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+    (
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed(),
+        unreadable,
+    )
 }
 
 impl Job {
@@ -283,10 +298,22 @@ async fn run_job(shared: Arc<DispatchShared>, job: Job, cancel: CancellationToke
             Job::Map {
                 function,
                 inputs,
+                unreadable,
                 total,
                 resume,
                 ..
-            } => run_map(&shared, id, &function, inputs, total, resume, ctx).await,
+            } => {
+                run_map(
+                    &shared,
+                    id,
+                    &function,
+                    (inputs, unreadable),
+                    total,
+                    resume,
+                    ctx,
+                )
+                .await
+            }
         }
     };
     // The log writer runs beside the work in this same task and ends when the
@@ -344,8 +371,12 @@ fn backend_error(e: BackendError) -> TaskError {
 
 /// A result nesting deeper than the runtime stores (and reads back) is the
 /// input's error, whichever backend produced it.
+#[inline]
 fn storable(value: Value) -> Result<Value, TaskError> {
-    if crate::value::deeper_than(&value, crate::value::MAX_VALUE_DEPTH) {
+    // Scalars, most results, need no walk.
+    if matches!(value, Value::Array(_) | Value::Object(_))
+        && crate::value::deeper_than(&value, crate::value::MAX_VALUE_DEPTH)
+    {
         return Err(TaskError::new(
             "ResultTooDeep",
             format!(
@@ -445,55 +476,72 @@ impl MapCounts {
 
 /// Inputs that could not be read, by their position in the map, waiting for
 /// their slot in the results.
-type Unreadable = Arc<Mutex<std::collections::VecDeque<(u64, TaskError)>>>;
+#[derive(Default)]
+pub(crate) struct UnreadableInputs {
+    queue: Mutex<std::collections::VecDeque<(u64, TaskError)>>,
+    /// How many are queued, so the common case (none) takes no lock.
+    queued: std::sync::atomic::AtomicUsize,
+}
 
-/// Passes readable inputs on to the backend and sets the others aside, with
-/// their positions (counted from `first`).
-fn readable_inputs(
-    inputs: BoxStream<'static, Result<Value, TaskError>>,
-    first: u64,
-    unreadable: Unreadable,
-) -> BoxStream<'static, Value> {
-    let mut position = first;
-    inputs
-        .filter_map(move |item| {
-            let at = position;
-            position += 1;
-            let value = match item {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    unreadable
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push_back((at, e));
-                    None
-                }
-            };
-            std::future::ready(value)
-        })
-        .boxed()
+pub(crate) type Unreadable = Arc<UnreadableInputs>;
+
+impl UnreadableInputs {
+    fn push(&self, position: u64, error: TaskError) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back((position, error));
+        self.queued
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// The unreadable inputs due at slot `next` (consecutive from it), or all
-/// that are left when `all`; advances `next` past them.
-fn take_unreadable(unreadable: &Unreadable, next: &mut u64, all: bool) -> Vec<TaskError> {
-    let mut q = unreadable.lock().unwrap_or_else(|p| p.into_inner());
+/// that are left when `all`; advances `next` past them. `None` (the usual
+/// case, checked without a lock) when there are none.
+#[inline(always)]
+fn take_unreadable(
+    unreadable: Option<&Unreadable>,
+    next: &mut u64,
+    all: bool,
+) -> Option<Vec<TaskError>> {
+    let unreadable = unreadable?;
+    if unreadable.queued.load(std::sync::atomic::Ordering::Acquire) == 0 {
+        return None;
+    }
+    Some(take_queued(unreadable, next, all))
+}
+
+#[cold]
+fn take_queued(unreadable: &UnreadableInputs, next: &mut u64, all: bool) -> Vec<TaskError> {
     let mut due = Vec::new();
+    let mut q = unreadable.queue.lock().unwrap_or_else(|p| p.into_inner());
     while let Some((at, _)) = q.front() {
         if !all && *at != *next {
             break;
         }
         due.extend(q.pop_front().map(|(_, e)| e));
+        unreadable
+            .queued
+            .fetch_sub(1, std::sync::atomic::Ordering::Release);
         *next += 1;
     }
     due
+}
+
+/// Buffers one result, writing the buffer out when it is full.
+async fn push(writer: &mut ResultWriter, value: &Value) -> std::io::Result<()> {
+    if writer.buffer(value)? {
+        writer.flush().await?;
+    }
+    Ok(())
 }
 
 async fn run_map(
     shared: &DispatchShared,
     id: TaskId,
     function: &str,
-    inputs: BoxStream<'static, Result<Value, TaskError>>,
+    (inputs, unreadable): (BoxStream<'static, Value>, Option<Unreadable>),
     total: Option<u64>,
     resume: Option<Stored>,
     ctx: CallContext,
@@ -524,8 +572,6 @@ async fn run_map(
         Err(e) => return storage(e),
     };
     let resume = resume.unwrap_or_default();
-    let unreadable = Unreadable::default();
-    let inputs = readable_inputs(inputs, resume.count, unreadable.clone());
     let mut items = match shared.backend.map(function, inputs, ctx).await {
         Ok(items) => items,
         Err(e) => return failed(backend_error(e), None),
@@ -559,10 +605,12 @@ async fn run_map(
                 let Some(chunk) = chunk else { break };
                 for MapItem { result, .. } in chunk {
                     // Unreadable inputs just before this one take their slots first.
-                    for e in take_unreadable(&unreadable, &mut next, false) {
-                        counts.failed += 1;
-                        if let Err(e) = writer.push(&json!({ "error": e })).await {
-                            return storage(e);
+                    if let Some(due) = take_unreadable(unreadable.as_ref(), &mut next, false) {
+                        for e in due {
+                            counts.failed += 1;
+                            if let Err(e) = push(&mut writer, &json!({ "error": e })).await {
+                                return storage(e);
+                            }
                         }
                     }
                     let value = match result.and_then(storable) {
@@ -576,23 +624,34 @@ async fn run_map(
                         }
                     };
                     next += 1;
-                    if let Err(e) = writer.push(&value).await {
-                        return storage(e);
+                    match writer.buffer(&value) {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            if let Err(e) = writer.flush().await {
+                                return storage(e);
+                            }
+                        }
+                        Err(e) => return storage(e),
                     }
                 }
             }
         }
     }
-    for e in take_unreadable(&unreadable, &mut next, true) {
+    for e in take_unreadable(unreadable.as_ref(), &mut next, true).unwrap_or_default() {
         counts.failed += 1;
-        if let Err(e) = writer.push(&json!({ "error": e })).await {
+        if let Err(e) = push(&mut writer, &json!({ "error": e })).await {
             return storage(e);
         }
     }
-    // Every result on disk before the map's end is recorded.
-    match writer.sync().await {
+    // Every result is written before the map's end is recorded, and fsynced
+    // before that record is (the journal's next fsync does these files
+    // first), so the map's end costs no disk wait here.
+    match writer.flush().await {
         Ok(n) => tracker.set_available(id, n),
         Err(e) => return storage(e),
+    }
+    if let Some(durable) = tracker.store().durable() {
+        durable.sync_before_next_fsync(writer.paths());
     }
     let cancelled = cancel.is_cancelled();
     let mut progress = counts.progress(&meter, !cancelled);

@@ -367,7 +367,8 @@ impl Runtime {
         let job = Job::Map {
             task_id: record.task_id,
             function: function.to_owned(),
-            inputs: futures_util::stream::iter(inputs.into_iter().map(Ok)).boxed(),
+            inputs: futures_util::stream::iter(inputs).boxed(),
+            unreadable: None,
             total: Some(total),
             resume: None,
         };
@@ -395,11 +396,12 @@ impl Runtime {
     {
         self.require_function(function)?;
         let record = TaskRecord::new(function, TaskKind::Map, total);
-        let inputs: BoxStream<'static, _> = inputs.map(Ok).boxed();
+        let inputs: BoxStream<'static, Value> = inputs.boxed();
         let job = Job::Map {
             task_id: record.task_id,
             function: function.to_owned(),
             inputs,
+            unreadable: None,
             total,
             resume: None,
         };

@@ -21,7 +21,13 @@ pub struct TooDeep {
 
 /// Whether `value` nests deeper than `max` (without recursion, so any value
 /// can be checked).
+#[inline]
 pub(crate) fn deeper_than(value: &Value, max: usize) -> bool {
+    // Scalars (most values) cost one comparison.
+    matches!(value, Value::Array(_) | Value::Object(_)) && walk_deeper_than(value, max)
+}
+
+fn walk_deeper_than(value: &Value, max: usize) -> bool {
     fn children(v: &Value) -> Option<Box<dyn Iterator<Item = &Value> + '_>> {
         match v {
             Value::Array(items) => Some(Box::new(items.iter())),

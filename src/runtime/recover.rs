@@ -82,10 +82,12 @@ impl Runtime {
                                 p.running = 0;
                                 p.pending = p.total.saturating_sub(stored.count);
                             }
+                            let (inputs, unreadable) = read_inputs(&dir, stored.count);
                             Some(Job::Map {
                                 task_id: record.task_id,
                                 function,
-                                inputs: read_inputs(&dir, stored.count),
+                                inputs,
+                                unreadable: Some(unreadable),
                                 total,
                                 resume: Some(stored),
                             })

@@ -7,6 +7,7 @@
 //! the machine loses.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,7 @@ struct Pending {
     dirty: HashSet<TaskId>,
     jobs: Vec<(TaskId, Value)>,
     forgets: Vec<TaskId>,
+    files: Vec<PathBuf>,
     epoch: u64,
 }
 
@@ -37,6 +39,9 @@ struct Disk {
     jobs: HashMap<TaskId, Value>,
     last_fsync: Instant,
     unsynced: bool,
+    /// Files to fsync before the journal's next fsync (map results whose
+    /// end is in the journal).
+    files: Vec<PathBuf>,
 }
 
 /// The writer of task records.
@@ -57,6 +62,7 @@ impl Durable {
                 jobs,
                 last_fsync: Instant::now(),
                 unsynced: false,
+                files: Vec::new(),
             })),
             pending: Mutex::default(),
             writing: tokio::sync::Mutex::new(()),
@@ -88,6 +94,13 @@ impl Durable {
         drop(p);
         self.wake.notify_one();
         epoch
+    }
+
+    /// Files to reach the disk before any record written from now on does:
+    /// the next journal fsync (or compaction) fsyncs them first, in order.
+    pub(crate) fn sync_before_next_fsync(&self, files: Vec<PathBuf>) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.files.extend(files);
     }
 
     /// Waits until write `epoch` is done.
@@ -126,13 +139,14 @@ impl Durable {
     /// acknowledged on a write that did not happen).
     async fn write(&self, tasks: &Arc<TaskStore>, fsync: bool) {
         let _turn = self.writing.lock().await;
-        let (dirty, jobs, forgets, epoch) = {
+        let (dirty, jobs, forgets, files, epoch) = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             p.epoch += 1;
             (
                 std::mem::take(&mut p.dirty),
                 std::mem::take(&mut p.jobs),
                 std::mem::take(&mut p.forgets),
+                std::mem::take(&mut p.files),
                 p.epoch,
             )
         };
@@ -154,6 +168,9 @@ impl Durable {
         let tasks = tasks.clone();
         let written = tokio::task::spawn_blocking(move || {
             let mut d = disk.lock().unwrap_or_else(|e| e.into_inner());
+            // Taken before the records that need them, so they are never
+            // behind a journal fsync.
+            d.files.extend(files);
             if let Err(e) = d.journal.append(&entries) {
                 return Err((e, entries));
             }
@@ -209,10 +226,29 @@ impl Durable {
 }
 
 impl Disk {
+    /// Fsyncs the files records depend on, in order; a file removed since
+    /// (retention) needs nothing.
+    fn sync_files(&mut self) -> std::io::Result<()> {
+        for path in &self.files {
+            match std::fs::File::open(path) {
+                Ok(f) => f.sync_data()?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.files.clear();
+        Ok(())
+    }
+
     /// Compacts the journal when it has grown, else fsyncs it when due.
     fn settle(&mut self, tasks: &TaskStore, fsync: bool) -> std::io::Result<()> {
         let live = tasks.records.len() + self.jobs.len();
-        if self.journal.lines() > COMPACT_AT.max(4 * live) {
+        let compact = self.journal.lines() > COMPACT_AT.max(4 * live);
+        let due = self.unsynced && (fsync || self.last_fsync.elapsed() >= FSYNC_EVERY);
+        if compact || due {
+            self.sync_files()?;
+        }
+        if compact {
             let mut snapshot: Vec<Entry> = self
                 .jobs
                 .iter()
@@ -227,7 +263,7 @@ impl Disk {
             self.journal.compact(&snapshot)?;
             self.unsynced = false;
             self.last_fsync = Instant::now();
-        } else if self.unsynced && (fsync || self.last_fsync.elapsed() >= FSYNC_EVERY) {
+        } else if due {
             self.journal.sync()?;
             self.unsynced = false;
             self.last_fsync = Instant::now();

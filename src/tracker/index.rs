@@ -167,7 +167,10 @@ mod tests {
         assert_eq!(index.page(None, 0, 2), vec![ids[4], ids[3]]);
         assert_eq!(index.page(None, 3, 10), vec![ids[1], ids[0]]);
         assert_eq!(index.page(Some(TaskStatus::Completed), 0, 10), vec![ids[1]]);
-        assert_eq!(index.page(Some(TaskStatus::Pending), 2, 10), vec![ids[2], ids[0]]);
+        assert_eq!(
+            index.page(Some(TaskStatus::Pending), 2, 10),
+            vec![ids[2], ids[0]]
+        );
         let mut seen = Vec::new();
         index.oldest(|_, id| {
             seen.push(id);

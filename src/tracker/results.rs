@@ -17,7 +17,6 @@ use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
 
 use crate::persist::{private_dir, FILE_MODE};
 
@@ -27,42 +26,62 @@ pub(crate) const INDEX_FILE: &str = "results.idx";
 /// Bytes buffered in memory before they are written out.
 const BUFFER: usize = 1 << 18;
 
-/// Appends results in order. Pushing only serializes into memory; the files
-/// are written when the buffer fills or on [`ResultWriter::flush`].
+/// Appends results in order. Buffering only serializes into memory; the
+/// files are written when the buffer fills or on [`ResultWriter::flush`],
+/// data then index, in one blocking call.
 pub(crate) struct ResultWriter {
-    data_file: tokio::fs::File,
-    index_file: tokio::fs::File,
+    /// Data and index files; out while a flush has them.
+    files: Option<(std::fs::File, std::fs::File)>,
     data: Vec<u8>,
     index: Vec<u8>,
     end: u64,
     pushed: u64,
+    dir: PathBuf,
 }
 
-async fn open(path: &Path, truncate: bool) -> io::Result<tokio::fs::File> {
-    let mut options = tokio::fs::OpenOptions::new();
+fn open(path: &Path, truncate: bool) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
     options.create(true).mode(FILE_MODE);
     if truncate {
         options.write(true).truncate(true);
     } else {
         options.append(true);
     }
-    options.open(path).await
+    options.open(path)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(io::Error::other)?
 }
 
 impl ResultWriter {
-    pub(crate) async fn create(dir: &Path) -> io::Result<ResultWriter> {
-        let d = dir.to_path_buf();
-        tokio::task::spawn_blocking(move || private_dir(&d))
-            .await
-            .map_err(io::Error::other)??;
-        Ok(ResultWriter {
-            data_file: open(&dir.join(DATA_FILE), true).await?,
-            index_file: open(&dir.join(INDEX_FILE), true).await?,
+    fn with(files: (std::fs::File, std::fs::File), dir: &Path, end: u64, pushed: u64) -> Self {
+        ResultWriter {
+            files: Some(files),
             data: Vec::with_capacity(BUFFER),
             index: Vec::with_capacity(BUFFER / 8),
-            end: 0,
-            pushed: 0,
+            end,
+            pushed,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub(crate) async fn create(dir: &Path) -> io::Result<ResultWriter> {
+        let d = dir.to_path_buf();
+        let files = blocking(move || {
+            private_dir(&d)?;
+            Ok((
+                open(&d.join(DATA_FILE), true)?,
+                open(&d.join(INDEX_FILE), true)?,
+            ))
         })
+        .await?;
+        Ok(ResultWriter::with(files, dir, 0, 0))
     }
 
     /// Reopens a map's results to append after what [`recover`] found.
@@ -70,51 +89,91 @@ impl ResultWriter {
         if stored.count == 0 {
             return ResultWriter::create(dir).await;
         }
-        Ok(ResultWriter {
-            data_file: open(&dir.join(DATA_FILE), false).await?,
-            index_file: open(&dir.join(INDEX_FILE), false).await?,
-            data: Vec::with_capacity(BUFFER),
-            index: Vec::with_capacity(BUFFER / 8),
-            end: stored.data_len,
-            pushed: stored.count,
+        let d = dir.to_path_buf();
+        let files = blocking(move || {
+            Ok((
+                open(&d.join(DATA_FILE), false)?,
+                open(&d.join(INDEX_FILE), false)?,
+            ))
         })
+        .await?;
+        Ok(ResultWriter::with(
+            files,
+            dir,
+            stored.data_len,
+            stored.count,
+        ))
     }
 
-    /// Appends one result; writes the buffer out when it is full.
+    /// Appends one result, writing the buffer out when it is full.
+    #[cfg(test)]
     pub(crate) async fn push(&mut self, value: &Value) -> io::Result<()> {
+        if self.buffer(value)? {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Appends one result to the buffer (no I/O); true when the buffer is
+    /// full and should be written out with [`ResultWriter::flush`].
+    #[inline(always)]
+    pub(crate) fn buffer(&mut self, value: &Value) -> io::Result<bool> {
         let before = self.data.len();
         serde_json::to_writer(&mut self.data, value).map_err(io::Error::other)?;
         self.data.push(b'\n');
         self.end += (self.data.len() - before) as u64;
         self.index.extend_from_slice(&self.end.to_le_bytes());
         self.pushed += 1;
-        if self.data.len() >= BUFFER {
-            self.flush().await?;
-        }
-        Ok(())
+        Ok(self.data.len() >= BUFFER)
     }
 
-    /// Writes everything pushed to the files, data before index; returns how
-    /// many results are now readable.
+    /// Writes everything buffered to the files, data before index; returns
+    /// how many results are now readable.
     pub(crate) async fn flush(&mut self) -> io::Result<u64> {
-        // tokio's File finishes a write in the background; its flush waits
-        // for it, so the index is written only once the data is.
-        self.data_file.write_all(&self.data).await?;
-        self.data_file.flush().await?;
+        self.io(false).await
+    }
+
+    /// Writes and fsyncs everything buffered (data first).
+    #[cfg(test)]
+    pub(crate) async fn sync(&mut self) -> io::Result<u64> {
+        self.io(true).await
+    }
+
+    async fn io(&mut self, fsync: bool) -> io::Result<u64> {
+        if self.data.is_empty() && !fsync {
+            return Ok(self.pushed);
+        }
+        let (mut data_file, mut index_file) = self
+            .files
+            .take()
+            .ok_or_else(|| io::Error::other("an earlier write of these results failed"))?;
+        let (data, index) = (
+            std::mem::take(&mut self.data),
+            std::mem::take(&mut self.index),
+        );
+        let (files, data, index) = blocking(move || {
+            use std::io::Write;
+            data_file.write_all(&data)?;
+            index_file.write_all(&index)?;
+            if fsync {
+                data_file.sync_data()?;
+                index_file.sync_data()?;
+            }
+            Ok(((data_file, index_file), data, index))
+        })
+        .await?;
+        self.files = Some(files);
+        // The buffers come back to be reused.
+        self.data = data;
         self.data.clear();
-        self.index_file.write_all(&self.index).await?;
-        self.index_file.flush().await?;
+        self.index = index;
         self.index.clear();
         Ok(self.pushed)
     }
 
-    /// Writes and fsyncs everything pushed (data first); the map's end may be
-    /// recorded once this returns.
-    pub(crate) async fn sync(&mut self) -> io::Result<u64> {
-        let n = self.flush().await?;
-        self.data_file.sync_data().await?;
-        self.index_file.sync_data().await?;
-        Ok(n)
+    /// The files, data first: the order they must reach the disk in.
+    pub(crate) fn paths(&self) -> Vec<PathBuf> {
+        vec![self.dir.join(DATA_FILE), self.dir.join(INDEX_FILE)]
     }
 }
 
