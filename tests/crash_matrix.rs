@@ -56,6 +56,17 @@ struct Acked {
 
 type Shared = Arc<Mutex<Acked>>;
 
+impl Acked {
+    /// Every acknowledged task, calls then maps.
+    fn task_ids(&self) -> Vec<String> {
+        self.calls
+            .iter()
+            .map(|(id, _)| id.clone())
+            .chain(self.maps.iter().map(|(id, _)| id.clone()))
+            .collect()
+    }
+}
+
 fn ok(status: u16) -> bool {
     (200..300).contains(&status)
 }
@@ -199,14 +210,7 @@ async fn start_map(api: &Api, acked: &Shared, inputs: Vec<u64>) {
 /// finished the same way.
 async fn check_after_restart(api: &Api, acked: &Shared, data: &Path) {
     let mut newly_done = Vec::new();
-    let ids: Vec<String> = {
-        let a = acked.lock().unwrap();
-        a.calls
-            .iter()
-            .map(|(id, _)| id.clone())
-            .chain(a.maps.iter().map(|(id, _)| id.clone()))
-            .collect()
-    };
+    let ids = acked.lock().unwrap().task_ids();
     for id in ids {
         let (status, v) = api.send(Method::GET, &format!("/status/{id}"), None).await;
         assert_eq!(
@@ -315,14 +319,19 @@ async fn kill_9_at_random_moments_loses_and_repeats_nothing() {
             );
         }
         stop.cancel();
-        for w in workers {
-            w.await.unwrap();
+        for (name, w) in ["calls", "increments", "files"].into_iter().zip(workers) {
+            tokio::time::timeout(Duration::from_secs(90), w)
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: the {name} worker did not stop"))
+                .unwrap();
         }
+        println!("round {round} stopped at {:?}", began.elapsed());
         // The next start must come up, with everything acknowledged in it.
         let (next, url) = support::serve_with(BIN, &data, TOKEN, &ENV);
         server = next;
         api = Arc::new(Api::new(url, TOKEN));
         check_after_restart(&api, &acked, &data).await;
+        println!("round {round} restarted at {:?}", began.elapsed());
         // An increment cut off by the stop was applied or not, never half:
         // the counter says which.
         let in_flight = std::mem::take(&mut acked.lock().unwrap().increment_in_flight);
@@ -341,14 +350,7 @@ async fn kill_9_at_random_moments_loses_and_repeats_nothing() {
     }
 
     // Let everything finish, then check every outcome.
-    let ids: Vec<String> = {
-        let a = acked.lock().unwrap();
-        a.calls
-            .iter()
-            .map(|(id, _)| id.clone())
-            .chain(a.maps.iter().map(|(id, _)| id.clone()))
-            .collect()
-    };
+    let ids = acked.lock().unwrap().task_ids();
     let mut records = HashMap::new();
     for id in &ids {
         let v = api
@@ -407,20 +409,7 @@ async fn kill_9_at_random_moments_loses_and_repeats_nothing() {
         "the counter equals the acknowledged increments"
     );
     for (path, content) in &files {
-        let (status, _) = api
-            .send(Method::GET, &format!("/volumes/files/files/{path}"), None)
-            .await;
-        assert_eq!(status, 200, "{path}");
-        let got = api
-            .http
-            .get(format!("{}/volumes/files/files/{path}", api.url))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let got = api.text(&format!("/volumes/files/files/{path}")).await;
         assert_eq!(&got, content, "{path}");
     }
     for message in &webhooks {

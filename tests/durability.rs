@@ -55,17 +55,7 @@ async fn sigkill_mid_map_then_restart_completes_exactly() {
         )
         .await;
     let n = 20_000u64;
-    let map = api
-        .post(
-            "/run-parallel",
-            json!({"function_name": "work", "inputs": (0..n).collect::<Vec<_>>()}),
-        )
-        .await;
-    let map_id = map["task_id"].as_str().unwrap().to_owned();
-    api.until(&format!("/status/{map_id}"), "the map under way", |v| {
-        v["progress"]["completed"].as_u64().unwrap_or(0) > 3_000
-    })
-    .await;
+    let map_id = api.map_under_way("work", n, 3_000).await;
 
     support::kill(server.id(), libc::SIGKILL);
     server.wait().unwrap();

@@ -38,6 +38,22 @@ fn open_gate(data: &Path) {
     std::fs::write(data.join("volumes/gate/files/open"), "").unwrap();
 }
 
+/// The server binary on a fresh data dir with `env`: the temp dir (keep it),
+/// the data dir, the server and its client.
+fn fresh(
+    env: &[(&str, &str)],
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::process::Child,
+    Api,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (server, url) = support::serve_with(BIN, &data, TOKEN, env);
+    (dir, data, server, Api::new(url, TOKEN))
+}
+
 async fn restart(server: &mut std::process::Child, signal: i32, data: &Path, api: Api) -> Api {
     support::kill(server.id(), signal);
     server.wait().unwrap();
@@ -52,10 +68,7 @@ fn mode(path: &Path) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deep_values_are_refused_and_a_bad_journal_line_costs_nothing_else() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let (mut server, url) = support::serve(BIN, &data, TOKEN);
-    let api = Api::new(url, TOKEN);
+    let (_dir, data, mut server, api) = fresh(&[]);
     deploy(&api, "echo", "def echo(x):\n    return x\n", json!({})).await;
     deploy(
         &api,
@@ -186,10 +199,7 @@ async fn deep_values_are_refused_and_a_bad_journal_line_costs_nothing_else() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_result_and_input_files_never_stop_a_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let (mut server, url) = support::serve(BIN, &data, TOKEN);
-    let api = Api::new(url, TOKEN);
+    let (_dir, data, mut server, api) = fresh(&[]);
     deploy(&api, "work", "def work(x):\n    return x * 2\n", json!({})).await;
     // Inputs from 500 on wait for the gate.
     deploy(
@@ -295,11 +305,7 @@ async fn damaged_result_and_input_files_never_stop_a_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_within_its_bound_and_everything_resumes() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let env = [("MODAL_AGENTS_SHUTDOWN_TIMEOUT", "10")];
-    let (mut server, url) = support::serve_with(BIN, &data, TOKEN, &env);
-    let api = Api::new(url, TOKEN);
+    let (_dir, data, mut server, api) = fresh(&[("MODAL_AGENTS_SHUTDOWN_TIMEOUT", "10")]);
     deploy(&api, "gate", GATE, json!({"volumes": {"/gate": "gate"}})).await;
     deploy(
         &api,
@@ -324,17 +330,7 @@ async fn sigterm_stops_within_its_bound_and_everything_resumes() {
         }
     });
     let n = 20_000u64;
-    let map = api
-        .post(
-            "/run-parallel",
-            json!({"function_name": "work", "inputs": (0..n).collect::<Vec<_>>()}),
-        )
-        .await;
-    let map_id = map["task_id"].as_str().unwrap().to_owned();
-    api.until(&format!("/status/{map_id}"), "the map under way", |v| {
-        v["progress"]["completed"].as_u64().unwrap_or(0) > 2_000
-    })
-    .await;
+    let map_id = api.map_under_way("work", n, 2_000).await;
     api.until("/tasks?status=running", "the gated call running", |v| {
         v["tasks"]
             .as_array()
@@ -393,15 +389,11 @@ async fn sigterm_stops_within_its_bound_and_everything_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_removes_finished_tasks_their_files_and_webhooks_for_good() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let env = [
+    let (_dir, data, mut server, api) = fresh(&[
         ("MODAL_AGENTS_RETENTION_MAX", "3"),
         ("MODAL_AGENTS_RETENTION_SWEEP", "0.2"),
         ("MODAL_AGENTS_WEBHOOK_ALLOW", "127.0.0.0/8"),
-    ];
-    let (mut server, url) = support::serve_with(BIN, &data, TOKEN, &env);
-    let api = Api::new(url, TOKEN);
+    ]);
     let (hook, _receiver) = support::receiver(Vec::new()).await;
     deploy(
         &api,
@@ -479,16 +471,7 @@ async fn retention_removes_finished_tasks_their_files_and_webhooks_for_good() {
         .await;
     assert_eq!(status, 404);
     assert_eq!(api.get("/tasks").await["total"], 3);
-    let metrics = api
-        .http
-        .get(format!("{}/metrics", api.url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = api.text("/metrics").await;
     assert!(
         metrics.contains("modal_agents_tasks{status=\"completed\"} 3"),
         "{metrics}"

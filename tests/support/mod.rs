@@ -125,7 +125,18 @@ pub fn serve_with(
     env: &[(&str, &str)],
 ) -> (std::process::Child, String) {
     use std::io::BufRead;
-    let mut child = std::process::Command::new(bin)
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(bin);
+    // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill
+    // the server when the test's thread ends, so a failed test leaves no
+    // server (and so no container) behind.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = command
         .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .env("MODAL_AGENTS_TOKEN", token)
@@ -226,7 +237,12 @@ pub struct Api {
 impl Api {
     pub fn new(url: String, token: &str) -> Api {
         Api {
-            http: reqwest::Client::new(),
+            // Every request is bounded, so a test never hangs on one.
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
             url,
             token: token.to_owned(),
         }
@@ -293,6 +309,36 @@ impl Api {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// GETs `path` as text and asserts success.
+    pub async fn text(&self, path: &str) -> String {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.text().await.unwrap()
+    }
+
+    /// Starts a map of `function` over `0..n` and waits until more than
+    /// `done` of its inputs completed; returns its id.
+    pub async fn map_under_way(&self, function: &str, n: u64, done: u64) -> String {
+        let map = self
+            .post(
+                "/run-parallel",
+                serde_json::json!({"function_name": function, "inputs": (0..n).collect::<Vec<_>>()}),
+            )
+            .await;
+        let id = map["task_id"].as_str().unwrap().to_owned();
+        self.until(&format!("/status/{id}"), "the map under way", |v| {
+            v["progress"]["completed"].as_u64().unwrap_or(0) > done
+        })
+        .await;
+        id
     }
 
     /// Every result of a map, page by page.
