@@ -23,6 +23,7 @@
 //!   starts with the prefix, in commit order, each with a sequence number.
 //!   Writes that functions make directly to files are not announced.
 
+mod beneath;
 mod files;
 mod state;
 
@@ -113,6 +114,25 @@ pub enum VolumeError {
     /// A value nests too deep to be stored and read back.
     #[error(transparent)]
     TooDeep(#[from] crate::value::TooDeep),
+}
+
+/// A file operation's I/O error, with what a link or directory in the way
+/// means said plainly (they are the caller's path, not a server fault).
+fn file_error(volume: &str, path: &str, source: std::io::Error) -> VolumeError {
+    let bad = |why: &str| VolumeError::BadPath {
+        path: path.to_owned(),
+        why: why.to_owned(),
+    };
+    match source.raw_os_error() {
+        Some(libc::ENOTDIR | libc::ELOOP) => {
+            bad("a part of it is a link or not a directory; volume paths never follow links")
+        }
+        Some(libc::EISDIR) => bad("it is a directory"),
+        _ => VolumeError::Io {
+            volume: volume.to_owned(),
+            source,
+        },
+    }
 }
 
 fn show_version(v: Option<u64>) -> String {
@@ -398,14 +418,13 @@ impl Actor for VolumeStore {
                 let result = async {
                     state.volume(&volume)?;
                     let root = state.shared.files_dir(&volume);
-                    let target = files::resolve(&root, &path)?;
-                    let io = |source| VolumeError::Io {
-                        volume: volume.clone(),
-                        source,
-                    };
+                    files::resolve(&root, &path)?;
+                    let io = |source| file_error(&volume, &path, source);
+                    let rel = path.clone();
                     let stat = tokio::task::spawn_blocking(move || {
-                        files::put(&target, &bytes)?;
-                        files::stat(&root, &target)
+                        let root = beneath::Root::open(&root)?;
+                        root.write(&rel, &bytes)?;
+                        root.stat(&rel)
                     })
                     .await
                     .map_err(|e| io(std::io::Error::other(e)))?
@@ -426,19 +445,17 @@ impl Actor for VolumeStore {
             VolumeStoreMsg::DeleteFile(volume, path, reply) => {
                 let result = (|| {
                     state.volume(&volume)?;
-                    let target = files::resolve(&state.shared.files_dir(&volume), &path)?;
-                    match std::fs::remove_file(&target) {
-                        Ok(()) => {
+                    let root = state.shared.files_dir(&volume);
+                    files::resolve(&root, &path)?;
+                    match beneath::Root::open(&root).and_then(|r| r.remove(&path)) {
+                        Ok(true) => {
                             state
                                 .shared
                                 .announce(&volume, VolumeChange::FileDelete { path: path.clone() });
                             Ok(true)
                         }
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-                        Err(source) => Err(VolumeError::Io {
-                            volume: volume.clone(),
-                            source,
-                        }),
+                        Ok(false) => Ok(false),
+                        Err(source) => Err(file_error(&volume, &path, source)),
                     }
                 })();
                 let _ = reply.send(result);
@@ -679,10 +696,16 @@ impl Volumes {
         files::resolve(&self.files_dir(volume), path)
     }
 
-    /// Reads a file.
+    /// Reads a file. Links in the volume are never followed: a link (or a
+    /// path through one) reads as no file.
     pub async fn get_file(&self, volume: &str, path: &str) -> Result<Vec<u8>, VolumeError> {
-        let target = self.target(volume, path)?;
-        match tokio::fs::read(&target).await {
+        self.target(volume, path)?;
+        let (root, rel) = (self.files_dir(volume), path.to_owned());
+        let read = tokio::task::spawn_blocking(move || beneath::Root::open(&root)?.read(&rel))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        match read {
             Ok(bytes) => Ok(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(VolumeError::NoSuchFile {
                 volume: volume.to_owned(),
@@ -701,9 +724,9 @@ impl Volumes {
         volume: &str,
         path: &str,
     ) -> Result<Option<FileStat>, VolumeError> {
-        let target = self.target(volume, path)?;
-        let root = self.files_dir(volume);
-        blocking(volume, move || files::stat(&root, &target)).await
+        self.target(volume, path)?;
+        let (root, rel) = (self.files_dir(volume), path.to_owned());
+        blocking(volume, move || beneath::Root::open(&root)?.stat(&rel)).await
     }
 
     /// Files whose path starts with `prefix`, sorted.
@@ -715,7 +738,7 @@ impl Volumes {
         validate_object_name("volume_name", volume)?;
         let root = self.files_dir(volume);
         let prefix = prefix.to_owned();
-        blocking(volume, move || files::list(&root, &prefix)).await
+        blocking(volume, move || beneath::Root::open(&root)?.list(&prefix)).await
     }
 
     /// Deletes a file; returns whether it existed.

@@ -1,0 +1,344 @@
+//! File operations that stay beneath a volume's root whatever functions put
+//! in it. Functions write to their volumes directly, so a volume may hold
+//! symbolic links (`x -> ../../../state.redb`) or directories swapped for
+//! links. Every operation here walks the path one component at a time with
+//! `openat(O_NOFOLLOW | O_DIRECTORY)` from a descriptor of the root, and opens,
+//! replaces or removes the last component relative to its parent's
+//! descriptor without following it: a link is never followed, anywhere.
+
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use super::FileStat;
+
+/// A volume's files directory, opened without following links.
+pub(crate) struct Root {
+    fd: OwnedFd,
+}
+
+fn cstr(name: &[u8]) -> io::Result<CString> {
+    CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// `openat` relative to `dir`, never following a link in `name`.
+fn open_at(dir: RawFd, name: &[u8], flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
+    let name = cstr(name)?;
+    // SAFETY: openat with a NUL-terminated name and a descriptor this
+    // process owns; the returned descriptor is owned by the OwnedFd.
+    let fd = check(unsafe {
+        libc::openat(
+            dir,
+            name.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            libc::c_uint::from(mode),
+        )
+    })?;
+    // SAFETY: fd was just returned by openat and is owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn open_dir(dir: RawFd, name: &[u8]) -> io::Result<OwnedFd> {
+    open_at(dir, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+}
+
+fn stat_at(dir: RawFd, name: &[u8]) -> io::Result<libc::stat> {
+    let name = cstr(name)?;
+    // SAFETY: an all-zero stat is a valid value to be overwritten.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatat with a NUL-terminated name, a descriptor this process
+    // owns and a pointer to a stat it owns; AT_SYMLINK_NOFOLLOW reports a
+    // link itself.
+    check(unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
+    Ok(st)
+}
+
+fn is_file(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFREG
+}
+
+fn is_dir(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+/// Last modification, milliseconds since the Unix epoch.
+fn modified_ms(st: &libc::stat) -> u64 {
+    st.st_mtime.max(0) as u64 * 1000 + (st.st_mtime_nsec.max(0) as u64) / 1_000_000
+}
+
+/// Splits a checked volume path (`a/b/c.txt`, see `files::resolve`) into its
+/// directories and its last name.
+fn split(rel: &str) -> (Vec<&[u8]>, &[u8]) {
+    let mut parts: Vec<&[u8]> = rel.split('/').map(str::as_bytes).collect();
+    let last = parts.pop().unwrap_or_default();
+    (parts, last)
+}
+
+impl Root {
+    /// Opens (creating, `0700`) the volume's files directory `dir`; `dir`
+    /// itself must be a directory, not a link.
+    pub(crate) fn open(dir: &Path) -> io::Result<Root> {
+        crate::persist::private_dir(dir)?;
+        let parent = dir.parent().unwrap_or(Path::new("/"));
+        let parent = File::open(parent)?;
+        let name = dir.file_name().unwrap_or(OsStr::new("."));
+        Ok(Root {
+            fd: open_dir(parent.as_raw_fd(), name.as_bytes())?,
+        })
+    }
+
+    /// The directory holding `rel`'s last component, walked without
+    /// following links; missing directories are made when `create`.
+    fn parent(&self, dirs: &[&[u8]], create: bool) -> io::Result<OwnedFd> {
+        let mut cur = self.fd.try_clone()?;
+        for name in dirs {
+            let next = match open_dir(cur.as_raw_fd(), name) {
+                Err(e) if create && e.kind() == io::ErrorKind::NotFound => {
+                    let c = cstr(name)?;
+                    // SAFETY: mkdirat with a NUL-terminated name and a
+                    // descriptor this process owns.
+                    match check(unsafe { libc::mkdirat(cur.as_raw_fd(), c.as_ptr(), 0o700) }) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                        Err(e) => return Err(e),
+                    }
+                    open_dir(cur.as_raw_fd(), name)?
+                }
+                other => other?,
+            };
+            cur = next;
+        }
+        Ok(cur)
+    }
+
+    /// Reads the regular file at `rel`; a link or anything else there is
+    /// "not found".
+    pub(crate) fn read(&self, rel: &str) -> io::Result<Vec<u8>> {
+        let (dirs, last) = split(rel);
+        let dir = self.parent(&dirs, false).map_err(not_found)?;
+        let fd = open_at(dir.as_raw_fd(), last, libc::O_RDONLY | libc::O_NONBLOCK, 0)
+            .map_err(not_found)?;
+        let mut file = File::from(fd);
+        if !file.metadata()?.is_file() {
+            return Err(io::ErrorKind::NotFound.into());
+        }
+        let mut out = Vec::new();
+        file.read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    /// Replaces `rel` with `bytes` atomically (temp file, fsync, rename,
+    /// fsync of the directory), making missing directories. A link at `rel`
+    /// is replaced, never written through.
+    pub(crate) fn write(&self, rel: &str, bytes: &[u8]) -> io::Result<()> {
+        let (dirs, last) = split(rel);
+        let dir = self.parent(&dirs, true)?;
+        let mut tmp = b".".to_vec();
+        tmp.extend_from_slice(last);
+        tmp.extend_from_slice(format!(".tmp-{}", uuid::Uuid::new_v4().simple()).as_bytes());
+        let fd = open_at(
+            dir.as_raw_fd(),
+            &tmp,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+            0o600,
+        )?;
+        let result = (|| {
+            let mut file = File::from(fd);
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            let (from, to) = (cstr(&tmp)?, cstr(last)?);
+            // SAFETY: renameat with NUL-terminated names and a descriptor this
+            // process owns; it replaces the name `to`, never what it points to.
+            check(unsafe {
+                libc::renameat(dir.as_raw_fd(), from.as_ptr(), dir.as_raw_fd(), to.as_ptr())
+            })?;
+            File::from(dir.try_clone()?).sync_all()
+        })();
+        if result.is_err() {
+            if let Ok(name) = cstr(&tmp) {
+                // SAFETY: unlinkat with a NUL-terminated name and a descriptor
+                // this process owns.
+                unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
+            }
+        }
+        result
+    }
+
+    /// Removes the file (or link) at `rel`; false when there was none.
+    pub(crate) fn remove(&self, rel: &str) -> io::Result<bool> {
+        let (dirs, last) = split(rel);
+        let dir = match self.parent(&dirs, false) {
+            Ok(d) => d,
+            Err(e) if is_absent(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        match stat_at(dir.as_raw_fd(), last) {
+            Ok(st) if is_dir(&st) => return Err(io::ErrorKind::IsADirectory.into()),
+            Ok(_) => {}
+            Err(e) if is_absent(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let name = cstr(last)?;
+        // SAFETY: unlinkat with a NUL-terminated name and a descriptor this
+        // process owns; a link is removed itself, never its target.
+        match check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) }) {
+            Ok(_) => Ok(true),
+            Err(e) if is_absent(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Metadata of the regular file at `rel`, `None` when there is none (a
+    /// link is none).
+    pub(crate) fn stat(&self, rel: &str) -> io::Result<Option<FileStat>> {
+        let (dirs, last) = split(rel);
+        let dir = match self.parent(&dirs, false) {
+            Ok(d) => d,
+            Err(e) if is_absent(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match stat_at(dir.as_raw_fd(), last) {
+            Ok(st) if is_file(&st) => Ok(Some(FileStat {
+                path: rel.to_owned(),
+                size: st.st_size.max(0) as u64,
+                modified_ms: modified_ms(&st),
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if is_absent(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every regular file whose path starts with `prefix`, sorted; links are
+    /// neither listed nor descended into, nor are temp files of writes.
+    pub(crate) fn list(&self, prefix: &str) -> io::Result<Vec<FileStat>> {
+        let mut out = Vec::new();
+        let mut stack: Vec<(OwnedFd, String)> = vec![(self.fd.try_clone()?, String::new())];
+        while let Some((dir, at)) = stack.pop() {
+            // The directory is read through its descriptor (no path lookup).
+            let entries = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?;
+            for entry in entries {
+                let entry = entry?;
+                let name = entry.file_name();
+                let bytes = name.as_bytes();
+                let Some(text) = std::str::from_utf8(bytes).ok() else {
+                    continue;
+                };
+                let st = match stat_at(dir.as_raw_fd(), bytes) {
+                    Ok(st) => st,
+                    Err(e) if is_absent(&e) => continue,
+                    Err(e) => return Err(e),
+                };
+                let path = if at.is_empty() {
+                    text.to_owned()
+                } else {
+                    format!("{at}/{text}")
+                };
+                if is_dir(&st) {
+                    match open_dir(dir.as_raw_fd(), bytes) {
+                        Ok(sub) => stack.push((sub, path)),
+                        Err(e) if is_absent(&e) => {}
+                        Err(e) => return Err(e),
+                    }
+                } else if is_file(&st) && !text.starts_with('.') && path.starts_with(prefix) {
+                    out.push(FileStat {
+                        path,
+                        size: st.st_size.max(0) as u64,
+                        modified_ms: modified_ms(&st),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+}
+
+/// Gone, or something that is not a directory (or is a link) on the way.
+fn is_absent(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+    )
+}
+
+fn not_found(e: io::Error) -> io::Error {
+    if is_absent(&e) {
+        io::ErrorKind::NotFound.into()
+    } else {
+        e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn links_are_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "top secret").unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let files = dir.path().join("vol/files");
+        let root = Root::open(&files).unwrap();
+        root.write("a/ok.txt", b"fine").unwrap();
+        symlink(&secret, files.join("x")).unwrap();
+        symlink("../../secret", files.join("a/rel")).unwrap();
+        symlink(&outside, files.join("d")).unwrap();
+
+        assert_eq!(root.read("a/ok.txt").unwrap(), b"fine");
+        for link in ["x", "a/rel", "d/anything"] {
+            let err = root.read(link).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::NotFound, "{link}");
+            assert!(root.stat(link).unwrap().is_none(), "{link}");
+        }
+        // Writing through a linked directory fails; nothing lands outside.
+        assert!(root.write("d/planted", b"x").is_err());
+        assert!(!outside.join("planted").exists());
+        // Writing at a link replaces the link, not its target.
+        root.write("x", b"mine").unwrap();
+        assert_eq!(std::fs::read(&secret).unwrap(), b"top secret");
+        assert_eq!(root.read("x").unwrap(), b"mine");
+        // Removing a link removes the link only.
+        assert!(root.remove("a/rel").unwrap());
+        assert!(secret.exists());
+        let listed: Vec<String> = root.list("").unwrap().into_iter().map(|s| s.path).collect();
+        assert_eq!(
+            listed,
+            ["a/ok.txt", "x"],
+            "links are not listed or descended into"
+        );
+    }
+
+    #[test]
+    fn writes_replace_atomically_and_list_sorted() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(&dir.path().join("files")).unwrap();
+        root.write("a/x.txt", b"one").unwrap();
+        root.write("a/x.txt", b"two!").unwrap();
+        root.write("b.txt", b"").unwrap();
+        assert_eq!(root.read("a/x.txt").unwrap(), b"two!");
+        let all = root.list("").unwrap();
+        let names: Vec<&str> = all.iter().map(|s| s.path.as_str()).collect();
+        assert_eq!(names, ["a/x.txt", "b.txt"]);
+        assert_eq!(all[0].size, 4);
+        assert_eq!(root.list("a/").unwrap().len(), 1);
+        assert!(root.stat("nope").unwrap().is_none());
+        assert!(!root.remove("nope").unwrap());
+        assert!(root.remove("b.txt").unwrap());
+    }
+}

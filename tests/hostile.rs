@@ -1,0 +1,104 @@
+//! The trust boundary, attacked the way agent-written code or an agent caller
+//! would, against the real server binary: what a function leaves in its
+//! volume (links to the database or out of the volume) can never make the
+//! API read or write outside the volume.
+
+mod support;
+
+use reqwest::Method;
+use serde_json::json;
+use support::Api;
+
+const BIN: &str = env!("CARGO_BIN_EXE_modal-agents");
+const TOKEN: &str = "hostile-token-0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_a_function_plants_in_its_volume_are_never_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut server, url) = support::serve(BIN, &data, TOKEN);
+    let api = Api::new(url, TOKEN);
+    // A secret the database holds, which the link would hand over.
+    let (status, _) = api
+        .send(
+            Method::PUT,
+            "/secrets/keys",
+            Some(json!({"API_KEY": "sk-must-not-leak-123"})),
+        )
+        .await;
+    assert!((200..300).contains(&status));
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    // The function plants links with paths as the host sees them from the
+    // volume's directory (DATA_DIR/volumes/v/files), relative so they work
+    // sandboxed or not.
+    let plant = "import json, os\ndef plant(outside):\n    root = json.loads(os.environ['MODAL_AGENTS_VOLUMES'])['/data']\n    os.symlink('../../../state.redb', os.path.join(root, 'db'))\n    os.symlink(outside, os.path.join(root, 'out'))\n    os.makedirs(os.path.join(root, 'real'), exist_ok=True)\n    os.symlink('../../../../state.redb', os.path.join(root, 'real', 'db2'))\n    return sorted(os.listdir(root))\n";
+    api.post(
+        "/deploy-function",
+        json!({"function_code": plant, "function_name": "plant", "volumes": {"/data": "v"}}),
+    )
+    .await;
+    let planted = api
+        .post(
+            "/spawn-task",
+            json!({"function_name": "plant", "args": [outside.display().to_string()], "wait": true}),
+        )
+        .await;
+    assert_eq!(planted["status"], "completed", "{planted}");
+
+    // Reading through a link: no file, and never the database's bytes.
+    for path in ["db", "real/db2", "out/anything"] {
+        let (status, body) = api
+            .send(Method::GET, &format!("/volumes/v/files/{path}"), None)
+            .await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(!body.to_string().contains("sk-must-not-leak"), "{path}");
+    }
+    let raw = api
+        .http
+        .get(format!("{}/volumes/v/files/db", api.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(
+        !raw.windows(7).any(|w| w == b"sk-must"),
+        "the database is not served"
+    );
+    // Writing through a linked directory is refused and lands nowhere.
+    let (status, problem) = api
+        .send(Method::PUT, "/volumes/v/files/out/planted", None)
+        .await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["field"], "path");
+    assert!(!outside.join("planted").exists());
+    // Links are not listed; a write at a link's name replaces the link.
+    let listed = api.get("/volumes/v/files").await;
+    assert!(!listed.to_string().contains("\"db\""), "{listed}");
+    let r = api
+        .http
+        .put(format!("{}/volumes/v/files/db", api.url))
+        .bearer_auth(TOKEN)
+        .body("mine")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(api.text("/volumes/v/files/db").await, "mine");
+    assert!(
+        std::fs::metadata(data.join("state.redb")).unwrap().len() > 4,
+        "the database itself is untouched"
+    );
+    // Deleting a link removes the link only.
+    let (status, _) = api
+        .send(Method::DELETE, "/volumes/v/files/real/db2", None)
+        .await;
+    assert!((200..300).contains(&status), "{status}");
+    assert!(data.join("state.redb").exists());
+
+    support::kill(server.id(), libc::SIGTERM);
+    assert!(server.wait().unwrap().success());
+}
