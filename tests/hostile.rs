@@ -102,3 +102,48 @@ async fn links_a_function_plants_in_its_volume_are_never_followed() {
     support::kill(server.id(), libc::SIGTERM);
     assert!(server.wait().unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_deliveries_never_go_through_a_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (target_url, target) = support::receiver(Vec::new()).await;
+    let (proxy_url, proxy) = support::receiver(Vec::new()).await;
+    let proxy_base = proxy_url.trim_end_matches("/hook").to_owned();
+    let env = [
+        ("MODAL_AGENTS_WEBHOOK_ALLOW", "127.0.0.0/8"),
+        ("HTTP_PROXY", proxy_base.as_str()),
+        ("http_proxy", proxy_base.as_str()),
+        ("HTTPS_PROXY", proxy_base.as_str()),
+        ("ALL_PROXY", proxy_base.as_str()),
+    ];
+    let (mut server, url) = support::serve_with(BIN, &data, TOKEN, &env);
+    let api = Api::new(url, TOKEN);
+    api.post(
+        "/deploy-function",
+        json!({"function_code": "def one():\n    return 1\n", "function_name": "one"}),
+    )
+    .await;
+    let task = api
+        .post("/spawn-task", json!({"function_name": "one", "wait": true}))
+        .await;
+    let hook = api
+        .post(
+            "/webhook",
+            json!({"task_id": task["task_id"], "webhook_url": target_url}),
+        )
+        .await;
+    let id = hook["webhook_id"].as_str().unwrap().to_owned();
+    api.until(&format!("/webhooks/{id}"), "the delivery", |v| {
+        v["state"] == "delivered"
+    })
+    .await;
+    let message = hook["message_id"].as_str().unwrap();
+    assert_eq!(target.deliveries_of(message).len(), 1, "delivered directly");
+    assert!(
+        proxy.seen.lock().unwrap().is_empty(),
+        "nothing went through the proxy the environment names"
+    );
+    support::kill(server.id(), libc::SIGTERM);
+    assert!(server.wait().unwrap().success());
+}

@@ -134,6 +134,9 @@ impl Webhooks {
     pub(crate) fn new(config: &ApiConfig, runtime: &Runtime) -> Webhooks {
         let allow = Arc::new(config.webhook_allow.clone());
         let client = reqwest::Client::builder()
+            // Never through HTTP(S)_PROXY / ALL_PROXY: the guard checks the
+            // address the delivery connects to, which a proxy would hide.
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(config.webhook_timeout)
             .dns_resolver(Arc::new(GuardedResolver {

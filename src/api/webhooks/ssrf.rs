@@ -70,7 +70,10 @@ impl Cidr {
 
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        // IPv4-mapped (::ffff:a.b.c.d) and IPv4-compatible (::a.b.c.d)
+        // forms are judged as the IPv4 address they carry.
+        IpAddr::V6(v6) if v6.is_loopback() || v6.is_unspecified() => ip,
+        IpAddr::V6(v6) => v6.to_ipv4().map_or(ip, IpAddr::V4),
         v4 => v4,
     }
 }
@@ -100,8 +103,15 @@ fn is_public(ip: IpAddr) -> bool {
                 || v6.is_multicast()
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
                 || (s[0] == 0x2001 && s[1] == 0xdb8)
-                || (s[0] == 0x64 && s[1] == 0xff9b))
+                // Teredo, 6to4 and NAT64 (64:ff9b::/96, 64:ff9b:1::/48)
+                // reach IPv4 addresses they embed.
+                || (s[0] == 0x2001 && s[1] == 0)
+                || s[0] == 0x2002
+                || (s[0] == 0x64 && s[1] == 0xff9b)
+                // IPv4-translated ::ffff:0:a.b.c.d.
+                || (s[..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0))
         }
     }
 }
@@ -181,6 +191,14 @@ mod tests {
             "fd00::1",
             "::ffff:127.0.0.1",
             "224.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b:1::a00:1",
+            "2002:7f00:1::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "fec0::1",
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "::ffff:0:10.0.0.1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
