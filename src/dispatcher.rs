@@ -347,8 +347,25 @@ async fn run_job(shared: Arc<DispatchShared>, job: Job, cancel: CancellationToke
     let status = finished.status;
     // A failure that ends as the runtime stops is most likely the stop's
     // doing (containers going away): leave the task for the next start
-    // rather than record it failed. A result, or a cancel asked for, stands.
-    if shared.shutdown.is_cancelled() && status != TaskStatus::Completed && !cancel.is_cancelled() {
+    // rather than record it failed. A result, a cancel asked for, or the
+    // function's own error (an exception, a map's failed inputs) stands.
+    let stop_caused = |e: &TaskError| {
+        matches!(
+            e.kind.as_str(),
+            "ContainerCrashed"
+                | "ContainerStartFailed"
+                | "RuntimeShutdown"
+                | "BackendError"
+                | "FunctionUndeployed"
+                | "Cancelled"
+                | "StorageError"
+        )
+    };
+    if shared.shutdown.is_cancelled()
+        && status != TaskStatus::Completed
+        && !cancel.is_cancelled()
+        && finished.error.as_ref().is_none_or(stop_caused)
+    {
         tracing::info!(task_id = %id, "task interrupted by the stop; it resumes at the next start");
         shared.cancels.remove(&id);
         return;

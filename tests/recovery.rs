@@ -449,10 +449,13 @@ async fn retention_removes_finished_tasks_their_files_and_webhooks_for_good() {
             .send(Method::GET, &format!("/status/{gone}"), None)
             .await;
         assert_eq!(status, 404, "{gone} removed");
-        assert!(
-            !data.join("tasks").join(gone).exists(),
-            "{gone}'s files removed"
-        );
+        // Files go once the removal is on disk, just after the records.
+        let files = data.join("tasks").join(gone);
+        support::eventually(Duration::from_secs(10), "the files removed", || {
+            let gone = !files.exists();
+            async move { gone }
+        })
+        .await;
     }
     let (status, _) = api
         .send(Method::GET, &format!("/webhooks/{hook_id}"), None)

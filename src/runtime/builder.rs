@@ -187,7 +187,9 @@ impl RuntimeBuilder {
         let durable = Durable::new(journal, replayed.jobs.clone());
         store.attach(durable.clone());
         let flusher_stop = CancellationToken::new();
-        tokio::spawn(durable.clone().run(store.clone(), flusher_stop.clone()));
+        // The writer starts once recovery has restored every record: a
+        // compaction before that would snapshot only some of them.
+        let writer = durable.clone().run(store.clone(), flusher_stop.clone());
         let (registry_slot, registry_tx) = Slot::<FunctionRegistryMsg>::new(RuntimeChild::Registry);
         let (tracker_slot, tracker_tx) = Slot::<TaskTrackerMsg>::new(RuntimeChild::Tracker);
         let volume_shared = VolumeShared::new(data_dir.join("volumes"));
@@ -280,8 +282,10 @@ impl RuntimeBuilder {
                 flusher_stop,
             }),
         };
+        let quarantined = replayed.quarantined;
         runtime.recover(replayed).await?;
-        runtime.start_retention(self.retention).await;
+        tokio::spawn(writer);
+        runtime.start_retention(self.retention, quarantined).await;
         Ok(runtime)
     }
 }

@@ -36,7 +36,36 @@ impl Runtime {
             }
         }
         let mut jobs: std::collections::HashMap<TaskId, JobSpec> = jobs.into_iter().collect();
+        // A job whose record could not be read back (quarantined) is not run
+        // blind: it is recorded failed, so it neither runs nor lingers.
+        let orphaned: Vec<(TaskId, JobSpec)> = jobs
+            .iter()
+            .filter(|(id, _)| !tasks.contains_key(id))
+            .map(|(id, spec)| (*id, spec.clone()))
+            .collect();
         let tracker = self.inner.tracker.store().clone();
+        for (id, spec) in orphaned {
+            jobs.remove(&id);
+            let (function, kind, total) = match spec {
+                JobSpec::Call { function, .. } => (function, TaskKind::Call, None),
+                JobSpec::Map {
+                    function, total, ..
+                } => (function, TaskKind::Map, total),
+            };
+            let mut record = TaskRecord::new(&function, kind, total);
+            record.task_id = id;
+            record.status = TaskStatus::Failed;
+            record.finished_at = Some(Utc::now());
+            record.error = Some(crate::TaskError::new(
+                "RecordUnreadable",
+                "the task's record could not be read back after a restart (see the journal's quarantine file); it was not run again",
+            ));
+            tracing::error!(task_id = %id, "a task's record was unreadable; it is marked failed");
+            tracker.restore(record, 0);
+            if let Some(d) = tracker.durable() {
+                d.mark(id, None);
+            }
+        }
         let mut requeued = 0;
         for (key, mut record) in tasks {
             let dir = tracker.task_dir(record.task_id);
@@ -142,9 +171,16 @@ impl Runtime {
 
     /// Removes files no task refers to any more, then sweeps finished tasks
     /// per `policy` now and every `policy.sweep_every` until shutdown.
-    pub(crate) async fn start_retention(&self, policy: crate::tracker::Retention) {
+    pub(crate) async fn start_retention(
+        &self,
+        policy: crate::tracker::Retention,
+        quarantined: usize,
+    ) {
         let store = self.inner.tracker.store().clone();
-        let orphans = {
+        let orphans = if quarantined > 0 {
+            tracing::warn!(quarantined, "journal lines were quarantined: task files without a record are kept for inspection");
+            Ok(Ok(0))
+        } else {
             let store = store.clone();
             tokio::task::spawn_blocking(move || crate::tracker::remove_orphans(&store)).await
         };

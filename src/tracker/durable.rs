@@ -229,15 +229,28 @@ impl Disk {
     /// Fsyncs the files records depend on, in order; a file removed since
     /// (retention) needs nothing.
     fn sync_files(&mut self) -> std::io::Result<()> {
-        for path in &self.files {
-            match std::fs::File::open(path) {
-                Ok(f) => f.sync_data()?,
+        let mut failed = Vec::new();
+        for path in std::mem::take(&mut self.files) {
+            let synced = std::fs::File::open(&path).and_then(|f| f.sync_data());
+            match synced {
+                Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+                // One file that cannot be synced must not hold up the
+                // journal's own fsyncs for ever: it is reported and dropped.
+                Err(error) => {
+                    tracing::error!(file = %path.display(), %error, "could not fsync map results");
+                    failed.push(path);
+                }
             }
         }
-        self.files.clear();
-        Ok(())
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "{} result files could not be fsynced",
+                failed.len()
+            )))
+        }
     }
 
     /// Compacts the journal when it has grown, else fsyncs it when due.

@@ -36,6 +36,9 @@ pub(crate) enum Entry {
 pub(crate) struct Replayed {
     pub(crate) records: HashMap<TaskId, TaskRecord>,
     pub(crate) jobs: HashMap<TaskId, Value>,
+    /// Lines set aside as unreadable: files of tasks without a record are
+    /// then kept for inspection instead of removed.
+    pub(crate) quarantined: usize,
 }
 
 /// The open journal.
@@ -48,7 +51,7 @@ impl Journal {
     /// [`crate::persist`] for what happens to torn and unreadable lines).
     pub(crate) fn open(path: &Path) -> io::Result<(Journal, Replayed)> {
         let mut replayed = Replayed::default();
-        let (log, _) = JsonLog::open::<Entry>(path, |entry| match entry {
+        let (log, stats) = JsonLog::open::<Entry>(path, |entry| match entry {
             Entry::Record(r) => {
                 replayed.records.insert(r.task_id, *r);
             }
@@ -63,6 +66,7 @@ impl Journal {
                 replayed.jobs.remove(&id);
             }
         })?;
+        replayed.quarantined = stats.quarantined;
         Ok((Journal { log }, replayed))
     }
 

@@ -238,7 +238,8 @@ pub(crate) fn recover(dir: &Path) -> io::Result<Stored> {
             stored.data_len = end;
         }
     }
-    if stored.count < entries || data_file_len > stored.data_len {
+    let partial_entry = raw.len() % 8 != 0;
+    if stored.count < entries || partial_entry || data_file_len > stored.data_len {
         stored.cut = true;
         if stored.count < entries {
             tracing::warn!(dir = %dir.display(), kept = stored.count, indexed = entries,
@@ -313,6 +314,16 @@ pub(crate) fn read_page(
         (0, &ends[..])
     };
     let stop = *ends.last().expect("at least one entry");
+    // Offsets come from disk: they must increase and stay inside the data.
+    let data_len = std::fs::metadata(dir.join(DATA_FILE))?.len();
+    let increasing =
+        ends.windows(2).all(|w| w[0] < w[1]) && ends.first().is_none_or(|e| *e > start);
+    if !increasing || stop > data_len {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the results index does not match the results data",
+        ));
+    }
     let mut data = File::open(dir.join(DATA_FILE))?;
     data.seek(SeekFrom::Start(start))?;
     let mut buf = vec![0u8; (stop - start) as usize];

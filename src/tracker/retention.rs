@@ -104,6 +104,9 @@ pub(crate) async fn sweep(store: &Arc<TaskStore>, policy: &Retention) -> usize {
     if let Some(durable) = store.durable() {
         let epoch = durable.forget(&ids);
         durable.wait(epoch).await;
+        // On disk for good before the files go: a machine crash must not
+        // bring back a record whose files are gone.
+        durable.flush(store).await;
     }
     let dirs: Vec<PathBuf> = ids.iter().map(|id| store.task_dir(*id)).collect();
     let removed = tokio::task::spawn_blocking(move || remove_dirs(&dirs)).await;
