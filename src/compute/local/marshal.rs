@@ -94,7 +94,16 @@ pub(crate) struct Decoder<'a> {
     pos: usize,
     /// Why the value being read is outside JSON's model, if it is.
     unsupported: Option<String>,
+    /// Containers open around the value being read.
+    depth: usize,
 }
+
+/// Deepest nesting a reply may have. Frames come from code the runtime does
+/// not trust: without a bound, a forged frame of nested tuples (2 bytes a
+/// level) would recurse until the runtime's stack overflows. Results deeper
+/// than [`crate::value::MAX_VALUE_DEPTH`] but within this bound decode, and
+/// become the input's `ResultTooDeep`.
+const MAX_DECODE_DEPTH: usize = 2 * crate::value::MAX_VALUE_DEPTH;
 
 impl<'a> Decoder<'a> {
     pub(crate) fn new(buf: &'a [u8]) -> Self {
@@ -102,6 +111,7 @@ impl<'a> Decoder<'a> {
             buf,
             pos: 0,
             unsupported: None,
+            depth: 0,
         }
     }
 
@@ -191,6 +201,18 @@ impl<'a> Decoder<'a> {
     }
 
     fn read(&mut self) -> Result<Value, Malformed> {
+        if self.depth >= MAX_DECODE_DEPTH {
+            return Err(self.malformed(&format!(
+                "values nest more than {MAX_DECODE_DEPTH} levels deep"
+            )));
+        }
+        self.depth += 1;
+        let value = self.read_inner();
+        self.depth -= 1;
+        value
+    }
+
+    fn read_inner(&mut self) -> Result<Value, Malformed> {
         let code = self.byte()?;
         if code & 0x80 != 0 {
             return Err(self.malformed("back-references are not used by version 2"));
@@ -329,6 +351,26 @@ impl<'a> Decoder<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forged_deep_frame_is_refused_without_overflowing_the_stack() {
+        // 500,000 nested one-element tuples: 1 MB, far past any bound.
+        let mut frame = Vec::new();
+        for _ in 0..500_000 {
+            frame.extend_from_slice(&[b')', 1]);
+        }
+        frame.push(b'N');
+        let err = Decoder::new(&frame).value().unwrap_err();
+        assert!(format!("{err:?}").contains("levels deep"), "{err:?}");
+        // Within the bound it decodes (and the dispatcher makes it
+        // ResultTooDeep past MAX_VALUE_DEPTH).
+        let mut ok = Vec::new();
+        for _ in 0..100 {
+            ok.extend_from_slice(&[b')', 1]);
+        }
+        ok.push(b'N');
+        assert!(Decoder::new(&ok).value().unwrap().is_ok());
+    }
     use serde_json::json;
 
     fn round_trip(v: Value) {
