@@ -202,7 +202,7 @@ impl<'a> Decoder<'a> {
 
     fn read(&mut self) -> Result<Value, Malformed> {
         if self.depth >= MAX_DECODE_DEPTH {
-            return Err(self.malformed(&format!(
+            return Err(self.malformed(format!(
                 "values nest more than {MAX_DECODE_DEPTH} levels deep"
             )));
         }
