@@ -224,6 +224,12 @@ impl VolumeShared {
         })
     }
 
+    /// Whether volume `name` exists (something wrote to it, or it was
+    /// created or mounted).
+    fn exists(&self, name: &str) -> bool {
+        validate_object_name("volume_name", name).is_ok() && self.root.join(name).is_dir()
+    }
+
     fn files_dir(&self, volume: &str) -> PathBuf {
         self.root.join(volume).join("files")
     }
@@ -285,6 +291,10 @@ pub(crate) struct VolumeStoreArgs {
     pub(crate) shared: Arc<VolumeShared>,
 }
 
+/// Most volume state logs kept open at once; past it, another is closed (and
+/// reopened, replaying its log, when next used).
+const MAX_OPEN_STATES: usize = 256;
+
 /// State of the [`VolumeStore`]: volumes opened so far.
 pub(crate) struct VolumeStoreState {
     shared: Arc<VolumeShared>,
@@ -305,9 +315,23 @@ impl VolumeStoreState {
                     source,
                 }
             })?;
+            if self.volumes.len() >= MAX_OPEN_STATES {
+                if let Some(other) = self.volumes.keys().next().cloned() {
+                    self.volumes.remove(&other);
+                }
+            }
             self.volumes.insert(name.to_owned(), opened);
         }
         Ok(self.volumes.get_mut(name).expect("inserted above"))
+    }
+
+    /// The state of a volume that exists; `None` (and nothing created)
+    /// otherwise.
+    fn existing(&mut self, name: &str) -> Result<Option<&mut VolumeState>, VolumeError> {
+        if !self.volumes.contains_key(name) && !self.shared.exists(name) {
+            return Ok(None);
+        }
+        self.volume(name).map(Some)
     }
 
     fn write(
@@ -377,16 +401,19 @@ impl Actor for VolumeStore {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             VolumeStoreMsg::Read(volume, key, reply) => {
-                let result = state.volume(&volume).map(|s| {
-                    s.get(&key).map(|(version, value)| Versioned {
-                        value: value.clone(),
-                        version,
+                let result = state.existing(&volume).map(|s| {
+                    s.and_then(|s| {
+                        s.get(&key).map(|(version, value)| Versioned {
+                            value: value.clone(),
+                            version,
+                        })
                     })
                 });
                 let _ = reply.send(result);
             }
             VolumeStoreMsg::List(volume, prefix, reply) => {
-                let result = state.volume(&volume).map(|s| {
+                let result = state.existing(&volume).map(|s| {
+                    let Some(s) = s else { return Vec::new() };
                     s.entries
                         .range(prefix.clone()..)
                         .take_while(|(k, _)| k.starts_with(&prefix))
@@ -512,6 +539,12 @@ impl Volumes {
     /// The host directory of a volume's files (what functions mounting it see).
     pub fn files_dir(&self, volume: &str) -> PathBuf {
         self.shared.files_dir(volume)
+    }
+
+    /// Whether volume `name` exists. Reads of a volume that does not exist
+    /// find nothing and create nothing.
+    pub fn exists(&self, name: &str) -> bool {
+        self.shared.exists(name)
     }
 
     /// The names of all volumes on disk.
@@ -701,7 +734,7 @@ impl Volumes {
     pub async fn get_file(&self, volume: &str, path: &str) -> Result<Vec<u8>, VolumeError> {
         self.target(volume, path)?;
         let (root, rel) = (self.files_dir(volume), path.to_owned());
-        let read = tokio::task::spawn_blocking(move || beneath::Root::open(&root)?.read(&rel))
+        let read = tokio::task::spawn_blocking(move || beneath::Root::existing(&root)?.read(&rel))
             .await
             .map_err(std::io::Error::other)
             .and_then(|r| r);
@@ -726,7 +759,12 @@ impl Volumes {
     ) -> Result<Option<FileStat>, VolumeError> {
         self.target(volume, path)?;
         let (root, rel) = (self.files_dir(volume), path.to_owned());
-        blocking(volume, move || beneath::Root::open(&root)?.stat(&rel)).await
+        blocking(volume, move || match beneath::Root::existing(&root) {
+            Ok(r) => r.stat(&rel),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        })
+        .await
     }
 
     /// Files whose path starts with `prefix`, sorted.
@@ -738,7 +776,12 @@ impl Volumes {
         validate_object_name("volume_name", volume)?;
         let root = self.files_dir(volume);
         let prefix = prefix.to_owned();
-        blocking(volume, move || beneath::Root::open(&root)?.list(&prefix)).await
+        blocking(volume, move || match beneath::Root::existing(&root) {
+            Ok(r) => r.list(&prefix),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        })
+        .await
     }
 
     /// Deletes a file; returns whether it existed.

@@ -147,3 +147,49 @@ async fn webhook_deliveries_never_go_through_a_proxy() {
     support::kill(server.id(), libc::SIGTERM);
     assert!(server.wait().unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_unknown_volumes_answer_404_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut server, url) = support::serve(BIN, &data, TOKEN);
+    let api = Api::new(url, TOKEN);
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", server.id()))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    for i in 0..1000 {
+        let name = format!("nope{i}");
+        for path in [
+            format!("/volumes/{name}/state/k"),
+            format!("/volumes/{name}/state"),
+            format!("/volumes/{name}/files"),
+            format!("/volumes/{name}/files/a.txt"),
+        ] {
+            let (status, body) = api.send(Method::GET, &path, None).await;
+            assert_eq!(status, 404, "{path}: {body}");
+        }
+    }
+    let volumes = std::fs::read_dir(data.join("volumes")).unwrap().count();
+    assert_eq!(volumes, 0, "reads created no volume");
+    assert!(
+        fds() < before + 64,
+        "open files bounded: {before} -> {}",
+        fds()
+    );
+    // A write creates the volume; then its reads work.
+    let (status, _) = api
+        .send(
+            Method::PUT,
+            "/volumes/real/state/k",
+            Some(json!({"value": 1})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(api.get("/volumes/real/state/k").await["value"], 1);
+    assert_eq!(api.get("/volumes/real/files").await, json!([]));
+    support::kill(server.id(), libc::SIGTERM);
+    assert!(server.wait().unwrap().success());
+}

@@ -60,18 +60,16 @@ pub(crate) async fn list_volumes(State(state): State<ApiState>) -> Json<Value> {
 
 /// State keys under a prefix.
 #[utoipa::path(get, path = "/volumes/{name}/state", params(("prefix" = Option<String>, Query)),
-    responses((status = 200, body = Object)))]
+    responses((status = 200, body = Object), (status = 404, body = super::Problem)))]
 pub(crate) async fn list_state(
     State(state): State<ApiState>,
     Path(name): Path<String>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Result<Json<Value>, Error> {
     let prefix = query.get("prefix").map_or("", String::as_str);
-    let entries: Vec<StateValue> = state
-        .runtime
-        .volumes()
-        .list(&name, prefix)
-        .await?
+    let listed = state.runtime.volumes().list(&name, prefix).await?;
+    require_volume(&state, &name)?;
+    let entries: Vec<StateValue> = listed
         .into_iter()
         .map(|(key, v)| StateValue {
             key,
@@ -168,16 +166,25 @@ pub(crate) async fn pull(
 
 /// Files under a prefix.
 #[utoipa::path(get, path = "/volumes/{name}/files", params(("prefix" = Option<String>, Query)),
-    responses((status = 200, body = Vec<FileStat>)))]
+    responses((status = 200, body = Vec<FileStat>), (status = 404, body = super::Problem)))]
 pub(crate) async fn list_files(
     State(state): State<ApiState>,
     Path(name): Path<String>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Result<Json<Vec<FileStat>>, Error> {
     let prefix = query.get("prefix").map_or("", String::as_str);
-    Ok(Json(
-        state.runtime.volumes().list_files(&name, prefix).await?,
-    ))
+    let files = state.runtime.volumes().list_files(&name, prefix).await?;
+    require_volume(&state, &name)?;
+    Ok(Json(files))
+}
+
+/// A 404 for a volume that does not exist (reads create nothing).
+fn require_volume(state: &ApiState, name: &str) -> Result<(), Error> {
+    if state.runtime.volumes().exists(name) {
+        Ok(())
+    } else {
+        Err(Error::NotFound(format!("no volume `{name}`")))
+    }
 }
 
 /// Write a file (the body is its content), atomically.

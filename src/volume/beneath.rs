@@ -90,6 +90,12 @@ impl Root {
     /// itself must be a directory, not a link.
     pub(crate) fn open(dir: &Path) -> io::Result<Root> {
         crate::persist::private_dir(dir)?;
+        Root::existing(dir)
+    }
+
+    /// Opens the volume's files directory `dir` if it exists (NotFound
+    /// otherwise), creating nothing.
+    pub(crate) fn existing(dir: &Path) -> io::Result<Root> {
         let parent = dir.parent().unwrap_or(Path::new("/"));
         let parent = File::open(parent)?;
         let name = dir.file_name().unwrap_or(OsStr::new("."));
