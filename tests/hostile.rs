@@ -193,3 +193,29 @@ async fn reads_of_unknown_volumes_answer_404_and_create_nothing() {
     support::kill(server.id(), libc::SIGTERM);
     assert!(server.wait().unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_labels_stay_bounded_whatever_callers_send() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, url) = support::serve(BIN, &dir.path().join("data"), TOKEN);
+    let api = Api::new(url, TOKEN);
+    let lines = |text: &str| text.lines().count();
+    let before = lines(&api.text("/metrics").await);
+    // 300 unauthenticated requests with made-up methods and paths.
+    let http = reqwest::Client::new();
+    for i in 0..300 {
+        let method = Method::from_bytes(format!("X{i}").as_bytes()).unwrap();
+        let _ = http
+            .request(method, format!("{}/random/{i}", api.url))
+            .send()
+            .await
+            .unwrap();
+    }
+    let after = lines(&api.text("/metrics").await);
+    assert!(
+        after <= before + 8,
+        "metrics grew from {before} to {after} lines"
+    );
+    support::kill(server.id(), libc::SIGTERM);
+    assert!(server.wait().unwrap().success());
+}

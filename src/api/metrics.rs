@@ -28,7 +28,12 @@ pub(crate) struct Metrics {
 /// Middleware: counts every request and its duration.
 pub(crate) async fn track(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().to_string();
+    // Labels come from a closed set, whatever a caller sends: methods the
+    // API does not use are "other", unmatched routes "unmatched".
+    let method = match req.method().as_str() {
+        m @ ("GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS") => m.to_owned(),
+        _ => "other".to_owned(),
+    };
     let route = req
         .extensions()
         .get::<MatchedPath>()
