@@ -563,7 +563,12 @@ impl Volumes {
     /// Creates a volume if it does not exist (Modal's `create_if_missing`).
     pub async fn create(&self, volume: &str) -> Result<(), VolumeError> {
         validate_object_name("volume_name", volume)?;
-        self.list(volume, "\u{10FFFF}").await.map(drop)
+        let root = self.shared.root.join(volume);
+        blocking(volume, move || {
+            crate::persist::private_dir(&root.join("state"))?;
+            crate::persist::private_dir(&root.join("files"))
+        })
+        .await
     }
 
     /// A key's value and version, `None` if absent.

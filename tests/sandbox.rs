@@ -69,6 +69,8 @@ def probe(kind, arg=None):
     if kind == "connect":
         socket.create_connection(("127.0.0.1", arg), timeout=3).close()
         return "connected"
+    if kind == "session":
+        return os.getsid(0)
     if kind == "env":
         seen = []
         for pid in os.listdir("/proc"):
@@ -94,6 +96,14 @@ async fn sandboxed_code_cannot_reach_the_host() {
     .await
     .unwrap();
 
+    // A session of its own (bwrap --new-session): the session leader is
+    // inside the sandbox, so there is no terminal of the operator's to reach.
+    let session = call(&t.rt, "probe", vec![json!("session")]).await.unwrap();
+    assert_ne!(
+        session,
+        json!(0),
+        "the container's session leader is inside"
+    );
     // Host files outside the mounts do not exist in the sandbox.
     for path in [host_file.display().to_string(), "/etc/shadow".into()] {
         let err = call(&t.rt, "probe", vec![json!("read"), json!(path)])

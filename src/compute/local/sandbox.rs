@@ -151,7 +151,15 @@ impl Jail {
     /// A command that runs `program` inside the sandbox.
     pub(crate) fn command(&self, program: &Path) -> Command {
         let mut cmd = Command::new(&self.bwrap.path);
-        cmd.args(["--unshare-all", "--die-with-parent", "--cap-drop", "ALL"]);
+        // A session of its own: no controlling terminal to push input into
+        // (TIOCSTI) if the operator runs the server from one.
+        cmd.args([
+            "--unshare-all",
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop",
+            "ALL",
+        ]);
         if self.network {
             cmd.arg("--share-net");
         }
