@@ -8,7 +8,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::Notify;
 
@@ -25,6 +25,8 @@ pub(crate) const CONTAINER_MARKER: &str = "modal-agents-container";
 
 /// Lines of a container's stderr kept to explain a crash.
 const STDERR_TAIL: usize = 20;
+/// Longest stderr line kept; the rest of a longer one is dropped.
+const MAX_STDERR_LINE: usize = 4096;
 
 /// Largest reply frame accepted from a container (1 GiB).
 const MAX_FRAME: usize = 1 << 30;
@@ -526,17 +528,76 @@ impl Drop for Container {
 }
 
 async fn drain_stderr(
-    stderr: tokio::process::ChildStderr,
+    mut stderr: tokio::process::ChildStderr,
     pid: u32,
     tail: Arc<Mutex<VecDeque<String>>>,
 ) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        tracing::debug!(target: "modal_agents::container", pid, "{line}");
+    // Read in chunks with a bounded line: code printing without newlines (or
+    // gigabytes) cannot grow the runtime's memory.
+    let mut buf = [0u8; 8192];
+    let mut line: Vec<u8> = Vec::new();
+    let mut cut = false;
+    let keep = |line: &[u8], cut: bool| {
+        let mut text = String::from_utf8_lossy(line).into_owned();
+        if cut {
+            text.push_str(" [line truncated]");
+        }
+        tracing::debug!(target: "modal_agents::container", pid, "{text}");
         let mut tail = tail.lock().expect("stderr tail poisoned");
         if tail.len() == STDERR_TAIL {
             tail.pop_front();
         }
-        tail.push_back(line);
+        tail.push_back(text);
+    };
+    loop {
+        let n = match stderr.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                keep(&line, cut);
+                line.clear();
+                cut = false;
+            } else if line.len() < MAX_STDERR_LINE {
+                line.push(b);
+            } else {
+                cut = true;
+            }
+        }
+    }
+    if !line.is_empty() || cut {
+        keep(&line, cut);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 50 MB on stderr without a newline keeps one bounded line.
+    #[tokio::test]
+    async fn stderr_without_newlines_stays_bounded() {
+        let mut child = Command::new("sh")
+            .args([
+                "-c",
+                "head -c 50000000 /dev/zero | tr '\\0' x >&2; echo >&2; echo done >&2",
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        drain_stderr(stderr, 0, tail.clone()).await;
+        child.wait().await.unwrap();
+        let tail = tail.lock().unwrap();
+        assert_eq!(
+            tail.len(),
+            2,
+            "{:?}",
+            tail.iter().map(String::len).collect::<Vec<_>>()
+        );
+        assert!(tail[0].len() <= MAX_STDERR_LINE + 20 && tail[0].ends_with("[line truncated]"));
+        assert_eq!(tail[1], "done");
     }
 }
