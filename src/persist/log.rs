@@ -31,6 +31,8 @@ pub(crate) struct JsonLog {
     lines: usize,
     /// A failed append left bytes past `len` that could not be cut off yet.
     dirty_tail: bool,
+    /// The handle may point at a file a compaction replaced.
+    stale: bool,
 }
 
 impl JsonLog {
@@ -95,6 +97,7 @@ impl JsonLog {
                 len,
                 lines: replayed.records,
                 dirty_tail: false,
+                stale: false,
             },
             replayed,
         ))
@@ -159,20 +162,40 @@ impl JsonLog {
         &mut self,
         entries: impl IntoIterator<Item = &'a T>,
     ) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
         let mut count = 0;
-        write_atomic(&self.path, |out| {
+        let written = write_atomic(&self.path, |out| {
             for entry in entries {
                 serde_json::to_writer(&mut *out, entry).map_err(io::Error::other)?;
                 out.write_all(b"\n")?;
                 count += 1;
             }
             Ok(())
-        })?;
-        self.file = open_append(&self.path)?;
-        self.len = self.file.metadata()?.len();
-        self.lines = count;
-        self.dirty_tail = false;
-        Ok(())
+        });
+        // Whatever failed, appends go to the file at the path now: after a
+        // rename that succeeded, the old handle is an unlinked file, and an
+        // append there would be acknowledged and lost.
+        let reopened = open_append(&self.path).and_then(|file| {
+            let ino = file.metadata()?.ino();
+            Ok((file, ino))
+        });
+        match reopened {
+            Ok((file, ino)) => {
+                let replaced = self.file.metadata().map_or(true, |m| m.ino() != ino);
+                if replaced {
+                    self.file = file;
+                    self.len = self.file.metadata()?.len();
+                    self.lines = count;
+                    self.dirty_tail = false;
+                }
+                self.stale = false;
+            }
+            Err(e) => {
+                self.stale = true;
+                return Err(e);
+            }
+        }
+        written
     }
 
     /// Cuts a failed append's bytes off; remembers to retry when it cannot.
@@ -184,6 +207,14 @@ impl JsonLog {
     }
 
     fn repair(&mut self) -> io::Result<()> {
+        if self.stale {
+            // A compaction could not reopen the log: never append to the
+            // handle it may have replaced.
+            self.file = open_append(&self.path)?;
+            self.len = self.file.metadata()?.len();
+            self.dirty_tail = false;
+            self.stale = false;
+        }
         if self.dirty_tail {
             self.file.set_len(self.len)?;
             self.dirty_tail = false;
@@ -290,6 +321,21 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "compaction keeps the log private");
         assert_eq!(replay(&path).0, vec![json!(9), json!(10)]);
+    }
+
+    #[test]
+    fn a_stale_handle_is_never_appended_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.log");
+        let (mut log, _) = JsonLog::open::<Value>(&path, |_| {}).unwrap();
+        log.append(&[json!(1)]).unwrap();
+        // What a compaction whose reopen failed leaves: the path holds a new
+        // file, the handle the old, unlinked one.
+        write_atomic(&path, |out| out.write_all(b"\"new\"\n")).unwrap();
+        log.stale = true;
+        log.append(&[json!(2)]).unwrap();
+        drop(log);
+        assert_eq!(replay(&path).0, vec![json!("new"), json!(2)]);
     }
 
     #[test]
