@@ -429,6 +429,5 @@ async fn kill_9_at_random_moments_loses_and_repeats_nothing() {
         files.len(),
         webhooks.len()
     );
-    support::kill(server.id(), libc::SIGTERM);
-    assert!(server.wait().unwrap().success());
+    support::stop(&mut server);
 }

@@ -111,8 +111,7 @@ async fn sigkill_mid_map_then_restart_completes_exactly() {
         (json!(1.5), json!(2))
     );
 
-    support::kill(server.id(), libc::SIGTERM);
-    assert!(server.wait().unwrap().success());
+    support::stop(&mut server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,8 +206,7 @@ async fn webhooks_survive_sigkill_and_are_delivered_once() {
         1
     );
 
-    support::kill(server.id(), libc::SIGTERM);
-    assert!(server.wait().unwrap().success());
+    support::stop(&mut server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

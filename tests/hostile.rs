@@ -14,10 +14,7 @@ const TOKEN: &str = "hostile-token-0123456789";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_a_function_plants_in_its_volume_are_never_followed() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let (mut server, url) = support::serve(BIN, &data, TOKEN);
-    let api = Api::new(url, TOKEN);
+    let (dir, data, mut server, api) = support::fresh(BIN, TOKEN, &[]);
     // A secret the database holds, which the link would hand over.
     let (status, _) = api
         .send(
@@ -99,8 +96,7 @@ async fn links_a_function_plants_in_its_volume_are_never_followed() {
     assert!((200..300).contains(&status), "{status}");
     assert!(data.join("state.redb").exists());
 
-    support::kill(server.id(), libc::SIGTERM);
-    assert!(server.wait().unwrap().success());
+    support::stop(&mut server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,16 +140,12 @@ async fn webhook_deliveries_never_go_through_a_proxy() {
         proxy.seen.lock().unwrap().is_empty(),
         "nothing went through the proxy the environment names"
     );
-    support::kill(server.id(), libc::SIGTERM);
-    assert!(server.wait().unwrap().success());
+    support::stop(&mut server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_of_unknown_volumes_answer_404_and_create_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let (mut server, url) = support::serve(BIN, &data, TOKEN);
-    let api = Api::new(url, TOKEN);
+    let (_dir, data, mut server, api) = support::fresh(BIN, TOKEN, &[]);
     let fds = || {
         std::fs::read_dir(format!("/proc/{}/fd", server.id()))
             .unwrap()
@@ -190,15 +182,12 @@ async fn reads_of_unknown_volumes_answer_404_and_create_nothing() {
     assert_eq!(status, 200);
     assert_eq!(api.get("/volumes/real/state/k").await["value"], 1);
     assert_eq!(api.get("/volumes/real/files").await, json!([]));
-    support::kill(server.id(), libc::SIGTERM);
-    assert!(server.wait().unwrap().success());
+    support::stop(&mut server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_labels_stay_bounded_whatever_callers_send() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut server, url) = support::serve(BIN, &dir.path().join("data"), TOKEN);
-    let api = Api::new(url, TOKEN);
+    let (_dir, _data, mut server, api) = support::fresh(BIN, TOKEN, &[]);
     let lines = |text: &str| text.lines().count();
     let before = lines(&api.text("/metrics").await);
     // 300 unauthenticated requests with made-up methods and paths.
@@ -216,6 +205,5 @@ async fn metrics_labels_stay_bounded_whatever_callers_send() {
         after <= before + 8,
         "metrics grew from {before} to {after} lines"
     );
-    support::kill(server.id(), libc::SIGTERM);
-    assert!(server.wait().unwrap().success());
+    support::stop(&mut server);
 }

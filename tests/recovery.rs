@@ -38,22 +38,6 @@ fn open_gate(data: &Path) {
     std::fs::write(data.join("volumes/gate/files/open"), "").unwrap();
 }
 
-/// The server binary on a fresh data dir with `env`: the temp dir (keep it),
-/// the data dir, the server and its client.
-fn fresh(
-    env: &[(&str, &str)],
-) -> (
-    tempfile::TempDir,
-    std::path::PathBuf,
-    std::process::Child,
-    Api,
-) {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let (server, url) = support::serve_with(BIN, &data, TOKEN, env);
-    (dir, data, server, Api::new(url, TOKEN))
-}
-
 async fn restart(server: &mut std::process::Child, signal: i32, data: &Path, api: Api) -> Api {
     support::kill(server.id(), signal);
     server.wait().unwrap();
@@ -68,7 +52,7 @@ fn mode(path: &Path) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deep_values_are_refused_and_a_bad_journal_line_costs_nothing_else() {
-    let (_dir, data, mut server, api) = fresh(&[]);
+    let (_dir, data, mut server, api) = support::fresh(BIN, TOKEN, &[]);
     deploy(&api, "echo", "def echo(x):\n    return x\n", json!({})).await;
     deploy(
         &api,
@@ -139,16 +123,7 @@ async fn deep_values_are_refused_and_a_bad_journal_line_costs_nothing_else() {
     assert_eq!(results[0], nested(1));
     assert_eq!(results[1]["error"]["type"], "ResultTooDeep");
     assert_eq!(results[2], nested(2));
-    let mut later = Vec::new();
-    for i in 0..5 {
-        let t = api
-            .post(
-                "/spawn-task",
-                json!({"function_name": "echo", "args": [i], "wait": true}),
-            )
-            .await;
-        later.push(t["task_id"].as_str().unwrap().to_owned());
-    }
+    let later = api.spawn_each("echo", 5).await;
 
     // Everything is back after a kill -9.
     let api = restart(&mut server, libc::SIGKILL, &data, api).await;
@@ -193,13 +168,12 @@ async fn deep_values_are_refused_and_a_bad_journal_line_costs_nothing_else() {
         .await;
     assert_eq!(fresh["result"], "after");
 
-    support::kill(server.id(), libc::SIGTERM);
-    assert!(server.wait().unwrap().success());
+    support::stop(&mut server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_result_and_input_files_never_stop_a_start() {
-    let (_dir, data, mut server, api) = fresh(&[]);
+    let (_dir, data, mut server, api) = support::fresh(BIN, TOKEN, &[]);
     deploy(&api, "work", "def work(x):\n    return x * 2\n", json!({})).await;
     // Inputs from 500 on wait for the gate.
     deploy(
@@ -299,13 +273,13 @@ async fn damaged_result_and_input_files_never_stop_a_start() {
     assert_eq!(mode(&data.join("volumes")), 0o700);
     assert_eq!(mode(&data.join("volumes/gate/files")), 0o700);
 
-    support::kill(server.id(), libc::SIGTERM);
-    assert!(server.wait().unwrap().success());
+    support::stop(&mut server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_within_its_bound_and_everything_resumes() {
-    let (_dir, data, mut server, api) = fresh(&[("MODAL_AGENTS_SHUTDOWN_TIMEOUT", "10")]);
+    let (_dir, data, mut server, api) =
+        support::fresh(BIN, TOKEN, &[("MODAL_AGENTS_SHUTDOWN_TIMEOUT", "10")]);
     deploy(&api, "gate", GATE, json!({"volumes": {"/gate": "gate"}})).await;
     deploy(
         &api,
@@ -383,17 +357,20 @@ async fn sigterm_stops_within_its_bound_and_everything_resumes() {
         assert_eq!(r, &json!(i as u64 * 2), "slot {i}");
     }
 
-    support::kill(server.id(), libc::SIGTERM);
-    assert!(server.wait().unwrap().success());
+    support::stop(&mut server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_removes_finished_tasks_their_files_and_webhooks_for_good() {
-    let (_dir, data, mut server, api) = fresh(&[
-        ("MODAL_AGENTS_RETENTION_MAX", "3"),
-        ("MODAL_AGENTS_RETENTION_SWEEP", "0.2"),
-        ("MODAL_AGENTS_WEBHOOK_ALLOW", "127.0.0.0/8"),
-    ]);
+    let (_dir, data, mut server, api) = support::fresh(
+        BIN,
+        TOKEN,
+        &[
+            ("MODAL_AGENTS_RETENTION_MAX", "3"),
+            ("MODAL_AGENTS_RETENTION_SWEEP", "0.2"),
+            ("MODAL_AGENTS_WEBHOOK_ALLOW", "127.0.0.0/8"),
+        ],
+    );
     let (hook, _receiver) = support::receiver(Vec::new()).await;
     deploy(
         &api,
@@ -421,16 +398,7 @@ async fn retention_removes_finished_tasks_their_files_and_webhooks_for_good() {
         v["state"] == "delivered"
     })
     .await;
-    let mut calls = Vec::new();
-    for i in 0..5 {
-        let t = api
-            .post(
-                "/spawn-task",
-                json!({"function_name": "echo", "args": [i], "wait": true}),
-            )
-            .await;
-        calls.push(t["task_id"].as_str().unwrap().to_owned());
-    }
+    let calls = api.spawn_each("echo", 5).await;
 
     // Only the three newest finished tasks stay, with nothing left of the
     // others: record, files, webhook registration.
@@ -480,6 +448,5 @@ async fn retention_removes_finished_tasks_their_files_and_webhooks_for_good() {
         "{metrics}"
     );
 
-    support::kill(server.id(), libc::SIGTERM);
-    assert!(server.wait().unwrap().success());
+    support::stop(&mut server);
 }

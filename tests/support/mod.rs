@@ -357,3 +357,39 @@ impl Api {
         results
     }
 }
+
+/// The server binary `bin` on a fresh data dir with `env`: the temp dir
+/// (keep it), the data dir, the server and its client.
+pub fn fresh(
+    bin: &str,
+    token: &str,
+    env: &[(&str, &str)],
+) -> (TempDir, std::path::PathBuf, std::process::Child, Api) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (server, url) = serve_with(bin, &data, token, env);
+    (dir, data, server, Api::new(url, token))
+}
+
+/// Stops a server with SIGTERM and asserts it exits cleanly.
+pub fn stop(server: &mut std::process::Child) {
+    kill(server.id(), libc::SIGTERM);
+    assert!(server.wait().unwrap().success());
+}
+
+impl Api {
+    /// Runs `function(i)` for `i` in `0..n`, waiting for each; their ids.
+    pub async fn spawn_each(&self, function: &str, n: u64) -> Vec<String> {
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let t = self
+                .post(
+                    "/spawn-task",
+                    serde_json::json!({"function_name": function, "args": [i], "wait": true}),
+                )
+                .await;
+            ids.push(t["task_id"].as_str().unwrap().to_owned());
+        }
+        ids
+    }
+}
