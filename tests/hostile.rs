@@ -207,3 +207,39 @@ async fn metrics_labels_stay_bounded_whatever_callers_send() {
     );
     support::stop(&mut server);
 }
+
+#[test]
+fn bad_stop_and_retention_settings_are_clear_errors() {
+    for (flag, value, expected) in [
+        (
+            "--shutdown-timeout",
+            "-1",
+            "expected seconds from 0 to 3600",
+        ),
+        (
+            "--shutdown-timeout",
+            "NaN",
+            "expected seconds from 0 to 3600",
+        ),
+        ("--retention-days", "1e9", "expected days from 0 to 36500"),
+        (
+            "--retention-sweep",
+            "abc",
+            "expected seconds from 0 to 3600",
+        ),
+        ("--retention-max", "-5", "--retention-max"),
+    ] {
+        let out = std::process::Command::new(BIN)
+            .args(["serve", "--addr", "127.0.0.1:0", &format!("{flag}={value}")])
+            .env("MODAL_AGENTS_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {value} was accepted");
+        assert!(
+            stderr.contains(flag) && stderr.contains(expected),
+            "{flag} {value}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
