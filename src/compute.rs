@@ -206,6 +206,10 @@ pub struct CallContext {
     pub logs: LogSink,
     /// A map's live counters.
     pub meter: Arc<MapMeter>,
+    /// Attempts earlier runs of this task used (runs the runtime went down
+    /// under): a local call's retries count them. Modal retries on its own
+    /// side and starts from zero.
+    pub prior_attempts: u32,
 }
 
 impl Default for CallContext {
@@ -214,6 +218,7 @@ impl Default for CallContext {
             cancel: CancellationToken::new(),
             logs: LogSink::discard(),
             meter: Arc::default(),
+            prior_attempts: 0,
         }
     }
 }

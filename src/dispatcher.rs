@@ -42,6 +42,9 @@ pub(crate) enum Job {
         /// A call still running on a backend that outlives this process
         /// (Modal) after a restart: wait for it instead of starting another.
         attach: Option<CallId>,
+        /// Attempts earlier runs used (runs the runtime went down under);
+        /// the function's retries count them.
+        prior_attempts: u32,
     },
     /// A map over a stream of inputs.
     Map {
@@ -54,6 +57,9 @@ pub(crate) enum Job {
         total: Option<u64>,
         /// Where a map interrupted by a restart picks up.
         resume: Option<Stored>,
+        /// Runs of this map before this one (runs the runtime went down
+        /// under).
+        prior_attempts: u32,
     },
 }
 
@@ -72,7 +78,21 @@ pub(crate) enum JobSpec {
         function: String,
         total: Option<u64>,
         inputs_file: bool,
+        /// Runs the runtime went down under while this input (the first
+        /// without a stored result) was next: past the function's retries
+        /// it is given up.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        charged: Option<Charged>,
     },
+}
+
+/// Runs of a map the runtime went down under at the same next input.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Charged {
+    /// The input's index.
+    pub(crate) at: u64,
+    /// How many runs.
+    pub(crate) runs: u32,
 }
 
 /// The file a map's inputs are kept in, one JSON value per line.
@@ -95,13 +115,22 @@ pub(crate) fn write_inputs(dir: &std::path::Path, inputs: &[Value]) -> std::io::
 /// parse is set aside in the returned [`Unreadable`] with its position (before
 /// any later input is sent), to become an `InputUnreadable` error in its slot;
 /// the stream ends early only when the file itself cannot be read (the map
-/// then fails as incomplete).
+/// then fails as incomplete). `given_up`, when set, is the error of the
+/// input at `skip`, which is not run again.
 pub(crate) fn read_inputs(
     dir: &std::path::Path,
     skip: u64,
+    given_up: Option<TaskError>,
 ) -> (BoxStream<'static, Value>, Unreadable) {
     let path = dir.join(INPUTS_FILE);
     let unreadable = Unreadable::default();
+    let skip = match given_up {
+        Some(error) => {
+            unreadable.push(skip, error);
+            skip + 1
+        }
+        None => skip,
+    };
     let set_aside = unreadable.clone();
     let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
     tokio::task::spawn_blocking(move || {
@@ -281,10 +310,14 @@ async fn run_job(shared: Arc<DispatchShared>, job: Job, cancel: CancellationToke
     let id = job.task_id();
     let dir = shared.tracker.store().task_dir(id);
     let (sink, log_rx) = LogSink::channel();
+    let prior_attempts = match &job {
+        Job::Call { prior_attempts, .. } | Job::Map { prior_attempts, .. } => *prior_attempts,
+    };
     let ctx = CallContext {
         cancel: cancel.clone(),
         logs: sink,
         meter: Arc::new(MapMeter::default()),
+        prior_attempts,
     };
     let work = async {
         match job {
@@ -333,6 +366,11 @@ async fn run_job(shared: Arc<DispatchShared>, job: Job, cancel: CancellationToke
             () = shared.shutdown.cancelled() => {
                 tracing::info!(task_id = %id, "runtime stopping; the task resumes at the next start");
                 shared.cancels.remove(&id);
+                // Stopped by the operator, not by the task: the attempt it was
+                // on is given back, so a restart does not charge it.
+                if let Err(e) = shared.tracker.update(id, TaskUpdate::Interrupted).await {
+                    tracing::warn!(task_id = %id, error = %e, "could not record the task as interrupted");
+                }
                 return;
             }
         }
@@ -415,6 +453,7 @@ async fn run_call(
     ctx: CallContext,
 ) -> Finished {
     let cancel = ctx.cancel.clone();
+    let attempt = ctx.prior_attempts + 1;
     let backend = &shared.backend;
     let started = match attach {
         Some(call) => {
@@ -430,6 +469,7 @@ async fn run_call(
                 id,
                 TaskUpdate::Started {
                     backend_call_id: Some(call.0.clone()),
+                    attempt,
                 },
             );
             tokio::select! {
@@ -589,6 +629,7 @@ async fn run_map(
         Err(e) => return storage(e),
     };
     let resume = resume.unwrap_or_default();
+    let attempt = ctx.prior_attempts + 1;
     let mut items = match shared.backend.map(function, inputs, ctx).await {
         Ok(items) => items,
         Err(e) => return failed(backend_error(e), None),
@@ -597,6 +638,7 @@ async fn run_map(
         id,
         TaskUpdate::Started {
             backend_call_id: None,
+            attempt,
         },
     );
     let mut counts = MapCounts {
@@ -731,6 +773,7 @@ mod tests {
             args: Vec::new(),
             kwargs: Map::new(),
             attach: None,
+            prior_attempts: 0,
         };
         match handle.submit(job).await {
             Err((ChildError::Down(_), Some(back))) => assert_eq!(back.task_id(), id),

@@ -321,6 +321,7 @@ impl Runtime {
             args,
             kwargs,
             attach: None,
+            prior_attempts: 0,
         };
         self.submit(record, job, spec).await
     }
@@ -371,11 +372,13 @@ impl Runtime {
             unreadable: None,
             total: Some(total),
             resume: None,
+            prior_attempts: 0,
         };
         let spec = JobSpec::Map {
             function: function.to_owned(),
             total: Some(total),
             inputs_file: true,
+            charged: None,
         };
         self.submit(record, job, spec).await
     }
@@ -404,11 +407,13 @@ impl Runtime {
             unreadable: None,
             total,
             resume: None,
+            prior_attempts: 0,
         };
         let spec = JobSpec::Map {
             function: function.to_owned(),
             total,
             inputs_file: false,
+            charged: None,
         };
         self.submit(record, job, spec).await
     }

@@ -143,14 +143,22 @@ impl TaskStore {
         }
         let before = record.status;
         match update {
-            TaskUpdate::Started { backend_call_id } => {
+            TaskUpdate::Started {
+                backend_call_id,
+                attempt,
+            } => {
                 record.status = TaskStatus::Running;
                 record.started_at.get_or_insert_with(Utc::now);
-                record.attempts = record.attempts.max(1);
+                record.attempts = record.attempts.max(attempt);
                 if backend_call_id.is_some() {
                     record.backend_call_id = backend_call_id;
                 }
             }
+            TaskUpdate::Interrupted if record.status == TaskStatus::Running => {
+                record.status = TaskStatus::Pending;
+                record.attempts = record.attempts.saturating_sub(1);
+            }
+            TaskUpdate::Interrupted => {}
             TaskUpdate::Progress(progress) => record.progress = Some(progress),
             TaskUpdate::Finished(done) => {
                 record.status = done.status;
@@ -179,8 +187,14 @@ impl TaskStore {
 /// A change to a task's record.
 #[derive(Debug)]
 pub(crate) enum TaskUpdate {
-    /// It started running.
-    Started { backend_call_id: Option<String> },
+    /// It started running, on attempt `attempt` (1 for a first run).
+    Started {
+        backend_call_id: Option<String>,
+        attempt: u32,
+    },
+    /// The runtime is stopping gracefully under it: back to pending, the
+    /// attempt it was on not charged (the next start runs it again).
+    Interrupted,
     /// A map's counts changed.
     Progress(MapProgress),
     /// It reached a terminal state.

@@ -6,7 +6,9 @@
 //! at the end no call that was journaled as done ran again (each call
 //! appends its tag to a volume file when it runs), every map has exactly
 //! its inputs' results in input order, the counter equals the acknowledged increments, every
-//! acknowledged file is there, and every webhook was delivered.
+//! acknowledged file is there, and every webhook was delivered. (A task the
+//! server is killed under is charged an attempt; the functions here allow
+//! 10 retries, more than any one task is killed under.)
 
 mod support;
 
@@ -267,12 +269,12 @@ async fn kill_9_at_random_moments_loses_and_repeats_nothing() {
     let mut api = Arc::new(Api::new(url, TOKEN));
     api.post(
         "/deploy-function",
-        json!({"function_code": REC, "function_name": "rec", "volumes": {"/runs": "runs"}}),
+        json!({"function_code": REC, "function_name": "rec", "volumes": {"/runs": "runs"}, "retries": 10}),
     )
     .await;
     api.post(
         "/deploy-function",
-        json!({"function_code": DBL, "function_name": "dbl"}),
+        json!({"function_code": DBL, "function_name": "dbl", "retries": 10}),
     )
     .await;
     start_map(&api, &acked, (0..20_000).collect()).await;

@@ -243,3 +243,92 @@ fn bad_stop_and_retention_settings_are_clear_errors() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// A function that writes frames of its own on the harness's reply pipe,
+/// with the request number dug out of the harness's frame so they pass the
+/// sequence check: a list claiming 2^31-1 items, 250,000 nested tuples, a
+/// 2 GiB length, or an extra well-formed reply.
+const FORGE: &str = r#"
+import marshal, struct, sys
+
+def forge(kind, n=0):
+    harness = sys._getframe(1).f_locals
+    seq, out = harness["seq"][0], harness["proto_out"]
+    if kind == "length":
+        body = b"{" + marshal.dumps("ok", 2) + b"[" + struct.pack("<I", 0x7FFFFFFF) + b"N0"
+    elif kind == "deep":
+        body = b"{" + marshal.dumps("ok", 2) + b")\x01" * 250000 + b"N0"
+    elif kind == "extra":
+        body = b"{" + marshal.dumps("ok", 2) + marshal.dumps("forged", 2) + b"0"
+    elif kind == "huge":
+        out.write(seq + struct.pack(">I", 0x7FFFFFFF))
+        out.flush()
+        return None
+    else:
+        return n * 2
+    out.write(seq + struct.pack(">I", len(body)) + body)
+    out.flush()
+    return n * 2
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_frames_on_the_harness_pipe_never_crash_or_confuse_the_runtime() {
+    let (_dir, _data, mut server, api) = support::fresh(BIN, TOKEN, &[]);
+    api.post(
+        "/deploy-function",
+        json!({"function_code": FORGE, "function_name": "forge", "max_concurrency": 1}),
+    )
+    .await;
+    api.post(
+        "/deploy-function",
+        json!({"function_code": "def plain(x):\n    return x + 1\n", "function_name": "plain"}),
+    )
+    .await;
+    let call = |function: &'static str, args: serde_json::Value| {
+        let api = &api;
+        async move {
+            api.post(
+                "/spawn-task",
+                json!({"function_name": function, "args": args, "wait": true}),
+            )
+            .await
+        }
+    };
+    for kind in ["length", "deep", "huge"] {
+        let task = call("forge", json!([kind, 1])).await;
+        assert_eq!(task["status"], "failed", "{kind}: {task}");
+        assert_eq!(task["error"]["type"], "ProtocolError", "{kind}: {task}");
+    }
+    // An extra reply is this function's own answer to make; the real one it
+    // leaves in the pipe never answers a later request.
+    let task = call("forge", json!(["extra", 1])).await;
+    assert_eq!(task["status"], "completed", "{task}");
+    for i in 0..5 {
+        let task = call("forge", json!(["none", i])).await;
+        if task["status"] == "completed" {
+            assert_eq!(task["result"], json!(i * 2), "{task}");
+        } else {
+            assert_eq!(task["error"]["type"], "ProtocolError", "{task}");
+        }
+    }
+    let task = call("forge", json!(["none", 21])).await;
+    assert_eq!(task["result"], 42, "{task}");
+    let task = call("plain", json!([1])).await;
+    assert_eq!(task["result"], 2, "{task}");
+    // Maps: the forged frame answers a batch; the map still ends, each input
+    // with its own result or a protocol error, and the server stays up.
+    let task = api
+        .post(
+            "/run-parallel",
+            json!({"function_name": "forge", "inputs": ["length", "none"], "wait": true}),
+        )
+        .await;
+    assert_eq!(task["status"], "failed", "{task}");
+    assert_eq!(
+        task["results"][0]["error"]["type"], "ProtocolError",
+        "{task}"
+    );
+    assert_eq!(task["results"][1], 0, "{task}");
+    assert_eq!(api.get("/healthz").await["status"], "ok");
+    support::stop(&mut server);
+}

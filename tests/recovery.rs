@@ -2,7 +2,8 @@
 //! behind, through the server binary: deep values are refused where they
 //! enter and a bad journal line never costs the records after it; damaged
 //! result and input files never stop a start; a SIGTERM stops within its
-//! bound and loses nothing that a kill -9 would keep.
+//! bound and loses nothing that a kill -9 would keep; a task the server goes
+//! down under is charged an attempt, so it cannot crash-loop the server.
 
 mod support;
 
@@ -344,7 +345,10 @@ async fn sigterm_stops_within_its_bound_and_everything_resumes() {
         })
         .await;
     assert_eq!(call["result"], 2);
-    assert_eq!(call["attempts"], 2, "re-run as after a crash: {call}");
+    assert_eq!(
+        call["attempts"], 1,
+        "a graceful stop is not charged to the task: {call}"
+    );
     let record = api
         .until(&format!("/status/{map_id}"), "the map to finish", |v| {
             v["status"] != "pending" && v["status"] != "running"
@@ -448,5 +452,80 @@ async fn retention_removes_finished_tasks_their_files_and_webhooks_for_good() {
         "{metrics}"
     );
 
+    support::stop(&mut server);
+}
+
+/// A task running whenever the server goes down (as if it took the server
+/// down) is charged an attempt each time and given up past its retries
+/// (one re-run is always allowed), instead of re-queued at every start; a
+/// map's next input likewise, the rest of the map going on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_the_server_goes_down_under_is_charged_and_given_up() {
+    let (_dir, data, mut server, mut api) = support::fresh(BIN, TOKEN, &[]);
+    // Input 3 (or a call) waits for the gate; the others return at once.
+    let stuck = GATE
+        .replace("def gate(x=0, free=0)", "def stuck(x)")
+        .replace("while x >= free and", "while x == 3 and");
+    deploy(&api, "stuck", &stuck, json!({"volumes": {"/gate": "gate"}})).await;
+    let call = api
+        .post(
+            "/spawn-task",
+            json!({"function_name": "stuck", "args": [3]}),
+        )
+        .await;
+    let call_id = call["task_id"].as_str().unwrap().to_owned();
+    let map = api
+        .post(
+            "/run-parallel",
+            json!({"function_name": "stuck", "inputs": [0, 1, 2, 3, 4]}),
+        )
+        .await;
+    let map_id = map["task_id"].as_str().unwrap().to_owned();
+    for round in 1..=2u64 {
+        api.until(&format!("/status/{call_id}"), "the call running", |v| {
+            v["status"] == "running"
+        })
+        .await;
+        api.until(
+            &format!("/status/{map_id}/results?offset=2&limit=1"),
+            "the map stuck on input 3",
+            |v| v["results"].as_array().is_some_and(|r| r.len() == 1),
+        )
+        .await;
+        api.until(&format!("/status/{map_id}"), "the map running", |v| {
+            v["status"] == "running"
+        })
+        .await;
+        api = restart(&mut server, libc::SIGKILL, &data, api).await;
+        if round == 1 {
+            // One re-run is free: it runs again, as its second attempt.
+            api.until(
+                &format!("/status/{call_id}"),
+                "the call's second attempt",
+                |v| v["status"] == "running" && v["attempts"] == 2,
+            )
+            .await;
+        } else {
+            let record = api.get(&format!("/status/{call_id}")).await;
+            assert_eq!(record["status"], "failed", "{record}");
+            assert_eq!(record["error"]["type"], "RuntimeLost", "{record}");
+            assert_eq!(record["attempts"], 2, "{record}");
+        }
+    }
+    // The map gave up its stuck input and went on with the rest.
+    let record = api
+        .until(&format!("/status/{map_id}"), "the map to finish", |v| {
+            v["status"] != "pending" && v["status"] != "running"
+        })
+        .await;
+    let results = api.all_results(&map_id).await;
+    assert_eq!(results.len(), 5, "{record}");
+    assert_eq!(&results[..3], &[json!(0), json!(2), json!(4)]);
+    assert_eq!(results[3]["error"]["type"], "RuntimeLost", "{results:?}");
+    assert_eq!(results[4], json!(8));
+    // The given-up call is not run again: opening the gate changes nothing.
+    open_gate(&data);
+    let record = api.get(&format!("/status/{call_id}")).await;
+    assert_eq!(record["status"], "failed", "{record}");
     support::stop(&mut server);
 }

@@ -412,10 +412,14 @@ async fn shutdown_leaves_no_python_process_behind() {
         "no container left"
     );
     assert!(t.backend.container_pids().is_empty());
-    // A stop is not a cancel: the tasks are left unfinished, as a crash
-    // would leave them, for the next start to resume (tests/recovery.rs).
-    assert_eq!(t.rt.status(long_call).unwrap().status, TaskStatus::Running);
-    assert_eq!(t.rt.status(map).unwrap().status, TaskStatus::Running);
+    // A stop is not a cancel: the tasks are left unfinished, back to
+    // pending with the attempt they were on not charged, for the next start
+    // to resume (tests/recovery.rs).
+    for id in [long_call, map] {
+        let record = t.rt.status(id).unwrap();
+        assert_eq!(record.status, TaskStatus::Pending);
+        assert_eq!(record.attempts, 0, "{record:?}");
+    }
     let err = t.rt.spawn("idle", vec![], Map::new()).await.unwrap_err();
     assert!(matches!(err, RuntimeError::ShutDown), "{err:?}");
 }

@@ -306,7 +306,7 @@ impl LocalBackend {
 /// took the call in is replaced without counting, up to [`MAX_LOST`] times.
 async fn call_with_retries(pool: Arc<Pool>, frame: Vec<u8>, ctx: CallContext) -> CallOutcome {
     let policy = pool.spec.retries.clone();
-    let mut attempts = 0;
+    let mut attempts = ctx.prior_attempts;
     let mut lost = 0;
     loop {
         let error = match call_once(&pool, &frame, &ctx).await {
@@ -356,8 +356,14 @@ async fn call_once(
     ctx.meter
         .running
         .store(0, std::sync::atomic::Ordering::Relaxed);
+    let (result, output) = match decode_call_reply(&reply?) {
+        Ok(decoded) => decoded,
+        Err(malformed) => {
+            lease.discard();
+            return Err(AttemptError::Failed(malformed));
+        }
+    };
     drop(lease);
-    let (result, output) = decode_call_reply(&reply?);
     write_output(&ctx.logs, output);
     result.map_err(AttemptError::Failed)
 }

@@ -6,7 +6,7 @@ use chrono::Utc;
 
 use super::{Runtime, RuntimeError};
 use crate::compute::{CallId, Deployment};
-use crate::dispatcher::{read_inputs, Job, JobSpec};
+use crate::dispatcher::{read_inputs, Charged, Job, JobSpec};
 use crate::registry::FunctionInfo;
 use crate::store::Table;
 use crate::task::{TaskId, TaskKind, TaskRecord, TaskStatus};
@@ -29,6 +29,10 @@ impl Runtime {
             .jobs
             .into_iter()
             .filter_map(|(id, spec)| serde_json::from_value(spec).ok().map(|s| (id, s)))
+            .collect();
+        let functions_retries = functions
+            .iter()
+            .map(|(name, info)| (name.clone(), info.spec.retries.max_retries))
             .collect();
         for (name, info) in functions {
             if let Err(e) = self.redeploy(info).await {
@@ -66,6 +70,7 @@ impl Runtime {
                 d.mark(id, None);
             }
         }
+        let retries: std::collections::HashMap<String, u32> = functions_retries;
         let mut requeued = 0;
         for (key, mut record) in tasks {
             let dir = tracker.task_dir(record.task_id);
@@ -81,12 +86,33 @@ impl Runtime {
                 .clone()
                 .filter(|c| !c.starts_with("lc-"))
                 .map(CallId);
-            if attach.is_none() {
-                record.attempts += 1;
-            }
+            // The runtime went down under a running task (a graceful stop
+            // sets it back to pending first): that run is charged an
+            // attempt, so a task that takes the runtime down does not
+            // crash-loop it; past its retries it is given up. One re-run is
+            // always allowed, so a single kill -9 of the server never costs
+            // a task with no retries its work.
+            let crashed = record.status == TaskStatus::Running && attach.is_none();
+            let used = if crashed {
+                record.attempts.max(1)
+            } else {
+                record.attempts
+            };
+            let max_retries = retries
+                .get(&record.function_name)
+                .copied()
+                .unwrap_or(0)
+                .max(1);
+            let exhausted = crashed && used > max_retries;
+            record.attempts = used;
             let mut lost = None;
             record.status = TaskStatus::Pending;
             let job = match jobs.remove(&key) {
+                Some(JobSpec::Call { .. }) if exhausted => {
+                    tracing::error!(task_id = %record.task_id, attempts = used, "the runtime went down under this call on every attempt; given up");
+                    lost = Some(runtime_lost(used, max_retries, "call"));
+                    None
+                }
                 Some(JobSpec::Call {
                     function,
                     args,
@@ -96,12 +122,19 @@ impl Runtime {
                     function,
                     args,
                     kwargs,
+                    // A call waited for again goes on with the attempt it was on.
+                    prior_attempts: if attach.is_some() {
+                        used.saturating_sub(1)
+                    } else {
+                        used
+                    },
                     attach,
                 }),
                 Some(JobSpec::Map {
                     function,
                     total,
                     inputs_file: true,
+                    charged,
                 }) => {
                     match check_results(&dir).await {
                         Ok(stored) => {
@@ -111,7 +144,37 @@ impl Runtime {
                                 p.running = 0;
                                 p.pending = p.total.saturating_sub(stored.count);
                             }
-                            let (inputs, unreadable) = read_inputs(&dir, stored.count);
+                            // The first input without a result was in flight
+                            // when the runtime went down: runs are charged to
+                            // it while it stays first; past the function's
+                            // retries it is given up and the rest go on.
+                            let runs = match charged {
+                                Some(c) if c.at == stored.count => c.runs + 1,
+                                _ => 1,
+                            };
+                            let mut given_up = None;
+                            let mut charged = None;
+                            if crashed && runs > max_retries {
+                                tracing::error!(task_id = %record.task_id, input = stored.count, runs, "the runtime went down under this map's next input on every attempt; it is given up");
+                                given_up = Some(runtime_lost(runs, max_retries, "input"));
+                            } else if crashed {
+                                charged = Some(Charged {
+                                    at: stored.count,
+                                    runs,
+                                });
+                            }
+                            let spec = JobSpec::Map {
+                                function: function.clone(),
+                                total,
+                                inputs_file: true,
+                                charged,
+                            };
+                            if let (Some(d), Ok(spec)) =
+                                (tracker.durable(), serde_json::to_value(spec))
+                            {
+                                d.mark(record.task_id, Some(spec));
+                            }
+                            let (inputs, unreadable) = read_inputs(&dir, stored.count, given_up);
                             Some(Job::Map {
                                 task_id: record.task_id,
                                 function,
@@ -119,6 +182,7 @@ impl Runtime {
                                 unreadable: Some(unreadable),
                                 total,
                                 resume: Some(stored),
+                                prior_attempts: used,
                             })
                         }
                         Err(e) => {
@@ -262,4 +326,14 @@ async fn finished_results(record: &mut TaskRecord, dir: &Path) -> u64 {
         format!("only {kept} of the map's {done} results could be read back after a restart; they are kept"),
     ));
     kept
+}
+
+/// The error of work the runtime went down under on each of its attempts.
+fn runtime_lost(attempts: u32, max_retries: u32, what: &str) -> crate::TaskError {
+    crate::TaskError::new(
+        "RuntimeLost",
+        format!(
+            "the runtime went down while this {what} ran, {attempts} time(s), which uses up its retries (max_retries = {max_retries}); it was not run again"
+        ),
+    )
 }

@@ -327,6 +327,7 @@ mod tests {
                 *id,
                 TaskUpdate::Started {
                     backend_call_id: None,
+                    attempt: 1,
                 },
             );
             tokio::task::yield_now().await;

@@ -28,8 +28,11 @@ const STDERR_TAIL: usize = 20;
 /// Longest stderr line kept; the rest of a longer one is dropped.
 const MAX_STDERR_LINE: usize = 4096;
 
-/// Largest reply frame accepted from a container (1 GiB).
-const MAX_FRAME: usize = 1 << 30;
+/// Largest reply frame accepted from a container (256 MiB): a call's result
+/// or a map batch's results, with its captured output. A longer frame fails
+/// the request as a protocol error. The buffer grows with the bytes that
+/// actually arrive, never with what the length field claims.
+pub(crate) const MAX_FRAME: usize = 256 << 20;
 
 /// Starts containers. A container is started blank (interpreter and harness
 /// up, no code) and then loaded with one function's code, environment and
@@ -203,6 +206,19 @@ fn widen_pipe(fd: std::os::fd::RawFd) {
     }
 }
 
+/// Bytes waiting in a pipe (FIONREAD); 0 when it cannot be asked.
+fn pending_bytes(pipe: &impl AsRawFd) -> usize {
+    let mut unread: libc::c_int = 0;
+    // SAFETY: FIONREAD on a pipe fd this process owns writes one c_int
+    // through the valid pointer given.
+    let rc = unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut unread) };
+    if rc == 0 {
+        usize::try_from(unread).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
 fn kill_group(pid: u32) {
     // SAFETY: kill(2) with a negative pid signals the process group the
     // container leads (it was started with process_group(0)).
@@ -222,6 +238,10 @@ pub(crate) enum Failure {
     Died(String),
     /// It did not answer within the deadline and was killed.
     TimedOut,
+    /// It broke the protocol (a reply out of sequence or over the size
+    /// limit: the function's code wrote on the harness's pipe) and was
+    /// killed.
+    Protocol(String),
 }
 
 /// Why a container could not be started.
@@ -244,6 +264,11 @@ pub(crate) struct Container {
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
     pid: u32,
+    /// Number of the last request sent; each reply must carry it. Frames the
+    /// function's code writes on the harness's pipe do not know it (short
+    /// of digging it out of the harness), so they end the container instead
+    /// of answering a later request.
+    seq: u64,
     /// Set while a request is outstanding; a container dropped in that state
     /// has an unknown protocol state and is never reused.
     pub(crate) busy: bool,
@@ -310,6 +335,7 @@ impl Launcher {
             stdin,
             stdout,
             pid,
+            seq: 0,
             busy: false,
             stderr_tail,
             live: live.clone(),
@@ -360,7 +386,7 @@ impl Container {
 
     fn start_error(&self, failure: Failure) -> StartError {
         match failure {
-            Failure::TimedOut => StartError::Failed(self.explain(failure)),
+            Failure::TimedOut | Failure::Protocol(_) => StartError::Failed(self.explain(failure)),
             died => StartError::Died(self.explain(died)),
         }
     }
@@ -368,15 +394,7 @@ impl Container {
     /// Bytes of the last request still in the container's stdin pipe: more
     /// than none after the process died means it never took the request in.
     fn unread_request_bytes(&self) -> usize {
-        let mut unread: libc::c_int = 0;
-        // SAFETY: FIONREAD on a pipe fd this process owns writes one c_int
-        // through the valid pointer given.
-        let rc = unsafe { libc::ioctl(self.stdin.as_raw_fd(), libc::FIONREAD, &mut unread) };
-        if rc == 0 {
-            usize::try_from(unread).unwrap_or(0)
-        } else {
-            0
-        }
+        pending_bytes(&self.stdin)
     }
 
     /// Sends one framed request and reads the framed reply.
@@ -386,20 +404,37 @@ impl Container {
         timeout: Duration,
     ) -> Result<Vec<u8>, Failure> {
         self.busy = true;
+        self.seq += 1;
+        let seq = self.seq;
         let mut sent = false;
-        let (stdin, stdout, sent_flag) = (&mut self.stdin, &mut self.stdout, &mut sent);
+        let mut broken = None;
+        let (stdin, stdout, sent_flag, broken_flag) =
+            (&mut self.stdin, &mut self.stdout, &mut sent, &mut broken);
         let exchange = async move {
+            stdin.write_all(&seq.to_be_bytes()).await?;
             stdin.write_all(frame).await?;
             stdin.flush().await?;
             *sent_flag = true;
+            let got = stdout.read_u64().await?;
             let len = stdout.read_u32().await? as usize;
-            if len > MAX_FRAME {
-                return Err(std::io::Error::other(format!(
-                    "reply of {len} bytes is over the limit"
-                )));
+            if got != seq {
+                *broken_flag = Some(format!("reply numbered {got} to request {seq}"));
+            } else if len > MAX_FRAME {
+                *broken_flag = Some(format!(
+                    "a reply of {len} bytes, over the limit of {MAX_FRAME}"
+                ));
             }
-            let mut buf = vec![0; len];
-            stdout.read_exact(&mut buf).await?;
+            if broken_flag.is_some() {
+                return Err(std::io::ErrorKind::InvalidData.into());
+            }
+            let mut buf = Vec::with_capacity(len.min(1 << 20));
+            let got = (&mut *stdout)
+                .take(len as u64)
+                .read_to_end(&mut buf)
+                .await?;
+            if got < len {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
             Ok::<_, std::io::Error>(buf)
         };
         // The process we started may die while something it left behind
@@ -420,8 +455,18 @@ impl Container {
         };
         match outcome {
             Ok(Ok(buf)) => {
-                self.busy = false;
+                // Bytes already waiting after the reply: the code wrote frames
+                // of its own on the protocol pipe. The reply stands (it is
+                // this function's to make), but the container stays marked
+                // busy, so it is killed rather than answering the next
+                // request with a stale frame.
+                self.busy =
+                    !self.stdout.buffer().is_empty() || pending_bytes(self.stdout.get_ref()) > 0;
                 Ok(buf)
+            }
+            Ok(Err(_)) if broken.is_some() => {
+                kill_group(self.pid);
+                Err(Failure::Protocol(broken.unwrap_or_default()))
             }
             Ok(Err(io)) => {
                 // A write that failed (no reader left) or a request still in
@@ -447,6 +492,9 @@ impl Container {
         let what = match failure {
             Failure::Died(how) | Failure::NotRun(how) => how,
             Failure::TimedOut => "did not answer in time".to_owned(),
+            Failure::Protocol(what) => format!(
+                "container broke the harness protocol ({what}): the function's code wrote on the harness's pipe; it was killed"
+            ),
         };
         let tail = self.stderr_tail();
         if tail.is_empty() {

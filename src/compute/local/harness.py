@@ -1,8 +1,12 @@
 # modal-agents container harness: loads one function, then serves calls.
 #
 # Protocol (on the process's original stdin/stdout, which the harness keeps for
-# itself): every message is a 4-byte big-endian length and a body in marshal
-# format version 2 (no back-references), holding JSON-model values only.
+# itself): every message is an 8-byte big-endian sequence number, a 4-byte
+# big-endian length and a body in marshal format version 2 (no
+# back-references), holding JSON-model values only. A reply carries its
+# request's number, so frames the function's own code writes on the pipe
+# (it can reach it: same process) are caught by the runtime, which kills the
+# container instead of reading them as answers.
 #   -> {"op":"ping"}  (any number, before load)  <- {"pong":pid}
 #   -> {"op":"load","code":..,"entrypoint":..,"filename":..,"env":{..},"cwd":..,
 #       "limits":{"as","cpu","nofile","fsize","nproc"}}  (bytes, CPU s per input, counts)
@@ -43,15 +47,18 @@ def main():
     dumps = marshal.dumps
     loads = marshal.loads
 
+    seq = [b"\0" * 8]
+
     def recv():
-        head = read(4)
-        if len(head) < 4:
+        head = read(12)
+        if len(head) < 12:
             return None
-        return loads(read(int.from_bytes(head, "big")))
+        seq[0] = head[:8]
+        return loads(read(int.from_bytes(head[8:], "big")))
 
     def send(obj):
         data = dumps(obj, VERSION)
-        write(len(data).to_bytes(4, "big"))
+        write(seq[0] + len(data).to_bytes(4, "big"))
         write(data)
         flush()
 
@@ -187,7 +194,7 @@ def main():
                     if error is not None:
                         reply["errors"].append([i, error])
             data = dumps(reply, VERSION)
-        write(len(data).to_bytes(4, "big"))
+        write(seq[0] + len(data).to_bytes(4, "big"))
         write(data)
         flush()
 

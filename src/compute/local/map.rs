@@ -335,7 +335,10 @@ async fn run_batch(
                     write_output(&ctx.logs, output);
                     Outcome::Results(results)
                 }
-                Err(e) => Outcome::Failed(e),
+                Err(e) => {
+                    lease.discard();
+                    Outcome::Failed(e)
+                }
             },
         },
     };

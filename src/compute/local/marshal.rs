@@ -125,10 +125,21 @@ impl<'a> Decoder<'a> {
         })
     }
 
-    /// Reads a list header and returns its length.
+    /// Reads a list header and returns its length, which is never more than
+    /// the bytes left (every item takes at least one), so a caller may
+    /// reserve that many slots.
     pub(crate) fn list_len(&mut self) -> Result<usize, Malformed> {
         match self.byte()? & 0x7f {
-            b'[' | b'(' => self.len(),
+            b'[' | b'(' => {
+                let n = self.len()?;
+                if n > self.buf.len() - self.pos {
+                    return Err(self.malformed(format!(
+                        "a list of {n} items in {} bytes",
+                        self.buf.len() - self.pos
+                    )));
+                }
+                Ok(n)
+            }
             t => Err(self.malformed(format!("expected a list, found type {:?}", t as char))),
         }
     }
@@ -195,6 +206,14 @@ impl<'a> Decoder<'a> {
         usize::try_from(n).map_err(|_| self.malformed("negative length"))
     }
 
+    /// Slots to reserve for `n` claimed items: no more than the bytes left
+    /// (every item takes at least one) and a few thousand; past that the
+    /// list grows with the items that actually decode. A forged length (or
+    /// a tower of them) cannot make the runtime reserve memory up front.
+    fn room_for(&self, n: usize) -> usize {
+        n.min(self.buf.len() - self.pos).min(4096)
+    }
+
     fn unsupported(&mut self, what: &str) {
         self.unsupported
             .get_or_insert_with(|| format!("a {what}, which is not JSON-serializable"));
@@ -250,7 +269,7 @@ impl<'a> Decoder<'a> {
             }
             b'[' | b'(' => {
                 let n = self.len()?;
-                let mut items = Vec::with_capacity(n.min(1 << 16));
+                let mut items = Vec::with_capacity(self.room_for(n));
                 for _ in 0..n {
                     items.push(self.read()?);
                 }
@@ -258,7 +277,7 @@ impl<'a> Decoder<'a> {
             }
             b')' => {
                 let n = usize::from(self.byte()?);
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(self.room_for(n));
                 for _ in 0..n {
                     items.push(self.read()?);
                 }

@@ -224,6 +224,10 @@ impl Lease {
                         "ContainerCrashed",
                         container.explain(died),
                     )),
+                    broken @ Failure::Protocol(_) => AttemptError::Failed(TaskError::new(
+                        "ProtocolError",
+                        container.explain(broken),
+                    )),
                     lost @ Failure::NotRun(_) => AttemptError::Lost(TaskError::new(
                         "ContainerCrashed",
                         container.explain(lost),
@@ -231,6 +235,15 @@ impl Lease {
                 })
             }
         }
+    }
+}
+
+impl Lease {
+    /// Kills the leased container instead of returning it: it broke the
+    /// protocol (a malformed frame, or more than one reply), so what it
+    /// sends next cannot be trusted to answer the next request.
+    pub(crate) fn discard(&mut self) {
+        self.container.take();
     }
 }
 

@@ -160,8 +160,12 @@ fn task_error(value: Result<Value, String>) -> TaskError {
     }
 }
 
-/// Decodes the reply to a `call`.
-pub(crate) fn decode_call_reply(reply: &[u8]) -> (Result<Value, TaskError>, Output) {
+/// Decodes the reply to a `call`: its result and captured output, or a
+/// protocol error when the frame itself is malformed (then the container,
+/// whose protocol state is unknown, must not serve again).
+pub(crate) fn decode_call_reply(
+    reply: &[u8],
+) -> Result<(Result<Value, TaskError>, Output), TaskError> {
     let decode = || -> Result<(Result<Value, TaskError>, Output), Malformed> {
         let mut d = Decoder::new(reply);
         d.dict_start()?;
@@ -179,7 +183,7 @@ pub(crate) fn decode_call_reply(reply: &[u8]) -> (Result<Value, TaskError>, Outp
         }
         Ok((result, output))
     };
-    decode().unwrap_or_else(|e| (Err(protocol_error(e)), Output::default()))
+    decode().map_err(protocol_error)
 }
 
 /// Decodes the reply to a `map` of `n` inputs: one result per input.
@@ -197,7 +201,7 @@ pub(crate) fn decode_map_reply(
             match key.as_str() {
                 "results" => {
                     let len = d.list_len()?;
-                    results.reserve(len);
+                    results.reserve(len.min(n));
                     for _ in 0..len {
                         results.push(d.value()?.map_err(not_serializable));
                     }
@@ -228,4 +232,50 @@ pub(crate) fn decode_map_reply(
         )));
     }
     Ok((results, output))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A map reply frame whose `results` list claims `claimed` items.
+    fn forged_map_reply(claimed: u32, tail: &[u8]) -> Vec<u8> {
+        let mut frame = vec![b'{'];
+        marshal::encode_str("results", &mut frame);
+        frame.push(b'[');
+        frame.extend_from_slice(&claimed.to_le_bytes());
+        frame.extend_from_slice(tail);
+        frame
+    }
+
+    /// A length field of 0x7fffffff in a reply from user code is a protocol
+    /// error, not a reservation of ~160 GiB that aborts the runtime.
+    #[test]
+    fn forged_lengths_reserve_nothing() {
+        let frame = forged_map_reply(0x7fff_ffff, b"NNN0");
+        let err = decode_map_reply(&frame, 3).unwrap_err();
+        assert_eq!(err.kind, "ProtocolError", "{err:?}");
+        assert!(err.message.contains("2147483647 items"), "{}", err.message);
+
+        // A tower of lists each claiming 2^31-1 items, in a 1 MB frame.
+        let mut tower = Vec::new();
+        for _ in 0..200_000 {
+            tower.push(b'[');
+            tower.extend_from_slice(&0x7fff_ffffu32.to_le_bytes());
+        }
+        let err = decode_call_reply(&{
+            let mut f = vec![b'{'];
+            marshal::encode_str("ok", &mut f);
+            f.extend_from_slice(&tower);
+            f
+        })
+        .unwrap_err();
+        assert_eq!(err.kind, "ProtocolError", "{err:?}");
+
+        // An honest reply still decodes.
+        let (results, _) = decode_map_reply(&forged_map_reply(2, b"NN0"), 2)
+            .map_err(|e| e.message)
+            .unwrap_or_else(|m| panic!("{m}"));
+        assert_eq!(results.len(), 2);
+    }
 }
