@@ -124,6 +124,21 @@ pub struct Resources {
 /// Default per-input timeout, in seconds (Modal's default too).
 pub const DEFAULT_TIMEOUT_S: u32 = 300;
 
+/// Default seconds an idle container stays warm (Modal's default).
+pub(crate) const DEFAULT_SCALEDOWN_WINDOW_S: u32 = 60;
+
+fn default_scaledown_window() -> u32 {
+    DEFAULT_SCALEDOWN_WINDOW_S
+}
+
+fn is_default_scaledown_window(s: &u32) -> bool {
+    *s == DEFAULT_SCALEDOWN_WINDOW_S
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 fn default_timeout() -> u32 {
     DEFAULT_TIMEOUT_S
 }
@@ -173,6 +188,18 @@ pub struct FunctionSpec {
     /// backend's pool size, the number of cores for the local backend).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
+    /// Seconds a container may sit idle before it is retired and gives back
+    /// the CPU, memory and GPUs it reserved, 2..=1200 (Modal's
+    /// `scaledown_window`; default 60).
+    #[serde(
+        default = "default_scaledown_window",
+        skip_serializing_if = "is_default_scaledown_window"
+    )]
+    pub scaledown_window: u32,
+    /// Containers kept warm even when idle, 0..=1000 and at most
+    /// `max_concurrency` (Modal's `min_containers`; default 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_containers: u32,
     /// Limits on each container: address space, CPU time, open files, file
     /// size, processes, network (default: [`Limits::default`]).
     #[serde(default, skip_serializing_if = "is_default_limits")]
@@ -200,6 +227,8 @@ impl FunctionSpec {
             secrets: Vec::new(),
             volumes: BTreeMap::new(),
             max_concurrency: None,
+            scaledown_window: DEFAULT_SCALEDOWN_WINDOW_S,
+            min_containers: 0,
             limits: Limits::default(),
             backend: BackendChoice::Auto,
         }
@@ -345,6 +374,21 @@ impl FunctionSpec {
                     "a container count from 1 to 1000",
                 ));
             }
+        }
+        if !(2..=1200).contains(&self.scaledown_window) {
+            return Err(SpecError::invalid(
+                "scaledown_window",
+                self.scaledown_window,
+                "whole seconds from 2 to 1200",
+            ));
+        }
+        let most = self.max_concurrency.unwrap_or(1000);
+        if self.min_containers > most {
+            return Err(SpecError::invalid(
+                "min_containers",
+                self.min_containers,
+                format!("a container count from 0 to max_concurrency ({most})"),
+            ));
         }
         Ok(())
     }

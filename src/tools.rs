@@ -109,6 +109,10 @@ struct DeployArgs {
     #[serde(default)]
     max_concurrency: Option<u32>,
     #[serde(default)]
+    scaledown_window: Option<u32>,
+    #[serde(default)]
+    min_containers: Option<u32>,
+    #[serde(default)]
     cpu: Option<f64>,
     #[serde(default)]
     memory: Option<u64>,
@@ -239,6 +243,10 @@ impl Tools {
                             {"type": "object", "additionalProperties": {"type": "string"}, "description": "mount path -> volume name"}]},
                         "retries": {"type": "integer", "minimum": 0, "maximum": 10},
                         "max_concurrency": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        "scaledown_window": {"type": "integer", "minimum": 2, "maximum": 1200,
+                                             "description": "seconds an idle container stays warm (default 60)"},
+                        "min_containers": {"type": "integer", "minimum": 0, "maximum": 1000,
+                                           "description": "containers kept warm even when idle (default 0)"},
                         "cpu": {"type": "number", "exclusiveMinimum": 0},
                         "memory": {"type": "integer", "minimum": 128, "description": "MiB"},
                         "backend": {"type": "string", "enum": ["auto", "local", "modal"],
@@ -350,6 +358,8 @@ impl Tools {
             volumes: a.volumes,
             retries: a.retries,
             max_concurrency: a.max_concurrency,
+            scaledown_window: a.scaledown_window,
+            min_containers: a.min_containers,
             cpu: a.cpu,
             memory: a.memory,
             limits: a.limits,

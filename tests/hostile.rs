@@ -5,6 +5,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use reqwest::Method;
 use serde_json::json;
 use support::Api;
@@ -330,5 +332,97 @@ async fn forged_frames_on_the_harness_pipe_never_crash_or_confuse_the_runtime() 
     );
     assert_eq!(task["results"][1], 0, "{task}");
     assert_eq!(api.get("/healthz").await["status"], "ok");
+    support::stop(&mut server);
+}
+
+/// Cores reserved now, from `/resources`.
+async fn cpu_used(api: &Api) -> f64 {
+    api.get("/resources").await["usage"]["cpu_used"]
+        .as_f64()
+        .unwrap()
+}
+
+/// Idle containers give back what they reserved: a function whose start
+/// does not fit retires another function's idle container instead of
+/// waiting forever; idle containers go after `scaledown_window`, except the
+/// `min_containers` a function keeps warm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_containers_give_back_what_they_reserved() {
+    let (_dir, _data, mut server, api) = support::fresh(BIN, TOKEN, &[]);
+    let total = api.get("/resources").await["capacity"]["cpus"]
+        .as_f64()
+        .unwrap();
+    let deploy = |name: &'static str, cpu: f64, extra: serde_json::Value| {
+        let api = &api;
+        async move {
+            let mut body = json!({"function_code": format!("def {name}():\n    return '{name}'\n"),
+                                  "function_name": name, "cpu": cpu, "scaledown_window": 2});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            api.post("/deploy-function", body).await;
+        }
+    };
+    let call = |name: &'static str| {
+        let api = &api;
+        async move {
+            let task = api
+                .post("/spawn-task", json!({"function_name": name, "wait": true}))
+                .await;
+            assert_eq!(task["result"], name, "{task}");
+        }
+    };
+    // Two containers of half the machine each fill it; a third function
+    // only runs if an idle container gives its half back.
+    for name in ["a", "b", "c"] {
+        deploy(name, total / 2.0, json!({})).await;
+    }
+    for name in ["a", "b", "c", "a"] {
+        call(name).await;
+    }
+
+    // Bad values name the field and the value.
+    for (field, value) in [("scaledown_window", json!(1)), ("min_containers", json!(3))] {
+        let mut body = json!({"function_code": "def k():\n    return 1\n", "function_name": "k", "max_concurrency": 2});
+        body[field] = value.clone();
+        let (status, problem) = api.send(Method::POST, "/deploy-function", Some(body)).await;
+        assert_eq!(status, 422, "{problem}");
+        assert_eq!(problem["field"], field, "{problem}");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains(&value.to_string()),
+            "{problem}"
+        );
+    }
+
+    // Idle containers retire after their 2 s window, except the one kept
+    // warm by min_containers. `late` is called last: once its container has
+    // gone, kept's (idle longer) would have gone too without min_containers.
+    let quarter = total / 4.0;
+    deploy("kept", quarter, json!({"min_containers": 1})).await;
+    deploy("late", total / 8.0, json!({})).await;
+    call("kept").await;
+    call("late").await;
+    support::eventually(Duration::from_secs(30), "idle containers retired", || {
+        let api = &api;
+        async move { cpu_used(api).await <= quarter + 1e-6 }
+    })
+    .await;
+    let used = cpu_used(&api).await;
+    assert!(
+        (used - quarter).abs() < 1e-6,
+        "only kept's container stays warm: {used} of {total} cores reserved"
+    );
+    let listed = api.get("/functions").await;
+    let kept = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["function_name"] == "kept")
+        .unwrap();
+    assert_eq!(kept["spec"]["min_containers"], 1, "{kept}");
+    assert_eq!(kept["spec"]["scaledown_window"], 2, "{kept}");
     support::stop(&mut server);
 }

@@ -59,6 +59,14 @@ pub(crate) struct DeployRequest {
     /// Containers at most.
     #[serde(default)]
     max_concurrency: Option<u32>,
+    /// Seconds an idle container stays warm before it is retired and gives
+    /// back what it reserved, 2..=1200 (default 60).
+    #[serde(default)]
+    scaledown_window: Option<u32>,
+    /// Containers kept warm even when idle, at most `max_concurrency`
+    /// (default 0).
+    #[serde(default)]
+    min_containers: Option<u32>,
     /// Limits on each container (address space, CPU time, open files, file
     /// size, processes, network).
     #[serde(default)]
@@ -140,6 +148,8 @@ pub(crate) async fn deploy(
         volumes: req.volumes,
         retries: req.retries,
         max_concurrency: req.max_concurrency,
+        scaledown_window: req.scaledown_window,
+        min_containers: req.min_containers,
         cpu: req.cpu,
         memory: req.memory,
         limits: req.limits,

@@ -30,6 +30,7 @@ mod marshal;
 mod pool;
 mod protocol;
 mod sandbox;
+mod scaledown;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -124,6 +125,9 @@ pub struct LocalBackend {
     env_launchers: DashMap<PathBuf, Arc<Launcher>>,
     images: images::Images,
     functions: DashMap<String, Arc<Pool>>,
+    /// Every pool, for retiring idle containers; swept from the first deploy.
+    warm: Arc<scaledown::Warm>,
+    sweeping: std::sync::atomic::AtomicBool,
     calls: DashMap<CallId, Arc<SpawnedCall>>,
     live: Arc<LiveSet>,
     tasks: TaskTracker,
@@ -151,6 +155,8 @@ impl LocalBackend {
             env_launchers: DashMap::new(),
             images: images::Images::default(),
             functions: DashMap::new(),
+            warm: Arc::default(),
+            sweeping: std::sync::atomic::AtomicBool::new(false),
             calls: DashMap::new(),
             live: Arc::default(),
             tasks: TaskTracker::new(),
@@ -438,7 +444,19 @@ impl ComputeBackend for LocalBackend {
             size,
             launcher,
             budget,
+            self.warm.clone(),
         ));
+        self.warm.register(&pool);
+        if !self
+            .sweeping
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.tasks.spawn(
+                self.warm
+                    .clone()
+                    .sweep(self.shutdown.clone(), self.tasks.clone()),
+            );
+        }
         let warm = if d.warm { pool.warm_up().await } else { Ok(()) };
         warm.map_err(|e| match e {
             StartError::Code(e) => BackendError::Code(e),

@@ -33,6 +33,8 @@ pub(crate) struct SeedDeploy {
     pub(crate) volumes: Option<SeedVolumes>,
     pub(crate) retries: Option<Value>,
     pub(crate) max_concurrency: Option<u32>,
+    pub(crate) scaledown_window: Option<u32>,
+    pub(crate) min_containers: Option<u32>,
     pub(crate) cpu: Option<f64>,
     pub(crate) memory: Option<u64>,
     pub(crate) limits: Option<Limits>,
@@ -59,6 +61,10 @@ impl SeedDeploy {
             })?;
         }
         spec.max_concurrency = self.max_concurrency;
+        if let Some(s) = self.scaledown_window {
+            spec.scaledown_window = s;
+        }
+        spec.min_containers = self.min_containers.unwrap_or(0);
         spec.limits = self.limits.unwrap_or_default();
         spec.backend = self.backend.unwrap_or_default();
         spec.resources.cpu = self.cpu;

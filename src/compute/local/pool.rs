@@ -1,8 +1,11 @@
 //! A function's pool of warm containers, capped at its concurrency.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -13,6 +16,7 @@ use std::path::PathBuf;
 use super::budget::Budget;
 use super::container::{Container, Failure, Launcher, StartError};
 use super::protocol::load_request;
+use super::scaledown::Warm;
 use crate::spec::FunctionSpec;
 use crate::task::TaskError;
 
@@ -24,7 +28,14 @@ pub(crate) struct Pool {
     cwd: PathBuf,
     launcher: Arc<Launcher>,
     budget: Arc<Budget>,
-    idle: Mutex<Vec<Container>>,
+    /// Every pool of the backend, to retire idle containers across them.
+    warm: Arc<Warm>,
+    /// Idle containers and since when, most recently used last.
+    idle: Mutex<Vec<(Container, Instant)>>,
+    /// Containers leased out now.
+    in_use: AtomicUsize,
+    /// Set while a container is being started to reach `min_containers`.
+    warming: AtomicBool,
     /// Signalled when a container comes back idle.
     returned: tokio::sync::Notify,
     slots: Arc<Semaphore>,
@@ -76,6 +87,7 @@ impl Pool {
         size: usize,
         launcher: Arc<Launcher>,
         budget: Arc<Budget>,
+        warm: Arc<Warm>,
     ) -> Pool {
         Pool {
             spec,
@@ -83,7 +95,10 @@ impl Pool {
             cwd,
             launcher,
             budget,
+            warm,
             idle: Mutex::new(Vec::new()),
+            in_use: AtomicUsize::new(0),
+            warming: AtomicBool::new(false),
             returned: tokio::sync::Notify::new(),
             slots: Arc::new(Semaphore::new(size)),
             size,
@@ -99,7 +114,7 @@ impl Pool {
         match self.budget.try_reserve(&self.spec) {
             Some(reservation) => {
                 let container = self.launch(reservation).await?;
-                self.idle.lock().expect("pool poisoned").push(container);
+                self.park(container);
             }
             None => {
                 let frame = self.load_frame(&self.env);
@@ -164,11 +179,11 @@ impl Pool {
             let returned = self.returned.notified();
             tokio::pin!(returned);
             returned.as_mut().enable();
-            if let Some(c) = self.idle.lock().expect("pool poisoned").pop() {
+            if let Some((c, _)) = self.idle.lock().expect("pool poisoned").pop() {
                 break c;
             }
             tokio::select! {
-                reserved = self.budget.reserve(&self.spec) => {
+                reserved = self.reserve() => {
                     let reservation = reserved.map_err(|why| TaskError::new("ContainerStartFailed", why))?;
                     tokio::select! {
                         started = self.launch(reservation) => break started.map_err(start_failed)?,
@@ -179,11 +194,109 @@ impl Pool {
                 () = cancel.cancelled() => return Err(cancelled_error().into()),
             }
         };
+        self.in_use.fetch_add(1, Ordering::SeqCst);
         Ok(Lease {
             pool: self.clone(),
             container: Some(container),
             _permit: permit,
         })
+    }
+
+    /// Reserves what one more container needs. When it does not fit, idle
+    /// containers (of any function, longest idle first) are retired to make
+    /// room before waiting; a container going idle while waiting is retired
+    /// in turn.
+    async fn reserve(&self) -> Result<super::budget::Reservation, String> {
+        loop {
+            let idle_soon = self.warm.idle_soon();
+            if let Some(reservation) = self.budget.try_reserve(&self.spec) {
+                return Ok(reservation);
+            }
+            if self.warm.retire_longest_idle() {
+                continue;
+            }
+            tokio::select! {
+                reserved = self.budget.reserve(&self.spec) => return reserved,
+                () = idle_soon => {}
+            }
+        }
+    }
+
+    /// Keeps a container warm.
+    fn park(&self, container: Container) {
+        self.idle
+            .lock()
+            .expect("pool poisoned")
+            .push((container, Instant::now()));
+        self.returned.notify_one();
+        self.warm.went_idle();
+    }
+
+    /// Containers alive now, leased or idle.
+    fn containers(&self) -> usize {
+        self.in_use.load(Ordering::SeqCst) + self.idle.lock().expect("pool poisoned").len()
+    }
+
+    /// Since when the longest-idle container past `min_containers` has been idle.
+    pub(crate) fn longest_idle(&self) -> Option<Instant> {
+        let spare = self.containers() > self.spec.min_containers as usize;
+        let idle = self.idle.lock().expect("pool poisoned");
+        spare
+            .then(|| idle.first().map(|(_, since)| *since))
+            .flatten()
+    }
+
+    /// Retires the longest-idle container unless `min_containers` keeps it.
+    pub(crate) fn retire_longest_idle(&self) -> bool {
+        if self.containers() <= self.spec.min_containers as usize {
+            return false;
+        }
+        let mut idle = self.idle.lock().expect("pool poisoned");
+        if idle.is_empty() {
+            return false;
+        }
+        // Dropping it kills it and gives its reservation back.
+        drop(idle.remove(0));
+        true
+    }
+
+    /// Retires containers idle for longer than `scaledown_window`, keeping
+    /// `min_containers`; how many went.
+    pub(crate) fn scale_down(&self, now: Instant) -> usize {
+        let window = Duration::from_secs(u64::from(self.spec.scaledown_window));
+        let mut retired = 0;
+        while self
+            .longest_idle()
+            .is_some_and(|since| now.duration_since(since) >= window)
+            && self.retire_longest_idle()
+        {
+            retired += 1;
+        }
+        retired
+    }
+
+    /// Starts a container in the background when fewer than
+    /// `min_containers` are alive and the resources are free now.
+    pub(crate) fn keep_min(self: &Arc<Self>, tasks: &TaskTracker) {
+        if self.closed.load(Ordering::SeqCst)
+            || self.containers() >= self.spec.min_containers as usize
+            || self.warming.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let Some(reservation) = self.budget.try_reserve(&self.spec) else {
+            self.warming.store(false, Ordering::SeqCst);
+            return;
+        };
+        let pool = self.clone();
+        tasks.spawn(async move {
+            match pool.launch(reservation).await {
+                Ok(c) if !pool.closed.load(Ordering::SeqCst) => pool.park(c),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(function = %pool.spec.name, error = ?e, "could not start a container for min_containers"),
+            }
+            pool.warming.store(false, Ordering::SeqCst);
+        });
     }
 
     /// Stops handing out containers and kills the idle ones; leased ones are
@@ -249,10 +362,11 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(c) = self.container.take() {
+        let container = self.container.take();
+        self.pool.in_use.fetch_sub(1, Ordering::SeqCst);
+        if let Some(c) = container {
             if !c.busy && !self.pool.closed.load(Ordering::SeqCst) && !c.hit_process_limit() {
-                self.pool.idle.lock().expect("pool poisoned").push(c);
-                self.pool.returned.notify_one();
+                self.pool.park(c);
             }
         }
     }

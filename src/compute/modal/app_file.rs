@@ -151,6 +151,12 @@ pub fn app_file(
     if let Some(n) = spec.max_concurrency {
         options.push(format!("max_containers={n}"));
     }
+    if spec.scaledown_window != crate::spec::DEFAULT_SCALEDOWN_WINDOW_S {
+        options.push(format!("scaledown_window={}", spec.scaledown_window));
+    }
+    if spec.min_containers > 0 {
+        options.push(format!("min_containers={}", spec.min_containers));
+    }
     if spec.limits.network == Some(false) {
         options.push("block_network=True".to_owned());
     }
