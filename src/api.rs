@@ -189,6 +189,10 @@ async fn fallback() -> Error {
 
 /// The API's router over `runtime`.
 pub fn app(runtime: Runtime, config: ApiConfig) -> Router {
+    // A token must never come back in anything the runtime passes on.
+    for token in &config.tokens {
+        runtime.redactor().add(token.clone());
+    }
     let state = ApiState(Arc::new(Inner {
         webhooks: webhooks::Webhooks::new(&config, &runtime),
         runtime,

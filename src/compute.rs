@@ -108,6 +108,9 @@ pub struct Deployment {
     /// Start a container now (checking the code) rather than on first use.
     /// False when a restarted runtime re-registers functions it had.
     pub warm: bool,
+    /// Keeps secret values out of what the backend passes on from code it
+    /// does not trust (package build output).
+    pub redact: crate::redact::Redactor,
 }
 
 /// What a backend can run, for capacity planning and `GET /resources`.

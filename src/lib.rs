@@ -53,6 +53,7 @@ pub mod client;
 mod compute;
 mod dispatcher;
 mod persist;
+pub mod redact;
 mod registry;
 mod runtime;
 mod secrets;

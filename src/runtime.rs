@@ -56,6 +56,7 @@ pub struct Runtime {
 struct Inner {
     data_dir: PathBuf,
     backend: Arc<dyn ComputeBackend>,
+    redactor: crate::redact::Redactor,
     secrets: SecretStore,
     registry: FunctionRegistryHandle,
     tracker: TaskTrackerHandle,
@@ -117,6 +118,13 @@ impl Runtime {
         &self.inner.secrets
     }
 
+    /// What keeps secret values out of what the runtime returns and logs:
+    /// it knows every secret in [`Runtime::secrets`] and the Modal
+    /// credentials; add the API tokens and any other value to it.
+    pub fn redactor(&self) -> &crate::redact::Redactor {
+        &self.inner.redactor
+    }
+
     /// The host directory of volume `name`, as functions that mount it see it.
     pub fn volume_dir(&self, name: &str) -> PathBuf {
         self.inner.volumes.files_dir(name)
@@ -173,6 +181,7 @@ impl Runtime {
                 volume_dirs,
                 remote_secrets,
                 warm: true,
+                redact: self.inner.redactor.clone(),
             })
             .await
             .map_err(|e| match e {

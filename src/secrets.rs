@@ -133,6 +133,14 @@ impl SecretStore {
         Ok(())
     }
 
+    /// Every value of every secret, for redaction.
+    pub(crate) fn values(&self) -> Vec<String> {
+        self.inner
+            .iter()
+            .flat_map(|e| e.value().values().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
     /// Removes a secret; returns whether it existed.
     pub fn remove(&self, name: &str) -> bool {
         let removed = self.inner.remove(name).is_some();

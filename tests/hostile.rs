@@ -426,3 +426,137 @@ async fn idle_containers_give_back_what_they_reserved() {
     assert_eq!(kept["spec"]["scaledown_window"], 2, "{kept}");
     support::stop(&mut server);
 }
+
+/// An in-tree build backend that prints everything it can find that might
+/// be a secret (its environment, the server's environment through /proc,
+/// the server's token file), tries to write outside its build directory,
+/// then fails so its last lines come back in the deploy's answer.
+const LEAKY_BACKEND: &str = r#"
+import os, sys
+
+def _leak():
+    found = dict(os.environ)
+    ppid = os.getppid()
+    for pid in {ppid, os.getpgid(0)} | {int(p) for p in os.listdir('/proc') if p.isdigit()}:
+        try:
+            with open('/proc/%d/environ' % pid, 'rb') as f:
+                for kv in f.read().split(b'\0'):
+                    k, _, v = kv.decode(errors='replace').partition('=')
+                    if k:
+                        found['proc%d_%s' % (pid, k)] = v
+        except OSError:
+            pass
+    try:
+        with open('ESCAPED_PATH', 'w') as f:
+            f.write('escaped')
+    except OSError:
+        pass
+    for k, v in sorted(found.items()):
+        print('%s=%s' % (k, v))
+    sys.stdout.flush()
+    raise SystemExit('leaky build failed on purpose')
+
+def get_requires_for_build_wheel(config_settings=None):
+    _leak()
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    _leak()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn package_builds_are_sandboxed_and_never_echo_secrets() {
+    // Sandboxed, the build sees nothing of the server; unsandboxed, it can
+    // read the server's environment through /proc, and redaction is what
+    // keeps the tokens out of the answer and the log.
+    for mode in ["auto", "off"] {
+        leaky_build(mode).await;
+    }
+}
+
+async fn leaky_build(mode: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let escaped = dir.path().join("escaped");
+    // An sdist in a find-links directory, as an index would serve it.
+    let links = dir.path().join("links");
+    std::fs::create_dir(&links).unwrap();
+    let backend = LEAKY_BACKEND.replace("ESCAPED_PATH", escaped.to_str().unwrap());
+    let made = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import io, sys, tarfile\n\
+             files = {'pyproject.toml': sys.argv[2], 'leaky_backend.py': sys.argv[3],\n\
+                      'PKG-INFO': 'Metadata-Version: 2.1\\nName: leaky\\nVersion: 0.1\\n'}\n\
+             with tarfile.open(sys.argv[1], 'w:gz') as t:\n\
+             \x20   for name, text in files.items():\n\
+             \x20       data = text.encode()\n\
+             \x20       info = tarfile.TarInfo('leaky-0.1/' + name)\n\
+             \x20       info.size = len(data)\n\
+             \x20       t.addfile(info, io.BytesIO(data))\n",
+        )
+        .arg(links.join("leaky-0.1.tar.gz"))
+        .arg("[build-system]\nrequires = []\nbuild-backend = \"leaky_backend\"\nbackend-path = [\".\"]\n\n[project]\nname = \"leaky\"\nversion = \"0.1\"\n")
+        .arg(&backend)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let modal_secret = "as-modal-token-secret-0123456789";
+    let (_dir, data, mut server, api) = support::fresh(
+        BIN,
+        TOKEN,
+        &[
+            ("MODAL_TOKEN_ID", "ak-modal-token-id-0123456789"),
+            ("MODAL_TOKEN_SECRET", modal_secret),
+            ("LEAK_TARGET", "server-only-variable"),
+            ("MODAL_AGENTS_SANDBOX", mode),
+            ("PIP_FIND_LINKS", links.to_str().unwrap()),
+            ("PIP_NO_INDEX", "1"),
+        ],
+    );
+    let (status, _) = api
+        .send(
+            Method::PUT,
+            "/secrets/keys",
+            Some(json!({"API_KEY": "sk-stored-secret-0123456789"})),
+        )
+        .await;
+    assert!((200..300).contains(&status));
+    let (status, answer) = api
+        .send(
+            Method::POST,
+            "/deploy-function",
+            Some(
+                json!({"function_code": "def f():\n    return 1\n", "function_name": "f",
+                        "image_config": {"packages": ["leaky==0.1"]}}),
+            ),
+        )
+        .await;
+    assert!(status >= 400, "{answer}");
+    let text = answer.to_string();
+    assert!(text.contains("installer exited"), "{text}");
+    let log: String = std::fs::read_dir(data.join("images"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".build.log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert!(log.contains("leaky build failed on purpose"), "{log}");
+    for secret in [TOKEN, modal_secret, "sk-stored-secret-0123456789"] {
+        assert!(!text.contains(secret), "{secret} in the answer: {text}");
+        assert!(!log.contains(secret), "{secret} in the build log");
+    }
+    // The build's own environment is cleared: none of the server's variables.
+    assert!(!log.contains(" LEAK_TARGET="), "{log}");
+    if mode == "auto" && sandboxed(&api).await {
+        assert!(
+            !escaped.exists(),
+            "a sandboxed build wrote outside its directory"
+        );
+        assert!(!log.contains("server-only-variable"), "{log}");
+    }
+    support::stop(&mut server);
+}
+
+/// Whether the server's containers run under bubblewrap.
+async fn sandboxed(api: &Api) -> bool {
+    api.get("/healthz").await["sandbox"] == "bubblewrap"
+}

@@ -90,6 +90,9 @@ pub struct LocalConfig {
     pub sandbox: SandboxMode,
     /// The bubblewrap executable (default: `bwrap` from `PATH`).
     pub bwrap: Option<PathBuf>,
+    /// Longest a package environment build may take before it is stopped and
+    /// the deploy fails (default 15 minutes).
+    pub image_build_timeout: Duration,
 }
 
 impl Default for LocalConfig {
@@ -104,6 +107,7 @@ impl Default for LocalConfig {
             gpus: None,
             sandbox: SandboxMode::Auto,
             bwrap: None,
+            image_build_timeout: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -252,7 +256,16 @@ impl LocalBackend {
         } else {
             let root = self.config.work_dir.with_file_name("images");
             self.images
-                .python_for(&root, &base.python, packages)
+                .python_for(
+                    &root,
+                    &base.python,
+                    packages,
+                    images::Builder {
+                        bwrap: bwrap.as_ref(),
+                        redact: &d.redact,
+                        timeout: self.config.image_build_timeout,
+                    },
+                )
                 .await?
         };
         let args = LauncherArgs {

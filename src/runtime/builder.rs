@@ -260,10 +260,16 @@ impl RuntimeBuilder {
             .await
             .map_err(|e| RuntimeError::Start(e.to_string()))?;
         tracing::info!(data_dir = %data_dir.display(), backend = backend.name(), "runtime started");
+        let redactor = crate::redact::Redactor::with_secrets(self.secrets.clone());
+        if let Some(creds) = modal.as_ref().and_then(|m| m.credentials().ok()) {
+            redactor.add(creds.token_id.clone());
+            redactor.add(creds.token_secret.clone());
+        }
         let runtime = Runtime {
             inner: Arc::new(Inner {
                 data_dir,
                 backend,
+                redactor,
                 secrets: self.secrets,
                 registry,
                 tracker,

@@ -282,6 +282,7 @@ impl Runtime {
                 volume_dirs,
                 remote_secrets,
                 warm: false,
+                redact: self.inner.redactor.clone(),
             })
             .await
             .map_err(RuntimeError::Backend)?;

@@ -5,15 +5,19 @@
 //! no environment behind and fails the deploy with the installer's message.
 
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 use tokio::process::Command;
 use tokio::sync::OnceCell;
 
+use super::sandbox::{Bwrap, Jail};
 use crate::compute::BackendError;
+use crate::redact::Redactor;
 
 /// Environments by package-set key.
 #[derive(Debug, Default)]
@@ -36,29 +40,134 @@ fn key(packages: &[String]) -> String {
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-async fn run(cmd: &mut Command, log: &Path) -> Result<(), String> {
-    let out = cmd
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|e| format!("cannot run the installer: {e}"))?;
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    let mut previous = tokio::fs::read_to_string(log).await.unwrap_or_default();
-    previous.push_str(&text);
-    let _ = tokio::fs::write(log, previous).await;
-    if out.status.success() {
-        Ok(())
-    } else {
-        let tail: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        let tail = tail[tail.len().saturating_sub(6)..].join("\n");
-        Err(format!("installer exited with {}: {tail}", out.status))
+/// How package builds run: sandboxed where bubblewrap is (network on, the
+/// environment's directory the only place it can write), always with a
+/// cleared environment and a time limit, and with known secrets redacted from
+/// what is kept or returned.
+#[derive(Clone)]
+pub(crate) struct Builder<'a> {
+    pub(crate) bwrap: Option<&'a Arc<Bwrap>>,
+    pub(crate) redact: &'a Redactor,
+    pub(crate) timeout: Duration,
+}
+
+/// The installer's configuration from the runtime's environment (indexes,
+/// find-links, certificates, proxies): all a build gets besides `PATH`.
+fn installer_env() -> Vec<(String, String)> {
+    const EXACT: &[&str] = &[
+        "PATH",
+        "LANG",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "all_proxy",
+    ];
+    std::env::vars()
+        .filter(|(k, _)| {
+            EXACT.contains(&k.as_str()) || k.starts_with("PIP_") || k.starts_with("UV_")
+        })
+        .collect()
+}
+
+impl Builder<'_> {
+    /// A build step: `program` sandboxed (when possible) with `dir` writable.
+    fn command(&self, program: &Path, dir: &Path) -> Command {
+        let env = installer_env();
+        let mut cmd = match self.bwrap {
+            Some(bwrap) => {
+                // Read-only: the installer and what its configuration names
+                // (a find-links directory, a certificate bundle).
+                let mut read_only: Vec<PathBuf> = Vec::new();
+                let mut show = |p: PathBuf| {
+                    if p.is_absolute() && p.exists() && !read_only.contains(&p) {
+                        read_only.push(p);
+                    }
+                };
+                if let Some(dir) = program.parent() {
+                    show(dir.to_path_buf());
+                }
+                show(PathBuf::from("/etc/pip.conf"));
+                for (_, v) in &env {
+                    for part in v.split([' ', ',']) {
+                        show(PathBuf::from(part.trim_start_matches("file://")));
+                    }
+                }
+                Jail {
+                    bwrap: bwrap.clone(),
+                    binds: vec![(dir.to_path_buf(), dir.display().to_string())],
+                    read_only,
+                    network: true,
+                    gpu: false,
+                }
+                .command(program)
+            }
+            None => Command::new(program),
+        };
+        cmd.env_clear()
+            .envs(env)
+            .env("HOME", dir)
+            .env("PIP_NO_CACHE_DIR", "1")
+            .env("UV_NO_CACHE", "1")
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs one build step within the time limit, appending its output
+    /// (redacted) to `log`; on failure, the last lines (redacted).
+    async fn run(&self, cmd: &mut Command, log: &Path) -> Result<(), String> {
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run the installer: {e}"))?;
+        let pid = child.id();
+        let out = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
+            Ok(out) => out.map_err(|e| format!("the installer failed: {e}"))?,
+            Err(_) => {
+                if let Some(pid) = pid {
+                    // SAFETY: kill(2) on the process group the step leads.
+                    unsafe {
+                        libc::kill(-(pid as i32), libc::SIGKILL);
+                    }
+                }
+                return Err(format!(
+                    "the package build ran past its limit of {} s and was stopped",
+                    self.timeout.as_secs()
+                ));
+            }
+        };
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        let text = self.redact.redact(&text);
+        let mut previous = tokio::fs::read_to_string(log).await.unwrap_or_default();
+        previous.push_str(&text);
+        let _ = tokio::fs::write(log, previous).await;
+        if out.status.success() {
+            Ok(())
+        } else {
+            let tail: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            let tail = tail[tail.len().saturating_sub(6)..].join("\n");
+            Err(format!("installer exited with {}: {tail}", out.status))
+        }
     }
 }
 
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()))
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(program))
+            .find(|p| p.is_file())
+    })
 }
 
 impl Images {
@@ -74,6 +183,7 @@ impl Images {
         root: &Path,
         base: &Path,
         packages: &[String],
+        builder: Builder<'_>,
     ) -> Result<PathBuf, BackendError> {
         if packages.is_empty() {
             return Ok(base.to_path_buf());
@@ -81,7 +191,7 @@ impl Images {
         let key = key(packages);
         let cell = self.building.entry(key.clone()).or_default().clone();
         let dir = root.join(&key);
-        cell.get_or_try_init(|| self.build(dir, base, packages))
+        cell.get_or_try_init(|| self.build(dir, base, packages, builder))
             .await
             .map(|d| d.join("bin").join("python"))
             .map_err(|log| BackendError::Image {
@@ -95,6 +205,7 @@ impl Images {
         dir: PathBuf,
         base: &Path,
         packages: &[String],
+        b: Builder<'_>,
     ) -> Result<PathBuf, String> {
         let ready = dir.join(".ready");
         if tokio::fs::metadata(&ready).await.is_ok() {
@@ -108,41 +219,45 @@ impl Images {
         let _ = tokio::fs::write(&log, format!("packages: {}\n", packages.join(" "))).await;
         tracing::info!(env = %dir.display(), packages = %packages.join(" "), "building a Python environment");
         let python = dir.join("bin").join("python");
-        let result = if on_path("uv") {
-            run(
-                Command::new("uv")
-                    .arg("venv")
-                    .arg("--python")
-                    .arg(base)
-                    .arg(&dir),
-                &log,
-            )
-            .await?;
-            run(
-                Command::new("uv")
-                    .args(["pip", "install", "--python"])
-                    .arg(&python)
-                    .arg("--")
-                    .args(packages),
-                &log,
-            )
-            .await
-        } else {
-            run(Command::new(base).args(["-m", "venv"]).arg(&dir), &log).await?;
-            run(
-                Command::new(&python)
-                    .args([
-                        "-m",
-                        "pip",
-                        "install",
-                        "--disable-pip-version-check",
-                        "--no-input",
-                        "--",
-                    ])
-                    .args(packages),
-                &log,
-            )
-            .await
+        let result = match which("uv") {
+            Some(uv) => {
+                b.run(
+                    b.command(&uv, &dir)
+                        .arg("venv")
+                        .arg("--python")
+                        .arg(base)
+                        .arg(&dir),
+                    &log,
+                )
+                .await?;
+                b.run(
+                    b.command(&uv, &dir)
+                        .args(["pip", "install", "--python"])
+                        .arg(&python)
+                        .arg("--")
+                        .args(packages),
+                    &log,
+                )
+                .await
+            }
+            None => {
+                b.run(b.command(base, &dir).args(["-m", "venv"]).arg(&dir), &log)
+                    .await?;
+                b.run(
+                    b.command(&python, &dir)
+                        .args([
+                            "-m",
+                            "pip",
+                            "install",
+                            "--disable-pip-version-check",
+                            "--no-input",
+                            "--",
+                        ])
+                        .args(packages),
+                    &log,
+                )
+                .await
+            }
         };
         if let Err(e) = result {
             let _ = tokio::fs::remove_dir_all(&dir).await;

@@ -5,9 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use super::{ModalConfig, MODAL_SDK_VERSION};
-use crate::compute::local::images::Images;
+use crate::compute::local::images::{Builder, Images};
 use crate::compute::local::resolve_python;
 use crate::compute::BackendError;
+use crate::redact::Redactor;
 
 /// The interpreter that runs the bridge and `modal deploy`.
 pub(crate) async fn sdk_python(config: &ModalConfig) -> Result<PathBuf, BackendError> {
@@ -20,8 +21,15 @@ pub(crate) async fn sdk_python(config: &ModalConfig) -> Result<PathBuf, BackendE
     let lock = lock(&root.join(".lock")).await?;
     let (base, _) = resolve_python(None).await?;
     let requirement = format!("modal=={MODAL_SDK_VERSION}");
+    // The operator's own pinned SDK: built unsandboxed (it is not code an
+    // agent wrote), still with a cleared environment and a time limit.
+    let builder = Builder {
+        bwrap: None,
+        redact: &Redactor::default(),
+        timeout: std::time::Duration::from_secs(15 * 60),
+    };
     let python = Images::default()
-        .python_for(&root, &base, &[requirement])
+        .python_for(&root, &base, &[requirement], builder)
         .await
         .map_err(|e| BackendError::Modal(format!("installing the modal SDK failed: {e}")))?;
     drop(lock);
