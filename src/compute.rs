@@ -126,6 +126,39 @@ pub struct Capacity {
     pub gpus: Vec<String>,
     /// Containers one function may run at once by default.
     pub default_pool_size: usize,
+    /// How containers are kept apart from the machine and from each other.
+    pub isolation: Isolation,
+}
+
+/// How a backend's containers are isolated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// Not known yet: the local backend looks for bubblewrap when it starts.
+    Unknown,
+    /// Each container in a bubblewrap sandbox of its own: its own
+    /// filesystem view, process, network (unless allowed) and user
+    /// namespaces.
+    Bubblewrap,
+    /// Plain processes, because bubblewrap is not usable here (`--sandbox
+    /// auto` fell back, or `off`): code can read what the server's user can,
+    /// `limits.network: false` is not enforced, and neither is
+    /// `limits.processes` unless a pids cgroup could be made.
+    None,
+    /// Modal's own sandboxed containers.
+    Modal,
+}
+
+impl Isolation {
+    /// The name reports use: `bubblewrap`, `none`, `modal` or `unknown`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Unknown => "unknown",
+            Isolation::Bubblewrap => "bubblewrap",
+            Isolation::None => "none",
+            Isolation::Modal => "modal",
+        }
+    }
 }
 
 /// The outcome of one call: its result or error, and how many attempts it took.
@@ -239,6 +272,13 @@ pub trait ComputeBackend: Send + Sync + 'static {
     /// over several backends answers per function.
     fn placement(&self, _function: &str) -> &'static str {
         self.name()
+    }
+
+    /// What of `spec` this backend does not enforce where the function was
+    /// placed (say, `limits.network: false` without a sandbox), one
+    /// sentence each; deploy answers carry them.
+    fn unenforced(&self, _spec: &FunctionSpec) -> Vec<String> {
+        Vec::new()
     }
 
     /// Checks, once at runtime start, what the backend needs before any

@@ -75,7 +75,7 @@ pub use agents::{
 };
 pub use compute::{
     app_file, BackendError, CallContext, CallId, CallOutcome, Capacity, ComputeBackend, Deployment,
-    GpuDevice, GpuUse, LocalBackend, LocalConfig, LogSink, LogStream, MapItem, MapMeter,
+    GpuDevice, GpuUse, Isolation, LocalBackend, LocalConfig, LogSink, LogStream, MapItem, MapMeter,
     ModalBackend, ModalConfig, ModalCredentials, SandboxMode, SyncReport, Usage, APP_OBJECT,
     MODAL_SDK_VERSION,
 };

@@ -27,6 +27,10 @@ pub struct FunctionInfo {
     pub deployed_at: DateTime<Utc>,
     /// Its spec (secret values are not part of a spec, only names).
     pub spec: FunctionSpec,
+    /// What of the spec the backend it was placed on does not enforce
+    /// (without a sandbox, `limits.network: false`, say), one sentence each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The registry's contents, shared with its handle so that a restarted

@@ -193,6 +193,7 @@ impl Runtime {
             function_name: spec.name.clone(),
             backend: self.inner.backend.placement(&spec.name).to_owned(),
             deployed_at: Utc::now(),
+            warnings: self.inner.backend.unenforced(&spec),
             spec,
         };
         self.inner.registry.register(info.clone()).await?;

@@ -372,11 +372,15 @@ impl Tools {
             .deploy_function(spec)
             .await
             .map_err(|e| Self::runtime_error(TOOL, e))?;
-        Ok(json!({
+        let mut answer = json!({
             "function_id": info.function_id,
             "function_name": info.function_name,
             "status": "registered",
-        }))
+        });
+        if !info.warnings.is_empty() {
+            answer["warnings"] = json!(info.warnings);
+        }
+        Ok(answer)
     }
 
     async fn spawn_parallel(&self, a: SpawnParallelArgs) -> Result<Value, ToolError> {

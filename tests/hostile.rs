@@ -560,3 +560,29 @@ async fn leaky_build(mode: &str) {
 async fn sandboxed(api: &Api) -> bool {
     api.get("/healthz").await["sandbox"] == "bubblewrap"
 }
+
+/// Without bubblewrap the server says so: `/healthz` and `/resources` name
+/// the isolation, and a deploy whose limits it cannot enforce says which;
+/// with bubblewrap neither carries a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fallback_to_plain_processes_is_loud() {
+    let code = json!({"function_code": "def f():\n    return 1\n", "function_name": "f"});
+    for mode in ["off", "auto"] {
+        let (_dir, _data, mut server, api) =
+            support::fresh(BIN, TOKEN, &[("MODAL_AGENTS_SANDBOX", mode)]);
+        let health = api.get("/healthz").await;
+        let resources = api.get("/resources").await;
+        let isolation = resources["capacity"]["isolation"].clone();
+        assert_eq!(health["sandbox"], isolation, "{health} {resources}");
+        let answer = api.post("/deploy-function", code.clone()).await;
+        let warnings = answer["warnings"].to_string();
+        if mode == "off" {
+            assert_eq!(isolation, "none", "{resources}");
+            assert!(warnings.contains("limits.network"), "{answer}");
+            assert!(warnings.contains("without a sandbox"), "{answer}");
+        } else if isolation == "bubblewrap" {
+            assert!(answer.get("warnings").is_none(), "{answer}");
+        }
+        support::stop(&mut server);
+    }
+}

@@ -203,6 +203,13 @@ def hog(kind, n=0):
     if kind == "memory":
         return len(bytearray(n * 1024 * 1024))
     if kind == "cpu":
+        # Code that tries to lift its own CPU limit first cannot.
+        import resource
+        for limit in ((resource.RLIM_INFINITY,) * 2, (resource.getrlimit(resource.RLIMIT_CPU)[1],) * 2):
+            try:
+                resource.setrlimit(resource.RLIMIT_CPU, limit)
+            except (ValueError, OSError):
+                pass
         while True:
             pass
     if kind == "file":
@@ -266,7 +273,7 @@ async fn limits_stop_runaway_code_and_the_runtime_carries_on() {
     let started = std::time::Instant::now();
     let err = call(&t.rt, "hog", vec![json!("cpu")]).await.unwrap_err();
     assert_eq!(err.kind, "ContainerCrashed", "{err:?}");
-    assert!(err.message.contains("SIGXCPU"), "{err:?}");
+    assert!(err.message.contains("limits.cpu_s"), "{err:?}");
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "stopped by the CPU limit, not the timeout"

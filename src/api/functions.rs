@@ -83,6 +83,10 @@ pub(crate) struct DeployResponse {
     function_id: String,
     function_name: String,
     status: &'static str,
+    /// What of the request the server does not enforce where the function
+    /// runs (without a sandbox: `limits.network`, `limits.processes`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
 }
 
 /// A deployed function.
@@ -169,6 +173,7 @@ pub(crate) async fn deploy(
         function_id: info.function_id.to_string(),
         function_name: info.function_name,
         status: "registered",
+        warnings: info.warnings,
     }))
 }
 

@@ -127,7 +127,8 @@ pub(crate) async fn resources(State(state): State<ApiState>) -> Json<Value> {
 #[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, body = Object), (status = 503, body = super::Problem)))]
 pub(crate) async fn healthz(State(state): State<ApiState>) -> Result<Json<Value>, Error> {
     if state.runtime.is_running() {
-        Ok(Json(json!({"status": "ok"})))
+        let isolation = state.runtime.capacity().isolation;
+        Ok(Json(json!({"status": "ok", "sandbox": isolation.as_str()})))
     } else {
         Err(Error::Unavailable("the runtime is not running".into()))
     }

@@ -57,8 +57,8 @@ use self::sandbox::{Bwrap, Jail};
 pub use self::budget::{GpuDevice, GpuUse, Usage};
 pub use self::sandbox::SandboxMode;
 use super::{
-    BackendError, CallContext, CallId, CallOutcome, Capacity, ComputeBackend, Deployment, LogSink,
-    LogStream, MapItem,
+    BackendError, CallContext, CallId, CallOutcome, Capacity, ComputeBackend, Deployment,
+    Isolation, LogSink, LogStream, MapItem,
 };
 use crate::task::TaskError;
 
@@ -369,7 +369,7 @@ async fn call_once(
         .running
         .store(1, std::sync::atomic::Ordering::Relaxed);
     let reply = tokio::select! {
-        reply = lease.request(frame, pool.timeout()) => reply,
+        reply = lease.request(frame, 1, pool.timeout()) => reply,
         () = ctx.cancel.cancelled() => Err(cancelled_error().into()),
     };
     ctx.meter
@@ -413,7 +413,35 @@ impl ComputeBackend for LocalBackend {
                 .map(|b| b.devices().into_iter().map(|d| d.name).collect())
                 .unwrap_or_default(),
             default_pool_size: self.config.pool_size,
+            isolation: match self.sandboxed() {
+                None => Isolation::Unknown,
+                Some(true) => Isolation::Bubblewrap,
+                Some(false) => Isolation::None,
+            },
         }
+    }
+
+    fn unenforced(&self, spec: &crate::spec::FunctionSpec) -> Vec<String> {
+        if self.sandboxed() != Some(false) {
+            return Vec::new();
+        }
+        let mut unenforced = Vec::new();
+        if spec.limits.network != Some(true) {
+            unenforced.push(
+                "limits.network: this server runs functions without a sandbox (bubblewrap is not usable here), so the function's network is not blocked".to_owned(),
+            );
+        }
+        let pids = self.launcher.get().is_some_and(|l| l.pids.is_some());
+        if !pids {
+            unenforced.push(format!(
+                "limits.processes ({}): without a sandbox or a pids cgroup the process limit is not enforced per container",
+                spec.limits.processes
+            ));
+        }
+        unenforced.push(
+            "isolation: without a sandbox the function can read and write whatever this server's user can".to_owned(),
+        );
+        unenforced
     }
 
     async fn check_resources(
@@ -428,11 +456,16 @@ impl ComputeBackend for LocalBackend {
     }
 
     async fn start(&self) -> Result<(), BackendError> {
-        // Only a required sandbox is worth an interpreter start at boot.
-        if self.config.sandbox == SandboxMode::Required {
-            self.launcher().await?;
+        // Whether containers will be sandboxed is known (and said) from the
+        // start; only a required sandbox failing stops the start.
+        match self.launcher().await {
+            Ok(_) => Ok(()),
+            Err(e) if self.config.sandbox == SandboxMode::Required => Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "the local backend cannot start containers yet");
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     async fn deploy(&self, d: Deployment) -> Result<(), BackendError> {

@@ -131,6 +131,13 @@ impl ComputeBackend for Router {
         self.local.capacity()
     }
 
+    fn unenforced(&self, spec: &FunctionSpec) -> Vec<String> {
+        match self.placed.get(&spec.name).map(|p| *p) {
+            Some(Placement::Modal) => Vec::new(),
+            _ => self.local.unenforced(spec),
+        }
+    }
+
     async fn start(&self) -> Result<(), BackendError> {
         self.local.start().await
     }

@@ -140,6 +140,11 @@ pub(crate) struct Reservation {
 }
 
 impl Reservation {
+    /// Indices of the GPUs it holds.
+    pub(crate) fn gpus(&self) -> &[u32] {
+        &self.gpus
+    }
+
     /// `CUDA_VISIBLE_DEVICES` for the container, when it holds GPUs.
     pub(crate) fn cuda_visible_devices(&self) -> Option<String> {
         (!self.gpus.is_empty()).then(|| {

@@ -91,7 +91,9 @@ impl Launcher {
         self: &Arc<Self>,
         load_frame: &[u8],
         processes: u32,
+        gpus: &[u32],
     ) -> Result<Container, StartError> {
+        // Standby containers are unsandboxed, and so see no GPU node anyway.
         let standby = self.standby.lock().expect("standby poisoned").pop();
         self.refill();
         if let Some(mut container) = standby {
@@ -103,7 +105,7 @@ impl Launcher {
                 other => return other.map(|()| container),
             }
         }
-        let mut container = self.spawn().await?;
+        let mut container = self.spawn(gpus).await?;
         container.limit_processes(processes);
         container.load(load_frame).await?;
         Ok(container)
@@ -124,7 +126,7 @@ impl Launcher {
                 && launcher.standby.lock().expect("standby poisoned").len()
                     < launcher.standby_target
             {
-                let started = match launcher.spawn().await {
+                let started = match launcher.spawn(&[]).await {
                     Ok(mut c) => c.ping().await.map(|()| c),
                     Err(e) => Err(e),
                 };
@@ -206,6 +208,58 @@ fn widen_pipe(fd: std::os::fd::RawFd) {
     }
 }
 
+/// CPU seconds (user + system, rounded up) a process has used.
+fn cpu_seconds(pid: u32) -> std::io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| std::io::Error::other("unreadable /proc stat"))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| -> std::io::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .ok_or_else(|| std::io::Error::other("unreadable /proc stat"))
+    };
+    // utime and stime: fields 14 and 15 of stat, 11 and 12 after the name.
+    let total = ticks(11)? + ticks(12)?;
+    // SAFETY: sysconf only reads a configuration value.
+    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .unwrap_or(100)
+        .max(1);
+    Ok(total.div_ceil(per_second))
+}
+
+/// The harness's process among the descendants of `pid` (bubblewrap and
+/// its init in between): the one whose program is not bubblewrap and whose
+/// command line carries the container marker.
+fn harness_under(pid: u32) -> Option<u32> {
+    let mut frontier = vec![pid];
+    for _ in 0..4 {
+        let mut next = Vec::new();
+        for p in frontier {
+            let children =
+                std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+            for child in children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok())
+            {
+                let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+                let mut args = cmdline.split(|b| *b == 0);
+                let program = args.next().unwrap_or_default();
+                let is_bwrap = program.ends_with(b"bwrap");
+                if !is_bwrap && args.any(|a| a == CONTAINER_MARKER.as_bytes()) {
+                    return Some(child);
+                }
+                next.push(child);
+            }
+        }
+        frontier = next;
+    }
+    None
+}
+
 /// Bytes waiting in a pipe (FIONREAD); 0 when it cannot be asked.
 fn pending_bytes(pipe: &impl AsRawFd) -> usize {
     let mut unread: libc::c_int = 0;
@@ -280,14 +334,17 @@ pub(crate) struct Container {
     confined: Option<Arc<Confined>>,
     /// Whether it runs under bubblewrap.
     sandboxed: bool,
+    /// The harness's process as this host sees it (under bubblewrap, a
+    /// descendant of `pid`), found on first need.
+    harness_pid: Option<u32>,
 }
 
 impl Launcher {
     /// Starts a blank container.
-    async fn spawn(&self) -> Result<Container, StartError> {
+    async fn spawn(&self, gpus: &[u32]) -> Result<Container, StartError> {
         let live = &self.live;
         let mut cmd = match &self.jail {
-            Some(jail) => jail.command(&self.python),
+            Some(jail) => jail.command(&self.python, gpus),
             None => Command::new(&self.python),
         };
         cmd.arg("-c")
@@ -342,6 +399,7 @@ impl Launcher {
             reservation: None,
             confined,
             sandboxed: self.jail.is_some(),
+            harness_pid: None,
         })
     }
 }
@@ -388,6 +446,48 @@ impl Container {
         match failure {
             Failure::TimedOut | Failure::Protocol(_) => StartError::Failed(self.explain(failure)),
             died => StartError::Died(self.explain(died)),
+        }
+    }
+
+    /// Lets the harness's process use `seconds` more CPU time from now: its
+    /// RLIMIT_CPU is set from outside, the soft limit at that point (SIGXCPU,
+    /// named in the error) and the hard one a second later, so code in the
+    /// container cannot lift its own limit (by more than that second).
+    pub(crate) fn allow_cpu(&mut self, seconds: u64) -> std::io::Result<()> {
+        let pid = match self.harness_pid {
+            Some(pid) => pid,
+            None => {
+                let pid = if self.sandboxed {
+                    harness_under(self.pid).ok_or_else(|| {
+                        std::io::Error::other("the harness process was not found under bubblewrap")
+                    })?
+                } else {
+                    self.pid
+                };
+                self.harness_pid = Some(pid);
+                pid
+            }
+        };
+        let used = cpu_seconds(pid)?;
+        let soft = used + seconds;
+        let limit = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: soft + 1,
+        };
+        // SAFETY: prlimit(2) on a process this runtime started, with a
+        // valid rlimit to set and no old value asked for.
+        let rc = unsafe {
+            libc::prlimit(
+                pid as libc::pid_t,
+                libc::RLIMIT_CPU,
+                &limit,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
         }
     }
 
@@ -449,7 +549,7 @@ impl Container {
         let outcome = tokio::select! {
             reply = tokio::time::timeout(timeout, exchange) => reply,
             status = exited => Ok(Err(match status {
-                Ok(status) => std::io::Error::other(describe_exit(status, self.sandboxed)),
+                Ok(status) => std::io::Error::other(describe_exit(status, self.sandboxed, self.harness_pid.is_some())),
                 Err(e) => e,
             })),
         };
@@ -514,7 +614,7 @@ impl Container {
             return format!("container pipe failed: {io}");
         };
         match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
-            Ok(Ok(status)) => describe_exit(status, self.sandboxed),
+            Ok(Ok(status)) => describe_exit(status, self.sandboxed, self.harness_pid.is_some()),
             _ => {
                 kill_group(self.pid);
                 format!("container stopped answering ({io})")
@@ -525,7 +625,9 @@ impl Container {
 
 /// A human description of how a process ended. bubblewrap exits with
 /// 128 + N when the program it ran was killed by signal N.
-fn describe_exit(status: ExitStatus, sandboxed: bool) -> String {
+/// `cpu_limited`: the container had a CPU limit set, whose hard stop (a
+/// second past the soft one) is a SIGKILL.
+fn describe_exit(status: ExitStatus, sandboxed: bool, cpu_limited: bool) -> String {
     let signal = status.signal().or_else(|| {
         status
             .code()
@@ -534,6 +636,9 @@ fn describe_exit(status: ExitStatus, sandboxed: bool) -> String {
     });
     if let Some(sig) = signal {
         let name = match sig {
+            libc::SIGKILL if cpu_limited => {
+                " (SIGKILL: killed from outside, or the input ran past the hard stop of limits.cpu_s)"
+            }
             libc::SIGKILL => " (SIGKILL)",
             libc::SIGSEGV => " (SIGSEGV)",
             libc::SIGABRT => " (SIGABRT)",

@@ -9,7 +9,8 @@
 # container instead of reading them as answers.
 #   -> {"op":"ping"}  (any number, before load)  <- {"pong":pid}
 #   -> {"op":"load","code":..,"entrypoint":..,"filename":..,"env":{..},"cwd":..,
-#       "limits":{"as","cpu","nofile","fsize","nproc"}}  (bytes, CPU s per input, counts)
+#       "limits":{"as","nofile","fsize","nproc"}}  (bytes, counts; CPU time is
+#       limited from outside, per request)
 #   <- {"ready":pid} | {"load_error":{"type","message","line","column","defined","traceback"}}
 #   -> {"op":"call","args":[..],"kwargs":{..}}
 #   <- {"ok":value,"stdout":..,"stderr":..} | {"err":{type,message,traceback},..}
@@ -109,7 +110,7 @@ def main():
         return
     os.environ.update(msg.get("env", {}))
     os.chdir(msg.get("cwd", "."))
-    cpu_per_input = apply_limits(msg.get("limits") or {})
+    apply_limits(msg.get("limits") or {})
     harness_pid = os.getpid()
     source = msg["code"]
     entry = msg["entrypoint"]
@@ -145,8 +146,6 @@ def main():
         msg = recv()
         if msg is None:
             return
-        if cpu_per_input:
-            allow_cpu(cpu_per_input * max(1, len(msg.get("inputs", ()))))
         out, err = io.StringIO(), io.StringIO()
         sys.stdout, sys.stderr = out, err
         try:
@@ -201,7 +200,8 @@ def main():
 
 def apply_limits(limits):
     """Sets the function's rlimits, soft and hard, so its code cannot raise
-    them; returns the CPU seconds allowed per input (None for no limit)."""
+    them. The CPU limit is set by the runtime from outside before each
+    request (soft and hard), so code cannot raise that one either."""
     import resource
 
     for key, which in (("as", resource.RLIMIT_AS), ("nofile", resource.RLIMIT_NOFILE),
@@ -213,16 +213,6 @@ def apply_limits(limits):
         if hard != resource.RLIM_INFINITY:
             value = min(value, hard)
         resource.setrlimit(which, (value, value))
-    return limits.get("cpu")
-
-
-def allow_cpu(seconds):
-    """Lets the next request use `seconds` more CPU time, then SIGXCPU."""
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    used = int(usage.ru_utime + usage.ru_stime) + 1
-    resource.setrlimit(resource.RLIMIT_CPU, (used + seconds, resource.RLIM_INFINITY))
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ impl Builder<'_> {
                     network: true,
                     gpu: false,
                 }
-                .command(program)
+                .command(program, &[])
             }
             None => Command::new(program),
         };

@@ -120,7 +120,7 @@ impl Pool {
                 let frame = self.load_frame(&self.env);
                 drop(
                     self.launcher
-                        .start(&frame, self.spec.limits.processes)
+                        .start(&frame, self.spec.limits.processes, &[])
                         .await?,
                 );
             }
@@ -146,7 +146,7 @@ impl Pool {
         let frame = self.load_frame(&env);
         let mut container = self
             .launcher
-            .start(&frame, self.spec.limits.processes)
+            .start(&frame, self.spec.limits.processes, reservation.gpus())
             .await?;
         container.hold(reservation);
         Ok(container)
@@ -313,14 +313,26 @@ impl Pool {
 }
 
 impl Lease {
-    /// Runs one request on the leased container. On failure the container is
+    /// Runs one request of `inputs` inputs on the leased container, each
+    /// allowed the function's `limits.cpu_s`. On failure the container is
     /// discarded and the error says why, as a task error.
     pub(crate) async fn request(
         &mut self,
         frame: &[u8],
+        inputs: usize,
         timeout: Duration,
     ) -> Result<Vec<u8>, AttemptError> {
         let container = self.container.as_mut().expect("lease holds a container");
+        if let Some(cpu_s) = self.pool.spec.limits.cpu_s {
+            let seconds = u64::from(cpu_s).saturating_mul(inputs.max(1) as u64);
+            if let Err(e) = container.allow_cpu(seconds) {
+                self.container.take();
+                return Err(AttemptError::Lost(TaskError::new(
+                    "ContainerStartFailed",
+                    format!("could not set the container's CPU limit: {e}"),
+                )));
+            }
+        }
         match container.request(frame, timeout).await {
             Ok(reply) => Ok(reply),
             Err(failure) => {

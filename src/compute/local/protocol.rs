@@ -38,7 +38,6 @@ pub(crate) fn load_request(
     let body = json!({
         "limits": {
             "as": limits.memory_mib.map(|m| m * MIB),
-            "cpu": limits.cpu_s,
             "nofile": limits.open_files,
             "fsize": limits.file_size_mib.map(|m| m * MIB),
             "nproc": nproc.then_some(limits.processes),

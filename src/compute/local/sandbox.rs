@@ -128,7 +128,14 @@ impl Bwrap {
                  (apt-get install bubblewrap) or choose --sandbox auto|off"
             ))),
             Err(why) => {
-                tracing::warn!(%why, "containers run without a sandbox");
+                tracing::warn!(
+                    %why,
+                    "NO SANDBOX: containers run as plain processes with this server's user. \
+                     Function code can read and write what the server can (its data dir \
+                     included), limits.network=false is not enforced, and limits.processes \
+                     only where a pids cgroup can be made. Install bubblewrap \
+                     (apt-get install bubblewrap) or serve with --sandbox required to refuse this."
+                );
                 Ok(None)
             }
         }
@@ -149,7 +156,9 @@ pub(crate) struct Jail {
 
 impl Jail {
     /// A command that runs `program` inside the sandbox.
-    pub(crate) fn command(&self, program: &Path) -> Command {
+    /// The command starting `program` in this sandbox, seeing only the
+    /// GPUs `gpus` (indices) of those the function may use.
+    pub(crate) fn command(&self, program: &Path, gpus: &[u32]) -> Command {
         let mut cmd = Command::new(&self.bwrap.path);
         // A session of its own: no controlling terminal to push input into
         // (TIOCSTI) if the operator runs the server from one.
@@ -171,7 +180,7 @@ impl Jail {
             cmd.arg("--ro-bind").arg(dir).arg(dir);
         }
         if self.gpu {
-            for dev in nvidia_devices() {
+            for dev in nvidia_devices(gpus) {
                 cmd.arg("--dev-bind").arg(&dev).arg(&dev);
             }
         }
@@ -214,19 +223,35 @@ fn system_args(python_roots: &[PathBuf]) -> Vec<String> {
     args
 }
 
-fn nvidia_devices() -> Vec<PathBuf> {
+/// The NVIDIA device nodes a container holding GPUs `assigned` may see.
+fn nvidia_devices(assigned: &[u32]) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir("/dev") else {
         return Vec::new();
     };
-    entries
+    let names = entries
         .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("nvidia"))
-        })
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned));
+    gpu_nodes(names, assigned)
+        .into_iter()
+        .map(|n| Path::new("/dev").join(n))
         .collect()
+}
+
+/// Of `/dev`'s entries, the shared NVIDIA control nodes (`nvidiactl`,
+/// `nvidia-uvm`, ...) and the per-GPU nodes (`nvidiaN`) of `assigned` only:
+/// a container never reaches another container's GPU.
+fn gpu_nodes(names: impl Iterator<Item = String>, assigned: &[u32]) -> Vec<String> {
+    let mut nodes: Vec<String> = names
+        .filter(|n| match n.strip_prefix("nvidia") {
+            Some(rest) if !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) => {
+                rest.parse::<u32>().is_ok_and(|i| assigned.contains(&i))
+            }
+            Some(_) => true,
+            None => false,
+        })
+        .collect();
+    nodes.sort();
+    nodes
 }
 
 fn find_in_path(program: &str) -> Option<PathBuf> {
@@ -260,6 +285,24 @@ async fn probe(bwrap: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_container_sees_only_its_own_gpus() {
+        let names = [
+            "nvidia0",
+            "nvidia1",
+            "nvidia12",
+            "nvidiactl",
+            "nvidia-uvm",
+            "nvidia-caps",
+            "null",
+        ]
+        .map(str::to_owned);
+        assert_eq!(
+            gpu_nodes(names.into_iter(), &[1]),
+            ["nvidia-caps", "nvidia-uvm", "nvidia1", "nvidiactl"]
+        );
+    }
 
     #[test]
     fn modes_parse_and_name_what_is_accepted() {

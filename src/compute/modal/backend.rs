@@ -263,6 +263,7 @@ impl ComputeBackend for ModalBackend {
                 .map(str::to_owned)
                 .collect(),
             default_pool_size: 0,
+            isolation: crate::compute::Isolation::Modal,
         }
     }
 
