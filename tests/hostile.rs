@@ -586,3 +586,89 @@ async fn the_fallback_to_plain_processes_is_loud() {
         support::stop(&mut server);
     }
 }
+
+/// Logs each run of an input in its volume, then: inputs from 1000 take
+/// 0.3 s, 2000 sleeps far past the timeout, 3000 holds the GIL in C
+/// (catastrophic regex backtracking) past it.
+const SLOW: &str = r#"
+import json, os, re, time
+
+def slow(x):
+    root = json.loads(os.environ['MODAL_AGENTS_VOLUMES'])['/runs']
+    with open(os.path.join(root, 'runs.log'), 'a') as f:
+        f.write('%d\n' % x)
+    if x == 2000:
+        time.sleep(60)
+    elif x == 3000:
+        re.match(r'(a+)+$', 'a' * 64 + 'b')
+    elif x >= 1000:
+        time.sleep(0.3)
+    return x
+"#;
+
+/// The timeout applies to each input of a map, not to a batch: inputs each
+/// under it never fail together, the one past it fails alone, and no input
+/// runs twice (bar the batch-mates of one that holds the GIL past it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn map_timeouts_are_per_input_and_nothing_runs_twice() {
+    let (_dir, data, mut server, api) = support::fresh(BIN, TOKEN, &[]);
+    api.post(
+        "/deploy-function",
+        json!({"function_code": SLOW, "function_name": "slow", "timeout": 1,
+               "max_concurrency": 1, "volumes": {"/runs": "runs"}}),
+    )
+    .await;
+    let mut inputs: Vec<u64> = (0..300).collect();
+    inputs.extend(1000..1010);
+    inputs.push(2000);
+    inputs.extend(300..310);
+    let task = api
+        .post(
+            "/run-parallel",
+            json!({"function_name": "slow", "inputs": inputs, "wait": true}),
+        )
+        .await;
+    let id = task["task_id"].as_str().unwrap();
+    let results = api.all_results(id).await;
+    assert_eq!(results.len(), inputs.len());
+    for (x, r) in inputs.iter().zip(&results) {
+        if *x == 2000 {
+            assert_eq!(r["error"]["type"], "TimeoutError", "{r}");
+            assert!(
+                r["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("timeout of 1 s"),
+                "{r}"
+            );
+        } else {
+            assert_eq!(r, &json!(x), "input {x}");
+        }
+    }
+    let log = std::fs::read_to_string(data.join("volumes/runs/files/runs.log")).unwrap();
+    let mut runs = std::collections::HashMap::new();
+    for line in log.lines() {
+        *runs.entry(line.to_owned()).or_insert(0) += 1;
+    }
+    for x in &inputs {
+        assert_eq!(
+            runs.get(&x.to_string()),
+            Some(&1),
+            "input {x} ran {:?} times",
+            runs.get(&x.to_string())
+        );
+    }
+
+    // An input holding the GIL past its timeout still fails alone.
+    let task = api
+        .post(
+            "/run-parallel",
+            json!({"function_name": "slow", "inputs": [1, 3000, 2], "wait": true}),
+        )
+        .await;
+    let results = api.all_results(task["task_id"].as_str().unwrap()).await;
+    assert_eq!(results[0], 1);
+    assert!(results[1]["error"].is_object(), "{results:?}");
+    assert_eq!(results[2], 2);
+    support::stop(&mut server);
+}

@@ -9,8 +9,8 @@
 # container instead of reading them as answers.
 #   -> {"op":"ping"}  (any number, before load)  <- {"pong":pid}
 #   -> {"op":"load","code":..,"entrypoint":..,"filename":..,"env":{..},"cwd":..,
-#       "limits":{"as","nofile","fsize","nproc"}}  (bytes, counts; CPU time is
-#       limited from outside, per request)
+#       "limits":{"as","nofile","fsize","nproc","timeout"}}  (bytes, counts,
+#       seconds per input; CPU time is limited from outside, per request)
 #   <- {"ready":pid} | {"load_error":{"type","message","line","column","defined","traceback"}}
 #   -> {"op":"call","args":[..],"kwargs":{..}}
 #   <- {"ok":value,"stdout":..,"stderr":..} | {"err":{type,message,traceback},..}
@@ -110,7 +110,9 @@ def main():
         return
     os.environ.update(msg.get("env", {}))
     os.chdir(msg.get("cwd", "."))
-    apply_limits(msg.get("limits") or {})
+    limits = msg.get("limits") or {}
+    apply_limits(limits)
+    watch = Watch(limits.get("timeout"))
     harness_pid = os.getpid()
     source = msg["code"]
     entry = msg["entrypoint"]
@@ -155,13 +157,17 @@ def main():
                 results = []
                 errors = []
                 pending = iter(msg["inputs"])
-                while True:
-                    try:
-                        results.extend(map(fn, pending))
-                        break
-                    except BaseException as e:
-                        errors.append([len(results), describe(e)])
-                        results.append(None)
+                watch.start(results)
+                try:
+                    while True:
+                        try:
+                            results.extend(map(fn, pending))
+                            break
+                        except BaseException as e:
+                            errors.append([len(results), watch.describe(e, len(results)) or describe(e)])
+                            results.append(None)
+                finally:
+                    watch.stop()
                 reply = {"results": results, "errors": errors}
             else:
                 try:
@@ -196,6 +202,91 @@ def main():
         write(seq[0] + len(data).to_bytes(4, "big"))
         write(data)
         flush()
+
+
+class Watch:
+    """Per-input timeouts inside a map batch, at no cost per input.
+
+    list.extend(map(fn, inputs)) appends each result as it comes, so the
+    length of the results list is the index of the input running. A thread
+    looks at it a few times per timeout: an input running past the timeout
+    gets a TimeoutError raised in it (SIGALRM to the main thread, which also
+    interrupts sleeps and most blocking calls), and the inputs before and
+    after it keep their results. Code holding the GIL (a C loop) cannot be
+    interrupted that way: faulthandler's C watchdog, re-armed by that thread
+    while inputs make progress, then ends the process after the timeout and
+    a grace period, and the runtime finds the input at fault."""
+
+    GRACE = 5.0
+
+    def __init__(self, timeout):
+        self.timeout = float(timeout) if timeout else None
+        self.results = None
+        self.thread = None
+        self.fired = None  # (id of the results list, index) the alarm is for
+
+    def start(self, results):
+        if self.timeout is None:
+            return
+        import faulthandler
+        import signal
+        import threading
+
+        if self.thread is None:
+            signal.signal(signal.SIGALRM, self._alarm)
+            self.main = threading.main_thread().ident
+            self.wake = threading.Condition()
+            self.thread = threading.Thread(target=self._run, name="modal-agents-watch", daemon=True)
+            self.thread.start()
+        faulthandler.dump_traceback_later(self.timeout + self.GRACE, exit=True, file=2)
+        with self.wake:
+            self.results = results
+            self.wake.notify()
+
+    def stop(self):
+        if self.timeout is None:
+            return
+        import faulthandler
+
+        faulthandler.cancel_dump_traceback_later()
+        self.results = None
+        self.fired = None
+
+    def describe(self, exc, index):
+        if self.fired == (id(self.results), index) and isinstance(exc, TimeoutError):
+            return {"type": "TimeoutError",
+                    "message": "the input ran past its timeout of %g s" % self.timeout}
+        return None
+
+    def _alarm(self, signum, frame):
+        results = self.results
+        if results is not None and self.fired == (id(results), len(results)):
+            raise TimeoutError("the input ran past its timeout of %g s" % self.timeout)
+
+    def _run(self):
+        import faulthandler
+        import signal
+        import time
+
+        every = min(max(self.timeout / 8, 0.05), 1.0)
+        seen = (None, -1)
+        since = time.monotonic()
+        while True:
+            with self.wake:
+                while self.results is None:
+                    self.wake.wait()
+            time.sleep(every)
+            results = self.results
+            if results is None:
+                continue
+            now = time.monotonic()
+            at = (id(results), len(results))
+            if at != seen:
+                seen, since = at, now
+                faulthandler.dump_traceback_later(self.timeout + self.GRACE, exit=True, file=2)
+            elif now - since > self.timeout and self.fired != at:
+                self.fired = at
+                signal.pthread_kill(self.main, signal.SIGALRM)
 
 
 def apply_limits(limits):

@@ -322,6 +322,13 @@ async fn run_batch(
 ) -> BatchDone {
     let started = Instant::now();
     let request = map_request(slots.iter().map(|s| &s.input));
+    // Each input has the function's timeout, enforced in the container (an
+    // input past it fails alone, the batch goes on); this bound on the whole
+    // batch is only the backstop for a container that stops answering.
+    let timeout = timeout
+        .saturating_mul(u32::try_from(slots.len()).unwrap_or(u32::MAX))
+        .saturating_add(timeout)
+        .saturating_add(Duration::from_secs(10));
     let attempt = |e| match e {
         AttemptError::Lost(e) => Outcome::Lost(e),
         AttemptError::Failed(e) => Outcome::Failed(e),

@@ -41,6 +41,7 @@ pub(crate) fn load_request(
             "nofile": limits.open_files,
             "fsize": limits.file_size_mib.map(|m| m * MIB),
             "nproc": nproc.then_some(limits.processes),
+            "timeout": spec.timeout_s,
         },
         "op": "load",
         "code": spec.code,
