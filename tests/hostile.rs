@@ -672,3 +672,61 @@ async fn map_timeouts_are_per_input_and_nothing_runs_twice() {
     assert_eq!(results[2], 2);
     support::stop(&mut server);
 }
+
+/// A redeploy while a map runs: the map finishes on the version it started
+/// with, new work gets the new version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redeploy_does_not_break_a_running_map() {
+    let (_dir, data, mut server, api) = support::fresh(BIN, TOKEN, &[]);
+    let version = |factor: u32| {
+        format!(
+            "import json, os, time\ndef v(x):\n    root = json.loads(os.environ['MODAL_AGENTS_VOLUMES'])['/gate']\n    while x >= 50 and not os.path.exists(os.path.join(root, 'open')):\n        time.sleep(0.01)\n    return x * {factor}\n"
+        )
+    };
+    let deploy = |factor: u32| {
+        let (api, code) = (&api, version(factor));
+        async move {
+            api.post(
+                "/deploy-function",
+                json!({"function_code": code, "function_name": "v", "volumes": {"/gate": "gate"}}),
+            )
+            .await
+        }
+    };
+    deploy(2).await;
+    let map = api
+        .post(
+            "/run-parallel",
+            json!({"function_name": "v", "inputs": (0..100).collect::<Vec<_>>()}),
+        )
+        .await;
+    let id = map["task_id"].as_str().unwrap().to_owned();
+    api.until(&format!("/status/{id}"), "the map under way", |v| {
+        v["progress"]["completed"].as_u64().unwrap_or(0) >= 1
+    })
+    .await;
+    deploy(3).await;
+    std::fs::write(data.join("volumes/gate/files/open"), "").unwrap();
+    let record = api
+        .until(&format!("/status/{id}"), "the map to finish", |v| {
+            v["status"] != "pending" && v["status"] != "running"
+        })
+        .await;
+    assert_eq!(record["status"], "completed", "{record}");
+    let results = api.all_results(&id).await;
+    for (x, r) in results.iter().enumerate() {
+        assert_eq!(
+            r,
+            &json!(x * 2),
+            "input {x} ran on the version the map started with"
+        );
+    }
+    let task = api
+        .post(
+            "/spawn-task",
+            json!({"function_name": "v", "args": [7], "wait": true}),
+        )
+        .await;
+    assert_eq!(task["result"], 21, "{task}");
+    support::stop(&mut server);
+}

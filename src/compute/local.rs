@@ -511,9 +511,10 @@ impl ComputeBackend for LocalBackend {
                 reason,
             },
         })?;
-        if let Some(old) = self.functions.insert(spec.name.clone(), pool) {
-            old.close();
-        }
+        // The previous version is not closed: maps and calls already running
+        // on it finish on the version they started with, and its containers
+        // go when the last of them lets go of it.
+        drop(self.functions.insert(spec.name.clone(), pool));
         tracing::info!(function = %spec.name, pool_size = size, "deployed on the local backend");
         Ok(())
     }
