@@ -265,14 +265,65 @@ pub fn app(runtime: Runtime, config: ApiConfig) -> Router {
         .with_state(state)
 }
 
+/// How long a client may take to send a request's headers, and how long a
+/// kept-alive connection may sit idle before its next request (15 s): a
+/// client trickling bytes (slowloris) or hoarding idle connections cannot
+/// hold the server's connections forever.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Serves `app` on `listener` until `shutdown` completes, then stops
-/// accepting and lets requests in flight finish.
+/// accepting and lets requests in flight finish. HTTP/1.1, with
+/// [`HEADER_READ_TIMEOUT`] on every connection.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with(listener, app, shutdown, HEADER_READ_TIMEOUT).await
+}
+
+/// [`serve`] with another header-read (and keep-alive idle) timeout.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    header_read_timeout: Duration,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt as _;
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, say: wait a moment, keep serving.
+                    tracing::warn!(error = %e, "could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(
+            app.clone()
+                .map_request(|r: Request<hyper::body::Incoming>| r.map(axum::body::Body::new)),
+        );
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }

@@ -730,3 +730,42 @@ async fn a_redeploy_does_not_break_a_running_map() {
     assert_eq!(task["result"], 21, "{task}");
     support::stop(&mut server);
 }
+
+/// A client trickling its headers (slowloris) or idling on a kept-alive
+/// connection is cut off after the header-read timeout; others are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_connections_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_dir, _data, mut server, api) =
+        support::fresh(BIN, TOKEN, &[("MODAL_AGENTS_HEADER_READ_TIMEOUT", "1")]);
+    let addr = api.url.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Others are served meanwhile.
+    assert_eq!(api.get("/healthz").await["status"], "ok");
+    for (name, conn) in [("slow", &mut slow), ("idle", &mut idle)] {
+        let closed = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut rest = Vec::new();
+            conn.read_to_end(&mut rest).await.map(|_| rest)
+        })
+        .await;
+        let rest = closed.unwrap_or_else(|_| panic!("the {name} connection was kept open"));
+        // Closed (with at most a 408 for the slow one), never a response to
+        // a request that was not finished.
+        let text = String::from_utf8_lossy(rest.as_deref().unwrap_or_default()).into_owned();
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "{name}: {text}"
+        );
+    }
+    support::stop(&mut server);
+}

@@ -32,6 +32,11 @@ pub(crate) struct ServeArgs {
     /// Run containers under bubblewrap: auto (when it works), required, off.
     #[arg(long, env = "MODAL_AGENTS_SANDBOX", default_value = "auto")]
     sandbox: SandboxMode,
+    /// Seconds a client may take to send a request's headers, and a kept-alive
+    /// connection may sit idle (slowloris guard).
+    #[arg(long, env = "MODAL_AGENTS_HEADER_READ_TIMEOUT", default_value_t = 15.0,
+          value_parser = parse_seconds)]
+    header_read_timeout: f64,
     /// Seconds a SIGTERM/Ctrl-C stop may take; unfinished tasks resume at
     /// the next start either way.
     #[arg(long, env = "MODAL_AGENTS_SHUTDOWN_TIMEOUT", default_value_t = 30.0,
@@ -157,7 +162,12 @@ pub(crate) async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), 
             runtime.shutdown().await;
         }
     });
-    let served = api::serve(listener, app, stop.clone().cancelled_owned());
+    let served = api::serve_with(
+        listener,
+        app,
+        stop.clone().cancelled_owned(),
+        Duration::from_secs_f64(args.header_read_timeout.max(0.1)),
+    );
     tokio::pin!(served);
     let served = tokio::select! {
         served = &mut served => served,
