@@ -11,6 +11,7 @@
 mod error;
 mod extract;
 mod functions;
+mod idempotency;
 mod metrics;
 mod misc;
 mod tasks;
@@ -96,7 +97,7 @@ impl ApiConfig {
 pub(crate) struct Inner {
     pub(crate) runtime: Runtime,
     pub(crate) config: ApiConfig,
-    pub(crate) idempotency: extract::IdempotencyStore,
+    pub(crate) idempotency: idempotency::IdempotencyStore,
     pub(crate) webhooks: webhooks::Webhooks,
     pub(crate) metrics: metrics::Metrics,
 }
@@ -207,7 +208,7 @@ pub fn app(runtime: Runtime, config: ApiConfig) -> Router {
         .route("/webhook", post(webhooks::register))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            extract::idempotency,
+            idempotency::idempotency,
         ));
     let protected = Router::new()
         .merge(creating)

@@ -769,3 +769,52 @@ async fn slow_and_idle_connections_are_cut_off() {
     }
     support::stop(&mut server);
 }
+
+/// A request with an Idempotency-Key whose client goes away runs to the
+/// end: the retry gets its response (409 only while it still runs), and the
+/// work exists once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_outlives_a_dropped_client() {
+    let (_dir, data, mut server, api) = support::fresh(BIN, TOKEN, &[]);
+    let gate = "import json, os, time\ndef held(x):\n    root = json.loads(os.environ['MODAL_AGENTS_VOLUMES'])['/gate']\n    while not os.path.exists(os.path.join(root, 'open')):\n        time.sleep(0.01)\n    return x\n";
+    api.post(
+        "/deploy-function",
+        json!({"function_code": gate, "function_name": "held", "volumes": {"/gate": "gate"}}),
+    )
+    .await;
+    let body = json!({"function_name": "held", "args": [5], "wait": true});
+    let send = || {
+        api.http
+            .post(format!("{}/spawn-task", api.url))
+            .bearer_auth(TOKEN)
+            .header("idempotency-key", "dropped-1")
+            .json(&body)
+            .send()
+    };
+    // The first client gives up while its call waits on the gate.
+    let first = tokio::time::timeout(Duration::from_millis(300), send()).await;
+    assert!(first.is_err(), "the call cannot have answered yet");
+    std::fs::write(data.join("volumes/gate/files/open"), "").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let replayed = loop {
+        let r = send().await.unwrap();
+        if r.status() != 409 {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "409 forever");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(replayed.status(), 200);
+    assert_eq!(replayed.headers()["idempotent-replayed"], "true");
+    let task: serde_json::Value = replayed.json().await.unwrap();
+    assert_eq!(task["result"], 5, "{task}");
+    let listed = api.get("/tasks").await;
+    let held = listed["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["function_name"] == "held")
+        .count();
+    assert_eq!(held, 1, "the work exists once: {listed}");
+    support::stop(&mut server);
+}
