@@ -45,27 +45,30 @@ enum Entry {
 }
 
 type Key = (String, String);
+type Slot = Arc<Mutex<Entry>>;
+/// A finished entry in the forgetting order: when, its key and slot, bytes.
+type Finished = (Instant, Key, Slot, usize);
 
 /// Remembered responses by (credential, key).
 #[derive(Default)]
 pub(crate) struct IdempotencyStore {
-    entries: DashMap<Key, Arc<Mutex<Entry>>>,
-    /// Finished entries, oldest first, with when and how many bytes.
-    order: Mutex<VecDeque<(Instant, Key, Arc<Mutex<Entry>>, usize)>>,
+    entries: DashMap<Key, Slot>,
+    /// Finished entries, oldest first.
+    order: Mutex<VecDeque<Finished>>,
     bytes: AtomicUsize,
 }
 
 impl IdempotencyStore {
     /// Records a finished entry, then forgets what is past its time, the
     /// key count or the byte budget, oldest first.
-    fn finished(&self, key: Key, slot: Arc<Mutex<Entry>>, size: usize) {
+    fn finished(&self, key: Key, slot: Slot, size: usize) {
         let mut order = self.order.lock().unwrap_or_else(|p| p.into_inner());
         self.bytes.fetch_add(size, Ordering::Relaxed);
         order.push_back((Instant::now(), key, slot, size));
         self.expire(&mut order);
     }
 
-    fn expire(&self, order: &mut VecDeque<(Instant, Key, Arc<Mutex<Entry>>, usize)>) {
+    fn expire(&self, order: &mut VecDeque<Finished>) {
         while let Some((at, _, _, _)) = order.front() {
             let over = order.len() > MAX_KEYS || self.bytes.load(Ordering::Relaxed) > MAX_BYTES;
             if !over && at.elapsed() < KEEP {
