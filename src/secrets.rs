@@ -31,6 +31,14 @@ pub enum SecretError {
         /// The key whose value is bad.
         key: String,
     },
+    /// The runtime's database could not store the change; nothing changed.
+    #[error("secret `{secret}` could not be stored, so it was not changed: {cause}")]
+    Storage {
+        /// The secret.
+        secret: String,
+        /// Why the database refused.
+        cause: String,
+    },
     /// A function asks for a secret the store does not have.
     #[error("unknown secret `{name}` (known secrets: {})", if .known.is_empty() { "none".to_owned() } else { .known.join(", ") })]
     Unknown {
@@ -96,16 +104,25 @@ impl SecretStore {
             }
             map.insert(key, value);
         }
-        self.persist(crate::store::put(crate::store::Table::Secrets, name, &map));
+        // On disk first: a change the database refused is not made at all.
+        self.persist(
+            name,
+            crate::store::put(crate::store::Table::Secrets, name, &map),
+        )?;
         self.inner.insert(name.to_owned(), map);
         Ok(())
     }
 
-    fn persist(&self, write: crate::store::Write) {
-        if let Some(store) = self.store.get() {
-            if let Err(e) = store.apply(vec![write]) {
-                tracing::error!(error = %e, "could not store a secret");
+    fn persist(&self, name: &str, write: crate::store::Write) -> Result<(), SecretError> {
+        match self.store.get().map(|store| store.apply(vec![write])) {
+            Some(Err(e)) => {
+                tracing::error!(secret = name, error = %e, "could not store a secret");
+                Err(SecretError::Storage {
+                    secret: name.to_owned(),
+                    cause: e.to_string(),
+                })
             }
+            _ => Ok(()),
         }
     }
 
@@ -141,16 +158,17 @@ impl SecretStore {
             .collect()
     }
 
-    /// Removes a secret; returns whether it existed.
-    pub fn remove(&self, name: &str) -> bool {
-        let removed = self.inner.remove(name).is_some();
-        if removed {
-            self.persist(crate::store::Write::Delete(
-                crate::store::Table::Secrets,
-                name.to_owned(),
-            ));
+    /// Removes a secret; returns whether it existed. When the database
+    /// refuses the removal the secret stays.
+    pub fn remove(&self, name: &str) -> Result<bool, SecretError> {
+        if !self.inner.contains_key(name) {
+            return Ok(false);
         }
-        removed
+        self.persist(
+            name,
+            crate::store::Write::Delete(crate::store::Table::Secrets, name.to_owned()),
+        )?;
+        Ok(self.inner.remove(name).is_some())
     }
 
     /// The names of all secrets, sorted. Values are never listed.
@@ -229,5 +247,24 @@ mod tests {
             Err(SecretError::Value { .. })
         ));
         assert!(store.names().is_empty());
+    }
+
+    /// A change the database refuses is an error and is not made: no 200
+    /// for a secret that would be gone after a restart.
+    #[test]
+    fn a_refused_write_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::Store::open(&dir.path().join("s.redb")).unwrap());
+        let secrets = SecretStore::new();
+        secrets.attach(store.clone()).unwrap();
+        secrets.set("keys", [("A", "one")]).unwrap();
+        store.close();
+        let err = secrets.set("keys", [("A", "two")]).unwrap_err();
+        assert!(matches!(err, SecretError::Storage { .. }), "{err:?}");
+        assert_eq!(secrets.resolve(&["keys".to_owned()]).unwrap()["A"], "one");
+        let err = secrets.remove("keys").unwrap_err();
+        assert!(matches!(err, SecretError::Storage { .. }), "{err:?}");
+        assert_eq!(secrets.names(), ["keys"]);
+        assert!(!secrets.remove("absent").unwrap());
     }
 }

@@ -45,6 +45,12 @@ use state::VolumeState;
 
 const STATE_TIMEOUT: Duration = Duration::from_secs(10);
 const FILE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a writer waits for the store's answer once its write is queued.
+/// A write the store cannot start by its own deadline (`STATE_TIMEOUT`,
+/// `FILE_TIMEOUT`) is refused unapplied, so this wait only covers one write
+/// actually running: the answer is always the true outcome, never a timeout
+/// for a write that is applied later.
+const WRITE_ANSWER_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Largest state value, serialized (1 MiB).
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
@@ -111,9 +117,27 @@ pub enum VolumeError {
     /// The volume store is down.
     #[error(transparent)]
     Unavailable(#[from] ChildError),
+    /// The store could not start the write in time (other writes ahead of
+    /// it); it was not applied.
+    #[error("the volume store was too busy to start this write within {waited_s} s; it was not applied, try again")]
+    Busy {
+        /// How long it waited.
+        waited_s: u64,
+    },
     /// A value nests too deep to be stored and read back.
     #[error(transparent)]
     TooDeep(#[from] crate::value::TooDeep),
+}
+
+/// Whether a write's start deadline has passed.
+fn late(start_by: tokio::time::Instant) -> bool {
+    tokio::time::Instant::now() > start_by
+}
+
+fn busy(waited: Duration) -> VolumeError {
+    VolumeError::Busy {
+        waited_s: waited.as_secs(),
+    }
 }
 
 /// A file operation's I/O error, with what a link or directory in the way
@@ -273,15 +297,22 @@ pub(crate) enum VolumeStoreMsg {
         key: String,
         value: Option<Value>,
         expected: Option<Option<u64>>,
+        start_by: tokio::time::Instant,
         reply: RpcReplyPort<Result<u64, VolumeError>>,
     },
     PutFile(
         String,
         String,
         Arc<Vec<u8>>,
+        tokio::time::Instant,
         RpcReplyPort<Result<FileStat, VolumeError>>,
     ),
-    DeleteFile(String, String, RpcReplyPort<Result<bool, VolumeError>>),
+    DeleteFile(
+        String,
+        String,
+        tokio::time::Instant,
+        RpcReplyPort<Result<bool, VolumeError>>,
+    ),
     InjectPanic,
 }
 
@@ -433,15 +464,27 @@ impl Actor for VolumeStore {
                 let _ = reply.send(result);
             }
             VolumeStoreMsg::Write {
+                start_by, reply, ..
+            } if late(start_by) => {
+                let _ = reply.send(Err(busy(STATE_TIMEOUT)));
+            }
+            VolumeStoreMsg::PutFile(.., start_by, reply) if late(start_by) => {
+                let _ = reply.send(Err(busy(FILE_TIMEOUT)));
+            }
+            VolumeStoreMsg::DeleteFile(.., start_by, reply) if late(start_by) => {
+                let _ = reply.send(Err(busy(FILE_TIMEOUT)));
+            }
+            VolumeStoreMsg::Write {
                 volume,
                 key,
                 value,
                 expected,
                 reply,
+                ..
             } => {
                 let _ = reply.send(state.write(&volume, &key, value, expected));
             }
-            VolumeStoreMsg::PutFile(volume, path, bytes, reply) => {
+            VolumeStoreMsg::PutFile(volume, path, bytes, _, reply) => {
                 let result = async {
                     state.volume(&volume)?;
                     let root = state.shared.files_dir(&volume);
@@ -469,7 +512,7 @@ impl Actor for VolumeStore {
                 .await;
                 let _ = reply.send(result);
             }
-            VolumeStoreMsg::DeleteFile(volume, path, reply) => {
+            VolumeStoreMsg::DeleteFile(volume, path, _, reply) => {
                 let result = (|| {
                     state.volume(&volume)?;
                     let root = state.shared.files_dir(&volume);
@@ -608,12 +651,14 @@ impl Volumes {
         if let Some(v) = &value {
             check_value(key, v)?;
         }
+        let start_by = tokio::time::Instant::now() + STATE_TIMEOUT;
         self.slot
-            .call(STATE_TIMEOUT, |reply| VolumeStoreMsg::Write {
+            .call(WRITE_ANSWER_TIMEOUT, |reply| VolumeStoreMsg::Write {
                 volume: volume.to_owned(),
                 key: key.to_owned(),
                 value: value.clone(),
                 expected,
+                start_by,
                 reply,
             })
             .await?
@@ -722,9 +767,16 @@ impl Volumes {
                 limit: MAX_FILE_BYTES,
             });
         }
+        let start_by = tokio::time::Instant::now() + FILE_TIMEOUT;
         self.slot
-            .call(FILE_TIMEOUT, |reply| {
-                VolumeStoreMsg::PutFile(volume.to_owned(), path.to_owned(), bytes.clone(), reply)
+            .call(WRITE_ANSWER_TIMEOUT, |reply| {
+                VolumeStoreMsg::PutFile(
+                    volume.to_owned(),
+                    path.to_owned(),
+                    bytes.clone(),
+                    start_by,
+                    reply,
+                )
             })
             .await?
     }
@@ -792,9 +844,10 @@ impl Volumes {
     /// Deletes a file; returns whether it existed.
     pub async fn delete_file(&self, volume: &str, path: &str) -> Result<bool, VolumeError> {
         self.target(volume, path)?;
+        let start_by = tokio::time::Instant::now() + FILE_TIMEOUT;
         self.slot
-            .call(FILE_TIMEOUT, |reply| {
-                VolumeStoreMsg::DeleteFile(volume.to_owned(), path.to_owned(), reply)
+            .call(WRITE_ANSWER_TIMEOUT, |reply| {
+                VolumeStoreMsg::DeleteFile(volume.to_owned(), path.to_owned(), start_by, reply)
             })
             .await?
     }
@@ -817,4 +870,65 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| io(std::io::Error::other(e)))?
         .map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ractor::Actor;
+
+    /// A write the store dequeues after its start deadline is refused and
+    /// never applied, so a caller told "busy" can trust it was not.
+    #[tokio::test]
+    async fn a_write_started_too_late_is_refused_unapplied() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = VolumeShared::new(dir.path().to_path_buf());
+        let (actor, _join) = Actor::spawn(
+            None,
+            VolumeStore,
+            VolumeStoreArgs {
+                shared: shared.clone(),
+            },
+        )
+        .await
+        .unwrap();
+        let (slot, publish) = Slot::new("volumes");
+        publish.send_replace(Some(actor.clone()));
+        let volumes = Volumes::new(slot, shared);
+        volumes.create("v").await.unwrap();
+        let late = tokio::time::Instant::now() - Duration::from_secs(1);
+        let answer = ractor::call!(actor, |reply| VolumeStoreMsg::Write {
+            volume: "v".into(),
+            key: "k".into(),
+            value: Some(serde_json::json!(1)),
+            expected: None,
+            start_by: late,
+            reply,
+        })
+        .unwrap();
+        assert!(
+            matches!(answer, Err(VolumeError::Busy { .. })),
+            "{answer:?}"
+        );
+        let answer = ractor::call!(actor, |reply| VolumeStoreMsg::PutFile(
+            "v".into(),
+            "f".into(),
+            Arc::new(b"x".to_vec()),
+            late,
+            reply
+        ))
+        .unwrap();
+        assert!(
+            matches!(answer, Err(VolumeError::Busy { .. })),
+            "{answer:?}"
+        );
+        assert_eq!(volumes.read("v", "k").await.unwrap(), None);
+        assert!(volumes.get_file("v", "f").await.is_err());
+        // In time, it is applied.
+        assert_eq!(
+            volumes.write("v", "k", serde_json::json!(2)).await.unwrap(),
+            1
+        );
+        actor.stop(None);
+    }
 }

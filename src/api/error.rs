@@ -184,6 +184,10 @@ impl From<SecretError> for Error {
         match e {
             SecretError::Name(e) => e.into(),
             SecretError::Unknown { .. } => Error::invalid("secrets", e.to_string()),
+            // The cause was logged where it happened; the body stays generic.
+            SecretError::Storage { secret, .. } => Error::Unavailable(format!(
+                "secret `{secret}` could not be stored, so it was not changed; try again"
+            )),
             other => Error::invalid("values", other.to_string()),
         }
     }
@@ -231,7 +235,9 @@ impl From<VolumeError> for Error {
             VolumeError::TooDeep(_) => Error::invalid("value", e.to_string()),
             VolumeError::Conflict { .. } => Error::PreconditionFailed(e.to_string()),
             VolumeError::NoSuchFile { .. } => Error::NotFound(e.to_string()),
-            VolumeError::Unavailable(_) => Error::Unavailable(e.to_string()),
+            VolumeError::Unavailable(_) | VolumeError::Busy { .. } => {
+                Error::Unavailable(e.to_string())
+            }
             VolumeError::Io { .. } => Error::Internal(e.to_string()),
         }
     }

@@ -57,7 +57,7 @@ pub(crate) async fn delete_secret(
     State(state): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, Error> {
-    if state.runtime.secrets().remove(&name) {
+    if state.runtime.secrets().remove(&name)? {
         Ok(Json(json!({"name": name, "deleted": true})))
     } else {
         Err(Error::NotFound(format!("no secret `{name}`")))
