@@ -818,3 +818,35 @@ async fn an_idempotency_key_outlives_a_dropped_client() {
     assert_eq!(held, 1, "the work exists once: {listed}");
     support::stop(&mut server);
 }
+
+/// Output without end: a call printing 300 MB without a newline, and 300 MB
+/// written straight to fd 2, still answers; the task's log is capped with a
+/// visible note.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_output_is_capped_and_the_call_still_answers() {
+    let (_dir, _data, mut server, api) = support::fresh(BIN, TOKEN, &[]);
+    let code = "import os, sys\ndef loud(n):\n    chunk = 'x' * (1 << 20)\n    for _ in range(n):\n        sys.stdout.write(chunk)\n    os.write(2, b'y' * (n << 20))\n    return n\n";
+    api.post(
+        "/deploy-function",
+        json!({"function_code": code, "function_name": "loud"}),
+    )
+    .await;
+    let task = api
+        .post(
+            "/spawn-task",
+            json!({"function_name": "loud", "args": [300], "wait": true}),
+        )
+        .await;
+    assert_eq!(
+        task["result"],
+        300,
+        "{}",
+        task.to_string().chars().take(300).collect::<String>()
+    );
+    let id = task["task_id"].as_str().unwrap();
+    let logs = api.get(&format!("/tasks/{id}/logs")).await;
+    let stdout = logs["stdout"].as_str().unwrap();
+    assert!(stdout.len() <= (17 << 20), "{}", stdout.len());
+    assert!(stdout.contains("output truncated: 306184192 more characters dropped"), "no truncation note");
+    support::stop(&mut server);
+}

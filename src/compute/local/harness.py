@@ -148,7 +148,7 @@ def main():
         msg = recv()
         if msg is None:
             return
-        out, err = io.StringIO(), io.StringIO()
+        out, err = Capped(), Capped()
         sys.stdout, sys.stderr = out, err
         try:
             if msg["op"] == "map":
@@ -202,6 +202,41 @@ def main():
         write(seq[0] + len(data).to_bytes(4, "big"))
         write(data)
         flush()
+
+
+class Capped(io.TextIOBase):
+    """Captures a request's prints, keeping at most LIMIT characters and a
+    note of what was cut, so printing without end cannot grow the reply
+    (or this process) past it."""
+
+    LIMIT = 8 << 20
+
+    def __init__(self):
+        self.parts = []
+        self.size = 0
+        self.cut = 0
+
+    def writable(self):
+        return True
+
+    def write(self, s):
+        n = len(s)
+        room = self.LIMIT - self.size
+        if n <= room:
+            self.parts.append(s)
+            self.size += n
+        else:
+            if room > 0:
+                self.parts.append(s[:room])
+                self.size = self.LIMIT
+            self.cut += n - max(room, 0)
+        return n
+
+    def getvalue(self):
+        text = "".join(self.parts)
+        if self.cut:
+            text += "\n[modal-agents: output truncated: %d more characters dropped]\n" % self.cut
+        return text
 
 
 class Watch:
