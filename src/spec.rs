@@ -113,9 +113,17 @@ pub struct Resources {
     /// CPU cores, fractional allowed (default: unspecified, the backend's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<f64>,
-    /// Memory in MiB, at least 128 (default: unspecified).
+    /// Memory requested in MiB, at least 128 (default: unspecified): what
+    /// a container reserves, not a ceiling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u64>,
+    /// Hard memory limit in MiB, at least the request (Modal's `memory=
+    /// (request, limit)`): a container past it is killed and its input fails
+    /// with `OutOfMemory`. Enforced with a memory cgroup where one can be
+    /// made, else as the address-space limit. Without it a container is
+    /// still held below the machine's memory (see the local backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_mib: Option<u64>,
     /// GPUs (default: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu: Option<GpuSpec>,
@@ -448,6 +456,16 @@ impl Resources {
                     "resources.memory_mib",
                     mem,
                     "MiB from 128 to 4194304",
+                ));
+            }
+        }
+        if let Some(limit) = self.memory_limit_mib {
+            let least = self.memory_mib.unwrap_or(128).max(128);
+            if !(least..=4 * 1024 * 1024).contains(&limit) {
+                return Err(SpecError::invalid(
+                    "resources.memory_limit_mib",
+                    limit,
+                    format!("MiB from the request ({least}) to 4194304"),
                 ));
             }
         }

@@ -115,7 +115,7 @@ struct DeployArgs {
     #[serde(default)]
     cpu: Option<f64>,
     #[serde(default)]
-    memory: Option<u64>,
+    memory: Option<Value>,
     #[serde(default)]
     limits: Option<Limits>,
     #[serde(default)]
@@ -248,7 +248,9 @@ impl Tools {
                         "min_containers": {"type": "integer", "minimum": 0, "maximum": 1000,
                                            "description": "containers kept warm even when idle (default 0)"},
                         "cpu": {"type": "number", "exclusiveMinimum": 0},
-                        "memory": {"type": "integer", "minimum": 128, "description": "MiB"},
+                        "memory": {"oneOf": [{"type": "integer", "minimum": 128},
+                                             {"type": "array", "items": {"type": "integer", "minimum": 128}, "minItems": 2, "maxItems": 2}],
+                                   "description": "MiB: a request, or [request, limit] for a hard limit too"},
                         "backend": {"type": "string", "enum": ["auto", "local", "modal"],
                                     "description": "where it runs; auto sends to Modal what this machine cannot run"},
                         "limits": {"type": "object", "additionalProperties": false,

@@ -847,6 +847,64 @@ async fn endless_output_is_capped_and_the_call_still_answers() {
     let logs = api.get(&format!("/tasks/{id}/logs")).await;
     let stdout = logs["stdout"].as_str().unwrap();
     assert!(stdout.len() <= (17 << 20), "{}", stdout.len());
-    assert!(stdout.contains("output truncated: 306184192 more characters dropped"), "no truncation note");
+    assert!(
+        stdout.contains("output truncated: 306184192 more characters dropped"),
+        "no truncation note"
+    );
+    support::stop(&mut server);
+}
+
+/// `memory: [request, limit]` is a real ceiling: an input that allocates
+/// past it fails with OutOfMemory naming the limit, the container is
+/// replaced and the next input runs; bad pairs name the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_limit_is_a_real_ceiling() {
+    let (_dir, _data, mut server, api) = support::fresh(BIN, TOKEN, &[]);
+    let code = "def grab(mib):\n    block = bytearray(mib << 20)\n    for i in range(0, len(block), 4096):\n        block[i] = 1\n    return len(block) >> 20\n";
+    let answer = api
+        .post(
+            "/deploy-function",
+            json!({"function_code": code, "function_name": "grab", "memory": [128, 256]}),
+        )
+        .await;
+    assert_eq!(answer["status"], "registered", "{answer}");
+    let call = |mib: u64| {
+        let api = &api;
+        async move {
+            api.post(
+                "/spawn-task",
+                json!({"function_name": "grab", "args": [mib], "wait": true}),
+            )
+            .await
+        }
+    };
+    let task = call(1024).await;
+    assert_eq!(task["status"], "failed", "{task}");
+    assert_eq!(task["error"]["type"], "OutOfMemory", "{task}");
+    assert!(
+        task["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("256 MiB"),
+        "{task}"
+    );
+    assert_eq!(call(64).await["result"], 64);
+    let spec = &api.get("/functions").await[0]["spec"]["resources"];
+    assert_eq!(spec["memory_limit_mib"], 256, "{spec}");
+    for (bad, field) in [
+        (json!([512, 256]), "memory[1]"),
+        (json!("lots"), "memory"),
+        (json!([128]), "memory"),
+    ] {
+        let (status, problem) = api
+            .send(
+                Method::POST,
+                "/deploy-function",
+                Some(json!({"function_code": code, "function_name": "grab2", "memory": bad})),
+            )
+            .await;
+        assert_eq!(status, 422, "{problem}");
+        assert_eq!(problem["field"], field, "{problem}");
+    }
     support::stop(&mut server);
 }

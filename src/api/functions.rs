@@ -43,9 +43,12 @@ pub(crate) struct DeployRequest {
     /// CPU cores.
     #[serde(default)]
     cpu: Option<f64>,
-    /// Memory in MiB, at least 128.
+    /// Memory in MiB, at least 128: a number is a request (reserved); a
+    /// pair `[request, limit]` also sets a hard limit (Modal's
+    /// `memory=(request, limit)`).
     #[serde(default)]
-    memory: Option<u64>,
+    #[schema(value_type = Option<Object>)]
+    memory: Option<Value>,
     /// Retries: a count 0..=10 or `{max_retries, initial_delay_s, backoff_coefficient, max_delay_s}`.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]

@@ -431,7 +431,11 @@ impl ComputeBackend for LocalBackend {
                 "limits.network: this server runs functions without a sandbox (bubblewrap is not usable here), so the function's network is not blocked".to_owned(),
             );
         }
-        let pids = self.launcher.get().is_some_and(|l| l.pids.is_some());
+        let pids = self
+            .launcher
+            .get()
+            .and_then(|l| l.pids.as_ref())
+            .is_some_and(|g| g.limits_processes());
         if !pids {
             unenforced.push(format!(
                 "limits.processes ({}): without a sandbox or a pids cgroup the process limit is not enforced per container",

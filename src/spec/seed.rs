@@ -36,7 +36,7 @@ pub(crate) struct SeedDeploy {
     pub(crate) scaledown_window: Option<u32>,
     pub(crate) min_containers: Option<u32>,
     pub(crate) cpu: Option<f64>,
-    pub(crate) memory: Option<u64>,
+    pub(crate) memory: Option<Value>,
     pub(crate) limits: Option<Limits>,
     pub(crate) backend: Option<BackendChoice>,
 }
@@ -68,7 +68,25 @@ impl SeedDeploy {
         spec.limits = self.limits.unwrap_or_default();
         spec.backend = self.backend.unwrap_or_default();
         spec.resources.cpu = self.cpu;
-        spec.resources.memory_mib = self.memory;
+        match self.memory {
+            None | Some(Value::Null) => {}
+            Some(Value::Number(n)) if n.as_u64().is_some() => {
+                spec.resources.memory_mib = n.as_u64();
+            }
+            Some(Value::Array(pair))
+                if pair.len() == 2 && pair.iter().all(|v| v.as_u64().is_some()) =>
+            {
+                spec.resources.memory_mib = pair[0].as_u64();
+                spec.resources.memory_limit_mib = pair[1].as_u64();
+            }
+            Some(other) => {
+                return Err(SpecError::invalid(
+                    "memory",
+                    other,
+                    "MiB as a whole number (a request) or [request, limit] (a hard limit too)",
+                ))
+            }
+        }
         spec.resources.gpu = match self.gpu {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.parse::<GpuSpec>()?),
@@ -114,6 +132,7 @@ pub(crate) fn seed_field(spec_field: &str, packages: &str) -> String {
         ("image.apt_packages", "image_config.apt_packages"),
         ("resources.cpu", "cpu"),
         ("resources.memory_mib", "memory"),
+        ("resources.memory_limit_mib", "memory[1]"),
         ("retries.max_retries", "retries"),
     ];
     for (from, to) in renames {

@@ -1,71 +1,147 @@
-//! A pids cgroup per container, where the runtime may make one (root, or a
-//! delegated cgroup v2 subtree). `RLIMIT_NPROC` does not bind root, so without
-//! this a fork bomb run by a root runtime would only stop at the timeout.
-//! Where no cgroup can be made, the rlimit (per user namespace inside the
-//! sandbox) is what limits processes.
+//! A cgroup per container, where the runtime may make one (root, or a
+//! delegated cgroup v2 subtree): a pids group, because `RLIMIT_NPROC` does
+//! not bind root (without it a fork bomb run by a root runtime would only stop
+//! at the timeout), and a memory group, the container's real memory ceiling.
+//! On cgroup v2 both controllers live in one group; on v1 each has its own
+//! hierarchy and the container joins both. Where no group can be made, the
+//! rlimits (per user namespace inside the sandbox) are what limit.
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-/// `modal-agents-<tag>` under the runtime's own pids cgroup.
+/// Which memory files a hierarchy has.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum MemoryFiles {
+    /// cgroup v2: `memory.max`, `memory.events`.
+    V2,
+    /// cgroup v1: `memory.limit_in_bytes`, `memory.oom_control`.
+    V1,
+}
+
+/// One hierarchy's `modal-agents-<tag>` group, under the runtime's own.
+#[derive(Debug)]
+struct Hierarchy {
+    dir: PathBuf,
+    pids: bool,
+    memory: Option<MemoryFiles>,
+}
+
+/// The runtime's groups, one per hierarchy it could use.
 #[derive(Debug)]
 pub(crate) struct PidsGroup {
-    dir: PathBuf,
+    hierarchies: Vec<Hierarchy>,
     next: std::sync::atomic::AtomicU64,
 }
 
-impl PidsGroup {
-    /// Creates the runtime's group, or `None` when that is not possible here.
-    pub(crate) fn create(tag: &str) -> Option<PidsGroup> {
-        let base = own_pids_cgroup()?;
+impl Hierarchy {
+    fn create(base: &Path, tag: &str, controllers: &[&str]) -> Option<Hierarchy> {
         let dir = base.join(format!("modal-agents-{tag}"));
-        // cgroup v2 needs the controller enabled for the children of `base`.
-        let _ = std::fs::write(base.join("cgroup.subtree_control"), "+pids");
+        let enable: String = controllers.iter().map(|c| format!("+{c} ")).collect();
+        // cgroup v2 needs the controllers enabled for the children of `base`.
+        let _ = std::fs::write(base.join("cgroup.subtree_control"), enable.trim());
         if let Err(e) = std::fs::create_dir(&dir) {
-            tracing::debug!(dir = %dir.display(), error = %e, "no pids cgroup; processes are limited by rlimit only");
+            tracing::debug!(dir = %dir.display(), error = %e, "no cgroup here; rlimits only");
             return None;
         }
-        let _ = std::fs::write(dir.join("cgroup.subtree_control"), "+pids");
-        let group = PidsGroup {
-            dir,
-            next: std::sync::atomic::AtomicU64::new(0),
-        };
-        // Prove a child group with a pids limit can be made and removed.
-        let probe = group.dir.join("probe");
-        let usable = std::fs::create_dir(&probe).is_ok() && probe.join("pids.max").exists();
-        let _ = std::fs::remove_dir(&probe);
-        if usable {
-            tracing::debug!(dir = %group.dir.display(), "containers get pids cgroups");
-            Some(group)
+        let _ = std::fs::write(dir.join("cgroup.subtree_control"), enable.trim());
+        // Prove a child group with the limits can be made and removed.
+        let probe = dir.join("probe");
+        let made = std::fs::create_dir(&probe).is_ok();
+        let pids = made && controllers.contains(&"pids") && probe.join("pids.max").exists();
+        let memory = if !made || !controllers.contains(&"memory") {
+            None
+        } else if probe.join("memory.max").exists() {
+            Some(MemoryFiles::V2)
+        } else if probe.join("memory.limit_in_bytes").exists() {
+            Some(MemoryFiles::V1)
         } else {
+            None
+        };
+        let _ = std::fs::remove_dir(&probe);
+        if pids || memory.is_some() {
+            Some(Hierarchy { dir, pids, memory })
+        } else {
+            let _ = std::fs::remove_dir(&dir);
             None
         }
     }
+}
 
-    /// A new, empty group with no limit yet; the container joins it from
+impl PidsGroup {
+    /// Creates the runtime's groups, or `None` when none can be made here.
+    pub(crate) fn create(tag: &str) -> Option<PidsGroup> {
+        let pids = own_cgroup("pids");
+        let memory = own_cgroup("memory");
+        let hierarchies: Vec<Hierarchy> = match (pids, memory) {
+            (Some(p), Some(m)) if p == m => Hierarchy::create(&p, tag, &["pids", "memory"])
+                .into_iter()
+                .collect(),
+            (p, m) => p
+                .and_then(|p| Hierarchy::create(&p, tag, &["pids"]))
+                .into_iter()
+                .chain(m.and_then(|m| Hierarchy::create(&m, tag, &["memory"])))
+                .collect(),
+        };
+        if hierarchies.is_empty() {
+            return None;
+        }
+        tracing::debug!(groups = ?hierarchies, "containers get cgroups");
+        Some(PidsGroup {
+            hierarchies,
+            next: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// Whether containers get a pids limit.
+    pub(crate) fn limits_processes(&self) -> bool {
+        self.hierarchies.iter().any(|h| h.pids)
+    }
+
+    /// Whether containers get a memory ceiling.
+    pub(crate) fn limits_memory(&self) -> bool {
+        self.hierarchies.iter().any(|h| h.memory.is_some())
+    }
+
+    /// New, empty groups with no limits yet; the container joins them from
     /// its own process before exec ([`Confined::join_self`]), so even what
     /// it forks in its first microsecond is counted.
     pub(crate) fn child(&self) -> Option<Confined> {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = self.dir.join(n.to_string());
-        std::fs::create_dir(&dir).ok()?;
-        let procs = std::ffi::CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok()?;
-        let events = std::fs::File::open(dir.join("pids.events")).ok()?;
-        Some(Confined { dir, procs, events })
+        let mut confined = Confined {
+            dirs: Vec::new(),
+            procs: Vec::new(),
+            events: None,
+            memory: None,
+        };
+        for h in &self.hierarchies {
+            let dir = h.dir.join(n.to_string());
+            std::fs::create_dir(&dir).ok()?;
+            confined.procs.push(
+                std::ffi::CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok()?,
+            );
+            if h.pids {
+                confined.events = std::fs::File::open(dir.join("pids.events")).ok();
+            }
+            if let Some(files) = h.memory {
+                confined.memory = Some((dir.clone(), files));
+            }
+            confined.dirs.push(dir);
+        }
+        Some(confined)
     }
-}
 
-impl PidsGroup {
-    /// Removes the groups of containers that are gone, then this group.
+    /// Removes the groups of containers that are gone, then these groups.
     pub(crate) fn sweep(&self) {
-        if let Ok(entries) = std::fs::read_dir(&self.dir) {
-            for entry in entries.filter_map(Result::ok) {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    let _ = std::fs::remove_dir(entry.path());
+        for h in &self.hierarchies {
+            if let Ok(entries) = std::fs::read_dir(&h.dir) {
+                for entry in entries.filter_map(Result::ok) {
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        let _ = std::fs::remove_dir(entry.path());
+                    }
                 }
             }
+            let _ = std::fs::remove_dir(&h.dir);
         }
-        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 
@@ -75,44 +151,50 @@ impl Drop for PidsGroup {
     }
 }
 
-/// One container's pids cgroup; removed once the container is gone.
+/// One container's groups; removed once the container is gone.
 #[derive(Debug)]
 pub(crate) struct Confined {
-    dir: PathBuf,
-    procs: std::ffi::CString,
+    dirs: Vec<PathBuf>,
+    procs: Vec<std::ffi::CString>,
     /// `pids.events`, kept open: it is read after every request.
-    events: std::fs::File,
+    events: Option<std::fs::File>,
+    /// The memory group and its kind.
+    memory: Option<(PathBuf, MemoryFiles)>,
 }
 
 impl Confined {
-    /// Moves the calling process into the group. Called between fork and
+    /// Moves the calling process into the groups. Called between fork and
     /// exec: only async-signal-safe calls, no allocation.
     pub(crate) fn join_self(&self) -> std::io::Result<()> {
-        // SAFETY: open/write/close on a NUL-terminated path owned by `self`;
-        // the buffer is a static byte string.
-        unsafe {
-            let fd = libc::open(self.procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-            let err = std::io::Error::last_os_error();
-            libc::close(fd);
-            if written == 1 {
-                Ok(())
-            } else {
-                Err(err)
+        for procs in &self.procs {
+            // SAFETY: open/write/close on a NUL-terminated path owned by
+            // `self`; the buffer is a static byte string.
+            unsafe {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                if written != 1 {
+                    return Err(err);
+                }
             }
         }
+        Ok(())
     }
 
     /// Whether a fork was ever refused in this group (it hit its limit). A
     /// container that did may be full of runaway processes and is retired.
     pub(crate) fn hit_limit(&self) -> bool {
         use std::os::unix::fs::FileExt;
+        let Some(events) = &self.events else {
+            return false;
+        };
         // One pread (~1 µs) rather than open/read/close (~15 µs) per request.
         let mut buf = [0u8; 256];
-        let Ok(n) = self.events.read_at(&mut buf, 0) else {
+        let Ok(n) = events.read_at(&mut buf, 0) else {
             return false;
         };
         String::from_utf8_lossy(&buf[..n])
@@ -122,29 +204,70 @@ impl Confined {
 
     /// Caps processes and threads in the group.
     pub(crate) fn limit(&self, processes: u32) {
-        if let Err(e) = std::fs::write(self.dir.join("pids.max"), processes.to_string()) {
-            tracing::warn!(dir = %self.dir.display(), error = %e, "could not set pids.max");
+        if let Some(dir) = self.events.as_ref().and(self.dirs.first()) {
+            if let Err(e) = std::fs::write(dir.join("pids.max"), processes.to_string()) {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not set pids.max");
+            }
         }
     }
 
-    /// Removes the group once its processes have exited, trying for a while
-    /// (the kernel frees a group a moment after its last process is reaped).
+    /// Caps the group's memory (swap included where the kernel accounts
+    /// it); whether a ceiling is now in place.
+    pub(crate) fn limit_memory(&self, bytes: u64) -> bool {
+        let Some((dir, files)) = &self.memory else {
+            return false;
+        };
+        let (limit, swap) = match files {
+            MemoryFiles::V2 => ("memory.max", "memory.swap.max"),
+            MemoryFiles::V1 => ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes"),
+        };
+        if let Err(e) = std::fs::write(dir.join(limit), bytes.to_string()) {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not set the memory limit");
+            return false;
+        }
+        let swap_value = if *files == MemoryFiles::V2 { 0 } else { bytes };
+        let _ = std::fs::write(dir.join(swap), swap_value.to_string());
+        true
+    }
+
+    /// Whether the kernel killed a process of the group for going past its
+    /// memory limit.
+    pub(crate) fn oom_killed(&self) -> bool {
+        let Some((dir, files)) = &self.memory else {
+            return false;
+        };
+        let file = match files {
+            MemoryFiles::V2 => "memory.events",
+            MemoryFiles::V1 => "memory.oom_control",
+        };
+        std::fs::read_to_string(dir.join(file)).is_ok_and(|text| {
+            text.lines().any(|l| {
+                l.strip_prefix("oom_kill ")
+                    .is_some_and(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0))
+            })
+        })
+    }
+
+    /// Removes the groups once their processes have exited, trying for a
+    /// while (the kernel frees a group a moment after its last process is
+    /// reaped).
     pub(crate) async fn remove(self) {
-        for attempt in 0..50u64 {
-            match std::fs::remove_dir(&self.dir) {
-                Ok(()) => return,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-                Err(_) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(2 + attempt * 4)).await
+        for dir in self.dirs {
+            for attempt in 0..50u64 {
+                match std::fs::remove_dir(&dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(_) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(2 + attempt * 4)).await
+                    }
                 }
             }
         }
-        tracing::debug!(dir = %self.dir.display(), "pids cgroup still busy; left behind");
     }
 }
 
-/// The directory of this process's own pids cgroup, v1 or v2.
-fn own_pids_cgroup() -> Option<PathBuf> {
+/// The directory of this process's own cgroup for `controller`, v1 or v2.
+fn own_cgroup(controller: &str) -> Option<PathBuf> {
     let membership = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     for line in mountinfo.lines() {
@@ -154,12 +277,19 @@ fn own_pids_cgroup() -> Option<PathBuf> {
         let fstype = right.next()?;
         let options = right.nth(1).unwrap_or("");
         let path = match fstype {
-            "cgroup" if options.split(',').any(|o| o == "pids") => membership
-                .lines()
-                .find_map(|l| l.split_once(":pids:").map(|(_, p)| p.to_owned())),
+            "cgroup" if options.split(',').any(|o| o == controller) => {
+                membership.lines().find_map(|l| {
+                    let (_, rest) = l.split_once(':')?;
+                    let (names, path) = rest.split_once(':')?;
+                    names
+                        .split(',')
+                        .any(|n| n == controller)
+                        .then(|| path.to_owned())
+                })
+            }
             "cgroup2"
                 if std::fs::read_to_string(Path::new(mount_point).join("cgroup.controllers"))
-                    .is_ok_and(|c| c.split_whitespace().any(|c| c == "pids")) =>
+                    .is_ok_and(|c| c.split_whitespace().any(|c| c == controller)) =>
             {
                 membership
                     .lines()

@@ -85,19 +85,24 @@ impl Launcher {
         }
     }
 
-    /// A container loaded with the function of `load_frame`, allowed at most
-    /// `processes` processes where a pids cgroup enforces it.
+    /// A container loaded with the function of `load_frame`, confined as
+    /// `limits` says where cgroups enforce it.
     pub(crate) async fn start(
         self: &Arc<Self>,
         load_frame: &[u8],
-        processes: u32,
-        gpus: &[u32],
+        limits: Confinement<'_>,
     ) -> Result<Container, StartError> {
+        let Confinement {
+            processes,
+            memory_mib,
+            gpus,
+        } = limits;
         // Standby containers are unsandboxed, and so see no GPU node anyway.
         let standby = self.standby.lock().expect("standby poisoned").pop();
         self.refill();
         if let Some(mut container) = standby {
             container.limit_processes(processes);
+            container.limit_memory(memory_mib);
             match container.load(load_frame).await {
                 Err(StartError::Failed(why) | StartError::Died(why)) => {
                     tracing::debug!(%why, "standby container unusable; starting a fresh one");
@@ -107,6 +112,7 @@ impl Launcher {
         }
         let mut container = self.spawn(gpus).await?;
         container.limit_processes(processes);
+        container.limit_memory(memory_mib);
         container.load(load_frame).await?;
         Ok(container)
     }
@@ -151,6 +157,17 @@ impl Launcher {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         self.standby.lock().expect("standby poisoned").clear();
     }
+}
+
+/// What a container is held to, where its cgroups can enforce it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Confinement<'a> {
+    /// Processes and threads at most.
+    pub(crate) processes: u32,
+    /// Memory ceiling in MiB.
+    pub(crate) memory_mib: u64,
+    /// The GPUs (indices) whose device nodes it sees, when sandboxed.
+    pub(crate) gpus: &'a [u32],
 }
 
 /// Pids of live containers, so shutdown can wait until every one is reaped.
@@ -420,6 +437,18 @@ impl Container {
         if let Some(confined) = &self.confined {
             confined.limit(processes);
         }
+    }
+
+    fn limit_memory(&self, mib: u64) {
+        if let Some(confined) = &self.confined {
+            confined.limit_memory(mib.saturating_mul(1 << 20));
+        }
+    }
+
+    /// Whether the kernel killed the container for going past its memory
+    /// limit.
+    pub(crate) fn oom_killed(&self) -> bool {
+        self.confined.as_ref().is_some_and(|c| c.oom_killed())
     }
 
     /// Waits until a blank container's harness answers.

@@ -98,6 +98,13 @@ pub(super) fn cores() -> f64 {
     std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
 }
 
+/// The memory ceiling of a container whose function sets no limit: 80% of
+/// the machine, so no single container can push the machine into the
+/// kernel's OOM killer (and take the runtime with it).
+pub(super) fn default_memory_ceiling_mib() -> u64 {
+    (total_memory_mib() / 5 * 4).max(256)
+}
+
 pub(super) fn total_memory_mib() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()

@@ -77,6 +77,12 @@ def main():
             message = str(exc)
         except BaseException:
             message = "<exception str() failed>"
+        if ceiling[0] and isinstance(exc, MemoryError):
+            return {
+                "type": "OutOfMemory",
+                "message": "the input went past the container's memory limit of %d MiB" % ceiling[0],
+                "traceback": "".join(traceback.format_exception(type(exc), exc, tb)),
+            }
         return {
             "type": type(exc).__name__,
             "message": message,
@@ -102,6 +108,7 @@ def main():
             }
 
     source = filename = None
+    ceiling = [None]  # MiB, when the address-space limit is the memory ceiling
     msg = recv()
     while msg is not None and msg.get("op") == "ping":
         send({"pong": os.getpid()})
@@ -112,6 +119,7 @@ def main():
     os.chdir(msg.get("cwd", "."))
     limits = msg.get("limits") or {}
     apply_limits(limits)
+    ceiling[0] = limits.get("memory_ceiling_mib")
     watch = Watch(limits.get("timeout"))
     harness_pid = os.getpid()
     source = msg["code"]

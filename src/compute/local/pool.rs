@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::budget::Budget;
-use super::container::{Container, Failure, Launcher, StartError};
+use super::container::{Confinement, Container, Failure, Launcher, StartError};
 use super::protocol::load_request;
 use super::scaledown::Warm;
 use crate::spec::FunctionSpec;
@@ -120,7 +120,14 @@ impl Pool {
                 let frame = self.load_frame(&self.env);
                 drop(
                     self.launcher
-                        .start(&frame, self.spec.limits.processes, &[])
+                        .start(
+                            &frame,
+                            Confinement {
+                                processes: self.spec.limits.processes,
+                                memory_mib: self.memory_ceiling_mib(),
+                                gpus: &[],
+                            },
+                        )
                         .await?,
                 );
             }
@@ -132,7 +139,23 @@ impl Pool {
         // RLIMIT_NPROC counts a user's processes machine-wide unless the
         // sandbox gives the container a user namespace of its own.
         let per_container_nproc = self.launcher.jail.is_some();
-        load_request(&self.spec, env, &self.cwd, per_container_nproc)
+        // Without a memory cgroup, the ceiling is the address-space limit.
+        let cgroup = self
+            .launcher
+            .pids
+            .as_ref()
+            .is_some_and(|g| g.limits_memory());
+        let ceiling = (!cgroup).then(|| self.memory_ceiling_mib());
+        load_request(&self.spec, env, &self.cwd, per_container_nproc, ceiling)
+    }
+
+    /// The container's memory ceiling in MiB: the function's limit, or the
+    /// default below the machine's memory.
+    pub(crate) fn memory_ceiling_mib(&self) -> u64 {
+        self.spec
+            .resources
+            .memory_limit_mib
+            .unwrap_or_else(super::env::default_memory_ceiling_mib)
     }
 
     async fn launch(
@@ -146,7 +169,14 @@ impl Pool {
         let frame = self.load_frame(&env);
         let mut container = self
             .launcher
-            .start(&frame, self.spec.limits.processes, reservation.gpus())
+            .start(
+                &frame,
+                Confinement {
+                    processes: self.spec.limits.processes,
+                    memory_mib: self.memory_ceiling_mib(),
+                    gpus: reservation.gpus(),
+                },
+            )
             .await?;
         container.hold(reservation);
         Ok(container)
@@ -345,6 +375,15 @@ impl Lease {
                             timeout.as_secs()
                         ),
                     )),
+                    Failure::Died(_) if container.oom_killed() => {
+                        AttemptError::Failed(TaskError::new(
+                            "OutOfMemory",
+                            format!(
+                                "the input went past the container's memory limit of {} MiB; the container was killed and is replaced",
+                                self.pool.memory_ceiling_mib()
+                            ),
+                        ))
+                    }
                     died @ Failure::Died(_) => AttemptError::Failed(TaskError::new(
                         "ContainerCrashed",
                         container.explain(died),

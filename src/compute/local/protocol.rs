@@ -32,12 +32,20 @@ pub(crate) fn load_request(
     env: &BTreeMap<String, String>,
     cwd: &Path,
     nproc: bool,
+    memory_ceiling_mib: Option<u64>,
 ) -> Vec<u8> {
     const MIB: u64 = 1 << 20;
     let limits = &spec.limits;
+    // The address space: the function's own limit, and the memory ceiling
+    // where no cgroup holds it (named in the error when it is what bit).
+    let address_space = match (limits.memory_mib, memory_ceiling_mib) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let body = json!({
         "limits": {
-            "as": limits.memory_mib.map(|m| m * MIB),
+            "as": address_space.map(|m| m * MIB),
+            "memory_ceiling_mib": memory_ceiling_mib.filter(|c| Some(*c) == address_space),
             "nofile": limits.open_files,
             "fsize": limits.file_size_mib.map(|m| m * MIB),
             "nproc": nproc.then_some(limits.processes),

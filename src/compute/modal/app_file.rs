@@ -135,8 +135,11 @@ pub fn app_file(
     if let Some(cpu) = spec.resources.cpu {
         options.push(format!("cpu={}", py_float(cpu)));
     }
-    if let Some(memory) = spec.resources.memory_mib {
-        options.push(format!("memory={memory}"));
+    match (spec.resources.memory_mib, spec.resources.memory_limit_mib) {
+        (Some(request), Some(limit)) => options.push(format!("memory=({request}, {limit})")),
+        (None, Some(limit)) => options.push(format!("memory=(128, {limit})")),
+        (Some(request), None) => options.push(format!("memory={request}")),
+        (None, None) => {}
     }
     let r = &spec.retries;
     if r.max_retries > 0 {
