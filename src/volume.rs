@@ -23,7 +23,7 @@
 //!   starts with the prefix, in commit order, each with a sequence number.
 //!   Writes that functions make directly to files are not announced.
 
-mod beneath;
+pub(crate) mod beneath;
 mod files;
 mod state;
 

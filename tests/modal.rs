@@ -499,11 +499,31 @@ async fn routing_volume_sync_and_refused_tokens_with_the_standin() {
     );
     let remote_dir = dir.path().join("modal/standin/volumes/shared");
     assert!(!remote_dir.join("a.txt").exists());
+    // Links planted in the volume are never followed by a sync: a linked
+    // file is not uploaded, and a linked directory is not written through.
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("secret.txt"), "host secret").unwrap();
+    std::os::unix::fs::symlink(outside.join("secret.txt"), files.join("leak.txt")).unwrap();
+    std::os::unix::fs::symlink(&outside, files.join("linked")).unwrap();
+    rt.push_volume("shared").await.unwrap();
+    assert!(!remote_dir.join("leak.txt").exists());
+    assert!(!remote_dir.join("linked").exists());
+    std::fs::create_dir_all(remote_dir.join("linked")).unwrap();
+    std::fs::write(remote_dir.join("linked/planted.txt"), "through the link").unwrap();
     std::fs::write(remote_dir.join("c.txt"), "from modal").unwrap();
     let pulled = rt.pull_volume("shared").await.unwrap();
     assert_eq!(
         pulled.copied,
-        vec!["c.txt".to_owned(), "sub/b.txt".to_owned()]
+        vec![
+            "c.txt".to_owned(),
+            "linked/planted.txt".to_owned(),
+            "sub/b.txt".to_owned()
+        ]
+    );
+    assert!(
+        !outside.join("planted.txt").exists(),
+        "a pull wrote through a link"
     );
     assert_eq!(
         std::fs::read_to_string(files.join("c.txt")).unwrap(),

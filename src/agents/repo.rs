@@ -234,11 +234,14 @@ fn create_repository(
         repo: repo_name.clone(),
         source,
     };
-    if dir.exists() {
-        // A partial repository left by a crashed attempt.
+    if std::fs::symlink_metadata(dir).is_ok() {
+        // A partial repository left by a crashed attempt (or a link planted
+        // in its place: only the link goes).
         std::fs::remove_dir_all(dir).map_err(io)?;
     }
-    std::fs::create_dir_all(dir).map_err(io)?;
+    // The repository's directory, opened without following a link; its
+    // files are written beneath it, never through a link in the volume.
+    let root = crate::volume::beneath::Root::open(dir).map_err(io)?;
     let mut opts = git2::RepositoryInitOptions::new();
     opts.initial_head(branch);
     if let Some(d) = &config.description {
@@ -247,11 +250,7 @@ fn create_repository(
     let repo = git2::Repository::init_opts(dir, &opts).map_err(git)?;
     let mut index = repo.index().map_err(git)?;
     for (path, content) in &config.files {
-        let target = dir.join(path);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(io)?;
-        }
-        std::fs::write(&target, content).map_err(io)?;
+        root.write(path, content.as_bytes()).map_err(io)?;
         index.add_path(Path::new(path)).map_err(git)?;
     }
     index.write().map_err(git)?;

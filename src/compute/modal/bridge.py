@@ -11,9 +11,10 @@
 #   -> {"id":N,"op":"inputs","inputs":[..]} ... {"id":N,"op":"end"}
 #        <- {"id":N,"item":[index,{"ok":v}|{"err":{..}}]} (in input order) ... {"id":N,"ok":null}
 #   -> {"id":N,"op":"abort","target":M}                      (stops map M)
-#   -> {"id":N,"op":"volume_put","volume":..,"files":[[local,remote],..],"delete":[..]}
+#   -> {"id":N,"op":"volume_put","volume":..,"root":..,"files":[[rel,remote],..],"delete":[..]}
 #   -> {"id":N,"op":"volume_list","volume":..}               <- {"ok":[[path,size,mtime],..]}
-#   -> {"id":N,"op":"volume_get","volume":..,"files":[[remote,local],..]}
+#   -> {"id":N,"op":"volume_get","volume":..,"root":..,"files":[[remote,rel],..]}
+#   (local files are opened beneath root, never following a link)
 # Failures answer {"id":N,"err":{"type","message","traceback"}} with Modal's
 # exceptions named as the local backend names its errors.
 import asyncio
@@ -185,24 +186,77 @@ class Bridge:
 
     async def op_volume_put(self, msg):
         volume = modal.Volume.from_name(msg["volume"], create_if_missing=True)
-        if msg.get("files"):
-            async with volume.batch_upload(force=True) as batch:
-                for local, remote in msg["files"]:
-                    batch.put_file(local, remote)
+        opened = []
+        try:
+            if msg.get("files"):
+                async with volume.batch_upload(force=True) as batch:
+                    for rel, remote in msg["files"]:
+                        try:
+                            dfd, name = beneath(msg["root"], rel, create=False)
+                            try:
+                                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
+                            finally:
+                                os.close(dfd)
+                        except OSError as e:
+                            # A link (or a file gone since the scan): not sent.
+                            print("skipping %r: %s" % (rel, e), file=sys.stderr)
+                            continue
+                        f = os.fdopen(fd, "rb")
+                        opened.append(f)
+                        batch.put_file(f, remote)
+        finally:
+            for f in opened:
+                f.close()
         for remote in msg.get("delete", []):
             await volume.remove_file.aio(remote)
         return None
 
     async def op_volume_get(self, msg):
         volume = modal.Volume.from_name(msg["volume"], create_if_missing=True)
-        for remote, local in msg["files"]:
-            os.makedirs(os.path.dirname(local), exist_ok=True)
-            tmp = local + ".modal-agents-part"
-            with open(tmp, "wb") as f:
-                async for chunk in volume.read_file.aio(remote):
-                    f.write(chunk)
-            os.replace(tmp, local)
+        for remote, rel in msg["files"]:
+            try:
+                dfd, name = beneath(msg["root"], rel, create=True)
+            except OSError as e:
+                # A link in the way: nothing is written through it.
+                print("skipping %r: %s" % (rel, e), file=sys.stderr)
+                continue
+            try:
+                tmp = name + ".modal-agents-part"
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600, dir_fd=dfd)
+                with os.fdopen(fd, "wb") as f:
+                    async for chunk in volume.read_file.aio(remote):
+                        f.write(chunk)
+                # rename replaces a link at the name; it never writes through one.
+                os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            finally:
+                os.close(dfd)
         return None
+
+
+def beneath(root, rel, create):
+    """The directory (an fd) holding `rel`'s last part and that part's name,
+    reached from `root` one component at a time without following a link, so
+    a link planted in a volume never sends a sync outside it."""
+    parts = rel.strip("/").split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise OSError(22, "unsafe path %r" % rel)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+            try:
+                nfd = os.open(part, flags, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(part, 0o700, dir_fd=fd)
+                nfd = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, parts[-1]
 
 
 async def main():

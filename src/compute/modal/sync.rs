@@ -122,13 +122,12 @@ async fn push(
     if !copied.is_empty() || !deleted.is_empty() {
         let files: Vec<(String, String)> = copied
             .iter()
-            .map(|rel| (dir.join(rel).display().to_string(), format!("/{rel}")))
+            .map(|rel| (rel.clone(), format!("/{rel}")))
             .collect();
         let delete: Vec<String> = deleted.iter().map(|rel| format!("/{rel}")).collect();
         backend
-            .control(
-                json!({"op": "volume_put", "volume": volume, "files": files, "delete": delete}),
-            )
+            .control(json!({"op": "volume_put", "volume": volume, "root": dir,
+                            "files": files, "delete": delete}))
             .await?;
     }
     manifest.local = now;
@@ -179,10 +178,11 @@ async fn pull(
     if !copied.is_empty() {
         let files: Vec<(String, String)> = copied
             .iter()
-            .map(|rel| (format!("/{rel}"), dir.join(rel).display().to_string()))
+            .map(|rel| (format!("/{rel}"), rel.clone()))
             .collect();
+        tokio::fs::create_dir_all(dir).await?;
         backend
-            .control(json!({"op": "volume_get", "volume": volume, "files": files}))
+            .control(json!({"op": "volume_get", "volume": volume, "root": dir, "files": files}))
             .await?;
     }
     manifest.remote = remote;

@@ -117,10 +117,16 @@ class Volume:
                 return False
 
             def put_file(self, local, remote):
+                # Like the SDK: a path, or a file-like object.
                 target = os.path.join(volume.root, remote.lstrip("/"))
                 os.makedirs(os.path.dirname(target), exist_ok=True)
-                with open(local, "rb") as src, open(target, "wb") as dst:
-                    dst.write(src.read())
+                if hasattr(local, "read"):
+                    data = local.read()
+                else:
+                    with open(local, "rb") as src:
+                        data = src.read()
+                with open(target, "wb") as dst:
+                    dst.write(data)
 
         return Batch()
 
