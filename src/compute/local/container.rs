@@ -675,6 +675,7 @@ fn describe_exit(status: ExitStatus, sandboxed: bool, cpu_limited: bool) -> Stri
             libc::SIGBUS => " (SIGBUS)",
             libc::SIGXCPU => " (SIGXCPU: the input used more CPU time than limits.cpu_s allows)",
             libc::SIGXFSZ => " (SIGXFSZ: a file grew past limits.file_size_mib)",
+            libc::SIGPROF => " (SIGPROF: an input held the interpreter past its timeout)",
             _ => "",
         };
         format!("container was killed by signal {sig}{name}")

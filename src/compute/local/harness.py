@@ -255,10 +255,12 @@ class Watch:
     looks at it a few times per timeout: an input running past the timeout
     gets a TimeoutError raised in it (SIGALRM to the main thread, which also
     interrupts sleeps and most blocking calls), and the inputs before and
-    after it keep their results. Code holding the GIL (a C loop) cannot be
-    interrupted that way: faulthandler's C watchdog, re-armed by that thread
-    while inputs make progress, then ends the process after the timeout and
-    a grace period, and the runtime finds the input at fault."""
+    after it keep their results. Code holding the GIL in a C loop cannot be
+    interrupted that way, nor can that thread run: a CPU-time timer (SIGPROF,
+    whose default action ends the process), re-armed by the thread while
+    inputs make progress, ends the container after the timeout and a grace
+    period, and the runtime finds the input at fault. Per batch this costs
+    two setitimer calls; nothing per input."""
 
     GRACE = 5.0
 
@@ -271,29 +273,27 @@ class Watch:
     def start(self, results):
         if self.timeout is None:
             return
-        import faulthandler
         import signal
-        import threading
 
         if self.thread is None:
+            import threading
+
             signal.signal(signal.SIGALRM, self._alarm)
+            signal.signal(signal.SIGPROF, signal.SIG_DFL)
             self.main = threading.main_thread().ident
-            self.wake = threading.Condition()
             self.thread = threading.Thread(target=self._run, name="modal-agents-watch", daemon=True)
             self.thread.start()
-        faulthandler.dump_traceback_later(self.timeout + self.GRACE, exit=True, file=2)
-        with self.wake:
-            self.results = results
-            self.wake.notify()
+        signal.setitimer(signal.ITIMER_PROF, self.timeout + self.GRACE)
+        self.results = results
 
     def stop(self):
         if self.timeout is None:
             return
-        import faulthandler
+        import signal
 
-        faulthandler.cancel_dump_traceback_later()
         self.results = None
         self.fired = None
+        signal.setitimer(signal.ITIMER_PROF, 0)
 
     def describe(self, exc, index):
         if self.fired == (id(self.results), index) and isinstance(exc, TimeoutError):
@@ -307,7 +307,6 @@ class Watch:
             raise TimeoutError("the input ran past its timeout of %g s" % self.timeout)
 
     def _run(self):
-        import faulthandler
         import signal
         import time
 
@@ -315,9 +314,6 @@ class Watch:
         seen = (None, -1)
         since = time.monotonic()
         while True:
-            with self.wake:
-                while self.results is None:
-                    self.wake.wait()
             time.sleep(every)
             results = self.results
             if results is None:
@@ -326,7 +322,8 @@ class Watch:
             at = (id(results), len(results))
             if at != seen:
                 seen, since = at, now
-                faulthandler.dump_traceback_later(self.timeout + self.GRACE, exit=True, file=2)
+                if self.results is results:
+                    signal.setitimer(signal.ITIMER_PROF, self.timeout + self.GRACE)
             elif now - since > self.timeout and self.fired != at:
                 self.fired = at
                 signal.pthread_kill(self.main, signal.SIGALRM)
