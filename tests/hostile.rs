@@ -24,6 +24,40 @@ use sandbox::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_modal-agents");
 
+/// A server started for one attack.
+pub(crate) struct Server {
+    dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    child: std::process::Child,
+    api: Api,
+}
+
+impl Server {
+    /// A fresh server on its own data dir, with `env` added.
+    pub(crate) fn start(env: &[(&str, &str)]) -> Server {
+        let (dir, data, child, api) = support::fresh(BIN, TOKEN, env);
+        Server {
+            dir,
+            data,
+            child,
+            api,
+        }
+    }
+
+    pub(crate) fn target(&self) -> Target<'_> {
+        Target {
+            api: &self.api,
+            data: &self.data,
+            dir: self.dir.path(),
+            pid: self.child.id(),
+        }
+    }
+
+    pub(crate) fn stop(mut self) {
+        support::stop(&mut self.child);
+    }
+}
+
 /// A server under attack: its API, data dir, a scratch dir beside it and
 /// its process id.
 pub(crate) struct Target<'a> {

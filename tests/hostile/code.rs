@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::support;
-use super::{Target, BIN, TOKEN};
+use super::{Server, Target, BIN, TOKEN};
 
 /// A function that writes frames of its own on the harness's reply pipe,
 /// with the request number dug out of the harness's frame so they pass the
@@ -37,23 +37,17 @@ def forge(kind, n=0):
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_frames_on_the_harness_pipe_never_crash_or_confuse_the_runtime() {
-    let (_dir, _data, mut server, api) = support::fresh(BIN, TOKEN, &[]);
-    attack_forged_frames_on_the_harness_pipe_never_crash_or_confuse_the_runtime(&Target {
-        api: &api,
-        data: &_data,
-        dir: _dir.path(),
-        pid: server.id(),
-    })
-    .await;
-    support::stop(&mut server);
+    let server = Server::start(&[]);
+    attack_forged_frames_on_the_harness_pipe_never_crash_or_confuse_the_runtime(&server.target())
+        .await;
+    server.stop();
 }
 
 /// The attack of [`forged_frames_on_the_harness_pipe_never_crash_or_confuse_the_runtime`], against any server.
 pub(crate) async fn attack_forged_frames_on_the_harness_pipe_never_crash_or_confuse_the_runtime(
     t: &Target<'_>,
 ) {
-    let (api, data, dir) = (t.api, t.data, t.dir);
-    let _ = (data, dir);
+    let api = t.api;
     api.post(
         "/deploy-function",
         json!({"function_code": FORGE, "function_name": "forge", "max_concurrency": 1}),
@@ -117,21 +111,14 @@ pub(crate) async fn attack_forged_frames_on_the_harness_pipe_never_crash_or_conf
 /// replaced and the next input runs; bad pairs name the field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_limit_is_a_real_ceiling() {
-    let (_dir, _data, mut server, api) = support::fresh(BIN, TOKEN, &[]);
-    attack_a_memory_limit_is_a_real_ceiling(&Target {
-        api: &api,
-        data: &_data,
-        dir: _dir.path(),
-        pid: server.id(),
-    })
-    .await;
-    support::stop(&mut server);
+    let server = Server::start(&[]);
+    attack_a_memory_limit_is_a_real_ceiling(&server.target()).await;
+    server.stop();
 }
 
 /// The attack of [`a_memory_limit_is_a_real_ceiling`], against any server.
 pub(crate) async fn attack_a_memory_limit_is_a_real_ceiling(t: &Target<'_>) {
-    let (api, data, dir) = (t.api, t.data, t.dir);
-    let _ = (data, dir);
+    let api = t.api;
     let code = "def grab(mib):\n    block = bytearray(mib << 20)\n    for i in range(0, len(block), 4096):\n        block[i] = 1\n    return len(block) >> 20\n";
     let answer = api
         .post(
@@ -191,21 +178,14 @@ pub(crate) async fn attack_a_memory_limit_is_a_real_ceiling(t: &Target<'_>) {
 /// visible note.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endless_output_is_capped_and_the_call_still_answers() {
-    let (_dir, _data, mut server, api) = support::fresh(BIN, TOKEN, &[]);
-    attack_endless_output_is_capped_and_the_call_still_answers(&Target {
-        api: &api,
-        data: &_data,
-        dir: _dir.path(),
-        pid: server.id(),
-    })
-    .await;
-    support::stop(&mut server);
+    let server = Server::start(&[]);
+    attack_endless_output_is_capped_and_the_call_still_answers(&server.target()).await;
+    server.stop();
 }
 
 /// The attack of [`endless_output_is_capped_and_the_call_still_answers`], against any server.
 pub(crate) async fn attack_endless_output_is_capped_and_the_call_still_answers(t: &Target<'_>) {
-    let (api, data, dir) = (t.api, t.data, t.dir);
-    let _ = (data, dir);
+    let api = t.api;
     let code = "import os, sys\ndef loud(n):\n    chunk = 'x' * (1 << 20)\n    for _ in range(n):\n        sys.stdout.write(chunk)\n    os.write(2, b'y' * (n << 20))\n    return n\n";
     api.post(
         "/deploy-function",
@@ -258,21 +238,14 @@ def slow(x):
 /// runs twice (bar the batch-mates of one that holds the GIL past it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn map_timeouts_are_per_input_and_nothing_runs_twice() {
-    let (_dir, data, mut server, api) = support::fresh(BIN, TOKEN, &[]);
-    attack_map_timeouts_are_per_input_and_nothing_runs_twice(&Target {
-        api: &api,
-        data: &data,
-        dir: _dir.path(),
-        pid: server.id(),
-    })
-    .await;
-    support::stop(&mut server);
+    let server = Server::start(&[]);
+    attack_map_timeouts_are_per_input_and_nothing_runs_twice(&server.target()).await;
+    server.stop();
 }
 
 /// The attack of [`map_timeouts_are_per_input_and_nothing_runs_twice`], against any server.
 pub(crate) async fn attack_map_timeouts_are_per_input_and_nothing_runs_twice(t: &Target<'_>) {
-    let (api, data, dir) = (t.api, t.data, t.dir);
-    let _ = (data, dir);
+    let (api, data) = (t.api, t.data);
     api.post(
         "/deploy-function",
         json!({"function_code": SLOW, "function_name": "slow", "timeout": 1,

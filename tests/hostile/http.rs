@@ -9,25 +9,18 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::support::{self, Api};
-use super::{Target, BIN, TOKEN};
+use super::{Server, Target, BIN, TOKEN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_of_unknown_volumes_answer_404_and_create_nothing() {
-    let (_dir, data, mut server, api) = support::fresh(BIN, TOKEN, &[]);
-    attack_reads_of_unknown_volumes_answer_404_and_create_nothing(&Target {
-        api: &api,
-        data: &data,
-        dir: _dir.path(),
-        pid: server.id(),
-    })
-    .await;
-    support::stop(&mut server);
+    let server = Server::start(&[]);
+    attack_reads_of_unknown_volumes_answer_404_and_create_nothing(&server.target()).await;
+    server.stop();
 }
 
 /// The attack of [`reads_of_unknown_volumes_answer_404_and_create_nothing`], against any server.
 pub(crate) async fn attack_reads_of_unknown_volumes_answer_404_and_create_nothing(t: &Target<'_>) {
-    let (api, data, dir) = (t.api, t.data, t.dir);
-    let _ = (data, dir);
+    let (api, data) = (t.api, t.data);
     let fds = || {
         std::fs::read_dir(format!("/proc/{}/fd", t.pid))
             .unwrap()
@@ -73,21 +66,14 @@ pub(crate) async fn attack_reads_of_unknown_volumes_answer_404_and_create_nothin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_labels_stay_bounded_whatever_callers_send() {
-    let (_dir, _data, mut server, api) = support::fresh(BIN, TOKEN, &[]);
-    attack_metrics_labels_stay_bounded_whatever_callers_send(&Target {
-        api: &api,
-        data: &_data,
-        dir: _dir.path(),
-        pid: server.id(),
-    })
-    .await;
-    support::stop(&mut server);
+    let server = Server::start(&[]);
+    attack_metrics_labels_stay_bounded_whatever_callers_send(&server.target()).await;
+    server.stop();
 }
 
 /// The attack of [`metrics_labels_stay_bounded_whatever_callers_send`], against any server.
 pub(crate) async fn attack_metrics_labels_stay_bounded_whatever_callers_send(t: &Target<'_>) {
-    let (api, data, dir) = (t.api, t.data, t.dir);
-    let _ = (data, dir);
+    let api = t.api;
     let lines = |text: &str| text.lines().count();
     let before = lines(&api.text("/metrics").await);
     // 300 unauthenticated requests with made-up methods and paths.
@@ -111,22 +97,14 @@ pub(crate) async fn attack_metrics_labels_stay_bounded_whatever_callers_send(t: 
 /// connection is cut off after the header-read timeout; others are served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_idle_connections_are_cut_off() {
-    let (_dir, _data, mut server, api) =
-        support::fresh(BIN, TOKEN, &[("MODAL_AGENTS_HEADER_READ_TIMEOUT", "1")]);
-    attack_slow_and_idle_connections_are_cut_off(&Target {
-        api: &api,
-        data: &_data,
-        dir: _dir.path(),
-        pid: server.id(),
-    })
-    .await;
-    support::stop(&mut server);
+    let server = Server::start(&[("MODAL_AGENTS_HEADER_READ_TIMEOUT", "1")]);
+    attack_slow_and_idle_connections_are_cut_off(&server.target()).await;
+    server.stop();
 }
 
 /// The attack of [`slow_and_idle_connections_are_cut_off`], against any server.
 pub(crate) async fn attack_slow_and_idle_connections_are_cut_off(t: &Target<'_>) {
-    let (api, data, dir) = (t.api, t.data, t.dir);
-    let _ = (data, dir);
+    let api = t.api;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = api.url.trim_start_matches("http://").to_owned();
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
@@ -164,21 +142,14 @@ pub(crate) async fn attack_slow_and_idle_connections_are_cut_off(t: &Target<'_>)
 /// work exists once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_outlives_a_dropped_client() {
-    let (_dir, data, mut server, api) = support::fresh(BIN, TOKEN, &[]);
-    attack_an_idempotency_key_outlives_a_dropped_client(&Target {
-        api: &api,
-        data: &data,
-        dir: _dir.path(),
-        pid: server.id(),
-    })
-    .await;
-    support::stop(&mut server);
+    let server = Server::start(&[]);
+    attack_an_idempotency_key_outlives_a_dropped_client(&server.target()).await;
+    server.stop();
 }
 
 /// The attack of [`an_idempotency_key_outlives_a_dropped_client`], against any server.
 pub(crate) async fn attack_an_idempotency_key_outlives_a_dropped_client(t: &Target<'_>) {
-    let (api, data, dir) = (t.api, t.data, t.dir);
-    let _ = (data, dir);
+    let (api, data) = (t.api, t.data);
     let gate = "import json, os, time\ndef held(x):\n    root = json.loads(os.environ['MODAL_AGENTS_VOLUMES'])['/gate']\n    while not os.path.exists(os.path.join(root, 'open')):\n        time.sleep(0.01)\n    return x\n";
     api.post(
         "/deploy-function",

@@ -8,19 +8,13 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::support::{self, Api};
-use super::{Target, BIN, TOKEN};
+use super::{Server, Target, BIN, TOKEN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_a_function_plants_in_its_volume_are_never_followed() {
-    let (dir, data, mut server, api) = support::fresh(BIN, TOKEN, &[]);
-    attack_links_a_function_plants_in_its_volume_are_never_followed(&Target {
-        api: &api,
-        data: &data,
-        dir: dir.path(),
-        pid: server.id(),
-    })
-    .await;
-    support::stop(&mut server);
+    let server = Server::start(&[]);
+    attack_links_a_function_plants_in_its_volume_are_never_followed(&server.target()).await;
+    server.stop();
 }
 
 /// The attack of [`links_a_function_plants_in_its_volume_are_never_followed`], against any server.
@@ -28,7 +22,6 @@ pub(crate) async fn attack_links_a_function_plants_in_its_volume_are_never_follo
     t: &Target<'_>,
 ) {
     let (api, data, dir) = (t.api, t.data, t.dir);
-    let _ = (data, dir);
     // A secret the database holds, which the link would hand over.
     let (status, _) = api
         .send(
@@ -206,15 +199,9 @@ async fn leaky_build(mode: &str) {
     let mut env = leaky_env(&links);
     env.push(("MODAL_AGENTS_SANDBOX", mode.into()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (_server_dir, data, mut server, api) = support::fresh(BIN, TOKEN, &env);
-    attack_leaky_build(&Target {
-        api: &api,
-        data: &data,
-        dir: dir.path(),
-        pid: server.id(),
-    })
-    .await;
-    support::stop(&mut server);
+    let server = Server::start(&env);
+    attack_leaky_build(&server.target()).await;
+    server.stop();
 }
 
 /// A package build that prints every secret it can find never gets one

@@ -207,6 +207,9 @@ impl Images {
         packages: &[String],
         b: Builder<'_>,
     ) -> Result<PathBuf, String> {
+        // Absolute: the build steps run in `dir` (a relative root would
+        // point elsewhere from there).
+        let dir = std::path::absolute(&dir).map_err(|e| e.to_string())?;
         let ready = dir.join(".ready");
         if tokio::fs::metadata(&ready).await.is_ok() {
             return Ok(dir);
@@ -274,6 +277,32 @@ impl Images {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A relative root (the Modal SDK's `target/modal-sdk`) builds where
+    /// it says, though the build steps run inside the environment's dir.
+    #[tokio::test]
+    async fn a_relative_root_builds_in_place() {
+        let name = format!("target/test-images-{}", uuid::Uuid::new_v4().simple());
+        let root = Path::new(&name);
+        let (base, _) = super::super::resolve_python(None).await.unwrap();
+        let builder = Builder {
+            bwrap: None,
+            redact: &Redactor::default(),
+            timeout: Duration::from_secs(600),
+        };
+        let python = Images::default()
+            .python_for(root, &base, &["six==1.16.0".to_owned()], builder)
+            .await;
+        let cleanup = std::fs::remove_dir_all(root);
+        let python = python.unwrap();
+        assert!(python.is_absolute(), "{}", python.display());
+        assert!(
+            python.starts_with(std::path::absolute(root).unwrap()),
+            "{}",
+            python.display()
+        );
+        cleanup.unwrap();
+    }
 
     #[test]
     fn keys_ignore_order_and_duplicates() {
