@@ -403,6 +403,32 @@ async fn bridge_calls_maps_spawns_and_errors_with_the_standin() {
         }
     }
 
+    // Results JSON cannot carry (NaN, Infinity, nested too deep) are errors
+    // in their own slots; every other input keeps its own result.
+    rt.deploy_function(
+        FunctionSpec::new(
+            "odd",
+            "def odd(x):\n    if x == 1:\n        return float('nan')\n    if x == 2:\n        return float('inf')\n    if x == 3:\n        v = 0\n        for _ in range(200):\n            v = [v]\n        return v\n    return x\n",
+        )
+        .backend(BackendChoice::Modal),
+    )
+    .await
+    .unwrap();
+    let id = rt
+        .run_parallel("odd", (0..8).map(|i| json!(i)).collect())
+        .await
+        .unwrap();
+    rt.wait(id, Some(Duration::from_secs(60))).await.unwrap();
+    let page = rt.results(id, 0, 100).await.unwrap();
+    assert_eq!(page.results.len(), 8, "{:?}", page.results);
+    for (i, r) in page.results.iter().enumerate() {
+        if (1..=3).contains(&i) {
+            assert_eq!(r["error"]["type"], "ResultNotSerializable", "slot {i}: {r}");
+        } else {
+            assert_eq!(r, &json!(i), "slot {i}");
+        }
+    }
+
     // Timeouts map to TimeoutError; spawn, poll and cancel go through FunctionCall ids.
     rt.deploy_function(
         FunctionSpec::new("slow", WORK)
@@ -477,6 +503,18 @@ async fn routing_volume_sync_and_refused_tokens_with_the_standin() {
         rt.call("here", vec![], Map::new()).await.unwrap(),
         json!("local")
     );
+
+    // Undeploy stops the app on Modal (it is not left deployed, and billing).
+    let apps = dir.path().join("modal/standin/apps");
+    let deployed = |dir: &std::path::Path| std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+    rt.deploy_function(
+        FunctionSpec::new("brief", "def brief():\n    return 1\n").backend(BackendChoice::Modal),
+    )
+    .await
+    .unwrap();
+    let before = deployed(&apps);
+    rt.undeploy_function("brief").await.unwrap();
+    assert_eq!(deployed(&apps), before - 1, "the app was stopped");
 
     // Volumes: changed files go up, files changed there come down.
     let files = rt.volume_dir("shared");

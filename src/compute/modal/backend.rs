@@ -296,7 +296,8 @@ impl ComputeBackend for ModalBackend {
         // Stopping the app on Modal is best effort: the function is gone here.
         if let (Ok(credentials), Ok(python)) = (self.credentials(), self.sdk_python().await) {
             let stop = tokio::process::Command::new(python)
-                .args(["-m", "modal", "app", "stop", &deployed.app])
+                // --yes: without a terminal the CLI's confirmation aborts.
+                .args(["-m", "modal", "app", "stop", "--yes", &deployed.app])
                 .env_clear()
                 .envs(self.env(credentials))
                 .kill_on_drop(true)
@@ -459,21 +460,37 @@ async fn run_map(
                 let _ = bridge.send(&json!({"op": "end", "target": id}));
             }
         } else if let Some(item) = msg.get("item") {
-            let result = answer_of(&item[1]);
-            if out
-                .send(vec![MapItem {
+            // Results come in input order, each with its input's index: one
+            // the bridge could not deliver is an error in its own slot, and
+            // the results after it stay on their own inputs.
+            let index = item[0].as_u64().unwrap_or(done);
+            let mut items = Vec::new();
+            while done < index.min(sent) {
+                items.push(MapItem {
                     index: done,
-                    result,
+                    result: Err(TaskError::new(
+                        "ProtocolError",
+                        "the result of this input could not be read from the Modal bridge",
+                    )),
                     attempts: 1,
-                }])
-                .await
-                .is_err()
-            {
+                });
+                done += 1;
+            }
+            if index == done {
+                items.push(MapItem {
+                    index,
+                    result: answer_of(&item[1]),
+                    attempts: 1,
+                });
+                done += 1;
+            } else {
+                tracing::warn!(index, done, "a Modal map result out of order was dropped");
+            }
+            if out.send(items).await.is_err() {
                 let _ = bridge.send(&json!({"id": 0, "op": "abort", "target": id}));
                 return;
             }
-            done += 1;
-            ctx.meter.running.store(sent - done, Relaxed);
+            ctx.meter.running.store(sent.saturating_sub(done), Relaxed);
         } else if let Some(err) = msg.get("err") {
             break task_error(err);
         } else if msg.get("ok").is_some() {

@@ -60,7 +60,7 @@ class Bridge:
         self.functions = {}
 
     def send(self, msg):
-        self.out.write(json.dumps(msg, separators=(",", ":")) + "\n")
+        self.out.write(encode(msg) + "\n")
         self.out.flush()
 
     def function(self, app, name):
@@ -100,10 +100,7 @@ class Bridge:
         try:
             value = await call.get.aio(timeout=0)
         except Exception as e:  # noqa: BLE001
-            # get(timeout=0) raises modal's plain TimeoutError while the call
-            # runs; FunctionTimeoutError (a subclass) means the call timed out.
-            # (A user's own TimeoutError, re-raised, is not modal's.)
-            if type(e).__name__ == "TimeoutError" and type(e).__module__.startswith("modal"):
+            if still_running(e):
                 return {"done": False}
             raise
         return {"done": True, "value": value}
@@ -231,6 +228,65 @@ class Bridge:
             finally:
                 os.close(dfd)
         return None
+
+
+MAX_DEPTH = 64  # the runtime's MAX_VALUE_DEPTH
+
+
+def too_deep(value, limit=MAX_DEPTH):
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (list, tuple, dict)):
+            if depth > limit:
+                return True
+            items = v.values() if isinstance(v, dict) else v
+            stack.extend((x, depth + 1) for x in items)
+    return False
+
+
+def encode(msg):
+    """One line of strict JSON the runtime can read. A result it could not
+    (NaN, Infinity, not JSON, nested too deep) becomes that input's own
+    error, so no line is ever dropped and no result moves to another input."""
+    value = None
+    for key in ("ok",):
+        if key in msg:
+            value = msg[key]
+    item = msg.get("item")
+    if item is not None and "ok" in item[1]:
+        value = item[1]["ok"]
+    try:
+        if too_deep(value):
+            raise ValueError("it nests more than %d levels deep" % MAX_DEPTH)
+        return json.dumps(msg, separators=(",", ":"), allow_nan=False)
+    except (ValueError, TypeError, RecursionError) as e:
+        error = {"type": "ResultNotSerializable",
+                 "message": "the function returned a value JSON cannot carry (%s)" % e}
+        if item is not None:
+            msg = dict(msg, item=[item[0], {"err": error}])
+        else:
+            msg = {k: v for k, v in msg.items() if k != "ok"}
+            msg["err"] = error
+        return json.dumps(msg, separators=(",", ":"), allow_nan=False, default=str)
+
+
+def still_running(e):
+    """Whether get(timeout=0) failed only because the call is still running.
+
+    modal 1.6.4's poll raises Python's built-in TimeoutError (earlier
+    versions raised modal.exception.TimeoutError); FunctionTimeoutError means
+    the call itself timed out, and a TimeoutError the user's code raised comes
+    back with the user's traceback. The poll's own is raised in the SDK's
+    `poll_function`, with nothing after it."""
+    if isinstance(e, modal.exception.FunctionTimeoutError):
+        return False
+    if not isinstance(e, (TimeoutError, modal.exception.TimeoutError)):
+        return False
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_name == "poll_function"
 
 
 def beneath(root, rel, create):

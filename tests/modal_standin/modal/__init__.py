@@ -282,8 +282,17 @@ class FunctionCall:
                     raise kind(message) from remote
                 return outcome["ok"]
             if timeout == 0:
-                raise exception.TimeoutError()
+                self._poll_function()
             await asyncio.sleep(0.01)
+
+    @staticmethod
+    def _poll_function():
+        # As modal 1.6.4's _FunctionCall.poll_function: the built-in
+        # TimeoutError, raised in a function of that name.
+        def poll_function():
+            raise TimeoutError()
+
+        poll_function()
 
     async def _cancel(self):
         with open(self.path + ".cancelled", "w"):

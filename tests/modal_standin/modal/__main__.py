@@ -9,6 +9,14 @@ from . import _DIR, _check_token, exception
 if len(sys.argv) < 3 or sys.argv[1] not in ("deploy", "app"):
     sys.exit("stand-in supports `deploy FILE` and `app stop NAME` only")
 if sys.argv[1] == "app":
+    # As modal 1.6.4: `app stop` asks for confirmation unless --yes/-y, and
+    # without a terminal that aborts, leaving the app deployed.
+    _check_token()
+    if "--yes" not in sys.argv and "-y" not in sys.argv:
+        sys.exit("Are you sure you want to stop App? Aborted (use --yes).")
+    record = os.path.join(_DIR, "apps", sys.argv[-1] + ".path")
+    if os.path.exists(record):
+        os.remove(record)
     sys.exit(0)
 try:
     _check_token()
