@@ -504,6 +504,42 @@ async fn routing_volume_sync_and_refused_tokens_with_the_standin() {
         json!("local")
     );
 
+    // `modal deploy` never runs the user's code on this machine, next to the
+    // operator's token: module-level code that would leak it does not run
+    // at deploy; its errors still show, from a parse.
+    let marker = dir.path().join("ran-on-host");
+    let leaky = format!(
+        "import os\nopen({:?}, 'w').write(os.environ.get('MODAL_TOKEN_SECRET', ''))\ndef leaky():\n    return 1\n",
+        marker.display().to_string()
+    );
+    rt.deploy_function(FunctionSpec::new("leaky", leaky).backend(BackendChoice::Modal))
+        .await
+        .unwrap();
+    assert!(
+        !marker.exists(),
+        "the deploy ran the user's code on the host"
+    );
+    let err = rt
+        .deploy_function(
+            FunctionSpec::new("broken", "def broken(:\n    pass\n").backend(BackendChoice::Modal),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RuntimeError::Spec(modal_agents::SpecError::Syntax { line: 1, .. })
+        ),
+        "{err}"
+    );
+    let err = rt
+        .deploy_function(
+            FunctionSpec::new("absent", "def other():\n    pass\n").backend(BackendChoice::Modal),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("absent"), "{err}");
+
     // Undeploy stops the app on Modal (it is not left deployed, and billing).
     let apps = dir.path().join("modal/standin/apps");
     let deployed = |dir: &std::path::Path| std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);

@@ -25,6 +25,7 @@
 mod app_file;
 mod backend;
 mod bridge;
+mod check;
 mod credentials;
 mod setup;
 mod sync;

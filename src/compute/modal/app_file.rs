@@ -2,9 +2,12 @@
 //!
 //! The user's code is embedded as a JSON string literal (a valid Python string
 //! literal: quotes, backslashes, triple quotes, control characters and
-//! non-ASCII text survive unchanged) and executed in the module's own globals,
-//! so the function is a module-level function as Modal requires, and its
-//! tracebacks point at the user's lines. Secret values are never written: the
+//! non-ASCII text survive unchanged) and executed in the module's own globals
+//! **only inside Modal's container** (`modal.is_local()` is false there), so
+//! the function is a module-level function as Modal requires and its
+//! tracebacks point at the user's lines, while `modal deploy` on the host
+//! (next to the operator's token) never runs a line of it: there a stub of
+//! the same name is decorated instead. Secret values are never written: the
 //! file reads them from `MODAL_AGENTS_SECRET_VALUES` in the environment of
 //! `modal deploy`. The app object is `__ma_app` (user code may well define
 //! its own `app`), so the deploy target is `FILE::__ma_app` ([`APP_OBJECT`]).
@@ -118,9 +121,18 @@ pub fn app_file(
     // Registered with linecache so tracebacks show the user's lines.
     let _ = writeln!(
         f,
-        "import linecache as __ma_linecache\n\
-         __ma_linecache.cache[{filename}] = (len(__ma_source), None, __ma_source.splitlines(True), {filename})\n\
-         exec(compile(__ma_source, {filename}, \"exec\"), globals())\n"
+        "if modal.is_local():\n\
+         \x20   # On the host (modal deploy): the user's code never runs here.\n\
+         \x20   def __ma_stub(*args, **kwargs):\n\
+         \x20       raise RuntimeError(\"this function runs on Modal only\")\n\
+         \x20   __ma_stub.__name__ = __ma_stub.__qualname__ = {entry}\n\
+         \x20   __ma_stub.__module__ = __name__\n\
+         \x20   globals()[{entry}] = __ma_stub\n\
+         else:\n\
+         \x20   import linecache as __ma_linecache\n\
+         \x20   __ma_linecache.cache[{filename}] = (len(__ma_source), None, __ma_source.splitlines(True), {filename})\n\
+         \x20   exec(compile(__ma_source, {filename}, \"exec\"), globals())\n",
+        entry = py_str(entry),
     );
     let mut options = vec![
         "image=__ma_image".to_owned(),

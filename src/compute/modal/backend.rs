@@ -159,6 +159,9 @@ impl ModalBackend {
         let dir = self.config.cache_dir.join("apps");
         tokio::fs::create_dir_all(&dir).await?;
         let file = dir.join(format!("{}.py", d.spec.name));
+        // Modal runs the code only in its containers; here it is parsed,
+        // never run, so errors in it still show at deploy.
+        super::check::check_code(&python, &d.spec).await?;
         let text = app_file(&d.spec, app, !d.secret_env.is_empty(), &d.remote_secrets);
         tokio::fs::write(&file, text).await?;
         let mut cmd = tokio::process::Command::new(&python);
@@ -191,7 +194,8 @@ impl ModalBackend {
         }
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stderr));
-        Err(deploy_error(&text, &credentials))
+        // What goes back to the caller never carries a secret value.
+        Err(deploy_error(&d.redact.redact(&text), &credentials))
     }
 
     fn timeout_for(&self, spec: &FunctionSpec) -> Duration {

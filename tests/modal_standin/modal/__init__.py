@@ -242,7 +242,17 @@ class _RemoteTraceback(Exception):
         return "\n" + self.tb
 
 
+# What loads an app file to run its functions plays Modal's container:
+# there `modal.is_local()` is false; in `modal deploy` it is true.
+_REMOTE = [False]
+
+
+def is_local():
+    return not _REMOTE[0]
+
+
 def _load(file, name):
+    _REMOTE[0] = True
     spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
