@@ -723,3 +723,72 @@ async fn a_modal_call_in_flight_survives_a_sigkill_of_the_server() {
     support::kill(server.id(), libc::SIGTERM);
     server.wait().unwrap();
 }
+
+/// A caller that gives up on a waited `call` cancels the call on Modal too,
+/// not only its own wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn giving_up_on_a_call_cancels_it_remotely() {
+    use modal_agents::{CallContext, ComputeBackend, Deployment};
+    let dir = tempfile::tempdir().unwrap();
+    let standin = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/modal_standin");
+    let backend = ModalBackend::new(ModalConfig {
+        credentials: credentials("as-ok"),
+        python: Some("python3".into()),
+        sdk_path: Some(standin),
+        cache_dir: dir.path().join("modal"),
+        poll_interval: Duration::from_millis(20),
+        ..ModalConfig::default()
+    });
+    backend
+        .deploy(Deployment {
+            spec: FunctionSpec::new("slow", WORK).backend(BackendChoice::Modal),
+            secret_env: Default::default(),
+            volume_dirs: Default::default(),
+            remote_secrets: Vec::new(),
+            warm: true,
+            redact: Default::default(),
+        })
+        .await
+        .unwrap();
+    let ctx = CallContext::default();
+    let cancel = ctx.cancel.clone();
+    let calls = dir.path().join("modal/standin/calls");
+    let watcher = tokio::spawn({
+        let calls = calls.clone();
+        async move {
+            // Once the remote call exists, the caller gives up.
+            support::eventually(Duration::from_secs(30), "the remote call to start", || {
+                let calls = calls.clone();
+                async move {
+                    std::fs::read_dir(&calls)
+                        .map(|d| {
+                            d.flatten()
+                                .any(|e| e.path().extension().is_some_and(|x| x == "pid"))
+                        })
+                        .unwrap_or(false)
+                }
+            })
+            .await;
+            cancel.cancel();
+        }
+    });
+    let outcome = backend
+        .call("slow", vec![json!(30)], Map::new(), ctx)
+        .await
+        .unwrap();
+    watcher.await.unwrap();
+    assert_eq!(outcome.result.unwrap_err().kind, "Cancelled");
+    support::eventually(Duration::from_secs(10), "the remote call cancelled", || {
+        let calls = calls.clone();
+        async move {
+            std::fs::read_dir(&calls)
+                .map(|d| {
+                    d.flatten()
+                        .any(|e| e.path().extension().is_some_and(|x| x == "cancelled"))
+                })
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    backend.shutdown().await;
+}

@@ -327,10 +327,10 @@ impl ComputeBackend for ModalBackend {
         let bridge = self.bridge().await?;
         let msg = json!({"op": "call", "app": d.app, "function": d.spec.python_entrypoint(),
                          "args": args, "kwargs": kwargs});
-        let result = tokio::select! {
-            answer = bridge.request(msg, self.timeout_for(&d.spec)) => answer?,
-            () = ctx.cancel.cancelled() => Err(cancelled()),
-        };
+        let result = bridge
+            .call(msg, self.timeout_for(&d.spec), &ctx.cancel)
+            .await?
+            .unwrap_or_else(|| Err(cancelled()));
         Ok(CallOutcome {
             result,
             attempts: 1,

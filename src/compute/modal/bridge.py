@@ -58,6 +58,7 @@ class Bridge:
         self.out = sys.stdout
         self.maps = {}
         self.functions = {}
+        self.calls = {}  # request id -> the FunctionCall a `call` waits on
 
     def send(self, msg):
         self.out.write(encode(msg) + "\n")
@@ -87,8 +88,21 @@ class Bridge:
         return {"modal": getattr(modal, "__version__", "unknown")}
 
     async def op_call(self, msg):
+        # spawn + get rather than remote: the call has an id, so a caller that
+        # gives up can cancel it on Modal too (see op_cancel_request).
         f = self.function(msg["app"], msg["function"])
-        return await f.remote.aio(*msg.get("args", []), **msg.get("kwargs", {}))
+        call = await f.spawn.aio(*msg.get("args", []), **msg.get("kwargs", {}))
+        self.calls[msg["id"]] = call
+        try:
+            return await call.get.aio()
+        finally:
+            self.calls.pop(msg["id"], None)
+
+    async def op_cancel_request(self, msg):
+        call = self.calls.pop(msg["target"], None)
+        if call is not None:
+            await call.cancel.aio()
+        return None
 
     async def op_spawn(self, msg):
         f = self.function(msg["app"], msg["function"])
