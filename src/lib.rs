@@ -18,7 +18,9 @@
 //!   under bubblewrap per [`SandboxMode`]), the [`ModalBackend`] (Modal through
 //!   the pinned official SDK, [`ModalConfig`], [`ModalCredentials`]) and the
 //!   router that sends each function where its `backend` says.
-//! - `secrets`: the [`SecretStore`] functions draw environment variables from.
+//! - `secrets`: the [`SecretStore`] functions draw environment variables from;
+//!   [`redact`]: the [`Redactor`](redact::Redactor) that keeps every known
+//!   secret value out of what the runtime logs or returns.
 //! - `supervisor`: the root supervisor and its [`RestartPolicy`]; `registry`,
 //!   `tracker` (task records, journal, map results), `dispatcher`, `volume`
 //!   ([`Volumes`]: versioned state, files, watches) and `agents`
