@@ -256,12 +256,7 @@ fn harness_under(pid: u32) -> Option<u32> {
     for _ in 0..4 {
         let mut next = Vec::new();
         for p in frontier {
-            let children =
-                std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
-            for child in children
-                .split_whitespace()
-                .filter_map(|c| c.parse::<u32>().ok())
-            {
+            for child in children_of(p) {
                 let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
                 let mut args = cmdline.split(|b| *b == 0);
                 let program = args.next().unwrap_or_default();
@@ -275,6 +270,46 @@ fn harness_under(pid: u32) -> Option<u32> {
         frontier = next;
     }
     None
+}
+
+/// A process's children: from the `children` file of each of its threads,
+/// or where the kernel lacks those files, by the parent pid of every process.
+fn children_of(pid: u32) -> Vec<u32> {
+    let lists: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    if !lists.is_empty() {
+        return lists
+            .iter()
+            .flat_map(|l| l.split_whitespace())
+            .filter_map(|c| c.parse().ok())
+            .collect();
+    }
+    children_by_ppid(pid)
+}
+
+/// Every process whose parent is `pid`, from `/proc/*/stat`.
+fn children_by_ppid(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                    .and_then(|ppid| ppid.parse::<u32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect()
 }
 
 /// Bytes waiting in a pipe (FIONREAD); 0 when it cannot be asked.
@@ -759,6 +794,22 @@ mod tests {
     use super::*;
 
     /// 50 MB on stderr without a newline keeps one bounded line.
+    /// Children are found with or without `/proc/P/task/P/children`.
+    #[tokio::test]
+    async fn children_are_found_by_parent_pid_too() {
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap();
+        let me = std::process::id();
+        assert!(children_of(me).contains(&pid));
+        assert!(children_by_ppid(me).contains(&pid));
+
+        child.kill().await.unwrap();
+    }
+
     #[tokio::test]
     async fn stderr_without_newlines_stays_bounded() {
         let mut child = Command::new("sh")
