@@ -156,7 +156,15 @@ impl TaskStore {
             }
             TaskUpdate::Interrupted if record.status == TaskStatus::Running => {
                 record.status = TaskStatus::Pending;
-                record.attempts = record.attempts.saturating_sub(1);
+                // A call running on a backend that outlives this process goes
+                // on there and is waited for again: its attempt stands.
+                let remote = record
+                    .backend_call_id
+                    .as_deref()
+                    .is_some_and(|c| !c.starts_with("lc-"));
+                if !remote {
+                    record.attempts = record.attempts.saturating_sub(1);
+                }
             }
             TaskUpdate::Interrupted => {}
             TaskUpdate::Progress(progress) => record.progress = Some(progress),

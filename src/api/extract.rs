@@ -8,6 +8,26 @@ use serde::de::DeserializeOwned;
 
 use super::{ApiState, Error};
 
+/// How long a request's body may take to arrive once its headers have: a
+/// client trickling its body cannot hold a connection (and its handler)
+/// for ever.
+pub(crate) const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The body, within the size limit and [`BODY_READ_TIMEOUT`].
+async fn body_bytes(req: Request, state: &ApiState) -> Result<Bytes, Error> {
+    match tokio::time::timeout(BODY_READ_TIMEOUT, Bytes::from_request(req, state)).await {
+        Err(_) => Err(Error::BadRequest(format!(
+            "the request body did not arrive within {} s",
+            BODY_READ_TIMEOUT.as_secs()
+        ))),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(Error::TooLarge(state.config.body_limit))
+        }
+        Ok(Err(e)) => Err(Error::BadRequest(e.body_text())),
+    }
+}
+
 /// A JSON body, parsed strictly.
 pub(crate) struct ApiJson<T>(pub(crate) T);
 
@@ -56,13 +76,7 @@ impl<T: DeserializeOwned> FromRequest<ApiState> for ApiJson<T> {
         if !is_json(req.headers()) {
             return Err(Error::UnsupportedMediaType);
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                Error::TooLarge(state.config.body_limit)
-            } else {
-                Error::BadRequest(e.body_text())
-            }
-        })?;
+        let bytes = body_bytes(req, state).await?;
         parse_json(&bytes).map(ApiJson)
     }
 }
@@ -74,15 +88,6 @@ impl FromRequest<ApiState> for RawBody {
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &ApiState) -> Result<Self, Error> {
-        Bytes::from_request(req, state)
-            .await
-            .map(RawBody)
-            .map_err(|e| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    Error::TooLarge(state.config.body_limit)
-                } else {
-                    Error::BadRequest(e.body_text())
-                }
-            })
+        body_bytes(req, state).await.map(RawBody)
     }
 }

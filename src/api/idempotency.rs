@@ -114,9 +114,17 @@ pub(crate) async fn idempotency(
         return Error::invalid("Idempotency-Key", "expected 1 to 255 characters").into_response();
     }
     let (parts, body) = req.into_parts();
-    let bytes = match axum::body::to_bytes(body, state.config.body_limit).await {
-        Ok(b) => b,
-        Err(_) => return Error::TooLarge(state.config.body_limit).into_response(),
+    let read = axum::body::to_bytes(body, state.config.body_limit);
+    let bytes = match tokio::time::timeout(super::extract::BODY_READ_TIMEOUT, read).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => return Error::TooLarge(state.config.body_limit).into_response(),
+        Err(_) => {
+            return Error::BadRequest(format!(
+                "the request body did not arrive within {} s",
+                super::extract::BODY_READ_TIMEOUT.as_secs()
+            ))
+            .into_response()
+        }
     };
     let mut hasher = Sha256::new();
     hasher.update(parts.method.as_str());

@@ -212,6 +212,18 @@ pub(crate) async fn attack_endless_output_is_capped_and_the_call_still_answers(t
         stdout.contains("output truncated: 306184192 more characters dropped"),
         "no truncation note"
     );
+    // Bytes written to the captured stdout are the function's TypeError, as
+    // with a real text stream, never a crash of the harness.
+    let code = "import sys\ndef raw():\n    sys.stdout.write(b'bytes')\n";
+    api.post(
+        "/deploy-function",
+        json!({"function_code": code, "function_name": "raw"}),
+    )
+    .await;
+    let task = api
+        .post("/spawn-task", json!({"function_name": "raw", "wait": true}))
+        .await;
+    assert_eq!(task["error"]["type"], "TypeError", "{task}");
 }
 
 /// Logs each run of an input in its volume, then: inputs from 1000 take

@@ -112,10 +112,17 @@ impl PidsGroup {
             procs: Vec::new(),
             events: None,
             memory: None,
+            oom_events: None,
         };
         for h in &self.hierarchies {
             let dir = h.dir.join(n.to_string());
-            std::fs::create_dir(&dir).ok()?;
+            if std::fs::create_dir(&dir).is_err() {
+                // None made half: the groups already made go too.
+                for made in &confined.dirs {
+                    let _ = std::fs::remove_dir(made);
+                }
+                return None;
+            }
             confined.procs.push(
                 std::ffi::CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok()?,
             );
@@ -123,6 +130,11 @@ impl PidsGroup {
                 confined.events = std::fs::File::open(dir.join("pids.events")).ok();
             }
             if let Some(files) = h.memory {
+                let name = match files {
+                    MemoryFiles::V2 => "memory.events",
+                    MemoryFiles::V1 => "memory.oom_control",
+                };
+                confined.oom_events = std::fs::File::open(dir.join(name)).ok();
                 confined.memory = Some((dir.clone(), files));
             }
             confined.dirs.push(dir);
@@ -160,6 +172,8 @@ pub(crate) struct Confined {
     events: Option<std::fs::File>,
     /// The memory group and its kind.
     memory: Option<(PathBuf, MemoryFiles)>,
+    /// Its OOM-kill counter file, kept open: read around every request.
+    oom_events: Option<std::fs::File>,
 }
 
 impl Confined {
@@ -230,22 +244,21 @@ impl Confined {
         true
     }
 
-    /// Whether the kernel killed a process of the group for going past its
-    /// memory limit.
-    pub(crate) fn oom_killed(&self) -> bool {
-        let Some((dir, files)) = &self.memory else {
-            return false;
+    /// How many times the kernel killed a process of the group for going
+    /// past its memory limit.
+    pub(crate) fn oom_kills(&self) -> u64 {
+        use std::os::unix::fs::FileExt;
+        let Some(file) = &self.oom_events else {
+            return 0;
         };
-        let file = match files {
-            MemoryFiles::V2 => "memory.events",
-            MemoryFiles::V1 => "memory.oom_control",
+        let mut buf = [0u8; 512];
+        let Ok(n) = file.read_at(&mut buf, 0) else {
+            return 0;
         };
-        std::fs::read_to_string(dir.join(file)).is_ok_and(|text| {
-            text.lines().any(|l| {
-                l.strip_prefix("oom_kill ")
-                    .is_some_and(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0))
-            })
-        })
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     /// Removes the groups once their processes have exited, trying for a

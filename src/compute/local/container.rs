@@ -389,6 +389,9 @@ pub(crate) struct Container {
     /// The harness's process as this host sees it (under bubblewrap, a
     /// descendant of `pid`), found on first need.
     harness_pid: Option<u32>,
+    /// OOM kills in its memory group before the current request: one in
+    /// an earlier request (a child process, say) is not this one's.
+    oom_before: u64,
 }
 
 impl Launcher {
@@ -452,6 +455,7 @@ impl Launcher {
             confined,
             sandboxed: self.jail.is_some(),
             harness_pid: None,
+            oom_before: 0,
         })
     }
 }
@@ -480,10 +484,12 @@ impl Container {
         }
     }
 
-    /// Whether the kernel killed the container for going past its memory
-    /// limit.
+    /// Whether the kernel killed a process of the container for going past
+    /// its memory limit since the current request was sent.
     pub(crate) fn oom_killed(&self) -> bool {
-        self.confined.as_ref().is_some_and(|c| c.oom_killed())
+        self.confined
+            .as_ref()
+            .is_some_and(|c| c.oom_kills() > self.oom_before)
     }
 
     /// Waits until a blank container's harness answers.
@@ -569,6 +575,7 @@ impl Container {
     ) -> Result<Vec<u8>, Failure> {
         self.busy = true;
         self.seq += 1;
+        self.oom_before = self.confined.as_ref().map_or(0, |c| c.oom_kills());
         let seq = self.seq;
         let mut sent = false;
         let mut broken = None;

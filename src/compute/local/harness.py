@@ -228,6 +228,8 @@ class Capped(io.TextIOBase):
         return True
 
     def write(self, s):
+        if not isinstance(s, str):
+            raise TypeError("write() argument must be str, not %s" % type(s).__name__)
         n = len(s)
         room = self.LIMIT - self.size
         if n <= room:
@@ -266,6 +268,9 @@ class Watch:
 
     def __init__(self, timeout):
         self.timeout = float(timeout) if timeout else None
+        # CPU time of every thread counts: an input using all the cores for
+        # its whole timeout must not be taken for one stuck in C.
+        self.cpu_budget = (self.timeout + self.GRACE) * max(1, os.cpu_count() or 1) if timeout else None
         self.results = None
         self.thread = None
         self.fired = None  # (id of the results list, index) the alarm is for
@@ -283,7 +288,7 @@ class Watch:
             self.main = threading.main_thread().ident
             self.thread = threading.Thread(target=self._run, name="modal-agents-watch", daemon=True)
             self.thread.start()
-        signal.setitimer(signal.ITIMER_PROF, self.timeout + self.GRACE)
+        signal.setitimer(signal.ITIMER_PROF, self.cpu_budget)
         self.results = results
 
     def stop(self):
@@ -323,7 +328,7 @@ class Watch:
             if at != seen:
                 seen, since = at, now
                 if self.results is results:
-                    signal.setitimer(signal.ITIMER_PROF, self.timeout + self.GRACE)
+                    signal.setitimer(signal.ITIMER_PROF, self.cpu_budget)
             elif now - since > self.timeout and self.fired != at:
                 self.fired = at
                 signal.pthread_kill(self.main, signal.SIGALRM)

@@ -76,6 +76,30 @@ fn installer_env() -> Vec<(String, String)> {
         .collect()
 }
 
+/// Scrubs the installer's own credentials from build output: the values of
+/// variables whose names say they are secret, and the `user:password@` of
+/// any URL in its configuration (an index with a token in it).
+fn redact_installer_secrets(text: &str) -> String {
+    let redactor = Redactor::default();
+    for (key, value) in installer_env() {
+        let upper = key.to_ascii_uppercase();
+        if ["TOKEN", "PASSWORD", "SECRET", "AUTH", "KEY", "CREDENTIAL"]
+            .iter()
+            .any(|w| upper.contains(w))
+        {
+            redactor.add(value.clone());
+        }
+        for url in value.split([' ', ',']) {
+            if let Some((_, rest)) = url.split_once("://") {
+                if let Some((userinfo, _)) = rest.split_once('@') {
+                    redactor.add(userinfo.to_owned());
+                }
+            }
+        }
+    }
+    redactor.redact(text)
+}
+
 impl Builder<'_> {
     /// A build step: `program` sandboxed (when possible) with `dir` writable.
     fn command(&self, program: &Path, dir: &Path) -> Command {
@@ -148,7 +172,7 @@ impl Builder<'_> {
         };
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stderr));
-        let text = self.redact.redact(&text);
+        let text = redact_installer_secrets(&self.redact.redact(&text));
         let mut previous = tokio::fs::read_to_string(log).await.unwrap_or_default();
         previous.push_str(&text);
         let _ = tokio::fs::write(log, previous).await;

@@ -242,7 +242,7 @@ impl Pool {
             if let Some(reservation) = self.budget.try_reserve(&self.spec) {
                 return Ok(reservation);
             }
-            if self.warm.retire_longest_idle() {
+            if self.warm.retire_longest_idle(self) {
                 continue;
             }
             tokio::select! {

@@ -52,12 +52,17 @@ impl Warm {
         self.went_idle.notify_waiters();
     }
 
-    /// Retires the container idle longest across all functions (never one
-    /// a function's `min_containers` keeps); whether there was one.
-    pub(crate) fn retire_longest_idle(&self) -> bool {
+    /// Retires the container idle longest among other functions' pools
+    /// whose containers hold what `for_pool` lacks (GPUs for a GPU function;
+    /// anything otherwise), never one a `min_containers` keeps, and never
+    /// `for_pool`'s own (it reuses those); whether there was one.
+    pub(crate) fn retire_longest_idle(&self, for_pool: &Pool) -> bool {
+        let needs_gpu = for_pool.spec.resources.gpu.is_some();
         let oldest = self
             .pools()
             .into_iter()
+            .filter(|p| !std::ptr::eq(Arc::as_ptr(p), for_pool))
+            .filter(|p| !needs_gpu || p.spec.resources.gpu.is_some())
             .filter_map(|p| p.longest_idle().map(|since| (since, p)))
             .min_by_key(|(since, _)| *since);
         match oldest {

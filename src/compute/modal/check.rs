@@ -41,16 +41,23 @@ def scan(body):
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             for a in node.names:
                 names.add((a.asname or a.name).split(".")[0])
-        elif isinstance(node, (ast.For, ast.AsyncFor, ast.With, ast.AsyncWith)):
-            bind(getattr(node, "target", None) or ast.Module(body=[], type_ignores=[]))
+        elif isinstance(node, (ast.For, ast.AsyncFor)):
+            bind(node.target)
+            scan(node.body); scan(node.orelse)
+        elif isinstance(node, (ast.With, ast.AsyncWith)):
+            for item in node.items:
+                if item.optional_vars is not None:
+                    bind(item.optional_vars)
             scan(node.body)
-            scan(getattr(node, "orelse", []))
         elif isinstance(node, (ast.If, ast.While)):
             scan(node.body); scan(node.orelse)
-        elif isinstance(node, ast.Try):
+        elif isinstance(node, (ast.Try, getattr(ast, "TryStar", ast.Try))):
             scan(node.body); scan(node.orelse); scan(node.finalbody)
             for h in node.handlers:
                 scan(h.body)
+        elif isinstance(node, getattr(ast, "Match", ())):
+            for case in node.cases:
+                scan(case.body)
 for node in ast.walk(tree):
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("exec", "globals", "setattr"):
         dynamic = True
