@@ -331,6 +331,30 @@ async fn idle_containers_give_back_what_they_reserved() {
         call(name).await;
     }
 
+    // A call waiting for the room its own function's busy container holds
+    // gets that container once it is free: it is reused, never retired for
+    // a cold one (each container has a token of its own).
+    api.post(
+        "/deploy-function",
+        json!({"function_code": "import time, uuid\nTOKEN = uuid.uuid4().hex\ndef whole(_):\n    time.sleep(0.3)\n    return TOKEN\n",
+               "function_name": "whole", "cpu": total, "max_concurrency": 2}),
+    )
+    .await;
+    for round in 0..3 {
+        let map = api
+            .post(
+                "/run-parallel",
+                json!({"function_name": "whole", "inputs": [round, round], "wait": true}),
+            )
+            .await;
+        let tokens = api.all_results(map["task_id"].as_str().unwrap()).await;
+        assert_eq!(tokens.len(), 2, "{map}");
+        assert_eq!(
+            tokens[0], tokens[1],
+            "round {round}: a cold container replaced a free warm one"
+        );
+    }
+
     // Bad values name the field and the value.
     for (field, value) in [("scaledown_window", json!(1)), ("min_containers", json!(3))] {
         let mut body = json!({"function_code": "def k():\n    return 1\n", "function_name": "k", "max_concurrency": 2});
