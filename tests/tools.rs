@@ -161,6 +161,26 @@ async fn invalid_arguments_name_the_field() {
             "timeout",
         ),
         (
+            "deploy_modal_function",
+            json!({"function_code": "def f(): pass", "function_name": "f", "scaledown_window": 0}),
+            "scaledown_window",
+        ),
+        (
+            "deploy_modal_function",
+            json!({"function_code": "def f(): pass", "function_name": "f", "max_concurrency": 1, "min_containers": 2}),
+            "min_containers",
+        ),
+        (
+            "deploy_modal_function",
+            json!({"function_code": "def f(): pass", "function_name": "f", "memory": [1024, 512]}),
+            "memory[1]",
+        ),
+        (
+            "deploy_modal_function",
+            json!({"function_code": "def f(): pass", "function_name": "f", "memory": {"lots": true}}),
+            "memory",
+        ),
+        (
             "spawn_parallel_tasks",
             json!({"function_ref": "f"}),
             "inputs",

@@ -256,6 +256,11 @@ fn bad_stop_and_retention_settings_are_clear_errors() {
             "expected seconds from 0 to 3600",
         ),
         ("--retention-max", "-5", "--retention-max"),
+        (
+            "--header-read-timeout",
+            "forever",
+            "expected seconds from 0 to 3600",
+        ),
     ] {
         let out = std::process::Command::new(BIN)
             .args(["serve", "--addr", "127.0.0.1:0", &format!("{flag}={value}")])
