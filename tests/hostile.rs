@@ -8,6 +8,22 @@
 
 mod support;
 
+/// A test that runs one attack alone against a fresh server (started with
+/// the extra environment given, if any).
+macro_rules! alone {
+    ($(#[$doc:meta])* $test:ident => $attack:ident $(, $env:expr)?) => {
+        $(#[$doc])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            let server = $crate::Server::start(alone!(@env $($env)?));
+            $attack(&server.target()).await;
+            server.stop();
+        }
+    };
+    (@env) => { &[] };
+    (@env $env:expr) => { $env };
+}
+
 #[path = "hostile/code.rs"]
 mod code;
 #[path = "hostile/http.rs"]

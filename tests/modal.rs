@@ -753,24 +753,26 @@ async fn giving_up_on_a_call_cancels_it_remotely() {
     let ctx = CallContext::default();
     let cancel = ctx.cancel.clone();
     let calls = dir.path().join("modal/standin/calls");
-    let watcher = tokio::spawn({
+    // The stand-in marks a remote call's life with files in calls/.
+    let marked = |ext: &'static str| {
         let calls = calls.clone();
-        async move {
-            // Once the remote call exists, the caller gives up.
-            support::eventually(Duration::from_secs(30), "the remote call to start", || {
-                let calls = calls.clone();
-                async move {
-                    std::fs::read_dir(&calls)
-                        .map(|d| {
-                            d.flatten()
-                                .any(|e| e.path().extension().is_some_and(|x| x == "pid"))
-                        })
-                        .unwrap_or(false)
-                }
-            })
-            .await;
-            cancel.cancel();
+        move || {
+            let calls = calls.clone();
+            async move {
+                std::fs::read_dir(&calls)
+                    .map(|d| {
+                        d.flatten()
+                            .any(|e| e.path().extension().is_some_and(|x| x == ext))
+                    })
+                    .unwrap_or(false)
+            }
         }
+    };
+    let started = marked("pid");
+    let watcher = tokio::spawn(async move {
+        // Once the remote call exists, the caller gives up.
+        support::eventually(Duration::from_secs(30), "the remote call to start", started).await;
+        cancel.cancel();
     });
     let outcome = backend
         .call("slow", vec![json!(30)], Map::new(), ctx)
@@ -778,17 +780,11 @@ async fn giving_up_on_a_call_cancels_it_remotely() {
         .unwrap();
     watcher.await.unwrap();
     assert_eq!(outcome.result.unwrap_err().kind, "Cancelled");
-    support::eventually(Duration::from_secs(10), "the remote call cancelled", || {
-        let calls = calls.clone();
-        async move {
-            std::fs::read_dir(&calls)
-                .map(|d| {
-                    d.flatten()
-                        .any(|e| e.path().extension().is_some_and(|x| x == "cancelled"))
-                })
-                .unwrap_or(false)
-        }
-    })
+    support::eventually(
+        Duration::from_secs(10),
+        "the remote call cancelled",
+        marked("cancelled"),
+    )
     .await;
     backend.shutdown().await;
 }

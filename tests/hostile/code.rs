@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::support;
-use super::{Server, Target, BIN, TOKEN};
+use super::{Target, BIN, TOKEN};
 
 /// A function that writes frames of its own on the harness's reply pipe,
 /// with the request number dug out of the harness's frame so they pass the
@@ -35,13 +35,7 @@ def forge(kind, n=0):
     return n * 2
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forged_frames_on_the_harness_pipe_never_crash_or_confuse_the_runtime() {
-    let server = Server::start(&[]);
-    attack_forged_frames_on_the_harness_pipe_never_crash_or_confuse_the_runtime(&server.target())
-        .await;
-    server.stop();
-}
+alone!(forged_frames_on_the_harness_pipe_never_crash_or_confuse_the_runtime => attack_forged_frames_on_the_harness_pipe_never_crash_or_confuse_the_runtime);
 
 /// The attack of [`forged_frames_on_the_harness_pipe_never_crash_or_confuse_the_runtime`], against any server.
 pub(crate) async fn attack_forged_frames_on_the_harness_pipe_never_crash_or_confuse_the_runtime(
@@ -106,15 +100,12 @@ pub(crate) async fn attack_forged_frames_on_the_harness_pipe_never_crash_or_conf
     assert_eq!(api.get("/healthz").await["status"], "ok");
 }
 
-/// `memory: [request, limit]` is a real ceiling: an input that allocates
-/// past it fails with OutOfMemory naming the limit, the container is
-/// replaced and the next input runs; bad pairs name the field.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_memory_limit_is_a_real_ceiling() {
-    let server = Server::start(&[]);
-    attack_a_memory_limit_is_a_real_ceiling(&server.target()).await;
-    server.stop();
-}
+alone!(
+    /// `memory: [request, limit]` is a real ceiling: an input that allocates
+    /// past it fails with OutOfMemory naming the limit, the container is
+    /// replaced and the next input runs; bad pairs name the field.
+    a_memory_limit_is_a_real_ceiling => attack_a_memory_limit_is_a_real_ceiling
+);
 
 /// The attack of [`a_memory_limit_is_a_real_ceiling`], against any server.
 pub(crate) async fn attack_a_memory_limit_is_a_real_ceiling(t: &Target<'_>) {
@@ -173,15 +164,12 @@ pub(crate) async fn attack_a_memory_limit_is_a_real_ceiling(t: &Target<'_>) {
     }
 }
 
-/// Output without end: a call printing 300 MB without a newline, and 300 MB
-/// written straight to fd 2, still answers; the task's log is capped with a
-/// visible note.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn endless_output_is_capped_and_the_call_still_answers() {
-    let server = Server::start(&[]);
-    attack_endless_output_is_capped_and_the_call_still_answers(&server.target()).await;
-    server.stop();
-}
+alone!(
+    /// Output without end: a call printing 300 MB without a newline, and 300 MB
+    /// written straight to fd 2, still answers; the task's log is capped with a
+    /// visible note.
+    endless_output_is_capped_and_the_call_still_answers => attack_endless_output_is_capped_and_the_call_still_answers
+);
 
 /// The attack of [`endless_output_is_capped_and_the_call_still_answers`], against any server.
 pub(crate) async fn attack_endless_output_is_capped_and_the_call_still_answers(t: &Target<'_>) {
@@ -245,15 +233,12 @@ def slow(x):
     return x
 "#;
 
-/// The timeout applies to each input of a map, not to a batch: inputs each
-/// under it never fail together, the one past it fails alone, and no input
-/// runs twice (bar the batch-mates of one that holds the GIL past it).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn map_timeouts_are_per_input_and_nothing_runs_twice() {
-    let server = Server::start(&[]);
-    attack_map_timeouts_are_per_input_and_nothing_runs_twice(&server.target()).await;
-    server.stop();
-}
+alone!(
+    /// The timeout applies to each input of a map, not to a batch: inputs each
+    /// under it never fail together, the one past it fails alone, and no input
+    /// runs twice (bar the batch-mates of one that holds the GIL past it).
+    map_timeouts_are_per_input_and_nothing_runs_twice => attack_map_timeouts_are_per_input_and_nothing_runs_twice
+);
 
 /// The attack of [`map_timeouts_are_per_input_and_nothing_runs_twice`], against any server.
 pub(crate) async fn attack_map_timeouts_are_per_input_and_nothing_runs_twice(t: &Target<'_>) {

@@ -9,14 +9,9 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::support::{self, Api};
-use super::{Server, Target, BIN, TOKEN};
+use super::{Target, BIN, TOKEN};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_of_unknown_volumes_answer_404_and_create_nothing() {
-    let server = Server::start(&[]);
-    attack_reads_of_unknown_volumes_answer_404_and_create_nothing(&server.target()).await;
-    server.stop();
-}
+alone!(reads_of_unknown_volumes_answer_404_and_create_nothing => attack_reads_of_unknown_volumes_answer_404_and_create_nothing);
 
 /// The attack of [`reads_of_unknown_volumes_answer_404_and_create_nothing`], against any server.
 pub(crate) async fn attack_reads_of_unknown_volumes_answer_404_and_create_nothing(t: &Target<'_>) {
@@ -64,12 +59,7 @@ pub(crate) async fn attack_reads_of_unknown_volumes_answer_404_and_create_nothin
     assert_eq!(api.get("/volumes/real/files").await, json!([]));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_labels_stay_bounded_whatever_callers_send() {
-    let server = Server::start(&[]);
-    attack_metrics_labels_stay_bounded_whatever_callers_send(&server.target()).await;
-    server.stop();
-}
+alone!(metrics_labels_stay_bounded_whatever_callers_send => attack_metrics_labels_stay_bounded_whatever_callers_send);
 
 /// The attack of [`metrics_labels_stay_bounded_whatever_callers_send`], against any server.
 pub(crate) async fn attack_metrics_labels_stay_bounded_whatever_callers_send(t: &Target<'_>) {
@@ -93,14 +83,11 @@ pub(crate) async fn attack_metrics_labels_stay_bounded_whatever_callers_send(t: 
     );
 }
 
-/// A client trickling its headers (slowloris) or idling on a kept-alive
-/// connection is cut off after the header-read timeout; others are served.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_and_idle_connections_are_cut_off() {
-    let server = Server::start(&[("MODAL_AGENTS_HEADER_READ_TIMEOUT", "1")]);
-    attack_slow_and_idle_connections_are_cut_off(&server.target()).await;
-    server.stop();
-}
+alone!(
+    /// A client trickling its headers (slowloris) or idling on a kept-alive
+    /// connection is cut off after the header-read timeout; others are served.
+    slow_and_idle_connections_are_cut_off => attack_slow_and_idle_connections_are_cut_off, &[("MODAL_AGENTS_HEADER_READ_TIMEOUT", "1")]
+);
 
 /// The attack of [`slow_and_idle_connections_are_cut_off`], against any server.
 pub(crate) async fn attack_slow_and_idle_connections_are_cut_off(t: &Target<'_>) {
@@ -137,15 +124,12 @@ pub(crate) async fn attack_slow_and_idle_connections_are_cut_off(t: &Target<'_>)
     }
 }
 
-/// A request with an Idempotency-Key whose client goes away runs to the
-/// end: the retry gets its response (409 only while it still runs), and the
-/// work exists once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idempotency_key_outlives_a_dropped_client() {
-    let server = Server::start(&[]);
-    attack_an_idempotency_key_outlives_a_dropped_client(&server.target()).await;
-    server.stop();
-}
+alone!(
+    /// A request with an Idempotency-Key whose client goes away runs to the
+    /// end: the retry gets its response (409 only while it still runs), and the
+    /// work exists once.
+    an_idempotency_key_outlives_a_dropped_client => attack_an_idempotency_key_outlives_a_dropped_client
+);
 
 /// The attack of [`an_idempotency_key_outlives_a_dropped_client`], against any server.
 pub(crate) async fn attack_an_idempotency_key_outlives_a_dropped_client(t: &Target<'_>) {

@@ -10,12 +10,7 @@ use serde_json::json;
 use super::support::{self, Api};
 use super::{Server, Target, BIN, TOKEN};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn links_a_function_plants_in_its_volume_are_never_followed() {
-    let server = Server::start(&[]);
-    attack_links_a_function_plants_in_its_volume_are_never_followed(&server.target()).await;
-    server.stop();
-}
+alone!(links_a_function_plants_in_its_volume_are_never_followed => attack_links_a_function_plants_in_its_volume_are_never_followed);
 
 /// The attack of [`links_a_function_plants_in_its_volume_are_never_followed`], against any server.
 pub(crate) async fn attack_links_a_function_plants_in_its_volume_are_never_followed(
