@@ -56,9 +56,10 @@ pub struct ModalConfig {
     /// (default: `modal-agents` in the system temp dir; the runtime puts it
     /// under its data dir).
     pub cache_dir: PathBuf,
-    /// Extra import path put first for the bridge and `modal deploy` (default:
-    /// none). Tests use it to stand in for the SDK where a live Modal is needed.
-    pub sdk_path: Option<PathBuf>,
+    /// The Modal API server the SDK talks to, as `MODAL_SERVER_URL` (default:
+    /// none, the SDK's own: `https://api.modal.com`). The tests point it at
+    /// the Modal-protocol test server on 127.0.0.1.
+    pub server_url: Option<String>,
     /// The Modal environment to deploy to and look functions up in (default:
     /// the workspace's default).
     pub environment: Option<String>,
@@ -71,8 +72,11 @@ pub struct ModalConfig {
     /// Map inputs in flight at once (default 1000, the most Modal accepts per
     /// `map` call without back-pressure).
     pub map_window: usize,
-    /// How often a spawned call is polled for its result (default 1 s).
-    pub poll_interval: Duration,
+    /// How long one wait for a spawned call's outcome blocks on Modal before
+    /// it is asked again (default 50 s, under Modal's 55 s bound on an output
+    /// request; at most half of `request_timeout`). Outcomes arrive as soon
+    /// as Modal has them, whatever this is.
+    pub wait_slice: Duration,
 }
 
 impl Default for ModalConfig {
@@ -81,12 +85,12 @@ impl Default for ModalConfig {
             credentials: None,
             python: None,
             cache_dir: std::env::temp_dir().join("modal-agents").join("modal"),
-            sdk_path: None,
+            server_url: None,
             environment: None,
             request_timeout: Duration::from_secs(60),
             deploy_timeout: Duration::from_secs(15 * 60),
             map_window: 1000,
-            poll_interval: Duration::from_secs(1),
+            wait_slice: Duration::from_secs(50),
         }
     }
 }

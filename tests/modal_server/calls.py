@@ -4,7 +4,12 @@
 # client-side through FunctionRetryInputs for maps, as Modal splits them),
 # timeouts, cancellation and per-input logs.
 import asyncio
+import base64
+import json
 import time
+
+import grpclib.const
+from grpclib.exceptions import GRPCError
 
 from modal_proto import api_pb2
 
@@ -12,6 +17,7 @@ from containers import Container
 from store import new_id
 
 GR = api_pb2.GenericResult
+Status = grpclib.const.Status
 DEFAULT_MAX_CONTAINERS = 4
 IDLE_SECS = 30.0
 INLINE_LIMIT = 2 * 1024 * 1024  # larger payloads travel as blobs, as on Modal
@@ -26,11 +32,16 @@ class Input:
         self.data_format = data_format
         self.retry_count = 0
         self.done = False  # a final output exists
+        self.outcome = None  # success | failure | timeout | cancelled, once done
         self.cancelled = False
         self.container = None
 
     def jwt(self):
-        return "%s:%s:%d" % (self.call.id, self.id, self.retry_count)
+        """An input token shaped as the SDK reads it: an (unsigned) JWT
+        whose payload names the input and its index."""
+        payload = {"function_call_id": self.call.id, "input_id": self.id, "idx": self.idx,
+                   "retry_count": self.retry_count}
+        return ".".join(b64(x) for x in ({"alg": "none", "typ": "JWT"}, payload)) + "."
 
 
 class FunctionCall:
@@ -95,10 +106,14 @@ class Calls:
             task.add_done_callback(workers.discard)
 
     def retry(self, jwt, retry_count):
-        _, input_id, _ = jwt.split(":")
-        inp = self.inputs[input_id]
+        try:
+            payload = json.loads(base64.urlsafe_b64decode(jwt.split(".")[1] + "=="))
+            inp = self.inputs[payload["input_id"]]
+        except (ValueError, IndexError, KeyError):
+            raise GRPCError(Status.INVALID_ARGUMENT, "bad input token %r" % jwt[:80])
         inp.retry_count = max(retry_count, inp.retry_count + 1)
         inp.done = False
+        inp.outcome = None
         self.enqueue(inp)
         return inp.jwt()
 
@@ -175,6 +190,11 @@ class Calls:
             output_created_at=time.time(),
         )
         inp.done = True
+        inp.outcome = {
+            GR.GENERIC_STATUS_SUCCESS: "success",
+            GR.GENERIC_STATUS_TIMEOUT: "timeout",
+            GR.GENERIC_STATUS_TERMINATED: "cancelled",
+        }.get(result.status, "failure")
         async with call.changed:
             call.seq += 1
             call.entries.append((call.seq, item))
@@ -286,3 +306,7 @@ def entry_seq(entry_id):
         return int((entry_id or "0-0").split("-")[0])
     except ValueError:
         return 0
+
+
+def b64(obj):
+    return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()

@@ -70,7 +70,28 @@ class Invocations:
         req = await stream.recv_message()
         call = self.call(req.function_call_id)
         await stream.send_message(api_pb2.FunctionCallFromIdResponse(
-            function_call_id=call.id, num_inputs=len(call.inputs)))
+            function_call_id=call.id,
+            num_inputs=len(call.inputs),
+            metadata=api_pb2.FunctionCallHandleMetadata(app_id=call.fn.app_id, function_id=call.fn.id),
+        ))
+
+    async def FunctionCallGetInfo(self, stream):
+        req = await stream.recv_message()
+        call = self.call(req.function_call_id)
+        counts = {}
+        for inp in call.inputs.values():
+            counts[inp.outcome] = counts.get(inp.outcome, 0) + 1
+        category = lambda name: api_pb2.InputCategoryInfo(total=counts.get(name, 0))  # noqa: E731
+        await stream.send_message(api_pb2.FunctionCallGetInfoResponse(info=api_pb2.FunctionCallInfo(
+            function_call_id=call.id,
+            created_at=call.created,
+            total_inputs=len(call.inputs),
+            pending_inputs=category(None),
+            succeeded_inputs=category("success"),
+            failed_inputs=category("failure"),
+            timeout_inputs=category("timeout"),
+            cancelled_inputs=category("cancelled"),
+        )))
 
     async def AppGetLogs(self, stream):
         """Streams the logs of a function call (or of every call of an app)

@@ -82,6 +82,13 @@ class Capture:
 def failure(exc, task_id):
     from modal._serialization import pickle_exception, pickle_traceback
 
+    # As Modal's container does, the traceback starts at the user's code:
+    # this runner's own frames are not part of it.
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    exc.__traceback__ = tb or exc.__traceback__
+
     serialized_tb, tb_line_cache = pickle_traceback(exc, task_id)
     return {
         "status": "failure",

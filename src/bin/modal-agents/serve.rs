@@ -65,6 +65,9 @@ struct ModalArgs {
     /// An interpreter that has the `modal` SDK (default: build one under DATA_DIR/modal).
     #[arg(long, env = "MODAL_AGENTS_MODAL_PYTHON")]
     modal_python: Option<PathBuf>,
+    /// The Modal API server (default: the SDK's own, https://api.modal.com).
+    #[arg(long, env = "MODAL_SERVER_URL")]
+    modal_server_url: Option<String>,
     /// The Modal environment to deploy to.
     #[arg(long, env = "MODAL_ENVIRONMENT")]
     modal_environment: Option<String>,
@@ -127,6 +130,7 @@ pub(crate) async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), 
             credentials,
             python: args.modal.modal_python.clone(),
             environment: args.modal.modal_environment.clone(),
+            server_url: args.modal.modal_server_url.clone(),
             ..ModalConfig::default()
         })
     };

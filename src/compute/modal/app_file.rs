@@ -1,16 +1,16 @@
 //! The Python app file `modal deploy` gets for one function.
 //!
-//! The user's code is embedded as a JSON string literal (a valid Python string
-//! literal: quotes, backslashes, triple quotes, control characters and
-//! non-ASCII text survive unchanged) and executed in the module's own globals
-//! **only inside Modal's container** (`modal.is_local()` is false there), so
-//! the function is a module-level function as Modal requires and its
-//! tracebacks point at the user's lines, while `modal deploy` on the host
-//! (next to the operator's token) never runs a line of it: there a stub of
-//! the same name is decorated instead. Secret values are never written: the
-//! file reads them from `MODAL_AGENTS_SECRET_VALUES` in the environment of
-//! `modal deploy`. The app object is `__ma_app` (user code may well define
-//! its own `app`), so the deploy target is `FILE::__ma_app` ([`APP_OBJECT`]).
+//! The user's code never appears in the app file: it is written to a file of
+//! its own that the image ships (`Image.add_local_file` to [`USER_CODE_DIR`])
+//! and that the app file executes in its module's globals **only inside
+//! Modal's container** (`modal.is_local()` is false there). So the function
+//! is a module-level function as Modal requires, its tracebacks point at the
+//! user's own file and lines, and `modal deploy` on the host (next to the
+//! operator's token) never runs a line of it: there a stub of the same name
+//! is decorated instead. Secret values are never written: the file reads
+//! them from `MODAL_AGENTS_SECRET_VALUES` in the environment of `modal
+//! deploy`. The app object is `__ma_app` (user code may well define its own
+//! `app`), so the deploy target is `FILE::__ma_app` ([`APP_OBJECT`]).
 
 use std::fmt::Write as _;
 
@@ -18,6 +18,9 @@ use crate::spec::{FunctionSpec, GpuSpec};
 
 /// The app object in the file: deploy `FILE::__ma_app`.
 pub const APP_OBJECT: &str = "__ma_app";
+
+/// Where the user's code file is inside Modal's container.
+pub(crate) const USER_CODE_DIR: &str = "/root/__ma_user";
 
 /// The environment variable `modal deploy` gets the secret values in.
 pub(crate) const SECRET_VALUES_ENV: &str = "MODAL_AGENTS_SECRET_VALUES";
@@ -44,7 +47,8 @@ fn py_float(x: f64) -> String {
     }
 }
 
-/// The app file for `spec` deployed as Modal app `app_name`.
+/// The app file for `spec` deployed as Modal app `app_name`, with the
+/// user's code shipped from `code_file` (a file holding exactly `spec.code`).
 /// `remote_secrets` are names of secrets that exist in the Modal workspace
 /// (`modal.Secret.from_name`); the runtime's own secrets reach the function
 /// through `modal.Secret.from_dict` with values from the environment.
@@ -53,13 +57,15 @@ fn py_float(x: f64) -> String {
 /// use modal_agents::{app_file, FunctionSpec};
 ///
 /// let spec = FunctionSpec::new("double", "def double(x):\n    return x * 2\n").timeout_s(60);
-/// let file = app_file(&spec, "double", true, &[]);
+/// let file = app_file(&spec, "double", "/cache/apps/double.code.py", true, &[]);
 /// assert!(file.contains("modal.App(\"double\")"));
 /// assert!(file.contains("timeout=60"));
+/// assert!(!file.contains("x * 2"), "the code travels in its own file");
 /// ```
 pub fn app_file(
     spec: &FunctionSpec,
     app_name: &str,
+    code_file: &str,
     has_runtime_secrets: bool,
     remote_secrets: &[String],
 ) -> String {
@@ -91,6 +97,14 @@ pub fn app_file(
             py_list(&spec.image.python_packages)
         );
     }
+    let remote_code = py_str(&format!("{USER_CODE_DIR}/{}.py", spec.name));
+    // Added at container start (not built into the image): the file is read
+    // on the host only to upload it.
+    let _ = writeln!(
+        f,
+        "__ma_image = __ma_image.add_local_file({}, {remote_code})",
+        py_str(code_file)
+    );
     f.push_str("__ma_secrets = []\n");
     if has_runtime_secrets {
         let _ = writeln!(
@@ -116,9 +130,6 @@ pub fn app_file(
         );
     }
     f.push_str("}\n\n");
-    let filename = py_str(&format!("{}.py", spec.name));
-    let _ = writeln!(f, "__ma_source = {}", py_str(&spec.code));
-    // Registered with linecache so tracebacks show the user's lines.
     let _ = writeln!(
         f,
         "if modal.is_local():\n\
@@ -129,9 +140,10 @@ pub fn app_file(
          \x20   __ma_stub.__module__ = __name__\n\
          \x20   globals()[{entry}] = __ma_stub\n\
          else:\n\
-         \x20   import linecache as __ma_linecache\n\
-         \x20   __ma_linecache.cache[{filename}] = (len(__ma_source), None, __ma_source.splitlines(True), {filename})\n\
-         \x20   exec(compile(__ma_source, {filename}, \"exec\"), globals())\n",
+         \x20   # In Modal's container: the user's file, run in this module.\n\
+         \x20   with open({remote_code}, encoding=\"utf-8\") as __ma_file:\n\
+         \x20       __ma_source = __ma_file.read()\n\
+         \x20   exec(compile(__ma_source, {remote_code}, \"exec\"), globals())\n",
         entry = py_str(entry),
     );
     let mut options = vec![
@@ -214,7 +226,7 @@ mod tests {
             .max_concurrency(5)
             .volume("/data", "shared")
             .python_package("six==1.16.0");
-        let file = app_file(&spec, "f", false, &["openai".into()]);
+        let file = app_file(&spec, "f", "/c/f.code.py", false, &["openai".into()]);
         for needle in [
             "gpu=\"H100:2\"",
             "cpu=2.0",
@@ -237,7 +249,7 @@ mod tests {
     #[test]
     fn secret_values_never_reach_the_file() {
         let spec = FunctionSpec::new("f", "def f():\n    return 1\n").secret("keys");
-        let file = app_file(&spec, "f", true, &[]);
+        let file = app_file(&spec, "f", "/c/f.code.py", true, &[]);
         assert!(file.contains(SECRET_VALUES_ENV));
         let env = [("API_KEY".to_owned(), "s3cr3t".to_owned())].into();
         assert!(!file.contains("s3cr3t"));

@@ -16,7 +16,8 @@ use super::bridge::{answer_of, task_error, Bridge, BridgeArgs};
 use super::credentials::HOW_TO_SET;
 use super::{setup, ModalConfig, ModalCredentials};
 use crate::compute::{
-    BackendError, CallContext, CallId, CallOutcome, Capacity, ComputeBackend, Deployment, MapItem,
+    BackendError, CallContext, CallId, CallOutcome, Capacity, ComputeBackend, Deployment, LogSink,
+    LogStream, MapItem,
 };
 use crate::spec::{FunctionSpec, GPU_TYPES};
 use crate::task::TaskError;
@@ -51,6 +52,9 @@ pub struct ModalBackend {
     python: OnceCell<PathBuf>,
     bridge: AsyncMutex<Option<Arc<Bridge>>>,
     functions: DashMap<String, Deployed>,
+    /// Spawned calls whose logs are being followed: the follower's request
+    /// id and task, awaited when the call's outcome is taken.
+    followers: DashMap<String, (u64, tokio::task::JoinHandle<()>)>,
     shutdown: CancellationToken,
 }
 
@@ -62,6 +66,7 @@ impl ModalBackend {
             python: OnceCell::new(),
             bridge: AsyncMutex::new(None),
             functions: DashMap::new(),
+            followers: DashMap::new(),
             shutdown: CancellationToken::new(),
         }
     }
@@ -118,8 +123,8 @@ impl ModalBackend {
         if let Some(environment) = &self.config.environment {
             env.push(("MODAL_ENVIRONMENT".to_owned(), environment.clone()));
         }
-        if let Some(path) = &self.config.sdk_path {
-            env.push(("PYTHONPATH".to_owned(), path.display().to_string()));
+        if let Some(url) = &self.config.server_url {
+            env.push(("MODAL_SERVER_URL".to_owned(), url.clone()));
         }
         env
     }
@@ -159,10 +164,18 @@ impl ModalBackend {
         let dir = self.config.cache_dir.join("apps");
         tokio::fs::create_dir_all(&dir).await?;
         let file = dir.join(format!("{}.py", d.spec.name));
+        let code_file = dir.join(format!("{}.code.py", d.spec.name));
         // Modal runs the code only in its containers; here it is parsed,
         // never run, so errors in it still show at deploy.
         super::check::check_code(&python, &d.spec).await?;
-        let text = app_file(&d.spec, app, !d.secret_env.is_empty(), &d.remote_secrets);
+        tokio::fs::write(&code_file, &d.spec.code).await?;
+        let text = app_file(
+            &d.spec,
+            app,
+            &code_file.display().to_string(),
+            !d.secret_env.is_empty(),
+            &d.remote_secrets,
+        );
         tokio::fs::write(&file, text).await?;
         let mut cmd = tokio::process::Command::new(&python);
         cmd.args(["-m", "modal", "deploy"])
@@ -201,6 +214,46 @@ impl ModalBackend {
     fn timeout_for(&self, spec: &FunctionSpec) -> Duration {
         let attempts = u64::from(spec.retries.max_retries) + 1;
         Duration::from_secs(u64::from(spec.timeout_s) * attempts) + self.config.request_timeout
+    }
+
+    /// How long one `wait` blocks on Modal before it is asked again.
+    fn wait_slice(&self) -> Duration {
+        self.config.wait_slice.min(self.config.request_timeout / 2)
+    }
+
+    /// Streams a spawned call's stdout/stderr into `sink` as Modal delivers
+    /// them, until the call ends.
+    fn follow_logs(&self, bridge: &Bridge, call: &CallId, sink: LogSink) {
+        let Ok((id, mut answers)) = bridge.open(json!({"op": "follow_logs", "call_id": call.0}))
+        else {
+            return;
+        };
+        let task = tokio::spawn(async move {
+            while let Some(msg) = answers.recv().await {
+                let Some(log) = msg.get("log") else { break };
+                let stream = if log[0] == "stderr" {
+                    LogStream::Stderr
+                } else {
+                    LogStream::Stdout
+                };
+                sink.write(stream, log[1].as_str().unwrap_or_default().to_owned());
+            }
+        });
+        self.followers.insert(call.0.clone(), (id, task));
+    }
+
+    /// Lets the call's log follower take in the last lines (bounded), so a
+    /// finished task's logs are complete; then stops it.
+    async fn logs_done(&self, call: &CallId) {
+        let Some((_, (id, mut task))) = self.followers.remove(&call.0) else {
+            return;
+        };
+        if tokio::time::timeout(LOG_DRAIN, &mut task).await.is_err() {
+            if let Some(bridge) = self.bridge.lock().await.as_ref() {
+                let _ = bridge.send(&json!({"id": 0, "op": "abort", "target": id}));
+            }
+            task.abort();
+        }
     }
 
     /// One control request to the bridge; Modal's errors become backend errors.
@@ -244,6 +297,9 @@ fn modal_error(e: &TaskError) -> BackendError {
         BackendError::Modal(format!("{}: {}", e.kind, e.message))
     }
 }
+
+/// The most a finished call's outcome waits for its last log lines.
+const LOG_DRAIN: Duration = Duration::from_secs(10);
 
 fn cancelled() -> TaskError {
     TaskError::new("Cancelled", "the task was cancelled")
@@ -324,15 +380,26 @@ impl ComputeBackend for ModalBackend {
         ctx: CallContext,
     ) -> Result<CallOutcome, BackendError> {
         let d = self.deployed(function)?;
-        let bridge = self.bridge().await?;
-        let msg = json!({"op": "call", "app": d.app, "function": d.spec.python_entrypoint(),
-                         "args": args, "kwargs": kwargs});
-        let result = bridge
-            .call(msg, self.timeout_for(&d.spec), &ctx.cancel)
-            .await?
-            .unwrap_or_else(|| Err(cancelled()));
+        let cancel = ctx.cancel.clone();
+        let call = self.spawn(function, args, kwargs, ctx).await?;
+        // A caller that gives up (or outlives the function's time) cancels
+        // the call on Modal too, not only its own wait.
+        let gave_up = tokio::select! {
+            outcome = tokio::time::timeout(self.timeout_for(&d.spec), self.wait(&call)) => match outcome {
+                Ok(outcome) => return outcome,
+                Err(_) => TaskError::new(
+                    "TimeoutError",
+                    format!("no outcome from Modal within {} s", self.timeout_for(&d.spec).as_secs()),
+                ),
+            },
+            () = cancel.cancelled() => cancelled(),
+        };
+        if let Err(e) = self.cancel(&call).await {
+            tracing::warn!(call_id = %call, error = %e, "could not cancel the Modal call");
+        }
+        self.logs_done(&call).await;
         Ok(CallOutcome {
-            result,
+            result: Err(gave_up),
             attempts: 1,
         })
     }
@@ -361,49 +428,59 @@ impl ComputeBackend for ModalBackend {
         function: &str,
         args: Vec<Value>,
         kwargs: Map<String, Value>,
-        _ctx: CallContext,
+        ctx: CallContext,
     ) -> Result<CallId, BackendError> {
         let d = self.deployed(function)?;
-        let id = self
-            .control(
+        let bridge = self.bridge().await?;
+        let id = bridge
+            .request(
                 json!({"op": "spawn", "app": d.app, "function": d.spec.python_entrypoint(),
-                            "args": args, "kwargs": kwargs}),
+                       "args": args, "kwargs": kwargs}),
+                self.config.request_timeout,
             )
-            .await?;
+            .await?
+            .map_err(|e| modal_error(&e))?;
         let id = id
             .as_str()
             .ok_or_else(|| BackendError::Modal(format!("spawn answered {id}, not a call id")))?;
-        Ok(CallId(id.to_owned()))
+        let call = CallId(id.to_owned());
+        self.follow_logs(&bridge, &call, ctx.logs);
+        Ok(call)
     }
 
     async fn wait(&self, call: &CallId) -> Result<CallOutcome, BackendError> {
+        // Each request blocks on Modal until the output exists or the slice
+        // ends: an outcome arrives as soon as Modal has it, with no polling
+        // interval in between.
+        let slice = self.wait_slice();
         loop {
             let bridge = self.bridge().await?;
-            let answer = bridge
-                .request(
-                    json!({"op": "poll", "call_id": call.0}),
-                    self.config.request_timeout,
-                )
-                .await?;
+            let request = bridge.request(
+                json!({"op": "wait", "call_id": call.0, "timeout": slice.as_secs_f64()}),
+                self.config.request_timeout + slice,
+            );
+            let answer = tokio::select! {
+                answer = request => answer?,
+                () = self.shutdown.cancelled() => return Err(BackendError::Closed),
+            };
             match answer {
                 Ok(state) if state["done"] == json!(true) => {
-                    return Ok(CallOutcome {
-                        result: Ok(state.get("value").cloned().unwrap_or(Value::Null)),
-                        attempts: 1,
-                    })
+                    let attempts = state["attempts"]
+                        .as_u64()
+                        .map_or(1, |n| n.clamp(1, u64::from(u32::MAX)) as u32);
+                    let result = answer_of(&state["result"]);
+                    self.logs_done(call).await;
+                    return Ok(CallOutcome { result, attempts });
                 }
                 Ok(_) => {}
                 Err(e) if e.kind == "AuthError" => return Err(modal_error(&e)),
                 Err(e) => {
+                    self.logs_done(call).await;
                     return Ok(CallOutcome {
                         result: Err(e),
                         attempts: 1,
-                    })
+                    });
                 }
-            }
-            tokio::select! {
-                () = tokio::time::sleep(self.config.poll_interval) => {}
-                () = self.shutdown.cancelled() => return Err(BackendError::Closed),
             }
         }
     }

@@ -2,21 +2,30 @@
 # runtime, driven over JSON lines on stdin/stdout. Every request carries an id;
 # answers carry it back, so many requests are in flight at once.
 #   -> {"id":N,"op":"ping"}                                  <- {"id":N,"ok":{"modal":version}}
-#   -> {"id":N,"op":"call","app":..,"function":..,"args":[..],"kwargs":{..}}
-#   -> {"id":N,"op":"spawn", same fields}                   <- {"id":N,"ok":"fc-..."}
-#   -> {"id":N,"op":"poll","call_id":..}                    <- {"id":N,"ok":{"done":bool,"value":..}}
+#   -> {"id":N,"op":"spawn","app":..,"function":..,"args":[..],"kwargs":{..}}
+#                                                            <- {"id":N,"ok":"fc-..."}
+#   -> {"id":N,"op":"wait","call_id":..,"timeout":S}         (blocks up to S seconds)
+#        <- {"id":N,"ok":{"done":false}}
+#         | {"id":N,"ok":{"done":true,"result":{"ok":v}|{"err":{..}},"attempts":K}}
+#   -> {"id":N,"op":"follow_logs","call_id":..}              (until the call ends)
+#        <- {"id":N,"log":["stdout"|"stderr",text]} ... {"id":N,"ok":null}
 #   -> {"id":N,"op":"cancel","call_id":..}
 #   -> {"id":N,"op":"map","app":..,"function":..,"window":W}
 #        <- {"id":N,"credit":K}   (send up to K more inputs)
 #   -> {"id":N,"op":"inputs","inputs":[..]} ... {"id":N,"op":"end"}
 #        <- {"id":N,"item":[index,{"ok":v}|{"err":{..}}]} (in input order) ... {"id":N,"ok":null}
-#   -> {"id":N,"op":"abort","target":M}                      (stops map M)
+#   -> {"id":N,"op":"abort","target":M}                      (stops map M or log follower M)
 #   -> {"id":N,"op":"volume_put","volume":..,"root":..,"files":[[rel,remote],..],"delete":[..]}
 #   -> {"id":N,"op":"volume_list","volume":..}               <- {"ok":[[path,size,mtime],..]}
 #   -> {"id":N,"op":"volume_get","volume":..,"root":..,"files":[[remote,rel],..]}
 #   (local files are opened beneath root, never following a link)
 # Failures answer {"id":N,"err":{"type","message","traceback"}} with Modal's
 # exceptions named as the local backend names its errors.
+#
+# `wait` reads a call's output with the SDK's own output request and result
+# decoding (`_Invocation.pop_function_call_outputs`, `_process_result`:
+# internals of the pinned 1.6.4, which `FunctionCall.get` wraps) because only
+# the raw output carries `retry_count`, the attempts Modal made.
 import asyncio
 import json
 import os
@@ -24,11 +33,9 @@ import sys
 import traceback
 
 import modal
-
-try:
-    from modal import exception as modal_exc
-except ImportError:  # a stand-in SDK may not have the submodule
-    modal_exc = None
+from modal._functions import _FunctionCall
+from modal._utils.async_utils import synchronize_api, synchronizer
+from modal._utils.function_utils import _process_result
 
 KINDS = {
     "AuthError": "AuthError",
@@ -45,12 +52,64 @@ KINDS = {
 }
 
 
+async def _wait_outputs(call_id, timeout):
+    """A call's outcome once Modal has it (waiting up to `timeout` s), with
+    the attempts Modal made. Runs on the SDK's own event loop (as
+    `synchronize_api` arranges), where its client lives."""
+    call = synchronizer._translate_in(modal.FunctionCall.from_id(call_id))
+    assert isinstance(call, _FunctionCall)
+    await call.hydrate()
+    response = await call._invocation().pop_function_call_outputs(index=0, timeout=timeout, clear_on_success=False)
+    if not response.outputs:
+        if response.num_unfinished_inputs == 0:
+            error = {"type": "OutputExpired",
+                     "message": "Modal no longer has this call's result (it expired or was taken)"}
+            return {"done": True, "result": {"err": error}, "attempts": 1}
+        return {"done": False}
+    item = response.outputs[0]
+    try:
+        result = {"ok": await _process_result(item.result, item.data_format, call.client.stub, call.client)}
+    except Exception as e:  # noqa: BLE001 - the function's failure is its result
+        result = {"err": describe(e)}
+    return {"done": True, "result": result, "attempts": item.retry_count + 1}
+
+
+wait_outputs = synchronize_api(_wait_outputs)
+
+
 def describe(exc):
     name = type(exc).__name__
     modal_error = type(exc).__module__.startswith("modal")
     kind = KINDS.get(name, name) if modal_error else name
+    remember_remote_lines(exc)
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return {"type": kind, "message": str(exc), "traceback": tb}
+
+
+def remember_remote_lines(exc):
+    """A remote traceback's source lines travel with the exception (the
+    SDK's `__line_cache__`: (file, line) -> text, for frames named
+    "<task id>:file"); put them in linecache so the formatted traceback shows
+    them, as Modal's own printer does."""
+    import linecache
+
+    cache = getattr(exc, "__line_cache__", None)
+    if not isinstance(cache, dict):
+        return
+    files = {}
+    tb = exc.__traceback__
+    while tb is not None:
+        shown = tb.tb_frame.f_code.co_filename
+        if shown.startswith("<") and ">:" in shown:
+            text = cache.get((shown.split(">:", 1)[1], tb.tb_lineno))
+            if isinstance(text, str) and text:
+                files.setdefault(shown, {})[tb.tb_lineno] = text
+        tb = tb.tb_next
+    for shown, lines in files.items():
+        body = [""] * max(lines)
+        for lineno, text in lines.items():
+            body[lineno - 1] = text + "\n"
+        linecache.cache[shown] = (sum(map(len, body)), None, body, shown)
 
 
 class Bridge:
@@ -58,7 +117,6 @@ class Bridge:
         self.out = sys.stdout
         self.maps = {}
         self.functions = {}
-        self.calls = {}  # request id -> the FunctionCall a `call` waits on
 
     def send(self, msg):
         self.out.write(encode(msg) + "\n")
@@ -77,6 +135,17 @@ class Bridge:
             if op == "map":
                 await self.map(rid, msg)
                 return
+            if op == "follow_logs":
+                task = asyncio.ensure_future(self.follow(rid, msg))
+                self.maps[rid] = {"task": task}
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+                finally:
+                    self.maps.pop(rid, None)
+                self.send({"id": rid, "ok": None})
+                return
             result = await getattr(self, "op_" + op)(msg)
             self.send({"id": rid, "ok": result})
         except BaseException as e:  # noqa: BLE001 - every failure is an answer
@@ -87,37 +156,20 @@ class Bridge:
     async def op_ping(self, msg):
         return {"modal": getattr(modal, "__version__", "unknown")}
 
-    async def op_call(self, msg):
-        # spawn + get rather than remote: the call has an id, so a caller that
-        # gives up can cancel it on Modal too (see op_cancel_request).
-        f = self.function(msg["app"], msg["function"])
-        call = await f.spawn.aio(*msg.get("args", []), **msg.get("kwargs", {}))
-        self.calls[msg["id"]] = call
-        try:
-            return await call.get.aio()
-        finally:
-            self.calls.pop(msg["id"], None)
-
-    async def op_cancel_request(self, msg):
-        call = self.calls.pop(msg["target"], None)
-        if call is not None:
-            await call.cancel.aio()
-        return None
-
     async def op_spawn(self, msg):
         f = self.function(msg["app"], msg["function"])
         call = await f.spawn.aio(*msg.get("args", []), **msg.get("kwargs", {}))
         return call.object_id
 
-    async def op_poll(self, msg):
+    async def op_wait(self, msg):
+        return await wait_outputs.aio(msg["call_id"], max(0.0, float(msg.get("timeout", 0))))
+
+    async def follow(self, rid, msg):
+        """Sends the call's log lines as they arrive, until it has ended."""
         call = modal.FunctionCall.from_id(msg["call_id"])
-        try:
-            value = await call.get.aio(timeout=0)
-        except Exception as e:  # noqa: BLE001
-            if still_running(e):
-                return {"done": False}
-            raise
-        return {"done": True, "value": value}
+        async for entry in call.logs.stream.aio(timeout=msg.get("idle", 3600)):
+            if entry.message and entry.source in ("stdout", "stderr"):
+                self.send({"id": rid, "log": [entry.source, entry.message]})
 
     async def op_cancel(self, msg):
         call = modal.FunctionCall.from_id(msg["call_id"])
@@ -263,44 +315,26 @@ def encode(msg):
     """One line of strict JSON the runtime can read. A result it could not
     (NaN, Infinity, not JSON, nested too deep) becomes that input's own
     error, so no line is ever dropped and no result moves to another input."""
-    value = None
-    for key in ("ok",):
-        if key in msg:
-            value = msg[key]
+    # Where a function's result sits: a map item's, a finished wait's, or
+    # a plain answer's.
     item = msg.get("item")
-    if item is not None and "ok" in item[1]:
-        value = item[1]["ok"]
+    ok = msg.get("ok")
+    if item is not None:
+        slot = item[1]
+    elif isinstance(ok, dict) and isinstance(ok.get("result"), dict):
+        slot = ok["result"]
+    else:
+        slot = msg
     try:
-        if too_deep(value):
+        if too_deep(slot.get("ok")):
             raise ValueError("it nests more than %d levels deep" % MAX_DEPTH)
         return json.dumps(msg, separators=(",", ":"), allow_nan=False)
     except (ValueError, TypeError, RecursionError) as e:
         error = {"type": "ResultNotSerializable",
                  "message": "the function returned a value JSON cannot carry (%s)" % e}
-        if item is not None:
-            msg = dict(msg, item=[item[0], {"err": error}])
-        else:
-            msg = {k: v for k, v in msg.items() if k != "ok"}
-            msg["err"] = error
+        slot.pop("ok", None)
+        slot["err"] = error
         return json.dumps(msg, separators=(",", ":"), allow_nan=False, default=str)
-
-
-def still_running(e):
-    """Whether get(timeout=0) failed only because the call is still running.
-
-    modal 1.6.4's poll raises Python's built-in TimeoutError (earlier
-    versions raised modal.exception.TimeoutError); FunctionTimeoutError means
-    the call itself timed out, and a TimeoutError the user's code raised comes
-    back with the user's traceback. The poll's own is raised in the SDK's
-    `poll_function`, with nothing after it."""
-    if isinstance(e, modal.exception.FunctionTimeoutError):
-        return False
-    if not isinstance(e, (TimeoutError, modal.exception.TimeoutError)):
-        return False
-    tb = e.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and tb.tb_frame.f_code.co_name == "poll_function"
 
 
 def beneath(root, rel, create):

@@ -189,36 +189,6 @@ impl Bridge {
         }
     }
 
-    /// [`Bridge::request`] for a `call`, which `cancel` also cancels on
-    /// Modal: the bridge cancels the remote call the request waits on.
-    pub(crate) async fn call(
-        &self,
-        msg: Value,
-        timeout: Duration,
-        cancel: &tokio_util::sync::CancellationToken,
-    ) -> Result<Option<Answer>, BackendError> {
-        let (id, mut rx) = self.open(msg)?;
-        tokio::select! {
-            answer = tokio::time::timeout(timeout, rx.recv()) => match answer {
-                Ok(Some(answer)) => Ok(Some(answer_of(&answer))),
-                Ok(None) => Err(self.gone()),
-                Err(_) => {
-                    self.pending.remove(&id);
-                    let _ = self.send(&serde_json::json!({"id": 0, "op": "cancel_request", "target": id}));
-                    Err(BackendError::Modal(format!(
-                        "the bridge did not answer `call` within {} s",
-                        timeout.as_secs()
-                    )))
-                }
-            },
-            () = cancel.cancelled() => {
-                self.pending.remove(&id);
-                self.send(&serde_json::json!({"id": 0, "op": "cancel_request", "target": id}))?;
-                Ok(None)
-            }
-        }
-    }
-
     pub(crate) fn kill(&self) {
         if let Some(mut child) = self.child.lock().expect("bridge poisoned").take() {
             let _ = child.start_kill();

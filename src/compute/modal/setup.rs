@@ -13,7 +13,7 @@ use crate::redact::Redactor;
 /// The interpreter that runs the bridge and `modal deploy`.
 pub(crate) async fn sdk_python(config: &ModalConfig) -> Result<PathBuf, BackendError> {
     if let Some(python) = &config.python {
-        check_sdk(python, config.sdk_path.as_deref()).await?;
+        check_sdk(python).await?;
         return Ok(python.clone());
     }
     let root = config.cache_dir.join("sdk");
@@ -33,18 +33,15 @@ pub(crate) async fn sdk_python(config: &ModalConfig) -> Result<PathBuf, BackendE
         .await
         .map_err(|e| BackendError::Modal(format!("installing the modal SDK failed: {e}")))?;
     drop(lock);
-    check_sdk(&python, config.sdk_path.as_deref()).await?;
+    check_sdk(&python).await?;
     Ok(python)
 }
 
 /// Checks that `python` imports `modal`, saying which version it has.
-async fn check_sdk(python: &Path, sdk_path: Option<&Path>) -> Result<(), BackendError> {
+async fn check_sdk(python: &Path) -> Result<(), BackendError> {
     let mut cmd = tokio::process::Command::new(python);
     cmd.args(["-c", "import modal; print(modal.__version__)"])
         .kill_on_drop(true);
-    if let Some(path) = sdk_path {
-        cmd.env("PYTHONPATH", path);
-    }
     let out = cmd
         .output()
         .await
@@ -57,7 +54,7 @@ async fn check_sdk(python: &Path, sdk_path: Option<&Path>) -> Result<(), Backend
         )));
     }
     let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    if version != MODAL_SDK_VERSION && sdk_path.is_none() {
+    if version != MODAL_SDK_VERSION {
         tracing::warn!(%version, pinned = MODAL_SDK_VERSION, "the modal SDK differs from the version this backend is checked against");
     }
     Ok(())
