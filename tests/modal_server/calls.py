@@ -57,6 +57,7 @@ class FunctionCall:
         self.logs = []  # (seq, TaskLogs)
         self.cancelled = False
         self.created = time.time()
+        self.finished = None  # when its last input got its output
 
     @property
     def server_retries(self):
@@ -195,6 +196,8 @@ class Calls:
             GR.GENERIC_STATUS_TIMEOUT: "timeout",
             GR.GENERIC_STATUS_TERMINATED: "cancelled",
         }.get(result.status, "failure")
+        if call.unfinished() == 0:
+            call.finished = time.time()
         async with call.changed:
             call.seq += 1
             call.entries.append((call.seq, item))
@@ -284,6 +287,9 @@ class Calls:
                 "unfinished": call.unfinished(),
                 "running": sum(1 for i in call.inputs.values() if i.container is not None),
                 "attempts": {i.id: i.retry_count + 1 for i in call.inputs.values()},
+                # From the call's creation to its last output: the server's
+                # own handling, container run included.
+                "handled_s": (call.finished - call.created) if call.finished else None,
             }
             for call in self.calls.values()
         }
