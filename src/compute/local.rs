@@ -52,7 +52,7 @@ pub(crate) use self::env::resolve_python;
 use self::env::{base_env, cores, function_env, total_memory_mib};
 use self::pool::{cancelled_error, AttemptError, Pool, MAX_LOST};
 use self::protocol::{call_request, decode_call_reply, Output};
-use self::sandbox::{Bwrap, Jail};
+pub(crate) use self::sandbox::{Bwrap, Jail};
 
 pub use self::budget::{GpuDevice, GpuUse, Usage};
 pub use self::sandbox::SandboxMode;

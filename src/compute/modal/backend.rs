@@ -50,6 +50,7 @@ struct Deployed {
 pub struct ModalBackend {
     pub(super) config: ModalConfig,
     python: OnceCell<PathBuf>,
+    checker: OnceCell<super::check::Checker>,
     bridge: AsyncMutex<Option<Arc<Bridge>>>,
     functions: DashMap<String, Deployed>,
     /// Spawned calls whose logs are being followed: the follower's request
@@ -64,6 +65,7 @@ impl ModalBackend {
         ModalBackend {
             config,
             python: OnceCell::new(),
+            checker: OnceCell::new(),
             bridge: AsyncMutex::new(None),
             functions: DashMap::new(),
             followers: DashMap::new(),
@@ -167,7 +169,11 @@ impl ModalBackend {
         let code_file = dir.join(format!("{}.code.py", d.spec.name));
         // Modal runs the code only in its containers; here it is parsed,
         // never run, so errors in it still show at deploy.
-        super::check::check_code(&python, &d.spec).await?;
+        let checker = self
+            .checker
+            .get_or_try_init(|| super::check::Checker::new(&python))
+            .await?;
+        super::check::check_code(checker, &d.spec).await?;
         tokio::fs::write(&code_file, &d.spec.code).await?;
         let text = app_file(
             &d.spec,

@@ -1,16 +1,20 @@
 //! Checking a function's code before `modal deploy`, without running it:
 //! the code is parsed (Python's `ast`) in a separate interpreter that gets
-//! it on stdin and no secret, so syntax errors and a missing entrypoint are
-//! reported at deploy as for the local backend, while none of the code runs
-//! on this machine.
+//! it on stdin, an empty environment and, where bubblewrap works, the local
+//! backend's sandbox (read-only system, no network, nothing of the runtime's
+//! files), so syntax errors and a missing entrypoint are reported at deploy
+//! as for the local backend, while none of the code runs on this machine and
+//! a parser pushed over by hostile input reaches nothing.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
-use crate::compute::BackendError;
+use crate::compute::local::{resolve_python, Bwrap, Jail};
+use crate::compute::{BackendError, SandboxMode};
 use crate::spec::{FunctionSpec, SpecError};
 
 /// Parses the code; reports its syntax error, or the module-level names it
@@ -75,10 +79,43 @@ struct Checked {
     dynamic: bool,
 }
 
-/// Checks `spec`'s code with `python` without running it.
-pub(crate) async fn check_code(python: &Path, spec: &FunctionSpec) -> Result<(), BackendError> {
+/// Where the parser runs: `python` (with its roots, for the sandbox) and
+/// bubblewrap when it works here.
+#[derive(Debug)]
+pub(crate) struct Checker {
+    python: PathBuf,
+    bwrap: Option<Arc<Bwrap>>,
+}
+
+impl Checker {
+    /// Finds `python`'s roots and probes bubblewrap (without it the parser
+    /// runs as a plain process with an empty environment).
+    pub(crate) async fn new(python: &Path) -> Result<Checker, BackendError> {
+        let (python, roots) = resolve_python(Some(python.to_path_buf())).await?;
+        let bwrap = Bwrap::detect(SandboxMode::Auto, None, &roots).await?;
+        Ok(Checker { python, bwrap })
+    }
+
+    fn command(&self) -> tokio::process::Command {
+        match &self.bwrap {
+            Some(bwrap) => Jail {
+                bwrap: bwrap.clone(),
+                binds: Vec::new(),
+                read_only: Vec::new(),
+                network: false,
+                gpu: false,
+            }
+            .command(&self.python, &[]),
+            None => tokio::process::Command::new(&self.python),
+        }
+    }
+}
+
+/// Checks `spec`'s code without running it.
+pub(crate) async fn check_code(checker: &Checker, spec: &FunctionSpec) -> Result<(), BackendError> {
     let failed = |why: String| BackendError::Modal(format!("could not check the code: {why}"));
-    let mut child = tokio::process::Command::new(python)
+    let mut child = checker
+        .command()
         .arg("-I")
         .arg("-c")
         .arg(CHECK)
