@@ -20,6 +20,9 @@ def work(x):
         raise ValueError(f"seven is not allowed ({x})")
     return x * 2
 
+def size(s):
+    return {"length": len(s), "echo": s}
+
 def slow(s):
     print("sleeping", flush=True)
     time.sleep(s)
@@ -56,6 +59,21 @@ async fn calls_errors_spawns_logs_retries_and_timeouts() {
     assert_eq!(
         rt.call("work", vec![json!(21)], Map::new()).await.unwrap(),
         json!(42)
+    );
+
+    // Arguments and results past Modal's inline limit (2 MiB) travel as
+    // blobs, both ways.
+    rt.deploy_function(modal(FunctionSpec::new("size", WORK)))
+        .await
+        .unwrap();
+    let big = "é".repeat(1_500_000);
+    let answer = rt.call("size", vec![json!(big)], Map::new()).await.unwrap();
+    assert_eq!(answer["length"], 1_500_000);
+    assert_eq!(answer["echo"], json!(big));
+    let blobs = server.state().await["blobs"].as_u64().unwrap();
+    assert!(
+        blobs >= 2,
+        "the argument and the result went as blobs: {blobs}"
     );
 
     // The user's exception: its type, message and a traceback into the

@@ -62,6 +62,7 @@ class Server(Control, unimplemented_base()):
             "apps": self.inspect_apps(),
             "calls": self.calls.inspect(),
             "containers": len(self.containers),
+            "blobs": len(os.listdir(self.store.blobs)),
             "volumes": {name: self.store.volume_dir(vid) for name, vid in self.volume_names.items()},
         }
 
