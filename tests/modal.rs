@@ -212,8 +212,11 @@ async fn generated_apps_deploy_through_the_real_cli_and_answer() {
     );
     // None of the generated app files holds the user's code.
     for spec in matrix() {
-        let app = std::fs::read_to_string(dir.path().join(format!("modal/apps/{}.py", spec.name)))
-            .unwrap();
+        let app = std::fs::read_to_string(
+            dir.path()
+                .join(format!("modal/apps/ma_app_{}.py", spec.name)),
+        )
+        .unwrap();
         let body = spec
             .code
             .lines()

@@ -43,6 +43,81 @@ async fn user_code_stays_off_the_host_and_undeploy_stops_the_app() {
         .to_string();
     assert!(err.contains("MODAL_TOKEN_SECRET"), "{err}");
     assert!(!err.contains(TOKEN_SECRET), "the token leaked: {err}");
+    // Nor does code smuggled back in a result or an exception: what a
+    // container sends is unpickled here only as plain values, so an object
+    // whose pickle runs code reaches the host as an error, for a call and a
+    // map alike; `sys.exit` in the function, text that is not valid Unicode
+    // and integers JSON cannot hold are that call's error, and the bridge
+    // (shared by every call) carries on.
+    let marker = dir.path().join("ran-on-host");
+    let hostile = format!(
+        r#"
+import sys
+MARKER = {marker:?}
+
+class Payload:
+    def __reduce__(self):
+        return (exec, ("open(%r, 'w').write('ran')" % MARKER,))
+
+class PayloadError(Exception):
+    def __reduce__(self):
+        return (exec, ("open(%r, 'w').write('ran')" % MARKER,))
+
+def hostile(kind):
+    if kind == "result":
+        return Payload()
+    if kind == "error":
+        raise PayloadError("boom")
+    if kind == "exit":
+        sys.exit(3)
+    if kind == "surrogate":
+        return "a\udc80b"
+    if kind == "huge":
+        return 10 ** 400
+    return kind
+"#,
+        marker = marker.display().to_string()
+    );
+    rt.deploy_function(modal(FunctionSpec::new("hostile", hostile)))
+        .await
+        .unwrap();
+    for (kind, expected) in [
+        ("result", "ResultNotSerializable"),
+        ("error", "PayloadError"),
+        ("exit", "SystemExit"),
+        ("surrogate", "ResultNotSerializable"),
+        ("huge", "ResultNotSerializable"),
+    ] {
+        let err = rt
+            .call("hostile", vec![json!(kind)], Map::new())
+            .await
+            .unwrap_err();
+        let RuntimeError::TaskFailed { error, .. } = err else {
+            panic!("{kind}: {err}")
+        };
+        assert_eq!(error.kind, expected, "{kind}: {error:?}");
+    }
+    let id = rt
+        .run_parallel(
+            "hostile",
+            vec![json!("result"), json!("ok"), json!("error")],
+        )
+        .await
+        .unwrap();
+    rt.wait(id, Some(Duration::from_secs(60))).await.unwrap();
+    let page = rt.results(id, 0, 10).await.unwrap();
+    assert_eq!(page.results[0]["error"]["type"], "ResultNotSerializable");
+    assert_eq!(page.results[1], json!("ok"));
+    assert_eq!(page.results[2]["error"]["type"], "PayloadError");
+    assert_eq!(page.results[2]["error"]["message"], "boom");
+    assert!(!marker.exists(), "a result's pickle ran code on the host");
+    assert_eq!(
+        rt.call("hostile", vec![json!("still here")], Map::new())
+            .await
+            .unwrap(),
+        json!("still here")
+    );
+
     // Errors in the code still show at deploy, from a parse.
     let err = rt
         .deploy_function(modal(FunctionSpec::new(

@@ -92,7 +92,7 @@ def failure(exc, task_id):
     serialized_tb, tb_line_cache = pickle_traceback(exc, task_id)
     return {
         "status": "failure",
-        "exception": "%s: %s" % (type(exc).__name__, exc),
+        "exception": repr(exc),  # as Modal's container sends it
         "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
         "data": pickle_exception(exc),
         "serialized_tb": serialized_tb,

@@ -55,7 +55,7 @@ pub struct ModalBackend {
     functions: DashMap<String, Deployed>,
     /// Spawned calls whose logs are being followed: the follower's request
     /// id and task, awaited when the call's outcome is taken.
-    followers: DashMap<String, (u64, tokio::task::JoinHandle<()>)>,
+    followers: DashMap<String, tokio::task::JoinHandle<()>>,
     shutdown: CancellationToken,
 }
 
@@ -165,8 +165,9 @@ impl ModalBackend {
         let python = self.sdk_python().await?;
         let dir = self.config.cache_dir.join("apps");
         tokio::fs::create_dir_all(&dir).await?;
-        let file = dir.join(format!("{}.py", d.spec.name));
-        let code_file = dir.join(format!("{}.code.py", d.spec.name));
+        // Prefixed, so no app file can shadow a module the SDK imports.
+        let file = dir.join(format!("ma_app_{}.py", d.spec.name));
+        let code_file = dir.join(format!("ma_app_{}.code.py", d.spec.name));
         // Modal runs the code only in its containers; here it is parsed,
         // never run, so errors in it still show at deploy.
         let checker = self
@@ -184,7 +185,7 @@ impl ModalBackend {
         );
         tokio::fs::write(&file, text).await?;
         let mut cmd = tokio::process::Command::new(&python);
-        cmd.args(["-m", "modal", "deploy"])
+        cmd.args(["-I", "-m", "modal", "deploy"])
             .arg(format!(
                 "{}::{}",
                 file.display(),
@@ -230,7 +231,7 @@ impl ModalBackend {
     /// Streams a spawned call's stdout/stderr into `sink` as Modal delivers
     /// them, until the call ends.
     fn follow_logs(&self, bridge: &Bridge, call: &CallId, sink: LogSink) {
-        let Ok((id, mut answers)) = bridge.open(json!({"op": "follow_logs", "call_id": call.0}))
+        let Ok((_, mut answers)) = bridge.open(json!({"op": "follow_logs", "call_id": call.0}))
         else {
             return;
         };
@@ -245,19 +246,18 @@ impl ModalBackend {
                 sink.write(stream, log[1].as_str().unwrap_or_default().to_owned());
             }
         });
-        self.followers.insert(call.0.clone(), (id, task));
+        self.followers.insert(call.0.clone(), task);
     }
 
     /// Lets the call's log follower take in the last lines (bounded), so a
     /// finished task's logs are complete; then stops it.
     async fn logs_done(&self, call: &CallId) {
-        let Some((_, (id, mut task))) = self.followers.remove(&call.0) else {
+        let Some((_, mut task)) = self.followers.remove(&call.0) else {
             return;
         };
         if tokio::time::timeout(LOG_DRAIN, &mut task).await.is_err() {
-            if let Some(bridge) = self.bridge.lock().await.as_ref() {
-                let _ = bridge.send(&json!({"id": 0, "op": "abort", "target": id}));
-            }
+            // The bridge's side ends with the call's log stream; its
+            // answers then go nowhere.
             task.abort();
         }
     }
@@ -269,6 +269,15 @@ impl ModalBackend {
             .request(msg, self.config.request_timeout)
             .await?
             .map_err(|e| modal_error(&e))
+    }
+
+    /// Makes the bridge look `function` up afresh: after a deploy or an
+    /// undeploy its cached handle names the old app.
+    async fn forget(&self, d: &Deployed) {
+        if let Some(bridge) = self.bridge.lock().await.as_ref() {
+            let _ = bridge.send(&json!({"id": 0, "op": "forget", "app": d.app,
+                                        "function": d.spec.python_entrypoint()}));
+        }
     }
 }
 
@@ -305,7 +314,7 @@ fn modal_error(e: &TaskError) -> BackendError {
 }
 
 /// The most a finished call's outcome waits for its last log lines.
-const LOG_DRAIN: Duration = Duration::from_secs(10);
+const LOG_DRAIN: Duration = Duration::from_secs(5);
 
 fn cancelled() -> TaskError {
     TaskError::new("Cancelled", "the task was cancelled")
@@ -349,8 +358,9 @@ impl ComputeBackend for ModalBackend {
                 }
             }
         }
-        self.functions
-            .insert(d.spec.name.clone(), Deployed { spec: d.spec, app });
+        let deployed = Deployed { spec: d.spec, app };
+        self.forget(&deployed).await;
+        self.functions.insert(deployed.spec.name.clone(), deployed);
         Ok(())
     }
 
@@ -359,11 +369,12 @@ impl ComputeBackend for ModalBackend {
             .functions
             .remove(function)
             .ok_or_else(|| BackendError::UnknownFunction(function.to_owned()))?;
+        self.forget(&deployed).await;
         // Stopping the app on Modal is best effort: the function is gone here.
         if let (Ok(credentials), Ok(python)) = (self.credentials(), self.sdk_python().await) {
             let stop = tokio::process::Command::new(python)
                 // --yes: without a terminal the CLI's confirmation aborts.
-                .args(["-m", "modal", "app", "stop", "--yes", &deployed.app])
+                .args(["-I", "-m", "modal", "app", "stop", "--yes", &deployed.app])
                 .env_clear()
                 .envs(self.env(credentials))
                 .kill_on_drop(true)
@@ -466,8 +477,15 @@ impl ComputeBackend for ModalBackend {
                 self.config.request_timeout + slice,
             );
             let answer = tokio::select! {
-                answer = request => answer?,
-                () = self.shutdown.cancelled() => return Err(BackendError::Closed),
+                answer = request => answer,
+                () = self.shutdown.cancelled() => Err(BackendError::Closed),
+            };
+            let answer = match answer {
+                Ok(answer) => answer,
+                Err(e) => {
+                    self.logs_done(call).await;
+                    return Err(e);
+                }
             };
             match answer {
                 Ok(state) if state["done"] == json!(true) => {
@@ -479,7 +497,10 @@ impl ComputeBackend for ModalBackend {
                     return Ok(CallOutcome { result, attempts });
                 }
                 Ok(_) => {}
-                Err(e) if e.kind == "AuthError" => return Err(modal_error(&e)),
+                Err(e) if e.kind == "AuthError" => {
+                    self.logs_done(call).await;
+                    return Err(modal_error(&e));
+                }
                 Err(e) => {
                     self.logs_done(call).await;
                     return Ok(CallOutcome {
@@ -499,6 +520,10 @@ impl ComputeBackend for ModalBackend {
 
     async fn shutdown(&self) {
         self.shutdown.cancel();
+        self.followers.retain(|_, task| {
+            task.abort();
+            false
+        });
         if let Some(bridge) = self.bridge.lock().await.take() {
             bridge.kill();
         }
@@ -581,6 +606,13 @@ async fn run_map(
         } else if let Some(err) = msg.get("err") {
             break task_error(err);
         } else if msg.get("ok").is_some() {
+            if done < sent {
+                // The map ended without some results: each still gets one.
+                break TaskError::new(
+                    "ProtocolError",
+                    "the Modal map ended without this input's result",
+                );
+            }
             return;
         }
     };

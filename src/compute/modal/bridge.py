@@ -22,20 +22,38 @@
 # Failures answer {"id":N,"err":{"type","message","traceback"}} with Modal's
 # exceptions named as the local backend names its errors.
 #
-# `wait` reads a call's output with the SDK's own output request and result
-# decoding (`_Invocation.pop_function_call_outputs`, `_process_result`:
-# internals of the pinned 1.6.4, which `FunctionCall.get` wraps) because only
-# the raw output carries `retry_count`, the attempts Modal made.
+# `wait` reads a call's output with the SDK's own output request
+# (`_Invocation.pop_function_call_outputs`, an internal of the pinned 1.6.4
+# that `FunctionCall.get` wraps) because only the raw output carries
+# `retry_count`, the attempts Modal made.
+#
+# Results are NOT decoded with the SDK's `_process_result`: it unpickles
+# whatever the container sent, and the container runs code an agent wrote, so
+# a result (or exception) whose pickle calls `exec` would run here, next to
+# the Modal token. `plain_result` replaces it (in the SDK's modules too, for
+# `map`): results unpickle only to plain values (None, bool, int, float, str,
+# bytes, list, tuple, dict, set), failures are read from the text Modal sends
+# with them (the exception's repr and the formatted remote traceback), and
+# nothing else a container produced is unpickled.
+import ast
 import asyncio
+import builtins
+import io
 import json
 import os
+import pickle
+import re
 import sys
 import traceback
 
 import modal
+import modal._functions
+import modal.parallel_map
 from modal._functions import _FunctionCall
+from modal._serialization import deserialize_data_format
 from modal._utils.async_utils import synchronize_api, synchronizer
-from modal._utils.function_utils import _process_result
+from modal._utils.blob_utils import blob_download
+from modal_proto import api_pb2
 
 KINDS = {
     "AuthError": "AuthError",
@@ -68,7 +86,7 @@ async def _wait_outputs(call_id, timeout):
         return {"done": False}
     item = response.outputs[0]
     try:
-        result = {"ok": await _process_result(item.result, item.data_format, call.client.stub, call.client)}
+        result = {"ok": await plain_result(item.result, item.data_format, call.client.stub, call.client)}
     except Exception as e:  # noqa: BLE001 - the function's failure is its result
         result = {"err": describe(e)}
     return {"done": True, "result": result, "attempts": item.retry_count + 1}
@@ -77,39 +95,94 @@ async def _wait_outputs(call_id, timeout):
 wait_outputs = synchronize_api(_wait_outputs)
 
 
+MAX_RESULT_BYTES = 64 << 20
+
+
+class RemoteFunctionError(Exception):
+    """The function's own failure, as Modal reported it (never unpickled)."""
+
+    def __init__(self, kind, message, tb):
+        super().__init__(message)
+        self.kind, self.message, self.tb = kind, message, tb
+
+
+class PlainUnpickler(pickle.Unpickler):
+    """Unpickles plain values only: no class is looked up but a handful of
+    builtin containers, and no persistent id (Modal object) is accepted."""
+
+    PLAIN = {"set", "frozenset", "bytearray", "complex", "slice", "range"}
+
+    def find_class(self, module, name):
+        if module == "builtins" and name in self.PLAIN:
+            return getattr(builtins, name)
+        raise pickle.UnpicklingError("%s.%s is not a plain value" % (module, name))
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("a Modal object is not a plain value")
+
+
+def remote_failure(result):
+    """The user's exception from Modal's text: its type and message from the
+    repr Modal sends (`exception`), its traceback as Modal formatted it in
+    the container (`traceback`, with source lines)."""
+    text = result.exception or ""
+    kind, message = "RemoteError", text
+    found = re.match(r"^([A-Za-z_][A-Za-z0-9_.]*)\((.*)\)$", text, re.S)
+    if found:
+        kind = found.group(1).rsplit(".", 1)[-1]
+        try:
+            args = ast.literal_eval("(%s,)" % found.group(2)) if found.group(2) else ()
+            message = str(args[0]) if len(args) == 1 else (str(args) if args else "")
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            message = found.group(2)
+    return RemoteFunctionError(kind, message, result.traceback or None)
+
+
+async def plain_result(result, data_format, stub, client=None):
+    """What `_process_result` does, without unpickling anything but plain
+    values: the value of a successful output, or the matching exception."""
+    GR = api_pb2.GenericResult
+    if result.status == GR.GENERIC_STATUS_TIMEOUT:
+        raise modal.exception.FunctionTimeoutError(result.exception)
+    if result.status == GR.GENERIC_STATUS_INTERNAL_FAILURE:
+        raise modal.exception.InternalFailure(result.exception)
+    if result.status == GR.GENERIC_STATUS_TERMINATED:
+        raise RemoteFunctionError("Cancelled", result.exception or "the call was cancelled", None)
+    if result.status != GR.GENERIC_STATUS_SUCCESS:
+        raise remote_failure(result)
+    if result.WhichOneof("data_oneof") == "data_blob_id":
+        data = await blob_download(result.data_blob_id, stub)
+    else:
+        data = result.data
+    if len(data) > MAX_RESULT_BYTES:
+        raise RemoteFunctionError(
+            "ResultTooLarge", "the result is %d bytes; at most %d are taken" % (len(data), MAX_RESULT_BYTES), None)
+    if data_format in (api_pb2.DATA_FORMAT_PICKLE, api_pb2.DATA_FORMAT_UNSPECIFIED):
+        try:
+            return PlainUnpickler(io.BytesIO(data)).load()
+        except Exception as e:  # noqa: BLE001 - an unreadable result is this input's error
+            raise RemoteFunctionError(
+                "ResultNotSerializable",
+                "the function returned a value that is not plain data (%s); return JSON-like values" % e, None)
+    if data_format == api_pb2.DATA_FORMAT_CBOR:
+        return deserialize_data_format(data, data_format, client)
+    raise RemoteFunctionError("ResultNotSerializable", "unsupported result format %d" % data_format, None)
+
+
+# The SDK's own call paths (`FunctionCall.get`, `Function.map`) decode with
+# `plain_result` too.
+modal._functions._process_result = plain_result
+modal.parallel_map._process_result = plain_result
+
+
 def describe(exc):
+    if isinstance(exc, RemoteFunctionError):
+        return {"type": exc.kind, "message": exc.message, "traceback": exc.tb}
     name = type(exc).__name__
     modal_error = type(exc).__module__.startswith("modal")
     kind = KINDS.get(name, name) if modal_error else name
-    remember_remote_lines(exc)
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return {"type": kind, "message": str(exc), "traceback": tb}
-
-
-def remember_remote_lines(exc):
-    """A remote traceback's source lines travel with the exception (the
-    SDK's `__line_cache__`: (file, line) -> text, for frames named
-    "<task id>:file"); put them in linecache so the formatted traceback shows
-    them, as Modal's own printer does."""
-    import linecache
-
-    cache = getattr(exc, "__line_cache__", None)
-    if not isinstance(cache, dict):
-        return
-    files = {}
-    tb = exc.__traceback__
-    while tb is not None:
-        shown = tb.tb_frame.f_code.co_filename
-        if shown.startswith("<") and ">:" in shown:
-            text = cache.get((shown.split(">:", 1)[1], tb.tb_lineno))
-            if isinstance(text, str) and text:
-                files.setdefault(shown, {})[tb.tb_lineno] = text
-        tb = tb.tb_next
-    for shown, lines in files.items():
-        body = [""] * max(lines)
-        for lineno, text in lines.items():
-            body[lineno - 1] = text + "\n"
-        linecache.cache[shown] = (sum(map(len, body)), None, body, shown)
 
 
 class Bridge:
@@ -170,6 +243,10 @@ class Bridge:
         async for entry in call.logs.stream.aio(timeout=msg.get("idle", 3600)):
             if entry.message and entry.source in ("stdout", "stderr"):
                 self.send({"id": rid, "log": [entry.source, entry.message]})
+
+    async def op_forget(self, msg):
+        self.functions.pop((msg["app"], msg["function"]), None)
+        return None
 
     async def op_cancel(self, msg):
         call = modal.FunctionCall.from_id(msg["call_id"])
@@ -299,42 +376,77 @@ class Bridge:
 MAX_DEPTH = 64  # the runtime's MAX_VALUE_DEPTH
 
 
-def too_deep(value, limit=MAX_DEPTH):
+def check_plain(value, limit=MAX_DEPTH):
+    """Raises ValueError for what strict JSON (the runtime's reader) cannot
+    take although Python's json writes it: nesting past the runtime's depth,
+    a string with a lone surrogate, an integer outside 64 bits."""
     stack = [(value, 1)]
     while stack:
         v, depth = stack.pop()
-        if isinstance(v, (list, tuple, dict)):
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("a string holds a lone surrogate (not valid Unicode)")
+        elif isinstance(v, int) and not isinstance(v, bool):
+            if not -(2 ** 63) <= v < 2 ** 64:
+                raise ValueError("an integer does not fit in 64 bits")
+        elif isinstance(v, (list, tuple, dict)):
             if depth > limit:
-                return True
-            items = v.values() if isinstance(v, dict) else v
-            stack.extend((x, depth + 1) for x in items)
-    return False
+                raise ValueError("it nests more than %d levels deep" % limit)
+            if isinstance(v, dict):
+                stack.extend((k, depth + 1) for k in v.keys())
+                stack.extend((x, depth + 1) for x in v.values())
+            else:
+                stack.extend((x, depth + 1) for x in v)
 
 
 def encode(msg):
     """One line of strict JSON the runtime can read. A result it could not
-    (NaN, Infinity, not JSON, nested too deep) becomes that input's own
-    error, so no line is ever dropped and no result moves to another input."""
+    (NaN, Infinity, not JSON, nested too deep, a lone surrogate, a huge
+    integer) becomes that input's own error, so no line is ever dropped and
+    no result moves to another input; other text (an error's message) has
+    anything invalid replaced."""
     # Where a function's result sits: a map item's, a finished wait's, or
     # a plain answer's.
-    item = msg.get("item")
     ok = msg.get("ok")
-    if item is not None:
-        slot = item[1]
+    if msg.get("item") is not None:
+        where = lambda m: m["item"][1]  # noqa: E731
     elif isinstance(ok, dict) and isinstance(ok.get("result"), dict):
-        slot = ok["result"]
+        where = lambda m: m["ok"]["result"]  # noqa: E731
     else:
-        slot = msg
-    try:
-        if too_deep(slot.get("ok")):
-            raise ValueError("it nests more than %d levels deep" % MAX_DEPTH)
-        return json.dumps(msg, separators=(",", ":"), allow_nan=False)
-    except (ValueError, TypeError, RecursionError) as e:
-        error = {"type": "ResultNotSerializable",
-                 "message": "the function returned a value JSON cannot carry (%s)" % e}
-        slot.pop("ok", None)
-        slot["err"] = error
-        return json.dumps(msg, separators=(",", ":"), allow_nan=False, default=str)
+        where = lambda m: m  # noqa: E731
+    slot = where(msg)
+    value = slot.pop("ok") if "ok" in slot else NOTHING
+    msg = clean(msg)
+    slot = where(msg)
+    if value is not NOTHING:
+        try:
+            check_plain(value)
+            json.dumps(value, allow_nan=False)
+            slot["ok"] = value
+        except (ValueError, TypeError, RecursionError) as e:
+            slot["err"] = {"type": "ResultNotSerializable",
+                           "message": "the function returned a value JSON cannot carry (%s)" % clean(str(e))}
+    return json.dumps(msg, separators=(",", ":"), allow_nan=False, default=str)
+
+
+NOTHING = object()
+
+
+def clean(v):
+    """`v` with every string made valid Unicode (lone surrogates replaced)."""
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+            return v
+        except UnicodeEncodeError:
+            return v.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(v, dict):
+        return {clean(k): clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [clean(x) for x in v]
+    return v
 
 
 def beneath(root, rel, create):

@@ -47,7 +47,9 @@ pub(crate) type Answer = Result<Value, TaskError>;
 impl Bridge {
     pub(crate) fn start(args: &BridgeArgs) -> Result<Bridge, BackendError> {
         let mut cmd = Command::new(&args.python);
-        cmd.arg("-c")
+        // -I: nothing from the working directory or PYTHON* variables is
+        // imported in place of the SDK.
+        cmd.args(["-I", "-c"])
             .arg(BRIDGE)
             .arg("modal-agents-bridge")
             .env_clear()
@@ -91,9 +93,18 @@ impl Bridge {
         tokio::spawn(async move {
             let mut reader = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = reader.next_line().await {
-                let Ok(msg) = serde_json::from_str::<Value>(&line) else {
-                    tracing::warn!(%line, "the bridge wrote a line that is not JSON");
-                    continue;
+                let msg = match serde_json::from_str::<Value>(&line) {
+                    Ok(msg) => msg,
+                    Err(e) => {
+                        // The bridge writes strict JSON; should a line still
+                        // be unreadable, its request fails rather than waits.
+                        tracing::warn!(error = %e, "the bridge wrote a line that is not JSON");
+                        match line_id(&line) {
+                            Some(id) => json!({"id": id, "err": {"type": "ProtocolError",
+                                "message": format!("the Modal bridge sent an unreadable answer ({e})")}}),
+                            None => continue,
+                        }
+                    }
                 };
                 let Some(id) = msg.get("id").and_then(Value::as_u64) else {
                     continue;
@@ -207,6 +218,13 @@ impl Drop for Bridge {
     }
 }
 
+/// The request id a line starts with (`{"id":N,` as the bridge writes it).
+fn line_id(line: &str) -> Option<u64> {
+    let rest = line.strip_prefix("{\"id\":")?;
+    let end = rest.find(|c: char| !c.is_ascii_digit())?;
+    rest[..end].parse().ok()
+}
+
 /// `{"ok": v}` or `{"err": {...}}` as a result.
 pub(crate) fn answer_of(msg: &Value) -> Answer {
     match msg.get("err") {
@@ -222,4 +240,17 @@ pub(crate) fn task_error(err: &Value) -> TaskError {
     );
     e.traceback = err["traceback"].as_str().map(str::to_owned);
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_line_still_names_its_request() {
+        assert_eq!(line_id(r#"{"id":42,"ok":"\ud800"}"#), Some(42));
+        assert_eq!(line_id(r#"{"id":7}"#), Some(7));
+        assert_eq!(line_id(r#"{"ok":1}"#), None);
+        assert_eq!(line_id("garbage"), None);
+    }
 }
