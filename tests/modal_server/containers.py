@@ -3,6 +3,7 @@
 # its volumes bound at their mount paths, its secrets in a cleared
 # environment, and nothing surviving it (a pid namespace that dies with it).
 import asyncio
+import io
 import os
 import pickle
 import shutil
@@ -15,6 +16,14 @@ from store import new_id
 
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runner.py")
 START_TIMEOUT = 60.0
+
+
+class Frames(pickle.Unpickler):
+    """A container's frames are plain dicts (their payloads bytes the SDK
+    encoded): nothing else is unpickled from code the server runs."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError("%s.%s in a container frame" % (module, name))
 
 
 class Container:
@@ -130,12 +139,12 @@ class Container:
             while True:
                 head = await self.proc.stdout.readexactly(4)
                 (n,) = struct.unpack(">I", head)
-                frame = pickle.loads(await self.proc.stdout.readexactly(n))
+                frame = Frames(io.BytesIO(await self.proc.stdout.readexactly(n))).load()
                 if frame["op"] == "log":
                     self.server.calls.log(frame["input_id"], self.task_id, frame["fd"], frame["data"])
                 else:
                     self.frames.put_nowait(frame)
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except (asyncio.IncompleteReadError, ConnectionError, pickle.UnpicklingError, ValueError):
             pass
         self.frames.put_nowait(None)
 
