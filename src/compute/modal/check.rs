@@ -84,6 +84,9 @@ struct Checked {
 #[derive(Debug)]
 pub(crate) struct Checker {
     python: PathBuf,
+    /// The interpreter's directories, shown read-only in the sandbox (after
+    /// its private /tmp: they may live under the host's).
+    roots: Vec<PathBuf>,
     bwrap: Option<Arc<Bwrap>>,
 }
 
@@ -93,7 +96,11 @@ impl Checker {
     pub(crate) async fn new(python: &Path) -> Result<Checker, BackendError> {
         let (python, roots) = resolve_python(Some(python.to_path_buf())).await?;
         let bwrap = Bwrap::detect(SandboxMode::Auto, None, &roots).await?;
-        Ok(Checker { python, bwrap })
+        Ok(Checker {
+            python,
+            roots,
+            bwrap,
+        })
     }
 
     fn command(&self) -> tokio::process::Command {
@@ -101,7 +108,7 @@ impl Checker {
             Some(bwrap) => Jail {
                 bwrap: bwrap.clone(),
                 binds: Vec::new(),
-                read_only: Vec::new(),
+                read_only: self.roots.clone(),
                 network: false,
                 gpu: false,
             }
