@@ -25,6 +25,7 @@ def score(n):
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_max_level(tracing::Level::WARN)
         .with_writer(std::io::stderr)
         .init();

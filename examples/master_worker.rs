@@ -96,6 +96,7 @@ fn build_job() -> Vec<AgentTask> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_max_level(tracing::Level::ERROR)
         .with_writer(std::io::stderr)
         .init();

@@ -124,6 +124,16 @@ async fn cli_end_to_end() {
     assert!(ok && out.contains("\"result\": 42"), "{out}");
     let (ok, out, _) = cli(&s, &["status", &id], None);
     assert!(ok && out.contains("\"completed\""), "{out}");
+    // One rule for every command that waits: a task that did not complete
+    // is a failure of the command, with `spawn --wait` as with `wait`.
+    let (ok, out, err) = cli(&s, &["spawn", "double", "\"x\"", "--wait"], None);
+    assert!(ok, "a completed task (\"xx\") exits 0: {out} {err}");
+    let (ok, out, err) = cli(&s, &["spawn", "double", "null", "--wait"], None);
+    assert!(!ok, "a failed task exits 1: {out}");
+    assert!(
+        out.contains("\"failed\"") && err.contains("TypeError"),
+        "{out} {err}"
+    );
     let (ok, out, _) = cli(&s, &["logs", &id], None);
     assert!(ok && out.contains("doubling 21"), "{out}");
     let (ok, out, _) = cli(&s, &["cancel", &id], None);
@@ -259,5 +269,41 @@ fn serve_refuses_to_start_without_a_token() {
     assert!(
         err.contains("MODAL_AGENTS_TOKEN") && err.contains("--insecure-no-auth"),
         "{err}"
+    );
+}
+
+/// Logs sent to a pipe (or a file) carry no colour codes; only a terminal
+/// gets them.
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    use std::io::{BufRead, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--addr", "127.0.0.1:0", "--no-modal", "--data-dir"])
+        .arg(dir.path())
+        .env("MODAL_AGENTS_TOKEN", "pipe-logs-token-0123456789")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening"), "{line}");
+    support::kill(child.id(), libc::SIGTERM);
+    child.wait().unwrap();
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(logs.contains("INFO"), "the server logged: {logs}");
+    assert!(
+        !logs.contains('\u{1b}'),
+        "colour codes in piped logs: {logs:?}"
     );
 }

@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use modal_agents::client::{Client, DeployRequest};
-use modal_agents::{BackendChoice, Limits, ModalBackend, ModalConfig, TaskId, TaskStatus};
+use modal_agents::{
+    BackendChoice, Limits, ModalBackend, ModalConfig, TaskId, TaskRecord, TaskStatus,
+};
 use serde_json::{json, Map, Value};
 
 mod serve;
@@ -229,6 +231,23 @@ fn task_id(raw: &str) -> Result<TaskId, String> {
     raw.parse().map_err(|_| format!("{raw:?} is not a task id"))
 }
 
+/// One rule for every command that waits: exit 0 only when the task
+/// completed; otherwise say how it ended (exit 1).
+fn finished(record: &TaskRecord) -> Result<(), String> {
+    match record.status {
+        TaskStatus::Completed => Ok(()),
+        status => Err(format!(
+            "task {} {status}{}",
+            record.task_id,
+            record
+                .error
+                .as_ref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        )),
+    }
+}
+
 fn print_json(v: &impl serde::Serialize) -> Result<(), String> {
     println!(
         "{}",
@@ -388,7 +407,8 @@ async fn run_command(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(err)?;
             if wait {
-                print_json(&record)
+                print_json(&record)?;
+                finished(&record)
             } else {
                 println!("{}", record.task_id);
                 Ok(())
@@ -406,13 +426,7 @@ async fn run_command(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(err)?;
             print_json(&record)?;
-            match record.status {
-                TaskStatus::Completed => Ok(()),
-                status => Err(format!(
-                    "task {id} {status}{}",
-                    record.error.map(|e| format!(": {e}")).unwrap_or_default()
-                )),
-            }
+            finished(&record)
         }
         Command::Cancel { task_id: id } => {
             print_json(&client.cancel(task_id(&id)?).await.map_err(err)?)
@@ -493,7 +507,13 @@ fn main() -> ExitCode {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Colour only for a terminal: logs sent to a file or a pipe
+                // carry no escape codes.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .with(filter)
         .init();
     let cli = Cli::parse();
