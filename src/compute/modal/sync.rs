@@ -40,22 +40,29 @@ fn manifest_path(backend: &ModalBackend, volume: &str) -> PathBuf {
 
 async fn load(path: &Path) -> Manifest {
     match tokio::fs::read(path).await {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            // Saved atomically, so only a foreign hand makes this: the next
+            // sync starts over (every file compared again), loudly.
+            tracing::warn!(path = %path.display(), error = %e, "unreadable volume sync manifest; starting over");
+            Manifest::default()
+        }),
         Err(_) => Manifest::default(),
     }
 }
 
+/// Saves the manifest atomically and durably (`persist::write_atomic`): a
+/// crash leaves the old one or the new one, never a torn file.
 async fn save(path: &Path, manifest: &Manifest) -> Result<(), BackendError> {
-    if let Some(dir) = path.parent() {
-        tokio::fs::create_dir_all(dir).await?;
-    }
-    let tmp = path.with_extension("json.tmp");
-    tokio::fs::write(
-        &tmp,
-        serde_json::to_vec(manifest).expect("manifest serializes"),
-    )
-    .await?;
-    tokio::fs::rename(&tmp, path).await?;
+    let bytes = serde_json::to_vec(manifest).expect("manifest serializes");
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        if let Some(dir) = path.parent() {
+            crate::persist::private_dir(dir)?;
+        }
+        crate::persist::write_atomic(&path, |out| std::io::Write::write_all(out, &bytes))
+    })
+    .await
+    .map_err(|e| BackendError::Io(std::io::Error::other(e)))??;
     Ok(())
 }
 
