@@ -26,7 +26,9 @@ use tokio::sync::broadcast;
 
 use crate::runtime::Runtime;
 use crate::spec::SpecError;
-use crate::supervisor::{ChildError, ChildSpec, RestartBudget, RestartPolicy, Slot};
+use crate::supervisor::{
+    schedule_restart, ChildError, ChildSpec, Once, RestartBudget, RestartPolicy, Slot,
+};
 
 pub use codegen::{
     CodeGenerator, CodegenError, CodegenHandle, CodegenReport, CodegenTask, ComponentKind,
@@ -137,9 +139,18 @@ pub enum AgentError {
 
 struct Registration {
     kind: AgentKind,
-    spec: Box<dyn ChildSpec>,
+    spec: Arc<dyn ChildSpec>,
+    /// Its actor while it runs; `None` while it waits to be restarted.
     cell: Option<ActorCell>,
     budget: RestartBudget,
+}
+
+/// Why the agent supervisor did not register an agent.
+pub(crate) enum RegisterError {
+    /// Another agent has that id.
+    Duplicate,
+    /// Its actor did not start.
+    Start(ractor::SpawnErr),
 }
 
 /// What outlives the [`AgentSupervisor`] actor: registrations and the event bus.
@@ -175,13 +186,17 @@ pub(crate) struct AgentSupervisor;
 
 /// Messages of the [`AgentSupervisor`].
 pub(crate) enum AgentSupervisorMsg {
-    /// Starts and registers an agent.
+    /// Starts and registers an agent (its spec taken once, should the
+    /// message be sent again after a restart of the supervisor).
     Register(
         String,
         AgentKind,
-        Arc<Mutex<Option<Box<dyn ChildSpec>>>>,
-        RpcReplyPort<Result<(), String>>,
+        Arc<Once<Box<dyn ChildSpec>>>,
+        RpcReplyPort<Result<(), RegisterError>>,
     ),
+    /// Starts a failed agent again (sent by the backoff timer), with why it
+    /// failed.
+    Restart(String, String),
     /// Stops and forgets an agent.
     Unregister(String, RpcReplyPort<bool>),
     /// Makes an agent panic (fault injection).
@@ -212,21 +227,21 @@ impl Actor for AgentSupervisor {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         // A restarted supervisor brings back every registered agent.
-        let ids: Vec<String> = args.shared.lock().keys().cloned().collect();
-        for id in ids {
-            let spec = {
-                let mut agents = args.shared.lock();
-                let Some(reg) = agents.get_mut(&id) else {
-                    continue;
-                };
-                if let Some(old) = reg.cell.take() {
-                    old.stop(None);
-                }
-                std::mem::replace(&mut reg.spec, Box::new(NoSpec))
-            };
+        let specs: Vec<(String, Arc<dyn ChildSpec>)> = {
+            let mut agents = args.shared.lock();
+            agents
+                .iter_mut()
+                .map(|(id, reg)| {
+                    if let Some(old) = reg.cell.take() {
+                        old.stop(None);
+                    }
+                    (id.clone(), reg.spec.clone())
+                })
+                .collect()
+        };
+        for (id, spec) in specs {
             let started = spec.start(myself.get_cell()).await;
             if let Some(reg) = args.shared.lock().get_mut(&id) {
-                reg.spec = spec;
                 reg.cell = started.ok();
             }
         }
@@ -243,16 +258,16 @@ impl Actor for AgentSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             AgentSupervisorMsg::Register(id, kind, spec, reply) => {
-                let Some(spec) = spec.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+                let Some(spec) = spec.take() else {
+                    // A re-sent copy: the first one registered it.
                     let _ = reply.send(Ok(()));
                     return Ok(());
                 };
                 if state.shared.lock().contains_key(&id) {
-                    let _ = reply.send(Err(format!(
-                        "an agent with id `{id}` is already registered"
-                    )));
+                    let _ = reply.send(Err(RegisterError::Duplicate));
                     return Ok(());
                 }
+                let spec: Arc<dyn ChildSpec> = Arc::from(spec);
                 match spec.start(myself.get_cell()).await {
                     Ok(cell) => {
                         let budget = RestartBudget::new(state.shared.policy);
@@ -269,9 +284,30 @@ impl Actor for AgentSupervisor {
                         let _ = reply.send(Ok(()));
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(e.to_string()));
+                        let _ = reply.send(Err(RegisterError::Start(e)));
                     }
                 }
+            }
+            AgentSupervisorMsg::Restart(id, reason) => {
+                let spec = match state.shared.lock().get(&id) {
+                    Some(reg) if reg.cell.is_none() => reg.spec.clone(),
+                    // Unregistered meanwhile, or already back.
+                    _ => return Ok(()),
+                };
+                let started = spec.start(myself.get_cell()).await;
+                let restarts = {
+                    let mut agents = state.shared.lock();
+                    let Some(reg) = agents.get_mut(&id) else {
+                        return Ok(());
+                    };
+                    reg.cell = started.ok();
+                    reg.budget.total
+                };
+                let _ = state.shared.events.send(AgentEvent::Restarted {
+                    id,
+                    reason,
+                    restarts,
+                });
             }
             AgentSupervisorMsg::Unregister(id, reply) => {
                 let removed = state.shared.lock().remove(&id);
@@ -301,73 +337,27 @@ impl Actor for AgentSupervisor {
             return Ok(());
         };
         let reason = err.to_string();
-        let found = {
-            let mut agents = state.shared.lock();
-            let id = agents
-                .iter()
-                .find(|(_, r)| r.cell.as_ref().is_some_and(|c| c.get_id() == cell.get_id()))
-                .map(|(id, _)| id.clone());
-            id.map(|id| {
-                let reg = agents.get_mut(&id).expect("found above");
-                let delay = reg.budget.next_restart();
-                if delay.is_none() {
-                    agents.remove(&id);
-                }
-                (id, delay)
-            })
-        };
-        let Some((id, delay)) = found else {
+        let mut agents = state.shared.lock();
+        let Some((id, reg)) = agents
+            .iter_mut()
+            .find(|(_, r)| r.cell.as_ref().is_some_and(|c| c.get_id() == cell.get_id()))
+        else {
             return Ok(());
         };
-        let Some(delay) = delay else {
+        let id = id.clone();
+        reg.cell = None;
+        let restart = {
+            let (id, reason) = (id.clone(), reason.clone());
+            move || AgentSupervisorMsg::Restart(id, reason)
+        };
+        if !schedule_restart(&myself, &mut reg.budget, &id, &reason, restart) {
+            agents.remove(&id);
+            drop(agents);
             tracing::error!(agent = %id, %reason, "agent failed too often; giving up on it");
             let _ = state.shared.events.send(AgentEvent::GaveUp { id, reason });
-            return Ok(());
-        };
-        tracing::warn!(agent = %id, %reason, ?delay, "agent failed; restarting");
-        tokio::time::sleep(delay).await;
-        let spec = {
-            let mut agents = state.shared.lock();
-            agents
-                .get_mut(&id)
-                .map(|r| std::mem::replace(&mut r.spec, Box::new(NoSpec)))
-        };
-        let Some(spec) = spec else { return Ok(()) };
-        let started = spec.start(myself.get_cell()).await;
-        let restarts = {
-            let mut agents = state.shared.lock();
-            let Some(reg) = agents.get_mut(&id) else {
-                return Ok(());
-            };
-            reg.spec = spec;
-            reg.cell = started.ok();
-            reg.budget.total
-        };
-        let _ = state.shared.events.send(AgentEvent::Restarted {
-            id,
-            reason,
-            restarts,
-        });
+        }
         Ok(())
     }
-}
-
-/// A placeholder while a registration's spec is out being started.
-struct NoSpec;
-
-#[async_trait::async_trait]
-impl ChildSpec for NoSpec {
-    fn label(&self) -> &str {
-        "(restarting)"
-    }
-
-    async fn start(&self, _supervisor: ActorCell) -> Result<ActorCell, ractor::SpawnErr> {
-        Err(ractor::SpawnErr::StartupFailed(
-            "agent is being restarted".into(),
-        ))
-    }
-
-    fn inject_panic(&self) {}
 }
 
 /// Checks an agent id: 1 to 64 of `[A-Za-z0-9._-]`.
@@ -409,7 +399,6 @@ impl Agents {
         A::Arguments: Clone + Sync,
     {
         let runner = crate::supervisor::ChildRunner {
-            label: id.to_owned(),
             make,
             args,
             publish,
@@ -429,21 +418,18 @@ impl Agents {
         if self.shared.lock().contains_key(id) {
             return Err(AgentError::Duplicate(id.to_owned()));
         }
-        let cell = Arc::new(Mutex::new(Some(spec)));
+        let spec = Once::new(spec);
         self.slot
             .call(CALL_TIMEOUT, |reply| {
-                AgentSupervisorMsg::Register(id.to_owned(), kind, cell.clone(), reply)
+                AgentSupervisorMsg::Register(id.to_owned(), kind, spec.clone(), reply)
             })
             .await?
-            .map_err(|reason| {
-                if reason.contains("already registered") {
-                    AgentError::Duplicate(id.to_owned())
-                } else {
-                    AgentError::Spawn {
-                        id: id.to_owned(),
-                        reason,
-                    }
-                }
+            .map_err(|e| match e {
+                RegisterError::Duplicate => AgentError::Duplicate(id.to_owned()),
+                RegisterError::Start(e) => AgentError::Spawn {
+                    id: id.to_owned(),
+                    reason: e.to_string(),
+                },
             })
     }
 

@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker as JobSet;
 use crate::compute::{
     BackendError, CallContext, CallId, CallOutcome, ComputeBackend, LogSink, MapItem, MapMeter,
 };
-use crate::supervisor::{ChildError, Slot};
+use crate::supervisor::{ChildError, Once, Slot};
 use crate::task::{MapProgress, TaskError, TaskId, TaskStatus};
 use crate::tracker::{Finished, ResultWriter, Stored, TaskTrackerHandle, TaskUpdate};
 
@@ -192,10 +192,6 @@ impl Job {
     }
 }
 
-/// A job handed to the dispatcher; taken at most once even if the message is
-/// sent again after a restart.
-pub(crate) struct JobCell(Mutex<Option<Job>>);
-
 /// What the dispatcher's jobs share; it outlives any one dispatcher actor.
 pub(crate) struct DispatchShared {
     pub(crate) backend: Arc<dyn ComputeBackend>,
@@ -211,7 +207,9 @@ pub(crate) struct Dispatcher;
 /// Messages of the [`Dispatcher`].
 pub(crate) enum DispatcherMsg {
     /// Starts a job.
-    Submit(Arc<JobCell>, RpcReplyPort<()>),
+    /// The job is taken at most once even if the message is sent again
+    /// after a restart.
+    Submit(Arc<Once<Job>>, RpcReplyPort<()>),
     /// Cancels a task; answers whether it was still running.
     Cancel(TaskId, RpcReplyPort<bool>),
     /// Panics (fault injection).
@@ -252,7 +250,7 @@ impl Actor for Dispatcher {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             DispatcherMsg::Submit(cell, reply) => {
-                let job = cell.0.lock().expect("job cell poisoned").take();
+                let job = cell.take();
                 if let Some(job) = job {
                     let shared = state.shared.clone();
                     // Not a child of the shutdown token: a stop is not a
@@ -289,14 +287,14 @@ impl DispatcherHandle {
     /// handled after a timeout): `Some(job)` means it never started and never
     /// will, `None` that it runs.
     pub(crate) async fn submit(&self, job: Job) -> Result<(), (ChildError, Option<Job>)> {
-        let cell = Arc::new(JobCell(Mutex::new(Some(job))));
+        let cell = Once::new(job);
         let sent = self
             .slot
             .call(CALL_TIMEOUT, |reply| {
                 DispatcherMsg::Submit(cell.clone(), reply)
             })
             .await;
-        sent.map_err(|e| (e, cell.0.lock().unwrap_or_else(|p| p.into_inner()).take()))
+        sent.map_err(|e| (e, cell.take()))
     }
 
     pub(crate) async fn cancel(&self, id: TaskId) -> Result<bool, ChildError> {

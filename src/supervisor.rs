@@ -1,12 +1,23 @@
 //! The root supervisor and its restart policy.
 //!
-//! The runtime's children (function registry, task tracker, dispatcher) are
-//! spawned linked to a root supervisor. When one fails (a panic in a handler),
-//! the supervisor restarts it one-for-one from the same arguments; children
-//! keep their state in shared stores handed in through those arguments, so a
-//! restart loses no registered function or task record. More than
-//! `max_restarts` failures within `window` escalate: the supervisor stops and
-//! the runtime reports itself unavailable.
+//! The runtime's children (function registry, task tracker, volume store,
+//! dispatcher, agent supervisor) are spawned linked to a root supervisor.
+//! When one fails (a panic in a handler), the supervisor restarts it
+//! one-for-one from the same arguments; children keep their state in shared
+//! stores handed in through those arguments, so a restart loses no
+//! registered function or task record. More than `max_restarts` failures
+//! within `window` escalate: the supervisor stops and the runtime reports
+//! itself unavailable. The agent supervisor restarts agents the same way,
+//! with a budget per agent, giving up on one (not escalating) when it is
+//! spent.
+//!
+//! Both supervisors share one restart rule, [`schedule_restart`]: the
+//! backoff is a timer (`send_after`) that sends the supervisor a restart
+//! message, never a sleep in its handler, so its mailbox stays open while a
+//! child waits to come back. Children are found by typed ids
+//! ([`RuntimeChild`], an agent's id), and anything a message carries that must
+//! be taken once although [`Slot::call`] may re-send it travels in a
+//! [`Once`].
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -121,6 +132,22 @@ pub enum ChildError {
     Down(String),
 }
 
+/// A value a message carries that must be taken at most once, although
+/// [`Slot::call`] may send the message again after a restart: the first
+/// handler to [`take`](Once::take) it wins, a re-sent copy finds it gone.
+pub(crate) struct Once<T>(std::sync::Mutex<Option<T>>);
+
+impl<T> Once<T> {
+    pub(crate) fn new(value: T) -> Arc<Once<T>> {
+        Arc::new(Once(std::sync::Mutex::new(Some(value))))
+    }
+
+    /// The value, the first time only.
+    pub(crate) fn take(&self) -> Option<T> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
 /// How long a call waits for a failed child to be restarted.
 const RESTART_WAIT: Duration = Duration::from_secs(5);
 
@@ -223,8 +250,6 @@ impl<M: Message> Slot<M> {
 /// A child the supervisor can (re)start.
 #[async_trait]
 pub(crate) trait ChildSpec: Send + Sync + 'static {
-    /// Names the child in logs and fault injection.
-    fn label(&self) -> &str;
     /// Spawns the child linked to `supervisor` and publishes its new ref.
     async fn start(&self, supervisor: ActorCell) -> Result<ActorCell, ractor::SpawnErr>;
     /// Makes the running child panic (fault injection).
@@ -233,7 +258,6 @@ pub(crate) trait ChildSpec: Send + Sync + 'static {
 
 /// Restarts any child of the runtime by calling its [`ChildSpec`].
 pub(crate) struct ChildRunner<A: Actor> {
-    pub(crate) label: String,
     pub(crate) make: fn() -> A,
     pub(crate) args: A::Arguments,
     pub(crate) publish: watch::Sender<Option<ActorRef<A::Msg>>>,
@@ -246,10 +270,6 @@ where
     A: Actor,
     A::Arguments: Clone + Sync,
 {
-    fn label(&self) -> &str {
-        &self.label
-    }
-
     async fn start(&self, supervisor: ActorCell) -> Result<ActorCell, ractor::SpawnErr> {
         let (actor, _join) =
             Actor::spawn_linked(None, (self.make)(), self.args.clone(), supervisor).await?;
@@ -265,6 +285,25 @@ where
     }
 }
 
+/// After a child's failure: restart it once the delay `budget` allows has
+/// passed, by a timer that sends `myself` the message `restart` builds (the
+/// supervisor's mailbox stays open meanwhile); `false` when the budget is
+/// spent and the caller must escalate or give up.
+pub(crate) fn schedule_restart<M: Message>(
+    myself: &ActorRef<M>,
+    budget: &mut RestartBudget,
+    child: &dyn fmt::Display,
+    reason: &str,
+    restart: impl FnOnce() -> M + Send + 'static,
+) -> bool {
+    let Some(delay) = budget.next_restart() else {
+        return false;
+    };
+    tracing::warn!(%child, %reason, ?delay, "child failed; restarting");
+    myself.send_after(delay, restart);
+    true
+}
+
 /// The root of the runtime's supervision tree.
 pub(crate) struct RootSupervisor;
 
@@ -272,20 +311,31 @@ pub(crate) struct RootSupervisor;
 pub(crate) enum RootSupervisorMsg {
     /// Make a child panic (for chaos tests).
     InjectFault(RuntimeChild),
-    /// How many restarts have happened so far.
+    /// How many restarts have happened so far (children started again, not
+    /// ones still waiting out their backoff).
     Restarts(RpcReplyPort<u64>),
+    /// Start a failed child again (sent by the backoff timer).
+    Restart(RuntimeChild),
 }
 
 /// Arguments of the [`RootSupervisor`].
 pub(crate) struct RootSupervisorArgs {
-    pub(crate) children: Vec<Box<dyn ChildSpec>>,
+    pub(crate) children: Vec<(RuntimeChild, Box<dyn ChildSpec>)>,
     pub(crate) policy: RestartPolicy,
+}
+
+/// One child of the root: its id, how to start it, its actor while it runs.
+struct RootChild {
+    id: RuntimeChild,
+    spec: Box<dyn ChildSpec>,
+    cell: Option<ActorCell>,
 }
 
 /// State of the [`RootSupervisor`].
 pub(crate) struct RootSupervisorState {
-    children: Vec<(Box<dyn ChildSpec>, ActorCell)>,
+    children: Vec<RootChild>,
     budget: RestartBudget,
+    restarted: u64,
 }
 
 impl Actor for RootSupervisor {
@@ -299,13 +349,18 @@ impl Actor for RootSupervisor {
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut children = Vec::new();
-        for spec in args.children {
+        for (id, spec) in args.children {
             let cell = spec.start(myself.get_cell()).await?;
-            children.push((spec, cell));
+            children.push(RootChild {
+                id,
+                spec,
+                cell: Some(cell),
+            });
         }
         Ok(RootSupervisorState {
             children,
             budget: RestartBudget::new(args.policy),
+            restarted: 0,
         })
     }
 
@@ -314,28 +369,37 @@ impl Actor for RootSupervisor {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        for (_, cell) in state.children.iter().rev() {
-            cell.stop(None);
+        for child in state.children.iter().rev() {
+            if let Some(cell) = &child.cell {
+                cell.stop(None);
+            }
         }
         Ok(())
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            RootSupervisorMsg::InjectFault(child) => {
-                let label = child.to_string();
-                if let Some((spec, _)) = state.children.iter().find(|(s, _)| s.label() == label) {
-                    tracing::warn!(%child, "injecting a panic");
-                    spec.inject_panic();
+            RootSupervisorMsg::InjectFault(id) => {
+                if let Some(child) = state.children.iter().find(|c| c.id == id) {
+                    tracing::warn!(child = %id, "injecting a panic");
+                    child.spec.inject_panic();
                 }
             }
             RootSupervisorMsg::Restarts(reply) => {
-                let _ = reply.send(state.budget.total);
+                let _ = reply.send(state.restarted);
+            }
+            RootSupervisorMsg::Restart(id) => {
+                if let Some(child) = state.children.iter_mut().find(|c| c.id == id) {
+                    if child.cell.is_none() {
+                        child.cell = Some(child.spec.start(myself.get_cell()).await?);
+                        state.restarted += 1;
+                    }
+                }
             }
         }
         Ok(())
@@ -354,23 +418,165 @@ impl Actor for RootSupervisor {
             }
             _ => return Ok(()),
         };
-        let Some(pos) = state
+        let Some(child) = state
             .children
-            .iter()
-            .position(|(_, c)| c.get_id() == cell.get_id())
+            .iter_mut()
+            .find(|c| c.cell.as_ref().is_some_and(|c| c.get_id() == cell.get_id()))
         else {
             return Ok(());
         };
-        let child = state.children[pos].0.label().to_owned();
-        let Some(delay) = state.budget.next_restart() else {
-            tracing::error!(%child, %reason, "restart intensity exceeded; escalating by stopping the runtime");
-            myself.stop(Some(format!("{child} failed too often: {reason}")));
-            return Ok(());
-        };
-        tracing::warn!(%child, %reason, ?delay, "runtime child failed; restarting");
-        tokio::time::sleep(delay).await;
-        let new_cell = state.children[pos].0.start(myself.get_cell()).await?;
-        state.children[pos].1 = new_cell;
+        child.cell = None;
+        let id = child.id;
+        if !schedule_restart(&myself, &mut state.budget, &id, &reason, move || {
+            RootSupervisorMsg::Restart(id)
+        }) {
+            tracing::error!(child = %id, %reason, "restart intensity exceeded; escalating by stopping the runtime");
+            myself.stop(Some(format!("{id} failed too often: {reason}")));
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child that panics when told to and counts its starts.
+    struct Flaky;
+
+    enum FlakyMsg {
+        Panic,
+        Ping(RpcReplyPort<()>),
+    }
+
+    impl Actor for Flaky {
+        type Msg = FlakyMsg;
+        type State = ();
+        type Arguments = Arc<std::sync::atomic::AtomicU32>;
+
+        async fn pre_start(
+            &self,
+            _myself: ActorRef<Self::Msg>,
+            starts: Self::Arguments,
+        ) -> Result<(), ActorProcessingErr> {
+            starts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+
+        async fn handle(
+            &self,
+            _myself: ActorRef<Self::Msg>,
+            message: Self::Msg,
+            _state: &mut (),
+        ) -> Result<(), ActorProcessingErr> {
+            match message {
+                FlakyMsg::Panic => panic!("told to"),
+                FlakyMsg::Ping(reply) => {
+                    let _ = reply.send(());
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn policy(max_restarts: u32, backoff: Duration) -> RestartPolicy {
+        RestartPolicy {
+            max_restarts,
+            window: Duration::from_secs(60),
+            backoff,
+        }
+    }
+
+    #[test]
+    fn the_budget_doubles_its_delay_and_runs_out() {
+        let mut budget = RestartBudget::new(policy(3, Duration::from_millis(300)));
+        assert_eq!(budget.next_restart(), Some(Duration::from_millis(300)));
+        assert_eq!(budget.next_restart(), Some(Duration::from_millis(600)));
+        assert_eq!(
+            budget.next_restart(),
+            Some(Duration::from_secs(1)),
+            "capped at 1 s"
+        );
+        assert_eq!(budget.next_restart(), None, "the fourth escalates");
+        assert_eq!(budget.total, 3);
+    }
+
+    async fn root(
+        policy: RestartPolicy,
+    ) -> (
+        ActorRef<RootSupervisorMsg>,
+        Slot<FlakyMsg>,
+        Arc<std::sync::atomic::AtomicU32>,
+    ) {
+        let starts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (slot, publish) = Slot::new("flaky");
+        let runner = ChildRunner {
+            make: || Flaky,
+            args: starts.clone(),
+            publish,
+            panic_msg: || FlakyMsg::Panic,
+        };
+        let args = RootSupervisorArgs {
+            children: vec![(RuntimeChild::Registry, Box::new(runner))],
+            policy,
+        };
+        let (root, _) = Actor::spawn(None, RootSupervisor, args).await.unwrap();
+        (root, slot, starts)
+    }
+
+    /// Polls `check` until it holds, for at most 5 s.
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !check() {
+            assert!(std::time::Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    async fn restarts(root: &ActorRef<RootSupervisorMsg>) -> u64 {
+        ractor::call_t!(root, RootSupervisorMsg::Restarts, 5000).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failed_child_comes_back_and_the_mailbox_stays_open_during_backoff() {
+        let (root, slot, starts) = root(policy(5, Duration::from_secs(2))).await;
+        root.cast(RootSupervisorMsg::InjectFault(RuntimeChild::Registry))
+            .unwrap();
+        until("the child failed", || !slot.is_up()).await;
+        // Inside the 2 s backoff (the child is down, not restarted yet) the
+        // supervisor answers at once; a sleep in its handler held its
+        // mailbox the whole time.
+        let asked = std::time::Instant::now();
+        assert_eq!(restarts(&root).await, 0, "not restarted yet");
+        assert!(
+            asked.elapsed() < Duration::from_millis(500),
+            "the supervisor's mailbox was blocked for {:?}",
+            asked.elapsed()
+        );
+        assert_eq!(starts.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // A call waits for the restart and then reaches the new child.
+        slot.call(Duration::from_secs(5), FlakyMsg::Ping)
+            .await
+            .unwrap();
+        assert_eq!(starts.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(restarts(&root).await, 1);
+        root.stop(None);
+    }
+
+    #[tokio::test]
+    async fn failures_past_the_budget_stop_the_root() {
+        let (root, _slot, starts) = root(policy(1, Duration::from_millis(1))).await;
+        root.cast(RootSupervisorMsg::InjectFault(RuntimeChild::Registry))
+            .unwrap();
+        until("the child restarted", || {
+            starts.load(std::sync::atomic::Ordering::SeqCst) == 2
+        })
+        .await;
+        root.cast(RootSupervisorMsg::InjectFault(RuntimeChild::Registry))
+            .unwrap();
+        until("the root escalated", || {
+            root.get_status() == ractor::ActorStatus::Stopped
+        })
+        .await;
     }
 }

@@ -17,7 +17,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::supervisor::{ChildError, Slot};
+use crate::supervisor::{ChildError, Once, Slot};
 use crate::task::{MapProgress, TaskError, TaskId, TaskRecord, TaskStatus};
 
 pub(crate) use durable::Durable;
@@ -228,16 +228,12 @@ pub(crate) enum TaskTrackerMsg {
     /// both are written.
     Create(Box<TaskRecord>, Option<serde_json::Value>, RpcReplyPort<()>),
     /// Applies an update (ignored once the task is terminal).
-    Update(TaskId, Arc<TaskUpdateCell>, RpcReplyPort<()>),
+    Update(TaskId, Arc<Once<TaskUpdate>>, RpcReplyPort<()>),
     /// Applies an update without answering.
     Notify(TaskId, TaskUpdate),
     /// Panics (fault injection).
     InjectPanic,
 }
-
-/// An update that can be re-sent if the tracker restarts mid-call; it is
-/// applied at most once.
-pub(crate) struct TaskUpdateCell(std::sync::Mutex<Option<TaskUpdate>>);
 
 /// Arguments of the [`TaskTracker`].
 #[derive(Clone)]
@@ -285,7 +281,7 @@ impl Actor for TaskTracker {
                 }
             }
             TaskTrackerMsg::Update(id, cell, reply) => {
-                let update = cell.0.lock().expect("update cell poisoned").take();
+                let update = cell.take();
                 if let Some(update) = update {
                     state.store.apply(id, update);
                 }
@@ -328,7 +324,7 @@ impl TaskTrackerHandle {
     }
 
     pub(crate) async fn update(&self, id: TaskId, update: TaskUpdate) -> Result<(), ChildError> {
-        let cell = Arc::new(TaskUpdateCell(std::sync::Mutex::new(Some(update))));
+        let cell = Once::new(update);
         self.slot
             .call(CALL_TIMEOUT, |reply| {
                 TaskTrackerMsg::Update(id, cell.clone(), reply)

@@ -211,46 +211,56 @@ impl RuntimeBuilder {
             shutdown: shutdown.clone(),
         });
 
-        let children: Vec<Box<dyn ChildSpec>> = vec![
-            Box::new(ChildRunner {
-                label: RuntimeChild::Registry.to_string(),
-                make: || FunctionRegistry,
-                args: FunctionRegistryArgs { table },
-                publish: registry_tx,
-                panic_msg: || FunctionRegistryMsg::InjectPanic,
-            }),
-            Box::new(ChildRunner {
-                label: RuntimeChild::Tracker.to_string(),
-                make: || TaskTracker,
-                args: TaskTrackerArgs { store },
-                publish: tracker_tx,
-                panic_msg: || TaskTrackerMsg::InjectPanic,
-            }),
-            Box::new(ChildRunner {
-                label: RuntimeChild::Volumes.to_string(),
-                make: || VolumeStore,
-                args: VolumeStoreArgs {
-                    shared: volume_shared,
-                },
-                publish: volumes_tx,
-                panic_msg: || VolumeStoreMsg::InjectPanic,
-            }),
-            Box::new(ChildRunner {
-                label: RuntimeChild::Dispatcher.to_string(),
-                make: || Dispatcher,
-                args: DispatcherArgs { shared },
-                publish: dispatcher_tx,
-                panic_msg: || DispatcherMsg::InjectPanic,
-            }),
-            Box::new(ChildRunner {
-                label: RuntimeChild::Agents.to_string(),
-                make: || AgentSupervisor,
-                args: AgentSupervisorArgs {
-                    shared: agent_shared.clone(),
-                },
-                publish: agents_tx,
-                panic_msg: || AgentSupervisorMsg::InjectPanic,
-            }),
+        let children: Vec<(RuntimeChild, Box<dyn ChildSpec>)> = vec![
+            (
+                RuntimeChild::Registry,
+                Box::new(ChildRunner {
+                    make: || FunctionRegistry,
+                    args: FunctionRegistryArgs { table },
+                    publish: registry_tx,
+                    panic_msg: || FunctionRegistryMsg::InjectPanic,
+                }),
+            ),
+            (
+                RuntimeChild::Tracker,
+                Box::new(ChildRunner {
+                    make: || TaskTracker,
+                    args: TaskTrackerArgs { store },
+                    publish: tracker_tx,
+                    panic_msg: || TaskTrackerMsg::InjectPanic,
+                }),
+            ),
+            (
+                RuntimeChild::Volumes,
+                Box::new(ChildRunner {
+                    make: || VolumeStore,
+                    args: VolumeStoreArgs {
+                        shared: volume_shared,
+                    },
+                    publish: volumes_tx,
+                    panic_msg: || VolumeStoreMsg::InjectPanic,
+                }),
+            ),
+            (
+                RuntimeChild::Dispatcher,
+                Box::new(ChildRunner {
+                    make: || Dispatcher,
+                    args: DispatcherArgs { shared },
+                    publish: dispatcher_tx,
+                    panic_msg: || DispatcherMsg::InjectPanic,
+                }),
+            ),
+            (
+                RuntimeChild::Agents,
+                Box::new(ChildRunner {
+                    make: || AgentSupervisor,
+                    args: AgentSupervisorArgs {
+                        shared: agent_shared.clone(),
+                    },
+                    publish: agents_tx,
+                    panic_msg: || AgentSupervisorMsg::InjectPanic,
+                }),
+            ),
         ];
         let args = RootSupervisorArgs {
             children,
