@@ -9,6 +9,8 @@
 mod local;
 mod modal;
 mod router;
+#[cfg(any(test, feature = "testing"))]
+mod scripted;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,6 +33,8 @@ pub use modal::{
     MODAL_SDK_VERSION,
 };
 pub(crate) use router::Router;
+#[cfg(any(test, feature = "testing"))]
+pub use scripted::{Script, ScriptedBackend};
 
 /// A backend's own id for a spawned call.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

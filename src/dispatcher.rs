@@ -754,29 +754,4 @@ async fn run_map(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A submit that fails hands the job back when the dispatcher never took
-    /// it, so the caller can record it as not run (and it never runs later).
-    #[tokio::test]
-    async fn a_job_the_dispatcher_never_took_comes_back() {
-        let (slot, publish) = Slot::<DispatcherMsg>::new("dispatcher");
-        drop(publish);
-        let handle = DispatcherHandle::new(slot);
-        let id = TaskId::new();
-        let job = Job::Call {
-            task_id: id,
-            function: "f".into(),
-            args: Vec::new(),
-            kwargs: Map::new(),
-            attach: None,
-            prior_attempts: 0,
-        };
-        match handle.submit(job).await {
-            Err((ChildError::Down(_), Some(back))) => assert_eq!(back.task_id(), id),
-            Err((e, back)) => panic!("{e}: job back: {}", back.is_some()),
-            Ok(()) => panic!("no dispatcher, yet the job was taken"),
-        }
-    }
-}
+mod tests;

@@ -81,6 +81,8 @@ pub use compute::{
     ModalBackend, ModalConfig, ModalCredentials, SandboxMode, SyncReport, Usage, APP_OBJECT,
     MODAL_SDK_VERSION,
 };
+#[cfg(any(test, feature = "testing"))]
+pub use compute::{Script, ScriptedBackend};
 pub use registry::FunctionInfo;
 pub use runtime::{
     ModalStatus, ResourceReport, Retention, Runtime, RuntimeBuilder, RuntimeError,
