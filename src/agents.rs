@@ -110,7 +110,7 @@ pub enum AgentError {
     /// No agent has that id.
     #[error("no agent with id `{0}`")]
     Unknown(String),
-    /// The agent could not be started.
+    /// The agent's actor did not start.
     #[error("agent `{id}` could not start: {reason}")]
     Spawn {
         /// The agent.
@@ -118,6 +118,20 @@ pub enum AgentError {
         /// Why.
         reason: String,
     },
+    /// The work needs agents of a kind and was given none.
+    #[error("{work} needs at least one {kind} agent")]
+    NoAgents {
+        /// The kind of agent needed.
+        kind: AgentKind,
+        /// The work asked for (a job, code generation, repository creation).
+        work: &'static str,
+    },
+    /// An input of the work is not acceptable (a package name, say).
+    #[error(transparent)]
+    Invalid(CodegenError),
+    /// The shared volume the agents write to failed.
+    #[error(transparent)]
+    Volume(#[from] crate::VolumeError),
     /// The agent or its supervisor is down.
     #[error(transparent)]
     Unavailable(#[from] ChildError),

@@ -179,7 +179,13 @@ async fn bad_names_and_paths_are_refused() {
         "nothing written for refused configs"
     );
     let none = agents.create_repos(vec![config("x", &[])], &[]).await;
-    assert!(matches!(none[0], Err(AgentError::Spawn { .. })));
+    assert!(matches!(
+        none[0],
+        Err(AgentError::NoAgents {
+            kind: modal_agents::AgentKind::RepoCreator,
+            ..
+        })
+    ));
     t.rt.shutdown().await;
 }
 

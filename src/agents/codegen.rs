@@ -516,14 +516,11 @@ impl Agents {
         tasks: Vec<CodegenTask>,
         agents: &[CodegenHandle],
     ) -> Result<CodegenReport, AgentError> {
-        python::check_identifier("package", package).map_err(|e| AgentError::Spawn {
-            id: package.to_owned(),
-            reason: e.to_string(),
-        })?;
+        python::check_identifier("package", package).map_err(AgentError::Invalid)?;
         if agents.is_empty() {
-            return Err(AgentError::Spawn {
-                id: package.to_owned(),
-                reason: "code generation needs at least one codegen agent".into(),
+            return Err(AgentError::NoAgents {
+                kind: AgentKind::Codegen,
+                work: "code generation",
             });
         }
         let mut queues: Vec<Vec<(usize, CodegenTask)>> = vec![Vec::new(); agents.len()];
@@ -567,10 +564,7 @@ impl Agents {
                 .collect()
         };
         let volumes = self.runtime.volumes();
-        let store = |e: crate::VolumeError| AgentError::Spawn {
-            id: package.to_owned(),
-            reason: e.to_string(),
-        };
+        let store = AgentError::Volume;
         let py = modules(Language::Python);
         let python = if py.is_empty() {
             None

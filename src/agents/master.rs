@@ -514,9 +514,9 @@ impl MasterHandle {
         workers: &[WorkerHandle],
     ) -> Result<String, AgentError> {
         if workers.is_empty() && !tasks.is_empty() {
-            return Err(AgentError::Spawn {
-                id: self.shared.id.clone(),
-                reason: "a job needs at least one worker".into(),
+            return Err(AgentError::NoAgents {
+                kind: AgentKind::Worker,
+                work: "a job",
             });
         }
         let job_id = uuid::Uuid::new_v4().to_string();

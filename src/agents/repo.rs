@@ -488,10 +488,10 @@ impl Agents {
         if agents.is_empty() {
             return configs
                 .iter()
-                .map(|c| {
-                    Err(AgentError::Spawn {
-                        id: c.name.clone(),
-                        reason: "repository creation needs at least one repo-creator agent".into(),
+                .map(|_| {
+                    Err(AgentError::NoAgents {
+                        kind: AgentKind::RepoCreator,
+                        work: "repository creation",
                     })
                 })
                 .collect();

@@ -64,69 +64,11 @@ pub(crate) type Handlers = Arc<DashMap<String, Arc<dyn TaskHandler>>>;
 
 /// The Python behind the built-in `analysis` tasks: statistics of a text or
 /// of a list of numbers.
-const ANALYSIS: &str = r#"
-import re, statistics
-from collections import Counter
-
-def agent_analysis(data):
-    if not isinstance(data, dict):
-        raise TypeError("analysis data must be an object with 'text' or 'values'")
-    if "text" in data:
-        text = str(data["text"])
-        words = re.findall(r"[A-Za-z0-9']+", text.lower())
-        sentences = [s for s in re.split(r"[.!?]+", text) if s.strip()]
-        return {
-            "kind": "text",
-            "words": len(words),
-            "unique_words": len(set(words)),
-            "sentences": len(sentences),
-            "mean_word_length": round(sum(map(len, words)) / len(words), 3) if words else 0,
-            "top_words": [w for w, _ in Counter(words).most_common(5)],
-        }
-    if "values" in data:
-        values = [float(v) for v in data["values"]]
-        if not values:
-            raise ValueError("analysis of an empty 'values' list")
-        return {
-            "kind": "values",
-            "count": len(values),
-            "mean": round(statistics.fmean(values), 6),
-            "stdev": round(statistics.pstdev(values), 6),
-            "min": min(values),
-            "max": max(values),
-            "median": statistics.median(values),
-        }
-    raise ValueError("analysis data needs 'text' or 'values', got keys %s" % sorted(data))
-"#;
+const ANALYSIS: &str = include_str!("worker/analysis.py");
 
 /// The Python behind the built-in `validation` tasks: a record checked
 /// against required fields, types and numeric ranges.
-const VALIDATION: &str = r#"
-TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "list": list, "dict": dict}
-
-def agent_validation(data):
-    record = data.get("record")
-    schema = data.get("schema", {})
-    if not isinstance(record, dict):
-        raise TypeError("validation data needs a 'record' object")
-    errors = []
-    for field in schema.get("required", []):
-        if field not in record:
-            errors.append("missing required field %r" % field)
-    for field, type_name in schema.get("types", {}).items():
-        if field in record:
-            expected = TYPES.get(type_name)
-            if expected is None:
-                raise ValueError("unknown type %r in schema (known: %s)" % (type_name, ", ".join(TYPES)))
-            value = record[field]
-            if not isinstance(value, expected) or (type_name != "bool" and isinstance(value, bool)):
-                errors.append("%s: expected %s, got %s" % (field, type_name, type(value).__name__))
-    for field, (low, high) in schema.get("ranges", {}).items():
-        value = record.get(field)
-        if isinstance(value, (int, float)) and not (low <= value <= high):
-            errors.append("%s: %r outside [%r, %r]" % (field, value, low, high))
-    return {"valid": not errors, "errors": errors, "fields": len(record)}
-"#;
+const VALIDATION: &str = include_str!("worker/validation.py");
 
 /// Deploys the built-in functions if they are not deployed yet.
 pub(crate) async fn ensure_builtins(runtime: &Runtime) -> Result<(), AgentError> {

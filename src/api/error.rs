@@ -258,6 +258,18 @@ impl From<ToolError> for Error {
 
 impl From<AgentError> for Error {
     fn from(e: AgentError) -> Self {
-        Error::Internal(e.to_string())
+        match e {
+            AgentError::Id(e) => e.into(),
+            AgentError::Invalid(_) => Error::invalid("package", e.to_string()),
+            AgentError::Duplicate(_) => Error::Conflict(e.to_string()),
+            AgentError::Unknown(_) => Error::NotFound(e.to_string()),
+            AgentError::NoAgents { .. } => Error::Conflict(e.to_string()),
+            AgentError::Unavailable(_) => Error::Unavailable(e.to_string()),
+            AgentError::Volume(e) => e.into(),
+            AgentError::Runtime(e) => (*e).into(),
+            AgentError::Spawn { .. } | AgentError::Codegen { .. } | AgentError::Repo(_) => {
+                Error::Internal(e.to_string())
+            }
+        }
     }
 }
