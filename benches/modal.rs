@@ -101,7 +101,7 @@ async fn main() {
     let (mut overhead, mut totals, mut handled, mut spawns) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (id, spawned, total) in measured {
-        let own = state["calls"][&id.0]["handled_s"]
+        let own = state["calls"][&id.id]["handled_s"]
             .as_f64()
             .expect("the server timed the call");
         let own = Duration::from_secs_f64(own);

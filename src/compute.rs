@@ -36,14 +36,48 @@ pub(crate) use router::Router;
 #[cfg(any(test, feature = "testing"))]
 pub use scripted::{Script, ScriptedBackend};
 
-/// A backend's own id for a spawned call.
+/// The backend a spawned call runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CallBackend {
+    /// A local container: the call dies with this process.
+    Local,
+    /// Modal: the call goes on there when this process dies.
+    Modal,
+}
+
+/// A spawned call: the backend it runs on and that backend's own id for it
+/// (a Modal FunctionCall id, say). Calls are routed by `backend`, never by
+/// the shape of `id`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct CallId(pub String);
+pub struct CallId {
+    /// Where it runs.
+    pub backend: CallBackend,
+    /// The backend's id for it.
+    pub id: String,
+}
+
+impl CallId {
+    /// A call of the local backend.
+    pub fn local(id: impl Into<String>) -> CallId {
+        CallId {
+            backend: CallBackend::Local,
+            id: id.into(),
+        }
+    }
+
+    /// A Modal FunctionCall.
+    pub fn modal(id: impl Into<String>) -> CallId {
+        CallId {
+            backend: CallBackend::Modal,
+            id: id.into(),
+        }
+    }
+}
 
 impl std::fmt::Display for CallId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.id)
     }
 }
 

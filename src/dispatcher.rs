@@ -466,7 +466,7 @@ async fn run_call(
             shared.tracker.notify(
                 id,
                 TaskUpdate::Started {
-                    backend_call_id: Some(call.0.clone()),
+                    call: Some(call.clone()),
                     attempt,
                 },
             );
@@ -635,7 +635,7 @@ async fn run_map(
     tracker.notify(
         id,
         TaskUpdate::Started {
-            backend_call_id: None,
+            call: None,
             attempt,
         },
     );

@@ -188,6 +188,10 @@ pub struct TaskRecord {
     pub progress: Option<MapProgress>,
     /// The backend's own id for the call, when it has one (a Modal FunctionCall id).
     pub backend_call_id: Option<String>,
+    /// The backend that call runs on (absent in records written before it
+    /// was kept, and for maps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_backend: Option<crate::compute::CallBackend>,
 }
 
 impl TaskRecord {
@@ -209,6 +213,22 @@ impl TaskRecord {
                 ..MapProgress::default()
             }),
             backend_call_id: None,
+            call_backend: None,
+        }
+    }
+
+    /// The call this task has running on a backend that outlives this
+    /// process (Modal), if any: after a restart it is waited for, not run
+    /// again.
+    pub(crate) fn remote_call(&self) -> Option<crate::compute::CallId> {
+        use crate::compute::{CallBackend, CallId};
+        let id = self.backend_call_id.as_ref()?;
+        match self.call_backend {
+            Some(CallBackend::Modal) => Some(CallId::modal(id.clone())),
+            Some(CallBackend::Local) => None,
+            // Journals from before `call_backend` was kept: local ids were
+            // the ones starting `lc-`.
+            None => (!id.starts_with("lc-")).then(|| CallId::modal(id.clone())),
         }
     }
 }
@@ -241,6 +261,31 @@ pub struct TaskLogs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_remote_call_is_known_by_its_backend() {
+        use crate::compute::{CallBackend, CallId};
+        let mut record = TaskRecord::new("f", TaskKind::Call, None);
+        assert_eq!(record.remote_call(), None);
+        record.backend_call_id = Some("fc-1".into());
+        record.call_backend = Some(CallBackend::Modal);
+        assert_eq!(record.remote_call(), Some(CallId::modal("fc-1")));
+        // Whatever the id looks like, a local call is not waited for again.
+        record.call_backend = Some(CallBackend::Local);
+        assert_eq!(record.remote_call(), None);
+        // A record journaled before the backend was kept: by its id.
+        record.call_backend = None;
+        assert_eq!(record.remote_call(), Some(CallId::modal("fc-1")));
+        record.backend_call_id = Some("lc-2".into());
+        assert_eq!(record.remote_call(), None);
+        let old: TaskRecord = serde_json::from_value(serde_json::json!({
+            "task_id": record.task_id, "function_name": "f", "kind": "call",
+            "status": "running", "created_at": record.created_at, "started_at": null,
+            "finished_at": null, "attempts": 1, "result": null, "error": null,
+            "progress": null, "backend_call_id": "fc-9"}))
+        .unwrap();
+        assert_eq!(old.remote_call(), Some(CallId::modal("fc-9")));
+    }
 
     #[test]
     fn ids_round_trip() {

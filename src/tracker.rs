@@ -143,26 +143,20 @@ impl TaskStore {
         }
         let before = record.status;
         match update {
-            TaskUpdate::Started {
-                backend_call_id,
-                attempt,
-            } => {
+            TaskUpdate::Started { call, attempt } => {
                 record.status = TaskStatus::Running;
                 record.started_at.get_or_insert_with(Utc::now);
                 record.attempts = record.attempts.max(attempt);
-                if backend_call_id.is_some() {
-                    record.backend_call_id = backend_call_id;
+                if let Some(call) = call {
+                    record.backend_call_id = Some(call.id);
+                    record.call_backend = Some(call.backend);
                 }
             }
             TaskUpdate::Interrupted if record.status == TaskStatus::Running => {
                 record.status = TaskStatus::Pending;
                 // A call running on a backend that outlives this process goes
                 // on there and is waited for again: its attempt stands.
-                let remote = record
-                    .backend_call_id
-                    .as_deref()
-                    .is_some_and(|c| !c.starts_with("lc-"));
-                if !remote {
+                if record.remote_call().is_none() {
                     record.attempts = record.attempts.saturating_sub(1);
                 }
             }
@@ -197,7 +191,7 @@ impl TaskStore {
 pub(crate) enum TaskUpdate {
     /// It started running, on attempt `attempt` (1 for a first run).
     Started {
-        backend_call_id: Option<String>,
+        call: Option<crate::compute::CallId>,
         attempt: u32,
     },
     /// The runtime is stopping gracefully under it: back to pending, the

@@ -574,7 +574,7 @@ impl ComputeBackend for LocalBackend {
     ) -> Result<CallId, BackendError> {
         let pool = self.pool(function)?;
         let frame = call_request(args, kwargs);
-        let id = CallId(format!("lc-{}", uuid::Uuid::new_v4().simple()));
+        let id = CallId::local(format!("lc-{}", uuid::Uuid::new_v4().simple()));
         ctx.cancel = ctx.cancel.child_token();
         let cancel = ctx.cancel.clone();
         let handle = self.tasks.spawn(call_with_retries(pool, frame, ctx));

@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 
 use super::modal::ModalBackend;
 use super::{
-    BackendError, CallContext, CallId, CallOutcome, Capacity, ComputeBackend, Deployment, MapItem,
-    Usage,
+    BackendError, CallBackend, CallContext, CallId, CallOutcome, Capacity, ComputeBackend,
+    Deployment, MapItem, Usage,
 };
 use crate::spec::{BackendChoice, FunctionSpec, SpecError};
 
@@ -105,11 +105,12 @@ impl Router {
         }
     }
 
-    /// Local call ids start with `lc-`; Modal's FunctionCall ids do not.
-    fn backend_of_call(&self, call: &CallId) -> &dyn ComputeBackend {
-        match &self.modal {
-            Some(m) if !call.0.starts_with("lc-") => m.as_ref(),
-            _ => self.local.as_ref(),
+    /// The backend the call says it runs on.
+    fn backend_of_call(&self, call: &CallId) -> Result<&dyn ComputeBackend, BackendError> {
+        match (call.backend, &self.modal) {
+            (CallBackend::Modal, Some(m)) => Ok(m.as_ref()),
+            (CallBackend::Modal, None) => Err(BackendError::UnknownCall(call.clone())),
+            (CallBackend::Local, _) => Ok(self.local.as_ref()),
         }
     }
 }
@@ -229,11 +230,11 @@ impl ComputeBackend for Router {
     }
 
     async fn wait(&self, call: &CallId) -> Result<CallOutcome, BackendError> {
-        self.backend_of_call(call).wait(call).await
+        self.backend_of_call(call)?.wait(call).await
     }
 
     async fn cancel(&self, call: &CallId) -> Result<(), BackendError> {
-        self.backend_of_call(call).cancel(call).await
+        self.backend_of_call(call)?.cancel(call).await
     }
 
     async fn shutdown(&self) {

@@ -235,7 +235,7 @@ impl ComputeBackend for Arc<ScriptedBackend> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.clone(), tokio::spawn(run));
-        Ok(CallId(id))
+        Ok(CallId::local(id))
     }
 
     async fn wait(&self, call: &CallId) -> Result<CallOutcome, BackendError> {
@@ -243,7 +243,7 @@ impl ComputeBackend for Arc<ScriptedBackend> {
             .spawned
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&call.0)
+            .remove(&call.id)
             .ok_or_else(|| BackendError::UnknownCall(call.clone()))?;
         Ok(handle.await.unwrap_or_else(|_| cancelled()))
     }
@@ -253,7 +253,7 @@ impl ComputeBackend for Arc<ScriptedBackend> {
             .spawned
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&call.0)
+            .get(&call.id)
         {
             Some(handle) => {
                 handle.abort();

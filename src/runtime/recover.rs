@@ -5,7 +5,7 @@ use std::path::Path;
 use chrono::Utc;
 
 use super::{Runtime, RuntimeError};
-use crate::compute::{CallId, Deployment};
+use crate::compute::Deployment;
 use crate::dispatcher::{read_inputs, Charged, Job, JobSpec};
 use crate::registry::FunctionInfo;
 use crate::store::Table;
@@ -81,11 +81,7 @@ impl Runtime {
             }
             // A call running on Modal carries on there: wait for it (same
             // attempt). Local calls died with the process: run them again.
-            let attach = record
-                .backend_call_id
-                .clone()
-                .filter(|c| !c.starts_with("lc-"))
-                .map(CallId);
+            let attach = record.remote_call();
             // The runtime went down under a running task (a graceful stop
             // sets it back to pending first): that run is charged an
             // attempt, so a task that takes the runtime down does not

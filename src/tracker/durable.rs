@@ -326,7 +326,7 @@ mod tests {
             store.apply(
                 *id,
                 TaskUpdate::Started {
-                    backend_call_id: None,
+                    call: None,
                     attempt: 1,
                 },
             );

@@ -231,7 +231,7 @@ impl ModalBackend {
     /// Streams a spawned call's stdout/stderr into `sink` as Modal delivers
     /// them, until the call ends.
     fn follow_logs(&self, bridge: &Bridge, call: &CallId, sink: LogSink) {
-        let Ok((_, mut answers)) = bridge.open(json!({"op": "follow_logs", "call_id": call.0}))
+        let Ok((_, mut answers)) = bridge.open(json!({"op": "follow_logs", "call_id": call.id}))
         else {
             return;
         };
@@ -246,13 +246,13 @@ impl ModalBackend {
                 sink.write(stream, log[1].as_str().unwrap_or_default().to_owned());
             }
         });
-        self.followers.insert(call.0.clone(), task);
+        self.followers.insert(call.id.clone(), task);
     }
 
     /// Lets the call's log follower take in the last lines (bounded), so a
     /// finished task's logs are complete; then stops it.
     async fn logs_done(&self, call: &CallId) {
-        let Some((_, mut task)) = self.followers.remove(&call.0) else {
+        let Some((_, mut task)) = self.followers.remove(&call.id) else {
             return;
         };
         if tokio::time::timeout(LOG_DRAIN, &mut task).await.is_err() {
@@ -460,7 +460,7 @@ impl ComputeBackend for ModalBackend {
         let id = id
             .as_str()
             .ok_or_else(|| BackendError::Modal(format!("spawn answered {id}, not a call id")))?;
-        let call = CallId(id.to_owned());
+        let call = CallId::modal(id);
         self.follow_logs(&bridge, &call, ctx.logs);
         Ok(call)
     }
@@ -473,7 +473,7 @@ impl ComputeBackend for ModalBackend {
         loop {
             let bridge = self.bridge().await?;
             let request = bridge.request(
-                json!({"op": "wait", "call_id": call.0, "timeout": slice.as_secs_f64()}),
+                json!({"op": "wait", "call_id": call.id, "timeout": slice.as_secs_f64()}),
                 self.config.request_timeout + slice,
             );
             let answer = tokio::select! {
@@ -513,7 +513,7 @@ impl ComputeBackend for ModalBackend {
     }
 
     async fn cancel(&self, call: &CallId) -> Result<(), BackendError> {
-        self.control(json!({"op": "cancel", "call_id": call.0}))
+        self.control(json!({"op": "cancel", "call_id": call.id}))
             .await
             .map(drop)
     }
@@ -685,7 +685,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, BackendError::UnknownFunction(_)), "{err}");
-        let err = backend.cancel(&CallId("fc-1".into())).await.unwrap_err();
+        let err = backend.cancel(&CallId::modal("fc-1")).await.unwrap_err();
         assert!(
             matches!(&err, BackendError::ModalCredentials(m) if m.contains("MODAL_TOKEN_ID")),
             "{err}"
