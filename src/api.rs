@@ -32,8 +32,8 @@ use utoipa::OpenApi;
 
 use crate::runtime::Runtime;
 
+pub use crate::webhooks::{Cidr, WebhookView};
 pub use error::{Error, Problem};
-pub use webhooks::{Cidr, WebhookView};
 
 /// Settings of the API server.
 #[derive(Debug, Clone)]
@@ -98,7 +98,7 @@ pub(crate) struct Inner {
     pub(crate) runtime: Runtime,
     pub(crate) config: ApiConfig,
     pub(crate) idempotency: idempotency::IdempotencyStore,
-    pub(crate) webhooks: webhooks::Webhooks,
+    pub(crate) webhooks: crate::webhooks::Webhooks,
     pub(crate) metrics: metrics::Metrics,
 }
 
@@ -195,7 +195,15 @@ pub fn app(runtime: Runtime, config: ApiConfig) -> Router {
         runtime.redactor().add(token.clone());
     }
     let state = ApiState(Arc::new(Inner {
-        webhooks: webhooks::Webhooks::new(&config, &runtime),
+        webhooks: crate::webhooks::Webhooks::start(
+            &runtime,
+            crate::webhooks::WebhookConfig {
+                allow: config.webhook_allow.clone(),
+                max_attempts: config.webhook_max_attempts,
+                backoff: config.webhook_backoff,
+                timeout: config.webhook_timeout,
+            },
+        ),
         runtime,
         config,
         idempotency: Default::default(),

@@ -26,6 +26,8 @@
 //!   ([`Volumes`]: versioned state, files, watches) and `agents`
 //!   ([`Agents`]: master, worker, codegen, repo-creator) are its children.
 //! - `store`: the redb database of functions, secrets and webhooks.
+//! - [`webhooks`]: signed task-completion webhooks, a runtime service
+//!   ([`webhooks::Webhooks`]) the HTTP app serves.
 //! - `tools`: the seed's agent tools with JSON Schemas ([`Tools`]).
 //! - [`api`]: the axum HTTP service; [`client`]: its typed client.
 //!
@@ -67,6 +69,7 @@ mod tools;
 mod tracker;
 mod value;
 mod volume;
+pub mod webhooks;
 
 pub use agents::{
     AgentError, AgentEvent, AgentInfo, AgentKind, AgentTask, Agents, CodeGenerator, CodegenError,

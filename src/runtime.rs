@@ -99,6 +99,21 @@ impl Runtime {
     }
 
     /// The runtime's database.
+    /// Runs `work` as one of the runtime's background jobs: dropped at its
+    /// next await when the runtime stops, and waited for by shutdown.
+    pub(crate) fn spawn_service(
+        &self,
+        work: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let stop = self.inner.shutdown.clone();
+        self.inner.jobs.spawn(async move {
+            tokio::select! {
+                () = work => {}
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+
     pub(crate) fn store(&self) -> &Arc<Store> {
         &self.inner.store
     }

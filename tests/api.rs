@@ -728,3 +728,48 @@ async fn oneshot_routes_and_config_checks() {
     .is_ok());
     t.rt.shutdown().await;
 }
+
+/// Webhooks are a service of the runtime: an embedded runtime delivers them
+/// with no HTTP app, and stops its deliveries when it stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_runtime_delivers_webhooks_without_the_http_app() {
+    use modal_agents::webhooks::{WebhookConfig, WebhookError, WebhookState, Webhooks};
+    let t = support::start(1).await;
+    let hooks = Webhooks::start(
+        &t.rt,
+        WebhookConfig {
+            allow: vec!["127.0.0.0/8".parse::<Cidr>().unwrap()],
+            backoff: Duration::from_millis(20),
+            ..WebhookConfig::default()
+        },
+    );
+    t.rt.deploy_function(modal_agents::FunctionSpec::new("f", "def f(x): return x"))
+        .await
+        .unwrap();
+    let task =
+        t.rt.spawn("f", vec![json!(1)], serde_json::Map::new())
+            .await
+            .unwrap();
+    let (url, rx) = support::receiver(vec![503]).await;
+    let view = hooks.register(task, &url).await.unwrap();
+    assert!(view.secret.is_some());
+    support::eventually(Duration::from_secs(30), "the delivery", || async {
+        hooks
+            .get(&view.webhook_id)
+            .is_some_and(|v| v.state == WebhookState::Delivered)
+    })
+    .await;
+    assert_eq!(
+        rx.seen.lock().unwrap().len(),
+        2,
+        "one retry, then delivered"
+    );
+    assert_eq!(hooks.counts(), (1, 0));
+    // A private target outside the allow-list is refused by the service too.
+    let err = hooks
+        .register(task, "http://10.0.0.1/hook")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, WebhookError::Target(_)), "{err}");
+    t.rt.shutdown().await;
+}
