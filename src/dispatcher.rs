@@ -386,15 +386,16 @@ async fn run_job(shared: Arc<DispatchShared>, job: Job, cancel: CancellationToke
     // rather than record it failed. A result, a cancel asked for, or the
     // function's own error (an exception, a map's failed inputs) stands.
     let stop_caused = |e: &TaskError| {
+        use crate::task::ErrorKind as K;
         matches!(
-            e.kind.as_str(),
-            "ContainerCrashed"
-                | "ContainerStartFailed"
-                | "RuntimeShutdown"
-                | "BackendError"
-                | "FunctionUndeployed"
-                | "Cancelled"
-                | "StorageError"
+            e.kind,
+            K::ContainerCrashed
+                | K::ContainerStartFailed
+                | K::RuntimeShutdown
+                | K::BackendError
+                | K::FunctionUndeployed
+                | K::Cancelled
+                | K::StorageError
         )
     };
     if shared.shutdown.is_cancelled()

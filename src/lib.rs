@@ -99,7 +99,8 @@ pub use spec::{
 pub use store::StoreError;
 pub use supervisor::{ChildError, RestartPolicy, RuntimeChild};
 pub use task::{
-    MapProgress, ResultsPage, TaskError, TaskId, TaskKind, TaskLogs, TaskRecord, TaskStatus,
+    ErrorKind, MapProgress, ResultsPage, TaskError, TaskId, TaskKind, TaskLogs, TaskRecord,
+    TaskStatus,
 };
 pub use tools::{ToolDefinition, ToolError, Tools, MAX_INLINE_RESULTS};
 pub use value::{TooDeep, MAX_VALUE_DEPTH};

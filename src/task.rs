@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+mod kind;
+
+pub use kind::ErrorKind;
+
 /// A task's id: a UUID, printed in its hyphenated form.
 #[derive(
     Debug,
@@ -119,7 +123,8 @@ pub struct TaskError {
     /// The Python exception type (`ValueError`), or a runtime kind such as
     /// `TimeoutError`, `ContainerCrashed`, `ResultNotSerializable`, `Cancelled`.
     #[serde(rename = "type")]
-    pub kind: String,
+    #[schema(value_type = String)]
+    pub kind: ErrorKind,
     /// Human-readable message.
     pub message: String,
     /// The Python traceback, when there is one.
@@ -129,7 +134,7 @@ pub struct TaskError {
 
 impl TaskError {
     /// An error without a traceback.
-    pub fn new(kind: impl Into<String>, message: impl Into<String>) -> TaskError {
+    pub fn new(kind: impl Into<ErrorKind>, message: impl Into<String>) -> TaskError {
         TaskError {
             kind: kind.into(),
             message: message.into(),

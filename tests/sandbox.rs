@@ -160,7 +160,7 @@ async fn sandboxed_code_cannot_reach_the_host() {
         .await
         .unwrap_err();
     assert!(
-        err.kind.contains("Error") && err.kind != "TimeoutError",
+        err.kind.as_str().contains("Error") && err.kind != "TimeoutError",
         "connection refused by the sandbox, not a hang: {err:?}"
     );
 

@@ -343,7 +343,7 @@ async fn call_with_retries(pool: Arc<Pool>, frame: Vec<u8>, ctx: CallContext) ->
             Err(e) => e.into_error(),
         };
         attempts += 1;
-        if error.kind == "Cancelled" || attempts > policy.max_retries {
+        if error.kind == crate::task::ErrorKind::Cancelled || attempts > policy.max_retries {
             return CallOutcome {
                 result: Err(error),
                 attempts,

@@ -20,7 +20,7 @@ use crate::compute::{
     LogStream, MapItem,
 };
 use crate::spec::{FunctionSpec, GPU_TYPES};
-use crate::task::TaskError;
+use crate::task::{ErrorKind, TaskError};
 
 /// A deployed function: its spec and Modal app.
 #[derive(Debug, Clone)]
@@ -303,7 +303,7 @@ fn deploy_error(output: &str, credentials: &ModalCredentials) -> BackendError {
 
 /// A Modal error on a control request as a backend error.
 fn modal_error(e: &TaskError) -> BackendError {
-    if e.kind == "AuthError" {
+    if e.kind == ErrorKind::AuthError {
         BackendError::ModalCredentials(format!(
             "Modal refused the credentials ({}); {HOW_TO_SET}",
             e.message
@@ -497,7 +497,7 @@ impl ComputeBackend for ModalBackend {
                     return Ok(CallOutcome { result, attempts });
                 }
                 Ok(_) => {}
-                Err(e) if e.kind == "AuthError" => {
+                Err(e) if e.kind == ErrorKind::AuthError => {
                     self.logs_done(call).await;
                     return Err(modal_error(&e));
                 }
