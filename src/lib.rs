@@ -88,7 +88,7 @@ pub use compute::{
 pub use compute::{Script, ScriptedBackend};
 pub use registry::FunctionInfo;
 pub use runtime::{
-    ModalStatus, ResourceReport, Retention, Runtime, RuntimeBuilder, RuntimeError,
+    GpuAllocation, ModalStatus, ResourceReport, Retention, Runtime, RuntimeBuilder, RuntimeError,
     DEFAULT_DATA_DIR, DEFAULT_SHUTDOWN_TIMEOUT, MAX_RESULTS_PAGE,
 };
 pub use secrets::{SecretError, SecretStore};

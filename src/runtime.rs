@@ -38,7 +38,7 @@ use crate::volume::Volumes;
 pub use crate::tracker::Retention;
 pub use builder::{RuntimeBuilder, DEFAULT_DATA_DIR, DEFAULT_SHUTDOWN_TIMEOUT};
 pub use error::RuntimeError;
-pub use resources::{ModalStatus, ResourceReport};
+pub use resources::{GpuAllocation, ModalStatus, ResourceReport};
 
 /// Largest page of map results one read returns.
 pub const MAX_RESULTS_PAGE: u64 = 10_000;

@@ -554,7 +554,8 @@ async fn resources_are_checked_assigned_and_reported() {
         t.rt.request_gpu_resources("T4", 1, Some("dev"))
             .await
             .unwrap();
-    assert_eq!(seed["status"], "allocated");
+    assert_eq!(seed.gpu.to_string(), "T4");
+    assert_eq!(seed.function_name.as_deref(), Some("dev"));
     let err =
         t.rt.request_gpu_resources("H100", 1, None)
             .await

@@ -19,6 +19,17 @@ pub struct ResourceReport {
     pub modal: ModalStatus,
 }
 
+/// GPUs granted by [`Runtime::request_gpu_resources`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct GpuAllocation {
+    /// The GPUs.
+    pub gpu: crate::GpuSpec,
+    /// The function redeployed to use them, when one was named.
+    pub function_name: Option<String>,
+    /// The resources after the allocation.
+    pub resources: ResourceReport,
+}
+
 /// Whether functions can be sent to Modal.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ModalStatus {
@@ -58,7 +69,7 @@ impl Runtime {
         gpu_type: &str,
         count: u8,
         function_name: Option<&str>,
-    ) -> Result<serde_json::Value, RuntimeError> {
+    ) -> Result<GpuAllocation, RuntimeError> {
         let gpu: crate::GpuSpec = format!("{gpu_type}:{count}").parse()?;
         let spec = match function_name {
             Some(name) => {
@@ -68,7 +79,7 @@ impl Runtime {
                     .spec;
                 spec.resources.gpu = Some(gpu.clone());
                 self.deploy_function(spec).await?;
-                Some(name)
+                Some(name.to_owned())
             }
             None => {
                 // Validate against the machine without deploying anything.
@@ -78,41 +89,42 @@ impl Runtime {
                 None
             }
         };
-        Ok(
-            serde_json::json!({"gpu": gpu, "function_name": spec, "status": "allocated", "resources": self.resources()}),
-        )
+        Ok(GpuAllocation {
+            gpu,
+            function_name: spec,
+            resources: self.resources(),
+        })
     }
 
     /// The seed's `request_compute_resources`: whether a container with
-    /// `cpu_count` cores and `memory_gb` GiB can run here, and what is free.
+    /// `cpu_count` cores and `memory_gb` GiB can run here (an error says why
+    /// not), and what is free.
     pub async fn request_compute_resources(
         &self,
         cpu_count: f64,
         memory_gb: f64,
         timeout_s: u32,
-    ) -> Result<serde_json::Value, RuntimeError> {
+    ) -> Result<ResourceReport, RuntimeError> {
         let probe = FunctionSpec::new("compute_probe", "def compute_probe(): pass")
             .cpu(cpu_count)
             .memory_mib((memory_gb * 1024.0).ceil() as u64)
             .timeout_s(timeout_s);
         probe.validate()?;
         self.check_fits(&probe).await?;
-        Ok(
-            serde_json::json!({"cpu": cpu_count, "memory_gb": memory_gb, "timeout": timeout_s,
-                              "status": "available", "resources": self.resources()}),
-        )
+        Ok(self.resources())
     }
 
     async fn check_fits(&self, spec: &FunctionSpec) -> Result<(), RuntimeError> {
         Ok(self.inner.backend.check_resources(spec).await?)
     }
 
-    /// The seed's `create_volume`.
-    pub async fn create_volume(&self, name: &str) -> Result<serde_json::Value, crate::VolumeError> {
+    /// The seed's `create_volume`: the volume's directory, once it exists.
+    pub async fn create_volume(
+        &self,
+        name: &str,
+    ) -> Result<std::path::PathBuf, crate::VolumeError> {
         self.volumes().create(name).await?;
-        Ok(
-            serde_json::json!({"volume_name": name, "status": "ready", "path": self.volume_dir(name)}),
-        )
+        Ok(self.volume_dir(name))
     }
 
     /// The seed's `mount_secrets`: redeploys `function_name` with the secrets
