@@ -151,7 +151,7 @@ pub enum AgentError {
     Runtime(#[from] Box<crate::RuntimeError>),
 }
 
-struct Registration {
+struct AgentRegistration {
     kind: AgentKind,
     spec: Arc<dyn ChildSpec>,
     /// Its actor while it runs; `None` while it waits to be restarted.
@@ -169,7 +169,7 @@ pub(crate) enum RegisterError {
 
 /// What outlives the [`AgentSupervisor`] actor: registrations and the event bus.
 pub(crate) struct AgentShared {
-    agents: Mutex<HashMap<String, Registration>>,
+    agents: Mutex<HashMap<String, AgentRegistration>>,
     events: broadcast::Sender<AgentEvent>,
     policy: RestartPolicy,
     handlers: worker::Handlers,
@@ -185,7 +185,7 @@ impl AgentShared {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Registration>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, AgentRegistration>> {
         self.agents.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -287,7 +287,7 @@ impl Actor for AgentSupervisor {
                         let budget = RestartBudget::new(state.shared.policy);
                         state.shared.lock().insert(
                             id.clone(),
-                            Registration {
+                            AgentRegistration {
                                 kind,
                                 spec,
                                 cell: Some(cell),

@@ -32,7 +32,7 @@ pub use modal::{
     app_file, ModalBackend, ModalConfig, ModalCredentials, SyncReport, APP_OBJECT,
     MODAL_SDK_VERSION,
 };
-pub(crate) use router::Router;
+pub(crate) use router::BackendRouter;
 #[cfg(any(test, feature = "testing"))]
 pub use scripted::{Script, ScriptedBackend};
 

@@ -24,7 +24,7 @@ use crate::compute::{
 };
 use crate::supervisor::{ChildError, Once, Slot};
 use crate::task::{MapProgress, TaskError, TaskId, TaskStatus};
-use crate::tracker::{Finished, ResultWriter, Stored, TaskTrackerHandle, TaskUpdate};
+use crate::tracker::{Finished, ResultWriter, Stored, TaskUpdate, TrackerHandle};
 
 pub(crate) use logs::read_logs;
 
@@ -32,7 +32,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 /// Work for the dispatcher.
-pub(crate) enum Job {
+pub(crate) enum TaskJob {
     /// One call.
     Call {
         task_id: TaskId,
@@ -184,10 +184,10 @@ pub(crate) fn read_inputs(
     )
 }
 
-impl Job {
+impl TaskJob {
     fn task_id(&self) -> TaskId {
         match self {
-            Job::Call { task_id, .. } | Job::Map { task_id, .. } => *task_id,
+            TaskJob::Call { task_id, .. } | TaskJob::Map { task_id, .. } => *task_id,
         }
     }
 }
@@ -195,7 +195,7 @@ impl Job {
 /// What the dispatcher's jobs share; it outlives any one dispatcher actor.
 pub(crate) struct DispatchShared {
     pub(crate) backend: Arc<dyn ComputeBackend>,
-    pub(crate) tracker: TaskTrackerHandle,
+    pub(crate) tracker: TrackerHandle,
     pub(crate) cancels: DashMap<TaskId, CancellationToken>,
     pub(crate) jobs: JobSet,
     pub(crate) shutdown: CancellationToken,
@@ -209,7 +209,7 @@ pub(crate) enum DispatcherMsg {
     /// Starts a job.
     /// The job is taken at most once even if the message is sent again
     /// after a restart.
-    Submit(Arc<Once<Job>>, RpcReplyPort<()>),
+    Submit(Arc<Once<TaskJob>>, RpcReplyPort<()>),
     /// Cancels a task; answers whether it was still running.
     Cancel(TaskId, RpcReplyPort<bool>),
     /// Panics (fault injection).
@@ -286,7 +286,7 @@ impl DispatcherHandle {
     /// unless the dispatcher already took it (the message may still be
     /// handled after a timeout): `Some(job)` means it never started and never
     /// will, `None` that it runs.
-    pub(crate) async fn submit(&self, job: Job) -> Result<(), (ChildError, Option<Job>)> {
+    pub(crate) async fn submit(&self, job: TaskJob) -> Result<(), (ChildError, Option<TaskJob>)> {
         let cell = Once::new(job);
         let sent = self
             .slot
@@ -304,12 +304,14 @@ impl DispatcherHandle {
     }
 }
 
-async fn run_job(shared: Arc<DispatchShared>, job: Job, cancel: CancellationToken) {
+async fn run_job(shared: Arc<DispatchShared>, job: TaskJob, cancel: CancellationToken) {
     let id = job.task_id();
     let dir = shared.tracker.store().task_dir(id);
     let (sink, log_rx) = LogSink::channel();
     let prior_attempts = match &job {
-        Job::Call { prior_attempts, .. } | Job::Map { prior_attempts, .. } => *prior_attempts,
+        TaskJob::Call { prior_attempts, .. } | TaskJob::Map { prior_attempts, .. } => {
+            *prior_attempts
+        }
     };
     let ctx = CallContext {
         cancel: cancel.clone(),
@@ -319,14 +321,14 @@ async fn run_job(shared: Arc<DispatchShared>, job: Job, cancel: CancellationToke
     };
     let work = async {
         match job {
-            Job::Call {
+            TaskJob::Call {
                 function,
                 args,
                 kwargs,
                 attach,
                 ..
             } => run_call(&shared, id, &function, (args, kwargs), attach, ctx).await,
-            Job::Map {
+            TaskJob::Map {
                 function,
                 inputs,
                 unreadable,

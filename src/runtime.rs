@@ -23,7 +23,7 @@ use crate::agents::{AgentShared, AgentSupervisorMsg, Agents};
 use std::collections::BTreeMap;
 
 use crate::compute::{BackendError, ComputeBackend, Deployment, ModalBackend};
-use crate::dispatcher::{read_logs, write_inputs, DispatcherHandle, Job, JobSpec};
+use crate::dispatcher::{read_logs, write_inputs, DispatcherHandle, JobSpec, TaskJob};
 use crate::registry::{FunctionInfo, FunctionRegistryHandle};
 use crate::secrets::SecretStore;
 use crate::spec::{BackendChoice, FunctionSpec};
@@ -31,7 +31,7 @@ use crate::store::{put, Store, Table, Write};
 use crate::supervisor::Slot;
 use crate::supervisor::{RootSupervisorMsg, RuntimeChild};
 use crate::task::{ResultsPage, TaskId, TaskKind, TaskLogs, TaskRecord, TaskStatus};
-use crate::tracker::{read_page, Durable, TaskTrackerHandle};
+use crate::tracker::{read_page, Durable, TrackerHandle};
 use crate::value::{check_depth, check_each};
 use crate::volume::Volumes;
 
@@ -59,7 +59,7 @@ struct Inner {
     redactor: crate::redact::Redactor,
     secrets: SecretStore,
     registry: FunctionRegistryHandle,
-    tracker: TaskTrackerHandle,
+    tracker: TrackerHandle,
     dispatcher: DispatcherHandle,
     store: Arc<Store>,
     modal: Option<Arc<ModalBackend>>,
@@ -285,7 +285,7 @@ impl Runtime {
     async fn submit(
         &self,
         record: TaskRecord,
-        job: Job,
+        job: TaskJob,
         spec: JobSpec,
     ) -> Result<TaskId, RuntimeError> {
         let id = record.task_id;
@@ -340,7 +340,7 @@ impl Runtime {
             args: args.clone(),
             kwargs: kwargs.clone(),
         };
-        let job = Job::Call {
+        let job = TaskJob::Call {
             task_id: record.task_id,
             function: function.to_owned(),
             args,
@@ -390,7 +390,7 @@ impl Runtime {
                 .await
                 .map_err(|e| RuntimeError::Storage(std::io::Error::other(e)))?
                 .map_err(RuntimeError::Storage)?;
-        let job = Job::Map {
+        let job = TaskJob::Map {
             task_id: record.task_id,
             function: function.to_owned(),
             inputs: futures_util::stream::iter(inputs).boxed(),
@@ -425,7 +425,7 @@ impl Runtime {
         self.require_function(function)?;
         let record = TaskRecord::new(function, TaskKind::Map, total);
         let inputs: BoxStream<'static, Value> = inputs.boxed();
-        let job = Job::Map {
+        let job = TaskJob::Map {
             task_id: record.task_id,
             function: function.to_owned(),
             inputs,

@@ -1,10 +1,11 @@
-//! The runtime's durable state: an embedded redb database at
-//! `DATA_DIR/state.redb` (file mode 0600) holding functions, task records,
-//! the jobs of unfinished tasks, secrets, and webhook registrations with
-//! their delivery attempts.
+//! The runtime's embedded redb database at `DATA_DIR/state.redb` (file mode
+//! 0600): deployed functions, secrets, and webhook registrations with their
+//! delivery attempts.
 //!
-//! Map inputs and results stay in files next to the task (`DATA_DIR/tasks/ID`);
-//! the database holds what is needed to find and resume them.
+//! Task records and the jobs of unfinished tasks are not here: they are the
+//! task journal (`DATA_DIR/tasks.journal`, see `tracker::journal`), and a
+//! task's inputs, results and logs are files under `DATA_DIR/tasks/ID`. The
+//! data dir's whole layout is in `persist`'s module docs.
 
 use std::path::Path;
 

@@ -214,10 +214,10 @@ pub(crate) struct Finished {
 }
 
 /// The tracker actor: the single writer of task records.
-pub(crate) struct TaskTracker;
+pub(crate) struct Tracker;
 
-/// Messages of the [`TaskTracker`].
-pub(crate) enum TaskTrackerMsg {
+/// Messages of the [`Tracker`].
+pub(crate) enum TrackerMsg {
     /// Adds a new record (and stores its job, when durable); answers once
     /// both are written.
     Create(Box<TaskRecord>, Option<serde_json::Value>, RpcReplyPort<()>),
@@ -229,28 +229,28 @@ pub(crate) enum TaskTrackerMsg {
     InjectPanic,
 }
 
-/// Arguments of the [`TaskTracker`].
+/// Arguments of the [`Tracker`].
 #[derive(Clone)]
-pub(crate) struct TaskTrackerArgs {
+pub(crate) struct TrackerArgs {
     pub(crate) store: Arc<TaskStore>,
 }
 
-/// State of the [`TaskTracker`].
-pub(crate) struct TaskTrackerState {
+/// State of the [`Tracker`].
+pub(crate) struct TrackerState {
     store: Arc<TaskStore>,
 }
 
-impl Actor for TaskTracker {
-    type Msg = TaskTrackerMsg;
-    type State = TaskTrackerState;
-    type Arguments = TaskTrackerArgs;
+impl Actor for Tracker {
+    type Msg = TrackerMsg;
+    type State = TrackerState;
+    type Arguments = TrackerArgs;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(TaskTrackerState { store: args.store })
+        Ok(TrackerState { store: args.store })
     }
 
     async fn handle(
@@ -260,7 +260,7 @@ impl Actor for TaskTracker {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            TaskTrackerMsg::Create(record, job, reply) => {
+            TrackerMsg::Create(record, job, reply) => {
                 match state.store.insert_new(*record, job) {
                     Some((d, epoch)) => {
                         // Answer once it is on disk, without holding up the tracker.
@@ -274,31 +274,31 @@ impl Actor for TaskTracker {
                     }
                 }
             }
-            TaskTrackerMsg::Update(id, cell, reply) => {
+            TrackerMsg::Update(id, cell, reply) => {
                 let update = cell.take();
                 if let Some(update) = update {
                     state.store.apply(id, update);
                 }
                 let _ = reply.send(());
             }
-            TaskTrackerMsg::Notify(id, update) => state.store.apply(id, update),
-            TaskTrackerMsg::InjectPanic => panic!("fault injected into the task tracker"),
+            TrackerMsg::Notify(id, update) => state.store.apply(id, update),
+            TrackerMsg::InjectPanic => panic!("fault injected into the task tracker"),
         }
         Ok(())
     }
 }
 
-/// A cloneable handle to the [`TaskTracker`]. Reads go to the shared store;
+/// A cloneable handle to the [`Tracker`]. Reads go to the shared store;
 /// writes go through the actor.
 #[derive(Clone)]
-pub(crate) struct TaskTrackerHandle {
-    slot: Slot<TaskTrackerMsg>,
+pub(crate) struct TrackerHandle {
+    slot: Slot<TrackerMsg>,
     store: Arc<TaskStore>,
 }
 
-impl TaskTrackerHandle {
-    pub(crate) fn new(slot: Slot<TaskTrackerMsg>, store: Arc<TaskStore>) -> Self {
-        TaskTrackerHandle { slot, store }
+impl TrackerHandle {
+    pub(crate) fn new(slot: Slot<TrackerMsg>, store: Arc<TaskStore>) -> Self {
+        TrackerHandle { slot, store }
     }
 
     pub(crate) fn store(&self) -> &Arc<TaskStore> {
@@ -312,7 +312,7 @@ impl TaskTrackerHandle {
     ) -> Result<(), ChildError> {
         self.slot
             .call(CALL_TIMEOUT, |reply| {
-                TaskTrackerMsg::Create(Box::new(record.clone()), job.clone(), reply)
+                TrackerMsg::Create(Box::new(record.clone()), job.clone(), reply)
             })
             .await
     }
@@ -321,7 +321,7 @@ impl TaskTrackerHandle {
         let cell = Once::new(update);
         self.slot
             .call(CALL_TIMEOUT, |reply| {
-                TaskTrackerMsg::Update(id, cell.clone(), reply)
+                TrackerMsg::Update(id, cell.clone(), reply)
             })
             .await
     }
@@ -330,7 +330,7 @@ impl TaskTrackerHandle {
     /// `Started` and `Progress`, which a later update supersedes; one sent
     /// while the tracker restarts is lost, never a task's end.
     pub(crate) fn notify(&self, id: TaskId, update: TaskUpdate) {
-        self.slot.cast(TaskTrackerMsg::Notify(id, update));
+        self.slot.cast(TrackerMsg::Notify(id, update));
     }
 
     pub(crate) async fn finish(&self, id: TaskId, finished: Finished) -> Result<(), ChildError> {

@@ -131,7 +131,7 @@ pub struct WebhookView {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Registration {
+struct StoredWebhook {
     view: WebhookView,
     #[serde(with = "key_b64")]
     key: Vec<u8>,
@@ -163,7 +163,7 @@ struct Settings {
 #[derive(Clone)]
 pub struct Webhooks {
     runtime: Runtime,
-    registrations: Arc<DashMap<String, Arc<Mutex<Registration>>>>,
+    registrations: Arc<DashMap<String, Arc<Mutex<StoredWebhook>>>>,
     /// What every delivery uses, shared with the delivery tasks.
     ctx: DeliveryCtx,
 }
@@ -212,7 +212,7 @@ impl Webhooks {
         match hooks
             .ctx
             .store
-            .all::<Registration>(Table::Webhooks, "webhook")
+            .all::<StoredWebhook>(Table::Webhooks, "webhook")
         {
             Ok(stored) => {
                 for (id, registration) in stored {
@@ -289,7 +289,7 @@ impl Webhooks {
             attempts: Vec::new(),
             secret: None,
         };
-        let registration = Arc::new(Mutex::new(Registration {
+        let registration = Arc::new(Mutex::new(StoredWebhook {
             view: view.clone(),
             key: key.to_vec(),
         }));
@@ -326,7 +326,7 @@ impl Webhooks {
 /// Removes finished registrations of the tasks `gone` selects, from memory
 /// and the database.
 fn prune(
-    registrations: &DashMap<String, Arc<Mutex<Registration>>>,
+    registrations: &DashMap<String, Arc<Mutex<StoredWebhook>>>,
     store: &Arc<Store>,
     gone: impl Fn(TaskId) -> bool,
 ) {
@@ -367,7 +367,7 @@ fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
     )
 }
 
-async fn deliver(runtime: Runtime, hooks: DeliveryCtx, registration: Arc<Mutex<Registration>>) {
+async fn deliver(runtime: Runtime, hooks: DeliveryCtx, registration: Arc<Mutex<StoredWebhook>>) {
     let (task_id, url, key, message_id, done) = {
         let r = registration.lock().unwrap_or_else(|p| p.into_inner());
         (
@@ -462,14 +462,14 @@ struct DeliveryCtx {
 impl DeliveryCtx {
     /// [`DeliveryCtx::save`], logging a failure (the delivery goes on; a
     /// restart may then repeat an attempt, with the same `webhook-id`).
-    async fn persist(&self, registration: &Mutex<Registration>) {
+    async fn persist(&self, registration: &Mutex<StoredWebhook>) {
         if let Err(e) = self.save(registration).await {
             tracing::error!(error = %e, "could not store a webhook's progress");
         }
     }
 
     /// Stores the registration as it is now (fsynced).
-    async fn save(&self, registration: &Mutex<Registration>) -> Result<(), crate::StoreError> {
+    async fn save(&self, registration: &Mutex<StoredWebhook>) -> Result<(), crate::StoreError> {
         let write = {
             let r = registration.lock().unwrap_or_else(|p| p.into_inner());
             store::put(Table::Webhooks, r.view.webhook_id.clone(), &*r)

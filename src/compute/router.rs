@@ -24,15 +24,15 @@ enum Placement {
 }
 
 /// The runtime's backend: a local one, and Modal when configured.
-pub(crate) struct Router {
+pub(crate) struct BackendRouter {
     local: Arc<dyn ComputeBackend>,
     modal: Option<Arc<ModalBackend>>,
     placed: DashMap<String, Placement>,
 }
 
-impl std::fmt::Debug for Router {
+impl std::fmt::Debug for BackendRouter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Router")
+        f.debug_struct("BackendRouter")
             .field("local", &self.local.name())
             .field("modal", &self.modal.is_some())
             .finish_non_exhaustive()
@@ -51,9 +51,12 @@ fn no_modal(modal: Option<&ModalBackend>) -> BackendError {
     }
 }
 
-impl Router {
-    pub(crate) fn new(local: Arc<dyn ComputeBackend>, modal: Option<Arc<ModalBackend>>) -> Router {
-        Router {
+impl BackendRouter {
+    pub(crate) fn new(
+        local: Arc<dyn ComputeBackend>,
+        modal: Option<Arc<ModalBackend>>,
+    ) -> BackendRouter {
+        BackendRouter {
             local,
             modal,
             placed: DashMap::new(),
@@ -116,7 +119,7 @@ impl Router {
 }
 
 #[async_trait]
-impl ComputeBackend for Router {
+impl ComputeBackend for BackendRouter {
     fn name(&self) -> &'static str {
         self.local.name()
     }

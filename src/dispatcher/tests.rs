@@ -30,7 +30,7 @@ async fn a_job_the_dispatcher_never_took_comes_back() {
     drop(publish);
     let handle = DispatcherHandle::new(slot);
     let id = TaskId::new();
-    let job = Job::Call {
+    let job = TaskJob::Call {
         task_id: id,
         function: "f".into(),
         args: Vec::new(),

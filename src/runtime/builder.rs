@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker as JobSet;
 use super::{Inner, Runtime, RuntimeError};
 use crate::agents::{AgentShared, AgentSupervisor, AgentSupervisorArgs, AgentSupervisorMsg};
 use crate::compute::{
-    ComputeBackend, LocalBackend, LocalConfig, ModalBackend, ModalConfig, Router,
+    BackendRouter, ComputeBackend, LocalBackend, LocalConfig, ModalBackend, ModalConfig,
 };
 use crate::dispatcher::{
     DispatchShared, Dispatcher, DispatcherArgs, DispatcherHandle, DispatcherMsg,
@@ -27,8 +27,7 @@ use crate::supervisor::{
     ChildRunner, ChildSpec, RestartPolicy, RootSupervisor, RootSupervisorArgs, RuntimeChild, Slot,
 };
 use crate::tracker::{
-    Durable, Journal, Retention, TaskStore, TaskTracker, TaskTrackerArgs, TaskTrackerHandle,
-    TaskTrackerMsg,
+    Durable, Journal, Retention, TaskStore, Tracker, TrackerArgs, TrackerHandle, TrackerMsg,
 };
 use crate::volume::{VolumeShared, VolumeStore, VolumeStoreArgs, VolumeStoreMsg, Volumes};
 
@@ -153,7 +152,7 @@ impl RuntimeBuilder {
             }
             Arc::new(ModalBackend::new(config))
         });
-        let backend: Arc<dyn ComputeBackend> = Arc::new(Router::new(backend, modal.clone()));
+        let backend: Arc<dyn ComputeBackend> = Arc::new(BackendRouter::new(backend, modal.clone()));
         backend.start().await.map_err(RuntimeError::Backend)?;
 
         let db_path = data_dir.join("state.redb");
@@ -191,7 +190,7 @@ impl RuntimeBuilder {
         // compaction before that would snapshot only some of them.
         let writer = durable.clone().run(store.clone(), flusher_stop.clone());
         let (registry_slot, registry_tx) = Slot::<FunctionRegistryMsg>::new(RuntimeChild::Registry);
-        let (tracker_slot, tracker_tx) = Slot::<TaskTrackerMsg>::new(RuntimeChild::Tracker);
+        let (tracker_slot, tracker_tx) = Slot::<TrackerMsg>::new(RuntimeChild::Tracker);
         let volume_shared = VolumeShared::new(data_dir.join("volumes"));
         let (volumes_slot, volumes_tx) = Slot::<VolumeStoreMsg>::new(RuntimeChild::Volumes);
         let volumes = Volumes::new(volumes_slot, volume_shared.clone());
@@ -199,7 +198,7 @@ impl RuntimeBuilder {
         let (agents_slot, agents_tx) = Slot::<AgentSupervisorMsg>::new(RuntimeChild::Agents);
         let (dispatcher_slot, dispatcher_tx) = Slot::<DispatcherMsg>::new(RuntimeChild::Dispatcher);
         let registry = FunctionRegistryHandle::new(registry_slot, table.clone());
-        let tracker = TaskTrackerHandle::new(tracker_slot, store.clone());
+        let tracker = TrackerHandle::new(tracker_slot, store.clone());
         let dispatcher = DispatcherHandle::new(dispatcher_slot);
         let shutdown = CancellationToken::new();
         let jobs = JobSet::new();
@@ -224,10 +223,10 @@ impl RuntimeBuilder {
             (
                 RuntimeChild::Tracker,
                 Box::new(ChildRunner {
-                    make: || TaskTracker,
-                    args: TaskTrackerArgs { store },
+                    make: || Tracker,
+                    args: TrackerArgs { store },
                     publish: tracker_tx,
-                    panic_msg: || TaskTrackerMsg::InjectPanic,
+                    panic_msg: || TrackerMsg::InjectPanic,
                 }),
             ),
             (

@@ -6,7 +6,7 @@ use chrono::Utc;
 
 use super::{Runtime, RuntimeError};
 use crate::compute::Deployment;
-use crate::dispatcher::{read_inputs, Charged, Job, JobSpec};
+use crate::dispatcher::{read_inputs, Charged, JobSpec, TaskJob};
 use crate::registry::FunctionInfo;
 use crate::store::Table;
 use crate::task::{TaskId, TaskKind, TaskRecord, TaskStatus};
@@ -113,7 +113,7 @@ impl Runtime {
                     function,
                     args,
                     kwargs,
-                }) => Some(Job::Call {
+                }) => Some(TaskJob::Call {
                     task_id: record.task_id,
                     function,
                     args,
@@ -171,7 +171,7 @@ impl Runtime {
                                 d.mark(record.task_id, Some(spec));
                             }
                             let (inputs, unreadable) = read_inputs(&dir, stored.count, given_up);
-                            Some(Job::Map {
+                            Some(TaskJob::Map {
                                 task_id: record.task_id,
                                 function,
                                 inputs,

@@ -36,7 +36,7 @@ pub(crate) struct Tuning {
     pub(crate) target_batch: Duration,
 }
 
-struct Slot {
+struct InputSlot {
     index: u64,
     input: Value,
     attempts: u32,
@@ -55,7 +55,7 @@ enum Outcome {
 }
 
 struct BatchDone {
-    slots: Vec<Slot>,
+    slots: Vec<InputSlot>,
     outcome: Outcome,
     elapsed: Duration,
 }
@@ -126,12 +126,12 @@ struct Scheduler {
     batch: Adaptive,
     window: u64,
     /// Inputs taken from the stream, not yet sent.
-    fresh: VecDeque<Slot>,
+    fresh: VecDeque<InputSlot>,
     /// Batches to run before fresh inputs: halves of a batch whose container
     /// died, batches whose container was lost, inputs due for a retry.
-    again: VecDeque<Vec<Slot>>,
+    again: VecDeque<Vec<InputSlot>>,
     /// Inputs waiting out a retry backoff, by due time.
-    delayed: BTreeMap<(Instant, u64), Slot>,
+    delayed: BTreeMap<(Instant, u64), InputSlot>,
     /// Outcomes from `head` on; `None` where the input is not done yet.
     done: VecDeque<Option<MapItem>>,
     head: u64,
@@ -208,7 +208,7 @@ impl Scheduler {
     fn accept(&mut self, next: Option<Value>) {
         match next {
             Some(input) => {
-                self.fresh.push_back(Slot {
+                self.fresh.push_back(InputSlot {
                     index: self.next_index,
                     input,
                     attempts: 0,
@@ -279,7 +279,7 @@ impl Scheduler {
 
     /// A batch whose container failed while running it: one input is
     /// charged; more are split in halves to find the one at fault.
-    fn failed(&mut self, mut slots: Vec<Slot>, error: TaskError) {
+    fn failed(&mut self, mut slots: Vec<InputSlot>, error: TaskError) {
         if slots.len() == 1 {
             let slot = slots.pop().expect("one slot");
             self.settle(slot, Err(error));
@@ -297,7 +297,7 @@ impl Scheduler {
     }
 
     /// Records an attempt's outcome: done, or scheduled for a retry.
-    fn settle(&mut self, mut slot: Slot, result: Result<Value, TaskError>) {
+    fn settle(&mut self, mut slot: InputSlot, result: Result<Value, TaskError>) {
         slot.attempts += 1;
         let policy = &self.pool.spec.retries;
         if result.is_err() && slot.attempts <= policy.max_retries {
@@ -316,7 +316,7 @@ impl Scheduler {
 
 async fn run_batch(
     pool: Arc<Pool>,
-    slots: Vec<Slot>,
+    slots: Vec<InputSlot>,
     ctx: CallContext,
     timeout: Duration,
 ) -> BatchDone {
