@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker as JobSet;
 use crate::compute::{
     BackendError, CallContext, CallId, CallOutcome, ComputeBackend, LogSink, MapItem, MapMeter,
 };
+use crate::persist::TaskDir;
 use crate::supervisor::{ChildError, Once, Slot};
 use crate::task::{MapProgress, TaskError, TaskId, TaskStatus};
 use crate::tracker::{Finished, ResultWriter, Stored, TaskUpdate, TrackerHandle};
@@ -95,14 +96,11 @@ pub(crate) struct Charged {
     pub(crate) runs: u32,
 }
 
-/// The file a map's inputs are kept in, one JSON value per line.
-pub(crate) const INPUTS_FILE: &str = "inputs.jsonl";
-
 /// Writes a map's inputs before it starts, so a restart can resume it.
-pub(crate) fn write_inputs(dir: &std::path::Path, inputs: &[Value]) -> std::io::Result<()> {
+pub(crate) fn write_inputs(dir: &TaskDir, inputs: &[Value]) -> std::io::Result<()> {
     use std::io::Write;
     crate::persist::private_dir(dir)?;
-    crate::persist::write_atomic(&dir.join(INPUTS_FILE), |out| {
+    crate::persist::write_atomic(&dir.inputs(), |out| {
         for v in inputs {
             serde_json::to_writer(&mut *out, v)?;
             out.write_all(b"\n")?;
@@ -118,11 +116,11 @@ pub(crate) fn write_inputs(dir: &std::path::Path, inputs: &[Value]) -> std::io::
 /// then fails as incomplete). `given_up`, when set, is the error of the
 /// input at `skip`, which is not run again.
 pub(crate) fn read_inputs(
-    dir: &std::path::Path,
+    dir: &TaskDir,
     skip: u64,
     given_up: Option<TaskError>,
 ) -> (BoxStream<'static, Value>, Unreadable) {
-    let path = dir.join(INPUTS_FILE);
+    let path = dir.inputs();
     let unreadable = Unreadable::default();
     let skip = match given_up {
         Some(error) => {

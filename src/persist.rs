@@ -15,9 +15,9 @@
 //! | `state.redb` | redb | `store` (functions, secrets, webhooks) | committed before the call returns |
 //! | `tasks.journal` | [`JsonLog`] of task records, jobs, ends, removals | `tracker` | written before a create is acknowledged; fsynced each second and at stop |
 //! | `tasks.journal.quarantine` | lines replay could not read | [`JsonLog`] | kept for inspection |
-//! | `tasks/ID/inputs.jsonl` | a map's inputs, one JSON value a line | `dispatcher` | [`write_atomic`] before the map is created |
-//! | `tasks/ID/results.jsonl` + `results.idx` | results in input order + their end offsets | `tracker::results` | data before index; fsynced before the map's end |
-//! | `tasks/ID/stdout.log`, `stderr.log` | what the task printed | `dispatcher` | written as it comes |
+//! | `tasks/ID/inputs.jsonl` | a map's inputs, one JSON value a line | `dispatcher`, named by [`TaskDir`] | [`write_atomic`] before the map is created |
+//! | `tasks/ID/results.jsonl` + `results.idx` | results in input order + their end offsets | `tracker::results`, named by [`TaskDir`] | data before index; fsynced before the map's end |
+//! | `tasks/ID/stdout.log`, `stderr.log` | what the task printed | `dispatcher::logs`, named by [`TaskDir`] | written as it comes |
 //! | `volumes/NAME/state/state.log` | [`JsonLog`] of key, version, value | `volume` | fsynced before a write is acknowledged |
 //! | `volumes/NAME/files/` | the volume's files | `volume`, functions | atomic replace, fsynced |
 //! | `containers/` | containers' working directories | local backend | scratch |
@@ -41,6 +41,50 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 pub(crate) use log::JsonLog;
+
+/// A task's directory (`DATA_DIR/tasks/ID`), the one owner of the names of
+/// the files in it: a map's inputs (`inputs.jsonl`), its results
+/// (`results.jsonl` + `results.idx`) and the task's logs (`stdout.log`,
+/// `stderr.log`). Read as a [`Path`] it is the directory itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TaskDir(PathBuf);
+
+impl TaskDir {
+    pub(crate) fn new(path: PathBuf) -> TaskDir {
+        TaskDir(path)
+    }
+
+    /// A map's inputs, one JSON value per line.
+    pub(crate) fn inputs(&self) -> PathBuf {
+        self.0.join("inputs.jsonl")
+    }
+
+    /// A map's results, one JSON value per line, in input order.
+    pub(crate) fn results(&self) -> PathBuf {
+        self.0.join("results.jsonl")
+    }
+
+    /// The end offset of each result line (8 bytes each, little endian).
+    pub(crate) fn results_index(&self) -> PathBuf {
+        self.0.join("results.idx")
+    }
+
+    /// What the task printed on `stream`.
+    pub(crate) fn log(&self, stream: crate::compute::LogStream) -> PathBuf {
+        self.0.join(match stream {
+            crate::compute::LogStream::Stdout => "stdout.log",
+            crate::compute::LogStream::Stderr => "stderr.log",
+        })
+    }
+}
+
+impl std::ops::Deref for TaskDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
 
 /// Mode of every file the runtime keeps state in.
 pub(crate) const FILE_MODE: u32 = 0o600;

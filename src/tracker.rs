@@ -128,9 +128,9 @@ impl TaskStore {
         tx.send_replace(TaskStatus::Failed);
     }
 
-    /// Where a task keeps its files (results, logs).
-    pub(crate) fn task_dir(&self, id: TaskId) -> PathBuf {
-        self.dir.join(id.to_string())
+    /// Where a task keeps its files (inputs, results, logs).
+    pub(crate) fn task_dir(&self, id: TaskId) -> crate::persist::TaskDir {
+        crate::persist::TaskDir::new(self.dir.join(id.to_string()))
     }
 
     fn apply(&self, id: TaskId, update: TaskUpdate) {

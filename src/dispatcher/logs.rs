@@ -1,23 +1,16 @@
 //! Per-task stdout/stderr files.
 
 use std::io;
-use std::path::{Path, PathBuf};
 
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::compute::LogStream;
+use crate::persist::TaskDir;
 use crate::task::TaskLogs;
 
 /// Most bytes kept per stream and task; the rest is dropped with a note.
 const MAX_LOG_BYTES: u64 = 16 << 20;
-
-fn file_name(stream: LogStream) -> &'static str {
-    match stream {
-        LogStream::Stdout => "stdout.log",
-        LogStream::Stderr => "stderr.log",
-    }
-}
 
 struct LogFile {
     file: tokio::fs::File,
@@ -26,7 +19,7 @@ struct LogFile {
 }
 
 /// Writes what a task's log sink receives until every sender is gone.
-pub(crate) async fn write_logs(dir: PathBuf, mut rx: mpsc::UnboundedReceiver<(LogStream, String)>) {
+pub(crate) async fn write_logs(dir: TaskDir, mut rx: mpsc::UnboundedReceiver<(LogStream, String)>) {
     let mut files: [Option<LogFile>; 2] = [None, None];
     while let Some((stream, text)) = rx.recv().await {
         let slot = &mut files[stream as usize];
@@ -73,7 +66,7 @@ pub(crate) async fn write_logs(dir: PathBuf, mut rx: mpsc::UnboundedReceiver<(Lo
     }
 }
 
-async fn open(dir: &Path, stream: LogStream) -> io::Result<tokio::fs::File> {
+async fn open(dir: &TaskDir, stream: LogStream) -> io::Result<tokio::fs::File> {
     let d = dir.to_path_buf();
     tokio::task::spawn_blocking(move || crate::persist::private_dir(&d))
         .await
@@ -82,18 +75,18 @@ async fn open(dir: &Path, stream: LogStream) -> io::Result<tokio::fs::File> {
         .create(true)
         .append(true)
         .mode(crate::persist::FILE_MODE)
-        .open(dir.join(file_name(stream)))
+        .open(dir.log(stream))
         .await
 }
 
 /// Reads a task's logs (empty where it printed nothing).
-pub(crate) async fn read_logs(dir: &Path) -> io::Result<TaskLogs> {
+pub(crate) async fn read_logs(dir: &TaskDir) -> io::Result<TaskLogs> {
     let mut logs = TaskLogs::default();
     for (stream, out) in [
         (LogStream::Stdout, &mut logs.stdout),
         (LogStream::Stderr, &mut logs.stderr),
     ] {
-        match tokio::fs::read(dir.join(file_name(stream))).await {
+        match tokio::fs::read(dir.log(stream)).await {
             Ok(bytes) => *out = String::from_utf8_lossy(&bytes).into_owned(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),

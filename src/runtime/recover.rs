@@ -1,12 +1,11 @@
 //! Bringing a runtime back from its data dir after a stop or a crash.
 
-use std::path::Path;
-
 use chrono::Utc;
 
 use super::{Runtime, RuntimeError};
 use crate::compute::Deployment;
 use crate::dispatcher::{read_inputs, Charged, JobSpec, TaskJob};
+use crate::persist::TaskDir;
 use crate::registry::FunctionInfo;
 use crate::store::Table;
 use crate::task::{TaskId, TaskKind, TaskRecord, TaskStatus};
@@ -288,8 +287,8 @@ impl Runtime {
 }
 
 /// Checks a map's result files off the async threads.
-async fn check_results(dir: &Path) -> std::io::Result<Stored> {
-    let dir = dir.to_path_buf();
+async fn check_results(dir: &TaskDir) -> std::io::Result<Stored> {
+    let dir = dir.clone();
     tokio::task::spawn_blocking(move || crate::tracker::recover_results(&dir))
         .await
         .map_err(std::io::Error::other)?
@@ -298,7 +297,7 @@ async fn check_results(dir: &Path) -> std::io::Result<Stored> {
 /// Results readable for a finished task. A finished map whose files no longer
 /// hold all its results is cut back to what reads back whole and marked
 /// failed with the reason.
-async fn finished_results(record: &mut TaskRecord, dir: &Path) -> u64 {
+async fn finished_results(record: &mut TaskRecord, dir: &TaskDir) -> u64 {
     let Some(done) = record
         .progress
         .filter(|_| record.kind == TaskKind::Map)
@@ -307,7 +306,7 @@ async fn finished_results(record: &mut TaskRecord, dir: &Path) -> u64 {
         return 0;
     };
     let whole = {
-        let dir = dir.to_path_buf();
+        let dir = dir.clone();
         tokio::task::spawn_blocking(move || crate::tracker::looks_whole(&dir, done))
             .await
             .unwrap_or(false)

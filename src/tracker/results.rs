@@ -18,10 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::persist::{private_dir, FILE_MODE};
-
-pub(crate) const DATA_FILE: &str = "results.jsonl";
-pub(crate) const INDEX_FILE: &str = "results.idx";
+use crate::persist::{private_dir, TaskDir, FILE_MODE};
 
 /// Bytes buffered in memory before they are written out.
 const BUFFER: usize = 1 << 18;
@@ -36,7 +33,7 @@ pub(crate) struct ResultWriter {
     index: Vec<u8>,
     end: u64,
     pushed: u64,
-    dir: PathBuf,
+    dir: TaskDir,
 }
 
 fn open(path: &Path, truncate: bool) -> io::Result<std::fs::File> {
@@ -60,43 +57,36 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl ResultWriter {
-    fn with(files: (std::fs::File, std::fs::File), dir: &Path, end: u64, pushed: u64) -> Self {
+    fn with(files: (std::fs::File, std::fs::File), dir: &TaskDir, end: u64, pushed: u64) -> Self {
         ResultWriter {
             files: Some(files),
             data: Vec::with_capacity(BUFFER),
             index: Vec::with_capacity(BUFFER / 8),
             end,
             pushed,
-            dir: dir.to_path_buf(),
+            dir: dir.clone(),
         }
     }
 
-    pub(crate) async fn create(dir: &Path) -> io::Result<ResultWriter> {
-        let d = dir.to_path_buf();
+    pub(crate) async fn create(dir: &TaskDir) -> io::Result<ResultWriter> {
+        let d = dir.clone();
         let files = blocking(move || {
             private_dir(&d)?;
-            Ok((
-                open(&d.join(DATA_FILE), true)?,
-                open(&d.join(INDEX_FILE), true)?,
-            ))
+            Ok((open(&d.results(), true)?, open(&d.results_index(), true)?))
         })
         .await?;
         Ok(ResultWriter::with(files, dir, 0, 0))
     }
 
     /// Reopens a map's results to append after what [`recover`] found.
-    pub(crate) async fn resume(dir: &Path, stored: Stored) -> io::Result<ResultWriter> {
+    pub(crate) async fn resume(dir: &TaskDir, stored: Stored) -> io::Result<ResultWriter> {
         if stored.count == 0 {
             return ResultWriter::create(dir).await;
         }
-        let d = dir.to_path_buf();
-        let files = blocking(move || {
-            Ok((
-                open(&d.join(DATA_FILE), false)?,
-                open(&d.join(INDEX_FILE), false)?,
-            ))
-        })
-        .await?;
+        let d = dir.clone();
+        let files =
+            blocking(move || Ok((open(&d.results(), false)?, open(&d.results_index(), false)?)))
+                .await?;
         Ok(ResultWriter::with(
             files,
             dir,
@@ -173,7 +163,7 @@ impl ResultWriter {
 
     /// The files, data first: the order they must reach the disk in.
     pub(crate) fn paths(&self) -> Vec<PathBuf> {
-        vec![self.dir.join(DATA_FILE), self.dir.join(INDEX_FILE)]
+        vec![self.dir.results(), self.dir.results_index()]
     }
 }
 
@@ -192,17 +182,17 @@ pub(crate) struct Stored {
 }
 
 /// How many results a map has on disk, by its index alone (no check).
-pub(crate) fn indexed_count(dir: &Path) -> u64 {
-    std::fs::metadata(dir.join(INDEX_FILE)).map_or(0, |m| m.len() / 8)
+pub(crate) fn indexed_count(dir: &TaskDir) -> u64 {
+    std::fs::metadata(dir.results_index()).map_or(0, |m| m.len() / 8)
 }
 
 /// Checks a map's result files after a restart: every index entry must end
 /// a line of the data file that parses, in order. Both files are cut back to
 /// the last result that does, so the map can resume after it. Missing files
 /// are a map with no results.
-pub(crate) fn recover(dir: &Path) -> io::Result<Stored> {
+pub(crate) fn recover(dir: &TaskDir) -> io::Result<Stored> {
     let mut raw = Vec::new();
-    match File::open(dir.join(INDEX_FILE)) {
+    match File::open(dir.results_index()) {
         Ok(mut f) => {
             f.read_to_end(&mut raw)?;
         }
@@ -210,7 +200,7 @@ pub(crate) fn recover(dir: &Path) -> io::Result<Stored> {
         Err(e) => return Err(e),
     }
     let entries = raw.len() as u64 / 8;
-    let data_path = dir.join(DATA_FILE);
+    let data_path = dir.results();
     let data_file_len = std::fs::metadata(&data_path).map_or(0, |m| m.len());
     let mut stored = Stored::default();
     if entries > 0 {
@@ -247,7 +237,7 @@ pub(crate) fn recover(dir: &Path) -> io::Result<Stored> {
         }
         let index = std::fs::OpenOptions::new()
             .write(true)
-            .open(dir.join(INDEX_FILE));
+            .open(dir.results_index());
         if let Ok(index) = index {
             index.set_len(stored.count * 8)?;
             index.sync_all()?;
@@ -261,7 +251,7 @@ pub(crate) fn recover(dir: &Path) -> io::Result<Stored> {
 
 /// Cheap check of a finished map's files: `expected` index entries, the
 /// last of which ends inside the data file.
-pub(crate) fn looks_whole(dir: &Path, expected: u64) -> bool {
+pub(crate) fn looks_whole(dir: &TaskDir, expected: u64) -> bool {
     if indexed_count(dir) != expected {
         return false;
     }
@@ -269,13 +259,13 @@ pub(crate) fn looks_whole(dir: &Path, expected: u64) -> bool {
         return true;
     }
     let last = (|| -> io::Result<u64> {
-        let mut f = File::open(dir.join(INDEX_FILE))?;
+        let mut f = File::open(dir.results_index())?;
         f.seek(SeekFrom::Start((expected - 1) * 8))?;
         let mut raw = [0u8; 8];
         f.read_exact(&mut raw)?;
         Ok(u64::from_le_bytes(raw))
     })();
-    let data_len = std::fs::metadata(dir.join(DATA_FILE)).map_or(0, |m| m.len());
+    let data_len = std::fs::metadata(dir.results()).map_or(0, |m| m.len());
     last.is_ok_and(|end| end == data_len)
 }
 
@@ -287,7 +277,7 @@ fn is_error_slot(v: &Value) -> bool {
 
 /// Reads results `offset .. offset + limit` (clamped to `available`).
 pub(crate) fn read_page(
-    dir: PathBuf,
+    dir: TaskDir,
     offset: u64,
     limit: u64,
     available: u64,
@@ -297,7 +287,7 @@ pub(crate) fn read_page(
         return Ok(Vec::new());
     }
     let count = (end - offset) as usize;
-    let mut index = File::open(dir.join(INDEX_FILE))?;
+    let mut index = File::open(dir.results_index())?;
     // The end offset of the result before `offset` is where this page starts.
     let first_entry = offset.saturating_sub(1);
     index.seek(SeekFrom::Start(first_entry * 8))?;
@@ -315,7 +305,7 @@ pub(crate) fn read_page(
     };
     let stop = *ends.last().expect("at least one entry");
     // Offsets come from disk: they must increase and stay inside the data.
-    let data_len = std::fs::metadata(dir.join(DATA_FILE))?.len();
+    let data_len = std::fs::metadata(dir.results())?.len();
     let increasing =
         ends.windows(2).all(|w| w[0] < w[1]) && ends.first().is_none_or(|e| *e > start);
     if !increasing || stop > data_len {
@@ -324,7 +314,7 @@ pub(crate) fn read_page(
             "the results index does not match the results data",
         ));
     }
-    let mut data = File::open(dir.join(DATA_FILE))?;
+    let mut data = File::open(dir.results())?;
     data.seek(SeekFrom::Start(start))?;
     let mut buf = vec![0u8; (stop - start) as usize];
     data.read_exact(&mut buf)?;
@@ -342,12 +332,14 @@ mod tests {
     #[tokio::test]
     async fn pages_come_back_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = ResultWriter::create(dir.path()).await.unwrap();
+        let mut w = ResultWriter::create(&TaskDir::new(dir.path().to_path_buf()))
+            .await
+            .unwrap();
         for i in 0..1000 {
             w.push(&json!({"i": i, "s": "x\ny"})).await.unwrap();
         }
         assert_eq!(w.flush().await.unwrap(), 1000);
-        let p = dir.path().to_path_buf();
+        let p = TaskDir::new(dir.path().to_path_buf());
         let page = read_page(p.clone(), 0, 3, 1000).unwrap();
         assert_eq!(
             page,
@@ -364,7 +356,7 @@ mod tests {
         assert_eq!(read_page(p, 500, 10, 505).unwrap().len(), 5);
     }
 
-    async fn hundred(dir: &Path) {
+    async fn hundred(dir: &TaskDir) {
         let mut w = ResultWriter::create(dir).await.unwrap();
         for i in 0..100 {
             let v = if i % 10 == 0 {
@@ -386,7 +378,7 @@ mod tests {
     #[tokio::test]
     async fn recovery_cuts_back_to_the_last_whole_result() {
         let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
+        let d = &TaskDir::new(dir.path().to_path_buf());
         hundred(d).await;
         assert!(looks_whole(d, 100));
         let whole = recover(d).unwrap();
@@ -396,25 +388,25 @@ mod tests {
         );
 
         // Data past the index (a crash between the two writes) is cut off.
-        append(d.join(DATA_FILE), b"101\n102\n");
+        append(d.results(), b"101\n102\n");
         let r = recover(d).unwrap();
         assert_eq!((r.count, r.cut), (100, true));
         assert_eq!(r.data_len, whole.data_len);
         assert!(looks_whole(d, 100));
 
         // An index entry past the data is cut off.
-        append(d.join(INDEX_FILE), &(whole.data_len + 50).to_le_bytes());
+        append(d.results_index(), &(whole.data_len + 50).to_le_bytes());
         assert!(!looks_whole(d, 101));
         assert_eq!(recover(d).unwrap().count, 100);
 
         // A damaged line in the middle: everything from it on is cut, and the
         // map resumes writing after the last good result.
-        let page = read_page(d.to_path_buf(), 0, 50, 100).unwrap();
+        let page = read_page(d.clone(), 0, 50, 100).unwrap();
         assert_eq!(page[49], json!(49));
-        let mut raw = std::fs::read(d.join(DATA_FILE)).unwrap();
+        let mut raw = std::fs::read(d.results()).unwrap();
         let at = raw.len() / 2;
         raw[at] = 0x01;
-        std::fs::write(d.join(DATA_FILE), &raw).unwrap();
+        std::fs::write(d.results(), &raw).unwrap();
         let r = recover(d).unwrap();
         assert!(r.count < 100 && r.count > 40, "{r:?}");
         let mut w = ResultWriter::resume(d, r).await.unwrap();
@@ -422,12 +414,15 @@ mod tests {
             w.push(&json!(i)).await.unwrap();
         }
         assert_eq!(w.sync().await.unwrap(), 100);
-        let page = read_page(d.to_path_buf(), 0, 100, 100).unwrap();
+        let page = read_page(d.clone(), 0, 100, 100).unwrap();
         assert_eq!(page[99], json!(99));
         assert_eq!(recover(d).unwrap().count, 100);
 
         // No files at all: nothing stored.
         let empty = tempfile::tempdir().unwrap();
-        assert_eq!(recover(empty.path()).unwrap(), Stored::default());
+        assert_eq!(
+            recover(&TaskDir::new(empty.path().to_path_buf())).unwrap(),
+            Stored::default()
+        );
     }
 }

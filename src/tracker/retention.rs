@@ -108,7 +108,10 @@ pub(crate) async fn sweep(store: &Arc<TaskStore>, policy: &Retention) -> usize {
         // bring back a record whose files are gone.
         durable.flush(store).await;
     }
-    let dirs: Vec<PathBuf> = ids.iter().map(|id| store.task_dir(*id)).collect();
+    let dirs: Vec<PathBuf> = ids
+        .iter()
+        .map(|id| store.task_dir(*id).to_path_buf())
+        .collect();
     let removed = tokio::task::spawn_blocking(move || remove_dirs(&dirs)).await;
     if let Err(error) = removed {
         tracing::warn!(%error, "retention could not remove task files");
