@@ -63,15 +63,10 @@ async fn main() {
         ..ModalConfig::default()
     });
     backend
-        .deploy(Deployment {
-            spec: FunctionSpec::new("double", "def double(x):\n    return x * 2\n")
+        .deploy(Deployment::new(
+            FunctionSpec::new("double", "def double(x):\n    return x * 2\n")
                 .backend(BackendChoice::Modal),
-            secret_env: Default::default(),
-            volume_dirs: Default::default(),
-            remote_secrets: Vec::new(),
-            warm: true,
-            redact: Default::default(),
-        })
+        ))
         .await
         .expect("deploy");
 

@@ -45,15 +45,9 @@ pub struct ApiConfig {
     pub allow_no_auth: bool,
     /// Largest request body in bytes (default 32 MiB).
     pub body_limit: usize,
-    /// Non-public webhook targets allowed anyway (default none).
-    pub webhook_allow: Vec<Cidr>,
-    /// Attempts per webhook delivery before it is given up (default 8).
-    pub webhook_max_attempts: u32,
-    /// First retry delay of a delivery; doubled per attempt with jitter, at
-    /// most 10 minutes (default 1 s).
-    pub webhook_backoff: Duration,
-    /// How long one delivery attempt may take (default 10 s).
-    pub webhook_timeout: Duration,
+    /// The webhook service the app starts for its runtime (default:
+    /// [`WebhookConfig::default`](crate::webhooks::WebhookConfig)).
+    pub webhooks: crate::webhooks::WebhookConfig,
 }
 
 impl Default for ApiConfig {
@@ -62,10 +56,7 @@ impl Default for ApiConfig {
             tokens: Vec::new(),
             allow_no_auth: false,
             body_limit: 32 << 20,
-            webhook_allow: Vec::new(),
-            webhook_max_attempts: 8,
-            webhook_backoff: Duration::from_secs(1),
-            webhook_timeout: Duration::from_secs(10),
+            webhooks: crate::webhooks::WebhookConfig::default(),
         }
     }
 }
@@ -195,15 +186,7 @@ pub fn app(runtime: Runtime, config: ApiConfig) -> Router {
         runtime.redactor().add(token.clone());
     }
     let state = ApiState(Arc::new(Inner {
-        webhooks: crate::webhooks::Webhooks::start(
-            &runtime,
-            crate::webhooks::WebhookConfig {
-                allow: config.webhook_allow.clone(),
-                max_attempts: config.webhook_max_attempts,
-                backoff: config.webhook_backoff,
-                timeout: config.webhook_timeout,
-            },
-        ),
+        webhooks: crate::webhooks::Webhooks::start(&runtime, config.webhooks.clone()),
         runtime,
         config,
         idempotency: Default::default(),

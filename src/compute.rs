@@ -151,6 +151,21 @@ pub struct Deployment {
     pub redact: crate::redact::Redactor,
 }
 
+impl Deployment {
+    /// `spec` with nothing resolved for it (no secrets, volumes or remote
+    /// secrets), started at once: what a backend used on its own needs.
+    pub fn new(spec: FunctionSpec) -> Deployment {
+        Deployment {
+            spec,
+            secret_env: BTreeMap::new(),
+            volume_dirs: BTreeMap::new(),
+            remote_secrets: Vec::new(),
+            warm: true,
+            redact: crate::redact::Redactor::default(),
+        }
+    }
+}
+
 /// What a backend can run, for capacity planning and `GET /resources`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Capacity {

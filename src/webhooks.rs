@@ -50,7 +50,8 @@ pub struct WebhookConfig {
     pub allow: Vec<Cidr>,
     /// Attempts per delivery before it is given up (default 8).
     pub max_attempts: u32,
-    /// First retry delay, doubled per attempt with jitter (default 1 s).
+    /// First retry delay, doubled per attempt with jitter, at most 10
+    /// minutes (default 1 s).
     pub backoff: Duration,
     /// Bound on one attempt (default 10 s).
     pub timeout: Duration,

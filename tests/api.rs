@@ -567,9 +567,12 @@ async fn webhook_state(s: &Server, id: &str, want: &str) -> Value {
 async fn signed_webhooks_retry_and_verify() {
     let s = Server::start(ApiConfig {
         tokens: vec![TOKEN.into()],
-        webhook_allow: vec!["127.0.0.0/8".parse::<Cidr>().unwrap()],
-        webhook_backoff: Duration::from_millis(20),
-        webhook_max_attempts: 4,
+        webhooks: modal_agents::webhooks::WebhookConfig {
+            allow: vec!["127.0.0.0/8".parse::<Cidr>().unwrap()],
+            backoff: Duration::from_millis(20),
+            max_attempts: 4,
+            ..Default::default()
+        },
         ..ApiConfig::default()
     })
     .await;

@@ -192,14 +192,7 @@ async fn giving_up_on_a_call_cancels_it_remotely() {
     let dir = tempfile::tempdir().unwrap();
     let backend = ModalBackend::new(modal_config(&server, dir.path(), TOKEN_SECRET).await);
     backend
-        .deploy(Deployment {
-            spec: modal(FunctionSpec::new("slow", WORK)),
-            secret_env: Default::default(),
-            volume_dirs: Default::default(),
-            remote_secrets: Vec::new(),
-            warm: true,
-            redact: Default::default(),
-        })
+        .deploy(Deployment::new(modal(FunctionSpec::new("slow", WORK))))
         .await
         .unwrap();
     let ctx = CallContext::default();

@@ -95,7 +95,10 @@ pub(crate) async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), 
         tokens,
         allow_no_auth: args.insecure_no_auth,
         body_limit: args.body_limit,
-        webhook_allow,
+        webhooks: modal_agents::webhooks::WebhookConfig {
+            allow: webhook_allow,
+            ..Default::default()
+        },
         ..ApiConfig::default()
     };
     config.check().map_err(|e| e.to_string())?;
