@@ -99,7 +99,6 @@ pub(crate) async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), 
             allow: webhook_allow,
             ..Default::default()
         },
-        ..ApiConfig::default()
     };
     config.check().map_err(|e| e.to_string())?;
     if config.tokens.is_empty() {
