@@ -13,8 +13,10 @@ mod extract;
 mod functions;
 mod idempotency;
 mod metrics;
-mod misc;
+mod secrets;
+mod status;
 mod tasks;
+mod tools;
 mod volumes;
 mod webhooks;
 
@@ -149,8 +151,8 @@ async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Respon
         volumes::list_volumes, volumes::get_state, volumes::put_state, volumes::delete_state,
         volumes::list_state, volumes::put_file, volumes::get_file, volumes::delete_file,
         volumes::list_files, volumes::push, volumes::pull,
-        misc::put_secret, misc::list_secrets, misc::delete_secret, misc::list_tools,
-        misc::call_tool, misc::resources, misc::healthz, misc::metrics,
+        secrets::put_secret, secrets::list_secrets, secrets::delete_secret, tools::list_tools,
+        tools::call_tool, status::resources, status::healthz, status::metrics,
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth),
@@ -233,19 +235,19 @@ pub fn app(runtime: Runtime, config: ApiConfig) -> Router {
                 .put(volumes::put_file)
                 .delete(volumes::delete_file),
         )
-        .route("/secrets", get(misc::list_secrets))
+        .route("/secrets", get(secrets::list_secrets))
         .route(
             "/secrets/{name}",
-            axum::routing::put(misc::put_secret).delete(misc::delete_secret),
+            axum::routing::put(secrets::put_secret).delete(secrets::delete_secret),
         )
-        .route("/tools", get(misc::list_tools))
-        .route("/tools/{tool_name}", post(misc::call_tool))
-        .route("/resources", get(misc::resources))
-        .route("/metrics", get(misc::metrics))
+        .route("/tools", get(tools::list_tools))
+        .route("/tools/{tool_name}", post(tools::call_tool))
+        .route("/resources", get(status::resources))
+        .route("/metrics", get(status::metrics))
         .route("/openapi.json", get(openapi))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
-        .route("/healthz", get(misc::healthz))
+        .route("/healthz", get(status::healthz))
         .merge(protected)
         .fallback(fallback)
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })

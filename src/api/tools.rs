@@ -1,0 +1,30 @@
+//! `/tools`: the agent tools, their JSON Schemas, and calls to them.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use serde_json::Value;
+
+use super::extract::ApiJson;
+use super::{ApiState, Error};
+use crate::tools::{ToolDefinition, Tools};
+
+/// The agent tools and their JSON Schemas.
+#[utoipa::path(get, path = "/tools", responses((status = 200, body = Vec<Object>)))]
+pub(crate) async fn list_tools(State(state): State<ApiState>) -> Json<Vec<ToolDefinition>> {
+    Json(Tools::new(state.runtime.clone()).definitions())
+}
+
+/// Call an agent tool with its JSON arguments.
+#[utoipa::path(post, path = "/tools/{tool_name}", request_body = Object,
+    responses((status = 200, body = Object), (status = 404, body = super::Problem), (status = 422, body = super::Problem)))]
+pub(crate) async fn call_tool(
+    State(state): State<ApiState>,
+    Path(tool_name): Path<String>,
+    ApiJson(args): ApiJson<Value>,
+) -> Result<Json<Value>, Error> {
+    Ok(Json(
+        Tools::new(state.runtime.clone())
+            .call(&tool_name, args)
+            .await?,
+    ))
+}
