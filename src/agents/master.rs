@@ -601,3 +601,6 @@ impl Agents {
         Ok(MasterHandle { shared })
     }
 }
+
+#[cfg(test)]
+mod tests;
