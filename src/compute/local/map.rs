@@ -355,3 +355,45 @@ async fn run_batch(
         elapsed: started.elapsed(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn adaptive() -> Adaptive {
+        Adaptive {
+            size: 1.0,
+            max: 1024.0,
+            target: 0.010,
+        }
+    }
+
+    #[test]
+    fn batches_grow_at_most_fourfold_towards_the_target() {
+        let mut a = adaptive();
+        // 10 µs per input: the ideal is 1,000 (999 after the float's
+        // rounding down), reached in steps of at most 4x.
+        let mut sizes = Vec::new();
+        for _ in 0..7 {
+            let n = a.size();
+            sizes.push(n);
+            a.observe(n, Duration::from_micros(10 * n as u64));
+        }
+        assert_eq!(sizes, [1, 4, 16, 64, 256, 999, 999]);
+    }
+
+    #[test]
+    fn slow_inputs_shrink_batches_to_one_and_the_cap_holds() {
+        let mut a = adaptive();
+        a.size = 512.0;
+        // 50 ms per input, five times the target: one at a time.
+        a.observe(512, Duration::from_millis(50 * 512));
+        assert_eq!(a.size(), 1);
+        // Instant inputs: never past the cap.
+        for _ in 0..10 {
+            let n = a.size();
+            a.observe(n, Duration::ZERO);
+        }
+        assert_eq!(a.size(), 1024);
+    }
+}
