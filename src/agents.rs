@@ -219,6 +219,17 @@ pub(crate) enum AgentSupervisorMsg {
     InjectPanic,
 }
 
+/// The agent supervisor as a child of the root supervisor, and the slot
+/// [`Agents`] calls it through.
+pub(crate) fn child(shared: Arc<AgentShared>) -> (Slot<AgentSupervisorMsg>, Box<dyn ChildSpec>) {
+    crate::supervisor::child(
+        crate::supervisor::RuntimeChild::Agents,
+        || AgentSupervisor,
+        AgentSupervisorArgs { shared },
+        || AgentSupervisorMsg::InjectPanic,
+    )
+}
+
 /// Arguments of the [`AgentSupervisor`].
 #[derive(Clone)]
 pub(crate) struct AgentSupervisorArgs {

@@ -214,6 +214,19 @@ pub(crate) enum DispatcherMsg {
     InjectPanic,
 }
 
+/// The dispatcher as a child of the root supervisor, and its handle.
+pub(crate) fn child(
+    shared: Arc<DispatchShared>,
+) -> (DispatcherHandle, Box<dyn crate::supervisor::ChildSpec>) {
+    let (slot, spec) = crate::supervisor::child(
+        crate::supervisor::RuntimeChild::Dispatcher,
+        || Dispatcher,
+        DispatcherArgs { shared },
+        || DispatcherMsg::InjectPanic,
+    );
+    (DispatcherHandle::new(slot), spec)
+}
+
 /// Arguments of the [`Dispatcher`].
 #[derive(Clone)]
 pub(crate) struct DispatcherArgs {

@@ -50,6 +50,24 @@ pub(crate) enum FunctionRegistryMsg {
     InjectPanic,
 }
 
+/// The registry as a child of the root supervisor, and its handle.
+pub(crate) fn child(
+    table: FunctionTable,
+) -> (
+    FunctionRegistryHandle,
+    Box<dyn crate::supervisor::ChildSpec>,
+) {
+    let (slot, spec) = crate::supervisor::child(
+        crate::supervisor::RuntimeChild::Registry,
+        || FunctionRegistry,
+        FunctionRegistryArgs {
+            table: table.clone(),
+        },
+        || FunctionRegistryMsg::InjectPanic,
+    );
+    (FunctionRegistryHandle::new(slot, table), spec)
+}
+
 /// Arguments of the [`FunctionRegistry`].
 #[derive(Clone)]
 pub(crate) struct FunctionRegistryArgs {

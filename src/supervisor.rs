@@ -304,6 +304,30 @@ pub(crate) fn schedule_restart<M: Message>(
     true
 }
 
+/// The one shape every child of the root takes: the [`Slot`] its handle
+/// calls through, and the [`ChildSpec`] the root (re)starts it from. Each
+/// actor module has a `child(..) -> (Handle, Box<dyn ChildSpec>)` built on
+/// this, and the runtime's builder wires children through those.
+pub(crate) fn child<A>(
+    id: RuntimeChild,
+    make: fn() -> A,
+    args: A::Arguments,
+    panic_msg: fn() -> A::Msg,
+) -> (Slot<A::Msg>, Box<dyn ChildSpec>)
+where
+    A: Actor,
+    A::Arguments: Clone + Sync,
+{
+    let (slot, publish) = Slot::new(id);
+    let spec = ChildRunner {
+        make,
+        args,
+        publish,
+        panic_msg,
+    };
+    (slot, Box::new(spec))
+}
+
 /// The root of the runtime's supervision tree.
 pub(crate) struct RootSupervisor;
 

@@ -229,6 +229,21 @@ pub(crate) enum TrackerMsg {
     InjectPanic,
 }
 
+/// The tracker as a child of the root supervisor, and its handle.
+pub(crate) fn child(
+    store: Arc<TaskStore>,
+) -> (TrackerHandle, Box<dyn crate::supervisor::ChildSpec>) {
+    let (slot, spec) = crate::supervisor::child(
+        crate::supervisor::RuntimeChild::Tracker,
+        || Tracker,
+        TrackerArgs {
+            store: store.clone(),
+        },
+        || TrackerMsg::InjectPanic,
+    );
+    (TrackerHandle::new(slot, store), spec)
+}
+
 /// Arguments of the [`Tracker`].
 #[derive(Clone)]
 pub(crate) struct TrackerArgs {

@@ -316,6 +316,19 @@ pub(crate) enum VolumeStoreMsg {
     InjectPanic,
 }
 
+/// The volume store as a child of the root supervisor, and its handle.
+pub(crate) fn child(shared: Arc<VolumeShared>) -> (Volumes, Box<dyn crate::supervisor::ChildSpec>) {
+    let (slot, spec) = crate::supervisor::child(
+        crate::supervisor::RuntimeChild::Volumes,
+        || VolumeStore,
+        VolumeStoreArgs {
+            shared: shared.clone(),
+        },
+        || VolumeStoreMsg::InjectPanic,
+    );
+    (Volumes::new(slot, shared), spec)
+}
+
 /// Arguments of the [`VolumeStore`].
 #[derive(Clone)]
 pub(crate) struct VolumeStoreArgs {

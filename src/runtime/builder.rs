@@ -11,25 +11,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker as JobSet;
 
 use super::{Inner, Runtime, RuntimeError};
-use crate::agents::{AgentShared, AgentSupervisor, AgentSupervisorArgs, AgentSupervisorMsg};
+use crate::agents::AgentShared;
 use crate::compute::{
     BackendRouter, ComputeBackend, LocalBackend, LocalConfig, ModalBackend, ModalConfig,
 };
-use crate::dispatcher::{
-    DispatchShared, Dispatcher, DispatcherArgs, DispatcherHandle, DispatcherMsg,
-};
-use crate::registry::{
-    FunctionRegistry, FunctionRegistryArgs, FunctionRegistryHandle, FunctionRegistryMsg,
-};
+use crate::dispatcher::DispatchShared;
 use crate::secrets::SecretStore;
 use crate::store::Store;
-use crate::supervisor::{
-    ChildRunner, ChildSpec, RestartPolicy, RootSupervisor, RootSupervisorArgs, RuntimeChild, Slot,
-};
-use crate::tracker::{
-    Durable, Journal, Retention, TaskStore, Tracker, TrackerArgs, TrackerHandle, TrackerMsg,
-};
-use crate::volume::{VolumeShared, VolumeStore, VolumeStoreArgs, VolumeStoreMsg, Volumes};
+use crate::supervisor::{RestartPolicy, RootSupervisor, RootSupervisorArgs, RuntimeChild};
+use crate::tracker::{Durable, Journal, Retention, TaskStore};
+use crate::volume::VolumeShared;
 
 /// Configures a [`Runtime`]. Every setting has a documented default.
 #[derive(Default)]
@@ -189,17 +180,14 @@ impl RuntimeBuilder {
         // The writer starts once recovery has restored every record: a
         // compaction before that would snapshot only some of them.
         let writer = durable.clone().run(store.clone(), flusher_stop.clone());
-        let (registry_slot, registry_tx) = Slot::<FunctionRegistryMsg>::new(RuntimeChild::Registry);
-        let (tracker_slot, tracker_tx) = Slot::<TrackerMsg>::new(RuntimeChild::Tracker);
+        // Each child's handle and the spec the root supervisor (re)starts
+        // it from, from its own module's `child`.
+        let (registry, registry_child) = crate::registry::child(table);
+        let (tracker, tracker_child) = crate::tracker::child(store.clone());
         let volume_shared = VolumeShared::new(data_dir.join("volumes"));
-        let (volumes_slot, volumes_tx) = Slot::<VolumeStoreMsg>::new(RuntimeChild::Volumes);
-        let volumes = Volumes::new(volumes_slot, volume_shared.clone());
+        let (volumes, volumes_child) = crate::volume::child(volume_shared);
         let agent_shared = AgentShared::new(self.restart);
-        let (agents_slot, agents_tx) = Slot::<AgentSupervisorMsg>::new(RuntimeChild::Agents);
-        let (dispatcher_slot, dispatcher_tx) = Slot::<DispatcherMsg>::new(RuntimeChild::Dispatcher);
-        let registry = FunctionRegistryHandle::new(registry_slot, table.clone());
-        let tracker = TrackerHandle::new(tracker_slot, store.clone());
-        let dispatcher = DispatcherHandle::new(dispatcher_slot);
+        let (agents_slot, agents_child) = crate::agents::child(agent_shared.clone());
         let shutdown = CancellationToken::new();
         let jobs = JobSet::new();
         let shared = Arc::new(DispatchShared {
@@ -209,57 +197,13 @@ impl RuntimeBuilder {
             jobs: jobs.clone(),
             shutdown: shutdown.clone(),
         });
-
-        let children: Vec<(RuntimeChild, Box<dyn ChildSpec>)> = vec![
-            (
-                RuntimeChild::Registry,
-                Box::new(ChildRunner {
-                    make: || FunctionRegistry,
-                    args: FunctionRegistryArgs { table },
-                    publish: registry_tx,
-                    panic_msg: || FunctionRegistryMsg::InjectPanic,
-                }),
-            ),
-            (
-                RuntimeChild::Tracker,
-                Box::new(ChildRunner {
-                    make: || Tracker,
-                    args: TrackerArgs { store },
-                    publish: tracker_tx,
-                    panic_msg: || TrackerMsg::InjectPanic,
-                }),
-            ),
-            (
-                RuntimeChild::Volumes,
-                Box::new(ChildRunner {
-                    make: || VolumeStore,
-                    args: VolumeStoreArgs {
-                        shared: volume_shared,
-                    },
-                    publish: volumes_tx,
-                    panic_msg: || VolumeStoreMsg::InjectPanic,
-                }),
-            ),
-            (
-                RuntimeChild::Dispatcher,
-                Box::new(ChildRunner {
-                    make: || Dispatcher,
-                    args: DispatcherArgs { shared },
-                    publish: dispatcher_tx,
-                    panic_msg: || DispatcherMsg::InjectPanic,
-                }),
-            ),
-            (
-                RuntimeChild::Agents,
-                Box::new(ChildRunner {
-                    make: || AgentSupervisor,
-                    args: AgentSupervisorArgs {
-                        shared: agent_shared.clone(),
-                    },
-                    publish: agents_tx,
-                    panic_msg: || AgentSupervisorMsg::InjectPanic,
-                }),
-            ),
+        let (dispatcher, dispatcher_child) = crate::dispatcher::child(shared);
+        let children = vec![
+            (RuntimeChild::Registry, registry_child),
+            (RuntimeChild::Tracker, tracker_child),
+            (RuntimeChild::Volumes, volumes_child),
+            (RuntimeChild::Dispatcher, dispatcher_child),
+            (RuntimeChild::Agents, agents_child),
         ];
         let args = RootSupervisorArgs {
             children,
