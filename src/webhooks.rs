@@ -180,7 +180,9 @@ impl std::fmt::Debug for Webhooks {
 impl Webhooks {
     /// The webhook service of `runtime` (its data dir's registrations):
     /// deliveries that were waiting or retrying when it last stopped start
-    /// again. Start it once per runtime.
+    /// again. Start it once per runtime: [`api::app`](crate::api::app)
+    /// starts one for the runtime it serves, so an embedder that serves the
+    /// app uses that one (a second would resume the same deliveries twice).
     pub fn start(runtime: &Runtime, config: WebhookConfig) -> Webhooks {
         let allow = Arc::new(config.allow);
         let client = reqwest::Client::builder()
