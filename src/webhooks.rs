@@ -7,7 +7,7 @@
 //! addresses are refused at registration and again at connect time (DNS
 //! answers are checked by the HTTP client's resolver, IP literals before each
 //! attempt), redirects are never followed, unless an allow-list CIDR covers
-//! the address ([`ssrf`]).
+//! the address (the `ssrf` module).
 //!
 //! Registrations and every attempt are stored in the runtime's database
 //! before they are acknowledged or recorded, so a restarted runtime shows
