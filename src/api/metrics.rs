@@ -80,13 +80,7 @@ impl Metrics {
         out.push_str(
             "# HELP modal_agents_tasks Tasks by status.\n# TYPE modal_agents_tasks gauge\n",
         );
-        for status in [
-            TaskStatus::Pending,
-            TaskStatus::Running,
-            TaskStatus::Completed,
-            TaskStatus::Failed,
-            TaskStatus::Cancelled,
-        ] {
+        for status in TaskStatus::ALL {
             let (_, n) = state.runtime.tasks(Some(status), 0, 0);
             let _ = writeln!(out, "modal_agents_tasks{{status=\"{status}\"}} {n}");
         }

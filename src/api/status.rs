@@ -14,13 +14,7 @@ use crate::task::TaskStatus;
 pub(crate) async fn resources(State(state): State<ApiState>) -> Json<Value> {
     let rt = &state.runtime;
     let mut tasks = serde_json::Map::new();
-    for status in [
-        TaskStatus::Pending,
-        TaskStatus::Running,
-        TaskStatus::Completed,
-        TaskStatus::Failed,
-        TaskStatus::Cancelled,
-    ] {
+    for status in TaskStatus::ALL {
         tasks.insert(status.to_string(), json!(rt.tasks(Some(status), 0, 0).1));
     }
     let gpu_functions: Vec<Value> = rt

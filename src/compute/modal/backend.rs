@@ -401,12 +401,13 @@ impl ComputeBackend for ModalBackend {
         let call = self.spawn(function, args, kwargs, ctx).await?;
         // A caller that gives up (or outlives the function's time) cancels
         // the call on Modal too, not only its own wait.
+        let bound = self.timeout_for(&d.spec);
         let gave_up = tokio::select! {
-            outcome = tokio::time::timeout(self.timeout_for(&d.spec), self.wait(&call)) => match outcome {
+            outcome = tokio::time::timeout(bound, self.wait(&call)) => match outcome {
                 Ok(outcome) => return outcome,
                 Err(_) => TaskError::new(
                     "TimeoutError",
-                    format!("no outcome from Modal within {} s", self.timeout_for(&d.spec).as_secs()),
+                    format!("no outcome from Modal within {} s", bound.as_secs()),
                 ),
             },
             () = cancel.cancelled() => cancelled(),

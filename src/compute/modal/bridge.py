@@ -423,9 +423,11 @@ def encode(msg):
     if value is not NOTHING:
         try:
             check_plain(value)
-            json.dumps(value, allow_nan=False)
             slot["ok"] = value
+            # Strict: no default=, so a value JSON cannot carry fails here.
+            return json.dumps(msg, separators=(",", ":"), allow_nan=False)
         except (ValueError, TypeError, RecursionError) as e:
+            slot.pop("ok", None)
             slot["err"] = {"type": "ResultNotSerializable",
                            "message": "the function returned a value JSON cannot carry (%s)" % clean(str(e))}
     return json.dumps(msg, separators=(",", ":"), allow_nan=False, default=str)
