@@ -1,14 +1,15 @@
-//! Agents: master, worker, codegen and repo-creator actors under an
-//! [`AgentSupervisor`] that sits under the runtime's root supervisor.
+//! Agents: master, worker, codegen and repo-creator actors, children of
+//! the runtime's supervisor. This layer sits above the runtime: it uses the
+//! runtime's public handle and its `supervise` hook, and the runtime knows
+//! nothing of agents.
 //!
 //! Agents register by id. Each kind has its own message enum and a cloneable
 //! handle ([`WorkerHandle`], [`MasterHandle`], [`CodegenHandle`],
 //! [`RepoCreatorHandle`]) that follows the agent across restarts. A panicking
-//! agent is restarted from its registration under the runtime's
-//! [`RestartPolicy`](crate::RestartPolicy), counted per agent; an agent that
-//! fails more often than the policy allows is given up on and reported
-//! through [`Agents::events`]. Registrations live outside the supervisor actor,
-//! so if it is restarted itself it brings every agent back.
+//! agent is restarted under the runtime's
+//! [`RestartPolicy`](crate::RestartPolicy), with a budget per agent; an agent
+//! that fails more often than the policy allows is given up on (the runtime
+//! carries on) and reported through [`Agents::events`].
 
 mod codegen;
 mod master;
@@ -18,17 +19,14 @@ mod worker;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorRef};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::runtime::Runtime;
 use crate::spec::SpecError;
-use crate::supervisor::{
-    schedule_restart, ChildError, ChildSpec, Once, RestartBudget, RestartPolicy, Slot,
-};
+use crate::supervisor::{ChildError, ChildEvent, ChildEvents, ChildSpec, SuperviseError};
 
 pub use codegen::{
     CodeGenerator, CodegenError, CodegenHandle, CodegenReport, CodegenTask, ComponentKind,
@@ -37,8 +35,6 @@ pub use codegen::{
 pub use master::{JobProgress, JobReport, MasterConfig, MasterHandle, TaskResult, WorkerStats};
 pub use repo::{RepoConfig, RepoCreatorConfig, RepoCreatorHandle, RepoError, RepoResult};
 pub use worker::{AgentTask, HandlerFuture, TaskHandler, WorkerHandle};
-
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The kinds of agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -151,238 +147,58 @@ pub enum AgentError {
     Runtime(#[from] Box<crate::RuntimeError>),
 }
 
-struct AgentRegistration {
-    kind: AgentKind,
-    spec: Arc<dyn ChildSpec>,
-    /// Its actor while it runs; `None` while it waits to be restarted.
-    cell: Option<ActorCell>,
-    budget: RestartBudget,
-}
-
-/// Why the agent supervisor did not register an agent.
-pub(crate) enum RegisterError {
-    /// Another agent has that id.
-    Duplicate,
-    /// Its actor did not start.
-    Start(ractor::SpawnErr),
-}
-
-/// What outlives the [`AgentSupervisor`] actor: registrations and the event bus.
+/// What the agents of one runtime share: who is registered, the event
+/// bus, the task handlers. Kept per runtime ([`Runtime::extension`]); the
+/// agents' actors themselves are children of the runtime's supervisor.
 pub(crate) struct AgentShared {
-    agents: Mutex<HashMap<String, AgentRegistration>>,
+    agents: Mutex<HashMap<String, AgentInfo>>,
     events: broadcast::Sender<AgentEvent>,
-    policy: RestartPolicy,
     handlers: worker::Handlers,
 }
 
-impl AgentShared {
-    pub(crate) fn new(policy: RestartPolicy) -> Arc<AgentShared> {
-        Arc::new(AgentShared {
+impl Default for AgentShared {
+    fn default() -> Self {
+        AgentShared {
             agents: Mutex::new(HashMap::new()),
             events: broadcast::channel(1024).0,
-            policy,
             handlers: Arc::default(),
-        })
+        }
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, AgentRegistration>> {
+impl AgentShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, AgentInfo>> {
         self.agents.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Drops every registration (at shutdown; agents hold the runtime).
-    pub(crate) fn clear(&self) {
-        self.lock().clear();
-    }
-}
-
-/// The agent supervisor actor.
-pub(crate) struct AgentSupervisor;
-
-/// Messages of the [`AgentSupervisor`].
-pub(crate) enum AgentSupervisorMsg {
-    /// Starts and registers an agent (its spec taken once, should the
-    /// message be sent again after a restart of the supervisor).
-    Register(
-        String,
-        AgentKind,
-        Arc<Once<Box<dyn ChildSpec>>>,
-        RpcReplyPort<Result<(), RegisterError>>,
-    ),
-    /// Starts a failed agent again (sent by the backoff timer), with why it
-    /// failed.
-    Restart(String, String),
-    /// Stops and forgets an agent.
-    Unregister(String, RpcReplyPort<bool>),
-    /// Makes an agent panic (fault injection).
-    InjectFault(String),
-    /// Panics (fault injection).
-    InjectPanic,
-}
-
-/// The agent supervisor as a child of the root supervisor, and the slot
-/// [`Agents`] calls it through.
-pub(crate) fn child(shared: Arc<AgentShared>) -> (Slot<AgentSupervisorMsg>, Box<dyn ChildSpec>) {
-    crate::supervisor::child(
-        crate::supervisor::RuntimeChild::Agents,
-        || AgentSupervisor,
-        AgentSupervisorArgs { shared },
-        || AgentSupervisorMsg::InjectPanic,
-    )
-}
-
-/// Arguments of the [`AgentSupervisor`].
-#[derive(Clone)]
-pub(crate) struct AgentSupervisorArgs {
-    pub(crate) shared: Arc<AgentShared>,
-}
-
-/// State of the [`AgentSupervisor`].
-pub(crate) struct AgentSupervisorState {
-    shared: Arc<AgentShared>,
-}
-
-impl Actor for AgentSupervisor {
-    type Msg = AgentSupervisorMsg;
-    type State = AgentSupervisorState;
-    type Arguments = AgentSupervisorArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        args: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        // A restarted supervisor brings back every registered agent.
-        let specs: Vec<(String, Arc<dyn ChildSpec>)> = {
-            let mut agents = args.shared.lock();
-            agents
-                .iter_mut()
-                .map(|(id, reg)| {
-                    if let Some(old) = reg.cell.take() {
-                        old.stop(None);
-                    }
-                    (id.clone(), reg.spec.clone())
-                })
-                .collect()
-        };
-        for (id, spec) in specs {
-            let started = spec.start(myself.get_cell()).await;
-            if let Some(reg) = args.shared.lock().get_mut(&id) {
-                reg.cell = started.ok();
-            }
-        }
-        Ok(AgentSupervisorState {
-            shared: args.shared,
-        })
-    }
-
-    async fn handle(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        match message {
-            AgentSupervisorMsg::Register(id, kind, spec, reply) => {
-                let Some(spec) = spec.take() else {
-                    // A re-sent copy: the first one registered it.
-                    let _ = reply.send(Ok(()));
-                    return Ok(());
-                };
-                if state.shared.lock().contains_key(&id) {
-                    let _ = reply.send(Err(RegisterError::Duplicate));
-                    return Ok(());
+    /// What the supervisor tells of agent `id`, kept and passed on.
+    fn on_event(&self, id: &str, event: ChildEvent) {
+        let event = match event {
+            ChildEvent::Restarted { reason, restarts } => {
+                if let Some(info) = self.lock().get_mut(id) {
+                    info.restarts = restarts;
                 }
-                let spec: Arc<dyn ChildSpec> = Arc::from(spec);
-                match spec.start(myself.get_cell()).await {
-                    Ok(cell) => {
-                        let budget = RestartBudget::new(state.shared.policy);
-                        state.shared.lock().insert(
-                            id.clone(),
-                            AgentRegistration {
-                                kind,
-                                spec,
-                                cell: Some(cell),
-                                budget,
-                            },
-                        );
-                        tracing::info!(agent = %id, %kind, "agent started");
-                        let _ = reply.send(Ok(()));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(RegisterError::Start(e)));
-                    }
-                }
-            }
-            AgentSupervisorMsg::Restart(id, reason) => {
-                let spec = match state.shared.lock().get(&id) {
-                    Some(reg) if reg.cell.is_none() => reg.spec.clone(),
-                    // Unregistered meanwhile, or already back.
-                    _ => return Ok(()),
-                };
-                let started = spec.start(myself.get_cell()).await;
-                let restarts = {
-                    let mut agents = state.shared.lock();
-                    let Some(reg) = agents.get_mut(&id) else {
-                        return Ok(());
-                    };
-                    reg.cell = started.ok();
-                    reg.budget.total
-                };
-                let _ = state.shared.events.send(AgentEvent::Restarted {
-                    id,
+                AgentEvent::Restarted {
+                    id: id.to_owned(),
                     reason,
                     restarts,
-                });
-            }
-            AgentSupervisorMsg::Unregister(id, reply) => {
-                let removed = state.shared.lock().remove(&id);
-                if let Some(cell) = removed.as_ref().and_then(|r| r.cell.as_ref()) {
-                    cell.stop(Some("unregistered".into()));
-                }
-                let _ = reply.send(removed.is_some());
-            }
-            AgentSupervisorMsg::InjectFault(id) => {
-                if let Some(reg) = state.shared.lock().get(&id) {
-                    tracing::warn!(agent = %id, "injecting a panic");
-                    reg.spec.inject_panic();
                 }
             }
-            AgentSupervisorMsg::InjectPanic => panic!("fault injected into the agent supervisor"),
-        }
-        Ok(())
+            ChildEvent::GaveUp { reason } => {
+                self.lock().remove(id);
+                AgentEvent::GaveUp {
+                    id: id.to_owned(),
+                    reason,
+                }
+            }
+        };
+        let _ = self.events.send(event);
     }
+}
 
-    async fn handle_supervisor_evt(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        event: SupervisionEvent,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let SupervisionEvent::ActorFailed(cell, err) = event else {
-            return Ok(());
-        };
-        let reason = err.to_string();
-        let mut agents = state.shared.lock();
-        let Some((id, reg)) = agents
-            .iter_mut()
-            .find(|(_, r)| r.cell.as_ref().is_some_and(|c| c.get_id() == cell.get_id()))
-        else {
-            return Ok(());
-        };
-        let id = id.clone();
-        reg.cell = None;
-        let restart = {
-            let (id, reason) = (id.clone(), reason.clone());
-            move || AgentSupervisorMsg::Restart(id, reason)
-        };
-        if !schedule_restart(&myself, &mut reg.budget, &id, &reason, restart) {
-            agents.remove(&id);
-            drop(agents);
-            tracing::error!(agent = %id, %reason, "agent failed too often; giving up on it");
-            let _ = state.shared.events.send(AgentEvent::GaveUp { id, reason });
-        }
-        Ok(())
-    }
+/// The supervisor's key of agent `id`.
+fn child_key(id: &str) -> String {
+    format!("agent/{id}")
 }
 
 /// Checks an agent id: 1 to 64 of `[A-Za-z0-9._-]`.
@@ -391,12 +207,11 @@ pub(crate) fn validate_agent_id(id: &str) -> Result<(), SpecError> {
 }
 
 /// The agents of a runtime: spawn, list, stop, fault-inject, and watch their
-/// lifecycle. Get one with [`Runtime::agents`].
+/// lifecycle. Every `Agents` of one runtime sees the same agents.
 #[derive(Clone)]
 pub struct Agents {
-    pub(crate) runtime: Runtime,
-    pub(crate) slot: Slot<AgentSupervisorMsg>,
-    pub(crate) shared: Arc<AgentShared>,
+    runtime: Runtime,
+    shared: Arc<AgentShared>,
 }
 
 impl fmt::Debug for Agents {
@@ -407,7 +222,24 @@ impl fmt::Debug for Agents {
     }
 }
 
+impl Runtime {
+    /// The agents of this runtime ([`Agents::new`]): spawn masters,
+    /// workers, codegen and repo-creator agents, register task handlers,
+    /// watch their lifecycle.
+    pub fn agents(&self) -> Agents {
+        Agents::new(self)
+    }
+}
+
 impl Agents {
+    /// The agents of `runtime`; agents are children of its supervisor.
+    pub fn new(runtime: &Runtime) -> Agents {
+        Agents {
+            shared: runtime.extension::<AgentShared>(),
+            runtime: runtime.clone(),
+        }
+    }
+
     /// Starts agent `id` of `kind`, an actor made by `make` from `args`,
     /// publishing its ref (across restarts) through `publish`.
     pub(crate) async fn start<A>(
@@ -432,62 +264,69 @@ impl Agents {
         self.register(id, kind, Box::new(runner)).await
     }
 
-    /// Starts an agent under the agent supervisor.
-    pub(crate) async fn register(
+    /// Starts an agent under the runtime's supervisor.
+    async fn register(
         &self,
         id: &str,
         kind: AgentKind,
         spec: Box<dyn ChildSpec>,
     ) -> Result<(), AgentError> {
         validate_agent_id(id)?;
-        if self.shared.lock().contains_key(id) {
-            return Err(AgentError::Duplicate(id.to_owned()));
+        {
+            let mut agents = self.shared.lock();
+            if agents.contains_key(id) {
+                return Err(AgentError::Duplicate(id.to_owned()));
+            }
+            agents.insert(
+                id.to_owned(),
+                AgentInfo {
+                    id: id.to_owned(),
+                    kind,
+                    restarts: 0,
+                },
+            );
         }
-        let spec = Once::new(spec);
-        self.slot
-            .call(CALL_TIMEOUT, |reply| {
-                AgentSupervisorMsg::Register(id.to_owned(), kind, spec.clone(), reply)
+        let events: ChildEvents = {
+            let (shared, id) = (Arc::downgrade(&self.shared), id.to_owned());
+            Arc::new(move |event| {
+                if let Some(shared) = shared.upgrade() {
+                    shared.on_event(&id, event);
+                }
             })
-            .await?
-            .map_err(|e| match e {
-                RegisterError::Duplicate => AgentError::Duplicate(id.to_owned()),
-                RegisterError::Start(e) => AgentError::Spawn {
+        };
+        let added = self.runtime.supervise(&child_key(id), spec, events).await;
+        if let Err(e) = added {
+            self.shared.lock().remove(id);
+            return Err(match e {
+                SuperviseError::Duplicate => AgentError::Duplicate(id.to_owned()),
+                SuperviseError::Start(e) => AgentError::Spawn {
                     id: id.to_owned(),
                     reason: e.to_string(),
                 },
-            })
+                SuperviseError::Down(e) => AgentError::Unavailable(e),
+            });
+        }
+        tracing::info!(agent = %id, %kind, "agent started");
+        Ok(())
     }
 
     /// The registered agents, sorted by id.
     pub fn list(&self) -> Vec<AgentInfo> {
-        let mut all: Vec<AgentInfo> = self
-            .shared
-            .lock()
-            .iter()
-            .map(|(id, r)| AgentInfo {
-                id: id.clone(),
-                kind: r.kind,
-                restarts: r.budget.total,
-            })
-            .collect();
+        let mut all: Vec<AgentInfo> = self.shared.lock().values().cloned().collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));
         all
     }
 
     /// Stops and forgets an agent; returns whether it existed.
     pub async fn stop(&self, id: &str) -> Result<bool, AgentError> {
-        Ok(self
-            .slot
-            .call(CALL_TIMEOUT, |reply| {
-                AgentSupervisorMsg::Unregister(id.to_owned(), reply)
-            })
-            .await?)
+        let existed = self.runtime.unsupervise(&child_key(id)).await?;
+        self.shared.lock().remove(id);
+        Ok(existed)
     }
 
     /// Fault injection for chaos tests: makes the agent panic.
     pub fn inject_fault(&self, id: &str) {
-        self.slot
-            .cast(AgentSupervisorMsg::InjectFault(id.to_owned()));
+        self.runtime.inject_fault_into(&child_key(id));
     }
 
     /// Lifecycle events from now on (restarts, give-ups).

@@ -19,17 +19,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker as JobSet;
 use uuid::Uuid;
 
-use crate::agents::{AgentShared, AgentSupervisorMsg, Agents};
 use std::collections::BTreeMap;
 
 use crate::compute::{BackendError, ComputeBackend, Deployment, ModalBackend};
 use crate::dispatcher::{read_logs, write_inputs, DispatcherHandle, JobSpec, TaskJob};
-use crate::registry::{FunctionInfo, FunctionRegistryHandle};
+use crate::registry::{FunctionInfo, Functions};
 use crate::secrets::SecretStore;
 use crate::spec::{BackendChoice, FunctionSpec};
 use crate::store::{put, Store, Table, Write};
-use crate::supervisor::Slot;
-use crate::supervisor::{RootSupervisorMsg, RuntimeChild};
+use crate::supervisor::{
+    ChildError, ChildEvents, ChildKey, ChildSpec, RestartPolicy, RootSupervisorMsg, RuntimeChild,
+    SuperviseError,
+};
 use crate::task::{ResultsPage, TaskId, TaskKind, TaskLogs, TaskRecord, TaskStatus};
 use crate::tracker::{read_page, Durable, TrackerHandle};
 use crate::value::{check_depth, check_each};
@@ -42,6 +43,12 @@ pub use resources::{GpuAllocation, ModalStatus, ResourceReport};
 
 /// Largest page of map results one read returns.
 pub const MAX_RESULTS_PAGE: u64 = 10_000;
+
+/// How long the runtime waits for its root supervisor to answer.
+const SUPERVISOR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Services layered on a runtime, one per type ([`Runtime::extension`]).
+type Extensions = std::collections::HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>;
 
 /// How long [`Runtime::cancel`] waits for a cancelled task to stop.
 const CANCEL_GRACE: Duration = Duration::from_secs(30);
@@ -58,7 +65,7 @@ struct Inner {
     backend: Arc<dyn ComputeBackend>,
     redactor: crate::redact::Redactor,
     secrets: SecretStore,
-    registry: FunctionRegistryHandle,
+    registry: Functions,
     tracker: TrackerHandle,
     dispatcher: DispatcherHandle,
     store: Arc<Store>,
@@ -66,9 +73,11 @@ struct Inner {
     durable: Arc<Durable>,
     flusher_stop: CancellationToken,
     volumes: Volumes,
-    agents_slot: Slot<AgentSupervisorMsg>,
-    agent_shared: Arc<AgentShared>,
     root: ActorRef<RootSupervisorMsg>,
+    restart: RestartPolicy,
+    /// Services layered on the runtime (the agents' registry, say), one per
+    /// type, made on first use and dropped at shutdown.
+    extensions: std::sync::Mutex<Extensions>,
     jobs: JobSet,
     shutdown: CancellationToken,
     shutdown_timeout: Duration,
@@ -145,14 +154,87 @@ impl Runtime {
         self.inner.volumes.files_dir(name)
     }
 
-    /// The agents of this runtime: spawn masters, workers, codegen and
-    /// repo-creator agents, register task handlers, watch their lifecycle.
-    pub fn agents(&self) -> Agents {
-        Agents {
-            runtime: self.clone(),
-            slot: self.inner.agents_slot.clone(),
-            shared: self.inner.agent_shared.clone(),
+    /// The runtime's one `T`, made with `T::default()` on first use: how a
+    /// layer above the runtime (the agents) keeps state per runtime without
+    /// the runtime knowing it. Dropped at shutdown.
+    pub(crate) fn extension<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
+        let mut map = self
+            .inner
+            .extensions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let any = map
+            .entry(std::any::TypeId::of::<T>())
+            .or_insert_with(|| Arc::new(T::default()))
+            .clone();
+        any.downcast().expect("keyed by its own type")
+    }
+
+    /// Adds `spec` under the root supervisor as `key`, with a restart budget
+    /// of its own; `events` hears of its restarts and of the supervisor
+    /// giving up on it.
+    pub(crate) async fn supervise(
+        &self,
+        key: &str,
+        spec: Box<dyn ChildSpec>,
+        events: ChildEvents,
+    ) -> Result<(), SuperviseError> {
+        let key: Arc<str> = key.into();
+        let policy = self.inner.restart;
+        let answer = self
+            .inner
+            .root
+            .call(
+                |reply| RootSupervisorMsg::Supervise {
+                    key: key.clone(),
+                    spec,
+                    policy,
+                    events,
+                    reply,
+                },
+                Some(SUPERVISOR_TIMEOUT),
+            )
+            .await;
+        match answer {
+            Ok(ractor::rpc::CallResult::Success(result)) => result,
+            Ok(ractor::rpc::CallResult::Timeout) => {
+                // It may still be added: take it back rather than leave it
+                // running unowned.
+                let _ = self.inner.root.cast(RootSupervisorMsg::Unsupervise(
+                    key,
+                    ractor::concurrency::oneshot().0.into(),
+                ));
+                Err(SuperviseError::Down(ChildError::Timeout(
+                    "root supervisor".into(),
+                )))
+            }
+            _ => Err(SuperviseError::Down(ChildError::Down(
+                "root supervisor".into(),
+            ))),
         }
+    }
+
+    /// Stops and forgets a child [`Runtime::supervise`] added; whether it
+    /// was there.
+    pub(crate) async fn unsupervise(&self, key: &str) -> Result<bool, ChildError> {
+        let key: Arc<str> = key.into();
+        ractor::call_t!(
+            self.inner.root,
+            RootSupervisorMsg::Unsupervise,
+            SUPERVISOR_TIMEOUT.as_millis() as u64,
+            key
+        )
+        .map_err(|_| ChildError::Down("root supervisor".into()))
+    }
+
+    /// Makes a child [`Runtime::supervise`] added panic (fault injection).
+    pub(crate) fn inject_fault_into(&self, key: &str) {
+        let _ = self
+            .inner
+            .root
+            .cast(RootSupervisorMsg::InjectFault(ChildKey::Dynamic(
+                key.into(),
+            )));
     }
 
     /// The volumes: versioned state, files and watches shared by agents and
@@ -211,7 +293,7 @@ impl Runtime {
             warnings: self.inner.backend.unenforced(&spec),
             spec,
         };
-        self.inner.registry.register(info.clone()).await?;
+        self.inner.registry.register(info.clone());
         self.persist(vec![put(
             Table::Functions,
             info.function_name.clone(),
@@ -254,7 +336,6 @@ impl Runtime {
             .inner
             .registry
             .remove(name)
-            .await?
             .ok_or_else(|| RuntimeError::UnknownFunction(name.to_owned()))?;
         self.persist(vec![Write::Delete(Table::Functions, name.to_owned())])
             .await?;
@@ -568,7 +649,10 @@ impl Runtime {
     /// Fault injection for chaos tests: makes a runtime child panic. The
     /// supervisor restarts it per its [`RestartPolicy`](crate::RestartPolicy).
     pub fn inject_fault(&self, child: RuntimeChild) {
-        let _ = self.inner.root.cast(RootSupervisorMsg::InjectFault(child));
+        let _ = self
+            .inner
+            .root
+            .cast(RootSupervisorMsg::InjectFault(ChildKey::Runtime(child)));
     }
 
     /// Whether the supervision tree is up (false after shutdown, or after a
@@ -611,8 +695,16 @@ impl Runtime {
         self.inner.durable.flush(self.inner.tracker.store()).await;
         self.inner.flusher_stop.cancel();
         self.inner.store.close();
-        // Agents hold the runtime; forgetting them breaks that cycle.
-        self.inner.agent_shared.clear();
+        // Services layered on the runtime may hold it (a task handler that
+        // captured it, say); dropping them breaks that cycle.
+        let extensions = std::mem::take(
+            &mut *self
+                .inner
+                .extensions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        drop(extensions);
         tracing::info!("runtime stopped");
     }
 }

@@ -1,23 +1,37 @@
-//! The root supervisor and its restart policy.
+//! The one supervisor, its restart policy, and the shape of every actor.
 //!
-//! The runtime's children (function registry, task tracker, volume store,
-//! dispatcher, agent supervisor) are spawned linked to a root supervisor.
-//! When one fails (a panic in a handler), the supervisor restarts it
-//! one-for-one from the same arguments; children keep their state in shared
-//! stores handed in through those arguments, so a restart loses no
-//! registered function or task record. More than `max_restarts` failures
-//! within `window` escalate: the supervisor stops and the runtime reports
-//! itself unavailable. The agent supervisor restarts agents the same way,
-//! with a budget per agent, giving up on one (not escalating) when it is
-//! spent.
+//! The runtime's own children (task tracker, volume store, dispatcher) are
+//! spawned linked to the root supervisor; agents are added to it while the
+//! runtime runs ([`RootSupervisorMsg::Supervise`], keyed `agent/<id>`).
+//! When a child fails (a panic in a handler), it is restarted one-for-one
+//! from the same arguments; children keep their state in shared stores
+//! handed in through those arguments, so a restart loses no task record.
+//! The runtime's own children share one budget: more than `max_restarts`
+//! failures within `window` escalate, the supervisor stops and the runtime
+//! reports itself unavailable. A dynamic child has a budget of its own and
+//! is forgotten (its owner told through its [`ChildEvents`] hook) when it
+//! is spent, never escalating.
 //!
-//! Both supervisors share one restart rule, [`schedule_restart`]: the
-//! backoff is a timer (`send_after`) that sends the supervisor a restart
-//! message, never a sleep in its handler, so its mailbox stays open while a
-//! child waits to come back. Children are found by typed ids
-//! ([`RuntimeChild`], an agent's id), and anything a message carries that must
-//! be taken once although [`Slot::call`] may re-send it travels in a
+//! The backoff is a timer (`send_after`) that sends the supervisor a
+//! restart message ([`schedule_restart`]), never a sleep in its handler, so
+//! its mailbox stays open while a child waits to come back. Children are
+//! found by typed keys ([`ChildKey`]), and anything a message carries that
+//! must be taken once although [`Slot::call`] may re-send it travels in a
 //! [`Once`].
+//!
+//! ## The shape of an actor
+//!
+//! An actor exists only where something must be serialized (the tracker's
+//! record transitions, a volume's versions, the dispatcher's admission);
+//! anything else is a plain handle over shared state (the function
+//! registry, reads of task records). Each actor module has:
+//!
+//! - one message enum and an `Args` struct holding the shared state a
+//!   restart must find again (the actor owns nothing else);
+//! - a cloneable handle that calls the actor through a [`Slot`] with a
+//!   timeout, so it follows the actor across restarts;
+//! - one `child(args) -> (Handle, Box<dyn ChildSpec>)`, built on [`child`],
+//!   through which the runtime's builder wires it under the root.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -97,26 +111,20 @@ impl RestartBudget {
 /// The runtime's supervised children, for fault injection and diagnostics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RuntimeChild {
-    /// The function registry.
-    Registry,
     /// The task tracker.
     Tracker,
     /// The dispatcher.
     Dispatcher,
     /// The volume store.
     Volumes,
-    /// The agent supervisor.
-    Agents,
 }
 
 impl fmt::Display for RuntimeChild {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            RuntimeChild::Registry => "function registry",
             RuntimeChild::Tracker => "task tracker",
             RuntimeChild::Dispatcher => "dispatcher",
             RuntimeChild::Volumes => "volume store",
-            RuntimeChild::Agents => "agent supervisor",
         })
     }
 }
@@ -328,18 +336,73 @@ where
     (slot, Box::new(spec))
 }
 
-/// The root of the runtime's supervision tree.
+/// A child of the root: one of the runtime's own ([`RuntimeChild`]), or
+/// one added while it runs (an agent, keyed `agent/<id>`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum ChildKey {
+    /// The runtime's own child.
+    Runtime(RuntimeChild),
+    /// A child added with [`RootSupervisorMsg::Supervise`].
+    Dynamic(Arc<str>),
+}
+
+impl fmt::Display for ChildKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChildKey::Runtime(c) => c.fmt(f),
+            ChildKey::Dynamic(name) => f.write_str(name),
+        }
+    }
+}
+
+/// What happened to a dynamic child, told to its [`ChildEvents`] hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ChildEvent {
+    /// It failed and was started again (`restarts` so far).
+    Restarted { reason: String, restarts: u64 },
+    /// It failed more often than its policy allows and was forgotten.
+    GaveUp { reason: String },
+}
+
+/// The hook a dynamic child's owner learns of its restarts through; it
+/// runs inside the supervisor, so it must be quick and must not block.
+pub(crate) type ChildEvents = Arc<dyn Fn(ChildEvent) + Send + Sync>;
+
+/// Why the supervisor did not add a dynamic child.
+#[derive(Debug)]
+pub(crate) enum SuperviseError {
+    /// A child with that key exists.
+    Duplicate,
+    /// Its actor did not start.
+    Start(ractor::SpawnErr),
+    /// The supervisor did not answer (the runtime is stopping or stopped).
+    Down(ChildError),
+}
+
+/// The root of the runtime's supervision tree, and the one supervisor.
 pub(crate) struct RootSupervisor;
 
 /// Messages of the [`RootSupervisor`].
 pub(crate) enum RootSupervisorMsg {
     /// Make a child panic (for chaos tests).
-    InjectFault(RuntimeChild),
-    /// How many restarts have happened so far (children started again, not
-    /// ones still waiting out their backoff).
+    InjectFault(ChildKey),
+    /// How many restarts of the runtime's own children have happened so
+    /// far (started again, not ones still waiting out their backoff).
     Restarts(RpcReplyPort<u64>),
-    /// Start a failed child again (sent by the backoff timer).
-    Restart(RuntimeChild),
+    /// Start a failed child again (sent by the backoff timer), with why it
+    /// failed.
+    Restart(ChildKey, String),
+    /// Adds a child with its own restart budget from `policy`; when the
+    /// budget is spent it is forgotten (not escalated).
+    Supervise {
+        key: Arc<str>,
+        spec: Box<dyn ChildSpec>,
+        policy: RestartPolicy,
+        events: ChildEvents,
+        reply: RpcReplyPort<Result<(), SuperviseError>>,
+    },
+    /// Stops and forgets a dynamic child; answers whether it existed.
+    Unsupervise(Arc<str>, RpcReplyPort<bool>),
 }
 
 /// Arguments of the [`RootSupervisor`].
@@ -348,18 +411,27 @@ pub(crate) struct RootSupervisorArgs {
     pub(crate) policy: RestartPolicy,
 }
 
-/// One child of the root: its id, how to start it, its actor while it runs.
+/// One child of the root: its key, how to start it, its actor while it
+/// runs, and (for a dynamic child) its own budget and event hook.
 struct RootChild {
-    id: RuntimeChild,
+    key: ChildKey,
     spec: Box<dyn ChildSpec>,
     cell: Option<ActorCell>,
+    own: Option<(RestartBudget, ChildEvents)>,
 }
 
 /// State of the [`RootSupervisor`].
 pub(crate) struct RootSupervisorState {
     children: Vec<RootChild>,
+    /// The budget the runtime's own children share; spent, it escalates.
     budget: RestartBudget,
     restarted: u64,
+}
+
+impl RootSupervisorState {
+    fn position(&self, key: &ChildKey) -> Option<usize> {
+        self.children.iter().position(|c| &c.key == key)
+    }
 }
 
 impl Actor for RootSupervisor {
@@ -376,9 +448,10 @@ impl Actor for RootSupervisor {
         for (id, spec) in args.children {
             let cell = spec.start(myself.get_cell()).await?;
             children.push(RootChild {
-                id,
+                key: ChildKey::Runtime(id),
                 spec,
                 cell: Some(cell),
+                own: None,
             });
         }
         Ok(RootSupervisorState {
@@ -393,6 +466,7 @@ impl Actor for RootSupervisor {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        // Dynamic children (added last) stop first.
         for child in state.children.iter().rev() {
             if let Some(cell) = &child.cell {
                 cell.stop(None);
@@ -408,22 +482,79 @@ impl Actor for RootSupervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            RootSupervisorMsg::InjectFault(id) => {
-                if let Some(child) = state.children.iter().find(|c| c.id == id) {
-                    tracing::warn!(child = %id, "injecting a panic");
-                    child.spec.inject_panic();
+            RootSupervisorMsg::InjectFault(key) => {
+                if let Some(i) = state.position(&key) {
+                    tracing::warn!(child = %key, "injecting a panic");
+                    state.children[i].spec.inject_panic();
                 }
             }
             RootSupervisorMsg::Restarts(reply) => {
                 let _ = reply.send(state.restarted);
             }
-            RootSupervisorMsg::Restart(id) => {
-                if let Some(child) = state.children.iter_mut().find(|c| c.id == id) {
-                    if child.cell.is_none() {
-                        child.cell = Some(child.spec.start(myself.get_cell()).await?);
+            RootSupervisorMsg::Restart(key, reason) => {
+                let Some(i) = state.position(&key) else {
+                    // Forgotten meanwhile.
+                    return Ok(());
+                };
+                if state.children[i].cell.is_some() {
+                    return Ok(());
+                }
+                let started = state.children[i].spec.start(myself.get_cell()).await;
+                let child = &mut state.children[i];
+                match (&child.own, started) {
+                    (None, started) => {
+                        // The runtime cannot do without its own children.
+                        child.cell = Some(started?);
                         state.restarted += 1;
                     }
+                    (Some((budget, events)), Ok(cell)) => {
+                        child.cell = Some(cell);
+                        let restarts = budget.total;
+                        events(ChildEvent::Restarted { reason, restarts });
+                    }
+                    (Some(_), Err(e)) => {
+                        tracing::error!(child = %key, error = %e, "a restarted child did not start; forgetting it");
+                        let (_, events) = state.children.remove(i).own.expect("dynamic");
+                        events(ChildEvent::GaveUp {
+                            reason: e.to_string(),
+                        });
+                    }
                 }
+            }
+            RootSupervisorMsg::Supervise {
+                key,
+                spec,
+                policy,
+                events,
+                reply,
+            } => {
+                let key = ChildKey::Dynamic(key);
+                if state.position(&key).is_some() {
+                    let _ = reply.send(Err(SuperviseError::Duplicate));
+                    return Ok(());
+                }
+                match spec.start(myself.get_cell()).await {
+                    Ok(cell) => {
+                        state.children.push(RootChild {
+                            key,
+                            spec,
+                            cell: Some(cell),
+                            own: Some((RestartBudget::new(policy), events)),
+                        });
+                        let _ = reply.send(Ok(()));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(SuperviseError::Start(e)));
+                    }
+                }
+            }
+            RootSupervisorMsg::Unsupervise(key, reply) => {
+                let key = ChildKey::Dynamic(key);
+                let removed = state.position(&key).map(|i| state.children.remove(i));
+                if let Some(cell) = removed.as_ref().and_then(|c| c.cell.as_ref()) {
+                    cell.stop(Some("unsupervised".into()));
+                }
+                let _ = reply.send(removed.is_some());
             }
         }
         Ok(())
@@ -435,27 +566,48 @@ impl Actor for RootSupervisor {
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason) = match event {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+        let (cell, reason, failed) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string(), true),
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".to_owned()))
+                (cell, reason.unwrap_or_else(|| "stopped".to_owned()), false)
             }
             _ => return Ok(()),
         };
-        let Some(child) = state
+        let Some(i) = state
             .children
-            .iter_mut()
-            .find(|c| c.cell.as_ref().is_some_and(|c| c.get_id() == cell.get_id()))
+            .iter()
+            .position(|c| c.cell.as_ref().is_some_and(|c| c.get_id() == cell.get_id()))
         else {
             return Ok(());
         };
+        let child = &mut state.children[i];
         child.cell = None;
-        let id = child.id;
-        if !schedule_restart(&myself, &mut state.budget, &id, &reason, move || {
-            RootSupervisorMsg::Restart(id)
-        }) {
-            tracing::error!(child = %id, %reason, "restart intensity exceeded; escalating by stopping the runtime");
-            myself.stop(Some(format!("{id} failed too often: {reason}")));
+        let key = child.key.clone();
+        let restart = {
+            let (key, reason) = (key.clone(), reason.clone());
+            move || RootSupervisorMsg::Restart(key, reason)
+        };
+        match &mut child.own {
+            // The runtime's own children share one budget and escalate; one
+            // that stops is as gone as one that fails.
+            None => {
+                if !schedule_restart(&myself, &mut state.budget, &key, &reason, restart) {
+                    tracing::error!(child = %key, %reason, "restart intensity exceeded; escalating by stopping the runtime");
+                    myself.stop(Some(format!("{key} failed too often: {reason}")));
+                }
+            }
+            // A dynamic child that stops on its own has finished.
+            Some(_) if !failed => {
+                state.children.remove(i);
+            }
+            Some((budget, events)) => {
+                if !schedule_restart(&myself, budget, &key, &reason, restart) {
+                    tracing::error!(child = %key, %reason, "child failed too often; giving up on it");
+                    let events = events.clone();
+                    state.children.remove(i);
+                    events(ChildEvent::GaveUp { reason });
+                }
+            }
         }
         Ok(())
     }
@@ -541,7 +693,7 @@ mod tests {
             panic_msg: || FlakyMsg::Panic,
         };
         let args = RootSupervisorArgs {
-            children: vec![(RuntimeChild::Registry, Box::new(runner))],
+            children: vec![(RuntimeChild::Tracker, Box::new(runner))],
             policy,
         };
         let (root, _) = Actor::spawn(None, RootSupervisor, args).await.unwrap();
@@ -564,8 +716,10 @@ mod tests {
     #[tokio::test]
     async fn a_failed_child_comes_back_and_the_mailbox_stays_open_during_backoff() {
         let (root, slot, starts) = root(policy(5, Duration::from_secs(2))).await;
-        root.cast(RootSupervisorMsg::InjectFault(RuntimeChild::Registry))
-            .unwrap();
+        root.cast(RootSupervisorMsg::InjectFault(ChildKey::Runtime(
+            RuntimeChild::Tracker,
+        )))
+        .unwrap();
         until("the child failed", || !slot.is_up()).await;
         // Inside the 2 s backoff (the child is down, not restarted yet) the
         // supervisor answers at once; a sleep in its handler held its
@@ -590,17 +744,72 @@ mod tests {
     #[tokio::test]
     async fn failures_past_the_budget_stop_the_root() {
         let (root, _slot, starts) = root(policy(1, Duration::from_millis(1))).await;
-        root.cast(RootSupervisorMsg::InjectFault(RuntimeChild::Registry))
-            .unwrap();
+        root.cast(RootSupervisorMsg::InjectFault(ChildKey::Runtime(
+            RuntimeChild::Tracker,
+        )))
+        .unwrap();
         until("the child restarted", || {
             starts.load(std::sync::atomic::Ordering::SeqCst) == 2
         })
         .await;
-        root.cast(RootSupervisorMsg::InjectFault(RuntimeChild::Registry))
-            .unwrap();
+        root.cast(RootSupervisorMsg::InjectFault(ChildKey::Runtime(
+            RuntimeChild::Tracker,
+        )))
+        .unwrap();
         until("the root escalated", || {
             root.get_status() == ractor::ActorStatus::Stopped
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn a_dynamic_child_has_its_own_budget_and_is_forgotten_not_escalated() {
+        let (root, _core, _) = root(policy(5, Duration::from_millis(1))).await;
+        let starts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (slot, publish) = Slot::new("agent/a");
+        let runner = ChildRunner {
+            make: || Flaky,
+            args: starts.clone(),
+            publish,
+            panic_msg: || FlakyMsg::Panic,
+        };
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let events: ChildEvents = {
+            let seen = seen.clone();
+            Arc::new(move |e| seen.lock().unwrap().push(e))
+        };
+        let added = ractor::call_t!(
+            root,
+            |reply| RootSupervisorMsg::Supervise {
+                key: "agent/a".into(),
+                spec: Box::new(runner),
+                policy: policy(1, Duration::from_millis(1)),
+                events,
+                reply,
+            },
+            5000
+        )
+        .unwrap();
+        assert!(added.is_ok());
+        let key = ChildKey::Dynamic("agent/a".into());
+        root.cast(RootSupervisorMsg::InjectFault(key.clone()))
+            .unwrap();
+        until("restarted once", || seen.lock().unwrap().len() == 1).await;
+        assert!(matches!(
+            seen.lock().unwrap()[0],
+            ChildEvent::Restarted { restarts: 1, .. }
+        ));
+        slot.call(Duration::from_secs(5), FlakyMsg::Ping)
+            .await
+            .unwrap();
+        root.cast(RootSupervisorMsg::InjectFault(key)).unwrap();
+        until("given up", || seen.lock().unwrap().len() == 2).await;
+        assert!(matches!(seen.lock().unwrap()[1], ChildEvent::GaveUp { .. }));
+        // The root carries on, and counts no restart of its own children.
+        assert_eq!(root.get_status(), ractor::ActorStatus::Running);
+        assert_eq!(restarts(&root).await, 0);
+        let gone = ractor::call_t!(root, RootSupervisorMsg::Unsupervise, 5000, "agent/a".into());
+        assert!(!gone.unwrap(), "forgotten already");
+        root.stop(None);
     }
 }

@@ -1,5 +1,5 @@
 //! Agents on a real runtime: the master/worker pattern with built-in Python
-//! handlers, crashes of workers, masters and the agent supervisor, retries and
+//! handlers, crashes of workers, masters and runtime children, retries and
 //! give-ups, and the aggregate in a volume.
 
 mod support;
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use modal_agents::{
-    AgentError, AgentEvent, AgentTask, MasterConfig, Runtime, RuntimeChild, WorkerHandle,
+    AgentError, AgentEvent, AgentTask, Agents, MasterConfig, Runtime, RuntimeChild, WorkerHandle,
 };
 use serde_json::json;
 
@@ -219,37 +219,51 @@ async fn a_master_crash_mid_job_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_supervisor_restart_brings_agents_back() {
+async fn agents_are_children_of_the_one_supervisor() {
     let t = support::start(1).await;
     let agents = t.rt.agents();
     agents.register_handler("echo", |_rt: Runtime, task: AgentTask| async move {
         Ok(task.data)
     });
     let worker = agents.spawn_worker("w").await.unwrap();
-    t.rt.inject_fault(RuntimeChild::Agents);
+    // Every handle over the runtime sees the same agents.
+    assert_eq!(Agents::new(&t.rt).list(), agents.list());
+
+    // A runtime child's failure leaves the agents running.
+    t.rt.inject_fault(RuntimeChild::Tracker);
     let rt = t.rt.clone();
-    support::eventually(
-        Duration::from_secs(10),
-        "agent supervisor restarted",
-        move || {
-            let rt = rt.clone();
-            async move { rt.restarts().await.unwrap() == 1 }
-        },
-    )
+    support::eventually(Duration::from_secs(10), "tracker restarted", move || {
+        let rt = rt.clone();
+        async move { rt.restarts().await.unwrap() == 1 }
+    })
     .await;
-    let mut out = None;
-    for _ in 0..100 {
-        if let Ok(r) = worker
-            .run(AgentTask::new("echo", json!(5)), Duration::from_secs(5))
-            .await
-        {
-            out = Some(r);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(out.unwrap().unwrap(), json!(5));
-    assert_eq!(agents.list().len(), 1);
+    let out = worker
+        .run(AgentTask::new("echo", json!(5)), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(out.unwrap(), json!(5));
+
+    // An agent's failure is its own: restarted on its budget, counted on
+    // the agent, not on the runtime's children.
+    let mut events = agents.events();
+    agents.inject_fault("w");
+    let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&event, AgentEvent::Restarted { id, restarts: 1, .. } if id == "w"),
+        "{event:?}"
+    );
+    assert_eq!(agents.list()[0].restarts, 1);
+    assert_eq!(t.rt.restarts().await.unwrap(), 1);
+    let out = worker
+        .run(AgentTask::new("echo", json!(6)), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(out.unwrap(), json!(6));
+    assert!(agents.stop("w").await.unwrap());
+    assert!(Agents::new(&t.rt).list().is_empty());
     t.rt.shutdown().await;
 }
 

@@ -319,13 +319,9 @@ async fn panicking_children_are_restarted_without_losing_state() {
         .await
         .unwrap();
 
-    for (n, child) in [
-        RuntimeChild::Registry,
-        RuntimeChild::Tracker,
-        RuntimeChild::Dispatcher,
-    ]
-    .into_iter()
-    .enumerate()
+    for (n, child) in [RuntimeChild::Tracker, RuntimeChild::Dispatcher]
+        .into_iter()
+        .enumerate()
     {
         t.rt.inject_fault(child);
         let rt = t.rt.clone();

@@ -11,7 +11,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker as JobSet;
 
 use super::{Inner, Runtime, RuntimeError};
-use crate::agents::AgentShared;
 use crate::compute::{
     BackendRouter, ComputeBackend, LocalBackend, LocalConfig, ModalBackend, ModalConfig,
 };
@@ -161,7 +160,6 @@ impl RuntimeBuilder {
         self.secrets
             .attach(db.clone())
             .map_err(RuntimeError::Store)?;
-        let table = Arc::new(DashMap::new());
         let store = TaskStore::new(data_dir.join("tasks"));
         let journal_path = data_dir.join("tasks.journal");
         let (journal, replayed) = {
@@ -182,12 +180,10 @@ impl RuntimeBuilder {
         let writer = durable.clone().run(store.clone(), flusher_stop.clone());
         // Each child's handle and the spec the root supervisor (re)starts
         // it from, from its own module's `child`.
-        let (registry, registry_child) = crate::registry::child(table);
+        let registry = crate::registry::Functions::default();
         let (tracker, tracker_child) = crate::tracker::child(store.clone());
         let volume_shared = VolumeShared::new(data_dir.join("volumes"));
         let (volumes, volumes_child) = crate::volume::child(volume_shared);
-        let agent_shared = AgentShared::new(self.restart);
-        let (agents_slot, agents_child) = crate::agents::child(agent_shared.clone());
         let shutdown = CancellationToken::new();
         let jobs = JobSet::new();
         let shared = Arc::new(DispatchShared {
@@ -199,11 +195,9 @@ impl RuntimeBuilder {
         });
         let (dispatcher, dispatcher_child) = crate::dispatcher::child(shared);
         let children = vec![
-            (RuntimeChild::Registry, registry_child),
             (RuntimeChild::Tracker, tracker_child),
             (RuntimeChild::Volumes, volumes_child),
             (RuntimeChild::Dispatcher, dispatcher_child),
-            (RuntimeChild::Agents, agents_child),
         ];
         let args = RootSupervisorArgs {
             children,
@@ -228,9 +222,9 @@ impl RuntimeBuilder {
                 tracker,
                 dispatcher,
                 volumes,
-                agents_slot,
-                agent_shared,
                 root,
+                restart: self.restart,
+                extensions: Default::default(),
                 jobs,
                 shutdown,
                 shutdown_timeout: self.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),

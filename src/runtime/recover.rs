@@ -281,7 +281,7 @@ impl Runtime {
             })
             .await
             .map_err(RuntimeError::Backend)?;
-        self.inner.registry.register(info).await?;
+        self.inner.registry.register(info);
         Ok(())
     }
 }
