@@ -20,10 +20,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use modal_agents::{
-    BackendChoice, CallContext, ComputeBackend, Deployment, FunctionSpec, ModalBackend,
-    ModalConfig, ModalCredentials,
+use modal_agents::compute::{
+    CallContext, ComputeBackend, Deployment, ModalBackend, ModalConfig, ModalCredentials,
 };
+use modal_agents::spec::BackendChoice;
+use modal_agents::FunctionSpec;
 use modal_server::ModalServer;
 use serde_json::{json, Map};
 

@@ -7,9 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use modal_agents::{
-    FunctionSpec, LocalBackend, LocalConfig, Runtime, RuntimeError, SandboxMode, TaskStatus,
-};
+use modal_agents::compute::{LocalBackend, LocalConfig, SandboxMode};
+use modal_agents::{FunctionSpec, Runtime, RuntimeError, TaskStatus};
 use serde_json::{json, Map};
 
 fn peak_rss_mib() -> f64 {

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use modal_agents::{AgentEvent, AgentTask, MasterConfig, Runtime, DEFAULT_DATA_DIR};
+use modal_agents::agents::{AgentEvent, AgentTask, MasterConfig};
+use modal_agents::runtime::DEFAULT_DATA_DIR;
+use modal_agents::Runtime;
 use serde_json::{json, Value};
 
 const WORDS: &[&str] = &[

@@ -8,7 +8,9 @@
 
 use std::sync::Arc;
 
-use modal_agents::{CodegenTask, Runtime, TemplateGenerator, DEFAULT_DATA_DIR};
+use modal_agents::agents::{CodegenTask, TemplateGenerator};
+use modal_agents::runtime::DEFAULT_DATA_DIR;
+use modal_agents::Runtime;
 use serde_json::json;
 
 #[tokio::main]

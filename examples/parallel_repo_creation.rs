@@ -6,7 +6,9 @@
 //! Run: `cargo run --release --example parallel_repo_creation`
 //! (`MODAL_AGENTS_DATA_DIR` picks the data dir; default `./modal-agents-data`.)
 
-use modal_agents::{RepoConfig, RepoCreatorConfig, Runtime, DEFAULT_DATA_DIR};
+use modal_agents::agents::{RepoConfig, RepoCreatorConfig};
+use modal_agents::runtime::DEFAULT_DATA_DIR;
+use modal_agents::Runtime;
 use serde_json::json;
 
 #[tokio::main]

@@ -7,7 +7,7 @@
 //! handle ([`WorkerHandle`], [`MasterHandle`], [`CodegenHandle`],
 //! [`RepoCreatorHandle`]) that follows the agent across restarts. A panicking
 //! agent is restarted under the runtime's
-//! [`RestartPolicy`](crate::RestartPolicy), with a budget per agent; an agent
+//! [`RestartPolicy`](crate::runtime::RestartPolicy), with a budget per agent; an agent
 //! that fails more often than the policy allows is given up on (the runtime
 //! carries on) and reported through [`Agents::events`].
 
@@ -127,7 +127,7 @@ pub enum AgentError {
     Invalid(CodegenError),
     /// The shared volume the agents write to failed.
     #[error(transparent)]
-    Volume(#[from] crate::VolumeError),
+    Volume(#[from] crate::volume::VolumeError),
     /// The agent or its supervisor is down.
     #[error(transparent)]
     Unavailable(#[from] ChildError),
@@ -144,7 +144,7 @@ pub enum AgentError {
     Repo(#[from] RepoError),
     /// A runtime operation the agent needed failed.
     #[error(transparent)]
-    Runtime(#[from] Box<crate::RuntimeError>),
+    Runtime(#[from] Box<crate::runtime::RuntimeError>),
 }
 
 /// What the agents of one runtime share: who is registered, the event

@@ -34,7 +34,7 @@ use utoipa::OpenApi;
 
 use crate::runtime::Runtime;
 
-pub use crate::webhooks::{Cidr, WebhookView};
+pub use crate::webhooks::Cidr;
 pub use error::{Error, Problem};
 
 /// Settings of the API server.

@@ -3,7 +3,8 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), modal_agents::client::ClientError> {
-//! use modal_agents::client::{Client, DeployRequest};
+//! use modal_agents::client::Client;
+//! use modal_agents::wire::DeployRequest;
 //! use serde_json::json;
 //!
 //! let client = Client::new("http://127.0.0.1:8080", Some("my-token"))?;
@@ -20,12 +21,15 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
-use crate::task::{MapProgress, ResultsPage, TaskError, TaskId, TaskLogs, TaskRecord, TaskStatus};
-use crate::tools::ToolDefinition;
+use crate::task::{ResultsPage, TaskId, TaskLogs, TaskRecord, TaskStatus};
 use crate::volume::FileStat;
+use crate::wire::{
+    DeployRequest, Deployed, FunctionView, MapSubmitted, PutState, RunParallelRequest, SecretInfo,
+    SpawnTaskRequest, StateEntry, TaskList, ToolDefinition, Webhook, WebhookRequest,
+};
 
 pub use monitor::{StatusMonitor, Transition};
 
@@ -56,144 +60,6 @@ pub enum ClientError {
     /// A wait ran out of time.
     #[error("task {0} did not finish in time")]
     Timeout(TaskId),
-}
-
-/// The seed's deploy request; build it with [`DeployRequest::new`] and the
-/// public fields.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct DeployRequest {
-    /// Python source.
-    pub function_code: String,
-    /// The function's name.
-    pub function_name: String,
-    /// `{"packages": [...], "apt_packages": [...]}`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub image_config: Option<Value>,
-    /// A GPU type or a list of them.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gpu: Option<Value>,
-    /// Timeout in seconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<u32>,
-    /// Retries.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retries: Option<u32>,
-    /// Secret names.
-    #[serde(skip_serializing_if = "Vec::is_empty", default)]
-    pub secrets: Vec<String>,
-    /// Volume names or `{mount: name}`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub volumes: Option<Value>,
-    /// Containers at most.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_concurrency: Option<u32>,
-    /// CPU cores.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpu: Option<f64>,
-    /// Memory in MiB.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory: Option<u64>,
-    /// Limits on each container.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub limits: Option<crate::Limits>,
-    /// Where it runs (default: auto).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub backend: Option<crate::BackendChoice>,
-}
-
-impl DeployRequest {
-    /// A request with the name and code; set the rest on the fields.
-    pub fn new(function_name: impl Into<String>, function_code: impl Into<String>) -> Self {
-        DeployRequest {
-            function_name: function_name.into(),
-            function_code: function_code.into(),
-            ..DeployRequest::default()
-        }
-    }
-}
-
-/// The seed's deploy response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Deployed {
-    /// A fresh id per deployment.
-    pub function_id: String,
-    /// The name.
-    pub function_name: String,
-    /// `registered`.
-    pub status: String,
-}
-
-/// A map submission's answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MapSubmitted {
-    /// The map's task id.
-    pub task_id: TaskId,
-    /// The function.
-    pub function_name: String,
-    /// Inputs.
-    pub num_tasks: u64,
-    /// Its status.
-    pub status: TaskStatus,
-    /// Progress, when known.
-    #[serde(default)]
-    pub progress: Option<MapProgress>,
-    /// With `wait`: the first page of results.
-    #[serde(default)]
-    pub results: Option<Vec<Value>>,
-    /// Where the next page starts.
-    #[serde(default)]
-    pub next_offset: Option<u64>,
-    /// Why the map failed.
-    #[serde(default)]
-    pub error: Option<TaskError>,
-}
-
-/// A page of tasks.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskList {
-    /// The tasks, newest first.
-    pub tasks: Vec<TaskRecord>,
-    /// How many match in all.
-    pub total: usize,
-}
-
-/// A webhook registration; `secret` is only set in the registration answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Webhook {
-    /// Its id.
-    pub webhook_id: String,
-    /// The task.
-    pub task_id: TaskId,
-    /// The target.
-    pub webhook_url: String,
-    /// `waiting`, `delivering`, `delivered`, `failed` or `disabled`.
-    pub state: String,
-    /// The `whsec_...` signing secret.
-    #[serde(default)]
-    pub secret: Option<String>,
-    /// Delivery attempts.
-    #[serde(default)]
-    pub attempts: Vec<Value>,
-}
-
-/// A state value in a volume.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StateEntry {
-    /// The key.
-    pub key: String,
-    /// The value.
-    pub value: Value,
-    /// Its version.
-    pub version: u64,
-}
-
-/// A secret's name and keys.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SecretInfo {
-    /// The name.
-    pub name: String,
-    /// Its keys (never values).
-    pub keys: Vec<String>,
 }
 
 /// A client of one server. Cheap to clone.
@@ -294,6 +160,11 @@ impl Client {
         Self::decode(response).await
     }
 
+    /// A wire request as a JSON body.
+    fn body(request: &impl Serialize) -> Result<Value, ClientError> {
+        serde_json::to_value(request).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
     async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, ClientError> {
         if !response.status().is_success() {
             return Err(Self::problem(response).await);
@@ -309,18 +180,18 @@ impl Client {
 
     /// `POST /deploy-function`.
     pub async fn deploy(&self, request: &DeployRequest) -> Result<Deployed, ClientError> {
-        let body = serde_json::to_value(request).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let body = Self::body(request)?;
         self.json(Method::POST, "/deploy-function", Some(&body))
             .await
     }
 
     /// `GET /functions`.
-    pub async fn functions(&self) -> Result<Vec<Value>, ClientError> {
+    pub async fn functions(&self) -> Result<Vec<FunctionView>, ClientError> {
         self.json(Method::GET, "/functions", None).await
     }
 
     /// `DELETE /functions/{name}`.
-    pub async fn undeploy(&self, name: &str) -> Result<Value, ClientError> {
+    pub async fn undeploy(&self, name: &str) -> Result<FunctionView, ClientError> {
         self.json(Method::DELETE, &format!("/functions/{name}"), None)
             .await
     }
@@ -332,7 +203,12 @@ impl Client {
         inputs: Vec<Value>,
         wait: bool,
     ) -> Result<MapSubmitted, ClientError> {
-        let body = json!({"function_name": function_name, "inputs": inputs, "wait": wait});
+        let body = Self::body(&RunParallelRequest {
+            function_name: function_name.to_owned(),
+            inputs,
+            wait,
+            wait_timeout: None,
+        })?;
         self.json(Method::POST, "/run-parallel", Some(&body)).await
     }
 
@@ -344,8 +220,13 @@ impl Client {
         kwargs: Map<String, Value>,
         wait: bool,
     ) -> Result<TaskRecord, ClientError> {
-        let body =
-            json!({"function_name": function_name, "args": args, "kwargs": kwargs, "wait": wait});
+        let body = Self::body(&SpawnTaskRequest {
+            function_name: function_name.to_owned(),
+            args,
+            kwargs,
+            wait,
+            wait_timeout: None,
+        })?;
         self.json(Method::POST, "/spawn-task", Some(&body)).await
     }
 
@@ -424,7 +305,10 @@ impl Client {
         task_id: TaskId,
         webhook_url: &str,
     ) -> Result<Webhook, ClientError> {
-        let body = json!({"task_id": task_id, "webhook_url": webhook_url});
+        let body = Self::body(&WebhookRequest {
+            task_id: task_id.to_string(),
+            webhook_url: webhook_url.to_owned(),
+        })?;
         self.json(Method::POST, "/webhook", Some(&body)).await
     }
 
@@ -470,7 +354,7 @@ impl Client {
             .send(
                 Method::PUT,
                 &format!("/volumes/{volume}/state/{key}"),
-                Some(&json!({"value": value})),
+                Some(&Self::body(&PutState { value })?),
                 &headers,
             )
             .await?;
@@ -568,7 +452,7 @@ impl Client {
         name: &str,
         values: &BTreeMap<String, String>,
     ) -> Result<SecretInfo, ClientError> {
-        let body = serde_json::to_value(values).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let body = Self::body(values)?;
         self.json(Method::PUT, &format!("/secrets/{name}"), Some(&body))
             .await
     }

@@ -6,30 +6,34 @@
 //!
 //! ## Layout
 //!
-//! - [`runtime`](Runtime): the [`Runtime`] handle and its [`RuntimeBuilder`];
-//!   start, deploy, spawn, call, map, status, wait, results, cancel, shutdown.
-//! - `spec`: [`FunctionSpec`] and its parts ([`Resources`], [`GpuSpec`],
-//!   [`ImageSpec`], [`RetryPolicy`], [`Limits`], [`BackendChoice`]), validated
-//!   before any backend sees them.
-//! - `task`: [`TaskId`], [`TaskStatus`], [`TaskRecord`], [`MapProgress`],
-//!   [`TaskError`], [`ResultsPage`].
-//! - `compute`: the [`ComputeBackend`] trait, the [`LocalBackend`] (warm
-//!   `python3` containers running a harness shipped in the crate, sandboxed
-//!   under bubblewrap per [`SandboxMode`]), the [`ModalBackend`] (Modal through
-//!   the pinned official SDK, [`ModalConfig`], [`ModalCredentials`]) and the
-//!   router that sends each function where its `backend` says.
-//! - `secrets`: the [`SecretStore`] functions draw environment variables from;
-//!   [`redact`]: the [`Redactor`](redact::Redactor) that keeps every known
-//!   secret value out of what the runtime logs or returns.
-//! - `supervisor`: the root supervisor and its [`RestartPolicy`]; `registry`,
-//!   `tracker` (task records, journal, map results), `dispatcher`, `volume`
-//!   ([`Volumes`]: versioned state, files, watches) and `agents`
-//!   ([`Agents`]: master, worker, codegen, repo-creator) are its children.
-//! - `store`: the redb database of functions, secrets and webhooks.
-//! - [`webhooks`]: signed task-completion webhooks, a runtime service
-//!   ([`webhooks::Webhooks`]) the HTTP app serves.
-//! - `tools`: the seed's agent tools with JSON Schemas ([`Tools`]).
-//! - [`api`]: the axum HTTP service; [`client`]: its typed client.
+//! The headline types are re-exported here; everything else lives in the
+//! module that owns it.
+//!
+//! - [`runtime`]: the [`Runtime`] handle and its [`RuntimeBuilder`]; start,
+//!   deploy, spawn, call, map, status, wait, results, cancel, shutdown; its
+//!   restart policy, resource report and errors.
+//! - [`spec`]: [`FunctionSpec`] and its parts (resources, GPUs, image,
+//!   retries, limits, backend), validated before any backend sees them.
+//! - [`task`]: [`TaskId`], [`TaskStatus`], [`TaskRecord`], [`TaskError`],
+//!   map progress and result pages.
+//! - [`compute`]: the [`ComputeBackend`](compute::ComputeBackend) trait, the
+//!   local backend (warm `python3` containers under bubblewrap) and the Modal
+//!   backend (Modal through the pinned official SDK).
+//! - [`volume`]: [`Volumes`], versioned state, files and watches.
+//! - [`agents`]: [`Agents`]: master, worker, codegen and repo-creator actors,
+//!   children of the runtime's supervisor, above the runtime.
+//! - [`wire`]: every request and response the API, the client and the tools
+//!   exchange, with their schemas.
+//! - [`tools`]: the seed's agent tools ([`Tools`]); [`api`]: the axum HTTP
+//!   service; [`client`]: its typed client.
+//! - [`secrets`], [`redact`]: secrets functions draw on, and what keeps
+//!   their values out of logs and answers; [`webhooks`]: signed
+//!   task-completion webhooks, a runtime service.
+//!
+//! Inside (not public): the one supervisor and the shape every actor takes
+//! (`supervisor`), the function registry, the task tracker and its journal,
+//! the dispatcher, the redb store and the persistence kit (`persist`, with
+//! the data dir's layout).
 //!
 //! ## Example
 //!
@@ -51,60 +55,30 @@
 //! # }
 //! ```
 
-mod agents;
+pub mod agents;
 pub mod api;
 pub mod client;
-mod compute;
+pub mod compute;
 mod dispatcher;
 mod persist;
 pub mod redact;
 mod registry;
-mod runtime;
-mod secrets;
-mod spec;
+pub mod runtime;
+pub mod secrets;
+pub mod spec;
 mod store;
 mod supervisor;
-mod task;
-mod tools;
+pub mod task;
+pub mod tools;
 mod tracker;
 mod value;
-mod volume;
+pub mod volume;
 pub mod webhooks;
+pub mod wire;
 
-pub use agents::{
-    AgentError, AgentEvent, AgentInfo, AgentKind, AgentTask, Agents, CodeGenerator, CodegenError,
-    CodegenHandle, CodegenReport, CodegenTask, ComponentKind, ComponentResult, GeneratedCode,
-    HandlerFuture, JobProgress, JobReport, Language, MasterConfig, MasterHandle, RepoConfig,
-    RepoCreatorConfig, RepoCreatorHandle, RepoError, RepoResult, TaskHandler, TaskResult,
-    TemplateGenerator, WorkerHandle, WorkerStats,
-};
-pub use compute::{
-    app_file, BackendError, CallContext, CallId, CallOutcome, Capacity, ComputeBackend, Deployment,
-    GpuDevice, GpuUse, Isolation, LocalBackend, LocalConfig, LogSink, LogStream, MapItem, MapMeter,
-    ModalBackend, ModalConfig, ModalCredentials, SandboxMode, SyncReport, Usage, APP_OBJECT,
-    MODAL_SDK_VERSION,
-};
-#[cfg(any(test, feature = "testing"))]
-pub use compute::{Script, ScriptedBackend};
-pub use registry::FunctionInfo;
-pub use runtime::{
-    GpuAllocation, ModalStatus, ResourceReport, Retention, Runtime, RuntimeBuilder, RuntimeError,
-    DEFAULT_DATA_DIR, DEFAULT_SHUTDOWN_TIMEOUT, MAX_RESULTS_PAGE,
-};
-pub use secrets::{SecretError, SecretStore};
-pub use spec::{
-    BackendChoice, FunctionSpec, GpuRequest, GpuSpec, GpuType, ImageSpec, Limits, Resources,
-    RetryPolicy, SeedVolumes, SpecError, DEFAULT_TIMEOUT_S, GPU_TYPES,
-};
-pub use store::StoreError;
-pub use supervisor::{ChildError, RestartPolicy, RuntimeChild};
-pub use task::{
-    ErrorKind, MapProgress, ResultsPage, TaskError, TaskId, TaskKind, TaskLogs, TaskRecord,
-    TaskStatus,
-};
-pub use tools::{ToolDefinition, ToolError, Tools, MAX_INLINE_RESULTS};
-pub use value::{TooDeep, MAX_VALUE_DEPTH};
-pub use volume::{
-    FileStat, Versioned, VolumeChange, VolumeError, VolumeEvent, Volumes, MAX_FILE_BYTES,
-    MAX_VALUE_BYTES,
-};
+pub use agents::Agents;
+pub use runtime::{Runtime, RuntimeBuilder, RuntimeError};
+pub use spec::{FunctionSpec, SpecError};
+pub use task::{TaskError, TaskId, TaskRecord, TaskStatus};
+pub use tools::Tools;
+pub use volume::Volumes;

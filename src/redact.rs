@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
 
-use crate::SecretStore;
+use crate::secrets::SecretStore;
 
 /// Values shorter than this are not redacted: replacing every `1` or `yes`
 /// in an output would hide more than it protects.

@@ -23,20 +23,21 @@ use std::collections::BTreeMap;
 
 use crate::compute::{BackendError, ComputeBackend, Deployment, ModalBackend};
 use crate::dispatcher::{read_logs, write_inputs, DispatcherHandle, JobSpec, TaskJob};
-use crate::registry::{FunctionInfo, Functions};
+use crate::registry::Functions;
 use crate::secrets::SecretStore;
 use crate::spec::{BackendChoice, FunctionSpec};
 use crate::store::{put, Store, Table, Write};
-use crate::supervisor::{
-    ChildError, ChildEvents, ChildKey, ChildSpec, RestartPolicy, RootSupervisorMsg, RuntimeChild,
-    SuperviseError,
-};
+use crate::supervisor::{ChildEvents, ChildKey, ChildSpec, RootSupervisorMsg, SuperviseError};
 use crate::task::{ResultsPage, TaskId, TaskKind, TaskLogs, TaskRecord, TaskStatus};
 use crate::tracker::{read_page, Durable, TrackerHandle};
 use crate::value::{check_depth, check_each};
 use crate::volume::Volumes;
 
+pub use crate::registry::FunctionInfo;
+pub use crate::store::StoreError;
+pub use crate::supervisor::{ChildError, RestartPolicy, RuntimeChild};
 pub use crate::tracker::Retention;
+pub use crate::value::{TooDeep, MAX_VALUE_DEPTH};
 pub use builder::{RuntimeBuilder, DEFAULT_DATA_DIR, DEFAULT_SHUTDOWN_TIMEOUT};
 pub use error::RuntimeError;
 pub use resources::{GpuAllocation, ModalStatus, ResourceReport};
@@ -378,7 +379,7 @@ impl Runtime {
             // tracker gets to the create later.
             store.abandon(
                 record,
-                crate::TaskError::new(
+                crate::task::TaskError::new(
                     "NotCreated",
                     format!("the task could not be recorded ({e}); it was not run"),
                 ),
@@ -393,7 +394,7 @@ impl Runtime {
             Err((e, Some(_job))) => {
                 store.abandon(
                     record,
-                    crate::TaskError::new(
+                    crate::task::TaskError::new(
                         "DispatchFailed",
                         format!("the task could not be started ({e}); it was not run"),
                     ),
@@ -448,7 +449,7 @@ impl Runtime {
                 task_id: id,
                 error: record
                     .error
-                    .unwrap_or_else(|| crate::TaskError::new("Unknown", "no error recorded")),
+                    .unwrap_or_else(|| crate::task::TaskError::new("Unknown", "no error recorded")),
             }),
         }
     }
@@ -647,7 +648,7 @@ impl Runtime {
     }
 
     /// Fault injection for chaos tests: makes a runtime child panic. The
-    /// supervisor restarts it per its [`RestartPolicy`](crate::RestartPolicy).
+    /// supervisor restarts it per its [`RestartPolicy`].
     pub fn inject_fault(&self, child: RuntimeChild) {
         let _ = self
             .inner

@@ -9,7 +9,6 @@ mod backend;
 mod gpu;
 mod limits;
 mod retry;
-mod seed;
 
 use std::collections::BTreeMap;
 
@@ -19,8 +18,6 @@ pub use backend::BackendChoice;
 pub use gpu::{GpuRequest, GpuSpec, GpuType, GPU_TYPES};
 pub use limits::Limits;
 pub use retry::RetryPolicy;
-pub use seed::SeedVolumes;
-pub(crate) use seed::{seed_field, SeedDeploy};
 
 /// Why a function spec, or its code, was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -81,6 +78,23 @@ impl SpecError {
             field: field.into(),
             value: value.to_string(),
             expected: expected.into(),
+        }
+    }
+
+    /// The same error with an `Invalid` field spelled as `rename` says (a
+    /// wire request's name for a spec field).
+    pub(crate) fn with_field(self, rename: impl FnOnce(&str) -> String) -> SpecError {
+        match self {
+            SpecError::Invalid {
+                field,
+                value,
+                expected,
+            } => SpecError::Invalid {
+                field: rename(&field),
+                value,
+                expected,
+            },
+            other => other,
         }
     }
 
@@ -185,7 +199,7 @@ pub struct FunctionSpec {
     /// Retries of a failed input (default: none).
     #[serde(default)]
     pub retries: RetryPolicy,
-    /// Names of secrets (from the runtime's [`SecretStore`](crate::SecretStore))
+    /// Names of secrets (from the runtime's [`SecretStore`](crate::secrets::SecretStore))
     /// whose keys become environment variables.
     #[serde(default)]
     pub secrets: Vec<String>,

@@ -194,7 +194,7 @@ pub struct TaskRecord {
     /// Attempts made (a call's retries count; a map counts 1).
     pub attempts: u32,
     /// The result of a completed call. Map results are read with
-    /// [`Runtime::results`](crate::Runtime::results).
+    /// [`Runtime::results`](crate::runtime::Runtime::results).
     pub result: Option<Value>,
     /// Why it failed.
     pub error: Option<TaskError>,

@@ -7,7 +7,7 @@
 //!
 //! ## Commit and reload semantics
 //!
-//! - **State** writes go through the [`VolumeStore`] actor one at a time, are
+//! - **State** writes go through the `VolumeStore` actor one at a time, are
 //!   appended to the volume's log and fsynced *before* the call returns. When
 //!   `write`/`cas`/`delete` returns, every other agent's next `read` sees the
 //!   change (linearizable), and it survives a crash or restart of the process.

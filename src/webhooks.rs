@@ -34,11 +34,11 @@ use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::Sha256;
-use utoipa::ToSchema;
 
 use crate::runtime::Runtime;
 use crate::store::{self, Store, Table};
 use crate::task::{TaskId, TaskStatus};
+use crate::wire::{Webhook, WebhookAttempt, WebhookState};
 
 pub use self::ssrf::Cidr;
 use self::ssrf::{allowed, check_target, refusal, GuardedResolver};
@@ -73,67 +73,18 @@ impl Default for WebhookConfig {
 pub enum WebhookError {
     /// No task has that id.
     #[error(transparent)]
-    Task(#[from] Box<crate::RuntimeError>),
+    Task(#[from] Box<crate::runtime::RuntimeError>),
     /// The target is not one deliveries may go to.
     #[error("{0}")]
     Target(String),
     /// The registration could not be stored.
     #[error(transparent)]
-    Storage(#[from] crate::StoreError),
-}
-
-/// The state of a registration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum WebhookState {
-    /// Waiting for the task to finish.
-    Waiting,
-    /// Delivering (or between retries).
-    Delivering,
-    /// Delivered (a 2xx answer).
-    Delivered,
-    /// Every attempt failed.
-    Failed,
-    /// The endpoint answered 410 Gone.
-    Disabled,
-}
-
-/// One delivery attempt.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Attempt {
-    /// When it started (RFC 3339).
-    pub at: String,
-    /// The HTTP status, when there was an answer.
-    pub status: Option<u16>,
-    /// Why it failed, when it did not get an answer.
-    pub error: Option<String>,
-    /// How long it took.
-    pub duration_ms: u64,
-}
-
-/// A webhook registration as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct WebhookView {
-    /// Its id.
-    pub webhook_id: String,
-    /// The task it reports on.
-    pub task_id: TaskId,
-    /// Where deliveries go.
-    pub webhook_url: String,
-    /// Where it is.
-    pub state: WebhookState,
-    /// The message id every attempt carries (`webhook-id`).
-    pub message_id: String,
-    /// Attempts so far.
-    pub attempts: Vec<Attempt>,
-    /// The signing secret; only in the registration response.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub secret: Option<String>,
+    Storage(#[from] crate::store::StoreError),
 }
 
 #[derive(Serialize, Deserialize)]
 struct StoredWebhook {
-    view: WebhookView,
+    view: Webhook,
     #[serde(with = "key_b64")]
     key: Vec<u8>,
 }
@@ -271,7 +222,7 @@ impl Webhooks {
     /// Registers a webhook for task `task_id`'s completion or failure,
     /// stored before this returns; the view carries the signing secret
     /// (shown only here).
-    pub async fn register(&self, task_id: TaskId, url: &str) -> Result<WebhookView, WebhookError> {
+    pub async fn register(&self, task_id: TaskId, url: &str) -> Result<Webhook, WebhookError> {
         self.runtime.status(task_id).map_err(Box::new)?;
         check_target(url, &self.ctx.settings.allow)
             .await
@@ -283,7 +234,7 @@ impl Webhooks {
             "whsec_{}",
             base64::engine::general_purpose::STANDARD.encode(key)
         );
-        let view = WebhookView {
+        let view = Webhook {
             webhook_id: format!("wh_{}", uuid::Uuid::new_v4().simple()),
             task_id,
             webhook_url: url.to_owned(),
@@ -304,14 +255,14 @@ impl Webhooks {
             self.ctx.clone(),
             registration,
         ));
-        Ok(WebhookView {
+        Ok(Webhook {
             secret: Some(secret),
             ..view
         })
     }
 
     /// A registration and its attempts (never its secret).
-    pub fn get(&self, webhook_id: &str) -> Option<WebhookView> {
+    pub fn get(&self, webhook_id: &str) -> Option<Webhook> {
         self.registrations
             .get(webhook_id)
             .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).view.clone())
@@ -419,7 +370,7 @@ async fn deliver(runtime: Runtime, hooks: DeliveryCtx, registration: Arc<Mutex<S
             .unwrap_or_else(|p| p.into_inner())
             .view
             .attempts
-            .push(Attempt {
+            .push(WebhookAttempt {
                 at: at.to_rfc3339(),
                 status,
                 error,
@@ -472,7 +423,10 @@ impl DeliveryCtx {
     }
 
     /// Stores the registration as it is now (fsynced).
-    async fn save(&self, registration: &Mutex<StoredWebhook>) -> Result<(), crate::StoreError> {
+    async fn save(
+        &self,
+        registration: &Mutex<StoredWebhook>,
+    ) -> Result<(), crate::store::StoreError> {
         let write = {
             let r = registration.lock().unwrap_or_else(|p| p.into_inner());
             store::put(Table::Webhooks, r.view.webhook_id.clone(), &*r)
@@ -480,7 +434,7 @@ impl DeliveryCtx {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.apply(vec![write]))
             .await
-            .map_err(|e| crate::StoreError::Io(std::io::Error::other(e.to_string())))?
+            .map_err(|e| crate::store::StoreError::Io(std::io::Error::other(e.to_string())))?
     }
 }
 

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use modal_agents::{
-    AgentError, AgentEvent, AgentTask, Agents, MasterConfig, Runtime, RuntimeChild, WorkerHandle,
-};
+use modal_agents::agents::{AgentError, AgentEvent, AgentTask, MasterConfig, WorkerHandle};
+use modal_agents::runtime::RuntimeChild;
+use modal_agents::{Agents, Runtime};
 use serde_json::json;
 
 fn job(n: usize) -> Vec<AgentTask> {

@@ -736,7 +736,8 @@ async fn oneshot_routes_and_config_checks() {
 /// with no HTTP app, and stops its deliveries when it stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedded_runtime_delivers_webhooks_without_the_http_app() {
-    use modal_agents::webhooks::{WebhookConfig, WebhookError, WebhookState, Webhooks};
+    use modal_agents::webhooks::{WebhookConfig, WebhookError, Webhooks};
+    use modal_agents::wire::WebhookState;
     let t = support::start(1).await;
     let hooks = Webhooks::start(
         &t.rt,

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use modal_agents::api::{app, ApiConfig};
-use modal_agents::client::{Client, ClientError, DeployRequest, StatusMonitor};
+use modal_agents::client::{Client, ClientError, StatusMonitor};
+use modal_agents::wire::DeployRequest;
 use modal_agents::TaskStatus;
 use serde_json::{json, Map};
 

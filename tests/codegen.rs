@@ -7,7 +7,7 @@ mod support;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use modal_agents::{
+use modal_agents::agents::{
     CodeGenerator, CodegenError, CodegenTask, ComponentKind, GeneratedCode, Language,
     TemplateGenerator,
 };

@@ -6,7 +6,8 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use modal_agents::{FunctionSpec, RetryPolicy, Runtime, TaskId, TaskStatus};
+use modal_agents::spec::RetryPolicy;
+use modal_agents::{FunctionSpec, Runtime, TaskId, TaskStatus};
 use serde_json::{json, Map, Value};
 
 /// Reads every result of a finished map, page by page.
@@ -408,12 +409,12 @@ async fn kills_of_slow_starting_containers_charge_no_innocent_input() {
     std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
     // A script outside the sandbox's mounts: containers run as plain
     // processes here, which is all the kills need.
-    let t = support::start_with_config(modal_agents::LocalConfig {
+    let t = support::start_with_config(modal_agents::compute::LocalConfig {
         pool_size: 2,
         python: Some(python),
         standby: 0,
-        sandbox: modal_agents::SandboxMode::Off,
-        ..modal_agents::LocalConfig::default()
+        sandbox: modal_agents::compute::SandboxMode::Off,
+        ..modal_agents::compute::LocalConfig::default()
     })
     .await;
     kill_containers_at_random(t).await;

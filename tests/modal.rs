@@ -25,10 +25,11 @@ mod modal {
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use modal_agents::{
-    BackendChoice, FunctionSpec, GpuSpec, Limits, ModalBackend, ModalConfig, ModalCredentials,
-    RetryPolicy, Runtime, RuntimeError, APP_OBJECT, MODAL_SDK_VERSION,
+use modal_agents::compute::{
+    ModalBackend, ModalConfig, ModalCredentials, APP_OBJECT, MODAL_SDK_VERSION,
 };
+use modal_agents::spec::{BackendChoice, GpuSpec, Limits, RetryPolicy};
+use modal_agents::{FunctionSpec, Runtime, RuntimeError};
 use modal_server::{ModalServer, TOKEN_SECRET};
 use serde_json::{json, Map, Value};
 

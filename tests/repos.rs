@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use modal_agents::{AgentError, RepoConfig, RepoCreatorConfig, RepoError};
+use modal_agents::agents::{AgentError, RepoConfig, RepoCreatorConfig, RepoError};
 use serde_json::json;
 
 fn config(name: &str, files: &[(&str, &str)]) -> RepoConfig {
@@ -182,7 +182,7 @@ async fn bad_names_and_paths_are_refused() {
     assert!(matches!(
         none[0],
         Err(AgentError::NoAgents {
-            kind: modal_agents::AgentKind::RepoCreator,
+            kind: modal_agents::agents::AgentKind::RepoCreator,
             ..
         })
     ));

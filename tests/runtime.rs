@@ -5,7 +5,8 @@ mod support;
 
 use std::time::Duration;
 
-use modal_agents::{FunctionSpec, RuntimeChild, RuntimeError, SpecError, TaskStatus};
+use modal_agents::runtime::RuntimeChild;
+use modal_agents::{FunctionSpec, RuntimeError, SpecError, TaskStatus};
 use serde_json::{json, Map, Value};
 
 fn kwargs(v: Value) -> Map<String, Value> {
@@ -493,11 +494,11 @@ async fn resources_are_checked_assigned_and_reported() {
 
     // Two declared GPUs: containers get their own device through CUDA_VISIBLE_DEVICES.
     let gpus = vec![
-        modal_agents::GpuDevice {
+        modal_agents::compute::GpuDevice {
             index: 0,
             name: "Tesla T4".into(),
         },
-        modal_agents::GpuDevice {
+        modal_agents::compute::GpuDevice {
             index: 1,
             name: "Tesla T4".into(),
         },

@@ -8,10 +8,10 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use modal_agents::{
-    FunctionSpec, Limits, LocalBackend, LocalConfig, Runtime, RuntimeError, SandboxMode,
-    SecretStore, TaskError,
-};
+use modal_agents::compute::{LocalBackend, LocalConfig, SandboxMode};
+use modal_agents::secrets::SecretStore;
+use modal_agents::spec::Limits;
+use modal_agents::{FunctionSpec, Runtime, RuntimeError, TaskError};
 use serde_json::{json, Map, Value};
 
 struct Sandboxed {

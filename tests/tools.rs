@@ -2,7 +2,8 @@
 
 mod support;
 
-use modal_agents::{ToolError, Tools};
+use modal_agents::tools::ToolError;
+use modal_agents::Tools;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

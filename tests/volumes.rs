@@ -6,9 +6,9 @@ mod support;
 
 use std::time::Duration;
 
-use modal_agents::{
-    FunctionSpec, Runtime, RuntimeChild, VolumeChange, VolumeError, MAX_VALUE_BYTES,
-};
+use modal_agents::runtime::RuntimeChild;
+use modal_agents::volume::{VolumeChange, VolumeError, MAX_VALUE_BYTES};
+use modal_agents::{FunctionSpec, Runtime};
 use serde_json::{json, Map};
 
 async fn increments(rt: &Runtime, agents: u64, each: u64) {

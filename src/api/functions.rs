@@ -2,182 +2,46 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use utoipa::ToSchema;
 
 use super::extract::ApiJson;
 use super::{ApiState, Error};
-use crate::registry::FunctionInfo;
-use crate::spec::{seed_field, BackendChoice, Limits, SeedDeploy, SeedVolumes, SpecError};
+use crate::spec::SpecError;
+use crate::wire::{wire_field, DeployRequest, Deployed, FunctionView};
 
-/// `image_config`: Python packages (`packages`, the seed's name) and apt packages.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ImageConfig {
-    /// pip requirements.
-    #[serde(default, alias = "python_packages")]
-    packages: Vec<String>,
-    /// Debian packages (Modal backend).
-    #[serde(default)]
-    apt_packages: Vec<String>,
-}
-
-/// The seed's deploy request.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct DeployRequest {
-    /// Python source defining the function.
-    function_code: String,
-    /// The function's name (a Python identifier).
-    function_name: String,
-    #[serde(default)]
-    image_config: ImageConfig,
-    /// A GPU type (`T4`, `A100-80GB:2`, ...) or an ordered fallback list.
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    gpu: Option<Value>,
-    /// Per-input timeout in seconds, 1..=86400 (default 300).
-    #[serde(default)]
-    timeout: Option<u32>,
-    /// CPU cores.
-    #[serde(default)]
-    cpu: Option<f64>,
-    /// Memory in MiB, at least 128: a number is a request (reserved); a
-    /// pair `[request, limit]` also sets a hard limit (Modal's
-    /// `memory=(request, limit)`).
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    memory: Option<Value>,
-    /// Retries: a count 0..=10 or `{max_retries, initial_delay_s, backoff_coefficient, max_delay_s}`.
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    retries: Option<Value>,
-    /// Secret names.
-    #[serde(default)]
-    secrets: Vec<String>,
-    /// Volume names (mounted at `/volumes/NAME`) or `{mount path: name}`.
-    #[serde(default)]
-    volumes: Option<SeedVolumes>,
-    /// Containers at most.
-    #[serde(default)]
-    max_concurrency: Option<u32>,
-    /// Seconds an idle container stays warm before it is retired and gives
-    /// back what it reserved, 2..=1200 (default 60).
-    #[serde(default)]
-    scaledown_window: Option<u32>,
-    /// Containers kept warm even when idle, at most `max_concurrency`
-    /// (default 0).
-    #[serde(default)]
-    min_containers: Option<u32>,
-    /// Limits on each container (address space, CPU time, open files, file
-    /// size, processes, network).
-    #[serde(default)]
-    limits: Option<Limits>,
-    /// Where it runs: `local`, `modal` or `auto` (default: `auto`, local
-    /// unless this machine cannot run it and Modal credentials exist).
-    #[serde(default)]
-    backend: Option<BackendChoice>,
-}
-
-/// The seed's deploy response.
-#[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct DeployResponse {
-    function_id: String,
-    function_name: String,
-    status: &'static str,
-    /// What of the request the server does not enforce where the function
-    /// runs (without a sandbox: `limits.network`, `limits.processes`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    warnings: Vec<String>,
-}
-
-/// A deployed function.
-#[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct FunctionView {
-    function_id: String,
-    function_name: String,
-    backend: String,
-    deployed_at: String,
-    /// The spec as deployed (secret names only, never values).
-    #[schema(value_type = Object)]
-    spec: Value,
-}
-
-impl From<FunctionInfo> for FunctionView {
-    fn from(f: FunctionInfo) -> Self {
-        FunctionView {
-            function_id: f.function_id.to_string(),
-            function_name: f.function_name,
-            backend: f.backend,
-            deployed_at: f.deployed_at.to_rfc3339(),
-            spec: serde_json::to_value(&f.spec).unwrap_or(Value::Null),
-        }
-    }
-}
-
-fn seed_error(e: SpecError) -> Error {
+/// A refused spec as a 422 naming the request's field.
+fn spec_error(e: SpecError) -> Error {
     match e {
         SpecError::Invalid {
             field,
             value,
             expected,
-        } => Error::invalid(
-            seed_field(&field, "image_config.packages"),
-            format!("got {value:?}; expected {expected}"),
+        } => Error::invalid(field, format!("got {value:?}; expected {expected}")),
+        e => Error::invalid(
+            wire_field(e.field(), "image_config.packages"),
+            e.to_string(),
         ),
-        SpecError::Syntax { .. } | SpecError::MissingFunction { .. } | SpecError::Load { .. } => {
-            let field = if matches!(e, SpecError::MissingFunction { .. }) {
-                "function_name"
-            } else {
-                "function_code"
-            };
-            Error::invalid(field, e.to_string())
-        }
     }
 }
 
 /// Deploy a function from a code string.
 #[utoipa::path(post, path = "/deploy-function", request_body = DeployRequest,
-    responses((status = 200, body = DeployResponse), (status = 422, body = super::Problem)))]
+    responses((status = 200, body = Deployed), (status = 422, body = super::Problem)))]
 pub(crate) async fn deploy(
     State(state): State<ApiState>,
     ApiJson(req): ApiJson<DeployRequest>,
-) -> Result<Json<DeployResponse>, Error> {
-    let spec = SeedDeploy {
-        code: req.function_code,
-        name: req.function_name,
-        packages: req.image_config.packages,
-        apt_packages: req.image_config.apt_packages,
-        gpu: req.gpu,
-        timeout: req.timeout,
-        secrets: req.secrets,
-        volumes: req.volumes,
-        retries: req.retries,
-        max_concurrency: req.max_concurrency,
-        scaledown_window: req.scaledown_window,
-        min_containers: req.min_containers,
-        cpu: req.cpu,
-        memory: req.memory,
-        limits: req.limits,
-        backend: req.backend,
-    }
-    .into_spec()
-    .map_err(seed_error)?;
+) -> Result<Json<Deployed>, Error> {
+    let spec = req.into_spec().map_err(spec_error)?;
     let info = state
         .runtime
         .deploy_function(spec)
         .await
         .map_err(|e| match e {
-            crate::RuntimeError::Spec(e) => seed_error(e),
+            crate::runtime::RuntimeError::Spec(e) => {
+                spec_error(e.with_field(|f| wire_field(f, "image_config.packages")))
+            }
             other => other.into(),
         })?;
-    Ok(Json(DeployResponse {
-        function_id: info.function_id.to_string(),
-        function_name: info.function_name,
-        status: "registered",
-        warnings: info.warnings,
-    }))
+    Ok(Json(Deployed::from(&info)))
 }
 
 /// List deployed functions.

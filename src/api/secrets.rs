@@ -4,42 +4,34 @@ use std::collections::BTreeMap;
 
 use axum::extract::{Path, State};
 use axum::Json;
-use serde::Serialize;
 use serde_json::{json, Value};
-use utoipa::ToSchema;
 
 use super::extract::ApiJson;
 use super::{ApiState, Error};
-
-/// A secret, by name and keys; values are never returned.
-#[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct SecretView {
-    name: String,
-    keys: Vec<String>,
-}
+use crate::wire::SecretInfo;
 
 /// Store a secret: a JSON object of string values, e.g. `{"API_KEY": "..."}`.
 #[utoipa::path(put, path = "/secrets/{name}", request_body = BTreeMap<String, String>,
-    responses((status = 200, body = SecretView), (status = 422, body = super::Problem)))]
+    responses((status = 200, body = SecretInfo), (status = 422, body = super::Problem)))]
 pub(crate) async fn put_secret(
     State(state): State<ApiState>,
     Path(name): Path<String>,
     ApiJson(values): ApiJson<BTreeMap<String, String>>,
-) -> Result<Json<SecretView>, Error> {
+) -> Result<Json<SecretInfo>, Error> {
     state.runtime.secrets().set(&name, values)?;
     let keys = state.runtime.secrets().keys(&name).unwrap_or_default();
-    Ok(Json(SecretView { name, keys }))
+    Ok(Json(SecretInfo { name, keys }))
 }
 
 /// The secrets, names and keys only.
-#[utoipa::path(get, path = "/secrets", responses((status = 200, body = Vec<SecretView>)))]
-pub(crate) async fn list_secrets(State(state): State<ApiState>) -> Json<Vec<SecretView>> {
+#[utoipa::path(get, path = "/secrets", responses((status = 200, body = Vec<SecretInfo>)))]
+pub(crate) async fn list_secrets(State(state): State<ApiState>) -> Json<Vec<SecretInfo>> {
     let secrets = state.runtime.secrets();
     Json(
         secrets
             .names()
             .into_iter()
-            .map(|name| SecretView {
+            .map(|name| SecretInfo {
                 keys: secrets.keys(&name).unwrap_or_default(),
                 name,
             })

@@ -8,69 +8,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
-use utoipa::ToSchema;
+use serde::Serialize;
+use serde_json::Value;
 
 use super::extract::ApiJson;
 use super::{ApiState, Error};
 use crate::runtime::MAX_RESULTS_PAGE;
-use crate::task::{MapProgress, ResultsPage, TaskId, TaskLogs, TaskRecord, TaskStatus};
-
-/// The seed's run-parallel request.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RunParallelRequest {
-    function_name: String,
-    /// One JSON value per call.
-    #[schema(value_type = Vec<Object>)]
-    inputs: Vec<Value>,
-    /// Wait for the map and return its results (default false: 202 at once).
-    #[serde(default)]
-    wait: bool,
-    /// With `wait`, answer 202 after this many seconds if not finished.
-    #[serde(default)]
-    wait_timeout: Option<f64>,
-}
-
-/// The seed's run-parallel response.
-#[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct RunParallelResponse {
-    task_id: TaskId,
-    function_name: String,
-    num_tasks: u64,
-    status: TaskStatus,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    progress: Option<MapProgress>,
-    /// With `wait`: the first page of results in input order.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Vec<Object>>)]
-    results: Option<Vec<Value>>,
-    /// With `wait`: where the next page starts (`GET /status/{id}/results`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    next_offset: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<crate::task::TaskError>,
-}
-
-/// The seed's spawn-task request.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SpawnTaskRequest {
-    function_name: String,
-    #[serde(default)]
-    #[schema(value_type = Vec<Object>)]
-    args: Vec<Value>,
-    #[serde(default)]
-    #[schema(value_type = Object)]
-    kwargs: Map<String, Value>,
-    /// Wait for the result (default false: 202 at once).
-    #[serde(default)]
-    wait: bool,
-    /// With `wait`, answer 202 after this many seconds if not finished.
-    #[serde(default)]
-    wait_timeout: Option<f64>,
-}
+use crate::task::{ResultsPage, TaskId, TaskLogs, TaskRecord, TaskStatus};
+use crate::wire::{MapSubmitted, RunParallelRequest, SpawnTaskRequest, TaskList};
 
 fn wait_limit(v: Option<f64>) -> Result<Option<Duration>, Error> {
     match v {
@@ -108,14 +53,17 @@ async fn wait_for(
     match state.runtime.wait(id, limit).await {
         Ok(record) => Ok(Some(record)),
         // A stopping server answers 202: the task resumes after the restart.
-        Err(crate::RuntimeError::WaitTimeout { .. } | crate::RuntimeError::ShutDown) => Ok(None),
+        Err(
+            crate::runtime::RuntimeError::WaitTimeout { .. }
+            | crate::runtime::RuntimeError::ShutDown,
+        ) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
 
 /// Run a function over inputs in parallel.
 #[utoipa::path(post, path = "/run-parallel", request_body = RunParallelRequest,
-    responses((status = 200, body = RunParallelResponse), (status = 202, body = RunParallelResponse,
+    responses((status = 200, body = MapSubmitted), (status = 202, body = MapSubmitted,
                headers(("Location" = String))), (status = 404, body = super::Problem), (status = 422, body = super::Problem)))]
 pub(crate) async fn run_parallel(
     State(state): State<ApiState>,
@@ -127,16 +75,7 @@ pub(crate) async fn run_parallel(
         .runtime
         .run_parallel(&req.function_name, req.inputs)
         .await?;
-    let mut body = RunParallelResponse {
-        task_id: id,
-        function_name: req.function_name,
-        num_tasks: n,
-        status: TaskStatus::Pending,
-        progress: None,
-        results: None,
-        next_offset: None,
-        error: None,
-    };
+    let mut body = MapSubmitted::pending(id, req.function_name, n);
     if !req.wait {
         return Ok(accepted(body, id));
     }
@@ -240,15 +179,6 @@ pub(crate) async fn cancel(
     Path(task_id): Path<String>,
 ) -> Result<Json<TaskRecord>, Error> {
     Ok(Json(state.runtime.cancel(parse_id(&task_id)?).await?))
-}
-
-/// A page of tasks.
-#[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct TaskList {
-    tasks: Vec<TaskRecord>,
-    total: usize,
-    offset: u64,
-    limit: u64,
 }
 
 /// Tasks, newest first, optionally by status.

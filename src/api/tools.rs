@@ -6,10 +6,11 @@ use serde_json::Value;
 
 use super::extract::ApiJson;
 use super::{ApiState, Error};
-use crate::tools::{ToolDefinition, Tools};
+use crate::tools::Tools;
+use crate::wire::ToolDefinition;
 
 /// The agent tools and their JSON Schemas.
-#[utoipa::path(get, path = "/tools", responses((status = 200, body = Vec<Object>)))]
+#[utoipa::path(get, path = "/tools", responses((status = 200, body = Vec<ToolDefinition>)))]
 pub(crate) async fn list_tools(State(state): State<ApiState>) -> Json<Vec<ToolDefinition>> {
     Json(Tools::new(state.runtime.clone()).definitions())
 }

@@ -8,32 +8,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::ToSchema;
 
 use super::extract::{ApiJson, RawBody};
 use super::{ApiState, Error};
 use crate::volume::FileStat;
+use crate::wire::{PutState, StateEntry};
 
-/// A state value.
-#[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct StateValue {
-    key: String,
-    #[schema(value_type = Object)]
-    value: Value,
-    version: u64,
-}
-
-/// The body of a state write.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct PutState {
-    #[schema(value_type = Object)]
-    value: Value,
-}
-
-fn with_etag(body: StateValue) -> Response {
+fn with_etag(body: StateEntry) -> Response {
     let etag = HeaderValue::from_str(&format!("\"{}\"", body.version)).expect("digits");
     ([(header::ETAG, etag)], Json(body)).into_response()
 }
@@ -69,9 +51,9 @@ pub(crate) async fn list_state(
     let prefix = query.get("prefix").map_or("", String::as_str);
     let listed = state.runtime.volumes().list(&name, prefix).await?;
     require_volume(&state, &name)?;
-    let entries: Vec<StateValue> = listed
+    let entries: Vec<StateEntry> = listed
         .into_iter()
-        .map(|(key, v)| StateValue {
+        .map(|(key, v)| StateEntry {
             key,
             value: v.value,
             version: v.version,
@@ -81,14 +63,14 @@ pub(crate) async fn list_state(
 }
 
 /// Read a state key.
-#[utoipa::path(get, path = "/volumes/{name}/state/{key}", responses((status = 200, body = StateValue), (status = 404, body = super::Problem)))]
+#[utoipa::path(get, path = "/volumes/{name}/state/{key}", responses((status = 200, body = StateEntry), (status = 404, body = super::Problem)))]
 pub(crate) async fn get_state(
     State(state): State<ApiState>,
     Path((name, key)): Path<(String, String)>,
 ) -> Result<Response, Error> {
     let v = state.runtime.volumes().read(&name, &key).await?;
     let v = v.ok_or_else(|| Error::NotFound(format!("no key {key:?} in volume `{name}`")))?;
-    Ok(with_etag(StateValue {
+    Ok(with_etag(StateEntry {
         key,
         value: v.value,
         version: v.version,
@@ -98,7 +80,7 @@ pub(crate) async fn get_state(
 /// Write a state key; with `If-Match: <version>` only if it still has that
 /// version, with `If-None-Match: *` only if it does not exist.
 #[utoipa::path(put, path = "/volumes/{name}/state/{key}", request_body = PutState,
-    responses((status = 200, body = StateValue), (status = 412, body = super::Problem)))]
+    responses((status = 200, body = StateEntry), (status = 412, body = super::Problem)))]
 pub(crate) async fn put_state(
     State(state): State<ApiState>,
     Path((name, key)): Path<(String, String)>,
@@ -122,7 +104,7 @@ pub(crate) async fn put_state(
         }
         (None, false) => volumes.write(&name, &key, body.value.clone()).await?,
     };
-    Ok(with_etag(StateValue {
+    Ok(with_etag(StateEntry {
         key,
         value: body.value,
         version,
@@ -151,7 +133,7 @@ pub(crate) async fn delete_state(
 pub(crate) async fn push(
     State(state): State<ApiState>,
     Path(name): Path<String>,
-) -> Result<Json<crate::SyncReport>, Error> {
+) -> Result<Json<crate::compute::SyncReport>, Error> {
     Ok(Json(state.runtime.push_volume(&name).await?))
 }
 
@@ -160,7 +142,7 @@ pub(crate) async fn push(
 pub(crate) async fn pull(
     State(state): State<ApiState>,
     Path(name): Path<String>,
-) -> Result<Json<crate::SyncReport>, Error> {
+) -> Result<Json<crate::compute::SyncReport>, Error> {
     Ok(Json(state.runtime.pull_volume(&name).await?))
 }
 

@@ -5,25 +5,16 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use utoipa::ToSchema;
 
 use super::extract::ApiJson;
 use super::tasks::parse_id;
 use super::{ApiState, Error};
-use crate::webhooks::{WebhookError, WebhookView};
-
-/// The seed's webhook registration.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct WebhookRequest {
-    task_id: String,
-    webhook_url: String,
-}
+use crate::webhooks::WebhookError;
+use crate::wire::{Webhook, WebhookRequest};
 
 /// Register a webhook for a task's completion or failure.
 #[utoipa::path(post, path = "/webhook", request_body = WebhookRequest,
-    responses((status = 201, body = WebhookView, description = "the secret is shown only here"),
+    responses((status = 201, body = Webhook, description = "the secret is shown only here"),
               (status = 404, body = super::Problem), (status = 422, body = super::Problem)))]
 pub(crate) async fn register(
     State(state): State<ApiState>,
@@ -43,11 +34,11 @@ pub(crate) async fn register(
 }
 
 /// A registration and its delivery attempts (the secret is never shown again).
-#[utoipa::path(get, path = "/webhooks/{webhook_id}", responses((status = 200, body = WebhookView), (status = 404, body = super::Problem)))]
+#[utoipa::path(get, path = "/webhooks/{webhook_id}", responses((status = 200, body = Webhook), (status = 404, body = super::Problem)))]
 pub(crate) async fn get_one(
     State(state): State<ApiState>,
     Path(webhook_id): Path<String>,
-) -> Result<Json<WebhookView>, Error> {
+) -> Result<Json<Webhook>, Error> {
     state
         .webhooks
         .get(&webhook_id)

@@ -17,7 +17,7 @@
 //! them, and no process is started. Every bridge request is bounded by a
 //! timeout.
 //!
-//! Errors from Modal become the same [`TaskError`](crate::TaskError) shape as
+//! Errors from Modal become the same [`TaskError`](crate::task::TaskError) shape as
 //! the local backend's: the user's exception type and traceback, or
 //! `TimeoutError`, `ResourceExhausted`, `AuthError`, `FunctionNotFound`,
 //! `Cancelled`.

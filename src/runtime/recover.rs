@@ -59,7 +59,7 @@ impl Runtime {
             record.task_id = id;
             record.status = TaskStatus::Failed;
             record.finished_at = Some(Utc::now());
-            record.error = Some(crate::TaskError::new(
+            record.error = Some(crate::task::TaskError::new(
                 "RecordUnreadable",
                 "the task's record could not be read back after a restart (see the journal's quarantine file); it was not run again",
             ));
@@ -183,7 +183,7 @@ impl Runtime {
                         Err(e) => {
                             // One damaged map never keeps the runtime from starting.
                             tracing::error!(task_id = %record.task_id, error = %e, "a map's results cannot be read; it is marked failed");
-                            lost = Some(crate::TaskError::new(
+                            lost = Some(crate::task::TaskError::new(
                             "StorageError",
                             format!("the map's stored results could not be read after a restart: {e}"),
                         ));
@@ -211,7 +211,7 @@ impl Runtime {
                 None => {
                     record.status = TaskStatus::Failed;
                     record.finished_at = Some(Utc::now());
-                    record.error = Some(lost.take().unwrap_or_else(|| crate::TaskError::new(
+                    record.error = Some(lost.take().unwrap_or_else(|| crate::task::TaskError::new(
                         "LostAtRestart",
                         "the runtime stopped while this task ran and its input (a stream) was not stored; its stored results are kept",
                     )));
@@ -317,7 +317,7 @@ async fn finished_results(record: &mut TaskRecord, dir: &TaskDir) -> u64 {
     let kept = check_results(dir).await.map_or(0, |s| s.count);
     tracing::error!(task_id = %record.task_id, kept, expected = done, "a finished map's results are damaged; it is marked failed");
     record.status = TaskStatus::Failed;
-    record.error = Some(crate::TaskError::new(
+    record.error = Some(crate::task::TaskError::new(
         "StorageError",
         format!("only {kept} of the map's {done} results could be read back after a restart; they are kept"),
     ));
@@ -325,8 +325,8 @@ async fn finished_results(record: &mut TaskRecord, dir: &TaskDir) -> u64 {
 }
 
 /// The error of work the runtime went down under on each of its attempts.
-fn runtime_lost(attempts: u32, max_retries: u32, what: &str) -> crate::TaskError {
-    crate::TaskError::new(
+fn runtime_lost(attempts: u32, max_retries: u32, what: &str) -> crate::task::TaskError {
+    crate::task::TaskError::new(
         "RuntimeLost",
         format!(
             "the runtime went down while this {what} ran, {attempts} time(s), which uses up its retries (max_retries = {max_retries}); it was not run again"

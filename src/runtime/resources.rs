@@ -23,7 +23,7 @@ pub struct ResourceReport {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct GpuAllocation {
     /// The GPUs.
-    pub gpu: crate::GpuSpec,
+    pub gpu: crate::spec::GpuSpec,
     /// The function redeployed to use them, when one was named.
     pub function_name: Option<String>,
     /// The resources after the allocation.
@@ -70,7 +70,7 @@ impl Runtime {
         count: u8,
         function_name: Option<&str>,
     ) -> Result<GpuAllocation, RuntimeError> {
-        let gpu: crate::GpuSpec = format!("{gpu_type}:{count}").parse()?;
+        let gpu: crate::spec::GpuSpec = format!("{gpu_type}:{count}").parse()?;
         let spec = match function_name {
             Some(name) => {
                 let mut spec = self
@@ -122,7 +122,7 @@ impl Runtime {
     pub async fn create_volume(
         &self,
         name: &str,
-    ) -> Result<std::path::PathBuf, crate::VolumeError> {
+    ) -> Result<std::path::PathBuf, crate::volume::VolumeError> {
         self.volumes().create(name).await?;
         Ok(self.volume_dir(name))
     }

@@ -29,17 +29,22 @@ pub struct Limits {
     /// Address space in MiB, 128..=4194304; an allocation past it raises
     /// `MemoryError` (default: none).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 128, maximum = 4194304)]
     pub memory_mib: Option<u64>,
     /// CPU seconds one input may use, 1..=86400; past it the container is
     /// killed and the input fails (default: none, the timeout still applies).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 86400)]
     pub cpu_s: Option<u32>,
     /// Open file descriptors, 16..=1048576 (default 1024).
+    #[schema(minimum = 16, maximum = 1048576)]
     pub open_files: u32,
     /// Largest file the container may write, in MiB, 1..=1048576 (default: none).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1048576)]
     pub file_size_mib: Option<u64>,
     /// Processes and threads, 4..=65536 (default 256).
+    #[schema(minimum = 4, maximum = 65536)]
     pub processes: u32,
     /// Whether the container may open network connections. Unset means the
     /// backend's default: no network in the local sandbox, network on Modal.

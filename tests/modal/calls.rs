@@ -2,10 +2,9 @@
 
 use std::time::Duration;
 
-use modal_agents::{
-    BackendChoice, CallContext, ComputeBackend, Deployment, FunctionSpec, ModalBackend,
-    RetryPolicy, RuntimeError, TaskStatus,
-};
+use modal_agents::compute::{CallContext, ComputeBackend, Deployment, ModalBackend};
+use modal_agents::spec::{BackendChoice, RetryPolicy};
+use modal_agents::{FunctionSpec, RuntimeError, TaskStatus};
 use serde_json::{json, Map};
 
 use crate::{modal_config, real_sdk, runtime_on, support, ModalServer, TOKEN_SECRET};

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use modal_agents::{BackendChoice, FunctionSpec, RuntimeError};
+use modal_agents::spec::BackendChoice;
+use modal_agents::{FunctionSpec, RuntimeError};
 use serde_json::{json, Map, Value};
 
 use crate::{modal_deploy_error, real_sdk, runtime_on, support, ModalServer, BIN, TOKEN_SECRET};

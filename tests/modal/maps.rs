@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use modal_agents::{BackendChoice, FunctionSpec, RetryPolicy};
+use modal_agents::spec::{BackendChoice, RetryPolicy};
+use modal_agents::FunctionSpec;
 use serde_json::json;
 
 use crate::{real_sdk, runtime_on, ModalServer, TOKEN_SECRET};

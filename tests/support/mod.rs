@@ -6,7 +6,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use modal_agents::{GpuDevice, LocalBackend, LocalConfig, Runtime};
+use modal_agents::compute::{GpuDevice, LocalBackend, LocalConfig};
+use modal_agents::Runtime;
 use tempfile::TempDir;
 
 /// A runtime with a local backend of `pool_size` containers per function,
@@ -166,7 +167,7 @@ pub async fn start_strict() -> (Runtime, TempDir) {
     let rt = Runtime::builder()
         .data_dir(dir.path())
         .pool_size(1)
-        .restart_policy(modal_agents::RestartPolicy {
+        .restart_policy(modal_agents::runtime::RestartPolicy {
             max_restarts: 1,
             window: Duration::from_secs(60),
             backoff: Duration::from_millis(1),

@@ -19,10 +19,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use modal_agents::client::{Client, DeployRequest};
-use modal_agents::{
-    BackendChoice, Limits, ModalBackend, ModalConfig, TaskId, TaskRecord, TaskStatus,
-};
+use modal_agents::client::Client;
+use modal_agents::compute::{ModalBackend, ModalConfig};
+use modal_agents::spec::{BackendChoice, Limits};
+use modal_agents::wire::{DeployRequest, VolumeMounts};
+use modal_agents::{TaskId, TaskRecord, TaskStatus};
 use serde_json::{json, Map, Value};
 
 mod serve;
@@ -269,7 +270,7 @@ async fn deploy(client: &Client, args: DeployArgs) -> Result<(), String> {
     };
     let mut request = DeployRequest::new(name, code);
     request.timeout = args.timeout;
-    request.retries = args.retries;
+    request.retries = args.retries.map(|n| json!(n));
     request.max_concurrency = args.max_concurrency;
     request.backend = args.backend;
     if !args.limits.is_empty() {
@@ -281,18 +282,17 @@ async fn deploy(client: &Client, args: DeployArgs) -> Result<(), String> {
         1 => Some(json!(args.gpu[0])),
         _ => Some(json!(args.gpu)),
     };
-    if !args.packages.is_empty() {
-        request.image_config = Some(json!({"packages": args.packages}));
-    }
+    request.image_config.packages = args.packages;
     if !args.volumes.is_empty() {
-        let mut mounts = Map::new();
-        for v in &args.volumes {
-            match v.split_once('=') {
-                Some((mount, name)) => mounts.insert(mount.to_owned(), json!(name)),
-                None => mounts.insert(format!("/volumes/{v}"), json!(v)),
-            };
-        }
-        request.volumes = Some(Value::Object(mounts));
+        let mounts = args
+            .volumes
+            .iter()
+            .map(|v| match v.split_once('=') {
+                Some((mount, name)) => (mount.to_owned(), name.to_owned()),
+                None => (format!("/volumes/{v}"), v.clone()),
+            })
+            .collect();
+        request.volumes = Some(VolumeMounts::Mounts(mounts));
     }
     let deployed = client.deploy(&request).await.map_err(|e| e.to_string())?;
     print_json(&deployed)

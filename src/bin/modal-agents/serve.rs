@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use clap::Args;
 use modal_agents::api::{self, ApiConfig, Cidr};
-use modal_agents::{
-    LocalConfig, ModalConfig, ModalCredentials, Retention, Runtime, SandboxMode, DEFAULT_DATA_DIR,
-};
+use modal_agents::compute::{LocalConfig, ModalConfig, ModalCredentials, SandboxMode};
+use modal_agents::runtime::{Retention, DEFAULT_DATA_DIR};
+use modal_agents::Runtime;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Args)]

@@ -406,8 +406,8 @@ mod tests {
         let a100 = FunctionSpec::new("f", "x").gpu("A100".parse().unwrap());
         let r = b.reserve(&a100).await.unwrap();
         assert_eq!(r.cuda_visible_devices().as_deref(), Some("1"));
-        let fallback =
-            FunctionSpec::new("g", "x").gpu(crate::GpuSpec::fallback(["A100", "T4"]).unwrap());
+        let fallback = FunctionSpec::new("g", "x")
+            .gpu(crate::spec::GpuSpec::fallback(["A100", "T4"]).unwrap());
         let r2 = b.reserve(&fallback).await.unwrap();
         assert_eq!(
             r2.cuda_visible_devices().as_deref(),

@@ -30,10 +30,10 @@ struct Deployed {
 }
 
 /// Runs functions on Modal (modal.com) through the official `modal` Python
-/// SDK, pinned to [`MODAL_SDK_VERSION`](crate::MODAL_SDK_VERSION).
+/// SDK, pinned to [`MODAL_SDK_VERSION`](crate::compute::MODAL_SDK_VERSION).
 ///
 /// Modal defines functions only from Python, so each deployed function
-/// becomes a generated app file ([`app_file`](crate::app_file)) deployed with
+/// becomes a generated app file ([`app_file`](crate::compute::app_file)) deployed with
 /// `modal deploy`; calls, maps, spawns, polls and cancels go through one
 /// long-lived bridge process driving `modal.Function.from_name(..)` and
 /// `modal.FunctionCall.from_id(..)`. Both run in a virtual environment with the

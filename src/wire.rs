@@ -1,0 +1,30 @@
+//! The wire model: every request and response the HTTP API, the typed
+//! [`client`](crate::client), the agent [`Tools`](crate::tools::Tools) and
+//! anything else that speaks to agents exchange, defined once, with
+//! `Serialize`, `Deserialize` and a schema.
+//!
+//! The OpenAPI document and the tools' JSON Schemas ([`json_schema`]) are
+//! both derived from these types, so a bound or a field written here shows
+//! in both; the runtime's own validation ([`FunctionSpec::validate`]) is
+//! what enforces it.
+//!
+//! [`FunctionSpec::validate`]: crate::spec::FunctionSpec
+
+mod deploy;
+mod schema;
+mod state;
+mod tasks;
+mod tools;
+
+pub use deploy::{DeployRequest, Deployed, FunctionView, ImageConfig, VolumeMounts};
+pub use schema::json_schema;
+pub use state::{
+    PutState, SecretInfo, StateEntry, Webhook, WebhookAttempt, WebhookRequest, WebhookState,
+};
+pub use tasks::{MapSubmitted, RunParallelRequest, SpawnTaskRequest, TaskList};
+pub use tools::{
+    CoordinateState, GpuTaskResult, RequestGpuTask, SpawnParallelTasks, StateOperation,
+    ToolDefinition,
+};
+
+pub(crate) use deploy::wire_field;

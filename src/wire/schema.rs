@@ -1,0 +1,83 @@
+//! A self-contained JSON Schema from a type's OpenAPI schema, for tool
+//! definitions (which cannot point into an OpenAPI document's components).
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+use utoipa::openapi::{RefOr, Schema};
+
+/// How deep references are followed; the wire types are not recursive.
+const MAX_REF_DEPTH: usize = 16;
+
+/// The JSON Schema (draft 2020-12) of `T`'s arguments, every reference to
+/// another component inlined.
+///
+/// ```
+/// let schema = modal_agents::wire::json_schema::<modal_agents::wire::DeployRequest>();
+/// assert_eq!(schema["type"], "object");
+/// assert_eq!(schema["properties"]["timeout"]["maximum"], 86400);
+/// ```
+pub fn json_schema<T: utoipa::ToSchema>() -> Value {
+    let mut components = Vec::new();
+    T::schemas(&mut components);
+    let components: BTreeMap<String, Value> = components
+        .into_iter()
+        .map(|(name, schema)| (name, to_json(&schema)))
+        .collect();
+    let mut schema = inline(to_json(&T::schema()), &components, 0);
+    // The type's own description is the Rust docs' (with their links); a
+    // tool carries its own.
+    if let Value::Object(root) = &mut schema {
+        root.remove("description");
+    }
+    schema
+}
+
+fn to_json(schema: &RefOr<Schema>) -> Value {
+    serde_json::to_value(schema).expect("a schema is plain JSON")
+}
+
+fn inline(value: Value, components: &BTreeMap<String, Value>, depth: usize) -> Value {
+    match value {
+        Value::Object(map) => {
+            let target = map
+                .get("$ref")
+                .and_then(Value::as_str)
+                .and_then(|r| r.strip_prefix("#/components/schemas/"))
+                .and_then(|name| components.get(name));
+            match target {
+                Some(target) if depth < MAX_REF_DEPTH => {
+                    let mut inlined = inline(target.clone(), components, depth + 1);
+                    // What the reference says of itself (its description)
+                    // wins over the component's.
+                    if let Value::Object(out) = &mut inlined {
+                        for (k, v) in map {
+                            if k != "$ref" && !matches!(&v, Value::String(s) if s.is_empty()) {
+                                out.insert(k, v);
+                            }
+                        }
+                    }
+                    inlined
+                }
+                _ => Value::Object(
+                    map.into_iter()
+                        .map(|(k, v)| (k, inline(v, components, depth)))
+                        .collect::<Map<String, Value>>(),
+                ),
+            }
+        }
+        Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|v| inline(v, components, depth))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// A schema written as JSON, for a field whose Rust type is a
+/// `serde_json::Value` accepted in several shapes.
+pub(crate) fn from_json(schema: Value) -> RefOr<Schema> {
+    RefOr::T(serde_json::from_value(schema).expect("a valid schema"))
+}

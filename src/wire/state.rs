@@ -1,0 +1,94 @@
+//! Shared state in volumes, secrets, and webhook registrations.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::task::TaskId;
+
+/// A state value in a volume, with its version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StateEntry {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: Value,
+    /// Its version (1 on the first write, +1 per write).
+    pub version: u64,
+}
+
+/// The body of a state write (`PUT /volumes/{name}/state/{key}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutState {
+    /// The value to store.
+    pub value: Value,
+}
+
+/// A secret, by name and keys; values are never shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SecretInfo {
+    /// The name.
+    pub name: String,
+    /// Its keys.
+    pub keys: Vec<String>,
+}
+
+/// The seed's webhook registration (`POST /webhook`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookRequest {
+    /// The task to report on.
+    pub task_id: String,
+    /// Where deliveries go (a public http(s) URL).
+    pub webhook_url: String,
+}
+
+/// The state of a webhook registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookState {
+    /// Waiting for the task to finish.
+    Waiting,
+    /// Delivering (or between retries).
+    Delivering,
+    /// Delivered (a 2xx answer).
+    Delivered,
+    /// Every attempt failed.
+    Failed,
+    /// The endpoint answered 410 Gone.
+    Disabled,
+}
+
+/// One delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WebhookAttempt {
+    /// When it started (RFC 3339).
+    pub at: String,
+    /// The HTTP status, when there was an answer.
+    pub status: Option<u16>,
+    /// Why it failed, when it did not get an answer.
+    pub error: Option<String>,
+    /// How long it took.
+    pub duration_ms: u64,
+}
+
+/// A webhook registration and its delivery attempts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Webhook {
+    /// Its id.
+    pub webhook_id: String,
+    /// The task it reports on.
+    pub task_id: TaskId,
+    /// Where deliveries go.
+    pub webhook_url: String,
+    /// Where it is.
+    pub state: WebhookState,
+    /// The message id every attempt carries (`webhook-id`).
+    pub message_id: String,
+    /// Attempts so far.
+    pub attempts: Vec<WebhookAttempt>,
+    /// The `whsec_...` signing secret; only in the registration answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
