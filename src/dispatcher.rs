@@ -13,7 +13,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{ActorProcessingErr, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +24,7 @@ use crate::compute::{
 };
 use crate::persist::TaskDir;
 use crate::supervisor::{ChildError, Once, Slot};
+use crate::supervisor::{Serial, SerialActor};
 use crate::task::{MapProgress, TaskError, TaskId, TaskStatus};
 use crate::tracker::{Finished, ResultWriter, Stored, TaskUpdate, TrackerHandle};
 
@@ -199,9 +200,6 @@ pub(crate) struct DispatchShared {
     pub(crate) shutdown: CancellationToken,
 }
 
-/// The dispatcher actor.
-pub(crate) struct Dispatcher;
-
 /// Messages of the [`Dispatcher`].
 pub(crate) enum DispatcherMsg {
     /// Starts a job.
@@ -220,60 +218,38 @@ pub(crate) fn child(
 ) -> (DispatcherHandle, Box<dyn crate::supervisor::ChildSpec>) {
     let (slot, spec) = crate::supervisor::child(
         crate::supervisor::RuntimeChild::Dispatcher,
-        || Dispatcher,
-        DispatcherArgs { shared },
+        SerialActor::<Dispatcher>::new,
+        Dispatcher { shared },
         || DispatcherMsg::InjectPanic,
     );
     (DispatcherHandle::new(slot), spec)
 }
 
-/// Arguments of the [`Dispatcher`].
+/// The dispatcher: the [`Serial`] state it is (re)started from, admitting submissions one at a time.
 #[derive(Clone)]
-pub(crate) struct DispatcherArgs {
+pub(crate) struct Dispatcher {
     pub(crate) shared: Arc<DispatchShared>,
 }
 
-/// State of the [`Dispatcher`].
-pub(crate) struct DispatcherState {
-    shared: Arc<DispatchShared>,
-}
-
-impl Actor for Dispatcher {
+impl Serial for Dispatcher {
     type Msg = DispatcherMsg;
-    type State = DispatcherState;
-    type Arguments = DispatcherArgs;
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        args: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(DispatcherState {
-            shared: args.shared,
-        })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn handle(&mut self, message: DispatcherMsg) -> Result<(), ActorProcessingErr> {
         match message {
             DispatcherMsg::Submit(cell, reply) => {
                 let job = cell.take();
                 if let Some(job) = job {
-                    let shared = state.shared.clone();
+                    let shared = self.shared.clone();
                     // Not a child of the shutdown token: a stop is not a
                     // cancel (see `run_job`).
                     let cancel = CancellationToken::new();
                     shared.cancels.insert(job.task_id(), cancel.clone());
-                    state.shared.jobs.spawn(run_job(shared, job, cancel));
+                    self.shared.jobs.spawn(run_job(shared, job, cancel));
                 }
                 let _ = reply.send(());
             }
             DispatcherMsg::Cancel(id, reply) => {
-                let found = state.shared.cancels.get(&id).map(|t| t.cancel()).is_some();
+                let found = self.shared.cancels.get(&id).map(|t| t.cancel()).is_some();
                 let _ = reply.send(found);
             }
             DispatcherMsg::InjectPanic => panic!("fault injected into the dispatcher"),

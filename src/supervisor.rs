@@ -26,8 +26,10 @@
 //! anything else is a plain handle over shared state (the function
 //! registry, reads of task records). Each actor module has:
 //!
-//! - one message enum and an `Args` struct holding the shared state a
-//!   restart must find again (the actor owns nothing else);
+//! - one message enum, and a state that is what the actor is started from
+//!   (the shared stores a restart must find again) and implements
+//!   [`Serial`], run by [`SerialActor`]; only an actor that truly owns
+//!   more (the volume store's open logs) implements ractor's `Actor` itself;
 //! - a cloneable handle that calls the actor through a [`Slot`] with a
 //!   timeout, so it follows the actor across restarts;
 //! - one `child(args) -> (Handle, Box<dyn ChildSpec>)`, built on [`child`],
@@ -262,6 +264,54 @@ pub(crate) trait ChildSpec: Send + Sync + 'static {
     async fn start(&self, supervisor: ActorCell) -> Result<ActorCell, ractor::SpawnErr>;
     /// Makes the running child panic (fault injection).
     fn inject_panic(&self);
+}
+
+/// An actor that is its state: it handles one message at a time over what
+/// it was started from (the shared stores a restart must find again).
+/// Every actor but the supervisor and the volume store takes this shape;
+/// [`SerialActor`] runs it.
+pub(crate) trait Serial: Send + Sync + Sized + 'static {
+    /// Its one message enum.
+    type Msg: Message;
+
+    /// Handles one message; a panic or an error fails the actor, and its
+    /// supervisor restarts it from the same state.
+    fn handle(
+        &mut self,
+        message: Self::Msg,
+    ) -> impl std::future::Future<Output = Result<(), ActorProcessingErr>> + Send;
+}
+
+/// The ractor actor that runs a [`Serial`] state.
+pub(crate) struct SerialActor<S>(std::marker::PhantomData<fn() -> S>);
+
+impl<S> SerialActor<S> {
+    pub(crate) fn new() -> Self {
+        SerialActor(std::marker::PhantomData)
+    }
+}
+
+impl<S: Serial> Actor for SerialActor<S> {
+    type Msg = S::Msg;
+    type State = S;
+    type Arguments = S;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: S,
+    ) -> Result<S, ActorProcessingErr> {
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut S,
+    ) -> Result<(), ActorProcessingErr> {
+        state.handle(message).await
+    }
 }
 
 /// Restarts any child of the runtime by calling its [`ChildSpec`].

@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use chrono::Utc;
 use dashmap::DashMap;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{ActorProcessingErr, RpcReplyPort};
 use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::supervisor::{ChildError, Once, Slot};
+use crate::supervisor::{Serial, SerialActor};
 use crate::task::{MapProgress, TaskError, TaskId, TaskRecord, TaskStatus};
 
 pub(crate) use durable::Durable;
@@ -213,9 +214,6 @@ pub(crate) struct Finished {
     pub(crate) progress: Option<MapProgress>,
 }
 
-/// The tracker actor: the single writer of task records.
-pub(crate) struct Tracker;
-
 /// Messages of the [`Tracker`].
 pub(crate) enum TrackerMsg {
     /// Adds a new record (and stores its job, when durable); answers once
@@ -235,8 +233,8 @@ pub(crate) fn child(
 ) -> (TrackerHandle, Box<dyn crate::supervisor::ChildSpec>) {
     let (slot, spec) = crate::supervisor::child(
         crate::supervisor::RuntimeChild::Tracker,
-        || Tracker,
-        TrackerArgs {
+        SerialActor::<Tracker>::new,
+        Tracker {
             store: store.clone(),
         },
         || TrackerMsg::InjectPanic,
@@ -244,39 +242,19 @@ pub(crate) fn child(
     (TrackerHandle::new(slot, store), spec)
 }
 
-/// Arguments of the [`Tracker`].
+/// The task tracker: the [`Serial`] state it is (re)started from, applying record transitions one at a time.
 #[derive(Clone)]
-pub(crate) struct TrackerArgs {
+pub(crate) struct Tracker {
     pub(crate) store: Arc<TaskStore>,
 }
 
-/// State of the [`Tracker`].
-pub(crate) struct TrackerState {
-    store: Arc<TaskStore>,
-}
-
-impl Actor for Tracker {
+impl Serial for Tracker {
     type Msg = TrackerMsg;
-    type State = TrackerState;
-    type Arguments = TrackerArgs;
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        args: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(TrackerState { store: args.store })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn handle(&mut self, message: TrackerMsg) -> Result<(), ActorProcessingErr> {
         match message {
             TrackerMsg::Create(record, job, reply) => {
-                match state.store.insert_new(*record, job) {
+                match self.store.insert_new(*record, job) {
                     Some((d, epoch)) => {
                         // Answer once it is on disk, without holding up the tracker.
                         tokio::spawn(async move {
@@ -292,11 +270,11 @@ impl Actor for Tracker {
             TrackerMsg::Update(id, cell, reply) => {
                 let update = cell.take();
                 if let Some(update) = update {
-                    state.store.apply(id, update);
+                    self.store.apply(id, update);
                 }
                 let _ = reply.send(());
             }
-            TrackerMsg::Notify(id, update) => state.store.apply(id, update),
+            TrackerMsg::Notify(id, update) => self.store.apply(id, update),
             TrackerMsg::InjectPanic => panic!("fault injected into the task tracker"),
         }
         Ok(())

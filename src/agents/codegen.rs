@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{ActorProcessingErr, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -34,6 +34,7 @@ use super::{AgentError, AgentKind, Agents};
 use crate::runtime::Runtime;
 use crate::spec::FunctionSpec;
 use crate::supervisor::Slot;
+use crate::supervisor::{Serial, SerialActor};
 
 /// What a component is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -311,9 +312,6 @@ async fn ensure_checker(runtime: &Runtime) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// A codegen agent.
-pub(crate) struct CodegenAgent;
-
 /// Messages of a [`CodegenAgent`].
 pub(crate) enum CodegenAgentMsg {
     /// Generates, checks and stores one component of `package`.
@@ -326,27 +324,22 @@ pub(crate) enum CodegenAgentMsg {
     InjectPanic,
 }
 
-/// Arguments of a [`CodegenAgent`].
+/// A codegen agent: the [`Serial`] state it is (re)started from, handling its messages one at a time.
 #[derive(Clone)]
-pub(crate) struct CodegenAgentArgs {
+pub(crate) struct CodegenAgent {
     id: String,
     runtime: Runtime,
     generator: Arc<dyn CodeGenerator>,
     volume: String,
 }
 
-/// State of a [`CodegenAgent`].
-pub(crate) struct CodegenAgentState {
-    args: CodegenAgentArgs,
-}
-
-impl CodegenAgentState {
+impl CodegenAgent {
     async fn generate(
         &self,
         task: CodegenTask,
         package: &str,
     ) -> Result<ComponentResult, CodegenError> {
-        let args = &self.args;
+        let args = self;
         let code = args.generator.generate(&task).await?;
         if !crate::spec::is_identifier(&code.module) {
             return Err(CodegenError::Spec(format!(
@@ -400,31 +393,16 @@ impl CodegenAgentState {
     }
 }
 
-impl Actor for CodegenAgent {
+impl Serial for CodegenAgent {
     type Msg = CodegenAgentMsg;
-    type State = CodegenAgentState;
-    type Arguments = CodegenAgentArgs;
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        args: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(CodegenAgentState { args })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn handle(&mut self, message: CodegenAgentMsg) -> Result<(), ActorProcessingErr> {
         match message {
             CodegenAgentMsg::Generate(task, package, reply) => {
-                let _ = reply.send(state.generate(task, &package).await);
+                let _ = reply.send(self.generate(task, &package).await);
             }
             CodegenAgentMsg::InjectPanic => {
-                panic!("fault injected into codegen agent {}", state.args.id)
+                panic!("fault injected into codegen agent {}", self.id)
             }
         }
         Ok(())
@@ -487,8 +465,8 @@ impl Agents {
             id,
             AgentKind::Codegen,
             publish,
-            || CodegenAgent,
-            CodegenAgentArgs {
+            SerialActor::<CodegenAgent>::new,
+            CodegenAgent {
                 id: id.to_owned(),
                 runtime: self.runtime.clone(),
                 generator,

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{ActorId, ActorProcessingErr, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use super::{AgentError, AgentKind, AgentTask, Agents, WorkerHandle};
 use crate::runtime::Runtime;
 use crate::supervisor::{ChildError, Slot};
+use crate::supervisor::{Serial, SerialActor};
 
 /// How a master runs jobs.
 #[derive(Debug, Clone)]
@@ -178,9 +179,6 @@ impl MasterShared {
     }
 }
 
-/// A master agent.
-pub(crate) struct Master;
-
 /// Messages of a [`Master`].
 pub(crate) enum MasterMsg {
     /// Starts a job (idempotent per job id).
@@ -205,39 +203,17 @@ pub(crate) enum MasterMsg {
     InjectPanic,
 }
 
-/// Arguments of a [`Master`].
+/// A master agent: the [`Serial`] state it is (re)started from, handling its messages one at a time.
 #[derive(Clone)]
-pub(crate) struct MasterArgs {
+pub(crate) struct Master {
     shared: Arc<MasterShared>,
 }
 
-/// State of a [`Master`].
-pub(crate) struct MasterState {
-    shared: Arc<MasterShared>,
-}
-
-impl Actor for Master {
+impl Serial for Master {
     type Msg = MasterMsg;
-    type State = MasterState;
-    type Arguments = MasterArgs;
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        args: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(MasterState {
-            shared: args.shared,
-        })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let shared = &state.shared;
+    async fn handle(&mut self, message: MasterMsg) -> Result<(), ActorProcessingErr> {
+        let shared = &self.shared;
         match message {
             MasterMsg::Submit {
                 job_id,
@@ -591,8 +567,8 @@ impl Agents {
             id,
             AgentKind::Master,
             publish,
-            || Master,
-            MasterArgs {
+            SerialActor::<Master>::new,
+            Master {
                 shared: shared.clone(),
             },
             || MasterMsg::InjectPanic,

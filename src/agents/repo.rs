@@ -14,13 +14,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{ActorProcessingErr, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{AgentError, AgentKind, Agents};
 use crate::runtime::Runtime;
 use crate::supervisor::Slot;
+use crate::supervisor::{Serial, SerialActor};
 use crate::volume::VolumeError;
 
 /// Most bytes of all files of one repository (100 MiB).
@@ -265,9 +266,6 @@ fn create_repository(
     Ok(commit.to_string())
 }
 
-/// A repo-creator agent.
-pub(crate) struct RepoCreator;
-
 /// Messages of a [`RepoCreator`].
 pub(crate) enum RepoCreatorMsg {
     /// Creates (or finds) a repository.
@@ -276,27 +274,20 @@ pub(crate) enum RepoCreatorMsg {
     InjectPanic,
 }
 
-/// Arguments of a [`RepoCreator`].
+/// A repo-creator agent: the [`Serial`] state it is (re)started from, handling its messages one at a time.
 #[derive(Clone)]
-pub(crate) struct RepoCreatorArgs {
+pub(crate) struct RepoCreator {
     id: String,
     runtime: Runtime,
     config: RepoCreatorConfig,
 }
 
-/// State of a [`RepoCreator`].
-pub(crate) struct RepoCreatorState {
-    args: RepoCreatorArgs,
-}
-
-impl RepoCreatorState {
+impl RepoCreator {
     fn result(&self, config: &RepoConfig, claim: &Value, created: bool) -> RepoResult {
-        let volumes = self.args.runtime.volumes();
+        let volumes = self.runtime.volumes();
         RepoResult {
             name: config.name.clone(),
-            path: volumes
-                .files_dir(&self.args.config.volume)
-                .join(&config.name),
+            path: volumes.files_dir(&self.config.volume).join(&config.name),
             volume_path: config.name.clone(),
             commit: claim["commit"].as_str().unwrap_or_default().to_owned(),
             branch: claim["branch"].as_str().unwrap_or("main").to_owned(),
@@ -308,12 +299,12 @@ impl RepoCreatorState {
 
     async fn create(&self, config: RepoConfig) -> Result<RepoResult, RepoError> {
         validate(&config)?;
-        let me = &self.args.id;
-        let volume = &self.args.config.volume;
-        let volumes = self.args.runtime.volumes();
+        let me = &self.id;
+        let volume = &self.config.volume;
+        let volumes = self.runtime.volumes();
         let key = format!("repos/{}", config.name);
         let hash = fingerprint(&config);
-        let deadline = tokio::time::Instant::now() + self.args.config.stale_claim;
+        let deadline = tokio::time::Instant::now() + self.config.stale_claim;
         // Claim the name, or find who has it.
         let version = loop {
             let current = volumes.read(volume, &key).await?;
@@ -361,8 +352,8 @@ impl RepoCreatorState {
         let branch = config.branch.clone().unwrap_or_else(|| "main".into());
         let dir = volumes.files_dir(volume).join(&config.name);
         let author = (
-            self.args.config.author_name.clone(),
-            self.args.config.author_email.clone(),
+            self.config.author_name.clone(),
+            self.config.author_email.clone(),
         );
         let (cfg, b) = (config.clone(), branch.clone());
         let commit =
@@ -382,31 +373,16 @@ impl RepoCreatorState {
     }
 }
 
-impl Actor for RepoCreator {
+impl Serial for RepoCreator {
     type Msg = RepoCreatorMsg;
-    type State = RepoCreatorState;
-    type Arguments = RepoCreatorArgs;
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        args: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(RepoCreatorState { args })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn handle(&mut self, message: RepoCreatorMsg) -> Result<(), ActorProcessingErr> {
         match message {
             RepoCreatorMsg::Create(config, reply) => {
-                let _ = reply.send(state.create(*config).await);
+                let _ = reply.send(self.create(*config).await);
             }
             RepoCreatorMsg::InjectPanic => {
-                panic!("fault injected into repo creator {}", state.args.id)
+                panic!("fault injected into repo creator {}", self.id)
             }
         }
         Ok(())
@@ -462,8 +438,8 @@ impl Agents {
             id,
             AgentKind::RepoCreator,
             publish,
-            || RepoCreator,
-            RepoCreatorArgs {
+            SerialActor::<RepoCreator>::new,
+            RepoCreator {
                 id: id.to_owned(),
                 runtime: self.runtime.clone(),
                 config,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{ActorProcessingErr, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -17,6 +17,7 @@ use super::{AgentError, AgentKind, Agents};
 use crate::runtime::Runtime;
 use crate::spec::FunctionSpec;
 use crate::supervisor::{ChildError, Slot};
+use crate::supervisor::{Serial, SerialActor};
 
 /// A task for a worker, in the seed's shape: `{"type": ..., "data": ...}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,9 +104,6 @@ pub(crate) fn builtin_handlers(handlers: &Handlers) {
         .or_insert_with(|| builtin("agent_validation"));
 }
 
-/// A worker agent.
-pub(crate) struct Worker;
-
 /// Messages of a [`Worker`].
 pub(crate) enum WorkerMsg {
     /// Runs a task and answers its outcome.
@@ -114,49 +112,25 @@ pub(crate) enum WorkerMsg {
     InjectPanic,
 }
 
-/// Arguments of a [`Worker`].
+/// A worker agent: the [`Serial`] state it is (re)started from, handling its messages one at a time.
 #[derive(Clone)]
-pub(crate) struct WorkerArgs {
+pub(crate) struct Worker {
     id: String,
     runtime: Runtime,
     handlers: Handlers,
 }
 
-/// State of a [`Worker`].
-pub(crate) struct WorkerState {
-    args: WorkerArgs,
-}
-
-impl Actor for Worker {
+impl Serial for Worker {
     type Msg = WorkerMsg;
-    type State = WorkerState;
-    type Arguments = WorkerArgs;
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        args: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(WorkerState { args })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        message: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn handle(&mut self, message: WorkerMsg) -> Result<(), ActorProcessingErr> {
         match message {
             WorkerMsg::Run(task, reply) => {
-                let handler = state.args.handlers.get(&task.kind).map(|h| h.clone());
+                let handler = self.handlers.get(&task.kind).map(|h| h.clone());
                 let outcome = match handler {
                     None => {
-                        let mut known: Vec<String> = state
-                            .args
-                            .handlers
-                            .iter()
-                            .map(|e| e.key().clone())
-                            .collect();
+                        let mut known: Vec<String> =
+                            self.handlers.iter().map(|e| e.key().clone()).collect();
                         known.sort();
                         Err(format!(
                             "no handler for task type {:?} (known: {})",
@@ -165,13 +139,13 @@ impl Actor for Worker {
                         ))
                     }
                     Some(handler) => {
-                        tracing::debug!(worker = %state.args.id, kind = %task.kind, "running task");
-                        handler.handle(state.args.runtime.clone(), task).await
+                        tracing::debug!(worker = %self.id, kind = %task.kind, "running task");
+                        handler.handle(self.runtime.clone(), task).await
                     }
                 };
                 let _ = reply.send(outcome);
             }
-            WorkerMsg::InjectPanic => panic!("fault injected into worker {}", state.args.id),
+            WorkerMsg::InjectPanic => panic!("fault injected into worker {}", self.id),
         }
         Ok(())
     }
@@ -239,8 +213,8 @@ impl Agents {
             id,
             AgentKind::Worker,
             publish,
-            || Worker,
-            WorkerArgs {
+            SerialActor::<Worker>::new,
+            Worker {
                 id: id.to_owned(),
                 runtime: self.runtime.clone(),
                 handlers: self.shared.handlers.clone(),
