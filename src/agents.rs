@@ -1,7 +1,8 @@
 //! Agents: master, worker, codegen and repo-creator actors, children of
 //! the runtime's supervisor. This layer sits above the runtime: it uses the
-//! runtime's public handle and its `supervise` hook, and the runtime knows
-//! nothing of agents.
+//! runtime's handle and three crate-private hooks (`supervise` a child,
+//! `unsupervise` it, keep per-runtime state in an `extension`), and the
+//! runtime knows nothing of agents.
 //!
 //! Agents register by id. Each kind has its own message enum and a cloneable
 //! handle ([`WorkerHandle`], [`MasterHandle`], [`CodegenHandle`],
@@ -92,6 +93,13 @@ pub enum AgentEvent {
         /// Why it failed last.
         reason: String,
     },
+    /// An agent was stopped ([`Agents::stop`]) or ended on its own.
+    Stopped {
+        /// The agent.
+        id: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Why an agent operation failed.
@@ -151,7 +159,10 @@ pub enum AgentError {
 /// bus, the task handlers. Kept per runtime ([`Runtime::extension`]); the
 /// agents' actors themselves are children of the runtime's supervisor.
 pub(crate) struct AgentShared {
-    agents: Mutex<HashMap<String, AgentInfo>>,
+    /// Each agent with the token of its registration: an event about an
+    /// earlier agent of the same id changes nothing.
+    agents: Mutex<HashMap<String, (u64, AgentInfo)>>,
+    tokens: std::sync::atomic::AtomicU64,
     events: broadcast::Sender<AgentEvent>,
     handlers: worker::Handlers,
 }
@@ -160,6 +171,7 @@ impl Default for AgentShared {
     fn default() -> Self {
         AgentShared {
             agents: Mutex::new(HashMap::new()),
+            tokens: std::sync::atomic::AtomicU64::new(0),
             events: broadcast::channel(1024).0,
             handlers: Arc::default(),
         }
@@ -167,31 +179,37 @@ impl Default for AgentShared {
 }
 
 impl AgentShared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, AgentInfo>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, AgentInfo)>> {
         self.agents.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// What the supervisor tells of agent `id`, kept and passed on.
-    fn on_event(&self, id: &str, event: ChildEvent) {
+    /// What the supervisor tells of agent `id` (registration `token`),
+    /// kept and passed on.
+    fn on_event(&self, id: &str, token: u64, event: ChildEvent) {
+        let mut agents = self.lock();
+        let Some((_, info)) = agents.get_mut(id).filter(|(t, _)| *t == token) else {
+            return;
+        };
+        let id = id.to_owned();
         let event = match event {
             ChildEvent::Restarted { reason, restarts } => {
-                if let Some(info) = self.lock().get_mut(id) {
-                    info.restarts = restarts;
-                }
+                info.restarts = restarts;
                 AgentEvent::Restarted {
-                    id: id.to_owned(),
+                    id,
                     reason,
                     restarts,
                 }
             }
             ChildEvent::GaveUp { reason } => {
-                self.lock().remove(id);
-                AgentEvent::GaveUp {
-                    id: id.to_owned(),
-                    reason,
-                }
+                agents.remove(&id);
+                AgentEvent::GaveUp { id, reason }
+            }
+            ChildEvent::Stopped { reason } => {
+                agents.remove(&id);
+                AgentEvent::Stopped { id, reason }
             }
         };
+        drop(agents);
         let _ = self.events.send(event);
     }
 }
@@ -272,31 +290,37 @@ impl Agents {
         spec: Box<dyn ChildSpec>,
     ) -> Result<(), AgentError> {
         validate_agent_id(id)?;
+        let token = self
+            .shared
+            .tokens
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         {
             let mut agents = self.shared.lock();
             if agents.contains_key(id) {
                 return Err(AgentError::Duplicate(id.to_owned()));
             }
-            agents.insert(
-                id.to_owned(),
-                AgentInfo {
-                    id: id.to_owned(),
-                    kind,
-                    restarts: 0,
-                },
-            );
+            let info = AgentInfo {
+                id: id.to_owned(),
+                kind,
+                restarts: 0,
+            };
+            agents.insert(id.to_owned(), (token, info));
         }
         let events: ChildEvents = {
             let (shared, id) = (Arc::downgrade(&self.shared), id.to_owned());
             Arc::new(move |event| {
                 if let Some(shared) = shared.upgrade() {
-                    shared.on_event(&id, event);
+                    shared.on_event(&id, token, event);
                 }
             })
         };
         let added = self.runtime.supervise(&child_key(id), spec, events).await;
         if let Err(e) = added {
-            self.shared.lock().remove(id);
+            let mut agents = self.shared.lock();
+            if agents.get(id).is_some_and(|(t, _)| *t == token) {
+                agents.remove(id);
+            }
+            drop(agents);
             return Err(match e {
                 SuperviseError::Duplicate => AgentError::Duplicate(id.to_owned()),
                 SuperviseError::Start(e) => AgentError::Spawn {
@@ -312,16 +336,21 @@ impl Agents {
 
     /// The registered agents, sorted by id.
     pub fn list(&self) -> Vec<AgentInfo> {
-        let mut all: Vec<AgentInfo> = self.shared.lock().values().cloned().collect();
+        let mut all: Vec<AgentInfo> = self
+            .shared
+            .lock()
+            .values()
+            .map(|(_, info)| info.clone())
+            .collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));
         all
     }
 
     /// Stops and forgets an agent; returns whether it existed.
     pub async fn stop(&self, id: &str) -> Result<bool, AgentError> {
-        let existed = self.runtime.unsupervise(&child_key(id)).await?;
-        self.shared.lock().remove(id);
-        Ok(existed)
+        // The supervisor tells the agent's hook (which forgets it) before
+        // it answers; an agent still starting is not there yet.
+        Ok(self.runtime.unsupervise(&child_key(id)).await?)
     }
 
     /// Fault injection for chaos tests: makes the agent panic.

@@ -1,8 +1,11 @@
 //! The function registry: which functions are deployed, with their specs.
 //!
 //! A plain handle over a shared table (the shape of mini-redis `Db`): one
-//! map write is already atomic, so nothing here needs an actor; the durable
-//! copy lives in the store, written by the runtime before the table.
+//! map write is already atomic, so nothing here needs an actor. The durable
+//! copy lives in the store: a deploy is written there before it enters the
+//! table (a failed write leaves no live function); an undeploy leaves the
+//! table first (the function stops being callable at once) and then the
+//! store.
 
 use std::sync::Arc;
 

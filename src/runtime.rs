@@ -164,6 +164,11 @@ impl Runtime {
             .extensions
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        if self.inner.stopped.load(Ordering::SeqCst) {
+            // Kept no more once the runtime stops (they may hold it):
+            // checked under the lock shutdown empties the map with.
+            return Arc::new(T::default());
+        }
         let any = map
             .entry(std::any::TypeId::of::<T>())
             .or_insert_with(|| Arc::new(T::default()))
@@ -294,13 +299,13 @@ impl Runtime {
             warnings: self.inner.backend.unenforced(&spec),
             spec,
         };
-        self.inner.registry.register(info.clone());
         self.persist(vec![put(
             Table::Functions,
             info.function_name.clone(),
             &info,
         )])
         .await?;
+        self.inner.registry.register(info.clone());
         Ok(info)
     }
 
@@ -641,7 +646,9 @@ impl Runtime {
         }
     }
 
-    /// How many times the supervisor has restarted a failed child.
+    /// How many times the supervisor has restarted one of the runtime's
+    /// own children ([`RuntimeChild`]); agents count theirs in
+    /// [`AgentInfo::restarts`](crate::agents::AgentInfo::restarts).
     pub async fn restarts(&self) -> Result<u64, RuntimeError> {
         ractor::call_t!(self.inner.root, RootSupervisorMsg::Restarts, 5_000)
             .map_err(|_| RuntimeError::Unavailable("root supervisor".into()))

@@ -49,7 +49,9 @@ use tokio::sync::watch;
 /// How the root supervisor reacts to a failing child.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RestartPolicy {
-    /// Restarts allowed within `window` before escalating (default 5).
+    /// Restarts allowed within `window` before escalating: the runtime
+    /// stops when one of its own children fails more often, an agent is
+    /// given up on (default 5).
     pub max_restarts: u32,
     /// The sliding window restarts are counted in (default 10 s).
     pub window: Duration,
@@ -412,6 +414,9 @@ pub(crate) enum ChildEvent {
     Restarted { reason: String, restarts: u64 },
     /// It failed more often than its policy allows and was forgotten.
     GaveUp { reason: String },
+    /// It was stopped ([`RootSupervisorMsg::Unsupervise`]) or ended on its
+    /// own, and was forgotten.
+    Stopped { reason: String },
 }
 
 /// The hook a dynamic child's owner learns of its restarts through; it
@@ -439,9 +444,10 @@ pub(crate) enum RootSupervisorMsg {
     /// How many restarts of the runtime's own children have happened so
     /// far (started again, not ones still waiting out their backoff).
     Restarts(RpcReplyPort<u64>),
-    /// Start a failed child again (sent by the backoff timer), with why it
-    /// failed.
-    Restart(ChildKey, String),
+    /// Start a failed child again (sent by the backoff timer): its key, the
+    /// generation that failed (a child added again under the same key is
+    /// not restarted by the old one's timer), and why it failed.
+    Restart(ChildKey, u64, String),
     /// Adds a child with its own restart budget from `policy`; when the
     /// budget is spent it is forgotten (not escalated).
     Supervise {
@@ -465,6 +471,8 @@ pub(crate) struct RootSupervisorArgs {
 /// runs, and (for a dynamic child) its own budget and event hook.
 struct RootChild {
     key: ChildKey,
+    /// Which adding of `key` this is.
+    generation: u64,
     spec: Box<dyn ChildSpec>,
     cell: Option<ActorCell>,
     own: Option<(RestartBudget, ChildEvents)>,
@@ -476,6 +484,8 @@ pub(crate) struct RootSupervisorState {
     /// The budget the runtime's own children share; spent, it escalates.
     budget: RestartBudget,
     restarted: u64,
+    /// Dynamic children added so far (each one's generation).
+    generations: u64,
 }
 
 impl RootSupervisorState {
@@ -499,6 +509,7 @@ impl Actor for RootSupervisor {
             let cell = spec.start(myself.get_cell()).await?;
             children.push(RootChild {
                 key: ChildKey::Runtime(id),
+                generation: 0,
                 spec,
                 cell: Some(cell),
                 own: None,
@@ -508,6 +519,7 @@ impl Actor for RootSupervisor {
             children,
             budget: RestartBudget::new(args.policy),
             restarted: 0,
+            generations: 0,
         })
     }
 
@@ -541,11 +553,15 @@ impl Actor for RootSupervisor {
             RootSupervisorMsg::Restarts(reply) => {
                 let _ = reply.send(state.restarted);
             }
-            RootSupervisorMsg::Restart(key, reason) => {
+            RootSupervisorMsg::Restart(key, generation, reason) => {
                 let Some(i) = state.position(&key) else {
                     // Forgotten meanwhile.
                     return Ok(());
                 };
+                if state.children[i].generation != generation {
+                    // Forgotten and added again meanwhile.
+                    return Ok(());
+                }
                 if state.children[i].cell.is_some() {
                     return Ok(());
                 }
@@ -585,8 +601,10 @@ impl Actor for RootSupervisor {
                 }
                 match spec.start(myself.get_cell()).await {
                     Ok(cell) => {
+                        state.generations += 1;
                         state.children.push(RootChild {
                             key,
+                            generation: state.generations,
                             spec,
                             cell: Some(cell),
                             own: Some((RestartBudget::new(policy), events)),
@@ -601,8 +619,17 @@ impl Actor for RootSupervisor {
             RootSupervisorMsg::Unsupervise(key, reply) => {
                 let key = ChildKey::Dynamic(key);
                 let removed = state.position(&key).map(|i| state.children.remove(i));
-                if let Some(cell) = removed.as_ref().and_then(|c| c.cell.as_ref()) {
-                    cell.stop(Some("unsupervised".into()));
+                if let Some(child) = &removed {
+                    if let Some(cell) = &child.cell {
+                        cell.stop(Some("unsupervised".into()));
+                    }
+                    // Told before the answer, so the owner's view is
+                    // current when its caller hears back.
+                    if let Some((_, events)) = &child.own {
+                        events(ChildEvent::Stopped {
+                            reason: "stopped".into(),
+                        });
+                    }
                 }
                 let _ = reply.send(removed.is_some());
             }
@@ -634,8 +661,8 @@ impl Actor for RootSupervisor {
         child.cell = None;
         let key = child.key.clone();
         let restart = {
-            let (key, reason) = (key.clone(), reason.clone());
-            move || RootSupervisorMsg::Restart(key, reason)
+            let (key, generation, reason) = (key.clone(), child.generation, reason.clone());
+            move || RootSupervisorMsg::Restart(key, generation, reason)
         };
         match &mut child.own {
             // The runtime's own children share one budget and escalate; one
@@ -647,8 +674,10 @@ impl Actor for RootSupervisor {
                 }
             }
             // A dynamic child that stops on its own has finished.
-            Some(_) if !failed => {
+            Some((_, events)) if !failed => {
+                let events = events.clone();
                 state.children.remove(i);
+                events(ChildEvent::Stopped { reason });
             }
             Some((budget, events)) => {
                 if !schedule_restart(&myself, budget, &key, &reason, restart) {
@@ -860,6 +889,68 @@ mod tests {
         assert_eq!(restarts(&root).await, 0);
         let gone = ractor::call_t!(root, RootSupervisorMsg::Unsupervise, 5000, "agent/a".into());
         assert!(!gone.unwrap(), "forgotten already");
+        root.stop(None);
+    }
+
+    async fn supervise(
+        root: &ActorRef<RootSupervisorMsg>,
+        key: &str,
+        backoff: Duration,
+    ) -> (Slot<FlakyMsg>, Arc<std::sync::Mutex<Vec<ChildEvent>>>) {
+        let (slot, publish) = Slot::new(key);
+        let runner = ChildRunner {
+            make: || Flaky,
+            args: Arc::new(std::sync::atomic::AtomicU32::new(0)),
+            publish,
+            panic_msg: || FlakyMsg::Panic,
+        };
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let events: ChildEvents = {
+            let seen = seen.clone();
+            Arc::new(move |e| seen.lock().unwrap().push(e))
+        };
+        let key: Arc<str> = key.into();
+        ractor::call_t!(
+            root,
+            |reply| RootSupervisorMsg::Supervise {
+                key: key.clone(),
+                spec: Box::new(runner),
+                policy: policy(5, backoff),
+                events,
+                reply,
+            },
+            5000
+        )
+        .unwrap()
+        .unwrap();
+        (slot, seen)
+    }
+
+    #[tokio::test]
+    async fn a_stopped_child_is_told_and_an_old_timer_does_not_restart_its_successor() {
+        let (root, _core, _) = root(policy(5, Duration::from_millis(1))).await;
+        let key = ChildKey::Dynamic("agent/b".into());
+        let (_, first_seen) = supervise(&root, "agent/b", Duration::from_secs(60)).await;
+        let stopped = ractor::call_t!(root, RootSupervisorMsg::Unsupervise, 5000, "agent/b".into());
+        assert!(stopped.unwrap());
+        assert!(matches!(
+            first_seen.lock().unwrap()[..],
+            [ChildEvent::Stopped { .. }]
+        ));
+
+        // Added again under the same key, it fails and waits out a long
+        // backoff; a restart timer left from the first (generation 1) must
+        // not bring it back early.
+        let (slot, seen) = supervise(&root, "agent/b", Duration::from_secs(60)).await;
+        root.cast(RootSupervisorMsg::InjectFault(key.clone()))
+            .unwrap();
+        until("the successor failed", || !slot.is_up()).await;
+        root.cast(RootSupervisorMsg::Restart(key, 1, "old".into()))
+            .unwrap();
+        // A call is answered after the cast before it is handled.
+        restarts(&root).await;
+        assert!(!slot.is_up(), "restarted by a stale timer");
+        assert!(seen.lock().unwrap().is_empty());
         root.stop(None);
     }
 }

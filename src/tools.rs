@@ -4,7 +4,7 @@
 //! one dispatcher, [`Tools::call`], that runs them on a [`Runtime`].
 //!
 //! ```no_run
-//! # async fn demo(rt: modal_agents::Runtime) -> Result<(), modal_agents::ToolError> {
+//! # async fn demo(rt: modal_agents::Runtime) -> Result<(), modal_agents::tools::ToolError> {
 //! use serde_json::json;
 //! let tools = modal_agents::Tools::new(rt);
 //! let defs = tools.definitions(); // [{name, description, input_schema}, ...]
@@ -96,6 +96,37 @@ impl ToolError {
     }
 }
 
+/// The four tools' definitions.
+fn definitions() -> Vec<ToolDefinition> {
+    let def = |name: &str, description: &str, input_schema: Value| ToolDefinition {
+        name: name.into(),
+        description: description.into(),
+        input_schema,
+    };
+    vec![
+        def(
+            "deploy_modal_function",
+            "Deploy a Python function from a code string so it can be called and mapped.",
+            json_schema::<DeployRequest>(),
+        ),
+        def(
+            "spawn_parallel_tasks",
+            "Run a deployed function over a list of inputs in parallel (one argument each).",
+            json_schema::<SpawnParallelTasks>(),
+        ),
+        def(
+            "request_gpu_task",
+            "Run one call of a GPU-enabled deployed function and return its result.",
+            json_schema::<RequestGpuTask>(),
+        ),
+        def(
+            "coordinate_state",
+            "Read, write, list, delete or compare-and-swap shared state in a volume.",
+            json_schema::<CoordinateState>(),
+        ),
+    ]
+}
+
 /// The agent tool set over one runtime.
 #[derive(Debug, Clone)]
 pub struct Tools {
@@ -155,33 +186,7 @@ impl Tools {
     /// derived from the tool's [`wire`](crate::wire) type, the same types
     /// the OpenAPI document is derived from.
     pub fn definitions(&self) -> Vec<ToolDefinition> {
-        let def = |name: &str, description: &str, input_schema: Value| ToolDefinition {
-            name: name.into(),
-            description: description.into(),
-            input_schema,
-        };
-        vec![
-            def(
-                "deploy_modal_function",
-                "Deploy a Python function from a code string so it can be called and mapped.",
-                json_schema::<DeployRequest>(),
-            ),
-            def(
-                "spawn_parallel_tasks",
-                "Run a deployed function over a list of inputs in parallel (one argument each).",
-                json_schema::<SpawnParallelTasks>(),
-            ),
-            def(
-                "request_gpu_task",
-                "Run one call of a GPU-enabled deployed function and return its result.",
-                json_schema::<RequestGpuTask>(),
-            ),
-            def(
-                "coordinate_state",
-                "Read, write, list, delete or compare-and-swap shared state in a volume.",
-                json_schema::<CoordinateState>(),
-            ),
-        ]
+        definitions()
     }
 
     /// Runs tool `name` with JSON arguments and returns its JSON result.
@@ -380,5 +385,49 @@ mod tests {
         let e = parse::<RequestGpuTask>("t", json!({"function_ref": "f", "extra": 1})).unwrap_err();
         assert!(e.to_string().contains("extra"), "{e}");
         assert!(parse::<RequestGpuTask>("t", json!([1])).is_err());
+    }
+
+    /// Every tool schema is self-contained and in the subset tool-use
+    /// hosts take: an object at the root that refuses unknown arguments, no
+    /// `$ref`, no numeric `format`, no `null` types, no Rust doc links.
+    #[test]
+    fn tool_schemas_are_plain_json_schema() {
+        fn walk(v: &Value, path: &str, bad: &mut Vec<String>) {
+            match v {
+                Value::Object(map) => {
+                    for (k, v) in map {
+                        let here = format!("{path}/{k}");
+                        match (k.as_str(), v) {
+                            ("$ref" | "format" | "propertyNames", _) => bad.push(here.clone()),
+                            ("type", t) if t.as_array().is_some() || t == "null" => {
+                                bad.push(here.clone())
+                            }
+                            ("description", Value::String(d)) if d.contains("[`") => {
+                                bad.push(here.clone())
+                            }
+                            _ => {}
+                        }
+                        walk(v, &here, bad);
+                    }
+                }
+                Value::Array(items) => {
+                    for (i, v) in items.iter().enumerate() {
+                        walk(v, &format!("{path}/{i}"), bad);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let defs = definitions();
+        assert_eq!(defs.len(), 4);
+        for def in defs {
+            let schema = &def.input_schema;
+            assert_eq!(schema["type"], "object", "{}", def.name);
+            assert_eq!(schema["additionalProperties"], false, "{}", def.name);
+            assert!(schema["required"].is_array(), "{}", def.name);
+            let mut bad = Vec::new();
+            walk(schema, &def.name, &mut bad);
+            assert!(bad.is_empty(), "not plain: {bad:?}\n{schema:#}");
+        }
     }
 }

@@ -264,6 +264,18 @@ async fn agents_are_children_of_the_one_supervisor() {
     assert_eq!(out.unwrap(), json!(6));
     assert!(agents.stop("w").await.unwrap());
     assert!(Agents::new(&t.rt).list().is_empty());
+    let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&event, AgentEvent::Stopped { id, .. } if id == "w"),
+        "{event:?}"
+    );
+    assert!(!agents.stop("w").await.unwrap(), "already gone");
+    // The id is free again, for a new agent with a fresh count.
+    agents.spawn_worker("w").await.unwrap();
+    assert_eq!(agents.list()[0].restarts, 0);
     t.rt.shutdown().await;
 }
 

@@ -16,7 +16,7 @@ pub(crate) const DEFAULT_PROCESSES: u32 = 256;
 /// is a valid value.
 ///
 /// ```
-/// use modal_agents::Limits;
+/// use modal_agents::spec::Limits;
 ///
 /// let limits: Limits = serde_json::from_str(r#"{"memory_mib": 512, "network": true}"#).unwrap();
 /// assert_eq!(limits.memory_mib, Some(512));

@@ -71,9 +71,9 @@ fn retries_schema() -> RefOr<Schema> {
             {"type": "integer", "minimum": 0, "maximum": 10},
             {"type": "object", "additionalProperties": false, "properties": {
                 "max_retries": {"type": "integer", "minimum": 0, "maximum": 10},
-                "initial_delay_s": {"type": "number", "minimum": 0},
-                "backoff_coefficient": {"type": "number", "minimum": 1},
-                "max_delay_s": {"type": "number", "minimum": 0}
+                "initial_delay_s": {"type": "number", "minimum": 0, "maximum": 60},
+                "backoff_coefficient": {"type": "number", "minimum": 1, "maximum": 10},
+                "max_delay_s": {"type": "number", "minimum": 1, "maximum": 60}
             }}
         ],
         "description": "retries after a failed input: a count, or a policy with backoff"
@@ -109,7 +109,7 @@ pub struct DeployRequest {
     pub timeout: Option<u32>,
     /// CPU cores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(exclusive_minimum = 0)]
+    #[schema(exclusive_minimum = 0, maximum = 512)]
     pub cpu: Option<f64>,
     /// Memory in MiB: a number is a request (reserved); a pair
     /// `[request, limit]` also sets a hard limit (Modal's
@@ -165,13 +165,20 @@ impl DeployRequest {
     /// The spec, validated; an error names the request's field
     /// (`timeout`, `image_config.packages[2]`, `memory[1]`), not the spec's.
     pub fn into_spec(self) -> Result<FunctionSpec, SpecError> {
+        // Both lists become one; an index into it names the list it came from.
+        let in_config = self.image_config.packages.len();
         let packages = if self.image_packages.is_empty() {
             "image_config.packages"
         } else {
             "image_packages"
         };
-        self.build()
-            .map_err(|e| e.with_field(|field| wire_field(field, packages)))
+        self.build().map_err(|e| {
+            e.with_field(|field| match package_index(field) {
+                Some((i, rest)) if i < in_config => format!("image_config.packages[{i}]{rest}"),
+                Some((i, rest)) => format!("image_packages[{}]{rest}", i - in_config),
+                None => wire_field(field, packages),
+            })
+        })
     }
 
     fn build(self) -> Result<FunctionSpec, SpecError> {
@@ -251,6 +258,13 @@ impl DeployRequest {
         spec.validate()?;
         Ok(spec)
     }
+}
+
+/// `image.python_packages[3]...` -> (3, "...").
+fn package_index(spec_field: &str) -> Option<(usize, &str)> {
+    let rest = spec_field.strip_prefix("image.python_packages[")?;
+    let (index, rest) = rest.split_once(']')?;
+    Some((index.parse().ok()?, rest))
 }
 
 /// The request's spelling of a spec field (`timeout_s` is `timeout`), for
@@ -386,6 +400,24 @@ mod tests {
             }),
             "image_config.packages[1]"
         );
+        let both = DeployRequest {
+            image_config: ImageConfig {
+                packages: vec!["numpy".into(), "pandas".into()],
+                ..ImageConfig::default()
+            },
+            image_packages: vec!["ok".into(), "bad pkg".into()],
+            ..base()
+        };
+        assert_eq!(field(both), "image_packages[1]", "indexed in its own list");
+        let both = DeployRequest {
+            image_config: ImageConfig {
+                packages: vec!["bad pkg".into()],
+                ..ImageConfig::default()
+            },
+            image_packages: vec!["ok".into()],
+            ..base()
+        };
+        assert_eq!(field(both), "image_config.packages[0]");
         assert_eq!(
             field(DeployRequest {
                 memory: Some(json!([256, 64])),
@@ -412,11 +444,7 @@ mod tests {
     fn schema_bounds_are_the_bounds_validation_enforces() {
         let schema = crate::wire::json_schema::<DeployRequest>();
         let props = &schema["properties"];
-        let limits = props["limits"]["oneOf"]
-            .as_array()
-            .and_then(|alts| alts.iter().find(|a| a["type"] == "object"))
-            .expect("limits is an object or null")["properties"]
-            .clone();
+        let limits = props["limits"]["properties"].clone();
         let mut checked = 0;
         let top = [
             "timeout",
@@ -472,5 +500,64 @@ mod tests {
             checked += 1;
         }
         assert_eq!(checked, 9);
+    }
+
+    /// The same for the fractional bounds: CPU cores and the retry policy.
+    #[test]
+    fn number_bounds_are_the_bounds_validation_enforces() {
+        let schema = crate::wire::json_schema::<DeployRequest>();
+        let props = &schema["properties"];
+        let policy = props["retries"]["oneOf"]
+            .as_array()
+            .and_then(|alts| alts.iter().find(|a| a["type"] == "object"))
+            .expect("a retry policy object")["properties"]
+            .clone();
+        let cases = [
+            ("cpu", props["cpu"].clone(), None),
+            (
+                "retries.initial_delay_s",
+                policy["initial_delay_s"].clone(),
+                Some("initial_delay_s"),
+            ),
+            (
+                "retries.backoff_coefficient",
+                policy["backoff_coefficient"].clone(),
+                Some("backoff_coefficient"),
+            ),
+            (
+                "retries.max_delay_s",
+                policy["max_delay_s"].clone(),
+                Some("max_delay_s"),
+            ),
+        ];
+        for (field, prop, in_policy) in cases {
+            let hi = prop["maximum"].as_f64().unwrap();
+            let (ok_lo, bad_lo) = match prop["minimum"].as_f64() {
+                Some(lo) => (lo, lo - 0.5),
+                None => {
+                    let lo = prop["exclusiveMinimum"].as_f64().unwrap();
+                    (lo + 0.5, lo)
+                }
+            };
+            let spec = |v: f64| {
+                let mut req = DeployRequest::new("f", "def f(x): return x");
+                match in_policy {
+                    Some(f) => req.retries = Some(json!({ f: v })),
+                    None => req.cpu = Some(v),
+                }
+                req.into_spec()
+            };
+            for ok in [ok_lo, hi] {
+                assert!(spec(ok).is_ok(), "{field} = {ok}: {:?}", spec(ok));
+            }
+            for bad in [bad_lo, hi + 0.5] {
+                match spec(bad) {
+                    Err(SpecError::Invalid { field: named, .. }) => {
+                        assert_eq!(named, field, "{field} = {bad}")
+                    }
+                    other => panic!("{field} = {bad} accepted: {other:?}"),
+                }
+            }
+        }
     }
 }

@@ -24,7 +24,7 @@ pub fn json_schema<T: utoipa::ToSchema>() -> Value {
         .into_iter()
         .map(|(name, schema)| (name, to_json(&schema)))
         .collect();
-    let mut schema = inline(to_json(&T::schema()), &components, 0);
+    let mut schema = plain(inline(to_json(&T::schema()), &components, 0));
     // The type's own description is the Rust docs' (with their links); a
     // tool carries its own.
     if let Value::Object(root) = &mut schema {
@@ -32,6 +32,61 @@ pub fn json_schema<T: utoipa::ToSchema>() -> Value {
     }
     schema
 }
+
+/// The schema in the subset every tool-use host takes (OpenAI's strict
+/// mode, Gemini's declarations, Ajv without format plugins): no numeric
+/// `format`, no `null` alternatives (an optional field is one left out),
+/// no `propertyNames` that only say "a string".
+fn plain(value: Value) -> Value {
+    match value {
+        Value::Object(mut map) => {
+            if let Some(Value::String(f)) = map.get("format") {
+                if NUMERIC_FORMATS.contains(&f.as_str()) {
+                    map.remove("format");
+                }
+            }
+            if map.get("propertyNames") == Some(&serde_json::json!({"type": "string"})) {
+                map.remove("propertyNames");
+            }
+            // "type": ["integer", "null"] -> "type": "integer"
+            if let Some(Value::Array(types)) = map.get("type") {
+                let kept: Vec<Value> = types.iter().filter(|t| *t != "null").cloned().collect();
+                if kept.len() == 1 {
+                    map.insert("type".into(), kept[0].clone());
+                }
+            }
+            // "oneOf": [{"type": "null"}, X] -> X (with this level's keys)
+            if let Some(Value::Array(alts)) = map.get("oneOf") {
+                let kept: Vec<Value> = alts
+                    .iter()
+                    .filter(|a| **a != serde_json::json!({"type": "null"}))
+                    .cloned()
+                    .collect();
+                if kept.len() == 1 {
+                    map.remove("oneOf");
+                    if let Value::Object(only) = kept.into_iter().next().expect("one") {
+                        for (k, v) in only {
+                            map.entry(k).or_insert(v);
+                        }
+                    }
+                } else if kept.len() < alts.len() {
+                    map.insert("oneOf".into(), Value::Array(kept));
+                }
+            }
+            // `null` is not a default of a field one leaves out.
+            if map.get("default") == Some(&Value::Null) {
+                map.remove("default");
+            }
+            Value::Object(map.into_iter().map(|(k, v)| (k, plain(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(plain).collect()),
+        other => other,
+    }
+}
+
+const NUMERIC_FORMATS: &[&str] = &[
+    "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float", "double",
+];
 
 fn to_json(schema: &RefOr<Schema>) -> Value {
     serde_json::to_value(schema).expect("a schema is plain JSON")
@@ -48,6 +103,11 @@ fn inline(value: Value, components: &BTreeMap<String, Value>, depth: usize) -> V
             match target {
                 Some(target) if depth < MAX_REF_DEPTH => {
                     let mut inlined = inline(target.clone(), components, depth + 1);
+                    // A component's description is its Rust docs (with
+                    // doctests); only the referring field's is kept.
+                    if let Value::Object(out) = &mut inlined {
+                        out.remove("description");
+                    }
                     // What the reference says of itself (its description)
                     // wins over the component's.
                     if let Value::Object(out) = &mut inlined {

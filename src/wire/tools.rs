@@ -62,7 +62,7 @@ pub struct GpuTaskResult {
     /// The function.
     pub function_name: String,
     /// The GPU it asked for.
-    #[schema(value_type = String)]
+    #[schema(value_type = Option<String>)]
     pub gpu: Option<GpuSpec>,
     /// How it ended.
     pub status: TaskStatus,

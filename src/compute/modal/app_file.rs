@@ -54,7 +54,8 @@ fn py_float(x: f64) -> String {
 /// through `modal.Secret.from_dict` with values from the environment.
 ///
 /// ```
-/// use modal_agents::{app_file, FunctionSpec};
+/// use modal_agents::compute::app_file;
+/// use modal_agents::FunctionSpec;
 ///
 /// let spec = FunctionSpec::new("double", "def double(x):\n    return x * 2\n").timeout_s(60);
 /// let file = app_file(&spec, "double", "/cache/apps/double.code.py", true, &[]);
