@@ -28,11 +28,8 @@ use crate::task::TaskStatus;
 use crate::volume::VolumeError;
 use crate::wire::{
     json_schema, wire_field, CoordinateState, DeployRequest, Deployed, GpuTaskResult, MapSubmitted,
-    RequestGpuTask, SpawnParallelTasks, StateOperation, ToolDefinition,
+    RequestGpuTask, SpawnParallelTasks, StateOperation, ToolDefinition, MAX_INLINE_RESULTS,
 };
-
-/// Most results `spawn_parallel_tasks` returns inline; read the rest by page.
-pub const MAX_INLINE_RESULTS: u64 = 10_000;
 
 /// Why a tool call failed.
 #[derive(Debug, thiserror::Error)]

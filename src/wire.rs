@@ -21,7 +21,9 @@ pub use schema::json_schema;
 pub use state::{
     PutState, SecretInfo, StateEntry, Webhook, WebhookAttempt, WebhookRequest, WebhookState,
 };
-pub use tasks::{MapSubmitted, RunParallelRequest, SpawnTaskRequest, TaskList};
+pub use tasks::{
+    MapSubmitted, RunParallelRequest, SpawnTaskRequest, TaskList, TaskStatusView, MAX_INLINE_RESULTS,
+};
 pub use tools::{
     CoordinateState, GpuTaskResult, RequestGpuTask, SpawnParallelTasks, StateOperation,
     ToolDefinition,

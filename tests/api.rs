@@ -200,6 +200,26 @@ async fn the_seed_examples_verbatim() {
         (page["total"].clone(), page["next_offset"].clone()),
         (json!(25), Value::Null)
     );
+    // The seed's contract: a finished map's status carries its results.
+    let (_, _, map) = s.get(&format!("/status/{id}")).await;
+    let doubled: Vec<i64> = (0..25).map(|i| i * 2).collect();
+    assert_eq!(map["result"], json!(doubled), "{map}");
+    assert!(map.get("results_url").is_none(), "{map}");
+    // Past 10,000 results, where to page them instead.
+    let (_, _, body) = s
+        .post(
+            "/run-parallel",
+            json!({"function_name": "my_function", "inputs": (0..10_001).collect::<Vec<_>>(), "wait": true}),
+        )
+        .await;
+    assert_eq!(body["status"], "completed", "{}", body["status"]);
+    let big = body["task_id"].as_str().unwrap().to_owned();
+    let (_, _, map) = s.get(&format!("/status/{big}")).await;
+    assert_eq!(map["result"], Value::Null);
+    let url = map["results_url"].as_str().unwrap();
+    let (_, _, page) = s.get(url).await;
+    assert_eq!(page["results"][999], json!(1998));
+    assert_eq!(page["next_offset"], 1000);
     // Functions, tasks, logs, cancel, resources.
     let (_, _, fns) = s.get("/functions").await;
     assert_eq!(fns[0]["function_name"], "my_function");

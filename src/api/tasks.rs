@@ -14,8 +14,10 @@ use serde_json::Value;
 use super::extract::ApiJson;
 use super::{ApiState, Error};
 use crate::runtime::MAX_RESULTS_PAGE;
-use crate::task::{ResultsPage, TaskId, TaskLogs, TaskRecord, TaskStatus};
-use crate::wire::{MapSubmitted, RunParallelRequest, SpawnTaskRequest, TaskList};
+use crate::task::{ResultsPage, TaskId, TaskKind, TaskLogs, TaskRecord, TaskStatus};
+use crate::wire::{
+    MapSubmitted, RunParallelRequest, SpawnTaskRequest, TaskList, TaskStatusView, MAX_INLINE_RESULTS,
+};
 
 fn wait_limit(v: Option<f64>) -> Result<Option<Duration>, Error> {
     match v {
@@ -115,13 +117,32 @@ pub(crate) async fn spawn_task(
     Ok(accepted(state.runtime.status(id)?, id))
 }
 
-/// A task's status, result or error, timestamps, attempts and map progress.
-#[utoipa::path(get, path = "/status/{task_id}", responses((status = 200, body = TaskRecord), (status = 404, body = super::Problem)))]
+/// A task's status, result or error, timestamps, attempts and map progress;
+/// a finished map's results in `result` (input order) when there are at
+/// most 10,000, otherwise `results_url` to page them.
+#[utoipa::path(get, path = "/status/{task_id}", responses((status = 200, body = TaskStatusView), (status = 404, body = super::Problem)))]
 pub(crate) async fn status(
     State(state): State<ApiState>,
     Path(task_id): Path<String>,
-) -> Result<Json<TaskRecord>, Error> {
-    Ok(Json(state.runtime.status(parse_id(&task_id)?)?))
+) -> Result<Json<TaskStatusView>, Error> {
+    let id = parse_id(&task_id)?;
+    let mut record = state.runtime.status(id)?;
+    let mut results_url = None;
+    let finished_map = record.kind == TaskKind::Map
+        && matches!(record.status, TaskStatus::Completed | TaskStatus::Failed);
+    if finished_map && record.result.is_none() {
+        let total = record.progress.map_or(0, |p| p.total);
+        if total <= MAX_INLINE_RESULTS {
+            let page = state.runtime.results(id, 0, MAX_INLINE_RESULTS).await?;
+            record.result = Some(Value::Array(page.results));
+        } else {
+            results_url = Some(format!("/status/{id}/results?offset=0&limit=1000"));
+        }
+    }
+    Ok(Json(TaskStatusView {
+        record,
+        results_url,
+    }))
 }
 
 fn number(

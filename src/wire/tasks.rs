@@ -6,6 +6,24 @@ use utoipa::ToSchema;
 
 use crate::task::{MapProgress, TaskError, TaskId, TaskRecord, TaskStatus};
 
+/// Most results a finished map shows inline (`GET /status/{id}`'s
+/// `result`, `spawn_parallel_tasks` with `wait`); read the rest by page.
+pub const MAX_INLINE_RESULTS: u64 = 10_000;
+
+/// A task as `GET /status/{task_id}` shows it (the seed's contract): the
+/// record, with a finished map's results in `result` in input order when
+/// there are at most [`MAX_INLINE_RESULTS`]; past that `result` is null and
+/// `results_url` says where to page them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TaskStatusView {
+    /// The task's record.
+    #[serde(flatten)]
+    pub record: TaskRecord,
+    /// Where a large map's results are paged (`GET /status/{id}/results`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results_url: Option<String>,
+}
+
 /// The seed's run-parallel request (`POST /run-parallel`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
