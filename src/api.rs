@@ -146,7 +146,7 @@ async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Respon
     paths(
         functions::deploy, functions::list, functions::get_one, functions::delete,
         tasks::run_parallel, tasks::spawn_task, tasks::status, tasks::results, tasks::logs,
-        tasks::cancel, tasks::list,
+        tasks::cancel, tasks::list, tasks::wait_tasks,
         webhooks::register, webhooks::get_one,
         volumes::list_volumes, volumes::get_state, volumes::put_state, volumes::delete_state,
         volumes::list_state, volumes::put_file, volumes::get_file, volumes::delete_file,
@@ -213,6 +213,7 @@ pub fn app(runtime: Runtime, config: ApiConfig) -> Router {
         .route("/status/{task_id}", get(tasks::status))
         .route("/status/{task_id}/results", get(tasks::results))
         .route("/tasks", get(tasks::list))
+        .route("/tasks/wait", post(tasks::wait_tasks))
         .route("/tasks/{task_id}", get(tasks::status))
         .route("/tasks/{task_id}/results", get(tasks::results))
         .route("/tasks/{task_id}/logs", get(tasks::logs))

@@ -24,11 +24,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::task::{ResultsPage, TaskId, TaskLogs, TaskRecord, TaskStatus};
+use crate::task::{ResultsPage, TaskId, TaskLogs, TaskRecord, TaskStatus, WaitMode};
 use crate::volume::FileStat;
 use crate::wire::{
     DeployRequest, Deployed, FunctionView, MapSubmitted, PutState, RunParallelRequest, SecretInfo,
-    SpawnTaskRequest, StateEntry, TaskList, ToolDefinition, Webhook, WebhookRequest,
+    SpawnTaskRequest, StateEntry, TaskList, ToolDefinition, WaitTasksRequest, WaitTasksResult,
+    Webhook, WebhookRequest,
 };
 
 pub use monitor::{StatusMonitor, Transition};
@@ -254,6 +255,22 @@ impl Client {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(1));
         }
+    }
+
+    /// `POST /tasks/wait`: waits (server-side, no polling) until all or
+    /// one of `ids` have finished, at most `timeout` (default 55 s).
+    pub async fn wait_tasks(
+        &self,
+        ids: &[TaskId],
+        mode: WaitMode,
+        timeout: Option<Duration>,
+    ) -> Result<WaitTasksResult, ClientError> {
+        let body = Self::body(&WaitTasksRequest {
+            task_ids: ids.to_vec(),
+            mode,
+            timeout_s: timeout.map(|t| t.as_secs_f64()),
+        })?;
+        self.json(Method::POST, "/tasks/wait", Some(&body)).await
     }
 
     /// `GET /status/{task_id}/results`.

@@ -28,7 +28,7 @@ use crate::secrets::SecretStore;
 use crate::spec::{BackendChoice, FunctionSpec};
 use crate::store::{put, Store, Table, Write};
 use crate::supervisor::{ChildEvents, ChildKey, ChildSpec, RootSupervisorMsg, SuperviseError};
-use crate::task::{ResultsPage, TaskId, TaskKind, TaskLogs, TaskRecord, TaskStatus};
+use crate::task::{ResultsPage, TaskId, TaskKind, TaskLogs, TaskRecord, TaskStatus, WaitMode};
 use crate::tracker::{read_page, Durable, TrackerHandle};
 use crate::value::{check_depth, check_each};
 use crate::volume::Volumes;
@@ -41,6 +41,9 @@ pub use crate::value::{TooDeep, MAX_VALUE_DEPTH};
 pub use builder::{RuntimeBuilder, DEFAULT_DATA_DIR, DEFAULT_SHUTDOWN_TIMEOUT};
 pub use error::RuntimeError;
 pub use resources::{GpuAllocation, ModalStatus, ResourceReport};
+
+/// Most tasks one [`Runtime::wait_tasks`] waits on.
+pub const MAX_WAIT_TASKS: usize = 1000;
 
 /// Largest page of map results one read returns.
 pub const MAX_RESULTS_PAGE: u64 = 10_000;
@@ -587,6 +590,71 @@ impl Runtime {
             })??,
         }
         self.status(id)
+    }
+
+    /// Waits until every task in `ids` has finished ([`WaitMode::All`]) or
+    /// one has ([`WaitMode::Any`]), at most `timeout`, without polling;
+    /// returns whether that happened and the tasks' records then, in the
+    /// order asked. At most [`MAX_WAIT_TASKS`] ids, each known.
+    pub async fn wait_tasks(
+        &self,
+        ids: &[TaskId],
+        mode: WaitMode,
+        timeout: Duration,
+    ) -> Result<(bool, Vec<TaskRecord>), RuntimeError> {
+        if ids.is_empty() || ids.len() > MAX_WAIT_TASKS {
+            return Err(RuntimeError::Invalid {
+                field: "task_ids".into(),
+                value: format!("{} ids", ids.len()),
+                expected: format!("1 to {MAX_WAIT_TASKS} task ids"),
+            });
+        }
+        let mut watches = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let rx = self
+                .inner
+                .tracker
+                .watch(id)
+                .ok_or(RuntimeError::UnknownTask(id))?;
+            watches.push(rx);
+        }
+        let holds = |watches: &mut Vec<tokio::sync::watch::Receiver<TaskStatus>>| {
+            let mut done = watches
+                .iter_mut()
+                .map(|rx| rx.borrow_and_update().is_terminal());
+            match mode {
+                WaitMode::All => done.all(|d| d),
+                WaitMode::Any => done.any(|d| d),
+            }
+        };
+        let shutdown = self.inner.shutdown.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let satisfied = loop {
+            if holds(&mut watches) {
+                break true;
+            }
+            let changed = futures_util::future::select_all(
+                watches.iter_mut().map(|rx| Box::pin(rx.changed())),
+            );
+            let timed_out = tokio::select! {
+                (result, _, _) = changed => {
+                    if result.is_err() {
+                        return Err(RuntimeError::ShutDown);
+                    }
+                    false
+                }
+                () = tokio::time::sleep_until(deadline) => true,
+                () = shutdown.cancelled() => return Err(RuntimeError::ShutDown),
+            };
+            if timed_out {
+                break holds(&mut watches);
+            }
+        };
+        let records = ids
+            .iter()
+            .map(|&id| self.status(id))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((satisfied, records))
     }
 
     /// One page of a map's results in input order; a failed input appears as

@@ -113,6 +113,18 @@ impl fmt::Display for TaskStatus {
     }
 }
 
+/// What [`Runtime::wait_tasks`](crate::runtime::Runtime::wait_tasks) waits
+/// for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WaitMode {
+    /// Until every task has finished (the default).
+    #[default]
+    All,
+    /// Until one of them has finished.
+    Any,
+}
+
 /// A single call, or a map over many inputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]

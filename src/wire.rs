@@ -22,7 +22,8 @@ pub use state::{
     PutState, SecretInfo, StateEntry, Webhook, WebhookAttempt, WebhookRequest, WebhookState,
 };
 pub use tasks::{
-    MapSubmitted, RunParallelRequest, SpawnTaskRequest, TaskList, TaskStatusView, MAX_INLINE_RESULTS,
+    MapSubmitted, RunParallelRequest, SpawnTaskRequest, TaskList, TaskStatusView, TaskSummary,
+    WaitTasksRequest, WaitTasksResult, DEFAULT_WAIT_S, MAX_INLINE_RESULTS,
 };
 pub use tools::{
     CoordinateState, GpuTaskResult, RequestGpuTask, SpawnParallelTasks, StateOperation,

@@ -220,6 +220,79 @@ async fn the_seed_examples_verbatim() {
     let (_, _, page) = s.get(url).await;
     assert_eq!(page["results"][999], json!(1998));
     assert_eq!(page["next_offset"], 1000);
+    // Waiting on several tasks at once, server-side.
+    let slow =
+        s.t.rt
+            .deploy_function(modal_agents::FunctionSpec::new(
+                "slow",
+                "import time\ndef slow(x):\n    time.sleep(x)\n    return x\n",
+            ))
+            .await;
+    assert!(slow.is_ok(), "{slow:?}");
+    let (_, _, a) = s
+        .post("/spawn-task", json!({"function_name": "slow", "args": [0]}))
+        .await;
+    let (_, _, b) = s
+        .post(
+            "/spawn-task",
+            json!({"function_name": "slow", "args": [60]}),
+        )
+        .await;
+    let (fast, sleepy) = (a["task_id"].clone(), b["task_id"].clone());
+    let (status, _, body) = s
+        .post(
+            "/tasks/wait",
+            json!({"task_ids": [fast, sleepy], "mode": "any", "timeout_s": 30}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (body["done"].clone(), body["finished"].clone()),
+        (json!(true), json!(1)),
+        "{body}"
+    );
+    assert_eq!(body["tasks"][0]["status"], "completed", "{body}");
+    assert!(
+        body["tasks"][1]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("`slow`"),
+        "{body}"
+    );
+    let (status, _, body) = s
+        .post(
+            "/tasks/wait",
+            json!({"task_ids": [fast, sleepy], "timeout_s": 0.2}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["done"], false,
+        "all: the slow one is still running: {body}"
+    );
+    for (bad, field) in [
+        (json!({"task_ids": []}), "task_ids"),
+        (json!({"task_ids": [fast], "timeout_s": 601}), "timeout_s"),
+        (json!({"task_ids": [fast], "mode": "some"}), "mode"),
+    ] {
+        let (status, _, body) = s.post("/tasks/wait", bad).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["field"], field, "{body}");
+    }
+    let (status, _, _) = s
+        .post(
+            "/tasks/wait",
+            json!({"task_ids": ["6f1e1a3c-59b8-4f0e-9d8c-1b3f0c9b2a11"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = s
+        .post(
+            &format!("/tasks/{}/cancel", sleepy.as_str().unwrap()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
     // Functions, tasks, logs, cancel, resources.
     let (_, _, fns) = s.get("/functions").await;
     assert_eq!(fns[0]["function_name"], "my_function");

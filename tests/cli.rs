@@ -134,6 +134,20 @@ async fn cli_end_to_end() {
         out.contains("\"failed\"") && err.contains("TypeError"),
         "{out} {err}"
     );
+    // Several tasks at once: --any returns with the first finished (a
+    // failed one fails the command), all of them by default.
+    let (_, failed, _) = cli(&s, &["spawn", "double", "null"], None);
+    let failed = failed.trim().to_owned();
+    let (ok, out, err) = cli(&s, &["wait", &id, &failed, "--timeout", "30"], None);
+    assert!(!ok, "one of them failed: {out}");
+    assert!(
+        out.contains("\"finished\": 2") && err.contains("TypeError"),
+        "{out} {err}"
+    );
+    let (ok, out, err) = cli(&s, &["wait", &id, &id, "--any"], None);
+    assert!(ok && out.contains("\"done\": true"), "{out} {err}");
+    let (ok, _, err) = cli(&s, &["wait", "not-an-id"], None);
+    assert!(!ok && err.contains("not a task id"), "{err}");
     let (ok, out, _) = cli(&s, &["logs", &id], None);
     assert!(ok && out.contains("doubling 21"), "{out}");
     let (ok, out, _) = cli(&s, &["cancel", &id], None);

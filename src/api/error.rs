@@ -199,6 +199,11 @@ impl From<RuntimeError> for Error {
             RuntimeError::Spec(e) => e.into(),
             RuntimeError::Secret(e) => e.into(),
             RuntimeError::TooDeep(e) => Error::invalid(e.field.clone(), e.to_string()),
+            RuntimeError::Invalid {
+                field,
+                value,
+                expected,
+            } => Error::invalid(field.clone(), format!("got {value}; expected {expected}")),
             RuntimeError::Backend(e @ crate::compute::BackendError::Image { .. }) => {
                 Error::invalid("image_config.packages", e.to_string())
             }

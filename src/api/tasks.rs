@@ -16,7 +16,8 @@ use super::{ApiState, Error};
 use crate::runtime::MAX_RESULTS_PAGE;
 use crate::task::{ResultsPage, TaskId, TaskKind, TaskLogs, TaskRecord, TaskStatus};
 use crate::wire::{
-    MapSubmitted, RunParallelRequest, SpawnTaskRequest, TaskList, TaskStatusView, MAX_INLINE_RESULTS,
+    MapSubmitted, RunParallelRequest, SpawnTaskRequest, TaskList, TaskStatusView, WaitTasksRequest,
+    WaitTasksResult, MAX_INLINE_RESULTS,
 };
 
 fn wait_limit(v: Option<f64>) -> Result<Option<Duration>, Error> {
@@ -230,4 +231,21 @@ pub(crate) async fn list(
         offset,
         limit,
     }))
+}
+
+/// Wait for several tasks at once, without polling: answers as soon as all
+/// (`mode: all`) or one (`mode: any`) of them have finished, or at the
+/// timeout (default 55 s) with `done: false`; one summary line per task.
+#[utoipa::path(post, path = "/tasks/wait", request_body = WaitTasksRequest,
+    responses((status = 200, body = WaitTasksResult), (status = 404, body = super::Problem), (status = 422, body = super::Problem)))]
+pub(crate) async fn wait_tasks(
+    State(state): State<ApiState>,
+    ApiJson(req): ApiJson<WaitTasksRequest>,
+) -> Result<Json<WaitTasksResult>, Error> {
+    let timeout = req.timeout()?;
+    let (done, records) = state
+        .runtime
+        .wait_tasks(&req.task_ids, req.mode, timeout)
+        .await?;
+    Ok(Json(WaitTasksResult::new(done, req.mode, &records)))
 }

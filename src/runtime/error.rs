@@ -24,6 +24,16 @@ pub enum RuntimeError {
     /// An argument or input nests too deep to be stored and read back.
     #[error(transparent)]
     TooDeep(#[from] crate::value::TooDeep),
+    /// An argument is outside what is accepted.
+    #[error("invalid `{field}`: got {value}; expected {expected}")]
+    Invalid {
+        /// The argument.
+        field: String,
+        /// What was given.
+        value: String,
+        /// What is accepted.
+        expected: String,
+    },
     /// No function of that name is deployed.
     #[error("function `{0}` is not deployed")]
     UnknownFunction(String),

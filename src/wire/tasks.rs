@@ -1,10 +1,13 @@
 //! Running functions: a parallel map, one spawned call, a page of tasks.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use crate::task::{MapProgress, TaskError, TaskId, TaskRecord, TaskStatus};
+use crate::runtime::RuntimeError;
+use crate::task::{MapProgress, TaskError, TaskId, TaskKind, TaskRecord, TaskStatus, WaitMode};
 
 /// Most results a finished map shows inline (`GET /status/{id}`'s
 /// `result`, `spawn_parallel_tasks` with `wait`); read the rest by page.
@@ -117,4 +120,123 @@ pub struct TaskList {
     /// The page size asked for.
     #[serde(default)]
     pub limit: u64,
+}
+
+/// Default bound on one wait: under the 60 s many tool hosts give a call.
+pub const DEFAULT_WAIT_S: f64 = 55.0;
+
+/// Waiting on several tasks at once (`POST /tasks/wait`, the `wait_tasks`
+/// tool): returns as soon as the condition holds, or at the timeout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitTasksRequest {
+    /// The tasks (1 to 1000).
+    #[schema(min_items = 1, max_items = 1000)]
+    pub task_ids: Vec<TaskId>,
+    /// `all` (default): until every task has finished; `any`: until one has.
+    #[serde(default)]
+    pub mode: WaitMode,
+    /// Seconds to wait at most (default 55; up to 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 600)]
+    pub timeout_s: Option<f64>,
+}
+
+impl WaitTasksRequest {
+    /// The wait's bound, checked.
+    pub fn timeout(&self) -> Result<Duration, RuntimeError> {
+        match self.timeout_s {
+            None => Ok(Duration::from_secs_f64(DEFAULT_WAIT_S)),
+            Some(s) if s.is_finite() && (0.0..=600.0).contains(&s) => {
+                Ok(Duration::from_secs_f64(s))
+            }
+            Some(s) => Err(RuntimeError::Invalid {
+                field: "timeout_s".into(),
+                value: s.to_string(),
+                expected: "seconds from 0 to 600".into(),
+            }),
+        }
+    }
+}
+
+/// The answer to a wait on several tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WaitTasksResult {
+    /// Whether the condition held (false: the wait timed out first).
+    pub done: bool,
+    /// What was waited for.
+    pub mode: WaitMode,
+    /// How many of the tasks have finished.
+    pub finished: usize,
+    /// Each task as it is now, in the order asked.
+    pub tasks: Vec<TaskSummary>,
+}
+
+impl WaitTasksResult {
+    /// The answer for `records`, taken when the wait ended.
+    pub fn new(done: bool, mode: WaitMode, records: &[TaskRecord]) -> Self {
+        WaitTasksResult {
+            done,
+            mode,
+            finished: records.iter().filter(|r| r.status.is_terminal()).count(),
+            tasks: records.iter().map(TaskSummary::from).collect(),
+        }
+    }
+}
+
+/// A task in one line: status, progress, why it failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TaskSummary {
+    /// The task.
+    pub task_id: TaskId,
+    /// Its function.
+    pub function_name: String,
+    /// Call or map.
+    pub kind: TaskKind,
+    /// Where it is.
+    pub status: TaskStatus,
+    /// A map's progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<MapProgress>,
+    /// Why it failed (type and message; the traceback is in its status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<TaskError>,
+    /// All of it in one line, for a reader.
+    pub summary: String,
+}
+
+/// Longest error message a summary carries.
+const SUMMARY_MESSAGE: usize = 200;
+
+impl From<&TaskRecord> for TaskSummary {
+    fn from(r: &TaskRecord) -> Self {
+        let mut summary = format!("{} {} `{}`", r.task_id, r.status, r.function_name);
+        if let Some(p) = &r.progress {
+            summary.push_str(&format!(
+                ": {} of {} inputs done ({} failed)",
+                p.done(),
+                p.total,
+                p.failed
+            ));
+        }
+        let error = r.error.as_ref().map(|e| {
+            let mut message: String = e.message.chars().take(SUMMARY_MESSAGE).collect();
+            if message.len() < e.message.len() {
+                message.push('…');
+            }
+            TaskError::new(e.kind.clone(), message)
+        });
+        if let Some(e) = &error {
+            summary.push_str(&format!(" - {}: {}", e.kind, e.message));
+        }
+        TaskSummary {
+            task_id: r.task_id,
+            function_name: r.function_name.clone(),
+            kind: r.kind,
+            status: r.status,
+            progress: r.progress,
+            error,
+            summary,
+        }
+    }
 }

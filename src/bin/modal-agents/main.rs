@@ -5,7 +5,8 @@
 //! modal-agents deploy FILE.py --name NAME [--gpu T4] [--timeout 60] [--package numpy] ...
 //! modal-agents run FUNCTION --inputs FILE|-        (progress bar; results as JSON lines)
 //! modal-agents spawn FUNCTION [ARG ...] [--kwargs JSON] [--wait]
-//! modal-agents status|wait|cancel|logs TASK_ID
+//! modal-agents status|cancel|logs TASK_ID
+//! modal-agents wait TASK_ID... [--any] [--timeout S]
 //! modal-agents volume get|put|ls ...   modal-agents secret set|ls ...
 //! ```
 //! The server URL and token come from `--url`/`--token` or
@@ -22,7 +23,8 @@ use clap::{Args, Parser, Subcommand};
 use modal_agents::client::Client;
 use modal_agents::compute::{ModalBackend, ModalConfig};
 use modal_agents::spec::{BackendChoice, Limits};
-use modal_agents::wire::{DeployRequest, VolumeMounts};
+use modal_agents::task::WaitMode;
+use modal_agents::wire::{DeployRequest, VolumeMounts, DEFAULT_WAIT_S};
 use modal_agents::{TaskId, TaskRecord, TaskStatus};
 use serde_json::{json, Map, Value};
 
@@ -92,11 +94,17 @@ enum Command {
         /// The task id.
         task_id: String,
     },
-    /// Wait for a task and show its record; exit 1 if it did not complete.
+    /// Wait for tasks (all of them, or with --any the first to finish) and
+    /// show them; exit 1 if the wait timed out or a finished task did not
+    /// complete. The server waits; nothing polls.
     Wait {
-        /// The task id.
-        task_id: String,
-        /// Give up after this many seconds.
+        /// The task ids.
+        #[arg(required = true, num_args = 1..)]
+        task_ids: Vec<String>,
+        /// Return when any one of them has finished.
+        #[arg(long)]
+        any: bool,
+        /// Give up after this many seconds (default: no limit).
         #[arg(long)]
         timeout: Option<f64>,
     },
@@ -246,6 +254,59 @@ fn finished(record: &TaskRecord) -> Result<(), String> {
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default()
         )),
+    }
+}
+
+/// `wait`: server-side waits of at most 55 s each until the condition
+/// holds or `timeout` passes; one task prints its record, several their
+/// summaries.
+async fn wait(
+    client: &Client,
+    ids: &[TaskId],
+    mode: WaitMode,
+    timeout: Option<f64>,
+) -> Result<(), String> {
+    let err = |e: modal_agents::client::ClientError| e.to_string();
+    if let Some(t) = timeout.filter(|t| !(t.is_finite() && *t >= 0.0)) {
+        return Err(format!("--timeout: got {t}; expected seconds, 0 or more"));
+    }
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + Duration::from_secs_f64(t));
+    let outcome = loop {
+        let left = deadline.map_or(Duration::from_secs_f64(DEFAULT_WAIT_S), |d| {
+            d.saturating_duration_since(tokio::time::Instant::now())
+                .min(Duration::from_secs_f64(DEFAULT_WAIT_S))
+        });
+        let outcome = client
+            .wait_tasks(ids, mode, Some(left))
+            .await
+            .map_err(err)?;
+        if outcome.done || deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            break outcome;
+        }
+    };
+    if let [id] = ids {
+        let record = client.status(*id).await.map_err(err)?;
+        print_json(&record)?;
+        if !outcome.done {
+            return Err(format!("task {id} did not finish in time"));
+        }
+        return finished(&record);
+    }
+    print_json(&outcome)?;
+    if !outcome.done {
+        return Err(format!(
+            "{} of {} tasks finished in time",
+            outcome.finished,
+            ids.len()
+        ));
+    }
+    match outcome
+        .tasks
+        .iter()
+        .find(|t| t.status.is_terminal() && t.status != TaskStatus::Completed)
+    {
+        Some(t) => Err(t.summary.clone()),
+        None => Ok(()),
     }
 }
 
@@ -418,15 +479,16 @@ async fn run_command(cli: Cli) -> Result<(), String> {
             print_json(&client.status(task_id(&id)?).await.map_err(err)?)
         }
         Command::Wait {
-            task_id: id,
+            task_ids,
+            any,
             timeout,
         } => {
-            let record = client
-                .wait(task_id(&id)?, timeout.map(Duration::from_secs_f64))
-                .await
-                .map_err(err)?;
-            print_json(&record)?;
-            finished(&record)
+            let ids = task_ids
+                .iter()
+                .map(|id| task_id(id))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mode = if any { WaitMode::Any } else { WaitMode::All };
+            wait(&client, &ids, mode, timeout).await
         }
         Command::Cancel { task_id: id } => {
             print_json(&client.cancel(task_id(&id)?).await.map_err(err)?)
