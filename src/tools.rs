@@ -19,16 +19,23 @@
 //! # Ok(()) }
 //! ```
 
+mod files;
+mod tasks;
+
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 
 use crate::runtime::{Runtime, RuntimeError};
 use crate::spec::SpecError;
 use crate::task::TaskStatus;
+use crate::task::{ResultsPage, TaskLogs, TaskRecord};
 use crate::volume::VolumeError;
 use crate::wire::{
-    json_schema, wire_field, CoordinateState, DeployRequest, Deployed, GpuTaskResult, MapSubmitted,
-    RequestGpuTask, SpawnParallelTasks, StateOperation, ToolDefinition, MAX_INLINE_RESULTS,
+    json_schema, output_json_schema, wire_field, CoordinateState, DeployRequest, Deployed,
+    FunctionList, GpuTaskResult, ListVolumeFiles, MapSubmitted, NoArguments, RequestGpuTask,
+    SpawnParallelTasks, SpawnTaskRequest, StateOperation, StateResult, TaskRef, TaskResultsRequest,
+    TaskStatusView, ToolDefinition, VolumeFile, VolumeFileList, VolumeFileRef, WaitTasksRequest,
+    WaitTasksResult, WriteVolumeFile, MAX_INLINE_RESULTS,
 };
 
 /// Why a tool call failed.
@@ -93,33 +100,92 @@ impl ToolError {
     }
 }
 
-/// The four tools' definitions.
-fn definitions() -> Vec<ToolDefinition> {
-    let def = |name: &str, description: &str, input_schema: Value| ToolDefinition {
+/// One tool: its arguments' and its answer's wire types.
+fn def<In: utoipa::ToSchema, Out: utoipa::ToSchema>(
+    name: &str,
+    description: &str,
+) -> ToolDefinition {
+    ToolDefinition {
         name: name.into(),
         description: description.into(),
-        input_schema,
-    };
+        input_schema: json_schema::<In>(),
+        output_schema: Some(output_json_schema::<Out>()),
+    }
+}
+
+/// The tools' definitions, each derived from its wire types.
+fn definitions() -> Vec<ToolDefinition> {
     vec![
-        def(
+        def::<DeployRequest, Deployed>(
             "deploy_modal_function",
-            "Deploy a Python function from a code string so it can be called and mapped.",
-            json_schema::<DeployRequest>(),
+            "Deploy (or redeploy) a Python function from source code so it can be called. \
+             Give the code and the name of the function in it; optionally pip packages, a GPU, \
+             a timeout, retries, secrets and volumes. Do this before spawn_task or \
+             spawn_parallel_tasks.",
         ),
-        def(
+        def::<SpawnParallelTasks, MapSubmitted>(
             "spawn_parallel_tasks",
-            "Run a deployed function over a list of inputs in parallel (one argument each).",
-            json_schema::<SpawnParallelTasks>(),
+            "Run a deployed function once per input, in parallel (each input is its one \
+             argument). With wait (the default) it returns the results in input order; with \
+             wait=false it returns a task_id at once: follow it with wait_tasks and \
+             get_task_results.",
         ),
-        def(
+        def::<RequestGpuTask, GpuTaskResult>(
             "request_gpu_task",
-            "Run one call of a GPU-enabled deployed function and return its result.",
-            json_schema::<RequestGpuTask>(),
+            "Run one call of a deployed function that requested a GPU and wait for its result.",
         ),
-        def(
+        def::<CoordinateState, StateResult>(
             "coordinate_state",
-            "Read, write, list, delete or compare-and-swap shared state in a volume.",
-            json_schema::<CoordinateState>(),
+            "Shared state between agents in a named volume: read, write, list (by key prefix), \
+             delete, or cas (compare-and-swap: write only if the key still has \
+             expected_version; omit it for 'only if absent'). Every write returns the new version.",
+        ),
+        def::<SpawnTaskRequest, TaskRecord>(
+            "spawn_task",
+            "Start one call of a deployed function with args and kwargs; returns its task_id \
+             at once (or, with wait, its finished record). Use wait_tasks to wait for several.",
+        ),
+        def::<TaskRef, TaskStatusView>(
+            "get_task_status",
+            "A task's status, result or error (with traceback), timing and a map's progress; \
+             a finished map's results are included when there are at most 10,000.",
+        ),
+        def::<WaitTasksRequest, WaitTasksResult>(
+            "wait_tasks",
+            "Wait, without polling, until all (mode=all) or any (mode=any) of the given tasks \
+             have finished, at most timeout_s (default 55). Returns one summary line per task; \
+             call again if done is false. Prefer this over calling get_task_status repeatedly.",
+        ),
+        def::<TaskRef, TaskRecord>(
+            "cancel_task",
+            "Cancel a pending or running task (a call or a whole map); returns its final record.",
+        ),
+        def::<TaskResultsRequest, ResultsPage>(
+            "get_task_results",
+            "A page of a map's results in input order (offset, limit up to 10000); a failed \
+             input is {\"error\": {type, message}} in its slot. next_offset is where the next \
+             page starts, null at the end.",
+        ),
+        def::<TaskRef, TaskLogs>(
+            "get_task_logs",
+            "What a task's function printed (stdout and stderr).",
+        ),
+        def::<NoArguments, FunctionList>(
+            "list_functions",
+            "The deployed functions with their specs.",
+        ),
+        def::<VolumeFileRef, VolumeFile>(
+            "read_volume_file",
+            "Read a file from a volume (text, or base64 when it is binary).",
+        ),
+        def::<WriteVolumeFile, crate::volume::FileStat>(
+            "write_volume_file",
+            "Write a file into a volume (atomically), as text or base64; functions that mount \
+             the volume see it.",
+        ),
+        def::<ListVolumeFiles, VolumeFileList>(
+            "list_volume_files",
+            "List the files in a volume, optionally under a path prefix.",
         ),
     ]
 }
@@ -193,6 +259,16 @@ impl Tools {
             "spawn_parallel_tasks" => self.spawn_parallel(parse(name, args)?).await,
             "request_gpu_task" => self.gpu_task(parse(name, args)?).await,
             "coordinate_state" => self.state(parse(name, args)?).await,
+            "spawn_task" => self.spawn_task(parse(name, args)?).await,
+            "get_task_status" => self.task_status(parse(name, args)?).await,
+            "wait_tasks" => self.wait_tasks(parse(name, args)?).await,
+            "cancel_task" => self.cancel_task(parse(name, args)?).await,
+            "get_task_results" => self.task_results(parse(name, args)?).await,
+            "get_task_logs" => self.task_logs(parse(name, args)?).await,
+            "list_functions" => self.list_functions(parse(name, args)?),
+            "read_volume_file" => self.read_file(parse(name, args)?).await,
+            "write_volume_file" => self.write_file(parse(name, args)?).await,
+            "list_volume_files" => self.list_files(parse(name, args)?).await,
             _ => Err(ToolError::UnknownTool {
                 name: name.to_owned(),
                 known: self.definitions().into_iter().map(|d| d.name).collect(),
@@ -416,12 +492,21 @@ mod tests {
             }
         }
         let defs = definitions();
-        assert_eq!(defs.len(), 4);
+        assert_eq!(defs.len(), 14);
         for def in defs {
             let schema = &def.input_schema;
             assert_eq!(schema["type"], "object", "{}", def.name);
             assert_eq!(schema["additionalProperties"], false, "{}", def.name);
-            assert!(schema["required"].is_array(), "{}", def.name);
+            assert!(
+                schema.get("required").is_none_or(Value::is_array),
+                "{}",
+                def.name
+            );
+            let output = def
+                .output_schema
+                .as_ref()
+                .expect("every tool says what it answers");
+            assert_eq!(output["type"], "object", "{}", def.name);
             let mut bad = Vec::new();
             walk(schema, &def.name, &mut bad);
             assert!(bad.is_empty(), "not plain: {bad:?}\n{schema:#}");

@@ -17,7 +17,7 @@ mod tasks;
 mod tools;
 
 pub use deploy::{DeployRequest, Deployed, FunctionView, ImageConfig, VolumeMounts};
-pub use schema::json_schema;
+pub use schema::{json_schema, output_json_schema};
 pub use state::{
     PutState, SecretInfo, StateEntry, Webhook, WebhookAttempt, WebhookRequest, WebhookState,
 };
@@ -26,8 +26,9 @@ pub use tasks::{
     WaitTasksRequest, WaitTasksResult, DEFAULT_WAIT_S, MAX_INLINE_RESULTS,
 };
 pub use tools::{
-    CoordinateState, GpuTaskResult, RequestGpuTask, SpawnParallelTasks, StateOperation,
-    ToolDefinition,
+    CoordinateState, FunctionList, GpuTaskResult, ListVolumeFiles, NoArguments, RequestGpuTask,
+    SpawnParallelTasks, StateOperation, StateResult, TaskRef, TaskResultsRequest, ToolDefinition,
+    VolumeFile, VolumeFileList, VolumeFileRef, WriteVolumeFile,
 };
 
 pub(crate) use deploy::wire_field;

@@ -18,33 +18,54 @@ const MAX_REF_DEPTH: usize = 16;
 /// assert_eq!(schema["properties"]["timeout"]["maximum"], 86400);
 /// ```
 pub fn json_schema<T: utoipa::ToSchema>() -> Value {
+    derive::<T>(true)
+}
+
+/// The JSON Schema of what a tool answers: like [`json_schema`], but a
+/// field that may be `null` keeps saying so (a client checks answers
+/// against it).
+pub fn output_json_schema<T: utoipa::ToSchema>() -> Value {
+    derive::<T>(false)
+}
+
+fn derive<T: utoipa::ToSchema>(drop_nulls: bool) -> Value {
     let mut components = Vec::new();
     T::schemas(&mut components);
     let components: BTreeMap<String, Value> = components
         .into_iter()
         .map(|(name, schema)| (name, to_json(&schema)))
         .collect();
-    let mut schema = plain(inline(to_json(&T::schema()), &components, 0));
+    let mut schema = plain(inline(to_json(&T::schema()), &components, 0), drop_nulls);
     // The type's own description is the Rust docs' (with their links); a
     // tool carries its own.
     if let Value::Object(root) = &mut schema {
         root.remove("description");
+        // A flattened struct is an `allOf` of objects: still an object,
+        // which MCP asks a tool's schemas to say.
+        if root.contains_key("allOf") && !root.contains_key("type") {
+            root.insert("type".into(), "object".into());
+        }
     }
     schema
 }
 
 /// The schema in the subset every tool-use host takes (OpenAI's strict
-/// mode, Gemini's declarations, Ajv without format plugins): no numeric
-/// `format`, no `null` alternatives (an optional field is one left out),
+/// mode, Gemini's declarations, Ajv without format plugins): no `format`,
+/// no `null` alternatives (an optional field is one left out),
 /// no `propertyNames` that only say "a string".
-fn plain(value: Value) -> Value {
+fn plain(value: Value, drop_nulls: bool) -> Value {
     match value {
-        Value::Object(mut map) => {
+        Value::Object(mut map) if !drop_nulls => {
             if let Some(Value::String(f)) = map.get("format") {
                 if NUMERIC_FORMATS.contains(&f.as_str()) {
                     map.remove("format");
                 }
             }
+            Value::Object(map.into_iter().map(|(k, v)| (k, plain(v, false))).collect())
+        }
+        Value::Object(mut map) => {
+            // Ajv in strict mode refuses a format it does not know.
+            map.remove("format");
             if map.get("propertyNames") == Some(&serde_json::json!({"type": "string"})) {
                 map.remove("propertyNames");
             }
@@ -77,9 +98,11 @@ fn plain(value: Value) -> Value {
             if map.get("default") == Some(&Value::Null) {
                 map.remove("default");
             }
-            Value::Object(map.into_iter().map(|(k, v)| (k, plain(v))).collect())
+            Value::Object(map.into_iter().map(|(k, v)| (k, plain(v, true))).collect())
         }
-        Value::Array(items) => Value::Array(items.into_iter().map(plain).collect()),
+        Value::Array(items) => {
+            Value::Array(items.into_iter().map(|v| plain(v, drop_nulls)).collect())
+        }
         other => other,
     }
 }

@@ -20,6 +20,10 @@ pub struct ToolDefinition {
     /// JSON Schema (draft 2020-12) of its arguments.
     #[schema(value_type = Object)]
     pub input_schema: Value,
+    /// JSON Schema of what it answers (an object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub output_schema: Option<Value>,
 }
 
 fn yes() -> bool {
@@ -109,4 +113,138 @@ pub struct CoordinateState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
     pub expected_version: Option<u64>,
+}
+
+/// What `coordinate_state` answers; which fields are set depends on the
+/// operation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StateResult {
+    /// The key read, written or deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// `read`: whether the key exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found: Option<bool>,
+    /// `read`: the value (null when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+    /// `read`, `write`, `cas`: the key's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// `write`, `cas`: `written`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// `delete`: whether the key existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<bool>,
+    /// `list`: the prefix listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// `list`: the keys under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<Vec<String>>,
+    /// `list`: each key's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Map<String, Value>>,
+}
+
+/// Arguments naming one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskRef {
+    /// The task's id (a UUID, as returned when it was created).
+    pub task_id: TaskId,
+}
+
+/// Arguments of `get_task_results`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskResultsRequest {
+    /// The map's task id.
+    pub task_id: TaskId,
+    /// The first input's index (default 0).
+    #[serde(default)]
+    pub offset: u64,
+    /// How many results (default 100, at most 10000).
+    #[serde(default = "default_page")]
+    #[schema(minimum = 1, maximum = 10000)]
+    pub limit: u64,
+}
+
+fn default_page() -> u64 {
+    100
+}
+
+/// Arguments of a tool that takes none.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoArguments {}
+
+/// The deployed functions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FunctionList {
+    /// Each deployed function, by name.
+    pub functions: Vec<super::FunctionView>,
+}
+
+/// Arguments of `read_volume_file` (a path inside the volume).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeFileRef {
+    /// The volume.
+    #[schema(pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")]
+    pub volume_name: String,
+    /// The file's path inside the volume (`dir/name.txt`).
+    pub path: String,
+}
+
+/// A file read from a volume: text when it is UTF-8, else base64.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VolumeFile {
+    /// Its path inside the volume.
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its content, when it is UTF-8 text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Its content in base64, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+}
+
+/// Arguments of `write_volume_file`: the content as `text` or `base64`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WriteVolumeFile {
+    /// The volume (made if it does not exist).
+    #[schema(pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")]
+    pub volume_name: String,
+    /// The file's path inside the volume (`dir/name.txt`).
+    pub path: String,
+    /// The content as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// The content in base64 (for binary files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+}
+
+/// Arguments of `list_volume_files`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListVolumeFiles {
+    /// The volume.
+    #[schema(pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")]
+    pub volume_name: String,
+    /// Only paths starting with this (default: all).
+    #[serde(default)]
+    pub prefix: String,
+}
+
+/// Files in a volume.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VolumeFileList {
+    /// Each file, by path.
+    pub files: Vec<crate::volume::FileStat>,
 }
