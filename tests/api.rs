@@ -614,7 +614,22 @@ async fn volumes_secrets_and_tools_over_http() {
     assert_problem(status, &headers, &problem, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(problem["field"], "operation");
     let (_, _, defs) = s.get("/tools").await;
-    assert_eq!(defs.as_array().unwrap().len(), 4);
+    let names: Vec<&str> = defs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    for seed in [
+        "deploy_modal_function",
+        "spawn_parallel_tasks",
+        "request_gpu_task",
+        "coordinate_state",
+        "wait_tasks",
+    ] {
+        assert!(names.contains(&seed), "{names:?}");
+    }
+    assert!(defs.as_array().unwrap().iter().all(|d| d["output_schema"]["type"] == "object"));
 
     let (_, _, doc) = s.get("/openapi.json").await;
     assert_eq!(doc["openapi"], "3.1.0");
