@@ -246,6 +246,10 @@ pub fn app(runtime: Runtime, config: ApiConfig) -> Router {
         .route("/resources", get(status::resources))
         .route("/metrics", get(status::metrics))
         .route("/openapi.json", get(openapi))
+        .route_service(
+            "/mcp",
+            crate::mcp::http_service(state.runtime.clone(), state.runtime.stopping()),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(status::healthz))

@@ -60,6 +60,7 @@ pub mod api;
 pub mod client;
 pub mod compute;
 mod dispatcher;
+pub mod mcp;
 mod persist;
 pub mod redact;
 mod registry;

@@ -127,6 +127,12 @@ impl Runtime {
         });
     }
 
+    /// A token cancelled when the runtime starts to stop (for services
+    /// layered on it that hold connections open, such as MCP sessions).
+    pub(crate) fn stopping(&self) -> CancellationToken {
+        self.inner.shutdown.child_token()
+    }
+
     pub(crate) fn store(&self) -> &Arc<Store> {
         &self.inner.store
     }

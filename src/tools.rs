@@ -245,6 +245,11 @@ impl Tools {
         Tools { runtime }
     }
 
+    /// The runtime the tools run on.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
     /// The tool definitions, for an LLM's tool list; each input schema is
     /// derived from the tool's [`wire`](crate::wire) type, the same types
     /// the OpenAPI document is derived from.

@@ -629,7 +629,11 @@ async fn volumes_secrets_and_tools_over_http() {
     ] {
         assert!(names.contains(&seed), "{names:?}");
     }
-    assert!(defs.as_array().unwrap().iter().all(|d| d["output_schema"]["type"] == "object"));
+    assert!(defs
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d["output_schema"]["type"] == "object"));
 
     let (_, _, doc) = s.get("/openapi.json").await;
     assert_eq!(doc["openapi"], "3.1.0");

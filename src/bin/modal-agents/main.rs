@@ -7,6 +7,7 @@
 //! modal-agents spawn FUNCTION [ARG ...] [--kwargs JSON] [--wait]
 //! modal-agents status|cancel|logs TASK_ID
 //! modal-agents wait TASK_ID... [--any] [--timeout S]
+//! modal-agents mcp [--data-dir DIR]     (MCP on stdio; with --url, forwarded)
 //! modal-agents volume get|put|ls ...   modal-agents secret set|ls ...
 //! ```
 //! The server URL and token come from `--url`/`--token` or
@@ -15,13 +16,14 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use modal_agents::client::Client;
 use modal_agents::compute::{ModalBackend, ModalConfig};
+use modal_agents::mcp::McpServer;
 use modal_agents::spec::{BackendChoice, Limits};
 use modal_agents::task::WaitMode;
 use modal_agents::wire::{DeployRequest, VolumeMounts, DEFAULT_WAIT_S};
@@ -63,6 +65,14 @@ struct Cli {
 enum Command {
     /// Run the HTTP API server.
     Serve(ServeArgs),
+    /// Speak MCP (the agent tools) on stdin/stdout, for an agent host such
+    /// as Cursor: forwarded to the server at --url / MODAL_AGENTS_URL when
+    /// one is given, else on a runtime embedded in this process.
+    Mcp {
+        /// The embedded runtime's data dir (without --url).
+        #[arg(long, default_value = modal_agents::runtime::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
     /// Modal: build the environment with the pinned `modal` SDK.
     #[command(subcommand)]
     Modal(ModalCommand),
@@ -310,6 +320,38 @@ async fn wait(
     }
 }
 
+/// `mcp`: the MCP server on stdio, over a running server or an embedded
+/// runtime (stopped cleanly when the client closes stdin).
+async fn mcp(url: Option<&str>, token: Option<&str>, data_dir: &Path) -> Result<(), String> {
+    if let Some(url) = url {
+        let client = Client::new(url, token).map_err(|e| e.to_string())?;
+        return McpServer::remote(client)
+            .serve_stdio()
+            .await
+            .map_err(|e| e.to_string());
+    }
+    let runtime = modal_agents::Runtime::builder()
+        .data_dir(data_dir)
+        .start()
+        .await
+        .map_err(|e| match e {
+            modal_agents::RuntimeError::DataDir { ref source, .. }
+                if source.to_string().contains("already open") =>
+            {
+                format!(
+                    "data dir {} is in use by another modal-agents runtime (a server, or \
+                     another `modal-agents mcp`); stop it, pass --data-dir for another \
+                     directory, or --url to use that server",
+                    data_dir.display()
+                )
+            }
+            e => e.to_string(),
+        })?;
+    let served = McpServer::local(runtime.clone()).serve_stdio().await;
+    runtime.shutdown().await;
+    served.map_err(|e| e.to_string())
+}
+
 fn print_json(v: &impl serde::Serialize) -> Result<(), String> {
     println!(
         "{}",
@@ -429,9 +471,13 @@ async fn run(client: &Client, function: &str, inputs: &str) -> Result<(), String
     }
 }
 
-async fn run_command(cli: Cli) -> Result<(), String> {
+async fn run_command(cli: Cli, url_given: bool) -> Result<(), String> {
     let cli = match cli.command {
         Command::Serve(args) => return serve(args, cli.token).await,
+        Command::Mcp { data_dir } => {
+            let url = url_given.then_some(cli.url.as_str());
+            return mcp(url, cli.token.as_deref(), &data_dir).await;
+        }
         Command::Modal(ModalCommand::Setup { cache_dir }) => {
             let backend = ModalBackend::new(ModalConfig {
                 cache_dir,
@@ -446,7 +492,9 @@ async fn run_command(cli: Cli) -> Result<(), String> {
     let client = Client::new(&cli.url, cli.token.as_deref()).map_err(|e| e.to_string())?;
     let err = |e: modal_agents::client::ClientError| e.to_string();
     match cli.command {
-        Command::Serve(_) | Command::Modal(_) => unreachable!("handled above"),
+        Command::Serve(_) | Command::Modal(_) | Command::Mcp { .. } => {
+            unreachable!("handled above")
+        }
         Command::Deploy(args) => deploy(&client, args).await,
         Command::Run { function, inputs } => run(&client, &function, &inputs).await,
         Command::Spawn {
@@ -578,7 +626,16 @@ fn main() -> ExitCode {
         )
         .with(filter)
         .init();
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    // `mcp` forwards only to a server named on purpose (flag or variable),
+    // not to the default address.
+    let url_given = matches
+        .value_source("url")
+        .is_some_and(|s| s != clap::parser::ValueSource::DefaultValue);
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -586,7 +643,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run_command(cli)) {
+    match runtime.block_on(run_command(cli, url_given)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(why) => {
             eprintln!("modal-agents: {}", why.lines().next().unwrap_or(&why));

@@ -1,0 +1,271 @@
+//! The agent tools over the Model Context Protocol, on the official Rust
+//! SDK (`rmcp`): Streamable HTTP at `POST /mcp` of the HTTP API (behind
+//! its bearer tokens; a browser `Origin` is refused), and stdio
+//! (`modal-agents mcp`), served from an embedded runtime or forwarded to a
+//! running server.
+//!
+//! Every tool has an `inputSchema` and an `outputSchema` derived from its
+//! [`wire`](crate::wire) types; an answer is `structuredContent` plus a
+//! short text for a model to read. Bad arguments are a tool error
+//! (`isError`) that names the field and what is accepted, so the model can
+//! correct itself; an unknown tool is a protocol error. `wait_tasks` sends
+//! progress notifications when the client gave a progress token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData,
+    Implementation, InitializeResult, ListToolsResult, PaginatedRequestParams,
+    ProgressNotificationParam, ServerCapabilities, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, ServerHandler};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{Client, ClientError};
+use crate::runtime::Runtime;
+use crate::task::TaskId;
+use crate::tools::{ToolError, Tools};
+use crate::wire::ToolDefinition;
+
+/// Longest text summary of an answer (the whole answer is in
+/// `structuredContent`).
+const MAX_SUMMARY: usize = 4_000;
+
+/// How often a long wait tells the client where it is.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Where the tools run.
+#[derive(Debug, Clone)]
+enum Host {
+    /// On a runtime in this process.
+    Local(Tools),
+    /// On a running server, through its HTTP API.
+    Remote(Client),
+}
+
+/// The MCP server: the agent tools of one runtime, or of a remote server.
+#[derive(Debug, Clone)]
+pub struct McpServer {
+    host: Host,
+}
+
+impl McpServer {
+    /// Serves the tools of `runtime`.
+    pub fn local(runtime: Runtime) -> McpServer {
+        McpServer {
+            host: Host::Local(Tools::new(runtime)),
+        }
+    }
+
+    /// Forwards every tool call to the server `client` speaks to.
+    pub fn remote(client: Client) -> McpServer {
+        McpServer {
+            host: Host::Remote(client),
+        }
+    }
+
+    /// Speaks MCP on stdin and stdout until the client closes them.
+    pub async fn serve_stdio(self) -> Result<(), std::io::Error> {
+        use rmcp::ServiceExt as _;
+        let running = self
+            .serve(rmcp::transport::io::stdio())
+            .await
+            .map_err(std::io::Error::other)?;
+        running.waiting().await.map_err(std::io::Error::other)?;
+        Ok(())
+    }
+
+    async fn definitions(&self) -> Result<Vec<ToolDefinition>, ErrorData> {
+        match &self.host {
+            Host::Local(tools) => Ok(tools.definitions()),
+            Host::Remote(client) => client
+                .tools()
+                .await
+                .map_err(|e| ErrorData::internal_error(e.to_string(), None)),
+        }
+    }
+
+    /// Runs a tool: its answer, or the text of a tool error.
+    async fn run(&self, name: &str, args: Value) -> Result<Result<Value, String>, ErrorData> {
+        match &self.host {
+            Host::Local(tools) => match tools.call(name, args).await {
+                Ok(v) => Ok(Ok(v)),
+                Err(e @ ToolError::UnknownTool { .. }) => {
+                    Err(ErrorData::invalid_params(e.to_string(), None))
+                }
+                Err(e) => Ok(Err(e.to_string())),
+            },
+            Host::Remote(client) => match client.tool(name, args).await {
+                Ok(v) => Ok(Ok(v)),
+                Err(ClientError::Api {
+                    status: 404,
+                    detail,
+                    ..
+                }) if detail.contains("unknown tool") => {
+                    Err(ErrorData::invalid_params(detail, None))
+                }
+                Err(ClientError::Api { detail, field, .. }) => Ok(Err(match field {
+                    Some(f) => format!("invalid `{f}`: {detail}"),
+                    None => detail,
+                })),
+                Err(e) => Ok(Err(e.to_string())),
+            },
+        }
+    }
+}
+
+/// A tool definition as MCP lists it.
+fn to_mcp(def: ToolDefinition) -> Tool {
+    let object = |v: Value| match v {
+        Value::Object(map) => Arc::new(map),
+        _ => Arc::new(serde_json::Map::new()),
+    };
+    let mut tool = Tool::new(def.name, def.description, object(def.input_schema));
+    if let Some(output) = def.output_schema {
+        tool = tool.with_raw_output_schema(object(output));
+    }
+    tool
+}
+
+/// A short text of an answer, for a model to read.
+fn summary(tool: &str, answer: &Value) -> String {
+    if tool == "wait_tasks" {
+        let head = if answer["done"] == true {
+            "done"
+        } else {
+            "not done yet (timed out); call wait_tasks again"
+        };
+        let lines = answer["tasks"]
+            .as_array()
+            .map(|tasks| {
+                tasks
+                    .iter()
+                    .filter_map(|t| t["summary"].as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default();
+        return format!("{head}\n{lines}");
+    }
+    let text = answer.to_string();
+    if text.len() <= MAX_SUMMARY {
+        return text;
+    }
+    let mut cut = MAX_SUMMARY;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}… (cut; the whole answer is in structuredContent)",
+        &text[..cut]
+    )
+}
+
+impl ServerHandler for McpServer {
+    fn get_info(&self) -> InitializeResult {
+        InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new(
+                "modal-agents",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .with_instructions(
+                "Run Python on warm containers: deploy_modal_function, then spawn_task or \
+                 spawn_parallel_tasks; wait_tasks waits for tasks without polling; \
+                 coordinate_state and the volume file tools share state between agents.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let tools = self.definitions().await?.into_iter().map(to_mcp).collect();
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let name = request.name.to_string();
+        let args = request.arguments.map(Value::Object).unwrap_or(Value::Null);
+        let progress = match (&self.host, context.meta.get_progress_token()) {
+            (Host::Local(tools), Some(token)) if name == "wait_tasks" => {
+                let ids: Vec<TaskId> = args["task_ids"]
+                    .as_array()
+                    .map(|ids| {
+                        ids.iter()
+                            .filter_map(|v| v.as_str()?.parse().ok())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let stop = CancellationToken::new();
+                let runtime = tools.runtime().clone();
+                let peer = context.peer.clone();
+                let guard = stop.clone().drop_guard();
+                tokio::spawn(async move {
+                    let total = ids.len() as f64;
+                    loop {
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            () = tokio::time::sleep(PROGRESS_EVERY) => {}
+                        }
+                        let finished = ids
+                            .iter()
+                            .filter(|id| runtime.status(**id).is_ok_and(|r| r.status.is_terminal()))
+                            .count();
+                        let note = ProgressNotificationParam::new(token.clone(), finished as f64)
+                            .with_total(total);
+                        if peer.notify_progress(note).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                Some(guard)
+            }
+            _ => None,
+        };
+        let outcome = self.run(&name, args).await?;
+        drop(progress);
+        Ok(match outcome {
+            Ok(answer) => {
+                let text = summary(&name, &answer);
+                let mut result = CallToolResult::structured(answer);
+                result.content = vec![ContentBlock::text(text)];
+                result
+            }
+            Err(message) => CallToolResult::error(vec![ContentBlock::text(message)]),
+        }
+        .into())
+    }
+}
+
+/// The Streamable HTTP service for `/mcp` over `runtime`'s tools, stopped
+/// with `stop`. Requests carrying a browser `Origin` are refused; the host
+/// check is left to the bearer tokens in front of it.
+pub(crate) fn http_service(
+    runtime: Runtime,
+    stop: CancellationToken,
+) -> rmcp::transport::streamable_http_server::StreamableHttpService<
+    McpServer,
+    rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
+> {
+    use rmcp::transport::streamable_http_server::{
+        session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService,
+    };
+    let server = McpServer::local(runtime);
+    let mut config = StreamableHttpServerConfig::default()
+        .disable_allowed_hosts()
+        .enforce_origin_validation();
+    config.cancellation_token = stop;
+    StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    )
+}

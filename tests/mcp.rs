@@ -1,0 +1,119 @@
+//! The agent tools over MCP, driven by the official MCP Python SDK (`mcp`,
+//! installed by `scripts/test` under `target/mcp-venv`) as an agent host
+//! would: Streamable HTTP at `/mcp` of the real `modal-agents serve`, and
+//! stdio through `modal-agents mcp`. The session (tests/mcp/client.py)
+//! lists tools, deploys, maps 1,000 inputs, spawns and waits, does a CAS,
+//! sends a bad argument and an unknown tool; over HTTP it is first refused
+//! without a token and from a browser origin.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "mcp-test-token-0123456789";
+const BIN: &str = env!("CARGO_BIN_EXE_modal-agents");
+
+fn python() -> PathBuf {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/mcp-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/test, which installs the MCP Python SDK",
+        python.display()
+    );
+    python
+}
+
+/// Runs the client session with `args`; its exit status and output,
+/// killed past two minutes.
+fn session(args: &[&str]) -> (bool, String) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/client.py");
+    let mut child = Command::new(python())
+        .arg(script)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn an_agent_session_over_streamable_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, url) = support::serve(BIN, &dir.path().join("data"), TOKEN);
+    let (ok, out) = session(&["http", &format!("{url}/mcp"), TOKEN]);
+    support::stop(&mut server);
+    assert!(ok && out.contains("all ok"), "{out}");
+    assert!(out.contains("ok a missing token is 401"), "{out}");
+    assert!(out.contains("ok a browser origin is refused"), "{out}");
+}
+
+#[test]
+fn an_agent_session_over_stdio_on_an_embedded_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let (ok, out) = session(&["stdio", BIN, "mcp", "--data-dir", data]);
+    assert!(ok && out.contains("all ok"), "{out}");
+    assert!(out.contains("ok map 1,000 inputs"), "{out}");
+}
+
+#[test]
+fn an_agent_session_over_stdio_forwarded_to_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, url) = support::serve(BIN, &dir.path().join("data"), TOKEN);
+    let (ok, out) = session(&["stdio", BIN, "--url", &url, "--token", TOKEN, "mcp"]);
+    // The server the session ran on has the function it deployed.
+    let listed = Command::new(BIN)
+        .args([
+            "--url",
+            &url,
+            "--token",
+            TOKEN,
+            "status",
+            "00000000-0000-4000-8000-000000000000",
+        ])
+        .output()
+        .unwrap();
+    support::stop(&mut server);
+    assert!(ok && out.contains("all ok"), "{out}");
+    assert!(!listed.status.success(), "an unknown task is an error");
+}
+
+#[test]
+fn mcp_says_when_its_data_dir_is_held_by_another_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut server, _url) = support::serve(BIN, &data, TOKEN);
+    let out = Command::new(BIN)
+        .args(["mcp", "--data-dir"])
+        .arg(&data)
+        .env_remove("MODAL_AGENTS_URL")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    support::stop(&mut server);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("in use by another modal-agents runtime"),
+        "{err}"
+    );
+}
