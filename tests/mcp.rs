@@ -117,3 +117,68 @@ fn mcp_says_when_its_data_dir_is_held_by_another_runtime() {
         "{err}"
     );
 }
+
+/// Reads the one JSON-RPC answer of a Streamable HTTP POST (JSON or SSE).
+async fn rpc(url: &str, headers: &[(&str, &str)], body: serde_json::Value) -> serde_json::Value {
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(TOKEN)
+        .header("accept", "application/json, text/event-stream")
+        .json(&body);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let text = request.send().await.unwrap().text().await.unwrap();
+    let json = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim)
+        .find(|l| l.starts_with('{'))
+        .unwrap_or(text.trim());
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_protocol_revision_connects() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, url) = support::serve(BIN, &dir.path().join("data"), TOKEN);
+    let url = format!("{url}/mcp");
+    for version in ["2025-06-18", "2025-11-25"] {
+        let answer = rpc(
+            &url,
+            &[],
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": version, "capabilities": {},
+                "clientInfo": {"name": "probe", "version": "1"}}}),
+        )
+        .await;
+        assert_eq!(answer["result"]["protocolVersion"], version, "{answer}");
+        assert_eq!(answer["result"]["serverInfo"]["name"], "modal-agents");
+    }
+    // The stateless revision: discovery first, then a request with no
+    // session, each carrying its protocol metadata.
+    let meta = serde_json::json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "probe", "version": "1"},
+    });
+    let stateless = [("mcp-protocol-version", "2026-07-28")];
+    let discovered = rpc(
+        &url,
+        &[stateless[0], ("mcp-method", "server/discover")],
+        serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover",
+                           "params": {"_meta": meta}}),
+    )
+    .await;
+    assert!(discovered.get("result").is_some(), "{discovered}");
+    let listed = rpc(
+        &url,
+        &[stateless[0], ("mcp-method", "tools/list")],
+        serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list",
+                           "params": {"_meta": meta}}),
+    )
+    .await;
+    let tools = listed["result"]["tools"].as_array().expect("tools");
+    assert!(tools.iter().any(|t| t["name"] == "wait_tasks"), "{listed}");
+    support::stop(&mut server);
+}
