@@ -13,17 +13,20 @@ async fn the_seed_tool_flow() {
     let defs = tools.definitions();
     let names: Vec<&str> = defs.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(
-        names,
+        names[..4],
         [
             "deploy_modal_function",
             "spawn_parallel_tasks",
             "request_gpu_task",
             "coordinate_state"
-        ]
+        ],
+        "the seed's four first"
     );
+    assert_eq!(names.len(), 14);
     for d in &defs {
         let props = d.input_schema["properties"].as_object().unwrap();
-        for required in d.input_schema["required"].as_array().unwrap() {
+        let required = d.input_schema["required"].as_array().cloned();
+        for required in required.unwrap_or_default() {
             assert!(
                 props.contains_key(required.as_str().unwrap()),
                 "{}: {required}",

@@ -45,6 +45,11 @@ fn derive<T: utoipa::ToSchema>(drop_nulls: bool) -> Value {
         if root.contains_key("allOf") && !root.contains_key("type") {
             root.insert("type".into(), "object".into());
         }
+        // Some hosts want `properties` on every object, even an empty one.
+        if root.get("type") == Some(&Value::from("object")) && !root.contains_key("allOf") {
+            root.entry("properties")
+                .or_insert_with(|| Value::Object(Map::new()));
+        }
     }
     schema
 }
