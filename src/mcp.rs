@@ -78,6 +78,19 @@ impl McpServer {
         Ok(())
     }
 
+    /// How many of `ids` have finished, for progress notes.
+    async fn finished(&self, ids: &[TaskId]) -> usize {
+        let mut finished = 0;
+        for &id in ids {
+            let status = match &self.host {
+                Host::Local(tools) => tools.runtime().status(id).ok().map(|r| r.status),
+                Host::Remote(client) => client.status(id).await.ok().map(|r| r.status),
+            };
+            finished += usize::from(status.is_some_and(|s| s.is_terminal()));
+        }
+        finished
+    }
+
     async fn definitions(&self) -> Result<Vec<ToolDefinition>, ErrorData> {
         match &self.host {
             Host::Local(tools) => Ok(tools.definitions()),
@@ -194,8 +207,8 @@ impl ServerHandler for McpServer {
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.to_string();
         let args = request.arguments.map(Value::Object).unwrap_or(Value::Null);
-        let progress = match (&self.host, context.meta.get_progress_token()) {
-            (Host::Local(tools), Some(token)) if name == "wait_tasks" => {
+        let progress = match context.meta.get_progress_token() {
+            Some(token) if name == "wait_tasks" => {
                 let ids: Vec<TaskId> = args["task_ids"]
                     .as_array()
                     .map(|ids| {
@@ -205,8 +218,7 @@ impl ServerHandler for McpServer {
                     })
                     .unwrap_or_default();
                 let stop = CancellationToken::new();
-                let runtime = tools.runtime().clone();
-                let peer = context.peer.clone();
+                let (me, peer) = (self.clone(), context.peer.clone());
                 let guard = stop.clone().drop_guard();
                 tokio::spawn(async move {
                     let total = ids.len() as f64;
@@ -215,10 +227,7 @@ impl ServerHandler for McpServer {
                             () = stop.cancelled() => return,
                             () = tokio::time::sleep(PROGRESS_EVERY) => {}
                         }
-                        let finished = ids
-                            .iter()
-                            .filter(|id| runtime.status(**id).is_ok_and(|r| r.status.is_terminal()))
-                            .count();
+                        let finished = me.finished(&ids).await;
                         let note = ProgressNotificationParam::new(token.clone(), finished as f64)
                             .with_total(total);
                         if peer.notify_progress(note).await.is_err() {

@@ -20,6 +20,7 @@
 //! ```
 
 mod files;
+mod idempotency;
 mod tasks;
 
 use serde::de::DeserializeOwned;
@@ -113,8 +114,24 @@ fn def<In: utoipa::ToSchema, Out: utoipa::ToSchema>(
     }
 }
 
-/// The tools' definitions, each derived from its wire types.
+/// The tools' definitions, each derived from its wire types; the tools
+/// that create work also take an `idempotency_key`.
 fn definitions() -> Vec<ToolDefinition> {
+    let mut defs = all_definitions();
+    for def in defs
+        .iter_mut()
+        .filter(|d| idempotency::CREATING.contains(&d.name.as_str()))
+    {
+        def.input_schema["properties"]["idempotency_key"] = serde_json::json!({
+            "type": "string", "minLength": 1, "maxLength": 255,
+            "description": "Optional. A retry with the same key and arguments returns the first \
+                            answer instead of doing the work twice."
+        });
+    }
+    defs
+}
+
+fn all_definitions() -> Vec<ToolDefinition> {
     vec![
         def::<DeployRequest, Deployed>(
             "deploy_modal_function",
@@ -258,7 +275,24 @@ impl Tools {
     }
 
     /// Runs tool `name` with JSON arguments and returns its JSON result.
-    pub async fn call(&self, name: &str, args: Value) -> Result<Value, ToolError> {
+    pub async fn call(&self, name: &str, mut args: Value) -> Result<Value, ToolError> {
+        if idempotency::CREATING.contains(&name) {
+            if let Some(key) = idempotency::take_key(name, &mut args)? {
+                let replays = self.runtime.extension::<idempotency::Replays>();
+                return match replays.claim(name, key, &args).await? {
+                    idempotency::Claim::Replay(answer) => Ok(answer),
+                    idempotency::Claim::Run(guard) => {
+                        let answer = self.dispatch(name, args).await;
+                        guard.finish(&answer);
+                        answer
+                    }
+                };
+            }
+        }
+        self.dispatch(name, args).await
+    }
+
+    async fn dispatch(&self, name: &str, args: Value) -> Result<Value, ToolError> {
         match name {
             "deploy_modal_function" => self.deploy(parse(name, args)?).await,
             "spawn_parallel_tasks" => self.spawn_parallel(parse(name, args)?).await,

@@ -229,3 +229,60 @@ async fn invalid_arguments_name_the_field() {
     assert!(err.to_string().contains("`nope` is not deployed"), "{err}");
     t.rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_makes_a_retry_return_the_first_answer() {
+    let t = support::start(2).await;
+    let tools = Tools::new(t.rt.clone());
+    let deploy = json!({"function_code": "def inc(x):\n    return x + 1\n", "function_name": "inc",
+                        "idempotency_key": "deploy-inc-1"});
+    let first = tools
+        .call("deploy_modal_function", deploy.clone())
+        .await
+        .unwrap();
+    let again = tools.call("deploy_modal_function", deploy).await.unwrap();
+    assert_eq!(first["function_id"], again["function_id"], "deployed once");
+
+    // Concurrent retries of one spawn create one task.
+    let spawn = json!({"function_name": "inc", "args": [1], "idempotency_key": "spawn-7"});
+    let (a, b) = tokio::join!(
+        tools.call("spawn_task", spawn.clone()),
+        tools.call("spawn_task", spawn.clone())
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a["task_id"], b["task_id"]);
+    assert_eq!(t.rt.tasks(None, 0, 100).1, 1, "one task");
+
+    // The same key with other arguments is refused, naming the key.
+    let other = json!({"function_name": "inc", "args": [2], "idempotency_key": "spawn-7"});
+    let e = tools.call("spawn_task", other).await.unwrap_err();
+    assert!(
+        matches!(&e, ToolError::InvalidArguments { field, .. } if field == "idempotency_key"),
+        "{e}"
+    );
+    let e = tools
+        .call(
+            "spawn_task",
+            json!({"function_name": "inc", "idempotency_key": ""}),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("1 to 255"), "{e}");
+    // A failed call is not remembered: the same key may try again.
+    let missing = json!({"function_name": "nope", "idempotency_key": "k-missing"});
+    assert!(tools.call("spawn_task", missing.clone()).await.is_err());
+    t.rt.deploy_function(modal_agents::FunctionSpec::new(
+        "nope",
+        "def nope():\n    return 1\n",
+    ))
+    .await
+    .unwrap();
+    assert!(tools.call("spawn_task", missing).await.is_ok());
+    // Reading tools take no key.
+    let e = tools
+        .call("list_functions", json!({"idempotency_key": "x"}))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("idempotency_key"), "{e}");
+    t.rt.shutdown().await;
+}

@@ -72,6 +72,24 @@ async def session_steps(session: ClientSession):
     status = await session.call_tool("get_task_status", {"task_id": ids[0]})
     check(status.structured_content["result"] == 42, "status carries the result", text(status))
 
+    await session.call_tool("deploy_modal_function", {
+        "function_code": "import time\ndef nap(s):\n    time.sleep(s)\n    return s\n",
+        "function_name": "nap"})
+    keyed = {"function_name": "nap", "args": [2.5], "idempotency_key": "nap-once"}
+    one = await session.call_tool("spawn_task", keyed)
+    two = await session.call_tool("spawn_task", keyed)
+    check(one.structured_content["task_id"] == two.structured_content["task_id"],
+          "a retried spawn with its idempotency key is one task", text(two))
+    ticks = []
+
+    async def on_tick(done, total, message):
+        ticks.append((done, total))
+
+    napped = await session.call_tool("wait_tasks", {"task_ids": [one.structured_content["task_id"]]},
+                                     progress_callback=on_tick)
+    check(napped.structured_content["done"] is True and ticks and ticks[0][1] == 1,
+          "a long wait sends progress", ticks)
+
     first = await session.call_tool("coordinate_state", {
         "volume_name": "team", "operation": "cas", "key": "plan", "data": {"step": 1}})
     check(not first.is_error and first.structured_content["version"] == 1, "cas creates", text(first))
