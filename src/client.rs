@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+mod logs;
 mod monitor;
 
 use std::collections::BTreeMap;
@@ -32,6 +33,7 @@ use crate::wire::{
     Webhook, WebhookRequest,
 };
 
+pub use logs::LogEvent;
 pub use monitor::{StatusMonitor, Transition};
 
 /// Why a client call failed.
@@ -88,6 +90,11 @@ impl Client {
                 .build()?,
             max_retries: 5,
         })
+    }
+
+    /// The server's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
     }
 
     /// How often a request answered 429 or 503 is retried (default 5).

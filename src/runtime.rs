@@ -2,6 +2,7 @@
 
 mod builder;
 mod error;
+mod logs;
 mod recover;
 mod resources;
 
@@ -40,6 +41,7 @@ pub use crate::tracker::Retention;
 pub use crate::value::{TooDeep, MAX_VALUE_DEPTH};
 pub use builder::{RuntimeBuilder, DEFAULT_DATA_DIR, DEFAULT_SHUTDOWN_TIMEOUT};
 pub use error::RuntimeError;
+pub use logs::{LogChunk, LogOffsets};
 pub use resources::{GpuAllocation, ModalStatus, ResourceReport};
 
 /// Most tasks one [`Runtime::wait_tasks`] waits on.

@@ -150,6 +150,13 @@ async fn cli_end_to_end() {
     assert!(!ok && err.contains("not a task id"), "{err}");
     let (ok, out, _) = cli(&s, &["logs", &id], None);
     assert!(ok && out.contains("doubling 21"), "{out}");
+    let (ok, out, err) = cli(&s, &["logs", "-f", &id], None);
+    assert!(ok && out.contains("doubling 21"), "{out} {err}");
+    let (ok, _, err) = cli(&s, &["logs", "--follow", &failed], None);
+    assert!(
+        !ok && err.contains("TypeError"),
+        "a followed failed task exits 1: {err}"
+    );
     let (ok, out, _) = cli(&s, &["cancel", &id], None);
     assert!(
         ok && out.contains("\"completed\""),

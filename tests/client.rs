@@ -191,3 +191,78 @@ async fn retries_on_429_and_503() {
     assert!(matches!(err, ClientError::Api { status: 503, .. }), "{err}");
     assert!(Client::new("ftp://x", None).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_stream_live_and_resume_where_they_stopped() {
+    use futures_util::StreamExt;
+    use modal_agents::client::LogEvent;
+    let (c, t) = server().await;
+    // A function's prints are captured per call (per input of a map), so
+    // a map's output streams input by input.
+    let code = "import sys, time\ndef talk(i):\n    time.sleep(0.3)\n    print(f'line {i}', flush=True)\n    if i == 3:\n        print('fin \u{e9}', file=sys.stderr)\n    return i\n";
+    c.deploy(&DeployRequest::new("talk", code)).await.unwrap();
+    let inputs = (0..6).map(|i| json!(i)).collect();
+    let id = c.run_parallel("talk", inputs, false).await.unwrap().task_id;
+    let events = c.follow_logs(id, Default::default()).await.unwrap();
+    futures_util::pin_mut!(events);
+    let (mut stdout, mut stderr, mut first_next, mut live, mut end) =
+        (String::new(), String::new(), None, false, None);
+    while let Some(event) = events.next().await {
+        match event.unwrap() {
+            LogEvent::Output(chunk) => {
+                if first_next.is_none() && chunk.stream == "stdout" {
+                    first_next = Some(chunk.next);
+                    // The first line arrives while the map still runs.
+                    live = !t.rt.status(id).unwrap().status.is_terminal();
+                }
+                match chunk.stream.as_str() {
+                    "stdout" => stdout.push_str(&chunk.text),
+                    _ => stderr.push_str(&chunk.text),
+                }
+            }
+            LogEvent::End(status) => end = Some(status),
+        }
+    }
+    assert!(live, "the output streamed while the task ran");
+    let mut lines: Vec<&str> = stdout.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        ["line 0", "line 1", "line 2", "line 3", "line 4", "line 5"]
+    );
+    assert_eq!(stderr, "fin \u{e9}\n");
+    assert_eq!(end.as_deref(), Some("completed"));
+
+    // Resumed after the first chunk: the rest, nothing twice.
+    let rest = c.follow_logs(id, first_next.unwrap()).await.unwrap();
+    let rest: Vec<_> = rest.collect().await;
+    let resumed: String = rest
+        .iter()
+        .filter_map(|e| match e {
+            Ok(LogEvent::Output(c)) if c.stream == "stdout" => Some(c.text.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        format!(
+            "{}{resumed}",
+            &stdout[..first_next.unwrap().stdout as usize]
+        ),
+        stdout,
+        "resumed exactly where the first chunk ended"
+    );
+    assert!(matches!(rest.last(), Some(Ok(LogEvent::End(_)))));
+
+    // A resume point that is not one is a clear error.
+    let raw = reqwest::Client::new()
+        .get(format!("{}/tasks/{id}/logs?follow=true", c.base_url()))
+        .bearer_auth(TOKEN)
+        .header("last-event-id", "soon")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 422);
+    let problem: serde_json::Value = raw.json().await.unwrap();
+    assert_eq!(problem["field"], "Last-Event-ID", "{problem}");
+    t.rt.shutdown().await;
+}

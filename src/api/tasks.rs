@@ -6,14 +6,16 @@ use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 
 use super::extract::ApiJson;
 use super::{ApiState, Error};
-use crate::runtime::MAX_RESULTS_PAGE;
+use crate::runtime::{LogOffsets, MAX_RESULTS_PAGE};
 use crate::task::{ResultsPage, TaskId, TaskKind, TaskLogs, TaskRecord, TaskStatus};
 use crate::wire::{
     MapSubmitted, RunParallelRequest, SpawnTaskRequest, TaskList, TaskStatusView, WaitTasksRequest,
@@ -185,13 +187,65 @@ pub(crate) async fn results(
     Ok(Json(state.runtime.results(id, offset, limit).await?))
 }
 
-/// What a task printed.
-#[utoipa::path(get, path = "/tasks/{task_id}/logs", responses((status = 200, body = TaskLogs), (status = 404, body = super::Problem)))]
+/// What a task printed. With `follow=true`, a stream of Server-Sent Events
+/// instead: `stdout` and `stderr` events as the task prints (the text as a
+/// JSON string; each with an id to resume from, sent back as
+/// `Last-Event-ID`), then one `end` event with the task's status once it
+/// has finished and all is read.
+#[utoipa::path(get, path = "/tasks/{task_id}/logs",
+    params(("task_id" = String, Path), ("follow" = Option<bool>, Query),
+           ("Last-Event-ID" = Option<String>, Header, description = "resume a followed stream after this event")),
+    responses((status = 200, body = TaskLogs, description = "the logs; with follow=true, text/event-stream"),
+              (status = 404, body = super::Problem), (status = 422, body = super::Problem)))]
 pub(crate) async fn logs(
     State(state): State<ApiState>,
     Path(task_id): Path<String>,
-) -> Result<Json<TaskLogs>, Error> {
-    Ok(Json(state.runtime.logs(parse_id(&task_id)?).await?))
+    Query(query): Query<BTreeMap<String, String>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, Error> {
+    let id = parse_id(&task_id)?;
+    let follow = match query.get("follow").map(String::as_str) {
+        None | Some("false" | "0") => false,
+        Some("true" | "1") => true,
+        Some(other) => {
+            return Err(Error::invalid(
+                "follow",
+                format!("got {other:?}; expected true or false"),
+            ))
+        }
+    };
+    if !follow {
+        return Ok(Json(state.runtime.logs(id).await?).into_response());
+    }
+    let from = match headers.get("last-event-id") {
+        None => LogOffsets::default(),
+        Some(raw) => raw
+            .to_str()
+            .unwrap_or("")
+            .parse::<LogOffsets>()
+            .map_err(|why| Error::invalid("Last-Event-ID", why))?,
+    };
+    let chunks = state.runtime.follow_logs(id, from)?;
+    let runtime = state.runtime.clone();
+    let events = chunks
+        .map(|chunk| {
+            // The text as a JSON string: SSE cannot carry a carriage return.
+            Event::default()
+                .event(&chunk.stream)
+                .id(chunk.next.to_string())
+                .json_data(&chunk.text)
+                .unwrap_or_else(|_| Event::default().event(chunk.stream))
+        })
+        .chain(futures_util::stream::once(async move {
+            let status = runtime.status(id).map(|r| r.status.to_string());
+            Event::default()
+                .event("end")
+                .data(status.unwrap_or_else(|_| "unknown".into()))
+        }))
+        .map(Ok::<_, std::convert::Infallible>);
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 /// Cancel a task; answers its final record.

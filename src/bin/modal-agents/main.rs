@@ -5,7 +5,7 @@
 //! modal-agents deploy FILE.py --name NAME [--gpu T4] [--timeout 60] [--package numpy] ...
 //! modal-agents run FUNCTION --inputs FILE|-        (progress bar; results as JSON lines)
 //! modal-agents spawn FUNCTION [ARG ...] [--kwargs JSON] [--wait]
-//! modal-agents status|cancel|logs TASK_ID
+//! modal-agents status|cancel|logs [-f] TASK_ID
 //! modal-agents wait TASK_ID... [--any] [--timeout S]
 //! modal-agents mcp [--data-dir DIR]     (MCP on stdio; with --url, forwarded)
 //! modal-agents volume get|put|ls ...   modal-agents secret set|ls ...
@@ -127,6 +127,10 @@ enum Command {
     Logs {
         /// The task id.
         task_id: String,
+        /// Follow the output as it is printed, until the task ends (the
+        /// exit code is then the task's, as with `wait`).
+        #[arg(short = 'f', long)]
+        follow: bool,
     },
     /// Volume state and files.
     #[command(subcommand)]
@@ -352,6 +356,32 @@ async fn mcp(url: Option<&str>, token: Option<&str>, data_dir: &Path) -> Result<
     served.map_err(|e| e.to_string())
 }
 
+/// `logs -f`: output as it is printed (stdout to stdout, stderr to
+/// stderr), then the task's end as `wait` reports it.
+async fn follow_logs(client: &Client, id: TaskId) -> Result<(), String> {
+    use futures_util::StreamExt as _;
+    use modal_agents::client::LogEvent;
+    let events = client
+        .follow_logs(id, Default::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    futures_util::pin_mut!(events);
+    while let Some(event) = events.next().await {
+        match event.map_err(|e| e.to_string())? {
+            LogEvent::Output(chunk) if chunk.stream == "stderr" => {
+                eprint!("{}", chunk.text);
+                let _ = std::io::stderr().flush();
+            }
+            LogEvent::Output(chunk) => {
+                print!("{}", chunk.text);
+                let _ = std::io::stdout().flush();
+            }
+            LogEvent::End(_) => break,
+        }
+    }
+    finished(&client.status(id).await.map_err(|e| e.to_string())?)
+}
+
 fn print_json(v: &impl serde::Serialize) -> Result<(), String> {
     println!(
         "{}",
@@ -541,12 +571,19 @@ async fn run_command(cli: Cli, url_given: bool) -> Result<(), String> {
         Command::Cancel { task_id: id } => {
             print_json(&client.cancel(task_id(&id)?).await.map_err(err)?)
         }
-        Command::Logs { task_id: id } => {
+        Command::Logs {
+            task_id: id,
+            follow: false,
+        } => {
             let logs = client.logs(task_id(&id)?).await.map_err(err)?;
             print!("{}", logs.stdout);
             eprint!("{}", logs.stderr);
             Ok(())
         }
+        Command::Logs {
+            task_id: id,
+            follow: true,
+        } => follow_logs(&client, task_id(&id)?).await,
         Command::Volume(VolumeCommand::Get { volume, key }) => {
             match client.volume_get(&volume, &key).await.map_err(err)? {
                 Some(entry) => print_json(&entry),
