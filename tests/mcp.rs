@@ -1,5 +1,5 @@
 //! The agent tools over MCP, driven by the official MCP Python SDK (`mcp`,
-//! installed by `scripts/test` under `target/mcp-venv`) as an agent host
+//! installed by `scripts/test` under `target/py-venv`) as an agent host
 //! would: Streamable HTTP at `/mcp` of the real `modal-agents serve`, and
 //! stdio through `modal-agents mcp`. The session (tests/mcp/client.py)
 //! lists tools, deploys, maps 1,000 inputs, spawns and waits, does a CAS,
@@ -16,7 +16,7 @@ const TOKEN: &str = "mcp-test-token-0123456789";
 const BIN: &str = env!("CARGO_BIN_EXE_modal-agents");
 
 fn python() -> PathBuf {
-    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/mcp-venv/bin/python");
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/py-venv/bin/python");
     assert!(
         python.exists(),
         "{} is missing: run scripts/test, which installs the MCP Python SDK",

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 use modal_agents::api::{self, ApiConfig, Cidr};
-use modal_agents::compute::{LocalConfig, ModalConfig, ModalCredentials, SandboxMode};
+use modal_agents::compute::{GpuDevice, LocalConfig, ModalConfig, ModalCredentials, SandboxMode};
 use modal_agents::runtime::{Retention, DEFAULT_DATA_DIR};
 use modal_agents::Runtime;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +29,11 @@ pub(crate) struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 32 << 20)]
     body_limit: usize,
+    /// The GPUs to use, as INDEX:NAME (e.g. `0:NVIDIA A100-SXM4-80GB`),
+    /// instead of those `nvidia-smi` finds: to give this server only some of
+    /// the machine's GPUs (repeat or comma-separate).
+    #[arg(long = "gpu", env = "MODAL_AGENTS_GPUS", value_delimiter = ',', value_parser = parse_gpu)]
+    gpus: Vec<GpuDevice>,
     /// Run containers under bubblewrap: auto (when it works), required, off.
     #[arg(long, env = "MODAL_AGENTS_SANDBOX", default_value = "auto")]
     sandbox: SandboxMode,
@@ -118,6 +123,7 @@ pub(crate) async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), 
         })
         .local_config(LocalConfig {
             sandbox: args.sandbox,
+            gpus: (!args.gpus.is_empty()).then(|| args.gpus.clone()),
             ..LocalConfig::default()
         });
     let runtime = if args.modal.no_modal {
@@ -192,6 +198,19 @@ pub(crate) async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), 
         tracing::warn!("the runtime did not stop in time; exiting anyway");
     }
     served.map_err(|e| e.to_string())
+}
+
+fn parse_gpu(raw: &str) -> Result<GpuDevice, String> {
+    let bad = || format!("got {raw:?}; expected INDEX:NAME, such as \"0:NVIDIA T4\"");
+    let (index, name) = raw.split_once(':').ok_or_else(bad)?;
+    let index = index.trim().parse::<u32>().map_err(|_| bad())?;
+    if name.trim().is_empty() {
+        return Err(bad());
+    }
+    Ok(GpuDevice {
+        index,
+        name: name.trim().to_owned(),
+    })
 }
 
 fn parse_days(raw: &str) -> Result<f64, String> {
