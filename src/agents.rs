@@ -30,8 +30,8 @@ use crate::spec::SpecError;
 use crate::supervisor::{ChildError, ChildEvent, ChildEvents, ChildSpec, SuperviseError};
 
 pub use codegen::{
-    CodeGenerator, CodegenError, CodegenHandle, CodegenReport, CodegenTask, ComponentKind,
-    ComponentResult, GeneratedCode, Language, TemplateGenerator,
+    ChatConfig, ChatGenerator, CodeGenerator, CodegenError, CodegenHandle, CodegenReport,
+    CodegenTask, ComponentKind, ComponentResult, GeneratedCode, Language, TemplateGenerator,
 };
 pub use master::{JobProgress, JobReport, MasterConfig, MasterHandle, TaskResult, WorkerStats};
 pub use repo::{RepoConfig, RepoCreatorConfig, RepoCreatorHandle, RepoError, RepoResult};

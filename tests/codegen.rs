@@ -230,3 +230,125 @@ async fn a_plugged_in_generator_needs_no_agent_changes() {
     assert_eq!(report.python.unwrap()["imports_cleanly"], json!(true));
     t.rt.shutdown().await;
 }
+
+/// A chat-completions endpoint on loopback that answers from a script and
+/// keeps every request (headers and body).
+async fn model_server(
+    answers: Vec<serde_json::Value>,
+) -> (
+    String,
+    Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
+) {
+    use axum::routing::post;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let queue = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(
+        answers,
+    )));
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post({
+            let seen = seen.clone();
+            move |headers: axum::http::HeaderMap, axum::Json(body): axum::Json<serde_json::Value>| {
+                let (seen, queue) = (seen.clone(), queue.clone());
+                async move {
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    seen.lock().unwrap().push((auth, body));
+                    let module = queue.lock().unwrap().pop_front().expect("a scripted answer");
+                    axum::Json(json!({
+                        "id": "chatcmpl-1", "object": "chat.completion", "model": "test-model",
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                                     "message": {"role": "assistant", "content": module.to_string()}}]
+                    }))
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_behind_a_chat_api_revises_what_the_checks_reject() {
+    use modal_agents::agents::{ChatConfig, ChatGenerator};
+    let t = support::start(1).await;
+    t.rt.secrets()
+        .set("model-api", [("OPENAI_API_KEY", "sk-test-4711")])
+        .unwrap();
+    let broken = json!({"module": "greet", "source": "def greet(name:\n    return name\n", "exports": ["greet"]});
+    let fixed = json!({"module": "greet", "source": "def greet(name):\n    return 'hi ' + name\n", "exports": ["greet"]});
+    let (url, seen) = model_server(vec![
+        broken.clone(),
+        fixed,
+        broken.clone(),
+        broken.clone(),
+        broken,
+    ])
+    .await;
+    let mut config = ChatConfig::new(url, "test-model");
+    config.api_key_secret = Some("model-api".into());
+    let generator = ChatGenerator::new(&t.rt, config).unwrap();
+    let agents = t.rt.agents();
+    let agent = agents
+        .spawn_codegen("chat", Arc::new(generator), "chat-code")
+        .await
+        .unwrap();
+    let task = |name: &str| CodegenTask {
+        component: name.into(),
+        kind: ComponentKind::Function,
+        language: Language::Python,
+        spec: json!({"doc": "greets"}),
+    };
+    // First the model's syntax error goes back to it, and its fix is kept.
+    let report = agents
+        .generate_package(
+            "chatkit",
+            "chat-code",
+            vec![task("greet")],
+            &[agent.clone()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.components.len(), 1, "{report:?}");
+    let stored =
+        t.rt.volumes()
+            .get_file("chat-code", "chatkit/greet.py")
+            .await
+            .unwrap();
+    assert!(String::from_utf8(stored).unwrap().contains("'hi '"));
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(
+            seen[0].0, "Bearer sk-test-4711",
+            "the key comes from the named secret"
+        );
+        let revision = seen[1].1["messages"].to_string();
+        assert!(
+            revision.contains("rejected") && revision.contains("SyntaxError"),
+            "{revision}"
+        );
+        assert_eq!(seen[1].1["model"], "test-model");
+    }
+    // A model that never gets it right is asked 1 + 2 times, then the
+    // component fails with the last rejection.
+    let report = agents
+        .generate_package("chatkit2", "chat-code", vec![task("greet")], &[agent])
+        .await
+        .unwrap();
+    assert!(report.components.is_empty(), "{report:?}");
+    assert!(
+        report.failures[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("SyntaxError"),
+        "{report:?}"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 5);
+    t.rt.shutdown().await;
+}

@@ -18,8 +18,11 @@
 //! `constants`, `functions` and `classes`. An LLM-backed generator implements
 //! [`CodeGenerator`] and plugs in without changing the agents.
 
+mod llm;
 mod python;
 mod rust;
+
+pub use llm::{ChatConfig, ChatGenerator};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -100,11 +103,30 @@ pub enum CodegenError {
     Generator(String),
 }
 
-/// Produces code for a component. Implement it to plug in an LLM.
+/// Produces code for a component. Implement it to plug in an LLM
+/// ([`ChatGenerator`] is one over any OpenAI-compatible endpoint).
 #[async_trait]
 pub trait CodeGenerator: Send + Sync + 'static {
     /// Generates the component.
     async fn generate(&self, task: &CodegenTask) -> Result<GeneratedCode, CodegenError>;
+
+    /// How many times a component the agent's checks reject is handed back
+    /// through [`CodeGenerator::revise`] (default 0: a rejection is final).
+    fn max_revisions(&self) -> u32 {
+        0
+    }
+
+    /// Another attempt at `task`, told why `previous` was rejected
+    /// (default: generate again).
+    async fn revise(
+        &self,
+        task: &CodegenTask,
+        previous: &GeneratedCode,
+        error: &str,
+    ) -> Result<GeneratedCode, CodegenError> {
+        let _ = (previous, error);
+        self.generate(task).await
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -339,8 +361,45 @@ impl CodegenAgent {
         task: CodegenTask,
         package: &str,
     ) -> Result<ComponentResult, CodegenError> {
+        let mut code = self.generator.generate(&task).await?;
+        let mut revisions = 0;
+        let path = loop {
+            match self.check(&task, &code, package).await {
+                Ok(path) => break path,
+                Err(CodegenError::Rejected(why) | CodegenError::Spec(why))
+                    if revisions < self.generator.max_revisions() =>
+                {
+                    revisions += 1;
+                    tracing::info!(agent = %self.id, component = %task.component, revisions, "component rejected; back to the generator");
+                    code = self.generator.revise(&task, &code, &why).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.runtime
+            .volumes()
+            .put_file(&self.volume, &path, code.source.as_bytes())
+            .await
+            .map_err(|e| CodegenError::Rejected(format!("cannot store {path}: {e}")))?;
+        Ok(ComponentResult {
+            component: task.component,
+            language: task.language,
+            module: code.module,
+            path,
+            exports: code.exports,
+            lines: code.source.lines().count(),
+            agent: self.id.clone(),
+        })
+    }
+
+    /// The agent's checks of generated code: where it is stored if it passes.
+    async fn check(
+        &self,
+        task: &CodegenTask,
+        code: &GeneratedCode,
+        package: &str,
+    ) -> Result<String, CodegenError> {
         let args = self;
-        let code = args.generator.generate(&task).await?;
         if !crate::spec::is_identifier(&code.module) {
             return Err(CodegenError::Spec(format!(
                 "module name {:?} is not an identifier",
@@ -376,20 +435,7 @@ impl CodegenAgent {
                 format!("{package}/src/{}.rs", code.module)
             }
         };
-        args.runtime
-            .volumes()
-            .put_file(&args.volume, &path, code.source.as_bytes())
-            .await
-            .map_err(|e| CodegenError::Rejected(format!("cannot store {path}: {e}")))?;
-        Ok(ComponentResult {
-            component: task.component,
-            language: task.language,
-            module: code.module,
-            path,
-            exports: code.exports,
-            lines: code.source.lines().count(),
-            agent: args.id.clone(),
-        })
+        Ok(path)
     }
 }
 
