@@ -310,7 +310,7 @@ async fn a_model_behind_a_chat_api_revises_what_the_checks_reject() {
             "chatkit",
             "chat-code",
             vec![task("greet")],
-            &[agent.clone()],
+            std::slice::from_ref(&agent),
         )
         .await
         .unwrap();
