@@ -155,7 +155,7 @@ async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Respon
         tools::call_tool, status::resources, status::healthz, status::metrics,
     ),
     components(schemas(Problem)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &Contract),
     security(("bearer" = []))
 )]
 pub struct ApiDoc;
@@ -170,6 +170,147 @@ impl utoipa::Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// What every operation shares, written once: each `{param}` of a path
+/// declared as a path parameter, problem documents as
+/// `application/problem+json`, and the statuses any protected operation may
+/// answer (401 without a valid token, 413 past the body limit, 503 while the
+/// runtime stops, 500).
+struct Contract;
+
+impl utoipa::Modify for Contract {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::{ContentBuilder, Ref, Required, ResponseBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let names: Vec<String> = path
+                .split('/')
+                .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+                .map(|s| s.trim_start_matches('*').to_owned())
+                .collect();
+            let open = path == "/healthz";
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let params = operation.parameters.get_or_insert_with(Vec::new);
+                for p in params.iter_mut().filter(|p| p.name == "Last-Event-ID") {
+                    p.schema = Some(
+                        utoipa::openapi::ObjectBuilder::new()
+                            .schema_type(utoipa::openapi::schema::Type::String)
+                            .pattern(Some("^[0-9]{1,19}:[0-9]{1,19}$"))
+                            .into(),
+                    );
+                }
+                for name in &names {
+                    let declared = params
+                        .iter()
+                        .any(|p| &p.name == name && p.parameter_in == ParameterIn::Path);
+                    if !declared {
+                        params.push(
+                            ParameterBuilder::new()
+                                .name(name)
+                                .parameter_in(ParameterIn::Path)
+                                .required(Required::True)
+                                .description(Some(path_param_doc(name)))
+                                .schema(Some(path_param_schema(path, name)))
+                                .build(),
+                        );
+                    }
+                }
+                // A file may be empty: its body may be left out.
+                if path == "/volumes/{name}/files/{path}" {
+                    if let Some(body) = operation.request_body.as_mut() {
+                        body.required = Some(Required::False);
+                    }
+                }
+                let responses = &mut operation.responses.responses;
+                for response in responses.values_mut() {
+                    if let utoipa::openapi::RefOr::T(r) = response {
+                        let is_problem = r.content.get("application/json").is_some_and(|c| {
+                            matches!(&c.schema, Some(utoipa::openapi::RefOr::Ref(x)) if x.ref_location.ends_with("/Problem"))
+                        });
+                        if is_problem {
+                            if let Some(c) = r.content.shift_remove("application/json") {
+                                r.content.insert("application/problem+json".into(), c);
+                            }
+                        }
+                    }
+                }
+                let mut add = |status: &str, description: &str| {
+                    responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| problem(description).into());
+                };
+                if !open {
+                    add("401", "no token, or one that is not accepted");
+                }
+                add(
+                    "400",
+                    "a request that is not well-formed (a bad path or query)",
+                );
+                if operation.request_body.is_some() {
+                    add("415", "a body that is not of the documented content type");
+                }
+                if operation.request_body.is_some() || !names.is_empty() {
+                    add("422", "a field, parameter or body outside what is accepted");
+                }
+                add("413", "a body past the server's limit");
+                add("500", "an internal error (its cause is logged, not shown)");
+                add("503", "the runtime is stopping or unavailable");
+            }
+        }
+    }
+}
+
+/// A path parameter's schema, saying what the server accepts.
+fn path_param_schema(path: &str, name: &str) -> utoipa::openapi::ObjectBuilder {
+    use utoipa::openapi::schema::Type;
+    let string = utoipa::openapi::ObjectBuilder::new().schema_type(Type::String);
+    match name {
+        "task_id" => string.pattern(Some(
+            "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+        )),
+        "name" if path.starts_with("/volumes/") || path.starts_with("/secrets/") => {
+            string.pattern(Some("^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"))
+        }
+        "key" => string.pattern(Some("^[^\\u0000-\\u001F\\u007F-\\u009F]{1,512}$")),
+        // Relative, segments neither empty nor `.`/`..`, no NUL or backslash.
+        "path" => string.pattern(Some(
+            "^(?!\\.{1,2}(?:/|$))[^/\\\\\\u0000]+(?:/(?!\\.{1,2}(?:/|$))[^/\\\\\\u0000]+)*$",
+        )),
+        _ => string.min_length(Some(1)),
+    }
+}
+
+fn path_param_doc(name: &str) -> &'static str {
+    match name {
+        "task_id" => "a task id (a UUID)",
+        "name" => "a function, volume or secret name",
+        "key" => "a state key",
+        "path" => "a file path inside the volume",
+        "tool_name" => "an agent tool's name",
+        "webhook_id" => "a webhook registration id",
+        _ => "a path segment",
     }
 }
 

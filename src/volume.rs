@@ -550,7 +550,8 @@ impl Actor for VolumeStore {
 }
 
 fn check_key(key: &str) -> Result<(), VolumeError> {
-    if key.is_empty() || key.len() > 512 || key.chars().any(char::is_control) {
+    // 512 characters (not bytes): what the API's schema says.
+    if key.is_empty() || key.chars().count() > 512 || key.chars().any(char::is_control) {
         return Err(VolumeError::BadKey {
             key: key.to_owned(),
         });

@@ -32,3 +32,4 @@ pub use tools::{
 };
 
 pub(crate) use deploy::wire_field;
+pub(crate) use schema::from_json;

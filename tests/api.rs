@@ -893,3 +893,57 @@ async fn an_embedded_runtime_delivers_webhooks_without_the_http_app() {
     assert!(matches!(err, WebhookError::Target(_)), "{err}");
     t.rt.shutdown().await;
 }
+
+/// The OpenAPI document is the contract: every path parameter declared
+/// with what the server accepts, every error a problem+json document, the
+/// statuses any protected operation may answer listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_declares_what_the_server_does() {
+    let s = Server::default().await;
+    let (_, _, doc) = s.get("/openapi.json").await;
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let names: Vec<&str> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+            .collect();
+        for (method, op) in item.as_object().unwrap() {
+            operations += 1;
+            let params = op["parameters"].as_array().cloned().unwrap_or_default();
+            for name in &names {
+                assert!(
+                    params
+                        .iter()
+                        .any(|p| p["name"] == *name && p["in"] == "path" && p["required"] == true),
+                    "{method} {path}: `{name}` is not declared"
+                );
+            }
+            for (status, response) in op["responses"].as_object().unwrap() {
+                if status.starts_with('4') || status.starts_with('5') {
+                    assert!(
+                        response["content"]
+                            .get("application/problem+json")
+                            .is_some(),
+                        "{method} {path} {status}: {response}"
+                    );
+                }
+            }
+            if path != "/healthz" {
+                assert!(op["responses"].get("401").is_some(), "{method} {path}");
+            }
+        }
+    }
+    assert!(operations >= 33, "{operations}");
+    // What the schema says of a path parameter is what the server does.
+    let task_id = &doc["paths"]["/status/{task_id}"]["get"]["parameters"][0]["schema"];
+    assert!(
+        task_id["pattern"]
+            .as_str()
+            .unwrap()
+            .contains("[0-9a-fA-F]{8}"),
+        "{task_id}"
+    );
+    let (status, _, _) = s.get("/status/not-a-uuid").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    s.t.rt.shutdown().await;
+}

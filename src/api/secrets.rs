@@ -10,8 +10,23 @@ use super::extract::ApiJson;
 use super::{ApiState, Error};
 use crate::wire::SecretInfo;
 
+/// A secret's values: environment variable names to strings.
+struct SecretValues;
+
+impl utoipa::PartialSchema for SecretValues {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::wire::from_json(json!({
+            "type": "object",
+            "propertyNames": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,255}$"},
+            "additionalProperties": {"type": "string", "pattern": "^[^\\u0000]*$"},
+        }))
+    }
+}
+
+impl utoipa::ToSchema for SecretValues {}
+
 /// Store a secret: a JSON object of string values, e.g. `{"API_KEY": "..."}`.
-#[utoipa::path(put, path = "/secrets/{name}", request_body = BTreeMap<String, String>,
+#[utoipa::path(put, path = "/secrets/{name}", request_body = SecretValues,
     responses((status = 200, body = SecretInfo), (status = 422, body = super::Problem)))]
 pub(crate) async fn put_secret(
     State(state): State<ApiState>,

@@ -168,7 +168,8 @@ fn number(
 
 /// A page of a map's results, in input order; a failed input is `{"error": {...}}`.
 #[utoipa::path(get, path = "/status/{task_id}/results",
-    params(("offset" = Option<u64>, Query), ("limit" = Option<u64>, Query, description = "1..=10000, default 1000")),
+    params(("offset" = Option<u64>, Query),
+           ("limit" = Option<u64>, Query, minimum = 1, maximum = 10000, description = "default 1000")),
     responses((status = 200, body = ResultsPage), (status = 404, body = super::Problem), (status = 409, body = super::Problem)))]
 pub(crate) async fn results(
     State(state): State<ApiState>,
@@ -176,7 +177,7 @@ pub(crate) async fn results(
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Result<Json<ResultsPage>, Error> {
     let id = parse_id(&task_id)?;
-    let offset = number(&query, "offset", 0, u64::MAX)?;
+    let offset = number(&query, "offset", 0, i64::MAX as u64)?;
     let limit = number(&query, "limit", 1000, MAX_RESULTS_PAGE)?;
     if limit == 0 {
         return Err(Error::invalid(
@@ -193,7 +194,7 @@ pub(crate) async fn results(
 /// `Last-Event-ID`), then one `end` event with the task's status once it
 /// has finished and all is read.
 #[utoipa::path(get, path = "/tasks/{task_id}/logs",
-    params(("task_id" = String, Path), ("follow" = Option<bool>, Query),
+    params(("follow" = Option<bool>, Query),
            ("Last-Event-ID" = Option<String>, Header, description = "resume a followed stream after this event")),
     responses((status = 200, body = TaskLogs, description = "the logs; with follow=true, text/event-stream"),
               (status = 404, body = super::Problem), (status = 422, body = super::Problem)))]
@@ -259,7 +260,8 @@ pub(crate) async fn cancel(
 
 /// Tasks, newest first, optionally by status.
 #[utoipa::path(get, path = "/tasks",
-    params(("status" = Option<TaskStatus>, Query), ("offset" = Option<u64>, Query), ("limit" = Option<u64>, Query)),
+    params(("status" = Option<TaskStatus>, Query), ("offset" = Option<u64>, Query),
+           ("limit" = Option<u64>, Query, minimum = 0, maximum = 1000, description = "default 100")),
     responses((status = 200, body = TaskList), (status = 422, body = super::Problem)))]
 pub(crate) async fn list(
     State(state): State<ApiState>,
@@ -276,7 +278,7 @@ pub(crate) async fn list(
             })?,
         ),
     };
-    let offset = number(&query, "offset", 0, u64::MAX)?;
+    let offset = number(&query, "offset", 0, i64::MAX as u64)?;
     let limit = number(&query, "limit", 100, 1000)?;
     let (tasks, total) = state.runtime.tasks(status, offset as usize, limit as usize);
     Ok(Json(TaskList {

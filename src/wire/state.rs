@@ -38,7 +38,10 @@ pub struct SecretInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookRequest {
-    /// The task to report on.
+    /// The task to report on (its id, a UUID).
+    #[schema(
+        pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     pub task_id: String,
     /// Where deliveries go (a public http(s) URL).
     pub webhook_url: String,
