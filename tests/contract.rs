@@ -62,3 +62,53 @@ fn schemathesis_finds_no_failure_in_the_api() {
     assert!(generated >= 1000, "only {generated} cases: {text}");
     assert!(!text.contains("failures"), "{text}");
 }
+
+#[test]
+fn a_client_generated_from_the_document_runs_the_seed_flow() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, url) = support::serve(BIN, &dir.path().join("data"), TOKEN);
+    let fetch = "import sys, urllib.request as u; r = u.Request(sys.argv[1], \
+                 headers={'authorization': 'Bearer ' + sys.argv[2]}); \
+                 open('openapi.json', 'wb').write(u.urlopen(r).read())";
+    let fetched = Command::new(venv_bin("python"))
+        .args(["-c", fetch, &format!("{url}/openapi.json"), TOKEN])
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert!(fetched.success());
+    let generated = Command::new(venv_bin("openapi-python-client"))
+        .args([
+            "generate",
+            "--path",
+            "openapi.json",
+            "--meta",
+            "none",
+            "--output-path",
+            "client",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        generated.status.success() && dir.path().join("client/api").exists(),
+        "{}{}",
+        String::from_utf8_lossy(&generated.stdout),
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let out = Command::new(venv_bin("python"))
+        .arg(root.join("tests/contract/generated_flow.py"))
+        .current_dir(dir.path())
+        .env("PYTHONPATH", dir.path())
+        .env("MODAL_AGENTS_URL", &url)
+        .env("MODAL_AGENTS_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    support::stop(&mut server);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && text.contains("all ok"), "{text}");
+}
