@@ -197,8 +197,31 @@ async fn logs_stream_live_and_resume_where_they_stopped() {
     use futures_util::StreamExt;
     use modal_agents::client::LogEvent;
     let (c, t) = server().await;
-    // A function's prints are captured per call (per input of a map), so
-    // a map's output streams input by input.
+    // One long call: its prints stream while it runs, in order.
+    let chatty = "import time\ndef chatty(n):\n    for i in range(n):\n        print(f'step {i}', flush=True)\n        time.sleep(0.3)\n    return n\n";
+    c.deploy(&DeployRequest::new("chatty", chatty))
+        .await
+        .unwrap();
+    let call = c
+        .spawn("chatty", vec![json!(4)], Map::new(), false)
+        .await
+        .unwrap()
+        .task_id;
+    let events = c.follow_logs(call, Default::default()).await.unwrap();
+    futures_util::pin_mut!(events);
+    let (mut printed, mut while_running) = (String::new(), false);
+    while let Some(event) = events.next().await {
+        if let LogEvent::Output(chunk) = event.unwrap() {
+            if printed.is_empty() {
+                while_running = !t.rt.status(call).unwrap().status.is_terminal();
+            }
+            printed.push_str(&chunk.text);
+        }
+    }
+    assert!(while_running, "a call's first line arrived while it ran");
+    assert_eq!(printed, "step 0\nstep 1\nstep 2\nstep 3\n");
+
+    // A map's output streams input by input.
     let code = "import sys, time\ndef talk(i):\n    time.sleep(0.3)\n    print(f'line {i}', flush=True)\n    if i == 3:\n        print('fin \u{e9}', file=sys.stderr)\n    return i\n";
     c.deploy(&DeployRequest::new("talk", code)).await.unwrap();
     let inputs = (0..6).map(|i| json!(i)).collect();

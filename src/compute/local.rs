@@ -369,7 +369,7 @@ async fn call_once(
         .running
         .store(1, std::sync::atomic::Ordering::Relaxed);
     let reply = tokio::select! {
-        reply = lease.request(frame, 1, pool.timeout()) => reply,
+        reply = lease.request(frame, 1, pool.timeout(), &ctx.logs) => reply,
         () = ctx.cancel.cancelled() => Err(cancelled_error().into()),
     };
     ctx.meter
@@ -387,7 +387,7 @@ async fn call_once(
     result.map_err(AttemptError::Failed)
 }
 
-fn write_output(logs: &LogSink, output: Output) {
+pub(crate) fn write_output(logs: &LogSink, output: Output) {
     if let Some(text) = output.stdout {
         logs.write(LogStream::Stdout, text);
     }

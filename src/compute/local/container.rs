@@ -12,6 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::Notify;
 
+use crate::compute::LogSink;
+
 use super::cgroup::{Confined, PidsGroup};
 use super::protocol::{decode_load_reply, ping_request};
 use super::sandbox::Jail;
@@ -22,6 +24,9 @@ const HARNESS: &str = include_str!("harness.py");
 
 /// First argument of every container, so they can be found in `/proc`.
 pub(crate) const CONTAINER_MARKER: &str = "modal-agents-container";
+
+/// The bit that marks a frame of live output (numbered like its request).
+const LIVE_OUTPUT: u64 = 1 << 63;
 
 /// Lines of a container's stderr kept to explain a crash.
 const STDERR_TAIL: usize = 20;
@@ -494,16 +499,20 @@ impl Container {
 
     /// Waits until a blank container's harness answers.
     async fn ping(&mut self) -> Result<(), StartError> {
-        self.request(&ping_request(), Duration::from_secs(60))
-            .await
-            .map(drop)
-            .map_err(|f| self.start_error(f))
+        self.request(
+            &ping_request(),
+            Duration::from_secs(60),
+            &LogSink::discard(),
+        )
+        .await
+        .map(drop)
+        .map_err(|f| self.start_error(f))
     }
 
     /// Loads a function into a blank container.
     async fn load(&mut self, load_frame: &[u8]) -> Result<(), StartError> {
         let reply = self
-            .request(load_frame, Duration::from_secs(120))
+            .request(load_frame, Duration::from_secs(120), &LogSink::discard())
             .await
             .map_err(|f| self.start_error(f))?;
         match decode_load_reply(&reply) {
@@ -567,11 +576,14 @@ impl Container {
         pending_bytes(&self.stdin)
     }
 
-    /// Sends one framed request and reads the framed reply.
+    /// Sends one framed request and reads the framed reply; output the
+    /// function prints meanwhile (frames numbered like the request with the
+    /// top bit set) goes to `logs` as it comes.
     pub(crate) async fn request(
         &mut self,
         frame: &[u8],
         timeout: Duration,
+        logs: &LogSink,
     ) -> Result<Vec<u8>, Failure> {
         self.busy = true;
         self.seq += 1;
@@ -586,8 +598,21 @@ impl Container {
             stdin.write_all(frame).await?;
             stdin.flush().await?;
             *sent_flag = true;
-            let got = stdout.read_u64().await?;
-            let len = stdout.read_u32().await? as usize;
+            let (got, len) = loop {
+                let got = stdout.read_u64().await?;
+                let len = stdout.read_u32().await? as usize;
+                if got != seq | LIVE_OUTPUT || len > MAX_FRAME {
+                    break (got, len);
+                }
+                let mut buf = Vec::with_capacity(len.min(1 << 16));
+                (&mut *stdout)
+                    .take(len as u64)
+                    .read_to_end(&mut buf)
+                    .await?;
+                if let Ok((_, output)) = super::protocol::decode_call_reply(&buf) {
+                    super::write_output(logs, output);
+                }
+            };
             if got != seq {
                 *broken_flag = Some(format!("reply numbered {got} to request {seq}"));
             } else if len > MAX_FRAME {

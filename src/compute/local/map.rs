@@ -335,7 +335,10 @@ async fn run_batch(
     };
     let outcome = match pool.acquire(&ctx.cancel).await {
         Err(e) => attempt(e),
-        Ok(mut lease) => match lease.request(&request, slots.len(), timeout).await {
+        Ok(mut lease) => match lease
+            .request(&request, slots.len(), timeout, &ctx.logs)
+            .await
+        {
             Err(e) => attempt(e),
             Ok(reply) => match decode_map_reply(&reply, slots.len()) {
                 Ok((results, output)) => {

@@ -351,6 +351,7 @@ impl Lease {
         frame: &[u8],
         inputs: usize,
         timeout: Duration,
+        logs: &crate::compute::LogSink,
     ) -> Result<Vec<u8>, AttemptError> {
         let container = self.container.as_mut().expect("lease holds a container");
         if let Some(cpu_s) = self.pool.spec.limits.cpu_s {
@@ -363,7 +364,7 @@ impl Lease {
                 )));
             }
         }
-        match container.request(frame, timeout).await {
+        match container.request(frame, timeout, logs).await {
             Ok(reply) => Ok(reply),
             Err(failure) => {
                 let container = self.container.take().expect("lease holds a container");
