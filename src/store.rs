@@ -31,6 +31,9 @@ pub enum StoreError {
         /// The decoder's message.
         error: String,
     },
+    /// Another runtime (a process) has the database open.
+    #[error("the state database is open in another runtime")]
+    InUse,
     /// The database file could not be prepared.
     #[error("state database file: {0}")]
     Io(#[from] std::io::Error),
@@ -92,7 +95,10 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (or creates) the database; only this process may use it.
     pub(crate) fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = Database::create(path)?;
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse,
+            e => e.into(),
+        })?;
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;

@@ -151,9 +151,14 @@ impl RuntimeBuilder {
             tokio::task::spawn_blocking(move || Store::open(&path))
                 .await
                 .map_err(|e| RuntimeError::Start(e.to_string()))?
-                .map_err(|source| RuntimeError::DataDir {
-                    path: db_path.clone(),
-                    source: std::io::Error::other(source.to_string()),
+                .map_err(|e| match e {
+                    crate::store::StoreError::InUse => RuntimeError::DataDirInUse {
+                        path: data_dir.clone(),
+                    },
+                    source => RuntimeError::DataDir {
+                        path: db_path.clone(),
+                        source: std::io::Error::other(source.to_string()),
+                    },
                 })?
         };
         let db = Arc::new(db);

@@ -77,6 +77,12 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    /// Another runtime (a server, another process) uses the data dir.
+    #[error("data dir {} is in use by another modal-agents runtime", path.display())]
+    DataDirInUse {
+        /// The data dir.
+        path: PathBuf,
+    },
     /// Reading or writing task files failed.
     #[error("task storage failed: {0}")]
     Storage(#[source] std::io::Error),

@@ -339,9 +339,7 @@ async fn mcp(url: Option<&str>, token: Option<&str>, data_dir: &Path) -> Result<
         .start()
         .await
         .map_err(|e| match e {
-            modal_agents::RuntimeError::DataDir { ref source, .. }
-                if source.to_string().contains("already open") =>
-            {
+            modal_agents::RuntimeError::DataDirInUse { .. } => {
                 format!(
                     "data dir {} is in use by another modal-agents runtime (a server, or \
                      another `modal-agents mcp`); stop it, pass --data-dir for another \
