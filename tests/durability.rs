@@ -232,7 +232,11 @@ async fn an_unusable_data_dir_is_a_clear_error() {
         .start()
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("state.redb"), "{err}");
+    assert!(
+        matches!(&err, modal_agents::RuntimeError::DataDirInUse { path } if path == dir.path()),
+        "{err}"
+    );
+    assert!(err.to_string().contains("in use by another"), "{err}");
     rt.shutdown().await;
 }
 
