@@ -239,7 +239,29 @@ impl ServerHandler for McpServer {
             }
             _ => None,
         };
-        let outcome = self.run(&name, args).await?;
+        // A map waited for tells its progress through the tools' hook.
+        let map_progress = match (&self.host, context.meta.get_progress_token()) {
+            (Host::Local(tools), Some(token)) if name == "spawn_parallel_tasks" => {
+                let peer = context.peer.clone();
+                let hook: crate::tools::Progress = Arc::new(move |done, total| {
+                    let note = ProgressNotificationParam::new(token.clone(), done as f64)
+                        .with_total(total as f64);
+                    let peer = peer.clone();
+                    tokio::spawn(async move {
+                        let _ = peer.notify_progress(note).await;
+                    });
+                });
+                Some(McpServer {
+                    host: Host::Local(tools.clone().with_progress(hook)),
+                })
+            }
+            _ => None,
+        };
+        let outcome = map_progress
+            .as_ref()
+            .unwrap_or(self)
+            .run(&name, args)
+            .await?;
         drop(progress);
         Ok(match outcome {
             Ok(answer) => {

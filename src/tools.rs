@@ -23,6 +23,8 @@ mod files;
 mod idempotency;
 mod tasks;
 
+use std::sync::Arc;
+
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 
@@ -207,10 +209,25 @@ fn all_definitions() -> Vec<ToolDefinition> {
     ]
 }
 
+/// Told `(done, total)` inputs while a tool waits for a map.
+pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// How often a waiting map's progress is told.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The agent tool set over one runtime.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Tools {
     runtime: Runtime,
+    progress: Option<Progress>,
+}
+
+impl std::fmt::Debug for Tools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tools")
+            .field("runtime", &self.runtime)
+            .finish_non_exhaustive()
+    }
 }
 
 fn tool_field(spec_field: &str) -> String {
@@ -259,7 +276,17 @@ fn required_key(tool: &str, key: Option<String>, op: &str) -> Result<String, Too
 impl Tools {
     /// The tools over `runtime`.
     pub fn new(runtime: Runtime) -> Tools {
-        Tools { runtime }
+        Tools {
+            runtime,
+            progress: None,
+        }
+    }
+
+    /// The same tools, telling `progress` how a map they wait for goes
+    /// (`spawn_parallel_tasks` with `wait`), about once a second.
+    pub fn with_progress(mut self, progress: Progress) -> Tools {
+        self.progress = Some(progress);
+        self
     }
 
     /// The runtime the tools run on.
@@ -349,7 +376,20 @@ impl Tools {
             .map_err(err)?;
         let mut out = MapSubmitted::pending(id, a.function_ref, n);
         if a.wait {
-            let record = self.runtime.wait(id, None).await.map_err(err)?;
+            let record = match &self.progress {
+                None => self.runtime.wait(id, None).await.map_err(err)?,
+                Some(progress) => loop {
+                    match self.runtime.wait(id, Some(PROGRESS_EVERY)).await {
+                        Ok(record) => break record,
+                        Err(RuntimeError::WaitTimeout { .. }) => {
+                            if let Some(p) = self.runtime.status(id).ok().and_then(|r| r.progress) {
+                                progress(p.done(), p.total);
+                            }
+                        }
+                        Err(e) => return Err(err(e)),
+                    }
+                },
+            };
             let page = self
                 .runtime
                 .results(id, 0, MAX_INLINE_RESULTS)

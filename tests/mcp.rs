@@ -28,11 +28,14 @@ fn python() -> PathBuf {
 /// Runs the client session with `args`; its exit status and output,
 /// killed past two minutes.
 fn session(args: &[&str]) -> (bool, String) {
+    // Over a runtime of its own (not forwarded) a waited map tells progress.
+    let local = args[0] == "http" || !args.contains(&"--url");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/client.py");
     let mut child = Command::new(python())
         .arg(script)
         .args(args)
         .env("RUST_LOG", "warn")
+        .env("EXPECT_MAP_PROGRESS", if local { "1" } else { "0" })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -63,6 +66,7 @@ fn an_agent_session_over_streamable_http() {
     assert!(ok && out.contains("all ok"), "{out}");
     assert!(out.contains("ok a missing token is 401"), "{out}");
     assert!(out.contains("ok a browser origin is refused"), "{out}");
+    assert!(out.contains("ok a waited map sends progress"), "{out}");
 }
 
 #[test]
@@ -73,6 +77,7 @@ fn an_agent_session_over_stdio_on_an_embedded_runtime() {
     let (ok, out) = session(&["stdio", BIN, "mcp", "--data-dir", data]);
     assert!(ok && out.contains("all ok"), "{out}");
     assert!(out.contains("ok map 1,000 inputs"), "{out}");
+    assert!(out.contains("ok a waited map sends progress"), "{out}");
 }
 
 #[test]

@@ -9,6 +9,7 @@ step that does not hold, saying why.
 
 import asyncio
 import json
+import os
 import sys
 
 import httpx2
@@ -89,6 +90,17 @@ async def session_steps(session: ClientSession):
                                      progress_callback=on_tick)
     check(napped.structured_content["done"] is True and ticks and ticks[0][1] == 1,
           "a long wait sends progress", ticks)
+
+    map_ticks = []
+
+    async def on_map_tick(done, total, message):
+        map_ticks.append((done, total))
+
+    slow_map = await session.call_tool("spawn_parallel_tasks", {
+        "function_ref": "nap", "inputs": [0.5] * 8}, progress_callback=on_map_tick)
+    check(slow_map.structured_content["results"] == [0.5] * 8, "a slow map", text(slow_map)[:200])
+    if os.environ.get("EXPECT_MAP_PROGRESS") == "1":
+        check(map_ticks and all(t == 8 for _, t in map_ticks), "a waited map sends progress", map_ticks)
 
     first = await session.call_tool("coordinate_state", {
         "volume_name": "team", "operation": "cas", "key": "plan", "data": {"step": 1}})
