@@ -12,17 +12,7 @@ use std::process::Command;
 const TOKEN: &str = "contract-test-token-0123456789";
 const BIN: &str = env!("CARGO_BIN_EXE_modal-agents");
 
-fn venv_bin(name: &str) -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("target/py-venv/bin")
-        .join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: run scripts/test, which installs the Python test environment",
-        bin.display()
-    );
-    bin
-}
+use support::venv_bin;
 
 #[test]
 fn schemathesis_finds_no_failure_in_the_api() {

@@ -16,13 +16,7 @@ const TOKEN: &str = "mcp-test-token-0123456789";
 const BIN: &str = env!("CARGO_BIN_EXE_modal-agents");
 
 fn python() -> PathBuf {
-    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/py-venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/test, which installs the MCP Python SDK",
-        python.display()
-    );
-    python
+    support::venv_bin("python")
 }
 
 /// Runs the client session with `args`; its exit status and output,

@@ -14,12 +14,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_modal-agents");
 #[test]
 fn the_python_client_passes_its_tests_against_the_real_server() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let python = root.join("target/py-venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/test, which installs the Python test environment",
-        python.display()
-    );
+    let python = support::venv_bin("python");
     let dir = tempfile::tempdir().unwrap();
     // The seed's example asks for a T4: this server is told it has one.
     let (mut server, url) = support::serve_with(

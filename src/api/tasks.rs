@@ -16,10 +16,10 @@ use serde_json::Value;
 use super::extract::ApiJson;
 use super::{ApiState, Error};
 use crate::runtime::{LogOffsets, MAX_RESULTS_PAGE};
-use crate::task::{ResultsPage, TaskId, TaskKind, TaskLogs, TaskRecord, TaskStatus};
+use crate::task::{ResultsPage, TaskId, TaskLogs, TaskRecord, TaskStatus};
 use crate::wire::{
     MapSubmitted, RunParallelRequest, SpawnTaskRequest, TaskList, TaskStatusView, WaitTasksRequest,
-    WaitTasksResult, MAX_INLINE_RESULTS,
+    WaitTasksResult,
 };
 
 fn wait_limit(v: Option<f64>) -> Result<Option<Duration>, Error> {
@@ -129,23 +129,7 @@ pub(crate) async fn status(
     Path(task_id): Path<String>,
 ) -> Result<Json<TaskStatusView>, Error> {
     let id = parse_id(&task_id)?;
-    let mut record = state.runtime.status(id)?;
-    let mut results_url = None;
-    let finished_map = record.kind == TaskKind::Map
-        && matches!(record.status, TaskStatus::Completed | TaskStatus::Failed);
-    if finished_map && record.result.is_none() {
-        let total = record.progress.map_or(0, |p| p.total);
-        if total <= MAX_INLINE_RESULTS {
-            let page = state.runtime.results(id, 0, MAX_INLINE_RESULTS).await?;
-            record.result = Some(Value::Array(page.results));
-        } else {
-            results_url = Some(format!("/status/{id}/results?offset=0&limit=1000"));
-        }
-    }
-    Ok(Json(TaskStatusView {
-        record,
-        results_url,
-    }))
+    Ok(Json(TaskStatusView::of(&state.runtime, id).await?))
 }
 
 fn number(

@@ -5,10 +5,9 @@ use serde_json::{json, Value};
 
 use super::{ToolError, Tools};
 use crate::runtime::{RuntimeError, MAX_RESULTS_PAGE};
-use crate::task::{TaskKind, TaskStatus};
 use crate::wire::{
     FunctionList, NoArguments, SpawnTaskRequest, TaskRef, TaskResultsRequest, TaskStatusView,
-    WaitTasksRequest, WaitTasksResult, MAX_INLINE_RESULTS,
+    WaitTasksRequest, WaitTasksResult,
 };
 
 impl Tools {
@@ -44,29 +43,10 @@ impl Tools {
     }
 
     pub(super) async fn task_status(&self, a: TaskRef) -> Result<Value, ToolError> {
-        const TOOL: &str = "get_task_status";
-        let err = |e| Self::runtime_error(TOOL, e);
-        let mut record = self.runtime.status(a.task_id).map_err(err)?;
-        let mut results_url = None;
-        let finished_map = record.kind == TaskKind::Map
-            && matches!(record.status, TaskStatus::Completed | TaskStatus::Failed);
-        if finished_map && record.result.is_none() {
-            let total = record.progress.map_or(0, |p| p.total);
-            if total <= MAX_INLINE_RESULTS {
-                let page = self
-                    .runtime
-                    .results(a.task_id, 0, MAX_INLINE_RESULTS)
-                    .await
-                    .map_err(err)?;
-                record.result = Some(Value::Array(page.results));
-            } else {
-                results_url = Some(format!("/status/{}/results?offset=0&limit=1000", a.task_id));
-            }
-        }
-        Ok(json!(TaskStatusView {
-            record,
-            results_url
-        }))
+        let view = TaskStatusView::of(&self.runtime, a.task_id)
+            .await
+            .map_err(|e| Self::runtime_error("get_task_status", e))?;
+        Ok(json!(view))
     }
 
     pub(super) async fn wait_tasks(&self, a: WaitTasksRequest) -> Result<Value, ToolError> {

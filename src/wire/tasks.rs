@@ -86,6 +86,33 @@ impl MapSubmitted {
     }
 }
 
+impl TaskStatusView {
+    /// Task `id` as `GET /status/{id}` (and the `get_task_status` tool)
+    /// show it.
+    pub(crate) async fn of(
+        runtime: &crate::runtime::Runtime,
+        id: TaskId,
+    ) -> Result<TaskStatusView, RuntimeError> {
+        let mut record = runtime.status(id)?;
+        let mut results_url = None;
+        let finished_map = record.kind == TaskKind::Map
+            && matches!(record.status, TaskStatus::Completed | TaskStatus::Failed);
+        if finished_map && record.result.is_none() {
+            let total = record.progress.map_or(0, |p| p.total);
+            if total <= MAX_INLINE_RESULTS {
+                let page = runtime.results(id, 0, MAX_INLINE_RESULTS).await?;
+                record.result = Some(Value::Array(page.results));
+            } else {
+                results_url = Some(format!("/status/{id}/results?offset=0&limit=1000"));
+            }
+        }
+        Ok(TaskStatusView {
+            record,
+            results_url,
+        })
+    }
+}
+
 /// The seed's spawn-task request (`POST /spawn-task`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

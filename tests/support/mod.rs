@@ -394,3 +394,17 @@ impl Api {
         ids
     }
 }
+
+/// A program of the Python test environment `scripts/test` builds in
+/// `target/py-venv` (python, schemathesis, openapi-python-client).
+pub fn venv_bin(name: &str) -> std::path::PathBuf {
+    let bin = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target/py-venv/bin")
+        .join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run scripts/test, which installs the Python test environment",
+        bin.display()
+    );
+    bin
+}
