@@ -95,10 +95,6 @@ fn a_client_generated_from_the_document_runs_the_seed_flow() {
         .output()
         .unwrap();
     support::stop(&mut server);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = support::output_text(&out);
     assert!(out.status.success() && text.contains("all ok"), "{text}");
 }

@@ -43,11 +43,7 @@ fn session(args: &[&str]) -> (bool, String) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = support::output_text(&out);
     (out.status.success(), text)
 }
 

@@ -40,11 +40,7 @@ fn the_python_client_passes_its_tests_against_the_real_server() {
         .output()
         .unwrap();
     support::stop(&mut server);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = support::output_text(&out);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("6 passed"), "{text}");
 }

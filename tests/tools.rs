@@ -286,3 +286,71 @@ async fn an_idempotency_key_makes_a_retry_return_the_first_answer() {
     assert!(e.to_string().contains("idempotency_key"), "{e}");
     t.rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_file_tools_refuse_hostile_paths_and_content() {
+    let t = support::start(1).await;
+    let tools = Tools::new(t.rt.clone());
+    for path in [
+        "../escape.txt",
+        "/etc/passwd",
+        "a/../../b",
+        "a//b",
+        "nul\u{0}byte",
+    ] {
+        let e = tools
+            .call(
+                "write_volume_file",
+                json!({"volume_name": "v", "path": path, "text": "x"}),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ToolError::Volume { .. }), "{path:?}: {e}");
+        let e = tools
+            .call(
+                "read_volume_file",
+                json!({"volume_name": "v", "path": path}),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ToolError::Volume { .. }), "{path:?}: {e}");
+    }
+    for (args, field) in [
+        (
+            json!({"volume_name": "v", "path": "a", "text": "x", "base64": "eA=="}),
+            "text",
+        ),
+        (json!({"volume_name": "v", "path": "a"}), "text"),
+        (
+            json!({"volume_name": "v", "path": "a", "base64": "not base64!"}),
+            "base64",
+        ),
+        (
+            json!({"volume_name": "../v", "path": "a", "text": "x"}),
+            "volume_name",
+        ),
+    ] {
+        let e = tools.call("write_volume_file", args).await.unwrap_err();
+        assert!(e.to_string().contains(field), "{field}: {e}");
+    }
+    // Binary content comes back as base64, text as text.
+    tools
+        .call(
+            "write_volume_file",
+            json!({"volume_name": "v", "path": "b.bin", "base64": "/wA="}),
+        )
+        .await
+        .unwrap();
+    let read = tools
+        .call(
+            "read_volume_file",
+            json!({"volume_name": "v", "path": "b.bin"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (read["base64"].clone(), read["size"].clone()),
+        (json!("/wA="), json!(2))
+    );
+    t.rt.shutdown().await;
+}

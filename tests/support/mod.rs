@@ -408,3 +408,12 @@ pub fn venv_bin(name: &str) -> std::path::PathBuf {
     );
     bin
 }
+
+/// A finished process's stdout then stderr, as text, for assertions.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
