@@ -13,6 +13,7 @@ mod extract;
 mod functions;
 mod idempotency;
 mod metrics;
+mod origin;
 mod secrets;
 mod status;
 mod tasks;
@@ -35,7 +36,8 @@ use utoipa::OpenApi;
 use crate::runtime::Runtime;
 
 pub use crate::webhooks::Cidr;
-pub use error::{Error, Problem};
+pub use error::{Error, Problem, MAX_DETAIL};
+pub(crate) use extract::BODY_READ_TIMEOUT;
 
 /// Settings of the API server.
 #[derive(Debug, Clone)]
@@ -50,6 +52,12 @@ pub struct ApiConfig {
     /// The webhook service the app starts for its runtime (default:
     /// [`WebhookConfig::default`](crate::webhooks::WebhookConfig)).
     pub webhooks: crate::webhooks::WebhookConfig,
+    /// Names (`Host` values, with or without a port) a server without
+    /// tokens also answers to, besides the loopback names (default: none).
+    pub allowed_hosts: Vec<String>,
+    /// Bounds on the MCP sessions at `/mcp` (default:
+    /// [`McpLimits::default`](crate::mcp::McpLimits)).
+    pub mcp: crate::mcp::McpLimits,
 }
 
 impl Default for ApiConfig {
@@ -59,6 +67,8 @@ impl Default for ApiConfig {
             allow_no_auth: false,
             body_limit: 32 << 20,
             webhooks: crate::webhooks::WebhookConfig::default(),
+            allowed_hosts: Vec::new(),
+            mcp: crate::mcp::McpLimits::default(),
         }
     }
 }
@@ -93,6 +103,8 @@ pub(crate) struct Inner {
     pub(crate) idempotency: idempotency::IdempotencyStore,
     pub(crate) webhooks: crate::webhooks::Webhooks,
     pub(crate) metrics: metrics::Metrics,
+    /// The live MCP sessions at `/mcp`.
+    pub(crate) mcp: Arc<crate::mcp::Sessions>,
 }
 
 /// Shared state of the handlers.
@@ -111,8 +123,17 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+/// Who made a request, as the API's auth found: the index of the bearer
+/// token it presented (`None` without authentication). Handlers that keep
+/// things per caller (MCP sessions) count by it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Caller {
+    pub(crate) token: Option<usize>,
+}
+
+async fn auth(State(state): State<ApiState>, mut req: Request, next: Next) -> Response {
     if state.config.tokens.is_empty() && state.config.allow_no_auth {
+        req.extensions_mut().insert(Caller { token: None });
         return next.run(req).await;
     }
     let presented = req
@@ -124,15 +145,23 @@ async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Respon
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
-    let ok = presented.is_some_and(|p| {
-        // Compare with every token so timing does not tell which matched.
+    // Compare with every token so timing does not tell which matched.
+    let matched = presented.and_then(|p| {
         state
             .config
             .tokens
             .iter()
-            .fold(false, |ok, t| same(p.as_bytes(), t.as_bytes()) | ok)
+            .enumerate()
+            .fold(None, |found, (i, t)| {
+                if same(p.as_bytes(), t.as_bytes()) {
+                    Some(i)
+                } else {
+                    found
+                }
+            })
     });
-    if ok {
+    if let Some(token) = matched {
+        req.extensions_mut().insert(Caller { token: Some(token) });
         next.run(req).await
     } else {
         Error::Unauthorized.into_response()
@@ -331,9 +360,10 @@ pub fn app(runtime: Runtime, config: ApiConfig) -> Router {
     let state = ApiState(Arc::new(Inner {
         webhooks: crate::webhooks::Webhooks::start(&runtime, config.webhooks.clone()),
         runtime,
-        config,
         idempotency: Default::default(),
         metrics: Default::default(),
+        mcp: crate::mcp::Sessions::new(config.mcp.clone()),
+        config,
     }));
     let creating = Router::new()
         .route("/deploy-function", post(functions::deploy))
@@ -387,16 +417,24 @@ pub fn app(runtime: Runtime, config: ApiConfig) -> Router {
         .route("/resources", get(status::resources))
         .route("/metrics", get(status::metrics))
         .route("/openapi.json", get(openapi))
-        .route_service(
-            "/mcp",
-            crate::mcp::http_service(state.runtime.clone(), state.runtime.stopping()),
-        )
+        .route_service("/mcp", {
+            let (mcp, guard) = crate::mcp::service(
+                state.runtime.clone(),
+                state.runtime.stopping(),
+                state.mcp.clone(),
+                state.config.body_limit,
+            );
+            tower::ServiceBuilder::new()
+                .layer(middleware::from_fn_with_state(guard, crate::mcp::guard))
+                .service(mcp)
+        })
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(status::healthz))
         .merge(protected)
         .fallback(fallback)
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(state.clone(), origin::check))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             metrics::track,

@@ -11,6 +11,9 @@
 //! correct itself; an unknown tool is a protocol error. `wait_tasks` sends
 //! progress notifications when the client gave a progress token.
 
+mod http;
+mod sessions;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +32,10 @@ use crate::runtime::Runtime;
 use crate::task::TaskId;
 use crate::tools::{ToolError, Tools};
 use crate::wire::ToolDefinition;
+
+pub(crate) use http::{guard, service};
+pub use sessions::McpLimits;
+pub(crate) use sessions::Sessions;
 
 /// Longest text summary of an answer (the whole answer is in
 /// `structuredContent`).
@@ -274,29 +281,4 @@ impl ServerHandler for McpServer {
         }
         .into())
     }
-}
-
-/// The Streamable HTTP service for `/mcp` over `runtime`'s tools, stopped
-/// with `stop`. Requests carrying a browser `Origin` are refused; the host
-/// check is left to the bearer tokens in front of it.
-pub(crate) fn http_service(
-    runtime: Runtime,
-    stop: CancellationToken,
-) -> rmcp::transport::streamable_http_server::StreamableHttpService<
-    McpServer,
-    rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
-> {
-    use rmcp::transport::streamable_http_server::{
-        session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService,
-    };
-    let server = McpServer::local(runtime);
-    let mut config = StreamableHttpServerConfig::default()
-        .disable_allowed_hosts()
-        .enforce_origin_validation();
-    config.cancellation_token = stop;
-    StreamableHttpService::new(
-        move || Ok(server.clone()),
-        Arc::new(LocalSessionManager::default()),
-        config,
-    )
 }

@@ -336,7 +336,7 @@ impl Tools {
             "write_volume_file" => self.write_file(parse(name, args)?).await,
             "list_volume_files" => self.list_files(parse(name, args)?).await,
             _ => Err(ToolError::UnknownTool {
-                name: name.to_owned(),
+                name: crate::value::clip(name, crate::value::MAX_ECHO).into_owned(),
                 known: self.definitions().into_iter().map(|d| d.name).collect(),
             }),
         }

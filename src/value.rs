@@ -62,6 +62,28 @@ fn walk_deeper_than(value: &Value, max: usize) -> bool {
     false
 }
 
+/// Longest piece of a caller's own text (a name, a path, a value) an error
+/// message, a problem document or a log line repeats back.
+pub(crate) const MAX_ECHO: usize = 128;
+
+/// `text` cut to at most `max` bytes at a character boundary, saying how
+/// much was left out: what a caller sent is never repeated back, or logged,
+/// whole.
+pub(crate) fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    std::borrow::Cow::Owned(format!(
+        "{}… ({} more bytes)",
+        &text[..cut],
+        text.len() - cut
+    ))
+}
+
 /// Checks one value given as `field`.
 pub(crate) fn check_depth(value: &Value, field: impl FnOnce() -> String) -> Result<(), TooDeep> {
     if deeper_than(value, MAX_VALUE_DEPTH) {
@@ -97,6 +119,15 @@ mod tests {
             };
         }
         v
+    }
+
+    #[test]
+    fn clip_keeps_short_text_and_cuts_long_text_at_a_character() {
+        assert_eq!(clip("short", 10), "short");
+        let long = "é".repeat(100);
+        let cut = clip(&long, 11);
+        assert!(cut.starts_with(&"é".repeat(5)), "{cut}");
+        assert!(cut.ends_with("… (190 more bytes)"), "{cut}");
     }
 
     #[test]

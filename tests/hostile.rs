@@ -24,6 +24,8 @@ macro_rules! alone {
     (@env $env:expr) => { $env };
 }
 
+#[path = "hostile/bounds.rs"]
+mod bounds;
 #[path = "hostile/code.rs"]
 mod code;
 #[path = "hostile/http.rs"]
@@ -34,6 +36,7 @@ mod sandbox;
 use serde_json::json;
 use support::Api;
 
+use bounds::*;
 use code::*;
 use http::*;
 use sandbox::*;
@@ -154,5 +157,64 @@ async fn every_attack_in_a_row_leaves_the_server_whole() {
     assert_eq!(api.all_results(&map_id).await, before);
     let record = api.get(&format!("/status/{map_id}")).await;
     assert_eq!(record["status"], "completed", "{record}");
+    support::stop(&mut server);
+}
+
+/// Most bytes the server may log while every bound below is attacked: its
+/// log grows with what it does, never with what callers send.
+const MAX_SOAK_LOG: u64 = 1 << 20;
+
+/// Every ceiling attacked in a row against one server (at its default log
+/// level): afterwards its memory is back within 20% of where it started,
+/// its log is under [`MAX_SOAK_LOG`], and a bystander's results are
+/// byte-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bound_holds_in_a_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, log) = (dir.path().join("data"), dir.path().join("server.log"));
+    let (mut server, url) = support::serve_logging(BIN, &data, TOKEN, BOUNDS_ENV, Some(&log));
+    let api = Api::new(url, TOKEN);
+    api.post(
+        "/deploy-function",
+        json!({"function_code": "def bystander(x):\n    return x * 3\n", "function_name": "bystander"}),
+    )
+    .await;
+    let map = api
+        .post(
+            "/run-parallel",
+            json!({"function_name": "bystander", "inputs": (0..500).collect::<Vec<_>>(), "wait": true}),
+        )
+        .await;
+    let map_id = map["task_id"].as_str().unwrap().to_owned();
+    let raw = |api: &Api| {
+        let url = format!("{}/status/{map_id}/results?offset=0&limit=10000", api.url);
+        let http = api.http.clone();
+        async move {
+            let r = http.get(url).bearer_auth(TOKEN).send().await.unwrap();
+            r.bytes().await.unwrap()
+        }
+    };
+    let before = raw(&api).await;
+    let rss_start = rss(server.id());
+
+    let t = Target {
+        api: &api,
+        data: &data,
+        dir: dir.path(),
+        pid: server.id(),
+    };
+    attack_mcp_sessions_are_bounded(&t).await;
+    attack_foreign_origins_and_rebound_hosts_are_refused(&t).await;
+
+    assert_eq!(raw(&api).await, before, "the bystander's results changed");
+    let rss_end = rss(server.id());
+    assert!(
+        rss_end <= rss_start + rss_start / 5,
+        "RSS {} MiB at the start, {} MiB after the attacks",
+        rss_start >> 20,
+        rss_end >> 20
+    );
+    let logged = std::fs::metadata(&log).unwrap().len();
+    assert!(logged < MAX_SOAK_LOG, "the server logged {logged} bytes");
     support::stop(&mut server);
 }

@@ -12,6 +12,10 @@ use crate::spec::SpecError;
 use crate::tools::ToolError;
 use crate::volume::VolumeError;
 
+/// Longest `detail` a problem document carries (8 KiB): room for a
+/// package build's last lines, never a caller's whole request.
+pub const MAX_DETAIL: usize = 8 << 10;
+
 /// An RFC 9457 problem document.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Problem {
@@ -67,6 +71,28 @@ pub enum Error {
     /// The runtime cannot serve now.
     #[error("{0}")]
     Unavailable(String),
+    /// The request is refused for where it comes from (a browser page of
+    /// another origin, a `Host` the server does not answer to).
+    #[error("{0}")]
+    Forbidden(String),
+    /// This caller holds as much of something as it may (sessions,
+    /// followers); answered 429 with `Retry-After`.
+    #[error("{detail}")]
+    TooManyRequests {
+        /// What is held, the ceiling, and how to free a place.
+        detail: String,
+        /// Seconds after which trying again makes sense.
+        retry_after_s: u64,
+    },
+    /// The server holds as much of something as it may; answered 503 with
+    /// `Retry-After`.
+    #[error("{detail}")]
+    Saturated {
+        /// What is held and the ceiling.
+        detail: String,
+        /// Seconds after which trying again makes sense.
+        retry_after_s: u64,
+    },
     /// Something failed inside; the cause is logged, never returned.
     #[error("internal error")]
     Internal(String),
@@ -117,6 +143,17 @@ impl Error {
                 "unavailable",
                 "Service unavailable",
             ),
+            Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            Error::TooManyRequests { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-requests",
+                "Too many requests",
+            ),
+            Error::Saturated { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "saturated",
+                "Server at capacity",
+            ),
             Error::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -132,7 +169,9 @@ impl Error {
             Error::Internal(_) => {
                 "the server failed to handle the request; it has been logged".to_owned()
             }
-            other => other.to_string(),
+            // Bounded whatever the caller sent: a detail that repeats a
+            // value is cut, never sent (or logged) whole.
+            other => crate::value::clip(&other.to_string(), MAX_DETAIL).into_owned(),
         };
         Problem {
             kind: format!("urn:modal-agents:problem:{slug}"),
@@ -140,7 +179,9 @@ impl Error {
             status: status.as_u16(),
             detail,
             field: match self {
-                Error::Invalid { field, .. } => Some(field.clone()),
+                Error::Invalid { field, .. } => {
+                    Some(crate::value::clip(field, crate::value::MAX_ECHO).into_owned())
+                }
                 _ => None,
             },
         }
@@ -162,6 +203,11 @@ impl IntoResponse for Error {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Error::TooManyRequests { retry_after_s, .. }
+        | Error::Saturated { retry_after_s, .. } = &self
+        {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
+        }
         if matches!(self, Error::Unauthorized) {
             headers.insert(
                 header::WWW_AUTHENTICATE,

@@ -98,6 +98,10 @@ impl Metrics {
             "modal_agents_agents {}",
             state.runtime.agents().list().len()
         );
+        out.push_str(
+            "# HELP modal_agents_mcp_sessions Live MCP sessions at /mcp.\n# TYPE modal_agents_mcp_sessions gauge\n",
+        );
+        let _ = writeln!(out, "modal_agents_mcp_sessions {}", state.mcp.open());
         let (delivered, failed) = state.webhooks.counts();
         out.push_str(
             "# HELP modal_agents_webhook_deliveries_total Webhook deliveries by outcome.\n",

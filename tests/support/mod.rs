@@ -125,6 +125,19 @@ pub fn serve_with(
     token: &str,
     env: &[(&str, &str)],
 ) -> (std::process::Child, String) {
+    serve_logging(bin, data_dir, token, env, None)
+}
+
+/// [`serve_with`], its log (at the server's default level, as an operator
+/// would run it) written to `log` when given; without one, warnings only,
+/// thrown away.
+pub fn serve_logging(
+    bin: &str,
+    data_dir: &std::path::Path,
+    token: &str,
+    env: &[(&str, &str)],
+    log: Option<&std::path::Path>,
+) -> (std::process::Child, String) {
     use std::io::BufRead;
     use std::os::unix::process::CommandExt;
     let mut command = std::process::Command::new(bin);
@@ -137,17 +150,26 @@ pub fn serve_with(
             Ok(())
         });
     }
-    let mut child = command
+    command
         .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .env("MODAL_AGENTS_TOKEN", token)
         .envs(env.iter().copied())
-        .env("RUST_LOG", "warn")
         .env_remove("MODAL_AGENTS_ADDR")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("the server starts");
+        .stdout(std::process::Stdio::piped());
+    match log {
+        Some(path) => {
+            command
+                .env_remove("RUST_LOG")
+                .stderr(std::fs::File::create(path).expect("the log file"));
+        }
+        None => {
+            command
+                .env("RUST_LOG", "warn")
+                .stderr(std::process::Stdio::null());
+        }
+    }
+    let mut child = command.spawn().expect("the server starts");
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().expect("piped stdout"))
         .read_line(&mut line)

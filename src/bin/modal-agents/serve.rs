@@ -23,6 +23,14 @@ pub(crate) struct ServeArgs {
     /// Serve without authentication (never on a shared network).
     #[arg(long)]
     insecure_no_auth: bool,
+    /// Host names a server without authentication also answers to, besides
+    /// localhost, 127.0.0.1 and [::1] (repeat or comma-separate).
+    #[arg(
+        long = "allowed-host",
+        env = "MODAL_AGENTS_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    allowed_hosts: Vec<String>,
     /// Non-public webhook targets to allow, as CIDR blocks (repeat or comma-separate).
     #[arg(long, env = "MODAL_AGENTS_WEBHOOK_ALLOW", value_delimiter = ',')]
     webhook_allow: Vec<String>,
@@ -59,6 +67,24 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "MODAL_AGENTS_RETENTION_SWEEP", default_value_t = 60.0,
           value_parser = parse_seconds)]
     retention_sweep: f64,
+    /// Most live MCP sessions at /mcp (overall).
+    #[arg(long, env = "MODAL_AGENTS_MCP_MAX_SESSIONS", default_value_t = 1_000)]
+    mcp_max_sessions: usize,
+    /// Most live MCP sessions one token holds.
+    #[arg(
+        long,
+        env = "MODAL_AGENTS_MCP_MAX_SESSIONS_PER_TOKEN",
+        default_value_t = 64
+    )]
+    mcp_max_sessions_per_token: usize,
+    /// Seconds a new MCP session may take to complete its handshake.
+    #[arg(long, env = "MODAL_AGENTS_MCP_INIT_TIMEOUT", default_value_t = 10.0,
+          value_parser = parse_seconds)]
+    mcp_init_timeout: f64,
+    /// Seconds an MCP session may sit idle before it is closed.
+    #[arg(long, env = "MODAL_AGENTS_MCP_IDLE_TIMEOUT", default_value_t = 300.0,
+          value_parser = parse_seconds)]
+    mcp_idle_timeout: f64,
     #[command(flatten)]
     modal: ModalArgs,
 }
@@ -102,6 +128,19 @@ pub(crate) async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), 
         body_limit: args.body_limit,
         webhooks: modal_agents::webhooks::WebhookConfig {
             allow: webhook_allow,
+            ..Default::default()
+        },
+        allowed_hosts: args
+            .allowed_hosts
+            .iter()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .collect(),
+        mcp: modal_agents::mcp::McpLimits {
+            max_sessions: args.mcp_max_sessions,
+            max_sessions_per_token: args.mcp_max_sessions_per_token,
+            init_timeout: Duration::from_secs_f64(args.mcp_init_timeout.max(0.1)),
+            idle_timeout: Duration::from_secs_f64(args.mcp_idle_timeout.max(1.0)),
             ..Default::default()
         },
     };
