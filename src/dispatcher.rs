@@ -198,6 +198,8 @@ pub(crate) struct DispatchShared {
     pub(crate) cancels: DashMap<TaskId, CancellationToken>,
     pub(crate) jobs: JobSet,
     pub(crate) shutdown: CancellationToken,
+    /// Keeps secret values out of the errors and output tasks leave.
+    pub(crate) redact: crate::redact::Redactor,
 }
 
 /// Messages of the [`Dispatcher`].
@@ -339,7 +341,7 @@ async fn run_job(shared: Arc<DispatchShared>, job: TaskJob, cancel: Cancellation
     // The log writer runs beside the work in this same task and ends when the
     // backend drops its log sinks; the task is finished only once its logs are
     // on disk.
-    let logs = logs::write_logs(dir, log_rx);
+    let logs = logs::write_logs(dir, log_rx, shared.redact.clone());
     tokio::pin!(work, logs);
     let mut logs_done = false;
     let finished = loop {
@@ -475,6 +477,7 @@ async fn run_call(
         Ok(CallOutcome { result, attempts }) => (result.and_then(storable), attempts),
         Err(e) => (Err(backend_error(e)), 1),
     };
+    let result = result.map_err(|e| e.cleaned(&shared.redact));
     let (status, result, error) = match result {
         Ok(value) => (TaskStatus::Completed, Some(value), None),
         Err(_) if cancel.is_cancelled() => (
@@ -667,7 +670,7 @@ async fn run_map(
                         }
                         Err(e) => {
                             counts.failed += 1;
-                            json!({ "error": e })
+                            json!({ "error": e.cleaned(&shared.redact) })
                         }
                     };
                     next += 1;

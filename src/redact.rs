@@ -1,13 +1,28 @@
 //! Keeping secret values out of what the runtime returns and logs.
 //!
-//! Output the runtime passes on from code it does not trust (a package
-//! installer's last lines, say) may carry a secret the code managed to read:
-//! every known secret value is replaced with `[REDACTED]` first. Known
+//! Everything a caller (or another call) can read that code the runtime
+//! does not trust produced passes through the [`Redactor`] first: task
+//! errors and tracebacks, a crashed container's last stderr lines, what a
+//! function prints (the log files, and so `logs`, the SSE stream and the
+//! MCP tools), the errors of failed map inputs, a package installer's last
+//! lines. Every known secret value is replaced with `[REDACTED]`. Known
 //! values are the secret store's and those registered with
 //! [`Redactor::add`] (the API tokens, Modal credentials).
+//!
+//! The one thing never redacted is a function's result: `return secret` is
+//! the function's own choice to hand the value to its caller.
+//!
+//! The values are matched with one Aho-Corasick automaton, rebuilt only
+//! when the set of values changes, so a redaction costs one pass over the
+//! text whatever the number of secrets, and nothing at all when there are
+//! none.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+
+use aho_corasick::{AhoCorasick, MatchKind};
 
 use crate::secrets::SecretStore;
 
@@ -18,11 +33,28 @@ pub const MIN_REDACTED_LEN: usize = 8;
 /// What replaces a secret value.
 pub const REDACTED: &str = "[REDACTED]";
 
+/// The values to replace, compiled.
+struct Compiled {
+    /// The generations of the added values and of the store it was built
+    /// from.
+    built_from: (u64, u64),
+    /// `None` when there is nothing to redact.
+    matcher: Option<AhoCorasick>,
+    values: Vec<String>,
+}
+
+#[derive(Default)]
+struct Shared {
+    values: RwLock<BTreeSet<String>>,
+    generation: AtomicU64,
+    compiled: RwLock<Option<Arc<Compiled>>>,
+}
+
 /// Replaces known secret values in text. Cloning is cheap; clones share
 /// what they know.
 #[derive(Clone, Default)]
 pub struct Redactor {
-    values: Arc<RwLock<BTreeSet<String>>>,
+    shared: Arc<Shared>,
     secrets: Option<SecretStore>,
 }
 
@@ -37,7 +69,7 @@ impl Redactor {
     /// time of each [`Redactor::redact`].
     pub fn with_secrets(secrets: SecretStore) -> Redactor {
         Redactor {
-            values: Arc::default(),
+            shared: Arc::default(),
             secrets: Some(secrets),
         }
     }
@@ -47,23 +79,40 @@ impl Redactor {
     pub fn add(&self, value: impl Into<String>) {
         let value = value.into();
         if value.len() >= MIN_REDACTED_LEN {
-            self.values
+            let added = self
+                .shared
+                .values
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(value);
+            if added {
+                self.shared.generation.fetch_add(1, Ordering::Release);
+            }
         }
     }
 
-    /// `text` with every known value replaced by [`REDACTED`], longest
-    /// first (so a value containing another goes whole).
-    pub fn redact(&self, text: &str) -> String {
-        let mut values: Vec<String> = self
+    /// The automaton for the values known now.
+    fn compiled(&self) -> Arc<Compiled> {
+        let now = (
+            self.shared.generation.load(Ordering::Acquire),
+            self.secrets.as_ref().map_or(0, SecretStore::generation),
+        );
+        if let Some(c) = self
+            .shared
+            .compiled
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|c| c.built_from == now)
+        {
+            return c.clone();
+        }
+        let mut values: BTreeSet<String> = self
+            .shared
             .values
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect();
+            .clone();
         if let Some(secrets) = &self.secrets {
             values.extend(
                 secrets
@@ -72,14 +121,67 @@ impl Redactor {
                     .filter(|v| v.len() >= MIN_REDACTED_LEN),
             );
         }
-        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-        let mut out = text.to_owned();
-        for value in values {
-            if out.contains(value.as_str()) {
-                out = out.replace(value.as_str(), REDACTED);
+        let values: Vec<String> = values.into_iter().collect();
+        // Leftmost-longest: a value containing another goes whole.
+        let matcher = (!values.is_empty()).then(|| {
+            AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(&values)
+                .expect("plain strings always compile")
+        });
+        let compiled = Arc::new(Compiled {
+            built_from: now,
+            matcher,
+            values,
+        });
+        *self
+            .shared
+            .compiled
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(compiled.clone());
+        compiled
+    }
+
+    /// `text` with every known value replaced by [`REDACTED`]; borrowed
+    /// (no copy) when it holds none.
+    pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let compiled = self.compiled();
+        match &compiled.matcher {
+            Some(m) if m.is_match(text) => {
+                let with: Vec<&str> = vec![REDACTED; compiled.values.len()];
+                Cow::Owned(m.replace_all(text, &with))
+            }
+            _ => Cow::Borrowed(text),
+        }
+    }
+
+    /// Redacts `text` in place.
+    pub(crate) fn redact_in_place(&self, text: &mut String) {
+        if let Cow::Owned(clean) = self.redact(text) {
+            *text = clean;
+        }
+    }
+
+    /// How many bytes at the end of `text` could be the start of a secret
+    /// value that the next piece of the same output completes: a stream
+    /// writer holds them back until it knows. 0 when none could.
+    pub(crate) fn unfinished_tail(&self, text: &str) -> usize {
+        let compiled = self.compiled();
+        let mut longest = 0;
+        for value in &compiled.values {
+            // Proper prefixes of `value` that `text` ends with.
+            let most = value.len().saturating_sub(1).min(text.len());
+            for n in (longest + 1..=most).rev() {
+                if text.is_char_boundary(text.len() - n)
+                    && value.is_char_boundary(n)
+                    && text.as_bytes()[text.len() - n..] == value.as_bytes()[..n]
+                {
+                    longest = n;
+                    break;
+                }
             }
         }
-        out
+        longest
     }
 }
 
@@ -101,8 +203,37 @@ mod tests {
             r.redact(text),
             "env: API_KEY=[REDACTED] TOKEN=[REDACTED] N=2 short"
         );
-        // A secret set later is known too.
+        // A secret set later is known too, and one removed no more.
         secrets.set("more", [("K", "later-secret-value")]).unwrap();
         assert_eq!(r.redact("x later-secret-value"), "x [REDACTED]");
+        secrets.remove("more").unwrap();
+        assert_eq!(r.redact("x later-secret-value"), "x later-secret-value");
+        // Clean text is not copied.
+        assert!(matches!(r.redact("nothing here"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn a_value_containing_another_goes_whole() {
+        let r = Redactor::default();
+        r.add("abcdefgh");
+        r.add("abcdefgh-and-more");
+        assert_eq!(r.redact("[abcdefgh-and-more]"), "[[REDACTED]]");
+        assert_eq!(
+            r.redact("abcdefgh abcdefgh-and-more"),
+            "[REDACTED] [REDACTED]"
+        );
+    }
+
+    #[test]
+    fn an_unfinished_value_at_the_end_is_found() {
+        let r = Redactor::default();
+        assert_eq!(r.unfinished_tail("anything sk-li"), 0, "nothing known");
+        r.add("sk-live-0123456789");
+        assert_eq!(r.unfinished_tail("print sk-li"), 5);
+        assert_eq!(r.unfinished_tail("print s"), 1);
+        assert_eq!(r.unfinished_tail("line\n"), 0);
+        // A whole value is not unfinished (it is redacted as it is).
+        assert_eq!(r.unfinished_tail("sk-live-0123456789"), 0);
+        assert_eq!(r.unfinished_tail("ééé"), 0);
     }
 }

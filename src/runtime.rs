@@ -299,6 +299,16 @@ impl Runtime {
             })
             .await
             .map_err(|e| match e {
+                // What the code raised while loading may hold a secret it
+                // was given: the caller sees it redacted, and bounded.
+                BackendError::Code(crate::spec::SpecError::Load { kind, message }) => {
+                    let cleaned = crate::task::TaskError::new(kind.as_str(), message)
+                        .cleaned(&self.inner.redactor);
+                    RuntimeError::Spec(crate::spec::SpecError::Load {
+                        kind: cleaned.kind.as_str().to_owned(),
+                        message: cleaned.message,
+                    })
+                }
                 BackendError::Code(e) => RuntimeError::Spec(e),
                 e => RuntimeError::Backend(e),
             })?;

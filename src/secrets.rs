@@ -1,5 +1,11 @@
 //! Named sets of secret key/values that functions receive as environment
 //! variables.
+//!
+//! At rest they are in `state.redb` (mode 0600), sealed with
+//! ChaCha20-Poly1305 when the runtime is given a [`SecretsKey`]
+//! (`MODAL_AGENTS_SECRETS_KEY`); see [`SecretsKey`] for rotation. In memory
+//! and in a function's environment they are plain; every output a caller
+//! can read passes through the [`Redactor`](crate::redact::Redactor).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -8,6 +14,10 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use crate::spec::{validate_object_name, SpecError};
+
+mod sealed;
+
+pub use sealed::{KeyError, SecretsKey};
 
 /// Why a secret could not be stored or resolved.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -39,6 +49,10 @@ pub enum SecretError {
         /// Why the database refused.
         cause: String,
     },
+    /// The key secrets are sealed with at rest is malformed, or missing
+    /// for a secret stored sealed.
+    #[error(transparent)]
+    SealKey(#[from] KeyError),
     /// A function asks for a secret the store does not have.
     #[error("unknown secret `{name}` (known secrets: {})", if .known.is_empty() { "none".to_owned() } else { .known.join(", ") })]
     Unknown {
@@ -49,6 +63,17 @@ pub enum SecretError {
     },
 }
 
+/// Why the secrets could not be taken from the database at start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AttachError {
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// A stored secret does not open with the keys given.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
 /// The runtime's secrets: named key/value sets. Values are never logged,
 /// never returned by listings and never written into task records.
 ///
@@ -56,7 +81,12 @@ pub enum SecretError {
 #[derive(Clone, Default)]
 pub struct SecretStore {
     inner: Arc<DashMap<String, BTreeMap<String, String>>>,
-    store: Arc<std::sync::OnceLock<Arc<crate::store::Store>>>,
+    /// The database secrets are kept in, and the key they are sealed with
+    /// there.
+    store: Arc<std::sync::OnceLock<(Arc<crate::store::Store>, SecretsKey)>>,
+    /// Bumped at every change, so a [`Redactor`](crate::redact::Redactor)
+    /// knows when to look at the values again.
+    generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl fmt::Debug for SecretStore {
@@ -105,16 +135,29 @@ impl SecretStore {
             map.insert(key, value);
         }
         // On disk first: a change the database refused is not made at all.
-        self.persist(
-            name,
-            crate::store::put(crate::store::Table::Secrets, name, &map),
-        )?;
+        if let Some((_, key)) = self.store.get() {
+            self.persist(
+                name,
+                crate::store::put(crate::store::Table::Secrets, name, &key.seal(name, &map)),
+            )?;
+        }
         self.inner.insert(name.to_owned(), map);
+        self.changed();
         Ok(())
     }
 
+    fn changed(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// How many changes the store has seen.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     fn persist(&self, name: &str, write: crate::store::Write) -> Result<(), SecretError> {
-        match self.store.get().map(|store| store.apply(vec![write])) {
+        match self.store.get().map(|(store, _)| store.apply(vec![write])) {
             Some(Err(e)) => {
                 tracing::error!(secret = name, error = %e, "could not store a secret");
                 Err(SecretError::Storage {
@@ -126,27 +169,43 @@ impl SecretStore {
         }
     }
 
-    /// Keeps secrets in the runtime's database from now on: loads what it
-    /// holds and stores what was set before.
+    /// Keeps secrets in the runtime's database from now on, sealed with
+    /// `key` when it has a current key: loads what it holds (opening what
+    /// was sealed, with the current or a previous key), stores what was set
+    /// before, and writes again every stored secret not sealed with the
+    /// current key (rotation, or a first key).
     pub(crate) fn attach(
         &self,
         store: Arc<crate::store::Store>,
-    ) -> Result<(), crate::store::StoreError> {
-        let saved: Vec<(String, BTreeMap<String, String>)> =
-            store.all(crate::store::Table::Secrets, "secret")?;
+        key: SecretsKey,
+    ) -> Result<(), AttachError> {
+        use crate::store::{put, Table};
+        let saved: Vec<(String, serde_json::Value)> = store.all(Table::Secrets, "secret")?;
         let mut writes = Vec::new();
+        let mut opened = Vec::new();
+        for (name, stored) in saved {
+            let (stored_with, values) = match key.open(&name, stored)? {
+                sealed::Stored::Plain(v) => (None, v),
+                sealed::Stored::Sealed(id, v) => (Some(id), v),
+            };
+            if key.reseal(stored_with.as_deref()) && !self.inner.contains_key(&name) {
+                writes.push(put(Table::Secrets, name.clone(), &key.seal(&name, &values)));
+            }
+            opened.push((name, values));
+        }
         for entry in self.inner.iter() {
-            writes.push(crate::store::put(
-                crate::store::Table::Secrets,
+            writes.push(put(
+                Table::Secrets,
                 entry.key().clone(),
-                entry.value(),
+                &key.seal(entry.key(), entry.value()),
             ));
         }
         store.apply(writes)?;
-        for (name, values) in saved {
+        for (name, values) in opened {
             self.inner.entry(name).or_insert(values);
         }
-        let _ = self.store.set(store);
+        self.changed();
+        let _ = self.store.set((store, key));
         Ok(())
     }
 
@@ -168,7 +227,9 @@ impl SecretStore {
             name,
             crate::store::Write::Delete(crate::store::Table::Secrets, name.to_owned()),
         )?;
-        Ok(self.inner.remove(name).is_some())
+        let removed = self.inner.remove(name).is_some();
+        self.changed();
+        Ok(removed)
     }
 
     /// The names of all secrets, sorted. Values are never listed.
@@ -256,7 +317,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(crate::store::Store::open(&dir.path().join("s.redb")).unwrap());
         let secrets = SecretStore::new();
-        secrets.attach(store.clone()).unwrap();
+        secrets
+            .attach(store.clone(), SecretsKey::default())
+            .unwrap();
         secrets.set("keys", [("A", "one")]).unwrap();
         store.close();
         let err = secrets.set("keys", [("A", "two")]).unwrap_err();

@@ -153,7 +153,48 @@ pub struct TaskError {
     pub traceback: Option<String>,
 }
 
+/// Longest error message a task keeps (16 KiB); the rest is cut.
+pub const MAX_ERROR_MESSAGE: usize = 16 << 10;
+/// Longest traceback a task keeps (64 KiB, its end: where the error was
+/// raised).
+pub const MAX_TRACEBACK: usize = 64 << 10;
+
 impl TaskError {
+    /// This error as the runtime keeps and shows it: every secret value
+    /// `redactor` knows replaced, the message cut to [`MAX_ERROR_MESSAGE`]
+    /// and the traceback to its last [`MAX_TRACEBACK`] bytes.
+    pub(crate) fn cleaned(mut self, redactor: &crate::redact::Redactor) -> TaskError {
+        if let ErrorKind::Other(name) = &mut self.kind {
+            redactor.redact_in_place(name);
+            if name.len() > crate::value::MAX_ECHO {
+                *name = crate::value::clip(name, crate::value::MAX_ECHO).into_owned();
+            }
+        }
+        // Redacted before it is cut, so a cut never leaves half a secret.
+        redactor.redact_in_place(&mut self.message);
+        if self.message.len() > MAX_ERROR_MESSAGE {
+            let cut = floor_char(&self.message, MAX_ERROR_MESSAGE);
+            let dropped = self.message.len() - cut;
+            self.message.truncate(cut);
+            self.message
+                .push_str(&format!("… [{dropped} more bytes of the message not kept]"));
+        }
+        if let Some(tb) = &mut self.traceback {
+            redactor.redact_in_place(tb);
+            if tb.len() > MAX_TRACEBACK {
+                let mut start = tb.len() - MAX_TRACEBACK;
+                while !tb.is_char_boundary(start) {
+                    start += 1;
+                }
+                *tb = format!(
+                    "[traceback cut: its first {start} bytes are not kept]\n{}",
+                    &tb[start..]
+                );
+            }
+        }
+        self
+    }
+
     /// An error without a traceback.
     pub fn new(kind: impl Into<ErrorKind>, message: impl Into<String>) -> TaskError {
         TaskError {
@@ -162,6 +203,18 @@ impl TaskError {
             traceback: None,
         }
     }
+}
+
+/// The largest character boundary of `s` at most `max`.
+fn floor_char(s: &str, max: usize) -> usize {
+    if s.len() <= max {
+        return s.len();
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    cut
 }
 
 /// Counts of a map's inputs by state.

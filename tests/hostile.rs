@@ -32,6 +32,8 @@ mod code;
 mod http;
 #[path = "hostile/sandbox.rs"]
 mod sandbox;
+#[path = "hostile/secrets.rs"]
+mod secrets;
 
 use serde_json::json;
 use support::Api;
@@ -40,6 +42,7 @@ use bounds::*;
 use code::*;
 use http::*;
 use sandbox::*;
+use secrets::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_modal-agents");
 
@@ -54,7 +57,11 @@ pub(crate) struct Server {
 impl Server {
     /// A fresh server on its own data dir, with `env` added.
     pub(crate) fn start(env: &[(&str, &str)]) -> Server {
-        let (dir, data, child, api) = support::fresh(BIN, TOKEN, env);
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let log = dir.path().join("server.log");
+        let (child, url) = support::serve_logging(BIN, &data, TOKEN, env, Some(&log));
+        let api = Api::new(url, TOKEN);
         Server {
             dir,
             data,
@@ -69,6 +76,7 @@ impl Server {
             data: &self.data,
             dir: self.dir.path(),
             pid: self.child.id(),
+            log: Some(self.dir.path().join("server.log")),
         }
     }
 
@@ -77,13 +85,14 @@ impl Server {
     }
 }
 
-/// A server under attack: its API, data dir, a scratch dir beside it and
-/// its process id.
+/// A server under attack: its API, data dir, a scratch dir beside it, its
+/// process id and its log file (when it writes one).
 pub(crate) struct Target<'a> {
     api: &'a Api,
     data: &'a std::path::Path,
     dir: &'a std::path::Path,
     pid: u32,
+    log: Option<std::path::PathBuf>,
 }
 
 const TOKEN: &str = "hostile-token-0123456789";
@@ -121,6 +130,7 @@ async fn every_attack_in_a_row_leaves_the_server_whole() {
         data: &data,
         dir: scratch.path(),
         pid: server.id(),
+        log: None,
     };
     attack_links_a_function_plants_in_its_volume_are_never_followed(&t).await;
     attack_forged_frames_on_the_harness_pipe_never_crash_or_confuse_the_runtime(&t).await;
@@ -202,9 +212,12 @@ async fn every_bound_holds_in_a_row() {
         data: &data,
         dir: dir.path(),
         pid: server.id(),
+        log: Some(log.clone()),
     };
     attack_mcp_sessions_are_bounded(&t).await;
     attack_foreign_origins_and_rebound_hosts_are_refused(&t).await;
+    attack_secrets_never_leave_through_outputs(&t).await;
+    attack_secrets_are_sealed_at_rest_and_keys_rotate(&t).await;
 
     assert_eq!(raw(&api).await, before, "the bystander's results changed");
     let rss_end = rss(server.id());

@@ -15,7 +15,7 @@ use crate::compute::{
     BackendRouter, ComputeBackend, LocalBackend, LocalConfig, ModalBackend, ModalConfig,
 };
 use crate::dispatcher::DispatchShared;
-use crate::secrets::SecretStore;
+use crate::secrets::{SecretStore, SecretsKey};
 use crate::store::Store;
 use crate::supervisor::{RestartPolicy, RootSupervisor, RootSupervisorArgs, RuntimeChild};
 use crate::tracker::{Durable, Journal, Retention, TaskStore};
@@ -29,6 +29,7 @@ pub struct RuntimeBuilder {
     local: Option<LocalConfig>,
     modal: Option<ModalConfig>,
     secrets: SecretStore,
+    secrets_key: SecretsKey,
     restart: RestartPolicy,
     shutdown_timeout: Option<Duration>,
     retention: Retention,
@@ -81,6 +82,14 @@ impl RuntimeBuilder {
     /// [`Runtime::secrets`]).
     pub fn secrets(mut self, secrets: SecretStore) -> Self {
         self.secrets = secrets;
+        self
+    }
+
+    /// The key secrets are sealed with in the data dir (default: none, so
+    /// they are stored plain in `state.redb`, mode 0600). Give a previous
+    /// key with it to rotate: see [`SecretsKey`].
+    pub fn secrets_key(mut self, key: SecretsKey) -> Self {
+        self.secrets_key = key;
         self
     }
 
@@ -163,8 +172,11 @@ impl RuntimeBuilder {
         };
         let db = Arc::new(db);
         self.secrets
-            .attach(db.clone())
-            .map_err(RuntimeError::Store)?;
+            .attach(db.clone(), self.secrets_key.clone())
+            .map_err(|e| match e {
+                crate::secrets::AttachError::Store(e) => RuntimeError::Store(e),
+                crate::secrets::AttachError::Key(e) => RuntimeError::Secret(e.into()),
+            })?;
         let store = TaskStore::new(data_dir.join("tasks"));
         let journal_path = data_dir.join("tasks.journal");
         let (journal, replayed) = {
@@ -191,12 +203,18 @@ impl RuntimeBuilder {
         let (volumes, volumes_child) = crate::volume::child(volume_shared);
         let shutdown = CancellationToken::new();
         let jobs = JobSet::new();
+        let redactor = crate::redact::Redactor::with_secrets(self.secrets.clone());
+        if let Some(creds) = modal.as_ref().and_then(|m| m.credentials().ok()) {
+            redactor.add(creds.token_id.clone());
+            redactor.add(creds.token_secret.clone());
+        }
         let shared = Arc::new(DispatchShared {
             backend: backend.clone(),
             tracker: tracker.clone(),
             cancels: DashMap::new(),
             jobs: jobs.clone(),
             shutdown: shutdown.clone(),
+            redact: redactor.clone(),
         });
         let (dispatcher, dispatcher_child) = crate::dispatcher::child(shared);
         let children = vec![
@@ -212,11 +230,6 @@ impl RuntimeBuilder {
             .await
             .map_err(|e| RuntimeError::Start(e.to_string()))?;
         tracing::info!(data_dir = %data_dir.display(), backend = backend.name(), "runtime started");
-        let redactor = crate::redact::Redactor::with_secrets(self.secrets.clone());
-        if let Some(creds) = modal.as_ref().and_then(|m| m.credentials().ok()) {
-            redactor.add(creds.token_id.clone());
-            redactor.add(creds.token_secret.clone());
-        }
         let runtime = Runtime {
             inner: Arc::new(Inner {
                 data_dir,

@@ -17,6 +17,7 @@ use super::{Target, BIN};
 pub(crate) const BOUNDS_ENV: &[(&str, &str)] = &[
     ("MODAL_AGENTS_MCP_MAX_SESSIONS_PER_TOKEN", "16"),
     ("MODAL_AGENTS_MCP_INIT_TIMEOUT", "1"),
+    ("MODAL_AGENTS_WEBHOOK_ALLOW", "127.0.0.1/32"),
 ];
 
 /// The server's resident memory in bytes.
@@ -61,6 +62,26 @@ async fn mcp(api: &Api, session: Option<&str>, body: &Value) -> (u16, Option<Str
         .get("mcp-session-id")
         .map(|v| v.to_str().unwrap().to_owned());
     (status, id, r.text().await.unwrap())
+}
+
+/// A new MCP session that completed its handshake; its id.
+pub(crate) async fn mcp_session(api: &Api) -> String {
+    let (status, id, body) = mcp(api, None, &initialize("hostile")).await;
+    assert_eq!(status, 200, "{body}");
+    let id = id.expect("a session id");
+    let done = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let (status, _, body) = mcp(api, Some(&id), &done).await;
+    assert_eq!(status, 202, "{body}");
+    id
+}
+
+/// Calls `tool` in `session`; the answer as the client receives it (SSE).
+pub(crate) async fn mcp_tool(api: &Api, session: &str, tool: &str, args: Value) -> String {
+    let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                      "params": {"name": tool, "arguments": args}});
+    let (status, _, body) = mcp(api, Some(session), &call).await;
+    assert_eq!(status, 200, "{tool}: {body}");
+    body
 }
 
 fn initialize(client_name: &str) -> Value {

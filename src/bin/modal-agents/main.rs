@@ -336,6 +336,7 @@ async fn mcp(url: Option<&str>, token: Option<&str>, data_dir: &Path) -> Result<
     }
     let runtime = modal_agents::Runtime::builder()
         .data_dir(data_dir)
+        .secrets_key(secrets_key_from_env()?)
         .start()
         .await
         .map_err(|e| match e {
@@ -689,6 +690,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The key secrets are sealed with at rest, from `MODAL_AGENTS_SECRETS_KEY`
+/// and, while rotating, `MODAL_AGENTS_SECRETS_KEY_PREVIOUS` (comma-separated).
+/// Read from the environment only: a key on the command line would show in
+/// `ps`.
+pub(crate) fn secrets_key_from_env() -> Result<modal_agents::secrets::SecretsKey, String> {
+    let current = std::env::var("MODAL_AGENTS_SECRETS_KEY")
+        .ok()
+        .filter(|k| !k.trim().is_empty());
+    let previous: Vec<String> = std::env::var("MODAL_AGENTS_SECRETS_KEY_PREVIOUS")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .collect();
+    modal_agents::secrets::SecretsKey::new(current.as_deref(), &previous).map_err(|e| e.to_string())
 }
 
 /// `--limit KEY=VALUE` flags as [`Limits`]; errors name the flag and key.

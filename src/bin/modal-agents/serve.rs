@@ -152,8 +152,13 @@ pub(crate) async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), 
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
     let bound = Duration::from_secs_f64(args.shutdown_timeout);
+    let secrets_key = crate::secrets_key_from_env()?;
+    if let Some(id) = secrets_key.key_id() {
+        tracing::info!(key_id = id, "secrets are sealed at rest");
+    }
     let runtime = Runtime::builder()
         .data_dir(&args.data_dir)
+        .secrets_key(secrets_key)
         .shutdown_timeout(bound)
         .retention(Retention {
             max_age: Duration::from_secs_f64(args.retention_days * 86_400.0),

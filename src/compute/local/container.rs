@@ -28,6 +28,14 @@ pub(crate) const CONTAINER_MARKER: &str = "modal-agents-container";
 /// The bit that marks a frame of live output (numbered like its request).
 const LIVE_OUTPUT: u64 = 1 << 63;
 
+/// The line the harness writes on fd 2 when a request ends (see
+/// `harness.py`): the stderr excerpt of a crash starts after the last one.
+const DONE_MARK: &[u8] = b"\x1fmodal-agents: request done\x1f";
+
+/// How long a crash's explanation waits for the rest of the container's
+/// stderr once it is gone.
+const STDERR_SETTLE: Duration = Duration::from_millis(500);
+
 /// Lines of a container's stderr kept to explain a crash.
 const STDERR_TAIL: usize = 20;
 /// Longest stderr line kept; the rest of a longer one is dropped.
@@ -384,6 +392,8 @@ pub(crate) struct Container {
     /// has an unknown protocol state and is never reused.
     pub(crate) busy: bool,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    /// Becomes true once everything the container wrote on stderr is read.
+    stderr_drained: tokio::sync::watch::Receiver<bool>,
     live: Arc<LiveSet>,
     /// The resources it holds, given back when it goes.
     reservation: Option<super::budget::Reservation>,
@@ -446,7 +456,12 @@ impl Launcher {
         let stdout = BufReader::with_capacity(1 << 16, stdout);
         let stderr = child.stderr.take().expect("piped stderr");
         let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
-        tokio::spawn(drain_stderr(stderr, pid, stderr_tail.clone()));
+        let (drained, stderr_drained) = tokio::sync::watch::channel(false);
+        let tail = stderr_tail.clone();
+        tokio::spawn(async move {
+            drain_stderr(stderr, pid, tail).await;
+            drained.send_replace(true);
+        });
         Ok(Container {
             child: Some(child),
             stdin,
@@ -455,6 +470,7 @@ impl Launcher {
             seq: 0,
             busy: false,
             stderr_tail,
+            stderr_drained,
             live: live.clone(),
             reservation: None,
             confined,
@@ -670,6 +686,9 @@ impl Container {
                 let not_run = !sent || self.unread_request_bytes() > 0;
                 let how = self.exit_description(io).await;
                 kill_group(self.pid);
+                // What it wrote last explains the crash: read it all first.
+                let mut drained = self.stderr_drained.clone();
+                let _ = tokio::time::timeout(STDERR_SETTLE, drained.wait_for(|d| *d)).await;
                 Err(if not_run {
                     Failure::NotRun(how)
                 } else {
@@ -788,12 +807,19 @@ async fn drain_stderr(
     let mut line: Vec<u8> = Vec::new();
     let mut cut = false;
     let keep = |line: &[u8], cut: bool| {
+        let mut tail = tail.lock().expect("stderr tail poisoned");
+        if line == DONE_MARK {
+            // A request ended: what came before was its own.
+            tail.clear();
+            return;
+        }
         let mut text = String::from_utf8_lossy(line).into_owned();
         if cut {
             text.push_str(" [line truncated]");
         }
-        tracing::debug!(target: "modal_agents::container", pid, "{text}");
-        let mut tail = tail.lock().expect("stderr tail poisoned");
+        // The text itself is not logged: it may hold a secret the code
+        // read; it reaches callers only redacted, in a crash's error.
+        tracing::debug!(target: "modal_agents::container", pid, bytes = line.len(), "container stderr line");
         if tail.len() == STDERR_TAIL {
             tail.pop_front();
         }

@@ -97,7 +97,7 @@ fn redact_installer_secrets(text: &str) -> String {
             }
         }
     }
-    redactor.redact(text)
+    redactor.redact(text).into_owned()
 }
 
 impl Builder<'_> {

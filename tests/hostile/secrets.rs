@@ -1,0 +1,246 @@
+//! Secrets a function was given, trying every way out: raised in an
+//! exception, turned into one by a conversion, printed to stdout and to
+//! fd 2 (split across pieces of output, too), left on fd 2 for the next
+//! call's crash excerpt, raised while the code loads, and failed map
+//! inputs. None may reach an answer, a log stream, the MCP text, a webhook
+//! body or the server's own log; at rest, a key seals them.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use super::bounds::{mcp_session, mcp_tool};
+use super::support::{self, Api};
+use super::{Target, BIN, TOKEN};
+
+/// The secret value every function here is given.
+const SECRET: &str = "sk-leak-0123456789abcdef";
+
+const CODE: &str = r#"
+import os, sys, time
+
+def leaky(mode):
+    secret = os.environ["LEAK"]
+    if mode == "raise":
+        raise ValueError("the key is " + secret)
+    if mode == "convert":
+        return int(secret)
+    if mode == "print":
+        print("stdout says", secret)
+        print("stderr says", secret, file=sys.stderr)
+        # Split across two pieces of live output.
+        sys.stdout.write("split " + secret[:7])
+        sys.stdout.flush()
+        time.sleep(0.25)
+        sys.stdout.write(secret[7:] + " done\n")
+        os.write(2, ("fd2 says " + secret + "\n").encode())
+        return "printed"
+    if mode == "fd2":
+        os.write(2, ("left behind " + secret + "\n").encode())
+        return os.getpid()
+    if mode == "crash":
+        os.write(2, b"the crash's own line\n")
+        os._exit(3)
+    return os.getpid()
+"#;
+
+async fn spawn(api: &Api, args: Value) -> Value {
+    api.post(
+        "/spawn-task",
+        json!({"function_name": "leaky", "args": args, "wait": true}),
+    )
+    .await
+}
+
+/// Asserts `text` holds no trace of the secret.
+fn clean(what: &str, text: &str) {
+    assert!(!text.contains(SECRET), "{what} leaks the secret: {text}");
+    assert!(
+        !text.contains(&SECRET[7..]),
+        "{what} leaks part of the secret: {text}"
+    );
+}
+
+alone!(
+    /// Every output a caller can read is redacted; the crash excerpt holds
+    /// only the crashing call's own output.
+    secrets_never_leave_through_outputs => attack_secrets_never_leave_through_outputs,
+    &[("MODAL_AGENTS_WEBHOOK_ALLOW", "127.0.0.1/32")]
+);
+
+/// The attack of [`secrets_never_leave_through_outputs`], against a server
+/// that allows webhooks to 127.0.0.1.
+pub(crate) async fn attack_secrets_never_leave_through_outputs(t: &Target<'_>) {
+    let api = t.api;
+    let (status, body) = api
+        .send(Method::PUT, "/secrets/leak", Some(json!({"LEAK": SECRET})))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    api.post(
+        "/deploy-function",
+        json!({"function_code": CODE, "function_name": "leaky", "secrets": ["leak"], "max_concurrency": 1}),
+    )
+    .await;
+    let (hook_url, hooks) = support::receiver(vec![]).await;
+    let mut ids = Vec::new();
+    for mode in ["raise", "convert", "print"] {
+        let task = spawn(api, json!([mode])).await;
+        let id = task["task_id"].as_str().unwrap().to_owned();
+        clean(&format!("spawn {mode}"), &task.to_string());
+        api.post("/webhook", json!({"task_id": id, "webhook_url": hook_url}))
+            .await;
+        ids.push(id);
+    }
+    assert_eq!(ids.len(), 3);
+    let failed = api.get(&format!("/status/{}", ids[0])).await;
+    assert_eq!(failed["error"]["type"], "ValueError", "{failed}");
+    assert!(
+        failed["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("[REDACTED]"),
+        "{failed}"
+    );
+    // Left on fd 2 by one call, then a crash in the next on the same
+    // container: the crash's excerpt is its own.
+    let pid = spawn(api, json!(["fd2"])).await["result"].clone();
+    let crashed = spawn(api, json!(["crash"])).await;
+    clean("a crash's excerpt", &crashed.to_string());
+    let message = crashed["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("the crash's own line"), "{crashed}");
+    assert!(
+        !message.contains("left behind") && !message.contains("REDACTED"),
+        "another call's output in the excerpt: {crashed}"
+    );
+    assert!(pid.is_u64(), "{pid}");
+    // A map whose inputs fail with the secret in their errors.
+    let map = api
+        .post(
+            "/run-parallel",
+            json!({"function_name": "leaky", "inputs": ["raise", "convert", "ok"], "wait": true}),
+        )
+        .await;
+    clean("a map's results", &map.to_string());
+    let map_id = map["task_id"].as_str().unwrap().to_owned();
+    ids.push(map_id.clone());
+    clean(
+        "a map's status",
+        &api.get(&format!("/status/{map_id}")).await.to_string(),
+    );
+    // Everything a caller reads.
+    for id in &ids {
+        for path in [
+            format!("/status/{id}"),
+            format!("/tasks/{id}/logs"),
+            format!("/tasks/{id}/logs?follow=true"),
+        ] {
+            let text = api.text(&path).await;
+            clean(&path, &text);
+        }
+    }
+    let logs = api.get(&format!("/tasks/{}/logs", ids[2])).await;
+    let stdout = logs["stdout"].as_str().unwrap();
+    assert!(stdout.contains("stdout says [REDACTED]"), "{logs}");
+    assert!(stdout.contains("split [REDACTED] done"), "{logs}");
+    clean("/tasks", &api.text("/tasks?limit=1000").await);
+    // Over MCP, as a model reads it.
+    let session = mcp_session(api).await;
+    for id in &ids {
+        for tool in ["get_task_status", "get_task_logs"] {
+            let text = mcp_tool(api, &session, tool, json!({"task_id": id})).await;
+            clean(tool, &text);
+        }
+    }
+    // Webhook bodies.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while hooks.seen.lock().unwrap().len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "webhooks never came");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (_, body) in hooks.seen.lock().unwrap().iter() {
+        clean("a webhook body", body);
+    }
+    // Code that raises the secret while it loads.
+    let (status, body) = api
+        .send(
+            Method::POST,
+            "/deploy-function",
+            Some(json!({"function_name": "loads", "secrets": ["leak"],
+                "function_code": "import os\nraise RuntimeError(os.environ['LEAK'])\ndef loads():\n    pass\n"})),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    clean("a load error", &body.to_string());
+    // The one exception: a function returning the secret hands it over.
+    // (Not tested for absence: that is the function's choice.)
+    if let Some(log) = &t.log {
+        let text = String::from_utf8_lossy(&std::fs::read(log).unwrap()).into_owned();
+        clean("the server log", &text);
+    }
+}
+
+alone!(
+    /// With MODAL_AGENTS_SECRETS_KEY, no secret value is in the data dir;
+    /// the server refuses to start without the key, and a rotation to a new
+    /// key keeps every secret.
+    secrets_are_sealed_at_rest_and_keys_rotate => attack_secrets_are_sealed_at_rest_and_keys_rotate
+);
+
+/// Sets a secret on servers of its own (each with its own key settings).
+pub(crate) async fn attack_secrets_are_sealed_at_rest_and_keys_rotate(t: &Target<'_>) {
+    const OLD: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    const NEW: &str = "6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b";
+    let data = t.dir.join("sealed-data");
+    let grep = |data: &std::path::Path| {
+        let db = std::fs::read(data.join("state.redb")).unwrap();
+        db.windows(SECRET.len()).any(|w| w == SECRET.as_bytes())
+    };
+    let start = |env: &[(&str, &str)]| support::serve_with(BIN, &data, TOKEN, env);
+    let (mut server, url) = start(&[("MODAL_AGENTS_SECRETS_KEY", OLD)]);
+    let api = Api::new(url, TOKEN);
+    let (status, body) = api
+        .send(Method::PUT, "/secrets/leak", Some(json!({"LEAK": SECRET})))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    api.post(
+        "/deploy-function",
+        json!({"function_code": "import os\ndef reads():\n    return os.environ['LEAK'][:7]\n",
+               "function_name": "reads", "secrets": ["leak"]}),
+    )
+    .await;
+    support::stop(&mut server);
+    assert!(!grep(&data), "the secret is in state.redb in the clear");
+    // Without the key the server says which variable to set.
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("MODAL_AGENTS_TOKEN", TOKEN)
+        .env_remove("MODAL_AGENTS_SECRETS_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = support::output_text(&out);
+    assert!(said.contains("MODAL_AGENTS_SECRETS_KEY"), "{said}");
+    clean("a refused start", &said);
+    // Rotation: the new key, the old one as previous; then the new alone.
+    for env in [
+        &[
+            ("MODAL_AGENTS_SECRETS_KEY", NEW),
+            ("MODAL_AGENTS_SECRETS_KEY_PREVIOUS", OLD),
+        ][..],
+        &[("MODAL_AGENTS_SECRETS_KEY", NEW)][..],
+    ] {
+        let (mut server, url) = start(env);
+        let api = Api::new(url, TOKEN);
+        let call = api
+            .post(
+                "/spawn-task",
+                json!({"function_name": "reads", "args": [], "wait": true}),
+            )
+            .await;
+        assert_eq!(call["result"], &SECRET[..7], "{call}");
+        support::stop(&mut server);
+        assert!(!grep(&data), "the secret is in state.redb in the clear");
+    }
+}
