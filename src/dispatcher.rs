@@ -5,7 +5,7 @@
 //! so a slow map never blocks the dispatcher and a dispatcher restart never
 //! interrupts running work.
 
-mod logs;
+pub(crate) mod logs;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,10 +25,12 @@ use crate::compute::{
 use crate::persist::TaskDir;
 use crate::supervisor::{ChildError, Once, Slot};
 use crate::supervisor::{Serial, SerialActor};
-use crate::task::{MapProgress, TaskError, TaskId, TaskStatus};
-use crate::tracker::{Finished, ResultWriter, Stored, TaskUpdate, TrackerHandle};
+use crate::task::{
+    MapProgress, ResultRef, TaskError, TaskId, TaskStatus, INLINE_RESULT_BYTES, MAX_RESULT_BYTES,
+};
+use crate::tracker::{Buffered, Finished, ResultWriter, Stored, TaskUpdate, TrackerHandle};
 
-pub(crate) use logs::read_logs;
+pub(crate) use logs::{read_logs, LogFeeds, Taken};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
@@ -200,6 +202,8 @@ pub(crate) struct DispatchShared {
     pub(crate) shutdown: CancellationToken,
     /// Keeps secret values out of the errors and output tasks leave.
     pub(crate) redact: crate::redact::Redactor,
+    /// The output feeds of running tasks, for their followers.
+    pub(crate) feeds: LogFeeds,
 }
 
 /// Messages of the [`Dispatcher`].
@@ -296,6 +300,8 @@ impl DispatcherHandle {
 async fn run_job(shared: Arc<DispatchShared>, job: TaskJob, cancel: CancellationToken) {
     let id = job.task_id();
     let dir = shared.tracker.store().task_dir(id);
+    // Findable by followers before the task is seen to start.
+    let feed = logs::publish(&shared.feeds, id);
     let (sink, log_rx) = LogSink::channel();
     let prior_attempts = match &job {
         TaskJob::Call { prior_attempts, .. } | TaskJob::Map { prior_attempts, .. } => {
@@ -341,7 +347,7 @@ async fn run_job(shared: Arc<DispatchShared>, job: TaskJob, cancel: Cancellation
     // The log writer runs beside the work in this same task and ends when the
     // backend drops its log sinks; the task is finished only once its logs are
     // on disk.
-    let logs = logs::write_logs(dir, log_rx, shared.redact.clone());
+    let logs = logs::write_logs(dir, log_rx, shared.redact.clone(), feed);
     tokio::pin!(work, logs);
     let mut logs_done = false;
     let finished = loop {
@@ -477,23 +483,93 @@ async fn run_call(
         Ok(CallOutcome { result, attempts }) => (result.and_then(storable), attempts),
         Err(e) => (Err(backend_error(e)), 1),
     };
+    let result = match result {
+        Ok(value) => keep_result(shared, id, value).await,
+        Err(e) => Err(e),
+    };
     let result = result.map_err(|e| e.cleaned(&shared.redact));
-    let (status, result, error) = match result {
-        Ok(value) => (TaskStatus::Completed, Some(value), None),
+    let ((status, error), (result, result_ref)) = match result {
+        Ok(kept) => ((TaskStatus::Completed, None), kept),
         Err(_) if cancel.is_cancelled() => (
-            TaskStatus::Cancelled,
-            None,
-            Some(TaskError::new("Cancelled", "the task was cancelled")),
+            (
+                TaskStatus::Cancelled,
+                Some(TaskError::new("Cancelled", "the task was cancelled")),
+            ),
+            (None, None),
         ),
-        Err(e) => (TaskStatus::Failed, None, Some(e)),
+        Err(e) => ((TaskStatus::Failed, Some(e)), (None, None)),
     };
     Finished {
         status,
         result,
+        result_ref,
         error,
         attempts,
         progress: None,
     }
+}
+
+/// Where a call's result is kept: in its record when it is at most
+/// [`INLINE_RESULT_BYTES`] as JSON, in the task's `result.json` when larger
+/// (written now, fsynced before the journal records the call's end), and
+/// nowhere past [`MAX_RESULT_BYTES`] (a `ResultTooLarge` error).
+async fn keep_result(
+    shared: &DispatchShared,
+    id: TaskId,
+    value: Value,
+) -> Result<(Option<Value>, Option<ResultRef>), TaskError> {
+    // Most results are small: those surely under the bound (even with
+    // every character escaped) are kept without writing them out.
+    if crate::value::surely_within(&value, INLINE_RESULT_BYTES / 8) {
+        return Ok((Some(value), None));
+    }
+    let (value, bytes) = tokio::task::spawn_blocking(move || {
+        let bytes = serde_json::to_vec(&value).expect("a JSON value serializes");
+        (value, bytes)
+    })
+    .await
+    .map_err(|e| TaskError::new("StorageError", format!("cannot measure the result: {e}")))?;
+    if bytes.len() > MAX_RESULT_BYTES {
+        return Err(TaskError::new(
+            "ResultTooLarge",
+            format!(
+                "the result is {} bytes as JSON; at most {MAX_RESULT_BYTES} are kept (return less, or write it to a volume and return its path)",
+                bytes.len()
+            ),
+        ));
+    }
+    if bytes.len() <= INLINE_RESULT_BYTES {
+        return Ok((Some(value), None));
+    }
+    drop(value);
+    let dir = shared.tracker.store().task_dir(id);
+    let path = dir.result();
+    let size = bytes.len() as u64;
+    let written = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        crate::persist::private_dir(&dir)?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(crate::persist::FILE_MODE)
+            .open(dir.result())?
+            .write_all(&bytes)
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|r| r);
+    if let Err(e) = written {
+        return Err(TaskError::new(
+            "StorageError",
+            format!("cannot store the result: {e}"),
+        ));
+    }
+    if let Some(durable) = shared.tracker.store().durable() {
+        durable.sync_before_next_fsync(vec![path]);
+    }
+    Ok((None, Some(ResultRef { bytes: size })))
 }
 
 struct MapCounts {
@@ -577,12 +653,23 @@ fn take_queued(unreadable: &UnreadableInputs, next: &mut u64, all: bool) -> Vec<
     due
 }
 
-/// Buffers one result, writing the buffer out when it is full.
+/// Buffers one result (an error of the runtime's own, always small),
+/// writing the buffer out when it is full.
 async fn push(writer: &mut ResultWriter, value: &Value) -> std::io::Result<()> {
-    if writer.buffer(value)? {
+    if writer.buffer(value)? == Buffered::Full {
         writer.flush().await?;
     }
     Ok(())
+}
+
+/// The error in a map input's slot when its result is over
+/// [`MAX_RESULT_BYTES`].
+#[cold]
+fn too_large(bytes: usize) -> Value {
+    json!({ "error": TaskError::new(
+        "ResultTooLarge",
+        format!("the result is {bytes} bytes as JSON; at most {MAX_RESULT_BYTES} are kept (return less, or write it to a volume and return its path)"),
+    ) })
 }
 
 async fn run_map(
@@ -600,6 +687,7 @@ async fn run_map(
     let failed = |error: TaskError, progress| Finished {
         status: TaskStatus::Failed,
         result: None,
+        result_ref: None,
         error: Some(error),
         attempts: 1,
         progress,
@@ -674,14 +762,23 @@ async fn run_map(
                         }
                     };
                     next += 1;
-                    match writer.buffer(&value) {
-                        Ok(false) => {}
-                        Ok(true) => {
-                            if let Err(e) = writer.flush().await {
-                                return storage(e);
+                    let full = match writer.buffer(&value) {
+                        Ok(Buffered::Room) => false,
+                        Ok(Buffered::Full) => true,
+                        Ok(Buffered::TooLarge(bytes)) => {
+                            counts.completed -= 1;
+                            counts.failed += 1;
+                            match writer.buffer(&too_large(bytes)) {
+                                Ok(b) => b == Buffered::Full,
+                                Err(e) => return storage(e),
                             }
                         }
                         Err(e) => return storage(e),
+                    };
+                    if full {
+                        if let Err(e) = writer.flush().await {
+                            return storage(e);
+                        }
                     }
                 }
             }
@@ -740,6 +837,7 @@ async fn run_map(
     Finished {
         status,
         result: None,
+        result_ref: None,
         error,
         attempts: 1,
         progress: Some(progress),

@@ -16,6 +16,7 @@
 //! | `tasks.journal` | [`JsonLog`] of task records, jobs, ends, removals | `tracker` | written before a create is acknowledged; fsynced each second and at stop |
 //! | `tasks.journal.quarantine` | lines replay could not read | [`JsonLog`] | kept for inspection |
 //! | `tasks/ID/inputs.jsonl` | a map's inputs, one JSON value a line | `dispatcher`, named by [`TaskDir`] | [`write_atomic`] before the map is created |
+//! | `tasks/ID/result.json` | a call's result over `task::INLINE_RESULT_BYTES` | `dispatcher`, named by [`TaskDir`] | fsynced before the call's end is |
 //! | `tasks/ID/results.jsonl` + `results.idx` | results in input order + their end offsets | `tracker::results`, named by [`TaskDir`] | data before index; fsynced before the map's end |
 //! | `tasks/ID/stdout.log`, `stderr.log` | what the task printed | `dispatcher::logs`, named by [`TaskDir`] | written as it comes |
 //! | `volumes/NAME/state/state.log` | [`JsonLog`] of key, version, value | `volume` | fsynced before a write is acknowledged |
@@ -57,6 +58,11 @@ impl TaskDir {
     /// A map's inputs, one JSON value per line.
     pub(crate) fn inputs(&self) -> PathBuf {
         self.0.join("inputs.jsonl")
+    }
+
+    /// A call's result when it is too large for its record, as JSON.
+    pub(crate) fn result(&self) -> PathBuf {
+        self.0.join("result.json")
     }
 
     /// A map's results, one JSON value per line, in input order.

@@ -41,7 +41,7 @@ pub use crate::tracker::Retention;
 pub use crate::value::{TooDeep, MAX_VALUE_DEPTH};
 pub use builder::{RuntimeBuilder, DEFAULT_DATA_DIR, DEFAULT_SHUTDOWN_TIMEOUT};
 pub use error::RuntimeError;
-pub use logs::{LogChunk, LogOffsets};
+pub use logs::{FollowLimits, FollowScope, LogChunk, LogOffsets};
 pub use resources::{GpuAllocation, ModalStatus, ResourceReport};
 
 /// Most tasks one [`Runtime::wait_tasks`] waits on.
@@ -49,6 +49,11 @@ pub const MAX_WAIT_TASKS: usize = 1000;
 
 /// Largest page of map results one read returns.
 pub const MAX_RESULTS_PAGE: u64 = 10_000;
+
+/// Most bytes of results (as JSON) one page carries (8 MiB): a page ends
+/// before it would pass them, with at least one result, so a map of large
+/// results is read in smaller pages.
+pub const MAX_PAGE_BYTES: u64 = 8 << 20;
 
 /// How long the runtime waits for its root supervisor to answer.
 const SUPERVISOR_TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,6 +75,10 @@ struct Inner {
     data_dir: PathBuf,
     backend: Arc<dyn ComputeBackend>,
     redactor: crate::redact::Redactor,
+    /// The output feeds of running tasks.
+    feeds: crate::dispatcher::LogFeeds,
+    /// Who follows task logs now, within their limits.
+    followers: Arc<logs::Followers>,
     secrets: SecretStore,
     registry: Functions,
     tracker: TrackerHandle,
@@ -459,6 +468,33 @@ impl Runtime {
         self.submit(record, job, spec).await
     }
 
+    /// A completed call's result, wherever it is kept (in its record, or in
+    /// its files when larger than
+    /// [`INLINE_RESULT_BYTES`](crate::task::INLINE_RESULT_BYTES)); `None`
+    /// when it has none (not completed, or a map).
+    pub async fn result(&self, id: TaskId) -> Result<Option<Value>, RuntimeError> {
+        let record = self.status(id)?;
+        if record.result_ref.is_none() {
+            return Ok(record.result);
+        }
+        let path = self.inner.tracker.store().task_dir(id).result();
+        tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::read(path)?;
+            serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+        })
+        .await
+        .map_err(|e| RuntimeError::Storage(std::io::Error::other(e)))?
+        .map(Some)
+        .map_err(RuntimeError::Storage)
+    }
+
+    /// Where a completed call's result larger than
+    /// [`INLINE_RESULT_BYTES`](crate::task::INLINE_RESULT_BYTES) is kept, to
+    /// stream it.
+    pub(crate) fn result_path(&self, id: TaskId) -> PathBuf {
+        self.inner.tracker.store().task_dir(id).result()
+    }
+
     /// Calls `function(*args, **kwargs)` and waits for its result.
     pub async fn call(
         &self,
@@ -469,6 +505,9 @@ impl Runtime {
         let id = self.spawn(function, args, kwargs).await?;
         let record = self.wait(id, None).await?;
         match record.status {
+            TaskStatus::Completed if record.result_ref.is_some() => {
+                Ok(self.result(id).await?.unwrap_or(Value::Null))
+            }
             TaskStatus::Completed => Ok(record.result.unwrap_or(Value::Null)),
             TaskStatus::Cancelled => Err(RuntimeError::Cancelled(id)),
             _ => Err(RuntimeError::TaskFailed {
@@ -559,15 +598,28 @@ impl Runtime {
             .ok_or(RuntimeError::UnknownTask(id))
     }
 
-    /// Tasks, newest first, optionally only those in `status`; returns the page
-    /// and how many tasks match in all.
+    /// Tasks, newest first, optionally only those in `status`; returns the
+    /// page and how many tasks match in all. A listing never carries
+    /// results (read one with [`Runtime::result`] or [`Runtime::status`]),
+    /// so its size depends on the page, not on what the tasks returned.
     pub fn tasks(
         &self,
         status: Option<TaskStatus>,
         offset: usize,
         limit: usize,
     ) -> (Vec<TaskRecord>, usize) {
-        self.inner.tracker.list(status, offset, limit)
+        self.inner.tracker.list(status, offset, limit, false)
+    }
+
+    /// [`Runtime::tasks`] with the results their records hold (those of at
+    /// most [`INLINE_RESULT_BYTES`](crate::task::INLINE_RESULT_BYTES)).
+    pub fn tasks_with_results(
+        &self,
+        status: Option<TaskStatus>,
+        offset: usize,
+        limit: usize,
+    ) -> (Vec<TaskRecord>, usize) {
+        self.inner.tracker.list(status, offset, limit, true)
     }
 
     /// Waits until the task is completed, failed or cancelled, at most
@@ -692,10 +744,12 @@ impl Runtime {
         let available = self.inner.tracker.available(id);
         let dir = self.inner.tracker.store().task_dir(id);
         let results = if available > offset && limit > 0 {
-            tokio::task::spawn_blocking(move || read_page(dir, offset, limit, available))
-                .await
-                .map_err(|e| RuntimeError::Storage(std::io::Error::other(e)))?
-                .map_err(RuntimeError::Storage)?
+            tokio::task::spawn_blocking(move || {
+                read_page(dir, offset, limit, available, MAX_PAGE_BYTES)
+            })
+            .await
+            .map_err(|e| RuntimeError::Storage(std::io::Error::other(e)))?
+            .map_err(RuntimeError::Storage)?
         } else {
             Vec::new()
         };

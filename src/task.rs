@@ -217,6 +217,22 @@ fn floor_char(s: &str, max: usize) -> usize {
     cut
 }
 
+/// Largest result (as JSON) a task record holds itself (64 KiB): a larger
+/// one is kept in the task's files and referred to by
+/// [`TaskRecord::result_ref`].
+pub const INLINE_RESULT_BYTES: usize = 64 << 10;
+
+/// Largest result (as JSON) a call or a map input may return (64 MiB); a
+/// larger one is the input's `ResultTooLarge` error.
+pub const MAX_RESULT_BYTES: usize = 64 << 20;
+
+/// A call's result kept in the task's files rather than in its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ResultRef {
+    /// Its size as JSON, in bytes.
+    pub bytes: u64,
+}
+
 /// Counts of a map's inputs by state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MapProgress {
@@ -258,9 +274,17 @@ pub struct TaskRecord {
     pub finished_at: Option<DateTime<Utc>>,
     /// Attempts made (a call's retries count; a map counts 1).
     pub attempts: u32,
-    /// The result of a completed call. Map results are read with
+    /// The result of a completed call, when it is at most
+    /// [`INLINE_RESULT_BYTES`] as JSON; a larger one is in the task's files
+    /// ([`TaskRecord::result_ref`]), read with
+    /// [`Runtime::result`](crate::runtime::Runtime::result) or streamed by
+    /// `GET /status/{id}`. Map results are read with
     /// [`Runtime::results`](crate::runtime::Runtime::results).
     pub result: Option<Value>,
+    /// Where a completed call's result larger than [`INLINE_RESULT_BYTES`]
+    /// is: kept in the task's files, not in this record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_ref: Option<ResultRef>,
     /// Why it failed.
     pub error: Option<TaskError>,
     /// A map's progress.
@@ -285,6 +309,7 @@ impl TaskRecord {
             finished_at: None,
             attempts: 0,
             result: None,
+            result_ref: None,
             error: None,
             progress: (kind == TaskKind::Map).then(|| MapProgress {
                 total: total.unwrap_or(0),
@@ -293,6 +318,26 @@ impl TaskRecord {
             }),
             backend_call_id: None,
             call_backend: None,
+        }
+    }
+
+    /// A copy without its result (the result is not copied at all).
+    pub(crate) fn without_result(&self) -> TaskRecord {
+        TaskRecord {
+            task_id: self.task_id,
+            function_name: self.function_name.clone(),
+            kind: self.kind,
+            status: self.status,
+            created_at: self.created_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            attempts: self.attempts,
+            result: None,
+            result_ref: self.result_ref,
+            error: self.error.clone(),
+            progress: self.progress,
+            backend_call_id: self.backend_call_id.clone(),
+            call_backend: self.call_backend,
         }
     }
 

@@ -23,6 +23,9 @@ mod files;
 mod idempotency;
 mod tasks;
 
+pub use files::MAX_TOOL_FILE_BYTES;
+pub use tasks::{MAX_TOOL_LOG_BYTES, MAX_TOOL_RESULT_BYTES};
+
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -51,6 +54,21 @@ pub enum ToolError {
         name: String,
         /// The tools there are.
         known: Vec<String>,
+    },
+    /// What the tool would answer with is larger than a tool answer may
+    /// be; `instead` says how to get it.
+    #[error("{tool}: the {what} is {size} bytes; this tool answers with at most {max}: {instead}")]
+    TooLarge {
+        /// The tool.
+        tool: String,
+        /// What is too large.
+        what: String,
+        /// Its size.
+        size: u64,
+        /// The most a tool answer carries.
+        max: u64,
+        /// How to get it instead.
+        instead: String,
     },
     /// The arguments do not fit the tool's schema.
     #[error("invalid arguments for `{tool}`: `{field}`: {message}")]

@@ -24,7 +24,8 @@ use crate::task::{MapProgress, TaskError, TaskId, TaskRecord, TaskStatus};
 pub(crate) use durable::Durable;
 pub(crate) use journal::{Journal, Replayed};
 pub(crate) use results::{
-    indexed_count, looks_whole, read_page, recover as recover_results, ResultWriter, Stored,
+    indexed_count, looks_whole, read_page, recover as recover_results, Buffered, ResultWriter,
+    Stored,
 };
 pub use retention::Retention;
 pub(crate) use retention::{remove_orphans, sweep};
@@ -166,6 +167,7 @@ impl TaskStore {
             TaskUpdate::Finished(done) => {
                 record.status = done.status;
                 record.result = done.result;
+                record.result_ref = done.result_ref;
                 record.error = done.error;
                 record.attempts = done.attempts.max(record.attempts);
                 if done.progress.is_some() {
@@ -209,6 +211,8 @@ pub(crate) enum TaskUpdate {
 pub(crate) struct Finished {
     pub(crate) status: TaskStatus,
     pub(crate) result: Option<Value>,
+    /// A result kept in the task's files instead of `result`.
+    pub(crate) result_ref: Option<crate::task::ResultRef>,
     pub(crate) error: Option<TaskError>,
     pub(crate) attempts: u32,
     pub(crate) progress: Option<MapProgress>,
@@ -336,12 +340,14 @@ impl TrackerHandle {
     }
 
     /// Records, newest first, optionally only those in `status`, and how
-    /// many match in all. Only the page is cloned.
+    /// many match in all. Only the page is cloned, and results only
+    /// `with_results`.
     pub(crate) fn list(
         &self,
         status: Option<TaskStatus>,
         offset: usize,
         limit: usize,
+        with_results: bool,
     ) -> (Vec<TaskRecord>, usize) {
         let records = &self.store.records;
         let page = self
@@ -349,7 +355,15 @@ impl TrackerHandle {
             .index
             .page(status, offset, limit)
             .into_iter()
-            .filter_map(|id| records.get(&id).map(|r| r.clone()))
+            .filter_map(|id| {
+                records.get(&id).map(|r| {
+                    if with_results {
+                        r.clone()
+                    } else {
+                        r.without_result()
+                    }
+                })
+            })
             .collect();
         (page, self.store.index.count(status))
     }

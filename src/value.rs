@@ -84,6 +84,37 @@ pub(crate) fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     ))
 }
 
+/// Whether `value`, written as JSON, surely takes at most `budget` bytes
+/// even if every character of its strings were escaped (6 bytes each):
+/// true only when that is certain, without writing it. Stops walking as
+/// soon as the budget is spent.
+pub(crate) fn surely_within(value: &Value, budget: usize) -> bool {
+    let mut left = budget as isize;
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        left -= match v {
+            Value::Null | Value::Bool(_) => 5,
+            Value::Number(_) => 24,
+            Value::String(s) => 2 + 6 * s.len() as isize,
+            Value::Array(items) => 1 + items.len() as isize,
+            Value::Object(map) => map
+                .keys()
+                .map(|k| 4 + 6 * k.len() as isize)
+                .sum::<isize>()
+                .saturating_add(1),
+        };
+        if left < 0 {
+            return false;
+        }
+        match v {
+            Value::Array(items) => stack.extend(items.iter()),
+            Value::Object(map) => stack.extend(map.values()),
+            _ => {}
+        }
+    }
+    true
+}
+
 /// Checks one value given as `field`.
 pub(crate) fn check_depth(value: &Value, field: impl FnOnce() -> String) -> Result<(), TooDeep> {
     if deeper_than(value, MAX_VALUE_DEPTH) {
@@ -128,6 +159,25 @@ mod tests {
         let cut = clip(&long, 11);
         assert!(cut.starts_with(&"é".repeat(5)), "{cut}");
         assert!(cut.ends_with("… (190 more bytes)"), "{cut}");
+    }
+
+    #[test]
+    fn surely_within_never_says_yes_to_what_is_larger() {
+        for v in [
+            json!(1),
+            json!("x".repeat(100)),
+            json!({"a": [1, 2, {"b": "\u{0001}".repeat(50)}]}),
+            json!((0..300).collect::<Vec<_>>()),
+        ] {
+            let len = serde_json::to_vec(&v).unwrap().len();
+            for budget in [0, 10, 100, 1000, 10_000] {
+                if surely_within(&v, budget) {
+                    assert!(len <= budget, "{len} > {budget} for {v}");
+                }
+            }
+        }
+        assert!(surely_within(&json!({"ok": true, "n": 3}), 8 << 10));
+        assert!(!surely_within(&json!("x".repeat(2000)), 8 << 10));
     }
 
     #[test]

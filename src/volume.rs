@@ -822,6 +822,33 @@ impl Volumes {
         }
     }
 
+    /// Opens a file to stream it, with its size. Links in the volume are
+    /// never followed, as for [`Volumes::get_file`].
+    pub async fn open_file(
+        &self,
+        volume: &str,
+        path: &str,
+    ) -> Result<(tokio::fs::File, u64), VolumeError> {
+        self.target(volume, path)?;
+        let (root, rel) = (self.files_dir(volume), path.to_owned());
+        let opened =
+            tokio::task::spawn_blocking(move || beneath::Root::existing(&root)?.open_file(&rel))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r);
+        match opened {
+            Ok((file, size)) => Ok((tokio::fs::File::from_std(file), size)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(VolumeError::NoSuchFile {
+                volume: volume.to_owned(),
+                path: path.to_owned(),
+            }),
+            Err(source) => Err(VolumeError::Io {
+                volume: volume.to_owned(),
+                source,
+            }),
+        }
+    }
+
     /// A file's metadata, `None` if it does not exist.
     pub async fn stat_file(
         &self,

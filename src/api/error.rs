@@ -271,6 +271,19 @@ impl From<RuntimeError> for Error {
                 Error::Conflict(e.to_string())
             }
             RuntimeError::WaitTimeout { .. } => Error::Conflict(e.to_string()),
+            RuntimeError::TooManyFollowers { scope, .. } => {
+                let (detail, retry_after_s) = (e.to_string(), 5);
+                match scope {
+                    crate::runtime::FollowScope::Task(_) => Error::TooManyRequests {
+                        detail,
+                        retry_after_s,
+                    },
+                    crate::runtime::FollowScope::Runtime => Error::Saturated {
+                        detail,
+                        retry_after_s,
+                    },
+                }
+            }
             other => Error::Internal(other.to_string()),
         }
     }
@@ -298,6 +311,7 @@ impl From<ToolError> for Error {
     fn from(e: ToolError) -> Self {
         match e {
             ToolError::UnknownTool { .. } => Error::NotFound(e.to_string()),
+            ToolError::TooLarge { .. } => Error::Conflict(e.to_string()),
             ToolError::InvalidArguments { ref field, .. } => {
                 Error::invalid(field.clone(), e.to_string())
             }

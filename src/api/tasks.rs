@@ -114,10 +114,62 @@ pub(crate) async fn spawn_task(
         .await?;
     if req.wait {
         if let Some(record) = wait_for(&state, id, limit).await? {
-            return Ok(Json(record).into_response());
+            let stored = record.result_ref.is_some();
+            return with_stored_result(&state, id, &record, stored).await;
         }
     }
     Ok(accepted(state.runtime.status(id)?, id))
+}
+
+/// `body` (a task's record, or its status view) as JSON; when the task's
+/// result is kept in its files (`stored`), that result is streamed from
+/// there into `result`, so a large result is never built in memory.
+async fn with_stored_result<T: Serialize>(
+    state: &ApiState,
+    id: TaskId,
+    body: &T,
+    stored: bool,
+) -> Result<Response, Error> {
+    let json = serde_json::to_vec(body).map_err(|e| Error::Internal(e.to_string()))?;
+    const NEEDLE: &[u8] = b"\"result\":null";
+    // A key: inside a JSON string a quote is always escaped, so the bare
+    // needle only occurs as the record's own `result` field.
+    let at = stored
+        .then(|| json.windows(NEEDLE.len()).position(|w| w == NEEDLE))
+        .flatten();
+    let file = match at {
+        Some(_) => tokio::fs::File::open(state.runtime.result_path(id))
+            .await
+            .ok(),
+        None => None,
+    };
+    let (Some(at), Some(file)) = (at, file) else {
+        return Ok(json_response(json));
+    };
+    let size = file
+        .metadata()
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+        .len();
+    let json = axum::body::Bytes::from(json);
+    let split = at + NEEDLE.len() - b"null".len();
+    let (head, tail) = (json.slice(..split), json.slice(split + b"null".len()..));
+    let length = head.len() as u64 + size + tail.len() as u64;
+    let chunks = futures_util::stream::once(async move { Ok(head) })
+        .chain(tokio_util::io::ReaderStream::with_capacity(file, 64 << 10))
+        .chain(futures_util::stream::once(async move { Ok(tail) }));
+    let mut response = axum::body::Body::from_stream(chunks).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(length));
+    Ok(response)
+}
+
+fn json_response(json: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], json).into_response()
 }
 
 /// A task's status, result or error, timestamps, attempts and map progress;
@@ -127,9 +179,26 @@ pub(crate) async fn spawn_task(
 pub(crate) async fn status(
     State(state): State<ApiState>,
     Path(task_id): Path<String>,
-) -> Result<Json<TaskStatusView>, Error> {
+) -> Result<Response, Error> {
     let id = parse_id(&task_id)?;
-    Ok(Json(TaskStatusView::of(&state.runtime, id).await?))
+    let view = TaskStatusView::of(&state.runtime, id).await?;
+    let stored = view.record.result_ref.is_some();
+    with_stored_result(&state, id, &view, stored).await
+}
+
+/// A boolean query parameter (default false).
+fn flag(query: &BTreeMap<String, String>, name: &str) -> Result<bool, Error> {
+    match query.get(name).map(String::as_str) {
+        None | Some("false" | "0") => Ok(false),
+        Some("true" | "1") => Ok(true),
+        Some(other) => Err(Error::invalid(
+            name,
+            format!(
+                "got {:?}; expected true or false",
+                crate::value::clip(other, crate::value::MAX_ECHO)
+            ),
+        )),
+    }
 }
 
 fn number(
@@ -144,7 +213,10 @@ fn number(
             Ok(n) if n <= max => Ok(n),
             _ => Err(Error::invalid(
                 name,
-                format!("got {raw:?}; expected a whole number from 0 to {max}"),
+                format!(
+                    "got {:?}; expected a whole number from 0 to {max}",
+                    crate::value::clip(raw, crate::value::MAX_ECHO)
+                ),
             )),
         },
     }
@@ -189,16 +261,7 @@ pub(crate) async fn logs(
     headers: axum::http::HeaderMap,
 ) -> Result<Response, Error> {
     let id = parse_id(&task_id)?;
-    let follow = match query.get("follow").map(String::as_str) {
-        None | Some("false" | "0") => false,
-        Some("true" | "1") => true,
-        Some(other) => {
-            return Err(Error::invalid(
-                "follow",
-                format!("got {other:?}; expected true or false"),
-            ))
-        }
-    };
+    let follow = flag(&query, "follow")?;
     if !follow {
         return Ok(Json(state.runtime.logs(id).await?).into_response());
     }
@@ -242,9 +305,12 @@ pub(crate) async fn cancel(
     Ok(Json(state.runtime.cancel(parse_id(&task_id)?).await?))
 }
 
-/// Tasks, newest first, optionally by status.
+/// Tasks, newest first, optionally by status. Results are left out (read
+/// them with `GET /status/{id}`); `include_results=true` includes those the
+/// records hold (at most 64 KiB each).
 #[utoipa::path(get, path = "/tasks",
     params(("status" = Option<TaskStatus>, Query), ("offset" = Option<u64>, Query),
+           ("include_results" = Option<bool>, Query, description = "include results of at most 64 KiB (default false)"),
            ("limit" = Option<u64>, Query, minimum = 0, maximum = 1000, description = "default 100")),
     responses((status = 200, body = TaskList), (status = 422, body = super::Problem)))]
 pub(crate) async fn list(
@@ -264,7 +330,13 @@ pub(crate) async fn list(
     };
     let offset = number(&query, "offset", 0, i64::MAX as u64)?;
     let limit = number(&query, "limit", 100, 1000)?;
-    let (tasks, total) = state.runtime.tasks(status, offset as usize, limit as usize);
+    let (tasks, total) = if flag(&query, "include_results")? {
+        state
+            .runtime
+            .tasks_with_results(status, offset as usize, limit as usize)
+    } else {
+        state.runtime.tasks(status, offset as usize, limit as usize)
+    };
     Ok(Json(TaskList {
         tasks,
         total,

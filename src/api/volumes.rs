@@ -192,8 +192,18 @@ pub(crate) async fn get_file(
     State(state): State<ApiState>,
     Path((name, path)): Path<(String, String)>,
 ) -> Result<Response, Error> {
-    let bytes = state.runtime.volumes().get_file(&name, &path).await?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+    // Streamed from the file: a large file is never held in memory.
+    let (file, size) = state.runtime.volumes().open_file(&name, &path).await?;
+    let body =
+        axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 64 << 10));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, size.to_string()),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// Delete a file.

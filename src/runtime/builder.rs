@@ -30,6 +30,7 @@ pub struct RuntimeBuilder {
     modal: Option<ModalConfig>,
     secrets: SecretStore,
     secrets_key: SecretsKey,
+    follow_limits: super::FollowLimits,
     restart: RestartPolicy,
     shutdown_timeout: Option<Duration>,
     retention: Retention,
@@ -90,6 +91,14 @@ impl RuntimeBuilder {
     /// key with it to rotate: see [`SecretsKey`].
     pub fn secrets_key(mut self, key: SecretsKey) -> Self {
         self.secrets_key = key;
+        self
+    }
+
+    /// How many followers of task logs ([`Runtime::follow_logs`]) the
+    /// runtime serves at once (default [`FollowLimits::default`](super::FollowLimits):
+    /// 512 per task, 2,048 in all).
+    pub fn follow_limits(mut self, limits: super::FollowLimits) -> Self {
+        self.follow_limits = limits;
         self
     }
 
@@ -208,6 +217,7 @@ impl RuntimeBuilder {
             redactor.add(creds.token_id.clone());
             redactor.add(creds.token_secret.clone());
         }
+        let feeds = crate::dispatcher::LogFeeds::default();
         let shared = Arc::new(DispatchShared {
             backend: backend.clone(),
             tracker: tracker.clone(),
@@ -215,6 +225,7 @@ impl RuntimeBuilder {
             jobs: jobs.clone(),
             shutdown: shutdown.clone(),
             redact: redactor.clone(),
+            feeds: feeds.clone(),
         });
         let (dispatcher, dispatcher_child) = crate::dispatcher::child(shared);
         let children = vec![
@@ -235,6 +246,8 @@ impl RuntimeBuilder {
                 data_dir,
                 backend,
                 redactor,
+                feeds,
+                followers: super::logs::Followers::new(self.follow_limits),
                 secrets: self.secrets,
                 registry,
                 tracker,

@@ -62,6 +62,15 @@ pub enum RuntimeError {
         /// How long was waited.
         waited: Duration,
     },
+    /// As many followers of task logs as allowed already follow (of this
+    /// task, or in all).
+    #[error("{} followers already follow {}, the most allowed; stop one, or try again later", .max, match .scope { super::FollowScope::Task(id) => format!("task {id}"), super::FollowScope::Runtime => "task logs on this server".to_owned() })]
+    TooManyFollowers {
+        /// Of one task, or of all.
+        scope: super::FollowScope,
+        /// The limit.
+        max: usize,
+    },
     /// A runtime component is down.
     #[error("runtime component unavailable: {0}")]
     Unavailable(String),

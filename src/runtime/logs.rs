@@ -2,7 +2,9 @@
 //! from given byte offsets until the task has ended and everything it
 //! printed has been read.
 
+use std::collections::HashMap;
 use std::io::SeekFrom;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::stream::{self, Stream};
@@ -11,11 +13,10 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{Runtime, RuntimeError};
 use crate::compute::LogStream;
+use crate::dispatcher::logs::Attached;
+use crate::dispatcher::Taken;
 use crate::persist::TaskDir;
 use crate::task::TaskId;
-
-/// How often a followed log is checked for more while its task runs.
-const TAIL_EVERY: Duration = Duration::from_millis(200);
 /// Most bytes one chunk carries.
 const MAX_CHUNK: usize = 64 << 10;
 
@@ -83,64 +84,211 @@ async fn read_more(dir: &TaskDir, stream: LogStream, at: &mut u64, all: bool) ->
     Some(String::from_utf8_lossy(&bytes[..whole]).into_owned())
 }
 
+/// How many followers of task logs a runtime serves at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FollowLimits {
+    /// Followers of one task (default 512).
+    pub per_task: usize,
+    /// Followers of all tasks together (default 2,048).
+    pub total: usize,
+}
+
+impl Default for FollowLimits {
+    fn default() -> Self {
+        FollowLimits {
+            per_task: 512,
+            total: 2048,
+        }
+    }
+}
+
+/// Which follower limit was reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FollowScope {
+    /// The task's own.
+    Task(TaskId),
+    /// The runtime's, over all tasks.
+    Runtime,
+}
+
+/// The followers there are, per task and in all.
+pub(crate) struct Followers {
+    limits: FollowLimits,
+    per_task: Mutex<HashMap<TaskId, usize>>,
+}
+
+/// One follower's place, given back when its stream is dropped.
+struct Following {
+    followers: Arc<Followers>,
+    id: TaskId,
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        let mut per_task = self.followers.lock();
+        if let Some(n) = per_task.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                per_task.remove(&self.id);
+            }
+        }
+    }
+}
+
+impl Followers {
+    pub(crate) fn new(limits: FollowLimits) -> Arc<Followers> {
+        Arc::new(Followers {
+            limits,
+            per_task: Mutex::default(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, usize>> {
+        self.per_task.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn admit(self: &Arc<Self>, id: TaskId) -> Result<Following, RuntimeError> {
+        let mut per_task = self.lock();
+        let total: usize = per_task.values().sum();
+        if total >= self.limits.total {
+            return Err(RuntimeError::TooManyFollowers {
+                scope: FollowScope::Runtime,
+                max: self.limits.total,
+            });
+        }
+        let n = per_task.entry(id).or_default();
+        if *n >= self.limits.per_task {
+            return Err(RuntimeError::TooManyFollowers {
+                scope: FollowScope::Task(id),
+                max: self.limits.per_task,
+            });
+        }
+        *n += 1;
+        Ok(Following {
+            followers: self.clone(),
+            id,
+        })
+    }
+}
+
+/// A follower's place in a task's output.
+struct Follower {
+    runtime: Runtime,
+    id: TaskId,
+    dir: TaskDir,
+    at: LogOffsets,
+    /// The running task's feed, once it has one.
+    feed: Option<(Attached, tokio::sync::watch::Receiver<u64>)>,
+    /// The task's status as it changes (`None`: forgotten by retention).
+    status: Option<tokio::sync::watch::Receiver<crate::task::TaskStatus>>,
+    stopping: tokio_util::sync::CancellationToken,
+    _place: Following,
+}
+
+impl Follower {
+    /// The next chunk, or `None` once the task has ended and all it wrote
+    /// has been read. Woken by the writer, never by a timer.
+    async fn next(&mut self) -> Option<LogChunk> {
+        loop {
+            if self.feed.is_none() {
+                if let Some(feed) = self.runtime.inner.feeds.get(&self.id).map(|f| f.clone()) {
+                    let rx = feed.subscribe();
+                    self.feed = Some((feed.attach(), rx));
+                }
+            }
+            // Everything is written once the feed has ended, or when there
+            // is no feed and the task has finished (its logs are on disk).
+            let written = match &self.feed {
+                Some((feed, _)) => feed.ended(),
+                None => self
+                    .status
+                    .as_ref()
+                    .is_none_or(|s| s.borrow().is_terminal()),
+            };
+            for (stream, name) in [(LogStream::Stdout, "stdout"), (LogStream::Stderr, "stderr")] {
+                let offset = match stream {
+                    LogStream::Stdout => &mut self.at.stdout,
+                    LogStream::Stderr => &mut self.at.stderr,
+                };
+                let taken = match &self.feed {
+                    Some((feed, _)) => feed.take(stream, offset, MAX_CHUNK, written),
+                    None => Taken::Behind,
+                };
+                let text = match taken {
+                    Taken::Text(text) => Some(text),
+                    Taken::Behind => read_more(&self.dir, stream, offset, written).await,
+                    Taken::Nothing => None,
+                };
+                if let Some(text) = text {
+                    return Some(LogChunk {
+                        stream: name.into(),
+                        text,
+                        next: self.at,
+                    });
+                }
+            }
+            if written {
+                // The task's end is recorded just after its logs are: the
+                // stream ends once it is, so `end` tells how it ended.
+                if let Some(status) = self.status.as_mut() {
+                    let ended = status.wait_for(|s| s.is_terminal());
+                    let _ = tokio::time::timeout(END_GRACE, ended).await;
+                }
+                return None;
+            }
+            if self.stopping.is_cancelled() {
+                return None;
+            }
+            match &mut self.feed {
+                Some((_, rx)) => {
+                    tokio::select! {
+                        _ = rx.changed() => {}
+                        () = self.stopping.cancelled() => {}
+                    }
+                }
+                None => {
+                    // Not started yet: wait for it to start (or end).
+                    let status = self.status.as_mut()?;
+                    tokio::select! {
+                        _ = status.changed() => {}
+                        () = self.stopping.cancelled() => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How long a follower that has read everything waits for the task's end
+/// to be recorded.
+const END_GRACE: Duration = Duration::from_secs(5);
+
 impl Runtime {
     /// Task `id`'s output from `from` on, as it is written: the stream ends
-    /// once the task has finished and all it printed has been read.
+    /// once the task has finished and all it printed has been read. A
+    /// running task's followers are woken by its writes and read them from
+    /// memory; at most [`FollowLimits`] follow at once
+    /// ([`RuntimeError::TooManyFollowers`] past them).
     pub fn follow_logs(
         &self,
         id: TaskId,
         from: LogOffsets,
     ) -> Result<impl Stream<Item = LogChunk> + Send + 'static, RuntimeError> {
         self.status(id)?;
-        let dir = self.inner.tracker.store().task_dir(id);
-        let runtime = self.clone();
-        let stopping = self.stopping();
-        let state = (from, false);
-        Ok(stream::unfold(state, move |(mut at, mut ended)| {
-            let (dir, runtime, stopping) = (dir.clone(), runtime.clone(), stopping.clone());
-            async move {
-                loop {
-                    let finished = ended;
-                    for (stream, name) in
-                        [(LogStream::Stdout, "stdout"), (LogStream::Stderr, "stderr")]
-                    {
-                        let offset = match stream {
-                            LogStream::Stdout => &mut at.stdout,
-                            LogStream::Stderr => &mut at.stderr,
-                        };
-                        if let Some(text) = read_more(&dir, stream, offset, finished).await {
-                            let chunk = LogChunk {
-                                stream: name.into(),
-                                text,
-                                next: at,
-                            };
-                            return Some((chunk, (at, ended)));
-                        }
-                    }
-                    if ended || stopping.is_cancelled() {
-                        return None;
-                    }
-                    // Nothing new: once the task has ended, one last read
-                    // takes what its last moments wrote.
-                    ended = runtime.status(id).map_or(true, |r| r.status.is_terminal());
-                    if !ended {
-                        let mut status = runtime.inner.tracker.watch(id);
-                        let changed = async {
-                            match status.as_mut() {
-                                Some(rx) => {
-                                    let _ = rx.changed().await;
-                                }
-                                None => std::future::pending().await,
-                            }
-                        };
-                        tokio::select! {
-                            () = changed => {}
-                            () = tokio::time::sleep(TAIL_EVERY) => {}
-                            () = stopping.cancelled() => {}
-                        }
-                    }
-                }
-            }
+        let place = self.inner.followers.admit(id)?;
+        let follower = Follower {
+            runtime: self.clone(),
+            id,
+            dir: self.inner.tracker.store().task_dir(id),
+            at: from,
+            feed: None,
+            status: self.inner.tracker.watch(id),
+            stopping: self.stopping(),
+            _place: place,
+        };
+        Ok(stream::unfold(follower, |mut f| async move {
+            let chunk = f.next().await?;
+            Some((chunk, f))
         }))
     }
 }

@@ -6,6 +6,10 @@ use serde_json::{json, Value};
 use super::{ToolError, Tools};
 use crate::wire::{ListVolumeFiles, VolumeFile, VolumeFileList, VolumeFileRef, WriteVolumeFile};
 
+/// Largest file `read_volume_file` returns (1 MiB); a larger one is read
+/// over HTTP, streamed (`GET /volumes/{name}/files/{path}`).
+pub const MAX_TOOL_FILE_BYTES: u64 = 1 << 20;
+
 fn volume_error(tool: &'static str) -> impl Fn(crate::volume::VolumeError) -> ToolError {
     move |source| ToolError::Volume {
         tool: tool.to_owned(),
@@ -15,12 +19,42 @@ fn volume_error(tool: &'static str) -> impl Fn(crate::volume::VolumeError) -> To
 
 impl Tools {
     pub(super) async fn read_file(&self, a: VolumeFileRef) -> Result<Value, ToolError> {
-        let bytes = self
+        const TOOL: &str = "read_volume_file";
+        let (file, size) = self
             .runtime
             .volumes()
-            .get_file(&a.volume_name, &a.path)
+            .open_file(&a.volume_name, &a.path)
             .await
-            .map_err(volume_error("read_volume_file"))?;
+            .map_err(volume_error(TOOL))?;
+        if size > MAX_TOOL_FILE_BYTES {
+            return Err(ToolError::TooLarge {
+                tool: TOOL.into(),
+                what: format!(
+                    "file `{}`",
+                    crate::value::clip(&a.path, crate::value::MAX_ECHO)
+                ),
+                size,
+                max: MAX_TOOL_FILE_BYTES,
+                instead: format!(
+                    "read it over HTTP, streamed: GET /volumes/{}/files/{}",
+                    a.volume_name, a.path
+                ),
+            });
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        {
+            use tokio::io::AsyncReadExt;
+            file.take(MAX_TOOL_FILE_BYTES)
+                .read_to_end(&mut bytes)
+                .await
+                .map_err(|source| ToolError::Volume {
+                    tool: TOOL.into(),
+                    source: crate::volume::VolumeError::Io {
+                        volume: a.volume_name.clone(),
+                        source,
+                    },
+                })?;
+        }
         let size = bytes.len() as u64;
         let (text, base64) = match String::from_utf8(bytes) {
             Ok(text) => (Some(text), None),

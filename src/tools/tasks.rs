@@ -5,6 +5,30 @@ use serde_json::{json, Value};
 
 use super::{ToolError, Tools};
 use crate::runtime::{RuntimeError, MAX_RESULTS_PAGE};
+use crate::task::TaskRecord;
+
+/// Most bytes of each stream `get_task_logs` answers with (64 KiB, the
+/// end); the whole logs are read over HTTP (`GET /tasks/{id}/logs`).
+pub const MAX_TOOL_LOG_BYTES: usize = 64 << 10;
+
+/// Cuts `text` to its last [`MAX_TOOL_LOG_BYTES`], saying what was left out.
+fn keep_tail(text: &mut String, id: crate::task::TaskId) {
+    if text.len() <= MAX_TOOL_LOG_BYTES {
+        return;
+    }
+    let mut start = text.len() - MAX_TOOL_LOG_BYTES;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    *text = format!(
+        "[{start} earlier bytes left out; all of it: GET /tasks/{id}/logs]\n{}",
+        &text[start..]
+    );
+}
+
+/// Largest result kept in a task's files that the task tools put in their
+/// answer (1 MiB); a larger one is read over HTTP (`GET /status/{id}`).
+pub const MAX_TOOL_RESULT_BYTES: u64 = 1 << 20;
 use crate::wire::{
     FunctionList, NoArguments, SpawnTaskRequest, TaskRef, TaskResultsRequest, TaskStatusView,
     WaitTasksRequest, WaitTasksResult,
@@ -34,7 +58,10 @@ impl Tools {
             .map_err(err)?;
         if a.wait {
             match self.runtime.wait(id, limit).await {
-                Ok(record) => return Ok(json!(record)),
+                Ok(mut record) => {
+                    self.load_result(&mut record).await.map_err(err)?;
+                    return Ok(json!(record));
+                }
                 Err(RuntimeError::WaitTimeout { .. }) => {}
                 Err(e) => return Err(err(e)),
             }
@@ -42,10 +69,25 @@ impl Tools {
         Ok(json!(self.runtime.status(id).map_err(err)?))
     }
 
+    /// Puts a result kept in the task's files into `record`, when it is at
+    /// most [`MAX_TOOL_RESULT_BYTES`]; a larger one stays out (its
+    /// `result_ref` says how large), read over HTTP (`GET /status/{id}`).
+    async fn load_result(&self, record: &mut TaskRecord) -> Result<(), RuntimeError> {
+        if record
+            .result_ref
+            .is_some_and(|r| r.bytes <= MAX_TOOL_RESULT_BYTES)
+        {
+            record.result = self.runtime.result(record.task_id).await?;
+        }
+        Ok(())
+    }
+
     pub(super) async fn task_status(&self, a: TaskRef) -> Result<Value, ToolError> {
-        let view = TaskStatusView::of(&self.runtime, a.task_id)
+        let err = |e| Self::runtime_error("get_task_status", e);
+        let mut view = TaskStatusView::of(&self.runtime, a.task_id)
             .await
-            .map_err(|e| Self::runtime_error("get_task_status", e))?;
+            .map_err(err)?;
+        self.load_result(&mut view.record).await.map_err(err)?;
         Ok(json!(view))
     }
 
@@ -88,11 +130,14 @@ impl Tools {
     }
 
     pub(super) async fn task_logs(&self, a: TaskRef) -> Result<Value, ToolError> {
-        let logs = self
+        let mut logs = self
             .runtime
             .logs(a.task_id)
             .await
             .map_err(|e| Self::runtime_error("get_task_logs", e))?;
+        for text in [&mut logs.stdout, &mut logs.stderr] {
+            keep_tail(text, a.task_id);
+        }
         Ok(json!(logs))
     }
 

@@ -336,6 +336,7 @@ mod tests {
                 TaskUpdate::Finished(Box::new(Finished {
                     status: TaskStatus::Completed,
                     result: Some(serde_json::json!(1)),
+                    result_ref: None,
                     error: None,
                     attempts: 1,
                     progress: None,

@@ -19,9 +19,23 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::persist::{private_dir, TaskDir, FILE_MODE};
+use crate::task::MAX_RESULT_BYTES;
 
 /// Bytes buffered in memory before they are written out.
 const BUFFER: usize = 1 << 18;
+
+/// What [`ResultWriter::buffer`] did with a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Buffered {
+    /// Buffered; there is room for more.
+    Room,
+    /// Buffered; the buffer is full and should be written out with
+    /// [`ResultWriter::flush`].
+    Full,
+    /// Not buffered: it is this many bytes as JSON, over
+    /// [`MAX_RESULT_BYTES`].
+    TooLarge(usize),
+}
 
 /// Appends results in order. Buffering only serializes into memory; the
 /// files are written when the buffer fills or on [`ResultWriter::flush`],
@@ -98,23 +112,33 @@ impl ResultWriter {
     /// Appends one result, writing the buffer out when it is full.
     #[cfg(test)]
     pub(crate) async fn push(&mut self, value: &Value) -> io::Result<()> {
-        if self.buffer(value)? {
+        if self.buffer(value)? == Buffered::Full {
             self.flush().await?;
         }
         Ok(())
     }
 
-    /// Appends one result to the buffer (no I/O); true when the buffer is
-    /// full and should be written out with [`ResultWriter::flush`].
+    /// Appends one result to the buffer (no I/O), unless it is larger than
+    /// [`MAX_RESULT_BYTES`] as JSON: then nothing is appended and it is
+    /// [`Buffered::TooLarge`] (the caller appends its error instead).
     #[inline(always)]
-    pub(crate) fn buffer(&mut self, value: &Value) -> io::Result<bool> {
+    pub(crate) fn buffer(&mut self, value: &Value) -> io::Result<Buffered> {
         let before = self.data.len();
         serde_json::to_writer(&mut self.data, value).map_err(io::Error::other)?;
+        let len = self.data.len() - before;
+        if len > MAX_RESULT_BYTES {
+            self.data.truncate(before);
+            return Ok(Buffered::TooLarge(len));
+        }
         self.data.push(b'\n');
-        self.end += (self.data.len() - before) as u64;
+        self.end += (len + 1) as u64;
         self.index.extend_from_slice(&self.end.to_le_bytes());
         self.pushed += 1;
-        Ok(self.data.len() >= BUFFER)
+        Ok(if self.data.len() >= BUFFER {
+            Buffered::Full
+        } else {
+            Buffered::Room
+        })
     }
 
     /// Writes everything buffered to the files, data before index; returns
@@ -275,12 +299,15 @@ fn is_error_slot(v: &Value) -> bool {
         .is_some_and(|o| o.len() == 1 && o.contains_key("error"))
 }
 
-/// Reads results `offset .. offset + limit` (clamped to `available`).
+/// Reads results `offset..offset + limit` (fewer past `available`, the
+/// results readable now), stopping before the page would pass `max_bytes`
+/// of data: at least one result, whatever its size, so every page moves on.
 pub(crate) fn read_page(
     dir: TaskDir,
     offset: u64,
     limit: u64,
     available: u64,
+    max_bytes: u64,
 ) -> io::Result<Vec<Value>> {
     let end = offset.saturating_add(limit).min(available);
     if offset >= end {
@@ -303,23 +330,28 @@ pub(crate) fn read_page(
     } else {
         (0, &ends[..])
     };
-    let stop = *ends.last().expect("at least one entry");
     // Offsets come from disk: they must increase and stay inside the data.
     let data_len = std::fs::metadata(dir.results())?.len();
     let increasing =
         ends.windows(2).all(|w| w[0] < w[1]) && ends.first().is_none_or(|e| *e > start);
-    if !increasing || stop > data_len {
+    if !increasing || *ends.last().expect("at least one entry") > data_len {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "the results index does not match the results data",
         ));
     }
+    let fit = ends
+        .iter()
+        .take_while(|e| **e - start <= max_bytes)
+        .count()
+        .max(1);
+    let stop = ends[fit - 1];
     let mut data = File::open(dir.results())?;
     data.seek(SeekFrom::Start(start))?;
     let mut buf = vec![0u8; (stop - start) as usize];
     data.read_exact(&mut buf)?;
     buf.split(|b| *b == b'\n')
-        .take(count)
+        .take(fit)
         .map(|line| serde_json::from_slice(line).map_err(io::Error::other))
         .collect()
 }
@@ -328,6 +360,23 @@ pub(crate) fn read_page(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn a_page_stops_at_its_byte_bound_and_always_moves_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = TaskDir::new(dir.path().to_path_buf());
+        let mut w = ResultWriter::create(&d).await.unwrap();
+        for i in 0..10 {
+            w.push(&json!("x".repeat(100 + i))).await.unwrap();
+        }
+        w.sync().await.unwrap();
+        // Each line is 103 to 112 bytes with its newline.
+        let page = read_page(d.clone(), 0, 10, 10, 350).unwrap();
+        assert_eq!(page.len(), 3);
+        let page = read_page(d.clone(), 3, 10, 10, 1).unwrap();
+        assert_eq!(page, vec![json!("x".repeat(103))], "one, however large");
+        assert_eq!(read_page(d, 0, 10, 10, 1 << 20).unwrap().len(), 10);
+    }
 
     #[tokio::test]
     async fn pages_come_back_in_order() {
@@ -340,7 +389,7 @@ mod tests {
         }
         assert_eq!(w.flush().await.unwrap(), 1000);
         let p = TaskDir::new(dir.path().to_path_buf());
-        let page = read_page(p.clone(), 0, 3, 1000).unwrap();
+        let page = read_page(p.clone(), 0, 3, 1000, u64::MAX).unwrap();
         assert_eq!(
             page,
             vec![
@@ -349,11 +398,13 @@ mod tests {
                 json!({"i":2,"s":"x\ny"})
             ]
         );
-        let page = read_page(p.clone(), 997, 10, 1000).unwrap();
+        let page = read_page(p.clone(), 997, 10, 1000, u64::MAX).unwrap();
         assert_eq!(page.len(), 3);
         assert_eq!(page[2]["i"], 999);
-        assert!(read_page(p.clone(), 1000, 10, 1000).unwrap().is_empty());
-        assert_eq!(read_page(p, 500, 10, 505).unwrap().len(), 5);
+        assert!(read_page(p.clone(), 1000, 10, 1000, u64::MAX)
+            .unwrap()
+            .is_empty());
+        assert_eq!(read_page(p, 500, 10, 505, u64::MAX).unwrap().len(), 5);
     }
 
     async fn hundred(dir: &TaskDir) {
@@ -401,7 +452,7 @@ mod tests {
 
         // A damaged line in the middle: everything from it on is cut, and the
         // map resumes writing after the last good result.
-        let page = read_page(d.clone(), 0, 50, 100).unwrap();
+        let page = read_page(d.clone(), 0, 50, 100, u64::MAX).unwrap();
         assert_eq!(page[49], json!(49));
         let mut raw = std::fs::read(d.results()).unwrap();
         let at = raw.len() / 2;
@@ -414,7 +465,7 @@ mod tests {
             w.push(&json!(i)).await.unwrap();
         }
         assert_eq!(w.sync().await.unwrap(), 100);
-        let page = read_page(d.clone(), 0, 100, 100).unwrap();
+        let page = read_page(d.clone(), 0, 100, 100, u64::MAX).unwrap();
         assert_eq!(page[99], json!(99));
         assert_eq!(recover(d).unwrap().count, 100);
 

@@ -131,17 +131,25 @@ impl Root {
     /// Reads the regular file at `rel`; a link or anything else there is
     /// "not found".
     pub(crate) fn read(&self, rel: &str) -> io::Result<Vec<u8>> {
+        let (mut file, size) = self.open_file(rel)?;
+        let mut out = Vec::with_capacity(size as usize);
+        file.read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    /// Opens the regular file at `rel` for reading, with its size; a link
+    /// or anything else there is "not found".
+    pub(crate) fn open_file(&self, rel: &str) -> io::Result<(File, u64)> {
         let (dirs, last) = split(rel);
         let dir = self.parent(&dirs, false).map_err(not_found)?;
         let fd = open_at(dir.as_raw_fd(), last, libc::O_RDONLY | libc::O_NONBLOCK, 0)
             .map_err(not_found)?;
-        let mut file = File::from(fd);
-        if !file.metadata()?.is_file() {
+        let file = File::from(fd);
+        let meta = file.metadata()?;
+        if !meta.is_file() {
             return Err(io::ErrorKind::NotFound.into());
         }
-        let mut out = Vec::new();
-        file.read_to_end(&mut out)?;
-        Ok(out)
+        Ok((file, meta.len()))
     }
 
     /// Replaces `rel` with `bytes` atomically (temp file, fsync, rename,

@@ -15,8 +15,12 @@ pub const MAX_INLINE_RESULTS: u64 = 10_000;
 
 /// A task as `GET /status/{task_id}` shows it (the seed's contract): the
 /// record, with a finished map's results in `result` in input order when
-/// there are at most [`MAX_INLINE_RESULTS`]; past that `result` is null and
-/// `results_url` says where to page them.
+/// there are at most [`MAX_INLINE_RESULTS`] and they fit in one page
+/// ([`MAX_PAGE_BYTES`](crate::runtime::MAX_PAGE_BYTES)); past that `result`
+/// is null and `results_url` says where to page them. A call's result over
+/// [`INLINE_RESULT_BYTES`](crate::task::INLINE_RESULT_BYTES) is streamed
+/// from its file into `result` by the HTTP API (`result_ref` gives its
+/// size).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TaskStatusView {
     /// The task's record.
@@ -99,11 +103,19 @@ impl TaskStatusView {
             && matches!(record.status, TaskStatus::Completed | TaskStatus::Failed);
         if finished_map && record.result.is_none() {
             let total = record.progress.map_or(0, |p| p.total);
-            if total <= MAX_INLINE_RESULTS {
-                let page = runtime.results(id, 0, MAX_INLINE_RESULTS).await?;
-                record.result = Some(Value::Array(page.results));
+            let page = if total <= MAX_INLINE_RESULTS {
+                Some(runtime.results(id, 0, MAX_INLINE_RESULTS).await?)
             } else {
-                results_url = Some(format!("/status/{id}/results?offset=0&limit=1000"));
+                None
+            };
+            // Inline only when they all fit in one page (bounded in bytes).
+            match page {
+                Some(page) if page.next_offset.is_none() => {
+                    record.result = Some(Value::Array(page.results));
+                }
+                _ => {
+                    results_url = Some(format!("/status/{id}/results?offset=0&limit=1000"));
+                }
             }
         }
         Ok(TaskStatusView {

@@ -267,3 +267,364 @@ pub(crate) async fn attack_foreign_origins_and_rebound_hosts_are_refused(t: &Tar
     assert_eq!(local.status(), 200, "{}", local.text().await.unwrap());
     support::stop(&mut child);
 }
+
+/// Peak resident memory since the last [`reset_peak`], in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib << 10
+}
+
+/// Starts measuring [`peak_rss`] from now.
+fn reset_peak(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+}
+
+/// A GET's status and body bytes.
+async fn raw_get(api: &Api, path: &str) -> (u16, Vec<u8>) {
+    let r = api
+        .http
+        .get(format!("{}{path}", api.url))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+}
+
+alone!(
+    /// Results over 64 KiB live in the task's files, not in memory, the
+    /// journal or any listing; past 64 MiB they are refused; large volume
+    /// files stream over HTTP and are refused by the MCP tool.
+    large_results_stay_out_of_memory_and_listings => attack_large_results_stay_out_of_memory_and_listings
+);
+
+/// The attack of [`large_results_stay_out_of_memory_and_listings`], against
+/// any server.
+pub(crate) async fn attack_large_results_stay_out_of_memory_and_listings(t: &Target<'_>) {
+    let api = t.api;
+    api.post(
+        "/deploy-function",
+        json!({"function_code": "def big(n):\n    return 'x' * n\n", "function_name": "big"}),
+    )
+    .await;
+    let rss_before = rss(t.pid);
+    // 1,000 calls of 1 MB results.
+    const MB: u64 = 1_000_000;
+    let mut ids = Vec::new();
+    for _ in 0..1_000 {
+        let task = api
+            .post("/spawn-task", json!({"function_name": "big", "args": [MB]}))
+            .await;
+        ids.push(task["task_id"].as_str().unwrap().to_owned());
+    }
+    let waited = api
+        .post("/tasks/wait", json!({"task_ids": ids, "timeout_s": 300}))
+        .await;
+    assert_eq!(waited["done"], true, "{}", waited["finished"]);
+    assert!(
+        waited.to_string().len() < 1 << 20,
+        "the wait answer is {} bytes",
+        waited.to_string().len()
+    );
+    let grown = rss(t.pid).saturating_sub(rss_before);
+    assert!(
+        grown < 128 << 20,
+        "1 GB of results grew the RSS {} MiB",
+        grown >> 20
+    );
+    // Listings carry no results, with or without the flag (these are not
+    // small enough to be in a record).
+    for path in [
+        "/tasks?limit=1000",
+        "/tasks?limit=1000&include_results=true",
+    ] {
+        let (status, body) = raw_get(api, path).await;
+        assert_eq!(status, 200);
+        assert!(body.len() < 1 << 20, "{path} answered {} bytes", body.len());
+    }
+    let journal = std::fs::metadata(t.data.join("tasks.journal"))
+        .unwrap()
+        .len();
+    assert!(journal < 16 << 20, "the journal holds {journal} bytes");
+    // One status streams its result from the file.
+    let (status, body) = raw_get(api, &format!("/status/{}", ids[7])).await;
+    assert_eq!(status, 200);
+    let one: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(one["result"].as_str().map(str::len), Some(MB as usize));
+    assert_eq!(one["result_ref"]["bytes"], MB + 2);
+    // Over MCP: a listing-sized wait stays small; a status carries a result
+    // up to 1 MiB.
+    let session = mcp_session(api).await;
+    let text = mcp_tool(api, &session, "wait_tasks", json!({"task_ids": ids})).await;
+    assert!(
+        text.len() < 1 << 20,
+        "wait_tasks answered {} bytes",
+        text.len()
+    );
+    let text = mcp_tool(api, &session, "get_task_status", json!({"task_id": ids[3]})).await;
+    assert!(
+        text.contains(&"x".repeat(1000)),
+        "the result is in the answer"
+    );
+    // A map of large results is paged by bytes.
+    let map = api
+        .post(
+            "/run-parallel",
+            json!({"function_name": "big", "inputs": vec![MB; 40], "wait": true}),
+        )
+        .await;
+    let map_id = map["task_id"].as_str().unwrap();
+    assert!(
+        map.to_string().len() < 9 << 20,
+        "run-parallel answered {} bytes",
+        map.to_string().len()
+    );
+    let (_, body) = raw_get(api, &format!("/status/{map_id}")).await;
+    let view: Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        view["result"].is_null() && view["results_url"].is_string(),
+        "{}",
+        &view.to_string()[..300]
+    );
+    let (_, body) = raw_get(api, &format!("/status/{map_id}/results?limit=1000")).await;
+    let page: Value = serde_json::from_slice(&body).unwrap();
+    let n = page["results"].as_array().unwrap().len();
+    assert!(
+        (1..40).contains(&n) && page["next_offset"] == n,
+        "{n} results, next {}",
+        page["next_offset"]
+    );
+    assert!(
+        body.len() <= (8 << 20) + (MB as usize) + 4096,
+        "a page of {} bytes",
+        body.len()
+    );
+    // Past 64 MiB: refused, for a call and for one input of a map.
+    let over = 65 << 20;
+    let call = api
+        .post(
+            "/spawn-task",
+            json!({"function_name": "big", "args": [over], "wait": true}),
+        )
+        .await;
+    assert_eq!(call["status"], "failed", "{}", call["status"]);
+    assert_eq!(call["error"]["type"], "ResultTooLarge", "{}", call["error"]);
+    let map = api
+        .post(
+            "/run-parallel",
+            json!({"function_name": "big", "inputs": [1, over, 2], "wait": true}),
+        )
+        .await;
+    assert_eq!(map["results"][0], "x");
+    assert_eq!(map["results"][1]["error"]["type"], "ResultTooLarge");
+    assert_eq!(map["results"][2], "xx");
+    // A 30 MB volume file streams over HTTP; five readers at once do not
+    // cost five copies of it.
+    let file = vec![b'v'; 30 << 20];
+    let r = api
+        .http
+        .put(format!("{}/volumes/bigfiles/files/big.bin", api.url))
+        .bearer_auth(&api.token)
+        .body(file.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    reset_peak(t.pid);
+    let base = rss(t.pid);
+    let reads = (0..5).map(|_| raw_get(api, "/volumes/bigfiles/files/big.bin"));
+    for (status, body) in futures_util::future::join_all(reads).await {
+        assert_eq!(status, 200);
+        assert!(body == file, "the file came back changed");
+    }
+    let peak = peak_rss(t.pid).saturating_sub(base);
+    assert!(
+        peak < 48 << 20,
+        "five reads of a 30 MB file peaked {} MiB over",
+        peak >> 20
+    );
+    // The MCP tool refuses it, naming the streaming route.
+    let text = mcp_tool(
+        api,
+        &session,
+        "read_volume_file",
+        json!({"volume_name": "bigfiles", "path": "big.bin"}),
+    )
+    .await;
+    assert!(
+        text.contains("isError") && text.contains("GET /volumes/bigfiles/files/big.bin"),
+        "{}",
+        &text[..text.len().min(500)]
+    );
+    assert!(text.len() < 4096);
+}
+
+/// The server's CPU time so far, in clock ticks (user + system).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command (which may hold spaces) start after ") ".
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// The server's thread count.
+fn threads(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+/// The server's CPU use over `window`, in percent of one core.
+async fn cpu_percent(pid: u32, window: Duration) -> f64 {
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(window).await;
+    (cpu_ticks(pid) - before) as f64 / ticks / window.as_secs_f64() * 100.0
+}
+
+/// Opens a follower of `id`'s logs; its status and, for a 200, a task that
+/// reads the stream to its end and returns the text.
+async fn follow(
+    api: &Api,
+    id: &str,
+) -> (u16, Option<String>, Option<tokio::task::JoinHandle<String>>) {
+    let r = api
+        .http
+        .get(format!("{}/tasks/{id}/logs?follow=true", api.url))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    if status != 200 {
+        return (status, retry, None);
+    }
+    let reader = tokio::spawn(async move {
+        let mut r = r;
+        let mut text = Vec::new();
+        while let Ok(Some(chunk)) = r.chunk().await {
+            text.extend_from_slice(&chunk);
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    });
+    (status, retry, Some(reader))
+}
+
+/// Followers allowed by [`FOLLOWERS_ENV`]: per task and in all.
+pub(crate) const FOLLOWERS_ENV: &[(&str, &str)] = &[
+    ("MODAL_AGENTS_MAX_FOLLOWERS_PER_TASK", "310"),
+    ("MODAL_AGENTS_MAX_FOLLOWERS", "320"),
+];
+
+alone!(
+    /// 300 followers of a printing task are woken by its writes (no
+    /// polling, no thread each) and cost little; past the per-task and
+    /// overall limits a follower is refused with Retry-After.
+    log_followers_are_cheap_and_capped => attack_log_followers_are_cheap_and_capped, FOLLOWERS_ENV
+);
+
+/// The attack of [`log_followers_are_cheap_and_capped`], against a server
+/// started with [`FOLLOWERS_ENV`].
+pub(crate) async fn attack_log_followers_are_cheap_and_capped(t: &Target<'_>) {
+    let api = t.api;
+    let code = "import sys, time\ndef printer(n):\n    for i in range(n):\n        print('out', i)\n        print('err', i, file=sys.stderr)\n        time.sleep(0.05)\n    return n\n";
+    api.post(
+        "/deploy-function",
+        json!({"function_code": code, "function_name": "printer"}),
+    )
+    .await;
+    let lines = 160;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let task = api
+            .post(
+                "/spawn-task",
+                json!({"function_name": "printer", "args": [lines]}),
+            )
+            .await;
+        ids.push(task["task_id"].as_str().unwrap().to_owned());
+    }
+    let (id, other) = (ids[0].clone(), ids[1].clone());
+    for id in &ids {
+        api.until(&format!("/status/{id}"), "the printer running", |v| {
+            v["status"] == "running"
+        })
+        .await;
+    }
+    let alone = cpu_percent(t.pid, Duration::from_secs(2)).await;
+    let threads_alone = threads(t.pid);
+    let mut readers = Vec::new();
+    for _ in 0..300 {
+        let (status, _, reader) = follow(api, &id).await;
+        assert_eq!(status, 200);
+        readers.push(reader.unwrap());
+    }
+    let followed = cpu_percent(t.pid, Duration::from_secs(2)).await;
+    let threads_followed = threads(t.pid);
+    eprintln!(
+        "printing task: {alone:.1}% CPU and {threads_alone} threads alone, {followed:.1}% and {threads_followed} threads with 300 followers"
+    );
+    // A guard against polling coming back (each follower reading files on
+    // a timer cost ~30% in a release build): this is a debug build, ten
+    // times slower. The release figure is `cargo bench --bench followers`.
+    assert!(
+        followed - alone < 40.0,
+        "300 followers cost {:.1}% CPU",
+        followed - alone
+    );
+    assert!(
+        threads_followed <= threads_alone + 4,
+        "threads {threads_alone} -> {threads_followed}"
+    );
+    // Past the limits: 429 for this task, 503 for the server, each with
+    // Retry-After.
+    for _ in 0..10 {
+        let (status, _, reader) = follow(api, &id).await;
+        assert_eq!(status, 200);
+        readers.push(reader.unwrap());
+    }
+    let (status, retry, _) = follow(api, &id).await;
+    assert_eq!(status, 429);
+    assert!(retry.is_some());
+    for _ in 0..10 {
+        let (status, _, reader) = follow(api, &other).await;
+        assert_eq!(status, 200);
+        readers.push(reader.unwrap());
+    }
+    let (status, retry, _) = follow(api, &other).await;
+    assert_eq!(status, 503, "past the server's limit");
+    assert!(retry.is_some());
+    // Every follower gets all of it, then the end.
+    for reader in readers {
+        let text = reader.await.unwrap();
+        assert!(
+            text.contains(&format!("out {}", lines - 1)),
+            "{}",
+            &text[text.len().saturating_sub(300)..]
+        );
+        assert!(text.contains(&format!("err {}", lines - 1)));
+        assert!(
+            text.contains("event: end\ndata: completed"),
+            "{}",
+            &text[text.len().saturating_sub(300)..]
+        );
+    }
+    // The places are given back.
+    let (status, _, reader) = follow(api, &id).await;
+    assert_eq!(status, 200);
+    reader.unwrap().await.unwrap();
+}

@@ -643,7 +643,25 @@ async fn run_command(cli: Cli, url_given: bool) -> Result<(), String> {
     }
 }
 
+/// Makes large allocations (a result, a file, a request body: over 256
+/// KiB) come from and go back to the kernel directly, and keeps glibc to
+/// one heap per core. By default glibc raises that threshold as such blocks
+/// are freed and then serves them from its heaps, and gives each of the
+/// blocking pool's threads a heap of its own: both keep memory after a
+/// burst of large values, and the server would stay at its high-water mark.
+fn return_large_allocations() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it is called before
+    // any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        libc::mallopt(libc::M_ARENA_MAX, cores.clamp(1, 64) as libc::c_int);
+    }
+}
+
 fn main() -> ExitCode {
+    return_large_allocations();
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| v.parse::<tracing_subscriber::filter::Targets>().ok())

@@ -85,6 +85,16 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "MODAL_AGENTS_MCP_IDLE_TIMEOUT", default_value_t = 300.0,
           value_parser = parse_seconds)]
     mcp_idle_timeout: f64,
+    /// Most followers of one task's logs at once (SSE, `logs -f`).
+    #[arg(
+        long,
+        env = "MODAL_AGENTS_MAX_FOLLOWERS_PER_TASK",
+        default_value_t = 512
+    )]
+    max_followers_per_task: usize,
+    /// Most followers of task logs at once, over all tasks.
+    #[arg(long, env = "MODAL_AGENTS_MAX_FOLLOWERS", default_value_t = 2048)]
+    max_followers: usize,
     #[command(flatten)]
     modal: ModalArgs,
 }
@@ -159,6 +169,10 @@ pub(crate) async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), 
     let runtime = Runtime::builder()
         .data_dir(&args.data_dir)
         .secrets_key(secrets_key)
+        .follow_limits(modal_agents::runtime::FollowLimits {
+            per_task: args.max_followers_per_task,
+            total: args.max_followers,
+        })
         .shutdown_timeout(bound)
         .retention(Retention {
             max_age: Duration::from_secs_f64(args.retention_days * 86_400.0),
