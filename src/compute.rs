@@ -337,7 +337,10 @@ pub trait ComputeBackend: Send + Sync + 'static {
     /// Checks, once at runtime start, what the backend needs before any
     /// deploy (a required sandbox, say), so a misconfiguration stops the
     /// start with a clear error rather than failing every deploy later.
-    async fn start(&self) -> Result<(), BackendError> {
+    /// `redact` is the runtime's redactor: what the backend itself keeps of
+    /// code's output (a container's stderr) goes through it.
+    async fn start(&self, redact: &crate::redact::Redactor) -> Result<(), BackendError> {
+        let _ = redact;
         Ok(())
     }
 

@@ -116,7 +116,12 @@ impl McpServer {
                 Err(e @ ToolError::UnknownTool { .. }) => {
                     Err(ErrorData::invalid_params(e.to_string(), None))
                 }
-                Err(e) => Ok(Err(e.to_string())),
+                // Whatever it repeats of the call, the text is bounded.
+                Err(e) => Ok(Err(crate::value::clip(
+                    &e.to_string(),
+                    crate::api::MAX_DETAIL,
+                )
+                .into_owned())),
             },
             Host::Remote(client) => match client.tool(name, args).await {
                 Ok(v) => Ok(Ok(v)),

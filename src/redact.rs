@@ -121,6 +121,10 @@ impl Redactor {
                     .filter(|v| v.len() >= MIN_REDACTED_LEN),
             );
         }
+        // The forms a value takes when code prints it escaped: Python's
+        // repr (in tracebacks, KeyErrors) and JSON.
+        let escaped: Vec<String> = values.iter().flat_map(|v| escaped_forms(v)).collect();
+        values.extend(escaped.into_iter().filter(|v| v.len() >= MIN_REDACTED_LEN));
         let values: Vec<String> = values.into_iter().collect();
         // Leftmost-longest: a value containing another goes whole.
         let matcher = (!values.is_empty()).then(|| {
@@ -142,17 +146,48 @@ impl Redactor {
         compiled
     }
 
-    /// `text` with every known value replaced by [`REDACTED`]; borrowed
-    /// (no copy) when it holds none.
+    /// `text` with every known value replaced by [`REDACTED`] (also in its
+    /// escaped forms, and the start of one cut short where the runtime cut
+    /// output); borrowed (no copy) when it holds none.
     pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let compiled = self.compiled();
-        match &compiled.matcher {
-            Some(m) if m.is_match(text) => {
-                let with: Vec<&str> = vec![REDACTED; compiled.values.len()];
-                Cow::Owned(m.replace_all(text, &with))
-            }
-            _ => Cow::Borrowed(text),
+        let Some(m) = &compiled.matcher else {
+            return Cow::Borrowed(text);
+        };
+        let mut out = if m.is_match(text) {
+            let with: Vec<&str> = vec![REDACTED; compiled.values.len()];
+            Cow::Owned(m.replace_all(text, &with))
+        } else {
+            Cow::Borrowed(text)
+        };
+        if CUT_MARKS.iter().any(|mark| out.contains(mark)) {
+            out = Cow::Owned(self.redact_cut_starts(&compiled, &out));
         }
+        out
+    }
+
+    /// Replaces the start of a value that ends right where output was cut
+    /// short (before a [`CUT_MARKS`] note): the cut took its end, so the
+    /// whole-value match cannot see it.
+    fn redact_cut_starts(&self, compiled: &Compiled, text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some((at, mark)) = CUT_MARKS
+            .iter()
+            .filter_map(|m| rest.find(m).map(|at| (at, *m)))
+            .min_by_key(|(at, _)| *at)
+        {
+            let before = &rest[..at];
+            let cut = unfinished(&compiled.values, before);
+            out.push_str(&before[..before.len() - cut]);
+            if cut > 0 {
+                out.push_str(REDACTED);
+            }
+            out.push_str(mark);
+            rest = &rest[at + mark.len()..];
+        }
+        out.push_str(rest);
+        out
     }
 
     /// Redacts `text` in place.
@@ -166,23 +201,63 @@ impl Redactor {
     /// value that the next piece of the same output completes: a stream
     /// writer holds them back until it knows. 0 when none could.
     pub(crate) fn unfinished_tail(&self, text: &str) -> usize {
-        let compiled = self.compiled();
-        let mut longest = 0;
-        for value in &compiled.values {
-            // Proper prefixes of `value` that `text` ends with.
-            let most = value.len().saturating_sub(1).min(text.len());
-            for n in (longest + 1..=most).rev() {
-                if text.is_char_boundary(text.len() - n)
-                    && value.is_char_boundary(n)
-                    && text.as_bytes()[text.len() - n..] == value.as_bytes()[..n]
-                {
-                    longest = n;
-                    break;
-                }
+        unfinished(&self.compiled().values, text)
+    }
+}
+
+/// The notes the runtime leaves where it cut output short (the harness's
+/// cap on what a request prints, a container's overlong stderr line).
+const CUT_MARKS: [&str; 2] = ["\n[modal-agents: output truncated", " [line truncated]"];
+
+/// The longest end of `text` that is the start (not the whole) of one of
+/// `values`, in bytes; 0 when none is.
+fn unfinished(values: &[String], text: &str) -> usize {
+    let mut longest = 0;
+    for value in values {
+        let most = value.len().saturating_sub(1).min(text.len());
+        for n in (longest + 1..=most).rev() {
+            if text.is_char_boundary(text.len() - n)
+                && value.is_char_boundary(n)
+                && text.as_bytes()[text.len() - n..] == value.as_bytes()[..n]
+            {
+                longest = n;
+                break;
             }
         }
-        longest
     }
+    longest
+}
+
+/// `value` as Python's `repr` (either quote) and JSON write it, where that
+/// differs from the value itself.
+fn escaped_forms(value: &str) -> Vec<String> {
+    let python = |quote: Option<char>| {
+        let mut out = String::with_capacity(value.len() + 8);
+        for c in value.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if Some(c) == quote => {
+                    out.push('\\');
+                    out.push(c);
+                }
+                c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                    out.push_str(&format!("\\x{:02x}", c as u32));
+                }
+                c => out.push(c),
+            }
+        }
+        out
+    };
+    let json = serde_json::to_string(value).expect("a string serializes");
+    let json = json[1..json.len() - 1].to_owned();
+    let mut forms = vec![python(None), python(Some('\'')), python(Some('"')), json];
+    forms.retain(|f| f != value);
+    forms.sort();
+    forms.dedup();
+    forms
 }
 
 #[cfg(test)]
@@ -222,6 +297,32 @@ mod tests {
             r.redact("abcdefgh abcdefgh-and-more"),
             "[REDACTED] [REDACTED]"
         );
+    }
+
+    #[test]
+    fn escaped_forms_and_values_cut_short_are_redacted() {
+        let r = Redactor::default();
+        r.add("multi\nline-secret-ZZ9");
+        r.add("Plain-S3cret-Value-9f8e7d");
+        // As Python's repr and JSON show it.
+        assert_eq!(
+            r.redact("KeyError: 'multi\\nline-secret-ZZ9'"),
+            "KeyError: '[REDACTED]'"
+        );
+        assert_eq!(
+            r.redact(r#"{"k":"multi\nline-secret-ZZ9"}"#),
+            r#"{"k":"[REDACTED]"}"#
+        );
+        // Cut short by the harness's cap, or a stderr line's.
+        assert_eq!(
+            r.redact("xxPlain-S3cret-Val\n[modal-agents: output truncated: 7 more]"),
+            "xx[REDACTED]\n[modal-agents: output truncated: 7 more]"
+        );
+        assert_eq!(
+            r.redact("AAAPlain-S [line truncated]; then Plain-S3cret-Value-9f8e7d"),
+            "AAA[REDACTED] [line truncated]; then [REDACTED]"
+        );
+        assert_eq!(r.redact("ok [line truncated]"), "ok [line truncated]");
     }
 
     #[test]

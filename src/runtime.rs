@@ -368,11 +368,11 @@ impl Runtime {
     /// Removes a deployed function and stops its containers.
     pub async fn undeploy_function(&self, name: &str) -> Result<FunctionInfo, RuntimeError> {
         self.ensure_running()?;
-        let info = self
-            .inner
-            .registry
-            .remove(name)
-            .ok_or_else(|| RuntimeError::UnknownFunction(name.to_owned()))?;
+        let info = self.inner.registry.remove(name).ok_or_else(|| {
+            RuntimeError::UnknownFunction(
+                crate::value::clip(name, crate::value::MAX_ECHO).into_owned(),
+            )
+        })?;
         self.persist(vec![Write::Delete(Table::Functions, name.to_owned())])
             .await?;
         if let Err(e) = self.inner.backend.undeploy(name).await {
@@ -395,7 +395,9 @@ impl Runtime {
         self.ensure_running()?;
         match self.inner.registry.get(name) {
             Some(_) => Ok(()),
-            None => Err(RuntimeError::UnknownFunction(name.to_owned())),
+            None => Err(RuntimeError::UnknownFunction(
+                crate::value::clip(name, crate::value::MAX_ECHO).into_owned(),
+            )),
         }
     }
 
@@ -601,7 +603,10 @@ impl Runtime {
     /// Tasks, newest first, optionally only those in `status`; returns the
     /// page and how many tasks match in all. A listing never carries
     /// results (read one with [`Runtime::result`] or [`Runtime::status`]),
-    /// so its size depends on the page, not on what the tasks returned.
+    /// and errors only in short (a message of at most
+    /// [`LISTED_ERROR_MESSAGE`](crate::task::LISTED_ERROR_MESSAGE) bytes, no
+    /// traceback), so its size depends on the page, not on what the tasks
+    /// returned or raised.
     pub fn tasks(
         &self,
         status: Option<TaskStatus>,

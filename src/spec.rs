@@ -60,6 +60,9 @@ pub enum SpecError {
     },
 }
 
+/// Largest function source accepted (1 MiB).
+pub const MAX_CODE_BYTES: usize = 1 << 20;
+
 fn display_list(items: &[String]) -> String {
     if items.is_empty() {
         "nothing callable".to_owned()
@@ -74,9 +77,11 @@ impl SpecError {
         value: impl ToString,
         expected: impl Into<String>,
     ) -> SpecError {
+        let value = value.to_string();
         SpecError::Invalid {
             field: field.into(),
-            value: value.to_string(),
+            // What the caller sent is repeated back cut short.
+            value: crate::value::clip(&value, crate::value::MAX_ECHO).into_owned(),
             expected: expected.into(),
         }
     }
@@ -364,6 +369,13 @@ impl FunctionSpec {
                 "code",
                 "",
                 "Python source defining the function",
+            ));
+        }
+        if self.code.len() > MAX_CODE_BYTES {
+            return Err(SpecError::invalid(
+                "code",
+                format!("{} bytes of source", self.code.len()),
+                format!("Python source of at most {MAX_CODE_BYTES} bytes (ship data in a volume, not in the code)"),
             ));
         }
         if self.code.contains('\0') {

@@ -217,6 +217,10 @@ fn floor_char(s: &str, max: usize) -> usize {
     cut
 }
 
+/// Longest error message a listing shows of a task (1 KiB); its status
+/// has the whole error.
+pub const LISTED_ERROR_MESSAGE: usize = 1 << 10;
+
 /// Largest result (as JSON) a task record holds itself (64 KiB): a larger
 /// one is kept in the task's files and referred to by
 /// [`TaskRecord::result_ref`].
@@ -321,8 +325,16 @@ impl TaskRecord {
         }
     }
 
-    /// A copy without its result (the result is not copied at all).
-    pub(crate) fn without_result(&self) -> TaskRecord {
+    /// The record as a listing shows it: the result only `with_result`
+    /// (and only when the record holds it), the error's message cut to
+    /// [`LISTED_ERROR_MESSAGE`] bytes and without its traceback (both are
+    /// whole in the task's status). What is left out is not copied.
+    pub(crate) fn listed(&self, with_result: bool) -> TaskRecord {
+        let error = self.error.as_ref().map(|e| TaskError {
+            kind: e.kind.clone(),
+            message: crate::value::clip(&e.message, LISTED_ERROR_MESSAGE).into_owned(),
+            traceback: None,
+        });
         TaskRecord {
             task_id: self.task_id,
             function_name: self.function_name.clone(),
@@ -332,9 +344,13 @@ impl TaskRecord {
             started_at: self.started_at,
             finished_at: self.finished_at,
             attempts: self.attempts,
-            result: None,
+            result: if with_result {
+                self.result.clone()
+            } else {
+                None
+            },
             result_ref: self.result_ref,
-            error: self.error.clone(),
+            error,
             progress: self.progress,
             backend_call_id: self.backend_call_id.clone(),
             call_backend: self.call_backend,

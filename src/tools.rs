@@ -257,11 +257,15 @@ fn parse<T: DeserializeOwned>(tool: &str, args: Value) -> Result<T, ToolError> {
         Value::Null => Value::Object(Map::new()),
         other => other,
     };
+    use crate::value::{clip, MAX_ECHO};
     if !args.is_object() {
         return Err(ToolError::InvalidArguments {
             tool: tool.to_owned(),
             field: "(arguments)".into(),
-            message: format!("expected a JSON object, got {args}"),
+            message: format!(
+                "expected a JSON object, got {}",
+                clip(&args.to_string(), MAX_ECHO)
+            ),
         });
     }
     serde_path_to_error::deserialize(args).map_err(|e| {
@@ -275,10 +279,11 @@ fn parse<T: DeserializeOwned>(tool: &str, args: Value) -> Result<T, ToolError> {
         } else {
             path
         };
+        // Both may repeat what the caller sent (a key, a value).
         ToolError::InvalidArguments {
             tool: tool.to_owned(),
-            field,
-            message,
+            field: clip(&field, MAX_ECHO).into_owned(),
+            message: clip(&message, 4 * MAX_ECHO).into_owned(),
         }
     })
 }

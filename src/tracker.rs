@@ -339,9 +339,9 @@ impl TrackerHandle {
         self.store.records.get(&id).map(|r| r.clone())
     }
 
-    /// Records, newest first, optionally only those in `status`, and how
-    /// many match in all. Only the page is cloned, and results only
-    /// `with_results`.
+    /// Records as listings show them ([`TaskRecord::listed`]), newest
+    /// first, optionally only those in `status`, and how many match in all.
+    /// Only the page is cloned, and results only `with_results`.
     pub(crate) fn list(
         &self,
         status: Option<TaskStatus>,
@@ -355,15 +355,7 @@ impl TrackerHandle {
             .index
             .page(status, offset, limit)
             .into_iter()
-            .filter_map(|id| {
-                records.get(&id).map(|r| {
-                    if with_results {
-                        r.clone()
-                    } else {
-                        r.without_result()
-                    }
-                })
-            })
+            .filter_map(|id| records.get(&id).map(|r| r.listed(with_results)))
             .collect();
         (page, self.store.index.count(status))
     }

@@ -191,7 +191,11 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         if let Error::Internal(cause) = &self {
-            tracing::error!(%cause, "internal error answering a request");
+            // Debug: one line, escaped, whatever the cause holds.
+            tracing::error!(
+                cause = ?crate::value::clip(cause, MAX_DETAIL),
+                "internal error answering a request"
+            );
         }
         let problem = self.problem();
         let status =

@@ -1,6 +1,8 @@
 //! `POST /deploy-function` (the seed's) and the function listing.
 
-use axum::extract::{Path, State};
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Query, State};
 use axum::Json;
 
 use super::extract::ApiJson;
@@ -44,17 +46,37 @@ pub(crate) async fn deploy(
     Ok(Json(Deployed::from(&info)))
 }
 
-/// List deployed functions.
-#[utoipa::path(get, path = "/functions", responses((status = 200, body = Vec<FunctionView>)))]
-pub(crate) async fn list(State(state): State<ApiState>) -> Json<Vec<FunctionView>> {
-    Json(
+/// List deployed functions, without their source (`include_code=true`
+/// adds it; `GET /functions/{name}` always has it).
+#[utoipa::path(get, path = "/functions",
+    params(("include_code" = Option<bool>, Query, description = "include each function's source (default false)")),
+    responses((status = 200, body = Vec<FunctionView>)))]
+pub(crate) async fn list(
+    State(state): State<ApiState>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Result<Json<Vec<FunctionView>>, Error> {
+    let with_code = super::tasks::flag(&query, "include_code")?;
+    Ok(Json(
         state
             .runtime
             .functions()
             .into_iter()
-            .map(Into::into)
+            .map(|mut f| {
+                if !with_code {
+                    f.spec.code = String::new();
+                }
+                FunctionView::from(f)
+            })
+            .map(|mut v| {
+                if !with_code {
+                    if let Some(spec) = v.spec.as_object_mut() {
+                        spec.remove("code");
+                    }
+                }
+                v
+            })
             .collect(),
-    )
+    ))
 }
 
 /// One deployed function.

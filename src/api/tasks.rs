@@ -187,7 +187,7 @@ pub(crate) async fn status(
 }
 
 /// A boolean query parameter (default false).
-fn flag(query: &BTreeMap<String, String>, name: &str) -> Result<bool, Error> {
+pub(crate) fn flag(query: &BTreeMap<String, String>, name: &str) -> Result<bool, Error> {
     match query.get(name).map(String::as_str) {
         None | Some("false" | "0") => Ok(false),
         Some("true" | "1") => Ok(true),

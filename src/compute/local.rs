@@ -136,6 +136,9 @@ pub struct LocalBackend {
     live: Arc<LiveSet>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    /// The runtime's redactor (from [`ComputeBackend::start`]): containers'
+    /// stderr is kept only through it.
+    redact: Arc<std::sync::OnceLock<crate::redact::Redactor>>,
 }
 
 impl std::fmt::Debug for LocalBackend {
@@ -165,6 +168,7 @@ impl LocalBackend {
             live: Arc::default(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            redact: Arc::default(),
         }
     }
 
@@ -210,6 +214,7 @@ impl LocalBackend {
                     standby,
                     jail: None,
                     pids,
+                    redact: self.redact.clone(),
                 })))
             })
             .await
@@ -277,6 +282,7 @@ impl LocalBackend {
             standby: 0,
             jail: None,
             pids: base.pids.clone(),
+            redact: self.redact.clone(),
         };
         let Some(bwrap) = bwrap else {
             return Ok(self
@@ -459,7 +465,8 @@ impl ComputeBackend for LocalBackend {
         self.budget.get().map(|b| b.usage())
     }
 
-    async fn start(&self) -> Result<(), BackendError> {
+    async fn start(&self, redact: &crate::redact::Redactor) -> Result<(), BackendError> {
+        let _ = self.redact.set(redact.clone());
         // Whether containers will be sandboxed is known (and said) from the
         // start; only a required sandbox failing stops the start.
         match self.launcher().await {
@@ -510,7 +517,13 @@ impl ComputeBackend for LocalBackend {
         let warm = if d.warm { pool.warm_up().await } else { Ok(()) };
         warm.map_err(|e| match e {
             StartError::Code(e) => BackendError::Code(e),
-            StartError::Failed(reason) | StartError::Died(reason) => BackendError::ContainerStart {
+            // The process died while it ran the code's module: the code's
+            // doing (an exit, a crash, memory), told as a load error.
+            StartError::Died(reason) => BackendError::Code(crate::spec::SpecError::Load {
+                kind: "ContainerExited".into(),
+                message: format!("the container died while loading the code: {reason}"),
+            }),
+            StartError::Failed(reason) => BackendError::ContainerStart {
                 function: spec.name.clone(),
                 reason,
             },

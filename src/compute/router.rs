@@ -142,8 +142,8 @@ impl ComputeBackend for BackendRouter {
         }
     }
 
-    async fn start(&self) -> Result<(), BackendError> {
-        self.local.start().await
+    async fn start(&self, redact: &crate::redact::Redactor) -> Result<(), BackendError> {
+        self.local.start(redact).await
     }
 
     async fn check_resources(&self, spec: &FunctionSpec) -> Result<(), SpecError> {

@@ -8,12 +8,14 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
-use super::sessions::{Owner, SessionError, Sessions};
+use super::sessions::{Owner, SessionError, Sessions, MAX_STREAMS_PER_SESSION};
 use super::{McpLimits, McpServer};
 
 use crate::api::Error;
@@ -31,8 +33,6 @@ pub(crate) struct Guard {
 
 /// The Streamable HTTP service for `/mcp` over `runtime`'s tools with
 /// `sessions`, stopped with `stop`, and the guard to put in front of it.
-/// Requests carrying a browser `Origin` are refused (the API refuses them
-/// first); the host check is the API's.
 pub(crate) fn service(
     runtime: Runtime,
     stop: CancellationToken,
@@ -40,9 +40,11 @@ pub(crate) fn service(
     body_limit: usize,
 ) -> (StreamableHttpService<McpServer, Sessions>, Guard) {
     let server = McpServer::local(runtime);
+    // Host and Origin are the API's to check (`api::origin`, on every
+    // route): the server's own pages may speak MCP, others may not.
     let mut config = StreamableHttpServerConfig::default()
         .disable_allowed_hosts()
-        .enforce_origin_validation()
+        .disable_allowed_origins()
         .with_max_request_body_bytes(body_limit);
     config.cancellation_token = stop;
     let service = StreamableHttpService::new(move || Ok(server.clone()), sessions.clone(), config);
@@ -55,46 +57,177 @@ pub(crate) fn service(
     )
 }
 
-/// The method of a JSON-RPC message, read without keeping anything else.
+/// What the guard reads of a JSON-RPC message (everything else is only
+/// checked to be JSON).
 #[derive(serde::Deserialize)]
-struct Method {
+struct Envelope {
     #[serde(default)]
     method: Option<String>,
+    #[serde(default)]
+    id: Option<serde_json::Value>,
 }
 
-/// Lets a request through to the MCP service only within the bounds: an
-/// `initialize` (a POST without a session) small enough and with a place
-/// for its session reserved; the owner is the token the API's auth matched.
+/// Longest JSON-RPC `method` and string `id` accepted: both come back in
+/// answers and log lines.
+const MAX_NAME: usize = 128;
+
+/// Lets a request through to the MCP service only within the bounds: a
+/// POST is well-formed JSON with a short `method` and `id`; an `initialize`
+/// (a POST without a session) is small enough and has a place for its
+/// session reserved, the owner being the token the API's auth matched; a
+/// session holds at most [`MAX_STREAMS_PER_SESSION`] streams at once. rmcp's
+/// own refusals are answered as problem+json, and the end of a session
+/// (DELETE) as 200.
 pub(crate) async fn guard(State(guard): State<Guard>, req: Request, next: Next) -> Response {
-    if req.method() != axum::http::Method::POST || req.headers().contains_key(SESSION_HEADER) {
-        return next.run(req).await;
-    }
-    let owner: Owner = req
-        .extensions()
-        .get::<crate::api::Caller>()
-        .and_then(|c| c.token);
-    let (parts, body) = req.into_parts();
-    let bytes = match read_body(body, guard.body_limit).await {
-        Ok(bytes) => bytes,
-        Err(e) => return e.into_response(),
+    let session = req
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let method = req.method().clone();
+    let mut reservation = None;
+    let req = if method == Method::POST {
+        let owner: Owner = req
+            .extensions()
+            .get::<crate::api::Caller>()
+            .and_then(|c| c.token);
+        let (parts, body) = req.into_parts();
+        let bytes = match read_body(body, guard.body_limit).await {
+            Ok(bytes) => bytes,
+            Err(e) => return e.into_response(),
+        };
+        let envelope = match serde_json::from_slice::<Envelope>(&bytes) {
+            Ok(e) => e,
+            Err(e) => {
+                return Error::BadRequest(format!(
+                    "not a JSON-RPC message: {}",
+                    crate::value::clip(&e.to_string(), MAX_NAME)
+                ))
+                .into_response()
+            }
+        };
+        if let Err(e) = short_names(&envelope) {
+            return e.into_response();
+        }
+        if session.is_none() && envelope.method.as_deref() == Some("initialize") {
+            let limits = guard.sessions.limits();
+            if bytes.len() > limits.max_initialize_bytes {
+                return Error::TooLarge(limits.max_initialize_bytes).into_response();
+            }
+            reservation = match guard.sessions.reserve(owner) {
+                Ok(r) => Some(r),
+                Err(e) => return refusal(&e, limits).into_response(),
+            };
+        }
+        Request::from_parts(parts, Body::from(bytes))
+    } else {
+        req
     };
-    let method = serde_json::from_slice::<Method>(&bytes)
-        .ok()
-        .and_then(|m| m.method);
-    let req = Request::from_parts(parts, Body::from(bytes.clone()));
-    if method.as_deref() != Some("initialize") {
-        // Stateless requests (2026-07-28) and malformed ones: rmcp answers.
-        return next.run(req).await;
+    if method == Method::DELETE
+        && session
+            .as_deref()
+            .is_some_and(|s| !guard.sessions.is_open(s))
+    {
+        return Error::NotFound("no such MCP session (it ended, or expired)".into())
+            .into_response();
     }
-    let limits = guard.sessions.limits();
-    if bytes.len() > limits.max_initialize_bytes {
-        return Error::TooLarge(limits.max_initialize_bytes).into_response();
-    }
-    let reservation = match guard.sessions.reserve(owner) {
-        Ok(r) => r,
-        Err(e) => return refusal(&e, limits).into_response(),
+    let stream = match &session {
+        Some(id) if method != Method::DELETE => match guard.sessions.open_stream(id) {
+            Some(stream) => Some(stream),
+            None if guard.sessions.is_open(id) => {
+                return Error::TooManyRequests {
+                    detail: format!(
+                        "this MCP session holds {MAX_STREAMS_PER_SESSION} open requests and streams, the most it may; let one finish"
+                    ),
+                    retry_after_s: 1,
+                }
+                .into_response()
+            }
+            None => None,
+        },
+        _ => None,
     };
-    reservation.scope(next.run(req)).await
+    let response = match reservation {
+        Some(r) => r.scope(next.run(req)).await,
+        None => next.run(req).await,
+    };
+    let response = as_problem(response).await;
+    let response = if method == Method::DELETE && response.status() == StatusCode::ACCEPTED {
+        // What the MCP SDKs expect of a session's end.
+        let mut ok = response;
+        *ok.status_mut() = StatusCode::OK;
+        ok
+    } else {
+        response
+    };
+    match stream {
+        // The stream's place is held until its body is done.
+        Some(stream) => response.map(|body| {
+            Body::from_stream(body.into_data_stream().map(move |chunk| {
+                let _held = &stream;
+                chunk
+            }))
+        }),
+        None => response,
+    }
+}
+
+/// Refuses a `method` or string `id` longer than [`MAX_NAME`].
+fn short_names(envelope: &Envelope) -> Result<(), Error> {
+    if envelope.method.as_ref().is_some_and(|m| m.len() > MAX_NAME) {
+        return Err(Error::invalid(
+            "method",
+            format!("a JSON-RPC method of at most {MAX_NAME} bytes"),
+        ));
+    }
+    let long_id = match &envelope.id {
+        Some(serde_json::Value::String(id)) => id.len() > MAX_NAME,
+        Some(serde_json::Value::Number(_) | serde_json::Value::Null) | None => false,
+        Some(_) => {
+            return Err(Error::invalid(
+                "id",
+                "a JSON-RPC id is a string or a number",
+            ))
+        }
+    };
+    if long_id {
+        return Err(Error::invalid(
+            "id",
+            format!("a JSON-RPC id of at most {MAX_NAME} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// rmcp's own refusals (plain text) as problem+json, saying the same.
+async fn as_problem(response: Response) -> Response {
+    let status = response.status();
+    let is_text = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|t| t.starts_with("text/plain"));
+    if !status.is_client_error() || !is_text {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), 64 << 10)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let problem = crate::api::Problem {
+        kind: "urn:modal-agents:problem:mcp".into(),
+        title: status.canonical_reason().unwrap_or("Refused").into(),
+        status: status.as_u16(),
+        detail: crate::value::clip(text.trim(), 1024).into_owned(),
+        field: None,
+    };
+    let body = serde_json::to_vec(&problem).unwrap_or_default();
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/problem+json")],
+        body,
+    )
+        .into_response()
 }
 
 /// The answer to an `initialize` with no place for its session.

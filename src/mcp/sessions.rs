@@ -85,6 +85,9 @@ pub(crate) enum SessionError {
 #[derive(Default)]
 struct Live {
     sessions: HashMap<SessionId, Session>,
+    /// Open HTTP streams (requests answered as SSE, GET streams) per
+    /// session.
+    streams: HashMap<SessionId, usize>,
     /// Sessions and reservations per owner.
     per_owner: HashMap<Owner, usize>,
     /// Places reserved for sessions not created yet.
@@ -120,6 +123,27 @@ tokio::task_local! {
     /// being served creates.
     static RESERVED: RefCell<Option<Reservation>>;
 }
+
+/// One open stream of a session, given back when dropped.
+pub(crate) struct OpenStream {
+    sessions: Arc<Sessions>,
+    id: SessionId,
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let mut live = self.sessions.lock();
+        if let Some(n) = live.streams.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                live.streams.remove(&self.id);
+            }
+        }
+    }
+}
+
+/// Most HTTP streams one session holds open at once.
+pub(crate) const MAX_STREAMS_PER_SESSION: usize = 16;
 
 /// A place for one session, given back when dropped unused.
 pub(crate) struct Reservation {
@@ -192,6 +216,28 @@ impl Sessions {
             sessions: self.clone(),
             owner,
             used: false,
+        })
+    }
+
+    /// Whether `id` is a live session.
+    pub(crate) fn is_open(&self, id: &str) -> bool {
+        self.lock().sessions.contains_key(id)
+    }
+
+    /// A place for one more stream of session `id`, or `None` when it holds
+    /// [`MAX_STREAMS_PER_SESSION`] already (or is not a session: rmcp
+    /// answers that).
+    pub(crate) fn open_stream(self: &Arc<Self>, id: &str) -> Option<OpenStream> {
+        let mut live = self.lock();
+        let id: SessionId = live.sessions.get_key_value(id)?.0.clone();
+        let n = live.streams.entry(id.clone()).or_default();
+        if *n >= MAX_STREAMS_PER_SESSION {
+            return None;
+        }
+        *n += 1;
+        Some(OpenStream {
+            sessions: self.clone(),
+            id,
         })
     }
 

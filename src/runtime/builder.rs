@@ -161,7 +161,15 @@ impl RuntimeBuilder {
             Arc::new(ModalBackend::new(config))
         });
         let backend: Arc<dyn ComputeBackend> = Arc::new(BackendRouter::new(backend, modal.clone()));
-        backend.start().await.map_err(RuntimeError::Backend)?;
+        let redactor = crate::redact::Redactor::with_secrets(self.secrets.clone());
+        if let Some(creds) = modal.as_ref().and_then(|m| m.credentials().ok()) {
+            redactor.add(creds.token_id.clone());
+            redactor.add(creds.token_secret.clone());
+        }
+        backend
+            .start(&redactor)
+            .await
+            .map_err(RuntimeError::Backend)?;
 
         let db_path = data_dir.join("state.redb");
         let db = {
@@ -212,11 +220,6 @@ impl RuntimeBuilder {
         let (volumes, volumes_child) = crate::volume::child(volume_shared);
         let shutdown = CancellationToken::new();
         let jobs = JobSet::new();
-        let redactor = crate::redact::Redactor::with_secrets(self.secrets.clone());
-        if let Some(creds) = modal.as_ref().and_then(|m| m.credentials().ok()) {
-            redactor.add(creds.token_id.clone());
-            redactor.add(creds.token_secret.clone());
-        }
         let feeds = crate::dispatcher::LogFeeds::default();
         let shared = Arc::new(DispatchShared {
             backend: backend.clone(),

@@ -71,6 +71,16 @@ async fn read_more(dir: &TaskDir, stream: LogStream, at: &mut u64, all: bool) ->
         .read_to_end(&mut bytes)
         .await
         .ok()?;
+    // Resumed inside a character: its rest is not text on its own.
+    let partial = bytes
+        .iter()
+        .take(3)
+        .take_while(|b| (**b & 0xC0) == 0x80)
+        .count();
+    if partial > 0 {
+        *at += partial as u64;
+        bytes.drain(..partial);
+    }
     let whole = match std::str::from_utf8(&bytes) {
         Ok(_) => bytes.len(),
         // A character cut at the end waits for its last bytes.

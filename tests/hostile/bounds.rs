@@ -177,6 +177,80 @@ pub(crate) async fn attack_mcp_sessions_are_bounded(t: &Target<'_>) {
     assert!(status == 200 || status == 404, "{status}");
     assert!(body.len() < 4_000, "{} bytes echoed", body.len());
     assert!(body.contains("unknown tool"), "{body}");
+    // A long method or id, JSON that is not JSON, a huge argument name:
+    // refused or answered short, never repeated whole.
+    for (body, field) in [
+        (
+            json!({"jsonrpc": "2.0", "id": 4, "method": "m".repeat(1 << 20)}),
+            "method",
+        ),
+        (
+            json!({"jsonrpc": "2.0", "id": "i".repeat(1 << 20), "method": "ping"}),
+            "id",
+        ),
+    ] {
+        let (status, _, text) = mcp(api, Some(&kept), &body).await;
+        assert_eq!(status, 422, "{}", &text[..text.len().min(300)]);
+        assert!(text.contains(field) && text.len() < 2_000, "{text}");
+    }
+    let r = api
+        .http
+        .post(format!("{}/mcp", api.url))
+        .bearer_auth(&api.token)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-session-id", &kept)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let huge_key = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+        "params": {"name": "list_functions", "arguments": {"k".repeat(1 << 20): 1}}});
+    let (_, _, text) = mcp(api, Some(&kept), &huge_key).await;
+    assert!(text.len() < 10_000, "{} bytes echoed", text.len());
+    // A session holds at most 16 streams at once.
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        let r = api
+            .http
+            .get(format!("{}/mcp", api.url))
+            .bearer_auth(&api.token)
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", &kept)
+            .header("mcp-protocol-version", "2025-06-18")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        held.push(r);
+    }
+    let r = api
+        .http
+        .get(format!("{}/mcp", api.url))
+        .bearer_auth(&api.token)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &kept)
+        .header("mcp-protocol-version", "2025-06-18")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    drop(held);
+    // A session ends with 200, once; then it is not found (problem+json).
+    for want in [200, 404] {
+        let r = api
+            .http
+            .delete(format!("{}/mcp", api.url))
+            .bearer_auth(&api.token)
+            .header("mcp-session-id", &kept)
+            .header("mcp-protocol-version", "2025-06-18")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), want);
+    }
     // Memory: the burst left nothing behind worth counting.
     let grown = rss(t.pid).saturating_sub(rss_before);
     assert!(grown < 64 << 20, "RSS grew {} MiB", grown >> 20);
@@ -371,6 +445,36 @@ pub(crate) async fn attack_large_results_stay_out_of_memory_and_listings(t: &Tar
     assert!(
         text.contains(&"x".repeat(1000)),
         "the result is in the answer"
+    );
+    // Errors are listed in short: the message cut, no traceback.
+    let raiser = "def raiser(n):\n    if n:\n        return raiser(n - 1)\n    raise ValueError('e' * 20000)\n";
+    api.post(
+        "/deploy-function",
+        json!({"function_code": raiser, "function_name": "raiser"}),
+    )
+    .await;
+    let mut failed = Vec::new();
+    for _ in 0..50 {
+        let task = api
+            .post(
+                "/spawn-task",
+                json!({"function_name": "raiser", "args": [300], "wait": true}),
+            )
+            .await;
+        assert_eq!(task["status"], "failed");
+        failed.push(task);
+    }
+    assert!(failed[0]["error"]["traceback"].as_str().unwrap().len() > 20_000);
+    let (_, body) = raw_get(api, "/tasks?status=failed&limit=1000").await;
+    let listed = serde_json::from_slice::<Value>(&body).unwrap()["tasks"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(listed >= 50);
+    assert!(
+        body.len() < listed * 2_000,
+        "{listed} failed tasks listed in {} bytes",
+        body.len()
     );
     // A map of large results is paged by bytes.
     let map = api

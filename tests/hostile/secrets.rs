@@ -42,8 +42,23 @@ def leaky(mode):
     if mode == "crash":
         os.write(2, b"the crash's own line\n")
         os._exit(3)
+    if mode == "capped":
+        # The harness keeps 8 Mi characters of a request's prints: the cap
+        # falls inside the secret.
+        sys.stdout.write("x" * ((8 << 20) - 10) + secret + "\n")
+        return "capped"
+    if mode == "long_line":
+        # A container's stderr line is kept to 4096 bytes: the cut falls
+        # inside the secret.
+        os.write(2, ("A" * 4080 + secret + "\n").encode())
+        os._exit(3)
+    if mode == "repr":
+        raise KeyError(os.environ["MULTI"])
     return os.getpid()
 "#;
+
+/// A second secret, with a newline: Python's repr escapes it.
+const MULTI: &str = "multi\nline-secret-ZZ9";
 
 async fn spawn(api: &Api, args: Value) -> Value {
     api.post(
@@ -53,12 +68,17 @@ async fn spawn(api: &Api, args: Value) -> Value {
     .await
 }
 
-/// Asserts `text` holds no trace of the secret.
+/// Asserts `text` holds no trace of the secrets (nor the first ten
+/// characters of one, which a cut could leave).
 fn clean(what: &str, text: &str) {
-    assert!(!text.contains(SECRET), "{what} leaks the secret: {text}");
+    let show = || &text[text.len().saturating_sub(400)..];
+    for secret in [SECRET, MULTI, "multi\\nline-secret"] {
+        assert!(!text.contains(secret), "{what} leaks a secret: {}", show());
+    }
     assert!(
-        !text.contains(&SECRET[7..]),
-        "{what} leaks part of the secret: {text}"
+        !text.contains(&SECRET[7..]) && !text.contains(&SECRET[..10]),
+        "{what} leaks part of the secret: {}",
+        show()
     );
 }
 
@@ -84,7 +104,7 @@ pub(crate) async fn attack_secrets_never_leave_through_outputs(t: &Target<'_>) {
     .await;
     let (hook_url, hooks) = support::receiver(vec![]).await;
     let mut ids = Vec::new();
-    for mode in ["raise", "convert", "print"] {
+    for mode in ["raise", "convert", "print", "capped", "long_line", "repr"] {
         let task = spawn(api, json!([mode])).await;
         let id = task["task_id"].as_str().unwrap().to_owned();
         clean(&format!("spawn {mode}"), &task.to_string());
@@ -92,7 +112,7 @@ pub(crate) async fn attack_secrets_never_leave_through_outputs(t: &Target<'_>) {
             .await;
         ids.push(id);
     }
-    assert_eq!(ids.len(), 3);
+    assert_eq!(ids.len(), 6);
     let failed = api.get(&format!("/status/{}", ids[0])).await;
     assert_eq!(failed["error"]["type"], "ValueError", "{failed}");
     assert!(
@@ -154,13 +174,25 @@ pub(crate) async fn attack_secrets_never_leave_through_outputs(t: &Target<'_>) {
     }
     // Webhook bodies.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while hooks.seen.lock().unwrap().len() < 3 {
+    while hooks.seen.lock().unwrap().len() < 6 {
         assert!(std::time::Instant::now() < deadline, "webhooks never came");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for (_, body) in hooks.seen.lock().unwrap().iter() {
         clean("a webhook body", body);
     }
+    // Code that writes the secret on fd 2 and dies while it loads.
+    let (status, body) = api
+        .send(
+            Method::POST,
+            "/deploy-function",
+            Some(json!({"function_name": "dies", "secrets": ["leak"],
+                "function_code": "import os\nos.write(2, os.environ['LEAK'].encode() + b'\\nforged log line\\n')\nos._exit(1)\ndef dies():\n    pass\n"})),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["field"], "function_code", "{body}");
+    clean("a container that died loading", &body.to_string());
     // Code that raises the secret while it loads.
     let (status, body) = api
         .send(

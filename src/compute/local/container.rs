@@ -66,6 +66,8 @@ pub(crate) struct Launcher {
     pub(crate) jail: Option<Jail>,
     /// Where containers get their pids cgroup, if one can be made here.
     pub(crate) pids: Option<Arc<PidsGroup>>,
+    /// The runtime's redactor, once the backend has started.
+    pub(crate) redact: Arc<std::sync::OnceLock<crate::redact::Redactor>>,
 }
 
 /// What a [`Launcher`] is made from.
@@ -79,6 +81,7 @@ pub(crate) struct LauncherArgs {
     pub(crate) standby: usize,
     pub(crate) jail: Option<Jail>,
     pub(crate) pids: Option<Arc<PidsGroup>>,
+    pub(crate) redact: Arc<std::sync::OnceLock<crate::redact::Redactor>>,
 }
 
 impl Launcher {
@@ -95,6 +98,7 @@ impl Launcher {
             closed: std::sync::atomic::AtomicBool::new(false),
             jail: args.jail,
             pids: args.pids,
+            redact: args.redact,
         }
     }
 
@@ -458,8 +462,9 @@ impl Launcher {
         let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
         let (drained, stderr_drained) = tokio::sync::watch::channel(false);
         let tail = stderr_tail.clone();
+        let redact = self.redact.clone();
         tokio::spawn(async move {
-            drain_stderr(stderr, pid, tail).await;
+            drain_stderr(stderr, pid, tail, redact).await;
             drained.send_replace(true);
         });
         Ok(Container {
@@ -800,6 +805,7 @@ async fn drain_stderr(
     mut stderr: tokio::process::ChildStderr,
     pid: u32,
     tail: Arc<Mutex<VecDeque<String>>>,
+    redact: Arc<std::sync::OnceLock<crate::redact::Redactor>>,
 ) {
     // Read in chunks with a bounded line: code printing without newlines (or
     // gigabytes) cannot grow the runtime's memory.
@@ -816,6 +822,10 @@ async fn drain_stderr(
         let mut text = String::from_utf8_lossy(line).into_owned();
         if cut {
             text.push_str(" [line truncated]");
+        }
+        // Kept only redacted: the excerpt may reach errors, answers and logs.
+        if let Some(redact) = redact.get() {
+            redact.redact_in_place(&mut text);
         }
         // The text itself is not logged: it may hold a secret the code
         // read; it reaches callers only redacted, in a crash's error.
@@ -880,7 +890,7 @@ mod tests {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let tail = Arc::new(Mutex::new(VecDeque::new()));
-        drain_stderr(stderr, 0, tail.clone()).await;
+        drain_stderr(stderr, 0, tail.clone(), Default::default()).await;
         child.wait().await.unwrap();
         let tail = tail.lock().unwrap();
         assert_eq!(
