@@ -5,7 +5,8 @@
 //! followers reading along. The server is the release binary, in its own
 //! process, so the followers' own reading is not counted.
 //!
-//! Run: `cargo bench --bench followers`.
+//! Run: `cargo bench --bench followers` (`BENCH_SERVER` runs another
+//! server binary, an older build say, under the same load).
 
 use std::io::{BufRead, Read, Write};
 use std::time::{Duration, Instant};
@@ -57,7 +58,8 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(300);
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut server = std::process::Command::new(BIN)
+    let bin = std::env::var("BENCH_SERVER").unwrap_or_else(|_| BIN.to_owned());
+    let mut server = std::process::Command::new(&bin)
         .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
         .env("MODAL_AGENTS_TOKEN", TOKEN)
@@ -145,7 +147,8 @@ fn main() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let read: u64 = readers.into_iter().map(|r| r.join().expect("reader")).sum();
     println!(
-        "{{\"bench\":\"log_followers\",\"followers\":{followers},\"cpu_pct_alone\":{alone:.1},\"cpu_pct_followed\":{followed:.1},\"cpu_pct_per_100_followers\":{:.2},\"threads_alone\":{threads_alone},\"threads_followed\":{threads_followed},\"bytes_read\":{read}}}",
+        "{{\"bench\":\"log_followers\",\"server\":\"{}\",\"followers\":{followers},\"cpu_pct_alone\":{alone:.1},\"cpu_pct_followed\":{followed:.1},\"cpu_pct_per_100_followers\":{:.2},\"threads_alone\":{threads_alone},\"threads_followed\":{threads_followed},\"bytes_read\":{read}}}",
+        if bin == BIN { "this build" } else { "BENCH_SERVER" },
         (followed - alone) / followers as f64 * 100.0
     );
     // SAFETY: kill(2) on the server this bench started.

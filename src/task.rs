@@ -153,11 +153,12 @@ pub struct TaskError {
     pub traceback: Option<String>,
 }
 
-/// Longest error message a task keeps (16 KiB); the rest is cut.
-pub const MAX_ERROR_MESSAGE: usize = 16 << 10;
-/// Longest traceback a task keeps (64 KiB, its end: where the error was
-/// raised).
-pub const MAX_TRACEBACK: usize = 64 << 10;
+/// Longest error message a task keeps (4 KiB); the rest is cut.
+pub const MAX_ERROR_MESSAGE: usize = 4 << 10;
+/// Longest traceback a task keeps (8 KiB, its end: where the error was
+/// raised). Records are kept in memory for their retention, so a failed
+/// task costs at most this much more than another.
+pub const MAX_TRACEBACK: usize = 8 << 10;
 
 impl TaskError {
     /// This error as the runtime keeps and shows it: every secret value

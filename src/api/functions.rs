@@ -50,7 +50,7 @@ pub(crate) async fn deploy(
 /// adds it; `GET /functions/{name}` always has it).
 #[utoipa::path(get, path = "/functions",
     params(("include_code" = Option<bool>, Query, description = "include each function's source (default false)")),
-    responses((status = 200, body = Vec<FunctionView>)))]
+    responses((status = 200, body = Vec<FunctionView>), (status = 422, body = super::Problem)))]
 pub(crate) async fn list(
     State(state): State<ApiState>,
     Query(query): Query<BTreeMap<String, String>>,

@@ -112,6 +112,9 @@ impl Default for FollowLimits {
     }
 }
 
+/// How many followers read log files at once (to catch up).
+const CATCH_UP_READS: usize = 2;
+
 /// Which follower limit was reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FollowScope {
@@ -125,6 +128,8 @@ pub enum FollowScope {
 pub(crate) struct Followers {
     limits: FollowLimits,
     per_task: Mutex<HashMap<TaskId, usize>>,
+    /// Turns at reading log files (catching up), shared by all followers.
+    reads: tokio::sync::Semaphore,
 }
 
 /// One follower's place, given back when its stream is dropped.
@@ -150,6 +155,7 @@ impl Followers {
         Arc::new(Followers {
             limits,
             per_task: Mutex::default(),
+            reads: tokio::sync::Semaphore::new(CATCH_UP_READS),
         })
     }
 
@@ -226,7 +232,12 @@ impl Follower {
                 };
                 let text = match taken {
                     Taken::Text(text) => Some(text),
-                    Taken::Behind => read_more(&self.dir, stream, offset, written).await,
+                    Taken::Behind => {
+                        // A few catch-up reads at a time, so many followers
+                        // starting at once never take a thread each.
+                        let _turn = self.runtime.inner.followers.reads.acquire().await;
+                        read_more(&self.dir, stream, offset, written).await
+                    }
                     Taken::Nothing => None,
                 };
                 if let Some(text) = text {

@@ -660,8 +660,24 @@ fn return_large_allocations() {
     }
 }
 
+/// Gives the kernel back, every 10 s, the heap pages glibc holds free
+/// (after a burst of requests they would otherwise stay with the process).
+fn trim_heap_now_and_then() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    let _ = std::thread::Builder::new()
+        .name("heap-trim".into())
+        .spawn(|| loop {
+            std::thread::sleep(std::time::Duration::from_secs(10));
+            // SAFETY: malloc_trim only returns free memory to the kernel.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        });
+}
+
 fn main() -> ExitCode {
     return_large_allocations();
+    trim_heap_now_and_then();
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| v.parse::<tracing_subscriber::filter::Targets>().ok())
