@@ -144,6 +144,16 @@ fn main() {
     std::thread::sleep(Duration::from_secs(1));
     let followed = cpu_percent(pid, window);
     let threads_followed = proc_field(pid, "status", "Threads:");
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                .map(|n| n.trim().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    eprintln!("threads with followers: {names:?}");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let read: u64 = readers.into_iter().map(|r| r.join().expect("reader")).sum();
     println!(

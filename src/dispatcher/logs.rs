@@ -2,11 +2,10 @@
 //! task's output read from.
 //!
 //! The writer appends what a task prints to its files and tells the task's
-//! [`LogFeed`]; while the task has followers, the feed also keeps the last
-//! [`FEED_RING`] bytes of each stream in memory, so a follower is woken by
-//! the write itself and copies the new bytes without touching the files.
-//! Only a follower that starts behind (or falls behind by more than the
-//! ring) reads the files to catch up.
+//! [`LogFeed`], which keeps the last [`FEED_RING`] bytes of each stream in
+//! memory while the task runs, so a follower is woken by the write itself
+//! and copies the new bytes without touching the files. Only a follower
+//! that starts (or falls) more than the ring behind reads the files.
 
 use std::collections::VecDeque;
 use std::io;
@@ -21,8 +20,8 @@ use crate::persist::TaskDir;
 use crate::redact::Redactor;
 use crate::task::{TaskId, TaskLogs};
 
-/// Most recent bytes of each stream a followed task keeps in memory.
-pub(crate) const FEED_RING: usize = 256 << 10;
+/// Most recent bytes of each stream a running task keeps in memory.
+pub(crate) const FEED_RING: usize = 64 << 10;
 
 #[derive(Default)]
 struct StreamFeed {
@@ -36,7 +35,6 @@ struct StreamFeed {
 #[derive(Default)]
 struct FeedState {
     streams: [StreamFeed; 2],
-    followers: usize,
     ended: bool,
 }
 
@@ -76,29 +74,6 @@ pub(crate) fn publish(feeds: &LogFeeds, id: TaskId) -> Published {
     Published(feeds.clone(), id, feed)
 }
 
-/// A follower attached to a feed; detached when dropped.
-pub(crate) struct Attached(Arc<LogFeed>);
-
-impl Drop for Attached {
-    fn drop(&mut self) {
-        let mut state = self.0.lock();
-        state.followers -= 1;
-        if state.followers == 0 {
-            for s in &mut state.streams {
-                s.ring = VecDeque::new();
-                s.base = s.total;
-            }
-        }
-    }
-}
-
-impl std::ops::Deref for Attached {
-    type Target = LogFeed;
-    fn deref(&self) -> &LogFeed {
-        &self.0
-    }
-}
-
 impl LogFeed {
     fn new() -> Arc<LogFeed> {
         Arc::new(LogFeed {
@@ -109,13 +84,6 @@ impl LogFeed {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FeedState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Follows this feed from now on: what is written from here is kept in
-    /// memory for the follower.
-    pub(crate) fn attach(self: &Arc<Self>) -> Attached {
-        self.lock().followers += 1;
-        Attached(self.clone())
     }
 
     /// Wakes on every write and at the end.
@@ -132,19 +100,13 @@ impl LogFeed {
     fn wrote(&self, stream: LogStream, bytes: &[u8]) {
         {
             let mut state = self.lock();
-            let followed = state.followers > 0;
             let s = &mut state.streams[stream as usize];
             s.total += bytes.len() as u64;
-            if followed {
-                s.ring.extend(bytes);
-                let over = s.ring.len().saturating_sub(FEED_RING);
-                if over > 0 {
-                    s.ring.drain(..over);
-                    s.base += over as u64;
-                }
-            } else {
-                s.base = s.total;
-            }
+            let keep = &bytes[bytes.len().saturating_sub(FEED_RING)..];
+            s.ring.extend(keep);
+            let over = s.ring.len().saturating_sub(FEED_RING);
+            s.ring.drain(..over);
+            s.base = s.total - s.ring.len() as u64;
         }
         self.changed.send_modify(|n| *n += 1);
     }

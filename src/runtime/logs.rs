@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{Runtime, RuntimeError};
 use crate::compute::LogStream;
-use crate::dispatcher::logs::Attached;
+use crate::dispatcher::logs::LogFeed;
 use crate::dispatcher::Taken;
 use crate::persist::TaskDir;
 use crate::task::TaskId;
@@ -194,7 +194,7 @@ struct Follower {
     dir: TaskDir,
     at: LogOffsets,
     /// The running task's feed, once it has one.
-    feed: Option<(Attached, tokio::sync::watch::Receiver<u64>)>,
+    feed: Option<(Arc<LogFeed>, tokio::sync::watch::Receiver<u64>)>,
     /// The task's status as it changes (`None`: forgotten by retention).
     status: Option<tokio::sync::watch::Receiver<crate::task::TaskStatus>>,
     stopping: tokio_util::sync::CancellationToken,
@@ -209,7 +209,7 @@ impl Follower {
             if self.feed.is_none() {
                 if let Some(feed) = self.runtime.inner.feeds.get(&self.id).map(|f| f.clone()) {
                     let rx = feed.subscribe();
-                    self.feed = Some((feed.attach(), rx));
+                    self.feed = Some((feed, rx));
                 }
             }
             // Everything is written once the feed has ended, or when there
@@ -288,7 +288,8 @@ impl Runtime {
     /// Task `id`'s output from `from` on, as it is written: the stream ends
     /// once the task has finished and all it printed has been read. A
     /// running task's followers are woken by its writes and read them from
-    /// memory; at most [`FollowLimits`] follow at once
+    /// memory (catching up from the files only when more than 64 KiB
+    /// behind); at most [`FollowLimits`] follow at once
     /// ([`RuntimeError::TooManyFollowers`] past them).
     pub fn follow_logs(
         &self,

@@ -701,8 +701,10 @@ pub(crate) async fn attack_log_followers_are_cheap_and_capped(t: &Target<'_>) {
         "300 followers cost {:.1}% CPU",
         followed - alone
     );
+    // No thread per follower (at most the log writer's own may come and
+    // go meanwhile).
     assert!(
-        threads_followed <= threads_alone + 4,
+        threads_followed <= threads_alone + 2,
         "threads {threads_alone} -> {threads_followed}"
     );
     // Past the limits: 429 for this task, 503 for the server, each with

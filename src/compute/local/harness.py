@@ -211,16 +211,17 @@ def main():
                     if error is not None:
                         reply["errors"].append([i, error])
             data = dumps(reply, VERSION)
-        try:
-            # Everything this request wrote on fd 2 is in the pipe before
-            # this line: the runtime's excerpt of a crash shows only what
-            # the request that crashed wrote.
-            os.write(2, DONE_MARK)
-        except OSError:
-            pass
         write(seq[0] + len(data).to_bytes(4, "big"))
         write(data)
         flush()
+        try:
+            # Everything this request wrote on fd 2 is in the pipe before
+            # this line (and the next request's after it): the runtime's
+            # excerpt of a crash shows only what the request that crashed
+            # wrote. Written after the reply, off the caller's path.
+            os.write(2, DONE_MARK)
+        except OSError:
+            pass
 
 
 DONE_MARK = b"\n\x1fmodal-agents: request done\x1f\n"
