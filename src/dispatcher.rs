@@ -1,9 +1,9 @@
 //! The dispatcher: turns submitted tasks into backend work and reports their
-//! progress and outcome to the task tracker.
+//! progress and outcome to the task records.
 //!
-//! Each task runs as its own tokio task in a tracked set, not inside the actor,
-//! so a slow map never blocks the dispatcher and a dispatcher restart never
-//! interrupts running work.
+//! Each task runs as its own tokio task in a tracked set (the runtime's
+//! shutdown waits for them); the handle only starts and cancels them, so a
+//! submit is a map insert and a spawn.
 
 pub(crate) mod logs;
 
@@ -13,7 +13,6 @@ use std::time::Duration;
 use dashmap::DashMap;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
-use ractor::{ActorProcessingErr, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
@@ -23,16 +22,13 @@ use crate::compute::{
     BackendError, CallContext, CallId, CallOutcome, ComputeBackend, LogSink, MapItem, MapMeter,
 };
 use crate::persist::TaskDir;
-use crate::supervisor::{ChildError, Once, Slot};
-use crate::supervisor::{Serial, SerialActor};
 use crate::task::{
     MapProgress, ResultRef, TaskError, TaskId, TaskStatus, INLINE_RESULT_BYTES, MAX_RESULT_BYTES,
 };
-use crate::tracker::{Buffered, Finished, ResultWriter, Stored, TaskUpdate, TrackerHandle};
+use crate::tracker::{Buffered, Finished, ResultWriter, Stored, TaskUpdate, Tasks};
 
 pub(crate) use logs::{read_logs, LogFeeds, Taken};
 
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 /// Work for the dispatcher.
@@ -196,7 +192,7 @@ impl TaskJob {
 /// What the dispatcher's jobs share; it outlives any one dispatcher actor.
 pub(crate) struct DispatchShared {
     pub(crate) backend: Arc<dyn ComputeBackend>,
-    pub(crate) tracker: TrackerHandle,
+    pub(crate) tracker: Tasks,
     pub(crate) cancels: DashMap<TaskId, CancellationToken>,
     pub(crate) jobs: JobSet,
     pub(crate) shutdown: CancellationToken,
@@ -206,94 +202,53 @@ pub(crate) struct DispatchShared {
     pub(crate) feeds: LogFeeds,
 }
 
-/// Messages of the [`Dispatcher`].
-pub(crate) enum DispatcherMsg {
-    /// Starts a job.
-    /// The job is taken at most once even if the message is sent again
-    /// after a restart.
-    Submit(Arc<Once<TaskJob>>, RpcReplyPort<()>),
-    /// Cancels a task; answers whether it was still running.
-    Cancel(TaskId, RpcReplyPort<bool>),
-    /// Panics (fault injection).
-    InjectPanic,
-}
-
-/// The dispatcher as a child of the root supervisor, and its handle.
-pub(crate) fn child(
-    shared: Arc<DispatchShared>,
-) -> (DispatcherHandle, Box<dyn crate::supervisor::ChildSpec>) {
-    let (slot, spec) = crate::supervisor::child(
-        crate::supervisor::RuntimeChild::Dispatcher,
-        SerialActor::<Dispatcher>::new,
-        Dispatcher { shared },
-        || DispatcherMsg::InjectPanic,
-    );
-    (DispatcherHandle::new(slot), spec)
-}
-
-/// The dispatcher: the [`Serial`] state it is (re)started from, admitting submissions one at a time.
+/// The dispatcher: a plain handle that starts each job as a task of its
+/// own (no mailbox, no timeout) and cancels them.
 #[derive(Clone)]
 pub(crate) struct Dispatcher {
-    pub(crate) shared: Arc<DispatchShared>,
+    shared: Arc<DispatchShared>,
 }
 
-impl Serial for Dispatcher {
-    type Msg = DispatcherMsg;
+impl Dispatcher {
+    pub(crate) fn new(shared: Arc<DispatchShared>) -> Self {
+        Dispatcher { shared }
+    }
 
-    async fn handle(&mut self, message: DispatcherMsg) -> Result<(), ActorProcessingErr> {
-        match message {
-            DispatcherMsg::Submit(cell, reply) => {
-                let job = cell.take();
-                if let Some(job) = job {
-                    let shared = self.shared.clone();
-                    // Not a child of the shutdown token: a stop is not a
-                    // cancel (see `run_job`).
-                    let cancel = CancellationToken::new();
-                    shared.cancels.insert(job.task_id(), cancel.clone());
-                    self.shared.jobs.spawn(run_job(shared, job, cancel));
-                }
-                let _ = reply.send(());
+    /// Starts a job. A stop is not a cancel: the token is not a child of
+    /// the shutdown token (see `run_job`).
+    pub(crate) fn submit(&self, job: TaskJob) {
+        let cancel = CancellationToken::new();
+        let id = job.task_id();
+        self.shared.cancels.insert(id, cancel.clone());
+        let shared = self.shared.clone();
+        self.shared.jobs.spawn(async move {
+            // A panic in a job fails its task rather than leaving it
+            // running for ever.
+            let run = std::panic::AssertUnwindSafe(run_job(shared.clone(), job, cancel));
+            if futures_util::FutureExt::catch_unwind(run).await.is_err() {
+                tracing::error!(task_id = %id, "a task's job panicked; the task is failed");
+                shared.cancels.remove(&id);
+                shared.tracker.finish(
+                    id,
+                    Finished {
+                        status: TaskStatus::Failed,
+                        result: None,
+                        result_ref: None,
+                        error: Some(TaskError::new(
+                            crate::task::ErrorKind::InternalError,
+                            "the runtime failed while running this task; it was stopped",
+                        )),
+                        attempts: 1,
+                        progress: None,
+                    },
+                );
             }
-            DispatcherMsg::Cancel(id, reply) => {
-                let found = self.shared.cancels.get(&id).map(|t| t.cancel()).is_some();
-                let _ = reply.send(found);
-            }
-            DispatcherMsg::InjectPanic => panic!("fault injected into the dispatcher"),
-        }
-        Ok(())
-    }
-}
-
-/// A cloneable handle to the [`Dispatcher`].
-#[derive(Clone)]
-pub(crate) struct DispatcherHandle {
-    slot: Slot<DispatcherMsg>,
-}
-
-impl DispatcherHandle {
-    pub(crate) fn new(slot: Slot<DispatcherMsg>) -> Self {
-        DispatcherHandle { slot }
+        });
     }
 
-    /// Hands a job to the dispatcher. On an error the job is taken back
-    /// unless the dispatcher already took it (the message may still be
-    /// handled after a timeout): `Some(job)` means it never started and never
-    /// will, `None` that it runs.
-    pub(crate) async fn submit(&self, job: TaskJob) -> Result<(), (ChildError, Option<TaskJob>)> {
-        let cell = Once::new(job);
-        let sent = self
-            .slot
-            .call(CALL_TIMEOUT, |reply| {
-                DispatcherMsg::Submit(cell.clone(), reply)
-            })
-            .await;
-        sent.map_err(|e| (e, cell.take()))
-    }
-
-    pub(crate) async fn cancel(&self, id: TaskId) -> Result<bool, ChildError> {
-        self.slot
-            .call(CALL_TIMEOUT, |reply| DispatcherMsg::Cancel(id, reply))
-            .await
+    /// Cancels a task; whether it was still running.
+    pub(crate) fn cancel(&self, id: TaskId) -> bool {
+        self.shared.cancels.get(&id).map(|t| t.cancel()).is_some()
     }
 }
 
@@ -363,9 +318,7 @@ async fn run_job(shared: Arc<DispatchShared>, job: TaskJob, cancel: Cancellation
                 shared.cancels.remove(&id);
                 // Stopped by the operator, not by the task: the attempt it was
                 // on is given back, so a restart does not charge it.
-                if let Err(e) = shared.tracker.update(id, TaskUpdate::Interrupted).await {
-                    tracing::warn!(task_id = %id, error = %e, "could not record the task as interrupted");
-                }
+                shared.tracker.update(id, TaskUpdate::Interrupted);
                 return;
             }
         }
@@ -404,9 +357,7 @@ async fn run_job(shared: Arc<DispatchShared>, job: TaskJob, cancel: Cancellation
         shared.cancels.remove(&id);
         return;
     }
-    if let Err(e) = shared.tracker.finish(id, finished).await {
-        tracing::error!(task_id = %id, error = %e, "could not record the end of a task");
-    }
+    shared.tracker.finish(id, finished);
     shared.cancels.remove(&id);
     tracing::debug!(task_id = %id, %status, "task finished");
 }
@@ -461,7 +412,7 @@ async fn run_call(
     let outcome = match started {
         Err(e) => Err(e),
         Ok(call) => {
-            shared.tracker.notify(
+            shared.tracker.update(
                 id,
                 TaskUpdate::Started {
                     call: Some(call.clone()),
@@ -713,7 +664,7 @@ async fn run_map(
         Ok(items) => items,
         Err(e) => return failed(backend_error(e), None),
     };
-    tracker.notify(
+    tracker.update(
         id,
         TaskUpdate::Started {
             call: None,
@@ -737,7 +688,7 @@ async fn run_map(
                     Ok(n) => tracker.set_available(id, n),
                     Err(e) => return storage(e),
                 }
-                tracker.notify(id, TaskUpdate::Progress(counts.progress(&meter, false)));
+                tracker.update(id, TaskUpdate::Progress(counts.progress(&meter, false)));
             }
             chunk = items.next() => {
                 let Some(chunk) = chunk else { break };

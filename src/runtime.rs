@@ -23,14 +23,14 @@ use uuid::Uuid;
 use std::collections::BTreeMap;
 
 use crate::compute::{BackendError, ComputeBackend, Deployment, ModalBackend};
-use crate::dispatcher::{read_logs, write_inputs, DispatcherHandle, JobSpec, TaskJob};
+use crate::dispatcher::{read_logs, write_inputs, Dispatcher, JobSpec, TaskJob};
 use crate::registry::Functions;
 use crate::secrets::SecretStore;
 use crate::spec::{BackendChoice, FunctionSpec};
 use crate::store::{put, Store, Table, Write};
 use crate::supervisor::{ChildEvents, ChildKey, ChildSpec, RootSupervisorMsg, SuperviseError};
 use crate::task::{ResultsPage, TaskId, TaskKind, TaskLogs, TaskRecord, TaskStatus, WaitMode};
-use crate::tracker::{read_page, Durable, TrackerHandle};
+use crate::tracker::{read_page, Durable, Tasks};
 use crate::value::{check_depth, check_each};
 use crate::volume::Volumes;
 
@@ -81,8 +81,8 @@ struct Inner {
     followers: Arc<logs::Followers>,
     secrets: SecretStore,
     registry: Functions,
-    tracker: TrackerHandle,
-    dispatcher: DispatcherHandle,
+    tracker: Tasks,
+    dispatcher: Dispatcher,
     store: Arc<Store>,
     modal: Option<Arc<ModalBackend>>,
     durable: Arc<Durable>,
@@ -205,39 +205,14 @@ impl Runtime {
         spec: Box<dyn ChildSpec>,
         events: ChildEvents,
     ) -> Result<(), SuperviseError> {
-        let key: Arc<str> = key.into();
-        let policy = self.inner.restart;
-        let answer = self
-            .inner
-            .root
-            .call(
-                |reply| RootSupervisorMsg::Supervise {
-                    key: key.clone(),
-                    spec,
-                    policy,
-                    events,
-                    reply,
-                },
-                Some(SUPERVISOR_TIMEOUT),
-            )
-            .await;
-        match answer {
-            Ok(ractor::rpc::CallResult::Success(result)) => result,
-            Ok(ractor::rpc::CallResult::Timeout) => {
-                // It may still be added: take it back rather than leave it
-                // running unowned.
-                let _ = self.inner.root.cast(RootSupervisorMsg::Unsupervise(
-                    key,
-                    ractor::concurrency::oneshot().0.into(),
-                ));
-                Err(SuperviseError::Down(ChildError::Timeout(
-                    "root supervisor".into(),
-                )))
-            }
-            _ => Err(SuperviseError::Down(ChildError::Down(
-                "root supervisor".into(),
-            ))),
-        }
+        crate::supervisor::supervise(
+            &self.inner.root,
+            key.into(),
+            spec,
+            self.inner.restart,
+            events,
+        )
+        .await
     }
 
     /// Stops and forgets a child [`Runtime::supervise`] added; whether it
@@ -410,35 +385,9 @@ impl Runtime {
         let id = record.task_id;
         let spec = serde_json::to_value(&spec)
             .map_err(|e| RuntimeError::Storage(std::io::Error::other(e)))?;
-        let store = self.inner.tracker.store();
-        if let Err(e) = self.inner.tracker.create(record.clone(), Some(spec)).await {
-            // The caller hears "not created": it must never run, even if the
-            // tracker gets to the create later.
-            store.abandon(
-                record,
-                crate::task::TaskError::new(
-                    "NotCreated",
-                    format!("the task could not be recorded ({e}); it was not run"),
-                ),
-            );
-            return Err(e.into());
-        }
-        match self.inner.dispatcher.submit(job).await {
-            Ok(()) => Ok(id),
-            // The dispatcher took the job after all: it runs, and the caller
-            // gets its id.
-            Err((_, None)) => Ok(id),
-            Err((e, Some(_job))) => {
-                store.abandon(
-                    record,
-                    crate::task::TaskError::new(
-                        "DispatchFailed",
-                        format!("the task could not be started ({e}); it was not run"),
-                    ),
-                );
-                Err(e.into())
-            }
-        }
+        self.inner.tracker.create(record, Some(spec)).await;
+        self.inner.dispatcher.submit(job);
+        Ok(id)
     }
 
     /// Starts one call of `function(*args, **kwargs)` and returns its task id.
@@ -784,7 +733,7 @@ impl Runtime {
         if record.status.is_terminal() {
             return Ok(record);
         }
-        self.inner.dispatcher.cancel(id).await?;
+        self.inner.dispatcher.cancel(id);
         match self.wait(id, Some(CANCEL_GRACE)).await {
             Err(RuntimeError::WaitTimeout { .. }) => self.status(id),
             other => other,
@@ -795,17 +744,18 @@ impl Runtime {
     /// own children ([`RuntimeChild`]); agents count theirs in
     /// [`AgentInfo::restarts`](crate::agents::AgentInfo::restarts).
     pub async fn restarts(&self) -> Result<u64, RuntimeError> {
-        ractor::call_t!(self.inner.root, RootSupervisorMsg::Restarts, 5_000)
-            .map_err(|_| RuntimeError::Unavailable("root supervisor".into()))
+        let own = ractor::call_t!(self.inner.root, RootSupervisorMsg::Restarts, 5_000)
+            .map_err(|_| RuntimeError::Unavailable("root supervisor".into()))?;
+        Ok(own + self.inner.volumes.open_volumes().restarts())
     }
 
-    /// Fault injection for chaos tests: makes a runtime child panic. The
+    /// Fault injection for chaos tests: makes a runtime child panic
+    /// ([`RuntimeChild::Volumes`]: every open volume's actor). The
     /// supervisor restarts it per its [`RestartPolicy`].
     pub fn inject_fault(&self, child: RuntimeChild) {
-        let _ = self
-            .inner
-            .root
-            .cast(RootSupervisorMsg::InjectFault(ChildKey::Runtime(child)));
+        match child {
+            RuntimeChild::Volumes => self.inner.volumes.open_volumes().inject_panics(),
+        }
     }
 
     /// Whether the supervision tree is up (false after shutdown, or after a

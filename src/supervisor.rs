@@ -1,8 +1,8 @@
 //! The one supervisor, its restart policy, and the shape of every actor.
 //!
-//! The runtime's own children (task tracker, volume store, dispatcher) are
-//! spawned linked to the root supervisor; agents are added to it while the
-//! runtime runs ([`RootSupervisorMsg::Supervise`], keyed `agent/<id>`).
+//! Children are added to the root supervisor while the runtime runs
+//! ([`RootSupervisorMsg::Supervise`]): each open volume's actor (keyed
+//! `volume/<name>#<n>`) and each agent (`agent/<id>`).
 //! When a child fails (a panic in a handler), it is restarted one-for-one
 //! from the same arguments; children keep their state in shared stores
 //! handed in through those arguments, so a restart loses no task record.
@@ -15,21 +15,18 @@
 //! The backoff is a timer (`send_after`) that sends the supervisor a
 //! restart message ([`schedule_restart`]), never a sleep in its handler, so
 //! its mailbox stays open while a child waits to come back. Children are
-//! found by typed keys ([`ChildKey`]), and anything a message carries that
-//! must be taken once although [`Slot::call`] may re-send it travels in a
-//! [`Once`].
+//! found by typed keys ([`ChildKey`]).
 //!
 //! ## The shape of an actor
 //!
-//! An actor exists only where something must be serialized (the tracker's
-//! record transitions, a volume's versions, the dispatcher's admission);
-//! anything else is a plain handle over shared state (the function
-//! registry, reads of task records). Each actor module has:
+//! An actor exists only where something must be serialized (a volume's
+//! versions, an agent's state); anything else is a plain handle over
+//! shared state (the function registry, the task records, the dispatcher). Each actor module has:
 //!
 //! - one message enum, and a state that is what the actor is started from
 //!   (the shared stores a restart must find again) and implements
 //!   [`Serial`], run by [`SerialActor`]; only an actor that truly owns
-//!   more (the volume store's open logs) implements ractor's `Actor` itself;
+//!   more (a volume's open log) implements ractor's `Actor` itself;
 //! - a cloneable handle that calls the actor through a [`Slot`] with a
 //!   timeout, so it follows the actor across restarts;
 //! - one `child(args) -> (Handle, Box<dyn ChildSpec>)`, built on [`child`],
@@ -115,20 +112,14 @@ impl RestartBudget {
 /// The runtime's supervised children, for fault injection and diagnostics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RuntimeChild {
-    /// The task tracker.
-    Tracker,
-    /// The dispatcher.
-    Dispatcher,
-    /// The volume store.
+    /// The volumes: each open volume's actor.
     Volumes,
 }
 
 impl fmt::Display for RuntimeChild {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            RuntimeChild::Tracker => "task tracker",
-            RuntimeChild::Dispatcher => "dispatcher",
-            RuntimeChild::Volumes => "volume store",
+            RuntimeChild::Volumes => "volumes",
         })
     }
 }
@@ -142,22 +133,6 @@ pub enum ChildError {
     /// It is down and was not restarted in time (or the runtime stopped).
     #[error("the {0} is unavailable")]
     Down(String),
-}
-
-/// A value a message carries that must be taken at most once, although
-/// [`Slot::call`] may send the message again after a restart: the first
-/// handler to [`take`](Once::take) it wins, a re-sent copy finds it gone.
-pub(crate) struct Once<T>(std::sync::Mutex<Option<T>>);
-
-impl<T> Once<T> {
-    pub(crate) fn new(value: T) -> Arc<Once<T>> {
-        Arc::new(Once(std::sync::Mutex::new(Some(value))))
-    }
-
-    /// The value, the first time only.
-    pub(crate) fn take(&self) -> Option<T> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
 }
 
 /// How long a call waits for a failed child to be restarted.
@@ -270,7 +245,7 @@ pub(crate) trait ChildSpec: Send + Sync + 'static {
 
 /// An actor that is its state: it handles one message at a time over what
 /// it was started from (the shared stores a restart must find again).
-/// Every actor but the supervisor and the volume store takes this shape;
+/// Every actor but the supervisor and the volume actors takes this shape;
 /// [`SerialActor`] runs it.
 pub(crate) trait Serial: Send + Sync + Sized + 'static {
     /// Its one message enum.
@@ -364,30 +339,6 @@ pub(crate) fn schedule_restart<M: Message>(
     true
 }
 
-/// The one shape every child of the root takes: the [`Slot`] its handle
-/// calls through, and the [`ChildSpec`] the root (re)starts it from. Each
-/// actor module has a `child(..) -> (Handle, Box<dyn ChildSpec>)` built on
-/// this, and the runtime's builder wires children through those.
-pub(crate) fn child<A>(
-    id: RuntimeChild,
-    make: fn() -> A,
-    args: A::Arguments,
-    panic_msg: fn() -> A::Msg,
-) -> (Slot<A::Msg>, Box<dyn ChildSpec>)
-where
-    A: Actor,
-    A::Arguments: Clone + Sync,
-{
-    let (slot, publish) = Slot::new(id);
-    let spec = ChildRunner {
-        make,
-        args,
-        publish,
-        panic_msg,
-    };
-    (slot, Box::new(spec))
-}
-
 /// A child of the root: one of the runtime's own ([`RuntimeChild`]), or
 /// one added while it runs (an agent, keyed `agent/<id>`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -432,6 +383,50 @@ pub(crate) enum SuperviseError {
     Start(ractor::SpawnErr),
     /// The supervisor did not answer (the runtime is stopping or stopped).
     Down(ChildError),
+}
+
+/// How long the root supervisor has to answer an add or a removal.
+const SUPERVISOR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Adds `spec` under the root supervisor as `key`, with a restart budget
+/// of its own from `policy`; `events` hears of its restarts and of the
+/// supervisor giving up on it.
+pub(crate) async fn supervise(
+    root: &ActorRef<RootSupervisorMsg>,
+    key: Arc<str>,
+    spec: Box<dyn ChildSpec>,
+    policy: RestartPolicy,
+    events: ChildEvents,
+) -> Result<(), SuperviseError> {
+    let answer = root
+        .call(
+            |reply| RootSupervisorMsg::Supervise {
+                key: key.clone(),
+                spec,
+                policy,
+                events,
+                reply,
+            },
+            Some(SUPERVISOR_TIMEOUT),
+        )
+        .await;
+    match answer {
+        Ok(ractor::rpc::CallResult::Success(result)) => result,
+        Ok(ractor::rpc::CallResult::Timeout) => {
+            // It may still be added: take it back rather than leave it
+            // running unowned.
+            let _ = root.cast(RootSupervisorMsg::Unsupervise(
+                key,
+                ractor::concurrency::oneshot().0.into(),
+            ));
+            Err(SuperviseError::Down(ChildError::Timeout(
+                "root supervisor".into(),
+            )))
+        }
+        _ => Err(SuperviseError::Down(ChildError::Down(
+            "root supervisor".into(),
+        ))),
+    }
 }
 
 /// The root of the runtime's supervision tree, and the one supervisor.
@@ -772,7 +767,7 @@ mod tests {
             panic_msg: || FlakyMsg::Panic,
         };
         let args = RootSupervisorArgs {
-            children: vec![(RuntimeChild::Tracker, Box::new(runner))],
+            children: vec![(RuntimeChild::Volumes, Box::new(runner))],
             policy,
         };
         let (root, _) = Actor::spawn(None, RootSupervisor, args).await.unwrap();
@@ -796,7 +791,7 @@ mod tests {
     async fn a_failed_child_comes_back_and_the_mailbox_stays_open_during_backoff() {
         let (root, slot, starts) = root(policy(5, Duration::from_secs(2))).await;
         root.cast(RootSupervisorMsg::InjectFault(ChildKey::Runtime(
-            RuntimeChild::Tracker,
+            RuntimeChild::Volumes,
         )))
         .unwrap();
         until("the child failed", || !slot.is_up()).await;
@@ -824,7 +819,7 @@ mod tests {
     async fn failures_past_the_budget_stop_the_root() {
         let (root, _slot, starts) = root(policy(1, Duration::from_millis(1))).await;
         root.cast(RootSupervisorMsg::InjectFault(ChildKey::Runtime(
-            RuntimeChild::Tracker,
+            RuntimeChild::Volumes,
         )))
         .unwrap();
         until("the child restarted", || {
@@ -832,7 +827,7 @@ mod tests {
         })
         .await;
         root.cast(RootSupervisorMsg::InjectFault(ChildKey::Runtime(
-            RuntimeChild::Tracker,
+            RuntimeChild::Volumes,
         )))
         .unwrap();
         until("the root escalated", || {

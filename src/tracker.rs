@@ -9,16 +9,12 @@ mod retention;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::Utc;
 use dashmap::DashMap;
-use ractor::{ActorProcessingErr, RpcReplyPort};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::supervisor::{ChildError, Once, Slot};
-use crate::supervisor::{Serial, SerialActor};
 use crate::task::{MapProgress, TaskError, TaskId, TaskRecord, TaskStatus};
 
 pub(crate) use durable::Durable;
@@ -30,10 +26,8 @@ pub(crate) use results::{
 pub use retention::Retention;
 pub(crate) use retention::{remove_orphans, sweep};
 
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The tracker's contents, shared with its handle so that a restarted tracker
-/// actor starts from exactly what the failed one had.
+/// Every task's record, watch and readable results count, and what writes
+/// them to the journal.
 pub(crate) struct TaskStore {
     records: DashMap<TaskId, TaskRecord>,
     watches: DashMap<TaskId, watch::Sender<TaskStatus>>,
@@ -97,37 +91,6 @@ impl TaskStore {
             slot.insert(record);
         }
         self.durable.get().map(|d| (d.clone(), d.mark(id, job)))
-    }
-
-    /// Records a task that will never run (its creation or dispatch was not
-    /// acknowledged) as failed, whether or not its record exists yet: a
-    /// create still on its way finds it failed, and its job is written
-    /// followed by its end, so a restart never runs it.
-    pub(crate) fn abandon(&self, mut record: TaskRecord, error: TaskError) {
-        let id = record.task_id;
-        {
-            let mut entry = self.records.entry(id).or_insert_with(|| {
-                record.status = TaskStatus::Pending;
-                self.index.insert(record.created_at, id, record.status);
-                record
-            });
-            if entry.status.is_terminal() {
-                return;
-            }
-            self.index
-                .moved(entry.created_at, id, entry.status, TaskStatus::Failed);
-            entry.status = TaskStatus::Failed;
-            entry.error = Some(error);
-            entry.finished_at = Some(Utc::now());
-        }
-        if let Some(d) = self.durable.get() {
-            d.mark(id, None);
-        }
-        let tx = self
-            .watches
-            .entry(id)
-            .or_insert_with(|| watch::channel(TaskStatus::Failed).0);
-        tx.send_replace(TaskStatus::Failed);
     }
 
     /// Where a task keeps its files (inputs, results, logs).
@@ -218,121 +181,40 @@ pub(crate) struct Finished {
     pub(crate) progress: Option<MapProgress>,
 }
 
-/// Messages of the [`Tracker`].
-pub(crate) enum TrackerMsg {
-    /// Adds a new record (and stores its job, when durable); answers once
-    /// both are written.
-    Create(Box<TaskRecord>, Option<serde_json::Value>, RpcReplyPort<()>),
-    /// Applies an update (ignored once the task is terminal).
-    Update(TaskId, Arc<Once<TaskUpdate>>, RpcReplyPort<()>),
-    /// Applies an update without answering.
-    Notify(TaskId, TaskUpdate),
-    /// Panics (fault injection).
-    InjectPanic,
-}
-
-/// The tracker as a child of the root supervisor, and its handle.
-pub(crate) fn child(
-    store: Arc<TaskStore>,
-) -> (TrackerHandle, Box<dyn crate::supervisor::ChildSpec>) {
-    let (slot, spec) = crate::supervisor::child(
-        crate::supervisor::RuntimeChild::Tracker,
-        SerialActor::<Tracker>::new,
-        Tracker {
-            store: store.clone(),
-        },
-        || TrackerMsg::InjectPanic,
-    );
-    (TrackerHandle::new(slot, store), spec)
-}
-
-/// The task tracker: the [`Serial`] state it is (re)started from, applying record transitions one at a time.
+/// The task records: a plain handle over the shared [`TaskStore`] (no
+/// mailbox, no timeout). A transition is applied under its record's lock,
+/// so transitions of one task are ordered; a creation is answered once it
+/// is in the journal.
 #[derive(Clone)]
-pub(crate) struct Tracker {
-    pub(crate) store: Arc<TaskStore>,
-}
-
-impl Serial for Tracker {
-    type Msg = TrackerMsg;
-
-    async fn handle(&mut self, message: TrackerMsg) -> Result<(), ActorProcessingErr> {
-        match message {
-            TrackerMsg::Create(record, job, reply) => {
-                match self.store.insert_new(*record, job) {
-                    Some((d, epoch)) => {
-                        // Answer once it is on disk, without holding up the tracker.
-                        tokio::spawn(async move {
-                            d.wait(epoch).await;
-                            let _ = reply.send(());
-                        });
-                    }
-                    None => {
-                        let _ = reply.send(());
-                    }
-                }
-            }
-            TrackerMsg::Update(id, cell, reply) => {
-                let update = cell.take();
-                if let Some(update) = update {
-                    self.store.apply(id, update);
-                }
-                let _ = reply.send(());
-            }
-            TrackerMsg::Notify(id, update) => self.store.apply(id, update),
-            TrackerMsg::InjectPanic => panic!("fault injected into the task tracker"),
-        }
-        Ok(())
-    }
-}
-
-/// A cloneable handle to the [`Tracker`]. Reads go to the shared store;
-/// writes go through the actor.
-#[derive(Clone)]
-pub(crate) struct TrackerHandle {
-    slot: Slot<TrackerMsg>,
+pub(crate) struct Tasks {
     store: Arc<TaskStore>,
 }
 
-impl TrackerHandle {
-    pub(crate) fn new(slot: Slot<TrackerMsg>, store: Arc<TaskStore>) -> Self {
-        TrackerHandle { slot, store }
+impl Tasks {
+    pub(crate) fn new(store: Arc<TaskStore>) -> Self {
+        Tasks { store }
     }
 
     pub(crate) fn store(&self) -> &Arc<TaskStore> {
         &self.store
     }
 
-    pub(crate) async fn create(
-        &self,
-        record: TaskRecord,
-        job: Option<serde_json::Value>,
-    ) -> Result<(), ChildError> {
-        self.slot
-            .call(CALL_TIMEOUT, |reply| {
-                TrackerMsg::Create(Box::new(record.clone()), job.clone(), reply)
-            })
-            .await
+    /// Adds a new record (and stores its job, when durable); returns once
+    /// both are written.
+    pub(crate) async fn create(&self, record: TaskRecord, job: Option<Value>) {
+        if let Some((durable, epoch)) = self.store.insert_new(record, job) {
+            durable.wait(epoch).await;
+        }
     }
 
-    pub(crate) async fn update(&self, id: TaskId, update: TaskUpdate) -> Result<(), ChildError> {
-        let cell = Once::new(update);
-        self.slot
-            .call(CALL_TIMEOUT, |reply| {
-                TrackerMsg::Update(id, cell.clone(), reply)
-            })
-            .await
+    /// Applies an update (ignored once the task is terminal).
+    pub(crate) fn update(&self, id: TaskId, update: TaskUpdate) {
+        self.store.apply(id, update);
     }
 
-    /// Sends an update without waiting for it to be applied. Used for
-    /// `Started` and `Progress`, which a later update supersedes; one sent
-    /// while the tracker restarts is lost, never a task's end.
-    pub(crate) fn notify(&self, id: TaskId, update: TaskUpdate) {
-        self.slot.cast(TrackerMsg::Notify(id, update));
-    }
-
-    pub(crate) async fn finish(&self, id: TaskId, finished: Finished) -> Result<(), ChildError> {
-        self.update(id, TaskUpdate::Finished(Box::new(finished)))
-            .await
+    /// Records the task's end.
+    pub(crate) fn finish(&self, id: TaskId, finished: Finished) {
+        self.update(id, TaskUpdate::Finished(Box::new(finished)));
     }
 
     pub(crate) fn get(&self, id: TaskId) -> Option<TaskRecord> {
@@ -380,45 +262,49 @@ mod tests {
     use crate::task::TaskKind;
 
     #[tokio::test]
-    async fn a_task_abandoned_before_its_create_lands_never_runs_after_a_restart() {
+    async fn a_create_returns_once_its_job_is_in_the_journal_and_ends_are_final() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tasks.journal");
-        let open = || {
-            let (journal, replayed) = Journal::open(&path).unwrap();
-            let store = TaskStore::new(dir.path().join("tasks"));
-            let durable = Durable::new(journal, replayed.jobs.clone());
-            store.attach(durable.clone());
-            (store, durable, replayed)
-        };
-        let (store, durable, _) = open();
-        let late = TaskRecord::new("f", TaskKind::Call, None);
-        let early = TaskRecord::new("f", TaskKind::Call, None);
-        // The caller heard "not created" before the tracker got to the create.
-        store.abandon(
-            late.clone(),
-            TaskError::new("NotCreated", "not recorded in time"),
-        );
-        store.insert_new(late.clone(), Some(serde_json::json!({"kind": "call"})));
-        // And one whose create was written before the caller gave up.
-        store.insert_new(early.clone(), Some(serde_json::json!({"kind": "call"})));
-        durable.flush(&store).await;
-        store.abandon(
-            early.clone(),
-            TaskError::new("NotCreated", "not recorded in time"),
-        );
-        durable.flush(&store).await;
-        drop((store, durable));
-
-        let (_, _, replayed) = open();
+        let (journal, replayed) = Journal::open(&path).unwrap();
+        let store = TaskStore::new(dir.path().join("tasks"));
+        let durable = Durable::new(journal, replayed.jobs.clone());
+        store.attach(durable.clone());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let writer = tokio::spawn(durable.clone().run(store.clone(), stop.clone()));
+        let tasks = Tasks::new(store.clone());
+        let record = TaskRecord::new("f", TaskKind::Call, None);
+        let id = record.task_id;
+        tasks
+            .create(record, Some(serde_json::json!({"kind": "call"})))
+            .await;
+        let (_, seen) = Journal::open(&path).unwrap();
         assert!(
-            replayed.jobs.is_empty(),
-            "no job is left to run: {:?}",
-            replayed.jobs
+            seen.jobs.contains_key(&id),
+            "the job is written before create returns"
         );
-        for id in [late.task_id, early.task_id] {
-            let r = &replayed.records[&id];
-            assert_eq!(r.status, TaskStatus::Failed);
-            assert_eq!(r.error.as_ref().unwrap().kind, "NotCreated");
-        }
+        assert_eq!(tasks.get(id).unwrap().status, TaskStatus::Pending);
+        tasks.finish(
+            id,
+            Finished {
+                status: TaskStatus::Cancelled,
+                result: None,
+                result_ref: None,
+                error: None,
+                attempts: 0,
+                progress: None,
+            },
+        );
+        // A terminal task changes no more.
+        tasks.update(
+            id,
+            TaskUpdate::Started {
+                call: None,
+                attempt: 1,
+            },
+        );
+        assert_eq!(tasks.get(id).unwrap().status, TaskStatus::Cancelled);
+        assert_eq!(*tasks.watch(id).unwrap().borrow(), TaskStatus::Cancelled);
+        stop.cancel();
+        writer.await.unwrap();
     }
 }

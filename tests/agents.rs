@@ -229,13 +229,18 @@ async fn agents_are_children_of_the_one_supervisor() {
     // Every handle over the runtime sees the same agents.
     assert_eq!(Agents::new(&t.rt).list(), agents.list());
 
-    // A runtime child's failure leaves the agents running.
-    t.rt.inject_fault(RuntimeChild::Tracker);
+    // A runtime child's failure (an open volume's) leaves the agents running.
+    t.rt.volumes().write("shared", "k", json!(1)).await.unwrap();
+    t.rt.inject_fault(RuntimeChild::Volumes);
     let rt = t.rt.clone();
-    support::eventually(Duration::from_secs(10), "tracker restarted", move || {
-        let rt = rt.clone();
-        async move { rt.restarts().await.unwrap() == 1 }
-    })
+    support::eventually(
+        Duration::from_secs(10),
+        "volume store restarted",
+        move || {
+            let rt = rt.clone();
+            async move { rt.restarts().await.unwrap() == 1 }
+        },
+    )
     .await;
     let out = worker
         .run(AgentTask::new("echo", json!(5)), Duration::from_secs(5))

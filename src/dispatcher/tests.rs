@@ -22,27 +22,36 @@ fn spec(name: &str) -> FunctionSpec {
     FunctionSpec::new(name, format!("def {name}(*a):\n    pass\n"))
 }
 
-/// A submit that fails hands the job back when the dispatcher never took
-/// it, so the caller can record it as not run (and it never runs later).
-#[tokio::test]
-async fn a_job_the_dispatcher_never_took_comes_back() {
-    let (slot, publish) = Slot::<DispatcherMsg>::new("dispatcher");
-    drop(publish);
-    let handle = DispatcherHandle::new(slot);
-    let id = TaskId::new();
-    let job = TaskJob::Call {
-        task_id: id,
-        function: "f".into(),
-        args: Vec::new(),
-        kwargs: Map::new(),
-        attach: None,
-        prior_attempts: 0,
-    };
-    match handle.submit(job).await {
-        Err((ChildError::Down(_), Some(back))) => assert_eq!(back.task_id(), id),
-        Err((e, back)) => panic!("{e}: job back: {}", back.is_some()),
-        Ok(()) => panic!("no dispatcher, yet the job was taken"),
-    }
+/// A job that panics fails its task (it never stays running), and the
+/// runtime goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_panics_fails_its_task() {
+    let backend = Arc::new(ScriptedBackend::new());
+    backend.script("boom", |args, _| {
+        if args[0] == 3 {
+            panic!("a bug in the runtime's own code");
+        }
+        Ok(args[0].clone())
+    });
+    let (rt, _dir) = runtime(&backend).await;
+    rt.deploy_function(spec("boom")).await.unwrap();
+    let id = rt
+        .run_parallel("boom", (0..5).map(|i| serde_json::json!(i)).collect())
+        .await
+        .unwrap();
+    let record = rt.wait(id, Some(Duration::from_secs(30))).await.unwrap();
+    assert_eq!(record.status, TaskStatus::Failed, "{record:?}");
+    assert_eq!(
+        record.error.unwrap().kind,
+        crate::task::ErrorKind::InternalError
+    );
+    let call = rt
+        .spawn("boom", vec![serde_json::json!(1)], Map::new())
+        .await
+        .unwrap();
+    let record = rt.wait(call, Some(Duration::from_secs(30))).await.unwrap();
+    assert_eq!(record.result, Some(serde_json::json!(1)));
+    rt.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

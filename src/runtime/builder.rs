@@ -17,7 +17,7 @@ use crate::compute::{
 use crate::dispatcher::DispatchShared;
 use crate::secrets::{SecretStore, SecretsKey};
 use crate::store::Store;
-use crate::supervisor::{RestartPolicy, RootSupervisor, RootSupervisorArgs, RuntimeChild};
+use crate::supervisor::{RestartPolicy, RootSupervisor, RootSupervisorArgs};
 use crate::tracker::{Durable, Journal, Retention, TaskStore};
 use crate::volume::VolumeShared;
 
@@ -212,12 +212,10 @@ impl RuntimeBuilder {
         // The writer starts once recovery has restored every record: a
         // compaction before that would snapshot only some of them.
         let writer = durable.clone().run(store.clone(), flusher_stop.clone());
-        // Each child's handle and the spec the root supervisor (re)starts
-        // it from, from its own module's `child`.
+        // The task records and the dispatcher are plain handles; the volume
+        // store is the supervisor's child, from its module's `child`.
         let registry = crate::registry::Functions::default();
-        let (tracker, tracker_child) = crate::tracker::child(store.clone());
-        let volume_shared = VolumeShared::new(data_dir.join("volumes"));
-        let (volumes, volumes_child) = crate::volume::child(volume_shared);
+        let tracker = crate::tracker::Tasks::new(store.clone());
         let shutdown = CancellationToken::new();
         let jobs = JobSet::new();
         let feeds = crate::dispatcher::LogFeeds::default();
@@ -230,19 +228,20 @@ impl RuntimeBuilder {
             redact: redactor.clone(),
             feeds: feeds.clone(),
         });
-        let (dispatcher, dispatcher_child) = crate::dispatcher::child(shared);
-        let children = vec![
-            (RuntimeChild::Tracker, tracker_child),
-            (RuntimeChild::Volumes, volumes_child),
-            (RuntimeChild::Dispatcher, dispatcher_child),
-        ];
+        let dispatcher = crate::dispatcher::Dispatcher::new(shared);
         let args = RootSupervisorArgs {
-            children,
+            children: Vec::new(),
             policy: self.restart,
         };
         let (root, _join) = Actor::spawn(None, RootSupervisor, args)
             .await
             .map_err(|e| RuntimeError::Start(e.to_string()))?;
+        // Each open volume is an actor, a child of the root.
+        let volumes = crate::volume::Volumes::new(
+            VolumeShared::new(data_dir.join("volumes")),
+            root.clone(),
+            self.restart,
+        );
         tracing::info!(data_dir = %data_dir.display(), backend = backend.name(), "runtime started");
         let runtime = Runtime {
             inner: Arc::new(Inner {

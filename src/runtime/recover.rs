@@ -201,11 +201,7 @@ impl Runtime {
                     if let Some(d) = tracker.durable() {
                         d.mark(id, None);
                     }
-                    self.inner
-                        .dispatcher
-                        .submit(job)
-                        .await
-                        .map_err(|(e, _)| e)?;
+                    self.inner.dispatcher.submit(job);
                     requeued += 1;
                 }
                 None => {
