@@ -28,6 +28,7 @@ use tokio::sync::broadcast;
 use crate::runtime::Runtime;
 use crate::spec::SpecError;
 use crate::supervisor::{ChildError, ChildEvent, ChildEvents, ChildSpec, SuperviseError};
+use crate::sync::Recover;
 
 pub use codegen::{
     ChatConfig, ChatGenerator, CodeGenerator, CodegenError, CodegenHandle, CodegenReport,
@@ -153,6 +154,32 @@ pub enum AgentError {
     /// A runtime operation the agent needed failed.
     #[error(transparent)]
     Runtime(#[from] Box<crate::runtime::RuntimeError>),
+    /// A task handler failed the task (its own reason).
+    #[error("{0}")]
+    Handler(String),
+    /// A worker has no handler for a task's type.
+    #[error("no handler for task type {task_type:?} (known: {})", .known.join(", "))]
+    NoHandler {
+        /// The task's type.
+        task_type: String,
+        /// The types there are handlers for.
+        known: Vec<String>,
+    },
+    /// The worker running a task crashed or could not be reached.
+    #[error("worker {worker} crashed or was unreachable: {cause}")]
+    WorkerLost {
+        /// The worker.
+        worker: String,
+        /// What its handle saw.
+        cause: ChildError,
+    },
+}
+
+impl AgentError {
+    /// A handler's own failure of a task, with its reason.
+    pub fn handler(reason: impl Into<String>) -> AgentError {
+        AgentError::Handler(reason.into())
+    }
 }
 
 /// What the agents of one runtime share: who is registered, the event
@@ -180,7 +207,7 @@ impl Default for AgentShared {
 
 impl AgentShared {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, AgentInfo)>> {
-        self.agents.lock().unwrap_or_else(|e| e.into_inner())
+        self.agents.lock().recover()
     }
 
     /// What the supervisor tells of agent `id` (registration `token`),

@@ -44,6 +44,8 @@ pub enum ClientError {
     Api {
         /// The HTTP status.
         status: u16,
+        /// What kind of problem (the document's `type`).
+        kind: crate::wire::ProblemKind,
         /// The problem's title.
         title: String,
         /// The problem's detail.
@@ -147,14 +149,22 @@ impl Client {
     async fn problem(response: reqwest::Response) -> ClientError {
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        ClientError::Api {
-            status,
-            title: v["title"].as_str().unwrap_or("error").to_owned(),
-            detail: v["detail"]
-                .as_str()
-                .map_or_else(|| text.clone(), str::to_owned),
-            field: v["field"].as_str().map(str::to_owned),
+        match serde_json::from_str::<crate::wire::Problem>(&text) {
+            Ok(p) => ClientError::Api {
+                status,
+                kind: p.kind,
+                title: p.title,
+                detail: p.detail,
+                field: p.field,
+            },
+            // Not a problem document (a proxy's page, say): its text.
+            Err(_) => ClientError::Api {
+                status,
+                kind: crate::wire::ProblemKind::Other(String::new()),
+                title: "error".into(),
+                detail: crate::value::clip(&text, crate::api::MAX_DETAIL).into_owned(),
+                field: None,
+            },
         }
     }
 

@@ -22,6 +22,7 @@ use crate::compute::{
     BackendError, CallContext, CallId, CallOutcome, ComputeBackend, LogSink, MapItem, MapMeter,
 };
 use crate::persist::TaskDir;
+use crate::sync::Recover;
 use crate::task::{
     MapProgress, ResultRef, TaskError, TaskId, TaskStatus, INLINE_RESULT_BYTES, MAX_RESULT_BYTES,
 };
@@ -167,7 +168,7 @@ pub(crate) fn read_inputs(
                     set_aside.push(
                         index - 1,
                         TaskError::new(
-                            "InputUnreadable",
+                            crate::task::ErrorKind::InputUnreadable,
                             format!("the stored input could not be read back: {error}"),
                         ),
                     );
@@ -363,10 +364,11 @@ async fn run_job(shared: Arc<DispatchShared>, job: TaskJob, cancel: Cancellation
 }
 
 fn backend_error(e: BackendError) -> TaskError {
+    use crate::task::ErrorKind;
     let kind = match e {
-        BackendError::UnknownFunction(_) => "FunctionNotFound",
-        BackendError::Closed => "RuntimeShutdown",
-        _ => "BackendError",
+        BackendError::UnknownFunction(_) => ErrorKind::FunctionNotFound,
+        BackendError::Closed => ErrorKind::RuntimeShutdown,
+        _ => ErrorKind::BackendError,
     };
     TaskError::new(kind, e.to_string())
 }
@@ -380,7 +382,7 @@ fn storable(value: Value) -> Result<Value, TaskError> {
         && crate::value::deeper_than(&value, crate::value::MAX_VALUE_DEPTH)
     {
         return Err(TaskError::new(
-            "ResultTooDeep",
+            crate::task::ErrorKind::ResultTooDeep,
             format!(
                 "the result nests arrays/objects more than {} levels deep; at most {} are stored (flatten it, or return it as a string)",
                 crate::value::MAX_VALUE_DEPTH,
@@ -444,7 +446,10 @@ async fn run_call(
         Err(_) if cancel.is_cancelled() => (
             (
                 TaskStatus::Cancelled,
-                Some(TaskError::new("Cancelled", "the task was cancelled")),
+                Some(TaskError::new(
+                    crate::task::ErrorKind::Cancelled,
+                    "the task was cancelled",
+                )),
             ),
             (None, None),
         ),
@@ -479,10 +484,15 @@ async fn keep_result(
         (value, bytes)
     })
     .await
-    .map_err(|e| TaskError::new("StorageError", format!("cannot measure the result: {e}")))?;
+    .map_err(|e| {
+        TaskError::new(
+            crate::task::ErrorKind::StorageError,
+            format!("cannot measure the result: {e}"),
+        )
+    })?;
     if bytes.len() > MAX_RESULT_BYTES {
         return Err(TaskError::new(
-            "ResultTooLarge",
+            crate::task::ErrorKind::ResultTooLarge,
             format!(
                 "the result is {} bytes as JSON; at most {MAX_RESULT_BYTES} are kept (return less, or write it to a volume and return its path)",
                 bytes.len()
@@ -513,7 +523,7 @@ async fn keep_result(
     .and_then(|r| r);
     if let Err(e) = written {
         return Err(TaskError::new(
-            "StorageError",
+            crate::task::ErrorKind::StorageError,
             format!("cannot store the result: {e}"),
         ));
     }
@@ -562,10 +572,7 @@ pub(crate) type Unreadable = Arc<UnreadableInputs>;
 
 impl UnreadableInputs {
     fn push(&self, position: u64, error: TaskError) {
-        self.queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back((position, error));
+        self.queue.lock().recover().push_back((position, error));
         self.queued
             .fetch_add(1, std::sync::atomic::Ordering::Release);
     }
@@ -590,7 +597,7 @@ fn take_unreadable(
 #[cold]
 fn take_queued(unreadable: &UnreadableInputs, next: &mut u64, all: bool) -> Vec<TaskError> {
     let mut due = Vec::new();
-    let mut q = unreadable.queue.lock().unwrap_or_else(|p| p.into_inner());
+    let mut q = unreadable.queue.lock().recover();
     while let Some((at, _)) = q.front() {
         if !all && *at != *next {
             break;
@@ -618,7 +625,7 @@ async fn push(writer: &mut ResultWriter, value: &Value) -> std::io::Result<()> {
 #[cold]
 fn too_large(bytes: usize) -> Value {
     json!({ "error": TaskError::new(
-        "ResultTooLarge",
+        crate::task::ErrorKind::ResultTooLarge,
         format!("the result is {bytes} bytes as JSON; at most {MAX_RESULT_BYTES} are kept (return less, or write it to a volume and return its path)"),
     ) })
 }
@@ -645,7 +652,10 @@ async fn run_map(
     };
     let storage = |e: std::io::Error| {
         failed(
-            TaskError::new("StorageError", format!("cannot store results: {e}")),
+            TaskError::new(
+                crate::task::ErrorKind::StorageError,
+                format!("cannot store results: {e}"),
+            ),
             None,
         )
     };
@@ -758,13 +768,16 @@ async fn run_map(
     let (status, error) = if cancelled {
         (
             TaskStatus::Cancelled,
-            Some(TaskError::new("Cancelled", "the map was cancelled")),
+            Some(TaskError::new(
+                crate::task::ErrorKind::Cancelled,
+                "the map was cancelled",
+            )),
         )
     } else if progress.done() < progress.total {
         (
             TaskStatus::Failed,
             Some(TaskError::new(
-                "MapIncomplete",
+                crate::task::ErrorKind::MapIncomplete,
                 format!(
                     "{} of {} inputs have no outcome: their stored inputs could not be read",
                     progress.pending, progress.total
@@ -775,7 +788,7 @@ async fn run_map(
         (
             TaskStatus::Failed,
             Some(TaskError::new(
-                "MapInputsFailed",
+                crate::task::ErrorKind::MapInputsFailed,
                 format!(
                     "{} of {} inputs failed; their errors are in the results",
                     counts.failed, progress.total

@@ -69,6 +69,7 @@ pub mod secrets;
 pub mod spec;
 mod store;
 mod supervisor;
+mod sync;
 pub mod task;
 pub mod tools;
 mod tracker;

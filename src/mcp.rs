@@ -126,12 +126,10 @@ impl McpServer {
             Host::Remote(client) => match client.tool(name, args).await {
                 Ok(v) => Ok(Ok(v)),
                 Err(ClientError::Api {
-                    status: 404,
+                    kind: crate::wire::ProblemKind::UnknownTool,
                     detail,
                     ..
-                }) if detail.contains("unknown tool") => {
-                    Err(ErrorData::invalid_params(detail, None))
-                }
+                }) => Err(ErrorData::invalid_params(detail, None)),
                 Err(ClientError::Api { detail, field, .. }) => Ok(Err(match field {
                     Some(f) => format!("invalid `{f}`: {detail}"),
                     None => detail,

@@ -17,6 +17,7 @@
 //! text whatever the number of secrets, and nothing at all when there are
 //! none.
 
+use crate::sync::Recover;
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,12 +80,7 @@ impl Redactor {
     pub fn add(&self, value: impl Into<String>) {
         let value = value.into();
         if value.len() >= MIN_REDACTED_LEN {
-            let added = self
-                .shared
-                .values
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(value);
+            let added = self.shared.values.write().recover().insert(value);
             if added {
                 self.shared.generation.fetch_add(1, Ordering::Release);
             }
@@ -101,18 +97,13 @@ impl Redactor {
             .shared
             .compiled
             .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .recover()
             .as_ref()
             .filter(|c| c.built_from == now)
         {
             return c.clone();
         }
-        let mut values: BTreeSet<String> = self
-            .shared
-            .values
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let mut values: BTreeSet<String> = self.shared.values.read().recover().clone();
         if let Some(secrets) = &self.secrets {
             values.extend(
                 secrets
@@ -138,11 +129,7 @@ impl Redactor {
             matcher,
             values,
         });
-        *self
-            .shared
-            .compiled
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = Some(compiled.clone());
+        *self.shared.compiled.write().recover() = Some(compiled.clone());
         compiled
     }
 

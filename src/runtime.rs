@@ -6,6 +6,7 @@ mod logs;
 mod recover;
 mod resources;
 
+use crate::sync::Recover;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -179,11 +180,7 @@ impl Runtime {
     /// layer above the runtime (the agents) keeps state per runtime without
     /// the runtime knowing it. Dropped at shutdown.
     pub(crate) fn extension<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
-        let mut map = self
-            .inner
-            .extensions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut map = self.inner.extensions.lock().recover();
         if self.inner.stopped.load(Ordering::SeqCst) {
             // Kept no more once the runtime stops (they may hold it):
             // checked under the lock shutdown empties the map with.
@@ -286,8 +283,9 @@ impl Runtime {
                 // What the code raised while loading may hold a secret it
                 // was given: the caller sees it redacted, and bounded.
                 BackendError::Code(crate::spec::SpecError::Load { kind, message }) => {
-                    let cleaned = crate::task::TaskError::new(kind.as_str(), message)
-                        .cleaned(&self.inner.redactor);
+                    let cleaned =
+                        crate::task::TaskError::new(crate::task::ErrorKind::other(kind), message)
+                            .cleaned(&self.inner.redactor);
                     RuntimeError::Spec(crate::spec::SpecError::Load {
                         kind: cleaned.kind.as_str().to_owned(),
                         message: cleaned.message,
@@ -463,9 +461,12 @@ impl Runtime {
             TaskStatus::Cancelled => Err(RuntimeError::Cancelled(id)),
             _ => Err(RuntimeError::TaskFailed {
                 task_id: id,
-                error: record
-                    .error
-                    .unwrap_or_else(|| crate::task::TaskError::new("Unknown", "no error recorded")),
+                error: record.error.unwrap_or_else(|| {
+                    crate::task::TaskError::new(
+                        crate::task::ErrorKind::Unknown,
+                        "no error recorded",
+                    )
+                }),
             }),
         }
     }
@@ -800,13 +801,7 @@ impl Runtime {
         self.inner.store.close();
         // Services layered on the runtime may hold it (a task handler that
         // captured it, say); dropping them breaks that cycle.
-        let extensions = std::mem::take(
-            &mut *self
-                .inner
-                .extensions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
+        let extensions = std::mem::take(&mut *self.inner.extensions.lock().recover());
         drop(extensions);
         tracing::info!("runtime stopped");
     }

@@ -9,6 +9,7 @@
 
 use std::path::Path;
 
+use crate::sync::Recover;
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -115,7 +116,7 @@ impl Store {
 
     /// Closes the database; later writes fail.
     pub(crate) fn close(&self) {
-        self.db.write().unwrap_or_else(|e| e.into_inner()).take();
+        self.db.write().recover().take();
     }
 
     fn closed() -> StoreError {
@@ -137,7 +138,7 @@ impl Store {
         if writes.is_empty() && !matches!(durability, redb::Durability::Immediate) {
             return Ok(());
         }
-        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        let guard = self.db.read().recover();
         let db = guard.as_ref().ok_or_else(Store::closed)?;
         let mut txn = db.begin_write()?;
         txn.set_durability(durability);
@@ -161,7 +162,7 @@ impl Store {
         table: Table,
         what: &'static str,
     ) -> Result<Vec<(String, T)>, StoreError> {
-        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        let guard = self.db.read().recover();
         let db = guard.as_ref().ok_or_else(Store::closed)?;
         let txn = db.begin_read()?;
         let t = txn.open_table(table.def())?;

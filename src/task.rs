@@ -197,9 +197,9 @@ impl TaskError {
     }
 
     /// An error without a traceback.
-    pub fn new(kind: impl Into<ErrorKind>, message: impl Into<String>) -> TaskError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> TaskError {
         TaskError {
-            kind: kind.into(),
+            kind,
             message: message.into(),
             traceback: None,
         }
@@ -437,7 +437,7 @@ mod tests {
 
     #[test]
     fn error_serializes_with_type_field() {
-        let e = TaskError::new("ValueError", "bad");
+        let e = TaskError::new(crate::task::ErrorKind::other("ValueError"), "bad");
         assert_eq!(
             serde_json::to_value(&e).unwrap(),
             serde_json::json!({"type": "ValueError", "message": "bad"})

@@ -40,6 +40,7 @@ use tokio::sync::mpsc;
 use crate::spec::{validate_object_name, SpecError};
 use crate::supervisor::ChildError;
 
+use crate::sync::Recover;
 use actor::VolumeMsg;
 pub use files::FileStat;
 pub(crate) use open::OpenVolumes;
@@ -250,7 +251,7 @@ impl VolumeShared {
 
     fn announce(&self, volume: &str, change: VolumeChange) {
         let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        let mut subs = self.subscribers.lock().expect("subscribers poisoned");
+        let mut subs = self.subscribers.lock().recover();
         subs.retain(|s| {
             if s.volume != volume || !change.subject().starts_with(&s.prefix) {
                 return !s.tx.is_closed();
@@ -493,15 +494,11 @@ impl Volumes {
     ) -> Result<mpsc::UnboundedReceiver<VolumeEvent>, VolumeError> {
         validate_object_name("volume_name", volume)?;
         let (tx, rx) = mpsc::unbounded_channel();
-        self.shared
-            .subscribers
-            .lock()
-            .expect("subscribers poisoned")
-            .push(Subscriber {
-                volume: volume.to_owned(),
-                prefix: prefix.to_owned(),
-                tx,
-            });
+        self.shared.subscribers.lock().recover().push(Subscriber {
+            volume: volume.to_owned(),
+            prefix: prefix.to_owned(),
+            tx,
+        });
         Ok(rx)
     }
 

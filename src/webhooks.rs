@@ -42,6 +42,7 @@ use crate::wire::{Webhook, WebhookAttempt, WebhookState};
 
 pub use self::ssrf::Cidr;
 use self::ssrf::{allowed, check_target, refusal, GuardedResolver};
+use crate::sync::Recover;
 
 /// Settings of the webhook service.
 #[derive(Debug, Clone)]
@@ -265,7 +266,7 @@ impl Webhooks {
     pub fn get(&self, webhook_id: &str) -> Option<Webhook> {
         self.registrations
             .get(webhook_id)
-            .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).view.clone())
+            .map(|r| r.lock().recover().view.clone())
     }
 
     /// `(delivered, failed)` deliveries so far.
@@ -287,7 +288,7 @@ fn prune(
     let ids: Vec<String> = registrations
         .iter()
         .filter(|r| {
-            let r = r.value().lock().unwrap_or_else(|p| p.into_inner());
+            let r = r.value().lock().recover();
             !matches!(
                 r.view.state,
                 WebhookState::Waiting | WebhookState::Delivering
@@ -323,7 +324,7 @@ fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
 
 async fn deliver(runtime: Runtime, hooks: DeliveryCtx, registration: Arc<Mutex<StoredWebhook>>) {
     let (task_id, url, key, message_id, done) = {
-        let r = registration.lock().unwrap_or_else(|p| p.into_inner());
+        let r = registration.lock().recover();
         (
             r.view.task_id,
             r.view.webhook_url.clone(),
@@ -346,13 +347,7 @@ async fn deliver(runtime: Runtime, hooks: DeliveryCtx, registration: Arc<Mutex<S
         "data": {"task_id": record.task_id, "function_name": record.function_name, "status": record.status},
     }))
     .expect("JSON serializes");
-    let set_state = |state| {
-        registration
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .view
-            .state = state
-    };
+    let set_state = |state| registration.lock().recover().view.state = state;
     set_state(WebhookState::Delivering);
     hooks.persist(&registration).await;
     let settings = &hooks.settings;
@@ -367,7 +362,7 @@ async fn deliver(runtime: Runtime, hooks: DeliveryCtx, registration: Arc<Mutex<S
         };
         registration
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .recover()
             .view
             .attempts
             .push(WebhookAttempt {
@@ -428,7 +423,7 @@ impl DeliveryCtx {
         registration: &Mutex<StoredWebhook>,
     ) -> Result<(), crate::store::StoreError> {
         let write = {
-            let r = registration.lock().unwrap_or_else(|p| p.into_inner());
+            let r = registration.lock().recover();
             store::put(Table::Webhooks, r.view.webhook_id.clone(), &*r)
         };
         let store = self.store.clone();

@@ -11,12 +11,14 @@
 //! [`FunctionSpec::validate`]: crate::spec::FunctionSpec
 
 mod deploy;
+mod problem;
 mod schema;
 mod state;
 mod tasks;
 mod tools;
 
 pub use deploy::{DeployRequest, Deployed, FunctionView, ImageConfig, VolumeMounts};
+pub use problem::{Problem, ProblemKind};
 pub use schema::{json_schema, output_json_schema};
 pub use state::{
     PutState, SecretInfo, StateEntry, Webhook, WebhookAttempt, WebhookRequest, WebhookState,

@@ -21,6 +21,7 @@ use super::{AgentError, AgentKind, AgentTask, Agents, WorkerHandle};
 use crate::runtime::Runtime;
 use crate::supervisor::{ChildError, Slot};
 use crate::supervisor::{Serial, SerialActor};
+use crate::sync::Recover;
 
 /// How a master runs jobs.
 #[derive(Debug, Clone)]
@@ -164,18 +165,14 @@ pub(crate) struct MasterShared {
 
 impl MasterShared {
     fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, JobState>> {
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+        self.jobs.lock().recover()
     }
 
     fn usable(&self, worker: &WorkerHandle) -> bool {
         worker.is_up()
-            && worker.actor_id().is_some_and(|id| {
-                !self
-                    .dead
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .contains(&id)
-            })
+            && worker
+                .actor_id()
+                .is_some_and(|id| !self.dead.lock().recover().contains(&id))
     }
 }
 
@@ -194,7 +191,7 @@ pub(crate) enum MasterMsg {
         index: usize,
         attempt: u32,
         worker: String,
-        outcome: Result<Value, String>,
+        outcome: Arc<Result<Value, AgentError>>,
         reply: RpcReplyPort<()>,
     },
     /// Hands out queued tasks again (after workers were down).
@@ -261,7 +258,7 @@ impl Serial for Master {
                 outcome,
                 reply,
             } => {
-                record(shared, &job_id, index, attempt, &worker, outcome);
+                record(shared, &job_id, index, attempt, &worker, &outcome);
                 pump(shared, &job_id);
                 finish_if_done(shared, &job_id).await;
                 let _ = reply.send(());
@@ -280,7 +277,7 @@ fn record(
     index: usize,
     attempt: u32,
     worker: &str,
-    outcome: Result<Value, String>,
+    outcome: &Result<Value, AgentError>,
 ) {
     let mut jobs = shared.jobs();
     let Some(job) = jobs.get_mut(job_id) else {
@@ -302,7 +299,7 @@ fn record(
                 kind: job.tasks[index].kind.clone(),
                 worker: Some(worker.to_owned()),
                 attempts: attempt,
-                result: Some(result),
+                result: Some(result.clone()),
                 error: None,
             });
         }
@@ -319,7 +316,7 @@ fn record(
                     worker: Some(worker.to_owned()),
                     attempts: attempt,
                     result: None,
-                    error: Some(reason),
+                    error: Some(reason.to_string()),
                 });
             }
         }
@@ -377,18 +374,16 @@ fn pump(shared: &Arc<MasterShared>, job_id: &str) {
                     if let (ChildError::Down(_), Some(actor)) = (&e, actor) {
                         // Until it is restarted, this worker fails whatever it
                         // gets at once: do not hand it more.
-                        shared
-                            .dead
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(actor);
+                        shared.dead.lock().recover().insert(actor);
                     }
-                    Err(format!(
-                        "worker {} crashed or was unreachable: {e}",
-                        worker.id()
-                    ))
+                    Err(AgentError::WorkerLost {
+                        worker: worker.id().to_owned(),
+                        cause: e,
+                    })
                 }
             };
+            // Sent again if the master restarts meanwhile: shared, not copied.
+            let outcome = Arc::new(outcome);
             let sent = shared
                 .slot
                 .call(Duration::from_secs(30), |reply| MasterMsg::Finished {

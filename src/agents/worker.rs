@@ -40,8 +40,9 @@ impl AgentTask {
     }
 }
 
-/// What a handler returns: the task's result, or why it failed.
-pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Value, String>> + Send>>;
+/// What a handler returns: the task's result, or why it failed
+/// ([`AgentError::handler`] for a reason of its own).
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Value, AgentError>> + Send>>;
 
 /// Runs tasks of one type. Closures `Fn(Runtime, AgentTask) -> impl Future`
 /// implement it.
@@ -53,7 +54,7 @@ pub trait TaskHandler: Send + Sync + 'static {
 impl<F, Fut> TaskHandler for F
 where
     F: Fn(Runtime, AgentTask) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Value, String>> + Send + 'static,
+    Fut: Future<Output = Result<Value, AgentError>> + Send + 'static,
 {
     fn handle(&self, runtime: Runtime, task: AgentTask) -> HandlerFuture {
         Box::pin(self(runtime, task))
@@ -91,7 +92,7 @@ fn builtin(function: &'static str) -> Arc<dyn TaskHandler> {
     Arc::new(move |rt: Runtime, task: AgentTask| async move {
         rt.call(function, vec![task.data], Map::new())
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| AgentError::Runtime(Box::new(e)))
     })
 }
 
@@ -107,7 +108,7 @@ pub(crate) fn builtin_handlers(handlers: &Handlers) {
 /// Messages of a [`Worker`].
 pub(crate) enum WorkerMsg {
     /// Runs a task and answers its outcome.
-    Run(AgentTask, RpcReplyPort<Result<Value, String>>),
+    Run(AgentTask, RpcReplyPort<Result<Value, AgentError>>),
     /// Panics (fault injection).
     InjectPanic,
 }
@@ -132,11 +133,10 @@ impl Serial for Worker {
                         let mut known: Vec<String> =
                             self.handlers.iter().map(|e| e.key().clone()).collect();
                         known.sort();
-                        Err(format!(
-                            "no handler for task type {:?} (known: {})",
-                            task.kind,
-                            known.join(", ")
-                        ))
+                        Err(AgentError::NoHandler {
+                            task_type: task.kind.clone(),
+                            known,
+                        })
                     }
                     Some(handler) => {
                         tracing::debug!(worker = %self.id, kind = %task.kind, "running task");
@@ -188,7 +188,7 @@ impl WorkerHandle {
         &self,
         task: AgentTask,
         timeout: Duration,
-    ) -> Result<Result<Value, String>, ChildError> {
+    ) -> Result<Result<Value, AgentError>, ChildError> {
         self.slot
             .call_once(timeout, |reply| WorkerMsg::Run(task, reply))
             .await

@@ -1,9 +1,9 @@
 //! The API's one error type, answered as RFC 9457 `application/problem+json`.
 
+pub use crate::wire::Problem;
+use crate::wire::ProblemKind;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
-use utoipa::ToSchema;
 
 use crate::agents::AgentError;
 use crate::runtime::RuntimeError;
@@ -15,23 +15,6 @@ use crate::volume::VolumeError;
 /// Longest `detail` a problem document carries (8 KiB): room for a
 /// package build's last lines, never a caller's whole request.
 pub const MAX_DETAIL: usize = 8 << 10;
-
-/// An RFC 9457 problem document.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Problem {
-    /// A URI naming the kind of problem.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// A short summary of the kind.
-    pub title: String,
-    /// The HTTP status.
-    pub status: u16,
-    /// What went wrong this time.
-    pub detail: String,
-    /// The request field at fault, when there is one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-}
 
 /// Every way an API request fails.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +33,9 @@ pub enum Error {
     /// The thing asked for does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// No agent tool has that name.
+    #[error("{0}")]
+    UnknownTool(String),
     /// The request conflicts with the current state.
     #[error("{0}")]
     Conflict(String),
@@ -107,56 +93,58 @@ impl Error {
         }
     }
 
-    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+    fn parts(&self) -> (StatusCode, ProblemKind, &'static str) {
+        use ProblemKind as K;
         match self {
-            Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Malformed request"),
+            Error::BadRequest(_) => (StatusCode::BAD_REQUEST, K::BadRequest, "Malformed request"),
             Error::Invalid { .. } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "validation",
+                K::Validation,
                 "Invalid field",
             ),
-            Error::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
-            Error::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            Error::NotFound(_) => (StatusCode::NOT_FOUND, K::NotFound, "Not found"),
+            Error::UnknownTool(_) => (StatusCode::NOT_FOUND, K::UnknownTool, "Unknown tool"),
+            Error::Conflict(_) => (StatusCode::CONFLICT, K::Conflict, "Conflict"),
             Error::PreconditionFailed(_) => (
                 StatusCode::PRECONDITION_FAILED,
-                "precondition-failed",
+                K::PreconditionFailed,
                 "Precondition failed",
             ),
-            Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            Error::Unauthorized => (StatusCode::UNAUTHORIZED, K::Unauthorized, "Unauthorized"),
             Error::TooLarge(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "too-large",
+                K::TooLarge,
                 "Payload too large",
             ),
             Error::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
+                K::UnsupportedMediaType,
                 "Unsupported media type",
             ),
             Error::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
+                K::MethodNotAllowed,
                 "Method not allowed",
             ),
             Error::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
+                K::Unavailable,
                 "Service unavailable",
             ),
-            Error::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            Error::Forbidden(_) => (StatusCode::FORBIDDEN, K::Forbidden, "Forbidden"),
             Error::TooManyRequests { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
-                "too-many-requests",
+                K::TooManyRequests,
                 "Too many requests",
             ),
             Error::Saturated { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "saturated",
+                K::Saturated,
                 "Server at capacity",
             ),
             Error::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
+                K::Internal,
                 "Internal server error",
             ),
         }
@@ -164,7 +152,7 @@ impl Error {
 
     /// The problem document this error answers with.
     pub fn problem(&self) -> Problem {
-        let (status, slug, title) = self.parts();
+        let (status, kind, title) = self.parts();
         let detail = match self {
             Error::Internal(_) => {
                 "the server failed to handle the request; it has been logged".to_owned()
@@ -174,7 +162,7 @@ impl Error {
             other => crate::value::clip(&other.to_string(), MAX_DETAIL).into_owned(),
         };
         Problem {
-            kind: format!("urn:modal-agents:problem:{slug}"),
+            kind,
             title: title.to_owned(),
             status: status.as_u16(),
             detail,
@@ -314,7 +302,7 @@ impl From<VolumeError> for Error {
 impl From<ToolError> for Error {
     fn from(e: ToolError) -> Self {
         match e {
-            ToolError::UnknownTool { .. } => Error::NotFound(e.to_string()),
+            ToolError::UnknownTool { .. } => Error::UnknownTool(e.to_string()),
             ToolError::TooLarge { .. } => Error::Conflict(e.to_string()),
             ToolError::InvalidArguments { ref field, .. } => {
                 Error::invalid(field.clone(), e.to_string())
@@ -336,9 +324,12 @@ impl From<AgentError> for Error {
             AgentError::Unavailable(_) => Error::Unavailable(e.to_string()),
             AgentError::Volume(e) => e.into(),
             AgentError::Runtime(e) => (*e).into(),
-            AgentError::Spawn { .. } | AgentError::Codegen { .. } | AgentError::Repo(_) => {
-                Error::Internal(e.to_string())
-            }
+            AgentError::Spawn { .. }
+            | AgentError::Codegen { .. }
+            | AgentError::Repo(_)
+            | AgentError::Handler(_)
+            | AgentError::NoHandler { .. }
+            | AgentError::WorkerLost { .. } => Error::Internal(e.to_string()),
         }
     }
 }

@@ -20,6 +20,7 @@ use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 
 use super::{ApiState, Error};
+use crate::sync::Recover;
 
 /// How long a key is remembered.
 const KEEP: Duration = Duration::from_secs(24 * 3600);
@@ -62,7 +63,7 @@ impl IdempotencyStore {
     /// Records a finished entry, then forgets what is past its time, the
     /// key count or the byte budget, oldest first.
     fn finished(&self, key: Key, slot: Slot, size: usize) {
-        let mut order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        let mut order = self.order.lock().recover();
         self.bytes.fetch_add(size, Ordering::Relaxed);
         order.push_back((Instant::now(), key, slot, size));
         self.expire(&mut order);
@@ -86,7 +87,7 @@ impl IdempotencyStore {
 
     /// Forgets what is past its time (constant work per call, amortized).
     fn expire_now(&self) {
-        let mut order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        let mut order = self.order.lock().recover();
         self.expire(&mut order);
     }
 }
@@ -147,7 +148,7 @@ pub(crate) async fn idempotency(
         }
     };
     if let Some(existing) = existing {
-        return replay(&existing.lock().unwrap_or_else(|p| p.into_inner()), hash);
+        return replay(&existing.lock().recover(), hash);
     }
     // Run to the end whatever the client does, so the outcome is known.
     let request = Request::from_parts(parts, Body::from(bytes));
@@ -162,7 +163,7 @@ pub(crate) async fn idempotency(
             Ok(body) if !parts.status.is_server_error() => {
                 let kept = (body.len() <= MAX_REPLAYED).then(|| body.clone());
                 let size = kept.as_ref().map_or(0, Bytes::len);
-                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Entry::Done {
+                *slot.lock().recover() = Entry::Done {
                     hash,
                     status: parts.status,
                     headers: parts.headers.clone(),

@@ -11,6 +11,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::ApiState;
+use crate::sync::Recover;
 use crate::task::TaskStatus;
 
 #[derive(Default)]
@@ -40,11 +41,7 @@ pub(crate) async fn track(State(state): State<ApiState>, req: Request, next: Nex
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(req).await;
     let key = (method, route, response.status().as_u16());
-    let mut requests = state
-        .metrics
-        .requests
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let mut requests = state.metrics.requests.lock().recover();
     let series = requests.entry(key).or_default();
     series.count += 1;
     series.seconds += started.elapsed().as_secs_f64();
@@ -57,7 +54,7 @@ impl Metrics {
         let mut out = String::new();
         out.push_str("# HELP modal_agents_http_requests_total HTTP requests answered.\n");
         out.push_str("# TYPE modal_agents_http_requests_total counter\n");
-        let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        let requests = self.requests.lock().recover();
         for ((method, route, status), s) in requests.iter() {
             let _ = writeln!(
                 out,

@@ -60,6 +60,7 @@ use super::{
     BackendError, CallContext, CallId, CallOutcome, Capacity, ComputeBackend, Deployment,
     Isolation, LogSink, LogStream, MapItem,
 };
+use crate::sync::Recover;
 use crate::task::TaskError;
 
 /// Settings of the local backend.
@@ -182,7 +183,7 @@ impl LocalBackend {
     pub fn standby_ready(&self) -> usize {
         self.launcher
             .get()
-            .map_or(0, |l| l.standby.lock().expect("standby poisoned").len())
+            .map_or(0, |l| l.standby.lock().recover().len())
     }
 
     /// Process ids of the containers alive now.
@@ -615,7 +616,7 @@ impl ComputeBackend for LocalBackend {
             .ok_or_else(|| BackendError::UnknownCall(call.clone()))?;
         let outcome = handle.await.unwrap_or_else(|e| CallOutcome {
             result: Err(TaskError::new(
-                "InternalError",
+                crate::task::ErrorKind::InternalError,
                 format!("call task failed: {e}"),
             )),
             attempts: 1,

@@ -8,6 +8,7 @@
 //! Shipped with `#[cfg(test)]` and the `testing` feature, the way apalis
 //! ships its memory backend.
 
+use crate::sync::Recover;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -82,23 +83,18 @@ impl ScriptedBackend {
     ) -> &Self {
         self.scripts
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .recover()
             .insert(name.to_owned(), Arc::new(f));
         self
     }
 
     /// How many times function `name` ran (attempts included).
     pub fn runs(&self, name: &str) -> u64 {
-        self.runs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .copied()
-            .unwrap_or(0)
+        self.runs.lock().recover().get(name).copied().unwrap_or(0)
     }
 
     fn lock_deployed(&self) -> std::sync::MutexGuard<'_, HashMap<String, FunctionSpec>> {
-        self.deployed.lock().unwrap_or_else(|e| e.into_inner())
+        self.deployed.lock().recover()
     }
 
     /// The function's script and spec, if it is deployed.
@@ -111,7 +107,7 @@ impl ScriptedBackend {
         let script = self
             .scripts
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .recover()
             .get(name)
             .cloned()
             .ok_or_else(|| BackendError::UnknownFunction(name.to_owned()))?;
@@ -131,11 +127,7 @@ impl ScriptedBackend {
             let mut attempts = 0;
             loop {
                 attempts += 1;
-                *me.runs
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(name.clone())
-                    .or_default() += 1;
+                *me.runs.lock().recover().entry(name.clone()).or_default() += 1;
                 let result = script(args.clone(), kwargs.clone()).await;
                 if result.is_ok() || attempts > spec.retries.max_retries {
                     return CallOutcome { result, attempts };
@@ -208,7 +200,10 @@ impl ComputeBackend for Arc<ScriptedBackend> {
                         () = ctx.cancel.cancelled() => cancelled(),
                     },
                     Err(e) => CallOutcome {
-                        result: Err(TaskError::new("BackendError", e.to_string())),
+                        result: Err(TaskError::new(
+                            crate::task::ErrorKind::BackendError,
+                            e.to_string(),
+                        )),
                         attempts: 1,
                     },
                 };
@@ -233,7 +228,7 @@ impl ComputeBackend for Arc<ScriptedBackend> {
         let id = format!("sc-{}", self.next_call.fetch_add(1, Ordering::Relaxed));
         self.spawned
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .recover()
             .insert(id.clone(), tokio::spawn(run));
         Ok(CallId::local(id))
     }
@@ -242,19 +237,14 @@ impl ComputeBackend for Arc<ScriptedBackend> {
         let handle = self
             .spawned
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .recover()
             .remove(&call.id)
             .ok_or_else(|| BackendError::UnknownCall(call.clone()))?;
         Ok(handle.await.unwrap_or_else(|_| cancelled()))
     }
 
     async fn cancel(&self, call: &CallId) -> Result<(), BackendError> {
-        match self
-            .spawned
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&call.id)
-        {
+        match self.spawned.lock().recover().get(&call.id) {
             Some(handle) => {
                 handle.abort();
                 Ok(())
@@ -264,12 +254,7 @@ impl ComputeBackend for Arc<ScriptedBackend> {
     }
 
     async fn shutdown(&self) {
-        for (_, handle) in self
-            .spawned
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-        {
+        for (_, handle) in self.spawned.lock().recover().drain() {
             handle.abort();
         }
     }
@@ -277,7 +262,10 @@ impl ComputeBackend for Arc<ScriptedBackend> {
 
 fn cancelled() -> CallOutcome {
     CallOutcome {
-        result: Err(TaskError::new("Cancelled", "the task was cancelled")),
+        result: Err(TaskError::new(
+            crate::task::ErrorKind::Cancelled,
+            "the task was cancelled",
+        )),
         attempts: 1,
     }
 }

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use crate::compute::LogStream;
 use crate::persist::TaskDir;
 use crate::redact::Redactor;
+use crate::sync::Recover;
 use crate::task::{TaskId, TaskLogs};
 
 /// Most recent bytes of each stream a running task keeps in memory.
@@ -83,7 +84,7 @@ impl LogFeed {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FeedState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().recover()
     }
 
     /// Wakes on every write and at the end.

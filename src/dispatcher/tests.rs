@@ -60,7 +60,10 @@ async fn a_map_counts_every_input_once_and_keeps_failures_in_their_slots() {
     backend.script("double", |args, _| {
         let x = args[0].as_i64().unwrap_or_default();
         if x % 10 == 3 {
-            Err(TaskError::new("ValueError", format!("{x} is unlucky")))
+            Err(TaskError::new(
+                crate::task::ErrorKind::other("ValueError"),
+                format!("{x} is unlucky"),
+            ))
         } else {
             Ok(serde_json::json!(x * 2))
         }
@@ -107,7 +110,10 @@ async fn retries_are_the_tasks_attempts() {
     let seen = failures.clone();
     backend.script("flaky", move |_, _| {
         if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
-            Err(TaskError::new("RuntimeError", "not yet"))
+            Err(TaskError::new(
+                crate::task::ErrorKind::other("RuntimeError"),
+                "not yet",
+            ))
         } else {
             Ok(serde_json::json!("done"))
         }
@@ -121,7 +127,12 @@ async fn retries_are_the_tasks_attempts() {
     assert_eq!(record.result, Some(serde_json::json!("done")), "{record:?}");
     assert_eq!(record.attempts, 3);
     // A function that keeps failing ends failed, its error kept.
-    backend.script("broken", |_, _| Err(TaskError::new("KeyError", "'k'")));
+    backend.script("broken", |_, _| {
+        Err(TaskError::new(
+            crate::task::ErrorKind::other("KeyError"),
+            "'k'",
+        ))
+    });
     rt.deploy_function(spec("broken").retry_policy(RetryPolicy::new(1)))
         .await
         .unwrap();

@@ -215,7 +215,7 @@ async fn as_problem(response: Response) -> Response {
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
     let problem = crate::api::Problem {
-        kind: "urn:modal-agents:problem:mcp".into(),
+        kind: crate::wire::ProblemKind::Mcp,
         title: status.canonical_reason().unwrap_or("Refused").into(),
         status: status.as_u16(),
         detail: crate::value::clip(text.trim(), 1024).into_owned(),

@@ -11,6 +11,7 @@
 //! [`SessionManager::create_session`] through a task-local, so a burst of
 //! initializes can never overshoot the ceiling.
 
+use crate::sync::Recover;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -188,7 +189,7 @@ impl Sessions {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Live> {
-        self.live.lock().unwrap_or_else(|e| e.into_inner())
+        self.live.lock().recover()
     }
 
     /// How many sessions are open (reservations not counted).

@@ -16,6 +16,7 @@ use crate::compute::LogStream;
 use crate::dispatcher::logs::LogFeed;
 use crate::dispatcher::Taken;
 use crate::persist::TaskDir;
+use crate::sync::Recover;
 use crate::task::TaskId;
 /// Most bytes one chunk carries.
 const MAX_CHUNK: usize = 64 << 10;
@@ -160,7 +161,7 @@ impl Followers {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, usize>> {
-        self.per_task.lock().unwrap_or_else(|e| e.into_inner())
+        self.per_task.lock().recover()
     }
 
     fn admit(self: &Arc<Self>, id: TaskId) -> Result<Following, RuntimeError> {

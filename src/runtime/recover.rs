@@ -60,7 +60,7 @@ impl Runtime {
             record.status = TaskStatus::Failed;
             record.finished_at = Some(Utc::now());
             record.error = Some(crate::task::TaskError::new(
-                "RecordUnreadable",
+                crate::task::ErrorKind::RecordUnreadable,
                 "the task's record could not be read back after a restart (see the journal's quarantine file); it was not run again",
             ));
             tracing::error!(task_id = %id, "a task's record was unreadable; it is marked failed");
@@ -184,7 +184,7 @@ impl Runtime {
                             // One damaged map never keeps the runtime from starting.
                             tracing::error!(task_id = %record.task_id, error = %e, "a map's results cannot be read; it is marked failed");
                             lost = Some(crate::task::TaskError::new(
-                            "StorageError",
+                            crate::task::ErrorKind::StorageError,
                             format!("the map's stored results could not be read after a restart: {e}"),
                         ));
                             None
@@ -208,7 +208,7 @@ impl Runtime {
                     record.status = TaskStatus::Failed;
                     record.finished_at = Some(Utc::now());
                     record.error = Some(lost.take().unwrap_or_else(|| crate::task::TaskError::new(
-                        "LostAtRestart",
+                        crate::task::ErrorKind::LostAtRestart,
                         "the runtime stopped while this task ran and its input (a stream) was not stored; its stored results are kept",
                     )));
                     tracker.restore(record, stored);
@@ -314,7 +314,7 @@ async fn finished_results(record: &mut TaskRecord, dir: &TaskDir) -> u64 {
     tracing::error!(task_id = %record.task_id, kept, expected = done, "a finished map's results are damaged; it is marked failed");
     record.status = TaskStatus::Failed;
     record.error = Some(crate::task::TaskError::new(
-        "StorageError",
+        crate::task::ErrorKind::StorageError,
         format!("only {kept} of the map's {done} results could be read back after a restart; they are kept"),
     ));
     kept
@@ -323,7 +323,7 @@ async fn finished_results(record: &mut TaskRecord, dir: &TaskDir) -> u64 {
 /// The error of work the runtime went down under on each of its attempts.
 fn runtime_lost(attempts: u32, max_retries: u32, what: &str) -> crate::task::TaskError {
     crate::task::TaskError::new(
-        "RuntimeLost",
+        crate::task::ErrorKind::RuntimeLost,
         format!(
             "the runtime went down while this {what} ran, {attempts} time(s), which uses up its retries (max_retries = {max_retries}); it was not run again"
         ),

@@ -28,8 +28,12 @@ macro_rules! kinds {
             }
         }
 
-        impl From<&str> for ErrorKind {
-            fn from(name: &str) -> ErrorKind {
+        impl ErrorKind {
+            /// The kind a name stands for: the runtime's own kind of that
+            /// name, else [`ErrorKind::Other`] (a function's exception type).
+            /// For names read off the wire or from a backend, never for the
+            /// runtime's own kinds, which are constructed as variants.
+            pub fn from_name(name: &str) -> ErrorKind {
                 match name {
                     $(stringify!($name) => ErrorKind::$name,)*
                     other => ErrorKind::Other(other.to_owned()),
@@ -98,12 +102,10 @@ kinds! {
     Unknown,
 }
 
-impl From<String> for ErrorKind {
-    fn from(name: String) -> ErrorKind {
-        match ErrorKind::from(name.as_str()) {
-            ErrorKind::Other(_) => ErrorKind::Other(name),
-            known => known,
-        }
+impl ErrorKind {
+    /// A function's own exception type (`ValueError`).
+    pub fn other(name: impl Into<String>) -> ErrorKind {
+        ErrorKind::Other(name.into())
     }
 }
 
@@ -133,7 +135,7 @@ impl Serialize for ErrorKind {
 
 impl<'de> Deserialize<'de> for ErrorKind {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ErrorKind, D::Error> {
-        String::deserialize(d).map(ErrorKind::from)
+        String::deserialize(d).map(|name| ErrorKind::from_name(&name))
     }
 }
 
@@ -154,6 +156,6 @@ mod tests {
         let user: ErrorKind = serde_json::from_str("\"ValueError\"").unwrap();
         assert_eq!(user, ErrorKind::Other("ValueError".into()));
         assert_eq!(user, "ValueError");
-        assert_eq!(ErrorKind::from("Cancelled"), ErrorKind::Cancelled);
+        assert_eq!(ErrorKind::from_name("Cancelled"), ErrorKind::Cancelled);
     }
 }

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use super::ToolError;
+use crate::sync::Recover;
 
 /// The tools a key applies to.
 pub(super) const CREATING: &[&str] = &[
@@ -74,7 +75,7 @@ pub(super) fn take_key(tool: &str, args: &mut Value) -> Result<Option<String>, T
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock().recover()
 }
 
 impl Replays {

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::journal::{Entry, Journal};
 use super::TaskStore;
+use crate::sync::Recover;
 use crate::task::TaskId;
 
 /// How often the journal is fsynced while it changes.
@@ -74,7 +75,7 @@ impl Durable {
     /// Marks a record (and its job, when new) for the next write; returns
     /// that write's number.
     pub(crate) fn mark(&self, id: TaskId, job: Option<Value>) -> u64 {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self.pending.lock().recover();
         p.dirty.insert(id);
         if let Some(job) = job {
             p.jobs.push((id, job));
@@ -88,7 +89,7 @@ impl Durable {
     /// Marks tasks removed by retention for the next write; returns that
     /// write's number.
     pub(crate) fn forget(&self, ids: &[TaskId]) -> u64 {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self.pending.lock().recover();
         p.forgets.extend_from_slice(ids);
         let epoch = p.epoch + 1;
         drop(p);
@@ -99,7 +100,7 @@ impl Durable {
     /// Files to reach the disk before any record written from now on does:
     /// the next journal fsync (or compaction) fsyncs them first, in order.
     pub(crate) fn sync_before_next_fsync(&self, files: Vec<PathBuf>) {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self.pending.lock().recover();
         p.files.extend(files);
     }
 
@@ -140,7 +141,7 @@ impl Durable {
     async fn write(&self, tasks: &Arc<TaskStore>, fsync: bool) {
         let _turn = self.writing.lock().await;
         let (dirty, jobs, forgets, files, epoch) = {
-            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut p = self.pending.lock().recover();
             p.epoch += 1;
             (
                 std::mem::take(&mut p.dirty),
@@ -167,7 +168,7 @@ impl Durable {
         let disk = self.disk.clone();
         let tasks = tasks.clone();
         let written = tokio::task::spawn_blocking(move || {
-            let mut d = disk.lock().unwrap_or_else(|e| e.into_inner());
+            let mut d = disk.lock().recover();
             // Taken before the records that need them, so they are never
             // behind a journal fsync.
             d.files.extend(files);
@@ -208,7 +209,7 @@ impl Durable {
 
     /// Puts a batch that was not written back in front of what is pending.
     fn requeue(&self, entries: Vec<Entry>) {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self.pending.lock().recover();
         let mut jobs = Vec::new();
         for e in entries {
             match e {

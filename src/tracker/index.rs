@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 
+use crate::sync::Recover;
 use crate::task::{TaskId, TaskStatus};
 
 type Key = (Reverse<DateTime<Utc>>, TaskId);
@@ -46,7 +47,7 @@ fn slot(status: TaskStatus) -> usize {
 
 impl TaskIndex {
     fn sets(&self) -> std::sync::MutexGuard<'_, Sets> {
-        self.sets.lock().unwrap_or_else(|p| p.into_inner())
+        self.sets.lock().recover()
     }
 
     /// A new record.

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use super::state::VolumeState;
 use super::Versioned;
 use super::{beneath, file_error, files, FileStat, VolumeChange, VolumeError, VolumeShared};
+use crate::sync::Recover;
 
 /// Messages of a [`VolumeActor`].
 pub(crate) enum VolumeMsg {
@@ -87,7 +88,7 @@ impl Open {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, VolumeState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().recover()
     }
 
     fn read(&self, key: &str) -> Option<Versioned> {
@@ -136,15 +137,10 @@ impl Open {
             return Ok(0);
         }
         let (state, k, v) = (self.state.clone(), key.clone(), value.clone());
-        let version = tokio::task::spawn_blocking(move || {
-            state
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .commit(&k, v)
-        })
-        .await
-        .map_err(|e| (self.io())(std::io::Error::other(e)))?
-        .map_err(self.io())?;
+        let version = tokio::task::spawn_blocking(move || state.lock().recover().commit(&k, v))
+            .await
+            .map_err(|e| (self.io())(std::io::Error::other(e)))?
+            .map_err(self.io())?;
         let change = match value {
             Some(value) => VolumeChange::Put {
                 key,

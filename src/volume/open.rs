@@ -5,6 +5,7 @@
 //! volume being closed is opened again only once it is gone, so two actors
 //! never write one volume.
 
+use crate::sync::Recover;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -99,7 +100,7 @@ impl OpenVolumes {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+        self.table.lock().recover()
     }
 
     /// Restarts of volume actors so far.

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::spec::{FunctionSpec, GpuRequest, GpuType, SpecError};
+use crate::sync::Recover;
 
 /// CPU reserved for a container whose function names none, in millicores.
 pub(crate) const DEFAULT_CPU_MILLI: u32 = 125;
@@ -162,7 +163,7 @@ impl Drop for Reservation {
         if self.gpus.is_empty() {
             return;
         }
-        let mut gpus = self.budget.gpus.lock().unwrap_or_else(|e| e.into_inner());
+        let mut gpus = self.budget.gpus.lock().recover();
         for (d, used) in gpus.iter_mut() {
             if self.gpus.contains(&d.index) {
                 *used = false;
@@ -204,7 +205,7 @@ impl Budget {
     pub(crate) fn devices(&self) -> Vec<GpuDevice> {
         self.gpus
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .recover()
             .iter()
             .map(|(d, _)| d.clone())
             .collect()
@@ -267,7 +268,7 @@ impl Budget {
         if choices.is_empty() {
             return Some(Vec::new());
         }
-        let mut gpus = self.gpus.lock().unwrap_or_else(|e| e.into_inner());
+        let mut gpus = self.gpus.lock().recover();
         for c in choices {
             let free: Vec<usize> = gpus
                 .iter()
@@ -367,7 +368,7 @@ impl Budget {
     }
 
     pub(crate) fn usage(&self) -> Usage {
-        let gpus = self.gpus.lock().unwrap_or_else(|e| e.into_inner());
+        let gpus = self.gpus.lock().recover();
         Usage {
             cpu_used: f64::from(self.cpu_milli - self.cpu.available_permits() as u32) / 1000.0,
             cpu_total: f64::from(self.cpu_milli) / 1000.0,

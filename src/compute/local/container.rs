@@ -18,6 +18,7 @@ use super::cgroup::{Confined, PidsGroup};
 use super::protocol::{decode_load_reply, ping_request};
 use super::sandbox::Jail;
 use crate::spec::SpecError;
+use crate::sync::Recover;
 
 /// The harness source, shipped inside the crate.
 const HARNESS: &str = include_str!("harness.py");
@@ -115,7 +116,7 @@ impl Launcher {
             gpus,
         } = limits;
         // Standby containers are unsandboxed, and so see no GPU node anyway.
-        let standby = self.standby.lock().expect("standby poisoned").pop();
+        let standby = self.standby.lock().recover().pop();
         self.refill();
         if let Some(mut container) = standby {
             container.limit_processes(processes);
@@ -146,8 +147,7 @@ impl Launcher {
         let launcher = self.clone();
         tokio::spawn(async move {
             while !launcher.closed.load(Ordering::SeqCst)
-                && launcher.standby.lock().expect("standby poisoned").len()
-                    < launcher.standby_target
+                && launcher.standby.lock().recover().len() < launcher.standby_target
             {
                 let started = match launcher.spawn(&[]).await {
                     Ok(mut c) => c.ping().await.map(|()| c),
@@ -155,7 +155,7 @@ impl Launcher {
                 };
                 match started {
                     Ok(c) if !launcher.closed.load(Ordering::SeqCst) => {
-                        launcher.standby.lock().expect("standby poisoned").push(c);
+                        launcher.standby.lock().recover().push(c);
                     }
                     Ok(_) => break,
                     Err(_) if launcher.closed.load(Ordering::SeqCst) => break,
@@ -172,7 +172,7 @@ impl Launcher {
     /// Stops refilling and kills the standby containers.
     pub(crate) fn close(&self) {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.standby.lock().expect("standby poisoned").clear();
+        self.standby.lock().recover().clear();
     }
 }
 
@@ -196,21 +196,16 @@ pub(crate) struct LiveSet {
 
 impl LiveSet {
     fn insert(&self, pid: u32) {
-        self.pids.lock().expect("live set poisoned").insert(pid);
+        self.pids.lock().recover().insert(pid);
     }
 
     fn remove(&self, pid: u32) {
-        self.pids.lock().expect("live set poisoned").remove(&pid);
+        self.pids.lock().recover().remove(&pid);
         self.changed.notify_waiters();
     }
 
     pub(crate) fn pids(&self) -> Vec<u32> {
-        self.pids
-            .lock()
-            .expect("live set poisoned")
-            .iter()
-            .copied()
-            .collect()
+        self.pids.lock().recover().iter().copied().collect()
     }
 
     /// Kills every live container's process group and waits until all are reaped.
@@ -725,7 +720,7 @@ impl Container {
     }
 
     pub(crate) fn stderr_tail(&self) -> String {
-        let tail = self.stderr_tail.lock().expect("stderr tail poisoned");
+        let tail = self.stderr_tail.lock().recover();
         tail.iter().cloned().collect::<Vec<_>>().join("\n")
     }
 
@@ -813,7 +808,7 @@ async fn drain_stderr(
     let mut line: Vec<u8> = Vec::new();
     let mut cut = false;
     let keep = |line: &[u8], cut: bool| {
-        let mut tail = tail.lock().expect("stderr tail poisoned");
+        let mut tail = tail.lock().recover();
         if line == DONE_MARK {
             // A request ended: what came before was its own.
             tail.clear();

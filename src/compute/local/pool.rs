@@ -18,6 +18,7 @@ use super::container::{Confinement, Container, Failure, Launcher, StartError};
 use super::protocol::load_request;
 use super::scaledown::Warm;
 use crate::spec::FunctionSpec;
+use crate::sync::Recover;
 use crate::task::TaskError;
 
 /// Warm containers of one deployed function.
@@ -193,15 +194,18 @@ impl Pool {
             () = cancel.cancelled() => return Err(cancelled_error().into()),
         };
         let start_failed = |e| match e {
-            StartError::Code(e) => {
-                AttemptError::Failed(TaskError::new("ContainerStartFailed", e.to_string()))
-            }
-            StartError::Failed(why) => {
-                AttemptError::Failed(TaskError::new("ContainerStartFailed", why))
-            }
-            StartError::Died(why) => {
-                AttemptError::Lost(TaskError::new("ContainerStartFailed", why))
-            }
+            StartError::Code(e) => AttemptError::Failed(TaskError::new(
+                crate::task::ErrorKind::ContainerStartFailed,
+                e.to_string(),
+            )),
+            StartError::Failed(why) => AttemptError::Failed(TaskError::new(
+                crate::task::ErrorKind::ContainerStartFailed,
+                why,
+            )),
+            StartError::Died(why) => AttemptError::Lost(TaskError::new(
+                crate::task::ErrorKind::ContainerStartFailed,
+                why,
+            )),
         };
         // Take an idle container, or start one once resources allow; a
         // container coming back idle meanwhile wins over waiting.
@@ -209,12 +213,12 @@ impl Pool {
             let returned = self.returned.notified();
             tokio::pin!(returned);
             returned.as_mut().enable();
-            if let Some((c, _)) = self.idle.lock().expect("pool poisoned").pop() {
+            if let Some((c, _)) = self.idle.lock().recover().pop() {
                 break c;
             }
             tokio::select! {
                 reserved = self.reserve() => {
-                    let reservation = reserved.map_err(|why| TaskError::new("ContainerStartFailed", why))?;
+                    let reservation = reserved.map_err(|why| TaskError::new(crate::task::ErrorKind::ContainerStartFailed, why))?;
                     tokio::select! {
                         started = self.launch(reservation) => break started.map_err(start_failed)?,
                         () = cancel.cancelled() => return Err(cancelled_error().into()),
@@ -254,23 +258,20 @@ impl Pool {
 
     /// Keeps a container warm.
     fn park(&self, container: Container) {
-        self.idle
-            .lock()
-            .expect("pool poisoned")
-            .push((container, Instant::now()));
+        self.idle.lock().recover().push((container, Instant::now()));
         self.returned.notify_one();
         self.warm.went_idle();
     }
 
     /// Containers alive now, leased or idle.
     fn containers(&self) -> usize {
-        self.in_use.load(Ordering::SeqCst) + self.idle.lock().expect("pool poisoned").len()
+        self.in_use.load(Ordering::SeqCst) + self.idle.lock().recover().len()
     }
 
     /// Since when the longest-idle container past `min_containers` has been idle.
     pub(crate) fn longest_idle(&self) -> Option<Instant> {
         let spare = self.containers() > self.spec.min_containers as usize;
-        let idle = self.idle.lock().expect("pool poisoned");
+        let idle = self.idle.lock().recover();
         spare
             .then(|| idle.first().map(|(_, since)| *since))
             .flatten()
@@ -281,7 +282,7 @@ impl Pool {
         if self.containers() <= self.spec.min_containers as usize {
             return false;
         }
-        let mut idle = self.idle.lock().expect("pool poisoned");
+        let mut idle = self.idle.lock().recover();
         if idle.is_empty() {
             return false;
         }
@@ -334,7 +335,7 @@ impl Pool {
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         self.slots.close();
-        self.idle.lock().expect("pool poisoned").clear();
+        self.idle.lock().recover().clear();
     }
 
     pub(crate) fn timeout(&self) -> Duration {
@@ -359,7 +360,7 @@ impl Lease {
             if let Err(e) = container.allow_cpu(seconds) {
                 self.container.take();
                 return Err(AttemptError::Lost(TaskError::new(
-                    "ContainerStartFailed",
+                    crate::task::ErrorKind::ContainerStartFailed,
                     format!("could not set the container's CPU limit: {e}"),
                 )));
             }
@@ -370,7 +371,7 @@ impl Lease {
                 let container = self.container.take().expect("lease holds a container");
                 Err(match failure {
                     Failure::TimedOut => AttemptError::Failed(TaskError::new(
-                        "TimeoutError",
+                        crate::task::ErrorKind::TimeoutError,
                         format!(
                             "the function ran past its timeout of {} s; its container was killed",
                             timeout.as_secs()
@@ -378,7 +379,7 @@ impl Lease {
                     )),
                     Failure::Died(_) if container.oom_killed() => {
                         AttemptError::Failed(TaskError::new(
-                            "OutOfMemory",
+                            crate::task::ErrorKind::OutOfMemory,
                             format!(
                                 "the input went past the container's memory limit of {} MiB; the container was killed and is replaced",
                                 self.pool.memory_ceiling_mib()
@@ -386,15 +387,15 @@ impl Lease {
                         ))
                     }
                     died @ Failure::Died(_) => AttemptError::Failed(TaskError::new(
-                        "ContainerCrashed",
+                        crate::task::ErrorKind::ContainerCrashed,
                         container.explain(died),
                     )),
                     broken @ Failure::Protocol(_) => AttemptError::Failed(TaskError::new(
-                        "ProtocolError",
+                        crate::task::ErrorKind::ProtocolError,
                         container.explain(broken),
                     )),
                     lost @ Failure::NotRun(_) => AttemptError::Lost(TaskError::new(
-                        "ContainerCrashed",
+                        crate::task::ErrorKind::ContainerCrashed,
                         container.explain(lost),
                     )),
                 })
@@ -431,12 +432,12 @@ impl Drop for Lease {
 pub(crate) const MAX_LOST: u32 = 100;
 
 pub(crate) fn cancelled_error() -> TaskError {
-    TaskError::new("Cancelled", "the task was cancelled")
+    TaskError::new(crate::task::ErrorKind::Cancelled, "the task was cancelled")
 }
 
 fn closed_error() -> TaskError {
     TaskError::new(
-        "FunctionUndeployed",
+        crate::task::ErrorKind::FunctionUndeployed,
         "the function was undeployed or the runtime shut down",
     )
 }

@@ -129,13 +129,16 @@ pub(crate) fn decode_load_reply(reply: &[u8]) -> Result<Result<(), SpecError>, S
 
 fn not_serializable(why: String) -> TaskError {
     TaskError::new(
-        "ResultNotSerializable",
+        crate::task::ErrorKind::ResultNotSerializable,
         format!("the function returned {why}"),
     )
 }
 
 fn protocol_error(e: impl std::fmt::Display) -> TaskError {
-    TaskError::new("ProtocolError", format!("bad reply from container: {e}"))
+    TaskError::new(
+        crate::task::ErrorKind::ProtocolError,
+        format!("bad reply from container: {e}"),
+    )
 }
 
 /// Captured output that came with a reply.

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::pool::Pool;
+use crate::sync::Recover;
 
 /// How often idle containers are checked against their window.
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
@@ -29,13 +30,13 @@ pub(crate) struct Warm {
 
 impl Warm {
     pub(crate) fn register(&self, pool: &Arc<Pool>) {
-        let mut pools = self.pools.lock().expect("warm set poisoned");
+        let mut pools = self.pools.lock().recover();
         pools.retain(|p| p.strong_count() > 0);
         pools.push(Arc::downgrade(pool));
     }
 
     fn pools(&self) -> Vec<Arc<Pool>> {
-        let mut pools = self.pools.lock().expect("warm set poisoned");
+        let mut pools = self.pools.lock().recover();
         pools.retain(|p| p.strong_count() > 0);
         pools.iter().filter_map(Weak::upgrade).collect()
     }

@@ -185,7 +185,7 @@ impl ModalBackend {
         );
         tokio::fs::write(&file, text).await?;
         let mut cmd = tokio::process::Command::new(&python);
-        cmd.args(["-I", "-m", "modal", "deploy"])
+        cmd.args(["-I", "-c", MODAL_CLI, "deploy"])
             .arg(format!(
                 "{}::{}",
                 file.display(),
@@ -215,7 +215,8 @@ impl ModalBackend {
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stderr));
         // What goes back to the caller never carries a secret value.
-        Err(deploy_error(&d.redact.redact(&text), &credentials))
+        let refused = out.status.code() == Some(AUTH_REFUSED);
+        Err(deploy_error(&d.redact.redact(&text), refused, &credentials))
     }
 
     fn timeout_for(&self, spec: &FunctionSpec) -> Duration {
@@ -281,16 +282,20 @@ impl ModalBackend {
     }
 }
 
-/// A failed `modal deploy`, with credentials problems told apart.
-fn deploy_error(output: &str, credentials: &ModalCredentials) -> BackendError {
+/// The Modal CLI, run as `modal` is, except that the SDK's own
+/// `AuthError` (a missing, malformed or refused token) ends it with
+/// [`AUTH_REFUSED`]: a typed outcome, not a phrase to look for.
+const MODAL_CLI: &str = "import sys\nimport modal.__main__ as m\nfrom modal.exception import AuthError\ninner = m.entrypoint_cli\ndef cli(*a, **k):\n    try:\n        return inner(*a, **k)\n    except AuthError as e:\n        print('AuthError:', e, file=sys.stderr)\n        sys.exit(77)\nm.entrypoint_cli = cli\nsys.argv[0] = 'modal'\nm.main()\n";
+
+/// [`MODAL_CLI`]'s exit code when Modal refused the credentials.
+const AUTH_REFUSED: i32 = 77;
+
+/// A failed `modal deploy`, with credentials problems (`refused`) told
+/// apart.
+fn deploy_error(output: &str, refused: bool, credentials: &ModalCredentials) -> BackendError {
     let lines: Vec<&str> = output.lines().filter(|l| !l.trim().is_empty()).collect();
     let tail = lines[lines.len().saturating_sub(8)..].join("\n");
-    let lower = output.to_ascii_lowercase();
-    if lower.contains("token missing")
-        || lower.contains("could not authenticate")
-        || lower.contains("token validation")
-        || lower.contains("invalid token")
-    {
+    if refused {
         BackendError::ModalCredentials(format!(
             "Modal refused the credentials from {} ({}); {HOW_TO_SET}",
             credentials.source,
@@ -317,7 +322,7 @@ fn modal_error(e: &TaskError) -> BackendError {
 const LOG_DRAIN: Duration = Duration::from_secs(5);
 
 fn cancelled() -> TaskError {
-    TaskError::new("Cancelled", "the task was cancelled")
+    TaskError::new(crate::task::ErrorKind::Cancelled, "the task was cancelled")
 }
 
 #[async_trait]
@@ -406,7 +411,7 @@ impl ComputeBackend for ModalBackend {
             outcome = tokio::time::timeout(bound, self.wait(&call)) => match outcome {
                 Ok(outcome) => return outcome,
                 Err(_) => TaskError::new(
-                    "TimeoutError",
+                    crate::task::ErrorKind::TimeoutError,
                     format!("no outcome from Modal within {} s", bound.as_secs()),
                 ),
             },
@@ -553,7 +558,10 @@ async fn run_map(
             }
         };
         let Some(msg) = msg else {
-            break TaskError::new("ModalError", "the bridge process exited during the map");
+            break TaskError::new(
+                crate::task::ErrorKind::ModalError,
+                "the bridge process exited during the map",
+            );
         };
         if let Some(credit) = msg.get("credit").and_then(Value::as_u64) {
             let mut batch = Vec::new();
@@ -582,7 +590,7 @@ async fn run_map(
                 items.push(MapItem {
                     index: done,
                     result: Err(TaskError::new(
-                        "ProtocolError",
+                        crate::task::ErrorKind::ProtocolError,
                         "the result of this input could not be read from the Modal bridge",
                     )),
                     attempts: 1,
@@ -610,7 +618,7 @@ async fn run_map(
             if done < sent {
                 // The map ended without some results: each still gets one.
                 break TaskError::new(
-                    "ProtocolError",
+                    crate::task::ErrorKind::ProtocolError,
                     "the Modal map ended without this input's result",
                 );
             }
@@ -653,7 +661,8 @@ mod tests {
     #[test]
     fn deploy_failures_tell_credentials_apart() {
         let refused = deploy_error(
-            "Building...\nError: Token missing. Could not authenticate client.\n",
+            "Building...\nAuthError: Token missing. Could not authenticate client.\n",
+            true,
             &creds(),
         );
         let text = refused.to_string();
@@ -667,6 +676,7 @@ mod tests {
         );
         let other = deploy_error(
             "Step 3/4: pip install nope==0\nERROR: No matching distribution found for nope==0\n",
+            false,
             &creds(),
         );
         assert!(

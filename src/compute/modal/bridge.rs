@@ -17,6 +17,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 use crate::compute::BackendError;
+use crate::sync::Recover;
 use crate::task::TaskError;
 
 /// The bridge's source, shipped inside the crate.
@@ -128,7 +129,7 @@ impl Bridge {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 tracing::debug!(target: "modal_agents::bridge", "{line}");
-                let mut tail = tail_w.lock().expect("stderr tail poisoned");
+                let mut tail = tail_w.lock().recover();
                 if tail.len() == 20 {
                     tail.pop_front();
                 }
@@ -150,7 +151,7 @@ impl Bridge {
     }
 
     fn gone(&self) -> BackendError {
-        let tail = self.stderr.lock().expect("stderr tail poisoned");
+        let tail = self.stderr.lock().recover();
         let tail: Vec<&str> = tail.iter().map(String::as_str).collect();
         BackendError::Modal(format!("the bridge process exited: {}", tail.join("\n")))
     }
@@ -201,7 +202,7 @@ impl Bridge {
     }
 
     pub(crate) fn kill(&self) {
-        if let Some(mut child) = self.child.lock().expect("bridge poisoned").take() {
+        if let Some(mut child) = self.child.lock().recover().take() {
             let _ = child.start_kill();
             tokio::spawn(async move {
                 let _ = child.wait().await;
@@ -234,10 +235,11 @@ pub(crate) fn answer_of(msg: &Value) -> Answer {
 }
 
 pub(crate) fn task_error(err: &Value) -> TaskError {
-    let mut e = TaskError::new(
-        err["type"].as_str().unwrap_or("ModalError"),
-        err["message"].as_str().unwrap_or_default(),
+    let kind = err["type"].as_str().map_or(
+        crate::task::ErrorKind::ModalError,
+        crate::task::ErrorKind::from_name,
     );
+    let mut e = TaskError::new(kind, err["message"].as_str().unwrap_or_default());
     e.traceback = err["traceback"].as_str().map(str::to_owned);
     e
 }
