@@ -11,7 +11,6 @@
 mod error;
 mod extract;
 mod functions;
-mod idempotency;
 mod metrics;
 mod origin;
 mod secrets;
@@ -100,7 +99,7 @@ impl ApiConfig {
 pub(crate) struct Inner {
     pub(crate) runtime: Runtime,
     pub(crate) config: ApiConfig,
-    pub(crate) idempotency: idempotency::IdempotencyStore,
+    pub(crate) commands: crate::commands::Commands,
     pub(crate) webhooks: crate::webhooks::Webhooks,
     pub(crate) metrics: metrics::Metrics,
     /// The live MCP sessions at `/mcp`.
@@ -124,16 +123,41 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Who made a request, as the API's auth found: the index of the bearer
-/// token it presented (`None` without authentication). Handlers that keep
-/// things per caller (MCP sessions) count by it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Caller {
-    pub(crate) token: Option<usize>,
+/// token it presented (`None` without authentication). What is kept per
+/// caller (MCP sessions, idempotency keys) is counted by it.
+pub(crate) use crate::commands::Caller;
+
+/// `response`, marked `Idempotent-Replayed: true` when it is a replay of
+/// its key's first answer.
+pub(crate) fn replayed(mut response: Response, replayed: bool) -> Response {
+    if replayed {
+        response.headers_mut().insert(
+            "idempotent-replayed",
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    response
+}
+
+/// A request's `Idempotency-Key`, checked (1 to 255 characters).
+pub(crate) fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, Error> {
+    let Some(raw) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = raw.to_str().map_err(|_| {
+        Error::invalid(
+            "Idempotency-Key",
+            "expected 1 to 255 visible ASCII characters",
+        )
+    })?;
+    crate::commands::check_key("idempotency", key.to_owned())
+        .map(Some)
+        .map_err(Error::from)
 }
 
 async fn auth(State(state): State<ApiState>, mut req: Request, next: Next) -> Response {
     if state.config.tokens.is_empty() && state.config.allow_no_auth {
-        req.extensions_mut().insert(Caller { token: None });
+        req.extensions_mut().insert(Caller(None));
         return next.run(req).await;
     }
     let presented = req
@@ -161,7 +185,7 @@ async fn auth(State(state): State<ApiState>, mut req: Request, next: Next) -> Re
             })
     });
     if let Some(token) = matched {
-        req.extensions_mut().insert(Caller { token: Some(token) });
+        req.extensions_mut().insert(Caller(Some(token)));
         next.run(req).await
     } else {
         Error::Unauthorized.into_response()
@@ -359,23 +383,17 @@ pub fn app(runtime: Runtime, config: ApiConfig) -> Router {
     }
     let state = ApiState(Arc::new(Inner {
         webhooks: crate::webhooks::Webhooks::start(&runtime, config.webhooks.clone()),
+        commands: crate::commands::Commands::new(runtime.clone()),
         runtime,
-        idempotency: Default::default(),
         metrics: Default::default(),
         mcp: crate::mcp::Sessions::new(config.mcp.clone()),
         config,
     }));
-    let creating = Router::new()
+    let protected = Router::new()
         .route("/deploy-function", post(functions::deploy))
         .route("/run-parallel", post(tasks::run_parallel))
         .route("/spawn-task", post(tasks::spawn_task))
         .route("/webhook", post(webhooks::register))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            idempotency::idempotency,
-        ));
-    let protected = Router::new()
-        .merge(creating)
         .route("/functions", get(functions::list))
         .route(
             "/functions/{name}",

@@ -58,6 +58,7 @@
 pub mod agents;
 pub mod api;
 pub mod client;
+pub mod commands;
 pub mod compute;
 mod dispatcher;
 pub mod mcp;

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{Client, ClientError};
 use crate::runtime::Runtime;
 use crate::task::TaskId;
-use crate::tools::{ToolError, Tools};
+use crate::tools::{CommandError, Tools};
 use crate::wire::ToolDefinition;
 
 pub(crate) use http::{guard, service};
@@ -109,11 +109,16 @@ impl McpServer {
     }
 
     /// Runs a tool: its answer, or the text of a tool error.
-    async fn run(&self, name: &str, args: Value) -> Result<Result<Value, String>, ErrorData> {
+    async fn run(
+        &self,
+        caller: crate::commands::Caller,
+        name: &str,
+        args: Value,
+    ) -> Result<Result<Value, String>, ErrorData> {
         match &self.host {
-            Host::Local(tools) => match tools.call(name, args).await {
+            Host::Local(tools) => match tools.clone().for_caller(caller).call(name, args).await {
                 Ok(v) => Ok(Ok(v)),
-                Err(e @ ToolError::UnknownTool { .. }) => {
+                Err(e @ CommandError::UnknownTool { .. }) => {
                     Err(ErrorData::invalid_params(e.to_string(), None))
                 }
                 // Whatever it repeats of the call, the text is bounded.
@@ -267,10 +272,18 @@ impl ServerHandler for McpServer {
             }
             _ => None,
         };
+        // Over Streamable HTTP, the token the API's auth matched: its
+        // idempotency keys are its own.
+        let caller = context
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<crate::commands::Caller>())
+            .copied()
+            .unwrap_or_default();
         let outcome = map_progress
             .as_ref()
             .unwrap_or(self)
-            .run(&name, args)
+            .run(caller, &name, args)
             .await?;
         drop(progress);
         Ok(match outcome {

@@ -139,6 +139,11 @@ impl Runtime {
         });
     }
 
+    /// Whether the runtime has started to stop.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+
     /// A token cancelled when the runtime starts to stop (for services
     /// layered on it that hold connections open, such as MCP sessions).
     pub(crate) fn stopping(&self) -> CancellationToken {

@@ -182,7 +182,14 @@ impl<M: Message> Slot<M> {
         timeout: Duration,
         build: impl FnOnce(RpcReplyPort<R>) -> M,
     ) -> Result<R, ChildError> {
-        let actor = self.rx.borrow().clone();
+        // Not started yet (a child being added): nothing was sent, so
+        // waiting for its first start re-sends nothing.
+        let mut rx = self.rx.clone();
+        let started = rx.wait_for(Option::is_some);
+        let actor = match tokio::time::timeout(RESTART_WAIT, started).await {
+            Ok(Ok(actor)) => actor.clone(),
+            _ => None,
+        };
         let Some(actor) = actor else {
             return Err(ChildError::Down(self.label.to_string()));
         };

@@ -406,13 +406,14 @@ impl Volumes {
         }
         let start_by = tokio::time::Instant::now() + STATE_TIMEOUT;
         let lease = self.open.lease(volume).await?;
-        // Once: a write that may have reached a volume that then failed is
-        // not written again behind its caller's back.
+        // A write queued for an actor that failed never ran: it is sent to
+        // the restarted actor (a failure is a panic between writes; a
+        // compare-and-swap sent again finds its own version if it had).
         lease
             .slot()
-            .call_once(WRITE_ANSWER_TIMEOUT, |reply| VolumeMsg::Write {
+            .call(WRITE_ANSWER_TIMEOUT, |reply| VolumeMsg::Write {
                 key: key.to_owned(),
-                value,
+                value: value.clone(),
                 expected,
                 start_by,
                 reply,
@@ -523,8 +524,8 @@ impl Volumes {
         let lease = self.open.lease(volume).await?;
         lease
             .slot()
-            .call_once(WRITE_ANSWER_TIMEOUT, |reply| {
-                VolumeMsg::PutFile(path.to_owned(), bytes, start_by, reply)
+            .call(WRITE_ANSWER_TIMEOUT, |reply| {
+                VolumeMsg::PutFile(path.to_owned(), bytes.clone(), start_by, reply)
             })
             .await?
     }
@@ -623,7 +624,7 @@ impl Volumes {
         let lease = self.open.lease(volume).await?;
         lease
             .slot()
-            .call_once(WRITE_ANSWER_TIMEOUT, |reply| {
+            .call(WRITE_ANSWER_TIMEOUT, |reply| {
                 VolumeMsg::DeleteFile(path.to_owned(), start_by, reply)
             })
             .await?

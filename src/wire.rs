@@ -28,9 +28,9 @@ pub use tasks::{
     WaitTasksRequest, WaitTasksResult, DEFAULT_WAIT_S, MAX_INLINE_RESULTS,
 };
 pub use tools::{
-    CoordinateState, FunctionList, GpuTaskResult, ListVolumeFiles, NoArguments, RequestGpuTask,
-    SpawnParallelTasks, StateOperation, StateResult, TaskRef, TaskResultsRequest, ToolDefinition,
-    VolumeFile, VolumeFileList, VolumeFileRef, WriteVolumeFile,
+    CoordinateState, FunctionList, GpuTaskResult, ListFunctions, ListVolumeFiles, NoArguments,
+    RequestGpuTask, SpawnParallelTasks, StateOperation, StateResult, TaskRef, TaskResultsRequest,
+    ToolDefinition, VolumeFile, VolumeFileList, VolumeFileRef, WriteVolumeFile,
 };
 
 pub(crate) use deploy::wire_field;

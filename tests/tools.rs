@@ -2,7 +2,7 @@
 
 mod support;
 
-use modal_agents::tools::ToolError;
+use modal_agents::tools::CommandError;
 use modal_agents::Tools;
 use serde_json::json;
 
@@ -97,7 +97,7 @@ async fn the_seed_tool_flow() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, ToolError::InvalidArguments { field, .. } if field == "function_ref"),
+        matches!(&err, CommandError::InvalidArguments { field, .. } if field == "function_ref"),
         "{err}"
     );
 
@@ -134,8 +134,8 @@ async fn the_seed_tool_flow() {
 async fn invalid_arguments_name_the_field() {
     let t = support::start(1).await;
     let tools = Tools::new(t.rt.clone());
-    let field_of = |e: ToolError| match e {
-        ToolError::InvalidArguments { field, .. } => field,
+    let field_of = |e: CommandError| match e {
+        CommandError::InvalidArguments { field, .. } => field,
         other => panic!("{other}"),
     };
     let cases = [
@@ -257,7 +257,7 @@ async fn an_idempotency_key_makes_a_retry_return_the_first_answer() {
     let other = json!({"function_name": "inc", "args": [2], "idempotency_key": "spawn-7"});
     let e = tools.call("spawn_task", other).await.unwrap_err();
     assert!(
-        matches!(&e, ToolError::InvalidArguments { field, .. } if field == "idempotency_key"),
+        matches!(&e, CommandError::InvalidArguments { field, .. } if field == "idempotency_key"),
         "{e}"
     );
     let e = tools
@@ -305,7 +305,7 @@ async fn volume_file_tools_refuse_hostile_paths_and_content() {
             )
             .await
             .unwrap_err();
-        assert!(matches!(e, ToolError::Volume { .. }), "{path:?}: {e}");
+        assert!(matches!(e, CommandError::Volume { .. }), "{path:?}: {e}");
         let e = tools
             .call(
                 "read_volume_file",
@@ -313,7 +313,7 @@ async fn volume_file_tools_refuse_hostile_paths_and_content() {
             )
             .await
             .unwrap_err();
-        assert!(matches!(e, ToolError::Volume { .. }), "{path:?}: {e}");
+        assert!(matches!(e, CommandError::Volume { .. }), "{path:?}: {e}");
     }
     for (args, field) in [
         (

@@ -9,7 +9,7 @@ use crate::agents::AgentError;
 use crate::runtime::RuntimeError;
 use crate::secrets::SecretError;
 use crate::spec::SpecError;
-use crate::tools::ToolError;
+use crate::tools::CommandError;
 use crate::volume::VolumeError;
 
 /// Longest `detail` a problem document carries (8 KiB): room for a
@@ -299,16 +299,25 @@ impl From<VolumeError> for Error {
     }
 }
 
-impl From<ToolError> for Error {
-    fn from(e: ToolError) -> Self {
+impl From<CommandError> for Error {
+    fn from(e: CommandError) -> Self {
         match e {
-            ToolError::UnknownTool { .. } => Error::UnknownTool(e.to_string()),
-            ToolError::TooLarge { .. } => Error::Conflict(e.to_string()),
-            ToolError::InvalidArguments { ref field, .. } => {
-                Error::invalid(field.clone(), e.to_string())
+            CommandError::UnknownTool { .. } => Error::UnknownTool(e.to_string()),
+            CommandError::TooLarge { .. }
+            | CommandError::InProgress { .. }
+            | CommandError::NotReplayable { .. } => Error::Conflict(e.to_string()),
+            CommandError::InvalidArguments {
+                ref field,
+                ref message,
+                ..
+            } if field == "idempotency_key" => {
+                // Over HTTP the key is the header.
+                Error::invalid("Idempotency-Key", message.clone())
             }
-            ToolError::Runtime { source, .. } => source.into(),
-            ToolError::Volume { source, .. } => source.into(),
+            // Over HTTP the field is named on its own; the detail says the rest.
+            CommandError::InvalidArguments { field, message, .. } => Error::invalid(field, message),
+            CommandError::Runtime { source, .. } => source.into(),
+            CommandError::Volume { source, .. } => source.into(),
         }
     }
 }

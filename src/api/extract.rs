@@ -47,22 +47,14 @@ fn is_json(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Parses JSON, naming the field at fault for shape errors.
+/// Parses a JSON body through the one parser ([`crate::commands::parse_from`]):
+/// bad syntax is a 400, a field that does not fit a 422 naming it.
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    use crate::commands::ParseError;
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let inner = e.inner();
-        if inner.is_syntax() || inner.is_eof() {
-            return Error::BadRequest(format!("malformed JSON: {inner}"));
-        }
-        let path = e.path().to_string();
-        let message = inner.to_string();
-        let field = if path == "." {
-            message.split('`').nth(1).unwrap_or("(body)").to_owned()
-        } else {
-            path
-        };
-        Error::invalid(field, message)
+    let value = crate::commands::parse_from("request", &mut de).map_err(|e| match e {
+        ParseError::Syntax(why) => Error::BadRequest(format!("malformed JSON: {why}")),
+        ParseError::Field(e) => Error::from(e),
     })?;
     de.end()
         .map_err(|e| Error::BadRequest(format!("malformed JSON: {e}")))?;

@@ -3,47 +3,38 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State};
-use axum::Json;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 
 use super::extract::ApiJson;
-use super::{ApiState, Error};
-use crate::spec::SpecError;
-use crate::wire::{wire_field, DeployRequest, Deployed, FunctionView};
-
-/// A refused spec as a 422 naming the request's field.
-fn spec_error(e: SpecError) -> Error {
-    match e {
-        SpecError::Invalid {
-            field,
-            value,
-            expected,
-        } => Error::invalid(field, format!("got {value:?}; expected {expected}")),
-        e => Error::invalid(
-            wire_field(e.field(), "image_config.packages"),
-            e.to_string(),
-        ),
-    }
-}
+use super::{ApiState, Caller, Error};
+use crate::commands::Commands;
+use crate::wire::{DeployRequest, Deployed, FunctionView, ListFunctions};
 
 /// Deploy a function from a code string.
 #[utoipa::path(post, path = "/deploy-function", request_body = DeployRequest,
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "a retry with the same key and body gets the first answer")),
     responses((status = 200, body = Deployed), (status = 422, body = super::Problem)))]
 pub(crate) async fn deploy(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<DeployRequest>,
-) -> Result<Json<Deployed>, Error> {
-    let spec = req.into_spec().map_err(spec_error)?;
-    let info = state
-        .runtime
-        .deploy_function(spec)
-        .await
-        .map_err(|e| match e {
-            crate::runtime::RuntimeError::Spec(e) => {
-                spec_error(e.with_field(|f| wire_field(f, "image_config.packages")))
-            }
-            other => other.into(),
-        })?;
-    Ok(Json(Deployed::from(&info)))
+) -> Result<Response, Error> {
+    const NAME: &str = "deploy_modal_function";
+    let key = super::idempotency_key(&headers)?;
+    let fingerprint = Commands::fingerprint(NAME, &req);
+    let commands = state.commands.clone();
+    let work = async move { commands.deploy(req).await.map_err(Error::from) };
+    let deployed = state
+        .commands
+        .keyed(caller, NAME, key, fingerprint, work)
+        .await?;
+    Ok(super::replayed(
+        Json(deployed.answer).into_response(),
+        deployed.replayed,
+    ))
 }
 
 /// List deployed functions, without their source (`include_code=true`
@@ -55,28 +46,12 @@ pub(crate) async fn list(
     State(state): State<ApiState>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Result<Json<Vec<FunctionView>>, Error> {
-    let with_code = super::tasks::flag(&query, "include_code")?;
-    Ok(Json(
-        state
-            .runtime
-            .functions()
-            .into_iter()
-            .map(|mut f| {
-                if !with_code {
-                    f.spec.code = String::new();
-                }
-                FunctionView::from(f)
-            })
-            .map(|mut v| {
-                if !with_code {
-                    if let Some(spec) = v.spec.as_object_mut() {
-                        spec.remove("code");
-                    }
-                }
-                v
-            })
-            .collect(),
-    ))
+    let include_code = super::tasks::flag(&query, "include_code")?;
+    let list = state
+        .commands
+        .list_functions(ListFunctions { include_code })
+        .await?;
+    Ok(Json(list.functions))
 }
 
 /// One deployed function.

@@ -2,38 +2,25 @@
 //! and tasks, results, logs and cancellation.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 
 use super::extract::ApiJson;
-use super::{ApiState, Error};
+use super::{ApiState, Caller, Error};
+use crate::commands::Commands;
 use crate::runtime::{LogOffsets, MAX_RESULTS_PAGE};
 use crate::task::{ResultsPage, TaskId, TaskLogs, TaskRecord, TaskStatus};
 use crate::wire::{
-    MapSubmitted, RunParallelRequest, SpawnTaskRequest, TaskList, TaskStatusView, WaitTasksRequest,
-    WaitTasksResult,
+    MapSubmitted, RunParallelRequest, SpawnTaskRequest, TaskList, TaskRef, TaskResultsRequest,
+    TaskStatusView, WaitTasksRequest, WaitTasksResult,
 };
-
-fn wait_limit(v: Option<f64>) -> Result<Option<Duration>, Error> {
-    match v {
-        None => Ok(None),
-        Some(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => {
-            Ok(Some(Duration::from_secs_f64(s)))
-        }
-        Some(s) => Err(Error::invalid(
-            "wait_timeout",
-            format!("got {s}; expected seconds from 0 to 86400"),
-        )),
-    }
-}
 
 pub(crate) fn parse_id(raw: &str) -> Result<TaskId, Error> {
     raw.parse()
@@ -49,76 +36,70 @@ fn accepted(body: impl Serialize, id: TaskId) -> Response {
         .into_response()
 }
 
-/// Wait for a task, at most `limit`; `None` when it is still running.
-async fn wait_for(
-    state: &ApiState,
-    id: TaskId,
-    limit: Option<Duration>,
-) -> Result<Option<TaskRecord>, Error> {
-    match state.runtime.wait(id, limit).await {
-        Ok(record) => Ok(Some(record)),
-        // A stopping server answers 202: the task resumes after the restart.
-        Err(
-            crate::runtime::RuntimeError::WaitTimeout { .. }
-            | crate::runtime::RuntimeError::ShutDown,
-        ) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Run a function over inputs in parallel.
 #[utoipa::path(post, path = "/run-parallel", request_body = RunParallelRequest,
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "a retry with the same key and body gets the first answer")),
     responses((status = 200, body = MapSubmitted), (status = 202, body = MapSubmitted,
                headers(("Location" = String))), (status = 404, body = super::Problem), (status = 422, body = super::Problem)))]
 pub(crate) async fn run_parallel(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<RunParallelRequest>,
 ) -> Result<Response, Error> {
-    let limit = wait_limit(req.wait_timeout)?;
-    let n = req.inputs.len() as u64;
-    let id = state
-        .runtime
-        .run_parallel(&req.function_name, req.inputs)
-        .await?;
-    let mut body = MapSubmitted::pending(id, req.function_name, n);
-    if !req.wait {
-        return Ok(accepted(body, id));
-    }
-    let Some(record) = wait_for(&state, id, limit).await? else {
-        let now = state.runtime.status(id)?;
-        body.status = now.status;
-        body.progress = now.progress;
-        return Ok(accepted(body, id));
+    const NAME: &str = "spawn_parallel_tasks";
+    let key = super::idempotency_key(&headers)?;
+    let fingerprint = Commands::fingerprint(NAME, &req);
+    let commands = state.commands.clone();
+    let work = async move {
+        commands
+            .run_parallel(req.function_name, req.inputs, req.wait, req.wait_timeout)
+            .await
+            .map_err(Error::from)
     };
-    let page = state.runtime.results(id, 0, MAX_RESULTS_PAGE).await?;
-    body.status = record.status;
-    body.progress = record.progress;
-    body.error = record.error;
-    body.results = Some(page.results);
-    body.next_offset = page.next_offset;
-    Ok(Json(body).into_response())
+    let keyed = state
+        .commands
+        .keyed(caller, NAME, key, fingerprint, work)
+        .await?;
+    let map = keyed.answer;
+    let response = if map.status.is_terminal() {
+        Json(map).into_response()
+    } else {
+        let id = map.task_id;
+        accepted(map, id)
+    };
+    Ok(super::replayed(response, keyed.replayed))
 }
 
 /// Spawn one call.
 #[utoipa::path(post, path = "/spawn-task", request_body = SpawnTaskRequest,
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "a retry with the same key and body gets the first answer")),
     responses((status = 200, body = TaskRecord), (status = 202, body = TaskRecord, headers(("Location" = String))),
               (status = 404, body = super::Problem), (status = 422, body = super::Problem)))]
 pub(crate) async fn spawn_task(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<SpawnTaskRequest>,
 ) -> Result<Response, Error> {
-    let limit = wait_limit(req.wait_timeout)?;
-    let id = state
-        .runtime
-        .spawn(&req.function_name, req.args, req.kwargs)
+    const NAME: &str = "spawn_task";
+    let key = super::idempotency_key(&headers)?;
+    let fingerprint = Commands::fingerprint(NAME, &req);
+    let commands = state.commands.clone();
+    let work = async move { commands.spawn_task(req).await.map_err(Error::from) };
+    let keyed = state
+        .commands
+        .keyed(caller, NAME, key, fingerprint, work)
         .await?;
-    if req.wait {
-        if let Some(record) = wait_for(&state, id, limit).await? {
-            let stored = record.result_ref.is_some();
-            return with_stored_result(&state, id, &record, stored).await;
-        }
-    }
-    Ok(accepted(state.runtime.status(id)?, id))
+    let record = keyed.answer;
+    let id = record.task_id;
+    let response = if record.status.is_terminal() {
+        let stored = record.result_ref.is_some();
+        with_stored_result(&state, id, &record, stored).await?
+    } else {
+        accepted(record, id)
+    };
+    Ok(super::replayed(response, keyed.replayed))
 }
 
 /// `body` (a task's record, or its status view) as JSON; when the task's
@@ -181,7 +162,7 @@ pub(crate) async fn status(
     Path(task_id): Path<String>,
 ) -> Result<Response, Error> {
     let id = parse_id(&task_id)?;
-    let view = TaskStatusView::of(&state.runtime, id).await?;
+    let view = state.commands.task_status(id).await?;
     let stored = view.record.result_ref.is_some();
     with_stored_result(&state, id, &view, stored).await
 }
@@ -241,7 +222,15 @@ pub(crate) async fn results(
             "got \"0\"; expected a whole number from 1 to 10000",
         ));
     }
-    Ok(Json(state.runtime.results(id, offset, limit).await?))
+    let page = state
+        .commands
+        .task_results(TaskResultsRequest {
+            task_id: id,
+            offset,
+            limit,
+        })
+        .await?;
+    Ok(Json(page))
 }
 
 /// What a task printed. With `follow=true`, a stream of Server-Sent Events
@@ -263,7 +252,7 @@ pub(crate) async fn logs(
     let id = parse_id(&task_id)?;
     let follow = flag(&query, "follow")?;
     if !follow {
-        return Ok(Json(state.runtime.logs(id).await?).into_response());
+        return Ok(Json(state.commands.task_logs(id).await?).into_response());
     }
     let from = match headers.get("last-event-id") {
         None => LogOffsets::default(),
@@ -302,7 +291,8 @@ pub(crate) async fn cancel(
     State(state): State<ApiState>,
     Path(task_id): Path<String>,
 ) -> Result<Json<TaskRecord>, Error> {
-    Ok(Json(state.runtime.cancel(parse_id(&task_id)?).await?))
+    let task_id = parse_id(&task_id)?;
+    Ok(Json(state.commands.cancel_task(TaskRef { task_id }).await?))
 }
 
 /// Tasks, newest first, optionally by status. Results are left out (read
@@ -354,10 +344,5 @@ pub(crate) async fn wait_tasks(
     State(state): State<ApiState>,
     ApiJson(req): ApiJson<WaitTasksRequest>,
 ) -> Result<Json<WaitTasksResult>, Error> {
-    let timeout = req.timeout()?;
-    let (done, records) = state
-        .runtime
-        .wait_tasks(&req.task_ids, req.mode, timeout)
-        .await?;
-    Ok(Json(WaitTasksResult::new(done, req.mode, &records)))
+    Ok(Json(state.commands.wait_tasks(req).await?))
 }

@@ -1,11 +1,11 @@
 //! `/tools`: the agent tools, their JSON Schemas, and calls to them.
 
 use axum::extract::{Path, State};
-use axum::Json;
+use axum::{Extension, Json};
 use serde_json::Value;
 
 use super::extract::ApiJson;
-use super::{ApiState, Error};
+use super::{ApiState, Caller, Error};
 use crate::tools::Tools;
 use crate::wire::ToolDefinition;
 
@@ -20,11 +20,13 @@ pub(crate) async fn list_tools(State(state): State<ApiState>) -> Json<Vec<ToolDe
     responses((status = 200, body = Object), (status = 404, body = super::Problem), (status = 422, body = super::Problem)))]
 pub(crate) async fn call_tool(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(tool_name): Path<String>,
     ApiJson(args): ApiJson<Value>,
 ) -> Result<Json<Value>, Error> {
     Ok(Json(
         Tools::new(state.runtime.clone())
+            .for_caller(caller)
             .call(&tool_name, args)
             .await?,
     ))

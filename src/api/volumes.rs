@@ -154,10 +154,16 @@ pub(crate) async fn list_files(
     Path(name): Path<String>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Result<Json<Vec<FileStat>>, Error> {
-    let prefix = query.get("prefix").map_or("", String::as_str);
-    let files = state.runtime.volumes().list_files(&name, prefix).await?;
+    let prefix = query.get("prefix").cloned().unwrap_or_default();
+    let listed = state
+        .commands
+        .list_files(crate::wire::ListVolumeFiles {
+            volume_name: name.clone(),
+            prefix,
+        })
+        .await?;
     require_volume(&state, &name)?;
-    Ok(Json(files))
+    Ok(Json(listed.files))
 }
 
 /// A 404 for a volume that does not exist (reads create nothing).

@@ -2,13 +2,14 @@
 //! runtime's webhook service ([`crate::webhooks`]).
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 
 use super::extract::ApiJson;
 use super::tasks::parse_id;
-use super::{ApiState, Error};
+use super::{ApiState, Caller, Error};
+use crate::commands::Commands;
 use crate::webhooks::WebhookError;
 use crate::wire::{Webhook, WebhookRequest};
 
@@ -18,19 +19,31 @@ use crate::wire::{Webhook, WebhookRequest};
               (status = 404, body = super::Problem), (status = 422, body = super::Problem)))]
 pub(crate) async fn register(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<WebhookRequest>,
 ) -> Result<Response, Error> {
+    const NAME: &str = "register_webhook";
     let task_id = parse_id(&req.task_id)?;
-    let view = state
-        .webhooks
-        .register(task_id, &req.webhook_url)
-        .await
-        .map_err(|e| match e {
-            WebhookError::Task(e) => Error::from(*e),
-            WebhookError::Target(why) => Error::invalid("webhook_url", why),
-            WebhookError::Storage(e) => Error::Internal(e.to_string()),
-        })?;
-    Ok((StatusCode::CREATED, Json(view)).into_response())
+    let key = super::idempotency_key(&headers)?;
+    let fingerprint = Commands::fingerprint(NAME, &req);
+    let webhooks = state.webhooks.clone();
+    let work = async move {
+        webhooks
+            .register(task_id, &req.webhook_url)
+            .await
+            .map_err(|e| match e {
+                WebhookError::Task(e) => Error::from(*e),
+                WebhookError::Target(why) => Error::invalid("webhook_url", why),
+                WebhookError::Storage(e) => Error::Internal(e.to_string()),
+            })
+    };
+    let keyed = state
+        .commands
+        .keyed(caller, NAME, key, fingerprint, work)
+        .await?;
+    let created = (StatusCode::CREATED, Json(keyed.answer)).into_response();
+    Ok(super::replayed(created, keyed.replayed))
 }
 
 /// A registration and its delivery attempts (the secret is never shown again).

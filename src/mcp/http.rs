@@ -90,7 +90,7 @@ pub(crate) async fn guard(State(guard): State<Guard>, req: Request, next: Next) 
         let owner: Owner = req
             .extensions()
             .get::<crate::api::Caller>()
-            .and_then(|c| c.token);
+            .and_then(|c| c.0);
         let (parts, body) = req.into_parts();
         let bytes = match read_body(body, guard.body_limit).await {
             Ok(bytes) => bytes,

@@ -180,6 +180,15 @@ fn default_page() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct NoArguments {}
 
+/// Arguments of `list_functions`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListFunctions {
+    /// Include each function's source (default false: specs only).
+    #[serde(default)]
+    pub include_code: bool,
+}
+
 /// The deployed functions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FunctionList {

@@ -1,24 +1,30 @@
-//! The volume file tools: read, write and list files in a volume.
+//! The volume file commands: read, write and list files in a volume.
 
 use base64::Engine;
-use serde_json::{json, Value};
 
-use super::{ToolError, Tools};
+use super::{CommandError, Commands};
+use crate::volume::FileStat;
 use crate::wire::{ListVolumeFiles, VolumeFile, VolumeFileList, VolumeFileRef, WriteVolumeFile};
 
 /// Largest file `read_volume_file` returns (1 MiB); a larger one is read
 /// over HTTP, streamed (`GET /volumes/{name}/files/{path}`).
 pub const MAX_TOOL_FILE_BYTES: u64 = 1 << 20;
 
-fn volume_error(tool: &'static str) -> impl Fn(crate::volume::VolumeError) -> ToolError {
-    move |source| ToolError::Volume {
+fn volume_error(tool: &'static str) -> impl Fn(crate::volume::VolumeError) -> CommandError {
+    move |source| CommandError::Volume {
         tool: tool.to_owned(),
         source,
     }
 }
 
-impl Tools {
-    pub(super) async fn read_file(&self, a: VolumeFileRef) -> Result<Value, ToolError> {
+impl Commands {
+    /// `read_volume_file`: a file of at most [`MAX_TOOL_FILE_BYTES`] as text
+    /// (or base64); a larger one is refused, naming the HTTP route that
+    /// streams it.
+    pub(super) async fn read_file_for_tool(
+        &self,
+        a: VolumeFileRef,
+    ) -> Result<VolumeFile, CommandError> {
         const TOOL: &str = "read_volume_file";
         let (file, size) = self
             .runtime
@@ -27,7 +33,7 @@ impl Tools {
             .await
             .map_err(volume_error(TOOL))?;
         if size > MAX_TOOL_FILE_BYTES {
-            return Err(ToolError::TooLarge {
+            return Err(CommandError::TooLarge {
                 tool: TOOL.into(),
                 what: format!(
                     "file `{}`",
@@ -47,7 +53,7 @@ impl Tools {
             file.take(MAX_TOOL_FILE_BYTES)
                 .read_to_end(&mut bytes)
                 .await
-                .map_err(|source| ToolError::Volume {
+                .map_err(|source| CommandError::Volume {
                     tool: TOOL.into(),
                     source: crate::volume::VolumeError::Io {
                         volume: a.volume_name.clone(),
@@ -63,49 +69,51 @@ impl Tools {
                 Some(base64::engine::general_purpose::STANDARD.encode(e.into_bytes())),
             ),
         };
-        Ok(json!(VolumeFile {
+        Ok(VolumeFile {
             path: a.path,
             size,
             text,
-            base64
-        }))
+            base64,
+        })
     }
 
-    pub(super) async fn write_file(&self, a: WriteVolumeFile) -> Result<Value, ToolError> {
+    /// Writes a file (given as text or base64) atomically.
+    pub(super) async fn write_file(&self, a: WriteVolumeFile) -> Result<FileStat, CommandError> {
         const TOOL: &str = "write_volume_file";
         let bytes = match (a.text, a.base64) {
             (Some(text), None) => text.into_bytes(),
             (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
                 .decode(encoded.as_bytes())
-                .map_err(|e| ToolError::InvalidArguments {
-                    tool: TOOL.into(),
-                    field: "base64".into(),
-                    message: format!("not base64 ({e}); expected standard base64 with padding"),
+                .map_err(|e| {
+                    CommandError::invalid(
+                        TOOL,
+                        "base64",
+                        format!("not base64 ({e}); expected standard base64 with padding"),
+                    )
                 })?,
             _ => {
-                return Err(ToolError::InvalidArguments {
-                    tool: TOOL.into(),
-                    field: "text".into(),
-                    message: "give the content as exactly one of `text` or `base64`".into(),
-                })
+                return Err(CommandError::invalid(
+                    TOOL,
+                    "text",
+                    "give the content as exactly one of `text` or `base64`",
+                ))
             }
         };
-        let stat = self
-            .runtime
+        self.runtime
             .volumes()
             .put_file(&a.volume_name, &a.path, bytes)
             .await
-            .map_err(volume_error(TOOL))?;
-        Ok(json!(stat))
+            .map_err(volume_error(TOOL))
     }
 
-    pub(super) async fn list_files(&self, a: ListVolumeFiles) -> Result<Value, ToolError> {
+    /// The files of a volume under a prefix.
+    pub async fn list_files(&self, a: ListVolumeFiles) -> Result<VolumeFileList, CommandError> {
         let files = self
             .runtime
             .volumes()
             .list_files(&a.volume_name, &a.prefix)
             .await
             .map_err(volume_error("list_volume_files"))?;
-        Ok(json!(VolumeFileList { files }))
+        Ok(VolumeFileList { files })
     }
 }

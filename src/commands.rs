@@ -1,0 +1,546 @@
+//! The command table: every operation agents and programs ask of the
+//! runtime through more than one door, defined once: its name, its input
+//! and output types (and so both schemas), whether it creates work (and so
+//! takes an idempotency key), and its description for a model. The doors
+//! are transports over it:
+//!
+//! - the agent tools ([`Tools`](crate::tools::Tools)), MCP and
+//!   `POST /tools/{name}` call [`Commands::call`] by name, with JSON;
+//! - the HTTP API's handlers call the same typed methods
+//!   ([`Commands::spawn_task`], [`Commands::run_parallel`], ...) and shape
+//!   the answer for HTTP (202 and `Location`, a result streamed from disk).
+//!
+//! Arguments are parsed in one place ([`parse`]): a field that does not fit
+//! is named in the error, with what is accepted.
+//!
+//! ## Idempotency: one store, one rule
+//!
+//! A command that creates work takes a key (`idempotency_key`, or the
+//! `Idempotency-Key` header): a retry with the same key and the same input
+//! gets the first answer instead of doing the work twice, and waits for it
+//! while the first still runs (up to [`REPLAY_WAIT`], then a conflict); the
+//! same key with another input is refused, naming the key. A failure is not
+//! remembered, so it can be retried. Keys are per caller (the bearer token),
+//! kept 24 hours, at most 100,000 and 64 MiB of answers, the oldest
+//! forgotten first; an answer over 4 MiB is remembered as done, not for
+//! replay. A keyed command runs to the end even if its caller goes away.
+
+mod files;
+mod replay;
+mod state;
+mod tasks;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use crate::runtime::{Runtime, RuntimeError};
+use crate::spec::SpecError;
+use crate::task::{ResultsPage, TaskLogs, TaskRecord};
+use crate::volume::VolumeError;
+use crate::wire::{
+    json_schema, output_json_schema, wire_field, CoordinateState, DeployRequest, Deployed,
+    FunctionList, GpuTaskResult, ListFunctions, ListVolumeFiles, MapSubmitted, RequestGpuTask,
+    SpawnParallelTasks, SpawnTaskRequest, StateResult, TaskRef, TaskResultsRequest, TaskStatusView,
+    ToolDefinition, VolumeFile, VolumeFileList, VolumeFileRef, WaitTasksRequest, WaitTasksResult,
+    WriteVolumeFile,
+};
+
+pub use files::MAX_TOOL_FILE_BYTES;
+pub(crate) use replay::check_key;
+pub(crate) use replay::Caller;
+pub use replay::REPLAY_WAIT;
+pub use tasks::{MAX_TOOL_LOG_BYTES, MAX_TOOL_RESULT_BYTES};
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// No command has that name.
+    #[error("unknown tool `{name}` (tools: {})", .known.join(", "))]
+    UnknownTool {
+        /// The name asked for.
+        name: String,
+        /// The commands there are.
+        known: Vec<String>,
+    },
+    /// What the command would answer with is larger than a tool answer may
+    /// be; `instead` says how to get it.
+    #[error("{tool}: the {what} is {size} bytes; this tool answers with at most {max}: {instead}")]
+    TooLarge {
+        /// The command.
+        tool: String,
+        /// What is too large.
+        what: String,
+        /// Its size.
+        size: u64,
+        /// The most a tool answer carries.
+        max: u64,
+        /// How to get it instead.
+        instead: String,
+    },
+    /// The arguments do not fit the command's input.
+    #[error("invalid arguments for `{tool}`: `{field}`: {message}")]
+    InvalidArguments {
+        /// The command.
+        tool: String,
+        /// The argument at fault (a JSON path such as `inputs[3]`).
+        field: String,
+        /// What is wrong and what is accepted.
+        message: String,
+    },
+    /// An idempotency key's first request is still running.
+    #[error("`{tool}`: a request with this idempotency key is still running; try again shortly")]
+    InProgress {
+        /// The command.
+        tool: String,
+    },
+    /// An idempotency key's first request ran, but its answer was too large
+    /// to keep for replay.
+    #[error("`{tool}`: a request with this idempotency key already ran; its answer was too large to keep for replay")]
+    NotReplayable {
+        /// The command.
+        tool: String,
+    },
+    /// The runtime refused or failed the operation.
+    #[error("`{tool}` failed: {source}")]
+    Runtime {
+        /// The command.
+        tool: String,
+        /// The runtime's error.
+        #[source]
+        source: RuntimeError,
+    },
+    /// A volume operation failed.
+    #[error("`{tool}` failed: {source}")]
+    Volume {
+        /// The command.
+        tool: String,
+        /// The volume's error.
+        #[source]
+        source: VolumeError,
+    },
+}
+
+impl CommandError {
+    /// A refused spec, as an argument error when it names a field.
+    fn from_spec(tool: &str, e: SpecError) -> CommandError {
+        match e {
+            SpecError::Invalid {
+                field,
+                value,
+                expected,
+            } => CommandError::InvalidArguments {
+                tool: tool.to_owned(),
+                field,
+                message: format!("got {value:?}; expected {expected}"),
+            },
+            // The code's own errors (syntax, loading, a missing function)
+            // are the request's too: named by its field.
+            e => CommandError::InvalidArguments {
+                tool: tool.to_owned(),
+                field: wire_field(e.field(), "image_packages"),
+                message: e.to_string(),
+            },
+        }
+    }
+
+    /// A runtime error of command `tool`; a refused spec names the
+    /// request's field.
+    pub(crate) fn runtime(tool: &str, e: RuntimeError) -> CommandError {
+        match e {
+            RuntimeError::Spec(e) => {
+                CommandError::from_spec(tool, e.with_field(|f| wire_field(f, "image_packages")))
+            }
+            source => CommandError::Runtime {
+                tool: tool.to_owned(),
+                source,
+            },
+        }
+    }
+
+    fn invalid(tool: &str, field: &str, message: impl Into<String>) -> CommandError {
+        CommandError::InvalidArguments {
+            tool: tool.to_owned(),
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Why input could not be parsed.
+pub(crate) enum ParseError {
+    /// Not JSON at all (bad syntax, cut short, trailing bytes).
+    Syntax(String),
+    /// JSON that does not fit: the field at fault and what is wrong.
+    Field(CommandError),
+}
+
+/// The one place input is parsed, whatever transport it came through: a
+/// JSON document from `de` as `T`, or an error that names the field at
+/// fault (a JSON path) and what it accepts. Both the field and the message
+/// are cut short, since either may repeat what was sent.
+pub(crate) fn parse_from<'de, T, D>(command: &str, de: D) -> Result<T, ParseError>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de, Error = serde_json::Error>,
+{
+    use crate::value::{clip, MAX_ECHO};
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let inner = e.inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return ParseError::Syntax(clip(&inner.to_string(), 4 * MAX_ECHO).into_owned());
+        }
+        let path = e.path().to_string();
+        let message = inner.to_string();
+        let field = if path == "." {
+            message
+                .split('`')
+                .nth(1)
+                .map_or_else(|| "(arguments)".to_owned(), str::to_owned)
+        } else {
+            path
+        };
+        ParseError::Field(CommandError::InvalidArguments {
+            tool: command.to_owned(),
+            field: clip(&field, MAX_ECHO).into_owned(),
+            message: clip(&message, 4 * MAX_ECHO).into_owned(),
+        })
+    })
+}
+
+/// A command's JSON arguments as its input type ([`parse_from`]); null is
+/// an empty object.
+pub fn parse<T: DeserializeOwned>(command: &str, value: Value) -> Result<T, CommandError> {
+    use crate::value::{clip, MAX_ECHO};
+    let value = match value {
+        Value::Null => Value::Object(Map::new()),
+        other => other,
+    };
+    if !value.is_object() {
+        return Err(CommandError::invalid(
+            command,
+            "(arguments)",
+            format!(
+                "expected a JSON object, got {}",
+                clip(&value.to_string(), MAX_ECHO)
+            ),
+        ));
+    }
+    parse_from(command, value).map_err(|e| match e {
+        ParseError::Field(e) => e,
+        // A Value is always well-formed JSON.
+        ParseError::Syntax(why) => CommandError::invalid(command, "(arguments)", why),
+    })
+}
+
+/// One row of the table.
+struct Row {
+    name: &'static str,
+    description: &'static str,
+    creates_work: bool,
+    input: fn() -> Value,
+    output: fn() -> Value,
+    run: for<'a> fn(&'a Commands, Value) -> BoxFuture<'a, Result<Value, CommandError>>,
+}
+
+macro_rules! table {
+    ($($name:literal => $method:ident($input:ty) -> $output:ty, creates_work: $work:expr, $description:expr;)*) => {
+        static TABLE: &[Row] = &[$(Row {
+            name: $name,
+            description: $description,
+            creates_work: $work,
+            input: json_schema::<$input>,
+            output: output_json_schema::<$output>,
+            run: {
+                fn run(c: &Commands, args: Value) -> BoxFuture<'_, Result<Value, CommandError>> {
+                    Box::pin(async move {
+                        let input: $input = parse($name, args)?;
+                        c.$method(input).await.map(|out| json!(out))
+                    })
+                }
+                run
+            },
+        },)*];
+    };
+}
+
+table! {
+    "deploy_modal_function" => deploy(DeployRequest) -> Deployed, creates_work: true,
+        "Deploy (or redeploy) a Python function from source code so it can be called. \
+         Give the code and the name of the function in it; optionally pip packages, a GPU, \
+         a timeout, retries, secrets and volumes. Do this before spawn_task or \
+         spawn_parallel_tasks.";
+    "spawn_parallel_tasks" => spawn_parallel(SpawnParallelTasks) -> MapSubmitted, creates_work: true,
+        "Run a deployed function once per input, in parallel (each input is its one \
+         argument). With wait (the default) it returns the results in input order; with \
+         wait=false it returns a task_id at once: follow it with wait_tasks and \
+         get_task_results.";
+    "request_gpu_task" => gpu_task(RequestGpuTask) -> GpuTaskResult, creates_work: true,
+        "Run one call of a deployed function that requested a GPU and wait for its result.";
+    "coordinate_state" => coordinate_state(CoordinateState) -> StateResult, creates_work: false,
+        "Shared state between agents in a named volume: read, write, list (by key prefix), \
+         delete, or cas (compare-and-swap: write only if the key still has \
+         expected_version; omit it for 'only if absent'). Every write returns the new version.";
+    "spawn_task" => spawn_task_for_tool(SpawnTaskRequest) -> TaskRecord, creates_work: true,
+        "Start one call of a deployed function with args and kwargs; returns its task_id \
+         at once (or, with wait, its finished record). Use wait_tasks to wait for several.";
+    "get_task_status" => task_status_for_tool(TaskRef) -> TaskStatusView, creates_work: false,
+        "A task's status, result or error (with traceback), timing and a map's progress; \
+         a finished map's results are included when there are at most 10,000.";
+    "wait_tasks" => wait_tasks(WaitTasksRequest) -> WaitTasksResult, creates_work: false,
+        "Wait, without polling, until all (mode=all) or any (mode=any) of the given tasks \
+         have finished, at most timeout_s (default 55). Returns one summary line per task; \
+         call again if done is false. Prefer this over calling get_task_status repeatedly.";
+    "cancel_task" => cancel_task(TaskRef) -> TaskRecord, creates_work: false,
+        "Cancel a pending or running task (a call or a whole map); returns its final record.";
+    "get_task_results" => task_results(TaskResultsRequest) -> ResultsPage, creates_work: false,
+        "A page of a map's results in input order (offset, limit up to 10000); a failed \
+         input is {\"error\": {type, message}} in its slot. next_offset is where the next \
+         page starts, null at the end.";
+    "get_task_logs" => task_logs_for_tool(TaskRef) -> TaskLogs, creates_work: false,
+        "What a task's function printed (stdout and stderr).";
+    "list_functions" => list_functions(ListFunctions) -> FunctionList, creates_work: false,
+        "The deployed functions with their specs (the source only with include_code).";
+    "read_volume_file" => read_file_for_tool(VolumeFileRef) -> VolumeFile, creates_work: false,
+        "Read a file from a volume (text, or base64 when it is binary).";
+    "write_volume_file" => write_file(WriteVolumeFile) -> crate::volume::FileStat, creates_work: true,
+        "Write a file into a volume (atomically), as text or base64; functions that mount \
+         the volume see it.";
+    "list_volume_files" => list_files(ListVolumeFiles) -> VolumeFileList, creates_work: false,
+        "List the files in a volume, optionally under a path prefix.";
+}
+
+/// A command as its table row describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandInfo {
+    /// Its name (the agent tool's name).
+    pub name: &'static str,
+    /// What it does, for a model choosing between commands.
+    pub description: &'static str,
+    /// Whether it creates work (and so takes an idempotency key).
+    pub creates_work: bool,
+}
+
+/// Every command, in the table's order.
+pub fn table() -> impl Iterator<Item = CommandInfo> {
+    TABLE.iter().map(|r| CommandInfo {
+        name: r.name,
+        description: r.description,
+        creates_work: r.creates_work,
+    })
+}
+
+/// Each command as an agent tool: its description and both schemas, derived
+/// from its wire types (those that create work also take an
+/// `idempotency_key`).
+pub fn definitions() -> Vec<ToolDefinition> {
+    TABLE
+            .iter()
+            .map(|r| {
+                let mut input = (r.input)();
+                if r.creates_work {
+                    input["properties"]["idempotency_key"] = json!({
+                        "type": "string", "minLength": 1, "maxLength": 255,
+                        "description": "Optional. A retry with the same key and arguments returns the first \
+                                        answer instead of doing the work twice."
+                    });
+                }
+                ToolDefinition {
+                    name: r.name.into(),
+                    description: r.description.into(),
+                    input_schema: input,
+                    output_schema: Some((r.output)()),
+                }
+            })
+            .collect()
+}
+
+/// A keyed command's answer, and whether it is a replay of the key's first.
+pub(crate) struct Keyed<O> {
+    pub(crate) answer: O,
+    pub(crate) replayed: bool,
+}
+
+/// Told `(done, total)` inputs while a command waits for a map.
+pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// How often a waiting map's progress is told.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The commands over one runtime. Cheap to clone.
+#[derive(Clone)]
+pub struct Commands {
+    runtime: Runtime,
+    progress: Option<Progress>,
+}
+
+impl std::fmt::Debug for Commands {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Commands")
+            .field("runtime", &self.runtime)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Commands {
+    /// The commands over `runtime`.
+    pub fn new(runtime: Runtime) -> Commands {
+        Commands {
+            runtime,
+            progress: None,
+        }
+    }
+
+    /// The same commands, telling `progress` how a map they wait for goes,
+    /// about once a second.
+    pub fn with_progress(mut self, progress: Progress) -> Commands {
+        self.progress = Some(progress);
+        self
+    }
+
+    /// The runtime they run on.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Each command as an agent tool: its description and both schemas,
+    /// derived from its wire types (those that create work also take an
+    /// `idempotency_key`).
+    pub fn definitions(&self) -> Vec<ToolDefinition> {
+        definitions()
+    }
+
+    /// Runs command `name` with JSON arguments (with `idempotency_key` in
+    /// them, for a command that creates work) on behalf of `caller`.
+    pub(crate) async fn call_as(
+        &self,
+        caller: Caller,
+        name: &str,
+        mut args: Value,
+    ) -> Result<Value, CommandError> {
+        let Some(row) = TABLE.iter().find(|r| r.name == name) else {
+            return Err(CommandError::UnknownTool {
+                name: crate::value::clip(name, crate::value::MAX_ECHO).into_owned(),
+                known: TABLE.iter().map(|r| r.name.to_owned()).collect(),
+            });
+        };
+        let key = if row.creates_work {
+            replay::take_key(name, &mut args)?
+        } else {
+            None
+        };
+        let fingerprint = replay::fingerprint(name, &args);
+        let (me, run) = (self.clone(), row.run);
+        let work = async move { run(&me, args).await };
+        self.keyed(caller, name, key, fingerprint, work)
+            .await
+            .map(|k| k.answer)
+    }
+
+    /// Runs `run`, the command `name` with `input` (its
+    /// [`replay::fingerprint`]), under the idempotency rule when `key` is
+    /// given: a replay gets the first answer.
+    pub(crate) async fn keyed<O, E>(
+        &self,
+        caller: Caller,
+        name: &str,
+        key: Option<String>,
+        fingerprint: [u8; 32],
+        run: impl Future<Output = Result<O, E>> + Send + 'static,
+    ) -> Result<Keyed<O>, E>
+    where
+        O: Serialize + DeserializeOwned + Send + 'static,
+        E: From<CommandError> + Send + 'static,
+    {
+        let Some(key) = key else {
+            return run.await.map(|answer| Keyed {
+                answer,
+                replayed: false,
+            });
+        };
+        let replays = self.runtime.extension::<replay::Replays>();
+        let (answer, replayed) = replays.run(caller, name, key, fingerprint, run).await?;
+        Ok(Keyed { answer, replayed })
+    }
+
+    /// The typed input of a keyed request, fingerprinted as a table call of
+    /// the same input would be.
+    pub(crate) fn fingerprint<I: Serialize>(name: &str, input: &I) -> [u8; 32] {
+        replay::fingerprint(name, &json!(input))
+    }
+
+    /// Deploys (or redeploys) a function.
+    pub async fn deploy(&self, request: DeployRequest) -> Result<Deployed, CommandError> {
+        const NAME: &str = "deploy_modal_function";
+        // A refused package is named in the list the caller gave it in.
+        let packages = if request.image_packages.is_empty() {
+            "image_config.packages"
+        } else {
+            "image_packages"
+        };
+        let spec = request
+            .into_spec()
+            .map_err(|e| CommandError::from_spec(NAME, e))?;
+        let info = self
+            .runtime
+            .deploy_function(spec)
+            .await
+            .map_err(|e| match e {
+                RuntimeError::Spec(e) => {
+                    CommandError::from_spec(NAME, e.with_field(|f| wire_field(f, packages)))
+                }
+                e => CommandError::runtime(NAME, e),
+            })?;
+        Ok(Deployed::from(&info))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argument_errors_name_the_field() {
+        let e = parse::<DeployRequest>("t", json!({"function_code": "x"})).unwrap_err();
+        assert!(
+            matches!(&e, CommandError::InvalidArguments { field, .. } if field == "function_name"),
+            "{e}"
+        );
+        let e = parse::<DeployRequest>("t", json!({"function_code": "x", "function_name": 5}))
+            .unwrap_err();
+        assert!(
+            matches!(&e, CommandError::InvalidArguments { field, .. } if field == "function_name"),
+            "{e}"
+        );
+        let e = parse::<SpawnParallelTasks>("t", json!({"function_ref": "f", "inputs": 3}))
+            .unwrap_err();
+        assert!(
+            matches!(&e, CommandError::InvalidArguments { field, .. } if field == "inputs"),
+            "{e}"
+        );
+        let e = parse::<CoordinateState>("t", json!({"volume_name": "v", "operation": "explode"}))
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("operation") && e.to_string().contains("read"),
+            "{e}"
+        );
+        let e = parse::<RequestGpuTask>("t", json!({"function_ref": "f", "extra": 1})).unwrap_err();
+        assert!(e.to_string().contains("extra"), "{e}");
+        assert!(parse::<RequestGpuTask>("t", json!([1])).is_err());
+    }
+
+    #[test]
+    fn every_row_is_one_name_and_creating_rows_take_a_key() {
+        let names: Vec<&str> = table().map(|c| c.name).collect();
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        assert!(table().any(|c| c.name == "spawn_task" && c.creates_work));
+        assert!(table().any(|c| c.name == "wait_tasks" && !c.creates_work));
+    }
+}

@@ -1,0 +1,85 @@
+//! `coordinate_state`: versioned shared state in a volume, as agents use it.
+
+use serde_json::{Map, Value};
+
+use super::{CommandError, Commands};
+use crate::wire::{CoordinateState, StateOperation, StateResult};
+
+fn required_key(key: Option<String>, op: &str) -> Result<String, CommandError> {
+    key.ok_or_else(|| CommandError::invalid(NAME, "key", format!("required for operation `{op}`")))
+}
+
+const NAME: &str = "coordinate_state";
+
+impl Commands {
+    /// Reads, writes, lists, deletes or compare-and-swaps state in a volume.
+    pub(super) async fn coordinate_state(
+        &self,
+        a: CoordinateState,
+    ) -> Result<StateResult, CommandError> {
+        let volumes = self.runtime.volumes();
+        let err = |source| CommandError::Volume {
+            tool: NAME.into(),
+            source,
+        };
+        let volume = &a.volume_name;
+        let answer = match a.operation {
+            StateOperation::Read => {
+                let key = required_key(a.key, "read")?;
+                let found = volumes.read(volume, &key).await.map_err(err)?;
+                StateResult {
+                    key: Some(key),
+                    found: Some(found.is_some()),
+                    version: found.as_ref().map(|v| v.version),
+                    value: found.map(|v| v.value),
+                    ..StateResult::default()
+                }
+            }
+            StateOperation::Write | StateOperation::Cas => {
+                let cas = matches!(a.operation, StateOperation::Cas);
+                let op = if cas { "cas" } else { "write" };
+                let key = required_key(a.key, op)?;
+                let data = a.data.ok_or_else(|| {
+                    CommandError::invalid(NAME, "data", format!("required for operation `{op}`"))
+                })?;
+                let version = if cas {
+                    volumes
+                        .compare_and_swap(volume, &key, a.expected_version, data)
+                        .await
+                } else {
+                    volumes.write(volume, &key, data).await
+                }
+                .map_err(err)?;
+                StateResult {
+                    key: Some(key),
+                    version: Some(version),
+                    status: Some("written".into()),
+                    ..StateResult::default()
+                }
+            }
+            StateOperation::List => {
+                let prefix = a.key.unwrap_or_default();
+                let entries = volumes.list(volume, &prefix).await.map_err(err)?;
+                let keys = entries.iter().map(|(k, _)| k.clone()).collect();
+                let data: Map<String, Value> =
+                    entries.into_iter().map(|(k, v)| (k, v.value)).collect();
+                StateResult {
+                    prefix: Some(prefix),
+                    keys: Some(keys),
+                    data: Some(data),
+                    ..StateResult::default()
+                }
+            }
+            StateOperation::Delete => {
+                let key = required_key(a.key, "delete")?;
+                let version = volumes.delete(volume, &key).await.map_err(err)?;
+                StateResult {
+                    key: Some(key),
+                    deleted: Some(version > 0),
+                    ..StateResult::default()
+                }
+            }
+        };
+        Ok(answer)
+    }
+}
