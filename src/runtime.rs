@@ -603,7 +603,9 @@ impl Runtime {
                     return Ok(());
                 }
                 tokio::select! {
-                    changed = rx.changed() => if changed.is_err() {
+                    // A closed channel with a final status is a task that
+                    // just ended; closed without one, the runtime is going.
+                    changed = rx.changed() => if changed.is_err() && !rx.borrow().is_terminal() {
                         return Err(RuntimeError::ShutDown);
                     },
                     () = shutdown.cancelled() => return Err(RuntimeError::ShutDown),
@@ -663,19 +665,29 @@ impl Runtime {
             if holds(&mut watches) {
                 break true;
             }
+            // Only unfinished tasks can still change (a finished one's
+            // channel is closed).
             let changed = futures_util::future::select_all(
-                watches.iter_mut().map(|rx| Box::pin(rx.changed())),
+                watches
+                    .iter_mut()
+                    .filter(|rx| !rx.borrow().is_terminal())
+                    .map(|rx| Box::pin(rx.changed())),
             );
-            let timed_out = tokio::select! {
-                (result, _, _) = changed => {
-                    if result.is_err() {
-                        return Err(RuntimeError::ShutDown);
-                    }
-                    false
-                }
-                () = tokio::time::sleep_until(deadline) => true,
+            let (timed_out, closed) = tokio::select! {
+                (result, _, _) = changed => (false, result.is_err()),
+                () = tokio::time::sleep_until(deadline) => (true, false),
                 () = shutdown.cancelled() => return Err(RuntimeError::ShutDown),
             };
+            // A closed channel is fine when its task just finished (its
+            // final status is there); one closed unfinished means the
+            // runtime is going away.
+            if closed
+                && watches
+                    .iter()
+                    .any(|rx| rx.has_changed().is_err() && !rx.borrow().is_terminal())
+            {
+                return Err(RuntimeError::ShutDown);
+            }
             if timed_out {
                 break holds(&mut watches);
             }

@@ -326,38 +326,6 @@ impl TaskRecord {
         }
     }
 
-    /// The record as a listing shows it: the result only `with_result`
-    /// (and only when the record holds it), the error's message cut to
-    /// [`LISTED_ERROR_MESSAGE`] bytes and without its traceback (both are
-    /// whole in the task's status). What is left out is not copied.
-    pub(crate) fn listed(&self, with_result: bool) -> TaskRecord {
-        let error = self.error.as_ref().map(|e| TaskError {
-            kind: e.kind.clone(),
-            message: crate::value::clip(&e.message, LISTED_ERROR_MESSAGE).into_owned(),
-            traceback: None,
-        });
-        TaskRecord {
-            task_id: self.task_id,
-            function_name: self.function_name.clone(),
-            kind: self.kind,
-            status: self.status,
-            created_at: self.created_at,
-            started_at: self.started_at,
-            finished_at: self.finished_at,
-            attempts: self.attempts,
-            result: if with_result {
-                self.result.clone()
-            } else {
-                None
-            },
-            result_ref: self.result_ref,
-            error,
-            progress: self.progress,
-            backend_call_id: self.backend_call_id.clone(),
-            call_backend: self.call_backend,
-        }
-    }
-
     /// The call this task has running on a backend that outlives this
     /// process (Modal), if any: after a restart it is waited for, not run
     /// again.

@@ -4,6 +4,7 @@
 mod durable;
 mod index;
 mod journal;
+mod kept;
 mod results;
 mod retention;
 
@@ -15,10 +16,13 @@ use dashmap::DashMap;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::compute::CallBackend;
 use crate::task::{MapProgress, TaskError, TaskId, TaskRecord, TaskStatus};
 
 pub(crate) use durable::Durable;
 pub(crate) use journal::{Journal, Replayed};
+pub(crate) use kept::Kept;
+use kept::Names;
 pub(crate) use results::{
     indexed_count, looks_whole, read_page, recover as recover_results, Buffered, ResultWriter,
     Stored,
@@ -29,7 +33,9 @@ pub(crate) use retention::{remove_orphans, sweep};
 /// Every task's record, watch and readable results count, and what writes
 /// them to the journal.
 pub(crate) struct TaskStore {
-    records: DashMap<TaskId, TaskRecord>,
+    records: DashMap<TaskId, Kept>,
+    /// The function names records share.
+    names: Names,
     watches: DashMap<TaskId, watch::Sender<TaskStatus>>,
     /// Map results flushed to disk and readable, per map task.
     available: DashMap<TaskId, u64>,
@@ -45,6 +51,7 @@ impl TaskStore {
     pub(crate) fn new(dir: PathBuf) -> Arc<TaskStore> {
         Arc::new(TaskStore {
             records: DashMap::new(),
+            names: Names::default(),
             watches: DashMap::new(),
             available: DashMap::new(),
             index: index::TaskIndex::default(),
@@ -66,9 +73,18 @@ impl TaskStore {
     /// Adds a recovered record as it is, with its readable results count.
     pub(crate) fn restore(&self, record: TaskRecord, available: u64) {
         let id = record.task_id;
-        self.watches
-            .entry(id)
-            .or_insert_with(|| watch::channel(record.status).0);
+        let record = Kept::new(record, &self.names);
+        self.restore_kept(id, record, available);
+    }
+
+    /// [`TaskStore::restore`] for a record already in the kept form.
+    pub(crate) fn restore_kept(&self, id: TaskId, record: Kept, available: u64) {
+        // Only an unfinished task keeps a channel (see `Tasks::watch`).
+        if !record.status.is_terminal() {
+            self.watches
+                .entry(id)
+                .or_insert_with(|| watch::channel(record.status).0);
+        }
         if record.kind == crate::task::TaskKind::Map {
             self.available.insert(id, available);
         }
@@ -88,7 +104,7 @@ impl TaskStore {
             .or_insert_with(|| watch::channel(record.status).0);
         if let dashmap::Entry::Vacant(slot) = self.records.entry(id) {
             self.index.insert(record.created_at, id, record.status);
-            slot.insert(record);
+            slot.insert(Kept::new(record, &self.names));
         }
         self.durable.get().map(|d| (d.clone(), d.mark(id, job)))
     }
@@ -112,31 +128,40 @@ impl TaskStore {
                 record.status = TaskStatus::Running;
                 record.started_at.get_or_insert_with(Utc::now);
                 record.attempts = record.attempts.max(attempt);
-                if let Some(call) = call {
-                    record.backend_call_id = Some(call.id);
-                    record.call_backend = Some(call.backend);
+                // Only an id that outlives this process is worth keeping
+                // (a local one names nothing after the call).
+                if let Some(call) = call.filter(|c| c.backend == CallBackend::Modal) {
+                    let rare = record.rare_mut();
+                    rare.backend_call_id = Some(call.id);
+                    rare.call_backend = Some(call.backend);
                 }
             }
             TaskUpdate::Interrupted if record.status == TaskStatus::Running => {
                 record.status = TaskStatus::Pending;
                 // A call running on a backend that outlives this process goes
                 // on there and is waited for again: its attempt stands.
-                if record.remote_call().is_none() {
+                if !record.runs_remotely() {
                     record.attempts = record.attempts.saturating_sub(1);
                 }
             }
             TaskUpdate::Interrupted => {}
-            TaskUpdate::Progress(progress) => record.progress = Some(progress),
+            TaskUpdate::Progress(progress) => record.rare_mut().progress = Some(progress),
             TaskUpdate::Finished(done) => {
                 record.status = done.status;
                 record.result = done.result;
-                record.result_ref = done.result_ref;
-                record.error = done.error;
                 record.attempts = done.attempts.max(record.attempts);
-                if done.progress.is_some() {
-                    record.progress = done.progress;
-                }
                 record.finished_at = Some(Utc::now());
+                if done.result_ref.is_some() || done.error.is_some() || done.progress.is_some() {
+                    let rare = record.rare_mut();
+                    rare.result_ref = done.result_ref;
+                    rare.error = done.error;
+                    if done.progress.is_some() {
+                        rare.progress = done.progress;
+                    }
+                } else if let Some(rare) = record.rare.as_mut() {
+                    rare.result_ref = None;
+                    rare.error = None;
+                }
             }
         }
         let status = record.status;
@@ -146,7 +171,13 @@ impl TaskStore {
         if let Some(d) = self.durable.get() {
             d.mark(id, None);
         }
-        if let Some(tx) = self.watches.get(&id) {
+        if status.is_terminal() {
+            // Its last change: told, then the channel goes (receivers keep
+            // the final status), so a finished task costs no channel.
+            if let Some((_, tx)) = self.watches.remove(&id) {
+                tx.send_replace(status);
+            }
+        } else if let Some(tx) = self.watches.get(&id) {
             tx.send_replace(status);
         }
     }
@@ -218,7 +249,7 @@ impl Tasks {
     }
 
     pub(crate) fn get(&self, id: TaskId) -> Option<TaskRecord> {
-        self.store.records.get(&id).map(|r| r.clone())
+        self.store.records.get(&id).map(|r| r.record(id))
     }
 
     /// Records as listings show them ([`TaskRecord::listed`]), newest
@@ -237,14 +268,21 @@ impl Tasks {
             .index
             .page(status, offset, limit)
             .into_iter()
-            .filter_map(|id| records.get(&id).map(|r| r.listed(with_results)))
+            .filter_map(|id| records.get(&id).map(|r| r.listed(id, with_results)))
             .collect();
         (page, self.store.index.count(status))
     }
 
-    /// A receiver that sees the task's status changes.
+    /// A receiver that sees the task's status changes. A finished task has
+    /// no channel of its own: its receiver holds the final status, and its
+    /// `changed` answers at once that nothing more will come.
     pub(crate) fn watch(&self, id: TaskId) -> Option<watch::Receiver<TaskStatus>> {
-        self.store.watches.get(&id).map(|tx| tx.subscribe())
+        if let Some(tx) = self.store.watches.get(&id) {
+            return Some(tx.subscribe());
+        }
+        let status = self.store.records.get(&id).map(|r| r.status)?;
+        // A task between its end and its channel's removal is terminal.
+        Some(watch::channel(status).1)
     }
 
     pub(crate) fn set_available(&self, id: TaskId, n: u64) {

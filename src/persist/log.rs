@@ -158,15 +158,15 @@ impl JsonLog {
     }
 
     /// Rewrites the log as exactly `entries`, atomically.
-    pub(crate) fn compact<'a, T: Serialize + 'a>(
+    pub(crate) fn compact<T: Serialize>(
         &mut self,
-        entries: impl IntoIterator<Item = &'a T>,
+        entries: impl IntoIterator<Item = T>,
     ) -> io::Result<()> {
         use std::os::unix::fs::MetadataExt;
         let mut count = 0;
         let written = write_atomic(&self.path, |out| {
             for entry in entries {
-                serde_json::to_writer(&mut *out, entry).map_err(io::Error::other)?;
+                serde_json::to_writer(&mut *out, &entry).map_err(io::Error::other)?;
                 out.write_all(b"\n")?;
                 count += 1;
             }

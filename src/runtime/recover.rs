@@ -71,7 +71,13 @@ impl Runtime {
         }
         let retries: std::collections::HashMap<String, u32> = functions_retries;
         let mut requeued = 0;
-        for (key, mut record) in tasks {
+        for (key, kept) in tasks {
+            // A finished call goes back as it was kept, not rebuilt.
+            if kept.status.is_terminal() && kept.kind == TaskKind::Call {
+                tracker.restore_kept(key, kept, 0);
+                continue;
+            }
+            let mut record = kept.record(key);
             let dir = tracker.task_dir(record.task_id);
             if record.status.is_terminal() {
                 let available = finished_results(&mut record, &dir).await;

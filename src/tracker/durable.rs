@@ -156,7 +156,7 @@ impl Durable {
             .map(|(id, spec)| Entry::Job(id, spec))
             .collect();
         for id in dirty {
-            if let Some(record) = tasks.records.get(&id).map(|r| r.clone()) {
+            if let Some(record) = tasks.records.get(&id).map(|r| r.record(id)) {
                 let terminal = record.status.is_terminal();
                 entries.push(Entry::Record(Box::new(record)));
                 if terminal {
@@ -263,18 +263,16 @@ impl Disk {
             self.sync_files()?;
         }
         if compact {
-            let mut snapshot: Vec<Entry> = self
-                .jobs
-                .iter()
-                .map(|(id, s)| Entry::Job(*id, s.clone()))
-                .collect();
-            snapshot.extend(
-                tasks
-                    .records
-                    .iter()
-                    .map(|r| Entry::Record(Box::new(r.clone()))),
-            );
-            self.journal.compact(&snapshot)?;
+            // One record at a time: the ids are copied, not the records (a
+            // record gone since is left out; one changed since is in the
+            // batch after this one too).
+            let ids: Vec<TaskId> = tasks.records.iter().map(|r| *r.key()).collect();
+            let jobs = self.jobs.iter().map(|(id, s)| Entry::Job(*id, s.clone()));
+            let records = ids.into_iter().filter_map(|id| {
+                let record = tasks.records.get(&id)?.record(id);
+                Some(Entry::Record(Box::new(record)))
+            });
+            self.journal.compact(jobs.chain(records))?;
             self.unsynced = false;
             self.last_fsync = Instant::now();
         } else if due {

@@ -11,6 +11,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::kept::{Kept, Names};
 use crate::persist::JsonLog;
 use crate::task::{TaskId, TaskRecord};
 
@@ -34,7 +35,9 @@ pub(crate) enum Entry {
 /// What a journal holds after replay.
 #[derive(Debug, Default)]
 pub(crate) struct Replayed {
-    pub(crate) records: HashMap<TaskId, TaskRecord>,
+    /// Records as the tracker keeps them (compact: a restart on a million
+    /// tasks holds them once, small).
+    pub(crate) records: HashMap<TaskId, Kept>,
     pub(crate) jobs: HashMap<TaskId, Value>,
     /// Lines set aside as unreadable: files of tasks without a record are
     /// then kept for inspection instead of removed.
@@ -51,9 +54,10 @@ impl Journal {
     /// [`crate::persist`] for what happens to torn and unreadable lines).
     pub(crate) fn open(path: &Path) -> io::Result<(Journal, Replayed)> {
         let mut replayed = Replayed::default();
+        let names = Names::default();
         let (log, stats) = JsonLog::open::<Entry>(path, |entry| match entry {
             Entry::Record(r) => {
-                replayed.records.insert(r.task_id, *r);
+                replayed.records.insert(r.task_id, Kept::new(*r, &names));
             }
             Entry::Job(id, spec) => {
                 replayed.jobs.insert(id, spec);
@@ -86,7 +90,7 @@ impl Journal {
     }
 
     /// Rewrites the journal as one line per record and per open job.
-    pub(crate) fn compact(&mut self, entries: &[Entry]) -> io::Result<()> {
+    pub(crate) fn compact(&mut self, entries: impl IntoIterator<Item = Entry>) -> io::Result<()> {
         self.log.compact(entries)
     }
 }
@@ -125,7 +129,7 @@ mod tests {
         assert_eq!(r.records[&a.task_id].attempts, 3);
         assert_eq!(r.records.len(), 2);
         assert!(r.jobs.contains_key(&a.task_id) && !r.jobs.contains_key(&b.task_id));
-        j.compact(&[Entry::Record(Box::new(a.clone()))]).unwrap();
+        j.compact([Entry::Record(Box::new(a.clone()))]).unwrap();
         j.append(&[Entry::Record(Box::new(b.clone()))]).unwrap();
         drop(j);
         let (_, r) = Journal::open(&path).unwrap();

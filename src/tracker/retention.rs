@@ -83,6 +83,7 @@ impl TaskStore {
             self.watches.remove(id);
             self.available.remove(id);
         }
+        self.names.prune();
         let _ = self.forgotten.send(Arc::new(ids.to_vec()));
     }
 
