@@ -165,6 +165,15 @@ pub enum AgentError {
         /// The types there are handlers for.
         known: Vec<String>,
     },
+    /// A task ran past its timeout (counted from when its worker started
+    /// it).
+    #[error("task of type {task_type:?} ran past its timeout of {after:?}")]
+    TimedOut {
+        /// The task's type.
+        task_type: String,
+        /// The timeout.
+        after: std::time::Duration,
+    },
     /// The worker running a task crashed or could not be reached.
     #[error("worker {worker} crashed or was unreachable: {cause}")]
     WorkerLost {

@@ -28,12 +28,14 @@ use crate::sync::Recover;
 pub struct MasterConfig {
     /// Attempts per task before it is reported failed (default 3).
     pub max_attempts: u32,
-    /// Tasks in flight per worker at most (default 2).
+    /// Tasks in flight per worker at most (default 2, at most 8): one
+    /// running and one queued, so a worker never idles between tasks and a
+    /// queue never grows behind a slow one.
     pub per_worker: usize,
-    /// How long one task may take on a worker (default 10 minutes). A task
-    /// past it is re-run on another worker; the first run may still finish,
-    /// and its late outcome is ignored (the one case where a task can run
-    /// twice, so set it well above the slowest task).
+    /// How long one task may run on a worker (default 10 minutes), counted
+    /// from when the worker starts it, never while it waits in the
+    /// worker's mailbox. A task past it fails that attempt
+    /// ([`AgentError::TimedOut`]) and is re-run on another worker.
     pub task_timeout: Duration,
     /// The volume the aggregate is stored in (default `agents`).
     pub results_volume: String,
@@ -549,6 +551,13 @@ impl Agents {
     ) -> Result<MasterHandle, AgentError> {
         super::validate_agent_id(id)?;
         crate::spec::validate_object_name("results_volume", &config.results_volume)?;
+        if !(1..=8).contains(&config.per_worker) {
+            return Err(AgentError::Id(crate::spec::SpecError::invalid(
+                "per_worker",
+                config.per_worker,
+                "tasks in flight per worker, from 1 to 8",
+            )));
+        }
         let (slot, publish) = Slot::new(format!("master {id}"));
         let shared = Arc::new(MasterShared {
             id: id.to_owned(),

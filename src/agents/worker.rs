@@ -105,10 +105,20 @@ pub(crate) fn builtin_handlers(handlers: &Handlers) {
         .or_insert_with(|| builtin("agent_validation"));
 }
 
+/// How many tasks a [`WorkerHandle::run`] allows for ahead of its own in
+/// the worker's mailbox (a master keeps at most `per_worker` in flight).
+const QUEUED_AHEAD: u32 = 8;
+
 /// Messages of a [`Worker`].
 pub(crate) enum WorkerMsg {
     /// Runs a task and answers its outcome.
-    Run(AgentTask, RpcReplyPort<Result<Value, AgentError>>),
+    /// Runs a task for at most the given time, counted from when the
+    /// worker starts it (not while it waits in the mailbox).
+    Run(
+        AgentTask,
+        std::time::Duration,
+        RpcReplyPort<Result<Value, AgentError>>,
+    ),
     /// Panics (fault injection).
     InjectPanic,
 }
@@ -126,7 +136,7 @@ impl Serial for Worker {
 
     async fn handle(&mut self, message: WorkerMsg) -> Result<(), ActorProcessingErr> {
         match message {
-            WorkerMsg::Run(task, reply) => {
+            WorkerMsg::Run(task, limit, reply) => {
                 let handler = self.handlers.get(&task.kind).map(|h| h.clone());
                 let outcome = match handler {
                     None => {
@@ -140,7 +150,15 @@ impl Serial for Worker {
                     }
                     Some(handler) => {
                         tracing::debug!(worker = %self.id, kind = %task.kind, "running task");
-                        handler.handle(self.runtime.clone(), task).await
+                        let kind = task.kind.clone();
+                        let run = handler.handle(self.runtime.clone(), task);
+                        match tokio::time::timeout(limit, run).await {
+                            Ok(outcome) => outcome,
+                            Err(_) => Err(AgentError::TimedOut {
+                                task_type: kind,
+                                after: limit,
+                            }),
+                        }
                     }
                 };
                 let _ = reply.send(outcome);
@@ -182,15 +200,21 @@ impl WorkerHandle {
         self.slot.actor_id()
     }
 
-    /// Runs a task on this worker and waits for it. `Err` when the worker
-    /// crashed (or was down) before answering; the task is not re-sent.
+    /// Runs a task on this worker and waits for it; the task may run for
+    /// `timeout` once the worker starts it (time spent queued behind other
+    /// tasks does not count: [`AgentError::TimedOut`] past it). `Err` when
+    /// the worker crashed (or was down) before answering; the task is not
+    /// re-sent.
     pub async fn run(
         &self,
         task: AgentTask,
         timeout: Duration,
     ) -> Result<Result<Value, AgentError>, ChildError> {
+        // The answer's own bound only guards against a worker that never
+        // answers: room for a few tasks queued ahead of this one.
+        let answer_within = timeout.saturating_mul(QUEUED_AHEAD + 1) + Duration::from_secs(30);
         self.slot
-            .call_once(timeout, |reply| WorkerMsg::Run(task, reply))
+            .call_once(answer_within, |reply| WorkerMsg::Run(task, timeout, reply))
             .await
     }
 }

@@ -338,6 +338,7 @@ impl From<AgentError> for Error {
             | AgentError::Repo(_)
             | AgentError::Handler(_)
             | AgentError::NoHandler { .. }
+            | AgentError::TimedOut { .. }
             | AgentError::WorkerLost { .. } => Error::Internal(e.to_string()),
         }
     }
