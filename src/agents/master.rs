@@ -127,6 +127,10 @@ struct JobState {
     last_worker: Vec<Option<String>>,
     inflight: HashMap<String, usize>,
     outcomes: Vec<Option<TaskResult>>,
+    /// Outcomes in, and how many of them are failures (counted as they
+    /// come, so progress costs nothing per task).
+    done: usize,
+    failed: usize,
     per_worker: BTreeMap<String, WorkerStats>,
     retries: u64,
     started: Instant,
@@ -136,17 +140,10 @@ struct JobState {
 
 impl JobState {
     fn publish(&self) {
-        let done = self.outcomes.iter().flatten().count();
-        let failed = self
-            .outcomes
-            .iter()
-            .flatten()
-            .filter(|o| o.error.is_some())
-            .count();
         self.progress.send_replace(JobProgress {
             total: self.tasks.len(),
-            done,
-            failed,
+            done: self.done,
+            failed: self.failed,
             running: self.inflight.values().sum(),
             retries: self.retries,
         });
@@ -230,6 +227,8 @@ impl Serial for Master {
                             last_worker: vec![None; n],
                             inflight: workers.iter().map(|w| (w.id().to_owned(), 0)).collect(),
                             outcomes: vec![None; n],
+                            done: 0,
+                            failed: 0,
                             per_worker: workers
                                 .iter()
                                 .map(|w| (w.id().to_owned(), WorkerStats::default()))
@@ -296,6 +295,7 @@ fn record(
     match outcome {
         Ok(result) => {
             stats.completed += 1;
+            job.done += 1;
             job.outcomes[index] = Some(TaskResult {
                 index,
                 kind: job.tasks[index].kind.clone(),
@@ -312,6 +312,8 @@ fn record(
                 job.retries += 1;
                 job.queue.push_front(index);
             } else {
+                job.done += 1;
+                job.failed += 1;
                 job.outcomes[index] = Some(TaskResult {
                     index,
                     kind: job.tasks[index].kind.clone(),
@@ -410,7 +412,7 @@ async fn finish_if_done(shared: &MasterShared, job_id: &str) {
     let report = {
         let jobs = shared.jobs();
         let Some(job) = jobs.get(job_id) else { return };
-        if job.report.borrow().is_some() || job.outcomes.iter().any(Option::is_none) {
+        if job.report.borrow().is_some() || job.done < job.tasks.len() {
             return;
         }
         let results: Vec<TaskResult> = job.outcomes.iter().flatten().cloned().collect();
