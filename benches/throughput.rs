@@ -1,7 +1,9 @@
 //! Throughput and latency of the local backend, one JSON line per figure.
 //!
 //! Run: `cargo bench --bench throughput` (`BENCH_MAP_N` sets the map size,
-//! default 1,000,000). Compare with `python3 benches/peer_pool.py`.
+//! default 1,000,000; `BENCH_ONLY=roundtrip` runs only the figures with that
+//! in their name). Compare with `python3 benches/peer_pool.py`; cold starts
+//! with the `bare_python_start` line, a bare `python3 -c pass`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -136,6 +138,28 @@ async fn cold_start(
     Ok(())
 }
 
+/// What cold starts are measured against: a bare `python3 -c pass`, the
+/// median of 11, in this run on this machine.
+fn bare_python_start() {
+    let mut samples: Vec<Duration> = (0..11)
+        .map(|_| {
+            let started = Instant::now();
+            let status = std::process::Command::new("python3")
+                .args(["-c", "pass"])
+                .status()
+                .expect("python3");
+            assert!(status.success());
+            started.elapsed()
+        })
+        .collect();
+    samples.sort();
+    println!(
+        "{}",
+        json!({"bench": "bare_python_start", "peer": "python3 -c pass",
+               "ms": (samples[5].as_secs_f64() * 1e4).round() / 10.0, "samples": samples.len()})
+    );
+}
+
 async fn runtime(
     dir: &Path,
     standby: usize,
@@ -162,17 +186,38 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    // BENCH_ONLY=roundtrip (say) runs the figures whose name has that in it.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let run = |name: &str| name.contains(only.as_str());
     let dir = tempfile::tempdir()?;
+    if run("bare") {
+        bare_python_start();
+    }
     // Plain processes, as multiprocessing.Pool runs them (benches/peer_pool.py).
     let (rt, backend) = runtime(dir.path(), 1, SandboxMode::Off).await?;
-    map_trivial(&rt, n, "").await?;
-    map_stored(&rt, n).await?;
-    call_roundtrip(&rt, 2000, "").await?;
-    cold_start(&rt, &backend, true, "").await?;
+    if run("map") {
+        map_trivial(&rt, n, "").await?;
+        map_stored(&rt, n).await?;
+    }
+    if run("roundtrip") {
+        let calls = std::env::var("BENCH_CALLS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2000);
+        call_roundtrip(&rt, calls, "").await?;
+    }
+    if run("cold_start") {
+        cold_start(&rt, &backend, true, "").await?;
+    }
     rt.shutdown().await;
-    let (rt, backend) = runtime(&dir.path().join("no-standby"), 0, SandboxMode::Off).await?;
-    cold_start(&rt, &backend, false, "").await?;
-    rt.shutdown().await;
+    if run("cold_start_no_standby") {
+        let (rt, backend) = runtime(&dir.path().join("no-standby"), 0, SandboxMode::Off).await?;
+        cold_start(&rt, &backend, false, "").await?;
+        rt.shutdown().await;
+    }
+    if !run("sandboxed") {
+        return Ok(());
+    }
     // Under bubblewrap, when it works here (containers start per function,
     // so there is no standby).
     let (rt, backend) = runtime(&dir.path().join("sandboxed"), 0, SandboxMode::Auto).await?;

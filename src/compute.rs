@@ -327,6 +327,18 @@ pub trait ComputeBackend: Send + Sync + 'static {
         self.name()
     }
 
+    /// Whether a call of `function` can outlive this process (a Modal
+    /// FunctionCall does): such calls are started with [`spawn`] and their
+    /// id kept, so a restart waits for them instead of running them again.
+    /// Other calls run with [`call`], in the task's own job (no id, no
+    /// extra task).
+    ///
+    /// [`spawn`]: ComputeBackend::spawn
+    /// [`call`]: ComputeBackend::call
+    fn detached_calls(&self, _function: &str) -> bool {
+        true
+    }
+
     /// What of `spec` this backend does not enforce where the function was
     /// placed (say, `limits.network: false` without a sandbox), one
     /// sentence each; deploy answers carry them.

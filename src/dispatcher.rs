@@ -409,6 +409,18 @@ async fn run_call(
             tracing::info!(task_id = %id, call_id = %call, "waiting again for a call started before the restart");
             Ok(call)
         }
+        None if !backend.detached_calls(function) => {
+            // Runs here, in this job: nothing to keep or wait for apart.
+            shared.tracker.update(
+                id,
+                TaskUpdate::Started {
+                    call: None,
+                    attempt,
+                },
+            );
+            let outcome = backend.call(function, args, kwargs, ctx).await;
+            return finish_call(shared, id, &cancel, outcome).await;
+        }
         None => backend.spawn(function, args, kwargs, ctx).await,
     };
     let outcome = match started {
@@ -432,6 +444,17 @@ async fn run_call(
             }
         }
     };
+    finish_call(shared, id, &cancel, outcome).await
+}
+
+/// A call's outcome as its task's end: the result kept (in the record or
+/// its files), errors cleaned, a cancel asked for shown as such.
+async fn finish_call(
+    shared: &DispatchShared,
+    id: TaskId,
+    cancel: &CancellationToken,
+    outcome: Result<CallOutcome, BackendError>,
+) -> Finished {
     let (result, attempts) = match outcome {
         Ok(CallOutcome { result, attempts }) => (result.and_then(storable), attempts),
         Err(e) => (Err(backend_error(e)), 1),

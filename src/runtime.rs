@@ -388,8 +388,12 @@ impl Runtime {
         let id = record.task_id;
         let spec = serde_json::to_value(&spec)
             .map_err(|e| RuntimeError::Storage(std::io::Error::other(e)))?;
-        self.inner.tracker.create(record, Some(spec)).await;
+        // The call starts while its job is written; the id is answered only
+        // once the job is in the journal (a crash before that loses a task
+        // nobody was told about).
+        let written = self.inner.tracker.insert(record, Some(spec));
         self.inner.dispatcher.submit(job);
+        written.await;
         Ok(id)
     }
 

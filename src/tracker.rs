@@ -230,11 +230,19 @@ impl Tasks {
         &self.store
     }
 
-    /// Adds a new record (and stores its job, when durable); returns once
-    /// both are written.
-    pub(crate) async fn create(&self, record: TaskRecord, job: Option<Value>) {
-        if let Some((durable, epoch)) = self.store.insert_new(record, job) {
-            durable.wait(epoch).await;
+    /// Adds a new record at once and marks it and its job for the journal;
+    /// the returned future ends once they are written. The task can start
+    /// meanwhile (its run overlaps the write); it is acknowledged only after.
+    pub(crate) fn insert(
+        &self,
+        record: TaskRecord,
+        job: Option<Value>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let written = self.store.insert_new(record, job);
+        async move {
+            if let Some((durable, epoch)) = written {
+                durable.wait(epoch).await;
+            }
         }
     }
 
@@ -313,12 +321,12 @@ mod tests {
         let record = TaskRecord::new("f", TaskKind::Call, None);
         let id = record.task_id;
         tasks
-            .create(record, Some(serde_json::json!({"kind": "call"})))
+            .insert(record, Some(serde_json::json!({"kind": "call"})))
             .await;
         let (_, seen) = Journal::open(&path).unwrap();
         assert!(
             seen.jobs.contains_key(&id),
-            "the job is written before create returns"
+            "the job is written before insert's future ends"
         );
         assert_eq!(tasks.get(id).unwrap().status, TaskStatus::Pending);
         tasks.finish(

@@ -405,6 +405,11 @@ pub(crate) fn write_output(logs: &LogSink, output: Output) {
 
 #[async_trait]
 impl ComputeBackend for LocalBackend {
+    /// Local calls die with the process: they run in their task's job.
+    fn detached_calls(&self, _function: &str) -> bool {
+        false
+    }
+
     fn name(&self) -> &'static str {
         "local"
     }

@@ -135,6 +135,11 @@ impl ComputeBackend for BackendRouter {
         self.local.capacity()
     }
 
+    fn detached_calls(&self, function: &str) -> bool {
+        self.backend_of(function)
+            .is_ok_and(|b| b.detached_calls(function))
+    }
+
     fn unenforced(&self, spec: &FunctionSpec) -> Vec<String> {
         match self.placed.get(&spec.name).map(|p| *p) {
             Some(Placement::Modal) => Vec::new(),

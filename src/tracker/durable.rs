@@ -1,18 +1,20 @@
 //! Group commit of task records to the journal: changes
 //! are marked dirty and appended in one write as soon as the previous write
 //! is done (a burst of changes shares one), and a task's creation (with its
-//! job) is acknowledged only once it is written. A write reaches the OS at
+//! job) is acknowledged only once it is written. The writes are made by one
+//! thread of the journal's own, woken by a mark: no task, no blocking-pool
+//! hand-off per write. A write reaches the OS at
 //! once, which is what a crash of this process needs; at most once a second
 //! (and at shutdown) the journal is also fsynced, which bounds what a crash of
 //! the machine loses.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::journal::{Entry, Journal};
@@ -24,6 +26,8 @@ use crate::task::TaskId;
 const FSYNC_EVERY: Duration = Duration::from_secs(1);
 /// Fewest lines before a compaction is considered.
 const COMPACT_AT: usize = 10_000;
+/// How long the writer waits before trying a failed write again.
+const RETRY_AFTER: Duration = Duration::from_millis(100);
 
 #[derive(Default)]
 struct Pending {
@@ -32,6 +36,14 @@ struct Pending {
     forgets: Vec<TaskId>,
     files: Vec<PathBuf>,
     epoch: u64,
+    /// The writer thread is to write what is left, fsynced, and end.
+    stopping: bool,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.dirty.is_empty() && self.jobs.is_empty() && self.forgets.is_empty()
+    }
 }
 
 struct Disk {
@@ -49,9 +61,10 @@ struct Disk {
 pub(crate) struct Durable {
     disk: Arc<Mutex<Disk>>,
     pending: Mutex<Pending>,
+    /// Rung by a mark: the writer thread has work.
+    marked: Condvar,
     /// One write at a time, snapshot included.
-    writing: tokio::sync::Mutex<()>,
-    wake: Notify,
+    writing: Mutex<()>,
     done: watch::Sender<u64>,
 }
 
@@ -66,8 +79,8 @@ impl Durable {
                 files: Vec::new(),
             })),
             pending: Mutex::default(),
-            writing: tokio::sync::Mutex::new(()),
-            wake: Notify::new(),
+            marked: Condvar::new(),
+            writing: Mutex::new(()),
             done: watch::channel(0).0,
         })
     }
@@ -82,7 +95,7 @@ impl Durable {
         }
         let epoch = p.epoch + 1;
         drop(p);
-        self.wake.notify_one();
+        self.marked.notify_one();
         epoch
     }
 
@@ -93,7 +106,7 @@ impl Durable {
         p.forgets.extend_from_slice(ids);
         let epoch = p.epoch + 1;
         drop(p);
-        self.wake.notify_one();
+        self.marked.notify_one();
         epoch
     }
 
@@ -114,22 +127,36 @@ impl Durable {
         }
     }
 
-    /// Writes until `stop`, then once more, fsynced.
+    /// Writes until `stop`, then once more, fsynced: a thread of its own
+    /// writes each batch as soon as one is marked. The thread holds neither
+    /// the records nor this writer: if both go without a stop (a runtime
+    /// dropped, not shut down), it ends within [`FSYNC_EVERY`].
     pub(crate) async fn run(self: Arc<Self>, tasks: Arc<TaskStore>, stop: CancellationToken) {
-        loop {
-            tokio::select! {
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(FSYNC_EVERY) => {}
-                () = stop.cancelled() => break,
-            }
-            self.write(&tasks, false).await;
+        let (ended_tx, ended) = tokio::sync::oneshot::channel::<()>();
+        let (this, records) = (Arc::downgrade(&self), Arc::downgrade(&tasks));
+        let spawned = std::thread::Builder::new()
+            .name("task-journal".into())
+            .spawn(move || {
+                writer_thread(&this, &records);
+                drop(ended_tx);
+            });
+        if let Err(error) = spawned {
+            tracing::error!(%error, "could not start the task journal's writer thread");
+            return;
         }
+        stop.cancelled().await;
+        self.pending.lock().recover().stopping = true;
+        self.marked.notify_one();
+        let _ = ended.await;
         self.flush(&tasks).await;
     }
 
     /// Writes everything marked so far, fsynced.
-    pub(crate) async fn flush(&self, tasks: &Arc<TaskStore>) {
-        self.write(tasks, true).await;
+    pub(crate) async fn flush(self: &Arc<Self>, tasks: &Arc<TaskStore>) {
+        let (this, tasks) = (self.clone(), tasks.clone());
+        if let Err(error) = tokio::task::spawn_blocking(move || this.write(&tasks, true)).await {
+            tracing::error!(%error, "task journal flush failed");
+        }
     }
 
     /// One group commit. Writes are taken one at a time and each takes its
@@ -137,9 +164,9 @@ impl Durable {
     /// never older than one written before it. A batch that cannot be
     /// appended is not in the file at all; it goes back to be written again
     /// and its waiters keep waiting (a create times out rather than being
-    /// acknowledged on a write that did not happen).
-    async fn write(&self, tasks: &Arc<TaskStore>, fsync: bool) {
-        let _turn = self.writing.lock().await;
+    /// acknowledged on a write that did not happen). Whether it was written.
+    fn write(&self, tasks: &TaskStore, fsync: bool) -> bool {
+        let _turn = self.writing.lock().recover();
         let (dirty, jobs, forgets, files, epoch) = {
             let mut p = self.pending.lock().recover();
             p.epoch += 1;
@@ -165,46 +192,36 @@ impl Durable {
             }
         }
         entries.extend(forgets.into_iter().map(Entry::Forget));
-        let disk = self.disk.clone();
-        let tasks = tasks.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            let mut d = disk.lock().recover();
-            // Taken before the records that need them, so they are never
-            // behind a journal fsync.
-            d.files.extend(files);
-            if let Err(e) = d.journal.append(&entries) {
-                return Err((e, entries));
-            }
-            for e in &entries {
-                match e {
-                    Entry::Job(id, spec) => {
-                        d.jobs.insert(*id, spec.clone());
-                    }
-                    Entry::Done(id) | Entry::Forget(id) => {
-                        d.jobs.remove(id);
-                    }
-                    Entry::Record(_) => {}
-                }
-            }
-            d.unsynced |= !entries.is_empty();
-            // The batch is in the file: what follows can fail without
-            // taking that back, and is tried again next time.
-            if let Err(error) = d.settle(&tasks, fsync) {
-                tracing::error!(%error, "could not fsync or compact the task journal; retrying");
-            }
-            Ok(())
-        })
-        .await;
-        match written {
-            Ok(Ok(())) => {
-                self.done.send_replace(epoch);
-            }
-            Ok(Err((error, entries))) => {
-                tracing::error!(%error, entries = entries.len(), "could not append to the task journal; the batch is retried and not acknowledged");
-                self.requeue(entries);
-            }
-            Err(error) => tracing::error!(%error, "task journal writer failed"),
+        let mut d = self.disk.lock().recover();
+        // Taken before the records that need them, so they are never
+        // behind a journal fsync.
+        d.files.extend(files);
+        if let Err(error) = d.journal.append(&entries) {
+            drop(d);
+            tracing::error!(%error, entries = entries.len(), "could not append to the task journal; the batch is retried and not acknowledged");
+            self.requeue(entries);
+            return false;
         }
+        for e in &entries {
+            match e {
+                Entry::Job(id, spec) => {
+                    d.jobs.insert(*id, spec.clone());
+                }
+                Entry::Done(id) | Entry::Forget(id) => {
+                    d.jobs.remove(id);
+                }
+                Entry::Record(_) => {}
+            }
+        }
+        d.unsynced |= !entries.is_empty();
+        // The batch is in the file: what follows can fail without taking
+        // that back, and is tried again next time.
+        if let Err(error) = d.settle(tasks, fsync) {
+            tracing::error!(%error, "could not fsync or compact the task journal; retrying");
+        }
+        drop(d);
+        self.done.send_replace(epoch);
+        true
     }
 
     /// Puts a batch that was not written back in front of what is pending.
@@ -223,6 +240,31 @@ impl Durable {
         }
         jobs.append(&mut p.jobs);
         p.jobs = jobs;
+    }
+}
+
+/// The writer thread: waits for a mark (or the periodic fsync), writes
+/// what is marked, and at a stop writes the rest and ends.
+fn writer_thread(durable: &Weak<Durable>, tasks: &Weak<TaskStore>) {
+    loop {
+        let (Some(durable), Some(tasks)) = (durable.upgrade(), tasks.upgrade()) else {
+            return;
+        };
+        let stopping = {
+            let p = durable.pending.lock().recover();
+            let (p, _) = durable
+                .marked
+                .wait_timeout_while(p, FSYNC_EVERY, |p| p.is_empty() && !p.stopping)
+                .recover();
+            p.stopping
+        };
+        if stopping {
+            // The stop's flush writes what is left, fsynced.
+            return;
+        }
+        if !durable.write(&tasks, false) {
+            std::thread::sleep(RETRY_AFTER);
+        }
     }
 }
 
