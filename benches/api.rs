@@ -5,7 +5,10 @@
 //! (`benches/peer_fastapi.py`) when fastapi and uvicorn are importable.
 //!
 //! Run: `cargo bench --bench api` (`BENCH_API_N` sets requests per phase,
-//! default 4000).
+//! default 4000). The peer runs under `BENCH_PEER_PYTHON`, else
+//! `target/bench-venv/bin/python` when it exists (`python3 -m venv
+//! target/bench-venv && target/bench-venv/bin/pip install fastapi uvicorn`),
+//! else `python3`.
 
 use std::os::unix::process::CommandExt;
 use std::sync::Arc;
@@ -127,7 +130,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .local_addr()?
         .port();
     // Its own process group, so its pool workers go with it.
-    let mut child = match std::process::Command::new("python3")
+    // The interpreter with fastapi and uvicorn: BENCH_PEER_PYTHON, else
+    // target/bench-venv's when there is one, else python3.
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-venv/bin/python");
+    let python = std::env::var("BENCH_PEER_PYTHON").unwrap_or_else(|_| {
+        if std::path::Path::new(venv).exists() {
+            venv.to_owned()
+        } else {
+            "python3".to_owned()
+        }
+    });
+    let mut child = match std::process::Command::new(python)
         .args([peer, &port.to_string(), TOKEN])
         .stderr(std::process::Stdio::null())
         .process_group(0)
