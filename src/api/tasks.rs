@@ -50,6 +50,7 @@ pub(crate) async fn run_parallel(
     const NAME: &str = "spawn_parallel_tasks";
     let key = super::idempotency_key(&headers)?;
     let fingerprint = Commands::fingerprint(NAME, &req);
+    let waited = req.wait;
     let commands = state.commands.clone();
     let work = async move {
         commands
@@ -62,7 +63,9 @@ pub(crate) async fn run_parallel(
         .keyed(caller, NAME, key, fingerprint, work)
         .await?;
     let map = keyed.answer;
-    let response = if map.status.is_terminal() {
+    // 200 only for a caller who asked to wait: without `wait` the answer is
+    // 202 whether or not the work happened to finish before it was sent.
+    let response = if waited && map.status.is_terminal() {
         Json(map).into_response()
     } else {
         let id = map.task_id;
@@ -85,6 +88,7 @@ pub(crate) async fn spawn_task(
     const NAME: &str = "spawn_task";
     let key = super::idempotency_key(&headers)?;
     let fingerprint = Commands::fingerprint(NAME, &req);
+    let waited = req.wait;
     let commands = state.commands.clone();
     let work = async move { commands.spawn_task(req).await.map_err(Error::from) };
     let keyed = state
@@ -93,7 +97,7 @@ pub(crate) async fn spawn_task(
         .await?;
     let record = keyed.answer;
     let id = record.task_id;
-    let response = if record.status.is_terminal() {
+    let response = if waited && record.status.is_terminal() {
         let stored = record.result_ref.is_some();
         with_stored_result(&state, id, &record, stored).await?
     } else {

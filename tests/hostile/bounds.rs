@@ -656,20 +656,19 @@ alone!(
 /// started with [`FOLLOWERS_ENV`].
 pub(crate) async fn attack_log_followers_are_cheap_and_capped(t: &Target<'_>) {
     let api = t.api;
-    let code = "import sys, time\ndef printer(n):\n    for i in range(n):\n        print('out', i)\n        print('err', i, file=sys.stderr)\n        time.sleep(0.05)\n    return n\n";
+    // The printers print until the test opens their gate (a file in a
+    // volume), so the limits are checked while both are surely running,
+    // however slow the machine.
+    let code = "import json, os, sys, time\ndef printer():\n    gate = os.path.join(json.loads(os.environ['MODAL_AGENTS_VOLUMES'])['/gate'], 'open')\n    i = 0\n    while not os.path.exists(gate) and i < 2400:\n        print('out', i)\n        print('err', i, file=sys.stderr)\n        i += 1\n        time.sleep(0.05)\n    print('out last')\n    print('err last', file=sys.stderr)\n    return i\n";
     api.post(
         "/deploy-function",
-        json!({"function_code": code, "function_name": "printer"}),
+        json!({"function_code": code, "function_name": "printer", "volumes": {"/gate": "followers-gate"}}),
     )
     .await;
-    let lines = 160;
     let mut ids = Vec::new();
     for _ in 0..2 {
         let task = api
-            .post(
-                "/spawn-task",
-                json!({"function_name": "printer", "args": [lines]}),
-            )
+            .post("/spawn-task", json!({"function_name": "printer"}))
             .await;
         ids.push(task["task_id"].as_str().unwrap().to_owned());
     }
@@ -725,15 +724,24 @@ pub(crate) async fn attack_log_followers_are_cheap_and_capped(t: &Target<'_>) {
     let (status, retry, _) = follow(api, &other).await;
     assert_eq!(status, 503, "past the server's limit");
     assert!(retry.is_some());
+    let opened = api
+        .http
+        .put(format!("{}/volumes/followers-gate/files/open", api.url))
+        .bearer_auth(&api.token)
+        .body("")
+        .send()
+        .await
+        .unwrap();
+    assert!(opened.status().is_success(), "{}", opened.status());
     // Every follower gets all of it, then the end.
     for reader in readers {
         let text = reader.await.unwrap();
         assert!(
-            text.contains(&format!("out {}", lines - 1)),
+            text.contains("out 0") && text.contains("out last"),
             "{}",
             &text[text.len().saturating_sub(300)..]
         );
-        assert!(text.contains(&format!("err {}", lines - 1)));
+        assert!(text.contains("err 0") && text.contains("err last"));
         assert!(
             text.contains("event: end\ndata: completed"),
             "{}",
