@@ -6,7 +6,7 @@
 //! in and out are JSON. [`LocalBackend`] runs functions in warm local `python3`
 //! containers; a Modal backend drives Modal's SDK behind the same trait.
 
-mod local;
+pub(crate) mod local;
 mod modal;
 mod router;
 #[cfg(any(test, feature = "testing"))]

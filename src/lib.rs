@@ -20,6 +20,9 @@
 //!   local backend (warm `python3` containers under bubblewrap) and the Modal
 //!   backend (Modal through the pinned official SDK).
 //! - [`volume`]: [`Volumes`], versioned state, files and watches.
+//! - [`sandbox`]: [`Sandboxes`]: long-lived sandbox sessions for
+//!   agent-written code (exec with live output, files, lifetimes, one typed
+//!   outcome per process, content-addressed snapshots, forks and diffs).
 //! - [`agents`]: [`Agents`]: master, worker, codegen and repo-creator actors,
 //!   children of the runtime's supervisor, above the runtime.
 //! - [`wire`]: every request and response the API, the client and the tools
@@ -66,6 +69,7 @@ mod persist;
 pub mod redact;
 mod registry;
 pub mod runtime;
+pub mod sandbox;
 pub mod secrets;
 pub mod spec;
 mod store;
@@ -81,6 +85,7 @@ pub mod wire;
 
 pub use agents::Agents;
 pub use runtime::{Runtime, RuntimeBuilder, RuntimeError};
+pub use sandbox::Sandboxes;
 pub use spec::{FunctionSpec, SpecError};
 pub use task::{TaskError, TaskId, TaskRecord, TaskStatus};
 pub use tools::Tools;

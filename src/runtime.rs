@@ -89,6 +89,7 @@ struct Inner {
     durable: Arc<Durable>,
     flusher_stop: CancellationToken,
     volumes: Volumes,
+    sandboxes: crate::sandbox::Sandboxes,
     root: ActorRef<RootSupervisorMsg>,
     restart: RestartPolicy,
     /// Services layered on the runtime (the agents' registry, say), one per
@@ -179,6 +180,11 @@ impl Runtime {
     /// The host directory of volume `name`, as functions that mount it see it.
     pub fn volume_dir(&self, name: &str) -> PathBuf {
         self.inner.volumes.files_dir(name)
+    }
+
+    /// The sandboxes: long-lived sessions for agent-written code.
+    pub fn sandboxes(&self) -> &crate::sandbox::Sandboxes {
+        &self.inner.sandboxes
     }
 
     /// The runtime's one `T`, made with `T::default()` on first use: how a
@@ -802,6 +808,9 @@ impl Runtime {
             return;
         }
         tracing::info!("runtime shutting down");
+        // Sandboxes first: each workdir is snapshotted while the runtime
+        // can still write.
+        self.inner.sandboxes.shutdown().await;
         self.inner.shutdown.cancel();
         self.inner.jobs.close();
         if tokio::time::timeout(self.inner.shutdown_timeout, self.inner.jobs.wait())

@@ -545,7 +545,7 @@ const RESERVED_MOUNTS: &[&str] = &[
     "/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/sbin", "/sys", "/usr", "/tmp",
 ];
 
-fn validate_volumes(volumes: &BTreeMap<String, String>) -> Result<(), SpecError> {
+pub(crate) fn validate_volumes(volumes: &BTreeMap<String, String>) -> Result<(), SpecError> {
     let accepted = "an absolute path other than '/', without '.', '..' or empty segments, outside system directories (/bin /dev /etc /lib /proc /sys /usr /tmp ...)";
     for (mount, name) in volumes {
         let field = format!("volumes[{mount:?}]");

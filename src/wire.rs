@@ -12,6 +12,7 @@
 
 mod deploy;
 mod problem;
+mod sandbox;
 mod schema;
 mod state;
 mod tasks;
@@ -19,6 +20,15 @@ mod tools;
 
 pub use deploy::{DeployRequest, Deployed, FunctionView, ImageConfig, VolumeMounts};
 pub use problem::{Problem, ProblemKind};
+pub use sandbox::{
+    CreateSandbox, DiffSnapshots, EndReason, ExecRequest, ExecResult, FileChange, ForkRequest,
+    ForkSandbox, Forked, KeepaliveRequest, KeepaliveSandbox, KillRequest, ListSandboxFiles,
+    ListSandboxes, Outcome, ProcessState, ProcessView, SandboxEnded, SandboxExec,
+    SandboxFileContent, SandboxFileEntry, SandboxFileList, SandboxFileRef, SandboxImage,
+    SandboxLimits, SandboxList, SandboxNetwork, SandboxProcessRef, SandboxRef, SandboxState,
+    SandboxView, SnapshotDiff, SnapshotInfo, SnapshotList, StdinRequest, WriteSandboxFile,
+    DEFAULT_SANDBOX_TIMEOUT_S, DEFAULT_WORKDIR, MAX_SANDBOX_TIMEOUT_S, MAX_SANDBOX_WAIT_S,
+};
 pub use schema::{json_schema, output_json_schema};
 pub use state::{
     PutState, SecretInfo, StateEntry, Webhook, WebhookAttempt, WebhookRequest, WebhookState,

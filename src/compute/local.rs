@@ -46,7 +46,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::budget::Budget;
-use self::cgroup::PidsGroup;
+
+pub(crate) use self::cgroup::{Confined, PidsGroup};
 use self::container::{Launcher, LauncherArgs, LiveSet, StartError};
 pub(crate) use self::env::resolve_python;
 use self::env::{base_env, cores, function_env, total_memory_mib};

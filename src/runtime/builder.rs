@@ -34,6 +34,7 @@ pub struct RuntimeBuilder {
     restart: RestartPolicy,
     shutdown_timeout: Option<Duration>,
     retention: Retention,
+    sandboxes: crate::sandbox::SandboxConfig,
 }
 
 /// Default bound of [`Runtime::shutdown`] on running work.
@@ -43,6 +44,12 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_DATA_DIR: &str = "modal-agents-data";
 
 impl RuntimeBuilder {
+    /// Settings of the sandboxes (default [`SandboxConfig::default`](crate::sandbox::SandboxConfig)).
+    pub fn sandbox_config(mut self, config: crate::sandbox::SandboxConfig) -> Self {
+        self.sandboxes = config;
+        self
+    }
+
     /// Where tasks, volumes and container work dirs live (default
     /// `./modal-agents-data`).
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
@@ -242,6 +249,22 @@ impl RuntimeBuilder {
             root.clone(),
             self.restart,
         );
+        let sandboxes = {
+            let shared = volumes.clone();
+            crate::sandbox::Sandboxes::open(crate::sandbox::Parts {
+                config: self.sandboxes,
+                data_dir: data_dir.clone(),
+                volumes_dir: Box::new(move |name| shared.files_dir(name)),
+                secrets: self.secrets.clone(),
+                redact: redactor.clone(),
+                shutdown: shutdown.child_token(),
+            })
+            .await
+            .map_err(|source| RuntimeError::DataDir {
+                path: data_dir.join("sandboxes"),
+                source,
+            })?
+        };
         tracing::info!(data_dir = %data_dir.display(), backend = backend.name(), "runtime started");
         let runtime = Runtime {
             inner: Arc::new(Inner {
@@ -255,6 +278,7 @@ impl RuntimeBuilder {
                 tracker,
                 dispatcher,
                 volumes,
+                sandboxes,
                 root,
                 restart: self.restart,
                 extensions: Default::default(),

@@ -156,6 +156,11 @@ impl Root {
     /// fsync of the directory), making missing directories. A link at `rel`
     /// is replaced, never written through.
     pub(crate) fn write(&self, rel: &str, bytes: &[u8]) -> io::Result<()> {
+        self.write_mode(rel, bytes, 0o600)
+    }
+
+    /// [`Root::write`] with the new file's permission bits.
+    pub(crate) fn write_mode(&self, rel: &str, bytes: &[u8], mode: libc::mode_t) -> io::Result<()> {
         let (dirs, last) = split(rel);
         let dir = self.parent(&dirs, true)?;
         let mut tmp = b".".to_vec();
@@ -165,7 +170,7 @@ impl Root {
             dir.as_raw_fd(),
             &tmp,
             libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
-            0o600,
+            mode,
         )?;
         let result = (|| {
             let mut file = File::from(fd);
@@ -277,6 +282,257 @@ impl Root {
         out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)
     }
+}
+
+/// What a walk or a listing saw at a name, never following it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    File,
+    Dir,
+    Link,
+    Other,
+}
+
+/// An entry's metadata.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Meta {
+    pub(crate) kind: Kind,
+    pub(crate) size: u64,
+    pub(crate) mode: u32,
+    pub(crate) modified_ms: u64,
+}
+
+fn meta(st: &libc::stat) -> Meta {
+    let kind = match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => Kind::File,
+        libc::S_IFDIR => Kind::Dir,
+        libc::S_IFLNK => Kind::Link,
+        _ => Kind::Other,
+    };
+    Meta {
+        kind,
+        size: st.st_size.max(0) as u64,
+        mode: st.st_mode & 0o7777,
+        modified_ms: modified_ms(st),
+    }
+}
+
+/// The names in the directory `dir` (read through its descriptor).
+fn names_in(dir: &OwnedFd) -> io::Result<Vec<std::ffi::OsString>> {
+    let mut names: Vec<_> = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+fn components(rel: &str) -> Vec<&[u8]> {
+    rel.split('/')
+        .filter(|c| !c.is_empty())
+        .map(str::as_bytes)
+        .collect()
+}
+
+/// Removes everything in the directory `dir`, depth first, never
+/// following a link; at most `budget` entries (a bound on the work).
+fn empty_dir(dir: &OwnedFd, budget: &mut u64) -> io::Result<()> {
+    for name in names_in(dir)? {
+        let bytes = name.as_bytes();
+        if *budget == 0 {
+            return Err(io::Error::other("too many entries to remove"));
+        }
+        *budget -= 1;
+        let st = match stat_at(dir.as_raw_fd(), bytes) {
+            Ok(st) => st,
+            Err(e) if is_absent(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        let flags = if is_dir(&st) {
+            let sub = open_dir(dir.as_raw_fd(), bytes)?;
+            empty_dir(&sub, budget)?;
+            libc::AT_REMOVEDIR
+        } else {
+            0
+        };
+        let c = cstr(bytes)?;
+        // SAFETY: unlinkat with a NUL-terminated name and a descriptor this
+        // process owns; a link is removed itself.
+        match check(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) }) {
+            Ok(_) => {}
+            Err(e) if is_absent(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl Root {
+    /// The metadata at `rel` (the root itself when empty), not following a
+    /// link there; `None` when nothing is.
+    pub(crate) fn meta(&self, rel: &str) -> io::Result<Option<Meta>> {
+        let mut parts = components(rel);
+        let Some(last) = parts.pop() else {
+            // SAFETY: an all-zero stat is valid; fstat on an owned fd.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            check(unsafe { libc::fstat(self.fd.as_raw_fd(), &mut st) })?;
+            return Ok(Some(meta(&st)));
+        };
+        let dir = match self.parent(&parts, false) {
+            Ok(d) => d,
+            Err(e) if is_absent(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match stat_at(dir.as_raw_fd(), last) {
+            Ok(st) => Ok(Some(meta(&st))),
+            Err(e) if is_absent(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The entries of the directory at `rel` (the root when empty), by
+    /// name; links are listed as links, never followed.
+    pub(crate) fn list_dir(&self, rel: &str) -> io::Result<Vec<(String, Meta)>> {
+        let dir = self.parent(&components(rel), false).map_err(not_found)?;
+        let mut out = Vec::new();
+        for name in names_in(&dir)? {
+            let Ok(text) = name.into_string() else {
+                continue;
+            };
+            match stat_at(dir.as_raw_fd(), text.as_bytes()) {
+                Ok(st) => out.push((text, meta(&st))),
+                Err(e) if is_absent(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes the directory `rel` and its parents (`mkdir -p`), through no
+    /// link.
+    pub(crate) fn mkdir(&self, rel: &str) -> io::Result<()> {
+        self.parent(&components(rel), true).map(drop)
+    }
+
+    /// Removes `rel` and, when it is a directory, everything under it (at
+    /// most `max_entries`), following no link; false when nothing was there.
+    pub(crate) fn remove_all(&self, rel: &str, max_entries: u64) -> io::Result<bool> {
+        let mut parts = components(rel);
+        let Some(last) = parts.pop() else {
+            return Err(io::ErrorKind::InvalidInput.into());
+        };
+        let dir = match self.parent(&parts, false) {
+            Ok(d) => d,
+            Err(e) if is_absent(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let st = match stat_at(dir.as_raw_fd(), last) {
+            Ok(st) => st,
+            Err(e) if is_absent(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let flags = if is_dir(&st) {
+            let sub = open_dir(dir.as_raw_fd(), last)?;
+            let mut budget = max_entries;
+            empty_dir(&sub, &mut budget)?;
+            libc::AT_REMOVEDIR
+        } else {
+            0
+        };
+        let c = cstr(last)?;
+        // SAFETY: as in `empty_dir`.
+        match check(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) }) {
+            Ok(_) => Ok(true),
+            Err(e) if is_absent(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Visits everything under the root, depth first in name order: each
+    /// regular file opened for reading, each link with its target, each
+    /// directory before what is in it; nothing is followed. Stops with an
+    /// error when `visit` fails.
+    pub(crate) fn walk(
+        &self,
+        visit: &mut dyn FnMut(&str, Meta, Walked) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut stack: Vec<(OwnedFd, String)> = vec![(self.fd.try_clone()?, String::new())];
+        while let Some((dir, at)) = stack.pop() {
+            let mut subdirs = Vec::new();
+            for name in names_in(&dir)? {
+                let Ok(text) = name.into_string() else {
+                    continue;
+                };
+                let bytes = text.as_bytes();
+                let st = match stat_at(dir.as_raw_fd(), bytes) {
+                    Ok(st) => st,
+                    Err(e) if is_absent(&e) => continue,
+                    Err(e) => return Err(e),
+                };
+                let path = if at.is_empty() {
+                    text.clone()
+                } else {
+                    format!("{at}/{text}")
+                };
+                let m = meta(&st);
+                match m.kind {
+                    Kind::Dir => match open_dir(dir.as_raw_fd(), bytes) {
+                        Ok(sub) => {
+                            visit(&path, m, Walked::Dir)?;
+                            subdirs.push((sub, path));
+                        }
+                        Err(e) if is_absent(&e) => {}
+                        Err(e) => return Err(e),
+                    },
+                    Kind::File => {
+                        match open_at(dir.as_raw_fd(), bytes, libc::O_RDONLY | libc::O_NONBLOCK, 0)
+                        {
+                            Ok(fd) => visit(&path, m, Walked::File(File::from(fd)))?,
+                            Err(e) if is_absent(&e) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Kind::Link => {
+                        let c = cstr(bytes)?;
+                        let mut buf = vec![0u8; 4096];
+                        // SAFETY: readlinkat into a buffer of the given size.
+                        let n = unsafe {
+                            libc::readlinkat(
+                                dir.as_raw_fd(),
+                                c.as_ptr(),
+                                buf.as_mut_ptr().cast(),
+                                buf.len(),
+                            )
+                        };
+                        if n >= 0 {
+                            buf.truncate(n as usize);
+                            visit(&path, m, Walked::Link(buf))?;
+                        }
+                    }
+                    Kind::Other => {}
+                }
+            }
+            // Name order: the stack pops the last pushed first.
+            stack.extend(subdirs.into_iter().rev());
+        }
+        Ok(())
+    }
+
+    /// Makes a symbolic link `rel` -> `target` (replacing nothing).
+    pub(crate) fn symlink(&self, rel: &str, target: &[u8]) -> io::Result<()> {
+        let (dirs, last) = split(rel);
+        let dir = self.parent(&dirs, true)?;
+        let (t, l) = (cstr(target)?, cstr(last)?);
+        // SAFETY: symlinkat with NUL-terminated strings and an owned fd.
+        check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), l.as_ptr()) }).map(drop)
+    }
+}
+
+/// What [`Root::walk`] hands over for an entry.
+pub(crate) enum Walked {
+    File(File),
+    Dir,
+    Link(Vec<u8>),
 }
 
 /// Gone, or something that is not a directory (or is a link) on the way.

@@ -142,6 +142,18 @@ impl Bwrap {
     }
 }
 
+impl Bwrap {
+    /// The `bwrap` executable.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The arguments binding the read-only system and the interpreter.
+    pub(crate) fn system_args(&self) -> &[String] {
+        &self.system_args
+    }
+}
+
 /// One function's sandbox.
 #[derive(Debug, Clone)]
 pub(crate) struct Jail {

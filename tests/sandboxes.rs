@@ -1,0 +1,375 @@
+//! Sandbox sessions through the runtime handle: real bubblewrap jails, real
+//! processes, real files. Exec and its one typed outcome, output kept past
+//! the end, files that never follow a link out, lifetimes that end only for
+//! a reported reason (snapshotting first), snapshots, forks and diffs, and a
+//! restart that lists every sandbox that was live.
+
+mod support;
+
+use std::time::Duration;
+
+use modal_agents::sandbox::{OutputEvent, SandboxConfig, SandboxError};
+use modal_agents::wire::{
+    CreateSandbox, EndReason, ExecRequest, ListSandboxes, Outcome, SandboxState,
+};
+use modal_agents::Runtime;
+
+async fn runtime(dir: &std::path::Path, config: SandboxConfig) -> Runtime {
+    Runtime::builder()
+        .data_dir(dir)
+        .sandbox_config(config)
+        .start()
+        .await
+        .expect("runtime starts")
+}
+
+fn cmd(args: &[&str]) -> ExecRequest {
+    ExecRequest {
+        cmd: args.iter().map(|s| s.to_string()).collect(),
+        wait_s: 30,
+        ..Default::default()
+    }
+}
+
+fn sh(script: &str) -> ExecRequest {
+    cmd(&["sh", "-c", script])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_outcomes_are_typed_and_output_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path(), SandboxConfig::default()).await;
+    let sbx = rt.sandboxes();
+    let sb = sbx.create(CreateSandbox::default()).await.unwrap();
+    assert_eq!(sb.state, SandboxState::Running);
+    assert_eq!(sb.workdir, "/workspace");
+    let id = sb.sandbox_id.clone();
+
+    let r = sbx
+        .exec(&id, sh("echo out; echo err >&2; pwd; exit 3"))
+        .await
+        .unwrap();
+    assert_eq!(r.process.outcome, Some(Outcome::Exited { code: 3 }));
+    assert_eq!(r.stdout.as_deref(), Some("out\n/workspace\n"));
+    assert_eq!(r.stderr.as_deref(), Some("err\n"));
+
+    // A program that exits 137 is not one killed by SIGKILL, and neither is
+    // a timeout.
+    let r = sbx.exec(&id, sh("exit 137")).await.unwrap();
+    assert_eq!(r.process.outcome, Some(Outcome::Exited { code: 137 }));
+    let r = sbx.exec(&id, sh("kill -9 $$")).await.unwrap();
+    assert_eq!(r.process.outcome, Some(Outcome::Signaled { signal: 9 }));
+    let mut slow = sh("echo before; sleep 30");
+    slow.timeout_s = Some(1);
+    let r = sbx.exec(&id, slow).await.unwrap();
+    assert_eq!(r.process.outcome, Some(Outcome::TimedOut { after_s: 1.0 }));
+    assert_eq!(
+        r.stdout.as_deref(),
+        Some("before\n"),
+        "output before the end is kept"
+    );
+    let r = sbx.exec(&id, cmd(&["no-such-program"])).await.unwrap();
+    assert_eq!(r.process.outcome, Some(Outcome::Exited { code: 127 }));
+    assert!(r.stderr.unwrap().contains("no-such-program"));
+
+    // Files written by one process are there for the next, and for the API.
+    sbx.exec(&id, sh("mkdir -p src && echo 'print(6*7)' > src/main.py"))
+        .await
+        .unwrap();
+    let r = sbx
+        .exec(&id, cmd(&["python3", "src/main.py"]))
+        .await
+        .unwrap();
+    assert_eq!(r.stdout.as_deref(), Some("42\n"));
+    assert_eq!(
+        sbx.read_file(&id, "src/main.py").await.unwrap(),
+        b"print(6*7)\n"
+    );
+    sbx.write_file(&id, "/workspace/data.txt", b"hello".to_vec())
+        .await
+        .unwrap();
+    let r = sbx.exec(&id, cmd(&["cat", "data.txt"])).await.unwrap();
+    assert_eq!(r.stdout.as_deref(), Some("hello"));
+    let list = sbx.list_files(&id, None).await.unwrap();
+    let names: Vec<&str> = list.entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["data.txt", "src"]);
+    assert!(list.entries[1].is_dir);
+
+    // Stdin kept open, written later, then closed.
+    let mut cat = cmd(&["cat"]);
+    cat.stdin_open = true;
+    cat.wait_s = 0;
+    let started = sbx.exec(&id, cat).await.unwrap();
+    let pid = started.process.process_id.clone();
+    sbx.write_stdin(
+        &id,
+        &pid,
+        modal_agents::wire::StdinRequest {
+            data: Some("piped".into()),
+            eof: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let done = sbx.wait_process(&id, &pid, 30).await.unwrap();
+    assert_eq!(done.stdout.as_deref(), Some("piped"));
+
+    // Output followed live, then the end with the outcome.
+    let mut live = sh("for i in 1 2 3; do echo line$i; sleep 0.1; done");
+    live.wait_s = 0;
+    let started = sbx.exec(&id, live).await.unwrap();
+    let stream = sbx
+        .output(&id, &started.process.process_id, 0, true)
+        .unwrap();
+    let events: Vec<OutputEvent> = futures_util::StreamExt::collect(stream).await;
+    let text: String = events
+        .iter()
+        .filter_map(|e| match e {
+            OutputEvent::Chunk(c) => Some(c.text.clone()),
+            OutputEvent::End(_) => None,
+        })
+        .collect();
+    assert_eq!(text, "line1\nline2\nline3\n");
+    assert_eq!(
+        events.last(),
+        Some(&OutputEvent::End(Outcome::Exited { code: 0 }))
+    );
+
+    // Terminated: idempotent, and a 409-kind error carrying the reason.
+    let ended = sbx.terminate(&id).await.unwrap();
+    assert_eq!(ended.ended.as_ref().unwrap().reason, EndReason::Terminated);
+    sbx.terminate(&id).await.unwrap();
+    match sbx.exec(&id, cmd(&["true"])).await {
+        Err(SandboxError::Ended { ended, .. }) => assert_eq!(ended.reason, EndReason::Terminated),
+        other => panic!("exec after terminate: {other:?}"),
+    }
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_never_lead_out_and_paths_stay_inside() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("host-secret"), "do not read").unwrap();
+    let rt = runtime(dir.path(), SandboxConfig::default()).await;
+    let sbx = rt.sandboxes();
+    let id = sbx
+        .create(CreateSandbox::default())
+        .await
+        .unwrap()
+        .sandbox_id;
+    let target = dir.path().join("host-secret");
+    let script = format!(
+        "ln -s {} leak; ln -s / root; ln -s /etc/passwd pw",
+        target.display()
+    );
+    sbx.exec(&id, sh(&script)).await.unwrap();
+    for path in ["leak", "root/etc/passwd", "pw"] {
+        let e = sbx.read_file(&id, path).await.unwrap_err();
+        assert!(matches!(e, SandboxError::NoSuchFile(_)), "{path}: {e}");
+    }
+    // A write through a link replaces the link, never its target.
+    sbx.write_file(&id, "leak", b"x".to_vec()).await.unwrap();
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "do not read");
+    for path in ["/etc/passwd", "../../..", "/usr/bin/python3"] {
+        let e = sbx.read_file(&id, path).await.unwrap_err();
+        assert!(matches!(e, SandboxError::Invalid { .. }), "{path}: {e}");
+    }
+    // Inside, the host's files are not there at all.
+    let r = sbx
+        .exec(&id, cmd(&["cat", &target.display().to_string()]))
+        .await
+        .unwrap();
+    assert_eq!(r.process.outcome, Some(Outcome::Exited { code: 1 }));
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_fork_and_diff() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path(), SandboxConfig::default()).await;
+    let sbx = rt.sandboxes();
+    let id = sbx
+        .create(CreateSandbox::default())
+        .await
+        .unwrap()
+        .sandbox_id;
+    sbx.write_file(&id, "app.py", b"def f():\n    return 1\n".to_vec())
+        .await
+        .unwrap();
+    let base = sbx.snapshot(&id).await.unwrap();
+    let forked = sbx.fork(&id, 3).await.unwrap();
+    assert_eq!(forked.sandboxes.len(), 3);
+    let again = sbx.snapshot(&id).await.unwrap();
+    assert_eq!(again.new_bytes, 0, "unchanged files cost nothing");
+    let child = &forked.sandboxes[1].sandbox_id;
+    assert_eq!(
+        sbx.read_file(child, "app.py").await.unwrap(),
+        b"def f():\n    return 1\n"
+    );
+    sbx.write_file(child, "app.py", b"def f():\n    return 2\n".to_vec())
+        .await
+        .unwrap();
+    sbx.write_file(child, "test.py", b"ok\n".to_vec())
+        .await
+        .unwrap();
+    let snap = sbx.snapshot(child).await.unwrap();
+    let diff = sbx
+        .diff(&base.snapshot_id, &snap.snapshot_id)
+        .await
+        .unwrap();
+    assert_eq!(diff.added.len(), 1);
+    assert_eq!(diff.changed[0].path, "app.py");
+    let text = diff.changed[0].diff.as_deref().unwrap();
+    assert!(
+        text.contains("-    return 1") && text.contains("+    return 2"),
+        "{text}"
+    );
+    // The parent is untouched by its fork.
+    assert_eq!(
+        sbx.read_file(&id, "app.py").await.unwrap(),
+        b"def f():\n    return 1\n"
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifetimes_end_on_time_with_a_reason_and_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SandboxConfig {
+        expiring_notice: Duration::from_secs(1),
+        ..SandboxConfig::default()
+    };
+    let rt = runtime(dir.path(), config).await;
+    let sbx = rt.sandboxes();
+    let too_long = sbx
+        .create(CreateSandbox {
+            timeout_s: Some(86_401),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&too_long, SandboxError::Invalid { field, message } if field == "timeout_s" && message.contains("86400")),
+        "{too_long}"
+    );
+    let sb = sbx
+        .create(CreateSandbox {
+            timeout_s: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let id = sb.sandbox_id.clone();
+    let (_, mut events) = sbx.events(&id).unwrap();
+    sbx.write_file(&id, "work.txt", b"precious".to_vec())
+        .await
+        .unwrap();
+    let mut long = sh("sleep 60");
+    long.wait_s = 0;
+    let p = sbx.exec(&id, long).await.unwrap().process.process_id;
+    let expiring = events.recv().await.unwrap();
+    assert_eq!(expiring.event, "sandbox.expiring");
+    let ended = events.recv().await.unwrap();
+    assert_eq!(ended.event, "sandbox.ended");
+    let at = ended.sandbox.ended.as_ref().unwrap().at;
+    assert!(at >= sb.expires_at, "not a moment early");
+    assert!(
+        (at - sb.expires_at).num_milliseconds() < 1000,
+        "not a second late: {at} vs {}",
+        sb.expires_at
+    );
+    let view = sbx.view(&id).unwrap();
+    let ended = view.ended.unwrap();
+    assert_eq!(ended.reason, EndReason::LifetimeExpired);
+    let snap = ended.snapshot_id.expect("a snapshot before the end");
+    let process = sbx.wait_process(&id, &p, 10).await.unwrap();
+    assert_eq!(
+        process.process.outcome,
+        Some(Outcome::SandboxEnded {
+            reason: EndReason::LifetimeExpired
+        })
+    );
+    // Its files live on in the snapshot.
+    let next = sbx
+        .create(CreateSandbox {
+            from_snapshot: Some(snap),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        sbx.read_file(&next.sandbox_id, "work.txt").await.unwrap(),
+        b"precious"
+    );
+
+    // Idle: ended for that reason.
+    let idle = sbx
+        .create(CreateSandbox {
+            idle_timeout_s: Some(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    support::eventually(Duration::from_secs(10), "idle expiry", || {
+        let v = sbx.view(&idle.sandbox_id).unwrap();
+        async move { v.ended.map(|e| e.reason) == Some(EndReason::IdleExpired) }
+    })
+    .await;
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_lists_every_live_sandbox_as_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path(), SandboxConfig::default()).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let sb = rt
+            .sandboxes()
+            .create(CreateSandbox {
+                name: Some(format!("box-{i}")),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        rt.sandboxes()
+            .write_file(&sb.sandbox_id, "f.txt", vec![b'a' + i as u8])
+            .await
+            .unwrap();
+        ids.push(sb.sandbox_id);
+    }
+    let taken = rt
+        .sandboxes()
+        .create(CreateSandbox {
+            name: Some("box-0".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&taken, SandboxError::NameTaken { holder, .. } if *holder == ids[0]),
+        "{taken}"
+    );
+    rt.shutdown().await;
+    let rt = runtime(dir.path(), SandboxConfig::default()).await;
+    let all = rt.sandboxes().list(&ListSandboxes::default());
+    assert_eq!(all.len(), 3);
+    for view in &all {
+        let ended = view.ended.as_ref().unwrap();
+        assert_eq!(ended.reason, EndReason::RuntimeRestarted);
+        assert!(
+            ended.snapshot_id.is_some(),
+            "snapshotted at the graceful stop"
+        );
+    }
+    // The name is free again.
+    rt.sandboxes()
+        .create(CreateSandbox {
+            name: Some("box-0".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    rt.shutdown().await;
+}
