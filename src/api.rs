@@ -13,6 +13,7 @@ mod extract;
 mod functions;
 mod metrics;
 mod origin;
+mod sandboxes;
 mod secrets;
 mod status;
 mod tasks;
@@ -206,6 +207,11 @@ async fn auth(State(state): State<ApiState>, mut req: Request, next: Next) -> Re
         volumes::list_files, volumes::push, volumes::pull,
         secrets::put_secret, secrets::list_secrets, secrets::delete_secret, tools::list_tools,
         tools::call_tool, status::resources, status::healthz, status::metrics,
+        sandboxes::create, sandboxes::list, sandboxes::get_one, sandboxes::terminate,
+        sandboxes::exec, sandboxes::process, sandboxes::output, sandboxes::stdin, sandboxes::kill,
+        sandboxes::keepalive, sandboxes::snapshot, sandboxes::fork, sandboxes::events,
+        sandboxes::list_files, sandboxes::get_file, sandboxes::put_file, sandboxes::delete_file,
+        sandboxes::make_dir, sandboxes::list_snapshots, sandboxes::diff, sandboxes::delete_snapshot,
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth, &Contract),
@@ -266,11 +272,18 @@ impl utoipa::Modify for Contract {
             .flatten()
             {
                 let params = operation.parameters.get_or_insert_with(Vec::new);
+                // Task logs resume at `stdout:stderr` offsets, a sandbox
+                // process's output at one offset.
+                let resume = if path.starts_with("/sandboxes/") {
+                    "^[0-9]{1,19}$"
+                } else {
+                    "^[0-9]{1,19}:[0-9]{1,19}$"
+                };
                 for p in params.iter_mut().filter(|p| p.name == "Last-Event-ID") {
                     p.schema = Some(
                         utoipa::openapi::ObjectBuilder::new()
                             .schema_type(utoipa::openapi::schema::Type::String)
-                            .pattern(Some("^[0-9]{1,19}:[0-9]{1,19}$"))
+                            .pattern(Some(resume))
                             .into(),
                     );
                 }
@@ -326,6 +339,11 @@ impl utoipa::Modify for Contract {
                 }
                 if operation.request_body.is_some() || !names.is_empty() {
                     add("422", "a field, parameter or body outside what is accepted");
+                }
+                if path.starts_with("/sandboxes/{sandbox_id}") {
+                    add("404", "no such sandbox (or process, or file)");
+                    add("409", "the sandbox has ended (`ended` says why)");
+                    add("429", "as many processes run in the sandbox as may");
                 }
                 add("413", "a body past the server's limit");
                 add("500", "an internal error (its cause is logged, not shown)");
@@ -430,6 +448,55 @@ pub fn app(runtime: Runtime, config: ApiConfig) -> Router {
             "/secrets/{name}",
             axum::routing::put(secrets::put_secret).delete(secrets::delete_secret),
         )
+        .route("/sandboxes", get(sandboxes::list).post(sandboxes::create))
+        .route(
+            "/sandboxes/{sandbox_id}",
+            get(sandboxes::get_one).delete(sandboxes::terminate),
+        )
+        .route("/sandboxes/{sandbox_id}/exec", post(sandboxes::exec))
+        .route(
+            "/sandboxes/{sandbox_id}/processes/{process_id}",
+            get(sandboxes::process),
+        )
+        .route(
+            "/sandboxes/{sandbox_id}/processes/{process_id}/output",
+            get(sandboxes::output),
+        )
+        .route(
+            "/sandboxes/{sandbox_id}/processes/{process_id}/stdin",
+            post(sandboxes::stdin),
+        )
+        .route(
+            "/sandboxes/{sandbox_id}/processes/{process_id}/kill",
+            post(sandboxes::kill),
+        )
+        .route(
+            "/sandboxes/{sandbox_id}/keepalive",
+            post(sandboxes::keepalive),
+        )
+        .route(
+            "/sandboxes/{sandbox_id}/snapshot",
+            post(sandboxes::snapshot),
+        )
+        .route("/sandboxes/{sandbox_id}/fork", post(sandboxes::fork))
+        .route("/sandboxes/{sandbox_id}/events", get(sandboxes::events))
+        .route("/sandboxes/{sandbox_id}/files", get(sandboxes::list_files))
+        .route(
+            "/sandboxes/{sandbox_id}/files/{*path}",
+            get(sandboxes::get_file)
+                .put(sandboxes::put_file)
+                .delete(sandboxes::delete_file),
+        )
+        .route(
+            "/sandboxes/{sandbox_id}/dirs/{*path}",
+            axum::routing::put(sandboxes::make_dir),
+        )
+        .route("/snapshots", get(sandboxes::list_snapshots))
+        .route(
+            "/snapshots/{snapshot_id}",
+            axum::routing::delete(sandboxes::delete_snapshot),
+        )
+        .route("/snapshots/{from}/diff/{to}", get(sandboxes::diff))
         .route("/tools", get(tools::list_tools))
         .route("/tools/{tool_name}", post(tools::call_tool))
         .route("/resources", get(status::resources))

@@ -27,6 +27,7 @@
 
 mod files;
 mod replay;
+mod sandbox;
 mod state;
 mod tasks;
 
@@ -113,6 +114,15 @@ pub enum CommandError {
         /// The runtime's error.
         #[source]
         source: RuntimeError,
+    },
+    /// A sandbox operation failed.
+    #[error("`{tool}` failed: {source}")]
+    Sandbox {
+        /// The command.
+        tool: String,
+        /// The sandboxes' error.
+        #[source]
+        source: crate::sandbox::SandboxError,
     },
     /// A volume operation failed.
     #[error("`{tool}` failed: {source}")]
@@ -312,6 +322,44 @@ table! {
          the volume see it.";
     "list_volume_files" => list_files(ListVolumeFiles) -> VolumeFileList, creates_work: false,
         "List the files in a volume, optionally under a path prefix.";
+    "create_sandbox" => create_sandbox(crate::wire::CreateSandbox) -> crate::wire::SandboxView, creates_work: true,
+        "Create a sandbox: a private Linux workspace (workdir /workspace, no network unless \
+         network=true) that lives timeout_s seconds (default 300, max 86400; extend with \
+         keepalive_sandbox). Run commands in it with sandbox_exec and move files with \
+         write_sandbox_file / read_sandbox_file. Its files are snapshotted before it expires.";
+    "sandbox_exec" => sandbox_exec(crate::wire::SandboxExec) -> crate::wire::ExecResult, creates_work: true,
+        "Run a command in a sandbox: cmd is the argv list (use [\"sh\", \"-c\", \"...\"] for \
+         shell syntax). Waits up to wait_s (default 55) and returns its outcome \
+         ({kind: exited, code} | signaled | timed_out | out_of_memory | sandbox_ended) with \
+         stdout and stderr; if it is still running, returns its process_id for \
+         wait_sandbox_process.";
+    "wait_sandbox_process" => wait_sandbox_process(crate::wire::SandboxProcessRef) -> crate::wire::ExecResult, creates_work: false,
+        "Wait up to wait_s (default 55) for a sandbox process to end; returns its outcome \
+         and output once it has, else its state (call again).";
+    "read_sandbox_file" => read_sandbox_file(crate::wire::SandboxFileRef) -> crate::wire::SandboxFileContent, creates_work: false,
+        "Read a file from a sandbox (path relative to its workdir, or absolute under the \
+         workdir, /tmp or a volume mount): text, or base64 when binary; at most 1 MiB.";
+    "write_sandbox_file" => write_sandbox_file(crate::wire::WriteSandboxFile) -> crate::wire::SandboxFileEntry, creates_work: true,
+        "Write a file into a sandbox (text or base64), making missing directories.";
+    "list_sandbox_files" => list_sandbox_files(crate::wire::ListSandboxFiles) -> crate::wire::SandboxFileList, creates_work: false,
+        "List a directory of a sandbox (default its workdir): name, size, mode, mtime, is_dir.";
+    "snapshot_sandbox" => snapshot_sandbox(crate::wire::SandboxRef) -> crate::wire::SnapshotInfo, creates_work: true,
+        "Snapshot a sandbox's workdir; returns a snapshot_id to create sandboxes from \
+         (create_sandbox from_snapshot) or to compare (diff_snapshots).";
+    "fork_sandbox" => fork_sandbox(crate::wire::ForkSandbox) -> crate::wire::Forked, creates_work: true,
+        "Make count (1-16) new sandboxes holding a copy of a sandbox's current files, to try \
+         variants side by side; returns them and the snapshot they start from.";
+    "diff_snapshots" => diff_snapshots(crate::wire::DiffSnapshots) -> crate::wire::SnapshotDiff, creates_work: false,
+        "Compare two snapshots: files added, changed and removed, with a unified diff for \
+         text files.";
+    "keepalive_sandbox" => keepalive_sandbox(crate::wire::KeepaliveSandbox) -> crate::wire::SandboxView, creates_work: false,
+        "Keep a sandbox alive: resets its idle clock and adds extend_s seconds to its \
+         lifetime (the whole lifetime may not pass 86400 s).";
+    "terminate_sandbox" => terminate_sandbox(crate::wire::SandboxRef) -> crate::wire::SandboxView, creates_work: false,
+        "End a sandbox now (its processes are killed); idempotent.";
+    "list_sandboxes" => list_sandboxes(crate::wire::ListSandboxes) -> crate::wire::SandboxList, creates_work: false,
+        "List sandboxes (filter by state, name, tag key=value), newest first, with why each \
+         ended one ended.";
 }
 
 /// A command as its table row describes it.

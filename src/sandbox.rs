@@ -71,6 +71,9 @@ pub struct SandboxConfig {
     pub bwrap: Option<PathBuf>,
     /// Bound on building a package environment (default 600 s).
     pub image_build_timeout: Duration,
+    /// Output and event streams open at once, over all sandboxes (default
+    /// 256); past it a follower is refused with a retry hint.
+    pub max_followers: usize,
 }
 
 impl Default for SandboxConfig {
@@ -85,6 +88,7 @@ impl Default for SandboxConfig {
             python: None,
             bwrap: None,
             image_build_timeout: Duration::from_secs(600),
+            max_followers: 256,
         }
     }
 }
@@ -136,6 +140,12 @@ pub enum SandboxError {
     /// As many processes run in the sandbox as may.
     #[error("{max} processes run in this sandbox, the most it may run at once")]
     TooManyProcesses {
+        /// The ceiling.
+        max: usize,
+    },
+    /// As many streams are followed as may be.
+    #[error("{max} sandbox output and event streams are open, the most this runtime serves; retry later")]
+    TooManyFollowers {
         /// The ceiling.
         max: usize,
     },
@@ -321,6 +331,7 @@ struct Shared {
     images: Images,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    followers: Arc<tokio::sync::Semaphore>,
 }
 
 /// The runtime's sandboxes: a plain handle, cheap to clone.
@@ -368,7 +379,7 @@ impl Sandboxes {
         .map_err(std::io::Error::other)??;
         let sandboxes = Sandboxes {
             shared: Arc::new(Shared {
-                config: parts.config,
+                config: parts.config.clone(),
                 dir,
                 volumes_dir: parts.volumes_dir,
                 snapshots: store,
@@ -380,6 +391,7 @@ impl Sandboxes {
                 live: AtomicUsize::new(0),
                 env: OnceCell::new(),
                 images: Images::default(),
+                followers: Arc::new(tokio::sync::Semaphore::new(parts.config.max_followers)),
                 shutdown: parts.shutdown,
                 tasks: TaskTracker::new(),
             }),
@@ -501,6 +513,22 @@ impl Sandboxes {
             .get(id)
             .map(|s| s.value().clone())
             .ok_or_else(|| SandboxError::Unknown(short(id)))
+    }
+
+    /// The largest file the files API reads or writes.
+    pub fn max_file_bytes(&self) -> u64 {
+        self.shared.config.max_file_bytes
+    }
+
+    /// A place for one more follower, or the reason there is none.
+    pub(crate) fn follower(&self) -> Result<tokio::sync::OwnedSemaphorePermit, SandboxError> {
+        self.shared
+            .followers
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| SandboxError::TooManyFollowers {
+                max: self.shared.config.max_followers,
+            })
     }
 
     /// A sandbox as it is now.
@@ -746,6 +774,23 @@ impl Sandboxes {
         let sandbox = self.get(id)?;
         let rx = sandbox.events.subscribe();
         Ok((sandbox.view(), rx))
+    }
+
+    /// [`Sandboxes::events`] holding a follower's place (given back when
+    /// the permit drops).
+    pub(crate) fn follow_events(
+        &self,
+        id: &str,
+    ) -> Result<
+        (
+            SandboxView,
+            broadcast::Receiver<SandboxEvent>,
+            tokio::sync::OwnedSemaphorePermit,
+        ),
+        SandboxError,
+    > {
+        let (view, rx) = self.events(id)?;
+        Ok((view, rx, self.follower()?))
     }
 
     /// Ends `sandbox` for `reason`, snapshotting its workdir first when

@@ -26,7 +26,7 @@ async fn runtime(dir: &std::path::Path, config: SandboxConfig) -> Runtime {
 fn cmd(args: &[&str]) -> ExecRequest {
     ExecRequest {
         cmd: args.iter().map(|s| s.to_string()).collect(),
-        wait_s: 30,
+        wait_s: Some(30),
         ..Default::default()
     }
 }
@@ -98,7 +98,7 @@ async fn exec_outcomes_are_typed_and_output_is_kept() {
     // Stdin kept open, written later, then closed.
     let mut cat = cmd(&["cat"]);
     cat.stdin_open = true;
-    cat.wait_s = 0;
+    cat.wait_s = Some(0);
     let started = sbx.exec(&id, cat).await.unwrap();
     let pid = started.process.process_id.clone();
     sbx.write_stdin(
@@ -117,7 +117,7 @@ async fn exec_outcomes_are_typed_and_output_is_kept() {
 
     // Output followed live, then the end with the outcome.
     let mut live = sh("for i in 1 2 3; do echo line$i; sleep 0.1; done");
-    live.wait_s = 0;
+    live.wait_s = Some(0);
     let started = sbx.exec(&id, live).await.unwrap();
     let stream = sbx
         .output(&id, &started.process.process_id, 0, true)
@@ -266,7 +266,7 @@ async fn lifetimes_end_on_time_with_a_reason_and_a_snapshot() {
         .await
         .unwrap();
     let mut long = sh("sleep 60");
-    long.wait_s = 0;
+    long.wait_s = Some(0);
     let p = sbx.exec(&id, long).await.unwrap().process.process_id;
     let expiring = events.recv().await.unwrap();
     assert_eq!(expiring.event, "sandbox.expiring");
@@ -372,4 +372,164 @@ async fn a_restart_lists_every_live_sandbox_as_ended() {
         .await
         .unwrap();
     rt.shutdown().await;
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_modal-agents");
+const TOKEN: &str = "sandbox-token-0123456789";
+
+/// The contract over HTTP and the agent tools, against the server binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_and_the_tools_speak_the_contract() {
+    use reqwest::Method;
+    use serde_json::json;
+    let (_dir, _data, mut server, api) = support::fresh(BIN, TOKEN, &[]);
+    let (status, sb) = api
+        .send(
+            Method::POST,
+            "/sandboxes",
+            Some(json!({"name": "web", "tags": {"team": "a"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{sb}");
+    let id = sb["sandbox_id"].as_str().unwrap().to_owned();
+    assert_eq!(sb["state"], "running");
+    // Past a maximum: 422 naming the field and the maximum.
+    let (status, p) = api
+        .send(
+            Method::POST,
+            "/sandboxes",
+            Some(json!({"timeout_s": 100000})),
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert_eq!(p["field"], "timeout_s");
+    assert!(p["detail"].as_str().unwrap().contains("86400"), "{p}");
+    // The name is held.
+    let (status, p) = api
+        .send(Method::POST, "/sandboxes", Some(json!({"name": "web"})))
+        .await;
+    assert_eq!(status, 409);
+    assert!(p["detail"].as_str().unwrap().contains(&id), "{p}");
+
+    let r = api
+        .post(
+            &format!("/sandboxes/{id}/exec"),
+            json!({"cmd": ["sh", "-c", "echo hi; exit 4"], "wait_s": 20}),
+        )
+        .await;
+    assert_eq!(r["outcome"], json!({"kind": "exited", "code": 4}));
+    assert_eq!(r["stdout"], "hi\n");
+    // A running process: 202, then its output followed as SSE to the end.
+    let (status, r) = api
+        .send(
+            Method::POST,
+            &format!("/sandboxes/{id}/exec"),
+            Some(json!({"cmd": ["sh", "-c", "echo a; sleep 0.3; echo b >&2; sleep 30"], "timeout_s": 1})),
+        )
+        .await;
+    assert_eq!(status, 202, "{r}");
+    let pid = r["process_id"].as_str().unwrap().to_owned();
+    let sse = api
+        .text(&format!(
+            "/sandboxes/{id}/processes/{pid}/output?follow=true"
+        ))
+        .await;
+    assert!(
+        sse.contains("event: stdout") && sse.contains("\"a\\n\""),
+        "{sse}"
+    );
+    assert!(sse.contains("event: stderr"), "{sse}");
+    assert!(
+        sse.contains("event: end\ndata: {\"kind\":\"timed_out\",\"after_s\":1.0}"),
+        "{sse}"
+    );
+
+    // Files: put, list, get, a link out refused as absent, mkdir, delete.
+    let put = api
+        .http
+        .put(format!("{}/sandboxes/{id}/files/src/app.py", api.url))
+        .bearer_auth(TOKEN)
+        .body("print('ok')\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let listed = api.get(&format!("/sandboxes/{id}/files?path=src")).await;
+    assert_eq!(listed["entries"][0]["name"], "app.py");
+    assert_eq!(
+        api.text(&format!("/sandboxes/{id}/files/src/app.py")).await,
+        "print('ok')\n"
+    );
+    let (status, _) = api
+        .send(
+            Method::GET,
+            &format!("/sandboxes/{id}/files/etc/passwd"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // The same operations as agent tools.
+    let tool = |name: &'static str, args: serde_json::Value| {
+        let api = &api;
+        async move { api.post(&format!("/tools/{name}"), args).await }
+    };
+    let r = tool(
+        "sandbox_exec",
+        json!({"sandbox_id": id, "cmd": ["python3", "src/app.py"]}),
+    )
+    .await;
+    assert_eq!(r["stdout"], "ok\n", "{r}");
+    let snap_a = tool("snapshot_sandbox", json!({"sandbox_id": id})).await;
+    tool(
+        "write_sandbox_file",
+        json!({"sandbox_id": id, "path": "src/app.py", "text": "print('changed')\n"}),
+    )
+    .await;
+    let forked = tool("fork_sandbox", json!({"sandbox_id": id, "count": 2})).await;
+    assert_eq!(forked["sandboxes"].as_array().unwrap().len(), 2);
+    let diff = tool(
+        "diff_snapshots",
+        json!({"from": snap_a["snapshot_id"], "to": forked["snapshot_id"]}),
+    )
+    .await;
+    assert_eq!(diff["changed"][0]["path"], "src/app.py", "{diff}");
+    let read = tool(
+        "read_sandbox_file",
+        json!({"sandbox_id": forked["sandboxes"][0]["sandbox_id"], "path": "src/app.py"}),
+    )
+    .await;
+    assert_eq!(read["text"], "print('changed')\n");
+    // Forks keep their parent's tags.
+    let listed = tool("list_sandboxes", json!({"tag": "team=a"})).await;
+    assert_eq!(listed["sandboxes"].as_array().unwrap().len(), 3);
+    let listed = tool("list_sandboxes", json!({"name": "web"})).await;
+    assert_eq!(listed["sandboxes"][0]["sandbox_id"], id.as_str());
+    let kept = tool(
+        "keepalive_sandbox",
+        json!({"sandbox_id": id, "extend_s": 60}),
+    )
+    .await;
+    assert!(kept["expires_at"].as_str().unwrap() > sb["expires_at"].as_str().unwrap());
+
+    // Ended: DELETE is idempotent, and exec is a 409 carrying the reason.
+    for _ in 0..2 {
+        let (status, v) = api
+            .send(Method::DELETE, &format!("/sandboxes/{id}"), None)
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(v["ended"]["reason"], "terminated");
+    }
+    let (status, p) = api
+        .send(
+            Method::POST,
+            &format!("/sandboxes/{id}/exec"),
+            Some(json!({"cmd": ["true"]})),
+        )
+        .await;
+    assert_eq!(status, 409);
+    assert_eq!(p["ended"]["reason"], "terminated", "{p}");
+    let openapi = api.get("/openapi.json").await;
+    assert!(openapi["paths"]["/sandboxes/{sandbox_id}/exec"]["post"].is_object());
+    support::stop(&mut server);
 }

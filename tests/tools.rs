@@ -22,7 +22,11 @@ async fn the_seed_tool_flow() {
         ],
         "the seed's four first"
     );
-    assert_eq!(names.len(), 14);
+    assert_eq!(
+        names.len(),
+        26,
+        "the seed's, the task and volume tools and the sandbox tools"
+    );
     for d in &defs {
         let props = d.input_schema["properties"].as_object().unwrap();
         let required = d.input_schema["required"].as_array().cloned();

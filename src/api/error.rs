@@ -79,6 +79,14 @@ pub enum Error {
         /// Seconds after which trying again makes sense.
         retry_after_s: u64,
     },
+    /// The sandbox has ended; answered 409 with how (`ended`).
+    #[error("{detail}")]
+    SandboxEnded {
+        /// What was refused.
+        detail: String,
+        /// How and when it ended.
+        ended: Box<crate::wire::SandboxEnded>,
+    },
     /// Something failed inside; the cause is logged, never returned.
     #[error("internal error")]
     Internal(String),
@@ -105,6 +113,7 @@ impl Error {
             Error::NotFound(_) => (StatusCode::NOT_FOUND, K::NotFound, "Not found"),
             Error::UnknownTool(_) => (StatusCode::NOT_FOUND, K::UnknownTool, "Unknown tool"),
             Error::Conflict(_) => (StatusCode::CONFLICT, K::Conflict, "Conflict"),
+            Error::SandboxEnded { .. } => (StatusCode::CONFLICT, K::SandboxEnded, "Sandbox ended"),
             Error::PreconditionFailed(_) => (
                 StatusCode::PRECONDITION_FAILED,
                 K::PreconditionFailed,
@@ -170,6 +179,10 @@ impl Error {
                 Error::Invalid { field, .. } => {
                     Some(crate::value::clip(field, crate::value::MAX_ECHO).into_owned())
                 }
+                _ => None,
+            },
+            ended: match self {
+                Error::SandboxEnded { ended, .. } => Some((**ended).clone()),
                 _ => None,
             },
         }
@@ -318,6 +331,37 @@ impl From<CommandError> for Error {
             CommandError::InvalidArguments { field, message, .. } => Error::invalid(field, message),
             CommandError::Runtime { source, .. } => source.into(),
             CommandError::Volume { source, .. } => source.into(),
+            CommandError::Sandbox { source, .. } => source.into(),
+        }
+    }
+}
+
+impl From<crate::sandbox::SandboxError> for Error {
+    fn from(e: crate::sandbox::SandboxError) -> Self {
+        use crate::sandbox::{SandboxError as S, SnapshotError};
+        match e {
+            S::Invalid { field, message } => Error::invalid(field, message),
+            S::Unknown(_) | S::UnknownProcess { .. } | S::NoSuchFile(_) => {
+                Error::NotFound(e.to_string())
+            }
+            S::Snapshot(SnapshotError::Unknown(_)) => Error::NotFound(e.to_string()),
+            S::Snapshot(SnapshotError::TooLarge { .. }) => Error::invalid("workdir", e.to_string()),
+            S::Ended { ref ended, .. } => Error::SandboxEnded {
+                detail: e.to_string(),
+                ended: Box::new(ended.clone()),
+            },
+            S::NameTaken { .. } => Error::Conflict(e.to_string()),
+            S::AtCapacity { .. } | S::TooManyFollowers { .. } => Error::Saturated {
+                detail: e.to_string(),
+                retry_after_s: 5,
+            },
+            S::TooManyProcesses { .. } => Error::TooManyRequests {
+                detail: e.to_string(),
+                retry_after_s: 1,
+            },
+            S::FileTooLarge { max, .. } => Error::TooLarge(max as usize),
+            S::Unavailable(_) | S::ShutDown => Error::Unavailable(e.to_string()),
+            S::Snapshot(SnapshotError::Io(_)) | S::Io(_) => Error::Internal(e.to_string()),
         }
     }
 }

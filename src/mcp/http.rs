@@ -220,6 +220,7 @@ async fn as_problem(response: Response) -> Response {
         status: status.as_u16(),
         detail: crate::value::clip(text.trim(), 1024).into_owned(),
         field: None,
+        ended: None,
     };
     let body = serde_json::to_vec(&problem).unwrap_or_default();
     (

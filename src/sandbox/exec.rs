@@ -101,12 +101,12 @@ impl Sandboxes {
             ));
         }
         check_env("env", &req.env)?;
-        if req.wait_s > MAX_SANDBOX_WAIT_S {
+        let wait_s = req.wait_s.unwrap_or(0);
+        if wait_s > MAX_SANDBOX_WAIT_S {
             return Err(SandboxError::invalid(
                 "wait_s",
                 format!(
-                    "got {}; expected 0 to {MAX_SANDBOX_WAIT_S} (then wait on the process)",
-                    req.wait_s
+                    "got {wait_s}; expected 0 to {MAX_SANDBOX_WAIT_S} (then wait on the process)"
                 ),
             ));
         }
@@ -192,7 +192,7 @@ impl Sandboxes {
                 }
             }
         }
-        Ok(self.answer(&p, Duration::from_secs(req.wait_s)).await)
+        Ok(self.answer(&p, Duration::from_secs(wait_s)).await)
     }
 
     async fn answer(&self, p: &Process, wait: Duration) -> ExecResult {
@@ -322,6 +322,7 @@ impl Sandboxes {
     ) -> Result<impl FutStream<Item = OutputEvent> + Send + 'static, SandboxError> {
         let sandbox = self.get(id)?;
         let p = self.process(&sandbox, process_id)?;
+        let permit = if follow { Some(self.follower()?) } else { None };
         let written = p.written.subscribe();
         let ended = p.ended.subscribe();
         struct St {
@@ -334,6 +335,7 @@ impl Sandboxes {
             queue: std::collections::VecDeque<OutputChunk>,
             done: bool,
             follow: bool,
+            _permit: Option<tokio::sync::OwnedSemaphorePermit>,
         }
         let st = St {
             p,
@@ -343,6 +345,7 @@ impl Sandboxes {
             queue: Default::default(),
             done: false,
             follow,
+            _permit: permit,
         };
         Ok(stream::unfold(st, |mut st| async move {
             loop {

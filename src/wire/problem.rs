@@ -49,6 +49,8 @@ kinds! {
     UnknownTool = "unknown-tool",
     /// The request conflicts with the current state.
     Conflict = "conflict",
+    /// The sandbox has ended (`ended` says why and when).
+    SandboxEnded = "sandbox-ended",
     /// An `If-Match` precondition failed.
     PreconditionFailed = "precondition-failed",
     /// No valid bearer token.
@@ -110,6 +112,9 @@ pub struct Problem {
     /// The request field at fault, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// For a sandbox that has ended: how and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<super::SandboxEnded>,
 }
 
 #[cfg(test)]

@@ -83,6 +83,21 @@ fn yes() -> bool {
     true
 }
 
+/// A whole number, also when sent as `9.0` (JSON Schema's integers include
+/// those).
+fn whole<'de, D: serde::Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<T, D::Error> {
+    use serde::de::Error;
+    let n = serde_json::Number::deserialize(d)?;
+    let value = n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
+            .map(|f| f as u64)
+    });
+    value
+        .and_then(|v| T::try_from(v).ok())
+        .ok_or_else(|| D::Error::custom(format!("expected a whole number in range, got {n}")))
+}
+
 /// `POST /sandboxes`: a new sandbox. `Default` is `{}` as sent over the
 /// wire (so `snapshot_on_end` is true).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -314,6 +329,7 @@ pub struct ExecResult {
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     /// The command and its arguments (looked up in `PATH` when not a path).
+    #[schema(min_items = 1)]
     pub cmd: Vec<String>,
     /// Written to its stdin, then stdin is closed (unless `stdin_open`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -333,10 +349,11 @@ pub struct ExecRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 86400)]
     pub timeout_s: Option<u64>,
-    /// Wait up to this many seconds for it to end, 0..=55 (default 0).
-    #[serde(default)]
+    /// Wait up to this many seconds for it to end, 0..=55 (default 0 over
+    /// HTTP, 55 for the `sandbox_exec` tool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 0, maximum = 55)]
-    pub wait_s: u64,
+    pub wait_s: Option<u64>,
 }
 
 /// `POST .../processes/{pid}/stdin`.
@@ -369,7 +386,7 @@ pub struct KillRequest {
 pub struct KeepaliveRequest {
     /// Seconds added to the lifetime (0 only resets the idle clock); the
     /// whole lifetime may not pass 86400 s.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole")]
     #[schema(minimum = 0, maximum = 86400)]
     pub extend_s: u64,
 }
@@ -379,7 +396,7 @@ pub struct KeepaliveRequest {
 #[serde(deny_unknown_fields)]
 pub struct ForkRequest {
     /// How many new sandboxes, 1..=16 (default 1).
-    #[serde(default = "one")]
+    #[serde(default = "one", deserialize_with = "whole")]
     #[schema(minimum = 1, maximum = 16, default = 1)]
     pub count: u32,
 }
@@ -447,7 +464,7 @@ pub struct SandboxList {
 )]
 #[serde(deny_unknown_fields)]
 pub struct ListSandboxes {
-    /// Only sandboxes in this state.
+    /// Only sandboxes in this state: starting, running or ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<SandboxState>,
     /// Only the one with this name.

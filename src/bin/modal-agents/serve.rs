@@ -95,6 +95,12 @@ pub(crate) struct ServeArgs {
     /// Most followers of task logs at once, over all tasks.
     #[arg(long, env = "MODAL_AGENTS_MAX_FOLLOWERS", default_value_t = 2048)]
     max_followers: usize,
+    /// Most live sandboxes at once; past it a create is 503 with Retry-After.
+    #[arg(long, env = "MODAL_AGENTS_MAX_SANDBOXES", default_value_t = 32)]
+    max_sandboxes: usize,
+    /// Most running processes per sandbox; past it an exec is 429.
+    #[arg(long, env = "MODAL_AGENTS_MAX_SANDBOX_PROCESSES", default_value_t = 64)]
+    max_sandbox_processes: usize,
     #[command(flatten)]
     modal: ModalArgs,
 }
@@ -172,6 +178,11 @@ pub(crate) async fn serve(args: ServeArgs, token: Option<String>) -> Result<(), 
         .follow_limits(modal_agents::runtime::FollowLimits {
             per_task: args.max_followers_per_task,
             total: args.max_followers,
+        })
+        .sandbox_config(modal_agents::sandbox::SandboxConfig {
+            max_sandboxes: args.max_sandboxes,
+            max_processes: args.max_sandbox_processes,
+            ..Default::default()
         })
         .shutdown_timeout(bound)
         .retention(Retention {

@@ -1,0 +1,210 @@
+//! The sandbox commands: create, exec, wait, files, snapshot, fork, diff,
+//! keepalive, terminate and list, over [`Sandboxes`](crate::sandbox::Sandboxes).
+
+use base64::Engine;
+
+use super::{CommandError, Commands, MAX_TOOL_FILE_BYTES};
+use crate::sandbox::SandboxError;
+use crate::wire::{
+    CreateSandbox, DiffSnapshots, ExecResult, ForkSandbox, Forked, KeepaliveSandbox,
+    ListSandboxFiles, ListSandboxes, SandboxExec, SandboxFileContent, SandboxFileEntry,
+    SandboxFileList, SandboxFileRef, SandboxList, SandboxProcessRef, SandboxRef, SandboxView,
+    SnapshotDiff, SnapshotInfo, WriteSandboxFile,
+};
+
+fn err(tool: &'static str) -> impl Fn(SandboxError) -> CommandError {
+    move |source| CommandError::Sandbox {
+        tool: tool.to_owned(),
+        source,
+    }
+}
+
+impl Commands {
+    /// `create_sandbox`.
+    pub async fn create_sandbox(&self, a: CreateSandbox) -> Result<SandboxView, CommandError> {
+        self.runtime
+            .sandboxes()
+            .create(a)
+            .await
+            .map_err(err("create_sandbox"))
+    }
+
+    /// `sandbox_exec`: starts a command; waits up to `wait_s` (the tool's
+    /// default 55) for it.
+    pub(super) async fn sandbox_exec(
+        &self,
+        mut a: SandboxExec,
+    ) -> Result<ExecResult, CommandError> {
+        a.exec.wait_s.get_or_insert(crate::wire::MAX_SANDBOX_WAIT_S);
+        self.runtime
+            .sandboxes()
+            .exec(&a.sandbox_id, a.exec)
+            .await
+            .map_err(err("sandbox_exec"))
+    }
+
+    /// `wait_sandbox_process`.
+    pub(super) async fn wait_sandbox_process(
+        &self,
+        a: SandboxProcessRef,
+    ) -> Result<ExecResult, CommandError> {
+        self.runtime
+            .sandboxes()
+            .wait_process(&a.sandbox_id, &a.process_id, a.wait_s)
+            .await
+            .map_err(err("wait_sandbox_process"))
+    }
+
+    /// `read_sandbox_file`: at most [`MAX_TOOL_FILE_BYTES`], as text or
+    /// base64; a larger file is read over HTTP.
+    pub(super) async fn read_sandbox_file(
+        &self,
+        a: SandboxFileRef,
+    ) -> Result<SandboxFileContent, CommandError> {
+        const TOOL: &str = "read_sandbox_file";
+        let sandboxes = self.runtime.sandboxes();
+        let (file, size) = sandboxes
+            .open_file(&a.sandbox_id, &a.path)
+            .await
+            .map_err(err(TOOL))?;
+        drop(file);
+        if size > MAX_TOOL_FILE_BYTES {
+            return Err(CommandError::TooLarge {
+                tool: TOOL.into(),
+                what: format!(
+                    "file `{}`",
+                    crate::value::clip(&a.path, crate::value::MAX_ECHO)
+                ),
+                size,
+                max: MAX_TOOL_FILE_BYTES,
+                instead: format!(
+                    "read it over HTTP: GET /sandboxes/{}/files/{}",
+                    a.sandbox_id,
+                    a.path.trim_start_matches('/')
+                ),
+            });
+        }
+        let bytes = sandboxes
+            .read_file(&a.sandbox_id, &a.path)
+            .await
+            .map_err(err(TOOL))?;
+        let size = bytes.len() as u64;
+        let (text, base64) = match String::from_utf8(bytes) {
+            Ok(text) => (Some(text), None),
+            Err(e) => (
+                None,
+                Some(base64::engine::general_purpose::STANDARD.encode(e.into_bytes())),
+            ),
+        };
+        Ok(SandboxFileContent {
+            path: a.path,
+            size,
+            text,
+            base64,
+        })
+    }
+
+    /// `write_sandbox_file`: text or base64.
+    pub(super) async fn write_sandbox_file(
+        &self,
+        a: WriteSandboxFile,
+    ) -> Result<SandboxFileEntry, CommandError> {
+        const TOOL: &str = "write_sandbox_file";
+        let bytes = match (a.text, a.base64) {
+            (Some(text), None) => text.into_bytes(),
+            (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+                .decode(encoded.as_bytes())
+                .map_err(|e| CommandError::invalid(TOOL, "base64", format!("not base64: {e}")))?,
+            _ => {
+                return Err(CommandError::invalid(
+                    TOOL,
+                    "text",
+                    "give the content as exactly one of text or base64",
+                ))
+            }
+        };
+        self.runtime
+            .sandboxes()
+            .write_file(&a.sandbox_id, &a.path, bytes)
+            .await
+            .map_err(err(TOOL))
+    }
+
+    /// `list_sandbox_files`.
+    pub(super) async fn list_sandbox_files(
+        &self,
+        a: ListSandboxFiles,
+    ) -> Result<SandboxFileList, CommandError> {
+        self.runtime
+            .sandboxes()
+            .list_files(&a.sandbox_id, a.path.as_deref())
+            .await
+            .map_err(err("list_sandbox_files"))
+    }
+
+    /// `snapshot_sandbox`.
+    pub(super) async fn snapshot_sandbox(
+        &self,
+        a: SandboxRef,
+    ) -> Result<SnapshotInfo, CommandError> {
+        self.runtime
+            .sandboxes()
+            .snapshot(&a.sandbox_id)
+            .await
+            .map_err(err("snapshot_sandbox"))
+    }
+
+    /// `fork_sandbox`.
+    pub(super) async fn fork_sandbox(&self, a: ForkSandbox) -> Result<Forked, CommandError> {
+        self.runtime
+            .sandboxes()
+            .fork(&a.sandbox_id, a.count)
+            .await
+            .map_err(err("fork_sandbox"))
+    }
+
+    /// `diff_snapshots`.
+    pub(super) async fn diff_snapshots(
+        &self,
+        a: DiffSnapshots,
+    ) -> Result<SnapshotDiff, CommandError> {
+        self.runtime
+            .sandboxes()
+            .diff(&a.from, &a.to)
+            .await
+            .map_err(err("diff_snapshots"))
+    }
+
+    /// `keepalive_sandbox`.
+    pub(super) async fn keepalive_sandbox(
+        &self,
+        a: KeepaliveSandbox,
+    ) -> Result<SandboxView, CommandError> {
+        self.runtime
+            .sandboxes()
+            .keepalive(&a.sandbox_id, a.extend_s)
+            .map_err(err("keepalive_sandbox"))
+    }
+
+    /// `terminate_sandbox`.
+    pub(super) async fn terminate_sandbox(
+        &self,
+        a: SandboxRef,
+    ) -> Result<SandboxView, CommandError> {
+        self.runtime
+            .sandboxes()
+            .terminate(&a.sandbox_id)
+            .await
+            .map_err(err("terminate_sandbox"))
+    }
+
+    /// `list_sandboxes`.
+    pub(super) async fn list_sandboxes(
+        &self,
+        a: ListSandboxes,
+    ) -> Result<SandboxList, CommandError> {
+        Ok(SandboxList {
+            sandboxes: self.runtime.sandboxes().list(&a),
+        })
+    }
+}
