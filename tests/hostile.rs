@@ -34,6 +34,8 @@ mod http;
 mod sandbox;
 #[path = "hostile/secrets.rs"]
 mod secrets;
+#[path = "hostile/sessions.rs"]
+mod sessions;
 
 use serde_json::json;
 use support::Api;

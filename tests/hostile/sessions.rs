@@ -1,0 +1,223 @@
+//! Sandbox sessions attacked the way agent-written code would: fork and
+//! memory bombs, endless output, writes outside the workdir, network with
+//! the network off, a stdin never closed, a flood of creates past capacity,
+//! and a kill -9 of the server with 20 live sandboxes.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use super::support::{self, Api};
+use super::{BIN, TOKEN};
+
+async fn create(api: &Api, body: Value) -> String {
+    let (status, v) = api.send(Method::POST, "/sandboxes", Some(body)).await;
+    assert_eq!(status, 201, "{v}");
+    v["sandbox_id"].as_str().unwrap().to_owned()
+}
+
+async fn exec(api: &Api, id: &str, body: Value) -> Value {
+    let (status, v) = api
+        .send(Method::POST, &format!("/sandboxes/{id}/exec"), Some(body))
+        .await;
+    assert!(status == 200 || status == 202, "{status} {v}");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bombs_and_floods_end_typed_and_the_sandbox_lives_on() {
+    let (_dir, data, mut server, api) = support::fresh(BIN, TOKEN, &[]);
+    let id = create(
+        &api,
+        json!({"memory": 256, "limits": {"processes": 64, "output_mib": 1}}),
+    )
+    .await;
+
+    // A fork bomb meets the process ceiling and its own timeout.
+    let bomb = exec(
+        &api,
+        &id,
+        json!({"cmd": ["sh", "-c", "b() { b | b & }; b; sleep 30"], "timeout_s": 3, "wait_s": 30}),
+    )
+    .await;
+    assert!(bomb["outcome"]["kind"].is_string(), "{bomb}");
+    eprintln!("fork bomb: {}", bomb["outcome"]);
+    let after = exec(&api, &id, json!({"cmd": ["echo", "alive"], "wait_s": 30})).await;
+    assert_eq!(after["stdout"], "alive\n", "{after}");
+
+    // A memory bomb is killed for memory; the sandbox says so and lives on.
+    let mem = exec(
+        &api,
+        &id,
+        json!({"cmd": ["python3", "-c", "x = b'x' * (1 << 30)"], "timeout_s": 30, "wait_s": 40}),
+    )
+    .await;
+    let view = api.get(&format!("/sandboxes/{id}")).await;
+    eprintln!(
+        "memory bomb: {}, oom kills {}",
+        mem["outcome"], view["oom_kills"]
+    );
+    if view["oom_kills"].as_u64() > Some(0) {
+        assert_eq!(mem["outcome"]["kind"], "out_of_memory", "{mem}");
+    } else {
+        // No memory cgroup on this machine: Python's own MemoryError.
+        assert_eq!(mem["outcome"]["kind"], "exited", "{mem}");
+    }
+    assert_eq!(view["state"], "running");
+
+    // Endless output: bounded on disk and in the answer, counted in full.
+    let flood = exec(
+        &api,
+        &id,
+        json!({"cmd": ["yes", "flood"], "timeout_s": 2, "wait_s": 30}),
+    )
+    .await;
+    assert_eq!(
+        flood["outcome"]["kind"], "timed_out",
+        "{}",
+        flood["outcome"]
+    );
+    assert!(flood["stdout_bytes"].as_u64().unwrap() > 2 << 20);
+    assert!(flood["stdout"].as_str().unwrap().len() <= 1 << 20);
+    assert_eq!(flood["truncated"], true);
+    let outputs = data.join("sandboxes").join(&id).join("procs");
+    let on_disk: u64 = std::fs::read_dir(outputs)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(on_disk < 4 << 20, "{on_disk} bytes of output kept");
+
+    // A stdin never closed: its own timeout ends it.
+    let cat = exec(
+        &api,
+        &id,
+        json!({"cmd": ["cat"], "stdin_open": true, "timeout_s": 1, "wait_s": 20}),
+    )
+    .await;
+    assert_eq!(cat["outcome"], json!({"kind": "timed_out", "after_s": 1.0}));
+
+    // Writes outside the workdir fail; the host sees nothing.
+    let host = data.join("planted");
+    let script = format!(
+        "echo x > /usr/x; echo x > /etc/x; echo x > {}; echo x > /workspace/ok",
+        host.display()
+    );
+    exec(
+        &api,
+        &id,
+        json!({"cmd": ["sh", "-c", script], "wait_s": 20}),
+    )
+    .await;
+    assert!(!host.exists() && !std::path::Path::new("/usr/x").exists());
+    let listed = api.get(&format!("/sandboxes/{id}/files")).await;
+    assert_eq!(listed["entries"][0]["name"], "ok");
+
+    // No network unless asked: not even the server on this host's loopback.
+    let port = api.url.rsplit(':').next().unwrap().to_owned();
+    let probe =
+        format!("import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)");
+    let net = exec(
+        &api,
+        &id,
+        json!({"cmd": ["python3", "-c", probe], "wait_s": 20}),
+    )
+    .await;
+    assert_eq!(net["outcome"]["kind"], "exited");
+    assert_ne!(net["outcome"]["code"], 0, "{net}");
+    assert!(net["stderr"].as_str().unwrap().contains("Error"), "{net}");
+    support::stop(&mut server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_past_capacity_are_refused_at_once() {
+    let (_dir, _data, mut server, api) =
+        support::fresh(BIN, TOKEN, &[("MODAL_AGENTS_MAX_SANDBOXES", "10")]);
+    let started = Instant::now();
+    let creates = (0..100).map(|_| {
+        let api = &api;
+        async move {
+            let r = api
+                .http
+                .post(format!("{}/sandboxes", api.url))
+                .bearer_auth(TOKEN)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap();
+            let retry = r.headers().get("retry-after").is_some();
+            (r.status().as_u16(), retry)
+        }
+    });
+    let answers = futures_util::future::join_all(creates).await;
+    let made = answers.iter().filter(|(s, _)| *s == 201).count();
+    let refused = answers
+        .iter()
+        .filter(|(s, retry)| *s == 503 && *retry)
+        .count();
+    assert_eq!((made, refused), (10, 90), "{answers:?}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    support::stop(&mut server);
+}
+
+fn processes_with(marker: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(marker))
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_with_20_live_sandboxes_leaves_no_process_and_lists_all_20() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut server, url) = support::serve_with(BIN, &data, TOKEN, &[]);
+    let api = Api::new(url, TOKEN);
+    let marker = "987654.321";
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let id = create(&api, json!({"name": format!("live-{i}")})).await;
+        api.http
+            .put(format!("{}/sandboxes/{id}/files/mine.txt", api.url))
+            .bearer_auth(TOKEN)
+            .body(format!("file {i}"))
+            .send()
+            .await
+            .unwrap();
+        exec(&api, &id, json!({"cmd": ["sleep", marker]})).await;
+        ids.push(id);
+    }
+    support::eventually(Duration::from_secs(20), "20 sleepers", || async {
+        processes_with(marker) >= 20
+    })
+    .await;
+    support::kill(server.id(), libc::SIGKILL);
+    server.wait().unwrap();
+    support::eventually(Duration::from_secs(20), "no sleeper left", || async {
+        processes_with(marker) == 0
+    })
+    .await;
+    let (mut server, url) = support::serve_with(BIN, &data, TOKEN, &[]);
+    let api = api.at(url);
+    let listed = api.get("/sandboxes").await;
+    let all = listed["sandboxes"].as_array().unwrap();
+    assert_eq!(all.len(), 20);
+    for sb in all {
+        assert_eq!(sb["state"], "ended");
+        assert_eq!(sb["ended"]["reason"], "runtime_restarted", "{sb}");
+        // The files were still on disk: snapshotted at the restart.
+        assert!(sb["ended"]["snapshot_id"].is_string(), "{sb}");
+    }
+    let snap = all[0]["ended"]["snapshot_id"].as_str().unwrap();
+    let revived = create(&api, json!({"from_snapshot": snap})).await;
+    let text = api
+        .text(&format!("/sandboxes/{revived}/files/mine.txt"))
+        .await;
+    assert!(text.starts_with("file "), "{text}");
+    support::stop(&mut server);
+}
