@@ -200,6 +200,9 @@ impl Store {
             },
         )?;
         entries.sort_by(|a, b| a.path.cmp(&b.path));
+        // The blobs reach the disk before a manifest names them: one
+        // syncfs for all of them, not an fsync each.
+        self.sync_blobs()?;
         let info = SnapshotInfo {
             snapshot_id: format!("snap-{}", uuid::Uuid::new_v4().simple()),
             sandbox_id: sandbox_id.to_owned(),
@@ -253,9 +256,19 @@ impl Store {
             let _ = std::fs::remove_file(&tmp);
             return Ok((hash, size, false));
         }
-        out.sync_all()?;
         std::fs::rename(&tmp, &blob)?;
         Ok((hash, size, true))
+    }
+
+    /// Flushes the store's file system (the blobs just written).
+    fn sync_blobs(&self) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let dir = std::fs::File::open(self.dir.join("blobs"))?;
+        // SAFETY: syncfs on a descriptor this process owns.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Writes snapshot `id`'s files under `root` (an empty workdir).
@@ -270,7 +283,7 @@ impl Store {
                 EntryKind::File => {
                     let hash = e.sha256.as_deref().unwrap_or_default();
                     let bytes = std::fs::read(self.blob(hash))?;
-                    root.write_mode(&e.path, &bytes, e.mode & 0o777)?;
+                    root.create_file(&e.path, &bytes, e.mode & 0o777)?;
                 }
             }
         }

@@ -518,6 +518,26 @@ impl Root {
         Ok(())
     }
 
+    /// Writes `bytes` to a new file at `rel` (or over a regular file there),
+    /// making missing directories; not atomic and not fsynced: for scratch
+    /// trees such as a workdir restored from a snapshot.
+    pub(crate) fn create_file(
+        &self,
+        rel: &str,
+        bytes: &[u8],
+        mode: libc::mode_t,
+    ) -> io::Result<()> {
+        let (dirs, last) = split(rel);
+        let dir = self.parent(&dirs, true)?;
+        let fd = open_at(
+            dir.as_raw_fd(),
+            last,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+            mode,
+        )?;
+        File::from(fd).write_all(bytes)
+    }
+
     /// Makes a symbolic link `rel` -> `target` (replacing nothing).
     pub(crate) fn symlink(&self, rel: &str, target: &[u8]) -> io::Result<()> {
         let (dirs, last) = split(rel);
