@@ -16,6 +16,7 @@
 
 mod logs;
 mod monitor;
+mod sandbox;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

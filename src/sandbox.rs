@@ -59,8 +59,8 @@ pub struct SandboxConfig {
     pub max_file_bytes: u64,
     /// Snapshots kept, the oldest deleted first (default 1,000).
     pub max_snapshots: usize,
-    /// Ended sandboxes kept in the list, the oldest forgotten first
-    /// (default 1,000).
+    /// Ended sandboxes kept in the list (with the output of their last 100
+    /// processes), the oldest forgotten first (default 200).
     pub max_ended: usize,
     /// How long before its lifetime ends a sandbox says `sandbox.expiring`
     /// (default 60 s).
@@ -83,7 +83,7 @@ impl Default for SandboxConfig {
             max_processes: 64,
             max_file_bytes: 64 << 20,
             max_snapshots: 1000,
-            max_ended: 1000,
+            max_ended: 200,
             expiring_notice: Duration::from_secs(60),
             python: None,
             bwrap: None,
@@ -225,7 +225,8 @@ pub(crate) struct Sandbox {
     binds: Vec<(PathBuf, String)>,
     read_only: Vec<PathBuf>,
     env: Vec<(String, String)>,
-    confined: Option<Arc<Confined>>,
+    /// Its cgroup, taken (and removed) when it ends.
+    confined: Mutex<Option<Arc<Confined>>>,
     live: Mutex<Live>,
     next_process: AtomicU64,
     /// Wakes its watcher when its clocks change.
@@ -236,6 +237,10 @@ pub(crate) struct Sandbox {
 }
 
 impl Sandbox {
+    fn confined(&self) -> Option<Arc<Confined>> {
+        self.confined.lock().recover().clone()
+    }
+
     fn ended(&self) -> Option<SandboxEnded> {
         self.live.lock().recover().ended.clone()
     }
@@ -279,7 +284,7 @@ impl Sandbox {
                 .filter(|p| p.is_running())
                 .map(|p| p.view())
                 .collect(),
-            oom_kills: self.confined.as_ref().map_or(0, |c| c.oom_kills()),
+            oom_kills: self.confined().map_or(0, |c| c.oom_kills()),
             ended: live.ended.clone(),
         }
     }
@@ -403,8 +408,10 @@ impl Sandboxes {
         Ok(sandboxes)
     }
 
-    /// Reads every record; ends what was live.
+    /// Reads every record; ends what was live (killing any process an
+    /// earlier runtime on this data dir left in its sandboxes' groups).
     fn recover(&self) {
+        PidsGroup::reclaim(&cgroup_tag(&self.shared.dir));
         let Ok(entries) = std::fs::read_dir(&self.shared.dir) else {
             return;
         };
@@ -443,7 +450,7 @@ impl Sandboxes {
                 binds: Vec::new(),
                 read_only: Vec::new(),
                 env: Vec::new(),
-                confined: None,
+                confined: Mutex::new(None),
                 live: Mutex::new(Live {
                     expires_at: record.expires_at,
                     last_active: Instant::now(),
@@ -495,7 +502,7 @@ impl Sandboxes {
                 .await
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| "bubblewrap is not available".to_owned())?;
-                let pids = PidsGroup::create(&format!("sbx-{}", std::process::id()));
+                let pids = PidsGroup::create(&cgroup_tag(&self.shared.dir));
                 Ok(Arc::new(Env {
                     bwrap,
                     python,
@@ -513,6 +520,11 @@ impl Sandboxes {
             .get(id)
             .map(|s| s.value().clone())
             .ok_or_else(|| SandboxError::Unknown(short(id)))
+    }
+
+    /// How long before its lifetime ends a sandbox says `sandbox.expiring`.
+    pub fn expiring_notice(&self) -> Duration {
+        self.shared.config.expiring_notice
     }
 
     /// The largest file the files API reads or writes.
@@ -610,11 +622,32 @@ impl Sandboxes {
         workdir: String,
         env: Arc<Env>,
     ) -> Result<SandboxView, SandboxError> {
+        for (field, mount) in std::iter::once(("workdir".to_owned(), &workdir)).chain(
+            request
+                .volumes
+                .keys()
+                .map(|m| (format!("volumes[{:?}]", short(m)), m)),
+        ) {
+            if env.python.starts_with(mount) {
+                return Err(SandboxError::invalid(
+                    field,
+                    format!(
+                        "{mount} would hide the interpreter ({}); choose another path",
+                        env.python.display()
+                    ),
+                ));
+            }
+        }
         let secret_env = self
             .shared
             .secrets
             .resolve(&request.secrets)
             .map_err(|e| SandboxError::invalid("secrets", e.to_string()))?;
+        // A value given to a sandbox stays redacted from its output even
+        // after the secret is changed or removed.
+        for value in secret_env.values() {
+            self.shared.redact.add(value.clone());
+        }
         let host = self.shared.dir.join(&id);
         let mut binds = vec![
             (host.join("work"), workdir.clone()),
@@ -701,7 +734,7 @@ impl Sandboxes {
             binds,
             read_only,
             env: vars,
-            confined,
+            confined: Mutex::new(confined),
             live: Mutex::new(Live {
                 expires_at: now + chrono::Duration::seconds(lifetime as i64),
                 last_active: Instant::now(),
@@ -849,11 +882,37 @@ impl Sandboxes {
             let _ = s.save();
             let _ = std::fs::remove_dir_all(s.host.join("work"));
             let _ = std::fs::remove_dir_all(s.host.join("tmp"));
+            // The output of its last 100 processes stays readable.
+            let mut live = s.live.lock().recover();
+            let n = live.processes.len();
+            let old: Vec<u64> = live
+                .processes
+                .keys()
+                .take(n.saturating_sub(100))
+                .copied()
+                .collect();
+            for k in old {
+                if let Some(p) = live.processes.remove(&k) {
+                    let _ = std::fs::remove_file(&p.output);
+                }
+            }
         })
         .await;
-        if let Some(confined) = sandbox.confined.clone() {
-            if let Ok(c) = Arc::try_unwrap(confined) {
-                c.remove().await;
+        let confined = sandbox.confined.lock().recover().take();
+        if let Some(confined) = confined {
+            // Its processes are gone: the last holders drop with their tasks.
+            let mut confined = confined;
+            for _ in 0..100 {
+                match Arc::try_unwrap(confined) {
+                    Ok(c) => {
+                        c.remove().await;
+                        break;
+                    }
+                    Err(still) => {
+                        confined = still;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
             }
         }
         self.shared.live.fetch_sub(1, Ordering::SeqCst);
@@ -967,7 +1026,7 @@ impl Sandboxes {
         to: &str,
     ) -> Result<crate::wire::SnapshotDiff, SandboxError> {
         let (me, a, b) = (self.clone(), from.to_owned(), to.to_owned());
-        tokio::task::spawn_blocking(move || me.shared.snapshots.diff(&a, &b))
+        tokio::task::spawn_blocking(move || me.shared.snapshots.diff(&a, &b, &me.shared.redact))
             .await
             .map_err(std::io::Error::other)?
             .map_err(SandboxError::from)
@@ -981,6 +1040,15 @@ impl Sandboxes {
             .map_err(std::io::Error::other)?
             .map_err(SandboxError::from)
     }
+}
+
+/// The tag of this data dir's sandbox cgroups: the same across restarts,
+/// so a runtime finds (and reclaims) its predecessor's.
+fn cgroup_tag(dir: &std::path::Path) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("sbx-{hex}")
 }
 
 /// Checks a create request; the workdir it names.
@@ -1067,15 +1135,20 @@ fn validate(r: &CreateSandbox) -> Result<String, SandboxError> {
         ));
     }
     let workdir = r.workdir.clone().unwrap_or_else(|| DEFAULT_WORKDIR.into());
+    if r.volumes.contains_key(&workdir) {
+        return Err(SandboxError::invalid(
+            format!("volumes[{:?}]", short(&workdir)),
+            "a volume cannot be mounted at the workdir; mount it elsewhere (the workdir is the sandbox's own)",
+        ));
+    }
     let mut mounts = r.volumes.clone();
     mounts.insert(workdir.clone(), "workdir".into());
     crate::spec::validate_volumes(&mounts).map_err(|e| {
-        let field =
-            if e.field().contains(&format!("{workdir:?}")) && !r.volumes.contains_key(&workdir) {
-                "workdir".to_owned()
-            } else {
-                e.field().to_owned()
-            };
+        let field = if e.field() == format!("volumes[{workdir:?}]") {
+            "workdir".to_owned()
+        } else {
+            e.field().to_owned()
+        };
         SandboxError::invalid(field, e.to_string())
     })?;
     for name in &r.secrets {

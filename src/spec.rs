@@ -564,14 +564,18 @@ pub(crate) fn validate_volumes(volumes: &BTreeMap<String, String>) -> Result<(),
         }
         validate_object_name(&field, name)?;
     }
-    let mounts: Vec<&String> = volumes.keys().collect();
-    for pair in mounts.windows(2) {
-        if pair[1].starts_with(&format!("{}/", pair[0])) {
-            return Err(SpecError::invalid(
-                format!("volumes[{:?}]", pair[1]),
-                pair[1],
-                format!("a mount path not nested inside another mount ({})", pair[0]),
-            ));
+    // Every pair, not only neighbours in sort order ("/a" < "/a-b" <
+    // "/a/c"): a mount inside another would be made through whatever the
+    // outer volume holds (a link planted there, say).
+    for outer in volumes.keys() {
+        for inner in volumes.keys() {
+            if inner.starts_with(&format!("{outer}/")) {
+                return Err(SpecError::invalid(
+                    format!("volumes[{inner:?}]"),
+                    inner,
+                    format!("a mount path not nested inside another mount ({outer})"),
+                ));
+            }
         }
     }
     Ok(())
@@ -593,6 +597,16 @@ mod tests {
             "message says what is accepted: {text}"
         );
         err.field().to_owned()
+    }
+
+    #[test]
+    fn nested_mounts_are_refused_whatever_sorts_between_them() {
+        let volumes: BTreeMap<String, String> = [("/a", "v1"), ("/a-b", "v2"), ("/a/c/d", "v3")]
+            .into_iter()
+            .map(|(m, v)| (m.to_owned(), v.to_owned()))
+            .collect();
+        let e = validate_volumes(&volumes).unwrap_err();
+        assert_eq!(e.field(), "volumes[\"/a/c/d\"]");
     }
 
     #[test]

@@ -251,11 +251,13 @@ pub(crate) async fn kill(
     RawBody(body): RawBody,
 ) -> Result<Json<ProcessView>, Error> {
     let req: KillRequest = optional(&body)?;
-    Ok(Json(state.runtime.sandboxes().kill_process(
-        &id,
-        &pid,
-        req.signal.as_ref(),
-    )?))
+    Ok(Json(
+        state
+            .runtime
+            .sandboxes()
+            .kill_process(&id, &pid, req.signal.as_ref())
+            .await?,
+    ))
 }
 
 /// Reset the idle clock; `extend_s` adds to the lifetime (up to 86400 s
@@ -311,6 +313,17 @@ pub(crate) async fn events(
         .json_data(&now)
         .unwrap_or_default();
     let ended = now.ended.is_some();
+    // A follower who comes within the notice still hears it.
+    let expiring = (!ended
+        && now.expires_at - chrono::Utc::now()
+            <= chrono::Duration::from_std(state.runtime.sandboxes().expiring_notice())
+                .unwrap_or_default())
+    .then(|| {
+        Event::default()
+            .event("sandbox.expiring")
+            .json_data(&now)
+            .unwrap_or_default()
+    });
     let rest =
         futures_util::stream::unfold((rx, ended, permit), |(mut rx, done, permit)| async move {
             if done {
@@ -332,6 +345,7 @@ pub(crate) async fn events(
             }
         });
     let events = futures_util::stream::once(async { first })
+        .chain(futures_util::stream::iter(expiring))
         .chain(rest)
         .map(Ok::<_, std::convert::Infallible>);
     Ok(Sse::new(events)

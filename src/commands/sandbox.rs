@@ -31,14 +31,11 @@ impl Commands {
 
     /// `sandbox_exec`: starts a command; waits up to `wait_s` (the tool's
     /// default 55) for it.
-    pub(super) async fn sandbox_exec(
-        &self,
-        mut a: SandboxExec,
-    ) -> Result<ExecResult, CommandError> {
-        a.exec.wait_s.get_or_insert(crate::wire::MAX_SANDBOX_WAIT_S);
+    pub(super) async fn sandbox_exec(&self, a: SandboxExec) -> Result<ExecResult, CommandError> {
+        let (id, exec) = a.into_parts();
         self.runtime
             .sandboxes()
-            .exec(&a.sandbox_id, a.exec)
+            .exec(&id, exec)
             .await
             .map_err(err("sandbox_exec"))
     }

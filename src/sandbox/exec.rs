@@ -160,11 +160,19 @@ impl Sandboxes {
             cwd: &cwd,
             env: vars,
             cmd: &req.cmd,
-            confined: sandbox.confined.clone(),
+            confined: sandbox.confined(),
             open_files: sandbox.request.limits.open_files.into(),
             file_size: sandbox.request.limits.file_size_mib.map(|m| m << 20),
+        })
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::E2BIG) => SandboxError::invalid(
+                "env",
+                "the command line and environment together are past the system's limit",
+            ),
+            _ => e.into(),
         })?;
-        let confined = sandbox.confined.clone();
+        let confined = sandbox.confined();
+        let weak = Arc::downgrade(&sandbox);
         let p = process::spawn(
             started,
             Spawn {
@@ -177,6 +185,13 @@ impl Sandboxes {
                 timeout: req.timeout_s.map(Duration::from_secs),
                 redact: self.shared.redact.clone(),
                 oom_kills: Arc::new(move || confined.as_ref().map_or(0, |c| c.oom_kills())),
+                // The idle clock starts again when a process ends.
+                on_end: Box::new(move || {
+                    if let Some(sandbox) = weak.upgrade() {
+                        sandbox.live.lock().recover().last_active = std::time::Instant::now();
+                        sandbox.wake.notify_one();
+                    }
+                }),
             },
             &self.shared.tasks,
         )?;
@@ -296,7 +311,7 @@ impl Sandboxes {
     }
 
     /// Sends a signal to a process (default SIGKILL).
-    pub fn kill_process(
+    pub async fn kill_process(
         &self,
         id: &str,
         process_id: &str,
@@ -306,7 +321,7 @@ impl Sandboxes {
         let sandbox = self.get(id)?;
         let p = self.process(&sandbox, process_id)?;
         if p.is_running() {
-            p.signal(signal);
+            p.signal(signal).await;
         }
         Ok(p.view())
     }

@@ -187,7 +187,19 @@ impl Sandboxes {
                     format!("{} is a directory", short(&r.inside)),
                 ));
             }
-            root.write_mode(&r.rel, &bytes, 0o644)?;
+            root.write_mode(&r.rel, &bytes, 0o644)
+                .map_err(|e| match e.raw_os_error() {
+                    Some(libc::ENOTDIR | libc::ELOOP | libc::EEXIST | libc::EISDIR) => {
+                        SandboxError::invalid(
+                            "path",
+                            format!(
+                                "{} is in the way (a file or a link on its path)",
+                                short(&r.inside)
+                            ),
+                        )
+                    }
+                    _ => e.into(),
+                })?;
             entry(root, r)
         })
         .await

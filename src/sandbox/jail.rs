@@ -22,6 +22,13 @@ use crate::compute::local::{Bwrap, Confined};
 /// The jail's pid 1: runs `argv`, forwards signals, reports how it ended.
 const WRAPPER: &str = r#"
 import os, signal, sys
+try:
+    import ctypes
+    # Not dumpable: the command (same user, no capabilities) cannot open
+    # /proc/1/fd/3 to write a report of its own.
+    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)
+except Exception:
+    pass
 os.set_inheritable(3, False)
 argv = sys.argv[1:]
 FORWARD = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -164,6 +171,8 @@ pub(crate) fn start(spec: JailSpec<'_>) -> std::io::Result<Started> {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             place(status_fd, 3)?;
             place(info_fd, 4)?;
+            // Nothing else the server holds reaches the jail.
+            libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32);
             set_limit(libc::RLIMIT_NOFILE, open_files);
             set_limit(libc::RLIMIT_CORE, 0);
             if let Some(bytes) = file_size {

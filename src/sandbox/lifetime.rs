@@ -19,7 +19,12 @@ enum Next {
 }
 
 fn next(sandboxes: &Sandboxes, sandbox: &Sandbox) -> Option<Next> {
-    let live = sandbox.live.lock().recover();
+    let mut live = sandbox.live.lock().recover();
+    // A running process is activity: the idle clock starts when the last
+    // one ends (each end wakes this watcher).
+    if live.processes.values().any(|p| p.is_running()) {
+        live.last_active = Instant::now();
+    }
     if live.ended.is_some() {
         return None;
     }

@@ -126,8 +126,15 @@ impl Process {
 
     /// Sends `signal` to the command (through the jail's pid 1, which
     /// forwards it; SIGKILL ends the whole jail).
-    pub(crate) fn signal(&self, signal: i32) {
+    pub(crate) async fn signal(&self, signal: i32) {
         *self.killed_with.lock().recover() = Some(signal);
+        // Just started, bubblewrap may not have said yet where the jail is.
+        for _ in 0..50 {
+            if self.host_pid().is_some() || !self.is_running() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let target = match self.host_pid() {
             Some(pid) => pid as libc::pid_t,
             // Not started far enough to say: the whole group.
@@ -167,6 +174,8 @@ pub(crate) struct Spawn {
     pub(crate) stdin_open: bool,
     pub(crate) timeout: Option<Duration>,
     pub(crate) redact: Redactor,
+    /// Told when the process has ended.
+    pub(crate) on_end: Box<dyn FnOnce() + Send>,
     /// Kills for memory in the sandbox's group so far, read anew at the end.
     pub(crate) oom_kills: Arc<dyn Fn() -> u64 + Send + Sync>,
 }
@@ -280,7 +289,11 @@ pub(crate) fn spawn(
             },
         };
         let _ = writer.lock().await.file.flush().await;
+        // Its pipes close with it: an ended process holds no descriptor.
+        *p.info.lock().recover() = None;
+        drop(status);
         p.ended.send_replace(Some((outcome, Utc::now())));
+        (s.on_end)();
     });
     Ok(process)
 }

@@ -20,8 +20,12 @@ use crate::wire::{FileChange, SnapshotDiff, SnapshotInfo};
 
 /// Most files one snapshot holds.
 pub const MAX_SNAPSHOT_FILES: u64 = 200_000;
-/// Most bytes one snapshot holds (8 GiB).
-pub const MAX_SNAPSHOT_BYTES: u64 = 8 << 30;
+/// Most bytes one snapshot holds (2 GiB), by the files' sizes as listed,
+/// checked before a byte is copied (a sparse file counts whole).
+pub const MAX_SNAPSHOT_BYTES: u64 = 2 << 30;
+/// How long the line diffs of one diff answer may take together; a file
+/// whose diff would take longer is listed without one.
+const DIFF_TIME: std::time::Duration = std::time::Duration::from_secs(3);
 /// Largest text file (each side) a diff shows line by line (256 KiB).
 pub const MAX_DIFF_FILE_BYTES: u64 = 256 << 10;
 /// Most bytes of unified diff one diff answer carries (4 MiB).
@@ -80,6 +84,10 @@ pub enum SnapshotError {
 #[derive(Debug)]
 pub(crate) struct Store {
     dir: PathBuf,
+    /// Held shared while a snapshot is taken or restored, exclusively while
+    /// unreferenced blobs are removed: a snapshot whose blobs are stored but
+    /// whose manifest is not yet written never loses them.
+    gc: std::sync::RwLock<()>,
 }
 
 fn valid_id(id: &str) -> bool {
@@ -95,7 +103,10 @@ impl Store {
         for sub in ["blobs", "manifests", "tmp"] {
             crate::persist::private_dir(&dir.join(sub))?;
         }
-        Ok(Store { dir })
+        Ok(Store {
+            dir,
+            gc: std::sync::RwLock::new(()),
+        })
     }
 
     fn manifest_path(&self, id: &str) -> PathBuf {
@@ -169,11 +180,12 @@ impl Store {
                     target: Some(String::from_utf8_lossy(&target).into_owned()),
                 },
                 Walked::File(file) => {
-                    let (hash, size, stored) = self.store_blob(file)?;
-                    bytes += size;
-                    if bytes > MAX_SNAPSHOT_BYTES {
+                    // Counted by its listed size before any byte is copied.
+                    if bytes + meta.size > MAX_SNAPSHOT_BYTES {
                         return Err(std::io::Error::other(TooMany("bytes", MAX_SNAPSHOT_BYTES)));
                     }
+                    let (hash, size, stored) = self.store_blob(file, MAX_SNAPSHOT_BYTES - bytes)?;
+                    bytes += size;
                     if stored {
                         new_bytes += size;
                     }
@@ -224,7 +236,9 @@ impl Store {
 
     /// Copies `file` into the blob store under its hash; its hash, size and
     /// whether it was new.
-    fn store_blob(&self, mut file: std::fs::File) -> std::io::Result<(String, u64, bool)> {
+    fn store_blob(&self, file: std::fs::File, room: u64) -> std::io::Result<(String, u64, bool)> {
+        // A file growing while it is read stops at the room left.
+        let mut file = file.take(room);
         let tmp = self
             .dir
             .join("tmp")
@@ -273,6 +287,8 @@ impl Store {
 
     /// Writes snapshot `id`'s files under `root` (an empty workdir).
     pub(crate) fn restore(&self, id: &str, root: &Root) -> Result<(), SnapshotError> {
+        use crate::sync::Recover;
+        let _shared = self.gc.read().recover();
         let manifest = self.manifest(id)?;
         for e in &manifest.entries {
             match e.kind {
@@ -291,7 +307,13 @@ impl Store {
     }
 
     /// What changed from snapshot `a` to snapshot `b`.
-    pub(crate) fn diff(&self, a: &str, b: &str) -> Result<SnapshotDiff, SnapshotError> {
+    pub(crate) fn diff(
+        &self,
+        a: &str,
+        b: &str,
+        redact: &crate::redact::Redactor,
+    ) -> Result<SnapshotDiff, SnapshotError> {
+        let deadline = std::time::Instant::now() + DIFF_TIME;
         let (ma, mb) = (self.manifest(a)?, self.manifest(b)?);
         let files = |m: &Manifest| -> BTreeMap<String, Entry> {
             m.entries
@@ -301,7 +323,11 @@ impl Store {
                 .collect()
         };
         let (fa, fb) = (files(&ma), files(&mb));
-        let mut budget = MAX_DIFF_TEXT;
+        let mut budget = Budget {
+            bytes: MAX_DIFF_TEXT,
+            deadline,
+            redact,
+        };
         let mut diff = SnapshotDiff {
             from: a.to_owned(),
             to: b.to_owned(),
@@ -355,8 +381,11 @@ impl Store {
         a: Option<&Entry>,
         b: Option<&Entry>,
         path: &str,
-        budget: &mut usize,
+        budget: &mut Budget<'_>,
     ) -> Option<String> {
+        if std::time::Instant::now() >= budget.deadline {
+            return None;
+        }
         let (old, new) = (self.text(a)?, self.text(b)?);
         let from = if a.is_some() {
             format!("a/{path}")
@@ -368,15 +397,23 @@ impl Store {
         } else {
             "/dev/null".into()
         };
-        let text = similar::TextDiff::from_lines(&old, &new)
+        let diff = similar::TextDiff::configure()
+            .algorithm(similar::Algorithm::Myers)
+            .deadline(budget.deadline)
+            .diff_lines(&old, &new);
+        if std::time::Instant::now() >= budget.deadline {
+            return None;
+        }
+        let text = diff
             .unified_diff()
             .context_radius(3)
             .header(&from, &to)
             .to_string();
-        if text.len() > *budget {
+        let text = budget.redact.redact(&text).into_owned();
+        if text.len() > budget.bytes {
             return None;
         }
-        *budget -= text.len();
+        budget.bytes -= text.len();
         Some(text)
     }
 
@@ -392,8 +429,10 @@ impl Store {
         Ok(true)
     }
 
-    /// Removes blobs no manifest names.
+    /// Removes blobs no manifest names (no snapshot is being taken then).
     fn collect_garbage(&self) {
+        use crate::sync::Recover;
+        let _alone = self.gc.write().recover();
         let mut used = BTreeSet::new();
         for info in self.list() {
             if let Ok(m) = self.manifest(&info.snapshot_id) {
@@ -445,6 +484,13 @@ fn change(
     }
 }
 
+/// What the line diffs of one answer may still use.
+struct Budget<'a> {
+    bytes: usize,
+    deadline: std::time::Instant,
+    redact: &'a crate::redact::Redactor,
+}
+
 /// A walk stopped at a limit.
 #[derive(Debug)]
 struct TooMany(&'static str, u64);
@@ -480,7 +526,13 @@ mod tests {
         root.remove("same.bin").unwrap();
         let second = store.take("sb", &root).unwrap();
         assert_eq!(second.new_bytes, 13, "only the changed and new files");
-        let diff = store.diff(&first.snapshot_id, &second.snapshot_id).unwrap();
+        let diff = store
+            .diff(
+                &first.snapshot_id,
+                &second.snapshot_id,
+                &crate::redact::Redactor::default(),
+            )
+            .unwrap();
         assert_eq!(diff.added[0].path, "new.txt");
         assert_eq!(diff.removed[0].path, "same.bin");
         assert_eq!(diff.changed[0].path, "a.txt");

@@ -576,14 +576,51 @@ pub struct SandboxRef {
     pub sandbox_id: String,
 }
 
-/// `sandbox_exec`'s arguments.
+/// `sandbox_exec`'s arguments: the sandbox and an [`ExecRequest`]'s fields.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SandboxExec {
     /// The sandbox.
     pub sandbox_id: String,
-    /// The command to run.
-    #[serde(flatten)]
-    pub exec: ExecRequest,
+    /// The command and its arguments, e.g. ["python3", "-m", "pytest", "-q"]
+    /// or ["sh", "-c", "make test"].
+    #[schema(min_items = 1)]
+    pub cmd: Vec<String>,
+    /// Written to its stdin, then stdin is closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// Environment added to the sandbox's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (default the sandbox's workdir).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Kill it after this many seconds, 1..=86400.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 86400)]
+    pub timeout_s: Option<u64>,
+    /// Wait up to this many seconds for it to end, 0..=55 (default 55).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 55)]
+    pub wait_s: Option<u64>,
+}
+
+impl SandboxExec {
+    /// The sandbox and the exec request.
+    pub fn into_parts(self) -> (String, ExecRequest) {
+        (
+            self.sandbox_id,
+            ExecRequest {
+                cmd: self.cmd,
+                stdin: self.stdin,
+                stdin_open: false,
+                env: self.env,
+                cwd: self.cwd,
+                timeout_s: self.timeout_s,
+                wait_s: Some(self.wait_s.unwrap_or(MAX_SANDBOX_WAIT_S)),
+            },
+        )
+    }
 }
 
 /// `wait_sandbox_process`'s arguments.

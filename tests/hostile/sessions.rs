@@ -160,13 +160,14 @@ async fn creates_past_capacity_are_refused_at_once() {
     support::stop(&mut server);
 }
 
+/// Processes running `sleep MARKER` (not the jails whose arguments name it).
 fn processes_with(marker: &str) -> usize {
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(Result::ok)
         .filter(|e| {
             std::fs::read(e.path().join("cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(marker))
+                .map(|c| c == format!("sleep\0{marker}\0").as_bytes())
                 .unwrap_or(false)
         })
         .count()
@@ -204,6 +205,7 @@ async fn a_kill_9_with_20_live_sandboxes_leaves_no_process_and_lists_all_20() {
     .await;
     let (mut server, url) = support::serve_with(BIN, &data, TOKEN, &[]);
     let api = api.at(url);
+    assert_eq!(processes_with(marker), 0, "none after the restart");
     let listed = api.get("/sandboxes").await;
     let all = listed["sandboxes"].as_array().unwrap();
     assert_eq!(all.len(), 20);
@@ -219,5 +221,119 @@ async fn a_kill_9_with_20_live_sandboxes_leaves_no_process_and_lists_all_20() {
         .text(&format!("/sandboxes/{revived}/files/mine.txt"))
         .await;
     assert!(text.starts_with("file "), "{text}");
+    support::stop(&mut server);
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// What the first hostile pass over sandboxes found, each held now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_hostile_pass_found_stays_fixed() {
+    let (_dir, data, mut server, api) = support::fresh(BIN, TOKEN, &[]);
+    // Nested mounts (whatever sorts between them) and a volume over the
+    // workdir are refused before anything is made.
+    for body in [
+        json!({"volumes": {"/a": "v1", "/a-b": "v2", "/a/c/d": "v3"}}),
+        json!({"volumes": {"/workspace": "v1"}}),
+        json!({"workdir": "/a/c", "volumes": {"/a": "v1", "/a-b": "v2"}}),
+    ] {
+        let (status, p) = api.send(Method::POST, "/sandboxes", Some(body)).await;
+        assert_eq!(status, 422, "{p}");
+    }
+    let id = create(&api, json!({"idle_timeout_s": 1})).await;
+
+    // A process that is running is activity: idle expiry waits for it.
+    let slow = exec(&api, &id, json!({"cmd": ["sleep", "2"], "wait_s": 20})).await;
+    assert_eq!(
+        slow["outcome"],
+        json!({"kind": "exited", "code": 0}),
+        "{slow}"
+    );
+    api.post(
+        &format!("/sandboxes/{id}/keepalive"),
+        json!({"extend_s": 0}),
+    )
+    .await;
+
+    // Code cannot write the wrapper's report, nor see the server's
+    // descriptors.
+    let forged = exec(
+        &api,
+        &id,
+        json!({"cmd": ["sh", "-c", "printf 'exit 0' > /proc/1/fd/3; exit 7"], "wait_s": 20}),
+    )
+    .await;
+    assert_eq!(
+        forged["outcome"],
+        json!({"kind": "exited", "code": 7}),
+        "{forged}"
+    );
+    let fds = exec(
+        &api,
+        &id,
+        json!({"cmd": ["ls", "/proc/self/fd"], "wait_s": 20}),
+    )
+    .await;
+    let listed: Vec<&str> = fds["stdout"].as_str().unwrap().lines().collect();
+    assert!(listed.len() <= 4, "descriptors inside: {listed:?}");
+
+    // A sparse file past the snapshot limit is refused before a byte is
+    // copied.
+    exec(
+        &api,
+        &id,
+        json!({"cmd": ["truncate", "-s", "9G", "sparse"], "wait_s": 20}),
+    )
+    .await;
+    let started = Instant::now();
+    let (status, p) = api
+        .send(Method::POST, &format!("/sandboxes/{id}/snapshot"), None)
+        .await;
+    assert_eq!(status, 422, "{p}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let blobs: u64 = std::fs::read_dir(data.join("snapshots/blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(blobs < 1 << 20, "{blobs} bytes of blobs");
+    api.send(
+        Method::DELETE,
+        &format!("/sandboxes/{id}/files/sparse"),
+        None,
+    )
+    .await;
+
+    // A write under a regular file is a 422, not a 500.
+    api.http
+        .put(format!("{}/sandboxes/{id}/files/plain", api.url))
+        .bearer_auth(TOKEN)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    let under = api
+        .http
+        .put(format!("{}/sandboxes/{id}/files/plain/x", api.url))
+        .bearer_auth(TOKEN)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(under.status(), 422);
+
+    // Execs hold no descriptor once they end, and a sandbox none once it
+    // has ended.
+    let before = open_fds(server.id());
+    for _ in 0..40 {
+        exec(&api, &id, json!({"cmd": ["true"], "wait_s": 20})).await;
+    }
+    api.send(Method::DELETE, &format!("/sandboxes/{id}"), None)
+        .await;
+    let after = open_fds(server.id());
+    assert!(after <= before + 4, "descriptors {before} -> {after}");
     support::stop(&mut server);
 }

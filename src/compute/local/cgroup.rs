@@ -142,6 +142,43 @@ impl PidsGroup {
         Some(confined)
     }
 
+    /// Kills every process left in the groups of an earlier runtime with
+    /// the same `tag` (one killed with SIGKILL, say, whose jails escaped
+    /// their parent-death signal in a race) and removes those groups, so a
+    /// new runtime starts with none of its predecessor's processes.
+    pub(crate) fn reclaim(tag: &str) {
+        let bases = [own_cgroup("pids"), own_cgroup("memory")];
+        for base in bases.into_iter().flatten() {
+            let dir = base.join(format!("modal-agents-{tag}"));
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.filter_map(Result::ok) {
+                let group = entry.path();
+                if !group.is_dir() {
+                    continue;
+                }
+                // cgroup v2 kills the whole group at once; else each pid.
+                if std::fs::write(group.join("cgroup.kill"), "1").is_err() {
+                    let procs =
+                        std::fs::read_to_string(group.join("cgroup.procs")).unwrap_or_default();
+                    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                        // SAFETY: kill(2) on a process in a group this
+                        // runtime's data dir made.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+                for attempt in 0..50u64 {
+                    if std::fs::remove_dir(&group).is_ok() || !group.exists() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(2 + attempt * 4));
+                }
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+
     /// Removes the groups of containers that are gone, then these groups.
     pub(crate) fn sweep(&self) {
         for h in &self.hierarchies {
