@@ -77,6 +77,19 @@ async fn parallel_repo_creation_example() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_sandbox_example() {
+    let out = run("agent_sandbox").await;
+    assert!(out.contains("attempt 1: Exited { code: 1 }"), "{out}");
+    assert!(out.contains("AssertionError"), "{out}");
+    assert!(out.contains("attempt 2: Exited { code: 0 }"), "{out}");
+    assert_eq!(out.matches("tests pass").count(), 1, "{out}");
+    assert!(
+        out.contains("+    return max(set(xs), key=xs.count)"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embed_and_hello_examples() {
     let out = run("embed").await;
     assert!(out.contains("total 9"), "{out}");
