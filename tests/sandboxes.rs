@@ -533,3 +533,52 @@ async fn the_http_api_and_the_tools_speak_the_contract() {
     assert!(openapi["paths"]["/sandboxes/{sandbox_id}/exec"]["post"].is_object());
     support::stop(&mut server);
 }
+
+/// `modal-agents sandbox ...` through pipes against the server binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_drives_sandboxes_and_exec_exits_with_the_code() {
+    let (dir, _data, mut server, api) = support::fresh(BIN, TOKEN, &[]);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(["--url", &api.url, "--token", TOKEN, "sandbox"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, id, _) = cli(&["create", "--name", "cli-box"]);
+    assert_eq!(code, 0);
+    let id = id.trim().to_owned();
+    let (code, out, _) = cli(&["exec", &id, "--", "sh", "-c", "echo hi; exit 3"]);
+    assert_eq!((code, out.as_str()), (3, "hi\n"));
+    let (code, _, err) = cli(&["exec", &id, "--timeout", "1", "--", "sleep", "5"]);
+    assert_eq!(code, 124);
+    assert!(err.contains("timed_out"), "{err}");
+    let local = dir.path().join("in.txt");
+    std::fs::write(&local, "from the host\n").unwrap();
+    let (code, _, err) = cli(&["cp", local.to_str().unwrap(), &format!("{id}:notes/in.txt")]);
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = cli(&["cp", &format!("{id}:notes/in.txt"), "-"]);
+    assert_eq!(out, "from the host\n");
+    let (_, a, _) = cli(&["snapshot", &id]);
+    cli(&["exec", &id, "--", "sh", "-c", "echo more >> notes/in.txt"]);
+    let (_, forks, _) = cli(&["fork", &id, "--count", "2"]);
+    assert_eq!(forks.lines().count(), 2);
+    let (_, b, _) = cli(&["snapshot", &id]);
+    let (code, diff, _) = cli(&["diff", a.trim(), b.trim()]);
+    assert_eq!(code, 0);
+    assert!(
+        diff.contains("M notes/in.txt") && diff.contains("+more"),
+        "{diff}"
+    );
+    let (_, listed, _) = cli(&["ls"]);
+    assert!(listed.contains("cli-box"), "{listed}");
+    let (code, out, _) = cli(&["rm", &id]);
+    assert_eq!(code, 0);
+    assert!(out.contains("terminated"), "{out}");
+    support::stop(&mut server);
+}

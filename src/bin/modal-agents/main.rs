@@ -30,6 +30,7 @@ use modal_agents::wire::{DeployRequest, VolumeMounts, DEFAULT_WAIT_S};
 use modal_agents::{TaskId, TaskRecord, TaskStatus};
 use serde_json::{json, Map, Value};
 
+mod sandbox;
 mod serve;
 
 use serve::{serve, ServeArgs};
@@ -138,6 +139,9 @@ enum Command {
     /// Secrets.
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Sandbox sessions: create, exec, ls, cp, snapshot, fork, diff, rm.
+    #[command(subcommand)]
+    Sandbox(sandbox::SandboxCommand),
 }
 
 #[derive(Subcommand)]
@@ -521,7 +525,7 @@ async fn run_command(cli: Cli, url_given: bool) -> Result<(), String> {
     let client = Client::new(&cli.url, cli.token.as_deref()).map_err(|e| e.to_string())?;
     let err = |e: modal_agents::client::ClientError| e.to_string();
     match cli.command {
-        Command::Serve(_) | Command::Modal(_) | Command::Mcp { .. } => {
+        Command::Serve(_) | Command::Modal(_) | Command::Mcp { .. } | Command::Sandbox(_) => {
             unreachable!("handled above")
         }
         Command::Deploy(args) => deploy(&client, args).await,
@@ -717,8 +721,25 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run_command(cli, url_given)) {
-        Ok(()) => ExitCode::SUCCESS,
+    let result = match cli.command {
+        // A sandbox exec exits with its process's code.
+        Command::Sandbox(cmd) => runtime.block_on(async {
+            let client = Client::new(&cli.url, cli.token.as_deref()).map_err(|e| e.to_string())?;
+            sandbox::run(&client, cmd).await
+        }),
+        command => {
+            let cli = Cli {
+                url: cli.url,
+                token: cli.token,
+                command,
+            };
+            runtime
+                .block_on(run_command(cli, url_given))
+                .map(|()| ExitCode::SUCCESS)
+        }
+    };
+    match result {
+        Ok(code) => code,
         Err(why) => {
             eprintln!("modal-agents: {}", why.lines().next().unwrap_or(&why));
             ExitCode::FAILURE
