@@ -13,6 +13,7 @@ are retried with backoff, honouring `Retry-After`.
 """
 
 from ._client import ModalAgentClient, StatusMonitor
+from ._sandbox import Sandbox, SandboxProcess
 from ._errors import (
     APIError,
     AuthenticationError,
@@ -35,6 +36,8 @@ __all__ = [
     "ModalAgentError",
     "NotFoundError",
     "RateLimitError",
+    "Sandbox",
+    "SandboxProcess",
     "ServerError",
     "StatusMonitor",
     "TaskFailedError",

@@ -259,6 +259,35 @@ class ModalAgentClient:
         return response.content
 
 
+# Sandboxes (the Sandbox class is in _sandbox.py).
+
+
+async def _create_sandbox(client: "ModalAgentClient", **options: Any) -> Any:
+    from ._sandbox import Sandbox
+
+    body = {k: v for k, v in options.items() if v is not None}
+    view = await client._json("POST", "/sandboxes", json=body)
+    return Sandbox(client, view)
+
+
+ModalAgentClient.create_sandbox = _create_sandbox  # type: ignore[attr-defined]
+ModalAgentClient.create_sandbox.__doc__ = """Creates a sandbox (`POST /sandboxes`; options: timeout_s,
+idle_timeout_s, memory, cpu, network, volumes, secrets, env, workdir, name, tags,
+from_snapshot, image); a `Sandbox`, also an async context manager that terminates it."""
+
+
+async def _list_sandboxes(client: "ModalAgentClient") -> List[Dict[str, Any]]:
+    return (await client._json("GET", "/sandboxes"))["sandboxes"]
+
+
+async def _diff_snapshots(client: "ModalAgentClient", a: str, b: str) -> Dict[str, Any]:
+    return await client._json("GET", f"/snapshots/{quote(a)}/diff/{quote(b)}")
+
+
+ModalAgentClient.list_sandboxes = _list_sandboxes  # type: ignore[attr-defined]
+ModalAgentClient.diff_snapshots = _diff_snapshots  # type: ignore[attr-defined]
+
+
 class StatusMonitor:
     """Watches many tasks at once and yields each one's final status once,
     as they finish, from server-side waits (no polling):

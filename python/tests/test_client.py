@@ -184,3 +184,37 @@ def test_webhook_signatures_verify():
     other = "whsec_" + base64.b64encode(b"another key of 24 bytes!").decode()
     with pytest.raises(WebhookVerificationError):
         verify_webhook(other, headers, body, now=1614265330)
+
+
+def test_sandboxes_exec_follow_files_snapshot_fork_and_terminate_on_exit():
+    async def main():
+        async with ModalAgentClient(api_url=URL, token=TOKEN) as client:
+            async with await client.create_sandbox(timeout_s=120) as sb:
+                await sb.write_file("app.py", "print('hello from the sandbox')\n")
+                proc = await sb.exec(["sh", "-c", "python3 app.py; echo oops >&2; exit 3"])
+                chunks = [chunk async for chunk in proc]
+                assert ("stdout", "hello from the sandbox\n") in chunks, chunks
+                assert proc.outcome == {"kind": "exited", "code": 3}
+                slow = await sb.run(["sleep", "5"], timeout_s=1)
+                assert slow.outcome == {"kind": "timed_out", "after_s": 1.0}
+                assert await sb.read_file("app.py") == b"print('hello from the sandbox')\n"
+                names = [e["name"] for e in await sb.list_files()]
+                assert names == ["app.py"], names
+                first = await sb.snapshot()
+                await sb.write_file("app.py", "print('changed')\n")
+                children = await sb.fork(2)
+                assert len(children) == 2
+                second = await sb.snapshot()
+                diff = await client.diff_snapshots(first, second)
+                assert diff["changed"][0]["path"] == "app.py"
+                for child in children:
+                    await child.terminate()
+                with pytest.raises(ValidationError) as e:
+                    await sb.exec([])
+                assert e.value.field == "cmd"
+            ended = await sb.refresh()
+            assert ended["ended"]["reason"] == "terminated"
+            with pytest.raises(ConflictError):
+                await sb.exec(["true"])
+
+    run(main())
