@@ -35,7 +35,9 @@ pub use codegen::{
     CodegenTask, ComponentKind, ComponentResult, GeneratedCode, Language, TemplateGenerator,
 };
 pub use master::{JobProgress, JobReport, MasterConfig, MasterHandle, TaskResult, WorkerStats};
-pub use repo::{RepoConfig, RepoCreatorConfig, RepoCreatorHandle, RepoError, RepoResult};
+pub use repo::{
+    RepoConfig, RepoCreatorConfig, RepoCreatorHandle, RepoError, RepoResult, RepoTestRun,
+};
 pub use worker::{AgentTask, HandlerFuture, TaskHandler, WorkerHandle};
 
 /// The kinds of agent.
@@ -174,6 +176,9 @@ pub enum AgentError {
         /// The timeout.
         after: std::time::Duration,
     },
+    /// A sandbox operation failed.
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
     /// The worker running a task crashed or could not be reached.
     #[error("worker {worker} crashed or was unreachable: {cause}")]
     WorkerLost {

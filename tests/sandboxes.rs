@@ -582,3 +582,60 @@ async fn the_cli_drives_sandboxes_and_exec_exits_with_the_code() {
     assert!(out.contains("terminated"), "{out}");
     support::stop(&mut server);
 }
+
+/// A repo-creator's repository, tested in a sandbox: the typed outcome is
+/// recorded in the repositories' volume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_is_tested_in_a_sandbox_and_its_outcome_recorded() {
+    use modal_agents::agents::{RepoConfig, RepoCreatorConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path(), SandboxConfig::default()).await;
+    let agents = rt.agents();
+    let creator = agents
+        .spawn_repo_creator("creator", RepoCreatorConfig::default())
+        .await
+        .unwrap();
+    let test = "import unittest\nfrom calc import add\n\nclass T(unittest.TestCase):\n    def test_add(self):\n        self.assertEqual(add(2, 2), 4)\n";
+    let mut results = Vec::new();
+    for (name, body) in [("good", "a + b"), ("bad", "a - b")] {
+        let config = RepoConfig {
+            name: name.into(),
+            files: [
+                (
+                    "calc.py".to_owned(),
+                    format!("def add(a, b):\n    return {body}\n"),
+                ),
+                ("test_calc.py".to_owned(), test.to_owned()),
+            ]
+            .into(),
+            branch: None,
+            message: None,
+            description: None,
+        };
+        let repo = creator.create(config).await.unwrap().unwrap();
+        let cmd = ["python3", "-m", "unittest", "-q"]
+            .map(String::from)
+            .to_vec();
+        let run = agents
+            .run_repo_tests(&repo, cmd, 60, &RepoCreatorConfig::default())
+            .await
+            .unwrap();
+        results.push(run);
+    }
+    assert!(results[0].passed, "{:?}", results[0]);
+    assert_eq!(results[1].outcome, Outcome::Exited { code: 1 });
+    assert!(
+        results[1].stderr.contains("AssertionError: 0 != 4"),
+        "{}",
+        results[1].stderr
+    );
+    let recorded = rt
+        .volumes()
+        .read("repos", "repo-tests/bad")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(recorded.value["outcome"]["kind"], "exited");
+    assert_eq!(recorded.value["passed"], false);
+    rt.shutdown().await;
+}

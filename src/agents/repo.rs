@@ -18,6 +18,10 @@ use ractor::{ActorProcessingErr, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+mod test_run;
+
+pub use test_run::RepoTestRun;
+
 use super::{AgentError, AgentKind, Agents};
 use crate::runtime::Runtime;
 use crate::supervisor::Slot;

@@ -377,6 +377,7 @@ impl From<AgentError> for Error {
             AgentError::Unavailable(_) => Error::Unavailable(e.to_string()),
             AgentError::Volume(e) => e.into(),
             AgentError::Runtime(e) => (*e).into(),
+            AgentError::Sandbox(e) => e.into(),
             AgentError::Spawn { .. }
             | AgentError::Codegen { .. }
             | AgentError::Repo(_)
