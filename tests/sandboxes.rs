@@ -639,3 +639,31 @@ async fn a_repository_is_tested_in_a_sandbox_and_its_outcome_recorded() {
     assert_eq!(recorded.value["passed"], false);
     rt.shutdown().await;
 }
+
+/// `image.python_packages`: an environment built once, on the sandbox's
+/// `PATH`; a package that does not exist is a 422 naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_packages_are_importable_in_the_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path(), SandboxConfig::default()).await;
+    let sbx = rt.sandboxes();
+    let mut request = CreateSandbox::default();
+    request.image.python_packages = vec!["six==1.16.0".into()];
+    let id = sbx.create(request).await.unwrap().sandbox_id;
+    let r = sbx
+        .exec(
+            &id,
+            cmd(&["python3", "-c", "import six; print(six.__version__)"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.stdout.as_deref(), Some("1.16.0\n"), "{:?}", r.stderr);
+    let mut bad = CreateSandbox::default();
+    bad.image.python_packages = vec!["modal-agents-no-such-package-xyz==0.0.1".into()];
+    let e = sbx.create(bad).await.unwrap_err();
+    assert!(
+        matches!(&e, SandboxError::Invalid { field, .. } if field == "image.python_packages"),
+        "{e}"
+    );
+    rt.shutdown().await;
+}
