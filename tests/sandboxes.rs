@@ -580,6 +580,25 @@ async fn the_cli_drives_sandboxes_and_exec_exits_with_the_code() {
     let (code, out, _) = cli(&["rm", &id]);
     assert_eq!(code, 0);
     assert!(out.contains("terminated"), "{out}");
+    // Without the right token: the error says what sets it.
+    let out = std::process::Command::new(BIN)
+        .args([
+            "--url",
+            &api.url,
+            "--token",
+            "wrong-token-0123456789",
+            "sandbox",
+            "ls",
+        ])
+        .env_remove("MODAL_AGENTS_TOKEN")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains("401") && err.contains("MODAL_AGENTS_TOKEN"),
+        "{err}"
+    );
     support::stop(&mut server);
 }
 

@@ -741,7 +741,13 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(why) => {
-            eprintln!("modal-agents: {}", why.lines().next().unwrap_or(&why));
+            // Whole: a failed package build's last lines are the point.
+            eprintln!("modal-agents: {why}");
+            if why.starts_with("401:") {
+                eprintln!(
+                    "modal-agents: the server wants a token: set MODAL_AGENTS_TOKEN or pass --token"
+                );
+            }
             ExitCode::FAILURE
         }
     }
