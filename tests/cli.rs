@@ -278,6 +278,54 @@ async fn cli_end_to_end() {
     }
 }
 
+/// What is deployed and what ran: `functions`, `call`, `tasks`, `results`
+/// (all, or only the failed inputs), `undeploy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_lists_calls_and_pages_results() {
+    let s = serve();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("inv.py");
+    std::fs::write(&file, "def inv(x):\n    return 1 / x\n").unwrap();
+    let (ok, _, err) = cli(&s, &["deploy", file.to_str().unwrap()], None);
+    assert!(ok, "{err}");
+    let (ok, out, _) = cli(&s, &["functions"], None);
+    assert!(ok && out.starts_with("inv\t"), "{out}");
+    let (ok, out, err) = cli(&s, &["call", "inv", "4"], None);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "0.25");
+    let (ok, _, err) = cli(&s, &["call", "inv", "0"], None);
+    assert!(!ok && err.contains("ZeroDivisionError"), "{err}");
+    // A map with one failing input (`run` reports it; the listing finds it).
+    cli(&s, &["run", "inv", "--inputs", "-"], Some("1\n0\n2\n"));
+    let (_, out, _) = cli(&s, &["tasks", "--limit", "10"], None);
+    let map = out
+        .lines()
+        .find(|l| l.contains("\tinv\t") && l.ends_with("/3"))
+        .unwrap_or_else(|| panic!("no map in {out}"));
+    let id = map.split('\t').next().unwrap();
+    let (ok, out, err) = cli(&s, &["results", id], None);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert_eq!(out.lines().next(), Some("1.0"));
+    let (_, out, _) = cli(&s, &["results", id, "--failed"], None);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.contains("\"input\":1") && out.contains("ZeroDivisionError"),
+        "{out}"
+    );
+    let (_, out, _) = cli(&s, &["tasks", "--status", "failed"], None);
+    assert!(out.lines().all(|l| l.contains("\tfailed\t")), "{out}");
+    let (ok, _, err) = cli(&s, &["tasks", "--status", "nope"], None);
+    assert!(
+        !ok && err.contains("--status") && err.contains("completed"),
+        "{err}"
+    );
+    let (ok, out, _) = cli(&s, &["undeploy", "inv"], None);
+    assert!(ok && out.contains("undeployed inv"), "{out}");
+    let (_, out, _) = cli(&s, &["functions"], None);
+    assert!(out.is_empty(), "{out}");
+}
+
 #[test]
 fn serve_refuses_to_start_without_a_token() {
     let out = Command::new(BIN)

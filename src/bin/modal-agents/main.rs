@@ -32,6 +32,7 @@ use serde_json::{json, Map, Value};
 
 mod sandbox;
 mod serve;
+mod tasks;
 
 use serve::{serve, ServeArgs};
 
@@ -139,6 +140,20 @@ enum Command {
     /// Secrets.
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// List the deployed functions.
+    Functions,
+    /// Undeploy functions (their tasks stay).
+    Undeploy {
+        /// The functions.
+        #[arg(required = true, num_args = 1..)]
+        names: Vec<String>,
+    },
+    /// List tasks, newest first.
+    Tasks(tasks::TasksArgs),
+    /// Print a map's results as JSON lines, in input order.
+    Results(tasks::ResultsArgs),
+    /// Call a function once and print its result.
+    Call(tasks::CallArgs),
     /// Sandbox sessions: create, exec, ls, cp, snapshot, fork, diff, rm.
     #[command(subcommand)]
     Sandbox(sandbox::SandboxCommand),
@@ -529,6 +544,11 @@ async fn run_command(cli: Cli, url_given: bool) -> Result<(), String> {
             unreachable!("handled above")
         }
         Command::Deploy(args) => deploy(&client, args).await,
+        Command::Functions => tasks::functions(&client).await,
+        Command::Undeploy { names } => tasks::undeploy(&client, &names).await,
+        Command::Tasks(args) => tasks::tasks(&client, args).await,
+        Command::Results(args) => tasks::results(&client, args).await,
+        Command::Call(args) => tasks::call(&client, args).await,
         Command::Run { function, inputs } => run(&client, &function, &inputs).await,
         Command::Spawn {
             function,
