@@ -42,5 +42,5 @@ fn the_python_client_passes_its_tests_against_the_real_server() {
     support::stop(&mut server);
     let text = support::output_text(&out);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("7 passed"), "{text}");
+    assert!(text.contains("8 passed"), "{text}");
 }

@@ -6,7 +6,9 @@ from urllib.parse import quote
 
 import httpx
 
-from ._errors import TaskFailedError, TimeoutError, error_for
+import os
+
+from ._errors import ServerUnreachableError, TaskFailedError, TimeoutError, error_for
 
 #: Longest one server-side wait (under common 60 s proxy limits).
 WAIT_SLICE_S = 55.0
@@ -22,13 +24,17 @@ class ModalAgentClient:
 
     def __init__(
         self,
-        api_url: str,
+        api_url: Optional[str] = None,
         token: Optional[str] = None,
         *,
         timeout: float = 120.0,
         max_retries: int = 5,
         transport: Optional[httpx.AsyncBaseTransport] = None,
     ) -> None:
+        # The CLI's variables: MODAL_AGENTS_URL, MODAL_AGENTS_TOKEN.
+        api_url = api_url or os.environ.get("MODAL_AGENTS_URL") or "http://127.0.0.1:8080"
+        if token is None:
+            token = os.environ.get("MODAL_AGENTS_TOKEN")
         if not api_url.startswith(("http://", "https://")):
             raise ValueError(f"api_url must be an http(s) URL, got {api_url!r}")
         headers = {"user-agent": "agent-modal-client/0.1"}
@@ -51,7 +57,13 @@ class ModalAgentClient:
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         delay = 0.1
         for attempt in range(self._max_retries + 1):
-            response = await self._http.request(method, path, **kwargs)
+            try:
+                response = await self._http.request(method, path, **kwargs)
+            except httpx.ConnectError as e:
+                raise ServerUnreachableError(
+                    f"cannot reach the modal-agents server at {self._http.base_url} ({e}); "
+                    "is it running? MODAL_AGENTS_URL (or api_url) says where it is"
+                ) from e
             if response.status_code not in (429, 503) or attempt == self._max_retries:
                 break
             retry_after = response.headers.get("retry-after", "")

@@ -65,8 +65,17 @@ class TaskFailedError(ModalAgentError):
         )
 
 
-class TimeoutError(ModalAgentError):  # noqa: A001 - the client's own kind
-    """A wait ran out of time; the task goes on."""
+import builtins
+
+
+class TimeoutError(ModalAgentError, builtins.TimeoutError):  # noqa: A001
+    """A wait ran out of time; the task goes on. Also the builtin
+    `TimeoutError`, so `except TimeoutError` catches it either way."""
+
+
+class ServerUnreachableError(ModalAgentError):
+    """The server could not be reached at all; the message names the URL
+    (and `MODAL_AGENTS_URL`, which sets it)."""
 
 
 _BY_STATUS = {

@@ -218,3 +218,21 @@ def test_sandboxes_exec_follow_files_snapshot_fork_and_terminate_on_exit():
                 await sb.exec(["true"])
 
     run(main())
+
+
+def test_the_environment_names_the_server_and_a_down_one_is_named():
+    import builtins
+
+    from agent_modal_client import ServerUnreachableError, TimeoutError
+
+    async def main():
+        # MODAL_AGENTS_URL and MODAL_AGENTS_TOKEN (set by the test runner).
+        async with ModalAgentClient() as client:
+            assert isinstance(await client.list_functions(), list)
+        async with ModalAgentClient(api_url="http://127.0.0.1:9", token="x" * 20, max_retries=0) as down:
+            with pytest.raises(ServerUnreachableError) as e:
+                await down.list_functions()
+            assert "127.0.0.1:9" in str(e.value) and "MODAL_AGENTS_URL" in str(e.value)
+
+    run(main())
+    assert issubclass(TimeoutError, builtins.TimeoutError)
