@@ -376,3 +376,44 @@ fn logs_to_a_pipe_have_no_colour_codes() {
         "colour codes in piped logs: {logs:?}"
     );
 }
+
+/// `mcp` never guesses between a server and an embedded runtime, and a
+/// server it cannot use is an error at start, not at the first tool call.
+#[test]
+fn mcp_refuses_ambiguity_and_an_unusable_server_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], url: &str| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("MODAL_AGENTS_URL", url)
+            .env_remove("MODAL_AGENTS_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let data = dir.path().join("data");
+    let (code, err) = run(
+        &["mcp", "--data-dir", data.to_str().unwrap()],
+        "http://127.0.0.1:9",
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("not both") && err.contains("MODAL_AGENTS_URL"),
+        "{err}"
+    );
+    let (code, err) = run(&["mcp"], "http://127.0.0.1:9");
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("127.0.0.1:9") && err.contains("MODAL_AGENTS_TOKEN"),
+        "{err}"
+    );
+    // A running server, but no token: refused at start, saying so.
+    let s = serve();
+    let (code, err) = run(&["mcp"], &s.url);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("401"), "{err}");
+}

@@ -74,6 +74,9 @@ enum Command {
         /// The embedded runtime's data dir (without --url).
         #[arg(long, default_value = modal_agents::runtime::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
+        /// Set from the command line: whether --data-dir was given.
+        #[arg(skip)]
+        data_dir_given: bool,
     },
     /// Modal: build the environment with the pinned `modal` SDK.
     #[command(subcommand)]
@@ -348,6 +351,11 @@ async fn wait(
 async fn mcp(url: Option<&str>, token: Option<&str>, data_dir: &Path) -> Result<(), String> {
     if let Some(url) = url {
         let client = Client::new(url, token).map_err(|e| e.to_string())?;
+        // Checked now, not at the agent's first tool call: the server is
+        // there and takes the token.
+        client.tools().await.map_err(|e| {
+            format!("cannot forward MCP to the server at {url}: {e} (MODAL_AGENTS_URL / --url says where it is, MODAL_AGENTS_TOKEN / --token the token)")
+        })?;
         return McpServer::remote(client)
             .serve_stdio()
             .await
@@ -522,7 +530,16 @@ async fn run(client: &Client, function: &str, inputs: &str) -> Result<(), String
 async fn run_command(cli: Cli, url_given: bool) -> Result<(), String> {
     let cli = match cli.command {
         Command::Serve(args) => return serve(args, cli.token).await,
-        Command::Mcp { data_dir } => {
+        Command::Mcp {
+            data_dir,
+            data_dir_given,
+        } => {
+            if url_given && data_dir_given {
+                return Err(format!(
+                    "mcp: give --url (or MODAL_AGENTS_URL, set to {}) to forward to a server, or --data-dir to embed a runtime, not both",
+                    cli.url
+                ));
+            }
             let url = url_given.then_some(cli.url.as_str());
             return mcp(url, cli.token.as_deref(), &data_dir).await;
         }
@@ -730,10 +747,16 @@ fn main() -> ExitCode {
     let url_given = matches
         .value_source("url")
         .is_some_and(|s| s != clap::parser::ValueSource::DefaultValue);
-    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+    let mut cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    if let Command::Mcp { data_dir_given, .. } = &mut cli.command {
+        *data_dir_given = matches
+            .subcommand_matches("mcp")
+            .and_then(|m| m.value_source("data_dir"))
+            .is_some_and(|s| s != clap::parser::ValueSource::DefaultValue);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
