@@ -590,3 +590,39 @@ async fn resources_are_checked_assigned_and_reported() {
     assert!(t.rt.mount_secrets(&["nope".into()], "dev").await.is_err());
     t.rt.shutdown().await;
 }
+
+/// A line printed to each stream reaches a follower while the function
+/// still runs (a timer sends waiting output), not when the next print comes
+/// or the call ends; cancelled, the call keeps what it printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_reaches_followers_while_the_function_sleeps() {
+    use futures_util::StreamExt;
+    let t = support::start(1).await;
+    let code = "import sys, time\ndef quiet():\n    print('out-line')\n    print('err-line', file=sys.stderr)\n    time.sleep(30)\n";
+    t.rt.deploy_function(FunctionSpec::new("quiet", code))
+        .await
+        .unwrap();
+    let id = t.rt.spawn("quiet", vec![], Map::new()).await.unwrap();
+    let started = std::time::Instant::now();
+    let chunks = t.rt.follow_logs(id, Default::default()).unwrap();
+    futures_util::pin_mut!(chunks);
+    let (mut out, mut err) = (false, false);
+    while !(out && err) {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), chunks.next())
+            .await
+            .expect("a line within the function's sleep")
+            .expect("the stream goes on while the task runs");
+        out |= chunk.stream == "stdout" && chunk.text.contains("out-line");
+        err |= chunk.stream == "stderr" && chunk.text.contains("err-line");
+    }
+    let took = started.elapsed();
+    eprintln!("both lines followed after {took:?} (the function sleeps 30 s)");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    t.rt.cancel(id).await.unwrap();
+    let logs = t.rt.logs(id).await.unwrap();
+    assert!(
+        logs.stdout.contains("out-line") && logs.stderr.contains("err-line"),
+        "{logs:?}"
+    );
+    t.rt.shutdown().await;
+}

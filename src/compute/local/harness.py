@@ -160,7 +160,9 @@ def main():
         if msg is None:
             return
         live = Live(seq[0], write, flush, dumps)
-        out, err = Capped(live, "stdout"), Capped(live, "stderr")
+        streams = []
+        out, err = Capped(live, "stdout", streams), Capped(live, "stderr", streams)
+        streams += [out, err]
         sys.stdout, sys.stderr = out, err
         try:
             if msg["op"] == "map":
@@ -188,6 +190,9 @@ def main():
                     reply = {"err": describe(e)}
         finally:
             sys.stdout, sys.stderr = real_out, real_err
+            # No flush after this: the reply carries what still waits.
+            if FLUSHER.armed is not None:
+                FLUSHER.disarm()
         if os.getpid() != harness_pid:
             # A process the function forked came back here: it must not answer.
             os._exit(0)
@@ -230,7 +235,9 @@ DONE_MARK = b"\n\x1fmodal-agents: request done\x1f\n"
 class Live:
     """Sends a request's output as it is printed: a frame numbered like the
     request with the top bit set, at most every EVERY seconds, at a line's
-    end (or once PENDING characters wait)."""
+    end (or once PENDING characters wait); what still waits is sent by the
+    FLUSHER thread within EVERY seconds, so a line printed before a long
+    sleep is not held back until the next print."""
 
     EVERY = 0.1
     PENDING = 1 << 16
@@ -258,6 +265,60 @@ class Live:
         self.last = self.clock()
 
 
+class Flusher:
+    """One thread per container that sends a request's waiting output every
+    Live.EVERY seconds while any waits. It is woken only when a write leaves
+    output waiting (a request that prints nothing, or whose prints went out
+    at once, never wakes it), and the request's end stops it before the
+    reply is written, so frames never interleave: every send and every
+    change to waiting output happens under one lock."""
+
+    def __init__(self):
+        import threading
+
+        self.threading = threading
+        self.reset()
+
+    def reset(self):
+        self.lock = self.threading.Lock()
+        self.cond = self.threading.Condition(self.lock)
+        self.armed = None  # (live, [Capped, ...]) while output waits
+        self.thread = None
+
+    def arm(self, live, streams):
+        """Called with the lock held."""
+        if self.armed is None:
+            self.armed = (live, streams)
+            if self.thread is None:
+                self.thread = self.threading.Thread(target=self.run, name="modal-agents-flush", daemon=True)
+                self.thread.start()
+            self.cond.notify()
+
+    def disarm(self):
+        with self.lock:
+            self.armed = None
+
+    def run(self):
+        cond = self.cond
+        with cond:
+            while True:
+                while self.armed is None:
+                    cond.wait()
+                cond.wait(Live.EVERY)
+                if self.armed is None:
+                    continue
+                live, streams = self.armed
+                for c in streams:
+                    c.send_waiting()
+                if not any(c.pending for c in streams):
+                    self.armed = None
+
+
+FLUSHER = Flusher()
+# A process the function forks starts with a fresh lock and no thread.
+os.register_at_fork(after_in_child=FLUSHER.reset)
+
+
 HARNESS_PID = [os.getpid()]
 
 
@@ -269,13 +330,15 @@ class Capped(io.TextIOBase):
 
     LIMIT = 8 << 20
 
-    def __init__(self, live=None, stream="stdout"):
+    def __init__(self, live=None, stream="stdout", streams=None):
         self.parts = []
         self.size = 0
         self.cut = 0
         self.live = live
         self.stream = stream
         self.pending = 0
+        # Both streams of the request, for the flusher.
+        self.streams = streams
 
     def writable(self):
         return True
@@ -294,12 +357,20 @@ class Capped(io.TextIOBase):
                 self.size = self.LIMIT
             self.cut += n - max(room, 0)
         if self.live is not None and n <= room:
-            self.pending += n
-            if self.live.due(s, self.pending):
-                self.live.send(self.stream, "".join(self.parts))
-                self.parts = []
-                self.pending = 0
+            with FLUSHER.lock:
+                self.pending += n
+                if self.live.due(s, self.pending):
+                    self.send_waiting()
+                elif self.pending:
+                    FLUSHER.arm(self.live, self.streams)
         return n
+
+    def send_waiting(self):
+        """Sends what waits (called with FLUSHER.lock held)."""
+        if self.pending:
+            self.live.send(self.stream, "".join(self.parts))
+            self.parts = []
+            self.pending = 0
 
     def getvalue(self):
         text = "".join(self.parts)
