@@ -59,7 +59,7 @@ pub struct SandboxConfig {
     pub max_file_bytes: u64,
     /// Snapshots kept, the oldest deleted first (default 1,000).
     pub max_snapshots: usize,
-    /// Ended sandboxes kept in the list (with the output of their last 100
+    /// Ended sandboxes kept in the list (with the output of their last 20
     /// processes), the oldest forgotten first (default 200).
     pub max_ended: usize,
     /// How long before its lifetime ends a sandbox says `sandbox.expiring`
@@ -780,8 +780,11 @@ impl Sandboxes {
                 return Err(SandboxError::invalid(
                     "extend_s",
                     format!(
-                        "{extend_s} would make the lifetime {lifetime} s; the maximum is \
-                         {MAX_SANDBOX_TIMEOUT_S} s from creation"
+                        "got {extend_s}; the lifetime may not pass {MAX_SANDBOX_TIMEOUT_S} s from \
+                         creation, so at most {} more seconds can be added now",
+                        MAX_SANDBOX_TIMEOUT_S.saturating_sub(
+                            (live.expires_at - sandbox.created_at).num_seconds().max(0) as u64
+                        )
                     ),
                 ));
             }
@@ -882,13 +885,13 @@ impl Sandboxes {
             let _ = s.save();
             let _ = std::fs::remove_dir_all(s.host.join("work"));
             let _ = std::fs::remove_dir_all(s.host.join("tmp"));
-            // The output of its last 100 processes stays readable.
+            // The output of its last 20 processes stays readable.
             let mut live = s.live.lock().recover();
             let n = live.processes.len();
             let old: Vec<u64> = live
                 .processes
                 .keys()
-                .take(n.saturating_sub(100))
+                .take(n.saturating_sub(20))
                 .copied()
                 .collect();
             for k in old {
@@ -1170,6 +1173,16 @@ fn validate(r: &CreateSandbox) -> Result<String, SandboxError> {
         ));
     }
     check_env("env", &r.env)?;
+    let size: usize = r.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    if size > 512 << 10 {
+        return Err(SandboxError::invalid(
+            "env",
+            format!(
+                "{size} bytes of environment; at most {} are accepted",
+                512 << 10
+            ),
+        ));
+    }
     Ok(workdir)
 }
 

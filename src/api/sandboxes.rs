@@ -372,21 +372,16 @@ pub(crate) async fn get_file(
     State(state): State<ApiState>,
     Path((id, path)): Path<(String, String)>,
 ) -> Result<Response, Error> {
-    let (file, size) = state.runtime.sandboxes().open_file(&id, &path).await?;
-    let file = tokio::fs::File::from_std(file);
-    use tokio::io::AsyncReadExt;
-    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-        file.take(size),
-        64 << 10,
-    ));
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
-            (header::CONTENT_LENGTH, size.to_string()),
-        ],
-        body,
-    )
-        .into_response())
+    let chunks = state
+        .runtime
+        .sandboxes()
+        .read_file_redacted(&id, &path)
+        .await?;
+    let body =
+        axum::body::Body::from_stream(futures_util::stream::unfold(chunks, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        }));
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
 }
 
 /// Write a file (the body is its content), atomically; at most the files

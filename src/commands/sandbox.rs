@@ -87,7 +87,11 @@ impl Commands {
             .map_err(err(TOOL))?;
         let size = bytes.len() as u64;
         let (text, base64) = match String::from_utf8(bytes) {
-            Ok(text) => (Some(text), None),
+            // A secret's value a process wrote into the file stays out.
+            Ok(text) => (
+                Some(self.runtime.redactor().redact(&text).into_owned()),
+                None,
+            ),
             Err(e) => (
                 None,
                 Some(base64::engine::general_purpose::STANDARD.encode(e.into_bytes())),

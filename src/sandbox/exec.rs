@@ -20,6 +20,9 @@ pub const MAX_ANSWER_OUTPUT: usize = 1 << 20;
 const MAX_ARGS: usize = 4096;
 /// Most bytes of one command's arguments together.
 const MAX_ARG_BYTES: usize = 256 << 10;
+/// Most bytes of a command line and its environment together (1 MiB; the
+/// system takes 2 MiB, the jail's own arguments need some).
+const MAX_EXEC_BYTES: usize = 1 << 20;
 /// Ended processes a sandbox remembers (the oldest are forgotten).
 const KEPT_PROCESSES: usize = 1000;
 
@@ -46,6 +49,9 @@ pub(crate) fn parse_signal(value: Option<&serde_json::Value>) -> Result<i32, San
             .ok_or_else(|| {
                 SandboxError::invalid("signal", format!("got {n}; expected {accepted}"))
             }),
+        Some(serde_json::Value::String(s)) if s.parse::<i64>().is_ok() => parse_signal(Some(
+            &serde_json::Value::from(s.parse::<i64>().unwrap_or(0)),
+        )),
         Some(serde_json::Value::String(s)) => {
             let name = s.to_ascii_uppercase();
             let name = name.strip_prefix("SIG").unwrap_or(&name);
@@ -120,8 +126,25 @@ impl Sandboxes {
         }
         let cwd = match &req.cwd {
             None => sandbox.workdir.clone(),
-            Some(c) => self.inside_path(&sandbox, c, "cwd")?,
+            Some(c) => self.existing_dir(&sandbox, c, "cwd").await?,
         };
+        // The command line and the environment together, under what the
+        // system takes (with room for the jail's own arguments).
+        let size = req.cmd.iter().map(|a| a.len() + 1).sum::<usize>()
+            + sandbox
+                .env
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 2)
+                .chain(req.env.iter().map(|(k, v)| k.len() + v.len() + 2))
+                .sum::<usize>();
+        if size > MAX_EXEC_BYTES {
+            return Err(SandboxError::invalid(
+                "env",
+                format!(
+                    "the command and the environment come to {size} bytes; at most {MAX_EXEC_BYTES} are accepted together"
+                ),
+            ));
+        }
         let env = self.env().await?;
         sandbox.touch()?;
         let n = sandbox.next_process.fetch_add(1, Ordering::Relaxed);

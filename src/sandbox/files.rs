@@ -91,14 +91,32 @@ impl Sandboxes {
         })
     }
 
-    /// `path` as an absolute path inside the sandbox (a cwd, say).
-    pub(crate) fn inside_path(
+    /// `path` as an absolute path inside the sandbox, which must be an
+    /// existing directory (a cwd, say).
+    pub(crate) async fn existing_dir(
         &self,
-        sandbox: &Sandbox,
+        sandbox: &Arc<Sandbox>,
         path: &str,
-        field: &str,
+        field: &'static str,
     ) -> Result<String, SandboxError> {
-        Ok(self.resolve(sandbox, path, field)?.inside)
+        let resolved = self.resolve(sandbox, path, field)?;
+        let inside = resolved.inside.clone();
+        let is_dir = tokio::task::spawn_blocking(move || {
+            Root::existing(&resolved.root)
+                .and_then(|root| root.meta(&resolved.rel))
+                .map(|m| m.is_some_and(|m| m.kind == Kind::Dir))
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
+        if is_dir {
+            Ok(inside)
+        } else {
+            Err(SandboxError::invalid(
+                field,
+                format!("{} is not a directory in the sandbox", short(&inside)),
+            ))
+        }
     }
 
     async fn blocking<T: Send + 'static>(
@@ -145,6 +163,76 @@ impl Sandboxes {
             Ok((file, size))
         })
         .await
+    }
+
+    /// The file at `path` as chunks of bytes, with the values of known
+    /// secrets redacted while it is UTF-8 text (a binary file passes as it
+    /// is from its first byte that is not text): a process given a secret
+    /// cannot hand its value out through a file.
+    pub async fn read_file_redacted(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> Result<tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>, SandboxError> {
+        use std::io::Read;
+        let (file, size) = self.open_file(id, path).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let redact = self.shared.redact.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut reader = file.take(size);
+            let mut buf = vec![0u8; 64 << 10];
+            let mut pending: Vec<u8> = Vec::new();
+            let mut binary = false;
+            loop {
+                let n = match reader.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                };
+                let eof = n == 0;
+                pending.extend_from_slice(&buf[..n]);
+                let out = if binary {
+                    std::mem::take(&mut pending)
+                } else {
+                    let valid = match std::str::from_utf8(&pending) {
+                        Ok(_) => pending.len(),
+                        Err(e) if e.error_len().is_none() && !eof => e.valid_up_to(),
+                        Err(e) => {
+                            binary = true;
+                            e.valid_up_to()
+                        }
+                    };
+                    let text = std::str::from_utf8(&pending[..valid]).unwrap_or_default();
+                    let hold = if eof || binary {
+                        0
+                    } else {
+                        redact.unfinished_tail(text)
+                    };
+                    let mut out = redact
+                        .redact(&text[..text.len() - hold])
+                        .into_owned()
+                        .into_bytes();
+                    let rest = pending.split_off(valid - hold);
+                    pending = rest;
+                    if binary {
+                        out.append(&mut pending);
+                    }
+                    out
+                };
+                if !out.is_empty() && tx.blocking_send(Ok(out)).is_err() {
+                    return;
+                }
+                if eof {
+                    if !pending.is_empty() {
+                        let _ = tx.blocking_send(Ok(pending));
+                    }
+                    return;
+                }
+            }
+        });
+        Ok(rx)
     }
 
     /// Reads the file at `path` whole.

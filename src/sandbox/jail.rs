@@ -48,6 +48,8 @@ def forward(s, f):
         pass
 for s in FORWARD:
     signal.signal(s, forward)
+# Signals are forwarded from here on: the runtime holds a kill until then.
+os.write(3, b"ready\n")
 st = 0
 while True:
     try:
@@ -171,8 +173,11 @@ pub(crate) fn start(spec: JailSpec<'_>) -> std::io::Result<Started> {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             place(status_fd, 3)?;
             place(info_fd, 4)?;
-            // Nothing else the server holds reaches the jail.
-            libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32);
+            // Nothing else the server holds reaches the jail: every other
+            // descriptor closes at exec (not now: the one that reports a
+            // failed exec back to the runtime must live until then).
+            const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+            libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, CLOSE_RANGE_CLOEXEC);
             set_limit(libc::RLIMIT_NOFILE, open_files);
             set_limit(libc::RLIMIT_CORE, 0);
             if let Some(bytes) = file_size {
@@ -203,8 +208,10 @@ pub(crate) enum Report {
     Signal(i32),
 }
 
+/// The wrapper's last word: `exit N` or `signal N` (after its `ready`).
 pub(crate) fn parse_report(text: &str) -> Option<Report> {
-    let (kind, n) = text.trim().split_once(' ')?;
+    let last = text.trim().lines().last()?;
+    let (kind, n) = last.trim().split_once(' ')?;
     let n: i32 = n.parse().ok()?;
     match kind {
         "exit" => Some(Report::Exit(n)),
@@ -246,6 +253,8 @@ mod tests {
     #[test]
     fn reports_and_info_parse() {
         assert_eq!(parse_report("exit 137"), Some(Report::Exit(137)));
+        assert_eq!(parse_report("ready\nsignal 15"), Some(Report::Signal(15)));
+        assert_eq!(parse_report("ready\n"), None);
         assert_eq!(parse_report("signal 9"), Some(Report::Signal(9)));
         assert_eq!(parse_report(""), None);
         assert_eq!(parse_report("exit x"), None);

@@ -72,6 +72,9 @@ pub(crate) struct Process {
     /// The jail's pid 1 as the host sees it, once bubblewrap said.
     host_pid: OnceLock<u32>,
     info: Mutex<Option<OwnedFd>>,
+    /// The wrapper's pipe, and what it has said so far (`ready`, then how
+    /// the command ended).
+    status: Mutex<(Option<OwnedFd>, String)>,
     group: u32,
     /// Set when the runtime stops it.
     stop: watch::Sender<Option<Stop>>,
@@ -115,6 +118,19 @@ impl Process {
         });
     }
 
+    /// Reads what the wrapper has said since; whether it said `ready`
+    /// (signals are forwarded from then on).
+    fn ready(&self) -> bool {
+        let mut status = self.status.lock().recover();
+        let (fd, text) = &mut *status;
+        if let Some(fd) = fd.as_ref() {
+            if text.len() < 4096 {
+                text.push_str(&jail::read_now(fd));
+            }
+        }
+        text.starts_with("ready")
+    }
+
     fn host_pid(&self) -> Option<u32> {
         if let Some(pid) = self.host_pid.get() {
             return Some(*pid);
@@ -128,9 +144,10 @@ impl Process {
     /// forwards it; SIGKILL ends the whole jail).
     pub(crate) async fn signal(&self, signal: i32) {
         *self.killed_with.lock().recover() = Some(signal);
-        // Just started, bubblewrap may not have said yet where the jail is.
-        for _ in 0..50 {
-            if self.host_pid().is_some() || !self.is_running() {
+        // Just started: a signal before the wrapper forwards them (or
+        // before bubblewrap said where the jail is) would be lost.
+        for _ in 0..200 {
+            if (self.host_pid().is_some() && self.ready()) || !self.is_running() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -211,6 +228,7 @@ pub(crate) fn spawn(
         stdin: tokio::sync::Mutex::new(None),
         host_pid: OnceLock::new(),
         info: Mutex::new(Some(info)),
+        status: Mutex::new((Some(status), String::new())),
         group,
         stop: watch::channel(None).0,
         killed_with: Mutex::new(None),
@@ -264,7 +282,12 @@ pub(crate) fn spawn(
         // hold the answer back for long.
         let _ = tokio::time::timeout(Duration::from_secs(5), pumps).await;
         *p.stdin.lock().await = None;
-        let report = jail::parse_report(&jail::read_now(&status));
+        p.ready();
+        let report = {
+            let mut st = p.status.lock().recover();
+            st.0 = None;
+            jail::parse_report(&st.1)
+        };
         let oom = (s.oom_kills)() > oom_before;
         let killed = *p.killed_with.lock().recover();
         let outcome = match (stopped, report) {
@@ -291,7 +314,6 @@ pub(crate) fn spawn(
         let _ = writer.lock().await.file.flush().await;
         // Its pipes close with it: an ended process holds no descriptor.
         *p.info.lock().recover() = None;
-        drop(status);
         p.ended.send_replace(Some((outcome, Utc::now())));
         (s.on_end)();
     });

@@ -155,6 +155,9 @@ impl Store {
         sandbox_id: &str,
         root: &Root,
     ) -> Result<SnapshotInfo, SnapshotError> {
+        use crate::sync::Recover;
+        // Held until the manifest naming the new blobs is written.
+        let _shared = self.gc.read().recover();
         let mut entries = Vec::new();
         let (mut bytes, mut new_bytes, mut files) = (0u64, 0u64, 0u64);
         root.walk(&mut |path, meta: Meta, walked| {
@@ -507,6 +510,38 @@ impl std::error::Error for TooMany {}
 mod tests {
     use super::*;
     use crate::volume::beneath::Kind;
+
+    #[test]
+    fn a_snapshot_being_taken_keeps_its_blobs_while_others_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(Store::open(dir.path().join("snaps")).unwrap());
+        let a = Root::open(&dir.path().join("a")).unwrap();
+        let b = Root::open(&dir.path().join("b")).unwrap();
+        b.write("other", b"other").unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let deleter = {
+            let (store, stop) = (store.clone(), stop.clone());
+            let b_dir = dir.path().join("b");
+            std::thread::spawn(move || {
+                let b = Root::existing(&b_dir).unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let info = store.take("b", &b).unwrap();
+                    store.delete(&info.snapshot_id).unwrap();
+                }
+            })
+        };
+        for round in 0..20 {
+            for i in 0..100 {
+                a.write(&format!("f{i}"), format!("{round}-{i}").as_bytes())
+                    .unwrap();
+            }
+            let info = store.take("a", &a).unwrap();
+            let copy = Root::open(&dir.path().join(format!("copy{round}"))).unwrap();
+            store.restore(&info.snapshot_id, &copy).unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        deleter.join().unwrap();
+    }
 
     #[test]
     fn snapshots_store_each_content_once_and_diff() {

@@ -29,9 +29,13 @@ pub struct SandboxImage {
     pub python_packages: Vec<String>,
 }
 
-/// Network access: `false` (the default), `true`, or `{allow: [CIDR...]}`.
+/// Network access: `false` (the default), `true` (the host's network), or
+/// `{allow: [CIDR...]}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "false (no network), true (the host's network) or {\"allow\": [\"CIDR\", ...]}"
+)]
 pub enum SandboxNetwork {
     /// None at all, or all of it.
     All(bool),

@@ -244,6 +244,38 @@ async fn what_the_hostile_pass_found_stays_fixed() {
         let (status, p) = api.send(Method::POST, "/sandboxes", Some(body)).await;
         assert_eq!(status, 422, "{p}");
     }
+    // A secret's value a process writes into a file stays out of what the
+    // files API and the tools hand back.
+    let (status, _) = api
+        .send(
+            Method::PUT,
+            "/secrets/keys",
+            Some(json!({"API_KEY": "sk-must-not-leak-4567"})),
+        )
+        .await;
+    assert!((200..300).contains(&status));
+    let holder = create(&api, json!({"secrets": ["keys"]})).await;
+    exec(
+        &api,
+        &holder,
+        json!({"cmd": ["sh", "-c", "echo key=$API_KEY > leak.txt"], "wait_s": 20}),
+    )
+    .await;
+    let text = api
+        .text(&format!("/sandboxes/{holder}/files/leak.txt"))
+        .await;
+    assert!(
+        text.starts_with("key=") && !text.contains("sk-must-not-leak"),
+        "{text}"
+    );
+    let read = api
+        .post(
+            "/tools/read_sandbox_file",
+            json!({"sandbox_id": holder, "path": "leak.txt"}),
+        )
+        .await;
+    assert!(!read.to_string().contains("sk-must-not-leak"), "{read}");
+
     let id = create(&api, json!({"idle_timeout_s": 1})).await;
 
     // A process that is running is activity: idle expiry waits for it.
@@ -324,6 +356,48 @@ async fn what_the_hostile_pass_found_stays_fixed() {
         .await
         .unwrap();
     assert_eq!(under.status(), 422);
+
+    // A signal sent the moment a process starts is not lost.
+    let sleeper = exec(&api, &id, json!({"cmd": ["sleep", "30"]})).await;
+    let pid = sleeper["process_id"].as_str().unwrap();
+    api.post(
+        &format!("/sandboxes/{id}/processes/{pid}/kill"),
+        json!({"signal": "TERM"}),
+    )
+    .await;
+    let ended = api
+        .get(&format!("/sandboxes/{id}/processes/{pid}?wait_s=20"))
+        .await;
+    assert_eq!(
+        ended["outcome"],
+        json!({"kind": "signaled", "signal": 15}),
+        "{ended}"
+    );
+
+    // Past the system's limits, or a cwd that is not there: 422 naming it.
+    let big: serde_json::Map<String, Value> = (0..40)
+        .map(|i| (format!("V{i}"), json!("x".repeat(100_000))))
+        .collect();
+    let (status, p) = api
+        .send(
+            Method::POST,
+            &format!("/sandboxes/{id}/exec"),
+            Some(json!({"cmd": ["true"], "env": big})),
+        )
+        .await;
+    assert_eq!((status, p["field"].as_str()), (422, Some("env")), "{p}");
+    let (status, p) = api
+        .send(Method::POST, "/sandboxes", Some(json!({"env": big})))
+        .await;
+    assert_eq!((status, p["field"].as_str()), (422, Some("env")), "{p}");
+    let (status, p) = api
+        .send(
+            Method::POST,
+            &format!("/sandboxes/{id}/exec"),
+            Some(json!({"cmd": ["pwd"], "cwd": "/tmp/not-there"})),
+        )
+        .await;
+    assert_eq!((status, p["field"].as_str()), (422, Some("cwd")), "{p}");
 
     // Execs hold no descriptor once they end, and a sandbox none once it
     // has ended.
