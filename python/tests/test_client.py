@@ -193,7 +193,11 @@ def test_sandboxes_exec_follow_files_snapshot_fork_and_terminate_on_exit():
                 await sb.write_file("app.py", "print('hello from the sandbox')\n")
                 proc = await sb.exec(["sh", "-c", "python3 app.py; echo oops >&2; exit 3"])
                 chunks = [chunk async for chunk in proc]
-                assert ("stdout", "hello from the sandbox\n") in chunks, chunks
+                # Chunks are as the process wrote them (print may write the
+                # line and its newline apart): joined per stream.
+                out = "".join(text for stream, text in chunks if stream == "stdout")
+                err = "".join(text for stream, text in chunks if stream == "stderr")
+                assert (out, err) == ("hello from the sandbox\n", "oops\n"), chunks
                 assert proc.outcome == {"kind": "exited", "code": 3}
                 slow = await sb.run(["sleep", "5"], timeout_s=1)
                 assert slow.outcome == {"kind": "timed_out", "after_s": 1.0}
