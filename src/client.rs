@@ -492,6 +492,22 @@ impl Client {
             .await
     }
 
+    /// `DELETE /secrets/{name}`.
+    pub async fn secret_delete(&self, name: &str) -> Result<Value, ClientError> {
+        self.json(Method::DELETE, &format!("/secrets/{name}"), None)
+            .await
+    }
+
+    /// `DELETE /volumes/{name}/files/{path}`.
+    pub async fn file_delete(&self, volume: &str, path: &str) -> Result<Value, ClientError> {
+        self.json(
+            Method::DELETE,
+            &format!("/volumes/{volume}/files/{path}"),
+            None,
+        )
+        .await
+    }
+
     /// `GET /secrets` (names and keys only).
     pub async fn secrets(&self) -> Result<Vec<SecretInfo>, ClientError> {
         self.json(Method::GET, "/secrets", None).await

@@ -320,6 +320,34 @@ async fn cli_lists_calls_and_pages_results() {
         !ok && err.contains("--status") && err.contains("completed"),
         "{err}"
     );
+    // Keys, files and secrets are removed as they are made.
+    assert!(cli(&s, &["volume", "put", "team", "plan", "1"], None).0);
+    let (ok, out, _) = cli(&s, &["volume", "rm", "team", "plan"], None);
+    assert!(ok && out.contains("deleted plan"), "{out}");
+    let (ok, _, err) = cli(&s, &["volume", "rm", "team", "plan"], None);
+    assert!(!ok && err.contains("nothing at"), "{err}");
+    let put = reqwest::Client::new()
+        .put(format!("{}/volumes/team/files/notes/a.txt", s.url))
+        .bearer_auth(TOKEN)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success());
+    let (ok, out, err) = cli(&s, &["volume", "rm", "team", "notes/a.txt", "--file"], None);
+    assert!(ok && out.contains("deleted notes/a.txt"), "{out}{err}");
+    assert!(
+        cli(
+            &s,
+            &["secret", "set", "db", "PASSWORD=hunter2-hunter2"],
+            None
+        )
+        .0
+    );
+    let (ok, out, _) = cli(&s, &["secret", "rm", "db"], None);
+    assert!(ok && out.contains("removed"), "{out}");
+    let (_, out, _) = cli(&s, &["secret", "ls"], None);
+    assert!(!out.contains("db"), "{out}");
     let (ok, out, _) = cli(&s, &["undeploy", "inv"], None);
     assert!(ok && out.contains("undeployed inv"), "{out}");
     let (_, out, _) = cli(&s, &["functions"], None);

@@ -241,6 +241,16 @@ enum VolumeCommand {
         /// The volume.
         volume: String,
     },
+    /// Delete a key (or, with --file, a file).
+    Rm {
+        /// The volume.
+        volume: String,
+        /// The key (or the file's path).
+        key: String,
+        /// KEY is a file's path.
+        #[arg(long)]
+        file: bool,
+    },
     /// List keys (or files, with --files).
     Ls {
         /// The volume.
@@ -266,6 +276,11 @@ enum SecretCommand {
     },
     /// List secrets (names and keys; never values).
     Ls,
+    /// Remove a secret.
+    Rm {
+        /// The secret's name.
+        name: String,
+    },
 }
 
 fn json_arg(raw: &str) -> Value {
@@ -647,6 +662,20 @@ async fn run_command(cli: Cli, url_given: bool) -> Result<(), String> {
         Command::Volume(VolumeCommand::Pull { volume }) => {
             print_json(&client.volume_pull(&volume).await.map_err(err)?)
         }
+        Command::Volume(VolumeCommand::Rm { volume, key, file }) => {
+            let answer = if file {
+                client.file_delete(&volume, &key).await
+            } else {
+                client.volume_delete(&volume, &key).await
+            }
+            .map_err(err)?;
+            if answer["deleted"] == json!(true) {
+                println!("deleted {key}");
+                Ok(())
+            } else {
+                Err(format!("nothing at {key:?} in volume `{volume}`"))
+            }
+        }
         Command::Volume(VolumeCommand::Ls {
             volume,
             prefix,
@@ -673,6 +702,11 @@ async fn run_command(cli: Cli, url_given: bool) -> Result<(), String> {
             }
             let info = client.secret_set(&name, &values).await.map_err(err)?;
             println!("secret {} set ({} keys)", info.name, info.keys.len());
+            Ok(())
+        }
+        Command::Secret(SecretCommand::Rm { name }) => {
+            client.secret_delete(&name).await.map_err(err)?;
+            println!("secret {name} removed");
             Ok(())
         }
         Command::Secret(SecretCommand::Ls) => {
