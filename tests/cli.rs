@@ -303,6 +303,14 @@ async fn cli_lists_calls_and_pages_results() {
         .find(|l| l.contains("\tinv\t") && l.ends_with("/3"))
         .unwrap_or_else(|| panic!("no map in {out}"));
     let id = map.split('\t').next().unwrap();
+    let (ok, out, err) = cli(&s, &["status", id], None);
+    assert!(ok, "{err}");
+    let record: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        record["result"].is_null() && record["progress"]["total"] == 3,
+        "{out}"
+    );
+    assert!(err.contains(&format!("modal-agents results {id}")), "{err}");
     let (ok, out, err) = cli(&s, &["results", id], None);
     assert!(ok, "{err}");
     assert_eq!(out.lines().count(), 3, "{out}");

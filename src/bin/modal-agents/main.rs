@@ -609,7 +609,16 @@ async fn run_command(cli: Cli, url_given: bool) -> Result<(), String> {
             }
         }
         Command::Status { task_id: id } => {
-            print_json(&client.status(task_id(&id)?).await.map_err(err)?)
+            let mut record = client.status(task_id(&id)?).await.map_err(err)?;
+            // A map's status is its summary and progress; its results are
+            // paged by `results`, not printed here a line each.
+            if record.kind == modal_agents::task::TaskKind::Map && record.result.take().is_some() {
+                eprintln!(
+                    "its results: modal-agents results {} (JSON lines in input order; --failed for the failures)",
+                    record.task_id
+                );
+            }
+            print_json(&record)
         }
         Command::Wait {
             task_ids,
