@@ -254,9 +254,12 @@ impl ServerHandler for McpServer {
             }
             _ => None,
         };
-        // A map waited for tells its progress through the tools' hook.
+        // A map (or a sandbox exec) waited for tells its progress through
+        // the tools' hook.
         let map_progress = match (&self.host, context.meta.get_progress_token()) {
-            (Host::Local(tools), Some(token)) if name == "spawn_parallel_tasks" => {
+            (Host::Local(tools), Some(token))
+                if name == "spawn_parallel_tasks" || name == "sandbox_exec" =>
+            {
                 let peer = context.peer.clone();
                 let hook: crate::tools::Progress = Arc::new(move |done, total| {
                     let note = ProgressNotificationParam::new(token.clone(), done as f64)

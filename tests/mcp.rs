@@ -57,6 +57,10 @@ fn an_agent_session_over_streamable_http() {
     assert!(out.contains("ok a missing token is 401"), "{out}");
     assert!(out.contains("ok a browser origin is refused"), "{out}");
     assert!(out.contains("ok a waited map sends progress"), "{out}");
+    assert!(
+        out.contains("ok a waited sandbox exec sends progress"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -68,6 +72,10 @@ fn an_agent_session_over_stdio_on_an_embedded_runtime() {
     assert!(ok && out.contains("all ok"), "{out}");
     assert!(out.contains("ok map 1,000 inputs"), "{out}");
     assert!(out.contains("ok a waited map sends progress"), "{out}");
+    assert!(
+        out.contains("ok a waited sandbox exec sends progress"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -32,12 +32,26 @@ impl Commands {
     /// `sandbox_exec`: starts a command; waits up to `wait_s` (the tool's
     /// default 55) for it.
     pub(super) async fn sandbox_exec(&self, a: SandboxExec) -> Result<ExecResult, CommandError> {
-        let (id, exec) = a.into_parts();
-        self.runtime
-            .sandboxes()
-            .exec(&id, exec)
-            .await
-            .map_err(err("sandbox_exec"))
+        const TOOL: &str = "sandbox_exec";
+        let (id, mut exec) = a.into_parts();
+        let sandboxes = self.runtime.sandboxes();
+        let Some(progress) = self.progress.clone() else {
+            return sandboxes.exec(&id, exec).await.map_err(err(TOOL));
+        };
+        // Told about once a second while it waits: seconds waited of wait_s.
+        let wait = exec.wait_s.take().unwrap_or(0);
+        exec.wait_s = Some(0);
+        let started = std::time::Instant::now();
+        let mut result = sandboxes.exec(&id, exec).await.map_err(err(TOOL))?;
+        let pid = result.process.process_id.clone();
+        while result.process.outcome.is_none() && started.elapsed().as_secs() < wait {
+            result = sandboxes
+                .wait_process(&id, &pid, 1)
+                .await
+                .map_err(err(TOOL))?;
+            progress(started.elapsed().as_secs().min(wait), wait);
+        }
+        Ok(result)
     }
 
     /// `wait_sandbox_process`.

@@ -102,6 +102,25 @@ async def session_steps(session: ClientSession):
     if os.environ.get("EXPECT_MAP_PROGRESS") == "1":
         check(map_ticks and all(t == 8 for _, t in map_ticks), "a waited map sends progress", map_ticks)
 
+    exec_ticks = []
+
+    async def on_exec_tick(done, total, message):
+        exec_ticks.append((done, total))
+
+    sandbox = await session.call_tool("create_sandbox", {"timeout_s": 120})
+    check(not sandbox.is_error, "create_sandbox", text(sandbox))
+    sandbox_id = sandbox.structured_content["sandbox_id"]
+    ran = await session.call_tool("sandbox_exec", {
+        "sandbox_id": sandbox_id, "cmd": ["sh", "-c", "sleep 2.5; echo slept"]},
+        progress_callback=on_exec_tick)
+    check(ran.structured_content["outcome"] == {"kind": "exited", "code": 0}
+          and ran.structured_content["stdout"] == "slept\n", "sandbox_exec", text(ran))
+    if os.environ.get("EXPECT_MAP_PROGRESS") == "1":
+        check(exec_ticks and all(t == 55 for _, t in exec_ticks), "a waited sandbox exec sends progress", exec_ticks)
+    bad = await session.call_tool("sandbox_exec", {"sandbox_id": sandbox_id, "cmd": []})
+    check(bad.is_error and "cmd" in text(bad), "a bad exec is an error naming cmd", text(bad))
+    await session.call_tool("terminate_sandbox", {"sandbox_id": sandbox_id})
+
     first = await session.call_tool("coordinate_state", {
         "volume_name": "team", "operation": "cas", "key": "plan", "data": {"step": 1}})
     check(not first.is_error and first.structured_content["version"] == 1, "cas creates", text(first))
