@@ -429,10 +429,17 @@ impl Client {
         path: &str,
         bytes: Vec<u8>,
     ) -> Result<FileStat, ClientError> {
-        let mut req = self
-            .http
-            .put(format!("{}/volumes/{volume}/files/{path}", self.base))
-            .body(bytes);
+        self.put_bytes(&format!("/volumes/{volume}/files/{path}"), bytes)
+            .await
+    }
+
+    /// `PUT path` with a raw body; the JSON answer.
+    async fn put_bytes<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        bytes: Vec<u8>,
+    ) -> Result<T, ClientError> {
+        let mut req = self.http.put(format!("{}{path}", self.base)).body(bytes);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }

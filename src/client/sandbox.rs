@@ -134,18 +134,8 @@ impl Client {
         path: &str,
         bytes: Vec<u8>,
     ) -> Result<SandboxFileEntry, ClientError> {
-        let mut req = self
-            .http
-            .put(format!(
-                "{}/sandboxes/{id}/files/{}",
-                self.base,
-                segments(path)
-            ))
-            .body(bytes);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        Self::decode(req.send().await?).await
+        self.put_bytes(&format!("/sandboxes/{id}/files/{}", segments(path)), bytes)
+            .await
     }
 
     /// `GET /sandboxes/{id}/files/{path}`.

@@ -17,6 +17,43 @@ fn volume_error(tool: &'static str) -> impl Fn(crate::volume::VolumeError) -> Co
     }
 }
 
+/// A file's bytes as a tool answers them: `text` when they are UTF-8, else
+/// `base64`.
+pub(super) fn encode(bytes: Vec<u8>) -> (Option<String>, Option<String>) {
+    match String::from_utf8(bytes) {
+        Ok(text) => (Some(text), None),
+        Err(e) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(e.into_bytes())),
+        ),
+    }
+}
+
+/// A file's content as a tool takes it: exactly one of `text` or `base64`.
+pub(super) fn decode(
+    tool: &str,
+    text: Option<String>,
+    base64: Option<String>,
+) -> Result<Vec<u8>, CommandError> {
+    match (text, base64) {
+        (Some(text), None) => Ok(text.into_bytes()),
+        (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+            .decode(encoded.as_bytes())
+            .map_err(|e| {
+                CommandError::invalid(
+                    tool,
+                    "base64",
+                    format!("not base64 ({e}); expected standard base64 with padding"),
+                )
+            }),
+        _ => Err(CommandError::invalid(
+            tool,
+            "text",
+            "give the content as exactly one of `text` or `base64`",
+        )),
+    }
+}
+
 impl Commands {
     /// `read_volume_file`: a file of at most [`MAX_TOOL_FILE_BYTES`] as text
     /// (or base64); a larger one is refused, naming the HTTP route that
@@ -62,13 +99,7 @@ impl Commands {
                 })?;
         }
         let size = bytes.len() as u64;
-        let (text, base64) = match String::from_utf8(bytes) {
-            Ok(text) => (Some(text), None),
-            Err(e) => (
-                None,
-                Some(base64::engine::general_purpose::STANDARD.encode(e.into_bytes())),
-            ),
-        };
+        let (text, base64) = encode(bytes);
         Ok(VolumeFile {
             path: a.path,
             size,
@@ -80,25 +111,7 @@ impl Commands {
     /// Writes a file (given as text or base64) atomically.
     pub(super) async fn write_file(&self, a: WriteVolumeFile) -> Result<FileStat, CommandError> {
         const TOOL: &str = "write_volume_file";
-        let bytes = match (a.text, a.base64) {
-            (Some(text), None) => text.into_bytes(),
-            (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
-                .decode(encoded.as_bytes())
-                .map_err(|e| {
-                    CommandError::invalid(
-                        TOOL,
-                        "base64",
-                        format!("not base64 ({e}); expected standard base64 with padding"),
-                    )
-                })?,
-            _ => {
-                return Err(CommandError::invalid(
-                    TOOL,
-                    "text",
-                    "give the content as exactly one of `text` or `base64`",
-                ))
-            }
-        };
+        let bytes = decode(TOOL, a.text, a.base64)?;
         self.runtime
             .volumes()
             .put_file(&a.volume_name, &a.path, bytes)

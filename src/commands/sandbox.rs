@@ -1,8 +1,6 @@
 //! The sandbox commands: create, exec, wait, files, snapshot, fork, diff,
 //! keepalive, terminate and list, over [`Sandboxes`](crate::sandbox::Sandboxes).
 
-use base64::Engine;
-
 use super::{CommandError, Commands, MAX_TOOL_FILE_BYTES};
 use crate::sandbox::SandboxError;
 use crate::wire::{
@@ -78,7 +76,6 @@ impl Commands {
             .open_file(&a.sandbox_id, &a.path)
             .await
             .map_err(err(TOOL))?;
-        drop(file);
         if size > MAX_TOOL_FILE_BYTES {
             return Err(CommandError::TooLarge {
                 tool: TOOL.into(),
@@ -95,22 +92,20 @@ impl Commands {
                 ),
             });
         }
-        let bytes = sandboxes
-            .read_file(&a.sandbox_id, &a.path)
-            .await
-            .map_err(err(TOOL))?;
+        // Read from the file already opened (and checked), not opened again.
+        let bytes = tokio::task::spawn_blocking(move || {
+            let mut bytes = Vec::with_capacity(size as usize);
+            std::io::Read::read_to_end(&mut std::io::Read::take(file, size), &mut bytes)
+                .map(|_| bytes)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|e| err(TOOL)(SandboxError::Io(e)))?;
         let size = bytes.len() as u64;
-        let (text, base64) = match String::from_utf8(bytes) {
-            // A secret's value a process wrote into the file stays out.
-            Ok(text) => (
-                Some(self.runtime.redactor().redact(&text).into_owned()),
-                None,
-            ),
-            Err(e) => (
-                None,
-                Some(base64::engine::general_purpose::STANDARD.encode(e.into_bytes())),
-            ),
-        };
+        let (text, base64) = super::files::encode(bytes);
+        // A secret's value a process wrote into the file stays out.
+        let text = text.map(|t| self.runtime.redactor().redact(&t).into_owned());
         Ok(SandboxFileContent {
             path: a.path,
             size,
@@ -125,19 +120,7 @@ impl Commands {
         a: WriteSandboxFile,
     ) -> Result<SandboxFileEntry, CommandError> {
         const TOOL: &str = "write_sandbox_file";
-        let bytes = match (a.text, a.base64) {
-            (Some(text), None) => text.into_bytes(),
-            (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
-                .decode(encoded.as_bytes())
-                .map_err(|e| CommandError::invalid(TOOL, "base64", format!("not base64: {e}")))?,
-            _ => {
-                return Err(CommandError::invalid(
-                    TOOL,
-                    "text",
-                    "give the content as exactly one of text or base64",
-                ))
-            }
-        };
+        let bytes = super::files::decode(TOOL, a.text, a.base64)?;
         self.runtime
             .sandboxes()
             .write_file(&a.sandbox_id, &a.path, bytes)
