@@ -626,3 +626,31 @@ async fn a_line_reaches_followers_while_the_function_sleeps() {
     );
     t.rt.shutdown().await;
 }
+
+/// Nothing printed is lost while the timer sends waiting output: a function
+/// writing without pause (no line ends, so only the timer sends) gets every
+/// character it wrote into its logs. A write landing while the timer sent
+/// used to go to the list being sent and vanish (CI lost "out last").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_racing_the_output_timer_are_all_kept() {
+    let t = support::start(1).await;
+    let code = "import sys, time\ndef chatter():\n    n = 0\n    end = time.monotonic() + 3\n    while n < 4000000 and time.monotonic() < end:\n        sys.stdout.write('x')\n        n += 1\n    return n\n";
+    t.rt.deploy_function(FunctionSpec::new("chatter", code))
+        .await
+        .unwrap();
+    let id = t.rt.spawn("chatter", vec![], Map::new()).await.unwrap();
+    let written =
+        t.rt.wait(id, Some(Duration::from_secs(60)))
+            .await
+            .unwrap()
+            .result
+            .unwrap()
+            .as_u64()
+            .unwrap() as usize;
+    let logs = t.rt.logs(id).await.unwrap();
+    let kept = logs.stdout.bytes().filter(|b| *b == b'x').count();
+    eprintln!("{written} characters written, {kept} kept");
+    assert!(written > 1000, "{written}");
+    assert_eq!(kept, written, "characters lost or added");
+    t.rt.shutdown().await;
+}

@@ -346,24 +346,34 @@ class Capped(io.TextIOBase):
     def write(self, s):
         if not isinstance(s, str):
             raise TypeError("write() argument must be str, not %s" % type(s).__name__)
+        if self.live is None:
+            self.keep(s)
+            return len(s)
+        # The flusher takes `parts` under this lock, so a part is appended
+        # under it too: appended meanwhile, it would go to the list being
+        # sent and then replaced, and be lost.
+        with FLUSHER.lock:
+            if self.keep(s):
+                self.pending += len(s)
+                if self.live.due(s, self.pending):
+                    self.send_waiting()
+                elif self.pending:
+                    FLUSHER.arm(self.live, self.streams)
+        return len(s)
+
+    def keep(self, s):
+        """Keeps `s` (or what fits of it); true when all of it fit."""
         n = len(s)
         room = self.LIMIT - self.size
         if n <= room:
             self.parts.append(s)
             self.size += n
-        else:
-            if room > 0:
-                self.parts.append(s[:room])
-                self.size = self.LIMIT
-            self.cut += n - max(room, 0)
-        if self.live is not None and n <= room:
-            with FLUSHER.lock:
-                self.pending += n
-                if self.live.due(s, self.pending):
-                    self.send_waiting()
-                elif self.pending:
-                    FLUSHER.arm(self.live, self.streams)
-        return n
+            return True
+        if room > 0:
+            self.parts.append(s[:room])
+            self.size = self.LIMIT
+        self.cut += n - max(room, 0)
+        return False
 
     def send_waiting(self):
         """Sends what waits (called with FLUSHER.lock held)."""
