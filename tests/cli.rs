@@ -4,6 +4,9 @@
 
 mod support;
 
+#[path = "cli/run.rs"]
+mod run;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -212,6 +212,18 @@ async fn warm_up(api: &Api) {
     assert_eq!(status, 200);
 }
 
+/// Runs one attack of a soak, failing the test if it takes longer than
+/// `within`.
+async fn bounded(
+    name: &str,
+    within: std::time::Duration,
+    attack: impl std::future::Future<Output = ()>,
+) {
+    if tokio::time::timeout(within, attack).await.is_err() {
+        panic!("the attack on {name} ran past {within:?}");
+    }
+}
+
 /// Most bytes the server may log while every bound below is attacked: its
 /// log grows with what it does, never with what callers send.
 const MAX_SOAK_LOG: u64 = 1 << 20;
@@ -259,12 +271,44 @@ async fn every_bound_holds_in_a_row() {
         pid: server.id(),
         log: Some(log.clone()),
     };
-    attack_mcp_sessions_are_bounded(&t).await;
-    attack_foreign_origins_and_rebound_hosts_are_refused(&t).await;
-    attack_secrets_never_leave_through_outputs(&t).await;
-    attack_secrets_are_sealed_at_rest_and_keys_rotate(&t).await;
-    attack_large_results_stay_out_of_memory_and_listings(&t).await;
-    attack_log_followers_are_cheap_and_capped(&t).await;
+    // Each attack is bounded in time: one that hangs fails, naming itself.
+    let minutes = |n: u64| std::time::Duration::from_secs(60 * n);
+    bounded(
+        "MCP sessions",
+        minutes(3),
+        attack_mcp_sessions_are_bounded(&t),
+    )
+    .await;
+    bounded(
+        "origins and hosts",
+        minutes(1),
+        attack_foreign_origins_and_rebound_hosts_are_refused(&t),
+    )
+    .await;
+    bounded(
+        "secrets in outputs",
+        minutes(3),
+        attack_secrets_never_leave_through_outputs(&t),
+    )
+    .await;
+    bounded(
+        "secrets at rest",
+        minutes(3),
+        attack_secrets_are_sealed_at_rest_and_keys_rotate(&t),
+    )
+    .await;
+    bounded(
+        "large results",
+        minutes(5),
+        attack_large_results_stay_out_of_memory_and_listings(&t),
+    )
+    .await;
+    bounded(
+        "log followers",
+        minutes(3),
+        attack_log_followers_are_cheap_and_capped(&t),
+    )
+    .await;
 
     assert_eq!(raw(&api).await, before, "the bystander's results changed");
     // What the attackers deployed is theirs to keep: its warm containers

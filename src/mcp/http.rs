@@ -109,10 +109,18 @@ pub(crate) async fn guard(State(guard): State<Guard>, req: Request, next: Next) 
         if let Err(e) = short_names(&envelope) {
             return e.into_response();
         }
-        if session.is_none() && envelope.method.as_deref() == Some("initialize") {
+        if envelope.method.as_deref() == Some("initialize") {
             let limits = guard.sessions.limits();
             if bytes.len() > limits.max_initialize_bytes {
                 return Error::TooLarge(limits.max_initialize_bytes).into_response();
+            }
+            // Initialized again inside a session, a session would keep each
+            // new client info for its life: a session starts once.
+            if session.is_some() {
+                return Error::BadRequest(format!(
+                    "initialize with an {SESSION_HEADER} header: a session is initialized once; send initialize without the header to start a new one"
+                ))
+                .into_response();
             }
             reservation = match guard.sessions.reserve(owner) {
                 Ok(r) => Some(r),
@@ -237,8 +245,9 @@ fn refusal(e: &SessionError, limits: &McpLimits) -> Error {
     match e {
         SessionError::PerToken { max } => Error::TooManyRequests {
             detail: format!(
-                "this token already holds {max} live MCP sessions, the most it may; end one (DELETE /mcp with its Mcp-Session-Id) or let one expire ({} s idle)",
-                limits.idle_timeout.as_secs()
+                "this token already holds {max} live MCP sessions, the most it may; end one (DELETE /mcp with its Mcp-Session-Id) or let one expire ({} s idle, {} s for one that never finished initializing)",
+                limits.idle_timeout.as_secs(),
+                limits.init_timeout.as_secs()
             ),
             retry_after_s,
         },

@@ -181,6 +181,13 @@ pub(crate) async fn attack_mcp_sessions_are_bounded(t: &Target<'_>) {
     let (status, id, body) = mcp(api, None, &initialize(&"x".repeat(1 << 20))).await;
     assert_eq!(status, 413, "{}", &body[..body.len().min(300)]);
     assert!(id.is_none() && body.len() < 2_000, "{body}");
+    // Nor is a session initialized again: each new client info would stay
+    // with it (8 of 30 MB each once took the RSS up 250 MB for good).
+    let (status, _, body) = mcp(api, Some(&kept), &initialize(&"x".repeat(1 << 20))).await;
+    assert_eq!(status, 413, "{}", &body[..body.len().min(300)]);
+    let (status, _, body) = mcp(api, Some(&kept), &initialize("again")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("initialized once"), "{body}");
     // An unknown tool's name is echoed cut short.
     let call = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
                       "params": {"name": "t".repeat(100_000), "arguments": {}}});
@@ -644,6 +651,63 @@ pub(crate) const FOLLOWERS_ENV: &[(&str, &str)] = &[
     ("MODAL_AGENTS_MAX_FOLLOWERS_PER_TASK", "310"),
     ("MODAL_AGENTS_MAX_FOLLOWERS", "320"),
 ];
+
+/// A server-wide ceiling on MCP sessions below the per-token one.
+/// and a request limit of 1 MiB.
+const SESSIONS_ENV: &[(&str, &str)] = &[
+    ("MODAL_AGENTS_MCP_MAX_SESSIONS", "3"),
+    ("MODAL_AGENTS_BODY_LIMIT", "1048576"),
+];
+
+alone!(
+    /// Past the server's ceiling on live MCP sessions, whoever asks, an
+    /// `initialize` is refused with 503 and Retry-After, as problem+json;
+    /// an ended session makes room. A message past the request limit is
+    /// refused (413) before it reaches a session.
+    mcp_sessions_have_a_ceiling_for_the_server => attack_mcp_sessions_have_a_ceiling_for_the_server, SESSIONS_ENV
+);
+
+/// The attack of [`mcp_sessions_have_a_ceiling_for_the_server`].
+pub(crate) async fn attack_mcp_sessions_have_a_ceiling_for_the_server(t: &Target<'_>) {
+    let api = t.api;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (status, id, body) = mcp(api, None, &initialize(&format!("c{i}"))).await;
+        assert_eq!(status, 200, "{body}");
+        ids.push(id.expect("a session id"));
+    }
+    let r = api
+        .http
+        .post(format!("{}/mcp", api.url))
+        .bearer_auth(&api.token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&initialize("fourth"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let text = r.text().await.unwrap();
+    assert!(text.contains("sessions"), "{text}");
+    let r = api
+        .http
+        .delete(format!("{}/mcp", api.url))
+        .bearer_auth(&api.token)
+        .header("mcp-session-id", &ids[0])
+        .header("mcp-protocol-version", "2025-06-18")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, _, body) = mcp(api, None, &initialize("room")).await;
+    assert_eq!(status, 200, "{body}");
+    let huge = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+        "params": {"name": "list_functions", "arguments": {"pad": "p".repeat(2 << 20)}}});
+    let (status, _, body) = mcp(api, Some(&ids[1]), &huge).await;
+    assert_eq!(status, 413, "{}", &body[..body.len().min(300)]);
+    assert!(body.contains("1048576"), "{body}");
+}
 
 alone!(
     /// 300 followers of a printing task are woken by its writes (no

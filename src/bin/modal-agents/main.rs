@@ -3,7 +3,7 @@
 //! ```text
 //! modal-agents serve [--addr 127.0.0.1:8080] [--data-dir DIR] [--insecure-no-auth] [--webhook-allow CIDR]
 //! modal-agents deploy FILE.py --name NAME [--gpu T4] [--timeout 60] [--package numpy] ...
-//! modal-agents run FUNCTION --inputs FILE|-        (progress bar; results as JSON lines)
+//! modal-agents run FUNCTION|FILE.py::FUNCTION [ARG ...] [--inputs FILE|-]  (one call, or a map printing results as they finish)
 //! modal-agents spawn FUNCTION [ARG ...] [--kwargs JSON] [--wait]
 //! modal-agents status|cancel|logs [-f] TASK_ID
 //! modal-agents wait TASK_ID... [--any] [--timeout S]
@@ -15,7 +15,7 @@
 //! one-line reason on failure.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -30,6 +30,7 @@ use modal_agents::wire::{DeployRequest, VolumeMounts, DEFAULT_WAIT_S};
 use modal_agents::{TaskId, TaskRecord, TaskStatus};
 use serde_json::{json, Map, Value};
 
+mod run;
 mod sandbox;
 mod serve;
 mod tasks;
@@ -83,14 +84,9 @@ enum Command {
     Modal(ModalCommand),
     /// Deploy a function from a Python file.
     Deploy(DeployArgs),
-    /// Map a function over JSON-lines inputs; print results as JSON lines.
-    Run {
-        /// The function.
-        function: String,
-        /// A file of one JSON value per line, or `-` for stdin.
-        #[arg(long, default_value = "-")]
-        inputs: String,
-    },
+    /// Call a function once, or map it over input lines printing results as
+    /// they finish; FILE.py::FUNCTION deploys it first.
+    Run(run::RunArgs),
     /// Start one call; print its task id (or, with --wait, its record).
     Spawn {
         /// The function.
@@ -212,24 +208,31 @@ struct DeployArgs {
 
 #[derive(Subcommand)]
 enum VolumeCommand {
-    /// Print a key's value and version.
+    /// Print a key's value and version (or, with --file, a file's bytes).
     Get {
         /// The volume.
         volume: String,
-        /// The key.
+        /// The key (or the file's path).
         key: String,
+        /// KEY is a file's path: its bytes go to standard output.
+        #[arg(long)]
+        file: bool,
     },
-    /// Write a key (VALUE is JSON; a bare word is a string).
+    /// Write a key (VALUE is JSON; a bare word is a string), or with --file
+    /// a file from a local one (VALUE is its path, `-` for standard input).
     Put {
         /// The volume.
         volume: String,
-        /// The key.
+        /// The key (or the file's path in the volume).
         key: String,
-        /// The value.
+        /// The value (or, with --file, the local file).
         value: String,
         /// Only if the key still has this version.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "file")]
         if_match: Option<u64>,
+        /// KEY is a file's path and VALUE the local file to upload.
+        #[arg(long)]
+        file: bool,
     },
     /// Upload what changed to the Modal Volume of the same name.
     Push {
@@ -472,76 +475,6 @@ async fn deploy(client: &Client, args: DeployArgs) -> Result<(), String> {
     print_json(&deployed)
 }
 
-fn read_inputs(source: &str) -> Result<Vec<Value>, String> {
-    let reader: Box<dyn BufRead> = if source == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        Box::new(std::io::BufReader::new(
-            std::fs::File::open(source).map_err(|e| format!("--inputs {source}: {e}"))?,
-        ))
-    };
-    let mut inputs = Vec::new();
-    for (n, line) in reader.lines().enumerate() {
-        let line = line.map_err(|e| format!("reading inputs: {e}"))?;
-        if !line.trim().is_empty() {
-            inputs.push(
-                serde_json::from_str(&line)
-                    .map_err(|e| format!("input line {}: not JSON ({e})", n + 1))?,
-            );
-        }
-    }
-    Ok(inputs)
-}
-
-async fn run(client: &Client, function: &str, inputs: &str) -> Result<(), String> {
-    let inputs = read_inputs(inputs)?;
-    let submitted = client
-        .run_parallel(function, inputs, false)
-        .await
-        .map_err(|e| e.to_string())?;
-    let id = submitted.task_id;
-    let bar = indicatif::ProgressBar::new(submitted.num_tasks);
-    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta} {msg}")
-            .map_err(|e| e.to_string())?,
-    );
-    let record = loop {
-        let record = client.status(id).await.map_err(|e| e.to_string())?;
-        if let Some(p) = record.progress {
-            bar.set_position(p.completed + p.failed);
-            if p.failed > 0 {
-                bar.set_message(format!("{} failed", p.failed));
-            }
-        }
-        if record.status.is_terminal() {
-            break record;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    bar.finish_and_clear();
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut offset = Some(0);
-    while let Some(at) = offset {
-        let page = client
-            .results(id, at, 10_000)
-            .await
-            .map_err(|e| e.to_string())?;
-        for r in &page.results {
-            writeln!(out, "{r}").map_err(|e| e.to_string())?;
-        }
-        offset = page.next_offset;
-    }
-    out.flush().map_err(|e| e.to_string())?;
-    match record.status {
-        TaskStatus::Completed => Ok(()),
-        status => Err(format!(
-            "map {id} {status}: {}",
-            record.error.map_or_else(String::new, |e| e.message)
-        )),
-    }
-}
-
 async fn run_command(cli: Cli, url_given: bool) -> Result<(), String> {
     let cli = match cli.command {
         Command::Serve(args) => return serve(args, cli.token).await,
@@ -572,7 +505,11 @@ async fn run_command(cli: Cli, url_given: bool) -> Result<(), String> {
     let client = Client::new(&cli.url, cli.token.as_deref()).map_err(|e| e.to_string())?;
     let err = |e: modal_agents::client::ClientError| e.to_string();
     match cli.command {
-        Command::Serve(_) | Command::Modal(_) | Command::Mcp { .. } | Command::Sandbox(_) => {
+        Command::Serve(_)
+        | Command::Modal(_)
+        | Command::Mcp { .. }
+        | Command::Sandbox(_)
+        | Command::Run(_) => {
             unreachable!("handled above")
         }
         Command::Deploy(args) => deploy(&client, args).await,
@@ -581,7 +518,6 @@ async fn run_command(cli: Cli, url_given: bool) -> Result<(), String> {
         Command::Tasks(args) => tasks::tasks(&client, args).await,
         Command::Results(args) => tasks::results(&client, args).await,
         Command::Call(args) => tasks::call(&client, args).await,
-        Command::Run { function, inputs } => run(&client, &function, &inputs).await,
         Command::Spawn {
             function,
             args,
@@ -648,17 +584,47 @@ async fn run_command(cli: Cli, url_given: bool) -> Result<(), String> {
             task_id: id,
             follow: true,
         } => follow_logs(&client, task_id(&id)?).await,
-        Command::Volume(VolumeCommand::Get { volume, key }) => {
-            match client.volume_get(&volume, &key).await.map_err(err)? {
-                Some(entry) => print_json(&entry),
-                None => Err(format!("no key {key:?} in volume `{volume}`")),
-            }
+        Command::Volume(VolumeCommand::Get {
+            volume,
+            key,
+            file: true,
+        }) => {
+            let bytes = client.file_get(&volume, &key).await.map_err(err)?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&bytes)
+                .and_then(|()| out.flush())
+                .map_err(|e| format!("writing {key}: {e}"))
         }
         Command::Volume(VolumeCommand::Put {
             volume,
             key,
             value,
+            file: true,
+            ..
+        }) => {
+            let bytes = if value == "-" {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes).map(|_| bytes)
+            } else {
+                std::fs::read(&value)
+            }
+            .map_err(|e| format!("{value}: {e}"))?;
+            print_json(&client.file_put(&volume, &key, bytes).await.map_err(err)?)
+        }
+        Command::Volume(VolumeCommand::Get {
+            volume,
+            key,
+            file: false,
+        }) => match client.volume_get(&volume, &key).await.map_err(err)? {
+            Some(entry) => print_json(&entry),
+            None => Err(format!("no key {key:?} in volume `{volume}`")),
+        },
+        Command::Volume(VolumeCommand::Put {
+            volume,
+            key,
+            value,
             if_match,
+            file: false,
         }) => print_json(
             &client
                 .volume_put(&volume, &key, json_arg(&value), if_match)
@@ -812,6 +778,11 @@ fn main() -> ExitCode {
         Command::Sandbox(cmd) => runtime.block_on(async {
             let client = Client::new(&cli.url, cli.token.as_deref()).map_err(|e| e.to_string())?;
             sandbox::run(&client, cmd).await
+        }),
+        // A map exits 130 when interrupted.
+        Command::Run(args) => runtime.block_on(async {
+            let client = Client::new(&cli.url, cli.token.as_deref()).map_err(|e| e.to_string())?;
+            run::run(&client, args).await
         }),
         command => {
             let cli = Cli {

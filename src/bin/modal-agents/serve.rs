@@ -34,8 +34,8 @@ pub(crate) struct ServeArgs {
     /// Non-public webhook targets to allow, as CIDR blocks (repeat or comma-separate).
     #[arg(long, env = "MODAL_AGENTS_WEBHOOK_ALLOW", value_delimiter = ',')]
     webhook_allow: Vec<String>,
-    /// Largest request body in bytes.
-    #[arg(long, default_value_t = 32 << 20)]
+    /// Largest request body in bytes (MCP messages too).
+    #[arg(long, env = "MODAL_AGENTS_BODY_LIMIT", default_value_t = 32 << 20)]
     body_limit: usize,
     /// The GPUs to use, as INDEX:NAME (e.g. `0:NVIDIA A100-SXM4-80GB`),
     /// instead of those `nvidia-smi` finds: to give this server only some of

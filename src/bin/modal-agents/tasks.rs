@@ -1,6 +1,8 @@
 //! `functions`, `undeploy`, `tasks`, `results` and `call`: what is deployed
 //! and what ran, from the command line.
 
+use std::io::{IsTerminal, Write};
+
 use clap::Args;
 use modal_agents::client::Client;
 use modal_agents::{TaskId, TaskStatus};
@@ -19,6 +21,10 @@ pub(crate) struct TasksArgs {
     /// How many (at most 1000).
     #[arg(long, default_value_t = 50)]
     limit: u64,
+    /// Print the list again every this many seconds (2 if no value is
+    /// given) until Ctrl-C.
+    #[arg(long, num_args = 0..=1, default_missing_value = "2")]
+    watch: Option<f64>,
 }
 
 /// `modal-agents results`.
@@ -81,17 +87,55 @@ pub(crate) async fn tasks(client: &Client, a: TasksArgs) -> Result<(), String> {
             })?,
         ),
     };
+    let Some(every) = a.watch else {
+        print!("{}", task_page(client, status, &a).await?);
+        return Ok(());
+    };
+    if !(every.is_finite() && (0.1..=3600.0).contains(&every)) {
+        return Err(format!(
+            "--watch {every}: expected seconds between 0.1 and 3600"
+        ));
+    }
+    let terminal = std::io::stdout().is_terminal();
+    let watch = async {
+        loop {
+            let page = task_page(client, status, &a).await?;
+            if terminal {
+                // Cleared and drawn again in place.
+                print!("\x1b[2J\x1b[H");
+            }
+            println!("{page}");
+            let _ = std::io::stdout().flush();
+            tokio::time::sleep(std::time::Duration::from_secs_f64(every)).await;
+        }
+    };
+    tokio::select! {
+        failed = watch => failed,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+/// One page of `tasks`, a line per task (the next page's offset on stderr).
+async fn task_page(
+    client: &Client,
+    status: Option<TaskStatus>,
+    a: &TasksArgs,
+) -> Result<String, String> {
     let page = client
         .tasks(status, a.offset, a.limit.min(1000))
         .await
         .map_err(|e| e.to_string())?;
+    let mut text = String::new();
     for t in &page.tasks {
         let progress = t
             .progress
             .as_ref()
             .map(|p| format!("\t{}/{}", p.completed + p.failed, p.total))
             .unwrap_or_default();
-        println!("{}\t{}\t{}{progress}", t.task_id, t.status, t.function_name);
+        text.push_str(&format!(
+            "{}\t{}\t{}{progress}\n",
+            t.task_id, t.status, t.function_name
+        ));
     }
     let next = a.offset + page.tasks.len() as u64;
     if (next as usize) < page.total {
@@ -101,7 +145,7 @@ pub(crate) async fn tasks(client: &Client, a: TasksArgs) -> Result<(), String> {
             page.total
         );
     }
-    Ok(())
+    Ok(text)
 }
 
 /// `results ID`: a map's results as JSON lines, in input order, paged
@@ -145,8 +189,19 @@ pub(crate) async fn call(client: &Client, a: CallArgs) -> Result<(), String> {
         Some(raw) => serde_json::from_str(raw)
             .map_err(|e| format!("--kwargs: expected a JSON object: {e}"))?,
     };
+    call_once(client, &a.function, args, kwargs).await
+}
+
+/// One call of `function`, waited for; prints its result as JSON, or fails
+/// with how the task ended.
+pub(crate) async fn call_once(
+    client: &Client,
+    function: &str,
+    args: Vec<Value>,
+    kwargs: Map<String, Value>,
+) -> Result<(), String> {
     let record = client
-        .spawn(&a.function, args, kwargs, true)
+        .spawn(function, args, kwargs, true)
         .await
         .map_err(|e| e.to_string())?;
     let record = if record.status.is_terminal() {

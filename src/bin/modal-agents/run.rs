@@ -1,0 +1,252 @@
+//! `run`: call a function once, or map it over input lines, printing results
+//! as they come; `FILE.py::FUNCTION` deploys that function first (like
+//! `modal run`).
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use modal_agents::client::Client;
+use modal_agents::task::WaitMode;
+use modal_agents::wire::DeployRequest;
+use modal_agents::{TaskId, TaskStatus};
+use serde_json::Value;
+
+/// `modal-agents run`.
+#[derive(Args)]
+pub(crate) struct RunArgs {
+    /// A deployed function's name, or `FILE.py::FUNCTION` to deploy that
+    /// function from the file first.
+    target: String,
+    /// Arguments of one call, each JSON (a bare word is a string). Without
+    /// them the function is mapped over the input lines (standard input when
+    /// it is not a terminal; with a terminal and no --inputs, one call with
+    /// no arguments).
+    args: Vec<String>,
+    /// A file of one input per line (JSON; a bare word is a string), or `-`
+    /// for standard input: map the function over them.
+    #[arg(long)]
+    inputs: Option<String>,
+}
+
+/// What `run` does with its arguments.
+enum Plan {
+    Call(Vec<Value>),
+    Map(String),
+}
+
+impl RunArgs {
+    fn plan(&self) -> Result<Plan, String> {
+        match (&self.inputs, self.args.is_empty()) {
+            (Some(_), false) => Err(format!(
+                "run {}: give ARGS for one call or --inputs for a map, not both",
+                self.target
+            )),
+            (Some(source), true) => Ok(Plan::Map(source.clone())),
+            (None, false) => Ok(Plan::Call(
+                self.args.iter().map(|a| crate::json_arg(a)).collect(),
+            )),
+            (None, true) if std::io::stdin().is_terminal() => Ok(Plan::Call(Vec::new())),
+            (None, true) => Ok(Plan::Map("-".into())),
+        }
+    }
+}
+
+/// `run`: exit 0 when every call completed, 1 when one failed, 130 when
+/// interrupted (the map is cancelled and what finished is printed).
+pub(crate) async fn run(client: &Client, a: RunArgs) -> Result<ExitCode, String> {
+    let plan = a.plan()?;
+    let function = match a.target.split_once("::") {
+        Some((file, function)) => {
+            deploy_file(client, Path::new(file), function).await?;
+            function.to_owned()
+        }
+        None => a.target.clone(),
+    };
+    match plan {
+        Plan::Call(args) => crate::tasks::call_once(client, &function, args, Default::default())
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Plan::Map(source) => map(client, &function, read_inputs(&source)?).await,
+    }
+}
+
+/// Deploys `function` from `file` under its own name.
+async fn deploy_file(client: &Client, file: &Path, function: &str) -> Result<(), String> {
+    if function.is_empty() {
+        return Err(format!(
+            "run {}::: expected FILE.py::FUNCTION, a function's name after `::`",
+            file.display()
+        ));
+    }
+    let code = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let deployed = client
+        .deploy(&DeployRequest::new(function, code))
+        .await
+        .map_err(|e| e.to_string())?;
+    eprintln!(
+        "deployed {} from {}",
+        deployed.function_name,
+        file.display()
+    );
+    Ok(())
+}
+
+/// One input per non-empty line: JSON, or else the line as a string.
+fn read_inputs(source: &str) -> Result<Vec<Value>, String> {
+    let reader: Box<dyn BufRead> = if source == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(source).map_err(|e| format!("--inputs {source}: {e}"))?,
+        ))
+    };
+    let mut inputs = Vec::new();
+    for line in reader.lines() {
+        let line = line.map_err(|e| format!("reading inputs: {e}"))?;
+        if !line.trim().is_empty() {
+            inputs.push(crate::json_arg(line.trim()));
+        }
+    }
+    Ok(inputs)
+}
+
+/// How long to wait for more results before asking again; the wait ends at
+/// once when the map does.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Results asked for at a time.
+const PAGE: u64 = 1000;
+
+/// The map: its id on stderr at once, its results on stdout in input order
+/// as they finish (a failed input is its error object), a progress bar on a
+/// terminal's stderr; Ctrl-C cancels it, prints what had finished and
+/// exits 130.
+async fn map(client: &Client, function: &str, inputs: Vec<Value>) -> Result<ExitCode, String> {
+    let err = |e: modal_agents::client::ClientError| e.to_string();
+    let submitted = client
+        .run_parallel(function, inputs, false)
+        .await
+        .map_err(err)?;
+    let id = submitted.task_id;
+    eprintln!(
+        "map {id}: {} inputs of {function} (modal-agents status|results|cancel {id})",
+        submitted.num_tasks
+    );
+    let bar = progress_bar(submitted.num_tasks)?;
+    let mut printer = Printer {
+        printed: 0,
+        failed: 0,
+        bar: &bar,
+    };
+    let interrupted = {
+        let follow = async {
+            loop {
+                if printer.page(client, id).await? == 0 {
+                    let waited = client
+                        .wait_tasks(&[id], WaitMode::All, Some(POLL))
+                        .await
+                        .map_err(err)?;
+                    if waited.done {
+                        // What finished between the last page and the end.
+                        while printer.page(client, id).await? > 0 {}
+                        return Ok::<_, String>(waited.tasks.into_iter().next());
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            ended = follow => Err(ended?),
+            signal = tokio::signal::ctrl_c() => Ok(signal),
+        }
+    };
+    match interrupted {
+        Err(summary) => {
+            bar.finish_and_clear();
+            match summary {
+                Some(t) if t.status == TaskStatus::Completed => Ok(ExitCode::SUCCESS),
+                Some(t) => Err(format!("map {}", t.summary)),
+                None => Err(format!("map {id}: no status")),
+            }
+        }
+        Ok(_) => {
+            // A second Ctrl-C leaves at once.
+            tokio::spawn(async {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            });
+            bar.finish_and_clear();
+            client.cancel(id).await.map_err(err)?;
+            while printer.page(client, id).await? > 0 {}
+            eprintln!(
+                "modal-agents: interrupted: map {id} cancelled; the {} of {} results that had finished are printed (modal-agents results {id})",
+                printer.printed, submitted.num_tasks
+            );
+            Ok(ExitCode::from(130))
+        }
+    }
+}
+
+/// Prints a map's results in input order, a page at a time.
+struct Printer<'a> {
+    printed: u64,
+    failed: u64,
+    bar: &'a indicatif::ProgressBar,
+}
+
+impl Printer<'_> {
+    /// Prints the next page of finished results; how many there were.
+    /// Nothing is printed until the whole page is in hand, so dropping this
+    /// future (Ctrl-C) never loses or repeats a result.
+    async fn page(&mut self, client: &Client, id: TaskId) -> Result<u64, String> {
+        let page = client
+            .results(id, self.printed, PAGE)
+            .await
+            .map_err(|e| e.to_string())?;
+        let n = page.results.len() as u64;
+        if n == 0 {
+            return Ok(0);
+        }
+        let mut text = String::new();
+        for r in &page.results {
+            if r.get("error").is_some_and(Value::is_object) {
+                self.failed += 1;
+            }
+            text.push_str(&r.to_string());
+            text.push('\n');
+        }
+        self.bar
+            .suspend(|| {
+                let mut out = std::io::stdout().lock();
+                out.write_all(text.as_bytes()).and_then(|()| out.flush())
+            })
+            .map_err(|e| format!("writing results: {e}"))?;
+        self.printed += n;
+        self.bar.set_position(self.printed);
+        if self.failed > 0 {
+            self.bar.set_message(format!("{} failed", self.failed));
+        }
+        Ok(n)
+    }
+}
+
+/// A bar on stderr (drawn only on a terminal) with a rate in whole inputs
+/// per second.
+fn progress_bar(total: u64) -> Result<indicatif::ProgressBar, String> {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {rate} eta {eta} {msg}")
+            .map_err(|e| e.to_string())?
+            .with_key(
+                "rate",
+                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0}/s", state.per_sec());
+                },
+            ),
+    );
+    Ok(bar)
+}
