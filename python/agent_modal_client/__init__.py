@@ -1,23 +1,57 @@
-"""The seed's Python helper library for the modal-agents API.
+"""Python client of the modal-agents API.
 
-    from agent_modal_client import ModalAgentClient
+Synchronous, with Modal-style function handles (with no arguments the
+client talks to `MODAL_AGENTS_URL` with `MODAL_AGENTS_TOKEN`):
+
+    from agent_modal_client import Client
+
+    def double(x):
+        return x * 2
+
+    with Client() as client:
+        f = client.deploy(double)              # sends its source; a Function
+        f.remote(21)                           # 42
+        call = f.spawn(4); call.get(timeout=60)
+        for value in f.map(range(1000), progress=True):   # lazily, in input order
+            ...
+        list(f.map(range(10), order_outputs=False))       # as they finish
+        list(client.function("add").starmap([(1, 2), (3, 4)]))
+        for line in client.follow_logs(call.id):          # as it prints
+            print(line)
+
+`AsyncClient` has the same methods to await (its `map` is an async
+iterator), and `ModalAgentClient` is the seed's async client, unchanged:
 
     async with ModalAgentClient(api_url="http://127.0.0.1:8080", token="...") as client:
         await client.deploy_function(function_code="def f(x): return x * 2", function_name="f")
         result = await client.run_parallel(function_name="f", inputs=[1, 2, 3], wait=True)
 
-Errors are typed (`APIError` and its subclasses carry the problem+json
-fields: status, title, detail, field) and subclass `httpx.HTTPError`, so the
-seed's `except httpx.HTTPError` catches them. Requests answered 429 or 503
-are retried with backoff, honouring `Retry-After`.
+Also: secrets (`create_secret`, `list_secrets`, `delete_secret`), volumes
+(`volume_get/put/delete/list` for versioned keys, `file_put/get/delete/list`,
+`list_volumes`), tasks (`wait`, `wait_tasks`, `cancel`, `logs`,
+`iter_results`, `list_tasks`) and, on the async clients, sandboxes.
+
+Names of results: one call's value is `result`; a map's values are `results`
+(`run_parallel(wait=True)`, `get_results` pages); only the seed's
+`get_task_status` of a finished map keeps them in `result`, as the seed did.
+
+Errors raise. A failed call raises `TaskFailedError` with the remote `type`,
+`message` and `traceback` (`FunctionTimeoutError`, also a builtin
+`TimeoutError`, when that type is `TimeoutError`); a wait past its timeout
+raises `agent_modal_client.TimeoutError`, a subclass of the builtin; a server
+that cannot be reached raises `ServerUnreachableError` naming the URL; an
+error answer raises an `APIError` subclass carrying the problem+json fields
+(status, title, detail, field). All subclass `httpx.HTTPError`. Requests
+answered 429 or 503 are retried with backoff, honouring `Retry-After`.
 """
 
+from ._async import AsyncClient, AsyncFunction, AsyncFunctionCall
 from ._client import ModalAgentClient, StatusMonitor
-from ._sandbox import Sandbox, SandboxProcess
 from ._errors import (
     APIError,
     AuthenticationError,
     ConflictError,
+    FunctionTimeoutError,
     ModalAgentError,
     NotFoundError,
     RateLimitError,
@@ -27,12 +61,21 @@ from ._errors import (
     TimeoutError,
     ValidationError,
 )
+from ._sandbox import Sandbox, SandboxProcess
+from ._sync import Client, Function, FunctionCall
 from ._webhooks import WebhookVerificationError, verify_webhook
 
 __all__ = [
     "APIError",
+    "AsyncClient",
+    "AsyncFunction",
+    "AsyncFunctionCall",
     "AuthenticationError",
+    "Client",
     "ConflictError",
+    "Function",
+    "FunctionCall",
+    "FunctionTimeoutError",
     "ModalAgentClient",
     "ModalAgentError",
     "NotFoundError",

@@ -1,6 +1,7 @@
 """Typed errors carrying the API's problem+json fields."""
 
-from typing import Any, Dict, Optional
+import builtins
+from typing import Any, Dict, Optional, Type
 
 import httpx
 
@@ -18,9 +19,9 @@ class APIError(ModalAgentError):
     def __init__(self, status: int, problem: Dict[str, Any]) -> None:
         self.status = status
         self.problem = problem
-        self.type = problem.get("type")
-        self.title = problem.get("title") or "error"
-        self.detail = problem.get("detail") or ""
+        self.type: Optional[str] = problem.get("type")
+        self.title: str = problem.get("title") or "error"
+        self.detail: str = problem.get("detail") or ""
         self.field: Optional[str] = problem.get("field")
         where = f" (field `{self.field}`)" if self.field else ""
         super().__init__(f"{status} {self.title}: {self.detail}{where}")
@@ -31,7 +32,7 @@ class AuthenticationError(APIError):
 
 
 class NotFoundError(APIError):
-    """404: no such function, task, webhook or key."""
+    """404: no such function, task, webhook, secret or key."""
 
 
 class ConflictError(APIError):
@@ -52,20 +53,39 @@ class ServerError(APIError):
 
 
 class TaskFailedError(ModalAgentError):
-    """A waited-for task ended without completing."""
+    """A task (or one input of a map) ended without completing.
 
-    def __init__(self, record: Dict[str, Any]) -> None:
+    `type`, `message` and `traceback` are the remote error's (the Python
+    exception's type name such as `ValueError`, or a runtime kind such as
+    `Cancelled`; `traceback` is None when there is none). `record` is the
+    task's record, `task_id` its id, `status` its status, and `index` the
+    input's position when one input of a map failed."""
+
+    def __init__(
+        self,
+        record: Dict[str, Any],
+        *,
+        error: Optional[Dict[str, Any]] = None,
+        index: Optional[int] = None,
+    ) -> None:
         self.record = record
-        error = record.get("error") or {}
-        self.error_type = error.get("type")
-        self.error_message = error.get("message")
-        super().__init__(
-            f"task {record.get('task_id')} {record.get('status')}: "
-            f"{self.error_type}: {self.error_message}"
-        )
-
-
-import builtins
+        self.task_id: Optional[str] = record.get("task_id")
+        self.status: Optional[str] = record.get("status")
+        self.index = index
+        err: Dict[str, Any] = error if error is not None else (record.get("error") or {})
+        self.type: str = err.get("type") or str(self.status or "Error")
+        self.message: str = err.get("message") or ""
+        self.traceback: Optional[str] = err.get("traceback")
+        # The seed client's names for the same.
+        self.error_type = self.type
+        self.error_message = self.message
+        where = f"task {self.task_id} {self.status}"
+        if index is not None:
+            where = f"input {index} of map {self.task_id} failed"
+        text = f"{where}: {self.type}: {self.message}"
+        if self.traceback:
+            text += "\n\nRemote traceback:\n" + self.traceback.rstrip()
+        super().__init__(text)
 
 
 class TimeoutError(ModalAgentError, builtins.TimeoutError):  # noqa: A001
@@ -73,12 +93,28 @@ class TimeoutError(ModalAgentError, builtins.TimeoutError):  # noqa: A001
     `TimeoutError`, so `except TimeoutError` catches it either way."""
 
 
+class FunctionTimeoutError(TaskFailedError, builtins.TimeoutError):
+    """A task that failed with a `TimeoutError` (the function ran past its
+    `timeout` and was killed, or raised `TimeoutError` itself): both a
+    `TaskFailedError` and the builtin `TimeoutError`."""
+
+
 class ServerUnreachableError(ModalAgentError):
     """The server could not be reached at all; the message names the URL
     (and `MODAL_AGENTS_URL`, which sets it)."""
 
 
-_BY_STATUS = {
+def task_failed(
+    record: Dict[str, Any], error: Optional[Dict[str, Any]] = None, index: Optional[int] = None
+) -> TaskFailedError:
+    """The error for a failed task or map input: `FunctionTimeoutError` when
+    the remote error is a `TimeoutError`, else `TaskFailedError`."""
+    err = error if error is not None else (record.get("error") or {})
+    kind = FunctionTimeoutError if err.get("type") == "TimeoutError" else TaskFailedError
+    return kind(record, error=error, index=index)
+
+
+_BY_STATUS: Dict[int, Type[APIError]] = {
     400: ValidationError,
     401: AuthenticationError,
     404: NotFoundError,
@@ -90,13 +126,12 @@ _BY_STATUS = {
 
 
 def error_for(response: httpx.Response) -> APIError:
+    """The typed error for an answer of 400 or more."""
+    problem: Dict[str, Any]
     try:
-        problem = response.json()
-        if not isinstance(problem, dict):
-            problem = {"detail": str(problem)}
+        body = response.json()
+        problem = body if isinstance(body, dict) else {"detail": str(body)}
     except ValueError:
         problem = {"detail": response.text}
-    kind = _BY_STATUS.get(response.status_code)
-    if kind is None:
-        kind = ServerError if response.status_code >= 500 else APIError
-    return kind(response.status_code, problem)
+    default = ServerError if response.status_code >= 500 else APIError
+    return _BY_STATUS.get(response.status_code, default)(response.status_code, problem)

@@ -16,6 +16,8 @@ import json
 from typing import Any, AsyncIterator, Dict, List, Optional, Tuple, Union
 from urllib.parse import quote
 
+import httpx
+
 #: Longest one server-side wait.
 _WAIT_S = 55
 
@@ -54,7 +56,8 @@ class SandboxProcess:
                 f"/sandboxes/{self.sandbox.sandbox_id}/processes/{self.process_id}",
                 params={"wait_s": _WAIT_S},
             )
-        return self._answer["outcome"]
+        outcome: Dict[str, Any] = self._answer["outcome"]
+        return outcome
 
     async def write_stdin(self, data: Union[str, bytes] = b"", eof: bool = False) -> None:
         """Writes to its stdin (started with `stdin_open=True`)."""
@@ -156,23 +159,26 @@ class Sandbox:
         return proc
 
     async def read_file(self, path: str) -> bytes:
-        r = await self._client._request("GET", f"/sandboxes/{self.sandbox_id}/files/{_path(path)}")
+        r: httpx.Response = await self._client._request(
+            "GET", f"/sandboxes/{self.sandbox_id}/files/{_path(path)}"
+        )
         return r.content
 
     async def write_file(self, path: str, data: Union[str, bytes]) -> Dict[str, Any]:
         content = data.encode() if isinstance(data, str) else data
-        return await self._client._json(
+        stat: Dict[str, Any] = await self._client._json(
             "PUT", f"/sandboxes/{self.sandbox_id}/files/{_path(path)}", content=content
         )
+        return stat
 
     async def list_files(self, path: Optional[str] = None) -> List[Dict[str, Any]]:
         params = {"path": path} if path else None
         listed = await self._client._json("GET", f"/sandboxes/{self.sandbox_id}/files", params=params)
-        return listed["entries"]
+        return list(listed["entries"])
 
     async def remove(self, path: str) -> bool:
         r = await self._client._json("DELETE", f"/sandboxes/{self.sandbox_id}/files/{_path(path)}")
-        return r["deleted"]
+        return bool(r["deleted"])
 
     async def keepalive(self, extend_s: int = 0) -> Dict[str, Any]:
         self.view = await self._client._json(
@@ -183,7 +189,7 @@ class Sandbox:
     async def snapshot(self) -> str:
         """Snapshots the workdir; the snapshot id."""
         info = await self._client._json("POST", f"/sandboxes/{self.sandbox_id}/snapshot")
-        return info["snapshot_id"]
+        return str(info["snapshot_id"])
 
     async def fork(self, count: int = 1) -> List["Sandbox"]:
         forked = await self._client._json(

@@ -1,0 +1,247 @@
+"""Every endpoint once, as a function returning an `Op`: its route, body and
+how to read its answer. `Client` and `AsyncClient` expose each as a method
+of the same name and arguments (see `_sync.py` and `_async.py`).
+
+Names of results: a call's value is `result` (in its record); a map's
+values are `results` (`run_parallel(..., wait=True)` and the pages of
+`get_results`); the seed's `GET /status/{id}` of a finished map keeps them in
+`result` (that is the seed's contract, so `get_task_status` leaves it so)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+
+from ._core import Op, as_bytes, as_dict, as_list, drop_none, seg, subpath
+from ._core import wait_request_timeout
+
+# The seed's methods.
+
+
+def deploy_function(
+    function_code: str,
+    function_name: str,
+    gpu: Optional[Any] = None,
+    image_config: Optional[Dict[str, Any]] = None,
+    timeout: Optional[int] = None,
+    retries: Optional[Any] = None,
+    secrets: Optional[List[str]] = None,
+    volumes: Optional[Any] = None,
+    **options: Any,
+) -> Op[Dict[str, Any]]:
+    """Deploys a function from a code string (`POST /deploy-function`);
+    further options (`cpu`, `memory`, `max_concurrency`, `limits`,
+    `backend`, ...) go as keyword arguments. `{"function_id",
+    "function_name", "status": "registered", "warnings"}`."""
+    body = drop_none(
+        {
+            "function_code": function_code,
+            "function_name": function_name,
+            "gpu": gpu,
+            "image_config": image_config,
+            "timeout": timeout,
+            "retries": retries,
+            "secrets": secrets,
+            "volumes": volumes,
+            **options,
+        }
+    )
+    return Op("POST", "/deploy-function", as_dict, json=body)
+
+
+def run_parallel(
+    function_name: str,
+    inputs: Iterable[Any],
+    wait: bool = False,
+    wait_timeout: Optional[float] = None,
+) -> Op[Dict[str, Any]]:
+    """Maps the function over `inputs` (`POST /run-parallel`); with `wait`,
+    the answer's `results` are the first page of results in input order."""
+    body = drop_none(
+        {"function_name": function_name, "inputs": list(inputs), "wait": wait,
+         "wait_timeout": wait_timeout}
+    )
+    return Op("POST", "/run-parallel", as_dict, json=body, timeout=wait_request_timeout(wait, wait_timeout))
+
+
+def spawn_task(
+    function_name: str,
+    args: Optional[List[Any]] = None,
+    kwargs: Optional[Dict[str, Any]] = None,
+    wait: bool = False,
+    wait_timeout: Optional[float] = None,
+) -> Op[Dict[str, Any]]:
+    """Starts one call (`POST /spawn-task`); its record (with `wait`, once
+    finished or after `wait_timeout` seconds)."""
+    body = drop_none(
+        {"function_name": function_name, "args": list(args or []), "kwargs": kwargs or {},
+         "wait": wait, "wait_timeout": wait_timeout}
+    )
+    return Op("POST", "/spawn-task", as_dict, json=body, timeout=wait_request_timeout(wait, wait_timeout))
+
+
+def get_task_status(task_id: str) -> Op[Dict[str, Any]]:
+    """A task's record (`GET /status/{task_id}`): a call's value in
+    `result`; a finished map's results in `result` too (the seed's
+    contract) up to 10,000, else `results_url` (see `iter_results`)."""
+    return Op("GET", f"/status/{seg(task_id)}", as_dict)
+
+
+def register_webhook(task_id: str, webhook_url: str) -> Op[Dict[str, Any]]:
+    """Registers a completion webhook (`POST /webhook`); the answer's
+    `secret` (shown only here) verifies deliveries (`verify_webhook`)."""
+    return Op("POST", "/webhook", as_dict, json={"task_id": str(task_id), "webhook_url": webhook_url})
+
+
+# Tasks: waits, results, cancellation, logs.
+
+
+def wait_tasks(
+    task_ids: Iterable[str], mode: str = "all", timeout: Optional[float] = None
+) -> Op[Dict[str, Any]]:
+    """One server-side wait (`POST /tasks/wait`), at most `timeout` seconds
+    (default 55): `done` says whether all (or, with `mode="any"`, one) of
+    the tasks finished; `tasks` has a summary line per task."""
+    body = drop_none({"task_ids": [str(t) for t in task_ids], "mode": mode, "timeout_s": timeout})
+    return Op("POST", "/tasks/wait", as_dict, json=body, timeout=wait_request_timeout(True, timeout or 55.0))
+
+
+def get_results(task_id: str, offset: int = 0, limit: int = 1000) -> Op[Dict[str, Any]]:
+    """A page of a map's results in input order: `{"results", "offset",
+    "limit", "total", "next_offset"}` (while the map runs, what is finished
+    so far from `offset` on)."""
+    return Op("GET", f"/status/{seg(task_id)}/results", as_dict,
+              params={"offset": offset, "limit": limit})
+
+
+def cancel(task_id: str) -> Op[Dict[str, Any]]:
+    """Cancels a task; its final record."""
+    return Op("POST", f"/tasks/{seg(task_id)}/cancel", as_dict)
+
+
+def cancel_quietly(task_id: str) -> Op[None]:
+    """`cancel`, whatever the answer (cleaning up after an error)."""
+    return Op("POST", f"/tasks/{seg(task_id)}/cancel", lambda r: None, allow=tuple(range(400, 600)))
+
+
+def logs(task_id: str) -> Op[Dict[str, str]]:
+    """What a task printed so far: `{"stdout": ..., "stderr": ...}` (see
+    `follow_logs` to follow it line by line)."""
+    return Op("GET", f"/tasks/{seg(task_id)}/logs", as_dict)
+
+
+def list_tasks(status: Optional[str] = None, offset: int = 0, limit: int = 100) -> Op[Dict[str, Any]]:
+    """Tasks, newest first, optionally by status (`{"tasks", "total", ...}`)."""
+    params = drop_none({"status": status, "offset": offset, "limit": limit})
+    return Op("GET", "/tasks", as_dict, params=params)
+
+
+# Functions.
+
+
+def list_functions() -> Op[List[Dict[str, Any]]]:
+    """The deployed functions (without their source)."""
+    return Op("GET", "/functions", as_list)
+
+
+def get_function(function_name: str) -> Op[Dict[str, Any]]:
+    """One deployed function (`NotFoundError` if there is none)."""
+    return Op("GET", f"/functions/{seg(function_name)}", as_dict)
+
+
+def undeploy_function(function_name: str) -> Op[Dict[str, Any]]:
+    """Undeploys a function; what it was."""
+    return Op("DELETE", f"/functions/{seg(function_name)}", as_dict)
+
+
+# Secrets.
+
+
+def create_secret(name: str, values: Mapping[str, str]) -> Op[Dict[str, Any]]:
+    """Stores a secret (replacing one of the same name): string values by
+    key, e.g. `{"API_KEY": "..."}`. Functions deployed with
+    `secrets=[name]` get them as environment variables. `{"name", "keys"}`."""
+    return Op("PUT", f"/secrets/{seg(name)}", as_dict, json=dict(values))
+
+
+def list_secrets() -> Op[List[Dict[str, Any]]]:
+    """The secrets by name and keys (`[{"name", "keys"}]`); values are never
+    shown."""
+    return Op("GET", "/secrets", as_list)
+
+
+def delete_secret(name: str) -> Op[Dict[str, Any]]:
+    """Deletes a secret (`NotFoundError` if there is none)."""
+    return Op("DELETE", f"/secrets/{seg(name)}", as_dict)
+
+
+# Volumes: versioned state keys and files.
+
+
+def _state(volume: str, key: str) -> str:
+    return f"/volumes/{seg(volume)}/state/{subpath(key)}"
+
+
+def _file(volume: str, path: str) -> str:
+    return f"/volumes/{seg(volume)}/files/{subpath(path)}"
+
+
+def _entry_or_none(response: Any) -> Optional[Dict[str, Any]]:
+    return None if response.status_code == 404 else as_dict(response)
+
+
+def list_volumes() -> Op[List[str]]:
+    """The names of the volumes that exist."""
+    return Op("GET", "/volumes", lambda r: list(as_dict(r)["volumes"]))
+
+
+def volume_get(volume: str, key: str) -> Op[Optional[Dict[str, Any]]]:
+    """`{"key", "value", "version"}`, or None when the key is absent."""
+    return Op("GET", _state(volume, key), _entry_or_none, allow=(404,))
+
+
+def volume_put(
+    volume: str, key: str, value: Any, expected_version: Optional[int] = None
+) -> Op[Dict[str, Any]]:
+    """Writes a value; with `expected_version` only if the key still has
+    it (0: only if absent), else `ConflictError`."""
+    headers = {}
+    if expected_version == 0:
+        headers["if-none-match"] = "*"
+    elif expected_version is not None:
+        headers["if-match"] = str(expected_version)
+    return Op("PUT", _state(volume, key), as_dict, json={"value": value}, headers=headers)
+
+
+def volume_delete(volume: str, key: str) -> Op[Dict[str, Any]]:
+    """Deletes a key: `{"deleted": bool, "key"}`."""
+    return Op("DELETE", _state(volume, key), as_dict)
+
+
+def volume_list(volume: str, prefix: str = "") -> Op[List[Dict[str, Any]]]:
+    """The state entries under `prefix` (`[{"key", "value", "version"}]`)."""
+    return Op("GET", f"/volumes/{seg(volume)}/state", lambda r: list(as_dict(r)["entries"]),
+              params={"prefix": prefix})
+
+
+def file_put(volume: str, path: str, data: Union[bytes, str]) -> Op[Dict[str, Any]]:
+    """Writes a file (atomically; text is written as UTF-8): `{"path",
+    "size", "modified_ms"}`."""
+    content = data.encode() if isinstance(data, str) else bytes(data)
+    return Op("PUT", _file(volume, path), as_dict, content=content,
+              headers={"content-type": "application/octet-stream"})
+
+
+def file_get(volume: str, path: str) -> Op[bytes]:
+    """A file's content (`NotFoundError` if there is none)."""
+    return Op("GET", _file(volume, path), as_bytes)
+
+
+def file_delete(volume: str, path: str) -> Op[Dict[str, Any]]:
+    """Deletes a file: `{"deleted": bool, "path"}`."""
+    return Op("DELETE", _file(volume, path), as_dict)
+
+
+def file_list(volume: str, prefix: str = "") -> Op[List[Dict[str, Any]]]:
+    """The files under `prefix` (`[{"path", "size", "modified_ms"}]`;
+    `NotFoundError` for a volume that does not exist)."""
+    return Op("GET", f"/volumes/{seg(volume)}/files", as_list, params={"prefix": prefix})

@@ -1,0 +1,48 @@
+"""The source a deploy sends for a Python function object."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+from typing import Any, Callable, Optional, Tuple
+
+
+def function_source(fn: Callable[..., Any], name: Optional[str] = None) -> Tuple[str, str]:
+    """`(function_name, function_code)` for `fn`: its source as written
+    (`inspect.getsource`), dedented, without its decorators. The function
+    runs remotely on its own, so it must be self-contained: imports inside
+    its body, no variables of an enclosing function. With a `name` other
+    than its own, the code also binds `name` to it."""
+    if not inspect.isfunction(fn):
+        raise TypeError(f"deploy takes a function defined with def, got {type(fn).__name__}")
+    if fn.__name__ == "<lambda>":
+        raise ValueError("a lambda cannot be deployed: define the function with def")
+    if fn.__code__.co_freevars:
+        raise ValueError(
+            f"{fn.__qualname__} uses variables of an enclosing function "
+            f"({', '.join(fn.__code__.co_freevars)}), which do not exist where it runs: "
+            "define it at module level or pass them as arguments"
+        )
+    try:
+        source = textwrap.dedent(inspect.getsource(fn))
+    except (OSError, TypeError) as e:
+        raise ValueError(
+            f"the source of {fn.__qualname__} is not available ({e}); "
+            "deploy_function takes the code as a string instead"
+        ) from e
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as e:
+        raise ValueError(f"the source of {fn.__qualname__} does not parse on its own: {e}") from e
+    node = tree.body[0] if tree.body else None
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.name != fn.__name__:
+        raise ValueError(f"the source of {fn.__qualname__} is not a def of it")
+    # `lineno` is the `def` line's (decorators have their own lines above).
+    code = "".join(source.splitlines(keepends=True)[node.lineno - 1:])
+    if not code.endswith("\n"):
+        code += "\n"
+    function_name = name or fn.__name__
+    if function_name != fn.__name__:
+        code += f"\n\n{function_name} = {fn.__name__}\n"
+    return function_name, code

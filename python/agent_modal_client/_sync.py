@@ -1,0 +1,306 @@
+"""`Client`: the synchronous client (over `httpx.Client`), and its
+`Function` and `FunctionCall` handles. Requests, answers and errors are
+`_core`'s and `_ops`'s, multi-request work is `_flows`'s: shared with
+`AsyncClient`, which differs only in how it sends."""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any, Callable, Concatenate, Dict, Iterable, Iterator, Optional, ParamSpec, TypeVar, overload
+
+import httpx
+
+from . import _flows as flows
+from . import _ops as ops
+from ._core import (
+    CONNECT_ERRORS,
+    Emit,
+    Flow,
+    LogFollower,
+    Op,
+    Retry,
+    make_progress_bar,
+    method_signature,
+    resolve,
+    unreachable,
+)
+from ._errors import error_for
+from ._source import function_source
+
+P = ParamSpec("P")
+T = TypeVar("T")
+R = TypeVar("R")
+_C = TypeVar("_C", bound="Client")
+
+
+def _bind(op: Callable[P, Op[T]]) -> Callable[Concatenate["Client", P], T]:
+    """A method of `Client` sending the op of the same name."""
+
+    @functools.wraps(op)
+    def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._perform(op(*args, **kwargs))
+
+    setattr(method, "__signature__", method_signature(op))
+    return method
+
+
+class Client:
+    """A synchronous client of one modal-agents server. With no arguments
+    it talks to `MODAL_AGENTS_URL` with `MODAL_AGENTS_TOKEN`. Use it as a
+    context manager (or call `close`).
+
+        with Client() as client:
+            double = client.deploy(double_fn)        # a Function handle
+            double.remote(21)                        # 42
+            list(double.map(range(10)))              # [0, 2, ..., 18]
+
+    Requests answered 429 or 503 are retried with backoff (honouring
+    `Retry-After`); errors are typed (see `agent_modal_client`)."""
+
+    def __init__(
+        self,
+        api_url: Optional[str] = None,
+        token: Optional[str] = None,
+        *,
+        timeout: float = 120.0,
+        max_retries: int = 5,
+        transport: Optional[httpx.BaseTransport] = None,
+    ) -> None:
+        base_url, headers = resolve(api_url, token)
+        self.api_url = base_url
+        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
+        self._max_retries = max_retries
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.api_url!r})"
+
+    # The transport: the only code that differs from AsyncClient's.
+
+    def _perform(self, op: Op[T]) -> T:
+        retry = Retry(self._max_retries)
+        while True:
+            try:
+                response = self._http.request(**op.request())
+            except CONNECT_ERRORS as e:
+                raise unreachable(self.api_url, e) from e
+            pause = retry.after(response)
+            if pause is None:
+                return op.finish(response)
+            time.sleep(pause)
+
+    def _drive(self, flow: Flow[Any, R]) -> R:
+        reply: Any = None
+        while True:
+            try:
+                step = flow.send(reply)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            reply = None if isinstance(step, Emit) else self._perform(step)
+
+    def _iterate(self, flow: Flow[T, None]) -> Iterator[T]:
+        reply: Any = None
+        try:
+            while True:
+                try:
+                    step = flow.send(reply)
+                except StopIteration:
+                    return
+                if isinstance(step, Emit):
+                    reply = None
+                    yield step.value
+                else:
+                    reply = self._perform(step)
+        finally:
+            flow.close()
+
+    # One request each (documented in _ops).
+
+    deploy_function = _bind(ops.deploy_function)
+    run_parallel = _bind(ops.run_parallel)
+    spawn_task = _bind(ops.spawn_task)
+    get_task_status = _bind(ops.get_task_status)
+    register_webhook = _bind(ops.register_webhook)
+    wait_tasks = _bind(ops.wait_tasks)
+    get_results = _bind(ops.get_results)
+    cancel = _bind(ops.cancel)
+    logs = _bind(ops.logs)
+    list_tasks = _bind(ops.list_tasks)
+    list_functions = _bind(ops.list_functions)
+    get_function = _bind(ops.get_function)
+    undeploy_function = _bind(ops.undeploy_function)
+    create_secret = _bind(ops.create_secret)
+    list_secrets = _bind(ops.list_secrets)
+    delete_secret = _bind(ops.delete_secret)
+    list_volumes = _bind(ops.list_volumes)
+    volume_get = _bind(ops.volume_get)
+    volume_put = _bind(ops.volume_put)
+    volume_delete = _bind(ops.volume_delete)
+    volume_list = _bind(ops.volume_list)
+    file_put = _bind(ops.file_put)
+    file_get = _bind(ops.file_get)
+    file_delete = _bind(ops.file_delete)
+    file_list = _bind(ops.file_list)
+
+    # Several requests each.
+
+    def wait(
+        self, task_id: str, timeout: Optional[float] = None, raise_on_failure: bool = False
+    ) -> Dict[str, Any]:
+        """Waits for a task to finish (the server waits; nothing polls) and
+        returns its record; `TimeoutError` past `timeout`, and with
+        `raise_on_failure` a `TaskFailedError` if it did not complete."""
+        return self._drive(flows.wait(str(task_id), timeout, raise_on_failure))
+
+    def iter_results(self, task_id: str, page_size: int = flows.PAGE_SIZE) -> Iterator[Any]:
+        """Every result of a map in input order, page by page as they are
+        finished (a failed input is `{"error": {...}}` in its place)."""
+        return self._iterate(flows.results(str(task_id), page_size))
+
+    def follow_logs(self, task_id: str, stream: Optional[str] = None) -> Iterator[str]:
+        """The lines a task prints (without line ends), as it prints them,
+        until it has finished; `stream="stdout"` or `"stderr"` keeps one.
+        A dropped connection resumes where it stopped."""
+        follower = LogFollower(str(task_id), stream)
+        while not follower.done:
+            try:
+                with self._http.stream(**follower.request()) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise error_for(response)
+                    for line in response.iter_lines():
+                        yield from follower.feed(line)
+                        if follower.done:
+                            return
+                follower.dropped(httpx.RemoteProtocolError("the log stream ended before its end"))
+            except CONNECT_ERRORS as e:
+                raise unreachable(self.api_url, e) from e
+            except (httpx.RemoteProtocolError, httpx.ReadError) as e:
+                follower.dropped(e)
+
+    # Functions.
+
+    def function(self, name: str) -> Function:
+        """A handle of the deployed function `name` (no request is made)."""
+        return Function(self, name)
+
+    @overload
+    def deploy(self, fn: Callable[..., Any], *, name: Optional[str] = None, **options: Any) -> Function: ...
+
+    @overload
+    def deploy(
+        self, fn: None = None, *, name: Optional[str] = None, **options: Any
+    ) -> Callable[[Callable[..., Any]], Function]: ...
+
+    def deploy(
+        self, fn: Optional[Callable[..., Any]] = None, *, name: Optional[str] = None, **options: Any
+    ) -> Any:
+        """Deploys a Python function object: its source (dedented, without
+        decorators) under `name` (default its own), with the options of
+        `deploy_function` (`gpu`, `timeout`, `secrets`, `image_config`, ...);
+        a `Function` handle. Also a decorator: `@client.deploy` or
+        `@client.deploy(timeout=60)`. The function must be self-contained
+        (imports inside its body)."""
+        if fn is None:
+            return lambda f: self.deploy(f, name=name, **options)
+        function_name, code = function_source(fn, name)
+        deployed = self.deploy_function(code, function_name, **options)
+        return Function(self, function_name, deployed)
+
+
+class Function:
+    """A deployed function, called like Modal's: `remote`, `spawn`, `map`,
+    `starmap`. Arguments and values travel as JSON."""
+
+    def __init__(self, client: Client, name: str, deployed: Optional[Dict[str, Any]] = None) -> None:
+        self.client = client
+        self.name = name
+        #: The deploy's answer, for a handle made by `Client.deploy`.
+        self.deployed = deployed
+
+    def __repr__(self) -> str:
+        return f"Function({self.name!r})"
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Calls it and returns its value; `TaskFailedError` (with the remote
+        `type`, `message` and `traceback`) if it raised."""
+        return self.client._drive(flows.call(self.name, list(args), kwargs))
+
+    def spawn(self, *args: Any, **kwargs: Any) -> FunctionCall:
+        """Starts a call; its `FunctionCall` (`get`, `cancel`)."""
+        record = self.client.spawn_task(self.name, list(args), kwargs)
+        return FunctionCall(self.client, record["task_id"])
+
+    def map(
+        self,
+        *iterables: Iterable[Any],
+        kwargs: Optional[Dict[str, Any]] = None,
+        order_outputs: bool = True,
+        return_exceptions: bool = False,
+        progress: bool = False,
+    ) -> Iterator[Any]:
+        """The values of calls over the inputs (one argument from each
+        iterable, zipped), lazily: in input order, or as they finish with
+        `order_outputs=False`. A failed input raises its `TaskFailedError`,
+        or with `return_exceptions` is that error in its place. `progress`
+        shows a tqdm bar when tqdm is installed."""
+        flow = flows.map_flow(self.name, iterables, kwargs, order_outputs, return_exceptions)
+        return _with_progress(self.client._iterate(flow), progress, flows.known_length(iterables), self.name)
+
+    def starmap(
+        self,
+        input_iterator: Iterable[Iterable[Any]],
+        kwargs: Optional[Dict[str, Any]] = None,
+        order_outputs: bool = True,
+        return_exceptions: bool = False,
+        progress: bool = False,
+    ) -> Iterator[Any]:
+        """Like `map`, each input being a tuple of positional arguments."""
+        flow = flows.map_flow(self.name, [input_iterator], kwargs, order_outputs, return_exceptions, star=True)
+        total = flows.known_length([input_iterator])
+        return _with_progress(self.client._iterate(flow), progress, total, self.name)
+
+
+class FunctionCall:
+    """A spawned call: `get` its value, `cancel` it; `id` is its task id."""
+
+    def __init__(self, client: Client, task_id: str) -> None:
+        self.client = client
+        self.id = task_id
+
+    def __repr__(self) -> str:
+        return f"FunctionCall({self.id!r})"
+
+    def get(self, timeout: Optional[float] = None) -> Any:
+        """Its value once it finished; `TimeoutError` (the builtin's
+        subclass) past `timeout` seconds, `TaskFailedError` if it failed."""
+        return self.client._drive(flows.get(self.id, timeout))
+
+    def cancel(self) -> None:
+        """Cancels it (nothing changes for a call that already finished)."""
+        self.client.cancel(self.id)
+
+
+def _with_progress(values: Iterator[T], progress: bool, total: Optional[int], name: str) -> Iterator[T]:
+    bar = make_progress_bar(total, name) if progress else None
+    if bar is None:
+        return values
+    return _counted(values, bar)
+
+
+def _counted(values: Iterator[T], bar: Any) -> Iterator[T]:
+    try:
+        for value in values:
+            bar.update(1)
+            yield value
+    finally:
+        bar.close()
