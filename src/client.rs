@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::task::{ResultsPage, TaskId, TaskLogs, TaskRecord, TaskStatus, WaitMode};
+use crate::task::{InputsAs, ResultsPage, TaskId, TaskLogs, TaskRecord, TaskStatus, WaitMode};
 use crate::volume::FileStat;
 use crate::wire::{
     DeployRequest, Deployed, FunctionView, MapSubmitted, PutState, RunParallelRequest, SecretInfo,
@@ -222,9 +222,22 @@ impl Client {
         inputs: Vec<Value>,
         wait: bool,
     ) -> Result<MapSubmitted, ClientError> {
+        self.run_parallel_as(function_name, inputs, InputsAs::Argument, wait)
+            .await
+    }
+
+    /// `POST /run-parallel`, each input passed as `inputs_as` says.
+    pub async fn run_parallel_as(
+        &self,
+        function_name: &str,
+        inputs: Vec<Value>,
+        inputs_as: InputsAs,
+        wait: bool,
+    ) -> Result<MapSubmitted, ClientError> {
         let body = Self::body(&RunParallelRequest {
             function_name: function_name.to_owned(),
             inputs,
+            inputs_as,
             wait,
             wait_timeout: None,
         })?;

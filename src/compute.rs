@@ -299,6 +299,8 @@ pub struct CallContext {
     /// under): a local call's retries count them. Modal retries on its own
     /// side and starts from zero.
     pub prior_attempts: u32,
+    /// How a map passes each input to the function.
+    pub inputs_as: crate::task::InputsAs,
 }
 
 impl Default for CallContext {
@@ -308,6 +310,7 @@ impl Default for CallContext {
             logs: LogSink::discard(),
             meter: Arc::default(),
             prior_attempts: 0,
+            inputs_as: crate::task::InputsAs::Argument,
         }
     }
 }
@@ -383,7 +386,8 @@ pub trait ComputeBackend: Send + Sync + 'static {
         ctx: CallContext,
     ) -> Result<CallOutcome, BackendError>;
 
-    /// Maps the function over `inputs`, one argument each. The returned stream
+    /// Maps the function over `inputs`, each passed as `ctx.inputs_as` says
+    /// (by default as the one argument). The returned stream
     /// yields every input's outcome exactly once, in input order, in chunks of
     /// consecutive items (never empty), holding only a bounded window of inputs
     /// and results in memory. Dropping the stream, or cancelling `ctx.cancel`,

@@ -24,7 +24,8 @@ use crate::compute::{
 use crate::persist::TaskDir;
 use crate::sync::Recover;
 use crate::task::{
-    MapProgress, ResultRef, TaskError, TaskId, TaskStatus, INLINE_RESULT_BYTES, MAX_RESULT_BYTES,
+    InputsAs, MapProgress, ResultRef, TaskError, TaskId, TaskStatus, INLINE_RESULT_BYTES,
+    MAX_RESULT_BYTES,
 };
 use crate::tracker::{Buffered, Finished, ResultWriter, Stored, TaskUpdate, Tasks};
 
@@ -61,6 +62,8 @@ pub(crate) enum TaskJob {
         /// Runs of this map before this one (runs the runtime went down
         /// under).
         prior_attempts: u32,
+        /// How each input is passed.
+        inputs_as: InputsAs,
     },
 }
 
@@ -84,6 +87,9 @@ pub(crate) enum JobSpec {
         /// it is given up.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         charged: Option<Charged>,
+        /// How each input is passed (stored only when not the default).
+        #[serde(default, skip_serializing_if = "InputsAs::is_argument")]
+        inputs_as: InputsAs,
     },
 }
 
@@ -264,11 +270,16 @@ async fn run_job(shared: Arc<DispatchShared>, job: TaskJob, cancel: Cancellation
             *prior_attempts
         }
     };
+    let inputs_as = match &job {
+        TaskJob::Map { inputs_as, .. } => *inputs_as,
+        TaskJob::Call { .. } => InputsAs::Argument,
+    };
     let ctx = CallContext {
         cancel: cancel.clone(),
         logs: sink,
         meter: Arc::new(MapMeter::default()),
         prior_attempts,
+        inputs_as,
     };
     let work = async {
         match job {

@@ -30,7 +30,9 @@ use crate::secrets::SecretStore;
 use crate::spec::{BackendChoice, FunctionSpec};
 use crate::store::{put, Store, Table, Write};
 use crate::supervisor::{ChildEvents, ChildKey, ChildSpec, RootSupervisorMsg, SuperviseError};
-use crate::task::{ResultsPage, TaskId, TaskKind, TaskLogs, TaskRecord, TaskStatus, WaitMode};
+use crate::task::{
+    InputsAs, ResultsPage, TaskId, TaskKind, TaskLogs, TaskRecord, TaskStatus, WaitMode,
+};
 use crate::tracker::{read_page, Durable, Tasks};
 use crate::value::{check_depth, check_each};
 use crate::volume::Volumes;
@@ -493,8 +495,29 @@ impl Runtime {
         function: &str,
         inputs: Vec<Value>,
     ) -> Result<TaskId, RuntimeError> {
+        self.run_parallel_as(function, inputs, InputsAs::Argument)
+            .await
+    }
+
+    /// [`Runtime::run_parallel`], each input passed as `inputs_as` says: as
+    /// the one argument, as a list of positional arguments (a starmap) or as
+    /// an object of keyword arguments. An input of the wrong shape is
+    /// refused before anything runs, naming its index.
+    pub async fn run_parallel_as(
+        &self,
+        function: &str,
+        inputs: Vec<Value>,
+        inputs_as: InputsAs,
+    ) -> Result<TaskId, RuntimeError> {
         self.require_function(function)?;
         check_each(&inputs, "inputs")?;
+        if let Some((i, bad)) = inputs.iter().enumerate().find(|(_, v)| !inputs_as.fits(v)) {
+            return Err(RuntimeError::Invalid {
+                field: format!("inputs[{i}]"),
+                value: crate::value::clip(&bad.to_string(), 64).into_owned(),
+                expected: inputs_as.expected().to_owned(),
+            });
+        }
         let total = inputs.len() as u64;
         let record = TaskRecord::new(function, TaskKind::Map, Some(total));
         // The inputs go to disk first, so a restart can resume the map.
@@ -512,12 +535,14 @@ impl Runtime {
             total: Some(total),
             resume: None,
             prior_attempts: 0,
+            inputs_as,
         };
         let spec = JobSpec::Map {
             function: function.to_owned(),
             total: Some(total),
             inputs_file: true,
             charged: None,
+            inputs_as,
         };
         self.submit(record, job, spec).await
     }
@@ -547,12 +572,14 @@ impl Runtime {
             total,
             resume: None,
             prior_attempts: 0,
+            inputs_as: InputsAs::Argument,
         };
         let spec = JobSpec::Map {
             function: function.to_owned(),
             total,
             inputs_file: false,
             charged: None,
+            inputs_as: InputsAs::Argument,
         };
         self.submit(record, job, spec).await
     }

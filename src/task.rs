@@ -131,8 +131,47 @@ pub enum WaitMode {
 pub enum TaskKind {
     /// One call with args and kwargs.
     Call,
-    /// A map over inputs, one argument each.
+    /// A map over inputs, one call each.
     Map,
+}
+
+/// How each input of a map is passed to the function.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InputsAs {
+    /// The input is the one positional argument: `f(input)` (the default).
+    #[default]
+    Argument,
+    /// The input is a list of positional arguments: `f(*input)`, like
+    /// Modal's `starmap`.
+    Args,
+    /// The input is an object of keyword arguments: `f(**input)`.
+    Kwargs,
+}
+
+impl InputsAs {
+    /// Whether it is the default (left out of what is stored).
+    pub fn is_argument(&self) -> bool {
+        *self == InputsAs::Argument
+    }
+
+    /// Whether `input` has the shape this way of passing needs.
+    pub fn fits(&self, input: &Value) -> bool {
+        match self {
+            InputsAs::Argument => true,
+            InputsAs::Args => input.is_array(),
+            InputsAs::Kwargs => input.is_object(),
+        }
+    }
+
+    /// What each input must be, for an error.
+    pub fn expected(&self) -> &'static str {
+        match self {
+            InputsAs::Argument => "any JSON value",
+            InputsAs::Args => "a list of positional arguments (inputs_as: args)",
+            InputsAs::Kwargs => "an object of keyword arguments (inputs_as: kwargs)",
+        }
+    }
 }
 
 /// What went wrong in a task or one map input: `{type, message, traceback}`.

@@ -63,6 +63,80 @@ async fn map_of_ten_thousand_is_exact_and_ordered() {
     t.rt.shutdown().await;
 }
 
+/// Each input passed as a list of positional arguments (a starmap) or an
+/// object of keyword arguments; a failure's traceback starts in the
+/// function's code, not in the harness; an input of the wrong shape is
+/// refused before anything runs, naming its index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_as_args_or_kwargs() {
+    use modal_agents::task::InputsAs;
+    let t = support::start(2).await;
+    let code = "def line(a, b=10, *, scale=1):\n    return (a * b + 1) * scale\n";
+    t.rt.deploy_function(FunctionSpec::new("line", code))
+        .await
+        .unwrap();
+    let run = |inputs: Vec<Value>, how| {
+        let rt = t.rt.clone();
+        async move {
+            let id = rt.run_parallel_as("line", inputs, how).await.unwrap();
+            rt.wait(id, Some(Duration::from_secs(60))).await.unwrap();
+            all_results(&rt, id, 100).await
+        }
+    };
+    let results = run(
+        vec![json!([1, 2]), json!([3]), json!([1, 2, 3])],
+        InputsAs::Args,
+    )
+    .await;
+    assert_eq!(results[0], json!(3));
+    assert_eq!(results[1], json!(31));
+    assert_eq!(results[2]["error"]["type"], "TypeError", "{results:?}");
+    let results = run(
+        vec![
+            json!({"a": 2}),
+            json!({"a": 1, "b": 1, "scale": 5}),
+            json!({"c": 1}),
+        ],
+        InputsAs::Kwargs,
+    )
+    .await;
+    assert_eq!(results[0], json!(21));
+    assert_eq!(results[1], json!(10));
+    let error = &results[2]["error"];
+    assert_eq!(error["type"], "TypeError", "{results:?}");
+    assert!(
+        error["message"].as_str().unwrap().contains("'c'"),
+        "{error}"
+    );
+    assert!(
+        !error["traceback"]
+            .as_str()
+            .unwrap_or("")
+            .contains("harness"),
+        "{error}"
+    );
+    // A failure inside the function: the traceback names its line.
+    let results = run(vec![json!(["x", "y"])], InputsAs::Args).await;
+    let traceback = results[0]["error"]["traceback"].as_str().unwrap();
+    assert!(traceback.contains("in line"), "{traceback}");
+    for (inputs, how, index) in [
+        (vec![json!([1]), json!(2)], InputsAs::Args, 1),
+        (
+            vec![json!({"a": 1}), json!({"a": 1}), json!([1])],
+            InputsAs::Kwargs,
+            2,
+        ),
+    ] {
+        let err =
+            t.rt.run_parallel_as("line", inputs, how)
+                .await
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains(&format!("inputs[{index}]")), "{err}");
+    }
+    t.rt.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_inputs_keep_their_slot_and_the_rest_succeed() {
     let t = support::start(2).await;

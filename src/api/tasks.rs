@@ -54,7 +54,12 @@ pub(crate) async fn run_parallel(
     let commands = state.commands.clone();
     let work = async move {
         commands
-            .run_parallel(req.function_name, req.inputs, req.wait, req.wait_timeout)
+            .run_parallel(
+                req.function_name,
+                (req.inputs, req.inputs_as),
+                req.wait,
+                req.wait_timeout,
+            )
             .await
             .map_err(Error::from)
     };

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{CommandError, Commands, PROGRESS_EVERY};
 use crate::runtime::{RuntimeError, MAX_RESULTS_PAGE};
-use crate::task::{ResultsPage, TaskId, TaskLogs, TaskRecord, TaskStatus};
+use crate::task::{InputsAs, ResultsPage, TaskId, TaskLogs, TaskRecord, TaskStatus};
 use crate::wire::{
     FunctionList, GpuTaskResult, ListFunctions, MapSubmitted, RequestGpuTask, SpawnParallelTasks,
     SpawnTaskRequest, TaskRef, TaskResultsRequest, TaskStatusView, WaitTasksRequest,
@@ -67,12 +67,13 @@ impl Commands {
         }
     }
 
-    /// Maps a function over inputs; with `wait`, until it ends (or the
-    /// wait's bound), the first page of results in input order.
+    /// Maps a function over inputs (each passed as `inputs_as` says); with
+    /// `wait`, until it ends (or the wait's bound), the first page of
+    /// results in input order.
     pub async fn run_parallel(
         &self,
         function_name: String,
-        inputs: Vec<serde_json::Value>,
+        (inputs, inputs_as): (Vec<serde_json::Value>, InputsAs),
         wait: bool,
         wait_timeout: Option<f64>,
     ) -> Result<MapSubmitted, CommandError> {
@@ -82,7 +83,7 @@ impl Commands {
         let n = inputs.len() as u64;
         let id = self
             .runtime
-            .run_parallel(&function_name, inputs)
+            .run_parallel_as(&function_name, inputs, inputs_as)
             .await
             .map_err(err)?;
         let mut out = MapSubmitted::pending(id, function_name, n);
@@ -139,7 +140,7 @@ impl Commands {
         &self,
         a: SpawnParallelTasks,
     ) -> Result<MapSubmitted, CommandError> {
-        self.run_parallel(a.function_ref, a.inputs, a.wait, None)
+        self.run_parallel(a.function_ref, (a.inputs, a.inputs_as), a.wait, None)
             .await
     }
 

@@ -194,7 +194,12 @@ impl ComputeBackend for Arc<ScriptedBackend> {
             let (me, function, ctx) = (me.clone(), function.clone(), ctx.clone());
             async move {
                 ctx.meter.submitted.fetch_add(1, Ordering::Relaxed);
-                let outcome = match me.run(&function, vec![input], Map::new()) {
+                let (args, kwargs) = match (ctx.inputs_as, input) {
+                    (crate::task::InputsAs::Args, Value::Array(args)) => (args, Map::new()),
+                    (crate::task::InputsAs::Kwargs, Value::Object(kwargs)) => (Vec::new(), kwargs),
+                    (_, input) => (vec![input], Map::new()),
+                };
+                let outcome = match me.run(&function, args, kwargs) {
                     Ok(run) => tokio::select! {
                         outcome = run => outcome,
                         () = ctx.cancel.cancelled() => cancelled(),

@@ -136,6 +136,7 @@ impl Runtime {
                     total,
                     inputs_file: true,
                     charged,
+                    inputs_as,
                 }) => {
                     match check_results(&dir).await {
                         Ok(stored) => {
@@ -169,6 +170,7 @@ impl Runtime {
                                 total,
                                 inputs_file: true,
                                 charged,
+                                inputs_as,
                             };
                             if let (Some(d), Ok(spec)) =
                                 (tracker.durable(), serde_json::to_value(spec))
@@ -184,6 +186,7 @@ impl Runtime {
                                 total,
                                 resume: Some(stored),
                                 prior_attempts: used,
+                                inputs_as,
                             })
                         }
                         Err(e) => {

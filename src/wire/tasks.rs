@@ -7,7 +7,9 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::runtime::RuntimeError;
-use crate::task::{MapProgress, TaskError, TaskId, TaskKind, TaskRecord, TaskStatus, WaitMode};
+use crate::task::{
+    InputsAs, MapProgress, TaskError, TaskId, TaskKind, TaskRecord, TaskStatus, WaitMode,
+};
 
 /// Most results a finished map shows inline (`GET /status/{id}`'s
 /// `result`, `spawn_parallel_tasks` with `wait`); read the rest by page.
@@ -39,6 +41,11 @@ pub struct RunParallelRequest {
     pub function_name: String,
     /// One JSON value per call.
     pub inputs: Vec<Value>,
+    /// How each input is passed: `argument` (the default: `f(input)`),
+    /// `args` (a list: `f(*input)`, a starmap) or `kwargs` (an object:
+    /// `f(**input)`).
+    #[serde(default, skip_serializing_if = "InputsAs::is_argument")]
+    pub inputs_as: InputsAs,
     /// Wait for the map and return its results (default false: 202 at once).
     #[serde(default)]
     pub wait: bool,

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::spec::GpuSpec;
-use crate::task::{TaskError, TaskId, TaskStatus};
+use crate::task::{InputsAs, TaskError, TaskId, TaskStatus};
 
 /// A tool's definition, in the shape LLM tool-use APIs take.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -38,6 +38,10 @@ pub struct SpawnParallelTasks {
     pub function_ref: String,
     /// One JSON value per call.
     pub inputs: Vec<Value>,
+    /// How each input is passed: `argument` (the default: `f(input)`),
+    /// `args` (a list: `f(*input)`) or `kwargs` (an object: `f(**input)`).
+    #[serde(default, skip_serializing_if = "InputsAs::is_argument")]
+    pub inputs_as: InputsAs,
     /// Wait and return the results (default true).
     #[serde(default = "yes")]
     #[schema(default = true)]

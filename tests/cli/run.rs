@@ -51,6 +51,35 @@ async fn run_calls_maps_and_deploys_from_a_file() {
     let (ok, out, err) = cli(&s, &["run", "triple", "--inputs", "-"], Some("1\n2\n"));
     assert!(ok, "{err}");
     assert_eq!(out.lines().collect::<Vec<_>>(), ["3", "6"]);
+    // --starmap: each line is the positional arguments; --kwargs: each
+    // line the keyword arguments; a line of the wrong shape is refused,
+    // naming it, before anything runs.
+    std::fs::write(
+        &file,
+        "def triple(x):\n    return 3 * x\n\ndef same(x):\n    return x\n\ndef add(a, b=0):\n    return a + b\n",
+    )
+    .unwrap();
+    let (ok, out, err) = cli(
+        &s,
+        &["run", &target("add"), "--starmap"],
+        Some("[1, 2]\n[5]\n"),
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["3", "5"]);
+    let (ok, out, err) = cli(
+        &s,
+        &["run", "add", "--kwargs"],
+        Some("{\"a\": 1, \"b\": 2}\n{\"a\": 7}\n"),
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["3", "7"]);
+    let (ok, _, err) = cli(&s, &["run", "add", "--starmap"], Some("[1, 2]\n3\n"));
+    assert!(
+        !ok && err.contains("input line 2") && err.contains("--starmap"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(&s, &["run", "add", "--kwargs", "--starmap"], Some("[1]\n"));
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
     // Both ARGS and --inputs: refused, naming both.
     let (ok, _, err) = cli(&s, &["run", "triple", "1", "--inputs", "-"], Some(""));
     assert!(!ok && err.contains("not both"), "{err}");

@@ -94,5 +94,38 @@ async fn maps_keep_every_result_in_its_own_slot() {
             assert_eq!(r, &json!(i), "slot {i}");
         }
     }
+
+    // A starmap (each input the positional arguments) and a map of keyword
+    // arguments, through the SDK's own map machinery.
+    rt.deploy_function(
+        FunctionSpec::new(
+            "line",
+            "def line(a, b=10, *, scale=1):\n    return (a * b + 1) * scale\n",
+        )
+        .backend(BackendChoice::Modal),
+    )
+    .await
+    .unwrap();
+    for (inputs, how, want) in [
+        (
+            vec![json!([1, 2]), json!([3]), json!([2, 0])],
+            modal_agents::task::InputsAs::Args,
+            [json!(3), json!(31), json!(1)],
+        ),
+        (
+            vec![
+                json!({"a": 2}),
+                json!({"a": 1, "b": 1, "scale": 5}),
+                json!({"a": 0}),
+            ],
+            modal_agents::task::InputsAs::Kwargs,
+            [json!(21), json!(10), json!(1)],
+        ),
+    ] {
+        let id = rt.run_parallel_as("line", inputs, how).await.unwrap();
+        rt.wait(id, Some(Duration::from_secs(60))).await.unwrap();
+        let page = rt.results(id, 0, 100).await.unwrap();
+        assert_eq!(page.results, want, "{how:?}");
+    }
     rt.shutdown().await;
 }

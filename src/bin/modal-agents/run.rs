@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Args;
 use modal_agents::client::Client;
-use modal_agents::task::WaitMode;
+use modal_agents::task::{InputsAs, WaitMode};
 use modal_agents::wire::DeployRequest;
 use modal_agents::{TaskId, TaskStatus};
 use serde_json::Value;
@@ -29,6 +29,12 @@ pub(crate) struct RunArgs {
     /// for standard input: map the function over them.
     #[arg(long)]
     inputs: Option<String>,
+    /// Each input line is a JSON array: the call's positional arguments.
+    #[arg(long, conflicts_with = "kwargs")]
+    starmap: bool,
+    /// Each input line is a JSON object: the call's keyword arguments.
+    #[arg(long)]
+    kwargs: bool,
 }
 
 /// What `run` does with its arguments.
@@ -69,7 +75,20 @@ pub(crate) async fn run(client: &Client, a: RunArgs) -> Result<ExitCode, String>
         Plan::Call(args) => crate::tasks::call_once(client, &function, args, Default::default())
             .await
             .map(|()| ExitCode::SUCCESS),
-        Plan::Map(source) => map(client, &function, read_inputs(&source)?).await,
+        Plan::Map(source) => {
+            let inputs_as = match (a.starmap, a.kwargs) {
+                (true, _) => InputsAs::Args,
+                (_, true) => InputsAs::Kwargs,
+                _ => InputsAs::Argument,
+            };
+            map(
+                client,
+                &function,
+                read_inputs(&source, inputs_as)?,
+                inputs_as,
+            )
+            .await
+        }
     }
 }
 
@@ -94,8 +113,10 @@ async fn deploy_file(client: &Client, file: &Path, function: &str) -> Result<(),
     Ok(())
 }
 
-/// One input per non-empty line: JSON, or else the line as a string.
-fn read_inputs(source: &str) -> Result<Vec<Value>, String> {
+/// One input per non-empty line: JSON, or else the line as a string; with
+/// `--starmap` or `--kwargs`, a line that is not a JSON array or object is
+/// refused, naming it.
+fn read_inputs(source: &str, inputs_as: InputsAs) -> Result<Vec<Value>, String> {
     let reader: Box<dyn BufRead> = if source == "-" {
         Box::new(std::io::stdin().lock())
     } else {
@@ -104,11 +125,26 @@ fn read_inputs(source: &str) -> Result<Vec<Value>, String> {
         ))
     };
     let mut inputs = Vec::new();
-    for line in reader.lines() {
+    for (n, line) in reader.lines().enumerate() {
         let line = line.map_err(|e| format!("reading inputs: {e}"))?;
-        if !line.trim().is_empty() {
-            inputs.push(crate::json_arg(line.trim()));
+        if line.trim().is_empty() {
+            continue;
         }
+        let input = crate::json_arg(line.trim());
+        if !inputs_as.fits(&input) {
+            let flag = if inputs_as == InputsAs::Args {
+                "--starmap"
+            } else {
+                "--kwargs"
+            };
+            return Err(format!(
+                "input line {}: {}; with {flag} each line must be {}",
+                n + 1,
+                quoted(line.trim()),
+                inputs_as.expected()
+            ));
+        }
+        inputs.push(input);
     }
     Ok(inputs)
 }
@@ -124,10 +160,15 @@ const PAGE: u64 = 1000;
 /// as they finish (a failed input is its error object), a progress bar on a
 /// terminal's stderr; Ctrl-C cancels it, prints what had finished and
 /// exits 130.
-async fn map(client: &Client, function: &str, inputs: Vec<Value>) -> Result<ExitCode, String> {
+async fn map(
+    client: &Client,
+    function: &str,
+    inputs: Vec<Value>,
+    inputs_as: InputsAs,
+) -> Result<ExitCode, String> {
     let err = |e: modal_agents::client::ClientError| e.to_string();
     let submitted = client
-        .run_parallel(function, inputs, false)
+        .run_parallel_as(function, inputs, inputs_as, false)
         .await
         .map_err(err)?;
     let id = submitted.task_id;
@@ -249,4 +290,12 @@ fn progress_bar(total: u64) -> Result<indicatif::ProgressBar, String> {
             ),
     );
     Ok(bar)
+}
+
+/// A line quoted in an error, at most 80 characters of it.
+fn quoted(line: &str) -> String {
+    match line.char_indices().nth(80) {
+        Some((at, _)) => format!("{:?}...", &line[..at]),
+        None => format!("{line:?}"),
+    }
 }

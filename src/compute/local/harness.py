@@ -14,7 +14,7 @@
 #   <- {"ready":pid} | {"load_error":{"type","message","line","column","defined","traceback"}}
 #   -> {"op":"call","args":[..],"kwargs":{..}}
 #   <- {"ok":value,"stdout":..,"stderr":..} | {"err":{type,message,traceback},..}
-#   -> {"op":"map","inputs":[..]}
+#   -> {"op":"map","inputs":[..]}            ("as": "args" | "kwargs": f(*x) | f(**x))
 #   <- {"results":[..],"errors":[[i,{..}],..],"stdout":..,"stderr":..}
 # While a request runs, what it prints goes out as it is printed (a line at
 # a time, at most every 0.1 s): frames numbered like the request with the top
@@ -29,6 +29,7 @@ import io
 import marshal
 import os
 import sys
+from itertools import starmap
 
 VERSION = 2
 
@@ -74,7 +75,9 @@ def main():
             linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
 
         tb = exc.__traceback__
-        if skip_harness_frame and tb is not None:
+        # The harness's own frames (the loop, a starmap's or kwargs map's
+        # call) are not the function's: the traceback starts in its code.
+        while skip_harness_frame and tb is not None and tb.tb_frame.f_globals is HARNESS_GLOBALS:
             tb = tb.tb_next
         try:
             message = str(exc)
@@ -171,11 +174,18 @@ def main():
                 results = []
                 errors = []
                 pending = iter(msg["inputs"])
+                how = msg.get("as")
+                if how == "args":
+                    calls = lambda inputs: starmap(fn, inputs)  # noqa: E731
+                elif how == "kwargs":
+                    calls = lambda inputs: map(lambda kw: fn(**kw), inputs)  # noqa: E731
+                else:
+                    calls = lambda inputs: map(fn, inputs)  # noqa: E731
                 watch.start(results)
                 try:
                     while True:
                         try:
-                            results.extend(map(fn, pending))
+                            results.extend(calls(pending))
                             break
                         except BaseException as e:
                             errors.append([len(results), watch.describe(e, len(results)) or describe(e)])
@@ -230,6 +240,8 @@ def main():
 
 
 DONE_MARK = b"\n\x1fmodal-agents: request done\x1f\n"
+
+HARNESS_GLOBALS = globals()
 
 
 class Live:

@@ -321,7 +321,7 @@ async fn run_batch(
     timeout: Duration,
 ) -> BatchDone {
     let started = Instant::now();
-    let request = map_request(slots.iter().map(|s| &s.input));
+    let request = map_request(slots.iter().map(|s| &s.input), ctx.inputs_as);
     // Each input has the function's timeout, enforced in the container (an
     // input past it fails alone, the batch goes on); this bound on the whole
     // batch is only the backstop for a container that stops answering.

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::marshal::{self, Decoder, Malformed};
 use crate::spec::{FunctionSpec, SpecError};
-use crate::task::TaskError;
+use crate::task::{InputsAs, TaskError};
 
 /// Frames a message: 4-byte big-endian length, then the marshal body.
 fn frame_with(write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
@@ -67,12 +67,27 @@ pub(crate) fn call_request(args: Vec<Value>, kwargs: serde_json::Map<String, Val
     frame_with(|out| marshal::encode(&body, out))
 }
 
-/// A `map` request over a batch of inputs.
-pub(crate) fn map_request<'a>(inputs: impl ExactSizeIterator<Item = &'a Value>) -> Vec<u8> {
+/// A `map` request over a batch of inputs, each passed as `inputs_as` says
+/// (`"as"` is left out for the default, one argument each).
+pub(crate) fn map_request<'a>(
+    inputs: impl ExactSizeIterator<Item = &'a Value>,
+    inputs_as: InputsAs,
+) -> Vec<u8> {
     frame_with(|out| {
         out.push(b'{');
         marshal::encode_str("op", out);
         marshal::encode_str("map", out);
+        match inputs_as {
+            InputsAs::Argument => {}
+            InputsAs::Args => {
+                marshal::encode_str("as", out);
+                marshal::encode_str("args", out);
+            }
+            InputsAs::Kwargs => {
+                marshal::encode_str("as", out);
+                marshal::encode_str("kwargs", out);
+            }
+        }
         marshal::encode_str("inputs", out);
         marshal::encode_list_header(inputs.len(), out);
         for input in inputs {

@@ -437,7 +437,7 @@ impl ComputeBackend for ModalBackend {
         let bridge = self.bridge().await?;
         let window = self.config.map_window.max(1);
         let (id, answers) = bridge.open(json!({"op": "map", "app": d.app,
-            "function": d.spec.python_entrypoint(), "window": window}))?;
+            "function": d.spec.python_entrypoint(), "window": window, "as": ctx.inputs_as}))?;
         let (out, rx) = mpsc::channel(4);
         tokio::spawn(run_map(bridge, id, answers, inputs, out, ctx));
         Ok(futures_util::stream::unfold(rx, |mut rx| async move {

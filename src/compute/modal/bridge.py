@@ -10,7 +10,7 @@
 #   -> {"id":N,"op":"follow_logs","call_id":..}              (until the call ends)
 #        <- {"id":N,"log":["stdout"|"stderr",text]} ... {"id":N,"ok":null}
 #   -> {"id":N,"op":"cancel","call_id":..}
-#   -> {"id":N,"op":"map","app":..,"function":..,"window":W}
+#   -> {"id":N,"op":"map","app":..,"function":..,"window":W,"as":"argument"|"args"|"kwargs"}
 #        <- {"id":N,"credit":K}   (send up to K more inputs)
 #   -> {"id":N,"op":"inputs","inputs":[..]} ... {"id":N,"op":"end"}
 #        <- {"id":N,"item":[index,{"ok":v}|{"err":{..}}]} (in input order) ... {"id":N,"ok":null}
@@ -96,6 +96,30 @@ wait_outputs = synchronize_api(_wait_outputs)
 
 
 MAX_RESULT_BYTES = 64 << 20
+
+
+async def kwargs_map(f, inputs):
+    """A map whose inputs are each an object of keyword arguments: the
+    SDK's own map machinery (`_map` over a queue of `(args, kwargs)`, what
+    `map` and `starmap` feed it) with an empty args and the input as kwargs,
+    in input order, exceptions returned in place. The SDK's public map gives
+    every input the same kwargs."""
+    from modal._utils.async_utils import aclosing, async_merge
+    from modal.parallel_map import SynchronizedQueue
+
+    queue = SynchronizedQueue()
+    await queue.init.aio()
+
+    async def feed():
+        async for kwargs in inputs:
+            await queue.put.aio(((), kwargs))
+        await queue.put.aio(None)
+        if False:  # a generator that yields nothing, for async_merge
+            yield
+
+    async with aclosing(async_merge(f._map.aio(queue, True, True), feed())) as outputs:
+        async for output in outputs:
+            yield output
 
 
 class RemoteFunctionError(Exception):
@@ -293,7 +317,14 @@ class Bridge:
         async def run():
             nonlocal done
             self.send({"id": rid, "credit": window})
-            async for result in f.map.aio(inputs(), order_outputs=True, return_exceptions=True):
+            how = msg.get("as", "argument")
+            if how == "args":
+                results = f.starmap.aio(inputs(), order_outputs=True, return_exceptions=True)
+            elif how == "kwargs":
+                results = kwargs_map(f, inputs())
+            else:
+                results = f.map.aio(inputs(), order_outputs=True, return_exceptions=True)
+            async for result in results:
                 if isinstance(result, BaseException):
                     item = {"err": describe(result)}
                 else:
