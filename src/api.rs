@@ -8,6 +8,7 @@
 //! (`/openapi.json`). Every endpoint but `/healthz` needs a bearer token;
 //! every error is RFC 9457 `application/problem+json`.
 
+mod docs;
 mod error;
 mod extract;
 mod functions;
@@ -516,6 +517,8 @@ pub fn app(runtime: Runtime, config: ApiConfig) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(status::healthz))
+        .route("/docs", get(docs::docs))
+        .route("/", get(docs::landing))
         .merge(protected)
         .fallback(fallback)
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })

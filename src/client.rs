@@ -475,18 +475,36 @@ impl Client {
         Ok(response.bytes().await?.to_vec())
     }
 
-    /// `GET /volumes/{name}/files?prefix=`.
+    /// `GET /volumes/{name}/files?prefix=`: every file, a page of 1000 at a
+    /// time.
     pub async fn file_list(
         &self,
         volume: &str,
         prefix: &str,
     ) -> Result<Vec<FileStat>, ClientError> {
-        self.json(
-            Method::GET,
-            &format!("/volumes/{volume}/files?prefix={prefix}"),
-            None,
-        )
-        .await
+        const PAGE: usize = 1000;
+        let mut files: Vec<FileStat> = Vec::new();
+        loop {
+            let after = files
+                .last()
+                .map(|f| format!("&after={}", crate::value::percent_encode(&f.path)))
+                .unwrap_or_default();
+            let page: Vec<FileStat> = self
+                .json(
+                    Method::GET,
+                    &format!(
+                        "/volumes/{volume}/files?prefix={}&limit={PAGE}{after}",
+                        crate::value::percent_encode(prefix)
+                    ),
+                    None,
+                )
+                .await?;
+            let full = page.len() == PAGE;
+            files.extend(page);
+            if !full {
+                return Ok(files);
+            }
+        }
     }
 
     /// `POST /volumes/{name}/push`: upload changes to the Modal Volume.

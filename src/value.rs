@@ -135,6 +135,19 @@ pub(crate) fn check_each<'a>(
         .try_for_each(|(i, v)| check_depth(v, || format!("{field}[{i}]")))
 }
 
+/// `text` with every byte but the unreserved ones (RFC 3986) as `%XX`.
+pub(crate) fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -600,18 +600,35 @@ impl Volumes {
         .await
     }
 
-    /// Files whose path starts with `prefix`, sorted.
+    /// Files whose path starts with `prefix`, sorted: every one (for the
+    /// runtime's own use; a caller's listing is [`Volumes::list_files_page`]).
     pub async fn list_files(
         &self,
         volume: &str,
         prefix: &str,
     ) -> Result<Vec<FileStat>, VolumeError> {
+        Ok(self
+            .list_files_page(volume, prefix, None, usize::MAX)
+            .await?
+            .0)
+    }
+
+    /// At most `limit` files whose path starts with `prefix` and sorts after
+    /// `after`, sorted, and whether more follow (the next page starts after
+    /// the last path of this one).
+    pub async fn list_files_page(
+        &self,
+        volume: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<FileStat>, bool), VolumeError> {
         validate_object_name("volume_name", volume)?;
         let root = self.files_dir(volume);
-        let prefix = prefix.to_owned();
+        let (prefix, after) = (prefix.to_owned(), after.map(str::to_owned));
         blocking(volume, move || match beneath::Root::existing(&root) {
-            Ok(r) => r.list(&prefix),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Ok(r) => r.list(&prefix, after.as_deref(), limit),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((Vec::new(), false)),
             Err(e) => Err(e),
         })
         .await

@@ -40,7 +40,8 @@ pub use tasks::{
 pub use tools::{
     CoordinateState, FunctionList, GpuTaskResult, ListFunctions, ListVolumeFiles, NoArguments,
     RequestGpuTask, SpawnParallelTasks, StateOperation, StateResult, TaskRef, TaskResultsRequest,
-    ToolDefinition, VolumeFile, VolumeFileList, VolumeFileRef, WriteVolumeFile,
+    ToolDefinition, VolumeFile, VolumeFileList, VolumeFileRef, WriteVolumeFile, DEFAULT_FILES_PAGE,
+    MAX_FILES_PAGE,
 };
 
 pub(crate) use deploy::wire_field;

@@ -289,3 +289,89 @@ async fn logs_stream_live_and_resume_where_they_stopped() {
     assert_eq!(problem["field"], "Last-Event-ID", "{problem}");
     t.rt.shutdown().await;
 }
+
+/// A volume of 2,500 files is listed a page at a time: 1000 by default
+/// with a `Link: rel="next"` to the rest, `limit` bounded and named when
+/// wrong, every file exactly once and in order; the client pages through
+/// all of them, and the tool answers `next_after`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_file_listings_come_a_page_at_a_time() {
+    let (c, t) = server().await;
+    let code = "import json, os\ndef fill(n):\n    root = json.loads(os.environ['MODAL_AGENTS_VOLUMES'])['/v']\n    for i in range(n):\n        d = os.path.join(root, 'd%d' % (i % 7))\n        os.makedirs(d, exist_ok=True)\n        open(os.path.join(d, 'f %04d' % i), 'w').close()\n    return n\n";
+    let mut req = DeployRequest::new("fill", code);
+    req.volumes = Some(modal_agents::wire::VolumeMounts::Mounts(
+        [("/v".to_owned(), "many".to_owned())].into(),
+    ));
+    c.deploy(&req).await.unwrap();
+    let record = c
+        .spawn("fill", vec![json!(2500)], Map::new(), true)
+        .await
+        .unwrap();
+    assert_eq!(record.status, TaskStatus::Completed, "{record:?}");
+    let http = reqwest::Client::new();
+    let mut url = format!("{}/volumes/many/files", c.base_url());
+    let mut seen: Vec<String> = Vec::new();
+    let mut pages = 0;
+    loop {
+        let r = http.get(&url).bearer_auth(TOKEN).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let next = r
+            .headers()
+            .get("link")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let page: Vec<serde_json::Value> = r.json().await.unwrap();
+        pages += 1;
+        assert!(page.len() <= 1000);
+        seen.extend(page.iter().map(|f| f["path"].as_str().unwrap().to_owned()));
+        match next {
+            Some(link) => {
+                let path = link
+                    .strip_prefix('<')
+                    .and_then(|l| l.split_once('>'))
+                    .map(|(p, rest)| {
+                        assert_eq!(rest, "; rel=\"next\"");
+                        p.to_owned()
+                    })
+                    .unwrap();
+                url = format!("{}{path}", c.base_url());
+            }
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen.len(), 2500);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, seen, "in order, each once");
+    for bad in ["0", "10001", "x"] {
+        let r = http
+            .get(format!("{}/volumes/many/files?limit={bad}", c.base_url()))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422, "limit={bad}");
+        assert!(r.text().await.unwrap().contains("limit"));
+    }
+    assert_eq!(c.file_list("many", "").await.unwrap().len(), 2500);
+    assert_eq!(c.file_list("many", "d3/").await.unwrap().len(), 357);
+    let answer = c
+        .tool(
+            "list_volume_files",
+            json!({"volume_name": "many", "limit": 10}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer["files"].as_array().unwrap().len(), 10);
+    let after = answer["next_after"].as_str().unwrap();
+    let answer = c
+        .tool(
+            "list_volume_files",
+            json!({"volume_name": "many", "limit": 10, "after": after}),
+        )
+        .await
+        .unwrap();
+    assert!(answer["files"][0]["path"].as_str().unwrap() > after);
+    t.rt.shutdown().await;
+}

@@ -48,5 +48,28 @@ fn the_python_client_passes_its_tests_against_the_real_server() {
     support::stop(&mut server);
     let text = support::output_text(&out);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("23 passed"), "{text}");
+    assert!(text.contains("25 passed"), "{text}");
+}
+
+/// `GET /docs` in a real browser (Debian's chromium driven by Playwright):
+/// the reference of every operation, search, "Try it" with and without the
+/// token (a 422 naming the field, then a deploy), nothing fetched from
+/// another host, the token never in a URL; `GET /` links to it
+/// (tests/docs/browser_test.py).
+#[test]
+fn the_docs_page_works_in_a_real_browser() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let python = support::venv_bin("python");
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, url) = support::serve(BIN, &dir.path().join("data"), TOKEN);
+    let out = Command::new(python)
+        .arg(root.join("tests/docs/browser_test.py"))
+        .env("DOCS_URL", &url)
+        .env("DOCS_TOKEN", TOKEN)
+        .env("DOCS_SCREENSHOTS", dir.path())
+        .output()
+        .unwrap();
+    support::stop(&mut server);
+    let text = support::output_text(&out);
+    assert!(out.status.success(), "{text}");
 }

@@ -146,24 +146,64 @@ pub(crate) async fn pull(
     Ok(Json(state.runtime.pull_volume(&name).await?))
 }
 
-/// Files under a prefix.
-#[utoipa::path(get, path = "/volumes/{name}/files", params(("prefix" = Option<String>, Query)),
-    responses((status = 200, body = Vec<FileStat>), (status = 404, body = super::Problem)))]
+/// Files under a prefix, sorted by path, a page at a time (`limit`, default
+/// 1000, at most 10000): when more follow, a `Link: <...>; rel="next"`
+/// header gives the next page's URL (`after` the last path of this one).
+#[utoipa::path(get, path = "/volumes/{name}/files",
+    params(("prefix" = Option<String>, Query), ("after" = Option<String>, Query),
+           ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000)),
+    responses((status = 200, body = Vec<FileStat>, headers(("Link" = String, description = "the next page, when there is one"))),
+              (status = 404, body = super::Problem), (status = 422, body = super::Problem)))]
 pub(crate) async fn list_files(
     State(state): State<ApiState>,
     Path(name): Path<String>,
     Query(query): Query<BTreeMap<String, String>>,
-) -> Result<Json<Vec<FileStat>>, Error> {
+) -> Result<Response, Error> {
     let prefix = query.get("prefix").cloned().unwrap_or_default();
+    let limit = match query.get("limit") {
+        None => None,
+        Some(raw) => Some(raw.parse::<u32>().map_err(|_| {
+            Error::invalid(
+                "limit",
+                format!(
+                    "got {:?}; expected a whole number from 1 to {}",
+                    crate::value::clip(raw, 32),
+                    crate::wire::MAX_FILES_PAGE
+                ),
+            )
+        })?),
+    };
     let listed = state
         .commands
         .list_files(crate::wire::ListVolumeFiles {
             volume_name: name.clone(),
-            prefix,
+            prefix: prefix.clone(),
+            after: query.get("after").cloned(),
+            limit,
         })
         .await?;
     require_volume(&state, &name)?;
-    Ok(Json(listed.files))
+    let mut response = Json(listed.files).into_response();
+    if let Some(after) = listed.next_after {
+        let mut next = format!(
+            "</volumes/{name}/files?after={}&limit={}",
+            crate::value::percent_encode(&after),
+            limit.unwrap_or(crate::wire::DEFAULT_FILES_PAGE)
+        );
+        if !prefix.is_empty() {
+            next.push_str(&format!(
+                "&prefix={}",
+                crate::value::percent_encode(&prefix)
+            ));
+        }
+        next.push_str(">; rel=\"next\"");
+        if let Ok(value) = axum::http::HeaderValue::from_str(&next) {
+            response
+                .headers_mut()
+                .insert(axum::http::header::LINK, value);
+        }
+    }
+    Ok(response)
 }
 
 /// A 404 for a volume that does not exist (reads create nothing).

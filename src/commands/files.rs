@@ -121,12 +121,27 @@ impl Commands {
 
     /// The files of a volume under a prefix.
     pub async fn list_files(&self, a: ListVolumeFiles) -> Result<VolumeFileList, CommandError> {
-        let files = self
+        const NAME: &str = "list_volume_files";
+        let limit = a.limit.unwrap_or(crate::wire::DEFAULT_FILES_PAGE);
+        if !(1..=crate::wire::MAX_FILES_PAGE).contains(&limit) {
+            return Err(CommandError::invalid(
+                NAME,
+                "limit",
+                format!("got {limit}; expected 1 to {}", crate::wire::MAX_FILES_PAGE),
+            ));
+        }
+        let (files, more) = self
             .runtime
             .volumes()
-            .list_files(&a.volume_name, &a.prefix)
+            .list_files_page(
+                &a.volume_name,
+                &a.prefix,
+                a.after.as_deref(),
+                limit as usize,
+            )
             .await
-            .map_err(volume_error("list_volume_files"))?;
-        Ok(VolumeFileList { files })
+            .map_err(volume_error(NAME))?;
+        let next_after = more.then(|| files.last().map(|f| f.path.clone())).flatten();
+        Ok(VolumeFileList { files, next_after })
     }
 }

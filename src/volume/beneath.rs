@@ -239,10 +239,18 @@ impl Root {
         }
     }
 
-    /// Every regular file whose path starts with `prefix`, sorted; links are
-    /// neither listed nor descended into, nor are temp files of writes.
-    pub(crate) fn list(&self, prefix: &str) -> io::Result<Vec<FileStat>> {
-        let mut out = Vec::new();
+    /// The first `limit` regular files (by path) whose path starts with
+    /// `prefix` and comes after `after`, sorted, and whether more follow;
+    /// links are neither listed nor descended into, nor are temp files of
+    /// writes. However many files there are, only `limit + 1` are held.
+    pub(crate) fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> io::Result<(Vec<FileStat>, bool)> {
+        // A max-heap by path of the smallest paths seen so far.
+        let mut out = std::collections::BinaryHeap::<ByPath>::new();
         let mut stack: Vec<(OwnedFd, String)> = vec![(self.fd.try_clone()?, String::new())];
         while let Some((dir, at)) = stack.pop() {
             // The directory is read through its descriptor (no path lookup).
@@ -270,17 +278,53 @@ impl Root {
                         Err(e) if is_absent(&e) => {}
                         Err(e) => return Err(e),
                     }
-                } else if is_file(&st) && !text.starts_with('.') && path.starts_with(prefix) {
-                    out.push(FileStat {
+                } else if is_file(&st)
+                    && !text.starts_with('.')
+                    && path.starts_with(prefix)
+                    && after.is_none_or(|a| path.as_str() > a)
+                {
+                    out.push(ByPath(FileStat {
                         path,
                         size: st.st_size.max(0) as u64,
                         modified_ms: modified_ms(&st),
-                    });
+                    }));
+                    if out.len() > limit.saturating_add(1) {
+                        out.pop();
+                    }
                 }
             }
         }
-        out.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(out)
+        let more = out.len() > limit;
+        if more {
+            out.pop();
+        }
+        Ok((
+            out.into_sorted_vec().into_iter().map(|f| f.0).collect(),
+            more,
+        ))
+    }
+}
+
+/// A file ordered by its path alone.
+struct ByPath(FileStat);
+
+impl PartialEq for ByPath {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.path == other.0.path
+    }
+}
+
+impl Eq for ByPath {}
+
+impl PartialOrd for ByPath {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ByPath {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.path.cmp(&other.0.path)
     }
 }
 
@@ -606,7 +650,9 @@ mod tests {
         // Removing a link removes the link only.
         assert!(root.remove("a/rel").unwrap());
         assert!(secret.exists());
-        let listed: Vec<String> = root.list("").unwrap().into_iter().map(|s| s.path).collect();
+        let (listed, more) = root.list("", None, 10).unwrap();
+        assert!(!more);
+        let listed: Vec<String> = listed.into_iter().map(|s| s.path).collect();
         assert_eq!(
             listed,
             ["a/ok.txt", "x"],
@@ -622,11 +668,20 @@ mod tests {
         root.write("a/x.txt", b"two!").unwrap();
         root.write("b.txt", b"").unwrap();
         assert_eq!(root.read("a/x.txt").unwrap(), b"two!");
-        let all = root.list("").unwrap();
+        root.write("c/z.txt", b"").unwrap();
+        let (all, more) = root.list("", None, 100).unwrap();
         let names: Vec<&str> = all.iter().map(|s| s.path.as_str()).collect();
-        assert_eq!(names, ["a/x.txt", "b.txt"]);
+        assert_eq!(names, ["a/x.txt", "b.txt", "c/z.txt"]);
+        assert!(!more);
         assert_eq!(all[0].size, 4);
-        assert_eq!(root.list("a/").unwrap().len(), 1);
+        assert_eq!(root.list("a/", None, 100).unwrap().0.len(), 1);
+        // A page: the smallest paths, whether more follow, then after them.
+        let (page, more) = root.list("", None, 2).unwrap();
+        assert_eq!(page.len(), 2);
+        assert!(more);
+        let (rest, more) = root.list("", Some("b.txt"), 2).unwrap();
+        assert_eq!(rest[0].path, "c/z.txt");
+        assert!(!more);
         assert!(root.stat("nope").unwrap().is_none());
         assert!(!root.remove("nope").unwrap());
         assert!(root.remove("b.txt").unwrap());

@@ -253,11 +253,26 @@ pub struct ListVolumeFiles {
     /// Only paths starting with this (default: all).
     #[serde(default)]
     pub prefix: String,
+    /// Only paths after this one (the `next_after` of the page before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// How many files at most (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 10000)]
+    pub limit: Option<u32>,
 }
 
-/// Files in a volume.
+/// Most files one listing of a volume answers, and how many by default.
+pub const MAX_FILES_PAGE: u32 = 10_000;
+/// See [`MAX_FILES_PAGE`].
+pub const DEFAULT_FILES_PAGE: u32 = 1_000;
+
+/// Files in a volume, a page at a time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct VolumeFileList {
     /// Each file, by path.
     pub files: Vec<crate::volume::FileStat>,
+    /// When more files follow: pass it as `after` for the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
 }

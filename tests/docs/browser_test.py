@@ -24,6 +24,56 @@ from playwright.sync_api import expect, sync_playwright
 
 TIMEOUT_MS = 15_000
 
+# Markup in every string a spec can carry; each would set window.__pwned if
+# the page ever parsed spec text as HTML.
+XSS = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
+
+
+def deep_schema(levels):
+    schema = {"type": "string"}
+    for i in range(levels):
+        schema = {"type": "object", "properties": {f"level{levels - i}": schema}}
+    return schema
+
+
+HOSTILE_SPEC = {
+    "openapi": "3.1.0",
+    "info": {"title": "hostile " + XSS, "version": XSS, "description": XSS},
+    "paths": {
+        "/x/{id}": {
+            "post": {
+                "tags": ["tag" + XSS],
+                "summary": "summary " + XSS,
+                "description": "```\n" + XSS + "\n```\n\n`" + XSS + "`",
+                "parameters": [
+                    {"name": "id", "in": "path", "required": True, "description": XSS, "schema": {"type": "string", "pattern": XSS}},
+                    {"name": "q" + XSS, "in": "query", "schema": {"enum": [XSS, 1]}},
+                ],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Node"}}}},
+                "responses": {
+                    "200": {"description": XSS, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Deep"}}}},
+                    "default": {"description": "other", "content": {"text/plain": {"schema": {"$ref": "#/components/schemas/Missing"}}}},
+                },
+            }
+        }
+    },
+    "components": {
+        "schemas": {
+            "Node": {
+                "type": "object",
+                "description": XSS,
+                "required": ["next"],
+                "properties": {
+                    "next": {"$ref": "#/components/schemas/Node"},
+                    "kids": {"type": "array", "items": {"$ref": "#/components/schemas/Node"}},
+                    XSS: {"oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/Node"}]},
+                },
+            },
+            "Deep": deep_schema(40),
+        }
+    },
+}
+
 
 class Check(Exception):
     pass
@@ -83,10 +133,12 @@ def main():
         step = "start"
         try:
             step = "open /docs"
-            page.goto(base + "/docs")
+            answer = page.goto(base + "/docs")
+            check(answer is not None and answer.status == 200, f"GET /docs answered {answer and answer.status}")
+            check(answer.headers.get("content-type", "").startswith("text/html"), f"GET /docs is {answer.headers.get('content-type')}")
             expect(page).to_have_title("modal-agents API reference")
             # /openapi.json may be behind the token: then the page asks for it.
-            first = page.locator(".op-item, .notice").first
+            first = page.locator(".op-item, .notice:not(.loading)").first
             expect(first).to_be_visible()
             spec_needs_token = page.locator(".op-item").count() == 0
             if spec_needs_token:
@@ -184,7 +236,9 @@ def main():
             print("ok: the token went only in Authorization headers")
 
             step = "open /"
-            page.goto(base + "/")
+            answer = page.goto(base + "/")
+            check(answer is not None and answer.status == 200, f"GET / answered {answer and answer.status}")
+            check(answer.headers.get("content-type", "").startswith("text/html"), f"GET / is {answer.headers.get('content-type')}")
             expect(page).to_have_title("modal-agents")
             body = page.locator("body").inner_text()
             check("{{VERSION}}" not in body, "the landing page still shows {{VERSION}}")
@@ -198,6 +252,32 @@ def main():
             expect(page).to_have_url(base + "/docs")
             expect(page.locator('.op-item[data-op="GET /healthz"]')).to_be_visible()
             print("ok: / links to /docs, /openapi.json, /mcp, /healthz; /docs opens from it")
+
+            step = "the served pages load nothing from elsewhere"
+            for path in ("/docs", "/"):
+                html = context.request.get(base + path).text()
+                for bad in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "url(", "@import"):
+                    check(bad not in html, f"{path} contains {bad!r}")
+                check(not re.search(r"""(src|href|action)\s*=\s*["']?(https?:)?//""", html), f"{path} refers to another host")
+            print("ok: /docs and / are self-contained (no external src/href, no HTML sinks)")
+
+            step = "a hostile spec is shown as text"
+            hostile = context.new_page()
+            hostile.on("pageerror", lambda e: console_errors.append((f"uncaught (hostile spec): {e}", hostile.url)))
+            hostile.route(base + "/openapi.json", lambda route: route.fulfill(
+                status=200, content_type="application/json", body=json.dumps(HOSTILE_SPEC)))
+            hostile.goto(base + "/docs#" + "POST%20%2Fx%2F%7Bid%7D")
+            expect(hostile.locator("main h2")).to_contain_text("/x/{id}")
+            hostile.locator("details").evaluate_all("ds => ds.forEach(d => { d.open = true; })")
+            text = hostile.locator("body").text_content()
+            for needle in (XSS, "recursive", "nested too deep", "unresolved reference"):
+                check(needle in text, f"the hostile spec's page does not show {needle!r}")
+            check(hostile.locator("body img, body svg, main script, nav script").count() == 0, "spec text became elements")
+            check(hostile.evaluate("() => window.__pwned") is None, "spec text ran as script")
+            body_value = json.loads(hostile.locator("#body").input_value())
+            check(body_value == {"next": None}, f"cyclic skeleton {body_value}")
+            hostile.close()
+            print("ok: a spec full of markup, a cycle, a 40-level schema and a dangling $ref render as text")
 
             step = "requests stayed on the server"
             check(not foreign, f"requests to another host: {foreign}")
