@@ -15,7 +15,9 @@ client talks to `MODAL_AGENTS_URL` with `MODAL_AGENTS_TOKEN`):
         for value in f.map(range(1000), progress=True):   # lazily, in input order
             ...
         list(f.map(range(10), order_outputs=False))       # as they finish
-        list(client.function("add").starmap([(1, 2), (3, 4)]))
+        add = client.function("add")
+        list(add.starmap([(1, 2), (3, 4)]))               # add(*input): one map
+        list(add.starmap([{"a": 1}, {"a": 2, "b": 3}]))   # add(**input): one map
         for line in client.follow_logs(call.id):          # as it prints
             print(line)
 

@@ -114,26 +114,36 @@ class AsyncClient:
 
     async def _drive(self, flow: Flow[Any, R]) -> R:
         reply: Any = None
+        error: Optional[Exception] = None
         while True:
             try:
-                step = flow.send(reply)
+                step = flow.send(reply) if error is None else flow.throw(error)
             except StopIteration as done:
                 return done.value  # type: ignore[no-any-return]
-            reply = None if isinstance(step, Emit) else await self._perform(step)
+            reply, error = None, None
+            if not isinstance(step, Emit):
+                try:
+                    reply = await self._perform(step)
+                except Exception as e:  # raised in the flow, where it sent the op
+                    error = e
 
     async def _iterate(self, flow: Flow[T, None]) -> AsyncIterator[T]:
         reply: Any = None
+        error: Optional[Exception] = None
         try:
             while True:
                 try:
-                    step = flow.send(reply)
+                    step = flow.send(reply) if error is None else flow.throw(error)
                 except StopIteration:
                     return
+                reply, error = None, None
                 if isinstance(step, Emit):
-                    reply = None
                     yield step.value
                 else:
-                    reply = await self._perform(step)
+                    try:
+                        reply = await self._perform(step)
+                    except Exception as e:  # raised in the flow, where it sent the op
+                        error = e
         finally:
             flow.close()
 
@@ -275,7 +285,9 @@ class AsyncFunction:
         return_exceptions: bool = False,
         progress: bool = False,
     ) -> AsyncIterator[Any]:
-        """The values of calls over the inputs, lazily (see `Function.map`)."""
+        """The values of calls over the inputs, lazily (see `Function.map`:
+        in input order one server-side map, separate calls with
+        `order_outputs=False` or `kwargs`)."""
         flow = flows.map_flow(self.name, iterables, kwargs, order_outputs, return_exceptions)
         return _with_progress(self.client._iterate(flow), progress, flows.known_length(iterables), self.name)
 
@@ -287,7 +299,10 @@ class AsyncFunction:
         return_exceptions: bool = False,
         progress: bool = False,
     ) -> AsyncIterator[Any]:
-        """Like `map`, each input being a tuple of positional arguments."""
+        """Like `map`, each input a tuple of positional arguments or (when
+        the first is a mapping) a mapping of keyword arguments (see
+        `Function.starmap`: in input order one server-side map, separate
+        calls with `order_outputs=False` or tuples with `kwargs`)."""
         flow = flows.map_flow(self.name, [input_iterator], kwargs, order_outputs, return_exceptions, star=True)
         total = flows.known_length([input_iterator])
         return _with_progress(self.client._iterate(flow), progress, total, self.name)

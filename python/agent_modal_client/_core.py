@@ -4,7 +4,8 @@ and the parsing of followed logs. `Client` (httpx.Client) and `AsyncClient`
 (httpx.AsyncClient) only send what this module describes.
 
 Work of several requests (waits, maps) is written once as a *flow*: a
-generator that yields an `Op` and is sent back what the op returned, or
+generator that yields an `Op` and is sent back what the op returned (or
+has the op's error raised where it yielded, so that it can clean up), or
 yields an `Emit` whose value the iterator hands to its caller. Each client
 drives flows with its own transport (`_drive` and `_iterate`).
 """

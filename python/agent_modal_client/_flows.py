@@ -2,18 +2,29 @@
 `_core`): waiting for a task, a call's value, a map's values in input
 order or as they finish, and a map's results page by page.
 
+A map in input order is a server-side map (`POST /run-parallel`), each
+input passed as its `inputs_as` says: the one argument (`map` of one
+iterable), a list of positional arguments (`starmap`, `map` of several
+iterables) or an object of keyword arguments (`starmap` of mappings).
+Separate calls remain only for what a server map cannot do: values as they
+finish (`order_outputs=False`; a map releases its results in input order),
+and positional arguments with shared `kwargs` (a map input is either
+positional or keyword arguments, not both).
+
 Nothing here sleeps on the client: waits are the server's (`POST
 /tasks/wait`, which answers at once when the task ends)."""
 
 from __future__ import annotations
 
+import functools
 import itertools
+import re
 import time
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Sized, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Sized, Tuple, Union
 
 from . import _ops as ops
 from ._core import Emit, Flow
-from ._errors import TaskFailedError, TimeoutError, task_failed
+from ._errors import APIError, TaskFailedError, TimeoutError, ValidationError, task_failed
 
 #: Longest one server-side wait (under common 60 s proxy limits).
 WAIT_SLICE_S = 55.0
@@ -23,13 +34,26 @@ WAIT_SLICE_S = 55.0
 MAP_CHUNK = 10_000
 #: Results read per page (and so held at most at once).
 PAGE_SIZE = 1000
-#: Calls in flight at once for `starmap`, `kwargs` and `order_outputs=False`
-#: (also the most finished results kept to restore input order).
+#: Calls in flight at once when a map is made of separate calls
+#: (`order_outputs=False`, or positional arguments with shared `kwargs`;
+#: also the most finished results kept to restore input order).
 CALL_WINDOW = 256
 #: Bounds of the pause between two looks at a running map's next results.
 MIN_PAUSE_S, MAX_PAUSE_S = 0.02, 1.0
 
 TERMINAL = ("completed", "failed", "cancelled")
+
+#: How a server-side map passes each input (`inputs_as`): as the one
+#: argument `f(x)`, as positional arguments `f(*x)` (x a list) or as keyword
+#: arguments `f(**x)` (x an object).
+ARGUMENT, ARGS, KWARGS = "argument", "args", "kwargs"
+#: No input (an empty iterable's `next`).
+_NOTHING: Any = object()
+#: What each input must be, by `inputs_as` (as the server says it).
+_EXPECTED = {
+    ARGS: "a list of positional arguments (inputs_as: args)",
+    KWARGS: "an object of keyword arguments (inputs_as: kwargs)",
+}
 
 
 def wait(
@@ -138,26 +162,57 @@ def _map_chunk(map_id: str, total: int, base: int, return_exceptions: bool) -> F
         raise task_failed(record)
 
 
+def _shifted(error: ValidationError, base: int) -> ValidationError:
+    """A chunk's refusal naming one of its inputs (`inputs[i]`), naming it
+    by its place in the whole map instead."""
+    named = re.fullmatch(r"inputs\[(\d+)\](.*)", error.field or "", re.DOTALL)
+    if base == 0 or named is None:
+        return error
+    problem = dict(error.problem)
+    problem["field"] = f"inputs[{base + int(named.group(1))}]{named.group(2)}"
+    return ValidationError(error.status, problem)
+
+
+def _submit(
+    function_name: str, chunk: List[Any], inputs_as: str, base: int
+) -> Flow[Any, Dict[str, Any]]:
+    """Submits one chunk of a map, whose first input is the map's `base`th."""
+    try:
+        submitted: Dict[str, Any] = yield ops.run_parallel(function_name, chunk, inputs_as=inputs_as)
+    except ValidationError as e:
+        shifted = _shifted(e, base)
+        if shifted is e:
+            raise
+        raise shifted from None
+    return submitted
+
+
 def map_inputs(
-    function_name: str, inputs: Iterator[Any], return_exceptions: bool, inflight: Set[str]
+    function_name: str,
+    inputs: Iterator[Any],
+    return_exceptions: bool,
+    inflight: Set[str],
+    inputs_as: str = ARGUMENT,
 ) -> Flow[Any, None]:
-    """`fn(x)` for each input as server-side maps of `MAP_CHUNK` inputs, the
-    values in input order as they are finished. `inflight` holds the maps
-    not read to their end."""
+    """`fn(x)` (or `fn(*x)`, `fn(**x)`, as `inputs_as` says) for each input
+    as server-side maps of `MAP_CHUNK` inputs, the values in input order as
+    they are finished. `inflight` holds the maps not read to their end. An
+    input of the wrong shape is refused by the server: `ValidationError`
+    whose `field` is `inputs[i]`, `i` its place among all the inputs."""
     base = 0
     chunk = list(itertools.islice(inputs, MAP_CHUNK))
     if not chunk:
         return
-    current: Optional[Dict[str, Any]] = yield ops.run_parallel(function_name, chunk)
+    current: Optional[Dict[str, Any]] = yield from _submit(function_name, chunk, inputs_as, base)
     while current is not None:
         inflight.add(current["task_id"])
+        total = int(current["num_tasks"])
         chunk = list(itertools.islice(inputs, MAP_CHUNK))
         following: Optional[Dict[str, Any]] = None
         if chunk:
-            following = yield ops.run_parallel(function_name, chunk)
+            following = yield from _submit(function_name, chunk, inputs_as, base + total)
             inflight.add(following["task_id"])
         chunk = []
-        total = int(current["num_tasks"])
         yield from _map_chunk(current["task_id"], total, base, return_exceptions)
         inflight.discard(current["task_id"])
         base += total
@@ -166,28 +221,29 @@ def map_inputs(
 
 def map_calls(
     function_name: str,
-    arg_tuples: Iterator[Tuple[Any, ...]],
-    kwargs: Dict[str, Any],
+    calls: Iterator[Tuple[List[Any], Dict[str, Any]]],
     order_outputs: bool,
     return_exceptions: bool,
     inflight: Set[str],
 ) -> Flow[Any, None]:
-    """`fn(*args, **kwargs)` for each tuple as separate calls, at most
-    `CALL_WINDOW` in flight (or finished and waiting for an earlier one),
-    the values in input order or, without `order_outputs`, as they finish.
-    The server's maps take one argument per input and release results only
-    in input order, hence calls for `starmap`, `kwargs` and unordered maps."""
+    """`fn(*args, **kwargs)` for each `(args, kwargs)` as separate calls, at
+    most `CALL_WINDOW` in flight (or finished and waiting for an earlier
+    one), the values in input order or, without `order_outputs`, as they
+    finish. Only for what a server-side map cannot do: it releases results
+    in input order, and passes each input as positional or as keyword
+    arguments, not both."""
     pending: Dict[str, int] = {}
     finished: Dict[int, Any] = {}
     submitted = emitted = 0
     exhausted = False
     while True:
         while not exhausted and len(pending) + len(finished) < CALL_WINDOW:
-            args = next(arg_tuples, None)
-            if args is None:
+            call = next(calls, None)
+            if call is None:
                 exhausted = True
                 break
-            record = yield ops.spawn_task(function_name, list(args), kwargs)
+            args, kwargs = call
+            record = yield ops.spawn_task(function_name, args, kwargs)
             pending[record["task_id"]] = submitted
             inflight.add(record["task_id"])
             submitted += 1
@@ -221,6 +277,57 @@ def _emit(value: Any, return_exceptions: bool) -> Emit[Any]:
     return Emit(value)
 
 
+def _positional(args: Any) -> Any:
+    """A starmap input as JSON: its positional arguments as a list (from a
+    tuple, list or other iterable but a string or mapping); anything else
+    as it is, for the map to refuse naming its index."""
+    if isinstance(args, list):
+        return args
+    if isinstance(args, (str, bytes, bytearray, Mapping)) or not isinstance(args, Iterable):
+        return args
+    return list(args)
+
+
+def _keywords(kwargs: Any, shared: Dict[str, Any]) -> Any:
+    """A starmap input of keyword arguments as JSON: an object of `shared`
+    and its own (its own winning); anything else as `_positional` has it,
+    for the map to refuse naming its index."""
+    if isinstance(kwargs, Mapping):
+        return {**shared, **kwargs}
+    return _positional(kwargs)
+
+
+def _refused(index: int, value: Any, inputs_as: str) -> ValidationError:
+    """The refusal of a wrong-shaped input, as a server map words it."""
+    got = repr(value)
+    got = got if len(got) <= 64 else got[:61] + "..."
+    return ValidationError(422, {
+        "type": "urn:modal-agents:problem:validation",
+        "title": "Invalid field",
+        "status": 422,
+        "detail": f"got {got}; expected {_EXPECTED[inputs_as]}",
+        "field": f"inputs[{index}]",
+    })
+
+
+def _calls(
+    inputs: Iterator[Any], inputs_as: str, shared: Dict[str, Any]
+) -> Iterator[Tuple[List[Any], Dict[str, Any]]]:
+    """`(args, kwargs)` of each separate call, each input (made JSON by
+    `_positional` or `_keywords`) checked as a server map checks it."""
+    for index, value in enumerate(inputs):
+        if inputs_as == KWARGS:
+            if not isinstance(value, dict):
+                raise _refused(index, value, inputs_as)
+            yield [], value
+        elif inputs_as == ARGS:
+            if not isinstance(value, list):
+                raise _refused(index, value, inputs_as)
+            yield value, shared
+        else:
+            yield [value], shared
+
+
 def map_flow(
     function_name: str,
     iterables: Sequence[Iterable[Any]],
@@ -230,27 +337,50 @@ def map_flow(
     star: bool = False,
 ) -> Flow[Any, None]:
     """`Function.map` (`star=False`: the iterables zipped, one argument from
-    each) and `Function.starmap` (`star=True`: one iterable of argument
-    tuples): a server-side map when each call takes one argument and the
-    outputs are wanted in order, else separate calls."""
+    each) and `Function.starmap` (`star=True`: one iterable of inputs, each
+    a tuple of positional arguments or, when the first is a mapping, each a
+    mapping of keyword arguments), with `kwargs` passed to every call.
+
+    In input order it is one server-side map (in chunks of `MAP_CHUNK`):
+    `inputs_as` `argument` for `map` of one iterable, `args` for `starmap`
+    and `map` of several iterables, `kwargs` for `starmap` of mappings (with
+    the shared `kwargs` merged in). Separate calls (`map_calls`) remain for
+    `order_outputs=False` and for positional inputs with shared `kwargs`."""
     if not iterables:
         raise TypeError("map takes at least one iterable of inputs")
+    shared = dict(kwargs or {})
     inflight: Set[str] = set()
+    inputs: Iterator[Any]
     try:
-        if not star and len(iterables) == 1 and not kwargs and order_outputs:
-            yield from map_inputs(function_name, iter(iterables[0]), return_exceptions, inflight)
-            return
-        tuples: Iterator[Tuple[Any, ...]]
         if star:
-            tuples = (tuple(args) for args in iterables[0])
+            inputs = iter(iterables[0])
+            first = next(inputs, _NOTHING)
+            if first is _NOTHING:
+                return
+            inputs = itertools.chain([first], inputs)
+            if isinstance(first, Mapping):
+                # The shared kwargs go in each input (the map's only ones).
+                inputs_as = KWARGS
+                inputs = map(functools.partial(_keywords, shared=shared), inputs)
+                shared = {}
+            else:
+                inputs_as = ARGS
+                inputs = (_positional(x) for x in inputs)
+        elif len(iterables) == 1:
+            inputs_as = ARGUMENT
+            inputs = iter(iterables[0])
         else:
-            tuples = zip(*iterables)
-        yield from map_calls(
-            function_name, tuples, dict(kwargs or {}), order_outputs, return_exceptions, inflight
-        )
-    except TaskFailedError:
-        # An input failed and the map raises: what it started and did not
-        # read stops too. (Leaving the loop early leaves it running.)
+            inputs_as = ARGS
+            inputs = (list(args) for args in zip(*iterables))
+        if order_outputs and not shared:
+            yield from map_inputs(function_name, inputs, return_exceptions, inflight, inputs_as)
+        else:
+            calls = _calls(inputs, inputs_as, shared)
+            yield from map_calls(function_name, calls, order_outputs, return_exceptions, inflight)
+    except (TaskFailedError, APIError):
+        # An input failed (or a request was refused) and the map raises:
+        # what it started and did not read stops too. (Leaving the loop
+        # early leaves it running.)
         for task_id in sorted(inflight):
             yield ops.cancel_quietly(task_id)
         raise

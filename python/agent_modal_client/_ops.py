@@ -53,12 +53,18 @@ def run_parallel(
     inputs: Iterable[Any],
     wait: bool = False,
     wait_timeout: Optional[float] = None,
+    inputs_as: Optional[str] = None,
 ) -> Op[Dict[str, Any]]:
     """Maps the function over `inputs` (`POST /run-parallel`); with `wait`,
-    the answer's `results` are the first page of results in input order."""
+    the answer's `results` are the first page of results in input order.
+    `inputs_as` says how each input is passed: `"argument"` (the default:
+    `f(input)`), `"args"` (a list: `f(*input)`, a starmap) or `"kwargs"` (an
+    object: `f(**input)`); an input of another shape is refused
+    (`ValidationError`, its `field` naming it: `inputs[i]`)."""
     body = drop_none(
         {"function_name": function_name, "inputs": list(inputs), "wait": wait,
-         "wait_timeout": wait_timeout}
+         "wait_timeout": wait_timeout,
+         "inputs_as": None if inputs_as == "argument" else inputs_as}
     )
     return Op("POST", "/run-parallel", as_dict, json=body, timeout=wait_request_timeout(wait, wait_timeout))
 

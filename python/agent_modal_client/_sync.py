@@ -100,26 +100,36 @@ class Client:
 
     def _drive(self, flow: Flow[Any, R]) -> R:
         reply: Any = None
+        error: Optional[Exception] = None
         while True:
             try:
-                step = flow.send(reply)
+                step = flow.send(reply) if error is None else flow.throw(error)
             except StopIteration as done:
                 return done.value  # type: ignore[no-any-return]
-            reply = None if isinstance(step, Emit) else self._perform(step)
+            reply, error = None, None
+            if not isinstance(step, Emit):
+                try:
+                    reply = self._perform(step)
+                except Exception as e:  # raised in the flow, where it sent the op
+                    error = e
 
     def _iterate(self, flow: Flow[T, None]) -> Iterator[T]:
         reply: Any = None
+        error: Optional[Exception] = None
         try:
             while True:
                 try:
-                    step = flow.send(reply)
+                    step = flow.send(reply) if error is None else flow.throw(error)
                 except StopIteration:
                     return
+                reply, error = None, None
                 if isinstance(step, Emit):
-                    reply = None
                     yield step.value
                 else:
-                    reply = self._perform(step)
+                    try:
+                        reply = self._perform(step)
+                    except Exception as e:  # raised in the flow, where it sent the op
+                        error = e
         finally:
             flow.close()
 
@@ -249,10 +259,20 @@ class Function:
         progress: bool = False,
     ) -> Iterator[Any]:
         """The values of calls over the inputs (one argument from each
-        iterable, zipped), lazily: in input order, or as they finish with
-        `order_outputs=False`. A failed input raises its `TaskFailedError`,
-        or with `return_exceptions` is that error in its place. `progress`
-        shows a tqdm bar when tqdm is installed."""
+        iterable, zipped; `kwargs` to every call), lazily: in input order,
+        or as they finish with `order_outputs=False`. A failed input raises
+        its `TaskFailedError` (`index` its place), or with
+        `return_exceptions` is that error in its place. `progress` shows a
+        tqdm bar when tqdm is installed.
+
+        In input order it is one server-side map (in chunks of 10,000
+        inputs, taken from the iterables a chunk ahead of the values), its
+        results read page by page: each input the one argument, or with
+        several iterables each zipped tuple the positional arguments
+        (`inputs_as="args"`). It is separate calls instead (at most 256 in
+        flight) with `order_outputs=False` (a map releases its results in
+        input order only) or with `kwargs` (a map input is positional or
+        keyword arguments, not both: `starmap` of mappings is a map)."""
         flow = flows.map_flow(self.name, iterables, kwargs, order_outputs, return_exceptions)
         return _with_progress(self.client._iterate(flow), progress, flows.known_length(iterables), self.name)
 
@@ -264,7 +284,18 @@ class Function:
         return_exceptions: bool = False,
         progress: bool = False,
     ) -> Iterator[Any]:
-        """Like `map`, each input being a tuple of positional arguments."""
+        """Like `map`, each input being the arguments of one call: a tuple
+        (or list) of positional arguments, `f(*input)`, or, when the first
+        input is a mapping, a mapping of keyword arguments, `f(**input)`
+        (with `kwargs` merged in, the input's own keys winning).
+
+        In input order it is one server-side map (`inputs_as="args"`, or
+        `"kwargs"` for mappings), read as `map` reads one; an input of the
+        other shape raises `ValidationError` whose `field` names it
+        (`inputs[i]`). It is separate calls instead (at most 256 in flight)
+        with `order_outputs=False` (a map releases its results in input
+        order only) and for tuples with `kwargs` (a map input is positional
+        or keyword arguments, not both)."""
         flow = flows.map_flow(self.name, [input_iterator], kwargs, order_outputs, return_exceptions, star=True)
         total = flows.known_length([input_iterator])
         return _with_progress(self.client._iterate(flow), progress, total, self.name)

@@ -13,6 +13,7 @@ from agent_modal_client import (
     ModalAgentClient,
     ServerUnreachableError,
     TaskFailedError,
+    ValidationError,
 )
 
 
@@ -50,6 +51,14 @@ def test_the_async_client_from_the_environment_has_the_same_handles():
             assert sorted(v for v in out if isinstance(v, int)) == [-3, -1, 0]
             assert [e.index for e in out if isinstance(e, TaskFailedError)] == [2]
             assert [v async for v in f.starmap([(1,), (3,)], progress=True)] == [-1, -3]
+            out = [v async for v in f.starmap([{"x": 1}, {"x": 2}, {"x": 3}], return_exceptions=True)]
+            assert out[0] == -1 and out[2] == -3 and (out[1].index, out[1].type) == (1, "KeyError")
+            maps = [t for t in (await client.list_tasks(limit=1000))["tasks"]
+                    if t["function_name"] == "async_fragile" and t["kind"] == "map"]
+            assert len(maps) == 3, "map, starmap of tuples and of mappings: one map each"
+            with pytest.raises(ValidationError) as refused:
+                [v async for v in f.starmap([{"x": 1}, 5])]
+            assert refused.value.field == "inputs[1]"
 
             call = await f.spawn(7)
             assert isinstance(call, AsyncFunctionCall) and await call.get(timeout=60) == -7

@@ -18,6 +18,7 @@ from agent_modal_client import (
     NotFoundError,
     ServerUnreachableError,
     TaskFailedError,
+    ValidationError,
 )
 
 
@@ -42,6 +43,10 @@ def fragile(x):
     if x % 4 == 3:
         raise ValueError(f"no {x}")
     return x * 10
+
+
+def line(a, b=10, *, scale=1):
+    return (a * b + 1) * scale
 
 
 def fail_first(x):
@@ -180,6 +185,102 @@ def test_map_unordered_yields_as_calls_finish_and_starmap_spreads_arguments(clie
     assert time.monotonic() - started < 30
     tasks = [t for t in client.list_tasks(limit=1000)["tasks"] if t["function_name"] == "sync_fail_first"]
     assert sorted(t["status"] for t in tasks) == ["cancelled", "cancelled", "failed"]
+
+
+def tasks_of(client, name):
+    """The server's tasks of one function, by id."""
+    return {t["task_id"]: t for t in client.list_tasks(limit=1000)["tasks"] if t["function_name"] == name}
+
+
+def new_tasks(client, name, before):
+    """The tasks of `name` made since `before` (a `tasks_of`), by kind."""
+    made = [t for i, t in tasks_of(client, name).items() if i not in before]
+    return sorted(t["kind"] for t in made), made
+
+
+def test_starmap_and_keyword_maps_are_one_server_map_each_in_order(client, capsys):
+    f = client.deploy(line, name="sync_line")
+    seen = tasks_of(client, "sync_line")
+
+    # Tuples (and lists): f(*input), one map with inputs_as "args".
+    assert list(f.starmap([(1, 2), (3,), [2, 5]], progress=True)) == [3, 31, 11]
+    kinds, made = new_tasks(client, "sync_line", seen)
+    assert kinds == ["map"] and made[0]["progress"]["total"] == 3, made
+    assert "3/3" in capsys.readouterr().err, "tqdm's bar on stderr"
+    seen = tasks_of(client, "sync_line")
+
+    # Mappings: f(**input), one map with inputs_as "kwargs"; the shared
+    # kwargs are merged in, an input's own keys winning.
+    out = list(f.starmap([{"a": 2}, {"a": 1, "b": 1, "scale": 5}, {"a": 0}], kwargs={"scale": 2}))
+    assert out == [42, 10, 2]
+    assert new_tasks(client, "sync_line", seen)[0] == ["map"]
+    seen = tasks_of(client, "sync_line")
+
+    # map of several iterables: the zipped tuples as positional arguments.
+    assert list(f.map([1, 2, 3], [4, 5, 6])) == [5, 11, 19]
+    assert new_tasks(client, "sync_line", seen)[0] == ["map"]
+    seen = tasks_of(client, "sync_line")
+
+    # A failed input: raised, or in its place with return_exceptions.
+    out = list(f.starmap([(1, 2), (1, 2, 3, 4), ("x", "y"), (3,)], return_exceptions=True))
+    assert out[0] == 3 and out[3] == 31
+    assert [(e.index, e.type) for e in out[1:3]] == [(1, "TypeError"), (2, "TypeError")]
+    with pytest.raises(TaskFailedError) as failed:
+        list(f.starmap([(1, 2), (1, 2, 3, 4), (3,)]))
+    assert (failed.value.index, failed.value.type) == (1, "TypeError")
+    out = list(f.starmap([{"a": 2}, {"c": 1}, {"a": 1, "b": 1}], return_exceptions=True))
+    assert out[0] == 21 and out[2] == 2
+    assert (out[1].index, out[1].type) == (1, "TypeError") and "'c'" in out[1].message
+    kinds, made = new_tasks(client, "sync_line", seen)
+    assert kinds == ["map", "map", "map"], made
+    seen = tasks_of(client, "sync_line")
+
+    # Only positional inputs with shared kwargs, and unordered maps, remain
+    # separate calls.
+    assert list(f.starmap([(1, 2), (3,)], kwargs={"scale": 3})) == [9, 93]
+    assert sorted(f.starmap([{"a": 1}, {"a": 2}], order_outputs=False)) == [11, 21]
+    assert new_tasks(client, "sync_line", seen)[0] == ["call"] * 4
+
+
+def test_a_wrong_shaped_starmap_input_is_refused_naming_its_index(client, monkeypatch):
+    f = client.deploy(line, name="sync_line_shapes")
+    shapes = ([(1,), 5], [(1,), {"a": 1}], [{"a": 1}, (1,)], [{"a": 1}, "ab"])
+    for inputs in shapes:
+        with pytest.raises(ValidationError) as refused:
+            list(f.starmap(inputs))
+        assert refused.value.status == 422 and refused.value.field == "inputs[1]", refused.value
+    assert tasks_of(client, "sync_line_shapes") == {}, "the map is refused before anything runs"
+    for inputs in shapes:
+        with pytest.raises(ValidationError) as refused:
+            list(f.starmap(inputs, order_outputs=False))
+        assert refused.value.field == "inputs[1]", refused.value
+    kinds, made = new_tasks(client, "sync_line_shapes", {})
+    assert kinds == ["call"] * 4, "separate calls: the first input's call only"
+
+    # Maps of 3 inputs: the index is the input's among all of them, and
+    # the map already submitted is cancelled.
+    monkeypatch.setattr(agent_modal_client._flows, "MAP_CHUNK", 3)
+    taken = []
+
+    def inputs(n, bad=None):
+        for i in range(n):
+            taken.append(i)
+            yield 7 if i == bad else (i, 2)
+
+    values = f.starmap(inputs(10))
+    assert taken == [], "nothing is sent before the iteration starts"
+    assert next(values) == 1 and len(taken) <= 6, taken
+    assert list(values) == [2 * i + 1 for i in range(1, 10)]
+    maps = [t for t in tasks_of(client, "sync_line_shapes").values() if t["kind"] == "map"]
+    assert sorted(t["progress"]["total"] for t in maps) == [1, 3, 3, 3], "four maps in chunks of 3"
+
+    before = tasks_of(client, "sync_line_shapes")
+    with pytest.raises(ValidationError) as refused:
+        list(f.starmap(inputs(10, bad=4)))
+    assert refused.value.field == "inputs[4]" and "inputs[4]" in str(refused.value)
+    kinds, made = new_tasks(client, "sync_line_shapes", before)
+    assert kinds == ["map"], "the first chunk only"
+    assert client.wait(made[0]["task_id"], timeout=30)["status"] in ("cancelled", "completed")
 
 
 def test_a_map_of_1000_inputs_is_read_lazily_in_order_with_a_progress_bar(client, monkeypatch, capsys):
