@@ -419,20 +419,34 @@ impl Client {
         .await
     }
 
-    /// `GET /volumes/{name}/state?prefix=`.
+    /// `GET /volumes/{name}/state?prefix=`: every key under `prefix`, page
+    /// after page.
     pub async fn volume_list(
         &self,
         volume: &str,
         prefix: &str,
     ) -> Result<Vec<StateEntry>, ClientError> {
-        let v: Value = self
-            .json(
-                Method::GET,
-                &format!("/volumes/{volume}/state?prefix={prefix}"),
-                None,
-            )
-            .await?;
-        serde_json::from_value(v["entries"].clone()).map_err(|e| ClientError::Decode(e.to_string()))
+        let mut entries = Vec::new();
+        let mut after = String::new();
+        loop {
+            let mut v: Value = self
+                .json(
+                    Method::GET,
+                    &format!(
+                        "/volumes/{volume}/state?prefix={}{after}",
+                        crate::value::percent_encode(prefix)
+                    ),
+                    None,
+                )
+                .await?;
+            let page: Vec<StateEntry> = serde_json::from_value(v["entries"].take())
+                .map_err(|e| ClientError::Decode(e.to_string()))?;
+            entries.extend(page);
+            match v["next_after"].as_str() {
+                Some(next) => after = format!("&after={}", crate::value::percent_encode(next)),
+                None => return Ok(entries),
+            }
+        }
     }
 
     /// `PUT /volumes/{name}/files/{path}`.

@@ -135,6 +135,23 @@ pub(crate) fn check_each<'a>(
         .try_for_each(|(i, v)| check_depth(v, || format!("{field}[{i}]")))
 }
 
+/// The length of `value` as compact JSON, without building it.
+pub(crate) fn json_size(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 /// `text` with every byte but the unreserved ones (RFC 3986) as `%XX`.
 pub(crate) fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

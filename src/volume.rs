@@ -289,6 +289,21 @@ fn check_value(key: &str, value: &Value) -> Result<(), VolumeError> {
     Ok(())
 }
 
+/// A page of a volume's keys: those starting with `prefix`, after `after`,
+/// at most `limit` of them and about `max_bytes` of keys and values (at
+/// least one entry).
+#[derive(Debug, Clone)]
+pub struct StatePage {
+    /// Keys starting with this.
+    pub prefix: String,
+    /// Keys after this one.
+    pub after: Option<String>,
+    /// How many at most.
+    pub limit: usize,
+    /// About how many bytes of keys and values at most.
+    pub max_bytes: usize,
+}
+
 /// A cloneable handle to the volumes. State operations are linearizable and
 /// durable when they return; see the module docs for the semantics.
 #[derive(Clone)]
@@ -379,16 +394,30 @@ impl Volumes {
         volume: &str,
         prefix: &str,
     ) -> Result<Vec<(String, Versioned)>, VolumeError> {
+        let page = StatePage {
+            prefix: prefix.to_owned(),
+            after: None,
+            limit: usize::MAX,
+            max_bytes: usize::MAX,
+        };
+        Ok(self.list_page(volume, page).await?.0)
+    }
+
+    /// The keys (and values) `page` asks for, in key order, and whether
+    /// more follow (the next page starts after the last key of this one).
+    pub async fn list_page(
+        &self,
+        volume: &str,
+        page: StatePage,
+    ) -> Result<(Vec<(String, Versioned)>, bool), VolumeError> {
         validate_object_name("volume_name", volume)?;
         if !self.shared.exists(volume) {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         }
         let lease = self.open.lease(volume).await?;
         lease
             .slot()
-            .call(STATE_TIMEOUT, |reply| {
-                VolumeMsg::List(prefix.to_owned(), reply)
-            })
+            .call(STATE_TIMEOUT, |reply| VolumeMsg::List(page.clone(), reply))
             .await?
     }
 

@@ -38,10 +38,10 @@ pub use tasks::{
     WaitTasksRequest, WaitTasksResult, DEFAULT_WAIT_S, MAX_INLINE_RESULTS,
 };
 pub use tools::{
-    CoordinateState, FunctionList, GpuTaskResult, ListFunctions, ListVolumeFiles, NoArguments,
-    RequestGpuTask, SpawnParallelTasks, StateOperation, StateResult, TaskRef, TaskResultsRequest,
-    ToolDefinition, VolumeFile, VolumeFileList, VolumeFileRef, WriteVolumeFile, DEFAULT_FILES_PAGE,
-    MAX_FILES_PAGE,
+    list_limit, CoordinateState, FunctionList, GpuTaskResult, ListFunctions, ListVolumeFiles,
+    NoArguments, RequestGpuTask, SpawnParallelTasks, StateOperation, StateResult, TaskRef,
+    TaskResultsRequest, ToolDefinition, VolumeFile, VolumeFileList, VolumeFileRef, WriteVolumeFile,
+    DEFAULT_LIST_PAGE, MAX_LIST_PAGE, MAX_LIST_PAGE_BYTES,
 };
 
 pub(crate) use deploy::wire_field;

@@ -375,3 +375,73 @@ async fn volume_file_listings_come_a_page_at_a_time() {
     assert!(answer["files"][0]["path"].as_str().unwrap() > after);
     t.rt.shutdown().await;
 }
+
+/// A volume's keys are listed a page at a time too: `limit` keys, or about
+/// 8 MiB of values (at least one entry), then `next_after`; the client and
+/// the `coordinate_state` tool page through every key exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_key_listings_come_a_page_at_a_time() {
+    let (c, t) = server().await;
+    for i in 0..30 {
+        c.volume_put("keys", &format!("k{i:02}"), json!(i), None)
+            .await
+            .unwrap();
+    }
+    // Ten values of nearly 1 MiB: a page stops at about 8 MiB.
+    let big = "b".repeat((1 << 20) - 64);
+    for i in 0..10 {
+        c.volume_put("keys", &format!("z{i}"), json!(big), None)
+            .await
+            .unwrap();
+    }
+    let http = reqwest::Client::new();
+    let get = |query: String| {
+        let http = http.clone();
+        let url = format!("{}/volumes/keys/state?{query}", c.base_url());
+        async move {
+            let r = http.get(url).bearer_auth(TOKEN).send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let mut keys = Vec::new();
+    let mut query = "prefix=k&limit=7".to_owned();
+    loop {
+        let (status, page) = get(query.clone()).await;
+        assert_eq!(status, 200, "{page}");
+        let entries = page["entries"].as_array().unwrap();
+        assert!(entries.len() <= 7);
+        keys.extend(
+            entries
+                .iter()
+                .map(|e| e["key"].as_str().unwrap().to_owned()),
+        );
+        match page["next_after"].as_str() {
+            Some(after) => query = format!("prefix=k&limit=7&after={after}"),
+            None => break,
+        }
+    }
+    let want: Vec<String> = (0..30).map(|i| format!("k{i:02}")).collect();
+    assert_eq!(keys, want);
+    let (_, page) = get("prefix=z".into()).await;
+    let n = page["entries"].as_array().unwrap().len();
+    assert!((1..10).contains(&n), "{n} values of 1 MiB in one page");
+    assert_eq!(page["next_after"], format!("z{}", n - 1));
+    let (status, page) = get("limit=0".into()).await;
+    assert_eq!(status, 422);
+    assert!(page.to_string().contains("limit"), "{page}");
+    // The client pages through all 40.
+    assert_eq!(c.volume_list("keys", "").await.unwrap().len(), 40);
+    let answer = c
+        .tool(
+            "coordinate_state",
+            json!({"volume_name": "keys", "operation": "list", "key": "k", "limit": 25}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer["keys"].as_array().unwrap().len(), 25);
+    assert_eq!(answer["next_after"], "k24");
+    t.rt.shutdown().await;
+}

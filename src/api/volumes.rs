@@ -40,17 +40,32 @@ pub(crate) async fn list_volumes(State(state): State<ApiState>) -> Json<Value> {
     Json(serde_json::json!({"volumes": state.runtime.volumes().list_volumes()}))
 }
 
-/// State keys under a prefix.
-#[utoipa::path(get, path = "/volumes/{name}/state", params(("prefix" = Option<String>, Query)),
-    responses((status = 200, body = Object), (status = 404, body = super::Problem)))]
+/// State keys under a prefix, in key order, a page at a time: `limit`
+/// (default 1000, at most 10000) keys and about 8 MiB of values; when more
+/// follow, `next_after` is the `after` of the next page.
+#[utoipa::path(get, path = "/volumes/{name}/state",
+    params(("prefix" = Option<String>, Query), ("after" = Option<String>, Query),
+           ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000)),
+    responses((status = 200, body = Object), (status = 404, body = super::Problem), (status = 422, body = super::Problem)))]
 pub(crate) async fn list_state(
     State(state): State<ApiState>,
     Path(name): Path<String>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Result<Json<Value>, Error> {
-    let prefix = query.get("prefix").map_or("", String::as_str);
-    let listed = state.runtime.volumes().list(&name, prefix).await?;
+    let prefix = query.get("prefix").cloned().unwrap_or_default();
+    let limit =
+        crate::wire::list_limit(query_limit(&query)?).map_err(|e| Error::invalid("limit", e))?;
+    let page = crate::volume::StatePage {
+        prefix,
+        after: query.get("after").cloned(),
+        limit: limit as usize,
+        max_bytes: crate::wire::MAX_LIST_PAGE_BYTES,
+    };
+    let (listed, more) = state.runtime.volumes().list_page(&name, page).await?;
     require_volume(&state, &name)?;
+    let next_after = more
+        .then(|| listed.last().map(|(k, _)| k.clone()))
+        .flatten();
     let entries: Vec<StateEntry> = listed
         .into_iter()
         .map(|(key, v)| StateEntry {
@@ -59,7 +74,30 @@ pub(crate) async fn list_state(
             version: v.version,
         })
         .collect();
-    Ok(Json(serde_json::json!({"entries": entries})))
+    let mut answer = serde_json::json!({"entries": entries});
+    if let Some(after) = next_after {
+        answer["next_after"] = Value::String(after);
+    }
+    Ok(Json(answer))
+}
+
+/// A listing's `limit` query parameter, if given; an error names it.
+fn query_limit(query: &BTreeMap<String, String>) -> Result<Option<u32>, Error> {
+    query
+        .get("limit")
+        .map(|raw| {
+            raw.parse::<u32>().map_err(|_| {
+                Error::invalid(
+                    "limit",
+                    format!(
+                        "got {:?}; expected a whole number from 1 to {}",
+                        crate::value::clip(raw, 32),
+                        crate::wire::MAX_LIST_PAGE
+                    ),
+                )
+            })
+        })
+        .transpose()
 }
 
 /// Read a state key.
@@ -160,19 +198,7 @@ pub(crate) async fn list_files(
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Result<Response, Error> {
     let prefix = query.get("prefix").cloned().unwrap_or_default();
-    let limit = match query.get("limit") {
-        None => None,
-        Some(raw) => Some(raw.parse::<u32>().map_err(|_| {
-            Error::invalid(
-                "limit",
-                format!(
-                    "got {:?}; expected a whole number from 1 to {}",
-                    crate::value::clip(raw, 32),
-                    crate::wire::MAX_FILES_PAGE
-                ),
-            )
-        })?),
-    };
+    let limit = query_limit(&query)?;
     let listed = state
         .commands
         .list_files(crate::wire::ListVolumeFiles {
@@ -188,7 +214,7 @@ pub(crate) async fn list_files(
         let mut next = format!(
             "</volumes/{name}/files?after={}&limit={}",
             crate::value::percent_encode(&after),
-            limit.unwrap_or(crate::wire::DEFAULT_FILES_PAGE)
+            limit.unwrap_or(crate::wire::DEFAULT_LIST_PAGE)
         );
         if !prefix.is_empty() {
             next.push_str(&format!(

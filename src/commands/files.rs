@@ -122,14 +122,8 @@ impl Commands {
     /// The files of a volume under a prefix.
     pub async fn list_files(&self, a: ListVolumeFiles) -> Result<VolumeFileList, CommandError> {
         const NAME: &str = "list_volume_files";
-        let limit = a.limit.unwrap_or(crate::wire::DEFAULT_FILES_PAGE);
-        if !(1..=crate::wire::MAX_FILES_PAGE).contains(&limit) {
-            return Err(CommandError::invalid(
-                NAME,
-                "limit",
-                format!("got {limit}; expected 1 to {}", crate::wire::MAX_FILES_PAGE),
-            ));
-        }
+        let limit = crate::wire::list_limit(a.limit)
+            .map_err(|e| CommandError::invalid(NAME, "limit", e))?;
         let (files, more) = self
             .runtime
             .volumes()

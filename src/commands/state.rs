@@ -59,7 +59,18 @@ impl Commands {
             }
             StateOperation::List => {
                 let prefix = a.key.unwrap_or_default();
-                let entries = volumes.list(volume, &prefix).await.map_err(err)?;
+                let limit = crate::wire::list_limit(a.limit)
+                    .map_err(|e| CommandError::invalid(NAME, "limit", e))?;
+                let page = crate::volume::StatePage {
+                    prefix: prefix.clone(),
+                    after: a.after,
+                    limit: limit as usize,
+                    max_bytes: crate::wire::MAX_LIST_PAGE_BYTES,
+                };
+                let (entries, more) = volumes.list_page(volume, page).await.map_err(err)?;
+                let next_after = more
+                    .then(|| entries.last().map(|(k, _)| k.clone()))
+                    .flatten();
                 let keys = entries.iter().map(|(k, _)| k.clone()).collect();
                 let data: Map<String, Value> =
                     entries.into_iter().map(|(k, v)| (k, v.value)).collect();
@@ -67,6 +78,7 @@ impl Commands {
                     prefix: Some(prefix),
                     keys: Some(keys),
                     data: Some(data),
+                    next_after,
                     ..StateResult::default()
                 }
             }

@@ -17,13 +17,13 @@ use super::Versioned;
 use super::{beneath, file_error, files, FileStat, VolumeChange, VolumeError, VolumeShared};
 use crate::sync::Recover;
 
+/// A page of keys and their values, and whether more follow.
+pub(crate) type KeyPage = (Vec<(String, Versioned)>, bool);
+
 /// Messages of a [`VolumeActor`].
 pub(crate) enum VolumeMsg {
     Read(String, RpcReplyPort<Result<Option<Versioned>, VolumeError>>),
-    List(
-        String,
-        RpcReplyPort<Result<Vec<(String, Versioned)>, VolumeError>>,
-    ),
+    List(super::StatePage, RpcReplyPort<Result<KeyPage, VolumeError>>),
     /// Writes when the expected version matches (`None` in the outer option:
     /// unconditional; `Some(None)`: must be absent).
     /// A write not started by `start_by` is refused unapplied
@@ -98,23 +98,37 @@ impl Open {
         })
     }
 
-    fn list(&self, prefix: &str) -> Vec<(String, Versioned)> {
-        self.state()
+    /// The page of live keys `page` asks for, and whether more follow.
+    fn list(&self, page: &super::StatePage) -> (Vec<(String, Versioned)>, bool) {
+        use std::ops::Bound;
+        let prefix = page.prefix.as_str();
+        let start = match &page.after {
+            Some(after) if after.as_str() >= prefix => Bound::Excluded(after.clone()),
+            _ => Bound::Included(prefix.to_owned()),
+        };
+        let state = self.state();
+        let mut live = state
             .entries
-            .range(prefix.to_owned()..)
+            .range((start, Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
-            .filter_map(|(k, e)| {
-                e.value.as_ref().map(|v| {
-                    (
-                        k.clone(),
-                        Versioned {
-                            value: v.clone(),
-                            version: e.version,
-                        },
-                    )
-                })
-            })
-            .collect()
+            .filter_map(|(k, e)| e.value.as_ref().map(|v| (k, v, e.version)));
+        let (mut out, mut bytes) = (Vec::new(), 0usize);
+        for (key, value, version) in live.by_ref() {
+            // At least one entry, then as many as fit.
+            let size = key.len() + crate::value::json_size(value);
+            if out.len() >= page.limit || (!out.is_empty() && bytes + size > page.max_bytes) {
+                return (out, true);
+            }
+            bytes += size;
+            out.push((
+                key.clone(),
+                Versioned {
+                    value: value.clone(),
+                    version,
+                },
+            ));
+        }
+        (out, false)
     }
 
     async fn write(
@@ -236,8 +250,8 @@ impl Actor for VolumeActor {
             VolumeMsg::Read(key, reply) => {
                 let _ = reply.send(Ok(open.read(&key)));
             }
-            VolumeMsg::List(prefix, reply) => {
-                let _ = reply.send(Ok(open.list(&prefix)));
+            VolumeMsg::List(page, reply) => {
+                let _ = reply.send(Ok(open.list(&page)));
             }
             VolumeMsg::Write {
                 start_by, reply, ..

@@ -117,6 +117,15 @@ pub struct CoordinateState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
     pub expected_version: Option<u64>,
+    /// For `list`: only keys after this one (the `next_after` of the page
+    /// before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// For `list`: how many keys at most (default 1000; a page also stops
+    /// at about 8 MiB of values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 10000)]
+    pub limit: Option<u32>,
 }
 
 /// What `coordinate_state` answers; which fields are set depends on the
@@ -150,6 +159,9 @@ pub struct StateResult {
     /// `list`: each key's value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Map<String, Value>>,
+    /// `list`, when more keys follow: pass it as `after` for the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
 }
 
 /// Arguments naming one task.
@@ -262,10 +274,25 @@ pub struct ListVolumeFiles {
     pub limit: Option<u32>,
 }
 
-/// Most files one listing of a volume answers, and how many by default.
-pub const MAX_FILES_PAGE: u32 = 10_000;
-/// See [`MAX_FILES_PAGE`].
-pub const DEFAULT_FILES_PAGE: u32 = 1_000;
+/// Most files or keys one listing of a volume answers, and how many by
+/// default.
+pub const MAX_LIST_PAGE: u32 = 10_000;
+/// See [`MAX_LIST_PAGE`].
+pub const DEFAULT_LIST_PAGE: u32 = 1_000;
+/// About the most bytes of keys and values one page of a volume's keys
+/// carries (at least one entry).
+pub const MAX_LIST_PAGE_BYTES: usize = 8 << 20;
+
+/// `limit` of a listing checked against [`MAX_LIST_PAGE`] (default
+/// [`DEFAULT_LIST_PAGE`]); the error says what is accepted.
+pub fn list_limit(limit: Option<u32>) -> Result<u32, String> {
+    let limit = limit.unwrap_or(DEFAULT_LIST_PAGE);
+    if (1..=MAX_LIST_PAGE).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(format!("got {limit}; expected 1 to {MAX_LIST_PAGE}"))
+    }
+}
 
 /// Files in a volume, a page at a time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
