@@ -161,6 +161,9 @@ async fn deep_values_are_refused_and_a_bad_journal_line_costs_nothing_else() {
     let quarantine = std::fs::read_to_string(data.join("tasks.journal.quarantine")).unwrap();
     assert_eq!(quarantine, format!("{bad}\n"));
     assert_eq!(mode(&journal), 0o600);
+    // Where secret values live (sealed only with MODAL_AGENTS_SECRETS_KEY):
+    // readable by the server's user alone, as README says.
+    assert_eq!(mode(&data.join("state.redb")), 0o600);
     let fresh = api
         .post(
             "/spawn-task",
