@@ -654,3 +654,45 @@ async fn writes_racing_the_output_timer_are_all_kept() {
     assert_eq!(kept, written, "characters lost or added");
     t.rt.shutdown().await;
 }
+
+/// What reaches file descriptor 2 rather than Python's `sys.stderr` (a
+/// subprocess's output, `os.write(2, ...)`, a C extension) is in the
+/// call's own logs, and only in its own: the next call on the same
+/// container does not get it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_on_file_descriptor_2_is_in_the_calls_own_logs() {
+    let t = support::start(1).await;
+    let code = "import os, subprocess\ndef noisy(tag):\n    os.write(2, ('fd2 ' + tag + '\\n').encode())\n    subprocess.run(['sh', '-c', 'echo sub-out ' + tag + '; echo; echo sub-err ' + tag + ' >&2'], check=True)\n    return tag\n";
+    t.rt.deploy_function(FunctionSpec::new("noisy", code).max_concurrency(1))
+        .await
+        .unwrap();
+    let mut logs = Vec::new();
+    for tag in ["first", "second"] {
+        let id =
+            t.rt.spawn("noisy", vec![serde_json::json!(tag)], Map::new())
+                .await
+                .unwrap();
+        let record = t.rt.wait(id, Some(Duration::from_secs(60))).await.unwrap();
+        assert_eq!(record.status, TaskStatus::Completed, "{record:?}");
+        // The lines reach the logs as the reader takes them from the pipe.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let stderr = loop {
+            let stderr = t.rt.logs(id).await.unwrap().stderr;
+            if stderr.contains(&format!("sub-err {tag}")) {
+                break stderr;
+            }
+            assert!(std::time::Instant::now() < deadline, "{stderr:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        logs.push(stderr);
+    }
+    assert_eq!(
+        logs[0], "fd2 first\nsub-out first\n\nsub-err first\n",
+        "{logs:?}"
+    );
+    assert_eq!(
+        logs[1], "fd2 second\nsub-out second\n\nsub-err second\n",
+        "{logs:?}"
+    );
+    t.rt.shutdown().await;
+}

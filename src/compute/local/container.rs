@@ -391,6 +391,11 @@ pub(crate) struct Container {
     /// has an unknown protocol state and is never reused.
     pub(crate) busy: bool,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    /// The logs of the requests sent and not yet marked done on stderr, in
+    /// order: what the code writes on file descriptor 2 (a subprocess, a C
+    /// extension, `os.write(2, ...)`) goes, redacted, to the first one's
+    /// stderr.
+    stderr_sinks: Arc<Mutex<VecDeque<LogSink>>>,
     /// Becomes true once everything the container wrote on stderr is read.
     stderr_drained: tokio::sync::watch::Receiver<bool>,
     live: Arc<LiveSet>,
@@ -456,10 +461,15 @@ impl Launcher {
         let stderr = child.stderr.take().expect("piped stderr");
         let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
         let (drained, stderr_drained) = tokio::sync::watch::channel(false);
-        let tail = stderr_tail.clone();
-        let redact = self.redact.clone();
+        let stderr_sinks = Arc::new(Mutex::new(VecDeque::new()));
+        let to = StderrTo {
+            pid,
+            tail: stderr_tail.clone(),
+            sinks: stderr_sinks.clone(),
+            redact: self.redact.clone(),
+        };
         tokio::spawn(async move {
-            drain_stderr(stderr, pid, tail, redact).await;
+            drain_stderr(stderr, to).await;
             drained.send_replace(true);
         });
         Ok(Container {
@@ -470,6 +480,7 @@ impl Launcher {
             seq: 0,
             busy: false,
             stderr_tail,
+            stderr_sinks,
             stderr_drained,
             live: live.clone(),
             reservation: None,
@@ -515,7 +526,7 @@ impl Container {
 
     /// Waits until a blank container's harness answers.
     async fn ping(&mut self) -> Result<(), StartError> {
-        self.request(
+        self.exchange(
             &ping_request(),
             Duration::from_secs(60),
             &LogSink::discard(),
@@ -528,7 +539,7 @@ impl Container {
     /// Loads a function into a blank container.
     async fn load(&mut self, load_frame: &[u8]) -> Result<(), StartError> {
         let reply = self
-            .request(load_frame, Duration::from_secs(120), &LogSink::discard())
+            .exchange(load_frame, Duration::from_secs(120), &LogSink::discard())
             .await
             .map_err(|f| self.start_error(f))?;
         match decode_load_reply(&reply) {
@@ -592,10 +603,24 @@ impl Container {
         pending_bytes(&self.stdin)
     }
 
+    /// Sends one call or map request and reads its reply; output the
+    /// function prints meanwhile goes to `logs` as it comes, both what it
+    /// prints in Python and what reaches file descriptor 2 (the harness
+    /// marks the end of each such request there).
+    pub(crate) async fn request(
+        &mut self,
+        frame: &[u8],
+        timeout: Duration,
+        logs: &LogSink,
+    ) -> Result<Vec<u8>, Failure> {
+        self.stderr_sinks.lock().recover().push_back(logs.clone());
+        self.exchange(frame, timeout, logs).await
+    }
+
     /// Sends one framed request and reads the framed reply; output the
     /// function prints meanwhile (frames numbered like the request with the
     /// top bit set) goes to `logs` as it comes.
-    pub(crate) async fn request(
+    async fn exchange(
         &mut self,
         frame: &[u8],
         timeout: Duration,
@@ -796,22 +821,31 @@ impl Drop for Container {
     }
 }
 
-async fn drain_stderr(
-    mut stderr: tokio::process::ChildStderr,
+/// Where a container's stderr goes: a bounded tail to explain a crash, and
+/// the logs of the request it belongs to.
+struct StderrTo {
     pid: u32,
     tail: Arc<Mutex<VecDeque<String>>>,
+    sinks: Arc<Mutex<VecDeque<LogSink>>>,
     redact: Arc<std::sync::OnceLock<crate::redact::Redactor>>,
-) {
+}
+
+async fn drain_stderr(mut stderr: tokio::process::ChildStderr, to: StderrTo) {
     // Read in chunks with a bounded line: code printing without newlines (or
     // gigabytes) cannot grow the runtime's memory.
     let mut buf = [0u8; 8192];
     let mut line: Vec<u8> = Vec::new();
     let mut cut = false;
-    let keep = |line: &[u8], cut: bool| {
-        let mut tail = tail.lock().recover();
+    // An empty line is held back one line: the done mark starts with a
+    // newline of its own, which is not the function's.
+    let mut blank = false;
+    let mut keep = |line: &[u8], cut: bool| {
+        let mut tail = to.tail.lock().recover();
         if line == DONE_MARK {
             // A request ended: what came before was its own.
             tail.clear();
+            to.sinks.lock().recover().pop_front();
+            blank = false;
             return;
         }
         let mut text = String::from_utf8_lossy(line).into_owned();
@@ -819,12 +853,23 @@ async fn drain_stderr(
             text.push_str(" [line truncated]");
         }
         // Kept only redacted: the excerpt may reach errors, answers and logs.
-        if let Some(redact) = redact.get() {
+        if let Some(redact) = to.redact.get() {
             redact.redact_in_place(&mut text);
         }
         // The text itself is not logged: it may hold a secret the code
-        // read; it reaches callers only redacted, in a crash's error.
-        tracing::debug!(target: "modal_agents::container", pid, bytes = line.len(), "container stderr line");
+        // read; it reaches callers only redacted, in a crash's error and the
+        // request's own logs.
+        tracing::debug!(target: "modal_agents::container", pid = to.pid, bytes = line.len(), "container stderr line");
+        if let Some(sink) = to.sinks.lock().recover().front() {
+            if std::mem::take(&mut blank) {
+                sink.write(crate::compute::LogStream::Stderr, "\n".to_owned());
+            }
+            if text.is_empty() {
+                blank = true;
+            } else {
+                sink.write(crate::compute::LogStream::Stderr, format!("{text}\n"));
+            }
+        }
         if tail.len() == STDERR_TAIL {
             tail.pop_front();
         }
@@ -885,7 +930,13 @@ mod tests {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let tail = Arc::new(Mutex::new(VecDeque::new()));
-        drain_stderr(stderr, 0, tail.clone(), Default::default()).await;
+        let to = StderrTo {
+            pid: 0,
+            tail: tail.clone(),
+            sinks: Default::default(),
+            redact: Default::default(),
+        };
+        drain_stderr(stderr, to).await;
         child.wait().await.unwrap();
         let tail = tail.lock().unwrap();
         assert_eq!(
