@@ -285,19 +285,22 @@ table! {
          a timeout, retries, secrets and volumes. Do this before spawn_task or \
          spawn_parallel_tasks.";
     "spawn_parallel_tasks" => spawn_parallel(SpawnParallelTasks) -> MapSubmitted, creates_work: true,
-        "Run a deployed function once per input, in parallel (each input is its one \
-         argument). With wait (the default) it returns the results in input order; with \
-         wait=false it returns a task_id at once: follow it with wait_tasks and \
-         get_task_results.";
+        "Run a deployed function once per input, in parallel: each input is its one \
+         argument (inputs_as=args: a list of arguments, inputs_as=kwargs: an object of \
+         keyword arguments). Returns the map's task_id at once; with wait=true it waits \
+         up to 55 s and returns the first results in input order. Follow a map with \
+         wait_tasks and get_task_results.";
     "request_gpu_task" => gpu_task(RequestGpuTask) -> GpuTaskResult, creates_work: true,
         "Run one call of a deployed function that requested a GPU and wait for its result.";
     "coordinate_state" => coordinate_state(CoordinateState) -> StateResult, creates_work: false,
-        "Shared state between agents in a named volume: read, write, list (by key prefix), \
-         delete, or cas (compare-and-swap: write only if the key still has \
-         expected_version; omit it for 'only if absent'). Every write returns the new version.";
+        "Shared state between agents in a named volume: read (answers value and version), \
+         write value, list (by key prefix, a page at a time), delete, or cas \
+         (compare-and-swap: write value only if the key still has expected_version; omit \
+         it for 'only if absent'). Every write returns the new version.";
     "spawn_task" => spawn_task_for_tool(SpawnTaskRequest) -> TaskRecord, creates_work: true,
         "Start one call of a deployed function with args and kwargs; returns its task_id \
-         at once (or, with wait, its finished record). Use wait_tasks to wait for several.";
+         at once (or, with wait=true, its record once it finished or 55 s passed). Use \
+         wait_tasks to wait for several.";
     "get_task_status" => task_status_for_tool(TaskRef) -> TaskStatusView, creates_work: false,
         "A task's status, result or error (with traceback), timing and a map's progress; \
          a finished map's results are included when there are at most 10,000.";
@@ -316,12 +319,13 @@ table! {
     "list_functions" => list_functions(ListFunctions) -> FunctionList, creates_work: false,
         "The deployed functions with their specs (the source only with include_code).";
     "read_volume_file" => read_file_for_tool(VolumeFileRef) -> VolumeFile, creates_work: false,
-        "Read a file from a volume (text, or base64 when it is binary).";
+        "Read a file from a volume: content (text), or content_base64 when it is binary.";
     "write_volume_file" => write_file(WriteVolumeFile) -> crate::volume::FileStat, creates_work: true,
-        "Write a file into a volume (atomically), as text or base64; functions that mount \
-         the volume see it.";
+        "Write a file into a volume (atomically), as content (text) or content_base64; \
+         functions that mount the volume see it.";
     "list_volume_files" => list_files(ListVolumeFiles) -> VolumeFileList, creates_work: false,
-        "List the files in a volume, optionally under a path prefix.";
+        "List the files in a volume, optionally under a path prefix, a page at a time \
+         (limit, then after=next_after).";
     "create_sandbox" => create_sandbox(crate::wire::CreateSandbox) -> crate::wire::SandboxView, creates_work: true,
         "Create a sandbox: a private Linux workspace (workdir /workspace, no network unless \
          network=true) that lives timeout_s seconds (default 300, max 86400; extend with \
@@ -338,9 +342,11 @@ table! {
          and output once it has, else its state (call again).";
     "read_sandbox_file" => read_sandbox_file(crate::wire::SandboxFileRef) -> crate::wire::SandboxFileContent, creates_work: false,
         "Read a file from a sandbox (path relative to its workdir, or absolute under the \
-         workdir, /tmp or a volume mount): text, or base64 when binary; at most 1 MiB.";
+         workdir, /tmp or a volume mount): content (text), or content_base64 when binary; \
+         at most 1 MiB.";
     "write_sandbox_file" => write_sandbox_file(crate::wire::WriteSandboxFile) -> crate::wire::SandboxFileEntry, creates_work: true,
-        "Write a file into a sandbox (text or base64), making missing directories.";
+        "Write a file into a sandbox as content (text) or content_base64, making missing \
+         directories.";
     "list_sandbox_files" => list_sandbox_files(crate::wire::ListSandboxFiles) -> crate::wire::SandboxFileList, creates_work: false,
         "List a directory of a sandbox (default its workdir): name, size, mode, mtime, is_dir.";
     "snapshot_sandbox" => snapshot_sandbox(crate::wire::SandboxRef) -> crate::wire::SnapshotInfo, creates_work: true,

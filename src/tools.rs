@@ -13,7 +13,7 @@
 //!     "function_name": "double",
 //! })).await?;
 //! let out = tools.call("spawn_parallel_tasks", json!({
-//!     "function_ref": "double", "inputs": [1, 2, 3], "wait": true,
+//!     "function_name": "double", "inputs": [1, 2, 3], "wait": true,
 //! })).await?;
 //! assert_eq!(out["results"], json!([2, 4, 6]));
 //! # Ok(()) }

@@ -483,7 +483,7 @@ async fn the_http_api_and_the_tools_speak_the_contract() {
     let snap_a = tool("snapshot_sandbox", json!({"sandbox_id": id})).await;
     tool(
         "write_sandbox_file",
-        json!({"sandbox_id": id, "path": "src/app.py", "text": "print('changed')\n"}),
+        json!({"sandbox_id": id, "path": "src/app.py", "content": "print('changed')\n"}),
     )
     .await;
     let forked = tool("fork_sandbox", json!({"sandbox_id": id, "count": 2})).await;
@@ -499,7 +499,7 @@ async fn the_http_api_and_the_tools_speak_the_contract() {
         json!({"sandbox_id": forked["sandboxes"][0]["sandbox_id"], "path": "src/app.py"}),
     )
     .await;
-    assert_eq!(read["text"], "print('changed')\n");
+    assert_eq!(read["content"], "print('changed')\n");
     // Forks keep their parent's tags.
     let listed = tool("list_sandboxes", json!({"tag": "team=a"})).await;
     assert_eq!(listed["sandboxes"].as_array().unwrap().len(), 3);

@@ -56,7 +56,7 @@ async fn the_seed_tool_flow() {
     let out = tools
         .call(
             "spawn_parallel_tasks",
-            json!({"function_ref": "square", "inputs": [1, 2, 3, 4]}),
+            json!({"function_name": "square", "inputs": [1, 2, 3, 4], "wait": true}),
         )
         .await
         .unwrap();
@@ -68,10 +68,12 @@ async fn the_seed_tool_flow() {
     let pending = tools
         .call(
             "spawn_parallel_tasks",
-            json!({"function_ref": "square", "inputs": [5], "wait": false}),
+            json!({"function_name": "square", "inputs": [5]}),
         )
         .await
         .unwrap();
+    // Without wait (the default, as for every tool that takes it): the
+    // map's id at once.
     assert_eq!(pending["status"], "pending");
     let id = pending["task_id"].as_str().unwrap().parse().unwrap();
     assert_eq!(
@@ -97,17 +99,17 @@ async fn the_seed_tool_flow() {
     assert_eq!(gpu["result"], json!({"steps": 10, "lr": 0.5}));
     assert_eq!(gpu["gpu"], "T4");
     let err = tools
-        .call("request_gpu_task", json!({"function_ref": "square"}))
+        .call("request_gpu_task", json!({"function_name": "square"}))
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, CommandError::InvalidArguments { field, .. } if field == "function_ref"),
+        matches!(&err, CommandError::InvalidArguments { field, .. } if field == "function_name"),
         "{err}"
     );
 
     let state = |args| tools.call("coordinate_state", args);
     let w = state(
-        json!({"volume_name": "team", "operation": "write", "key": "plan", "data": {"step": 1}}),
+        json!({"volume_name": "team", "operation": "write", "key": "plan", "value": {"step": 1}}),
     )
     .await
     .unwrap();
@@ -119,6 +121,7 @@ async fn the_seed_tool_flow() {
         (r["value"].clone(), r["version"].clone()),
         (json!({"step": 1}), json!(1))
     );
+    // The seed's `data` is accepted for `value`.
     let c = state(json!({"volume_name": "team", "operation": "cas", "key": "plan", "data": {"step": 2}, "expected_version": 1})).await.unwrap();
     assert_eq!(c["version"], 2);
     let stale = state(json!({"volume_name": "team", "operation": "cas", "key": "plan", "data": {"step": 3}, "expected_version": 1})).await;
@@ -201,7 +204,7 @@ async fn invalid_arguments_name_the_field() {
         (
             "coordinate_state",
             json!({"volume_name": "v", "operation": "write", "key": "k"}),
-            "data",
+            "value",
         ),
         (
             "coordinate_state",
@@ -321,13 +324,18 @@ async fn volume_file_tools_refuse_hostile_paths_and_content() {
     }
     for (args, field) in [
         (
-            json!({"volume_name": "v", "path": "a", "text": "x", "base64": "eA=="}),
-            "text",
+            json!({"volume_name": "v", "path": "a", "content": "x", "content_base64": "eA=="}),
+            "content",
         ),
-        (json!({"volume_name": "v", "path": "a"}), "text"),
+        (json!({"volume_name": "v", "path": "a"}), "content"),
         (
-            json!({"volume_name": "v", "path": "a", "base64": "not base64!"}),
-            "base64",
+            json!({"volume_name": "v", "path": "a", "content_base64": "not base64!"}),
+            "content_base64",
+        ),
+        // The old names still work, and both of one pair is refused.
+        (
+            json!({"volume_name": "v", "path": "a", "text": "x", "content": "y"}),
+            "content",
         ),
         (
             json!({"volume_name": "../v", "path": "a", "text": "x"}),
@@ -337,11 +345,11 @@ async fn volume_file_tools_refuse_hostile_paths_and_content() {
         let e = tools.call("write_volume_file", args).await.unwrap_err();
         assert!(e.to_string().contains(field), "{field}: {e}");
     }
-    // Binary content comes back as base64, text as text.
+    // Binary content comes back as content_base64, text as content.
     tools
         .call(
             "write_volume_file",
-            json!({"volume_name": "v", "path": "b.bin", "base64": "/wA="}),
+            json!({"volume_name": "v", "path": "b.bin", "content_base64": "/wA="}),
         )
         .await
         .unwrap();
@@ -353,7 +361,7 @@ async fn volume_file_tools_refuse_hostile_paths_and_content() {
         .await
         .unwrap();
     assert_eq!(
-        (read["base64"].clone(), read["size"].clone()),
+        (read["content_base64"].clone(), read["size"].clone()),
         (json!("/wA="), json!(2))
     );
     t.rt.shutdown().await;

@@ -29,7 +29,8 @@ pub(super) fn encode(bytes: Vec<u8>) -> (Option<String>, Option<String>) {
     }
 }
 
-/// A file's content as a tool takes it: exactly one of `text` or `base64`.
+/// A file's content as a tool takes it: exactly one of `content` or
+/// `content_base64`.
 pub(super) fn decode(
     tool: &str,
     text: Option<String>,
@@ -42,14 +43,14 @@ pub(super) fn decode(
             .map_err(|e| {
                 CommandError::invalid(
                     tool,
-                    "base64",
+                    "content_base64",
                     format!("not base64 ({e}); expected standard base64 with padding"),
                 )
             }),
         _ => Err(CommandError::invalid(
             tool,
-            "text",
-            "give the content as exactly one of `text` or `base64`",
+            "content",
+            "give the content as exactly one of `content` (text) or `content_base64`",
         )),
     }
 }
@@ -103,15 +104,15 @@ impl Commands {
         Ok(VolumeFile {
             path: a.path,
             size,
-            text,
-            base64,
+            content: text,
+            content_base64: base64,
         })
     }
 
     /// Writes a file (given as text or base64) atomically.
     pub(super) async fn write_file(&self, a: WriteVolumeFile) -> Result<FileStat, CommandError> {
         const TOOL: &str = "write_volume_file";
-        let bytes = decode(TOOL, a.text, a.base64)?;
+        let bytes = decode(TOOL, a.content, a.content_base64)?;
         self.runtime
             .volumes()
             .put_file(&a.volume_name, &a.path, bytes)

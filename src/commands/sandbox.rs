@@ -109,8 +109,8 @@ impl Commands {
         Ok(SandboxFileContent {
             path: a.path,
             size,
-            text,
-            base64,
+            content: text,
+            content_base64: base64,
         })
     }
 
@@ -120,7 +120,7 @@ impl Commands {
         a: WriteSandboxFile,
     ) -> Result<SandboxFileEntry, CommandError> {
         const TOOL: &str = "write_sandbox_file";
-        let bytes = super::files::decode(TOOL, a.text, a.base64)?;
+        let bytes = super::files::decode(TOOL, a.content, a.content_base64)?;
         self.runtime
             .sandboxes()
             .write_file(&a.sandbox_id, &a.path, bytes)

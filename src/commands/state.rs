@@ -39,8 +39,8 @@ impl Commands {
                 let cas = matches!(a.operation, StateOperation::Cas);
                 let op = if cas { "cas" } else { "write" };
                 let key = required_key(a.key, op)?;
-                let data = a.data.ok_or_else(|| {
-                    CommandError::invalid(NAME, "data", format!("required for operation `{op}`"))
+                let data = a.value.ok_or_else(|| {
+                    CommandError::invalid(NAME, "value", format!("required for operation `{op}`"))
                 })?;
                 let version = if cas {
                     volumes

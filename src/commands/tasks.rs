@@ -140,7 +140,7 @@ impl Commands {
         &self,
         a: SpawnParallelTasks,
     ) -> Result<MapSubmitted, CommandError> {
-        self.run_parallel(a.function_ref, (a.inputs, a.inputs_as), a.wait, None)
+        self.run_parallel(a.function_name, (a.inputs, a.inputs_as), a.wait, None)
             .await
     }
 
@@ -195,31 +195,31 @@ impl Commands {
     pub(super) async fn gpu_task(&self, a: RequestGpuTask) -> Result<GpuTaskResult, CommandError> {
         const NAME: &str = "request_gpu_task";
         let err = |e| CommandError::runtime(NAME, e);
-        let info = self.runtime.function(&a.function_ref).ok_or_else(|| {
+        let info = self.runtime.function(&a.function_name).ok_or_else(|| {
             err(RuntimeError::UnknownFunction(
-                crate::value::clip(&a.function_ref, crate::value::MAX_ECHO).into_owned(),
+                crate::value::clip(&a.function_name, crate::value::MAX_ECHO).into_owned(),
             ))
         })?;
         if info.spec.resources.gpu.is_none() {
             return Err(CommandError::invalid(
                 NAME,
-                "function_ref",
+                "function_name",
                 format!(
                     "function `{}` requests no GPU; deploy it with `gpu` (for example \"T4\") or call it with spawn_parallel_tasks",
-                    a.function_ref
+                    a.function_name
                 ),
             ));
         }
         let id = self
             .runtime
-            .spawn(&a.function_ref, a.args, a.kwargs)
+            .spawn(&a.function_name, a.args, a.kwargs)
             .await
             .map_err(err)?;
         let mut record = self.runtime.wait(id, None).await.map_err(err)?;
         self.load_result(&mut record).await.map_err(err)?;
         Ok(GpuTaskResult {
             task_id: id,
-            function_name: a.function_ref,
+            function_name: a.function_name,
             gpu: info.spec.resources.gpu,
             succeeded: record.status == TaskStatus::Completed,
             status: record.status,

@@ -655,7 +655,7 @@ pub struct SandboxFileRef {
     pub path: String,
 }
 
-/// `write_sandbox_file`'s arguments: `text` or `base64`.
+/// `write_sandbox_file`'s arguments: `content` (text) or `content_base64`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WriteSandboxFile {
@@ -663,15 +663,15 @@ pub struct WriteSandboxFile {
     pub sandbox_id: String,
     /// Workdir-relative, or absolute inside the sandbox.
     pub path: String,
-    /// The content as text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
-    /// The content as base64.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base64: Option<String>,
+    /// The content as text (`text` is accepted too, deprecated).
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "text")]
+    pub content: Option<String>,
+    /// The content as base64 (`base64` is accepted too, deprecated).
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "base64")]
+    pub content_base64: Option<String>,
 }
 
-/// A file's content: `text` when it is UTF-8, else `base64`.
+/// A file's content: `content` when it is UTF-8, else `content_base64`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SandboxFileContent {
     /// Its path inside the sandbox.
@@ -680,10 +680,10 @@ pub struct SandboxFileContent {
     pub size: u64,
     /// The content, when it is UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
+    pub content: Option<String>,
     /// The content as base64, when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base64: Option<String>,
+    pub content_base64: Option<String>,
 }
 
 /// `list_sandbox_files`'s arguments.

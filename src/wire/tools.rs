@@ -26,25 +26,23 @@ pub struct ToolDefinition {
     pub output_schema: Option<Value>,
 }
 
-fn yes() -> bool {
-    true
-}
-
 /// Arguments of `spawn_parallel_tasks`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpawnParallelTasks {
-    /// Name of a deployed function.
-    pub function_ref: String,
+    /// Name of a deployed function (`function_ref`, the seed's name, is
+    /// accepted too).
+    #[serde(alias = "function_ref")]
+    pub function_name: String,
     /// One JSON value per call.
     pub inputs: Vec<Value>,
     /// How each input is passed: `argument` (the default: `f(input)`),
     /// `args` (a list: `f(*input)`) or `kwargs` (an object: `f(**input)`).
     #[serde(default, skip_serializing_if = "InputsAs::is_argument")]
     pub inputs_as: InputsAs,
-    /// Wait and return the results (default true).
-    #[serde(default = "yes")]
-    #[schema(default = true)]
+    /// Wait (up to 55 s) and return the first page of results (default
+    /// false: return the map's task id at once; `wait_tasks` waits).
+    #[serde(default)]
     pub wait: bool,
 }
 
@@ -52,8 +50,10 @@ pub struct SpawnParallelTasks {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestGpuTask {
-    /// Name of a deployed function that requests a GPU.
-    pub function_ref: String,
+    /// Name of a deployed function that requests a GPU (`function_ref`, the
+    /// seed's name, is accepted too).
+    #[serde(alias = "function_ref")]
+    pub function_name: String,
     /// Positional arguments.
     #[serde(default)]
     pub args: Vec<Value>,
@@ -110,9 +110,10 @@ pub struct CoordinateState {
     /// The key (a prefix for `list`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
-    /// The value to write (`write`, `cas`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<Value>,
+    /// The value to write (`write`, `cas`); `data`, the seed's name, is
+    /// accepted too. `read` answers it as `value`.
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "data")]
+    pub value: Option<Value>,
     /// For `cas`: the version the key must have; omit for "must not exist".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
@@ -232,13 +233,14 @@ pub struct VolumeFile {
     pub size: u64,
     /// Its content, when it is UTF-8 text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
+    pub content: Option<String>,
     /// Its content in base64, when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base64: Option<String>,
+    pub content_base64: Option<String>,
 }
 
-/// Arguments of `write_volume_file`: the content as `text` or `base64`.
+/// Arguments of `write_volume_file`: the content as `content` (text) or
+/// `content_base64`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WriteVolumeFile {
@@ -247,12 +249,13 @@ pub struct WriteVolumeFile {
     pub volume_name: String,
     /// The file's path inside the volume (`dir/name.txt`).
     pub path: String,
-    /// The content as text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
-    /// The content in base64 (for binary files).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base64: Option<String>,
+    /// The content as text (`text` is accepted too, deprecated).
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "text")]
+    pub content: Option<String>,
+    /// The content in base64, for binary files (`base64` is accepted too,
+    /// deprecated).
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "base64")]
+    pub content_base64: Option<String>,
 }
 
 /// Arguments of `list_volume_files`.

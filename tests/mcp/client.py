@@ -50,7 +50,7 @@ async def session_steps(session: ClientSession):
           "deploy", text(deployed))
 
     mapped = await session.call_tool("spawn_parallel_tasks", {
-        "function_ref": "double", "inputs": list(range(1000))})
+        "function_ref": "double", "inputs": list(range(1000)), "wait": True})
     out = mapped.structured_content or {}
     check(not mapped.is_error and out.get("status") == "completed"
           and out.get("results") == [2 * i for i in range(1000)], "map 1,000 inputs", text(mapped)[:300])
@@ -97,7 +97,7 @@ async def session_steps(session: ClientSession):
         map_ticks.append((done, total))
 
     slow_map = await session.call_tool("spawn_parallel_tasks", {
-        "function_ref": "nap", "inputs": [0.5] * 8}, progress_callback=on_map_tick)
+        "function_name": "nap", "inputs": [0.5] * 8, "wait": True}, progress_callback=on_map_tick)
     check(slow_map.structured_content["results"] == [0.5] * 8, "a slow map", text(slow_map)[:200])
     if os.environ.get("EXPECT_MAP_PROGRESS") == "1":
         check(map_ticks and all(t == 8 for _, t in map_ticks), "a waited map sends progress", map_ticks)
