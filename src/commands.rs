@@ -399,18 +399,43 @@ pub fn definitions() -> Vec<ToolDefinition> {
                 if r.creates_work {
                     input["properties"]["idempotency_key"] = json!({
                         "type": "string", "minLength": 1, "maxLength": 255,
-                        "description": "Optional. A retry with the same key and arguments returns the first \
-                                        answer instead of doing the work twice."
+                        "description": "Optional: a retry with the same key and arguments returns the first answer."
                     });
                 }
+                // What a tool answers is for reading, not for choosing
+                // arguments: its schema keeps every type and bound but no
+                // prose (a third of tools/list's size before).
+                let mut output = (r.output)();
+                without_descriptions(&mut output);
                 ToolDefinition {
                     name: r.name.into(),
                     description: r.description.into(),
                     input_schema: input,
-                    output_schema: Some((r.output)()),
+                    output_schema: Some(output),
                 }
             })
             .collect()
+}
+
+/// Removes every `description` from a JSON Schema (a property named
+/// `description` stays: only the keyword goes).
+fn without_descriptions(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            map.remove("description");
+            for (key, value) in map.iter_mut() {
+                if key == "properties" {
+                    if let Value::Object(props) = value {
+                        props.values_mut().for_each(without_descriptions);
+                    }
+                } else {
+                    without_descriptions(value);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(without_descriptions),
+        _ => {}
+    }
 }
 
 /// A keyed command's answer, and whether it is a replay of the key's first.
@@ -556,6 +581,43 @@ impl Commands {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Output schemas carry every property and type but no prose; a
+    /// property called `description` is kept. The whole list stays under a
+    /// ceiling (it was 71 KB with prose in the output schemas).
+    #[test]
+    fn output_schemas_are_terse_and_complete() {
+        let mut schema = json!({"type": "object", "description": "x", "properties": {
+            "description": {"type": "string", "description": "y"},
+            "inner": {"type": "object", "properties": {"a": {"type": "integer", "description": "z"}}}
+        }});
+        without_descriptions(&mut schema);
+        assert_eq!(
+            schema,
+            json!({"type": "object", "properties": {
+                "description": {"type": "string"},
+                "inner": {"type": "object", "properties": {"a": {"type": "integer"}}}
+            }})
+        );
+        let defs = definitions();
+        let size = serde_json::to_vec(&defs).unwrap().len();
+        assert!(size < 52_000, "tools/list is {size} bytes");
+        for d in &defs {
+            let full = TABLE
+                .iter()
+                .find(|r| r.name == d.name)
+                .map(|r| (r.output)())
+                .unwrap();
+            assert_eq!(
+                full["properties"].as_object().map(|p| p.len()),
+                d.output_schema.as_ref().unwrap()["properties"]
+                    .as_object()
+                    .map(|p| p.len()),
+                "{}",
+                d.name
+            );
+        }
+    }
 
     #[test]
     fn argument_errors_name_the_field() {
