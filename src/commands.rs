@@ -41,7 +41,7 @@ use serde_json::{json, Map, Value};
 
 use crate::runtime::{Runtime, RuntimeError};
 use crate::spec::SpecError;
-use crate::task::{ResultsPage, TaskLogs, TaskRecord};
+use crate::task::{ResultsPage, TaskId, TaskLogs, TaskRecord};
 use crate::volume::VolumeError;
 use crate::wire::{
     json_schema, output_json_schema, wire_field, CoordinateState, DeployRequest, Deployed,
@@ -455,7 +455,12 @@ const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 pub struct Commands {
     runtime: Runtime,
     progress: Option<Progress>,
+    started: Option<Started>,
 }
+
+/// Told the id of each runtime task a command starts (so a caller that
+/// gives up on the command can cancel what it started).
+pub type Started = Arc<dyn Fn(TaskId) + Send + Sync>;
 
 impl std::fmt::Debug for Commands {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -471,6 +476,21 @@ impl Commands {
         Commands {
             runtime,
             progress: None,
+            started: None,
+        }
+    }
+
+    /// The same commands, telling `started` the id of every runtime task
+    /// they start.
+    pub fn with_started(mut self, started: Started) -> Commands {
+        self.started = Some(started);
+        self
+    }
+
+    /// Tells the `started` hook, if any, of a task just started.
+    fn note_started(&self, id: TaskId) {
+        if let Some(started) = &self.started {
+            started(id);
         }
     }
 

@@ -54,16 +54,48 @@ enum Host {
 }
 
 /// The MCP server: the agent tools of one runtime, or of a remote server.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct McpServer {
     host: Host,
+    /// Tool calls running as MCP tasks (the Tasks extension), shared by
+    /// every session of this server.
+    tasks: rmcp::task_manager::TaskManager,
 }
+
+impl std::fmt::Debug for McpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpServer")
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The tools that run as an MCP task when the client speaks the Tasks
+/// extension: those that may wait longer than a host's tool timeout.
+const TASK_TOOLS: &[&str] = &[
+    "deploy_modal_function",
+    "spawn_parallel_tasks",
+    "request_gpu_task",
+    "spawn_task",
+    "wait_tasks",
+    "sandbox_exec",
+    "wait_sandbox_process",
+];
+
+/// Most tool calls running as tasks at once on one server; past it a call
+/// runs as an ordinary (waited-for) call.
+const MAX_RUNNING_TASKS: usize = 64;
+
+/// How long a task's outcome is kept after it was created (then it may be
+/// forgotten; the runtime's own task records stay).
+const TASK_TTL: Duration = Duration::from_secs(30 * 60);
 
 impl McpServer {
     /// Serves the tools of `runtime`.
     pub fn local(runtime: Runtime) -> McpServer {
         McpServer {
             host: Host::Local(Tools::new(runtime)),
+            tasks: Default::default(),
         }
     }
 
@@ -71,6 +103,7 @@ impl McpServer {
     pub fn remote(client: Client) -> McpServer {
         McpServer {
             host: Host::Remote(client),
+            tasks: Default::default(),
         }
     }
 
@@ -194,7 +227,16 @@ fn summary(tool: &str, answer: &Value) -> String {
 
 impl ServerHandler for McpServer {
     fn get_info(&self) -> InitializeResult {
-        InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
+        // Calls run as MCP tasks only on this process's runtime: one that
+        // is cancelled then cancels the runtime tasks it started.
+        let capabilities = match self.host {
+            Host::Local(_) => ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tasks()
+                .build(),
+            Host::Remote(_) => ServerCapabilities::builder().enable_tools().build(),
+        };
+        InitializeResult::new(capabilities)
             .with_server_info(Implementation::new(
                 "modal-agents",
                 env!("CARGO_PKG_VERSION"),
@@ -221,6 +263,11 @@ impl ServerHandler for McpServer {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.to_string();
+        if let Some(task) = self.as_task(&name, &request, &context) {
+            return Ok(CallToolResponse::Task(rmcp::model::CreateTaskResult::new(
+                task,
+            )));
+        }
         let args = request.arguments.map(Value::Object).unwrap_or(Value::Null);
         let progress = match context.meta.get_progress_token() {
             Some(token) if name == "wait_tasks" => {
@@ -271,6 +318,7 @@ impl ServerHandler for McpServer {
                 });
                 Some(McpServer {
                     host: Host::Local(tools.clone().with_progress(hook)),
+                    tasks: self.tasks.clone(),
                 })
             }
             _ => None,
@@ -289,15 +337,112 @@ impl ServerHandler for McpServer {
             .run(caller, &name, args)
             .await?;
         drop(progress);
-        Ok(match outcome {
-            Ok(answer) => {
-                let text = summary(&name, &answer);
-                let mut result = CallToolResult::structured(answer);
-                result.content = vec![ContentBlock::text(text)];
-                result
-            }
-            Err(message) => CallToolResult::error(vec![ContentBlock::text(message)]),
+        Ok(tool_result(&name, outcome).into())
+    }
+
+    async fn get_task(
+        &self,
+        request: rmcp::model::GetTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetTaskResult, ErrorData> {
+        Ok(rmcp::model::GetTaskResult::new(
+            self.tasks.get_task(&request.task_id)?,
+        ))
+    }
+
+    async fn cancel_task(
+        &self,
+        request: rmcp::model::CancelTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.tasks.cancel_task(&request.task_id)
+    }
+}
+
+/// A tool's outcome as MCP answers it: the answer in `structuredContent`
+/// with a short text, or a tool error.
+fn tool_result(name: &str, outcome: Result<Value, String>) -> CallToolResult {
+    match outcome {
+        Ok(answer) => {
+            let text = summary(name, &answer);
+            let mut result = CallToolResult::structured(answer);
+            result.content = vec![ContentBlock::text(text)];
+            result
         }
-        .into())
+        Err(message) => CallToolResult::error(vec![ContentBlock::text(message)]),
+    }
+}
+
+impl McpServer {
+    /// Starts a long tool call as an MCP task when the client speaks the
+    /// Tasks extension (and fewer than [`MAX_RUNNING_TASKS`] run): the call
+    /// goes on in the background, `tasks/get` tells its state and then its
+    /// result, and `tasks/cancel` stops it and cancels every runtime task it
+    /// started. Otherwise the call runs as usual.
+    fn as_task(
+        &self,
+        name: &str,
+        request: &CallToolRequestParams,
+        context: &RequestContext<RoleServer>,
+    ) -> Option<rmcp::model::Task> {
+        let Host::Local(tools) = &self.host else {
+            return None;
+        };
+        let wanted = TASK_TOOLS.contains(&name)
+            && context
+                .client_capabilities()
+                .is_some_and(|c| c.supports_tasks());
+        if !wanted || self.tasks.running_task_count() >= MAX_RUNNING_TASKS {
+            return None;
+        }
+        let caller = context
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<crate::commands::Caller>())
+            .copied()
+            .unwrap_or_default();
+        let started = Arc::new(std::sync::Mutex::new(Vec::<TaskId>::new()));
+        let hook: crate::commands::Started = {
+            let started = started.clone();
+            Arc::new(move |id| {
+                use crate::sync::Recover as _;
+                started.lock().recover().push(id);
+            })
+        };
+        let server = McpServer {
+            host: Host::Local(tools.clone().with_started(hook)),
+            tasks: self.tasks.clone(),
+        };
+        let runtime = tools.runtime().clone();
+        let (name, args) = (
+            name.to_owned(),
+            request
+                .arguments
+                .clone()
+                .map(Value::Object)
+                .unwrap_or(Value::Null),
+        );
+        let options = rmcp::task_manager::TaskOptions::new()
+            .with_ttl_ms(TASK_TTL.as_millis() as u64)
+            .with_poll_interval_ms(500);
+        Some(self.tasks.spawn(options, move |task| {
+            Box::pin(async move {
+                tokio::select! {
+                    outcome = server.run(caller, &name, args) => {
+                        outcome.map(|o| tool_result(&name, o)).map_err(rmcp::task_manager::TaskExit::Error)
+                    }
+                    () = task.cancelled() => {
+                        let ids = {
+                            use crate::sync::Recover as _;
+                            std::mem::take(&mut *started.lock().recover())
+                        };
+                        for id in ids {
+                            let _ = runtime.cancel(id).await;
+                        }
+                        Err(rmcp::task_manager::TaskExit::Cancelled)
+                    }
+                }
+            })
+        }))
     }
 }

@@ -53,6 +53,13 @@ impl Tools {
         self
     }
 
+    /// The same tools, telling `started` the id of every runtime task they
+    /// start.
+    pub fn with_started(mut self, started: crate::commands::Started) -> Tools {
+        self.commands = self.commands.with_started(started);
+        self
+    }
+
     /// The same tools on behalf of `caller` (whose idempotency keys are
     /// theirs alone).
     pub(crate) fn for_caller(mut self, caller: Caller) -> Tools {

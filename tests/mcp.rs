@@ -185,3 +185,26 @@ async fn each_protocol_revision_connects() {
     assert!(tools.iter().any(|t| t["name"] == "wait_tasks"), "{listed}");
     support::stop(&mut server);
 }
+
+/// Long tool calls as MCP tasks (the Tasks extension on revision
+/// 2026-07-28, with the official Python SDK): a waited call comes back at
+/// once as a task, `tasks/get` delivers its result, `tasks/cancel` cancels
+/// it and the runtime task it started (tests/mcp/tasks_client.py).
+#[test]
+fn long_tool_calls_run_as_mcp_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, url) = support::serve(BIN, &dir.path().join("data"), TOKEN);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/tasks_client.py");
+    let out = Command::new(python())
+        .arg(script)
+        .args([&format!("{url}/mcp"), TOKEN])
+        .output()
+        .expect("python3 runs");
+    support::stop(&mut server);
+    let text = support::output_text(&out);
+    assert!(out.status.success() && text.contains("all ok"), "{text}");
+    assert!(
+        text.contains("ok and the runtime task it started"),
+        "{text}"
+    );
+}

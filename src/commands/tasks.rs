@@ -86,6 +86,7 @@ impl Commands {
             .run_parallel_as(&function_name, inputs, inputs_as)
             .await
             .map_err(err)?;
+        self.note_started(id);
         let mut out = MapSubmitted::pending(id, function_name, n);
         if !wait {
             return Ok(out);
@@ -155,6 +156,7 @@ impl Commands {
             .spawn(&a.function_name, a.args, a.kwargs)
             .await
             .map_err(|e| CommandError::runtime(NAME, e))?;
+        self.note_started(id);
         if a.wait {
             if let Some(record) = self.wait_for(NAME, id, limit).await? {
                 return Ok(record);
@@ -215,6 +217,7 @@ impl Commands {
             .spawn(&a.function_name, a.args, a.kwargs)
             .await
             .map_err(err)?;
+        self.note_started(id);
         let mut record = self.runtime.wait(id, None).await.map_err(err)?;
         self.load_result(&mut record).await.map_err(err)?;
         Ok(GpuTaskResult {
