@@ -902,6 +902,8 @@ async fn the_openapi_document_declares_what_the_server_does() {
     let s = Server::default().await;
     let (_, _, doc) = s.get("/openapi.json").await;
     let mut operations = 0;
+    // Each operation has its own id (code generators name methods by it).
+    let mut ids = std::collections::HashMap::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
         let names: Vec<&str> = path
             .split('/')
@@ -909,6 +911,11 @@ async fn the_openapi_document_declares_what_the_server_does() {
             .collect();
         for (method, op) in item.as_object().unwrap() {
             operations += 1;
+            if let Some(id) = op["operationId"].as_str() {
+                if let Some(other) = ids.insert(id.to_owned(), format!("{method} {path}")) {
+                    panic!("operationId {id} is both {other} and {method} {path}");
+                }
+            }
             let params = op["parameters"].as_array().cloned().unwrap_or_default();
             for name in &names {
                 assert!(

@@ -445,3 +445,55 @@ async fn volume_key_listings_come_a_page_at_a_time() {
     assert_eq!(answer["next_after"], "k24");
     t.rt.shutdown().await;
 }
+
+/// Listing functions with their code carries at most 8 MiB of it: past
+/// that a function is listed with `code_omitted` (its own route has it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_listing_with_code_is_bounded() {
+    let (c, t) = server().await;
+    let padding = format!("# {}\n", "p".repeat((1 << 20) - 4096));
+    for i in 0..9 {
+        let code = format!("{padding}def f{i}():\n    return {i}\n");
+        c.deploy(&DeployRequest::new(format!("f{i}"), code))
+            .await
+            .unwrap();
+    }
+    let http = reqwest::Client::new();
+    let listed: Vec<serde_json::Value> = http
+        .get(format!("{}/functions?include_code=true", c.base_url()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 9);
+    let with_code = listed
+        .iter()
+        .filter(|f| f["spec"]["code"].is_string())
+        .count();
+    let omitted = listed
+        .iter()
+        .filter(|f| f["spec"]["code_omitted"] == true)
+        .count();
+    assert_eq!(
+        (with_code, omitted),
+        (8, 1),
+        "{with_code} with code, {omitted} without"
+    );
+    // Without the flag, no code at all.
+    let listed: Vec<serde_json::Value> = http
+        .get(format!("{}/functions", c.base_url()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(listed
+        .iter()
+        .all(|f| f["spec"].get("code").is_none() && f["spec"].get("code_omitted").is_none()));
+    t.rt.shutdown().await;
+}

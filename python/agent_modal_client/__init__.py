@@ -30,7 +30,9 @@ iterator), and `ModalAgentClient` is the seed's async client, unchanged:
 
 Also: secrets (`create_secret`, `list_secrets`, `delete_secret`), volumes
 (`volume_get/put/delete/list` for versioned keys, `file_put/get/delete/list`,
-`list_volumes`), tasks (`wait`, `wait_tasks`, `cancel`, `logs`,
+`list_volumes`; the listings read every page, `iter_volume_list` and
+`iter_file_list` lazily, `volume_list_page` and `file_list_page` one page),
+tasks (`wait`, `wait_tasks`, `cancel`, `logs`,
 `iter_results`, `list_tasks`) and, on the async clients, sandboxes.
 
 Names of results: one call's value is `result`; a map's values are `results`

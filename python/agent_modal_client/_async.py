@@ -177,11 +177,11 @@ class AsyncClient:
     volume_get = _bind(ops.volume_get)
     volume_put = _bind(ops.volume_put)
     volume_delete = _bind(ops.volume_delete)
-    volume_list = _bind(ops.volume_list)
+    volume_list_page = _bind(ops.volume_list_page)
     file_put = _bind(ops.file_put)
     file_get = _bind(ops.file_get)
     file_delete = _bind(ops.file_delete)
-    file_list = _bind(ops.file_list)
+    file_list_page = _bind(ops.file_list_page)
 
     # Several requests each.
 
@@ -197,6 +197,37 @@ class AsyncClient:
         """Every result of a map in input order, page by page as they are
         finished (a failed input is `{"error": {...}}` in its place)."""
         return self._iterate(flows.results(str(task_id), page_size))
+
+    async def volume_list(
+        self, volume: str, prefix: str = "", page_size: int = flows.PAGE_SIZE
+    ) -> List[Dict[str, Any]]:
+        """Every state entry under `prefix` (`[{"key", "value", "version"}]`),
+        in key order: all the pages of `volume_list_page`, `page_size` keys
+        a request (see `iter_volume_list` to read them lazily)."""
+        return await self._drive(flows.collect(flows.volume_entries(volume, prefix, page_size)))
+
+    def iter_volume_list(
+        self, volume: str, prefix: str = "", page_size: int = flows.PAGE_SIZE
+    ) -> AsyncIterator[Dict[str, Any]]:
+        """The state entries of `volume_list`, lazily: a page of `page_size`
+        keys is read when the one before is used up."""
+        return self._iterate(flows.volume_entries(volume, prefix, page_size))
+
+    async def file_list(
+        self, volume: str, prefix: str = "", page_size: int = flows.PAGE_SIZE
+    ) -> List[Dict[str, Any]]:
+        """Every file under `prefix` (`[{"path", "size", "modified_ms"}]`),
+        sorted by path: all the pages of `file_list_page`, `page_size` files
+        a request (see `iter_file_list` to read them lazily);
+        `NotFoundError` for a volume that does not exist."""
+        return await self._drive(flows.collect(flows.volume_files(volume, prefix, page_size)))
+
+    def iter_file_list(
+        self, volume: str, prefix: str = "", page_size: int = flows.PAGE_SIZE
+    ) -> AsyncIterator[Dict[str, Any]]:
+        """The files of `file_list`, lazily: a page of `page_size` files is
+        read when the one before is used up."""
+        return self._iterate(flows.volume_files(volume, prefix, page_size))
 
     async def follow_logs(self, task_id: str, stream: Optional[str] = None) -> AsyncIterator[str]:
         """The lines a task prints (without line ends), as it prints them,

@@ -1,6 +1,7 @@
 """Work of several requests, written once for both clients as flows (see
 `_core`): waiting for a task, a call's value, a map's values in input
-order or as they finish, and a map's results page by page.
+order or as they finish, a map's results page by page, and a volume's
+keys and files page by page.
 
 A map in input order is a server-side map (`POST /run-parallel`), each
 input passed as its `inputs_as` says: the one argument (`map` of one
@@ -20,11 +21,28 @@ import functools
 import itertools
 import re
 import time
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Sized, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Sized,
+    Tuple,
+    TypeVar,
+    Union,
+)
 
 from . import _ops as ops
-from ._core import Emit, Flow
+from ._core import Emit, Flow, Op
 from ._errors import APIError, TaskFailedError, TimeoutError, ValidationError, task_failed
+
+T = TypeVar("T")
 
 #: Longest one server-side wait (under common 60 s proxy limits).
 WAIT_SLICE_S = 55.0
@@ -32,7 +50,8 @@ WAIT_SLICE_S = 55.0
 #: while the results of the current one are read, so at most two chunks of
 #: inputs are taken from the caller's iterable ahead of the results.
 MAP_CHUNK = 10_000
-#: Results read per page (and so held at most at once).
+#: Results (and a volume's keys or files) read per page (and so held at
+#: most at once).
 PAGE_SIZE = 1000
 #: Calls in flight at once when a map is made of separate calls
 #: (`order_outputs=False`, or positional arguments with shared `kwargs`;
@@ -130,6 +149,61 @@ def results(task_id: str, page_size: int = PAGE_SIZE) -> Flow[Any, None]:
         # ends at once when the map does.
         yield ops.wait_tasks([task_id], timeout=pause)
         pause = min(pause * 2, MAX_PAUSE_S)
+
+
+def collect(flow: Flow[T, None]) -> Flow[Any, List[T]]:
+    """The values `flow` emits, as one list once it ended (its ops pass
+    through, and their errors are raised in it where it sent them)."""
+    values: List[T] = []
+    reply: Any = None
+    error: Optional[Exception] = None
+    while True:
+        try:
+            step = flow.send(reply) if error is None else flow.throw(error)
+        except StopIteration:
+            return values
+        reply, error = None, None
+        if isinstance(step, Emit):
+            values.append(step.value)
+            continue
+        try:
+            reply = yield step
+        except Exception as e:  # raised in the flow, where it sent the op
+            error = e
+
+
+def _listing(
+    page_op: Callable[[Optional[str]], Op[Dict[str, Any]]], items: str
+) -> Flow[Dict[str, Any], None]:
+    """Every item of a keyset-paged listing: each page's `items`, then the
+    page after its `next_after`, until a page has none."""
+    after: Optional[str] = None
+    while True:
+        page = yield page_op(after)
+        for item in page[items]:
+            yield Emit(item)
+        next_after = page.get("next_after")
+        if next_after is None:
+            return
+        if next_after == after:
+            # A page that does not move on would be asked for forever.
+            raise APIError(200, {"title": "unexpected answer",
+                                 "detail": f"the listing did not move past {after!r}"})
+        after = next_after
+
+
+def volume_entries(volume: str, prefix: str = "", page_size: int = PAGE_SIZE) -> Flow[Dict[str, Any], None]:
+    """Every state entry under `prefix` (`{"key", "value", "version"}`), in
+    key order, each once, page by page (each page's `next_after` the
+    `after` of the next)."""
+    return _listing(lambda after: ops.volume_list_page(volume, prefix, after, page_size), "entries")
+
+
+def volume_files(volume: str, prefix: str = "", page_size: int = PAGE_SIZE) -> Flow[Dict[str, Any], None]:
+    """Every file under `prefix` (`{"path", "size", "modified_ms"}`), sorted
+    by path, each once, page by page (following each page's `Link:
+    rel="next"`)."""
+    return _listing(lambda after: ops.file_list_page(volume, prefix, after, page_size), "files")
 
 
 def _map_chunk(map_id: str, total: int, base: int, return_exceptions: bool) -> Flow[Any, None]:

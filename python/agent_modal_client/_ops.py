@@ -10,6 +10,9 @@ values are `results` (`run_parallel(..., wait=True)` and the pages of
 from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
 
 from ._core import Op, as_bytes, as_dict, as_list, drop_none, seg, subpath
 from ._core import wait_request_timeout
@@ -223,10 +226,16 @@ def volume_delete(volume: str, key: str) -> Op[Dict[str, Any]]:
     return Op("DELETE", _state(volume, key), as_dict)
 
 
-def volume_list(volume: str, prefix: str = "") -> Op[List[Dict[str, Any]]]:
-    """The state entries under `prefix` (`[{"key", "value", "version"}]`)."""
-    return Op("GET", f"/volumes/{seg(volume)}/state", lambda r: list(as_dict(r)["entries"]),
-              params={"prefix": prefix})
+def volume_list_page(
+    volume: str, prefix: str = "", after: Optional[str] = None, limit: Optional[int] = None
+) -> Op[Dict[str, Any]]:
+    """One page of the state entries under `prefix`, in key order, those
+    after the key `after`: `{"entries": [{"key", "value", "version"}],
+    "next_after"}`, at most `limit` (default 1000, at most 10,000) and about
+    8 MiB of values; `next_after` (only when more follow) is the `after` of
+    the next page. `volume_list` reads every page."""
+    params = drop_none({"prefix": prefix, "after": after, "limit": limit})
+    return Op("GET", f"/volumes/{seg(volume)}/state", as_dict, params=params)
 
 
 def file_put(volume: str, path: str, data: Union[bytes, str]) -> Op[Dict[str, Any]]:
@@ -247,7 +256,31 @@ def file_delete(volume: str, path: str) -> Op[Dict[str, Any]]:
     return Op("DELETE", _file(volume, path), as_dict)
 
 
-def file_list(volume: str, prefix: str = "") -> Op[List[Dict[str, Any]]]:
-    """The files under `prefix` (`[{"path", "size", "modified_ms"}]`;
-    `NotFoundError` for a volume that does not exist)."""
-    return Op("GET", f"/volumes/{seg(volume)}/files", as_list, params={"prefix": prefix})
+def _file_page(response: httpx.Response) -> Dict[str, Any]:
+    """A page of files as `{"files", "next_after"}`: the next page's `after`
+    from the answer's `Link: <...?after=...>; rel="next"` (or, should the
+    link not say, the last path of this page), present only when more
+    follow."""
+    files = as_list(response)
+    page: Dict[str, Any] = {"files": files}
+    link = response.links.get("next")
+    if link is not None:
+        after = parse_qs(urlsplit(link.get("url", "")).query, keep_blank_values=True).get("after")
+        if after:
+            page["next_after"] = after[0]
+        elif files:
+            page["next_after"] = files[-1]["path"]
+    return page
+
+
+def file_list_page(
+    volume: str, prefix: str = "", after: Optional[str] = None, limit: Optional[int] = None
+) -> Op[Dict[str, Any]]:
+    """One page of the files under `prefix`, sorted by path, those after the
+    path `after`: `{"files": [{"path", "size", "modified_ms"}],
+    "next_after"}`, at most `limit` (default 1000, at most 10,000);
+    `next_after` (only when more follow, from the answer's `Link` header)
+    is the `after` of the next page. `NotFoundError` for a volume that does
+    not exist. `file_list` reads every page."""
+    params = drop_none({"prefix": prefix, "after": after, "limit": limit})
+    return Op("GET", f"/volumes/{seg(volume)}/files", _file_page, params=params)

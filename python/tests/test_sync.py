@@ -11,6 +11,7 @@ import pytest
 
 import agent_modal_client
 from agent_modal_client import (
+    AsyncClient,
     Client,
     Function,
     FunctionCall,
@@ -419,6 +420,78 @@ def test_volumes_files_and_versioned_keys(client):
     assert client.volume_delete("sync-vol", "plan")["deleted"] is True
     assert client.volume_get("sync-vol", "plan") is None
     assert "sync-vol" in client.list_volumes()
+
+
+def test_volume_list_reads_every_page_of_keys(client):
+    keys = [f"page/k{i:04d}" for i in range(1205)]
+    for i, key in enumerate(keys):
+        client.volume_put("sync-paged-keys", key, i)
+    client.volume_put("sync-paged-keys", "zz-outside", "not under the prefix")
+
+    # One page holds at most 1000 keys and says where the next one starts.
+    first = client.volume_list_page("sync-paged-keys", prefix="page/")
+    assert len(first["entries"]) == 1000 and first["next_after"] == keys[999]
+
+    # The whole listing: every key exactly once, in order, with its value.
+    listed = client.volume_list("sync-paged-keys", prefix="page/")
+    assert [e["key"] for e in listed] == keys
+    assert [e["value"] for e in listed] == list(range(1205))
+    everything = [e["key"] for e in client.volume_list("sync-paged-keys")]
+    assert everything == keys + ["zz-outside"]
+
+    # Lazily, a page of 100 at a time: the same keys.
+    lazy = client.iter_volume_list("sync-paged-keys", prefix="page/", page_size=100)
+    assert next(lazy)["key"] == keys[0]
+    assert [keys[0]] + [e["key"] for e in lazy] == keys
+
+    # The async client pages through them too.
+    async def listed_async():
+        async with AsyncClient() as c:
+            listed = [e["key"] for e in await c.volume_list("sync-paged-keys", prefix="page/")]
+            lazy = [e["key"] async for e in c.iter_volume_list("sync-paged-keys", "page/", page_size=500)]
+            return listed, lazy
+
+    assert asyncio.run(listed_async()) == (keys, keys)
+
+
+def sync_fill(n):
+    import json
+    import os
+
+    root = json.loads(os.environ["MODAL_AGENTS_VOLUMES"])["/v"]
+    for i in range(n):
+        d = os.path.join(root, "d%d" % (i % 7))
+        os.makedirs(d, exist_ok=True)
+        open(os.path.join(d, "f %04d" % i), "w").close()
+    return n
+
+
+def test_file_list_reads_every_page_of_files(client):
+    fill = client.deploy(sync_fill, volumes={"/v": "sync-paged-files"}, timeout=300)
+    assert fill.remote(2500) == 2500
+    expected = sorted(f"d{i % 7}/f {i:04d}" for i in range(2500))
+
+    # One page holds at most 1000 files; its `Link` says where the next starts.
+    first = client.file_list_page("sync-paged-files")
+    assert len(first["files"]) == 1000 and first["next_after"] == expected[999]
+
+    # The whole listing: every file exactly once, sorted by path.
+    paths = [f["path"] for f in client.file_list("sync-paged-files")]
+    assert len(paths) == 2500 and paths == expected
+    in_d3 = [f["path"] for f in client.file_list("sync-paged-files", prefix="d3/")]
+    assert in_d3 == [p for p in expected if p.startswith("d3/")] and len(in_d3) == 357
+    small_pages = [f["path"] for f in client.iter_file_list("sync-paged-files", page_size=999)]
+    assert small_pages == expected
+
+    async def listed_async():
+        async with AsyncClient() as c:
+            listed = [f["path"] for f in await c.file_list("sync-paged-files")]
+            lazy = [f["path"] async for f in c.iter_file_list("sync-paged-files", "d3/", page_size=100)]
+            return listed, lazy
+
+    assert asyncio.run(listed_async()) == (expected, in_d3)
+    with pytest.raises(NotFoundError):
+        client.file_list("sync-no-such-volume")
 
 
 def test_a_server_that_cannot_be_reached_is_named(client):

@@ -39,7 +39,7 @@ pub(crate) async fn deploy(
 
 /// List deployed functions, without their source (`include_code=true`
 /// adds it; `GET /functions/{name}` always has it).
-#[utoipa::path(get, path = "/functions",
+#[utoipa::path(get, path = "/functions", operation_id = "list_functions",
     params(("include_code" = Option<bool>, Query, description = "include each function's source (default false)")),
     responses((status = 200, body = Vec<FunctionView>), (status = 422, body = super::Problem)))]
 pub(crate) async fn list(
@@ -55,7 +55,7 @@ pub(crate) async fn list(
 }
 
 /// One deployed function.
-#[utoipa::path(get, path = "/functions/{name}", responses((status = 200, body = FunctionView), (status = 404, body = super::Problem)))]
+#[utoipa::path(get, path = "/functions/{name}", operation_id = "get_function", responses((status = 200, body = FunctionView), (status = 404, body = super::Problem)))]
 pub(crate) async fn get_one(
     State(state): State<ApiState>,
     Path(name): Path<String>,

@@ -67,7 +67,7 @@ pub(crate) async fn create(
 }
 
 /// The sandboxes, newest first (filter by `state`, `name`, `tag=k=v`).
-#[utoipa::path(get, path = "/sandboxes",
+#[utoipa::path(get, path = "/sandboxes", operation_id = "list_sandboxes",
     params(("state" = Option<crate::wire::SandboxState>, Query), ("name" = Option<String>, Query),
            ("tag" = Option<String>, Query, description = "key=value, or key for any value")),
     responses((status = 200, body = SandboxList), (status = 422, body = super::Problem)))]
@@ -100,7 +100,7 @@ pub(crate) async fn list(
 }
 
 /// A sandbox: its state, clocks, running processes and how it ended.
-#[utoipa::path(get, path = "/sandboxes/{sandbox_id}",
+#[utoipa::path(get, path = "/sandboxes/{sandbox_id}", operation_id = "get_sandbox",
     responses((status = 200, body = SandboxView), (status = 404, body = super::Problem)))]
 pub(crate) async fn get_one(
     State(state): State<ApiState>,
@@ -354,7 +354,7 @@ pub(crate) async fn events(
 }
 
 /// A directory's entries (`path`, default the workdir).
-#[utoipa::path(get, path = "/sandboxes/{sandbox_id}/files", params(("path" = Option<String>, Query)),
+#[utoipa::path(get, path = "/sandboxes/{sandbox_id}/files", operation_id = "list_sandbox_files", params(("path" = Option<String>, Query)),
     responses((status = 200, body = SandboxFileList), (status = 404, body = super::Problem), (status = 409, body = super::Problem)))]
 pub(crate) async fn list_files(
     State(state): State<ApiState>,
@@ -366,7 +366,7 @@ pub(crate) async fn list_files(
 }
 
 /// Read a file, streamed (at most the files API's limit, else 413).
-#[utoipa::path(get, path = "/sandboxes/{sandbox_id}/files/{path}",
+#[utoipa::path(get, path = "/sandboxes/{sandbox_id}/files/{path}", operation_id = "get_sandbox_file",
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = super::Problem), (status = 413, body = super::Problem)))]
 pub(crate) async fn get_file(
     State(state): State<ApiState>,
@@ -386,7 +386,7 @@ pub(crate) async fn get_file(
 
 /// Write a file (the body is its content), atomically; at most the files
 /// API's limit (64 MiB by default), else 413.
-#[utoipa::path(put, path = "/sandboxes/{sandbox_id}/files/{path}", request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+#[utoipa::path(put, path = "/sandboxes/{sandbox_id}/files/{path}", operation_id = "put_sandbox_file", request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 200, body = SandboxFileEntry), (status = 409, body = super::Problem), (status = 413, body = super::Problem), (status = 422, body = super::Problem)))]
 pub(crate) async fn put_file(
     State(state): State<ApiState>,
@@ -412,7 +412,7 @@ pub(crate) async fn put_file(
 }
 
 /// Remove a file, or a directory with everything in it.
-#[utoipa::path(delete, path = "/sandboxes/{sandbox_id}/files/{path}",
+#[utoipa::path(delete, path = "/sandboxes/{sandbox_id}/files/{path}", operation_id = "delete_sandbox_file",
     responses((status = 200, body = Object), (status = 409, body = super::Problem)))]
 pub(crate) async fn delete_file(
     State(state): State<ApiState>,

@@ -307,7 +307,7 @@ pub(crate) async fn cancel(
 /// Tasks, newest first, optionally by status. Results are left out (read
 /// them with `GET /status/{id}`); `include_results=true` includes those the
 /// records hold (at most 64 KiB each).
-#[utoipa::path(get, path = "/tasks",
+#[utoipa::path(get, path = "/tasks", operation_id = "list_tasks",
     params(("status" = Option<TaskStatus>, Query), ("offset" = Option<u64>, Query),
            ("include_results" = Option<bool>, Query, description = "include results of at most 64 KiB (default false)"),
            ("limit" = Option<u64>, Query, minimum = 0, maximum = 1000, description = "default 100")),

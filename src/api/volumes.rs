@@ -187,7 +187,7 @@ pub(crate) async fn pull(
 /// Files under a prefix, sorted by path, a page at a time (`limit`, default
 /// 1000, at most 10000): when more follow, a `Link: <...>; rel="next"`
 /// header gives the next page's URL (`after` the last path of this one).
-#[utoipa::path(get, path = "/volumes/{name}/files",
+#[utoipa::path(get, path = "/volumes/{name}/files", operation_id = "list_volume_files",
     params(("prefix" = Option<String>, Query), ("after" = Option<String>, Query),
            ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000)),
     responses((status = 200, body = Vec<FileStat>, headers(("Link" = String, description = "the next page, when there is one"))),
@@ -242,7 +242,7 @@ fn require_volume(state: &ApiState, name: &str) -> Result<(), Error> {
 }
 
 /// Write a file (the body is its content), atomically.
-#[utoipa::path(put, path = "/volumes/{name}/files/{path}", request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+#[utoipa::path(put, path = "/volumes/{name}/files/{path}", operation_id = "put_volume_file", request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 200, body = FileStat), (status = 422, body = super::Problem)))]
 pub(crate) async fn put_file(
     State(state): State<ApiState>,
@@ -259,7 +259,7 @@ pub(crate) async fn put_file(
 }
 
 /// Read a file.
-#[utoipa::path(get, path = "/volumes/{name}/files/{path}", responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = super::Problem)))]
+#[utoipa::path(get, path = "/volumes/{name}/files/{path}", operation_id = "get_volume_file", responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = super::Problem)))]
 pub(crate) async fn get_file(
     State(state): State<ApiState>,
     Path((name, path)): Path<(String, String)>,
@@ -279,7 +279,7 @@ pub(crate) async fn get_file(
 }
 
 /// Delete a file.
-#[utoipa::path(delete, path = "/volumes/{name}/files/{path}", responses((status = 200, body = Object)))]
+#[utoipa::path(delete, path = "/volumes/{name}/files/{path}", operation_id = "delete_volume_file", responses((status = 200, body = Object)))]
 pub(crate) async fn delete_file(
     State(state): State<ApiState>,
     Path((name, path)): Path<(String, String)>,

@@ -47,7 +47,7 @@ pub(crate) async fn register(
 }
 
 /// A registration and its delivery attempts (the secret is never shown again).
-#[utoipa::path(get, path = "/webhooks/{webhook_id}", responses((status = 200, body = Webhook), (status = 404, body = super::Problem)))]
+#[utoipa::path(get, path = "/webhooks/{webhook_id}", operation_id = "get_webhook", responses((status = 200, body = Webhook), (status = 404, body = super::Problem)))]
 pub(crate) async fn get_one(
     State(state): State<ApiState>,
     Path(webhook_id): Path<String>,

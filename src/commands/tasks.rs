@@ -306,20 +306,34 @@ impl Commands {
         Ok(logs)
     }
 
-    /// The deployed functions, their source only with `include_code`.
+    /// The deployed functions, their source only with `include_code`, and
+    /// then at most [`MAX_LIST_PAGE_BYTES`](crate::wire::MAX_LIST_PAGE_BYTES)
+    /// of it in all: a function past that is listed with `code_omitted`
+    /// instead (`GET /functions/{name}` has its code).
     pub async fn list_functions(&self, a: ListFunctions) -> Result<FunctionList, CommandError> {
+        let mut budget = if a.include_code {
+            crate::wire::MAX_LIST_PAGE_BYTES
+        } else {
+            0
+        };
         let functions = self
             .runtime
             .functions()
             .into_iter()
             .map(|mut f| {
-                if !a.include_code {
+                let fits = a.include_code && f.spec.code.len() <= budget;
+                if fits {
+                    budget -= f.spec.code.len();
+                } else {
                     f.spec.code = String::new();
                 }
                 let mut view = crate::wire::FunctionView::from(f);
-                if !a.include_code {
+                if !fits {
                     if let Some(spec) = view.spec.as_object_mut() {
                         spec.remove("code");
+                        if a.include_code {
+                            spec.insert("code_omitted".into(), serde_json::Value::Bool(true));
+                        }
                     }
                 }
                 view
