@@ -49,6 +49,9 @@ struct Shared {
     values: RwLock<BTreeSet<String>>,
     generation: AtomicU64,
     compiled: RwLock<Option<Arc<Compiled>>>,
+    /// Held while the matcher is built: one thread builds, the others wait
+    /// for it instead of building the same one at once.
+    building: std::sync::Mutex<()>,
 }
 
 /// Replaces known secret values in text. Cloning is cheap; clones share
@@ -93,15 +96,21 @@ impl Redactor {
             self.shared.generation.load(Ordering::Acquire),
             self.secrets.as_ref().map_or(0, SecretStore::generation),
         );
-        if let Some(c) = self
-            .shared
-            .compiled
-            .read()
-            .recover()
-            .as_ref()
-            .filter(|c| c.built_from == now)
-        {
-            return c.clone();
+        let cached = || {
+            self.shared
+                .compiled
+                .read()
+                .recover()
+                .as_ref()
+                .filter(|c| c.built_from == now)
+                .cloned()
+        };
+        if let Some(c) = cached() {
+            return c;
+        }
+        let _building = self.shared.building.lock().recover();
+        if let Some(c) = cached() {
+            return c;
         }
         let mut values: BTreeSet<String> = self.shared.values.read().recover().clone();
         if let Some(secrets) = &self.secrets {
@@ -119,8 +128,11 @@ impl Redactor {
         let values: Vec<String> = values.into_iter().collect();
         // Leftmost-longest: a value containing another goes whole.
         let matcher = (!values.is_empty()).then(|| {
+            // A contiguous NFA: built in time linear in the values (the
+            // default may build a DFA, whose cost grows far faster).
             AhoCorasick::builder()
                 .match_kind(MatchKind::LeftmostLongest)
+                .kind(Some(aho_corasick::AhoCorasickKind::ContiguousNFA))
                 .build(&values)
                 .expect("plain strings always compile")
         });

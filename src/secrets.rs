@@ -19,6 +19,14 @@ mod sealed;
 
 pub use sealed::{KeyError, SecretsKey};
 
+/// Largest value of one secret key (a PEM private key is about 3 KiB).
+pub const MAX_SECRET_VALUE_BYTES: usize = 16 << 10;
+/// Largest secret, its keys and values together.
+pub const MAX_SECRET_BYTES: usize = 64 << 10;
+/// Largest size of all secrets together (each value is looked for in every
+/// output a function produces).
+pub const MAX_ALL_SECRETS_BYTES: usize = 1 << 20;
+
 /// Why a secret could not be stored or resolved.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SecretError {
@@ -40,6 +48,19 @@ pub enum SecretError {
         secret: String,
         /// The key whose value is bad.
         key: String,
+    },
+    /// A value, or the values of one secret together, past the size
+    /// secrets may have (every value is searched for in every output).
+    #[error("secret `{secret}` is too large: {what} is {size} bytes; at most {max} bytes are accepted (a secret is a key or a token; put data in a volume)")]
+    TooLarge {
+        /// The secret.
+        secret: String,
+        /// Which part: a key's value, or all of them.
+        what: String,
+        /// Its size.
+        size: usize,
+        /// The most accepted.
+        max: usize,
     },
     /// The runtime's database could not store the change; nothing changed.
     #[error("secret `{secret}` could not be stored, so it was not changed: {cause}")]
@@ -103,7 +124,8 @@ impl SecretStore {
         SecretStore::default()
     }
 
-    /// Stores (or replaces) secret `name` with the given key/values.
+    /// Stores (or replaces) secret `name` with the given key/values: at most
+    /// [`MAX_SECRET_VALUE_BYTES`] a value and [`MAX_SECRET_BYTES`] in all.
     pub fn set<K, V>(
         &self,
         name: &str,
@@ -132,7 +154,46 @@ impl SecretStore {
                     key,
                 });
             }
+            if value.len() > MAX_SECRET_VALUE_BYTES {
+                return Err(SecretError::TooLarge {
+                    secret: name.to_owned(),
+                    what: format!("the value of {key:?}"),
+                    size: value.len(),
+                    max: MAX_SECRET_VALUE_BYTES,
+                });
+            }
             map.insert(key, value);
+        }
+        let total: usize = map.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if total > MAX_SECRET_BYTES {
+            return Err(SecretError::TooLarge {
+                secret: name.to_owned(),
+                what: "all of its keys and values".into(),
+                size: total,
+                max: MAX_SECRET_BYTES,
+            });
+        }
+        let others: usize = self
+            .inner
+            .iter()
+            .filter(|e| e.key() != name)
+            .map(|e| {
+                e.value()
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>()
+            })
+            .sum();
+        if others + total > MAX_ALL_SECRETS_BYTES {
+            return Err(SecretError::TooLarge {
+                secret: name.to_owned(),
+                what: format!(
+                    "with the other secrets, all secrets ({} bytes)",
+                    others + total
+                ),
+                size: others + total,
+                max: MAX_ALL_SECRETS_BYTES,
+            });
         }
         // On disk first: a change the database refused is not made at all.
         if let Some((_, key)) = self.store.get() {

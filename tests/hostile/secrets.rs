@@ -276,3 +276,75 @@ pub(crate) async fn attack_secrets_are_sealed_at_rest_and_keys_rotate(t: &Target
         assert!(!grep(&data), "the secret is in state.redb in the clear");
     }
 }
+
+alone!(
+    /// Secrets are small: a value past 16 KiB, a secret past 64 KiB and all
+    /// of them past 1 MiB are refused naming the limit; with secrets at the
+    /// limit the server still answers calls promptly (a 2 MB value once made
+    /// every worker thread build the redactor for minutes).
+    huge_secrets_are_refused_and_full_ones_stay_fast => attack_huge_secrets_are_refused_and_full_ones_stay_fast
+);
+
+pub(crate) async fn attack_huge_secrets_are_refused_and_full_ones_stay_fast(t: &Target<'_>) {
+    let api = t.api;
+    let put = |name: String, values: Value| async move {
+        api.send(Method::PUT, &format!("/secrets/{name}"), Some(values))
+            .await
+    };
+    let (status, body) = put("big".into(), json!({"K": "x".repeat(1 << 20)})).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains("16384"), "{body}");
+    let (status, body) = put(
+        "wide".into(),
+        json!({"A": "a".repeat(15_000), "B": "b".repeat(15_000), "C": "c".repeat(15_000),
+               "D": "d".repeat(15_000), "E": "e".repeat(15_000)}),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains("65536"), "{body}");
+    // Sixteen secrets of 60 KiB fill the store; the seventeenth does not fit.
+    let mut refused = 0;
+    for i in 0..17 {
+        let values: serde_json::Map<String, Value> = (0..4)
+            .map(|k| {
+                (
+                    format!("K{k}"),
+                    json!(format!("{i}-{k}-{}", "s".repeat(15_500))),
+                )
+            })
+            .collect();
+        let (status, body) = put(format!("full{i}"), Value::Object(values)).await;
+        match status {
+            200 | 201 => {}
+            422 => {
+                refused += 1;
+                assert!(body.to_string().contains("1048576"), "{body}");
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!(refused, 1);
+    // Calls that write to both streams still answer at once.
+    api.post(
+        "/deploy-function",
+        json!({"function_code": "import os, sys\ndef noisy(i):\n    print('out', i)\n    print('err', i, file=sys.stderr)\n    os.write(2, b'fd2\\n')\n    return i\n",
+               "function_name": "noisy", "secrets": ["full0", "full1"]}),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    for i in 0..20 {
+        let r = api
+            .post(
+                "/spawn-task",
+                json!({"function_name": "noisy", "args": [i], "wait": true}),
+            )
+            .await;
+        assert_eq!(r["result"], i, "{r}");
+    }
+    let took = started.elapsed();
+    eprintln!("20 calls with 960 KiB of secrets: {took:?}");
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    for i in 0..16 {
+        put(format!("full{i}"), json!({"K": "short-value-0123"})).await;
+    }
+}
