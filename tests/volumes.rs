@@ -340,3 +340,67 @@ def upper(name):
     assert_eq!(out, b"HELLO VOLUMES");
     t.rt.shutdown().await;
 }
+
+/// A volume of 400 directories is listed (over HTTP, by a server allowed
+/// 200 open files) with one directory open at a time: each used to hold a
+/// descriptor while it waited, and the listing failed with 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wide_volume_lists_within_few_descriptors() {
+    const BIN: &str = env!("CARGO_BIN_EXE_modal-agents");
+    const TOKEN: &str = "volumes-test-token-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, url) = support::serve(BIN, &dir.path().join("data"), TOKEN);
+    let limit = libc::rlimit {
+        rlim_cur: 200,
+        rlim_max: 200,
+    };
+    // SAFETY: sets a limit of our own child process.
+    let rc = unsafe {
+        libc::prlimit(
+            server.id() as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    let http = reqwest::Client::new();
+    for i in 0..400 {
+        let r = http
+            .put(format!("{url}/volumes/wide/files/d{i:03}/f"))
+            .bearer_auth(TOKEN)
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+    let mut seen = 0;
+    let mut next = format!("{url}/volumes/wide/files?limit=150");
+    loop {
+        let r = http.get(&next).bearer_auth(TOKEN).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let link = r
+            .headers()
+            .get("link")
+            .map(|v| v.to_str().unwrap().to_owned());
+        seen += r.json::<Vec<serde_json::Value>>().await.unwrap().len();
+        match link {
+            Some(l) => {
+                let path = l.trim_start_matches('<').split('>').next().unwrap();
+                next = format!("{url}{path}");
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, 400);
+    // Under a prefix, only its directory is read.
+    let r = http
+        .get(format!("{url}/volumes/wide/files?prefix=d12"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Vec<serde_json::Value>>().await.unwrap().len(), 10);
+    support::stop(&mut server);
+}

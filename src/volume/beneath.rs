@@ -106,6 +106,17 @@ impl Root {
 
     /// The directory holding `rel`'s last component, walked without
     /// following links; missing directories are made when `create`.
+    /// The directory at `at` (the root when empty), opened again beneath the
+    /// root without following a link; `None` when it is gone (or became
+    /// something else) since it was seen.
+    fn reopen(&self, at: &str) -> io::Result<Option<OwnedFd>> {
+        match self.parent(&components(at), false) {
+            Ok(dir) => Ok(Some(dir)),
+            Err(e) if is_absent(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn parent(&self, dirs: &[&[u8]], create: bool) -> io::Result<OwnedFd> {
         let mut cur = self.fd.try_clone()?;
         for name in dirs {
@@ -251,8 +262,13 @@ impl Root {
     ) -> io::Result<(Vec<FileStat>, bool)> {
         // A max-heap by path of the smallest paths seen so far.
         let mut out = std::collections::BinaryHeap::<ByPath>::new();
-        let mut stack: Vec<(OwnedFd, String)> = vec![(self.fd.try_clone()?, String::new())];
-        while let Some((dir, at)) = stack.pop() {
+        // Directories still to read, by path: one is open at a time, however
+        // wide the tree (a descriptor per waiting directory ran out of them).
+        let mut stack: Vec<String> = vec![String::new()];
+        while let Some(at) = stack.pop() {
+            let Some(dir) = self.reopen(&at)? else {
+                continue;
+            };
             // The directory is read through its descriptor (no path lookup).
             let entries = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?;
             for entry in entries {
@@ -273,10 +289,10 @@ impl Root {
                     format!("{at}/{text}")
                 };
                 if is_dir(&st) {
-                    match open_dir(dir.as_raw_fd(), bytes) {
-                        Ok(sub) => stack.push((sub, path)),
-                        Err(e) if is_absent(&e) => {}
-                        Err(e) => return Err(e),
+                    // Only where a path under the prefix can be.
+                    let under = format!("{path}/");
+                    if under.starts_with(prefix) || prefix.starts_with(&under) {
+                        stack.push(path);
                     }
                 } else if is_file(&st)
                     && !text.starts_with('.')
@@ -500,8 +516,12 @@ impl Root {
         &self,
         visit: &mut dyn FnMut(&str, Meta, Walked) -> io::Result<()>,
     ) -> io::Result<()> {
-        let mut stack: Vec<(OwnedFd, String)> = vec![(self.fd.try_clone()?, String::new())];
-        while let Some((dir, at)) = stack.pop() {
+        // By path, one open at a time (see `list`).
+        let mut stack: Vec<String> = vec![String::new()];
+        while let Some(at) = stack.pop() {
+            let Some(dir) = self.reopen(&at)? else {
+                continue;
+            };
             let mut subdirs = Vec::new();
             for name in names_in(&dir)? {
                 let Ok(text) = name.into_string() else {
@@ -520,14 +540,10 @@ impl Root {
                 };
                 let m = meta(&st);
                 match m.kind {
-                    Kind::Dir => match open_dir(dir.as_raw_fd(), bytes) {
-                        Ok(sub) => {
-                            visit(&path, m, Walked::Dir)?;
-                            subdirs.push((sub, path));
-                        }
-                        Err(e) if is_absent(&e) => {}
-                        Err(e) => return Err(e),
-                    },
+                    Kind::Dir => {
+                        visit(&path, m, Walked::Dir)?;
+                        subdirs.push(path);
+                    }
                     Kind::File => {
                         match open_at(dir.as_raw_fd(), bytes, libc::O_RDONLY | libc::O_NONBLOCK, 0)
                         {
