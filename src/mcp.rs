@@ -60,6 +60,39 @@ pub struct McpServer {
     /// Tool calls running as MCP tasks (the Tasks extension), shared by
     /// every session of this server.
     tasks: rmcp::task_manager::TaskManager,
+    /// When recent ones were created: at most [`MAX_KEPT_TASKS`] per
+    /// [`TASK_TTL`], so the outcomes kept stay bounded.
+    created: Arc<Window>,
+}
+
+/// Most MCP tasks created per [`TASK_TTL`] (each keeps at most
+/// [`MAX_TASK_ANSWER`] of its answer); past it a call is answered the
+/// ordinary way.
+const MAX_KEPT_TASKS: usize = 1024;
+
+/// The creation times of recent MCP tasks.
+#[derive(Default)]
+struct Window(std::sync::Mutex<std::collections::VecDeque<std::time::Instant>>);
+
+impl Window {
+    /// Counts one more task, unless [`MAX_KEPT_TASKS`] were made within
+    /// [`TASK_TTL`].
+    fn admit(&self) -> bool {
+        use crate::sync::Recover as _;
+        let now = std::time::Instant::now();
+        let mut times = self.0.lock().recover();
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > TASK_TTL)
+        {
+            times.pop_front();
+        }
+        if times.len() >= MAX_KEPT_TASKS {
+            return false;
+        }
+        times.push_back(now);
+        true
+    }
 }
 
 impl std::fmt::Debug for McpServer {
@@ -96,6 +129,7 @@ impl McpServer {
         McpServer {
             host: Host::Local(Tools::new(runtime)),
             tasks: Default::default(),
+            created: Default::default(),
         }
     }
 
@@ -104,6 +138,7 @@ impl McpServer {
         McpServer {
             host: Host::Remote(client),
             tasks: Default::default(),
+            created: Default::default(),
         }
     }
 
@@ -319,6 +354,7 @@ impl ServerHandler for McpServer {
                 Some(McpServer {
                     host: Host::Local(tools.clone().with_progress(hook)),
                     tasks: self.tasks.clone(),
+                    created: self.created.clone(),
                 })
             }
             _ => None,
@@ -392,7 +428,8 @@ impl McpServer {
             && context
                 .client_capabilities()
                 .is_some_and(|c| c.supports_tasks());
-        if !wanted || self.tasks.running_task_count() >= MAX_RUNNING_TASKS {
+        if !wanted || self.tasks.running_task_count() >= MAX_RUNNING_TASKS || !self.created.admit()
+        {
             return None;
         }
         let caller = context
@@ -401,19 +438,8 @@ impl McpServer {
             .and_then(|parts| parts.extensions.get::<crate::commands::Caller>())
             .copied()
             .unwrap_or_default();
-        let started = Arc::new(std::sync::Mutex::new(Vec::<TaskId>::new()));
-        let hook: crate::commands::Started = {
-            let started = started.clone();
-            Arc::new(move |id| {
-                use crate::sync::Recover as _;
-                started.lock().recover().push(id);
-            })
-        };
-        let server = McpServer {
-            host: Host::Local(tools.clone().with_started(hook)),
-            tasks: self.tasks.clone(),
-        };
         let runtime = tools.runtime().clone();
+        let tools = tools.clone();
         let (name, args) = (
             name.to_owned(),
             request
@@ -425,18 +451,49 @@ impl McpServer {
         let options = rmcp::task_manager::TaskOptions::new()
             .with_ttl_ms(TASK_TTL.as_millis() as u64)
             .with_poll_interval_ms(500);
+        let (tasks, created) = (self.tasks.clone(), self.created.clone());
         Some(self.tasks.spawn(options, move |task| {
+            // The runtime tasks the call starts: named in the task's status,
+            // and cancelled with it, even one started after the cancel (the
+            // call runs on, to where it notes what it started, and is not
+            // dropped half-way).
+            let started = Arc::new(Started {
+                ids: std::sync::Mutex::new(Vec::new()),
+                cancelled: std::sync::atomic::AtomicBool::new(false),
+            });
+            let hook: crate::commands::Started = {
+                let (started, runtime, task) = (started.clone(), runtime.clone(), task.clone());
+                Arc::new(move |id| {
+                    task.set_status_message(format!("running: task {id}"));
+                    if started.note(id) {
+                        let runtime = runtime.clone();
+                        tokio::spawn(async move {
+                            let _ = runtime.cancel(id).await;
+                        });
+                    }
+                })
+            };
+            let server = McpServer {
+                host: Host::Local(tools.with_started(hook)),
+                tasks,
+                created,
+            };
+            let run = tokio::spawn(async move {
+                let outcome = server.run(caller, &name, args).await;
+                outcome.map(|o| tool_result(&name, o.map(kept_small)))
+            });
             Box::pin(async move {
                 tokio::select! {
-                    outcome = server.run(caller, &name, args) => {
-                        outcome.map(|o| tool_result(&name, o)).map_err(rmcp::task_manager::TaskExit::Error)
-                    }
+                    outcome = run => match outcome {
+                        Ok(Ok(result)) => Ok(result),
+                        Ok(Err(e)) => Err(rmcp::task_manager::TaskExit::Error(e)),
+                        Err(e) => Err(rmcp::task_manager::TaskExit::Error(ErrorData::internal_error(
+                            format!("the tool call ended abnormally: {e}"),
+                            None,
+                        ))),
+                    },
                     () = task.cancelled() => {
-                        let ids = {
-                            use crate::sync::Recover as _;
-                            std::mem::take(&mut *started.lock().recover())
-                        };
-                        for id in ids {
+                        for id in started.cancel_all() {
                             let _ = runtime.cancel(id).await;
                         }
                         Err(rmcp::task_manager::TaskExit::Cancelled)
@@ -444,5 +501,55 @@ impl McpServer {
                 }
             })
         }))
+    }
+}
+
+/// Most bytes of a tool's answer an MCP task keeps until it is read (its
+/// outcome stays [`TASK_TTL`]).
+const MAX_TASK_ANSWER: usize = 96 << 10;
+
+/// An answer an MCP task keeps: whole when small, else without its large
+/// parts (results, a result, output), which `omitted` names; the tools that
+/// read them (get_task_results, get_task_status, get_task_logs) still can.
+fn kept_small(mut answer: Value) -> Value {
+    if crate::value::json_size(&answer) <= MAX_TASK_ANSWER {
+        return answer;
+    }
+    let mut omitted = Vec::new();
+    if let Some(map) = answer.as_object_mut() {
+        for key in ["results", "result", "stdout", "stderr"] {
+            if map.remove(key).is_some() {
+                omitted.push(Value::String(key.into()));
+            }
+        }
+        map.insert("omitted".into(), Value::Array(omitted));
+    }
+    answer
+}
+
+/// The runtime tasks an MCP task's call started, and whether it was
+/// cancelled.
+struct Started {
+    ids: std::sync::Mutex<Vec<TaskId>>,
+    cancelled: std::sync::atomic::AtomicBool,
+}
+
+impl Started {
+    /// Notes `id`; true when the call was cancelled already (so `id` must be
+    /// cancelled now).
+    fn note(&self, id: TaskId) -> bool {
+        use crate::sync::Recover as _;
+        let mut ids = self.ids.lock().recover();
+        ids.push(id);
+        self.cancelled.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Marks the call cancelled; the ids it started so far.
+    fn cancel_all(&self) -> Vec<TaskId> {
+        use crate::sync::Recover as _;
+        let ids = self.ids.lock().recover();
+        self.cancelled
+            .store(true, std::sync::atomic::Ordering::Release);
+        ids.clone()
     }
 }

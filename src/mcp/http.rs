@@ -65,6 +65,9 @@ struct Envelope {
     method: Option<String>,
     #[serde(default)]
     id: Option<serde_json::Value>,
+    /// Only its `taskId` is looked at (an answer or a log line may echo it).
+    #[serde(default)]
+    params: Option<serde_json::Value>,
 }
 
 /// Longest JSON-RPC `method` and string `id` accepted: both come back in
@@ -202,6 +205,17 @@ fn short_names(envelope: &Envelope) -> Result<(), Error> {
         return Err(Error::invalid(
             "id",
             format!("a JSON-RPC id of at most {MAX_NAME} bytes"),
+        ));
+    }
+    let long_task = envelope
+        .params
+        .as_ref()
+        .and_then(|p| p.get("taskId"))
+        .is_some_and(|t| t.as_str().is_none_or(|t| t.len() > MAX_NAME));
+    if long_task {
+        return Err(Error::invalid(
+            "params.taskId",
+            format!("a task id: a string of at most {MAX_NAME} bytes"),
         ));
     }
     Ok(())

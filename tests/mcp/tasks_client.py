@@ -148,6 +148,50 @@ async def steps(session, http, base):
             await asyncio.sleep(0.05)
     check(status == "cancelled", "and the runtime task it started", status)
 
+    # Cancelled right after it was created, a call's runtime task is
+    # cancelled too, however early the cancel came.
+    handles = []
+    for _ in range(10):
+        h = await call_as_task(session, "spawn_task", {"function_name": "nap", "args": [100], "wait": True})
+        await session.send_request(
+            CancelTask(params=types.CancelTaskRequestParams(task_id=h.task_id)), types.EmptyResult)
+        handles.append(h)
+    states = [await poll(session, h) for h in handles]
+    check(all(s.status == "cancelled" for s in states), "ten quick cancels", [s.status for s in states])
+    deadline = time.monotonic() + 30
+    left = None
+    while left != 0 and time.monotonic() < deadline:
+        listed = (await http.get(f"{base}/tasks?status=running")).json()
+        pending = (await http.get(f"{base}/tasks?status=pending")).json()
+        left = sum(1 for t in listed["tasks"] + pending["tasks"] if t["function_name"] == "nap")
+        if left:
+            await asyncio.sleep(0.05)
+    check(left == 0, "and none of their runtime tasks goes on", left)
+
+    # A large answer is kept without its large parts, which are named.
+    await call_as_task(session, "deploy_modal_function", {
+        "function_code": "def kilo(i):\n    return 'k' * 1024\n", "function_name": "kilo"})
+    listed = (await http.get(f"{base}/functions")).json()
+    deadline = time.monotonic() + 30
+    while not any(f["function_name"] == "kilo" for f in listed) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        listed = (await http.get(f"{base}/functions")).json()
+    big = await call_as_task(session, "spawn_parallel_tasks",
+                             {"function_name": "kilo", "inputs": list(range(200)), "wait": True})
+    state = await poll(session, big)
+    answer = types.CallToolResult.model_validate(state.result, by_name=False).structured_content
+    check(state.status == "completed" and answer.get("omitted") == ["results"]
+          and answer["status"] == "completed",
+          "a large answer is kept without its results", {k: answer.get(k) for k in ("status", "omitted")})
+
+    # A task id past 128 bytes is refused before the MCP service, naming it,
+    # not echoed.
+    refused = await http.post(f"{base}/mcp", json={
+        "jsonrpc": "2.0", "id": 9, "method": "tasks/get", "params": {"taskId": "t" * 5000}},
+        headers={"accept": "application/json, text/event-stream"})
+    check(refused.status_code == 422 and "params.taskId" in refused.text and len(refused.text) < 2000,
+          "a long task id is refused", (refused.status_code, refused.text[:300]))
+
     # A short tool answers at once, as before.
     listed = await session.call_tool("list_functions", {}, allow_claimed=True)
     check(isinstance(listed, types.CallToolResult) and not listed.is_error,
