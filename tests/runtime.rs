@@ -696,3 +696,29 @@ async fn output_on_file_descriptor_2_is_in_the_calls_own_logs() {
     );
     t.rt.shutdown().await;
 }
+
+/// 100,000 lines on file descriptor 2 (7 MB, under the 16 MiB log cap) all
+/// reach the call's logs: sent a read at a time, not a message per line
+/// (which lost a third of them and held ~64 bytes a line in memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_on_file_descriptor_2_is_kept_whole() {
+    let t = support::start(1).await;
+    let code = "import os\ndef flood():\n    block = b''.join(b'line %06d ' % i + b'x' * 58 + b'\\n' for i in range(1000))\n    for _ in range(100):\n        os.write(2, block)\n    return 1\n";
+    t.rt.deploy_function(FunctionSpec::new("flood", code))
+        .await
+        .unwrap();
+    let id = t.rt.spawn("flood", vec![], Map::new()).await.unwrap();
+    let record = t.rt.wait(id, Some(Duration::from_secs(120))).await.unwrap();
+    assert_eq!(record.status, TaskStatus::Completed, "{record:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let lines = loop {
+        let stderr = t.rt.logs(id).await.unwrap().stderr;
+        let lines = stderr.lines().filter(|l| l.starts_with("line ")).count();
+        if lines >= 100_000 || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(lines, 100_000);
+    t.rt.shutdown().await;
+}

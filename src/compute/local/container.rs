@@ -833,17 +833,30 @@ struct StderrTo {
 async fn drain_stderr(mut stderr: tokio::process::ChildStderr, to: StderrTo) {
     // Read in chunks with a bounded line: code printing without newlines (or
     // gigabytes) cannot grow the runtime's memory.
-    let mut buf = [0u8; 8192];
+    let mut buf = vec![0u8; 64 << 10];
     let mut line: Vec<u8> = Vec::new();
     let mut cut = false;
     // An empty line is held back one line: the done mark starts with a
     // newline of its own, which is not the function's.
     let mut blank = false;
-    let mut keep = |line: &[u8], cut: bool| {
+    // What goes to the current request's logs, sent a read at a time (a
+    // message per line cost ~64 bytes a line in the log writer's queue).
+    let mut pending = String::new();
+    let send = |pending: &mut String| {
+        if pending.is_empty() {
+            return;
+        }
+        let text = std::mem::take(pending);
+        if let Some(sink) = to.sinks.lock().recover().front() {
+            sink.write(crate::compute::LogStream::Stderr, text);
+        }
+    };
+    let mut keep = |line: &[u8], cut: bool, pending: &mut String| {
         let mut tail = to.tail.lock().recover();
         if line == DONE_MARK {
             // A request ended: what came before was its own.
             tail.clear();
+            send(pending);
             to.sinks.lock().recover().pop_front();
             blank = false;
             return;
@@ -860,14 +873,15 @@ async fn drain_stderr(mut stderr: tokio::process::ChildStderr, to: StderrTo) {
         // read; it reaches callers only redacted, in a crash's error and the
         // request's own logs.
         tracing::debug!(target: "modal_agents::container", pid = to.pid, bytes = line.len(), "container stderr line");
-        if let Some(sink) = to.sinks.lock().recover().front() {
+        if !to.sinks.lock().recover().is_empty() {
             if std::mem::take(&mut blank) {
-                sink.write(crate::compute::LogStream::Stderr, "\n".to_owned());
+                pending.push('\n');
             }
             if text.is_empty() {
                 blank = true;
             } else {
-                sink.write(crate::compute::LogStream::Stderr, format!("{text}\n"));
+                pending.push_str(&text);
+                pending.push('\n');
             }
         }
         if tail.len() == STDERR_TAIL {
@@ -882,7 +896,7 @@ async fn drain_stderr(mut stderr: tokio::process::ChildStderr, to: StderrTo) {
         };
         for &b in &buf[..n] {
             if b == b'\n' {
-                keep(&line, cut);
+                keep(&line, cut, &mut pending);
                 line.clear();
                 cut = false;
             } else if line.len() < MAX_STDERR_LINE {
@@ -891,10 +905,12 @@ async fn drain_stderr(mut stderr: tokio::process::ChildStderr, to: StderrTo) {
                 cut = true;
             }
         }
+        send(&mut pending);
     }
     if !line.is_empty() || cut {
-        keep(&line, cut);
+        keep(&line, cut, &mut pending);
     }
+    send(&mut pending);
 }
 
 #[cfg(test)]
