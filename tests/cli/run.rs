@@ -307,3 +307,83 @@ async fn tasks_watch_and_volume_files_from_the_command_line() {
     let (ok, out, _) = cli(&s, &["volume", "rm", "box", "note.txt", "--file"], None);
     assert!(ok && out.contains("deleted note.txt"), "{out}");
 }
+
+/// The edges a hostile review found: output to a closed pipe ends quietly
+/// (no panic); no input lines on a non-terminal stdin is one call; a file
+/// that is not a regular file is refused by name; a path may hold `::`;
+/// Ctrl-C on a single call cancels it and exits 130.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_edges_closed_pipes_empty_stdin_odd_files_and_ctrl_c_on_a_call() {
+    let s = serve();
+    let dir = tempfile::tempdir().unwrap();
+    let odd = dir.path().join("a::b");
+    std::fs::create_dir(&odd).unwrap();
+    let file = odd.join("jobs.py");
+    std::fs::write(
+        &file,
+        "import time\ndef hello():\n    return 'hi'\n\ndef nap(s):\n    time.sleep(s)\n    return s\n",
+    )
+    .unwrap();
+    let target = |f: &str| format!("{}::{f}", file.display());
+    // No lines on stdin (closed, not a terminal): one call, no arguments.
+    let (ok, out, err) = cli(&s, &["run", &target("hello")], Some(""));
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "\"hi\"");
+    // Not a regular file: refused, named.
+    let (ok, _, err) = cli(&s, &["run", "/dev/zero::f", "1"], None);
+    assert!(
+        !ok && err.contains("/dev/zero: not a regular file"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(
+        &s,
+        &["volume", "put", "v", "k", "/dev/zero", "--file"],
+        None,
+    );
+    assert!(!ok && err.contains("not a regular file"), "{err}");
+    // Output to a closed pipe: the command ends without a panic.
+    let mut child = Command::new(BIN)
+        .args(["functions"])
+        .env("MODAL_AGENTS_URL", &s.url)
+        .env("MODAL_AGENTS_TOKEN", TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("panicked") && out.status.code() != Some(101),
+        "{err}"
+    );
+    // Ctrl-C on one call: cancelled, said so with its id, exit 130.
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", &target("nap"), "120"])
+        .env("MODAL_AGENTS_URL", &s.url)
+        .env("MODAL_AGENTS_TOKEN", TOKEN)
+        .env("RUST_LOG", "error");
+    let (mut child, master) = spawn_on_a_terminal(cmd);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let running = loop {
+        let (_, out, _) = cli(&s, &["tasks", "--status", "running"], None);
+        if let Some(line) = out.lines().find(|l| l.contains("\tnap")) {
+            break line.split('\t').next().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "the call never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (&master).write_all(b"\x03").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(master);
+    assert_eq!(status.code(), Some(130));
+    let (ok, out, _) = cli(&s, &["status", &running], None);
+    assert!(ok && out.contains("\"cancelled\""), "{out}");
+}

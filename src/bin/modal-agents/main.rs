@@ -435,8 +435,7 @@ fn print_json(v: &impl serde::Serialize) -> Result<(), String> {
 }
 
 async fn deploy(client: &Client, args: DeployArgs) -> Result<(), String> {
-    let code =
-        std::fs::read_to_string(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
+    let code = run::read_local(&args.file, modal_agents::spec::MAX_CODE_BYTES)?;
     let name = match args.name {
         Some(n) => n,
         None => args
@@ -602,13 +601,23 @@ async fn run_command(cli: Cli, url_given: bool) -> Result<(), String> {
             file: true,
             ..
         }) => {
+            // Within the server's request limit (its default): a larger
+            // file is refused here, naming it, not sent to be refused.
+            let max = 32 << 20;
             let bytes = if value == "-" {
                 let mut bytes = Vec::new();
-                std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes).map(|_| bytes)
+                std::io::Read::read_to_end(
+                    &mut std::io::Read::take(std::io::stdin().lock(), max as u64 + 1),
+                    &mut bytes,
+                )
+                .map_err(|e| format!("standard input: {e}"))?;
+                if bytes.len() > max {
+                    return Err(format!("standard input: over the {max} bytes accepted"));
+                }
+                bytes
             } else {
-                std::fs::read(&value)
-            }
-            .map_err(|e| format!("{value}: {e}"))?;
+                run::read_local_bytes(std::path::Path::new(&value), max)?
+            };
             print_json(&client.file_put(&volume, &key, bytes).await.map_err(err)?)
         }
         Command::Volume(VolumeCommand::Get {
@@ -728,6 +737,7 @@ fn trim_heap_now_and_then() {
 fn main() -> ExitCode {
     return_large_allocations();
     trim_heap_now_and_then();
+
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| v.parse::<tracing_subscriber::filter::Targets>().ok())
@@ -760,6 +770,16 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    // A command whose output goes to a closed pipe (`| head -1`) ends
+    // quietly, as a shell tool does, instead of panicking at the next
+    // print. `serve` and `mcp` keep ignoring SIGPIPE: a client that went
+    // away is an error on its own connection, never the process's end.
+    if !matches!(cli.command, Command::Serve(_) | Command::Mcp { .. }) {
+        // SAFETY: only sets the signal's disposition back to the default.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     if let Command::Mcp { data_dir_given, .. } = &mut cli.command {
         *data_dir_given = matches
             .subcommand_matches("mcp")

@@ -41,6 +41,7 @@ pub(crate) struct RunArgs {
 enum Plan {
     Call(Vec<Value>),
     Map(String),
+    MapOrCall,
 }
 
 impl RunArgs {
@@ -55,7 +56,9 @@ impl RunArgs {
                 self.args.iter().map(|a| crate::json_arg(a)).collect(),
             )),
             (None, true) if std::io::stdin().is_terminal() => Ok(Plan::Call(Vec::new())),
-            (None, true) => Ok(Plan::Map("-".into())),
+            // Input lines on stdin, if any: none (`< /dev/null`, cron) is
+            // one call with no arguments, not an empty map.
+            (None, true) => Ok(Plan::MapOrCall),
         }
     }
 }
@@ -64,7 +67,8 @@ impl RunArgs {
 /// interrupted (the map is cancelled and what finished is printed).
 pub(crate) async fn run(client: &Client, a: RunArgs) -> Result<ExitCode, String> {
     let plan = a.plan()?;
-    let function = match a.target.split_once("::") {
+    // A function's name cannot hold `::`; a file's path can.
+    let function = match a.target.rsplit_once("::") {
         Some((file, function)) => {
             deploy_file(client, Path::new(file), function).await?;
             function.to_owned()
@@ -72,24 +76,66 @@ pub(crate) async fn run(client: &Client, a: RunArgs) -> Result<ExitCode, String>
         None => a.target.clone(),
     };
     match plan {
-        Plan::Call(args) => crate::tasks::call_once(client, &function, args, Default::default())
-            .await
-            .map(|()| ExitCode::SUCCESS),
-        Plan::Map(source) => {
+        Plan::Call(args) => call_interruptibly(client, &function, args).await,
+        Plan::Map(_) | Plan::MapOrCall => {
             let inputs_as = match (a.starmap, a.kwargs) {
                 (true, _) => InputsAs::Args,
                 (_, true) => InputsAs::Kwargs,
                 _ => InputsAs::Argument,
             };
-            map(
-                client,
-                &function,
-                read_inputs(&source, inputs_as)?,
-                inputs_as,
-            )
-            .await
+            let source = match &plan {
+                Plan::Map(source) => source.as_str(),
+                _ => "-",
+            };
+            let inputs = read_inputs(source, inputs_as)?;
+            if inputs.is_empty() && matches!(plan, Plan::MapOrCall) {
+                return call(client, &function).await;
+            }
+            map(client, &function, inputs, inputs_as).await
         }
     }
+}
+
+/// One call with no arguments.
+async fn call(client: &Client, function: &str) -> Result<ExitCode, String> {
+    call_interruptibly(client, function, Vec::new()).await
+}
+
+/// One call, waited for (its result printed); Ctrl-C cancels it, says so
+/// with its id, and exits 130.
+async fn call_interruptibly(
+    client: &Client,
+    function: &str,
+    args: Vec<Value>,
+) -> Result<ExitCode, String> {
+    let err = |e: modal_agents::client::ClientError| e.to_string();
+    let record = client
+        .spawn(function, args, Default::default(), false)
+        .await
+        .map_err(err)?;
+    let id = record.task_id;
+    let waited = async {
+        loop {
+            let done = client
+                .wait_tasks(&[id], WaitMode::All, Some(Duration::from_secs(55)))
+                .await
+                .map_err(err)?;
+            if done.done {
+                return Ok::<_, String>(());
+            }
+        }
+    };
+    tokio::select! {
+        waited = waited => waited?,
+        _ = tokio::signal::ctrl_c() => {
+            client.cancel(id).await.map_err(err)?;
+            eprintln!("modal-agents: interrupted: task {id} cancelled");
+            return Ok(ExitCode::from(130));
+        }
+    }
+    let record = client.status(id).await.map_err(err)?;
+    crate::tasks::print_outcome(&record)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Deploys `function` from `file` under its own name.
@@ -100,7 +146,7 @@ async fn deploy_file(client: &Client, file: &Path, function: &str) -> Result<(),
             file.display()
         ));
     }
-    let code = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let code = read_local(file, modal_agents::spec::MAX_CODE_BYTES)?;
     let deployed = client
         .deploy(&DeployRequest::new(function, code))
         .await
@@ -117,16 +163,35 @@ async fn deploy_file(client: &Client, file: &Path, function: &str) -> Result<(),
 /// `--starmap` or `--kwargs`, a line that is not a JSON array or object is
 /// refused, naming it.
 fn read_inputs(source: &str, inputs_as: InputsAs) -> Result<Vec<Value>, String> {
-    let reader: Box<dyn BufRead> = if source == "-" {
+    let name = if source == "-" {
+        "standard input".to_owned()
+    } else {
+        format!("--inputs {source}")
+    };
+    let reader: Box<dyn std::io::Read> = if source == "-" {
         Box::new(std::io::stdin().lock())
     } else {
-        Box::new(std::io::BufReader::new(
-            std::fs::File::open(source).map_err(|e| format!("--inputs {source}: {e}"))?,
-        ))
+        Box::new(std::fs::File::open(source).map_err(|e| format!("{name}: {e}"))?)
     };
+    // At most what one request may carry: the rest could never be sent
+    // (and `/dev/zero` has no end).
+    let mut reader = std::io::BufReader::new(std::io::Read::take(reader, MAX_INPUT_BYTES + 1));
     let mut inputs = Vec::new();
-    for (n, line) in reader.lines().enumerate() {
-        let line = line.map_err(|e| format!("reading inputs: {e}"))?;
+    let mut read = 0u64;
+    for n in 0.. {
+        let mut line = String::new();
+        let got = reader
+            .read_line(&mut line)
+            .map_err(|e| format!("{name}: {e}"))?;
+        if got == 0 {
+            break;
+        }
+        read += got as u64;
+        if read > MAX_INPUT_BYTES {
+            return Err(format!(
+                "{name}: over {MAX_INPUT_BYTES} bytes of inputs, the most one map request carries; split them into several runs"
+            ));
+        }
         if line.trim().is_empty() {
             continue;
         }
@@ -148,6 +213,10 @@ fn read_inputs(source: &str, inputs_as: InputsAs) -> Result<Vec<Value>, String> 
     }
     Ok(inputs)
 }
+
+/// Most bytes of input lines one `run` sends (the server's default request
+/// limit is 32 MiB, with room for the JSON around them).
+const MAX_INPUT_BYTES: u64 = 30 << 20;
 
 /// How long to wait for more results before asking again; the wait ends at
 /// once when the map does.
@@ -213,9 +282,12 @@ async fn map(
             }
         }
         Ok(_) => {
-            // A second Ctrl-C leaves at once.
-            tokio::spawn(async {
+            // A second Ctrl-C leaves at once, saying what may still run.
+            tokio::spawn(async move {
                 if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!(
+                        "modal-agents: interrupted again: map {id} may still be running (modal-agents cancel {id})"
+                    );
                     std::process::exit(130);
                 }
             });
@@ -298,4 +370,27 @@ fn quoted(line: &str) -> String {
         Some((at, _)) => format!("{:?}...", &line[..at]),
         None => format!("{line:?}"),
     }
+}
+
+/// A local file's text, refused (naming it) unless it is a regular file of
+/// at most `max` bytes: `/dev/zero` or a FIFO would be read without end.
+pub(crate) fn read_local(path: &Path, max: usize) -> Result<String, String> {
+    let bytes = read_local_bytes(path, max)?;
+    String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8 text", path.display()))
+}
+
+/// [`read_local`], as bytes.
+pub(crate) fn read_local_bytes(path: &Path, max: usize) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{}: not a regular file", path.display()));
+    }
+    if meta.len() > max as u64 {
+        return Err(format!(
+            "{}: {} bytes, over the {max} bytes accepted",
+            path.display(),
+            meta.len()
+        ));
+    }
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -212,6 +212,12 @@ pub(crate) async fn call_once(
             .await
             .map_err(|e| e.to_string())?
     };
+    print_outcome(&record)
+}
+
+/// A finished call: its result printed as JSON, or how it ended as the
+/// error.
+pub(crate) fn print_outcome(record: &modal_agents::TaskRecord) -> Result<(), String> {
     match (&record.status, &record.result, &record.error) {
         (TaskStatus::Completed, result, _) => {
             println!("{}", result.clone().unwrap_or(Value::Null));
