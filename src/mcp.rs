@@ -70,9 +70,15 @@ pub struct McpServer {
 /// ordinary way.
 const MAX_KEPT_TASKS: usize = 1024;
 
-/// The creation times of recent MCP tasks.
+/// Recent MCP tasks: when each was created, and whose it is.
 #[derive(Default)]
-struct Window(std::sync::Mutex<std::collections::VecDeque<std::time::Instant>>);
+struct Window {
+    times: std::sync::Mutex<std::collections::VecDeque<std::time::Instant>>,
+    owners: std::sync::Mutex<Owners>,
+}
+
+/// Each recent task's caller, and when it was created.
+type Owners = std::collections::HashMap<String, (crate::commands::Caller, std::time::Instant)>;
 
 impl Window {
     /// Counts one more task, unless [`MAX_KEPT_TASKS`] were made within
@@ -80,7 +86,7 @@ impl Window {
     fn admit(&self) -> bool {
         use crate::sync::Recover as _;
         let now = std::time::Instant::now();
-        let mut times = self.0.lock().recover();
+        let mut times = self.times.lock().recover();
         while times
             .front()
             .is_some_and(|t| now.duration_since(*t) > TASK_TTL)
@@ -93,6 +99,37 @@ impl Window {
         times.push_back(now);
         true
     }
+
+    /// Notes that task `id` is `caller`'s (forgetting those past twice
+    /// [`TASK_TTL`], when their outcome is gone too).
+    fn own(&self, id: &str, caller: crate::commands::Caller) {
+        use crate::sync::Recover as _;
+        let now = std::time::Instant::now();
+        let mut owners = self.owners.lock().recover();
+        owners.retain(|_, (_, at)| now.duration_since(*at) < 2 * TASK_TTL);
+        owners.insert(id.to_owned(), (caller, now));
+    }
+
+    /// Whether task `id` is another caller's than `caller`.
+    fn is_others(&self, id: &str, caller: crate::commands::Caller) -> bool {
+        use crate::sync::Recover as _;
+        self.owners
+            .lock()
+            .recover()
+            .get(id)
+            .is_some_and(|(owner, _)| *owner != caller)
+    }
+}
+
+/// The caller a request comes from (over Streamable HTTP, the token the
+/// API's auth matched).
+fn caller_of(context: &RequestContext<RoleServer>) -> crate::commands::Caller {
+    context
+        .extensions
+        .get::<axum::http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<crate::commands::Caller>())
+        .copied()
+        .unwrap_or_default()
 }
 
 impl std::fmt::Debug for McpServer {
@@ -361,12 +398,7 @@ impl ServerHandler for McpServer {
         };
         // Over Streamable HTTP, the token the API's auth matched: its
         // idempotency keys are its own.
-        let caller = context
-            .extensions
-            .get::<axum::http::request::Parts>()
-            .and_then(|parts| parts.extensions.get::<crate::commands::Caller>())
-            .copied()
-            .unwrap_or_default();
+        let caller = caller_of(&context);
         let outcome = map_progress
             .as_ref()
             .unwrap_or(self)
@@ -379,8 +411,9 @@ impl ServerHandler for McpServer {
     async fn get_task(
         &self,
         request: rmcp::model::GetTaskParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::GetTaskResult, ErrorData> {
+        self.mine(&request.task_id, &context)?;
         Ok(rmcp::model::GetTaskResult::new(
             self.tasks.get_task(&request.task_id)?,
         ))
@@ -389,8 +422,9 @@ impl ServerHandler for McpServer {
     async fn cancel_task(
         &self,
         request: rmcp::model::CancelTaskParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
+        self.mine(&request.task_id, &context)?;
         self.tasks.cancel_task(&request.task_id)
     }
 }
@@ -410,6 +444,17 @@ fn tool_result(name: &str, outcome: Result<Value, String>) -> CallToolResult {
 }
 
 impl McpServer {
+    /// Refuses another token's task as if it did not exist.
+    fn mine(&self, id: &str, context: &RequestContext<RoleServer>) -> Result<(), ErrorData> {
+        if self.created.is_others(id, caller_of(context)) {
+            return Err(ErrorData::invalid_params(
+                format!("unknown task {}", crate::value::clip(id, 128)),
+                None,
+            ));
+        }
+        Ok(())
+    }
+
     /// Starts a long tool call as an MCP task when the client speaks the
     /// Tasks extension (and fewer than [`MAX_RUNNING_TASKS`] run): the call
     /// goes on in the background, `tasks/get` tells its state and then its
@@ -432,12 +477,7 @@ impl McpServer {
         {
             return None;
         }
-        let caller = context
-            .extensions
-            .get::<axum::http::request::Parts>()
-            .and_then(|parts| parts.extensions.get::<crate::commands::Caller>())
-            .copied()
-            .unwrap_or_default();
+        let caller = caller_of(context);
         let runtime = tools.runtime().clone();
         let tools = tools.clone();
         let (name, args) = (
@@ -452,7 +492,8 @@ impl McpServer {
             .with_ttl_ms(TASK_TTL.as_millis() as u64)
             .with_poll_interval_ms(500);
         let (tasks, created) = (self.tasks.clone(), self.created.clone());
-        Some(self.tasks.spawn(options, move |task| {
+        let owners = self.created.clone();
+        let task = self.tasks.spawn(options, move |task| {
             // The runtime tasks the call starts: named in the task's status,
             // and cancelled with it, even one started after the cancel (the
             // call runs on, to where it notes what it started, and is not
@@ -500,7 +541,9 @@ impl McpServer {
                     }
                 }
             })
-        }))
+        });
+        owners.own(&task.task_id, caller);
+        Some(task)
     }
 }
 

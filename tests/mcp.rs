@@ -193,11 +193,18 @@ async fn each_protocol_revision_connects() {
 #[test]
 fn long_tool_calls_run_as_mcp_tasks() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, url) = support::serve(BIN, &dir.path().join("data"), TOKEN);
+    const OTHER: &str = "another-token-0123456789abcdef";
+    let tokens = format!("{TOKEN},{OTHER}");
+    let (mut server, url) = support::serve_with(
+        BIN,
+        &dir.path().join("data"),
+        TOKEN,
+        &[("MODAL_AGENTS_TOKEN", tokens.as_str())],
+    );
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/tasks_client.py");
     let out = Command::new(python())
         .arg(script)
-        .args([&format!("{url}/mcp"), TOKEN])
+        .args([&format!("{url}/mcp"), TOKEN, OTHER])
         .output()
         .expect("python3 runs");
     support::stop(&mut server);

@@ -89,11 +89,19 @@ pub(crate) async fn guard(State(guard): State<Guard>, req: Request, next: Next) 
         .map(str::to_owned);
     let method = req.method().clone();
     let mut reservation = None;
+    let owner: Owner = req
+        .extensions()
+        .get::<crate::api::Caller>()
+        .and_then(|c| c.0);
+    // Another token's session is, to this one, no session at all.
+    if session
+        .as_deref()
+        .is_some_and(|s| guard.sessions.is_others(s, owner))
+    {
+        return Error::NotFound("no such MCP session (it ended, or expired)".into())
+            .into_response();
+    }
     let req = if method == Method::POST {
-        let owner: Owner = req
-            .extensions()
-            .get::<crate::api::Caller>()
-            .and_then(|c| c.0);
         let (parts, body) = req.into_parts();
         let bytes = match read_body(body, guard.body_limit).await {
             Ok(bytes) => bytes,

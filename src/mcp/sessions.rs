@@ -220,6 +220,15 @@ impl Sessions {
         })
     }
 
+    /// Whether session `id` is another owner's (a token may use only the
+    /// sessions it started; an unknown id is no one's).
+    pub(crate) fn is_others(&self, id: &str, owner: Owner) -> bool {
+        self.lock()
+            .sessions
+            .get(id)
+            .is_some_and(|s| s.owner != owner)
+    }
+
     /// Whether `id` is a live session.
     pub(crate) fn is_open(&self, id: &str) -> bool {
         self.lock().sessions.contains_key(id)

@@ -657,6 +657,10 @@ pub(crate) const FOLLOWERS_ENV: &[(&str, &str)] = &[
 const SESSIONS_ENV: &[(&str, &str)] = &[
     ("MODAL_AGENTS_MCP_MAX_SESSIONS", "3"),
     ("MODAL_AGENTS_BODY_LIMIT", "1048576"),
+    (
+        "MODAL_AGENTS_TOKEN",
+        "hostile-token-0123456789,other-token-0123456789abcdef",
+    ),
 ];
 
 alone!(
@@ -702,6 +706,34 @@ pub(crate) async fn attack_mcp_sessions_have_a_ceiling_for_the_server(t: &Target
     assert_eq!(r.status(), 200);
     let (status, _, body) = mcp(api, None, &initialize("room")).await;
     assert_eq!(status, 200, "{body}");
+    // Another token cannot use (or end) this token's session: to it, the
+    // session does not exist.
+    for method in [reqwest::Method::POST, reqwest::Method::DELETE] {
+        let r = api
+            .http
+            .request(method.clone(), format!("{}/mcp", api.url))
+            .bearer_auth("other-token-0123456789abcdef")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &ids[1])
+            .header("mcp-protocol-version", "2025-06-18")
+            .json(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{method}");
+    }
+    let (status, _, body) = mcp(
+        api,
+        Some(&ids[1]),
+        &json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"}),
+    )
+    .await;
+    assert_eq!(
+        status,
+        200,
+        "the owner still can: {}",
+        &body[..body.len().min(200)]
+    );
     let huge = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
         "params": {"name": "list_functions", "arguments": {"pad": "p".repeat(2 << 20)}}});
     let (status, _, body) = mcp(api, Some(&ids[1]), &huge).await;

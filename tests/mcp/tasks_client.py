@@ -21,6 +21,7 @@ from mcp.client import ResultClaim
 from mcp.client.streamable_http import streamable_http_client
 
 TASKS = "io.modelcontextprotocol/tasks"
+OTHER_TOKEN = sys.argv[3] if len(sys.argv) > 3 else None
 TERMINAL = {"completed", "failed", "cancelled"}
 
 
@@ -191,6 +192,27 @@ async def steps(session, http, base):
         headers={"accept": "application/json, text/event-stream"})
     check(refused.status_code == 422 and "params.taskId" in refused.text and len(refused.text) < 2000,
           "a long task id is refused", (refused.status_code, refused.text[:300]))
+
+    # Another token's session cannot read or cancel this token's task.
+    if OTHER_TOKEN:
+        async with httpx2.AsyncClient(headers={"authorization": f"Bearer {OTHER_TOKEN}"},
+                                      timeout=httpx2.Timeout(60.0)) as other_http:
+            async with streamable_http_client(f"{base}/mcp", http_client=other_http) as (r2, w2, *_):
+                claims = {TASKS: [ResultClaim(result_type="task", model=TaskHandle, resolve=resolve)]}
+                async with ClientSession(r2, w2, extensions={TASKS: {}}, result_claims=claims) as other:
+                    await other.discover()
+                    for what, request, model in [
+                        ("read", GetTask(params=types.GetTaskRequestParams(task_id=handle.task_id)), TaskState),
+                        ("cancel", CancelTask(params=types.CancelTaskRequestParams(task_id=handle.task_id)),
+                         types.EmptyResult),
+                    ]:
+                        try:
+                            await other.send_request(request, model)
+                            check(False, f"another token cannot {what} a task")
+                        except Exception as e:  # noqa: BLE001 - refused is the point
+                            check("unknown task" in str(e), f"another token cannot {what} a task", e)
+        state = await get_task(session, handle.task_id)
+        check(state.status == "completed", "the owner still reads it", state.status)
 
     # A short tool answers at once, as before.
     listed = await session.call_tool("list_functions", {}, allow_claimed=True)
