@@ -43,10 +43,33 @@ Errors raise. A failed call raises `TaskFailedError` with the remote `type`,
 `message` and `traceback` (`FunctionTimeoutError`, also a builtin
 `TimeoutError`, when that type is `TimeoutError`); a wait past its timeout
 raises `agent_modal_client.TimeoutError`, a subclass of the builtin; a server
-that cannot be reached raises `ServerUnreachableError` naming the URL; an
-error answer raises an `APIError` subclass carrying the problem+json fields
-(status, title, detail, field). All subclass `httpx.HTTPError`. Requests
-answered 429 or 503 are retried with backoff, honouring `Retry-After`.
+that cannot be reached raises `ServerUnreachableError` naming the URL
+(without its `user:password@`, query or fragment, which `repr` leaves out
+too); an error answer raises an `APIError` subclass carrying the
+problem+json fields (status, title, detail, field). All subclass
+`httpx.HTTPError`. Requests answered 429 or 503 are retried with backoff,
+honouring `Retry-After` (ASCII digits or an HTTP-date, at most 60 s).
+
+The server is not trusted: an answer is read up to 80 MiB (a task's result
+is at most 64 MiB; a file up to 256 MiB), a line of a followed event stream
+up to 1 MiB, and an answer over that, one that is not JSON or lacks what the
+API answers with, or a malformed event stream raises `APIError`. A token
+(`token`, `MODAL_AGENTS_TOKEN`) with a character a header cannot carry
+(whitespace such as a trailing line end, a control or non-ASCII character)
+is refused when the client is made, with a `ValueError` that does not show
+it.
+
+Work is not left running behind the caller: a map whose iterator is closed
+or garbage-collected before its end (`break`, an exception in the loop),
+whose iteration is interrupted (KeyboardInterrupt, a cancelled task) or
+that raises is cancelled, and so is the call of an interrupted `remote()`;
+closing a client closes the map iterators it handed out. Requests that
+start work carry an `Idempotency-Key`, so that work whose answer was lost
+to an interruption is found and cancelled too.
+
+A map is sent in chunks of at most 10,000 inputs and 16 MiB of them as JSON
+(the server takes 32 MiB a request; a chunk it still refuses as too large
+is sent in halves).
 """
 
 from ._async import AsyncClient, AsyncFunction, AsyncFunctionCall

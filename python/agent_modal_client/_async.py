@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import weakref
 from typing import (
     Any,
+    AsyncGenerator,
     AsyncIterator,
     Awaitable,
     Callable,
@@ -26,18 +28,24 @@ from . import _flows as flows
 from . import _ops as ops
 from ._core import (
     CONNECT_ERRORS,
+    MAX_ANSWER_BYTES,
+    Abandoned,
+    BodyReader,
     Emit,
     Flow,
+    LineSplitter,
     LogFollower,
     Op,
     Retry,
-    as_dict,
     as_json,
+    as_object,
     as_response,
+    flow_suspended,
     make_progress_bar,
     method_signature,
     resolve,
     seg,
+    shown_url,
     unreachable,
 )
 from ._errors import error_for
@@ -70,6 +78,13 @@ class AsyncClient:
             double = await client.deploy(double_fn)
             await double.remote(21)                          # 42
             [v async for v in double.map(range(10))]         # [0, 2, ..., 18]
+
+    As `Client`: answers read up to `MAX_ANSWER_BYTES`, a token with a
+    character a header cannot carry refused, and closing it closes the map
+    iterators it handed out and not yet used up (cancelling their work). A
+    map iterator garbage-collected before its end, or whose task is
+    cancelled, cancels its work too; so does `remote` when its task is
+    cancelled (`asyncio.wait_for`, `TaskGroup`, Ctrl-C under `asyncio.run`).
     """
 
     def __init__(
@@ -85,6 +100,8 @@ class AsyncClient:
         self.api_url = base_url
         self._http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
         self._max_retries = max_retries
+        #: The iterators handed out and not yet finished (closed on `aclose`).
+        self._open: weakref.WeakSet[AsyncGenerator[Any, None]] = weakref.WeakSet()
 
     async def __aenter__(self: _C) -> _C:
         return self
@@ -93,41 +110,72 @@ class AsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Closes the iterators it handed out that are not used up (a map's
+        cancels its work), then the connections."""
+        for values in list(self._open):
+            try:
+                await values.aclose()
+            except RuntimeError:
+                pass  # running in another task: it is left to end
         await self._http.aclose()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.api_url!r})"
+        return f"{type(self).__name__}({shown_url(self.api_url)!r})"
 
     # The transport: the only code that differs from Client's.
 
     async def _perform(self, op: Op[T]) -> T:
         retry = Retry(self._max_retries)
         while True:
+            request = self._http.build_request(**op.request())
             try:
-                response = await self._http.request(**op.request())
+                streamed = await self._http.send(request, stream=True)
             except CONNECT_ERRORS as e:
                 raise unreachable(self.api_url, e) from e
-            pause = retry.after(response)
-            if pause is None:
+            try:
+                pause = retry.after(streamed)
+                response = None if pause is not None else await self._read(streamed, op.max_bytes)
+            finally:
+                await streamed.aclose()
+            if response is not None:
                 return op.finish(response)
+            assert pause is not None
             await asyncio.sleep(pause)
+
+    @staticmethod
+    async def _read(streamed: httpx.Response, limit: int) -> httpx.Response:
+        """A streamed answer read, at most `limit` bytes (else `APIError`)."""
+        reader = BodyReader(streamed, limit)
+        async for chunk in streamed.aiter_bytes():
+            reader.feed(chunk)
+        return reader.response()
 
     async def _drive(self, flow: Flow[Any, R]) -> R:
         reply: Any = None
         error: Optional[Exception] = None
-        while True:
-            try:
-                step = flow.send(reply) if error is None else flow.throw(error)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            reply, error = None, None
-            if not isinstance(step, Emit):
+        try:
+            while True:
                 try:
-                    reply = await self._perform(step)
-                except Exception as e:  # raised in the flow, where it sent the op
-                    error = e
+                    step = flow.send(reply) if error is None else flow.throw(error)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
+                reply, error = None, None
+                if not isinstance(step, Emit):
+                    try:
+                        reply = await self._perform(step)
+                    except Exception as e:  # raised in the flow, where it sent the op
+                        error = e
+        except BaseException:
+            # Cancelled (or interrupted) with the flow left where it was.
+            await self._abandon(flow)
+            raise
 
-    async def _iterate(self, flow: Flow[T, None]) -> AsyncIterator[T]:
+    def _iterate(self, flow: Flow[T, None]) -> AsyncIterator[T]:
+        values = self._values(flow)
+        self._open.add(values)
+        return values
+
+    async def _values(self, flow: Flow[T, None]) -> AsyncGenerator[T, None]:
         reply: Any = None
         error: Optional[Exception] = None
         try:
@@ -143,6 +191,34 @@ class AsyncClient:
                     try:
                         reply = await self._perform(step)
                     except Exception as e:  # raised in the flow, where it sent the op
+                        error = e
+        except BaseException:
+            # Closed or garbage-collected before its end (GeneratorExit), or
+            # its task cancelled: the flow stops its work.
+            await self._abandon(flow)
+            raise
+        finally:
+            flow.close()
+
+    async def _abandon(self, flow: Flow[Any, Any]) -> None:
+        """Tells a flow left where it was that its caller is gone (throws
+        `Abandoned` in it) and sends the ops it yields to stop what it
+        started, until it ends. Nothing of this is raised."""
+        if not flow_suspended(flow):
+            return
+        reply: Any = None
+        error: Optional[Exception] = Abandoned()
+        try:
+            while True:
+                try:
+                    step = flow.send(reply) if error is None else flow.throw(error)
+                except Exception:  # StopIteration, or Abandoned raised again
+                    return
+                reply, error = None, None
+                if not isinstance(step, Emit):
+                    try:
+                        reply = await self._perform(step)
+                    except Exception as e:
                         error = e
         finally:
             flow.close()
@@ -238,13 +314,14 @@ class AsyncClient:
             try:
                 async with self._http.stream(**follower.request()) as response:
                     if response.status_code >= 400:
-                        await response.aread()
-                        raise error_for(response)
-                    async for line in response.aiter_lines():
-                        for text in follower.feed(line):
-                            yield text
-                        if follower.done:
-                            return
+                        raise error_for(await self._read(response, MAX_ANSWER_BYTES))
+                    lines = LineSplitter(f"the logs of task {task_id}")
+                    async for chunk in response.aiter_bytes():
+                        for line in lines.feed(chunk):
+                            for text in follower.feed(line):
+                                yield text
+                            if follower.done:
+                                return
                 follower.dropped(httpx.RemoteProtocolError("the log stream ended before its end"))
             except CONNECT_ERRORS as e:
                 raise unreachable(self.api_url, e) from e
@@ -261,7 +338,10 @@ class AsyncClient:
         self, fn: Callable[..., Any], *, name: Optional[str] = None, **options: Any
     ) -> AsyncFunction:
         """Deploys a Python function object: its source (dedented, without
-        decorators) under `name` (default its own), with the options of
+        decorators; a decorated function is deployed undecorated, unwrapped
+        through the `__wrapped__` that `functools.wraps` sets, and what its
+        decorator adds does not run remotely) under `name` (default its
+        own), with the options of
         `deploy_function`; an `AsyncFunction` handle. (No decorator form
         here: a decorator cannot await; `Client.deploy` has one.)"""
         function_name, code = function_source(fn, name)
@@ -276,14 +356,15 @@ class AsyncClient:
         name, tags, from_snapshot, image); a `Sandbox`, also an async context
         manager that terminates it."""
         body = {k: v for k, v in options.items() if v is not None}
-        return Sandbox(self, await self._perform(Op("POST", "/sandboxes", as_dict, json=body)))
+        view = await self._perform(Op("POST", "/sandboxes", as_object({"sandbox_id": str}), json=body))
+        return Sandbox(self, view)
 
     async def list_sandboxes(self) -> List[Dict[str, Any]]:
-        listed = await self._perform(Op("GET", "/sandboxes", as_dict))
+        listed = await self._perform(Op("GET", "/sandboxes", as_object({"sandboxes": list})))
         return list(listed["sandboxes"])
 
     async def diff_snapshots(self, a: str, b: str) -> Dict[str, Any]:
-        return await self._perform(Op("GET", f"/snapshots/{seg(a)}/diff/{seg(b)}", as_dict))
+        return await self._perform(Op("GET", f"/snapshots/{seg(a)}/diff/{seg(b)}", as_object()))
 
 
 class AsyncFunction:
@@ -300,7 +381,8 @@ class AsyncFunction:
         return f"AsyncFunction({self.name!r})"
 
     async def remote(self, *args: Any, **kwargs: Any) -> Any:
-        """Calls it and returns its value; `TaskFailedError` if it raised."""
+        """Calls it and returns its value; `TaskFailedError` if it raised.
+        Cancelled before the value came, it cancels the call."""
         return await self.client._drive(flows.call(self.name, list(args), kwargs))
 
     async def spawn(self, *args: Any, **kwargs: Any) -> AsyncFunctionCall:
@@ -373,3 +455,6 @@ async def _counted(values: AsyncIterator[T], bar: Any) -> AsyncIterator[T]:
             yield value
     finally:
         bar.close()
+        aclose = getattr(values, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -36,6 +36,6 @@ class StatusMonitor:
         while self._pending:
             outcome = await self._client.wait_tasks(self._pending, mode="any")
             for task in outcome["tasks"]:
-                if task["status"] in TERMINAL:
+                if task["status"] in TERMINAL and task["task_id"] in self._pending:
                     self._pending.remove(task["task_id"])
                     yield task["task_id"], task["status"]

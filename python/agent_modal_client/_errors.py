@@ -1,6 +1,7 @@
 """Typed errors carrying the API's problem+json fields."""
 
 import builtins
+import json
 from typing import Any, Dict, Optional, Type
 
 import httpx
@@ -13,16 +14,28 @@ class ModalAgentError(httpx.HTTPError):
         super().__init__(message)
 
 
+#: Most bytes of an error answer that is not JSON kept as its `detail`.
+MAX_ERROR_TEXT = 64 << 10
+
+
+def _text(value: Any) -> Optional[str]:
+    """A text field of a server's answer as a string (None when absent;
+    JSON when it is not a string)."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, default=repr)
+
+
 class APIError(ModalAgentError):
     """The server answered with a problem document (RFC 9457)."""
 
     def __init__(self, status: int, problem: Dict[str, Any]) -> None:
         self.status = status
         self.problem = problem
-        self.type: Optional[str] = problem.get("type")
-        self.title: str = problem.get("title") or "error"
-        self.detail: str = problem.get("detail") or ""
-        self.field: Optional[str] = problem.get("field")
+        self.type: Optional[str] = _text(problem.get("type"))
+        self.title: str = _text(problem.get("title")) or "error"
+        self.detail: str = _text(problem.get("detail")) or ""
+        self.field: Optional[str] = _text(problem.get("field"))
         where = f" (field `{self.field}`)" if self.field else ""
         super().__init__(f"{status} {self.title}: {self.detail}{where}")
 
@@ -69,13 +82,15 @@ class TaskFailedError(ModalAgentError):
         index: Optional[int] = None,
     ) -> None:
         self.record = record
-        self.task_id: Optional[str] = record.get("task_id")
-        self.status: Optional[str] = record.get("status")
+        self.task_id: Optional[str] = _text(record.get("task_id"))
+        self.status: Optional[str] = _text(record.get("status"))
         self.index = index
-        err: Dict[str, Any] = error if error is not None else (record.get("error") or {})
-        self.type: str = err.get("type") or str(self.status or "Error")
-        self.message: str = err.get("message") or ""
-        self.traceback: Optional[str] = err.get("traceback")
+        err = error if error is not None else record.get("error")
+        if not isinstance(err, dict):
+            err = {}
+        self.type: str = _text(err.get("type")) or str(self.status or "Error")
+        self.message: str = _text(err.get("message")) or ""
+        self.traceback: Optional[str] = _text(err.get("traceback"))
         # The seed client's names for the same.
         self.error_type = self.type
         self.error_message = self.message
@@ -109,8 +124,9 @@ def task_failed(
 ) -> TaskFailedError:
     """The error for a failed task or map input: `FunctionTimeoutError` when
     the remote error is a `TimeoutError`, else `TaskFailedError`."""
-    err = error if error is not None else (record.get("error") or {})
-    kind = FunctionTimeoutError if err.get("type") == "TimeoutError" else TaskFailedError
+    err = error if error is not None else record.get("error")
+    timed_out = isinstance(err, dict) and err.get("type") == "TimeoutError"
+    kind = FunctionTimeoutError if timed_out else TaskFailedError
     return kind(record, error=error, index=index)
 
 
@@ -129,9 +145,9 @@ def error_for(response: httpx.Response) -> APIError:
     """The typed error for an answer of 400 or more."""
     problem: Dict[str, Any]
     try:
-        body = response.json()
-        problem = body if isinstance(body, dict) else {"detail": str(body)}
-    except ValueError:
-        problem = {"detail": response.text}
+        body = json.loads(response.content)
+        problem = body if isinstance(body, dict) else {"detail": body}
+    except (ValueError, RecursionError):
+        problem = {"detail": response.content[:MAX_ERROR_TEXT].decode("utf-8", "replace")}
     default = ServerError if response.status_code >= 500 else APIError
     return _BY_STATUS.get(response.status_code, default)(response.status_code, problem)

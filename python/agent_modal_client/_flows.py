@@ -13,10 +13,19 @@ and positional arguments with shared `kwargs` (a map input is either
 positional or keyword arguments, not both).
 
 Nothing here sleeps on the client: waits are the server's (`POST
-/tasks/wait`, which answers at once when the task ends)."""
+/tasks/wait`, which answers at once when the task ends).
+
+Work a flow starts is not left running when the flow does not get to use
+it: a call (`remote`) or a map whose caller leaves early (an iterator
+closed or garbage-collected, `break`, an exception, KeyboardInterrupt, a
+cancelled task: the client throws `Abandoned` into the flow) or that fails
+is cancelled. What starts work is sent under an idempotency key, so that
+work whose answer was lost (the caller left while it was on its way) is
+found by sending the same request again, and cancelled too."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import re
@@ -38,18 +47,26 @@ from typing import (
     Union,
 )
 
+import httpx
+
 from . import _ops as ops
-from ._core import Emit, Flow, Op
+from ._core import CLEANUP_TIMEOUT_S, Abandoned, Emit, Flow, Op, idempotency_key
 from ._errors import APIError, TaskFailedError, TimeoutError, ValidationError, task_failed
 
 T = TypeVar("T")
 
 #: Longest one server-side wait (under common 60 s proxy limits).
 WAIT_SLICE_S = 55.0
-#: Inputs sent as one map (`POST /run-parallel`); the next chunk is sent
-#: while the results of the current one are read, so at most two chunks of
-#: inputs are taken from the caller's iterable ahead of the results.
+#: Inputs sent as one map (`POST /run-parallel`), at most: a chunk also
+#: ends before its inputs (as JSON) pass `MAP_CHUNK_BYTES`. The next chunk
+#: is sent while the results of the current one are read, so at most two
+#: chunks of inputs are taken from the caller's iterable ahead of the
+#: results.
 MAP_CHUNK = 10_000
+#: Most bytes of inputs (as JSON) sent as one map (16 MiB, well under the
+#: server's 32 MiB request limit); an input larger than that goes alone. A
+#: chunk the server still finds too large (413) is sent as two halves.
+MAP_CHUNK_BYTES = 16 << 20
 #: Results (and a volume's keys or files) read per page (and so held at
 #: most at once).
 PAGE_SIZE = 1000
@@ -111,12 +128,50 @@ def get(task_id: str, timeout: Optional[float] = None) -> Flow[Any, Any]:
 
 
 def call(function_name: str, args: List[Any], kwargs: Dict[str, Any]) -> Flow[Any, Any]:
-    """Runs one call and returns its value (`POST /spawn-task` with a
-    server-side wait, then more waits if it takes longer)."""
-    record = yield ops.spawn_task(function_name, args, kwargs, wait=True, wait_timeout=WAIT_SLICE_S)
-    if record["status"] not in TERMINAL:
-        record = yield from wait(record["task_id"])
+    """Runs one call and returns its value (`POST /spawn-task`, then
+    server-side waits). Left before the call finished (`Abandoned`), or
+    failing to learn its end, it cancels the call."""
+    started: Set[str] = set()
+    try:
+        spawn = ops.spawn_task(function_name, args, kwargs, idempotency_key=idempotency_key())
+        record = yield from _start(spawn, started)
+        if record["status"] not in TERMINAL:
+            record = yield from wait(record["task_id"])
+    except Exception:
+        yield from cancel_all(started)
+        raise
     return result_of(record)
+
+
+def _start(op: Op[Dict[str, Any]], started: Set[str]) -> Flow[Any, Dict[str, Any]]:
+    """Sends `op`, which starts work under an idempotency key, and returns
+    its answer, whose task id goes in `started`. Left while the answer was
+    on its way (or losing it to a timeout or a dropped connection), the
+    work may have started all the same: the same request sent again (the
+    same key) is answered with its task, whose id goes in `started` too
+    (for the caller to cancel), and the error is raised."""
+    answer: Dict[str, Any]
+    try:
+        answer = yield op
+    except (Abandoned, httpx.TransportError) as left:
+        try:
+            again = yield dataclasses.replace(op, timeout=CLEANUP_TIMEOUT_S)
+        except Exception:
+            raise left from None
+        started.add(again["task_id"])
+        raise left
+    started.add(answer["task_id"])
+    return answer
+
+
+def cancel_all(task_ids: Set[str]) -> Flow[Any, None]:
+    """Cancels the tasks (errors ignored: this is cleaning up)."""
+    for task_id in sorted(task_ids):
+        try:
+            yield ops.cancel_quietly(task_id)
+        except Exception:
+            pass
+    task_ids.clear()
 
 
 def _input_error(item: Any) -> Optional[Dict[str, Any]]:
@@ -247,18 +302,57 @@ def _shifted(error: ValidationError, base: int) -> ValidationError:
     return ValidationError(error.status, problem)
 
 
+#: A map submitted for a chunk: its task id, its first input's place among
+#: all the inputs, and how many inputs it has.
+Submitted = Tuple[str, int, int]
+
+
+def _chunks(inputs: Iterator[Any]) -> Iterator[List[bytes]]:
+    """The inputs as JSON, in chunks of at most `MAP_CHUNK` inputs and
+    `MAP_CHUNK_BYTES` bytes (an input larger than that alone). An input is
+    taken from `inputs` only when its chunk is made."""
+    held: Optional[bytes] = None
+    while True:
+        chunk: List[bytes] = []
+        size = 0
+        if held is not None:
+            chunk, size, held = [held], len(held) + 1, None
+        while len(chunk) < MAP_CHUNK:
+            value = next(inputs, _NOTHING)
+            if value is _NOTHING:
+                break
+            encoded = ops.encode(value)
+            if chunk and size + len(encoded) + 1 > MAP_CHUNK_BYTES:
+                held = encoded
+                break
+            chunk.append(encoded)
+            size += len(encoded) + 1
+        if not chunk:
+            return
+        yield chunk
+
+
 def _submit(
-    function_name: str, chunk: List[Any], inputs_as: str, base: int
-) -> Flow[Any, Dict[str, Any]]:
-    """Submits one chunk of a map, whose first input is the map's `base`th."""
+    function_name: str, chunk: List[bytes], inputs_as: str, base: int, inflight: Set[str]
+) -> Flow[Any, List[Submitted]]:
+    """Submits one chunk of a map (its first input the map's `base`th) as
+    one map, or, when the server finds it too large (413), as maps of its
+    halves; their ids go in `inflight`."""
     try:
-        submitted: Dict[str, Any] = yield ops.run_parallel(function_name, chunk, inputs_as=inputs_as)
+        submitted = yield from _start(ops.submit_map(function_name, chunk, inputs_as, idempotency_key()), inflight)
     except ValidationError as e:
         shifted = _shifted(e, base)
         if shifted is e:
             raise
         raise shifted from None
-    return submitted
+    except APIError as e:
+        if e.status != 413 or len(chunk) < 2:
+            raise
+        half = len(chunk) // 2
+        first = yield from _submit(function_name, chunk[:half], inputs_as, base, inflight)
+        rest = yield from _submit(function_name, chunk[half:], inputs_as, base + half, inflight)
+        return first + rest
+    return [(submitted["task_id"], base, len(chunk))]
 
 
 def map_inputs(
@@ -269,27 +363,27 @@ def map_inputs(
     inputs_as: str = ARGUMENT,
 ) -> Flow[Any, None]:
     """`fn(x)` (or `fn(*x)`, `fn(**x)`, as `inputs_as` says) for each input
-    as server-side maps of `MAP_CHUNK` inputs, the values in input order as
-    they are finished. `inflight` holds the maps not read to their end. An
-    input of the wrong shape is refused by the server: `ValidationError`
-    whose `field` is `inputs[i]`, `i` its place among all the inputs."""
-    base = 0
-    chunk = list(itertools.islice(inputs, MAP_CHUNK))
-    if not chunk:
+    as server-side maps of chunks of inputs (`_chunks`), the values in
+    input order as they are finished. `inflight` holds the maps not read to
+    their end. An input of the wrong shape is refused by the server:
+    `ValidationError` whose `field` is `inputs[i]`, `i` its place among all
+    the inputs."""
+    chunks = _chunks(inputs)
+    chunk = next(chunks, None)
+    if chunk is None:
         return
-    current: Optional[Dict[str, Any]] = yield from _submit(function_name, chunk, inputs_as, base)
-    while current is not None:
-        inflight.add(current["task_id"])
-        total = int(current["num_tasks"])
-        chunk = list(itertools.islice(inputs, MAP_CHUNK))
-        following: Optional[Dict[str, Any]] = None
-        if chunk:
-            following = yield from _submit(function_name, chunk, inputs_as, base + total)
-            inflight.add(following["task_id"])
-        chunk = []
-        yield from _map_chunk(current["task_id"], total, base, return_exceptions)
-        inflight.discard(current["task_id"])
-        base += total
+    current = yield from _submit(function_name, chunk, inputs_as, 0, inflight)
+    base = len(chunk)
+    while current:
+        chunk = next(chunks, None)
+        following: List[Submitted] = []
+        if chunk is not None:
+            following = yield from _submit(function_name, chunk, inputs_as, base, inflight)
+            base += len(chunk)
+        chunk = None
+        for map_id, first, total in current:
+            yield from _map_chunk(map_id, total, first, return_exceptions)
+            inflight.discard(map_id)
         current = following
 
 
@@ -317,15 +411,15 @@ def map_calls(
                 exhausted = True
                 break
             args, kwargs = call
-            record = yield ops.spawn_task(function_name, args, kwargs)
+            spawn = ops.spawn_task(function_name, args, kwargs, idempotency_key=idempotency_key())
+            record = yield from _start(spawn, inflight)
             pending[record["task_id"]] = submitted
-            inflight.add(record["task_id"])
             submitted += 1
         if not pending:
             return
         outcome = yield ops.wait_tasks(list(pending), mode="any", timeout=WAIT_SLICE_S)
         for summary in outcome["tasks"]:
-            if summary["status"] not in TERMINAL:
+            if summary["status"] not in TERMINAL or summary["task_id"] not in pending:
                 continue
             index = pending.pop(summary["task_id"])
             inflight.discard(summary["task_id"])
@@ -415,7 +509,7 @@ def map_flow(
     a tuple of positional arguments or, when the first is a mapping, each a
     mapping of keyword arguments), with `kwargs` passed to every call.
 
-    In input order it is one server-side map (in chunks of `MAP_CHUNK`):
+    In input order it is one server-side map (in chunks: `_chunks`):
     `inputs_as` `argument` for `map` of one iterable, `args` for `starmap`
     and `map` of several iterables, `kwargs` for `starmap` of mappings (with
     the shared `kwargs` merged in). Separate calls (`map_calls`) remain for
@@ -451,12 +545,11 @@ def map_flow(
         else:
             calls = _calls(inputs, inputs_as, shared)
             yield from map_calls(function_name, calls, order_outputs, return_exceptions, inflight)
-    except (TaskFailedError, APIError):
-        # An input failed (or a request was refused) and the map raises:
-        # what it started and did not read stops too. (Leaving the loop
-        # early leaves it running.)
-        for task_id in sorted(inflight):
-            yield ops.cancel_quietly(task_id)
+    except Exception:
+        # An input failed, a request was refused, the inputs raised, or the
+        # caller left (`Abandoned`): what the map started and did not read
+        # stops too.
+        yield from cancel_all(inflight)
         raise
 
 

@@ -9,13 +9,25 @@ values are `results` (`run_parallel(..., wait=True)` and the pages of
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+import json
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from ._core import Op, as_bytes, as_dict, as_list, drop_none, seg, subpath
-from ._core import wait_request_timeout
+from ._core import CLEANUP_TIMEOUT_S, MAX_FILE_BYTES, Op, as_bytes, as_dict, as_list, as_object
+from ._core import check_fields, drop_none, no_answer, seg, subpath, wait_request_timeout
+
+_NULL = type(None)
+#: A task's record: what the clients read of it.
+_RECORD = as_object({"task_id": str, "status": str})
+#: A map as submitted.
+_MAP = as_object({"task_id": str, "num_tasks": int, "status": str},
+                 {"results": list, "next_offset": (int, _NULL)})
+
+
+def _keyed(key: Optional[str]) -> Optional[Dict[str, str]]:
+    return {"idempotency-key": key} if key else None
 
 # The seed's methods.
 
@@ -57,19 +69,42 @@ def run_parallel(
     wait: bool = False,
     wait_timeout: Optional[float] = None,
     inputs_as: Optional[str] = None,
+    idempotency_key: Optional[str] = None,
 ) -> Op[Dict[str, Any]]:
     """Maps the function over `inputs` (`POST /run-parallel`); with `wait`,
     the answer's `results` are the first page of results in input order.
     `inputs_as` says how each input is passed: `"argument"` (the default:
     `f(input)`), `"args"` (a list: `f(*input)`, a starmap) or `"kwargs"` (an
     object: `f(**input)`); an input of another shape is refused
-    (`ValidationError`, its `field` naming it: `inputs[i]`)."""
+    (`ValidationError`, its `field` naming it: `inputs[i]`). The request
+    body is at most 32 MiB (`APIError` 413 past it): `Function.map` sends
+    larger maps in chunks. With `idempotency_key`, the same request sent
+    again is answered with the first one's map."""
     body = drop_none(
         {"function_name": function_name, "inputs": list(inputs), "wait": wait,
          "wait_timeout": wait_timeout,
          "inputs_as": None if inputs_as == "argument" else inputs_as}
     )
-    return Op("POST", "/run-parallel", as_dict, json=body, timeout=wait_request_timeout(wait, wait_timeout))
+    return Op("POST", "/run-parallel", _MAP, json=body, headers=_keyed(idempotency_key),
+              timeout=wait_request_timeout(wait, wait_timeout))
+
+
+def encode(value: Any) -> bytes:
+    """`value` as JSON, as a request body holds it (`TypeError` or
+    `ValueError` for what JSON cannot carry)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def submit_map(
+    function_name: str, inputs: Sequence[bytes], inputs_as: Optional[str], idempotency_key: str
+) -> Op[Dict[str, Any]]:
+    """`run_parallel` of inputs already encoded (`encode`), without a wait:
+    the body is made of them as they are (so that its size is known)."""
+    head = encode(drop_none({"function_name": function_name,
+                             "inputs_as": None if inputs_as == "argument" else inputs_as}))
+    content = head[:-1] + b',"inputs":[' + b",".join(inputs) + b"]}"
+    headers = {"content-type": "application/json", "idempotency-key": idempotency_key}
+    return Op("POST", "/run-parallel", _MAP, content=content, headers=headers)
 
 
 def spawn_task(
@@ -78,21 +113,24 @@ def spawn_task(
     kwargs: Optional[Dict[str, Any]] = None,
     wait: bool = False,
     wait_timeout: Optional[float] = None,
+    idempotency_key: Optional[str] = None,
 ) -> Op[Dict[str, Any]]:
     """Starts one call (`POST /spawn-task`); its record (with `wait`, once
-    finished or after `wait_timeout` seconds)."""
+    finished or after `wait_timeout` seconds). With `idempotency_key`, the
+    same request sent again is answered with the first one's task."""
     body = drop_none(
         {"function_name": function_name, "args": list(args or []), "kwargs": kwargs or {},
          "wait": wait, "wait_timeout": wait_timeout}
     )
-    return Op("POST", "/spawn-task", as_dict, json=body, timeout=wait_request_timeout(wait, wait_timeout))
+    return Op("POST", "/spawn-task", _RECORD, json=body, headers=_keyed(idempotency_key),
+              timeout=wait_request_timeout(wait, wait_timeout))
 
 
 def get_task_status(task_id: str) -> Op[Dict[str, Any]]:
     """A task's record (`GET /status/{task_id}`): a call's value in
     `result`; a finished map's results in `result` too (the seed's
     contract) up to 10,000, else `results_url` (see `iter_results`)."""
-    return Op("GET", f"/status/{seg(task_id)}", as_dict)
+    return Op("GET", f"/status/{seg(task_id)}", _RECORD)
 
 
 def register_webhook(task_id: str, webhook_url: str) -> Op[Dict[str, Any]]:
@@ -111,14 +149,24 @@ def wait_tasks(
     (default 55): `done` says whether all (or, with `mode="any"`, one) of
     the tasks finished; `tasks` has a summary line per task."""
     body = drop_none({"task_ids": [str(t) for t in task_ids], "mode": mode, "timeout_s": timeout})
-    return Op("POST", "/tasks/wait", as_dict, json=body, timeout=wait_request_timeout(True, timeout or 55.0))
+    return Op("POST", "/tasks/wait", _waited, json=body, timeout=wait_request_timeout(True, timeout or 55.0))
+
+
+def _waited(response: httpx.Response) -> Dict[str, Any]:
+    outcome = check_fields(response, as_dict(response), {"done": bool, "tasks": list}, {})
+    for task in outcome["tasks"]:
+        if not isinstance(task, dict):
+            raise no_answer("POST", "/tasks/wait", f"a task's summary is not an object: {task!r:.80}")
+        check_fields(response, task, {"task_id": str, "status": str}, {})
+    return outcome
 
 
 def get_results(task_id: str, offset: int = 0, limit: int = 1000) -> Op[Dict[str, Any]]:
     """A page of a map's results in input order: `{"results", "offset",
     "limit", "total", "next_offset"}` (while the map runs, what is finished
     so far from `offset` on)."""
-    return Op("GET", f"/status/{seg(task_id)}/results", as_dict,
+    return Op("GET", f"/status/{seg(task_id)}/results",
+              as_object({"results": list}, {"next_offset": (int, _NULL)}),
               params={"offset": offset, "limit": limit})
 
 
@@ -128,8 +176,10 @@ def cancel(task_id: str) -> Op[Dict[str, Any]]:
 
 
 def cancel_quietly(task_id: str) -> Op[None]:
-    """`cancel`, whatever the answer (cleaning up after an error)."""
-    return Op("POST", f"/tasks/{seg(task_id)}/cancel", lambda r: None, allow=tuple(range(400, 600)))
+    """`cancel`, whatever the answer (cleaning up after an error), with a
+    short timeout."""
+    return Op("POST", f"/tasks/{seg(task_id)}/cancel", lambda r: None, allow=tuple(range(400, 600)),
+              timeout=CLEANUP_TIMEOUT_S)
 
 
 def logs(task_id: str) -> Op[Dict[str, str]]:
@@ -200,7 +250,7 @@ def _entry_or_none(response: Any) -> Optional[Dict[str, Any]]:
 
 def list_volumes() -> Op[List[str]]:
     """The names of the volumes that exist."""
-    return Op("GET", "/volumes", lambda r: list(as_dict(r)["volumes"]))
+    return Op("GET", "/volumes", lambda r: list(as_object({"volumes": list})(r)["volumes"]))
 
 
 def volume_get(volume: str, key: str) -> Op[Optional[Dict[str, Any]]]:
@@ -235,7 +285,8 @@ def volume_list_page(
     8 MiB of values; `next_after` (only when more follow) is the `after` of
     the next page. `volume_list` reads every page."""
     params = drop_none({"prefix": prefix, "after": after, "limit": limit})
-    return Op("GET", f"/volumes/{seg(volume)}/state", as_dict, params=params)
+    return Op("GET", f"/volumes/{seg(volume)}/state",
+              as_object({"entries": list}, {"next_after": (str, _NULL)}), params=params)
 
 
 def file_put(volume: str, path: str, data: Union[bytes, str]) -> Op[Dict[str, Any]]:
@@ -247,8 +298,9 @@ def file_put(volume: str, path: str, data: Union[bytes, str]) -> Op[Dict[str, An
 
 
 def file_get(volume: str, path: str) -> Op[bytes]:
-    """A file's content (`NotFoundError` if there is none)."""
-    return Op("GET", _file(volume, path), as_bytes)
+    """A file's content (`NotFoundError` if there is none); at most 256
+    MiB, the server's largest file, are read."""
+    return Op("GET", _file(volume, path), as_bytes, max_bytes=MAX_FILE_BYTES)
 
 
 def file_delete(volume: str, path: str) -> Op[Dict[str, Any]]:
@@ -269,7 +321,10 @@ def _file_page(response: httpx.Response) -> Dict[str, Any]:
         if after:
             page["next_after"] = after[0]
         elif files:
-            page["next_after"] = files[-1]["path"]
+            last = files[-1]
+            if not isinstance(last, dict) or not isinstance(last.get("path"), str):
+                raise no_answer("GET", response.request.url.path, f"a file is not {{path, ...}}: {last!r:.80}")
+            page["next_after"] = last["path"]
     return page
 
 

@@ -13,10 +13,13 @@ Every process ends with one typed outcome: `{"kind": "exited", "code"}`,
 """
 
 import json
-from typing import Any, AsyncIterator, Dict, List, Optional, Tuple, Union
+from typing import Any, AsyncIterator, Dict, List, Mapping, Optional, Tuple, Union
 from urllib.parse import quote
 
 import httpx
+
+from ._core import MAX_ANSWER_BYTES, MAX_FILE_BYTES, Kind, LineSplitter, Op, as_object, no_answer
+from ._errors import error_for
 
 #: Longest one server-side wait.
 _WAIT_S = 55
@@ -24,6 +27,13 @@ _WAIT_S = 55
 
 def _path(path: str) -> str:
     return quote(path.lstrip("/"), safe="/")
+
+
+async def _object(client: Any, method: str, path: str, required: Mapping[str, Kind], **kwargs: Any) -> Dict[str, Any]:
+    """A request whose answer is a JSON object with the `required` fields
+    (else `APIError`)."""
+    answer: Dict[str, Any] = await client._perform(Op(method, path, as_object(required), **kwargs))
+    return answer
 
 
 class SandboxProcess:
@@ -51,12 +61,17 @@ class SandboxProcess:
         """Waits for it to end (server-side waits of 55 s); its outcome. Its
         output is then in `stdout` and `stderr`."""
         while self._answer.get("outcome") is None:
-            self._answer = await self.sandbox._client._json(
+            self._answer = await _object(
+                self.sandbox._client,
                 "GET",
                 f"/sandboxes/{self.sandbox.sandbox_id}/processes/{self.process_id}",
+                {"process_id": str},
                 params={"wait_s": _WAIT_S},
             )
-        outcome: Dict[str, Any] = self._answer["outcome"]
+        outcome = self._answer["outcome"]
+        if not isinstance(outcome, dict):
+            raise no_answer("GET", f"/sandboxes/{self.sandbox.sandbox_id}/processes/{self.process_id}",
+                            f"`outcome` is not an object: {outcome!r:.80}")
         return outcome
 
     async def write_stdin(self, data: Union[str, bytes] = b"", eof: bool = False) -> None:
@@ -87,23 +102,29 @@ class SandboxProcess:
         """`(stream, text)` as the process writes, until it ends (then its
         outcome is set)."""
         url = f"/sandboxes/{self.sandbox.sandbox_id}/processes/{self.process_id}/output"
-        http = self.sandbox._client._http
-        async with http.stream("GET", url, params={"follow": "true"}, timeout=None) as r:
+        client = self.sandbox._client
+        async with client._http.stream("GET", url, params={"follow": "true"}, timeout=None) as r:
             if r.status_code >= 400:
-                await r.aread()
-                from ._errors import error_for
-
-                raise error_for(r)
+                raise error_for(await client._read(r, MAX_ANSWER_BYTES))
             event = None
-            async for line in r.aiter_lines():
-                if line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("data:") and event:
-                    data = json.loads(line[5:].strip())
-                    if event == "end":
-                        self._answer = dict(self._answer, outcome=data)
-                        return
-                    yield event, data
+            lines = LineSplitter(f"the output of process {self.process_id}")
+            async for chunk in r.aiter_bytes():
+                for line in lines.feed(chunk):
+                    if line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("data:") and event:
+                        try:
+                            data = json.loads(line[5:].strip())
+                        except (ValueError, RecursionError):
+                            data = None
+                        if event == "end":
+                            if not isinstance(data, dict):
+                                raise no_answer("GET", url, f"the end event is not an outcome: {line!r:.80}")
+                            self._answer = dict(self._answer, outcome=data)
+                            return
+                        if not isinstance(data, str):
+                            raise no_answer("GET", url, f"a {event} event is not a JSON string: {line!r:.80}")
+                        yield event, data
 
 
 class Sandbox:
@@ -111,7 +132,10 @@ class Sandbox:
 
     def __init__(self, client: Any, view: Dict[str, Any]) -> None:
         self._client = client
-        self.sandbox_id: str = view["sandbox_id"]
+        sandbox_id = view.get("sandbox_id")
+        if not isinstance(sandbox_id, str):
+            raise no_answer("GET", "/sandboxes", f"a sandbox without a `sandbox_id`: {view!r:.80}")
+        self.sandbox_id: str = sandbox_id
         self.view = view
 
     async def __aenter__(self) -> "Sandbox":
@@ -121,7 +145,7 @@ class Sandbox:
         await self.terminate()
 
     async def refresh(self) -> Dict[str, Any]:
-        self.view = await self._client._json("GET", f"/sandboxes/{self.sandbox_id}")
+        self.view = await _object(self._client, "GET", f"/sandboxes/{self.sandbox_id}", {})
         return self.view
 
     async def exec(
@@ -149,7 +173,8 @@ class Sandbox:
             }.items()
             if v is not None
         }
-        answer = await self._client._json("POST", f"/sandboxes/{self.sandbox_id}/exec", json=body)
+        answer = await _object(self._client, "POST", f"/sandboxes/{self.sandbox_id}/exec",
+                               {"process_id": str}, json=body)
         return SandboxProcess(self, answer)
 
     async def run(self, cmd: List[str], **options: Any) -> SandboxProcess:
@@ -160,44 +185,46 @@ class Sandbox:
 
     async def read_file(self, path: str) -> bytes:
         r: httpx.Response = await self._client._request(
-            "GET", f"/sandboxes/{self.sandbox_id}/files/{_path(path)}"
+            "GET", f"/sandboxes/{self.sandbox_id}/files/{_path(path)}", max_bytes=MAX_FILE_BYTES
         )
         return r.content
 
     async def write_file(self, path: str, data: Union[str, bytes]) -> Dict[str, Any]:
         content = data.encode() if isinstance(data, str) else data
-        stat: Dict[str, Any] = await self._client._json(
-            "PUT", f"/sandboxes/{self.sandbox_id}/files/{_path(path)}", content=content
+        return await _object(
+            self._client, "PUT", f"/sandboxes/{self.sandbox_id}/files/{_path(path)}", {}, content=content
         )
-        return stat
 
     async def list_files(self, path: Optional[str] = None) -> List[Dict[str, Any]]:
         params = {"path": path} if path else None
-        listed = await self._client._json("GET", f"/sandboxes/{self.sandbox_id}/files", params=params)
+        listed = await _object(self._client, "GET", f"/sandboxes/{self.sandbox_id}/files",
+                               {"entries": list}, params=params)
         return list(listed["entries"])
 
     async def remove(self, path: str) -> bool:
-        r = await self._client._json("DELETE", f"/sandboxes/{self.sandbox_id}/files/{_path(path)}")
+        r = await _object(self._client, "DELETE", f"/sandboxes/{self.sandbox_id}/files/{_path(path)}",
+                          {"deleted": bool})
         return bool(r["deleted"])
 
     async def keepalive(self, extend_s: int = 0) -> Dict[str, Any]:
-        self.view = await self._client._json(
-            "POST", f"/sandboxes/{self.sandbox_id}/keepalive", json={"extend_s": extend_s}
+        self.view = await _object(
+            self._client, "POST", f"/sandboxes/{self.sandbox_id}/keepalive", {}, json={"extend_s": extend_s}
         )
         return self.view
 
     async def snapshot(self) -> str:
         """Snapshots the workdir; the snapshot id."""
-        info = await self._client._json("POST", f"/sandboxes/{self.sandbox_id}/snapshot")
+        info = await _object(self._client, "POST", f"/sandboxes/{self.sandbox_id}/snapshot",
+                             {"snapshot_id": str})
         return str(info["snapshot_id"])
 
     async def fork(self, count: int = 1) -> List["Sandbox"]:
-        forked = await self._client._json(
-            "POST", f"/sandboxes/{self.sandbox_id}/fork", json={"count": count}
+        forked = await _object(
+            self._client, "POST", f"/sandboxes/{self.sandbox_id}/fork", {"sandboxes": list}, json={"count": count}
         )
-        return [Sandbox(self._client, v) for v in forked["sandboxes"]]
+        return [Sandbox(self._client, v if isinstance(v, dict) else {}) for v in forked["sandboxes"]]
 
     async def terminate(self) -> Dict[str, Any]:
         """Ends it (idempotent)."""
-        self.view = await self._client._json("DELETE", f"/sandboxes/{self.sandbox_id}")
+        self.view = await _object(self._client, "DELETE", f"/sandboxes/{self.sandbox_id}", {})
         return self.view

@@ -13,16 +13,35 @@ def function_source(fn: Callable[..., Any], name: Optional[str] = None) -> Tuple
     (`inspect.getsource`), dedented, without its decorators. The function
     runs remotely on its own, so it must be self-contained: imports inside
     its body, no variables of an enclosing function. With a `name` other
-    than its own, the code also binds `name` to it."""
+    than its own, the code also binds `name` to it.
+
+    A decorated function is deployed as its undecorated source: a wrapper
+    that says what it wraps (`__wrapped__`, as `functools.wraps` and
+    `functools.cache` set) is unwrapped (`inspect.unwrap`), and what the
+    decorator adds does not run remotely."""
+    if hasattr(fn, "__wrapped__"):
+        fn = inspect.unwrap(fn)
     if not inspect.isfunction(fn):
         raise TypeError(f"deploy takes a function defined with def, got {type(fn).__name__}")
     if fn.__name__ == "<lambda>":
         raise ValueError("a lambda cannot be deployed: define the function with def")
     if fn.__code__.co_freevars:
+        wrapped = [
+            cell.cell_contents.__name__
+            for cell in fn.__closure__ or ()
+            if _filled(cell) and inspect.isfunction(cell.cell_contents)
+        ]
+        hint = (
+            f"; it looks like a decorator's wrapper (of {', '.join(wrapped)}): decorators are not "
+            "deployed, so deploy the undecorated function, or have the decorator use "
+            "functools.wraps so that deploy finds it"
+            if wrapped
+            else ""
+        )
         raise ValueError(
             f"{fn.__qualname__} uses variables of an enclosing function "
             f"({', '.join(fn.__code__.co_freevars)}), which do not exist where it runs: "
-            "define it at module level or pass them as arguments"
+            f"define it at module level or pass them as arguments{hint}"
         )
     try:
         source = textwrap.dedent(inspect.getsource(fn))
@@ -46,3 +65,11 @@ def function_source(fn: Callable[..., Any], name: Optional[str] = None) -> Tuple
     if function_name != fn.__name__:
         code += f"\n\n{function_name} = {fn.__name__}\n"
     return function_name, code
+
+
+def _filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:  # an empty cell
+        return False
+    return True

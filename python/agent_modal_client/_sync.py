@@ -7,7 +7,21 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Callable, Concatenate, Dict, Iterable, Iterator, List, Optional, ParamSpec, TypeVar, overload
+import weakref
+from typing import (
+    Any,
+    Callable,
+    Concatenate,
+    Dict,
+    Generator,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    ParamSpec,
+    TypeVar,
+    overload,
+)
 
 import httpx
 
@@ -15,14 +29,20 @@ from . import _flows as flows
 from . import _ops as ops
 from ._core import (
     CONNECT_ERRORS,
+    MAX_ANSWER_BYTES,
+    Abandoned,
+    BodyReader,
     Emit,
     Flow,
+    LineSplitter,
     LogFollower,
     Op,
     Retry,
+    flow_suspended,
     make_progress_bar,
     method_signature,
     resolve,
+    shown_url,
     unreachable,
 )
 from ._errors import error_for
@@ -56,7 +76,15 @@ class Client:
             list(double.map(range(10)))              # [0, 2, ..., 18]
 
     Requests answered 429 or 503 are retried with backoff (honouring
-    `Retry-After`); errors are typed (see `agent_modal_client`)."""
+    `Retry-After`); errors are typed (see `agent_modal_client`). An answer
+    is read up to `MAX_ANSWER_BYTES` (80 MiB; a file up to 256 MiB), and
+    one that is larger or is not what the API answers raises `APIError`.
+
+    A token (`token` or `MODAL_AGENTS_TOKEN`) holding a character a header
+    cannot carry (whitespace, a line end, a control or non-ASCII
+    character) is refused with a `ValueError` that does not show it. Closing
+    the client closes the map iterators it handed out and not yet used up
+    (cancelling their work)."""
 
     def __init__(
         self,
@@ -71,6 +99,8 @@ class Client:
         self.api_url = base_url
         self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, transport=transport)
         self._max_retries = max_retries
+        #: The iterators handed out and not yet finished (closed on `close`).
+        self._open: weakref.WeakSet[Generator[Any, None, None]] = weakref.WeakSet()
 
     def __enter__(self: _C) -> _C:
         return self
@@ -79,41 +109,72 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        """Closes the iterators it handed out that are not used up (a map's
+        cancels its work), then the connections."""
+        for values in list(self._open):
+            try:
+                values.close()
+            except (ValueError, RuntimeError):
+                pass  # running in another thread: it is left to end
         self._http.close()
 
     def __repr__(self) -> str:
-        return f"Client({self.api_url!r})"
+        return f"Client({shown_url(self.api_url)!r})"
 
     # The transport: the only code that differs from AsyncClient's.
 
     def _perform(self, op: Op[T]) -> T:
         retry = Retry(self._max_retries)
         while True:
+            request = self._http.build_request(**op.request())
             try:
-                response = self._http.request(**op.request())
+                streamed = self._http.send(request, stream=True)
             except CONNECT_ERRORS as e:
                 raise unreachable(self.api_url, e) from e
-            pause = retry.after(response)
-            if pause is None:
+            try:
+                pause = retry.after(streamed)
+                response = None if pause is not None else self._read(streamed, op.max_bytes)
+            finally:
+                streamed.close()
+            if response is not None:
                 return op.finish(response)
+            assert pause is not None
             time.sleep(pause)
+
+    @staticmethod
+    def _read(streamed: httpx.Response, limit: int) -> httpx.Response:
+        """A streamed answer read, at most `limit` bytes (else `APIError`)."""
+        reader = BodyReader(streamed, limit)
+        for chunk in streamed.iter_bytes():
+            reader.feed(chunk)
+        return reader.response()
 
     def _drive(self, flow: Flow[Any, R]) -> R:
         reply: Any = None
         error: Optional[Exception] = None
-        while True:
-            try:
-                step = flow.send(reply) if error is None else flow.throw(error)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
-            reply, error = None, None
-            if not isinstance(step, Emit):
+        try:
+            while True:
                 try:
-                    reply = self._perform(step)
-                except Exception as e:  # raised in the flow, where it sent the op
-                    error = e
+                    step = flow.send(reply) if error is None else flow.throw(error)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
+                reply, error = None, None
+                if not isinstance(step, Emit):
+                    try:
+                        reply = self._perform(step)
+                    except Exception as e:  # raised in the flow, where it sent the op
+                        error = e
+        except BaseException:
+            # KeyboardInterrupt (or the like) left the flow where it was.
+            self._abandon(flow)
+            raise
 
     def _iterate(self, flow: Flow[T, None]) -> Iterator[T]:
+        values = self._values(flow)
+        self._open.add(values)
+        return values
+
+    def _values(self, flow: Flow[T, None]) -> Generator[T, None, None]:
         reply: Any = None
         error: Optional[Exception] = None
         try:
@@ -129,6 +190,34 @@ class Client:
                     try:
                         reply = self._perform(step)
                     except Exception as e:  # raised in the flow, where it sent the op
+                        error = e
+        except BaseException:
+            # Closed or garbage-collected before its end (GeneratorExit), or
+            # interrupted (KeyboardInterrupt): the flow stops its work.
+            self._abandon(flow)
+            raise
+        finally:
+            flow.close()
+
+    def _abandon(self, flow: Flow[Any, Any]) -> None:
+        """Tells a flow left where it was that its caller is gone (throws
+        `Abandoned` in it) and sends the ops it yields to stop what it
+        started, until it ends. Nothing of this is raised."""
+        if not flow_suspended(flow):
+            return
+        reply: Any = None
+        error: Optional[Exception] = Abandoned()
+        try:
+            while True:
+                try:
+                    step = flow.send(reply) if error is None else flow.throw(error)
+                except Exception:  # StopIteration, or Abandoned raised again
+                    return
+                reply, error = None, None
+                if not isinstance(step, Emit):
+                    try:
+                        reply = self._perform(step)
+                    except Exception as e:
                         error = e
         finally:
             flow.close()
@@ -216,12 +305,13 @@ class Client:
             try:
                 with self._http.stream(**follower.request()) as response:
                     if response.status_code >= 400:
-                        response.read()
-                        raise error_for(response)
-                    for line in response.iter_lines():
-                        yield from follower.feed(line)
-                        if follower.done:
-                            return
+                        raise error_for(self._read(response, MAX_ANSWER_BYTES))
+                    lines = LineSplitter(f"the logs of task {task_id}")
+                    for chunk in response.iter_bytes():
+                        for line in lines.feed(chunk):
+                            yield from follower.feed(line)
+                            if follower.done:
+                                return
                 follower.dropped(httpx.RemoteProtocolError("the log stream ended before its end"))
             except CONNECT_ERRORS as e:
                 raise unreachable(self.api_url, e) from e
@@ -246,7 +336,10 @@ class Client:
         self, fn: Optional[Callable[..., Any]] = None, *, name: Optional[str] = None, **options: Any
     ) -> Any:
         """Deploys a Python function object: its source (dedented, without
-        decorators) under `name` (default its own), with the options of
+        decorators; a decorated function is deployed undecorated, unwrapped
+        through the `__wrapped__` that `functools.wraps` sets, and what its
+        decorator adds does not run remotely) under `name` (default its
+        own), with the options of
         `deploy_function` (`gpu`, `timeout`, `secrets`, `image_config`, ...);
         a `Function` handle. Also a decorator: `@client.deploy` or
         `@client.deploy(timeout=60)`. The function must be self-contained
@@ -273,7 +366,8 @@ class Function:
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Calls it and returns its value; `TaskFailedError` (with the remote
-        `type`, `message` and `traceback`) if it raised."""
+        `type`, `message` and `traceback`) if it raised. Interrupted
+        (KeyboardInterrupt) before the value came, it cancels the call."""
         return self.client._drive(flows.call(self.name, list(args), kwargs))
 
     def spawn(self, *args: Any, **kwargs: Any) -> FunctionCall:
@@ -303,7 +397,14 @@ class Function:
         (`inputs_as="args"`). It is separate calls instead (at most 256 in
         flight) with `order_outputs=False` (a map releases its results in
         input order only) or with `kwargs` (a map input is positional or
-        keyword arguments, not both: `starmap` of mappings is a map)."""
+        keyword arguments, not both: `starmap` of mappings is a map).
+
+        Chunks are also at most 16 MiB of inputs as JSON (the server takes
+        32 MiB a request; a chunk it still refuses as too large is sent in
+        halves). Work left unread is cancelled: when the iterator is closed
+        or garbage-collected before its end (`break`, an exception in the
+        loop), when iterating is interrupted (KeyboardInterrupt), and when
+        it raises."""
         flow = flows.map_flow(self.name, iterables, kwargs, order_outputs, return_exceptions)
         return _with_progress(self.client._iterate(flow), progress, flows.known_length(iterables), self.name)
 
@@ -366,3 +467,6 @@ def _counted(values: Iterator[T], bar: Any) -> Iterator[T]:
             yield value
     finally:
         bar.close()
+        close = getattr(values, "close", None)
+        if close is not None:
+            close()
