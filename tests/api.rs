@@ -378,6 +378,12 @@ async fn auth_and_bad_input_are_problems() {
             json!({"function_code": "def f(): pass", "function_name": "f", "gpus": "T4"}),
             "gpus",
         ),
+        // A number where a name goes: serde calls it syntax; it is a field.
+        (
+            "/run-parallel",
+            json!({"function_name": "f", "inputs": [1], "inputs_as": 5}),
+            "inputs_as",
+        ),
         (
             "/deploy-function",
             json!({"function_name": "f"}),

@@ -53,7 +53,16 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> 
     use crate::commands::ParseError;
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = crate::commands::parse_from("request", &mut de).map_err(|e| match e {
-        ParseError::Syntax(why) => Error::BadRequest(format!("malformed JSON: {why}")),
+        // serde_json calls some misfits syntax (a number where an enum's
+        // name goes): well-formed JSON is read again as a value, so the
+        // error names the field.
+        ParseError::Syntax(why) => match serde_json::from_slice::<serde_json::Value>(bytes) {
+            Ok(value) => match crate::commands::parse_from::<T, _>("request", value) {
+                Err(ParseError::Field(e)) => Error::from(e),
+                _ => Error::BadRequest(format!("malformed JSON: {why}")),
+            },
+            Err(_) => Error::BadRequest(format!("malformed JSON: {why}")),
+        },
         ParseError::Field(e) => Error::from(e),
     })?;
     de.end()
