@@ -458,16 +458,9 @@ async fn a_function_listing_with_code_is_bounded() {
             .await
             .unwrap();
     }
-    let http = reqwest::Client::new();
-    let listed: Vec<serde_json::Value> = http
-        .get(format!("{}/functions?include_code=true", c.base_url()))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let api = support::Api::new(c.base_url().to_owned(), TOKEN);
+    let listed = api.get("/functions?include_code=true").await;
+    let listed = listed.as_array().unwrap();
     assert_eq!(listed.len(), 9);
     let with_code = listed
         .iter()
@@ -483,16 +476,10 @@ async fn a_function_listing_with_code_is_bounded() {
         "{with_code} with code, {omitted} without"
     );
     // Without the flag, no code at all.
-    let listed: Vec<serde_json::Value> = http
-        .get(format!("{}/functions", c.base_url()))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = api.get("/functions").await;
     assert!(listed
+        .as_array()
+        .unwrap()
         .iter()
         .all(|f| f["spec"].get("code").is_none() && f["spec"].get("code_omitted").is_none()));
     t.rt.shutdown().await;

@@ -89,16 +89,11 @@ pub(crate) async fn run(client: &Client, a: RunArgs) -> Result<ExitCode, String>
             };
             let inputs = read_inputs(source, inputs_as)?;
             if inputs.is_empty() && matches!(plan, Plan::MapOrCall) {
-                return call(client, &function).await;
+                return call_interruptibly(client, &function, Vec::new()).await;
             }
             map(client, &function, inputs, inputs_as).await
         }
     }
-}
-
-/// One call with no arguments.
-async fn call(client: &Client, function: &str) -> Result<ExitCode, String> {
-    call_interruptibly(client, function, Vec::new()).await
 }
 
 /// One call, waited for (its result printed); Ctrl-C cancels it, says so

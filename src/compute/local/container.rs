@@ -873,16 +873,16 @@ async fn drain_stderr(mut stderr: tokio::process::ChildStderr, to: StderrTo) {
         // read; it reaches callers only redacted, in a crash's error and the
         // request's own logs.
         tracing::debug!(target: "modal_agents::container", pid = to.pid, bytes = line.len(), "container stderr line");
-        if !to.sinks.lock().recover().is_empty() {
-            if std::mem::take(&mut blank) {
-                pending.push('\n');
-            }
-            if text.is_empty() {
-                blank = true;
-            } else {
-                pending.push_str(&text);
-                pending.push('\n');
-            }
+        // Kept for the request it belongs to (dropped by `send` when no
+        // request is outstanding): no lock per line.
+        if std::mem::take(&mut blank) {
+            pending.push('\n');
+        }
+        if text.is_empty() {
+            blank = true;
+        } else {
+            pending.push_str(&text);
+            pending.push('\n');
         }
         if tail.len() == STDERR_TAIL {
             tail.pop_front();
