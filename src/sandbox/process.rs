@@ -68,7 +68,7 @@ pub(crate) struct Process {
     pub(crate) total: [AtomicU64; 2],
     /// Bytes past the per-stream cap, counted, not kept.
     pub(crate) dropped: AtomicU64,
-    pub(crate) stdin: tokio::sync::Mutex<Option<ChildStdin>>,
+    pub(crate) stdin: Arc<tokio::sync::Mutex<Option<ChildStdin>>>,
     /// The jail's pid 1 as the host sees it, once bubblewrap said.
     host_pid: OnceLock<u32>,
     info: Mutex<Option<OwnedFd>>,
@@ -214,7 +214,11 @@ pub(crate) fn spawn(
         .create_new(true)
         .write(true)
         .open(&s.output)?;
-    let stdin = child.stdin.take();
+    // The pipe is the process's from the start, held until the stdin given
+    // with the exec is written: a write that comes at once (the exec
+    // answered with wait_s 0) waits for it instead of finding no stdin.
+    let stdin = Arc::new(tokio::sync::Mutex::new(child.stdin.take()));
+    let held_stdin = stdin.clone().try_lock_owned().expect("a new lock is free");
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let process = Arc::new(Process {
@@ -225,7 +229,7 @@ pub(crate) fn spawn(
         written: watch::channel(0).0,
         total: [AtomicU64::new(0), AtomicU64::new(0)],
         dropped: AtomicU64::new(0),
-        stdin: tokio::sync::Mutex::new(None),
+        stdin,
         host_pid: OnceLock::new(),
         info: Mutex::new(Some(info)),
         status: Mutex::new((Some(status), String::new())),
@@ -238,14 +242,14 @@ pub(crate) fn spawn(
     let oom_before = (s.oom_kills)();
     tasks.spawn(async move {
         // Stdin: written, then closed unless kept open.
-        if let Some(mut pipe) = stdin {
-            if let Some(bytes) = s.stdin {
-                let _ = pipe.write_all(&bytes).await;
-            }
-            if s.stdin_open {
-                *p.stdin.lock().await = Some(pipe);
-            }
+        let mut held_stdin = held_stdin;
+        if let (Some(pipe), Some(bytes)) = (held_stdin.as_mut(), s.stdin) {
+            let _ = pipe.write_all(&bytes).await;
         }
+        if !s.stdin_open {
+            *held_stdin = None;
+        }
+        drop(held_stdin);
         let writer = Arc::new(tokio::sync::Mutex::new(Writer {
             file: tokio::fs::File::from_std(file),
             at: 0,
