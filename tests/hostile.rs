@@ -1,10 +1,12 @@
 //! The trust boundary, attacked the way agent-written code or an agent caller
-//! would, against the real server binary. Each attack is a test of its own
-//! (in `hostile/code.rs`, `hostile/sandbox.rs` and `hostile/http.rs`), and all of them run one
-//! after the other against one server in
-//! [`every_attack_in_a_row_leaves_the_server_whole`]: afterwards it still
+//! would, against the real server binary. The attacks live in
+//! `hostile/*.rs`. Most run one after the other against one server, in
+//! [`every_attack_in_a_row_leaves_the_server_whole`] (afterwards it still
 //! answers, a bystander's results are untouched, and a restart on the same
-//! data dir comes up clean.
+//! data dir comes up clean) and [`every_bound_holds_in_a_row`] (memory and
+//! log back within bounds); each is bounded in time and a failure names the
+//! attack. Attacks that need a server configured for them alone (a session
+//! ceiling, a key, no sandbox) are tests of their own.
 
 mod support;
 

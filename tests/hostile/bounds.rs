@@ -101,15 +101,11 @@ fn initialize(client_name: &str) -> Value {
         "clientInfo": {"name": client_name, "version": "1"}}})
 }
 
-alone!(
-    /// MCP sessions have a ceiling per token, a short life when the
-    /// handshake is never completed, a small `initialize`, and names echoed
-    /// back cut short.
-    mcp_sessions_are_bounded => attack_mcp_sessions_are_bounded, BOUNDS_ENV
-);
-
-/// The attack of [`mcp_sessions_are_bounded`], against a server started
-/// with [`BOUNDS_ENV`].
+/// MCP sessions have a ceiling per token, a short life when the
+/// handshake is never completed, a small `initialize`, and names echoed
+/// back cut short.
+///
+/// One of the attacks `every_bound_holds_in_a_row` makes in a row against one server (the server has [`BOUNDS_ENV`]).
 pub(crate) async fn attack_mcp_sessions_are_bounded(t: &Target<'_>) {
     let api = t.api;
     let open = || gauge(api, "modal_agents_mcp_sessions");
@@ -274,14 +270,10 @@ pub(crate) async fn attack_mcp_sessions_are_bounded(t: &Target<'_>) {
     assert!(grown < 64 << 20, "RSS grew {} MiB", grown >> 20);
 }
 
-alone!(
-    /// A browser page of another origin is refused on every route; without
-    /// authentication, so is a `Host` that is not loopback (DNS rebinding).
-    foreign_origins_and_rebound_hosts_are_refused => attack_foreign_origins_and_rebound_hosts_are_refused
-);
-
-/// The attack of [`foreign_origins_and_rebound_hosts_are_refused`], against
-/// any server (it starts one without authentication of its own).
+/// A browser page of another origin is refused on every route; without
+/// authentication, so is a `Host` that is not loopback (DNS rebinding).
+///
+/// One of the attacks `every_bound_holds_in_a_row` makes in a row against one server.
 pub(crate) async fn attack_foreign_origins_and_rebound_hosts_are_refused(t: &Target<'_>) {
     let api = t.api;
     let deploy = json!({"function_code": "def from_a_page():\n    return 1\n", "function_name": "from_a_page"});
@@ -389,15 +381,11 @@ async fn raw_get(api: &Api, path: &str) -> (u16, Vec<u8>) {
     (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
 }
 
-alone!(
-    /// Results over 64 KiB live in the task's files, not in memory, the
-    /// journal or any listing; past 64 MiB they are refused; large volume
-    /// files stream over HTTP and are refused by the MCP tool.
-    large_results_stay_out_of_memory_and_listings => attack_large_results_stay_out_of_memory_and_listings
-);
-
-/// The attack of [`large_results_stay_out_of_memory_and_listings`], against
-/// any server.
+/// Results over 64 KiB live in the task's files, not in memory, the
+/// journal or any listing; past 64 MiB they are refused; large volume
+/// files stream over HTTP and are refused by the MCP tool.
+///
+/// One of the attacks `every_bound_holds_in_a_row` makes in a row against one server.
 pub(crate) async fn attack_large_results_stay_out_of_memory_and_listings(t: &Target<'_>) {
     let api = t.api;
     api.post(
@@ -741,15 +729,11 @@ pub(crate) async fn attack_mcp_sessions_have_a_ceiling_for_the_server(t: &Target
     assert!(body.contains("1048576"), "{body}");
 }
 
-alone!(
-    /// 300 followers of a printing task are woken by its writes (no
-    /// polling, no thread each) and cost little; past the per-task and
-    /// overall limits a follower is refused with Retry-After.
-    log_followers_are_cheap_and_capped => attack_log_followers_are_cheap_and_capped, FOLLOWERS_ENV
-);
-
-/// The attack of [`log_followers_are_cheap_and_capped`], against a server
-/// started with [`FOLLOWERS_ENV`].
+/// 300 followers of a printing task are woken by its writes (no
+/// polling, no thread each) and cost little; past the per-task and
+/// overall limits a follower is refused with Retry-After.
+///
+/// One of the attacks `every_bound_holds_in_a_row` makes in a row against one server (the server has [`FOLLOWERS_ENV`]).
 pub(crate) async fn attack_log_followers_are_cheap_and_capped(t: &Target<'_>) {
     let api = t.api;
     // The printers print until the test opens their gate (a file in a

@@ -35,9 +35,7 @@ def forge(kind, n=0):
     return n * 2
 "#;
 
-alone!(forged_frames_on_the_harness_pipe_never_crash_or_confuse_the_runtime => attack_forged_frames_on_the_harness_pipe_never_crash_or_confuse_the_runtime);
-
-/// The attack of [`forged_frames_on_the_harness_pipe_never_crash_or_confuse_the_runtime`], against any server.
+/// One of the attacks `every_attack_in_a_row_leaves_the_server_whole` makes in a row against one server.
 pub(crate) async fn attack_forged_frames_on_the_harness_pipe_never_crash_or_confuse_the_runtime(
     t: &Target<'_>,
 ) {
@@ -100,14 +98,11 @@ pub(crate) async fn attack_forged_frames_on_the_harness_pipe_never_crash_or_conf
     assert_eq!(api.get("/healthz").await["status"], "ok");
 }
 
-alone!(
-    /// `memory: [request, limit]` is a real ceiling: an input that allocates
-    /// past it fails with OutOfMemory naming the limit, the container is
-    /// replaced and the next input runs; bad pairs name the field.
-    a_memory_limit_is_a_real_ceiling => attack_a_memory_limit_is_a_real_ceiling
-);
-
-/// The attack of [`a_memory_limit_is_a_real_ceiling`], against any server.
+/// `memory: [request, limit]` is a real ceiling: an input that allocates
+/// past it fails with OutOfMemory naming the limit, the container is
+/// replaced and the next input runs; bad pairs name the field.
+///
+/// One of the attacks `every_attack_in_a_row_leaves_the_server_whole` makes in a row against one server.
 pub(crate) async fn attack_a_memory_limit_is_a_real_ceiling(t: &Target<'_>) {
     let api = t.api;
     let code = "def grab(mib):\n    block = bytearray(mib << 20)\n    for i in range(0, len(block), 4096):\n        block[i] = 1\n    return len(block) >> 20\n";
@@ -164,14 +159,11 @@ pub(crate) async fn attack_a_memory_limit_is_a_real_ceiling(t: &Target<'_>) {
     }
 }
 
-alone!(
-    /// Output without end: a call printing 300 MB without a newline, and 300 MB
-    /// written straight to fd 2, still answers; the task's log is capped with a
-    /// visible note.
-    endless_output_is_capped_and_the_call_still_answers => attack_endless_output_is_capped_and_the_call_still_answers
-);
-
-/// The attack of [`endless_output_is_capped_and_the_call_still_answers`], against any server.
+/// Output without end: a call printing 300 MB without a newline, and 300 MB
+/// written straight to fd 2, still answers; the task's log is capped with a
+/// visible note.
+///
+/// One of the attacks `every_attack_in_a_row_leaves_the_server_whole` makes in a row against one server.
 pub(crate) async fn attack_endless_output_is_capped_and_the_call_still_answers(t: &Target<'_>) {
     let api = t.api;
     let code = "import os, sys\ndef loud(n):\n    chunk = 'x' * (1 << 20)\n    for _ in range(n):\n        sys.stdout.write(chunk)\n    os.write(2, b'y' * (n << 20))\n    return n\n";
@@ -233,14 +225,11 @@ def slow(x):
     return x
 "#;
 
-alone!(
-    /// The timeout applies to each input of a map, not to a batch: inputs each
-    /// under it never fail together, the one past it fails alone, and no input
-    /// runs twice (bar the batch-mates of one that holds the GIL past it).
-    map_timeouts_are_per_input_and_nothing_runs_twice => attack_map_timeouts_are_per_input_and_nothing_runs_twice
-);
-
-/// The attack of [`map_timeouts_are_per_input_and_nothing_runs_twice`], against any server.
+/// The timeout applies to each input of a map, not to a batch: inputs each
+/// under it never fail together, the one past it fails alone, and no input
+/// runs twice (bar the batch-mates of one that holds the GIL past it).
+///
+/// One of the attacks `every_attack_in_a_row_leaves_the_server_whole` makes in a row against one server.
 pub(crate) async fn attack_map_timeouts_are_per_input_and_nothing_runs_twice(t: &Target<'_>) {
     let (api, data) = (t.api, t.data);
     api.post(

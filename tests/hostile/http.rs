@@ -11,9 +11,7 @@ use serde_json::json;
 use super::support::{self, Api};
 use super::{Target, BIN, TOKEN};
 
-alone!(reads_of_unknown_volumes_answer_404_and_create_nothing => attack_reads_of_unknown_volumes_answer_404_and_create_nothing);
-
-/// The attack of [`reads_of_unknown_volumes_answer_404_and_create_nothing`], against any server.
+/// One of the attacks `every_attack_in_a_row_leaves_the_server_whole` makes in a row against one server.
 pub(crate) async fn attack_reads_of_unknown_volumes_answer_404_and_create_nothing(t: &Target<'_>) {
     let (api, data) = (t.api, t.data);
     let fds = || {
@@ -59,9 +57,7 @@ pub(crate) async fn attack_reads_of_unknown_volumes_answer_404_and_create_nothin
     assert_eq!(api.get("/volumes/real/files").await, json!([]));
 }
 
-alone!(metrics_labels_stay_bounded_whatever_callers_send => attack_metrics_labels_stay_bounded_whatever_callers_send);
-
-/// The attack of [`metrics_labels_stay_bounded_whatever_callers_send`], against any server.
+/// One of the attacks `every_attack_in_a_row_leaves_the_server_whole` makes in a row against one server.
 pub(crate) async fn attack_metrics_labels_stay_bounded_whatever_callers_send(t: &Target<'_>) {
     let api = t.api;
     let lines = |text: &str| text.lines().count();
@@ -83,13 +79,10 @@ pub(crate) async fn attack_metrics_labels_stay_bounded_whatever_callers_send(t: 
     );
 }
 
-alone!(
-    /// A client trickling its headers (slowloris) or idling on a kept-alive
-    /// connection is cut off after the header-read timeout; others are served.
-    slow_and_idle_connections_are_cut_off => attack_slow_and_idle_connections_are_cut_off, &[("MODAL_AGENTS_HEADER_READ_TIMEOUT", "1")]
-);
-
-/// The attack of [`slow_and_idle_connections_are_cut_off`], against any server.
+/// A client trickling its headers (slowloris) or idling on a kept-alive
+/// connection is cut off after the header-read timeout; others are served.
+///
+/// One of the attacks `every_attack_in_a_row_leaves_the_server_whole` makes in a row against one server.
 pub(crate) async fn attack_slow_and_idle_connections_are_cut_off(t: &Target<'_>) {
     let api = t.api;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -124,14 +117,11 @@ pub(crate) async fn attack_slow_and_idle_connections_are_cut_off(t: &Target<'_>)
     }
 }
 
-alone!(
-    /// A request with an Idempotency-Key whose client goes away runs to the
-    /// end: the retry gets its response (409 only while it still runs), and the
-    /// work exists once.
-    an_idempotency_key_outlives_a_dropped_client => attack_an_idempotency_key_outlives_a_dropped_client
-);
-
-/// The attack of [`an_idempotency_key_outlives_a_dropped_client`], against any server.
+/// A request with an Idempotency-Key whose client goes away runs to the
+/// end: the retry gets its response (409 only while it still runs), and the
+/// work exists once.
+///
+/// One of the attacks `every_attack_in_a_row_leaves_the_server_whole` makes in a row against one server.
 pub(crate) async fn attack_an_idempotency_key_outlives_a_dropped_client(t: &Target<'_>) {
     let (api, data) = (t.api, t.data);
     let gate = "import json, os, time\ndef held(x):\n    root = json.loads(os.environ['MODAL_AGENTS_VOLUMES'])['/gate']\n    while not os.path.exists(os.path.join(root, 'open')):\n        time.sleep(0.01)\n    return x\n";

@@ -82,15 +82,10 @@ fn clean(what: &str, text: &str) {
     );
 }
 
-alone!(
-    /// Every output a caller can read is redacted; the crash excerpt holds
-    /// only the crashing call's own output.
-    secrets_never_leave_through_outputs => attack_secrets_never_leave_through_outputs,
-    &[("MODAL_AGENTS_WEBHOOK_ALLOW", "127.0.0.1/32")]
-);
-
-/// The attack of [`secrets_never_leave_through_outputs`], against a server
-/// that allows webhooks to 127.0.0.1.
+/// Every output a caller can read is redacted; the crash excerpt holds
+/// only the crashing call's own output.
+///
+/// One of the attacks `every_bound_holds_in_a_row` makes in a row against one server.
 pub(crate) async fn attack_secrets_never_leave_through_outputs(t: &Target<'_>) {
     let api = t.api;
     let (status, body) = api
@@ -212,14 +207,11 @@ pub(crate) async fn attack_secrets_never_leave_through_outputs(t: &Target<'_>) {
     }
 }
 
-alone!(
-    /// With MODAL_AGENTS_SECRETS_KEY, no secret value is in the data dir;
-    /// the server refuses to start without the key, and a rotation to a new
-    /// key keeps every secret.
-    secrets_are_sealed_at_rest_and_keys_rotate => attack_secrets_are_sealed_at_rest_and_keys_rotate
-);
-
-/// Sets a secret on servers of its own (each with its own key settings).
+/// With MODAL_AGENTS_SECRETS_KEY, no secret value is in the data dir;
+/// the server refuses to start without the key, and a rotation to a new
+/// key keeps every secret.
+///
+/// One of the attacks `every_bound_holds_in_a_row` makes in a row against one server.
 pub(crate) async fn attack_secrets_are_sealed_at_rest_and_keys_rotate(t: &Target<'_>) {
     const OLD: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
     const NEW: &str = "6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b";
