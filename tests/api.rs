@@ -1,4 +1,5 @@
-//! The HTTP API against a real server on 127.0.0.1:0 (and via `oneshot`):
+//! The HTTP API against a real server on 127.0.0.1:0 (and via `oneshot`),
+//! over a ScriptedBackend (no python3) except the seed's examples end to end:
 //! the seed's examples verbatim, auth, problem+json for bad input,
 //! idempotency, volumes with optimistic concurrency, secrets, tools, signed
 //! webhooks with retries and SSRF refusal, OpenAPI and metrics.
@@ -19,20 +20,42 @@ const TOKEN: &str = "test-token-0123456789abcdef";
 struct Server {
     url: String,
     http: reqwest::Client,
-    t: support::TestRuntime,
+    rt: modal_agents::Runtime,
+    /// What the runtime's backend and data dir live in.
+    _keep: Box<dyn std::any::Any + Send + Sync>,
 }
 
 impl Server {
+    /// The API over a ScriptedBackend on which `f` is the identity.
     async fn start(config: ApiConfig) -> Server {
+        let t = support::scripted(&["f"]).await;
+        Server::serve(t.rt.clone(), config, Box::new(t)).await
+    }
+
+    /// End to end: the API over the local backend's python3 containers.
+    async fn local() -> Server {
         let t = support::start(2).await;
-        let router = app(t.rt.clone(), config);
+        let config = ApiConfig {
+            tokens: vec![TOKEN.into()],
+            ..ApiConfig::default()
+        };
+        Server::serve(t.rt.clone(), config, Box::new(t)).await
+    }
+
+    async fn serve(
+        rt: modal_agents::Runtime,
+        config: ApiConfig,
+        keep: Box<dyn std::any::Any + Send + Sync>,
+    ) -> Server {
+        let router = app(rt.clone(), config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
         Server {
             url,
             http: reqwest::Client::new(),
-            t,
+            rt,
+            _keep: keep,
         }
     }
 
@@ -92,7 +115,7 @@ fn assert_problem(status: StatusCode, headers: &HeaderMap, body: &Value, expecte
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_examples_verbatim() {
-    let s = Server::default().await;
+    let s = Server::local().await;
     let (status, _, body) = s
         .req(reqwest::Method::PUT, "/secrets/api-keys")
         .json(&json!({"API_KEY": "k-123"}))
@@ -146,8 +169,7 @@ async fn the_seed_examples_verbatim() {
     assert_eq!(headers["location"], format!("/status/{task_id}"));
     assert_eq!(body["function_name"], "my_function");
     let record =
-        s.t.rt
-            .wait(task_id.parse().unwrap(), Some(Duration::from_secs(30)))
+        s.rt.wait(task_id.parse().unwrap(), Some(Duration::from_secs(30)))
             .await
             .unwrap();
     let (status, _, body) = s.get(&format!("/status/{task_id}")).await;
@@ -188,8 +210,7 @@ async fn the_seed_examples_verbatim() {
         )
         .await;
     let id = body["task_id"].as_str().unwrap().to_owned();
-    s.t.rt
-        .wait(id.parse().unwrap(), Some(Duration::from_secs(30)))
+    s.rt.wait(id.parse().unwrap(), Some(Duration::from_secs(30)))
         .await
         .unwrap();
     let (_, _, page) = s
@@ -222,12 +243,11 @@ async fn the_seed_examples_verbatim() {
     assert_eq!(page["next_offset"], 1000);
     // Waiting on several tasks at once, server-side.
     let slow =
-        s.t.rt
-            .deploy_function(modal_agents::FunctionSpec::new(
-                "slow",
-                "import time\ndef slow(x):\n    time.sleep(x)\n    return x\n",
-            ))
-            .await;
+        s.rt.deploy_function(modal_agents::FunctionSpec::new(
+            "slow",
+            "import time\ndef slow(x):\n    time.sleep(x)\n    return x\n",
+        ))
+        .await;
     assert!(slow.is_ok(), "{slow:?}");
     let (_, _, a) = s
         .post("/spawn-task", json!({"function_name": "slow", "args": [0]}))
@@ -311,7 +331,22 @@ async fn the_seed_examples_verbatim() {
         .unwrap()
         .await;
     assert_eq!(status, StatusCode::OK);
-    s.t.rt.shutdown().await;
+    // The local backend reads the code it is given: a syntax error, or code
+    // without the function named, is a problem naming the field.
+    for (code, field) in [
+        ("def f(: pass", "function_code"),
+        ("def g(): pass", "function_name"),
+    ] {
+        let (status, headers, problem) = s
+            .post(
+                "/deploy-function",
+                json!({"function_code": code, "function_name": "f"}),
+            )
+            .await;
+        assert_problem(status, &headers, &problem, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(problem["field"], field, "{code}: {problem}");
+    }
+    s.rt.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -406,16 +441,6 @@ async fn auth_and_bad_input_are_problems() {
         ),
         (
             "/deploy-function",
-            json!({"function_code": "def f(: pass", "function_name": "f"}),
-            "function_code",
-        ),
-        (
-            "/deploy-function",
-            json!({"function_code": "def g(): pass", "function_name": "f"}),
-            "function_name",
-        ),
-        (
-            "/deploy-function",
             json!({"function_code": "def f(): pass", "function_name": "f", "secrets": ["nope"]}),
             "secrets",
         ),
@@ -465,7 +490,7 @@ async fn auth_and_bad_input_are_problems() {
         .unwrap();
     let (status, headers, body) = read(r).await;
     assert_problem(status, &headers, &body, StatusCode::METHOD_NOT_ALLOWED);
-    s.t.rt.shutdown().await;
+    s.rt.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -511,7 +536,7 @@ async fn idempotency_keys_replay_and_refuse_changes() {
     assert_eq!(problem["field"], "Idempotency-Key");
     let (_, _, tasks) = s.get("/tasks").await;
     assert_eq!(tasks["total"], 1, "one task created");
-    s.t.rt.shutdown().await;
+    s.rt.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -663,7 +688,7 @@ async fn volumes_secrets_and_tools_over_http() {
         .await
         .unwrap();
     assert!(metrics.contains("modal_agents_http_requests_total{method=\"PUT\",route=\"/volumes/{name}/state/{*key}\",status=\"412\"}"), "{metrics}");
-    s.t.rt.shutdown().await;
+    s.rt.shutdown().await;
 }
 
 async fn webhook_state(s: &Server, id: &str, want: &str) -> Value {
@@ -762,7 +787,7 @@ async fn signed_webhooks_retry_and_verify() {
         .await;
     let view = webhook_state(&s, reg["webhook_id"].as_str().unwrap(), "failed").await;
     assert_eq!(view["attempts"].as_array().unwrap().len(), 4);
-    s.t.rt.shutdown().await;
+    s.rt.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -795,12 +820,12 @@ async fn webhook_targets_must_be_public() {
         assert_eq!(problem["field"], "webhook_url", "{url}: {problem}");
     }
     assert!(rx.seen.lock().unwrap().is_empty());
-    s.t.rt.shutdown().await;
+    s.rt.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oneshot_routes_and_config_checks() {
-    let t = support::start(1).await;
+    let t = support::scripted(&[]).await;
     let router = app(
         t.rt.clone(),
         ApiConfig {
@@ -856,7 +881,7 @@ async fn oneshot_routes_and_config_checks() {
 async fn an_embedded_runtime_delivers_webhooks_without_the_http_app() {
     use modal_agents::webhooks::{WebhookConfig, WebhookError, Webhooks};
     use modal_agents::wire::WebhookState;
-    let t = support::start(1).await;
+    let t = support::scripted(&["f"]).await;
     let hooks = Webhooks::start(
         &t.rt,
         WebhookConfig {
@@ -958,5 +983,5 @@ async fn the_openapi_document_declares_what_the_server_does() {
     );
     let (status, _, _) = s.get("/status/not-a-uuid").await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    s.t.rt.shutdown().await;
+    s.rt.shutdown().await;
 }

@@ -16,10 +16,24 @@ use serde_json::{json, Map};
 
 const TOKEN: &str = "client-test-token-0123456789";
 
+/// The client of a server over the local backend (python3 containers), for
+/// what runs code end to end: secrets in its environment, live prints, files
+/// it writes.
 async fn server() -> (Client, support::TestRuntime) {
     let t = support::start(2).await;
+    (client_of(&t.rt).await, t)
+}
+
+/// The client of a server over a ScriptedBackend (no python3), for what
+/// runs no code.
+async fn scripted_server() -> (Client, support::ScriptedRuntime) {
+    let t = support::scripted(&[]).await;
+    (client_of(&t.rt).await, t)
+}
+
+async fn client_of(rt: &modal_agents::Runtime) -> Client {
     let router = app(
-        t.rt.clone(),
+        rt.clone(),
         ApiConfig {
             tokens: vec![TOKEN.into()],
             ..ApiConfig::default()
@@ -28,7 +42,7 @@ async fn server() -> (Client, support::TestRuntime) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    (Client::new(&url, Some(TOKEN)).unwrap(), t)
+    Client::new(&url, Some(TOKEN)).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,7 +395,7 @@ async fn volume_file_listings_come_a_page_at_a_time() {
 /// the `coordinate_state` tool page through every key exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volume_key_listings_come_a_page_at_a_time() {
-    let (c, t) = server().await;
+    let (c, t) = scripted_server().await;
     for i in 0..30 {
         c.volume_put("keys", &format!("k{i:02}"), json!(i), None)
             .await
@@ -450,7 +464,7 @@ async fn volume_key_listings_come_a_page_at_a_time() {
 /// that a function is listed with `code_omitted` (its own route has it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_listing_with_code_is_bounded() {
-    let (c, t) = server().await;
+    let (c, t) = scripted_server().await;
     let padding = format!("# {}\n", "p".repeat((1 << 20) - 4096));
     for i in 0..9 {
         let code = format!("{padding}def f{i}():\n    return {i}\n");

@@ -1,4 +1,5 @@
-//! The agent tools over a real runtime, called the way an LLM would call them.
+//! The agent tools over a runtime on a ScriptedBackend (functions are Rust
+//! closures, no python3), called the way an LLM would call them.
 
 mod support;
 
@@ -8,7 +9,12 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_tool_flow() {
-    let t = support::start(2).await;
+    let t = support::scripted(&[]).await;
+    t.scripts
+        .script("square", |a, _| Ok(json!(a[0].as_i64().unwrap().pow(2))))
+        .script("train", |a, kw| {
+            Ok(json!({"steps": a[0], "lr": kw.get("lr").cloned().unwrap_or(json!(0.1))}))
+        });
     let tools = Tools::new(t.rt.clone());
     let defs = tools.definitions();
     let names: Vec<&str> = defs.iter().map(|d| d.name.as_str()).collect();
@@ -139,7 +145,7 @@ async fn the_seed_tool_flow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_arguments_name_the_field() {
-    let t = support::start(1).await;
+    let t = support::scripted(&["nope"]).await;
     let tools = Tools::new(t.rt.clone());
     let field_of = |e: CommandError| match e {
         CommandError::InvalidArguments { field, .. } => field,
@@ -239,7 +245,9 @@ async fn invalid_arguments_name_the_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_makes_a_retry_return_the_first_answer() {
-    let t = support::start(2).await;
+    let t = support::scripted(&[]).await;
+    t.scripts
+        .script("inc", |a, _| Ok(json!(a[0].as_i64().unwrap() + 1)));
     let tools = Tools::new(t.rt.clone());
     let deploy = json!({"function_code": "def inc(x):\n    return x + 1\n", "function_name": "inc",
                         "idempotency_key": "deploy-inc-1"});
@@ -296,7 +304,7 @@ async fn an_idempotency_key_makes_a_retry_return_the_first_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volume_file_tools_refuse_hostile_paths_and_content() {
-    let t = support::start(1).await;
+    let t = support::scripted(&["nope"]).await;
     let tools = Tools::new(t.rt.clone());
     for path in [
         "../escape.txt",

@@ -42,6 +42,7 @@ pub struct ScriptedBackend {
     spawned: Mutex<HashMap<String, JoinHandle<CallOutcome>>>,
     next_call: AtomicU64,
     runs: Mutex<HashMap<String, u64>>,
+    gpus: Vec<String>,
 }
 
 impl std::fmt::Debug for ScriptedBackend {
@@ -56,6 +57,13 @@ impl ScriptedBackend {
     /// A backend with nothing scripted.
     pub fn new() -> ScriptedBackend {
         ScriptedBackend::default()
+    }
+
+    /// The backend with these GPU models in its capacity (none by
+    /// default), so functions asking for one deploy.
+    pub fn with_gpus<S: Into<String>>(mut self, gpus: impl IntoIterator<Item = S>) -> Self {
+        self.gpus = gpus.into_iter().map(Into::into).collect();
+        self
     }
 
     /// Scripts function `name` with a synchronous closure.
@@ -149,7 +157,7 @@ impl ComputeBackend for Arc<ScriptedBackend> {
             backend: "local".into(),
             cpus: 2.0,
             memory_mib: 1024,
-            gpus: Vec::new(),
+            gpus: self.gpus.clone(),
             default_pool_size: 2,
             isolation: Isolation::None,
         }

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use modal_agents::compute::{GpuDevice, LocalBackend, LocalConfig};
+use modal_agents::compute::{GpuDevice, LocalBackend, LocalConfig, ScriptedBackend};
 use modal_agents::Runtime;
 use tempfile::TempDir;
 
@@ -56,6 +56,35 @@ pub async fn start_with_config(config: LocalConfig) -> TestRuntime {
         .await
         .expect("runtime starts");
     TestRuntime { rt, backend, dir }
+}
+
+/// A runtime over a [`ScriptedBackend`]: functions are the Rust closures
+/// the test scripts under their names (no python3, no process), for tests
+/// of the layers above compute (HTTP, tools, MCP, clients).
+pub struct ScriptedRuntime {
+    pub rt: Runtime,
+    pub scripts: Arc<ScriptedBackend>,
+    pub dir: TempDir,
+}
+
+/// A runtime over a fresh [`ScriptedBackend`] on a temp data dir, with
+/// the identity scripted under each name in `identities` (`f(x) -> x`), and
+/// one T4 GPU (as [`start`] declares one).
+pub async fn scripted(identities: &[&str]) -> ScriptedRuntime {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let scripts = Arc::new(ScriptedBackend::new().with_gpus(["T4"]));
+    for name in identities {
+        scripts.script(name, |args, _| {
+            Ok(args.first().cloned().unwrap_or(serde_json::Value::Null))
+        });
+    }
+    let rt = Runtime::builder()
+        .data_dir(dir.path())
+        .backend(Arc::new(scripts.clone()))
+        .start()
+        .await
+        .expect("runtime starts");
+    ScriptedRuntime { rt, scripts, dir }
 }
 
 /// Pids of processes whose command line contains `needle`.
