@@ -1,7 +1,10 @@
 //! The agent tools over MCP, driven by the official MCP Python SDK (`mcp`,
 //! installed by `scripts/test` under `target/py-venv`) as an agent host
-//! would: Streamable HTTP at `/mcp` of the real `modal-agents serve`, and
-//! stdio through `modal-agents mcp`. The session (tests/mcp/client.py)
+//! would: Streamable HTTP at `/mcp` of the API server, and stdio through
+//! `modal-agents mcp`. Over HTTP and forwarded, the server runs in this
+//! process over a ScriptedBackend (`double`, `nap`, `kilo` and `f` are
+//! Rust closures, no python3); over stdio on an embedded runtime the whole
+//! path runs end to end on python3 containers. The session (tests/mcp/client.py)
 //! lists tools, deploys, maps 1,000 inputs, spawns and waits, does a CAS,
 //! sends a bad argument and an unknown tool; over HTTP it is first refused
 //! without a token and from a browser origin.
@@ -14,6 +17,46 @@ use std::time::{Duration, Instant};
 
 const TOKEN: &str = "mcp-test-token-0123456789";
 const BIN: &str = env!("CARGO_BIN_EXE_modal-agents");
+
+/// The API server over a ScriptedBackend in this process, accepting
+/// `tokens`: `double(x)` doubles, `nap(s)` sleeps `s` seconds and returns it
+/// (cancellable), `kilo(i)` returns 1 KiB, `f` is the identity. Its URL, and
+/// what keeps it alive.
+async fn scripted_server(tokens: &[&str]) -> (String, support::ScriptedRuntime) {
+    use serde_json::json;
+    let t = support::scripted(&["f"]).await;
+    t.scripts
+        .script("double", |a, _| Ok(json!(a[0].as_i64().unwrap_or(0) * 2)))
+        .script("kilo", |_, _| Ok(json!("k".repeat(1024))))
+        .script_async("nap", |a, _| {
+            let s = a.first().and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_secs_f64(s)).await;
+                Ok(json!(s))
+            })
+        });
+    let router = modal_agents::api::app(
+        t.rt.clone(),
+        modal_agents::api::ApiConfig {
+            tokens: tokens.iter().map(|t| (*t).to_owned()).collect(),
+            ..modal_agents::api::ApiConfig::default()
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (url, t)
+}
+
+/// [`session`] off the async test's threads.
+async fn session_async(args: Vec<String>) -> (bool, String) {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        session(&args)
+    })
+    .await
+    .unwrap()
+}
 
 fn python() -> PathBuf {
     support::venv_bin("python")
@@ -47,12 +90,10 @@ fn session(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-#[test]
-fn an_agent_session_over_streamable_http() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut server, url) = support::serve(BIN, &dir.path().join("data"), TOKEN);
-    let (ok, out) = session(&["http", &format!("{url}/mcp"), TOKEN]);
-    support::stop(&mut server);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_session_over_streamable_http() {
+    let (url, _t) = scripted_server(&[TOKEN]).await;
+    let (ok, out) = session_async(vec!["http".into(), format!("{url}/mcp"), TOKEN.into()]).await;
     assert!(ok && out.contains("all ok"), "{out}");
     assert!(out.contains("ok a missing token is 401"), "{out}");
     assert!(out.contains("ok a browser origin is refused"), "{out}");
@@ -78,26 +119,14 @@ fn an_agent_session_over_stdio_on_an_embedded_runtime() {
     );
 }
 
-#[test]
-fn an_agent_session_over_stdio_forwarded_to_a_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut server, url) = support::serve(BIN, &dir.path().join("data"), TOKEN);
-    let (ok, out) = session(&["stdio", BIN, "--url", &url, "--token", TOKEN, "mcp"]);
-    // The server the session ran on has the function it deployed.
-    let listed = Command::new(BIN)
-        .args([
-            "--url",
-            &url,
-            "--token",
-            TOKEN,
-            "status",
-            "00000000-0000-4000-8000-000000000000",
-        ])
-        .output()
-        .unwrap();
-    support::stop(&mut server);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_session_over_stdio_forwarded_to_a_server() {
+    let (url, t) = scripted_server(&[TOKEN]).await;
+    let args = ["stdio", BIN, "--url", &url, "--token", TOKEN, "mcp"];
+    let (ok, out) = session_async(args.iter().map(|a| (*a).to_owned()).collect()).await;
     assert!(ok && out.contains("all ok"), "{out}");
-    assert!(!listed.status.success(), "an unknown task is an error");
+    // The server the session ran on has the function it deployed.
+    assert!(t.rt.function("double").is_some(), "{out}");
 }
 
 #[test]
@@ -143,8 +172,7 @@ async fn rpc(url: &str, headers: &[(&str, &str)], body: serde_json::Value) -> se
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_protocol_revision_connects() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut server, url) = support::serve(BIN, &dir.path().join("data"), TOKEN);
+    let (url, _t) = scripted_server(&[TOKEN]).await;
     let url = format!("{url}/mcp");
     for version in ["2025-06-18", "2025-11-25"] {
         let answer = rpc(
@@ -183,31 +211,26 @@ async fn each_protocol_revision_connects() {
     .await;
     let tools = listed["result"]["tools"].as_array().expect("tools");
     assert!(tools.iter().any(|t| t["name"] == "wait_tasks"), "{listed}");
-    support::stop(&mut server);
 }
 
 /// Long tool calls as MCP tasks (the Tasks extension on revision
 /// 2026-07-28, with the official Python SDK): a waited call comes back at
 /// once as a task, `tasks/get` delivers its result, `tasks/cancel` cancels
 /// it and the runtime task it started (tests/mcp/tasks_client.py).
-#[test]
-fn long_tool_calls_run_as_mcp_tasks() {
-    let dir = tempfile::tempdir().unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_tool_calls_run_as_mcp_tasks() {
     const OTHER: &str = "another-token-0123456789abcdef";
-    let tokens = format!("{TOKEN},{OTHER}");
-    let (mut server, url) = support::serve_with(
-        BIN,
-        &dir.path().join("data"),
-        TOKEN,
-        &[("MODAL_AGENTS_TOKEN", tokens.as_str())],
-    );
+    let (url, _t) = scripted_server(&[TOKEN, OTHER]).await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/tasks_client.py");
-    let out = Command::new(python())
-        .arg(script)
-        .args([&format!("{url}/mcp"), TOKEN, OTHER])
-        .output()
-        .expect("python3 runs");
-    support::stop(&mut server);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(script)
+            .args([&format!("{url}/mcp"), TOKEN, OTHER])
+            .output()
+            .expect("python3 runs")
+    })
+    .await
+    .unwrap();
     let text = support::output_text(&out);
     assert!(out.status.success() && text.contains("all ok"), "{text}");
     assert!(
