@@ -276,20 +276,19 @@ async fn what_the_hostile_pass_found_stays_fixed() {
         .await;
     assert!(!read.to_string().contains("sk-must-not-leak"), "{read}");
 
-    let id = create(&api, json!({"idle_timeout_s": 1})).await;
-
     // A process that is running is activity: idle expiry waits for it.
-    let slow = exec(&api, &id, json!({"cmd": ["sleep", "2"], "wait_s": 20})).await;
+    // (The exec must come within the idle timeout of the create, under
+    // whatever load the machine has: 3 s.)
+    let idle = create(&api, json!({"idle_timeout_s": 3})).await;
+    let slow = exec(&api, &idle, json!({"cmd": ["sleep", "5"], "wait_s": 20})).await;
     assert_eq!(
         slow["outcome"],
         json!({"kind": "exited", "code": 0}),
         "{slow}"
     );
-    api.post(
-        &format!("/sandboxes/{id}/keepalive"),
-        json!({"extend_s": 0}),
-    )
-    .await;
+
+    // The rest in a sandbox that does not idle out between steps.
+    let id = create(&api, json!({})).await;
 
     // Code cannot write the wrapper's report, nor see the server's
     // descriptors.
