@@ -326,6 +326,13 @@ table! {
     "list_volume_files" => list_files(ListVolumeFiles) -> VolumeFileList, creates_work: false,
         "List the files in a volume, optionally under a path prefix, a page at a time \
          (limit, then after=next_after).";
+    "run_code" => run_code(crate::wire::RunCode) -> crate::wire::RunCodeResult, creates_work: true,
+        "Run a code snippet once (language python, the default, or sh) with nothing to deploy \
+         or clean up: it runs in a fresh private sandbox (no network unless network=true) \
+         that ends with it. Returns its outcome ({kind: exited, code} | signaled | timed_out \
+         | out_of_memory) with stdout and stderr; if it is still running after wait_s \
+         (default 55), returns sandbox_id and process_id for wait_sandbox_process. For files \
+         that must stay between runs, use create_sandbox.";
     "create_sandbox" => create_sandbox(crate::wire::CreateSandbox) -> crate::wire::SandboxView, creates_work: true,
         "Create a sandbox: a private Linux workspace (workdir /workspace, no network unless \
          network=true) that lives timeout_s seconds (default 300, max 86400; extend with \

@@ -150,6 +150,7 @@ const TASK_TOOLS: &[&str] = &[
     "wait_tasks",
     "sandbox_exec",
     "wait_sandbox_process",
+    "run_code",
 ];
 
 /// Most tool calls running as tasks at once on one server; past it a call
@@ -377,7 +378,10 @@ impl ServerHandler for McpServer {
         // the tools' hook.
         let map_progress = match (&self.host, context.meta.get_progress_token()) {
             (Host::Local(tools), Some(token))
-                if name == "spawn_parallel_tasks" || name == "sandbox_exec" =>
+                if matches!(
+                    name.as_str(),
+                    "spawn_parallel_tasks" | "sandbox_exec" | "run_code"
+                ) =>
             {
                 let peer = context.peer.clone();
                 let hook: crate::tools::Progress = Arc::new(move |done, total| {

@@ -130,7 +130,7 @@ mod tests {
             }
         }
         let defs = crate::commands::definitions();
-        assert_eq!(defs.len(), 26);
+        assert_eq!(defs.len(), 27);
         for def in defs {
             let schema = &def.input_schema;
             assert_eq!(schema["type"], "object", "{}", def.name);

@@ -38,10 +38,11 @@ pub use tasks::{
     WaitTasksRequest, WaitTasksResult, DEFAULT_WAIT_S, MAX_INLINE_RESULTS,
 };
 pub use tools::{
-    list_limit, CoordinateState, FunctionList, GpuTaskResult, ListFunctions, ListVolumeFiles,
-    NoArguments, RequestGpuTask, SpawnParallelTasks, StateOperation, StateResult, TaskRef,
-    TaskResultsRequest, ToolDefinition, VolumeFile, VolumeFileList, VolumeFileRef, WriteVolumeFile,
-    DEFAULT_LIST_PAGE, MAX_LIST_PAGE, MAX_LIST_PAGE_BYTES,
+    list_limit, CodeLanguage, CoordinateState, FunctionList, GpuTaskResult, ListFunctions,
+    ListVolumeFiles, NoArguments, RequestGpuTask, RunCode, RunCodeResult, SpawnParallelTasks,
+    StateOperation, StateResult, TaskRef, TaskResultsRequest, ToolDefinition, VolumeFile,
+    VolumeFileList, VolumeFileRef, WriteVolumeFile, DEFAULT_LIST_PAGE, DEFAULT_RUN_CODE_TIMEOUT_S,
+    MAX_LIST_PAGE, MAX_LIST_PAGE_BYTES, MAX_RUN_CODE_BYTES, MAX_RUN_CODE_TIMEOUT_S,
 };
 
 pub(crate) use deploy::wire_field;

@@ -686,3 +686,130 @@ async fn python_packages_are_importable_in_the_sandbox() {
     );
     rt.shutdown().await;
 }
+
+/// `run_code`: a snippet run once with nothing deployed, in a sandbox made
+/// for it that ends with it; its typed outcome, stdout, stderr and stdin;
+/// one still running is waited for with `wait_sandbox_process` and its
+/// sandbox ends once it does; a timeout is `timed_out`; bad arguments name
+/// the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_code_runs_a_snippet_in_a_sandbox_that_ends_with_it() {
+    use modal_agents::commands::CommandError;
+    use modal_agents::tools::Tools;
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path(), SandboxConfig::default()).await;
+    let tools = Tools::new(rt.clone());
+    let r = tools
+        .call(
+            "run_code",
+            json!({"code": "import sys\nprint('hi')\nprint('oops', file=sys.stderr)\nsys.exit(3)\n"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["outcome"], json!({"kind": "exited", "code": 3}), "{r}");
+    assert_eq!(
+        (r["stdout"].as_str(), r["stderr"].as_str()),
+        (Some("hi\n"), Some("oops\n"))
+    );
+    let first = r["sandbox_id"].as_str().unwrap().to_owned();
+    // Ended already: its sandbox is gone with it.
+    let view = rt.sandboxes().view(&first).unwrap();
+    assert_eq!(view.state, SandboxState::Ended, "{view:?}");
+    assert_eq!(view.ended.unwrap().reason, EndReason::Terminated);
+
+    let r = tools
+        .call(
+            "run_code",
+            json!({"code": "read x\necho \"got $x in $PWD as $GREETING\"\n", "language": "sh",
+                   "stdin": "abc\n", "env": {"GREETING": "hello"}}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["stdout"], "got abc in /workspace as hello\n", "{r}");
+
+    // Not finished within wait_s: the ids to wait with, and the sandbox
+    // ends once the snippet does.
+    let r = tools
+        .call(
+            "run_code",
+            json!({"code": "import time\ntime.sleep(1)\nprint('late')\n", "wait_s": 0}),
+        )
+        .await
+        .unwrap();
+    assert!(r.get("outcome").is_none(), "{r}");
+    let (sb, pid) = (r["sandbox_id"].clone(), r["process_id"].clone());
+    let waited = tools
+        .call(
+            "wait_sandbox_process",
+            json!({"sandbox_id": sb, "process_id": pid, "wait_s": 30}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        waited["outcome"],
+        json!({"kind": "exited", "code": 0}),
+        "{waited}"
+    );
+    assert_eq!(waited["stdout"], "late\n");
+    let sb = sb.as_str().unwrap().to_owned();
+    support::eventually(Duration::from_secs(20), "the sandbox ends", || {
+        let rt = rt.clone();
+        let sb = sb.clone();
+        async move { rt.sandboxes().view(&sb).unwrap().state == SandboxState::Ended }
+    })
+    .await;
+    // Its outcome and output stay readable after the end.
+    let again = tools
+        .call(
+            "wait_sandbox_process",
+            json!({"sandbox_id": sb, "process_id": pid, "wait_s": 0}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again["stdout"], "late\n", "{again}");
+
+    let r = tools
+        .call(
+            "run_code",
+            json!({"code": "import time\ntime.sleep(60)\n", "timeout_s": 1}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r["outcome"]["kind"], "timed_out", "{r}");
+
+    for (args, field) in [
+        (json!({"code": "print(1)", "timeout_s": 3601}), "timeout_s"),
+        (json!({"code": "  \n"}), "code"),
+        (json!({"code": "print(1)", "wait_s": 56}), "wait_s"),
+        (json!({"code": "print(1)", "language": "ruby"}), "language"),
+        (json!({"code": "print(1)", "nope": 1}), "nope"),
+    ] {
+        let e = tools.call("run_code", args.clone()).await.unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains(field), "{args}: {text}");
+        assert!(
+            matches!(
+                e,
+                CommandError::InvalidArguments { .. } | CommandError::Sandbox { .. }
+            ),
+            "{args}: {e:?}"
+        );
+    }
+    // Nothing is left running: every sandbox it made has ended.
+    support::eventually(
+        Duration::from_secs(20),
+        "every run_code sandbox ends",
+        || {
+            let rt = rt.clone();
+            async move {
+                rt.sandboxes()
+                    .list(&ListSandboxes::default())
+                    .iter()
+                    .all(|v| v.state == SandboxState::Ended)
+            }
+        },
+    )
+    .await;
+    rt.shutdown().await;
+}

@@ -30,7 +30,7 @@ async fn the_seed_tool_flow() {
     );
     assert_eq!(
         names.len(),
-        26,
+        27,
         "the seed's, the task and volume tools and the sandbox tools"
     );
     for d in &defs {

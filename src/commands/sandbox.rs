@@ -5,9 +5,10 @@ use super::{CommandError, Commands, MAX_TOOL_FILE_BYTES};
 use crate::sandbox::SandboxError;
 use crate::wire::{
     CreateSandbox, DiffSnapshots, ExecResult, ForkSandbox, Forked, KeepaliveSandbox,
-    ListSandboxFiles, ListSandboxes, SandboxExec, SandboxFileContent, SandboxFileEntry,
-    SandboxFileList, SandboxFileRef, SandboxList, SandboxProcessRef, SandboxRef, SandboxView,
-    SnapshotDiff, SnapshotInfo, WriteSandboxFile,
+    ListSandboxFiles, ListSandboxes, RunCode, RunCodeResult, SandboxExec, SandboxFileContent,
+    SandboxFileEntry, SandboxFileList, SandboxFileRef, SandboxList, SandboxNetwork,
+    SandboxProcessRef, SandboxRef, SandboxView, SnapshotDiff, SnapshotInfo, WriteSandboxFile,
+    DEFAULT_RUN_CODE_TIMEOUT_S, MAX_RUN_CODE_BYTES, MAX_RUN_CODE_TIMEOUT_S,
 };
 
 fn err(tool: &'static str) -> impl Fn(SandboxError) -> CommandError {
@@ -205,4 +206,89 @@ impl Commands {
             sandboxes: self.runtime.sandboxes().list(&a),
         })
     }
+
+    /// `run_code`: the snippet written into a sandbox made for it and run
+    /// there once; the sandbox ends as soon as the snippet does (at once
+    /// when it ended within the wait, else when it ends later, its own
+    /// timeout at the latest).
+    pub(super) async fn run_code(&self, a: RunCode) -> Result<RunCodeResult, CommandError> {
+        const TOOL: &str = "run_code";
+        let timeout_s = a.timeout_s.unwrap_or(DEFAULT_RUN_CODE_TIMEOUT_S);
+        if !(1..=MAX_RUN_CODE_TIMEOUT_S).contains(&timeout_s) {
+            return Err(CommandError::invalid(
+                TOOL,
+                "timeout_s",
+                format!("got {timeout_s}; expected 1 to {MAX_RUN_CODE_TIMEOUT_S} seconds"),
+            ));
+        }
+        if a.code.trim().is_empty() || a.code.len() > MAX_RUN_CODE_BYTES {
+            return Err(CommandError::invalid(
+                TOOL,
+                "code",
+                format!(
+                    "got {} bytes{}; expected 1 to {MAX_RUN_CODE_BYTES} bytes of source",
+                    a.code.len(),
+                    if a.code.is_empty() || !a.code.trim().is_empty() {
+                        ""
+                    } else {
+                        ", all blank"
+                    }
+                ),
+            ));
+        }
+        let sandboxes = self.runtime.sandboxes();
+        let mut tags = std::collections::BTreeMap::new();
+        tags.insert("run_code".to_owned(), "true".to_owned());
+        let created = sandboxes
+            .create(CreateSandbox {
+                // Time to write the file and start it, past its own timeout.
+                timeout_s: Some(timeout_s + RUN_CODE_GRACE_S),
+                network: SandboxNetwork::All(a.network),
+                env: a.env,
+                tags,
+                snapshot_on_end: false,
+                ..CreateSandbox::default()
+            })
+            .await
+            .map_err(err(TOOL))?;
+        let id = created.sandbox_id;
+        let (file, cmd) = a.language.file_and_command();
+        let ran = async {
+            sandboxes
+                .write_file(&id, file, a.code.into_bytes())
+                .await
+                .map_err(err(TOOL))?;
+            self.sandbox_exec(SandboxExec {
+                sandbox_id: id.clone(),
+                cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
+                stdin: a.stdin,
+                env: Default::default(),
+                cwd: None,
+                timeout_s: Some(timeout_s),
+                wait_s: a.wait_s,
+            })
+            .await
+        }
+        .await;
+        match &ran {
+            Ok(r) if r.process.outcome.is_none() => {
+                sandboxes.end_when_done(&id, &r.process.process_id);
+            }
+            _ => {
+                let _ = sandboxes.terminate(&id).await;
+            }
+        }
+        ran.map(|exec| RunCodeResult {
+            sandbox_id: id,
+            exec,
+        })
+        .map_err(|e| match e {
+            // The exec's own refusal (wait_s out of range) is this tool's.
+            CommandError::Sandbox { source, .. } => err(TOOL)(source),
+            other => other,
+        })
+    }
 }
+
+/// Seconds a `run_code` sandbox lives past the snippet's own timeout.
+const RUN_CODE_GRACE_S: u64 = 30;

@@ -74,6 +74,26 @@ pub(crate) fn parse_signal(value: Option<&serde_json::Value>) -> Result<i32, San
 }
 
 impl Sandboxes {
+    /// Ends sandbox `id` once its process `process_id` has ended: for a
+    /// sandbox made to run one command (`run_code`). The sandbox's lifetime
+    /// still bounds it; a runtime stopping ends it anyway.
+    pub(crate) fn end_when_done(&self, id: &str, process_id: &str) {
+        let Ok(sandbox) = self.get(id) else { return };
+        let Ok(p) = self.process(&sandbox, process_id) else {
+            return;
+        };
+        let this = self.clone();
+        let stop = self.shared.shutdown.clone();
+        self.shared.tasks.spawn(async move {
+            tokio::select! {
+                _ = p.wait(Duration::from_secs(crate::wire::MAX_SANDBOX_TIMEOUT_S)) => {
+                    this.end(&sandbox, super::EndReason::Terminated, None, false).await;
+                }
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+
     fn process(&self, sandbox: &Sandbox, process_id: &str) -> Result<Arc<Process>, SandboxError> {
         let n = process_id
             .strip_prefix('p')

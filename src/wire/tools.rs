@@ -306,3 +306,75 @@ pub struct VolumeFileList {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_after: Option<String>,
 }
+
+/// The language of a `run_code` snippet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CodeLanguage {
+    /// Python 3, run as `python3 main.py`.
+    #[default]
+    Python,
+    /// A POSIX shell script, run as `sh main.sh`.
+    Sh,
+}
+
+impl CodeLanguage {
+    /// The file the snippet is written to, and the command that runs it.
+    pub fn file_and_command(self) -> (&'static str, [&'static str; 2]) {
+        match self {
+            CodeLanguage::Python => ("main.py", ["python3", "main.py"]),
+            CodeLanguage::Sh => ("main.sh", ["sh", "main.sh"]),
+        }
+    }
+}
+
+/// Most seconds a `run_code` snippet may run (an hour; longer work belongs
+/// in a sandbox of its own or a deployed function).
+pub const MAX_RUN_CODE_TIMEOUT_S: u64 = 3600;
+
+/// Seconds a `run_code` snippet runs unless told otherwise.
+pub const DEFAULT_RUN_CODE_TIMEOUT_S: u64 = 60;
+
+/// Most bytes of code `run_code` takes (256 KiB).
+pub const MAX_RUN_CODE_BYTES: usize = 256 << 10;
+
+/// Arguments of `run_code`: a snippet run once, in a sandbox of its own that
+/// ends with it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunCode {
+    /// The source to run.
+    #[schema(min_length = 1, max_length = 262144)]
+    pub code: String,
+    /// `python` (the default) or `sh`.
+    #[serde(default)]
+    pub language: CodeLanguage,
+    /// Written to its stdin, then stdin is closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// Environment variables it sees.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Network access (default none).
+    #[serde(default)]
+    pub network: bool,
+    /// Kill it after this many seconds, 1..=3600 (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 3600)]
+    pub timeout_s: Option<u64>,
+    /// Wait up to this many seconds for it to end, 0..=55 (default 55).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 55)]
+    pub wait_s: Option<u64>,
+}
+
+/// What `run_code` answers: the sandbox it runs in (ended once the snippet
+/// has), and the process: its outcome and output once it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RunCodeResult {
+    /// The sandbox made for it.
+    pub sandbox_id: String,
+    /// The snippet's process.
+    #[serde(flatten)]
+    pub exec: super::ExecResult,
+}

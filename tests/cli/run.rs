@@ -129,6 +129,62 @@ async fn run_prints_each_result_while_the_map_still_runs() {
     child.wait().unwrap();
 }
 
+/// `run --unordered`: results as they finish, a slow first input holding
+/// back none of the others (a failed one is its error object); SIGINT
+/// cancels the call still running and exits 130.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_unordered_prints_results_as_they_finish_and_cancels_on_interrupt() {
+    let s = serve();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nap.py");
+    std::fs::write(
+        &file,
+        "import time\ndef nap(x):\n    time.sleep(x)\n    return x\n",
+    )
+    .unwrap();
+    assert!(cli(&s, &["deploy", file.to_str().unwrap()], None).0);
+    let mut child = Command::new(BIN)
+        .args(["run", "nap", "--unordered"])
+        .env("MODAL_AGENTS_URL", &s.url)
+        .env("MODAL_AGENTS_TOKEN", TOKEN)
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"600\n0\nbad\n")
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut firsts = vec![
+        lines.next().unwrap().unwrap(),
+        lines.next().unwrap().unwrap(),
+    ];
+    firsts.sort();
+    assert_eq!(firsts[0], "0", "{firsts:?}");
+    let failed: serde_json::Value = serde_json::from_str(&firsts[1]).unwrap();
+    assert_eq!(failed["error"]["type"], "TypeError", "{failed}");
+    assert!(matches!(child.try_wait(), Ok(None)));
+    super::support::kill(child.id(), libc::SIGINT);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("1 calls in flight cancelled") && err.contains("2 of 3 results printed"),
+        "{err}"
+    );
+    // Nothing of it still runs on the server.
+    let (ok, listed, e) = cli(&s, &["tasks", "--status", "running"], None);
+    assert!(ok, "{e}");
+    assert!(!listed.contains("nap"), "{listed}");
+    let (ok, listed, e) = cli(&s, &["tasks", "--status", "cancelled"], None);
+    assert!(ok && listed.contains("nap"), "{listed}{e}");
+}
+
 /// A child on a new pseudo-terminal as its controlling terminal, as a shell
 /// would run it; returns the child and the terminal's master side. `cmd`
 /// is dropped once spawned, so the child holds the only copies of the

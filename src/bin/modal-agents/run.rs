@@ -2,6 +2,8 @@
 //! as they come; `FILE.py::FUNCTION` deploys that function first (like
 //! `modal run`).
 
+mod unordered;
+
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
@@ -35,6 +37,11 @@ pub(crate) struct RunArgs {
     /// Each input line is a JSON object: the call's keyword arguments.
     #[arg(long)]
     kwargs: bool,
+    /// Print each result as soon as it finishes, not in input order: each
+    /// input runs as a call of its own (at most 256 in flight), so a slow
+    /// input holds back no other.
+    #[arg(long)]
+    unordered: bool,
 }
 
 /// What `run` does with its arguments.
@@ -90,6 +97,9 @@ pub(crate) async fn run(client: &Client, a: RunArgs) -> Result<ExitCode, String>
             let inputs = read_inputs(source, inputs_as)?;
             if inputs.is_empty() && matches!(plan, Plan::MapOrCall) {
                 return call_interruptibly(client, &function, Vec::new()).await;
+            }
+            if a.unordered {
+                return unordered::run(client, &function, inputs, inputs_as).await;
             }
             map(client, &function, inputs, inputs_as).await
         }
