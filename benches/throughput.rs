@@ -2,7 +2,9 @@
 //!
 //! Run: `cargo bench --bench throughput` (`BENCH_MAP_N` sets the map size,
 //! default 1,000,000; `BENCH_ONLY=roundtrip` runs only the figures with that
-//! in their name). Compare with `python3 benches/peer_pool.py`; cold starts
+//! in their name: `map` both maps, `map_trivial` the streamed one alone,
+//! whose `peak_rss_mib` is then the runtime's alone, e.g. at
+//! `BENCH_MAP_N=10000000`). Compare with `python3 benches/peer_pool.py`; cold starts
 //! with the `bare_python_start` line, a bare `python3 -c pass`.
 
 use std::path::Path;
@@ -195,8 +197,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // Plain processes, as multiprocessing.Pool runs them (benches/peer_pool.py).
     let (rt, backend) = runtime(dir.path(), 1, SandboxMode::Off).await?;
-    if run("map") {
+    if run("map_trivial") {
         map_trivial(&rt, n, "").await?;
+    }
+    if run("map_stored") {
         map_stored(&rt, n).await?;
     }
     if run("roundtrip") {
