@@ -83,6 +83,9 @@ impl Adaptive {
     }
 }
 
+/// Batches in flight per container of the pool: one running, one waiting.
+const BATCHES_PER_CONTAINER: usize = 2;
+
 /// Starts the map; its outcomes arrive on the returned stream in input order.
 pub(crate) fn start(
     pool: Arc<Pool>,
@@ -155,8 +158,12 @@ impl Scheduler {
             if self.input_ended && self.head == self.next_index {
                 return;
             }
-            while running.len() < self.pool.size {
-                let free = self.pool.size - running.len();
+            // Two batches per container: the second is encoded and waiting
+            // for the container when the first's reply comes back, so the
+            // container does not idle through the runtime's turnaround.
+            let in_flight = self.pool.size * BATCHES_PER_CONTAINER;
+            while running.len() < in_flight {
+                let free = in_flight - running.len();
                 let slots = if let Some(batch) = self.again.pop_front() {
                     batch
                 } else {
@@ -180,7 +187,7 @@ impl Scheduler {
                 return;
             }
             let want_input = !self.input_ended
-                && self.fresh.len() < self.batch.size() * self.pool.size
+                && self.fresh.len() < self.batch.size() * in_flight
                 && self.window_open();
             let next_retry = self.delayed.keys().next().map(|(due, _)| *due);
             tokio::select! {
@@ -194,7 +201,7 @@ impl Scheduler {
                 }
                 next = inputs.next(), if want_input => {
                     self.accept(next);
-                    let want = self.batch.size() * self.pool.size;
+                    let want = self.batch.size() * self.pool.size * BATCHES_PER_CONTAINER;
                     self.pull_ready(&mut inputs, want);
                 }
             }
@@ -320,7 +327,6 @@ async fn run_batch(
     ctx: CallContext,
     timeout: Duration,
 ) -> BatchDone {
-    let started = Instant::now();
     let request = map_request(slots.iter().map(|s| &s.input), ctx.inputs_as);
     // Each input has the function's timeout, enforced in the container (an
     // input past it fails alone, the batch goes on); this bound on the whole
@@ -333,24 +339,30 @@ async fn run_batch(
         AttemptError::Lost(e) => Outcome::Lost(e),
         AttemptError::Failed(e) => Outcome::Failed(e),
     };
+    // Timed from when a container has it: the wait for one is not the
+    // batch's cost (batch sizes adapt to this).
+    let mut started = Instant::now();
     let outcome = match pool.acquire(&ctx.cancel).await {
         Err(e) => attempt(e),
-        Ok(mut lease) => match lease
-            .request(&request, slots.len(), timeout, &ctx.logs)
-            .await
-        {
-            Err(e) => attempt(e),
-            Ok(reply) => match decode_map_reply(&reply, slots.len()) {
-                Ok((results, output)) => {
-                    write_output(&ctx.logs, output);
-                    Outcome::Results(results)
-                }
-                Err(e) => {
-                    lease.discard();
-                    Outcome::Failed(e)
-                }
-            },
-        },
+        Ok(mut lease) => {
+            started = Instant::now();
+            match lease
+                .request(&request, slots.len(), timeout, &ctx.logs)
+                .await
+            {
+                Err(e) => attempt(e),
+                Ok(reply) => match decode_map_reply(&reply, slots.len()) {
+                    Ok((results, output)) => {
+                        write_output(&ctx.logs, output);
+                        Outcome::Results(results)
+                    }
+                    Err(e) => {
+                        lease.discard();
+                        Outcome::Failed(e)
+                    }
+                },
+            }
+        }
     };
     BatchDone {
         slots,
