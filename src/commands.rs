@@ -526,7 +526,21 @@ impl Commands {
         &self,
         caller: Caller,
         name: &str,
+        args: Value,
+    ) -> Result<Value, CommandError> {
+        self.call_keyed(caller, name, args, None).await
+    }
+
+    /// [`Commands::call_as`] with an idempotency key given beside the
+    /// arguments (HTTP's `Idempotency-Key` header): taken by a command that
+    /// creates work, ignored by one that does not; the same key may also be
+    /// in the arguments, another one is refused.
+    pub(crate) async fn call_keyed(
+        &self,
+        caller: Caller,
+        name: &str,
         mut args: Value,
+        header_key: Option<String>,
     ) -> Result<Value, CommandError> {
         let Some(row) = TABLE.iter().find(|r| r.name == name) else {
             return Err(CommandError::UnknownTool {
@@ -535,7 +549,14 @@ impl Commands {
             });
         };
         let key = if row.creates_work {
-            replay::take_key(name, &mut args)?
+            match (replay::take_key(name, &mut args)?, header_key) {
+                (Some(a), Some(h)) if a != h => return Err(CommandError::invalid(
+                    name,
+                    "idempotency_key",
+                    "differs from the Idempotency-Key header; give one key, or the same in both",
+                )),
+                (a, h) => a.or(h),
+            }
         } else {
             None
         };

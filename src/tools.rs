@@ -83,6 +83,17 @@ impl Tools {
     pub async fn call(&self, name: &str, args: Value) -> Result<Value, CommandError> {
         self.commands.call_as(self.caller, name, args).await
     }
+
+    /// [`Tools::call`] with an idempotency key from outside the arguments
+    /// (an HTTP `Idempotency-Key` header).
+    pub(crate) async fn call_keyed(
+        &self,
+        name: &str,
+        args: Value,
+        key: Option<String>,
+    ) -> Result<Value, CommandError> {
+        self.commands.call_keyed(self.caller, name, args, key).await
+    }
 }
 
 #[cfg(test)]

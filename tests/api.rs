@@ -536,6 +536,52 @@ async fn idempotency_keys_replay_and_refuse_changes() {
     assert_eq!(problem["field"], "Idempotency-Key");
     let (_, _, tasks) = s.get("/tasks").await;
     assert_eq!(tasks["total"], 1, "one task created");
+
+    // A tool that creates work takes the header too: the same rule.
+    let tool = |key: &'static str, body: Value| {
+        s.req(reqwest::Method::POST, "/tools/spawn_task")
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    let (status, _, first) = read(
+        tool("t-1", json!({"function_name": "f", "args": [3]}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let (_, _, again) = read(
+        tool("t-1", json!({"function_name": "f", "args": [3]}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(again["task_id"], first["task_id"], "{again}");
+    let (status, _, problem) = read(
+        tool("t-1", json!({"function_name": "f", "args": [4]}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    // The header and the argument must agree.
+    let (status, _, problem) = read(
+        tool(
+            "t-2",
+            json!({"function_name": "f", "args": [5], "idempotency_key": "t-3"}),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("header"),
+        "{problem}"
+    );
+    let (_, _, tasks) = s.get("/tasks").await;
+    assert_eq!(tasks["total"], 2, "one more task, once");
     s.rt.shutdown().await;
 }
 

@@ -1,6 +1,7 @@
 //! `/tools`: the agent tools, their JSON Schemas, and calls to them.
 
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::{Extension, Json};
 use serde_json::Value;
 
@@ -15,19 +16,24 @@ pub(crate) async fn list_tools(State(state): State<ApiState>) -> Json<Vec<ToolDe
     Json(Tools::new(state.runtime.clone()).definitions())
 }
 
-/// Call an agent tool with its JSON arguments.
+/// Call an agent tool with its JSON arguments. A tool that creates work
+/// takes an idempotency key as its `idempotency_key` argument or as the
+/// `Idempotency-Key` header (the same rule as every creating route).
 #[utoipa::path(post, path = "/tools/{tool_name}", request_body = Object,
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$", description = "a retry with the same key and body gets the first answer")),
     responses((status = 200, body = Object), (status = 404, body = super::Problem), (status = 422, body = super::Problem)))]
 pub(crate) async fn call_tool(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(tool_name): Path<String>,
+    headers: HeaderMap,
     ApiJson(args): ApiJson<Value>,
 ) -> Result<Json<Value>, Error> {
+    let key = super::idempotency_key(&headers)?;
     Ok(Json(
         Tools::new(state.runtime.clone())
             .for_caller(caller)
-            .call(&tool_name, args)
+            .call_keyed(&tool_name, args, key)
             .await?,
     ))
 }

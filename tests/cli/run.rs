@@ -129,11 +129,13 @@ async fn run_prints_each_result_while_the_map_still_runs() {
     child.wait().unwrap();
 }
 
-/// `run --unordered`: results as they finish, a slow first input holding
-/// back none of the others (a failed one is its error object); SIGINT
-/// cancels the call still running and exits 130.
+/// `run --unordered`: each line starts its call as it comes in (stdin
+/// still open), results print as they finish, a slow first input holding
+/// back none of the others (a failed one is its error object); SIGTERM
+/// cancels the call still running and exits 143. A closed stdout cancels
+/// what runs and exits 141, in input order (a map) as well as unordered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_unordered_prints_results_as_they_finish_and_cancels_on_interrupt() {
+async fn run_unordered_streams_and_every_early_end_cancels_what_runs() {
     let s = serve();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("nap.py");
@@ -143,22 +145,27 @@ async fn run_unordered_prints_results_as_they_finish_and_cancels_on_interrupt() 
     )
     .unwrap();
     assert!(cli(&s, &["deploy", file.to_str().unwrap()], None).0);
-    let mut child = Command::new(BIN)
-        .args(["run", "nap", "--unordered"])
-        .env("MODAL_AGENTS_URL", &s.url)
-        .env("MODAL_AGENTS_TOKEN", TOKEN)
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"600\n0\nbad\n")
-        .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("MODAL_AGENTS_URL", &s.url)
+            .env("MODAL_AGENTS_TOKEN", TOKEN)
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let running = || {
+        let (ok, listed, e) = cli(&s, &["tasks", "--status", "running"], None);
+        assert!(ok, "{e}");
+        listed
+    };
+    let mut child = run(&["run", "nap", "--unordered"]);
+    // Written, and stdin left open: the calls start all the same.
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"600\n0\nbad\n").unwrap();
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let mut firsts = vec![
         lines.next().unwrap().unwrap(),
@@ -169,20 +176,30 @@ async fn run_unordered_prints_results_as_they_finish_and_cancels_on_interrupt() 
     let failed: serde_json::Value = serde_json::from_str(&firsts[1]).unwrap();
     assert_eq!(failed["error"]["type"], "TypeError", "{failed}");
     assert!(matches!(child.try_wait(), Ok(None)));
-    super::support::kill(child.id(), libc::SIGINT);
+    super::support::kill(child.id(), libc::SIGTERM);
     let out = child.wait_with_output().unwrap();
+    drop(stdin);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert_eq!(out.status.code(), Some(143), "{err}");
     assert!(
-        err.contains("1 calls in flight cancelled") && err.contains("2 of 3 results printed"),
+        err.contains("1 calls in flight cancelled") && err.contains("2 of the 3 started printed"),
         "{err}"
     );
-    // Nothing of it still runs on the server.
-    let (ok, listed, e) = cli(&s, &["tasks", "--status", "running"], None);
-    assert!(ok, "{e}");
-    assert!(!listed.contains("nap"), "{listed}");
-    let (ok, listed, e) = cli(&s, &["tasks", "--status", "cancelled"], None);
-    assert!(ok && listed.contains("nap"), "{listed}{e}");
+    assert!(!running().contains("nap"), "nothing of it still runs");
+
+    // Nobody reads the results: both ways of running end, cancelling.
+    for args in [&["run", "nap", "--unordered"][..], &["run", "nap"][..]] {
+        let mut child = run(args);
+        drop(child.stdout.take());
+        child.stdin.take().unwrap().write_all(b"0\n600\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {err}");
+        assert!(
+            !running().contains("nap"),
+            "{args:?}: nothing of it still runs"
+        );
+    }
 }
 
 /// A child on a new pseudo-terminal as its controlling terminal, as a shell

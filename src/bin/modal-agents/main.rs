@@ -773,8 +773,13 @@ fn main() -> ExitCode {
     // A command whose output goes to a closed pipe (`| head -1`) ends
     // quietly, as a shell tool does, instead of panicking at the next
     // print. `serve` and `mcp` keep ignoring SIGPIPE: a client that went
-    // away is an error on its own connection, never the process's end.
-    if !matches!(cli.command, Command::Serve(_) | Command::Mcp { .. }) {
+    // away is an error on its own connection, never the process's end;
+    // `run` too: it sees the closed pipe as an error of its write, and
+    // cancels what it started before it ends.
+    if !matches!(
+        cli.command,
+        Command::Serve(_) | Command::Mcp { .. } | Command::Run(_)
+    ) {
         // SAFETY: only sets the signal's disposition back to the default.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);

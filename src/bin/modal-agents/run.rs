@@ -2,9 +2,12 @@
 //! as they come; `FILE.py::FUNCTION` deploys that function first (like
 //! `modal run`).
 
+mod halt;
 mod unordered;
 
-use std::io::{BufRead, IsTerminal, Write};
+use halt::{emit, Failure, Halt, Stop};
+
+use std::io::{BufRead, IsTerminal};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -94,26 +97,34 @@ pub(crate) async fn run(client: &Client, a: RunArgs) -> Result<ExitCode, String>
                 Plan::Map(source) => source.as_str(),
                 _ => "-",
             };
+            if a.unordered {
+                let lines = InputLines::open(source, inputs_as)?;
+                return match unordered::run(client, &function, lines).await? {
+                    Some(code) => Ok(code),
+                    None if matches!(plan, Plan::MapOrCall) => {
+                        call_interruptibly(client, &function, Vec::new()).await
+                    }
+                    None => Ok(ExitCode::SUCCESS),
+                };
+            }
             let inputs = read_inputs(source, inputs_as)?;
             if inputs.is_empty() && matches!(plan, Plan::MapOrCall) {
                 return call_interruptibly(client, &function, Vec::new()).await;
-            }
-            if a.unordered {
-                return unordered::run(client, &function, inputs, inputs_as).await;
             }
             map(client, &function, inputs, inputs_as).await
         }
     }
 }
 
-/// One call, waited for (its result printed); Ctrl-C cancels it, says so
-/// with its id, and exits 130.
+/// One call, waited for (its result printed); Ctrl-C (or SIGTERM, SIGHUP)
+/// cancels it, says so with its id, and exits 128 plus the signal.
 async fn call_interruptibly(
     client: &Client,
     function: &str,
     args: Vec<Value>,
 ) -> Result<ExitCode, String> {
     let err = |e: modal_agents::client::ClientError| e.to_string();
+    let mut stop = Stop::listen()?;
     let record = client
         .spawn(function, args, Default::default(), false)
         .await
@@ -132,15 +143,24 @@ async fn call_interruptibly(
     };
     tokio::select! {
         waited = waited => waited?,
-        _ = tokio::signal::ctrl_c() => {
+        signal = stop.recv() => {
             client.cancel(id).await.map_err(err)?;
             eprintln!("modal-agents: interrupted: task {id} cancelled");
-            return Ok(ExitCode::from(130));
+            return Ok(Halt::Signal(signal).code());
         }
     }
     let record = client.status(id).await.map_err(err)?;
-    crate::tasks::print_outcome(&record)?;
-    Ok(ExitCode::SUCCESS)
+    match (&record.status, &record.result) {
+        (TaskStatus::Completed, result) => {
+            let line = format!("{}\n", result.clone().unwrap_or(Value::Null));
+            match emit(&indicatif::ProgressBar::hidden(), &line) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(Failure::Halt(halt)) => Ok(halt.code()),
+                Err(Failure::Error(e)) => Err(e),
+            }
+        }
+        _ => crate::tasks::print_outcome(&record).map(|()| ExitCode::SUCCESS),
+    }
 }
 
 /// Deploys `function` from `file` under its own name.
@@ -164,57 +184,101 @@ async fn deploy_file(client: &Client, file: &Path, function: &str) -> Result<(),
     Ok(())
 }
 
-/// One input per non-empty line: JSON, or else the line as a string; with
-/// `--starmap` or `--kwargs`, a line that is not a JSON array or object is
-/// refused, naming it.
+/// Input lines, one input per non-empty line: JSON, or else the line as a
+/// string; with `--starmap` or `--kwargs`, a line that is not a JSON array
+/// or object is refused, naming it. A line is read up to
+/// [`MAX_INPUT_BYTES`] (`/dev/zero` has no end of line).
+pub(crate) struct InputLines {
+    reader: Box<dyn BufRead + Send>,
+    name: String,
+    inputs_as: InputsAs,
+    line: u64,
+    /// Bytes read so far.
+    read: u64,
+}
+
+impl InputLines {
+    /// The lines of `source` (`-` for standard input).
+    fn open(source: &str, inputs_as: InputsAs) -> Result<InputLines, String> {
+        let name = if source == "-" {
+            "standard input".to_owned()
+        } else {
+            format!("--inputs {source}")
+        };
+        let reader: Box<dyn std::io::Read + Send> = if source == "-" {
+            Box::new(std::io::stdin())
+        } else {
+            Box::new(std::fs::File::open(source).map_err(|e| format!("{name}: {e}"))?)
+        };
+        Ok(InputLines {
+            reader: Box::new(std::io::BufReader::new(reader)),
+            name,
+            inputs_as,
+            line: 0,
+            read: 0,
+        })
+    }
+}
+
+impl Iterator for InputLines {
+    type Item = Result<Value, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::io::Read;
+        loop {
+            let mut bytes = Vec::new();
+            self.line += 1;
+            let got = (&mut self.reader)
+                .take(MAX_INPUT_BYTES + 1)
+                .read_until(b'\n', &mut bytes);
+            match got {
+                Err(e) => return Some(Err(format!("{}: {e}", self.name))),
+                Ok(0) => return None,
+                Ok(n) if n as u64 > MAX_INPUT_BYTES => {
+                    return Some(Err(format!(
+                        "{} line {}: over {MAX_INPUT_BYTES} bytes, more than one request carries",
+                        self.name, self.line
+                    )))
+                }
+                Ok(n) => self.read += n as u64,
+            }
+            let line = String::from_utf8_lossy(&bytes);
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let input = crate::json_arg(line);
+            if !self.inputs_as.fits(&input) {
+                let flag = if self.inputs_as == InputsAs::Args {
+                    "--starmap"
+                } else {
+                    "--kwargs"
+                };
+                return Some(Err(format!(
+                    "input line {}: {}; with {flag} each line must be {}",
+                    self.line,
+                    quoted(line),
+                    self.inputs_as.expected()
+                )));
+            }
+            return Some(Ok(input));
+        }
+    }
+}
+
+/// Every input of `source`, at most [`MAX_INPUT_BYTES`] of them in all
+/// (what one map request may carry).
 fn read_inputs(source: &str, inputs_as: InputsAs) -> Result<Vec<Value>, String> {
-    let name = if source == "-" {
-        "standard input".to_owned()
-    } else {
-        format!("--inputs {source}")
-    };
-    let reader: Box<dyn std::io::Read> = if source == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        Box::new(std::fs::File::open(source).map_err(|e| format!("{name}: {e}"))?)
-    };
-    // At most what one request may carry: the rest could never be sent
-    // (and `/dev/zero` has no end).
-    let mut reader = std::io::BufReader::new(std::io::Read::take(reader, MAX_INPUT_BYTES + 1));
+    let mut lines = InputLines::open(source, inputs_as)?;
     let mut inputs = Vec::new();
-    let mut read = 0u64;
-    for n in 0.. {
-        let mut line = String::new();
-        let got = reader
-            .read_line(&mut line)
-            .map_err(|e| format!("{name}: {e}"))?;
-        if got == 0 {
-            break;
-        }
-        read += got as u64;
-        if read > MAX_INPUT_BYTES {
+    while let Some(input) = lines.next() {
+        inputs.push(input?);
+        if lines.read > MAX_INPUT_BYTES {
             return Err(format!(
-                "{name}: over {MAX_INPUT_BYTES} bytes of inputs, the most one map request carries; split them into several runs"
+                "{}: over {MAX_INPUT_BYTES} bytes of inputs, the most one map request carries; split them into several runs, or use --unordered",
+                lines.name
             ));
         }
-        if line.trim().is_empty() {
-            continue;
-        }
-        let input = crate::json_arg(line.trim());
-        if !inputs_as.fits(&input) {
-            let flag = if inputs_as == InputsAs::Args {
-                "--starmap"
-            } else {
-                "--kwargs"
-            };
-            return Err(format!(
-                "input line {}: {}; with {flag} each line must be {}",
-                n + 1,
-                quoted(line.trim()),
-                inputs_as.expected()
-            ));
-        }
-        inputs.push(input);
     }
     Ok(inputs)
 }
@@ -232,19 +296,20 @@ const PAGE: u64 = 1000;
 
 /// The map: its id on stderr at once, its results on stdout in input order
 /// as they finish (a failed input is its error object), a progress bar on a
-/// terminal's stderr; Ctrl-C cancels it, prints what had finished and
-/// exits 130.
+/// terminal's stderr; Ctrl-C (or SIGTERM, SIGHUP) cancels it, prints what
+/// had finished and exits 128 plus the signal; a closed stdout cancels it
+/// and exits 141 quietly.
 async fn map(
     client: &Client,
     function: &str,
     inputs: Vec<Value>,
     inputs_as: InputsAs,
 ) -> Result<ExitCode, String> {
-    let err = |e: modal_agents::client::ClientError| e.to_string();
+    let mut stop = Stop::listen()?;
     let submitted = client
         .run_parallel_as(function, inputs, inputs_as, false)
         .await
-        .map_err(err)?;
+        .map_err(|e| e.to_string())?;
     let id = submitted.task_id;
     eprintln!(
         "map {id}: {} inputs of {function} (modal-agents status|results|cancel {id})",
@@ -256,56 +321,56 @@ async fn map(
         failed: 0,
         bar: &bar,
     };
-    let interrupted = {
+    let outcome = {
         let follow = async {
             loop {
                 if printer.page(client, id).await? == 0 {
-                    let waited = client
-                        .wait_tasks(&[id], WaitMode::All, Some(POLL))
-                        .await
-                        .map_err(err)?;
+                    let waited = client.wait_tasks(&[id], WaitMode::All, Some(POLL)).await?;
                     if waited.done {
                         // What finished between the last page and the end.
                         while printer.page(client, id).await? > 0 {}
-                        return Ok::<_, String>(waited.tasks.into_iter().next());
+                        return Ok(waited.tasks.into_iter().next());
                     }
                 }
             }
         };
         tokio::select! {
-            ended = follow => Err(ended?),
-            signal = tokio::signal::ctrl_c() => Ok(signal),
+            ended = follow => ended,
+            signal = stop.recv() => Err(Failure::Halt(Halt::Signal(signal))),
         }
     };
-    match interrupted {
-        Err(summary) => {
-            bar.finish_and_clear();
-            match summary {
-                Some(t) if t.status == TaskStatus::Completed => Ok(ExitCode::SUCCESS),
-                Some(t) => Err(format!("map {}", t.summary)),
-                None => Err(format!("map {id}: no status")),
-            }
-        }
-        Ok(_) => {
-            // A second Ctrl-C leaves at once, saying what may still run.
-            tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    eprintln!(
-                        "modal-agents: interrupted again: map {id} may still be running (modal-agents cancel {id})"
-                    );
-                    std::process::exit(130);
-                }
-            });
-            bar.finish_and_clear();
-            client.cancel(id).await.map_err(err)?;
-            while printer.page(client, id).await? > 0 {}
-            eprintln!(
-                "modal-agents: interrupted: map {id} cancelled; the {} of {} results that had finished are printed (modal-agents results {id})",
-                printer.printed, submitted.num_tasks
-            );
-            Ok(ExitCode::from(130))
+    bar.finish_and_clear();
+    let halt = match outcome {
+        Ok(Some(t)) if t.status == TaskStatus::Completed => return Ok(ExitCode::SUCCESS),
+        Ok(Some(t)) => return Err(format!("map {}", t.summary)),
+        Ok(None) => return Err(format!("map {id}: no status")),
+        Err(Failure::Error(e)) => return Err(e),
+        Err(Failure::Halt(halt)) => halt,
+    };
+    // Another signal leaves at once, saying what may still run.
+    tokio::spawn(async move {
+        let signal = stop.recv().await;
+        eprintln!(
+            "modal-agents: interrupted again: map {id} may still be running (modal-agents cancel {id})"
+        );
+        std::process::exit(128 + signal);
+    });
+    client.cancel(id).await.map_err(|e| e.to_string())?;
+    if halt == Halt::Closed {
+        return Ok(halt.code());
+    }
+    loop {
+        match printer.page(client, id).await {
+            Ok(0) | Err(Failure::Halt(_)) => break,
+            Ok(_) => {}
+            Err(Failure::Error(e)) => return Err(e),
         }
     }
+    eprintln!(
+        "modal-agents: interrupted: map {id} cancelled; the {} of {} results that had finished are printed (modal-agents results {id})",
+        printer.printed, submitted.num_tasks
+    );
+    Ok(halt.code())
 }
 
 /// Prints a map's results in input order, a page at a time.
@@ -319,11 +384,8 @@ impl Printer<'_> {
     /// Prints the next page of finished results; how many there were.
     /// Nothing is printed until the whole page is in hand, so dropping this
     /// future (Ctrl-C) never loses or repeats a result.
-    async fn page(&mut self, client: &Client, id: TaskId) -> Result<u64, String> {
-        let page = client
-            .results(id, self.printed, PAGE)
-            .await
-            .map_err(|e| e.to_string())?;
+    async fn page(&mut self, client: &Client, id: TaskId) -> Result<u64, Failure> {
+        let page = client.results(id, self.printed, PAGE).await?;
         let n = page.results.len() as u64;
         if n == 0 {
             return Ok(0);
@@ -336,12 +398,7 @@ impl Printer<'_> {
             text.push_str(&r.to_string());
             text.push('\n');
         }
-        self.bar
-            .suspend(|| {
-                let mut out = std::io::stdout().lock();
-                out.write_all(text.as_bytes()).and_then(|()| out.flush())
-            })
-            .map_err(|e| format!("writing results: {e}"))?;
+        emit(self.bar, &text)?;
         self.printed += n;
         self.bar.set_position(self.printed);
         if self.failed > 0 {

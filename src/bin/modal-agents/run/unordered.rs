@@ -3,34 +3,32 @@
 //! results in input order (one slow input holds back the rest); separate
 //! calls do not.
 //!
-//! At most [`WINDOW`] calls are in flight; each finished one makes room for
-//! the next input. Ctrl-C cancels every call in flight, prints nothing more
-//! and exits 130. A call's request is never dropped halfway: the signal is
-//! looked at between requests, and only the server-side wait (which starts
-//! nothing) is cut short by it, so no call is started without its id being
-//! known and cancelled.
+//! Input lines are read as they come (a call starts as soon as its line is
+//! in). At most [`WINDOW`] calls are in flight; each finished one makes room
+//! for the next input. Ctrl-C (or SIGTERM, SIGHUP) cancels every call in
+//! flight, prints nothing more and exits 128 plus the signal; a closed
+//! standard output does the same, quietly, with 141. A call's request is
+//! never dropped halfway: signals are looked at between requests, and only
+//! waits (which start nothing) are cut short by them, so no call is started
+//! without its id being known and cancelled.
 
-use std::collections::VecDeque;
-use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use futures_util::FutureExt;
-use modal_agents::client::{Client, ClientError};
+use modal_agents::client::Client;
 use modal_agents::task::{InputsAs, WaitMode};
 use modal_agents::{TaskId, TaskStatus};
 use serde_json::{json, Map, Value};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc::{self, error::TryRecvError};
+
+use super::halt::{emit, Failure, Halt, Stop};
+use super::InputLines;
 
 /// Calls in flight at once.
 const WINDOW: usize = 256;
 
 /// How long one server-side wait lasts before it is asked again.
 const WAIT: Duration = Duration::from_secs(30);
-
-fn err(e: ClientError) -> String {
-    e.to_string()
-}
 
 /// One input as a call's positional and keyword arguments.
 fn call_of(input: Value, inputs_as: InputsAs) -> (Vec<Value>, Map<String, Value>) {
@@ -60,103 +58,111 @@ fn line_of(record: &modal_agents::TaskRecord) -> (String, bool) {
     }
 }
 
-/// Runs `function` once per input, printing each result as it finishes.
+/// Runs `function` once per input line as the lines come, printing each
+/// result as it finishes; `None` when there was no input at all.
 pub(super) async fn run(
     client: &Client,
     function: &str,
-    inputs: Vec<Value>,
-    inputs_as: InputsAs,
-) -> Result<ExitCode, String> {
-    let total = inputs.len() as u64;
-    let mut sigint =
-        signal(SignalKind::interrupt()).map_err(|e| format!("listening for Ctrl-C: {e}"))?;
-    eprintln!("{total} calls of {function}, each result printed as it finishes");
-    let bar = super::progress_bar(total)?;
-    let mut pending: VecDeque<Value> = inputs.into();
+    lines: InputLines,
+) -> Result<Option<ExitCode>, String> {
+    let inputs_as = lines.inputs_as;
+    let mut stop = Stop::listen()?;
+    // Lines are read on a thread of their own, a window ahead: a call
+    // starts as soon as its line is in, not once the input has ended.
+    let (tx, mut rx) = mpsc::channel(WINDOW);
+    std::thread::spawn(move || {
+        for input in lines {
+            let failed = input.is_err();
+            if tx.blocking_send(input).is_err() || failed {
+                return;
+            }
+        }
+    });
+    eprintln!("calls of {function} for each input line, each result printed as it finishes");
+    let bar = super::progress_bar(0)?;
     let mut inflight: Vec<TaskId> = Vec::new();
-    let (mut printed, mut failed) = (0u64, 0u64);
-    let interrupted = loop {
-        // Fill the window; a request is never cut halfway.
-        let mut stop = false;
-        while inflight.len() < WINDOW {
-            if sigint.recv().now_or_never().is_some() {
-                stop = true;
-                break;
+    let (mut read, mut printed, mut failed) = (0u64, 0u64, 0u64);
+    let mut input_ended = false;
+    let mut next: Option<Value> = None;
+    let outcome: Result<(), Failure> = async {
+        loop {
+            // Start what has come in, up to the window; a request is never
+            // cut halfway.
+            while inflight.len() < WINDOW {
+                if let Some(signal) = stop.arrived() {
+                    return Err(Failure::Halt(Halt::Signal(signal)));
+                }
+                let input = match next.take() {
+                    Some(input) => input,
+                    None if input_ended => break,
+                    None => match rx.try_recv() {
+                        Ok(input) => input.map_err(Failure::Error)?,
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            input_ended = true;
+                            break;
+                        }
+                    },
+                };
+                read += 1;
+                bar.set_length(read);
+                let (args, kwargs) = call_of(input, inputs_as);
+                inflight.push(client.spawn(function, args, kwargs, false).await?.task_id);
             }
-            let Some(input) = pending.pop_front() else {
-                break;
+            if inflight.is_empty() && input_ended {
+                return Ok(());
+            }
+            let room = inflight.len() < WINDOW && !input_ended;
+            let waited = tokio::select! {
+                signal = stop.recv() => return Err(Failure::Halt(Halt::Signal(signal))),
+                line = rx.recv(), if room => {
+                    match line {
+                        Some(input) => next = Some(input.map_err(Failure::Error)?),
+                        None => input_ended = true,
+                    }
+                    continue;
+                }
+                waited = client.wait_tasks(&inflight, WaitMode::Any, Some(WAIT)), if !inflight.is_empty() => waited?,
             };
-            let (args, kwargs) = call_of(input, inputs_as);
-            match client.spawn(function, args, kwargs, false).await {
-                Ok(record) => inflight.push(record.task_id),
-                Err(e) => {
-                    cancel_all(client, &inflight).await;
-                    bar.finish_and_clear();
-                    return Err(err(e));
+            let mut text = String::new();
+            for t in waited.tasks.iter().filter(|t| t.status.is_terminal()) {
+                let (line, bad) = line_of(&client.status(t.task_id).await?);
+                text.push_str(&line);
+                text.push('\n');
+                failed += u64::from(bad);
+                printed += 1;
+                inflight.retain(|id| *id != t.task_id);
+            }
+            if !text.is_empty() {
+                emit(&bar, &text)?;
+                bar.set_position(printed);
+                if failed > 0 {
+                    bar.set_message(format!("{failed} failed"));
                 }
             }
         }
-        if stop {
-            break true;
-        }
-        if inflight.is_empty() {
-            break false;
-        }
-        let waited = tokio::select! {
-            waited = client.wait_tasks(&inflight, WaitMode::Any, Some(WAIT)) => waited,
-            _ = sigint.recv() => break true,
-        };
-        let waited = match waited {
-            Ok(w) => w,
-            Err(e) => {
-                cancel_all(client, &inflight).await;
-                bar.finish_and_clear();
-                return Err(err(e));
-            }
-        };
-        let mut text = String::new();
-        for t in waited.tasks.iter().filter(|t| t.status.is_terminal()) {
-            let record = match client.status(t.task_id).await {
-                Ok(r) => r,
-                Err(e) => {
-                    cancel_all(client, &inflight).await;
-                    bar.finish_and_clear();
-                    return Err(err(e));
-                }
-            };
-            let (line, bad) = line_of(&record);
-            text.push_str(&line);
-            text.push('\n');
-            failed += u64::from(bad);
-            printed += 1;
-            inflight.retain(|id| *id != t.task_id);
-        }
-        if !text.is_empty() {
-            bar.suspend(|| {
-                let mut out = std::io::stdout().lock();
-                out.write_all(text.as_bytes()).and_then(|()| out.flush())
-            })
-            .map_err(|e| format!("writing results: {e}"))?;
-            bar.set_position(printed);
-            if failed > 0 {
-                bar.set_message(format!("{failed} failed"));
-            }
-        }
-    };
+    }
+    .await;
     bar.finish_and_clear();
-    if interrupted {
-        let n = inflight.len();
-        cancel_all(client, &inflight).await;
-        eprintln!(
-            "modal-agents: interrupted: {n} calls in flight cancelled, {} never started; {printed} of {total} results printed",
-            pending.len()
-        );
-        return Ok(ExitCode::from(130));
+    match outcome {
+        Ok(()) if read == 0 => Ok(None),
+        Ok(()) if failed > 0 => Err(format!("{failed} of {read} calls of {function} failed")),
+        Ok(()) => Ok(Some(ExitCode::SUCCESS)),
+        Err(Failure::Error(e)) => {
+            cancel_all(client, &inflight).await;
+            Err(e)
+        }
+        Err(Failure::Halt(halt)) => {
+            let n = inflight.len();
+            cancel_all(client, &inflight).await;
+            if let Halt::Signal(_) = halt {
+                eprintln!(
+                    "modal-agents: interrupted: {n} calls in flight cancelled; {printed} of the {read} started printed"
+                );
+            }
+            Ok(Some(halt.code()))
+        }
     }
-    if failed > 0 {
-        return Err(format!("{failed} of {total} calls of {function} failed"));
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Cancels every call in `ids`, a few at a time; a failure to cancel one
