@@ -106,6 +106,8 @@ pub(crate) struct Inner {
     pub(crate) metrics: metrics::Metrics,
     /// The live MCP sessions at `/mcp`.
     pub(crate) mcp: Arc<crate::mcp::Sessions>,
+    /// Who each of `config.tokens` is, for idempotency keys and sessions.
+    pub(crate) callers: Vec<Caller>,
 }
 
 /// Shared state of the handlers.
@@ -187,7 +189,7 @@ async fn auth(State(state): State<ApiState>, mut req: Request, next: Next) -> Re
             })
     });
     if let Some(token) = matched {
-        req.extensions_mut().insert(Caller(Some(token)));
+        req.extensions_mut().insert(state.callers[token]);
         next.run(req).await
     } else {
         Error::Unauthorized.into_response()
@@ -406,6 +408,7 @@ pub fn app(runtime: Runtime, config: ApiConfig) -> Router {
         runtime,
         metrics: Default::default(),
         mcp: crate::mcp::Sessions::new(config.mcp.clone()),
+        callers: config.tokens.iter().map(|t| Caller::of_token(t)).collect(),
         config,
     }));
     let protected = Router::new()

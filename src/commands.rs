@@ -21,7 +21,8 @@
 //! while the first still runs (up to [`REPLAY_WAIT`], then a conflict); the
 //! same key with another input is refused, naming the key. A failure is not
 //! remembered, so it can be retried. Keys are per caller (the bearer token),
-//! kept 24 hours, at most 100,000 and 64 MiB of answers, the oldest
+//! kept 24 hours, across restarts (in `state.redb`, written before the
+//! answer is given), at most 100,000 and 64 MiB of answers, the oldest
 //! forgotten first; an answer over 4 MiB is remembered as done, not for
 //! replay. A keyed command runs to the end even if its caller goes away.
 
@@ -245,6 +246,14 @@ pub fn parse<T: DeserializeOwned>(command: &str, value: Value) -> Result<T, Comm
         // A Value is always well-formed JSON.
         ParseError::Syntax(why) => CommandError::invalid(command, "(arguments)", why),
     })
+}
+
+/// Reads the idempotency keys kept across restarts (in `state.redb`) into
+/// the runtime's store of them; from then on finished keys are kept there.
+pub(crate) fn restore_replays(runtime: &Runtime) -> Result<(), crate::store::StoreError> {
+    runtime
+        .extension::<replay::Replays>()
+        .restore(runtime.store().clone())
 }
 
 /// One row of the table.

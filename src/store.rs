@@ -1,6 +1,6 @@
 //! The runtime's embedded redb database at `DATA_DIR/state.redb` (file mode
-//! 0600): deployed functions, secrets, and webhook registrations with their
-//! delivery attempts.
+//! 0600): deployed functions, secrets, webhook registrations with their
+//! delivery attempts, and finished idempotency keys with their answers.
 //!
 //! Task records and the jobs of unfinished tasks are not here: they are the
 //! task journal (`DATA_DIR/tasks.journal`, see `tracker::journal`), and a
@@ -17,6 +17,7 @@ use serde::Serialize;
 const FUNCTIONS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("functions");
 const SECRETS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("secrets");
 const WEBHOOKS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("webhooks");
+const REPLAYS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("replays");
 
 /// Why the durable state failed.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +71,8 @@ pub(crate) enum Table {
     Functions,
     Secrets,
     Webhooks,
+    /// Finished idempotency keys and their answers (`commands::replay`).
+    Replays,
 }
 
 impl Table {
@@ -78,6 +81,7 @@ impl Table {
             Table::Functions => FUNCTIONS,
             Table::Secrets => SECRETS,
             Table::Webhooks => WEBHOOKS,
+            Table::Replays => REPLAYS,
         }
     }
 }
@@ -105,7 +109,7 @@ impl Store {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         }
         let txn = db.begin_write()?;
-        for table in [FUNCTIONS, SECRETS, WEBHOOKS] {
+        for table in [FUNCTIONS, SECRETS, WEBHOOKS, REPLAYS] {
             txn.open_table(table)?;
         }
         txn.commit()?;

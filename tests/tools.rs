@@ -4,7 +4,7 @@
 mod support;
 
 use modal_agents::tools::CommandError;
-use modal_agents::Tools;
+use modal_agents::{Runtime, Tools};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,4 +373,49 @@ async fn volume_file_tools_refuse_hostile_paths_and_content() {
         (json!("/wA="), json!(2))
     );
     t.rt.shutdown().await;
+}
+
+/// An idempotency key outlives a restart: the same keyed call on the
+/// restarted runtime answers as the first did (the same task, not a
+/// second one), and the key with other arguments is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_call_is_answered_again_after_a_restart() {
+    use modal_agents::compute::ScriptedBackend;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let start = || async {
+        let scripts = Arc::new(ScriptedBackend::new());
+        scripts.script("f", |a, _| Ok(a[0].clone()));
+        Runtime::builder()
+            .data_dir(dir.path())
+            .backend(Arc::new(scripts))
+            .start()
+            .await
+            .unwrap()
+    };
+    let call = |rt: Runtime, x: i64| async move {
+        Tools::new(rt)
+            .call(
+                "spawn_task",
+                json!({"function_name": "f", "args": [x], "idempotency_key": "once"}),
+            )
+            .await
+    };
+    let rt = start().await;
+    Tools::new(rt.clone())
+        .call(
+            "deploy_modal_function",
+            json!({"function_code": "def f(x):\n    return x\n", "function_name": "f"}),
+        )
+        .await
+        .unwrap();
+    let first = call(rt.clone(), 1).await.unwrap();
+    rt.shutdown().await;
+    let rt = start().await;
+    let again = call(rt.clone(), 1).await.unwrap();
+    assert_eq!(again["task_id"], first["task_id"], "{again}");
+    let other = call(rt.clone(), 2).await.unwrap_err();
+    assert!(other.to_string().contains("idempotency_key"), "{other}");
+    assert_eq!(rt.tasks(None, 0, 10).1, 1, "one task in all");
+    rt.shutdown().await;
 }

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use super::CommandError;
+use crate::store::{Store, Table, Write};
 use crate::sync::Recover;
 
 /// How long a key is remembered.
@@ -33,11 +34,30 @@ const MAX_KEY_LEN: usize = 255;
 /// is told that request is still running (55 s).
 pub const REPLAY_WAIT: Duration = Duration::from_secs(55);
 
-/// Whose keys: the bearer token a request came with (its index among the
-/// server's tokens), or none (an embedding program, a server without
-/// tokens). Keys of different callers never meet.
+/// Whose keys: the bearer token a request came with (the first 16 bytes of
+/// its SHA-256, the same across restarts and however the server's tokens
+/// are listed; never the token itself), or none (an embedding program, a
+/// server without tokens). Keys of different callers never meet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub(crate) struct Caller(pub(crate) Option<usize>);
+pub(crate) struct Caller(pub(crate) Option<[u8; 16]>);
+
+impl Caller {
+    /// The caller presenting `token`.
+    pub(crate) fn of_token(token: &str) -> Caller {
+        let digest = Sha256::digest(format!("modal-agents caller\0{token}"));
+        let mut id = [0; 16];
+        id.copy_from_slice(&digest[..16]);
+        Caller(Some(id))
+    }
+
+    /// How it is written in the state database.
+    fn stored(&self) -> String {
+        self.0.map_or_else(
+            || "-".to_owned(),
+            |id| id.iter().map(|b| format!("{b:02x}")).collect(),
+        )
+    }
+}
 
 enum Entry {
     Running {
@@ -61,6 +81,61 @@ pub(crate) struct Replays {
     /// Finished keys, oldest first: when, the key, its slot, its bytes.
     order: Mutex<VecDeque<(Instant, Key, Slot, usize)>>,
     bytes: AtomicUsize,
+    /// Where finished keys are kept across restarts (`replays` in
+    /// `state.redb`), once [`Replays::restore`] has read it.
+    store: std::sync::OnceLock<Arc<Store>>,
+    /// Forgotten keys still to delete from the store (with its next write).
+    forgotten: Mutex<Vec<String>>,
+}
+
+/// A finished key as the store keeps it.
+#[derive(Serialize, serde::Deserialize)]
+struct Kept {
+    fingerprint: String,
+    /// `None` when it was too large to keep.
+    answer: Option<Value>,
+    /// When it finished, in seconds since the Unix epoch.
+    at: u64,
+    size: usize,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn stored_key((caller, key): &Key) -> String {
+    format!("{}/{key}", caller.stored())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex32(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0; 32];
+    if text.len() != 64 {
+        return None;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn caller_from(stored: &str) -> Option<Caller> {
+    if stored == "-" {
+        return Some(Caller(None));
+    }
+    let mut id = [0; 16];
+    if stored.len() != 32 {
+        return None;
+    }
+    for (i, byte) in id.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(stored.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(Caller(Some(id)))
 }
 
 /// What identifies a request under its key: the command and its input.
@@ -226,11 +301,19 @@ impl Replays {
                             *fingerprint
                         }
                     };
+                    let record = Kept {
+                        fingerprint: hex(&fingerprint),
+                        answer: kept.clone(),
+                        at: unix_now(),
+                        size: bytes,
+                    };
                     *s.lock().recover() = Entry::Done {
                         fingerprint,
                         answer: kept,
                     };
+                    let name = stored_key(&k);
                     me.finished(k, s, bytes);
+                    me.keep(name, &record).await;
                 }
                 // A failure is not remembered: the key is free again.
                 Err(_) => {
@@ -250,6 +333,65 @@ impl Replays {
                 )),
             }
             .into()),
+        }
+    }
+
+    /// Reads the keys `store` kept (dropping those past their time, the key
+    /// count or the byte budget), and keeps finished keys there from now on.
+    pub(crate) fn restore(&self, store: Arc<Store>) -> Result<(), crate::store::StoreError> {
+        let mut kept: Vec<(String, Kept)> = store.all(Table::Replays, "idempotency key")?;
+        kept.sort_by_key(|(_, k)| k.at);
+        let now = unix_now();
+        let mut stale = Vec::new();
+        for (name, k) in kept {
+            let age = Duration::from_secs(now.saturating_sub(k.at));
+            let parsed = name.split_once('/').and_then(|(caller, key)| {
+                Some((
+                    (caller_from(caller)?, key.to_owned()),
+                    unhex32(&k.fingerprint)?,
+                ))
+            });
+            let (Some((key, fingerprint)), Some(at)) = (parsed, Instant::now().checked_sub(age))
+            else {
+                stale.push(name);
+                continue;
+            };
+            if age >= KEEP {
+                stale.push(name);
+                continue;
+            }
+            let slot = Arc::new(Mutex::new(Entry::Done {
+                fingerprint,
+                answer: k.answer,
+            }));
+            self.entries.insert(key.clone(), slot.clone());
+            let mut order = self.order.lock().recover();
+            self.bytes.fetch_add(k.size, Ordering::Relaxed);
+            order.push_back((at, key, slot, k.size));
+            self.expire_in(&mut order);
+        }
+        self.forgotten.lock().recover().extend(stale);
+        let _ = self.store.set(store);
+        Ok(())
+    }
+
+    /// Writes a finished key to the store (with the deletes of those
+    /// forgotten since the last write), before its waiters hear of it. A
+    /// failed write is logged: the answer is still remembered in memory.
+    async fn keep(self: &Arc<Self>, name: String, record: &Kept) {
+        let Some(store) = self.store.get().cloned() else {
+            return;
+        };
+        let mut writes: Vec<Write> = std::mem::take(&mut *self.forgotten.lock().recover())
+            .into_iter()
+            .map(|k| Write::Delete(Table::Replays, k))
+            .collect();
+        writes.push(crate::store::put(Table::Replays, name, record));
+        let written = tokio::task::spawn_blocking(move || store.apply(writes)).await;
+        if let Ok(Err(e)) | Err(e) =
+            written.map_err(|e| crate::store::StoreError::Io(std::io::Error::other(e.to_string())))
+        {
+            tracing::warn!(error = %e, "an idempotency key could not be kept across restarts");
         }
     }
 
@@ -278,8 +420,14 @@ impl Replays {
             };
             self.bytes.fetch_sub(size, Ordering::Relaxed);
             // Only this entry: the key may have been used again since.
-            self.entries
-                .remove_if(&key, |_, current| Arc::ptr_eq(current, &slot));
+            if self
+                .entries
+                .remove_if(&key, |_, current| Arc::ptr_eq(current, &slot))
+                .is_some()
+                && self.store.get().is_some()
+            {
+                self.forgotten.lock().recover().push(stored_key(&key));
+            }
         }
     }
 }
@@ -311,7 +459,7 @@ mod tests {
         // Another caller's key of the same name is its own.
         let f = fingerprint("c", &serde_json::json!(3));
         let theirs = replays
-            .run(Caller(Some(1)), "c", "k".into(), f, async {
+            .run(Caller::of_token("other"), "c", "k".into(), f, async {
                 Ok::<_, CommandError>(7u32)
             })
             .await
@@ -356,6 +504,60 @@ mod tests {
             .await;
         assert!(failed.is_err());
         assert_eq!(answer(&replays, "bad", 1).await.unwrap(), 2, "tried again");
+    }
+
+    /// Finished keys outlive the runtime: a new store of them read from the
+    /// same database answers as the first did, for the same caller (known
+    /// by its token, not its place among the tokens) and no other; keys
+    /// forgotten meanwhile leave the database with the next write.
+    #[tokio::test]
+    async fn keys_are_kept_across_restarts_per_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        let f = fingerprint("c", &serde_json::json!(1));
+        let run = |r: Arc<Replays>, who: &'static str, out: u32| async move {
+            r.run(Caller::of_token(who), "c", "k".into(), f, async move {
+                Ok::<_, CommandError>(out)
+            })
+            .await
+            .unwrap()
+        };
+        {
+            let store = Arc::new(Store::open(&path).unwrap());
+            let replays = Arc::new(Replays::default());
+            replays.restore(store.clone()).unwrap();
+            assert_eq!(run(replays.clone(), "token-a", 1).await, (1, false));
+            store.close();
+        }
+        let store = Arc::new(Store::open(&path).unwrap());
+        let replays = Arc::new(Replays::default());
+        replays.restore(store.clone()).unwrap();
+        assert_eq!(
+            run(replays.clone(), "token-a", 2).await,
+            (1, true),
+            "replayed"
+        );
+        assert_eq!(
+            run(replays.clone(), "token-b", 3).await,
+            (3, false),
+            "theirs"
+        );
+        let other = fingerprint("c", &serde_json::json!(2));
+        let refused = replays
+            .run(Caller::of_token("token-a"), "c", "k".into(), other, async {
+                Ok::<_, CommandError>(0u32)
+            })
+            .await;
+        assert!(matches!(
+            refused,
+            Err(CommandError::InvalidArguments { .. })
+        ));
+        let kept: Vec<(String, Kept)> = store.all(Table::Replays, "key").unwrap();
+        assert_eq!(kept.len(), 2);
+        assert!(
+            kept.iter().all(|(name, _)| !name.contains("token-")),
+            "never the token"
+        );
     }
 
     /// Remembered bytes stay within the budget, oldest forgotten first.

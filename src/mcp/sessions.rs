@@ -61,7 +61,7 @@ impl Default for McpLimits {
 
 /// Whose session it is: the index of the bearer token that opened it
 /// (`None` without authentication).
-pub(crate) type Owner = Option<usize>;
+pub(crate) type Owner = Option<[u8; 16]>;
 
 /// Why no session could be opened.
 #[derive(Debug, thiserror::Error)]

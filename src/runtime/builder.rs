@@ -294,6 +294,8 @@ impl RuntimeBuilder {
         };
         let quarantined = replayed.quarantined;
         runtime.recover(replayed).await?;
+        // Idempotency keys answered before a restart are answered again.
+        crate::commands::restore_replays(&runtime)?;
         tokio::spawn(writer);
         runtime.start_retention(self.retention, quarantined).await;
         Ok(runtime)
