@@ -1,36 +1,72 @@
 //! The OpenAPI document is the contract: schemathesis 4 (every check, a
-//! fixed seed, thousands of cases) fuzzes the real `modal-agents serve` from
-//! its `/openapi.json` and finds nothing; tests/contract/schemathesis.toml
+//! fixed seed, thousands of cases) fuzzes the API server from its
+//! `/openapi.json` and finds nothing; tests/contract/schemathesis.toml
 //! lists the few requests the schema cannot tell apart from accepted ones,
-//! each with its reason.
+//! each with its reason. The server runs in this process over a
+//! ScriptedBackend (functions are Rust closures: no python3 behind the
+//! API), served as `modal-agents serve` serves it (`api::serve_with`, the
+//! header-read timeout included); sandboxes are real.
 
 mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 const TOKEN: &str = "contract-test-token-0123456789";
-const BIN: &str = env!("CARGO_BIN_EXE_modal-agents");
 
 use support::venv_bin;
 
-#[test]
-fn schemathesis_finds_no_failure_in_the_api() {
+/// The API server over a ScriptedBackend, with `my_function(x) = 2x`, a
+/// T4 GPU, and room for every sandbox the fuzzer creates (past the
+/// capacity is a documented 503, which the not-a-server-error check would
+/// count). Its URL, and what keeps it alive.
+async fn scripted_server() -> (String, support::ScriptedRuntime) {
+    let t = support::scripted_with(
+        &[],
+        modal_agents::sandbox::SandboxConfig {
+            max_sandboxes: 100_000,
+            ..Default::default()
+        },
+    )
+    .await;
+    t.scripts.script("my_function", |a, _| {
+        Ok(serde_json::json!(
+            a.first().and_then(serde_json::Value::as_i64).unwrap_or(0) * 2
+        ))
+    });
+    let app = modal_agents::api::app(
+        t.rt.clone(),
+        modal_agents::api::ApiConfig {
+            tokens: vec![TOKEN.to_owned()],
+            ..Default::default()
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(modal_agents::api::serve_with(
+        listener,
+        app,
+        std::future::pending(),
+        Duration::from_secs(15),
+    ));
+    (url, t)
+}
+
+/// `cmd`'s output, run off the async test's threads.
+async fn output(mut cmd: Command) -> std::process::Output {
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_failure_in_the_api() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, url) = support::serve_with(
-        BIN,
-        &dir.path().join("data"),
-        TOKEN,
-        &[
-            ("MODAL_AGENTS_GPUS", "0:Tesla T4"),
-            // Every create the fuzzer sends fits (past the capacity is a
-            // documented 503, which the not-a-server-error check counts).
-            ("MODAL_AGENTS_MAX_SANDBOXES", "100000"),
-        ],
-    );
-    let out = Command::new(venv_bin("schemathesis"))
-        .arg("--config-file")
+    let (url, t) = scripted_server().await;
+    let mut cmd = Command::new(venv_bin("schemathesis"));
+    cmd.arg("--config-file")
         .arg(root.join("tests/contract/schemathesis.toml"))
         .args([
             "run",
@@ -40,10 +76,9 @@ fn schemathesis_finds_no_failure_in_the_api() {
             "--no-color",
         ])
         .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    support::stop(&mut server);
+        .current_dir(dir.path());
+    let out = output(cmd).await;
+    t.rt.shutdown().await;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -58,48 +93,44 @@ fn schemathesis_finds_no_failure_in_the_api() {
     assert!(!text.contains("failures"), "{text}");
 }
 
-#[test]
-fn a_client_generated_from_the_document_runs_the_seed_flow() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_generated_from_the_document_runs_the_seed_flow() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, url) = support::serve(BIN, &dir.path().join("data"), TOKEN);
+    let (url, t) = scripted_server().await;
     let fetch = "import sys, urllib.request as u; r = u.Request(sys.argv[1], \
                  headers={'authorization': 'Bearer ' + sys.argv[2]}); \
                  open('openapi.json', 'wb').write(u.urlopen(r).read())";
-    let fetched = Command::new(venv_bin("python"))
-        .args(["-c", fetch, &format!("{url}/openapi.json"), TOKEN])
-        .current_dir(dir.path())
-        .status()
-        .unwrap();
-    assert!(fetched.success());
-    let generated = Command::new(venv_bin("openapi-python-client"))
-        .args([
-            "generate",
-            "--path",
-            "openapi.json",
-            "--meta",
-            "none",
-            "--output-path",
-            "client",
-        ])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(venv_bin("python"));
+    cmd.args(["-c", fetch, &format!("{url}/openapi.json"), TOKEN])
+        .current_dir(dir.path());
+    assert!(output(cmd).await.status.success());
+    let mut cmd = Command::new(venv_bin("openapi-python-client"));
+    cmd.args([
+        "generate",
+        "--path",
+        "openapi.json",
+        "--meta",
+        "none",
+        "--output-path",
+        "client",
+    ])
+    .current_dir(dir.path());
+    let generated = output(cmd).await;
     assert!(
         generated.status.success() && dir.path().join("client/api").exists(),
         "{}{}",
         String::from_utf8_lossy(&generated.stdout),
         String::from_utf8_lossy(&generated.stderr)
     );
-    let out = Command::new(venv_bin("python"))
-        .arg(root.join("tests/contract/generated_flow.py"))
+    let mut cmd = Command::new(venv_bin("python"));
+    cmd.arg(root.join("tests/contract/generated_flow.py"))
         .current_dir(dir.path())
         .env("PYTHONPATH", dir.path())
         .env("MODAL_AGENTS_URL", &url)
-        .env("MODAL_AGENTS_TOKEN", TOKEN)
-        .output()
-        .unwrap();
-    support::stop(&mut server);
+        .env("MODAL_AGENTS_TOKEN", TOKEN);
+    let out = output(cmd).await;
+    t.rt.shutdown().await;
     let text = support::output_text(&out);
     assert!(out.status.success() && text.contains("all ok"), "{text}");
 }

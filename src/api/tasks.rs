@@ -250,7 +250,8 @@ pub(crate) async fn results(
 #[utoipa::path(get, path = "/tasks/{task_id}/logs",
     params(("follow" = Option<bool>, Query),
            ("Last-Event-ID" = Option<String>, Header, description = "resume a followed stream after this event")),
-    responses((status = 200, body = TaskLogs, description = "the logs; with follow=true, text/event-stream"),
+    responses((status = 200, description = "the logs; with follow=true, a stream of Server-Sent Events",
+               content((TaskLogs = "application/json"), (super::SseEvent = "text/event-stream"))),
               (status = 404, body = super::Problem), (status = 422, body = super::Problem)))]
 pub(crate) async fn logs(
     State(state): State<ApiState>,
@@ -260,9 +261,8 @@ pub(crate) async fn logs(
 ) -> Result<Response, Error> {
     let id = parse_id(&task_id)?;
     let follow = flag(&query, "follow")?;
-    if !follow {
-        return Ok(Json(state.commands.task_logs(id).await?).into_response());
-    }
+    // Read whether or not it is used: a resume point that cannot be read is
+    // refused the same way with and without `follow`.
     let from = match headers.get("last-event-id") {
         None => LogOffsets::default(),
         Some(raw) => raw
@@ -271,6 +271,9 @@ pub(crate) async fn logs(
             .parse::<LogOffsets>()
             .map_err(|why| Error::invalid("Last-Event-ID", why))?,
     };
+    if !follow {
+        return Ok(Json(state.commands.task_logs(id).await?).into_response());
+    }
     let chunks = state.runtime.follow_logs(id, from)?;
     let runtime = state.runtime.clone();
     let events = chunks

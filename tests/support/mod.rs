@@ -71,6 +71,14 @@ pub struct ScriptedRuntime {
 /// the identity scripted under each name in `identities` (`f(x) -> x`), and
 /// one T4 GPU (as [`start`] declares one).
 pub async fn scripted(identities: &[&str]) -> ScriptedRuntime {
+    scripted_with(identities, modal_agents::sandbox::SandboxConfig::default()).await
+}
+
+/// [`scripted`], with sandboxes configured as `sandboxes` says.
+pub async fn scripted_with(
+    identities: &[&str],
+    sandboxes: modal_agents::sandbox::SandboxConfig,
+) -> ScriptedRuntime {
     let dir = tempfile::tempdir().expect("temp dir");
     let scripts = Arc::new(ScriptedBackend::new().with_gpus(["T4"]));
     for name in identities {
@@ -81,6 +89,7 @@ pub async fn scripted(identities: &[&str]) -> ScriptedRuntime {
     let rt = Runtime::builder()
         .data_dir(dir.path())
         .backend(Arc::new(scripts.clone()))
+        .sandbox_config(sandboxes)
         .start()
         .await
         .expect("runtime starts");
