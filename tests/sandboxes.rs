@@ -53,6 +53,47 @@ async fn exec_outcomes_are_typed_and_output_is_kept() {
     assert_eq!(r.stdout.as_deref(), Some("out\n/workspace\n"));
     assert_eq!(r.stderr.as_deref(), Some("err\n"));
 
+    // Stdin larger than a pipe holds is fed beside the output and the
+    // clock: a program that prints a lot before it reads finishes, and one
+    // that never reads still times out (both hung before).
+    let big = "s".repeat(1 << 20);
+    let r = sbx
+        .exec(
+            &id,
+            ExecRequest {
+                stdin: Some(big.clone()),
+                ..cmd(&[
+                    "python3",
+                    "-c",
+                    "import sys; sys.stdout.write('o' * (1 << 20)); print(len(sys.stdin.read()))",
+                ])
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.process.outcome,
+        Some(Outcome::Exited { code: 0 }),
+        "{r:?}"
+    );
+    assert!(r.stdout.as_deref().unwrap().ends_with("1048576\n"));
+    let r = sbx
+        .exec(
+            &id,
+            ExecRequest {
+                stdin: Some(big),
+                timeout_s: Some(1),
+                ..cmd(&["sleep", "60"])
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(r.process.outcome, Some(Outcome::TimedOut { .. })),
+        "{:?}",
+        r.process
+    );
+
     // A program that exits 137 is not one killed by SIGKILL, and neither is
     // a timeout.
     let r = sbx.exec(&id, sh("exit 137")).await.unwrap();

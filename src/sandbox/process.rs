@@ -240,16 +240,25 @@ pub(crate) fn spawn(
     });
     let p = process.clone();
     let oom_before = (s.oom_kills)();
+    // Stdin: written, then closed unless kept open, beside the output and
+    // the clock: a process that prints before it reads (or never reads) is
+    // neither stuck on a full output pipe nor spared its timeout. The write
+    // gives up once the process has exited.
+    let (exited, exit_seen) = tokio::sync::oneshot::channel::<()>();
+    let (bytes, stdin_open) = (s.stdin, s.stdin_open);
     tasks.spawn(async move {
-        // Stdin: written, then closed unless kept open.
         let mut held_stdin = held_stdin;
-        if let (Some(pipe), Some(bytes)) = (held_stdin.as_mut(), s.stdin) {
-            let _ = pipe.write_all(&bytes).await;
+        if let (Some(pipe), Some(bytes)) = (held_stdin.as_mut(), bytes) {
+            tokio::select! {
+                _ = pipe.write_all(&bytes) => {}
+                _ = exit_seen => {}
+            }
         }
-        if !s.stdin_open {
+        if !stdin_open {
             *held_stdin = None;
         }
-        drop(held_stdin);
+    });
+    tasks.spawn(async move {
         let writer = Arc::new(tokio::sync::Mutex::new(Writer {
             file: tokio::fs::File::from_std(file),
             at: 0,
@@ -281,6 +290,7 @@ pub(crate) fn spawn(
             p.kill_all();
         }
         let bwrap = child.wait().await.ok();
+        drop(exited);
         // The jail is gone, and so every writer of its pipes: the output
         // ends soon. A descendant that escaped the jail's death cannot
         // hold the answer back for long.
