@@ -158,17 +158,24 @@ pub(crate) struct SseEvent {
     id: Option<String>,
 }
 
-/// A request's `Idempotency-Key`, checked (1 to 255 characters).
+/// A request's `Idempotency-Key`, checked: 1 to 255 visible ASCII
+/// characters (`^[!-~]+$`, as the OpenAPI document says).
 pub(crate) fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, Error> {
     let Some(raw) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let key = raw.to_str().map_err(|_| {
+    let refused = |what: String| {
         Error::invalid(
             "Idempotency-Key",
-            "expected 1 to 255 visible ASCII characters",
+            format!("{what}; expected 1 to 255 visible ASCII characters (no spaces)"),
         )
-    })?;
+    };
+    let key = raw
+        .to_str()
+        .map_err(|_| refused("got bytes that are not visible ASCII".into()))?;
+    if let Some(bad) = key.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(refused(format!("got {bad:?} in the key")));
+    }
     crate::commands::check_key("idempotency", key.to_owned())
         .map(Some)
         .map_err(Error::from)

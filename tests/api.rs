@@ -582,6 +582,27 @@ async fn idempotency_keys_replay_and_refuse_changes() {
     );
     let (_, _, tasks) = s.get("/tasks").await;
     assert_eq!(tasks["total"], 2, "one more task, once");
+    // A key is visible ASCII, as documented; a tool that creates nothing
+    // ignores the header, whatever it holds.
+    let (status, _, problem) = read(
+        tool("in ner", json!({"function_name": "f", "args": [6]}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(problem["field"], "Idempotency-Key", "{problem}");
+    let long = "k".repeat(300);
+    let (status, _, listed) = read(
+        s.req(reqwest::Method::POST, "/tools/list_functions")
+            .header("idempotency-key", long.as_str())
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
     s.rt.shutdown().await;
 }
 

@@ -29,7 +29,13 @@ pub(crate) async fn call_tool(
     headers: HeaderMap,
     ApiJson(args): ApiJson<Value>,
 ) -> Result<Json<Value>, Error> {
-    let key = super::idempotency_key(&headers)?;
+    // Only a tool that creates work takes a key; another ignores the header.
+    let creates_work = crate::commands::table().any(|c| c.name == tool_name && c.creates_work);
+    let key = if creates_work {
+        super::idempotency_key(&headers)?
+    } else {
+        None
+    };
     Ok(Json(
         Tools::new(state.runtime.clone())
             .for_caller(caller)

@@ -143,7 +143,8 @@ pub(super) fn fingerprint(command: &str, input: &Value) -> [u8; 32] {
     Sha256::digest(format!("{command}\0{input}")).into()
 }
 
-/// Takes `idempotency_key` out of `args`, checked: 1 to 255 characters.
+/// Takes `idempotency_key` out of `args`, checked: 1 to 255 bytes, no
+/// control characters.
 pub(super) fn take_key(command: &str, args: &mut Value) -> Result<Option<String>, CommandError> {
     let Some(key) = args
         .as_object_mut()
@@ -170,7 +171,17 @@ pub(crate) fn check_key(command: &str, key: String) -> Result<String, CommandErr
         return Err(CommandError::invalid(
             command,
             "idempotency_key",
-            format!("expected 1 to {MAX_KEY_LEN} characters, got {}", key.len()),
+            format!(
+                "expected 1 to {MAX_KEY_LEN} bytes of UTF-8, got {}",
+                key.len()
+            ),
+        ));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(CommandError::invalid(
+            command,
+            "idempotency_key",
+            "control characters are not accepted in a key",
         ));
     }
     Ok(key)
