@@ -22,8 +22,8 @@
 //! same key with another input is refused, naming the key. A failure is not
 //! remembered, so it can be retried. Keys are per caller (the bearer token),
 //! kept 24 hours, across restarts (in `state.redb`, written before the
-//! answer is given), at most 100,000 and 64 MiB of answers, the oldest
-//! forgotten first; an answer over 4 MiB is remembered as done, not for
+//! answer is given), at most 100,000 keys and 32 MiB of answers per
+//! caller, the oldest forgotten first; an answer over 4 MiB is remembered as done, not for
 //! replay. A keyed command runs to the end even if its caller goes away.
 
 mod files;

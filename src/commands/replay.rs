@@ -4,7 +4,6 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,10 +20,10 @@ use crate::sync::Recover;
 
 /// How long a key is remembered.
 const KEEP: Duration = Duration::from_secs(24 * 3600);
-/// Most keys remembered.
+/// Most keys remembered per caller.
 const MAX_KEYS: usize = 100_000;
 /// Most answer bytes remembered in all.
-const MAX_BYTES: usize = 64 << 20;
+const MAX_BYTES: usize = 32 << 20;
 /// Largest answer remembered whole; a larger one is remembered as done.
 const MAX_REPLAYED: usize = 4 << 20;
 /// Longest key.
@@ -79,13 +78,21 @@ type Slot = Arc<Mutex<Entry>>;
 pub(crate) struct Replays {
     entries: DashMap<Key, Slot>,
     /// Finished keys, oldest first: when, the key, its slot, its bytes.
-    order: Mutex<VecDeque<(Instant, Key, Slot, usize)>>,
-    bytes: AtomicUsize,
+    /// Per caller, so that one caller's answers never push out another's.
+    order: Mutex<std::collections::HashMap<Caller, Finished>>,
     /// Where finished keys are kept across restarts (`replays` in
     /// `state.redb`), once [`Replays::restore`] has read it.
     store: std::sync::OnceLock<Arc<Store>>,
     /// Forgotten keys still to delete from the store (with its next write).
     forgotten: Mutex<Vec<String>>,
+}
+
+/// One caller's finished keys, oldest first (when, the key, its slot, its
+/// bytes), and their bytes.
+#[derive(Default)]
+struct Finished {
+    keys: VecDeque<(Instant, Key, Slot, usize)>,
+    bytes: usize,
 }
 
 /// A finished key as the store keeps it.
@@ -377,9 +384,11 @@ impl Replays {
             }));
             self.entries.insert(key.clone(), slot.clone());
             let mut order = self.order.lock().recover();
-            self.bytes.fetch_add(k.size, Ordering::Relaxed);
-            order.push_back((at, key, slot, k.size));
-            self.expire_in(&mut order);
+            let caller = key.0;
+            let queue = order.entry(caller).or_default();
+            queue.bytes += k.size;
+            queue.keys.push_back((at, key, slot, k.size));
+            self.expire_in(queue);
         }
         self.forgotten.lock().recover().extend(stale);
         let _ = self.store.set(store);
@@ -410,26 +419,30 @@ impl Replays {
     /// count or the byte budget, oldest first.
     fn finished(&self, key: Key, slot: Slot, size: usize) {
         let mut order = self.order.lock().recover();
-        self.bytes.fetch_add(size, Ordering::Relaxed);
-        order.push_back((Instant::now(), key, slot, size));
-        self.expire_in(&mut order);
+        let queue = order.entry(key.0).or_default();
+        queue.bytes += size;
+        queue.keys.push_back((Instant::now(), key, slot, size));
+        self.expire_in(queue);
     }
 
     fn expire(&self) {
         let mut order = self.order.lock().recover();
-        self.expire_in(&mut order);
+        for queue in order.values_mut() {
+            self.expire_in(queue);
+        }
+        order.retain(|_, q| !q.keys.is_empty());
     }
 
-    fn expire_in(&self, order: &mut VecDeque<(Instant, Key, Slot, usize)>) {
-        while let Some((at, _, _, _)) = order.front() {
-            let over = order.len() > MAX_KEYS || self.bytes.load(Ordering::Relaxed) > MAX_BYTES;
+    fn expire_in(&self, queue: &mut Finished) {
+        while let Some((at, _, _, _)) = queue.keys.front() {
+            let over = queue.keys.len() > MAX_KEYS || queue.bytes > MAX_BYTES;
             if !over && at.elapsed() < KEEP {
                 break;
             }
-            let Some((_, key, slot, size)) = order.pop_front() else {
+            let Some((_, key, slot, size)) = queue.keys.pop_front() else {
                 break;
             };
-            self.bytes.fetch_sub(size, Ordering::Relaxed);
+            queue.bytes -= size;
             // Only this entry: the key may have been used again since.
             if self
                 .entries
@@ -571,23 +584,31 @@ mod tests {
         );
     }
 
-    /// Remembered bytes stay within the budget, oldest forgotten first.
+    /// Remembered bytes stay within each caller's budget, oldest forgotten
+    /// first; one caller filling its budget forgets none of another's keys.
     #[test]
-    fn the_store_keeps_to_its_byte_budget() {
+    fn each_caller_keeps_to_its_byte_budget() {
         let store = Replays::default();
-        for i in 0..40 {
-            let key = (Caller::default(), format!("k{i}"));
+        let remember = |caller: Caller, name: &str| {
+            let key = (caller, name.to_owned());
             let slot = Arc::new(Mutex::new(Entry::Done {
                 fingerprint: [0; 32],
                 answer: None,
             }));
             store.entries.insert(key.clone(), slot.clone());
             store.finished(key, slot, MAX_REPLAYED);
-            assert!(store.bytes.load(Ordering::Relaxed) <= MAX_BYTES);
+        };
+        let other = Caller::of_token("other");
+        remember(other, "theirs");
+        for i in 0..40 {
+            remember(Caller::default(), &format!("k{i}"));
+            let order = store.order.lock().recover();
+            assert!(order[&Caller::default()].bytes <= MAX_BYTES);
         }
-        assert_eq!(store.entries.len(), MAX_BYTES / MAX_REPLAYED);
+        assert_eq!(store.entries.len(), MAX_BYTES / MAX_REPLAYED + 1);
         assert!(!store
             .entries
             .contains_key(&(Caller::default(), "k0".into())));
+        assert!(store.entries.contains_key(&(other, "theirs".into())));
     }
 }
