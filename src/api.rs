@@ -143,21 +143,6 @@ pub(crate) fn replayed(mut response: Response, replayed: bool) -> Response {
     response
 }
 
-/// One Server-Sent Event of a followed stream (`text/event-stream`), as a
-/// client reads it: its type, its data (a JSON string for output, the
-/// outcome at `end`) and, on output, the id to resume after.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)] // a schema only: the stream is written by axum's `Sse`
-pub(crate) struct SseEvent {
-    /// `stdout`, `stderr`, or `end` (and, for a sandbox's events, the
-    /// event's name).
-    event: Option<String>,
-    /// The event's data.
-    data: String,
-    /// Where to resume after this event (`Last-Event-ID`).
-    id: Option<String>,
-}
-
 /// A request's `Idempotency-Key`, checked: 1 to 255 visible ASCII
 /// characters (`^[!-~]+$`, as the OpenAPI document says).
 pub(crate) fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, Error> {

@@ -183,7 +183,7 @@ pub(crate) async fn process(
 /// ends with what there is now.
 #[utoipa::path(get, path = "/sandboxes/{sandbox_id}/processes/{process_id}/output",
     params(("follow" = Option<bool>, Query), ("Last-Event-ID" = Option<String>, Header)),
-    responses((status = 200, content_type = "text/event-stream", body = super::SseEvent), (status = 404, body = super::Problem)))]
+    responses((status = 200, content_type = "text/event-stream", body = super::tasks::SseEvent), (status = 404, body = super::Problem)))]
 pub(crate) async fn output(
     State(state): State<ApiState>,
     Path((id, pid)): Path<(String, String)>,
@@ -302,7 +302,7 @@ pub(crate) async fn fork(
 /// The sandbox's events as Server-Sent Events: its state now
 /// (`sandbox.state`), then `sandbox.expiring` and `sandbox.ended`.
 #[utoipa::path(get, path = "/sandboxes/{sandbox_id}/events",
-    responses((status = 200, content_type = "text/event-stream", body = super::SseEvent), (status = 404, body = super::Problem)))]
+    responses((status = 200, content_type = "text/event-stream", body = super::tasks::SseEvent), (status = 404, body = super::Problem)))]
 pub(crate) async fn events(
     State(state): State<ApiState>,
     Path(id): Path<String>,

@@ -251,7 +251,7 @@ pub(crate) async fn results(
     params(("follow" = Option<bool>, Query),
            ("Last-Event-ID" = Option<String>, Header, description = "resume a followed stream after this event")),
     responses((status = 200, description = "the logs; with follow=true, a stream of Server-Sent Events",
-               content((TaskLogs = "application/json"), (super::SseEvent = "text/event-stream"))),
+               content((TaskLogs = "application/json"), (SseEvent = "text/event-stream"))),
               (status = 404, body = super::Problem), (status = 422, body = super::Problem)))]
 pub(crate) async fn logs(
     State(state): State<ApiState>,
@@ -357,4 +357,19 @@ pub(crate) async fn wait_tasks(
     ApiJson(req): ApiJson<WaitTasksRequest>,
 ) -> Result<Json<WaitTasksResult>, Error> {
     Ok(Json(state.commands.wait_tasks(req).await?))
+}
+
+/// One Server-Sent Event of a followed stream (`text/event-stream`), as a
+/// client reads it: its type, its data (a JSON string for output, the
+/// outcome at `end`) and, on output, the id to resume after.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // a schema only: the stream is written by axum's `Sse`
+pub(crate) struct SseEvent {
+    /// `stdout`, `stderr`, or `end` (and, for a sandbox's events, the
+    /// event's name).
+    event: Option<String>,
+    /// The event's data.
+    data: String,
+    /// Where to resume after this event (`Last-Event-ID`).
+    id: Option<String>,
 }
