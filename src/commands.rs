@@ -537,7 +537,9 @@ impl Commands {
         name: &str,
         args: Value,
     ) -> Result<Value, CommandError> {
-        self.call_keyed(caller, name, args, None).await
+        self.call_keyed(caller, name, args, None)
+            .await
+            .map(|k| k.answer)
     }
 
     /// [`Commands::call_as`] with an idempotency key given beside the
@@ -550,7 +552,7 @@ impl Commands {
         name: &str,
         mut args: Value,
         header_key: Option<String>,
-    ) -> Result<Value, CommandError> {
+    ) -> Result<Keyed<Value>, CommandError> {
         let Some(row) = TABLE.iter().find(|r| r.name == name) else {
             return Err(CommandError::UnknownTool {
                 name: crate::value::clip(name, crate::value::MAX_ECHO).into_owned(),
@@ -572,9 +574,7 @@ impl Commands {
         let fingerprint = replay::fingerprint(name, &args);
         let (me, run) = (self.clone(), row.run);
         let work = async move { run(&me, args).await };
-        self.keyed(caller, name, key, fingerprint, work)
-            .await
-            .map(|k| k.answer)
+        self.keyed(caller, name, key, fingerprint, work).await
     }
 
     /// Runs `run`, the command `name` with `input` (its

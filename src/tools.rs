@@ -91,7 +91,7 @@ impl Tools {
         name: &str,
         args: Value,
         key: Option<String>,
-    ) -> Result<Value, CommandError> {
+    ) -> Result<crate::commands::Keyed<Value>, CommandError> {
         self.commands.call_keyed(self.caller, name, args, key).await
     }
 }

@@ -551,13 +551,14 @@ async fn idempotency_keys_replay_and_refuse_changes() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{first}");
-    let (_, _, again) = read(
+    let (_, headers, again) = read(
         tool("t-1", json!({"function_name": "f", "args": [3]}))
             .await
             .unwrap(),
     )
     .await;
     assert_eq!(again["task_id"], first["task_id"], "{again}");
+    assert_eq!(headers["idempotent-replayed"], "true");
     let (status, _, problem) = read(
         tool("t-1", json!({"function_name": "f", "args": [4]}))
             .await

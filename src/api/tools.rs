@@ -2,6 +2,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::Value;
 
@@ -28,7 +29,7 @@ pub(crate) async fn call_tool(
     Path(tool_name): Path<String>,
     headers: HeaderMap,
     ApiJson(args): ApiJson<Value>,
-) -> Result<Json<Value>, Error> {
+) -> Result<Response, Error> {
     // Only a tool that creates work takes a key; another ignores the header.
     let creates_work = crate::commands::table().any(|c| c.name == tool_name && c.creates_work);
     let key = if creates_work {
@@ -36,10 +37,12 @@ pub(crate) async fn call_tool(
     } else {
         None
     };
-    Ok(Json(
-        Tools::new(state.runtime.clone())
-            .for_caller(caller)
-            .call_keyed(&tool_name, args, key)
-            .await?,
+    let keyed = Tools::new(state.runtime.clone())
+        .for_caller(caller)
+        .call_keyed(&tool_name, args, key)
+        .await?;
+    Ok(super::replayed(
+        Json(keyed.answer).into_response(),
+        keyed.replayed,
     ))
 }
