@@ -102,10 +102,13 @@ pub enum CommandError {
     },
     /// An idempotency key's first request ran, but its answer was too large
     /// to keep for replay.
-    #[error("`{tool}`: a request with this idempotency key already ran; its answer was too large to keep for replay")]
+    #[error("`{tool}`: a request with this idempotency key already ran{}; its answer was too large to keep for replay", .made.as_ref().map(|m| format!(" and made {m}")).unwrap_or_default())]
     NotReplayable {
         /// The command.
         tool: String,
+        /// What the first request made, when its answer named it (`task
+        /// 0b1f...`, `sandbox sb-...`), so the caller can find it.
+        made: Option<String>,
     },
     /// The runtime refused or failed the operation.
     #[error("`{tool}` failed: {source}")]

@@ -70,6 +70,8 @@ enum Entry {
         fingerprint: [u8; 32],
         /// `None` when it was too large to keep.
         answer: Option<Value>,
+        /// What an answer too large to keep named ([`made_by`]).
+        made: Option<String>,
     },
 }
 
@@ -96,6 +98,22 @@ pub(crate) struct Replays {
 struct Finished {
     keys: VecDeque<(Instant, Key, Slot, usize)>,
     bytes: usize,
+}
+
+/// What an answer names that its request made (`task ID`, `sandbox ID`,
+/// ...), for a retry whose answer cannot be replayed.
+fn made_by(answer: &Value) -> Option<String> {
+    [
+        ("task_id", "task"),
+        ("sandbox_id", "sandbox"),
+        ("snapshot_id", "snapshot"),
+        ("webhook_id", "webhook"),
+    ]
+    .iter()
+    .find_map(|(field, what)| {
+        let id = answer.get(field)?.as_str()?;
+        Some(format!("{what} {}", crate::value::clip(id, 128)))
+    })
 }
 
 /// What identifies a request under its key: the command and its input.
@@ -208,13 +226,17 @@ impl Replays {
                             .map_err(|_| {
                                 CommandError::NotReplayable {
                                     tool: command.to_owned(),
+                                    made: made_by(answer),
                                 }
                                 .into()
                             })
                     }
-                    Entry::Done { answer: None, .. } => {
+                    Entry::Done {
+                        answer: None, made, ..
+                    } => {
                         return Err(CommandError::NotReplayable {
                             tool: command.to_owned(),
+                            made: made.clone(),
                         }
                         .into())
                     }
@@ -265,6 +287,7 @@ impl Replays {
                     let size = answer
                         .as_ref()
                         .map_or(0, |a| serde_json::to_vec(a).map_or(0, |v| v.len()));
+                    let made = answer.as_ref().and_then(made_by);
                     let kept = answer.filter(|_| size <= MAX_REPLAYED);
                     let bytes = kept.as_ref().map_or(0, |_| size);
                     let fingerprint = match &*s.lock().recover() {
@@ -272,10 +295,11 @@ impl Replays {
                             *fingerprint
                         }
                     };
-                    let record = Kept::new(&fingerprint, kept.clone(), bytes);
+                    let record = Kept::new(&fingerprint, kept.clone(), made.clone(), bytes);
                     *s.lock().recover() = Entry::Done {
                         fingerprint,
                         answer: kept,
+                        made,
                     };
                     let name = stored_key(&k);
                     me.finished(k, s, bytes);
@@ -471,6 +495,27 @@ mod tests {
         );
     }
 
+    /// An answer too large to replay still tells a retry what the first
+    /// request made, so the caller can find it.
+    #[tokio::test]
+    async fn a_retry_of_an_answer_too_large_learns_what_was_made() {
+        let replays = Arc::new(Replays::default());
+        let f = fingerprint("c", &serde_json::json!(1));
+        let big = serde_json::json!({"task_id": "t-1", "results": "x".repeat(MAX_REPLAYED)});
+        let run = |answer: Value| {
+            replays.run(Caller::default(), "c", "big".into(), f, async move {
+                Ok::<_, CommandError>(answer)
+            })
+        };
+        assert!(run(big.clone()).await.is_ok());
+        let e = run(big).await.unwrap_err();
+        assert!(
+            matches!(&e, CommandError::NotReplayable { made: Some(m), .. } if m == "task t-1"),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("made task t-1"), "{e}");
+    }
+
     /// Remembered bytes stay within each caller's budget, oldest forgotten
     /// first; one caller filling its budget forgets none of another's keys.
     #[test]
@@ -481,6 +526,7 @@ mod tests {
             let slot = Arc::new(Mutex::new(Entry::Done {
                 fingerprint: [0; 32],
                 answer: None,
+                made: None,
             }));
             store.entries.insert(key.clone(), slot.clone());
             store.finished(key, slot, MAX_REPLAYED);

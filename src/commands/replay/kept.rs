@@ -19,18 +19,27 @@ pub(super) struct Kept {
     fingerprint: String,
     /// `None` when it was too large to keep.
     answer: Option<Value>,
+    /// What an answer too large to keep named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    made: Option<String>,
     /// When it finished, in seconds since the Unix epoch.
     at: u64,
     size: usize,
 }
 
 impl Kept {
-    /// A key that just finished with `answer` (`None`: too large to keep)
-    /// of `size` bytes.
-    pub(super) fn new(fingerprint: &[u8; 32], answer: Option<Value>, size: usize) -> Kept {
+    /// A key that just finished with `answer` (`None`: too large to keep,
+    /// naming what it `made`) of `size` bytes.
+    pub(super) fn new(
+        fingerprint: &[u8; 32],
+        answer: Option<Value>,
+        made: Option<String>,
+        size: usize,
+    ) -> Kept {
         Kept {
             fingerprint: hex(fingerprint),
             answer,
+            made,
             at: unix_now(),
             size,
         }
@@ -104,6 +113,7 @@ impl Replays {
             let slot = Arc::new(Mutex::new(Entry::Done {
                 fingerprint,
                 answer: k.answer,
+                made: k.made,
             }));
             self.entries.insert(key.clone(), slot.clone());
             let mut order = self.order.lock().recover();
