@@ -191,6 +191,21 @@ impl Sandboxes {
         }
         let mut vars = sandbox.env.clone();
         vars.extend(req.env.clone());
+        // A stdin given whole (not kept open) is read from a file: nothing
+        // of it stays in this process's memory while the program has not
+        // read it.
+        let mut stdin = req.stdin.map(String::into_bytes);
+        let stdin_file = match stdin.take_if(|_| !req.stdin_open) {
+            Some(bytes) => {
+                let path = sandbox.host.join("procs").join(format!("p{n}.stdin"));
+                Some(
+                    tokio::task::spawn_blocking(move || stdin_file(&path, &bytes))
+                        .await
+                        .map_err(std::io::Error::other)??,
+                )
+            }
+            None => None,
+        };
         let started = jail::start(JailSpec {
             bwrap: &env.bwrap,
             python: &env.python,
@@ -206,6 +221,7 @@ impl Sandboxes {
             confined: sandbox.confined(),
             open_files: sandbox.request.limits.open_files.into(),
             file_size: sandbox.request.limits.file_size_mib.map(|m| m << 20),
+            stdin: stdin_file,
         })
         .map_err(|e| match e.raw_os_error() {
             Some(libc::E2BIG) => SandboxError::invalid(
@@ -223,7 +239,7 @@ impl Sandboxes {
                 cmd: req.cmd.clone(),
                 output: sandbox.host.join("procs").join(format!("p{n}.out")),
                 keep: sandbox.request.limits.output_mib << 20,
-                stdin: req.stdin.map(String::into_bytes),
+                stdin,
                 stdin_open: req.stdin_open,
                 timeout: req.timeout_s.map(Duration::from_secs),
                 redact: self.shared.redact.clone(),
@@ -448,6 +464,23 @@ pub enum OutputEvent {
     Chunk(OutputChunk),
     /// It ended, with this outcome.
     End(crate::wire::Outcome),
+}
+
+/// `bytes` written to a new private file at `path`, opened again for
+/// reading and unlinked: a process's stdin that lives as long as its
+/// descriptor.
+fn stdin_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<std::fs::File> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(crate::persist::FILE_MODE)
+        .open(path)?;
+    file.write_all(bytes)?;
+    let reader = std::fs::File::open(path);
+    let _ = std::fs::remove_file(path);
+    reader
 }
 
 #[cfg(test)]

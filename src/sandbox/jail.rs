@@ -79,6 +79,8 @@ pub(crate) struct JailSpec<'a> {
     pub(crate) confined: Option<Arc<Confined>>,
     pub(crate) open_files: u64,
     pub(crate) file_size: Option<u64>,
+    /// Its whole stdin, from a file (`None`: a pipe).
+    pub(crate) stdin: Option<std::fs::File>,
 }
 
 /// A started jail: the bubblewrap process, and the read ends of the
@@ -158,7 +160,7 @@ pub(crate) fn start(spec: JailSpec<'_>) -> std::io::Result<Started> {
         .args(spec.cmd);
     cmd.env_clear()
         .envs(spec.env)
-        .stdin(Stdio::piped())
+        .stdin(spec.stdin.map_or_else(Stdio::piped, Stdio::from))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
