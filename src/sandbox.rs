@@ -1192,21 +1192,58 @@ pub(crate) fn check_env(
     env: &std::collections::BTreeMap<String, String>,
 ) -> Result<(), SandboxError> {
     if env.len() > 256 {
-        return Err(SandboxError::invalid(field, "at most 256 variables"));
+        return Err(SandboxError::invalid(
+            field,
+            format!("got {} variables; expected at most 256", env.len()),
+        ));
     }
     for (k, v) in env {
-        let ok = !k.is_empty()
-            && k.len() <= 256
-            && !k.contains('=')
-            && !k.contains('\0')
-            && !v.contains('\0')
-            && v.len() <= 128 << 10;
-        if !ok {
+        let wrong = if k.is_empty() || k.len() > 256 {
+            Some(format!("a name of {} bytes", k.len()))
+        } else if k.contains('=') || k.contains('\0') {
+            Some(format!("the name {:?}", short(k)))
+        } else if v.contains('\0') {
+            Some("a value with a NUL byte".to_owned())
+        } else if v.len() > 128 << 10 {
+            Some(format!("a value of {} bytes", v.len()))
+        } else {
+            None
+        };
+        if let Some(wrong) = wrong {
             return Err(SandboxError::invalid(
                 format!("{field}.{}", short(k)),
-                "names of 1 to 256 bytes without '=' or NUL, values up to 128 KiB without NUL",
+                format!(
+                    "got {wrong}; expected names of 1 to 256 bytes without '=' or NUL, values up to 128 KiB without NUL"
+                ),
             ));
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refused environment names the variable, what was wrong with it and
+    /// what is accepted.
+    #[test]
+    fn env_errors_say_what_was_sent() {
+        let many: std::collections::BTreeMap<String, String> =
+            (0..300).map(|i| (format!("V{i}"), "x".into())).collect();
+        let e = check_env("env", &many).unwrap_err().to_string();
+        assert!(
+            e.contains("got 300 variables") && e.contains("at most 256"),
+            "{e}"
+        );
+        let big = [("BIG".to_owned(), "x".repeat(200 << 10))].into();
+        let e = check_env("env", &big).unwrap_err().to_string();
+        assert!(
+            e.contains("env.BIG") && e.contains("a value of 204800 bytes"),
+            "{e}"
+        );
+        let bad = [("A=B".to_owned(), "x".into())].into();
+        let e = check_env("env", &bad).unwrap_err().to_string();
+        assert!(e.contains("the name \"A=B\""), "{e}");
+    }
 }
