@@ -51,14 +51,6 @@ impl Caller {
         id.copy_from_slice(&digest[..16]);
         Caller(Some(id))
     }
-
-    /// How it is written in the state database.
-    fn stored(&self) -> String {
-        self.0.map_or_else(
-            || "-".to_owned(),
-            |id| id.iter().map(|b| format!("{b:02x}")).collect(),
-        )
-    }
 }
 
 enum Entry {

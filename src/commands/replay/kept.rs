@@ -52,37 +52,39 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// A key as the store names it: its caller (hex, or `-` for none), `/`,
+/// the key.
 pub(super) fn stored_key((caller, key): &Key) -> String {
-    format!("{}/{key}", caller.stored())
+    let caller = caller
+        .0
+        .as_ref()
+        .map_or_else(|| "-".to_owned(), |id| hex(id));
+    format!("{caller}/{key}")
+}
+
+/// [`stored_key`] read back.
+fn key_from(stored: &str) -> Option<Key> {
+    let (caller, key) = stored.split_once('/')?;
+    let caller = match caller {
+        "-" => Caller(None),
+        id => Caller(Some(unhex(id)?)),
+    };
+    Some((caller, key.to_owned()))
 }
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex32(text: &str) -> Option<[u8; 32]> {
-    let mut out = [0; 32];
-    if text.len() != 64 {
+fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let mut out = [0; N];
+    if text.len() != 2 * N {
         return None;
     }
     for (i, byte) in out.iter_mut().enumerate() {
         *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(out)
-}
-
-fn caller_from(stored: &str) -> Option<Caller> {
-    if stored == "-" {
-        return Some(Caller(None));
-    }
-    let mut id = [0; 16];
-    if stored.len() != 32 {
-        return None;
-    }
-    for (i, byte) in id.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(stored.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(Caller(Some(id)))
 }
 
 impl Replays {
@@ -95,12 +97,7 @@ impl Replays {
         let mut stale = Vec::new();
         for (name, k) in kept {
             let age = Duration::from_secs(now.saturating_sub(k.at));
-            let parsed = name.split_once('/').and_then(|(caller, key)| {
-                Some((
-                    (caller_from(caller)?, key.to_owned()),
-                    unhex32(&k.fingerprint)?,
-                ))
-            });
+            let parsed = key_from(&name).zip(unhex(&k.fingerprint));
             let (Some((key, fingerprint)), Some(at)) = (parsed, Instant::now().checked_sub(age))
             else {
                 stale.push(name);
