@@ -40,8 +40,9 @@ fn serve() -> Served {
     }
 }
 
-fn cli(s: &Served, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    let mut child = Command::new(BIN)
+/// The CLI with `args` against `s`, its three streams piped.
+fn spawn_cli(s: &Served, args: &[&str]) -> std::process::Child {
+    Command::new(BIN)
         .args(args)
         .env("MODAL_AGENTS_URL", &s.url)
         .env("MODAL_AGENTS_TOKEN", TOKEN)
@@ -50,7 +51,11 @@ fn cli(s: &Served, args: &[&str], stdin: Option<&str>) -> (bool, String, String)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+fn cli(s: &Served, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut child = spawn_cli(s, args);
     if let Some(input) = stdin {
         child
             .stdin

@@ -10,7 +10,19 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{cli, serve, BIN, TOKEN};
+use super::{cli, serve, spawn_cli, Served, BIN, TOKEN};
+
+/// Deploys `nap(x)`: sleeps `x` seconds and returns it.
+fn deploy_nap(s: &Served) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("nap.py");
+    std::fs::write(
+        &file,
+        "import time\ndef nap(x):\n    time.sleep(x)\n    return x\n",
+    )
+    .unwrap();
+    assert!(cli(s, &["deploy", file.to_str().unwrap()], None).0);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_calls_maps_and_deploys_from_a_file() {
@@ -101,23 +113,8 @@ async fn run_calls_maps_and_deploys_from_a_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_prints_each_result_while_the_map_still_runs() {
     let s = serve();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("nap.py");
-    std::fs::write(
-        &file,
-        "import time\ndef nap(x):\n    time.sleep(x)\n    return x\n",
-    )
-    .unwrap();
-    assert!(cli(&s, &["deploy", file.to_str().unwrap()], None).0);
-    let mut child = Command::new(BIN)
-        .args(["run", "nap"])
-        .env("MODAL_AGENTS_URL", &s.url)
-        .env("MODAL_AGENTS_TOKEN", TOKEN)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    deploy_nap(&s);
+    let mut child = spawn_cli(&s, &["run", "nap"]);
     // Written and closed: the inputs end there.
     child.stdin.take().unwrap().write_all(b"0\n60\n").unwrap();
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
@@ -137,26 +134,8 @@ async fn run_prints_each_result_while_the_map_still_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_unordered_streams_and_every_early_end_cancels_what_runs() {
     let s = serve();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("nap.py");
-    std::fs::write(
-        &file,
-        "import time\ndef nap(x):\n    time.sleep(x)\n    return x\n",
-    )
-    .unwrap();
-    assert!(cli(&s, &["deploy", file.to_str().unwrap()], None).0);
-    let run = |args: &[&str]| {
-        Command::new(BIN)
-            .args(args)
-            .env("MODAL_AGENTS_URL", &s.url)
-            .env("MODAL_AGENTS_TOKEN", TOKEN)
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    deploy_nap(&s);
+    let run = |args: &[&str]| spawn_cli(&s, args);
     let running = || {
         let (ok, listed, e) = cli(&s, &["tasks", "--status", "running"], None);
         assert!(ok, "{e}");
