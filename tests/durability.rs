@@ -48,14 +48,22 @@ async fn sigkill_mid_map_then_restart_completes_exactly() {
         .await;
     assert_eq!(done_call["result"], 42);
     api.post("/deploy-function", json!({"function_code": "import time\ndef nap(s):\n    time.sleep(s)\n    return s\n", "function_name": "nap"})).await;
+    // Seen running before the map starts, and long enough to still run at
+    // the kill however long a loaded machine takes to get the map under way
+    // (1.5 s was not always).
     let long_call = api
-        .post(
-            "/spawn-task",
-            json!({"function_name": "nap", "args": [1.5]}),
-        )
+        .post("/spawn-task", json!({"function_name": "nap", "args": [10]}))
+        .await;
+    let long_path = format!("/status/{}", long_call["task_id"].as_str().unwrap());
+    api.until(&long_path, "the call to run", |v| v["status"] == "running")
         .await;
     let n = 20_000u64;
     let map_id = api.map_under_way("work", n, 3_000).await;
+    assert_eq!(
+        api.get(&long_path).await["status"],
+        "running",
+        "still running at the kill"
+    );
 
     support::kill(server.id(), libc::SIGKILL);
     server.wait().unwrap();
@@ -108,7 +116,7 @@ async fn sigkill_mid_map_then_restart_completes_exactly() {
         .await;
     assert_eq!(
         (long["result"].clone(), long["attempts"].clone()),
-        (json!(1.5), json!(2))
+        (json!(10), json!(2))
     );
 
     support::stop(&mut server);
