@@ -1172,6 +1172,8 @@ fn validate(r: &CreateSandbox) -> Result<String, SandboxError> {
             "at most 32 tags, keys of 1 to 64 bytes, values of at most 256",
         ));
     }
+    crate::spec::validate_python_packages(&r.image.python_packages)
+        .map_err(|e| SandboxError::invalid(e.field().to_owned(), e.to_string()))?;
     check_env("env", &r.env)?;
     let size: usize = r.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
     if size > 512 << 10 {

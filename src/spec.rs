@@ -428,21 +428,28 @@ impl FunctionSpec {
     }
 }
 
+/// pip requirements as an image (a function's or a sandbox's) accepts them:
+/// each starts with a letter or digit (a project name or a URL, never an
+/// option or a path), at most 200 bytes of printable ASCII.
+pub(crate) fn validate_python_packages(packages: &[String]) -> Result<(), SpecError> {
+    for (i, p) in packages.iter().enumerate() {
+        let ok = p.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && p.len() <= 200
+            && p.chars().all(|c| c.is_ascii_graphic());
+        if !ok {
+            return Err(SpecError::invalid(
+                format!("image.python_packages[{i}]"),
+                p,
+                "a pip requirement of printable ASCII without spaces, starting with a letter or digit, such as \"numpy==2.1\"",
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl ImageSpec {
     fn validate(&self) -> Result<(), SpecError> {
-        for (i, p) in self.python_packages.iter().enumerate() {
-            let ok = !p.is_empty()
-                && !p.starts_with('-')
-                && p.len() <= 200
-                && !p.chars().any(|c| c.is_whitespace() || c.is_control());
-            if !ok {
-                return Err(SpecError::invalid(
-                    format!("image.python_packages[{i}]"),
-                    p,
-                    "a pip requirement without spaces or leading '-', such as \"numpy==2.1\"",
-                ));
-            }
-        }
+        validate_python_packages(&self.python_packages)?;
         for (i, p) in self.apt_packages.iter().enumerate() {
             let (name, version) = p.split_once('=').unwrap_or((p, "x"));
             let ok = name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -721,10 +728,16 @@ mod tests {
             field_of(ok().python_package("--index-url=http://x")),
             "image.python_packages[0]"
         );
-        assert_eq!(
-            field_of(ok().python_package("a b")),
-            "image.python_packages[0]"
-        );
+        for bad in ["a b", "./pkg", "/etc/x", "\u{e9}t\u{e9}", "a\u{1}", ""] {
+            assert_eq!(
+                field_of(ok().python_package(bad)),
+                "image.python_packages[0]",
+                "{bad:?}"
+            );
+        }
+        ok().python_package("git+https://example.com/x.git")
+            .validate()
+            .unwrap();
         let mut spec = ok();
         spec.image.apt_packages = vec!["ffmpeg".into(), "curl=7.88.1-10".into()];
         spec.validate().unwrap();

@@ -26,6 +26,10 @@ async fn scripted_server() -> (String, support::ScriptedRuntime) {
         &[],
         modal_agents::sandbox::SandboxConfig {
             max_sandboxes: 100_000,
+            // A generated requirement that pip would look for (an index is
+            // out of reach here) is a 422 in seconds, inside the fuzzer's
+            // 10 s read timeout even on a loaded machine.
+            image_build_timeout: Duration::from_secs(3),
             ..Default::default()
         },
     )

@@ -725,6 +725,18 @@ async fn python_packages_are_importable_in_the_sandbox() {
         matches!(&e, SandboxError::Invalid { field, .. } if field == "image.python_packages"),
         "{e}"
     );
+    // Not a requirement at all (a control character, a host path): refused
+    // before any environment is built, naming the entry and the value.
+    for junk in ["six\t\u{1}", "/etc/passwd"] {
+        let mut bad = CreateSandbox::default();
+        bad.image.python_packages = vec!["six".into(), junk.into()];
+        let e = sbx.create(bad).await.unwrap_err();
+        assert!(
+            matches!(&e, SandboxError::Invalid { field, .. } if field == "image.python_packages[1]"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("pip requirement"), "{e}");
+    }
     rt.shutdown().await;
 }
 
