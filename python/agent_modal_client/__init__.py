@@ -20,6 +20,8 @@ client talks to `MODAL_AGENTS_URL` with `MODAL_AGENTS_TOKEN`):
         list(add.starmap([{"a": 1}, {"a": 2, "b": 3}]))   # add(**input): one map
         for line in client.follow_logs(call.id):          # as it prints
             print(line)
+        client.run_code("print(6 * 7)")["stdout"]         # "42\n": nothing deployed
+        client.call_tool("wait_tasks", {"task_ids": [call.id]})  # any agent tool
 
 `AsyncClient` has the same methods to await (its `map` is an async
 iterator), and `ModalAgentClient` is the seed's async client, unchanged:

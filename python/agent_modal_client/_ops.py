@@ -212,6 +212,53 @@ def undeploy_function(function_name: str) -> Op[Dict[str, Any]]:
     return Op("DELETE", f"/functions/{seg(function_name)}", as_dict)
 
 
+# Agent tools: the operations an agent host sees over MCP, one request each.
+
+#: The longest any tool waits before answering (a call still running is
+#: answered with its id).
+TOOL_WAIT_S = 55.0
+
+
+def list_tools() -> Op[List[Dict[str, Any]]]:
+    """The agent tools (`GET /tools`): each one's `name`, `description`,
+    `input_schema` and `output_schema` (JSON Schema), as MCP lists them."""
+    return Op("GET", "/tools", as_list)
+
+
+def call_tool(
+    name: str, arguments: Optional[Mapping[str, Any]] = None, idempotency_key: Optional[str] = None
+) -> Op[Dict[str, Any]]:
+    """Calls agent tool `name` with `arguments` (`POST /tools/{name}`) and
+    returns its structured answer; a refused argument raises
+    `ValidationError` naming it, an unknown tool `NotFoundError`. A tool
+    that creates work takes `idempotency_key` (a retry with the same key
+    and arguments gets the first answer)."""
+    return Op("POST", f"/tools/{seg(name)}", as_dict, json=dict(arguments or {}),
+              headers=_keyed(idempotency_key), timeout=wait_request_timeout(True, TOOL_WAIT_S))
+
+
+def run_code(
+    code: str,
+    language: str = "python",
+    stdin: Optional[str] = None,
+    env: Optional[Mapping[str, str]] = None,
+    network: bool = False,
+    timeout_s: Optional[int] = None,
+    wait_s: Optional[int] = None,
+) -> Op[Dict[str, Any]]:
+    """Runs a snippet once (`language` `"python"` or `"sh"`) in a sandbox
+    made for it, with nothing to deploy or clean up (the `run_code` tool):
+    `{"outcome", "stdout", "stderr", "sandbox_id", "process_id"}`, the
+    outcome typed (`{"kind": "exited", "code": 0}`, `"timed_out"`, ...).
+    One still running after `wait_s` (default 55) is answered without an
+    outcome; `call_tool("wait_sandbox_process", ...)` waits for it."""
+    body = drop_none({"code": code, "language": language, "stdin": stdin,
+                      "env": dict(env) if env else None, "network": network or None,
+                      "timeout_s": timeout_s, "wait_s": wait_s})
+    return Op("POST", "/tools/run_code", as_object({"sandbox_id": str}), json=body,
+              timeout=wait_request_timeout(True, float(wait_s) if wait_s is not None else TOOL_WAIT_S))
+
+
 # Secrets.
 
 

@@ -249,6 +249,9 @@ class Client:
     file_get = _bind(ops.file_get)
     file_delete = _bind(ops.file_delete)
     file_list_page = _bind(ops.file_list_page)
+    list_tools = _bind(ops.list_tools)
+    call_tool = _bind(ops.call_tool)
+    run_code = _bind(ops.run_code)
 
     # Several requests each.
 

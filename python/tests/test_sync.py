@@ -512,3 +512,34 @@ def test_the_sync_client_works_inside_a_running_event_loop(client):
             return c.function("sync_add_in_loop").remote(6, 30)
 
     assert asyncio.run(inside()) == 36
+
+
+def test_agent_tools_are_listed_and_called_and_run_code_needs_no_deploy(client):
+    tools = {t["name"]: t for t in client.list_tools()}
+    assert {"run_code", "spawn_task", "create_sandbox"} <= set(tools), sorted(tools)
+    assert tools["run_code"]["input_schema"]["properties"]["code"]["type"] == "string"
+
+    ran = client.run_code("import sys\nprint(sys.stdin.read().upper())\nsys.exit(3)", stdin="hi")
+    assert ran["outcome"] == {"kind": "exited", "code": 3}, ran
+    assert ran["stdout"] == "HI\n", ran
+    shell = client.run_code("echo $GREETING >&2", language="sh", env={"GREETING": "hello"})
+    assert (shell["outcome"], shell["stderr"]) == ({"kind": "exited", "code": 0}, "hello\n"), shell
+    slow = client.run_code("import time; time.sleep(30)", timeout_s=1)
+    assert slow["outcome"] == {"kind": "timed_out", "after_s": 1.0}, slow
+
+    # Any tool by name, as an agent host calls it over MCP.
+    client.deploy(add, name="sync_tool_add")
+    done = client.call_tool("spawn_task", {"function_name": "sync_tool_add", "args": [2, 3], "wait": True})
+    assert (done["status"], done["result"]) == ("completed", 5), done
+    with pytest.raises(ValidationError) as e:
+        client.call_tool("run_code", {"code": "pass", "timeout_s": 0})
+    assert e.value.field == "timeout_s", e.value
+    with pytest.raises(NotFoundError):
+        client.call_tool("no_such_tool", {})
+
+    async def via_async():
+        async with AsyncClient() as c:
+            return await c.run_code("print(6 * 7)"), [t["name"] for t in await c.list_tools()]
+
+    ran, names = asyncio.run(via_async())
+    assert ran["stdout"] == "42\n" and "run_code" in names, ran
