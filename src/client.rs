@@ -354,7 +354,23 @@ impl Client {
         webhook_url: &str,
     ) -> Result<Webhook, ClientError> {
         let body = Self::body(&WebhookRequest {
-            task_id: task_id.to_string(),
+            task_id: Some(task_id.to_string()),
+            sandbox_id: None,
+            webhook_url: webhook_url.to_owned(),
+        })?;
+        self.json(Method::POST, "/webhook", Some(&body)).await
+    }
+
+    /// `POST /webhook` for a sandbox: `sandbox.expiring`, then
+    /// `sandbox.ended`.
+    pub async fn register_sandbox_webhook(
+        &self,
+        sandbox_id: &str,
+        webhook_url: &str,
+    ) -> Result<Webhook, ClientError> {
+        let body = Self::body(&WebhookRequest {
+            task_id: None,
+            sandbox_id: Some(sandbox_id.to_owned()),
             webhook_url: webhook_url.to_owned(),
         })?;
         self.json(Method::POST, "/webhook", Some(&body)).await

@@ -1,4 +1,5 @@
-//! Task-completion webhooks per the Standard Webhooks spec: `webhook-id`,
+//! Task-completion and sandbox-lifetime webhooks per the Standard Webhooks
+//! spec: `webhook-id`,
 //! `webhook-timestamp` and `webhook-signature: v1,<base64 HMAC-SHA256 of
 //! id.timestamp.body>` keyed by the endpoint's `whsec_...` secret (returned
 //! once, at registration). Deliveries retry with exponential backoff and
@@ -8,6 +9,13 @@
 //! answers are checked by the HTTP client's resolver, IP literals before each
 //! attempt), redirects are never followed, unless an allow-list CIDR covers
 //! the address (the `ssrf` module).
+//!
+//! A task's registration sends one message (`task.completed` or
+//! `task.failed`). A sandbox's sends one per event of its life:
+//! `sandbox.expiring` when its lifetime comes within the notice, then
+//! `sandbox.ended` with the reason, which ends the registration; an
+//! `expiring` message still being retried when the sandbox ends is given up
+//! for the `ended` one.
 //!
 //! Registrations and every attempt are stored in the runtime's database
 //! before they are acknowledged or recorded, so a restarted runtime shows
@@ -78,9 +86,50 @@ pub enum WebhookError {
     /// The target is not one deliveries may go to.
     #[error("{0}")]
     Target(String),
+    /// No sandbox has that id.
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+    /// The task or sandbox has as many registrations as it may.
+    #[error("{target} already has {MAX_PER_TARGET} webhook registrations, the most one task or sandbox may have")]
+    TooMany {
+        /// `task ID` or `sandbox ID`.
+        target: String,
+    },
     /// The registration could not be stored.
     #[error(transparent)]
     Storage(#[from] crate::store::StoreError),
+}
+
+/// Most registrations one task or one sandbox may have.
+pub const MAX_PER_TARGET: usize = 32;
+/// Attempts a sandbox's registration keeps (its latest); a task's has at
+/// most `max_attempts`.
+const KEPT_ATTEMPTS: usize = 64;
+
+/// What a registration reports on.
+#[derive(Clone, PartialEq)]
+enum Target {
+    Task(TaskId),
+    Sandbox(String),
+}
+
+impl Target {
+    fn of(view: &Webhook) -> Option<Target> {
+        match (&view.task_id, &view.sandbox_id) {
+            (Some(task), _) => Some(Target::Task(*task)),
+            (None, Some(sandbox)) => Some(Target::Sandbox(sandbox.clone())),
+            (None, None) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Task(id) => write!(f, "task {id}"),
+            Target::Sandbox(id) => write!(f, "sandbox {id}"),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -189,9 +238,10 @@ impl Webhooks {
             Err(e) => tracing::error!(error = %e, "stored webhooks could not be read"),
         }
         // Registrations of tasks retention removed (while the server was down,
-        // or from now on) go with them.
-        let known = |task: TaskId| runtime.status(task).is_ok();
-        prune(&hooks.registrations, &hooks.ctx.store, |task| !known(task));
+        // or from now on) go with them, and those of forgotten sandboxes.
+        prune(&hooks.registrations, &hooks.ctx.store, |view| {
+            hooks.target_gone(view)
+        });
         let mut forgotten = runtime.subscribe_forgotten();
         let (registrations, store) = (hooks.registrations.clone(), hooks.ctx.store.clone());
         runtime.spawn_service(async move {
@@ -203,7 +253,9 @@ impl Webhooks {
                         let _ = tokio::task::spawn_blocking(move || {
                             let ids: std::collections::HashSet<TaskId> =
                                 ids.iter().copied().collect();
-                            prune(&registrations, &store, |task| ids.contains(&task));
+                            prune(&registrations, &store, |view| {
+                                view.task_id.is_some_and(|task| ids.contains(&task))
+                            });
                         })
                         .await;
                     }
@@ -225,6 +277,57 @@ impl Webhooks {
     /// (shown only here).
     pub async fn register(&self, task_id: TaskId, url: &str) -> Result<Webhook, WebhookError> {
         self.runtime.status(task_id).map_err(Box::new)?;
+        self.register_for(Target::Task(task_id), url).await
+    }
+
+    /// Registers a webhook for sandbox `sandbox_id`'s life:
+    /// `sandbox.expiring` (at once if it is within the notice already), then
+    /// `sandbox.ended`. Stored before this returns, as [`Webhooks::register`].
+    pub async fn register_sandbox(
+        &self,
+        sandbox_id: &str,
+        url: &str,
+    ) -> Result<Webhook, WebhookError> {
+        self.runtime.sandboxes().view(sandbox_id)?;
+        self.register_for(Target::Sandbox(sandbox_id.to_owned()), url)
+            .await
+    }
+
+    /// Whether the task or sandbox `view` reports on is gone.
+    fn target_gone(&self, view: &Webhook) -> bool {
+        match Target::of(view) {
+            Some(Target::Task(task)) => self.runtime.status(task).is_err(),
+            Some(Target::Sandbox(id)) => self.runtime.sandboxes().view(&id).is_err(),
+            None => true,
+        }
+    }
+
+    async fn register_for(&self, target: Target, url: &str) -> Result<Webhook, WebhookError> {
+        if let Target::Sandbox(_) = target {
+            // Sandboxes are forgotten without a notice: their finished
+            // registrations go here (and at each start).
+            let (registrations, store, me) = (
+                self.registrations.clone(),
+                self.ctx.store.clone(),
+                self.clone(),
+            );
+            let _ = tokio::task::spawn_blocking(move || {
+                prune(&registrations, &store, |view| {
+                    view.sandbox_id.is_some() && me.target_gone(view)
+                })
+            })
+            .await;
+        }
+        let held = self
+            .registrations
+            .iter()
+            .filter(|r| Target::of(&r.value().lock().recover().view).as_ref() == Some(&target))
+            .count();
+        if held >= MAX_PER_TARGET {
+            return Err(WebhookError::TooMany {
+                target: target.to_string(),
+            });
+        }
         check_target(url, &self.ctx.settings.allow)
             .await
             .map_err(WebhookError::Target)?;
@@ -235,12 +338,17 @@ impl Webhooks {
             "whsec_{}",
             base64::engine::general_purpose::STANDARD.encode(key)
         );
+        let (task_id, sandbox_id) = match target {
+            Target::Task(id) => (Some(id), None),
+            Target::Sandbox(id) => (None, Some(id)),
+        };
         let view = Webhook {
             webhook_id: format!("wh_{}", uuid::Uuid::new_v4().simple()),
             task_id,
+            sandbox_id,
             webhook_url: url.to_owned(),
             state: WebhookState::Waiting,
-            message_id: format!("msg_{}", uuid::Uuid::new_v4().simple()),
+            message_id: message_id(),
             attempts: Vec::new(),
             secret: None,
         };
@@ -278,12 +386,12 @@ impl Webhooks {
     }
 }
 
-/// Removes finished registrations of the tasks `gone` selects, from memory
-/// and the database.
+/// Removes finished registrations whose task or sandbox `gone` says is
+/// gone, from memory and the database.
 fn prune(
     registrations: &DashMap<String, Arc<Mutex<StoredWebhook>>>,
     store: &Arc<Store>,
-    gone: impl Fn(TaskId) -> bool,
+    gone: impl Fn(&Webhook) -> bool,
 ) {
     let ids: Vec<String> = registrations
         .iter()
@@ -292,7 +400,7 @@ fn prune(
             !matches!(
                 r.view.state,
                 WebhookState::Waiting | WebhookState::Delivering
-            ) && gone(r.view.task_id)
+            ) && gone(&r.view)
         })
         .map(|r| r.key().clone())
         .collect();
@@ -322,69 +430,201 @@ fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
     )
 }
 
+fn message_id() -> String {
+    format!("msg_{}", uuid::Uuid::new_v4().simple())
+}
+
 async fn deliver(runtime: Runtime, hooks: DeliveryCtx, registration: Arc<Mutex<StoredWebhook>>) {
-    let (task_id, url, key, message_id, done) = {
-        let r = registration.lock().recover();
-        (
-            r.view.task_id,
-            r.view.webhook_url.clone(),
-            r.key.clone(),
-            r.view.message_id.clone(),
-            r.view.attempts.len() as u32,
-        )
+    let target = Target::of(&registration.lock().recover().view);
+    let end = match target {
+        Some(Target::Task(id)) => deliver_task(&runtime, &hooks, &registration, id).await,
+        Some(Target::Sandbox(id)) => deliver_sandbox(&runtime, &hooks, &registration, &id).await,
+        None => Some(Sent::Failed),
     };
-    let Ok(record) = runtime.wait(task_id, None).await else {
-        return;
+    let Some(end) = end else { return };
+    let state = match end {
+        Sent::Delivered => WebhookState::Delivered,
+        Sent::Disabled => WebhookState::Disabled,
+        Sent::Failed | Sent::GivenUp => WebhookState::Failed,
     };
+    registration.lock().recover().view.state = state;
+    hooks.persist(&registration).await;
+}
+
+/// The one message of a task's registration, once the task has finished;
+/// `None` if the task went away first.
+async fn deliver_task(
+    runtime: &Runtime,
+    hooks: &DeliveryCtx,
+    registration: &Arc<Mutex<StoredWebhook>>,
+    task_id: TaskId,
+) -> Option<Sent> {
+    let record = runtime.wait(task_id, None).await.ok()?;
     let kind = if record.status == TaskStatus::Completed {
         "task.completed"
     } else {
         "task.failed"
     };
+    let data = json!({"task_id": record.task_id, "function_name": record.function_name, "status": record.status});
+    // Attempts made before a restart count.
+    let (id, done) = {
+        let r = registration.lock().recover();
+        (r.view.message_id.clone(), r.view.attempts.len() as u32)
+    };
+    Some(send(hooks, registration, kind, &data, id, done, || false).await)
+}
+
+/// The messages of a sandbox's registration: `sandbox.expiring` (once per
+/// expiry time), then `sandbox.ended`, which ends it. `None` if the
+/// runtime stops first (a restart resumes it, and the sandbox is then
+/// ended `runtime_restarted`).
+async fn deliver_sandbox(
+    runtime: &Runtime,
+    hooks: &DeliveryCtx,
+    registration: &Arc<Mutex<StoredWebhook>>,
+    sandbox_id: &str,
+) -> Option<Sent> {
+    let sandboxes = runtime.sandboxes();
+    let Ok((now, mut events)) = sandboxes.events(sandbox_id) else {
+        tracing::warn!(sandbox = %sandbox_id, "a webhook's sandbox is gone; nothing to deliver");
+        return Some(Sent::Failed);
+    };
+    // An `ended` message cut short by a restart goes on under its id.
+    let resumed = {
+        let r = registration.lock().recover();
+        let tries = r
+            .view
+            .attempts
+            .iter()
+            .rev()
+            .take_while(|a| a.event.as_deref() == Some(ENDED))
+            .count() as u32;
+        (r.view.state == WebhookState::Delivering && tries > 0)
+            .then(|| (r.view.message_id.clone(), tries))
+    };
+    let mut warned_for = None;
+    let mut next = Some(now.clone()).filter(|v| {
+        v.ended.is_some()
+            || v.expires_at - chrono::Utc::now()
+                <= chrono::Duration::from_std(sandboxes.expiring_notice()).unwrap_or_default()
+    });
+    loop {
+        let view = match next.take() {
+            Some(view) => view,
+            None => match events.recv().await {
+                Ok(event) => event.sandbox,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                // The sandbox left the registry: what it is now.
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => sandboxes
+                    .view(sandbox_id)
+                    .ok()
+                    .filter(|v| v.ended.is_some())?,
+            },
+        };
+        let data = json!({
+            "sandbox_id": view.sandbox_id,
+            "name": view.name,
+            "state": view.state,
+            "expires_at": view.expires_at,
+            "ended": view.ended,
+        });
+        if view.ended.is_some() {
+            let (id, done) = resumed.clone().unwrap_or_else(|| (message_id(), 0));
+            return Some(send(hooks, registration, ENDED, &data, id, done, || false).await);
+        }
+        if warned_for == Some(view.expires_at) {
+            continue;
+        }
+        warned_for = Some(view.expires_at);
+        let ended = || {
+            sandboxes
+                .view(sandbox_id)
+                .map_or(true, |v| v.ended.is_some())
+        };
+        let sent = send(hooks, registration, EXPIRING, &data, message_id(), 0, ended).await;
+        if sent == Sent::Disabled {
+            return Some(sent);
+        }
+        registration.lock().recover().view.state = WebhookState::Waiting;
+        hooks.persist(registration).await;
+    }
+}
+
+const EXPIRING: &str = "sandbox.expiring";
+const ENDED: &str = "sandbox.ended";
+
+/// How one message's delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Sent {
+    /// A 2xx answer.
+    Delivered,
+    /// A 410: the endpoint wants no more.
+    Disabled,
+    /// Every attempt failed.
+    Failed,
+    /// Retries stopped: what it said is out of date.
+    GivenUp,
+}
+
+/// Sends one message (`kind`, `data`) under `message_id` with retries,
+/// `done` attempts having been made already; `stale` is asked before each
+/// retry.
+async fn send(
+    hooks: &DeliveryCtx,
+    registration: &Arc<Mutex<StoredWebhook>>,
+    kind: &str,
+    data: &serde_json::Value,
+    message_id: String,
+    done: u32,
+    stale: impl Fn() -> bool,
+) -> Sent {
+    let (url, key) = {
+        let mut r = registration.lock().recover();
+        r.view.message_id = message_id.clone();
+        r.view.state = WebhookState::Delivering;
+        (r.view.webhook_url.clone(), r.key.clone())
+    };
     let body = serde_json::to_vec(&json!({
         "type": kind,
         "timestamp": chrono::Utc::now().to_rfc3339(),
-        "data": {"task_id": record.task_id, "function_name": record.function_name, "status": record.status},
+        "data": data,
     }))
     .expect("JSON serializes");
-    let set_state = |state| registration.lock().recover().view.state = state;
-    set_state(WebhookState::Delivering);
-    hooks.persist(&registration).await;
+    hooks.persist(registration).await;
     let settings = &hooks.settings;
-    // Attempts made before a restart count.
     for n in (done + 1)..=settings.max_attempts {
         let started = Instant::now();
         let at = chrono::Utc::now();
-        let outcome = attempt(&hooks, &url, &key, &message_id, at.timestamp(), &body).await;
+        let outcome = attempt(hooks, &url, &key, &message_id, at.timestamp(), &body).await;
         let (status, error) = match &outcome {
             Ok(s) => (Some(s.as_u16()), None),
             Err(e) => (None, Some(e.clone())),
         };
-        registration
-            .lock()
-            .recover()
-            .view
-            .attempts
-            .push(WebhookAttempt {
+        {
+            let mut r = registration.lock().recover();
+            let attempts = &mut r.view.attempts;
+            attempts.push(WebhookAttempt {
+                event: Some(kind.to_owned()),
                 at: at.to_rfc3339(),
                 status,
                 error,
                 duration_ms: started.elapsed().as_millis() as u64,
             });
+            if attempts.len() > KEPT_ATTEMPTS {
+                attempts.drain(..attempts.len() - KEPT_ATTEMPTS);
+            }
+        }
+        hooks.persist(registration).await;
         match outcome {
             Ok(s) if s.is_success() => {
-                set_state(WebhookState::Delivered);
-                hooks.persist(&registration).await;
                 hooks.delivered.fetch_add(1, Ordering::Relaxed);
-                return;
+                return Sent::Delivered;
             }
             Ok(StatusCode::GONE) => {
                 tracing::info!(%url, "webhook endpoint answered 410; disabled");
-                set_state(WebhookState::Disabled);
-                hooks.persist(&registration).await;
-                return;
+                return Sent::Disabled;
             }
-            _ => hooks.persist(&registration).await,
+            _ => {}
         }
         if n == settings.max_attempts {
             break;
@@ -392,11 +632,13 @@ async fn deliver(runtime: Runtime, hooks: DeliveryCtx, registration: Arc<Mutex<S
         let base = settings.backoff.as_secs_f64() * 2f64.powi(n as i32 - 1);
         let jittered = base * (0.75 + fastrand::f64() * 0.5);
         tokio::time::sleep(Duration::from_secs_f64(jittered.min(600.0))).await;
+        if stale() {
+            return Sent::GivenUp;
+        }
     }
-    tracing::warn!(%url, attempts = settings.max_attempts, "webhook delivery failed");
-    set_state(WebhookState::Failed);
-    hooks.persist(&registration).await;
+    tracing::warn!(%url, kind, attempts = settings.max_attempts, "webhook delivery failed");
     hooks.failed.fetch_add(1, Ordering::Relaxed);
+    Sent::Failed
 }
 
 #[derive(Clone)]

@@ -858,6 +858,109 @@ async fn signed_webhooks_retry_and_verify() {
     s.rt.shutdown().await;
 }
 
+/// A sandbox's webhook: `sandbox.expiring` at once for a sandbox already
+/// within the notice (retried past a 500), then `sandbox.ended` with its
+/// reason, each its own signed message; the registration ends delivered.
+/// Neither or both of `task_id` and `sandbox_id` is a 422 naming the
+/// field; an unknown sandbox is a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_webhooks_say_expiring_then_ended() {
+    let s = Server::start(ApiConfig {
+        tokens: vec![TOKEN.into()],
+        webhooks: modal_agents::webhooks::WebhookConfig {
+            allow: vec!["127.0.0.0/8".parse::<Cidr>().unwrap()],
+            backoff: Duration::from_millis(20),
+            max_attempts: 3,
+            ..Default::default()
+        },
+        ..ApiConfig::default()
+    })
+    .await;
+    let (status, _, sbx) = s
+        .post(
+            "/sandboxes",
+            json!({"timeout_s": 2, "snapshot_on_end": false}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{sbx}");
+    let id = sbx["sandbox_id"].as_str().unwrap().to_owned();
+    let (url, rx) = support::receiver(vec![500]).await;
+    let (status, _, reg) = s
+        .post("/webhook", json!({"sandbox_id": id, "webhook_url": url}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{reg}");
+    assert_eq!(reg["sandbox_id"], json!(id));
+    assert!(reg.get("task_id").is_none(), "{reg}");
+    let secret = reg["secret"].as_str().unwrap().to_owned();
+    let view = webhook_state(&s, reg["webhook_id"].as_str().unwrap(), "delivered").await;
+    let attempts: Vec<(Value, Value)> = view["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["event"].clone(), a["status"].clone()))
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            (json!("sandbox.expiring"), json!(500)),
+            (json!("sandbox.expiring"), json!(200)),
+            (json!("sandbox.ended"), json!(200)),
+        ]
+    );
+    let seen = rx.seen.lock().unwrap().clone();
+    let wh = standardwebhooks::Webhook::new(&secret).unwrap();
+    for (headers, body) in &seen {
+        wh.verify(body.as_bytes(), headers).expect("signed");
+    }
+    let ids: Vec<&str> = seen
+        .iter()
+        .map(|(h, _)| h["webhook-id"].to_str().unwrap())
+        .collect();
+    assert!(ids[0] == ids[1] && ids[1] != ids[2], "{ids:?}");
+    let last: Value = serde_json::from_str(&seen[2].1).unwrap();
+    assert_eq!(last["type"], "sandbox.ended");
+    assert_eq!(last["data"]["sandbox_id"], json!(id));
+    assert_eq!(
+        last["data"]["ended"]["reason"], "lifetime_expired",
+        "{last}"
+    );
+    let first: Value = serde_json::from_str(&seen[0].1).unwrap();
+    assert_eq!(first["type"], "sandbox.expiring");
+    assert_eq!(first["data"]["expires_at"], sbx["expires_at"]);
+
+    for body in [
+        json!({"webhook_url": url}),
+        json!({"sandbox_id": id, "task_id": "6f1e1a3c-59b8-4f0e-9d8c-1b3f0c9b2a11", "webhook_url": url}),
+    ] {
+        let (status, headers, problem) = s.post("/webhook", body).await;
+        assert_problem(status, &headers, &problem, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(problem["field"], "task_id", "{problem}");
+    }
+    let (status, headers, problem) = s
+        .post(
+            "/webhook",
+            json!({"sandbox_id": "sb-none", "webhook_url": url}),
+        )
+        .await;
+    assert_problem(status, &headers, &problem, StatusCode::NOT_FOUND);
+    // At most 32 registrations per sandbox (or task): the 33rd is a 409.
+    for _ in 1..modal_agents::webhooks::MAX_PER_TARGET {
+        let (status, _, reg) = s
+            .post("/webhook", json!({"sandbox_id": id, "webhook_url": url}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{reg}");
+    }
+    let (status, headers, problem) = s
+        .post("/webhook", json!({"sandbox_id": id, "webhook_url": url}))
+        .await;
+    assert_problem(status, &headers, &problem, StatusCode::CONFLICT);
+    assert!(
+        problem["detail"].as_str().unwrap().contains("32 webhook registrations"),
+        "{problem}"
+    );
+    s.rt.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_targets_must_be_public() {
     let s = Server::default().await;

@@ -174,6 +174,15 @@ async fn webhooks_survive_sigkill_and_are_delivered_once() {
         api.get(&format!("/webhooks/{late_id}")).await["state"],
         "waiting"
     );
+    // A live sandbox's registration: its end comes after the restart.
+    let sandbox = api.post("/sandboxes", json!({"timeout_s": 600})).await;
+    let watched = api
+        .post(
+            "/webhook",
+            json!({"sandbox_id": sandbox["sandbox_id"], "webhook_url": hook_url}),
+        )
+        .await;
+    let watched_id = watched["webhook_id"].as_str().unwrap().to_owned();
 
     support::kill(server.id(), libc::SIGKILL);
     server.wait().unwrap();
@@ -203,6 +212,21 @@ async fn webhooks_survive_sigkill_and_are_delivered_once() {
     let payload: Value = serde_json::from_str(body).unwrap();
     assert_eq!(payload["type"], "task.completed");
     assert_eq!(payload["data"]["task_id"], pending["task_id"]);
+
+    // The sandbox is listed ended `runtime_restarted`, and said so once.
+    let view = api
+        .until(
+            &format!("/webhooks/{watched_id}"),
+            "the sandbox's end after restart",
+            |v| v["state"] == "delivered",
+        )
+        .await;
+    let ended = seen.deliveries_of(view["message_id"].as_str().unwrap());
+    assert_eq!(ended.len(), 1, "{view}");
+    let payload: Value = serde_json::from_str(&ended[0].1).unwrap();
+    assert_eq!(payload["type"], "sandbox.ended");
+    assert_eq!(payload["data"]["sandbox_id"], sandbox["sandbox_id"]);
+    assert_eq!(payload["data"]["ended"]["reason"], "runtime_restarted");
 
     // The earlier registration is back as it was, and was not sent again.
     let before = api.get(&format!("/webhooks/{early_id}")).await;

@@ -133,10 +133,16 @@ def get_task_status(task_id: str) -> Op[Dict[str, Any]]:
     return Op("GET", f"/status/{seg(task_id)}", _RECORD)
 
 
-def register_webhook(task_id: str, webhook_url: str) -> Op[Dict[str, Any]]:
-    """Registers a completion webhook (`POST /webhook`); the answer's
-    `secret` (shown only here) verifies deliveries (`verify_webhook`)."""
-    return Op("POST", "/webhook", as_dict, json={"task_id": str(task_id), "webhook_url": webhook_url})
+def register_webhook(
+    task_id: Optional[str], webhook_url: str, sandbox_id: Optional[str] = None
+) -> Op[Dict[str, Any]]:
+    """Registers a completion webhook for a task (`POST /webhook`), or with
+    `sandbox_id` (and `task_id=None`) one for a sandbox's life
+    (`sandbox.expiring`, then `sandbox.ended`); the answer's `secret` (shown
+    only here) verifies deliveries (`verify_webhook`)."""
+    body = drop_none({"task_id": None if task_id is None else str(task_id),
+                      "sandbox_id": sandbox_id, "webhook_url": webhook_url})
+    return Op("POST", "/webhook", as_dict, json=body)
 
 
 # Tasks: waits, results, cancellation, logs.

@@ -13,7 +13,8 @@ use crate::commands::Commands;
 use crate::webhooks::WebhookError;
 use crate::wire::{Webhook, WebhookRequest};
 
-/// Register a webhook for a task's completion or failure.
+/// Register a webhook for a task's completion or failure, or for a
+/// sandbox's expiry notice and end.
 #[utoipa::path(post, path = "/webhook", request_body = WebhookRequest,
     responses((status = 201, body = Webhook, description = "the secret is shown only here"),
               (status = 404, body = super::Problem), (status = 422, body = super::Problem)))]
@@ -24,19 +25,37 @@ pub(crate) async fn register(
     ApiJson(req): ApiJson<WebhookRequest>,
 ) -> Result<Response, Error> {
     const NAME: &str = "register_webhook";
-    let task_id = parse_id(&req.task_id)?;
+    let task = match (&req.task_id, &req.sandbox_id) {
+        (Some(task), None) => Some(parse_id(task)?),
+        (None, Some(_)) => None,
+        (given, _) => {
+            return Err(Error::invalid(
+                "task_id",
+                format!(
+                    "{}; give exactly one of task_id (a task's completion) and sandbox_id (a sandbox's expiry and end)",
+                    if given.is_some() { "both task_id and sandbox_id were given" } else { "neither task_id nor sandbox_id was given" }
+                ),
+            ))
+        }
+    };
     let key = super::idempotency_key(&headers)?;
     let fingerprint = Commands::fingerprint(NAME, &req);
     let webhooks = state.webhooks.clone();
     let work = async move {
-        webhooks
-            .register(task_id, &req.webhook_url)
-            .await
-            .map_err(|e| match e {
-                WebhookError::Task(e) => Error::from(*e),
-                WebhookError::Target(why) => Error::invalid("webhook_url", why),
-                WebhookError::Storage(e) => Error::Internal(e.to_string()),
-            })
+        let registered = match task {
+            Some(task) => webhooks.register(task, &req.webhook_url).await,
+            None => {
+                let sandbox = req.sandbox_id.as_deref().unwrap_or_default();
+                webhooks.register_sandbox(sandbox, &req.webhook_url).await
+            }
+        };
+        registered.map_err(|e| match e {
+            WebhookError::Task(e) => Error::from(*e),
+            WebhookError::Sandbox(e) => Error::from(e),
+            WebhookError::Target(why) => Error::invalid("webhook_url", why),
+            e @ WebhookError::TooMany { .. } => Error::Conflict(e.to_string()),
+            WebhookError::Storage(e) => Error::Internal(e.to_string()),
+        })
     };
     let keyed = state
         .commands

@@ -34,15 +34,25 @@ pub struct SecretInfo {
     pub keys: Vec<String>,
 }
 
-/// The seed's webhook registration (`POST /webhook`).
+/// A webhook registration (`POST /webhook`): the seed's, for a task, or
+/// one for a sandbox. Exactly one of `task_id` and `sandbox_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookRequest {
-    /// The task to report on (its id, a UUID).
+    /// The task to report on (its id, a UUID): one `task.completed` or
+    /// `task.failed` message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(
         pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
     )]
-    pub task_id: String,
+    pub task_id: Option<String>,
+    /// The sandbox to report on: `sandbox.expiring` when its lifetime is
+    /// within the notice (a minute by default; again after a keepalive
+    /// that did not take it out of the notice), then `sandbox.ended` with
+    /// the reason, each its own message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 64)]
+    pub sandbox_id: Option<String>,
     /// Where deliveries go (a public http(s) URL).
     pub webhook_url: String,
 }
@@ -51,7 +61,7 @@ pub struct WebhookRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WebhookState {
-    /// Waiting for the task to finish.
+    /// Waiting for the task to finish (or the sandbox's next event).
     Waiting,
     /// Delivering (or between retries).
     Delivering,
@@ -66,6 +76,9 @@ pub enum WebhookState {
 /// One delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct WebhookAttempt {
+    /// The message's type (`task.completed`, `sandbox.expiring`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
     /// When it started (RFC 3339).
     pub at: String,
     /// The HTTP status, when there was an answer.
@@ -81,15 +94,20 @@ pub struct WebhookAttempt {
 pub struct Webhook {
     /// Its id.
     pub webhook_id: String,
-    /// The task it reports on.
-    pub task_id: TaskId,
+    /// The task it reports on (a task's registration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<TaskId>,
+    /// The sandbox it reports on (a sandbox's registration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_id: Option<String>,
     /// Where deliveries go.
     pub webhook_url: String,
     /// Where it is.
     pub state: WebhookState,
-    /// The message id every attempt carries (`webhook-id`).
+    /// The message id every attempt carries (`webhook-id`); a sandbox's
+    /// registration sends one message per event, this is the latest.
     pub message_id: String,
-    /// Attempts so far.
+    /// Attempts so far (a sandbox's: its latest 64).
     pub attempts: Vec<WebhookAttempt>,
     /// The `whsec_...` signing secret; only in the registration answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
