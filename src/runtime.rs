@@ -393,16 +393,28 @@ impl Runtime {
         job: TaskJob,
         spec: JobSpec,
     ) -> Result<TaskId, RuntimeError> {
+        let (id, written) = self.start(record, job, spec)?;
+        // The id is answered only once the job is in the journal (a crash
+        // before that loses a task nobody was told about).
+        written.await;
+        Ok(id)
+    }
+
+    /// Starts a task while its job is written to the journal; the future
+    /// ends once it is.
+    fn start(
+        &self,
+        record: TaskRecord,
+        job: TaskJob,
+        spec: JobSpec,
+    ) -> Result<(TaskId, impl std::future::Future<Output = ()> + Send + 'static), RuntimeError>
+    {
         let id = record.task_id;
         let spec = serde_json::to_value(&spec)
             .map_err(|e| RuntimeError::Storage(std::io::Error::other(e)))?;
-        // The call starts while its job is written; the id is answered only
-        // once the job is in the journal (a crash before that loses a task
-        // nobody was told about).
         let written = self.inner.tracker.insert(record, Some(spec));
         self.inner.dispatcher.submit(job);
-        written.await;
-        Ok(id)
+        Ok((id, written))
     }
 
     /// Starts one call of `function(*args, **kwargs)` and returns its task id.
@@ -412,6 +424,17 @@ impl Runtime {
         args: Vec<Value>,
         kwargs: Map<String, Value>,
     ) -> Result<TaskId, RuntimeError> {
+        let (record, job, spec) = self.call_of(function, args, kwargs)?;
+        self.submit(record, job, spec).await
+    }
+
+    /// The record, job and journal entry of one call, its arguments checked.
+    fn call_of(
+        &self,
+        function: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+    ) -> Result<(TaskRecord, TaskJob, JobSpec), RuntimeError> {
         self.require_function(function)?;
         check_each(&args, "args")?;
         for (name, value) in &kwargs {
@@ -431,7 +454,7 @@ impl Runtime {
             attach: None,
             prior_attempts: 0,
         };
-        self.submit(record, job, spec).await
+        Ok((record, job, spec))
     }
 
     /// A completed call's result, wherever it is kept (in its record, or in
@@ -468,7 +491,11 @@ impl Runtime {
         args: Vec<Value>,
         kwargs: Map<String, Value>,
     ) -> Result<Value, RuntimeError> {
-        let id = self.spawn(function, args, kwargs).await?;
+        let (record, job, spec) = self.call_of(function, args, kwargs)?;
+        // The answer is the result, not the id: the journal's write runs
+        // beside the call and is not waited for (a crash loses the call
+        // and its caller alike).
+        let (id, _written) = self.start(record, job, spec)?;
         let record = self.wait(id, None).await?;
         match record.status {
             TaskStatus::Completed if record.result_ref.is_some() => {
