@@ -407,8 +407,13 @@ impl Runtime {
         record: TaskRecord,
         job: TaskJob,
         spec: JobSpec,
-    ) -> Result<(TaskId, impl std::future::Future<Output = ()> + Send + 'static), RuntimeError>
-    {
+    ) -> Result<
+        (
+            TaskId,
+            impl std::future::Future<Output = ()> + Send + 'static,
+        ),
+        RuntimeError,
+    > {
         let id = record.task_id;
         let spec = serde_json::to_value(&spec)
             .map_err(|e| RuntimeError::Storage(std::io::Error::other(e)))?;

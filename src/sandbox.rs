@@ -320,6 +320,34 @@ struct Env {
     pids: Option<PidsGroup>,
 }
 
+/// A sandbox's place (and name) held while it is made; given back on drop
+/// unless `kept`.
+struct Reservation {
+    shared: Arc<Shared>,
+    id: String,
+    name: Option<String>,
+    kept: bool,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        self.shared.live.fetch_sub(1, Ordering::SeqCst);
+        if let Some(name) = &self.name {
+            self.shared
+                .names
+                .remove_if(name, |_, holder| *holder == self.id);
+        }
+        let dir = self.shared.dir.join(&self.id);
+        // What was made of it so far; the runtime may be stopping.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn_blocking(move || std::fs::remove_dir_all(dir));
+        }
+    }
+}
+
 struct Shared {
     config: SandboxConfig,
     dir: PathBuf,
@@ -587,32 +615,32 @@ impl Sandboxes {
             return Err(SandboxError::AtCapacity { max });
         }
         let id = format!("sb-{}", uuid::Uuid::new_v4().simple());
+        // Given back unless the sandbox is made: on an error, and when the
+        // caller goes away mid-way (a client that disconnects during a
+        // package build).
+        let mut reserved = Reservation {
+            shared: self.shared.clone(),
+            id: id.clone(),
+            name: None,
+            kept: false,
+        };
         if let Some(name) = &request.name {
             match self.shared.names.entry(name.clone()) {
                 dashmap::Entry::Occupied(holder) => {
-                    let holder = holder.get().clone();
-                    self.shared.live.fetch_sub(1, Ordering::SeqCst);
                     return Err(SandboxError::NameTaken {
                         name: name.clone(),
-                        holder,
+                        holder: holder.get().clone(),
                     });
                 }
                 dashmap::Entry::Vacant(v) => {
                     v.insert(id.clone());
+                    reserved.name = Some(name.clone());
                 }
             }
         }
-        match self.make(id.clone(), request.clone(), workdir, env).await {
-            Ok(view) => Ok(view),
-            Err(e) => {
-                self.shared.live.fetch_sub(1, Ordering::SeqCst);
-                if let Some(name) = &request.name {
-                    self.shared.names.remove_if(name, |_, holder| *holder == id);
-                }
-                let _ = tokio::fs::remove_dir_all(self.shared.dir.join(&id)).await;
-                Err(e)
-            }
-        }
+        let view = self.make(id, request, workdir, env).await?;
+        reserved.kept = true;
+        Ok(view)
     }
 
     async fn make(

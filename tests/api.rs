@@ -955,7 +955,10 @@ async fn sandbox_webhooks_say_expiring_then_ended() {
         .await;
     assert_problem(status, &headers, &problem, StatusCode::CONFLICT);
     assert!(
-        problem["detail"].as_str().unwrap().contains("32 webhook registrations"),
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("32 webhook registrations"),
         "{problem}"
     );
     s.rt.shutdown().await;

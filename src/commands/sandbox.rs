@@ -252,6 +252,12 @@ impl Commands {
             .await
             .map_err(err(TOOL))?;
         let id = created.sandbox_id;
+        // A caller gone before the snippet is seen through (a client that
+        // disconnects) takes the sandbox with it.
+        let mut made = Discard {
+            sandboxes: sandboxes.clone(),
+            id: Some(id.clone()),
+        };
         let (file, cmd) = a.language.file_and_command();
         let ran = async {
             sandboxes
@@ -270,6 +276,7 @@ impl Commands {
             .await
         }
         .await;
+        made.id = None;
         match &ran {
             Ok(r) if r.process.outcome.is_none() => {
                 sandboxes.end_when_done(&id, &r.process.process_id);
@@ -292,3 +299,21 @@ impl Commands {
 
 /// Seconds a `run_code` sandbox lives past the snippet's own timeout.
 const RUN_CODE_GRACE_S: u64 = 30;
+
+/// Terminates sandbox `id` (when still set) on drop.
+struct Discard {
+    sandboxes: crate::sandbox::Sandboxes,
+    id: Option<String>,
+}
+
+impl Drop for Discard {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else { return };
+        let sandboxes = self.sandboxes.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = sandboxes.terminate(&id).await;
+            });
+        }
+    }
+}

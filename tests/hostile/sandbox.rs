@@ -146,30 +146,117 @@ async fn package_builds_are_sandboxed_and_never_echo_secrets() {
 /// that directory.
 pub(crate) fn leaky_sdist(dir: &std::path::Path) -> std::path::PathBuf {
     let escaped = dir.join("escaped");
-    // An sdist in a find-links directory, as an index would serve it.
-    let links = dir.join("links");
-    std::fs::create_dir(&links).unwrap();
     let backend = LEAKY_BACKEND.replace("ESCAPED_PATH", escaped.to_str().unwrap());
+    sdist(dir, "leaky", &backend)
+}
+
+/// An sdist of project `name` 0.1 built by the PEP 517 backend `backend`
+/// (its source), in a find-links directory under `dir` (returned), as an
+/// index would serve it.
+fn sdist(dir: &std::path::Path, name: &str, backend: &str) -> std::path::PathBuf {
+    let links = dir.join("links");
+    std::fs::create_dir_all(&links).unwrap();
     let made = std::process::Command::new("python3")
         .arg("-c")
         .arg(
             "import io, sys, tarfile\n\
-             files = {'pyproject.toml': sys.argv[2], 'leaky_backend.py': sys.argv[3],\n\
-                      'PKG-INFO': 'Metadata-Version: 2.1\\nName: leaky\\nVersion: 0.1\\n'}\n\
+             name = sys.argv[4]\n\
+             files = {'pyproject.toml': sys.argv[2], name + '_backend.py': sys.argv[3],\n\
+                      'PKG-INFO': 'Metadata-Version: 2.1\\nName: %s\\nVersion: 0.1\\n' % name}\n\
              with tarfile.open(sys.argv[1], 'w:gz') as t:\n\
-             \x20   for name, text in files.items():\n\
+             \x20   for path, text in files.items():\n\
              \x20       data = text.encode()\n\
-             \x20       info = tarfile.TarInfo('leaky-0.1/' + name)\n\
+             \x20       info = tarfile.TarInfo(name + '-0.1/' + path)\n\
              \x20       info.size = len(data)\n\
              \x20       t.addfile(info, io.BytesIO(data))\n",
         )
-        .arg(links.join("leaky-0.1.tar.gz"))
-        .arg("[build-system]\nrequires = []\nbuild-backend = \"leaky_backend\"\nbackend-path = [\".\"]\n\n[project]\nname = \"leaky\"\nversion = \"0.1\"\n")
-        .arg(&backend)
+        .arg(links.join(format!("{name}-0.1.tar.gz")))
+        .arg(format!("[build-system]\nrequires = []\nbuild-backend = \"{name}_backend\"\nbackend-path = [\".\"]\n\n[project]\nname = \"{name}\"\nversion = \"0.1\"\n"))
+        .arg(backend)
+        .arg(name)
         .status()
         .unwrap();
     assert!(made.success());
     links
+}
+
+/// A client that gives up while its sandbox's packages build (a build that
+/// never ends) takes nothing with it: the build is stopped, and the
+/// sandbox's place and name are free again for the next create. A
+/// `run_code` caller that leaves mid-run takes its sandbox with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_gone_mid_create_or_mid_run_code_frees_the_sandbox_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let links = sdist(
+        dir.path(),
+        "slowbuild",
+        "import time\ndef get_requires_for_build_wheel(config_settings=None):\n    time.sleep(600)\n    return []\n",
+    );
+    let links = links.display().to_string();
+    let server = Server::start(&[
+        ("PIP_FIND_LINKS", &links),
+        ("PIP_NO_INDEX", "1"),
+        ("MODAL_AGENTS_MAX_SANDBOXES", "1"),
+    ]);
+    let api = server.target().api;
+    let gave_up = api
+        .http
+        .post(format!("{}/sandboxes", api.url))
+        .bearer_auth(TOKEN)
+        .json(&json!({"name": "held", "image": {"python_packages": ["slowbuild==0.1"]}}))
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the build was to outlast the client");
+    // The server notices the closed connection and drops the request.
+    let made = std::sync::Mutex::new(serde_json::Value::Null);
+    support::eventually(
+        Duration::from_secs(15),
+        "a create after the abandoned one",
+        || async {
+            let (status, view) = api
+                .send(Method::POST, "/sandboxes", Some(json!({"name": "held"})))
+                .await;
+            *made.lock().unwrap() = view;
+            status == 201
+        },
+    )
+    .await;
+    assert_eq!(made.lock().unwrap()["name"], "held");
+    assert!(
+        support::processes_with("slowbuild").is_empty(),
+        "the abandoned build still runs"
+    );
+
+    // A `run_code` whose caller leaves mid-run ends its sandbox then, not at
+    // its lifetime's end: the one place is free again within seconds.
+    let held = made.lock().unwrap()["sandbox_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = api
+        .send(Method::DELETE, &format!("/sandboxes/{held}"), None)
+        .await;
+    assert_eq!(status, 200);
+    let gave_up = api
+        .http
+        .post(format!("{}/tools/run_code", api.url))
+        .bearer_auth(TOKEN)
+        .json(&json!({"code": "sleep 300", "language": "sh", "timeout_s": 600}))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the snippet was to outlast the client");
+    support::eventually(
+        Duration::from_secs(15),
+        "a create after the abandoned run_code",
+        || async {
+            let (status, _) = api.send(Method::POST, "/sandboxes", Some(json!({}))).await;
+            status == 201
+        },
+    )
+    .await;
+    server.stop();
 }
 
 /// The server environment a leaky build attack needs.
