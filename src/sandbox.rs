@@ -818,7 +818,14 @@ impl Sandboxes {
             }
             if extend_s > 0 {
                 live.expires_at = new;
-                live.warned = false;
+                // `sandbox.expiring` comes again only once the lifetime has
+                // left the notice and comes back into it: a keepalive of a
+                // few seconds at a time is not a message each.
+                let notice = chrono::Duration::from_std(self.shared.config.expiring_notice)
+                    .unwrap_or_default();
+                if new - Utc::now() > notice {
+                    live.warned = false;
+                }
             }
         }
         sandbox.wake.notify_one();

@@ -429,18 +429,21 @@ impl FunctionSpec {
 }
 
 /// pip requirements as an image (a function's or a sandbox's) accepts them:
-/// each starts with a letter or digit (a project name or a URL, never an
-/// option or a path), at most 200 bytes of printable ASCII.
+/// a project from the package index, optionally with extras, a version
+/// and a marker: it starts with a letter or digit (never an option or a
+/// path), has no `:` or `@` (never a URL, whose fetch would run from this
+/// machine's network), at most 200 bytes of printable ASCII.
 pub(crate) fn validate_python_packages(packages: &[String]) -> Result<(), SpecError> {
     for (i, p) in packages.iter().enumerate() {
         let ok = p.starts_with(|c: char| c.is_ascii_alphanumeric())
             && p.len() <= 200
-            && p.chars().all(|c| c.is_ascii_graphic());
+            && p.chars()
+                .all(|c| c.is_ascii_graphic() && c != ':' && c != '@');
         if !ok {
             return Err(SpecError::invalid(
                 format!("image.python_packages[{i}]"),
                 p,
-                "a pip requirement of printable ASCII without spaces, starting with a letter or digit, such as \"numpy==2.1\"",
+                "a requirement from the package index, such as \"numpy==2.1\" or \"requests[socks]>=2\" (printable ASCII without spaces; no paths, options or URLs)",
             ));
         }
     }
@@ -728,14 +731,25 @@ mod tests {
             field_of(ok().python_package("--index-url=http://x")),
             "image.python_packages[0]"
         );
-        for bad in ["a b", "./pkg", "/etc/x", "\u{e9}t\u{e9}", "a\u{1}", ""] {
+        for bad in [
+            "a b",
+            "./pkg",
+            "/etc/x",
+            "\u{e9}t\u{e9}",
+            "a\u{1}",
+            "",
+            "git+https://example.com/x.git",
+            "http://127.0.0.1/x.tar.gz",
+            "file:///etc",
+            "x@https://example.com/x.whl",
+        ] {
             assert_eq!(
                 field_of(ok().python_package(bad)),
                 "image.python_packages[0]",
                 "{bad:?}"
             );
         }
-        ok().python_package("git+https://example.com/x.git")
+        ok().python_package("requests[socks]>=2,<3;python_version>\"3.8\"")
             .validate()
             .unwrap();
         let mut spec = ok();

@@ -105,6 +105,8 @@ pub const MAX_PER_TARGET: usize = 32;
 /// Attempts a sandbox's registration keeps (its latest); a task's has at
 /// most `max_attempts`.
 const KEPT_ATTEMPTS: usize = 64;
+/// Longest failure kept per attempt.
+const MAX_ERROR_BYTES: usize = 512;
 
 /// What a registration reports on.
 #[derive(Clone, PartialEq)]
@@ -166,6 +168,9 @@ struct Settings {
 pub struct Webhooks {
     runtime: Runtime,
     registrations: Arc<DashMap<String, Arc<Mutex<StoredWebhook>>>>,
+    /// Held from a registration's count to its insertion, so concurrent
+    /// ones cannot pass the per-target ceiling together.
+    registering: Arc<tokio::sync::Mutex<()>>,
     /// What every delivery uses, shared with the delivery tasks.
     ctx: DeliveryCtx,
 }
@@ -201,6 +206,7 @@ impl Webhooks {
         let hooks = Webhooks {
             runtime: runtime.clone(),
             registrations: Arc::default(),
+            registering: Arc::default(),
             ctx: DeliveryCtx {
                 settings: Arc::new(Settings {
                     allow,
@@ -318,6 +324,10 @@ impl Webhooks {
             })
             .await;
         }
+        check_target(url, &self.ctx.settings.allow)
+            .await
+            .map_err(WebhookError::Target)?;
+        let _one_at_a_time = self.registering.lock().await;
         let held = self
             .registrations
             .iter()
@@ -328,9 +338,6 @@ impl Webhooks {
                 target: target.to_string(),
             });
         }
-        check_target(url, &self.ctx.settings.allow)
-            .await
-            .map_err(WebhookError::Target)?;
         let mut key = [0u8; 24];
         key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
         key[16..].copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..8]);
@@ -502,14 +509,20 @@ async fn deliver_sandbox(
         (r.view.state == WebhookState::Delivering && tries > 0)
             .then(|| (r.view.message_id.clone(), tries))
     };
+    // The first message goes under the id the registration answered with.
+    let mut first_id = {
+        let r = registration.lock().recover();
+        r.view
+            .attempts
+            .is_empty()
+            .then(|| r.view.message_id.clone())
+    };
+    let mut fresh_id = move || first_id.take().unwrap_or_else(message_id);
+    let notice = chrono::Duration::from_std(sandboxes.expiring_notice()).unwrap_or_default();
     let mut warned_for = None;
-    let mut next = Some(now.clone()).filter(|v| {
-        v.ended.is_some()
-            || v.expires_at - chrono::Utc::now()
-                <= chrono::Duration::from_std(sandboxes.expiring_notice()).unwrap_or_default()
-    });
+    let mut next = Some(now);
     loop {
-        let view = match next.take() {
+        let event = match next.take() {
             Some(view) => view,
             None => match events.recv().await {
                 Ok(event) => event.sandbox,
@@ -521,6 +534,16 @@ async fn deliver_sandbox(
                     .filter(|v| v.ended.is_some())?,
             },
         };
+        // What is true now, not what an event waiting in the channel (or a
+        // delivery retried meanwhile) said: an ended sandbox is never
+        // announced as expiring, nor an expiry a keepalive moved.
+        let view = match event.ended {
+            Some(_) => event,
+            None => sandboxes.view(sandbox_id).unwrap_or(event),
+        };
+        if view.ended.is_none() && view.expires_at - chrono::Utc::now() > notice {
+            continue;
+        }
         let data = json!({
             "sandbox_id": view.sandbox_id,
             "name": view.name,
@@ -529,19 +552,22 @@ async fn deliver_sandbox(
             "ended": view.ended,
         });
         if view.ended.is_some() {
-            let (id, done) = resumed.clone().unwrap_or_else(|| (message_id(), 0));
+            let (id, done) = resumed.clone().unwrap_or_else(|| (fresh_id(), 0));
             return Some(send(hooks, registration, ENDED, &data, id, done, || false).await);
         }
+        // Once per expiry time (the sandbox itself warns once per entry
+        // into the notice).
         if warned_for == Some(view.expires_at) {
             continue;
         }
         warned_for = Some(view.expires_at);
-        let ended = || {
+        let expires_at = view.expires_at;
+        let stale = || {
             sandboxes
                 .view(sandbox_id)
-                .map_or(true, |v| v.ended.is_some())
+                .map_or(true, |v| v.ended.is_some() || v.expires_at != expires_at)
         };
-        let sent = send(hooks, registration, EXPIRING, &data, message_id(), 0, ended).await;
+        let sent = send(hooks, registration, EXPIRING, &data, fresh_id(), 0, stale).await;
         if sent == Sent::Disabled {
             return Some(sent);
         }
@@ -568,7 +594,7 @@ enum Sent {
 
 /// Sends one message (`kind`, `data`) under `message_id` with retries,
 /// `done` attempts having been made already; `stale` is asked before each
-/// retry.
+/// attempt.
 async fn send(
     hooks: &DeliveryCtx,
     registration: &Arc<Mutex<StoredWebhook>>,
@@ -593,12 +619,18 @@ async fn send(
     hooks.persist(registration).await;
     let settings = &hooks.settings;
     for n in (done + 1)..=settings.max_attempts {
+        if stale() {
+            return Sent::GivenUp;
+        }
         let started = Instant::now();
         let at = chrono::Utc::now();
         let outcome = attempt(hooks, &url, &key, &message_id, at.timestamp(), &body).await;
         let (status, error) = match &outcome {
             Ok(s) => (Some(s.as_u16()), None),
-            Err(e) => (None, Some(e.clone())),
+            Err(e) => (
+                None,
+                Some(crate::value::clip(e, MAX_ERROR_BYTES).into_owned()),
+            ),
         };
         {
             let mut r = registration.lock().recover();
@@ -621,7 +653,7 @@ async fn send(
                 return Sent::Delivered;
             }
             Ok(StatusCode::GONE) => {
-                tracing::info!(%url, "webhook endpoint answered 410; disabled");
+                tracing::info!(url = %crate::value::clip(&url, 256), "webhook endpoint answered 410; disabled");
                 return Sent::Disabled;
             }
             _ => {}
@@ -632,11 +664,8 @@ async fn send(
         let base = settings.backoff.as_secs_f64() * 2f64.powi(n as i32 - 1);
         let jittered = base * (0.75 + fastrand::f64() * 0.5);
         tokio::time::sleep(Duration::from_secs_f64(jittered.min(600.0))).await;
-        if stale() {
-            return Sent::GivenUp;
-        }
     }
-    tracing::warn!(%url, kind, attempts = settings.max_attempts, "webhook delivery failed");
+    tracing::warn!(url = %crate::value::clip(&url, 256), kind, attempts = settings.max_attempts, "webhook delivery failed");
     hooks.failed.fetch_add(1, Ordering::Relaxed);
     Sent::Failed
 }

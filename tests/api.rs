@@ -917,6 +917,10 @@ async fn sandbox_webhooks_say_expiring_then_ended() {
         .map(|(h, _)| h["webhook-id"].to_str().unwrap())
         .collect();
     assert!(ids[0] == ids[1] && ids[1] != ids[2], "{ids:?}");
+    assert_eq!(
+        ids[0], reg["message_id"],
+        "the first message under the id answered"
+    );
     let last: Value = serde_json::from_str(&seen[2].1).unwrap();
     assert_eq!(last["type"], "sandbox.ended");
     assert_eq!(last["data"]["sandbox_id"], json!(id));
@@ -943,16 +947,26 @@ async fn sandbox_webhooks_say_expiring_then_ended() {
         )
         .await;
     assert_problem(status, &headers, &problem, StatusCode::NOT_FOUND);
-    // At most 32 registrations per sandbox (or task): the 33rd is a 409.
-    for _ in 1..modal_agents::webhooks::MAX_PER_TARGET {
-        let (status, _, reg) = s
-            .post("/webhook", json!({"sandbox_id": id, "webhook_url": url}))
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{reg}");
-    }
+    // A URL is at most 2 KiB (every failed attempt names it).
+    let long = format!("{url}?{}", "a".repeat(2100));
     let (status, headers, problem) = s
-        .post("/webhook", json!({"sandbox_id": id, "webhook_url": url}))
+        .post("/webhook", json!({"sandbox_id": id, "webhook_url": long}))
         .await;
+    assert_problem(status, &headers, &problem, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(problem["field"], "webhook_url", "{problem}");
+    // At most 32 registrations per sandbox (or task), even when they come
+    // all at once: past it a 409.
+    let tries = (0..40).map(|_| s.post("/webhook", json!({"sandbox_id": id, "webhook_url": url})));
+    let answers = futures_util::future::join_all(tries).await;
+    let created = answers
+        .iter()
+        .filter(|(status, _, _)| *status == StatusCode::CREATED)
+        .count();
+    assert_eq!(created, modal_agents::webhooks::MAX_PER_TARGET - 1);
+    let (status, headers, problem) = answers
+        .into_iter()
+        .find(|(status, _, _)| *status != StatusCode::CREATED)
+        .unwrap();
     assert_problem(status, &headers, &problem, StatusCode::CONFLICT);
     assert!(
         problem["detail"]

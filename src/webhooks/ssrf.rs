@@ -145,7 +145,16 @@ impl reqwest::dns::Resolve for GuardedResolver {
 }
 
 /// Checks a target URL and every address it resolves to.
+/// Longest webhook URL accepted (every attempt that fails names it).
+pub(crate) const MAX_URL_BYTES: usize = 2048;
+
 pub(super) async fn check_target(url: &str, allow: &[Cidr]) -> Result<reqwest::Url, String> {
+    if url.len() > MAX_URL_BYTES {
+        return Err(format!(
+            "a URL of {} bytes; at most {MAX_URL_BYTES} are accepted",
+            url.len()
+        ));
+    }
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(format!(
