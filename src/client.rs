@@ -66,6 +66,38 @@ pub enum ClientError {
     /// A wait ran out of time.
     #[error("task {0} did not finish in time")]
     Timeout(TaskId),
+    /// A path or key the URL cannot carry as given.
+    #[error("invalid path {path:?}: '.' and '..' segments are not allowed (write the path without them)")]
+    InvalidPath {
+        /// The path as given.
+        path: String,
+    },
+}
+
+/// One name (a volume's) as one URL path segment.
+fn seg(name: &str) -> String {
+    crate::value::percent_encode(name)
+}
+
+/// `path` (a key, or a path in a volume or a sandbox) as URL path
+/// segments: each percent-encoded, so `?`, `#`, `%` and spaces stay in it,
+/// with its `/`s kept; a leading `/` (an absolute path in a sandbox) is kept
+/// too. A `.` or `..` segment is refused: the URL would resolve it on the
+/// way and the request would reach another key or volume.
+pub(crate) fn path_segments(path: &str) -> Result<String, ClientError> {
+    let mut out = String::with_capacity(path.len());
+    for (i, part) in path.split('/').enumerate() {
+        if part == "." || part == ".." {
+            return Err(ClientError::InvalidPath {
+                path: crate::value::clip(path, crate::value::MAX_ECHO).into_owned(),
+            });
+        }
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(&crate::value::percent_encode(part));
+    }
+    Ok(out)
 }
 
 /// A client of one server. Cheap to clone.
@@ -391,7 +423,7 @@ impl Client {
         let response = self
             .send(
                 Method::GET,
-                &format!("/volumes/{volume}/state/{key}"),
+                &format!("/volumes/{}/state/{}", seg(volume), path_segments(key)?),
                 None,
                 &[],
             )
@@ -417,7 +449,7 @@ impl Client {
         let response = self
             .send(
                 Method::PUT,
-                &format!("/volumes/{volume}/state/{key}"),
+                &format!("/volumes/{}/state/{}", seg(volume), path_segments(key)?),
                 Some(&Self::body(&PutState { value })?),
                 &headers,
             )
@@ -429,7 +461,7 @@ impl Client {
     pub async fn volume_delete(&self, volume: &str, key: &str) -> Result<Value, ClientError> {
         self.json(
             Method::DELETE,
-            &format!("/volumes/{volume}/state/{key}"),
+            &format!("/volumes/{}/state/{}", seg(volume), path_segments(key)?),
             None,
         )
         .await
@@ -449,7 +481,8 @@ impl Client {
                 .json(
                     Method::GET,
                     &format!(
-                        "/volumes/{volume}/state?prefix={}{after}",
+                        "/volumes/{}/state?prefix={}{after}",
+                        seg(volume),
                         crate::value::percent_encode(prefix)
                     ),
                     None,
@@ -472,8 +505,11 @@ impl Client {
         path: &str,
         bytes: Vec<u8>,
     ) -> Result<FileStat, ClientError> {
-        self.put_bytes(&format!("/volumes/{volume}/files/{path}"), bytes)
-            .await
+        self.put_bytes(
+            &format!("/volumes/{}/files/{}", seg(volume), path_segments(path)?),
+            bytes,
+        )
+        .await
     }
 
     /// `PUT path` with a raw body; the JSON answer.
@@ -494,7 +530,7 @@ impl Client {
         let response = self
             .send(
                 Method::GET,
-                &format!("/volumes/{volume}/files/{path}"),
+                &format!("/volumes/{}/files/{}", seg(volume), path_segments(path)?),
                 None,
                 &[],
             )
@@ -523,7 +559,8 @@ impl Client {
                 .json(
                     Method::GET,
                     &format!(
-                        "/volumes/{volume}/files?prefix={}&limit={PAGE}{after}",
+                        "/volumes/{}/files?prefix={}&limit={PAGE}{after}",
+                        seg(volume),
                         crate::value::percent_encode(prefix)
                     ),
                     None,
@@ -539,14 +576,22 @@ impl Client {
 
     /// `POST /volumes/{name}/push`: upload changes to the Modal Volume.
     pub async fn volume_push(&self, volume: &str) -> Result<Value, ClientError> {
-        self.json(Method::POST, &format!("/volumes/{volume}/push"), None)
-            .await
+        self.json(
+            Method::POST,
+            &format!("/volumes/{}/push", seg(volume)),
+            None,
+        )
+        .await
     }
 
     /// `POST /volumes/{name}/pull`: download changes from the Modal Volume.
     pub async fn volume_pull(&self, volume: &str) -> Result<Value, ClientError> {
-        self.json(Method::POST, &format!("/volumes/{volume}/pull"), None)
-            .await
+        self.json(
+            Method::POST,
+            &format!("/volumes/{}/pull", seg(volume)),
+            None,
+        )
+        .await
     }
 
     /// `PUT /secrets/{name}`.
@@ -570,7 +615,7 @@ impl Client {
     pub async fn file_delete(&self, volume: &str, path: &str) -> Result<Value, ClientError> {
         self.json(
             Method::DELETE,
-            &format!("/volumes/{volume}/files/{path}"),
+            &format!("/volumes/{}/files/{}", seg(volume), path_segments(path)?),
             None,
         )
         .await

@@ -209,7 +209,7 @@ where
             return ParseError::Syntax(clip(&inner.to_string(), 4 * MAX_ECHO).into_owned());
         }
         let path = e.path().to_string();
-        let message = inner.to_string();
+        let message = plain(&inner.to_string());
         let field = if path == "." {
             message
                 .split('`')
@@ -224,6 +224,52 @@ where
             message: clip(&message, 4 * MAX_ECHO).into_owned(),
         })
     })
+}
+
+/// A deserialisation message in the words of JSON rather than of Rust:
+/// no parser position, `object`/`array`/`whole number` for Rust's type
+/// names, a UUID's parse failure said as what is accepted.
+pub(crate) fn plain(message: &str) -> String {
+    let mut text = message.to_owned();
+    if let Some(at) = text.rfind(" at line ") {
+        if text[at..].contains(" column ") {
+            text.truncate(at);
+        }
+    }
+    if text.starts_with("UUID parsing failed") {
+        return "expected an id (a UUID such as 6f1e1a3c-59b8-4f0e-9d8c-1b3f0c9b2a11)".to_owned();
+    }
+    if let Some(at) = text.find("expected struct ") {
+        text.truncate(at);
+        text.push_str("expected an object");
+    }
+    for (rust, json) in [
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected i32", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected f32", "expected a number"),
+        ("expected f64", "expected a number"),
+        ("expected a sequence", "expected an array"),
+        ("expected a map", "expected an object"),
+        ("invalid type: sequence", "invalid type: array"),
+        ("invalid type: map", "invalid type: object"),
+    ] {
+        if let Some(at) = text.find(rust) {
+            let end = at + rust.len();
+            // Whole words only (`u8` is not `u8x`).
+            if !text[end..].starts_with(|c: char| c.is_ascii_alphanumeric()) {
+                text.replace_range(at..end, json);
+            }
+        }
+    }
+    text
 }
 
 /// A command's JSON arguments as its input type ([`parse_from`]); null is
@@ -641,6 +687,37 @@ impl Commands {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Deserialisation messages speak JSON: no parser positions or Rust
+    /// type names.
+    #[test]
+    fn messages_are_said_in_json_terms() {
+        for (raw, said) in [
+            (
+                "invalid type: null, expected struct DeployRequest at line 1 column 4",
+                "invalid type: null, expected an object",
+            ),
+            (
+                "invalid type: string \"abc\", expected u32 at line 1 column 73",
+                "invalid type: string \"abc\", expected a whole number from 0 to 4294967295",
+            ),
+            (
+                "invalid type: integer `5`, expected a sequence",
+                "invalid type: integer `5`, expected an array",
+            ),
+            (
+                "invalid type: sequence, expected a map at line 1 column 0",
+                "invalid type: array, expected an object",
+            ),
+            (
+                "UUID parsing failed: invalid length: found 3",
+                "expected an id (a UUID such as 6f1e1a3c-59b8-4f0e-9d8c-1b3f0c9b2a11)",
+            ),
+            ("missing field `code`", "missing field `code`"),
+        ] {
+            assert_eq!(plain(raw), said);
+        }
+    }
 
     /// Output schemas carry every property and type but no prose; a
     /// property called `description` is kept. The whole list stays under a

@@ -367,6 +367,25 @@ impl Runtime {
         Ok(info)
     }
 
+    /// Removes secret `name` (whether it existed); refused while a
+    /// deployed function uses it, naming them.
+    pub fn remove_secret(&self, name: &str) -> Result<bool, crate::secrets::SecretError> {
+        let mut functions: Vec<String> = self
+            .functions()
+            .into_iter()
+            .filter(|f| f.spec.secrets.iter().any(|s| s == name))
+            .map(|f| f.function_name)
+            .collect();
+        if !functions.is_empty() {
+            functions.sort();
+            return Err(crate::secrets::SecretError::InUse {
+                secret: name.to_owned(),
+                functions,
+            });
+        }
+        self.secrets().remove(name)
+    }
+
     /// The deployed functions, by name.
     pub fn functions(&self) -> Vec<FunctionInfo> {
         self.inner.registry.list()

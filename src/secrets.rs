@@ -74,6 +74,15 @@ pub enum SecretError {
     /// for a secret stored sealed.
     #[error(transparent)]
     SealKey(#[from] KeyError),
+    /// Deployed functions use the secret: removing it would leave them
+    /// unable to start (and unable to come back at the next start).
+    #[error("secret `{secret}` is used by deployed {}: {}; undeploy {} or deploy {} without it first", if .functions.len() == 1 { "function" } else { "functions" }, .functions.join(", "), if .functions.len() == 1 { "it" } else { "them" }, if .functions.len() == 1 { "it" } else { "them" })]
+    InUse {
+        /// The secret.
+        secret: String,
+        /// The functions that use it.
+        functions: Vec<String>,
+    },
     /// A function asks for a secret the store does not have.
     #[error("unknown secret `{name}` (known secrets: {})", if .known.is_empty() { "none".to_owned() } else { .known.join(", ") })]
     Unknown {

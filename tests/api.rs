@@ -474,6 +474,17 @@ async fn auth_and_bad_input_are_problems() {
         let (status, headers, problem) = s.post(path, body.clone()).await;
         assert_problem(status, &headers, &problem, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(problem["field"], field, "{path} {body}: {problem}");
+        // Said in JSON's words: no parser position, no Rust type name.
+        let detail = problem["detail"].as_str().unwrap();
+        for rust in [
+            " column ",
+            "expected u32",
+            "expected u64",
+            "struct ",
+            "sequence",
+        ] {
+            assert!(!detail.contains(rust), "{path} {body}: {detail}");
+        }
     }
     let (status, headers, body) = s
         .post("/spawn-task", json!({"function_name": "ghost"}))
@@ -699,6 +710,45 @@ async fn volumes_secrets_and_tools_over_http() {
     assert!(!text.contains("hunter2"), "values never returned: {text}");
     let (_, _, secrets) = s.get("/secrets").await;
     assert_eq!(secrets, json!([{"name": "db", "keys": ["DB_PASSWORD"]}]));
+    // A secret a deployed function uses stays until that function goes
+    // (without it, the function could not start, nor come back at a restart).
+    let (status, _, _) = s
+        .post(
+            "/deploy-function",
+            json!({"function_code": "def uses_db(): pass", "function_name": "uses_db", "secrets": ["db"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let r = s
+        .req(reqwest::Method::DELETE, "/secrets/db")
+        .send()
+        .await
+        .unwrap();
+    let (status, headers, problem) = read(r).await;
+    assert_problem(status, &headers, &problem, StatusCode::CONFLICT);
+    assert!(
+        problem["detail"].as_str().unwrap().contains("uses_db"),
+        "{problem}"
+    );
+    let r = s
+        .req(reqwest::Method::DELETE, "/functions/uses_db")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let r = s
+        .req(reqwest::Method::DELETE, "/secrets/db")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let r = s
+        .req(reqwest::Method::PUT, "/secrets/db")
+        .json(&json!({"DB_PASSWORD": "hunter2-secret"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
 
     let (status, _, out) = s
         .post(

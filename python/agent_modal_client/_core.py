@@ -286,9 +286,17 @@ def seg(value: object) -> str:
     return quote(str(value), safe="")
 
 
-def subpath(path: str) -> str:
-    """A `/`-separated path inside a volume or sandbox, quoted."""
-    return quote(path.lstrip("/"), safe="/")
+def subpath(path: str, keep_root: bool = False) -> str:
+    """A `/`-separated key or path inside a volume (or, `keep_root`, a
+    sandbox, where a leading `/` makes it absolute), each segment quoted.
+    A `.` or `..` segment raises `ValueError`: the URL would resolve it on
+    the way and the request would reach another key or volume."""
+    parts = path.split("/")
+    if any(part in (".", "..") for part in parts):
+        raise ValueError(f"invalid path {path[:128]!r}: '.' and '..' segments are not allowed "
+                         "(write the path without them)")
+    quoted = "/".join(quote(part, safe="") for part in parts)
+    return quoted if keep_root else quoted.lstrip("/")
 
 
 def drop_none(body: Mapping[str, Any]) -> Dict[str, Any]:

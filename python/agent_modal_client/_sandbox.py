@@ -14,11 +14,10 @@ Every process ends with one typed outcome: `{"kind": "exited", "code"}`,
 
 import json
 from typing import Any, AsyncIterator, Dict, List, Mapping, Optional, Tuple, Union
-from urllib.parse import quote
 
 import httpx
 
-from ._core import MAX_ANSWER_BYTES, MAX_FILE_BYTES, Kind, LineSplitter, Op, as_object, no_answer
+from ._core import MAX_ANSWER_BYTES, MAX_FILE_BYTES, Kind, LineSplitter, Op, as_object, no_answer, subpath
 from ._errors import error_for
 
 #: Longest one server-side wait.
@@ -26,7 +25,8 @@ _WAIT_S = 55
 
 
 def _path(path: str) -> str:
-    return quote(path.lstrip("/"), safe="/")
+    """Workdir-relative, or absolute in the sandbox (`/tmp/x`)."""
+    return subpath(path, keep_root=True)
 
 
 async def _object(client: Any, method: str, path: str, required: Mapping[str, Kind], **kwargs: Any) -> Dict[str, Any]:
@@ -159,7 +159,11 @@ class Sandbox:
         timeout_s: Optional[int] = None,
         wait_s: int = 0,
     ) -> SandboxProcess:
-        """Starts `cmd` (an argv list); `wait_s` (0-55) waits for it."""
+        """Starts `cmd` (an argv list, such as `["ls", "-la"]`; a shell
+        line goes as `["sh", "-c", line]`); `wait_s` (0-55) waits for it."""
+        if isinstance(cmd, (str, bytes)):
+            raise TypeError(f"cmd is an argv list, such as {str(cmd).split()!r}, not a string; "
+                            f"for a shell line use ['sh', '-c', {cmd!r}]")
         body = {
             k: v
             for k, v in {

@@ -216,6 +216,15 @@ def test_sandboxes_exec_follow_files_snapshot_fork_and_terminate_on_exit():
                 with pytest.raises(ValidationError) as e:
                     await sb.exec([])
                 assert e.value.field == "cmd"
+                with pytest.raises(TypeError, match="argv list"):
+                    await sb.exec("ls -la")  # type: ignore[arg-type]
+                # Absolute paths are the sandbox's own; `..` never travels.
+                await sb.write_file("/tmp/abs.txt", "in tmp")
+                assert await sb.read_file("/tmp/abs.txt") == b"in tmp"
+                assert "abs.txt" in [e["name"] for e in await sb.list_files("/tmp")]
+                assert "tmp" not in [e["name"] for e in await sb.list_files()]
+                with pytest.raises(ValueError, match="'..' segments"):
+                    await sb.write_file("a/../../x.txt", "no")
             ended = await sb.refresh()
             assert ended["ended"]["reason"] == "terminated"
             with pytest.raises(ConflictError):

@@ -398,6 +398,10 @@ def test_secrets_create_list_reach_the_function_and_delete(client):
 
     reader = client.deploy(sync_read_secret, secrets=["sync-db"])
     assert reader.remote() == "correct-horse-battery"
+    # In use: removing it would leave the function unable to start.
+    with pytest.raises(agent_modal_client.ConflictError, match="sync_read_secret"):
+        client.delete_secret("sync-db")
+    client.undeploy_function("sync_read_secret")
     assert client.delete_secret("sync-db")["deleted"] is True
     assert "sync-db" not in {s["name"] for s in client.list_secrets()}
     with pytest.raises(NotFoundError):
@@ -420,6 +424,17 @@ def test_volumes_files_and_versioned_keys(client):
     assert client.volume_delete("sync-vol", "plan")["deleted"] is True
     assert client.volume_get("sync-vol", "plan") is None
     assert "sync-vol" in client.list_volumes()
+
+
+def test_keys_and_paths_keep_their_characters_and_never_climb(client):
+    client.volume_put("sync-odd-keys", "a?b#c d%", 1)
+    assert client.volume_get("sync-odd-keys", "a?b#c d%")["value"] == 1
+    assert client.volume_get("sync-odd-keys", "a") is None
+    for bad in ["../../other/state/k", "a/./b", ".."]:
+        with pytest.raises(ValueError, match="'..' segments"):
+            client.volume_put("sync-odd-keys", bad, 1)
+        with pytest.raises(ValueError, match="'..' segments"):
+            client.file_put("sync-odd-keys", bad, b"x")
 
 
 def test_volume_list_reads_every_page_of_keys(client):

@@ -235,6 +235,7 @@ impl From<SecretError> for Error {
         match e {
             SecretError::Name(e) => e.into(),
             SecretError::Unknown { .. } => Error::invalid("secrets", e.to_string()),
+            SecretError::InUse { .. } => Error::Conflict(e.to_string()),
             // The cause was logged where it happened; the body stays generic.
             SecretError::Storage { secret, .. } => Error::Unavailable(format!(
                 "secret `{secret}` could not be stored, so it was not changed; try again"

@@ -54,13 +54,13 @@ pub(crate) async fn list_secrets(State(state): State<ApiState>) -> Json<Vec<Secr
     )
 }
 
-/// Delete a secret.
-#[utoipa::path(delete, path = "/secrets/{name}", responses((status = 200, body = Object), (status = 404, body = super::Problem)))]
+/// Delete a secret (refused while a deployed function uses it).
+#[utoipa::path(delete, path = "/secrets/{name}", responses((status = 200, body = Object), (status = 404, body = super::Problem), (status = 409, body = super::Problem)))]
 pub(crate) async fn delete_secret(
     State(state): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, Error> {
-    if state.runtime.secrets().remove(&name)? {
+    if state.runtime.remove_secret(&name)? {
         Ok(Json(json!({"name": name, "deleted": true})))
     } else {
         Err(Error::NotFound(format!("no secret `{name}`")))

@@ -4,27 +4,11 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::{Client, ClientError};
+use super::{path_segments, Client, ClientError};
 use crate::wire::{
     CreateSandbox, ExecRequest, ExecResult, Forked, ProcessView, SandboxFileEntry, SandboxFileList,
     SandboxList, SandboxView, SnapshotDiff, SnapshotInfo, SnapshotList, StdinRequest,
 };
-
-/// A path inside a sandbox as URL path segments (`?`, `#`, `%` and spaces
-/// escaped; `/` kept).
-fn segments(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    for c in path.trim_start_matches('/').chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            '?' => out.push_str("%3F"),
-            '#' => out.push_str("%23"),
-            ' ' => out.push_str("%20"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 impl Client {
     /// `POST /sandboxes`.
@@ -134,8 +118,11 @@ impl Client {
         path: &str,
         bytes: Vec<u8>,
     ) -> Result<SandboxFileEntry, ClientError> {
-        self.put_bytes(&format!("/sandboxes/{id}/files/{}", segments(path)), bytes)
-            .await
+        self.put_bytes(
+            &format!("/sandboxes/{id}/files/{}", path_segments(path)?),
+            bytes,
+        )
+        .await
     }
 
     /// `GET /sandboxes/{id}/files/{path}`.
@@ -143,7 +130,7 @@ impl Client {
         let response = self
             .send(
                 Method::GET,
-                &format!("/sandboxes/{id}/files/{}", segments(path)),
+                &format!("/sandboxes/{id}/files/{}", path_segments(path)?),
                 None,
                 &[],
             )
@@ -158,7 +145,7 @@ impl Client {
     pub async fn sandbox_file_delete(&self, id: &str, path: &str) -> Result<Value, ClientError> {
         self.json(
             Method::DELETE,
-            &format!("/sandboxes/{id}/files/{}", segments(path)),
+            &format!("/sandboxes/{id}/files/{}", path_segments(path)?),
             None,
         )
         .await
@@ -171,7 +158,7 @@ impl Client {
         dir: Option<&str>,
     ) -> Result<SandboxFileList, ClientError> {
         let query = dir.map_or(String::new(), |d| {
-            format!("?path={}", segments(d).replace('&', "%26"))
+            format!("?path={}", crate::value::percent_encode(d))
         });
         self.json(Method::GET, &format!("/sandboxes/{id}/files{query}"), None)
             .await
@@ -185,7 +172,7 @@ impl Client {
     ) -> Result<SandboxFileEntry, ClientError> {
         self.json(
             Method::PUT,
-            &format!("/sandboxes/{id}/dirs/{}", segments(path)),
+            &format!("/sandboxes/{id}/dirs/{}", path_segments(path)?),
             None,
         )
         .await
@@ -244,7 +231,14 @@ mod tests {
 
     #[test]
     fn paths_become_segments() {
-        assert_eq!(segments("/workspace/a b?.txt"), "workspace/a%20b%3F.txt");
-        assert_eq!(segments("src/%x#y"), "src/%25x%23y");
+        assert_eq!(path_segments("/tmp/a b?.txt").unwrap(), "/tmp/a%20b%3F.txt");
+        assert_eq!(path_segments("src/%x#y").unwrap(), "src/%25x%23y");
+        for bad in ["a/../../other/state/k", "./x", "a/.", ".."] {
+            assert!(
+                matches!(path_segments(bad), Err(ClientError::InvalidPath { .. })),
+                "{bad}"
+            );
+        }
+        assert_eq!(path_segments("a..b/.hidden").unwrap(), "a..b/.hidden");
     }
 }
