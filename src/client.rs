@@ -55,7 +55,7 @@ pub enum ClientError {
         field: Option<String>,
     },
     /// The server could not be reached.
-    #[error("cannot reach the server: {0}")]
+    #[error("cannot reach the server: {}", with_causes(.0))]
     Transport(#[from] reqwest::Error),
     /// The answer was not what the API documents.
     #[error("unexpected answer: {0}")]
@@ -72,6 +72,23 @@ pub enum ClientError {
         /// The path as given.
         path: String,
     },
+}
+
+/// An error and what caused it, as one line (`error sending request for
+/// url (...): client error (Connect): tcp connect error: Connection
+/// refused`).
+fn with_causes(e: &reqwest::Error) -> String {
+    let mut said = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let next = c.to_string();
+        if !said.contains(&next) {
+            said.push_str(": ");
+            said.push_str(&next);
+        }
+        cause = c.source();
+    }
+    said
 }
 
 /// One name (a volume's) as one URL path segment.

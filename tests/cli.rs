@@ -370,6 +370,66 @@ async fn cli_lists_calls_and_pages_results() {
     assert!(out.is_empty(), "{out}");
 }
 
+/// Mistakes a newcomer makes get errors that say what to do: JSON that
+/// does not parse is refused (not sent as a string), a failed call prints
+/// its remote traceback, a refused token and an unreachable server say
+/// which setting to fix, a `..` in a key never reaches another volume, and
+/// `?`/`#` stay in a key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_mistakes_get_errors_that_say_what_to_do() {
+    let s = serve();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("boom.py");
+    std::fs::write(
+        &file,
+        "def boom(x):\n    raise ValueError(f'bad input {x}')\n",
+    )
+    .unwrap();
+    assert!(cli(&s, &["deploy", file.to_str().unwrap()], None).0);
+    let (ok, _, err) = cli(&s, &["call", "boom", "{not json"], None);
+    assert!(!ok && err.contains("is not valid JSON"), "{err}");
+    let (ok, _, err) = cli(&s, &["call", "boom", "--kwargs", "[1]"], None);
+    assert!(!ok && err.contains("expected a JSON object"), "{err}");
+    assert!(!err.contains("column"), "{err}");
+    let (ok, _, err) = cli(&s, &["call", "boom", "3"], None);
+    assert!(!ok && err.contains("ValueError: bad input 3"), "{err}");
+    assert!(err.contains("Traceback") && err.contains("line 2"), "{err}");
+
+    let (ok, _, err) = cli(
+        &s,
+        &["volume", "put", "team", "../../other/state/k", "4"],
+        None,
+    );
+    assert!(!ok && err.contains("'..' segments"), "{err}");
+    let (_, out, _) = cli(&s, &["volume", "ls", "other"], None);
+    assert!(!out.contains('k'), "{out}");
+    assert!(cli(&s, &["volume", "put", "team", "a?b#c", "1"], None).0);
+    let (ok, out, err) = cli(&s, &["volume", "get", "team", "a?b#c"], None);
+    assert!(ok && out.contains("\"a?b#c\""), "{out}{err}");
+
+    let refused = Command::new(BIN)
+        .args([
+            "--url",
+            &s.url,
+            "--token",
+            "not-the-token-0123456789",
+            "functions",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("refused the token given"), "{err}");
+    let down = Command::new(BIN)
+        .args(["--url", "http://127.0.0.1:9", "--token", TOKEN, "functions"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&down.stderr);
+    assert!(
+        err.contains("Connection refused") && err.contains("MODAL_AGENTS_URL"),
+        "{err}"
+    );
+}
+
 #[test]
 fn serve_refuses_to_start_without_a_token() {
     let out = Command::new(BIN)

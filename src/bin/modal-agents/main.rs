@@ -286,8 +286,40 @@ enum SecretCommand {
     },
 }
 
-fn json_arg(raw: &str) -> Value {
-    serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_owned()))
+/// A command-line value: JSON, or a bare word as a string. What starts
+/// like JSON (`{`, `[`, `"`) but does not parse is an error, not a string.
+fn json_arg(raw: &str) -> Result<Value, String> {
+    match serde_json::from_str(raw) {
+        Ok(value) => Ok(value),
+        Err(e) if raw.trim_start().starts_with(['{', '[', '"']) => Err(format!(
+            "{:?} is not valid JSON ({e}); to pass it as text, give it as a JSON string",
+            clip_line(raw)
+        )),
+        Err(_) => Ok(Value::String(raw.to_owned())),
+    }
+}
+
+/// `text` cut to a line's worth, for an error that repeats it.
+fn clip_line(text: &str) -> String {
+    let mut cut: String = text.chars().take(80).collect();
+    if cut.len() < text.len() {
+        cut.push('…');
+    }
+    cut
+}
+
+/// `--kwargs` as an object; anything else says what it got.
+pub(crate) fn kwargs_arg(raw: &str) -> Result<Map<String, Value>, String> {
+    match serde_json::from_str::<Value>(raw) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(other) => Err(format!(
+            "--kwargs: expected a JSON object such as '{{\"x\": 1}}', got {}",
+            clip_line(&other.to_string())
+        )),
+        Err(e) => Err(format!(
+            "--kwargs: not valid JSON ({e}); expected an object such as '{{\"x\": 1}}'"
+        )),
+    }
 }
 
 fn task_id(raw: &str) -> Result<TaskId, String> {
@@ -299,16 +331,22 @@ fn task_id(raw: &str) -> Result<TaskId, String> {
 fn finished(record: &TaskRecord) -> Result<(), String> {
     match record.status {
         TaskStatus::Completed => Ok(()),
-        status => Err(format!(
-            "task {} {status}{}",
-            record.task_id,
-            record
-                .error
-                .as_ref()
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default()
-        )),
+        _ => Err(ended(record)),
     }
+}
+
+/// How a task that did not complete ended: its status and error, then the
+/// remote traceback when there is one.
+pub(crate) fn ended(record: &TaskRecord) -> String {
+    let mut said = format!("task {} {}", record.task_id, record.status);
+    if let Some(e) = &record.error {
+        said.push_str(&format!(": {e}"));
+        if let Some(tb) = e.traceback.as_deref().filter(|t| !t.trim().is_empty()) {
+            said.push('\n');
+            said.push_str(tb.trim_end());
+        }
+    }
+    said
 }
 
 /// `wait`: server-side waits of at most 55 s each until the condition
@@ -525,12 +563,9 @@ async fn run_command(cli: Cli, url_given: bool) -> Result<(), String> {
         } => {
             let kwargs = match kwargs {
                 None => Map::new(),
-                Some(k) => match serde_json::from_str::<Value>(&k) {
-                    Ok(Value::Object(m)) => m,
-                    _ => return Err("--kwargs must be a JSON object".into()),
-                },
+                Some(k) => kwargs_arg(&k)?,
             };
-            let args = args.iter().map(|a| json_arg(a)).collect();
+            let args = args.iter().map(|a| json_arg(a)).collect::<Result<_, _>>()?;
             let record = client
                 .spawn(&function, args, kwargs, wait)
                 .await
@@ -636,7 +671,7 @@ async fn run_command(cli: Cli, url_given: bool) -> Result<(), String> {
             file: false,
         }) => print_json(
             &client
-                .volume_put(&volume, &key, json_arg(&value), if_match)
+                .volume_put(&volume, &key, json_arg(&value)?, if_match)
                 .await
                 .map_err(err)?,
         ),
@@ -798,6 +833,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let (had_token, server) = (cli.token.is_some(), cli.url.clone());
     let result = match cli.command {
         // A sandbox exec exits with its process's code.
         Command::Sandbox(cmd) => runtime.block_on(async {
@@ -825,9 +861,17 @@ fn main() -> ExitCode {
         Err(why) => {
             // Whole: a failed package build's last lines are the point.
             eprintln!("modal-agents: {why}");
-            if why.starts_with("401:") {
+            if why.starts_with("401:") && had_token {
+                eprintln!(
+                    "modal-agents: the server refused the token given (--token or MODAL_AGENTS_TOKEN); use one it was started with"
+                );
+            } else if why.starts_with("401:") {
                 eprintln!(
                     "modal-agents: the server wants a token: set MODAL_AGENTS_TOKEN or pass --token"
+                );
+            } else if why.starts_with("cannot reach the server") {
+                eprintln!(
+                    "modal-agents: is it running at {server}? --url (or MODAL_AGENTS_URL) says where it is; `modal-agents serve` starts one"
                 );
             }
             ExitCode::FAILURE

@@ -63,7 +63,10 @@ impl RunArgs {
             )),
             (Some(source), true) => Ok(Plan::Map(source.clone())),
             (None, false) => Ok(Plan::Call(
-                self.args.iter().map(|a| crate::json_arg(a)).collect(),
+                self.args
+                    .iter()
+                    .map(|a| crate::json_arg(a))
+                    .collect::<Result<_, _>>()?,
             )),
             (None, true) if std::io::stdin().is_terminal() => Ok(Plan::Call(Vec::new())),
             // Input lines on stdin, if any: none (`< /dev/null`, cron) is
@@ -247,7 +250,10 @@ impl Iterator for InputLines {
             if line.is_empty() {
                 continue;
             }
-            let input = crate::json_arg(line);
+            let input = match crate::json_arg(line) {
+                Ok(input) => input,
+                Err(why) => return Some(Err(format!("input line {}: {why}", self.line))),
+            };
             if !self.inputs_as.fits(&input) {
                 let flag = if self.inputs_as == InputsAs::Args {
                     "--starmap"

@@ -183,11 +183,14 @@ pub(crate) async fn results(client: &Client, a: ResultsArgs) -> Result<(), Strin
 
 /// `call FN ARGS...`: one call, waited for; prints its result as JSON.
 pub(crate) async fn call(client: &Client, a: CallArgs) -> Result<(), String> {
-    let args = a.args.iter().map(|s| crate::json_arg(s)).collect();
+    let args = a
+        .args
+        .iter()
+        .map(|s| crate::json_arg(s))
+        .collect::<Result<_, _>>()?;
     let kwargs: Map<String, Value> = match &a.kwargs {
         None => Map::new(),
-        Some(raw) => serde_json::from_str(raw)
-            .map_err(|e| format!("--kwargs: expected a JSON object: {e}"))?,
+        Some(raw) => crate::kwargs_arg(raw)?,
     };
     call_once(client, &a.function, args, kwargs).await
 }
@@ -223,10 +226,6 @@ pub(crate) fn print_outcome(record: &modal_agents::TaskRecord) -> Result<(), Str
             println!("{}", result.clone().unwrap_or(Value::Null));
             Ok(())
         }
-        (status, _, error) => Err(format!(
-            "task {} {status}{}",
-            record.task_id,
-            error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
-        )),
+        _ => Err(crate::ended(record)),
     }
 }
