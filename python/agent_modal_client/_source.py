@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ast
+import builtins
+import dis
 import inspect
 import textwrap
-from typing import Any, Callable, Optional, Tuple
+import types
+from typing import Any, Callable, List, Optional, Set, Tuple
 
 
 def function_source(fn: Callable[..., Any], name: Optional[str] = None) -> Tuple[str, str]:
@@ -43,6 +46,13 @@ def function_source(fn: Callable[..., Any], name: Optional[str] = None) -> Tuple
             f"({', '.join(fn.__code__.co_freevars)}), which do not exist where it runs: "
             f"define it at module level or pass them as arguments{hint}"
         )
+    outside = _module_names(fn)
+    if outside:
+        raise ValueError(
+            f"{fn.__qualname__} uses names defined outside it ({', '.join(outside)}), which do not "
+            "exist where it runs (only the function's own source is sent): import or define them "
+            "inside the function, or pass them as arguments"
+        )
     try:
         source = textwrap.dedent(inspect.getsource(fn))
     except (OSError, TypeError) as e:
@@ -73,3 +83,19 @@ def _filled(cell: Any) -> bool:
     except ValueError:  # an empty cell
         return False
     return True
+
+
+def _module_names(fn: Any) -> List[str]:
+    """The names of `fn`'s module (imports, helpers, constants) that its
+    body reads as globals, its own name and builtins aside."""
+    names: Set[str] = set()
+    codes = [fn.__code__]
+    while codes:
+        code = codes.pop()
+        for ins in dis.get_instructions(code):
+            if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and isinstance(ins.argval, str):
+                names.add(ins.argval)
+        codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    names.discard(fn.__name__)
+    builtin = vars(builtins)
+    return sorted(n for n in names if n in fn.__globals__ and not (n in builtin and fn.__globals__[n] is builtin[n]))

@@ -29,6 +29,10 @@ def client():
         yield c
 
 
+def uses_module_names(x):
+    return add(x, time.time())
+
+
 def nap(seconds):
     import time
 
@@ -96,6 +100,10 @@ def test_a_client_from_the_environment_deploys_a_function_object_and_calls_it(cl
         client.deploy(uses_a_closure)
     with pytest.raises(ValueError, match="lambda"):
         client.deploy(lambda x: x)
+    # A module's helpers and imports do not travel with the function: said
+    # at deploy, not as a NameError at the first call.
+    with pytest.raises(ValueError, match=r"\(add, time\)"):
+        client.deploy(uses_module_names)
 
 
 def test_a_failed_call_raises_with_the_remote_type_message_and_traceback(client):
