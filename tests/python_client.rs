@@ -48,7 +48,7 @@ fn the_python_client_passes_its_tests_against_the_real_server() {
     support::stop(&mut server);
     let text = support::output_text(&out);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("47 passed"), "{text}");
+    assert!(text.contains("48 passed"), "{text}");
 }
 
 /// `GET /docs` in a real browser (Debian's chromium driven by Playwright):

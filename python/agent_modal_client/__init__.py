@@ -90,7 +90,7 @@ from ._errors import (
     TimeoutError,
     ValidationError,
 )
-from ._sandbox import Sandbox, SandboxProcess
+from ._sandbox import Sandbox, SandboxProcess, SyncSandbox, SyncSandboxProcess
 from ._sync import Client, Function, FunctionCall
 from ._webhooks import WebhookVerificationError, verify_webhook
 
@@ -111,6 +111,8 @@ __all__ = [
     "RateLimitError",
     "Sandbox",
     "SandboxProcess",
+    "SyncSandbox",
+    "SyncSandboxProcess",
     "ServerError",
     "ServerUnreachableError",
     "StatusMonitor",

@@ -49,7 +49,7 @@ from ._core import (
     unreachable,
 )
 from ._errors import error_for
-from ._sandbox import Sandbox
+from ._sandbox import Sandbox, create_sandbox_op, diff_snapshots_op, get_sandbox_op, list_sandboxes_op
 from ._source import function_source
 
 P = ParamSpec("P")
@@ -358,16 +358,17 @@ class AsyncClient:
         idle_timeout_s, memory, cpu, network, volumes, secrets, env, workdir,
         name, tags, from_snapshot, image); a `Sandbox`, also an async context
         manager that terminates it."""
-        body = {k: v for k, v in options.items() if v is not None}
-        view = await self._perform(Op("POST", "/sandboxes", as_object({"sandbox_id": str}), json=body))
-        return Sandbox(self, view)
+        return Sandbox(self, await self._perform(create_sandbox_op(options)))
+
+    async def get_sandbox(self, sandbox_id: str) -> Sandbox:
+        """The sandbox `sandbox_id` (made earlier, or by another client)."""
+        return Sandbox(self, await self._perform(get_sandbox_op(sandbox_id)))
 
     async def list_sandboxes(self) -> List[Dict[str, Any]]:
-        listed = await self._perform(Op("GET", "/sandboxes", as_object({"sandboxes": list})))
-        return list(listed["sandboxes"])
+        return list((await self._perform(list_sandboxes_op()))["sandboxes"])
 
     async def diff_snapshots(self, a: str, b: str) -> Dict[str, Any]:
-        return await self._perform(Op("GET", f"/snapshots/{seg(a)}/diff/{seg(b)}", as_object()))
+        return await self._perform(diff_snapshots_op(a, b))
 
 
 class AsyncFunction:

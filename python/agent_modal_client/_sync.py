@@ -46,6 +46,7 @@ from ._core import (
     unreachable,
 )
 from ._errors import error_for
+from ._sandbox import SyncSandbox, create_sandbox_op, diff_snapshots_op, get_sandbox_op, list_sandboxes_op
 from ._source import function_source
 
 P = ParamSpec("P")
@@ -322,6 +323,25 @@ class Client:
                 follower.dropped(e)
 
     # Functions.
+
+    # Sandboxes (see _sandbox.py).
+
+    def create_sandbox(self, **options: Any) -> SyncSandbox:
+        """Creates a sandbox (`POST /sandboxes`; options: timeout_s,
+        idle_timeout_s, memory, cpu, network, volumes, secrets, env, workdir,
+        name, tags, from_snapshot, image); a `SyncSandbox`, also a context
+        manager that terminates it."""
+        return SyncSandbox(self, self._perform(create_sandbox_op(options)))
+
+    def get_sandbox(self, sandbox_id: str) -> SyncSandbox:
+        """The sandbox `sandbox_id` (made earlier, or by another client)."""
+        return SyncSandbox(self, self._perform(get_sandbox_op(sandbox_id)))
+
+    def list_sandboxes(self) -> List[Dict[str, Any]]:
+        return list(self._perform(list_sandboxes_op())["sandboxes"])
+
+    def diff_snapshots(self, a: str, b: str) -> Dict[str, Any]:
+        return self._perform(diff_snapshots_op(a, b))
 
     def function(self, name: str) -> Function:
         """A handle of the deployed function `name` (no request is made)."""

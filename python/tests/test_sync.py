@@ -566,3 +566,35 @@ def test_agent_tools_are_listed_and_called_and_run_code_needs_no_deploy(client):
 
     ran, names = asyncio.run(via_async())
     assert ran["stdout"] == "42\n" and "run_code" in names, ran
+
+
+def test_sync_sandboxes_exec_follow_files_snapshot_fork_and_reattach(client):
+    from agent_modal_client import SyncSandbox
+
+    with client.create_sandbox(timeout_s=120) as sb:
+        assert isinstance(sb, SyncSandbox)
+        sb.write_file("app.py", "print('hi from sync')\n")
+        proc = sb.exec(["sh", "-c", "python3 app.py; echo oops >&2; exit 3"])
+        chunks = list(proc)
+        out = "".join(text for stream, text in chunks if stream == "stdout")
+        err = "".join(text for stream, text in chunks if stream == "stderr")
+        assert (out, err, proc.outcome) == ("hi from sync\n", "oops\n", {"kind": "exited", "code": 3}), chunks
+        slow = sb.run(["sleep", "5"], timeout_s=1)
+        assert slow.outcome == {"kind": "timed_out", "after_s": 1.0}
+        sb.write_file("/tmp/abs.txt", "in tmp")
+        assert sb.read_file("/tmp/abs.txt") == b"in tmp"
+        first = sb.snapshot()
+        sb.write_file("app.py", "print('changed')\n")
+        [child] = sb.fork(1)
+        assert child.read_file("app.py") == b"print('changed')\n"
+        child.terminate()
+        diff = client.diff_snapshots(first, sb.snapshot())
+        assert diff["changed"][0]["path"] == "app.py", diff
+        again = client.get_sandbox(sb.sandbox_id)
+        assert again.run(["cat", "app.py"]).stdout == "print('changed')\n"
+        assert sb.sandbox_id in [v["sandbox_id"] for v in client.list_sandboxes()]
+        with pytest.raises(TypeError, match="argv list"):
+            sb.exec("ls -la")  # type: ignore[arg-type]
+    assert sb.refresh()["ended"]["reason"] == "terminated"
+    with pytest.raises(agent_modal_client.ConflictError):
+        sb.exec(["true"])
