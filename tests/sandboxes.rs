@@ -638,6 +638,21 @@ async fn the_cli_drives_sandboxes_and_exec_exits_with_the_code() {
     let id = id.trim().to_owned();
     let (code, out, _) = cli(&["exec", &id, "--", "sh", "-c", "echo hi; exit 3"]);
     assert_eq!((code, out.as_str()), (3, "hi\n"));
+    // `--stdin` sends what is piped in; without it the process reads nothing.
+    let mut piped = std::process::Command::new(BIN)
+        .args(["--url", &api.url, "--token", TOKEN, "sandbox", "exec", &id, "--stdin", "--", "wc", "-l"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        piped.stdin.take().unwrap().write_all(b"one\ntwo\n").unwrap();
+    }
+    let out = piped.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+    let (code, out, _) = cli(&["exec", &id, "--", "wc", "-l"]);
+    assert_eq!((code, out.trim()), (0, "0"));
     let (code, _, err) = cli(&["exec", &id, "--timeout", "1", "--", "sleep", "5"]);
     assert_eq!(code, 124);
     assert!(err.contains("timed_out"), "{err}");

@@ -40,6 +40,11 @@ pub(crate) enum SandboxCommand {
         /// Working directory inside the sandbox.
         #[arg(long)]
         cwd: Option<String>,
+        /// Send this command's stdin (read to its end, at most 16 MiB of
+        /// UTF-8) as the process's stdin; without it the process's stdin is
+        /// empty.
+        #[arg(long)]
+        stdin: bool,
         /// The command and its arguments (after `--`).
         #[arg(required = true, num_args = 1.., last = true)]
         cmd: Vec<String>,
@@ -137,14 +142,17 @@ pub(crate) async fn run(client: &Client, cmd: SandboxCommand) -> Result<ExitCode
             sandbox_id,
             timeout,
             cwd,
+            stdin,
             cmd,
         } => {
+            let stdin = if stdin { Some(read_stdin()?) } else { None };
             let started = client
                 .sandbox_exec(
                     &sandbox_id,
                     &ExecRequest {
                         cmd,
                         cwd,
+                        stdin,
                         timeout_s: timeout,
                         wait_s: Some(55),
                         ..Default::default()
@@ -260,4 +268,19 @@ mod tests {
         assert_eq!(split_remote("sb-1:/x/y"), Some(("sb-1", "/x/y")));
         assert_eq!(split_remote("./local:file"), None);
     }
+}
+
+/// This command's stdin, to its end: at most 16 MiB, as UTF-8.
+fn read_stdin() -> Result<String, String> {
+    use std::io::Read;
+    const MAX: u64 = 16 << 20;
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .take(MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("--stdin: {e}"))?;
+    if bytes.len() as u64 > MAX {
+        return Err(format!("--stdin: over {MAX} bytes; copy the data in with `sandbox cp` and redirect from the file"));
+    }
+    String::from_utf8(bytes).map_err(|_| "--stdin: not UTF-8 text; copy binary data in with `sandbox cp` and redirect from the file".to_owned())
 }
