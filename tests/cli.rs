@@ -395,6 +395,21 @@ async fn cli_mistakes_get_errors_that_say_what_to_do() {
     assert!(!ok && err.contains("ValueError: bad input 3"), "{err}");
     assert!(err.contains("Traceback") && err.contains("line 2"), "{err}");
 
+    let boom = file.to_str().unwrap();
+    let (ok, _, err) = cli(&s, &["run", &format!("{boom}:boom"), "1"], None);
+    assert!(
+        !ok && err.contains(&format!("did you mean `{boom}::boom`")),
+        "{err}"
+    );
+    let (ok, out, _) = cli(&s, &["spawn", "boom", "4", "--wait"], None);
+    assert!(!ok, "{out}");
+    let record: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = record["task_id"].as_str().unwrap();
+    let (ok, _, err) = cli(&s, &["cancel", id], None);
+    assert!(
+        ok && err.contains("had already ended (failed): nothing was cancelled"),
+        "{err}"
+    );
     let (ok, _, err) = cli(
         &s,
         &["volume", "put", "team", "../../other/state/k", "4"],

@@ -640,14 +640,22 @@ async fn the_cli_drives_sandboxes_and_exec_exits_with_the_code() {
     assert_eq!((code, out.as_str()), (3, "hi\n"));
     // `--stdin` sends what is piped in; without it the process reads nothing.
     let mut piped = std::process::Command::new(BIN)
-        .args(["--url", &api.url, "--token", TOKEN, "sandbox", "exec", &id, "--stdin", "--", "wc", "-l"])
+        .args([
+            "--url", &api.url, "--token", TOKEN, "sandbox", "exec", &id, "--stdin", "--", "wc",
+            "-l",
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     {
         use std::io::Write;
-        piped.stdin.take().unwrap().write_all(b"one\ntwo\n").unwrap();
+        piped
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"one\ntwo\n")
+            .unwrap();
     }
     let out = piped.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");

@@ -603,7 +603,15 @@ async fn run_command(cli: Cli, url_given: bool) -> Result<(), String> {
             wait(&client, &ids, mode, timeout).await
         }
         Command::Cancel { task_id: id } => {
-            print_json(&client.cancel(task_id(&id)?).await.map_err(err)?)
+            let record = client.cancel(task_id(&id)?).await.map_err(err)?;
+            print_json(&record)?;
+            if record.status != TaskStatus::Cancelled {
+                eprintln!(
+                    "modal-agents: task {} had already ended ({}): nothing was cancelled",
+                    record.task_id, record.status
+                );
+            }
+            Ok(())
         }
         Command::Logs {
             task_id: id,

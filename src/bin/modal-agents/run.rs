@@ -86,7 +86,18 @@ pub(crate) async fn run(client: &Client, a: RunArgs) -> Result<ExitCode, String>
             deploy_file(client, Path::new(file), function).await?;
             function.to_owned()
         }
-        None => a.target.clone(),
+        None => {
+            // `jobs.py:score` is a file and a function said with one colon.
+            if let Some((file, function)) = a.target.rsplit_once(':') {
+                if file.ends_with(".py") && Path::new(file).is_file() {
+                    return Err(format!(
+                        "run {}: a file's function is named after `::`; did you mean `{file}::{function}`?",
+                        a.target
+                    ));
+                }
+            }
+            a.target.clone()
+        }
     };
     match plan {
         Plan::Call(args) => call_interruptibly(client, &function, args).await,

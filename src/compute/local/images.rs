@@ -288,7 +288,15 @@ impl Images {
         };
         if let Err(e) = result {
             let _ = tokio::fs::remove_dir_all(&dir).await;
-            return Err(format!("{e} (full log: {})", log.display()));
+            // The log's name, not where the server keeps it: the reader
+            // may be a remote client or a model.
+            let name = log
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            return Err(format!(
+                "{e} (full log: {name} among the server's image build logs)"
+            ));
         }
         tokio::fs::write(&ready, b"")
             .await
