@@ -36,26 +36,72 @@ pub struct SecretInfo {
 
 /// A webhook registration (`POST /webhook`): the seed's, for a task, or
 /// one for a sandbox. Exactly one of `task_id` and `sandbox_id`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookRequest {
     /// The task to report on (its id, a UUID): one `task.completed` or
     /// `task.failed` message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(
-        pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-    )]
     pub task_id: Option<String>,
-    /// The sandbox to report on: `sandbox.expiring` when its lifetime is
-    /// within the notice (a minute by default; again after a keepalive
-    /// that did not take it out of the notice), then `sandbox.ended` with
+    /// The sandbox to report on: `sandbox.expiring` when its lifetime
+    /// comes within the notice (a minute by default; again only after the
+    /// expiry has left the notice and come back), then `sandbox.ended` with
     /// the reason, each its own message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 1, max_length = 64)]
     pub sandbox_id: Option<String>,
     /// Where deliveries go (a public http(s) URL).
     pub webhook_url: String,
 }
+
+impl utoipa::PartialSchema for WebhookRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        // Written out: "exactly one of two optional fields" is a `oneOf` of
+        // the two shapes, which the derive cannot say.
+        let url = serde_json::json!({
+            "type": "string",
+            "description": "Where deliveries go (a public http(s) URL, at most 2048 bytes).",
+            "maxLength": 2048
+        });
+        let task = super::from_json(serde_json::json!({
+            "type": "object",
+            "title": "For a task",
+            "properties": {
+                "task_id": {
+                    "type": "string",
+                    "description": "The task to report on (its id, a UUID): one `task.completed` or `task.failed` message.",
+                    "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+                },
+                "webhook_url": url
+            },
+            "required": ["task_id", "webhook_url"],
+            "additionalProperties": false
+        }));
+        let sandbox = super::from_json(serde_json::json!({
+            "type": "object",
+            "title": "For a sandbox",
+            "properties": {
+                "sandbox_id": {
+                    "type": "string",
+                    "description": "The sandbox to report on: `sandbox.expiring`, then `sandbox.ended` with the reason, each its own message.",
+                    "minLength": 1,
+                    "maxLength": 64
+                },
+                "webhook_url": url
+            },
+            "required": ["sandbox_id", "webhook_url"],
+            "additionalProperties": false
+        }));
+        utoipa::openapi::schema::OneOfBuilder::new()
+            .item(task)
+            .item(sandbox)
+            .description(Some(
+                "A webhook registration: for a task (`task_id`) or for a sandbox (`sandbox_id`).",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for WebhookRequest {}
 
 /// The state of a webhook registration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

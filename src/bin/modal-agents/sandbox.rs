@@ -254,6 +254,21 @@ pub(crate) async fn run(client: &Client, cmd: SandboxCommand) -> Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
+/// This command's stdin, to its end: at most 16 MiB, as UTF-8.
+fn read_stdin() -> Result<String, String> {
+    use std::io::Read;
+    const MAX: u64 = 16 << 20;
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .take(MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("--stdin: {e}"))?;
+    if bytes.len() as u64 > MAX {
+        return Err(format!("--stdin: over {MAX} bytes; copy the data in with `sandbox cp` and redirect from the file"));
+    }
+    String::from_utf8(bytes).map_err(|_| "--stdin: not UTF-8 text; copy binary data in with `sandbox cp` and redirect from the file".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,19 +283,4 @@ mod tests {
         assert_eq!(split_remote("sb-1:/x/y"), Some(("sb-1", "/x/y")));
         assert_eq!(split_remote("./local:file"), None);
     }
-}
-
-/// This command's stdin, to its end: at most 16 MiB, as UTF-8.
-fn read_stdin() -> Result<String, String> {
-    use std::io::Read;
-    const MAX: u64 = 16 << 20;
-    let mut bytes = Vec::new();
-    std::io::stdin()
-        .take(MAX + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("--stdin: {e}"))?;
-    if bytes.len() as u64 > MAX {
-        return Err(format!("--stdin: over {MAX} bytes; copy the data in with `sandbox cp` and redirect from the file"));
-    }
-    String::from_utf8(bytes).map_err(|_| "--stdin: not UTF-8 text; copy binary data in with `sandbox cp` and redirect from the file".to_owned())
 }
