@@ -20,6 +20,7 @@ mod files;
 mod jail;
 mod lifetime;
 mod process;
+mod quota;
 pub(crate) mod snapshot;
 
 use std::path::PathBuf;
@@ -137,6 +138,15 @@ pub enum SandboxError {
         /// The ceiling.
         max: usize,
     },
+    /// The sandbox's files take more than its disk quota: nothing starts
+    /// until some are removed.
+    #[error("the sandbox's files take {used_mib} MiB, over its disk quota of {limit_mib} MiB (limits.disk_mib); remove files first (DELETE /sandboxes/{{id}}/files/{{path}})")]
+    OverQuota {
+        /// What they take, in MiB.
+        used_mib: u64,
+        /// The quota, in MiB.
+        limit_mib: u64,
+    },
     /// As many processes run in the sandbox as may.
     #[error("{max} processes run in this sandbox, the most it may run at once")]
     TooManyProcesses {
@@ -212,6 +222,9 @@ struct Live {
     ended: Option<SandboxEnded>,
     warned: bool,
     processes: std::collections::BTreeMap<u64, Arc<process::Process>>,
+    /// What its files took when last measured past the disk quota (MiB);
+    /// `None` while under it.
+    over_quota: Option<u64>,
 }
 
 /// One sandbox.
@@ -485,6 +498,7 @@ impl Sandboxes {
                     ended: record.ended.clone(),
                     warned: true,
                     processes: Default::default(),
+                    over_quota: None,
                 }),
                 next_process: AtomicU64::new(1),
                 wake: Notify::new(),
@@ -769,6 +783,7 @@ impl Sandboxes {
                 ended: None,
                 warned: false,
                 processes: Default::default(),
+                over_quota: None,
             }),
             next_process: AtomicU64::new(1),
             wake: Notify::new(),
@@ -783,6 +798,9 @@ impl Sandboxes {
         self.shared
             .tasks
             .spawn(lifetime::watch(self.clone(), sandbox.clone()));
+        self.shared
+            .tasks
+            .spawn(quota::watch(self.shared.shutdown.clone(), sandbox.clone()));
         Ok(sandbox.view())
     }
 
@@ -1147,6 +1165,13 @@ fn validate(r: &CreateSandbox) -> Result<String, SandboxError> {
         Some(r.limits.output_mib),
         1,
         256,
+        "MiB",
+    )?;
+    range(
+        "limits.disk_mib",
+        Some(r.limits.disk_mib),
+        1,
+        1_048_576,
         "MiB",
     )?;
     if let Some(cpu) = r.cpu {

@@ -27,7 +27,8 @@ pub use sandbox::{
     SandboxFileContent, SandboxFileEntry, SandboxFileList, SandboxFileRef, SandboxImage,
     SandboxLimits, SandboxList, SandboxNetwork, SandboxProcessRef, SandboxRef, SandboxState,
     SandboxView, SnapshotDiff, SnapshotInfo, SnapshotList, StdinRequest, WriteSandboxFile,
-    DEFAULT_SANDBOX_TIMEOUT_S, DEFAULT_WORKDIR, MAX_SANDBOX_TIMEOUT_S, MAX_SANDBOX_WAIT_S,
+    DEFAULT_SANDBOX_DISK_MIB, DEFAULT_SANDBOX_TIMEOUT_S, DEFAULT_WORKDIR, MAX_SANDBOX_TIMEOUT_S,
+    MAX_SANDBOX_WAIT_S,
 };
 pub use schema::{json_schema, output_json_schema};
 pub use state::{

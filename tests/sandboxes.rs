@@ -274,6 +274,89 @@ async fn snapshots_fork_and_diff() {
     rt.shutdown().await;
 }
 
+/// The disk quota: a process that keeps writing files ends
+/// `disk_quota_exceeded` within a second of passing it; nothing starts
+/// while the files are over it (a 409 naming `limits.disk_mib`); removing
+/// them lets processes run again. One file can never pass it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disk_quota_stops_writers_and_holds_until_files_go() {
+    use modal_agents::wire::SandboxLimits;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path(), SandboxConfig::default()).await;
+    let sbx = rt.sandboxes();
+    let id = sbx
+        .create(CreateSandbox {
+            limits: SandboxLimits {
+                disk_mib: 8,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .sandbox_id;
+    // One file past the quota: the file-size limit stops it at once.
+    let r = sbx
+        .exec(&id, sh("head -c 20971520 /dev/zero > one.bin"))
+        .await
+        .unwrap();
+    assert!(
+        !r.process.outcome.as_ref().unwrap().success()
+            && r.stderr.as_deref().unwrap_or("").contains("File too large"),
+        "{:?} {:?}",
+        r.process.outcome,
+        r.stderr
+    );
+    sbx.remove_file(&id, "one.bin").await.unwrap();
+    // Many files, each under it.
+    let r = sbx
+        .exec(
+            &id,
+            sh("i=0; while :; do head -c 1048576 /dev/zero > f$i; i=$((i+1)); sleep 0.05; done"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.process.outcome,
+        Some(Outcome::DiskQuotaExceeded { limit_mib: 8 })
+    );
+    let refused = sbx.exec(&id, cmd(&["true"])).await.unwrap_err();
+    assert!(
+        matches!(refused, SandboxError::OverQuota { limit_mib: 8, .. }),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("limits.disk_mib"), "{refused}");
+    for entry in sbx.list_files(&id, None).await.unwrap().entries {
+        sbx.remove_file(&id, &entry.name).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match sbx.exec(&id, cmd(&["true"])).await {
+            Ok(r) => {
+                assert!(r.process.outcome.unwrap().success());
+                break;
+            }
+            Err(SandboxError::OverQuota { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // The files API keeps to it too.
+    let refused = sbx
+        .write_file(&id, "big.bin", vec![0u8; 9 << 20])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, SandboxError::OverQuota { limit_mib: 8, .. }),
+        "{refused}"
+    );
+    sbx.write_file(&id, "small.bin", vec![0u8; 1 << 20])
+        .await
+        .unwrap();
+    rt.shutdown().await;
+}
+
 /// Keepalives of a few seconds at a time inside the last minute do not say
 /// `sandbox.expiring` once each: it is said once per entry into the notice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

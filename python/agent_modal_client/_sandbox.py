@@ -11,7 +11,8 @@ the same methods without `await`; a `with` block terminates it).
 
 Every process ends with one typed outcome: `{"kind": "exited", "code"}`,
 `{"kind": "signaled", "signal"}`, `{"kind": "timed_out", "after_s"}`,
-`{"kind": "out_of_memory"}` or `{"kind": "sandbox_ended", "reason"}`.
+`{"kind": "out_of_memory"}`, `{"kind": "disk_quota_exceeded", "limit_mib"}` or
+`{"kind": "sandbox_ended", "reason"}`.
 """
 
 import json

@@ -351,7 +351,7 @@ impl From<crate::sandbox::SandboxError> for Error {
                 detail: e.to_string(),
                 ended: Box::new(ended.clone()),
             },
-            S::NameTaken { .. } => Error::Conflict(e.to_string()),
+            S::NameTaken { .. } | S::OverQuota { .. } => Error::Conflict(e.to_string()),
             S::AtCapacity { .. } | S::TooManyFollowers { .. } => Error::Saturated {
                 detail: e.to_string(),
                 retry_after_s: 5,

@@ -171,6 +171,12 @@ impl Sandboxes {
         let max = self.shared.config.max_processes;
         {
             let mut live = sandbox.live.lock().recover();
+            if let Some(used_mib) = live.over_quota {
+                return Err(SandboxError::OverQuota {
+                    used_mib,
+                    limit_mib: sandbox.request.limits.disk_mib,
+                });
+            }
             if live.processes.values().filter(|p| p.is_running()).count() >= max {
                 return Err(SandboxError::TooManyProcesses { max });
             }
@@ -220,7 +226,16 @@ impl Sandboxes {
             cmd: &req.cmd,
             confined: sandbox.confined(),
             open_files: sandbox.request.limits.open_files.into(),
-            file_size: sandbox.request.limits.file_size_mib.map(|m| m << 20),
+            // No one file passes the disk quota.
+            file_size: Some(
+                sandbox
+                    .request
+                    .limits
+                    .file_size_mib
+                    .unwrap_or(u64::MAX >> 20)
+                    .min(sandbox.request.limits.disk_mib)
+                    << 20,
+            ),
             stdin: stdin_file,
         })
         .map_err(|e| match e.raw_os_error() {

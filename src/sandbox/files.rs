@@ -262,12 +262,32 @@ impl Sandboxes {
                 max,
             });
         }
-        self.blocking(id, path, move |root, r, _| {
+        self.blocking(id, path, move |root, r, sandbox| {
             if r.rel.is_empty() {
                 return Err(SandboxError::invalid(
                     "path",
                     format!("{} is a directory", r.inside),
                 ));
+            }
+            // A write that would take the sandbox's files past its disk
+            // quota is refused (what it replaces is counted as freed).
+            let limit_mib = sandbox.request.limits.disk_mib;
+            let limit = limit_mib.saturating_mul(1 << 20);
+            let used = [sandbox.host.join("work"), sandbox.host.join("tmp")]
+                .iter()
+                .fold(0u64, |sum, d| {
+                    sum.saturating_add(super::quota::usage(d, limit))
+                });
+            let replaced = root.meta(&r.rel)?.map_or(0, |m| m.size);
+            if used
+                .saturating_sub(replaced)
+                .saturating_add(bytes.len() as u64)
+                > limit
+            {
+                return Err(SandboxError::OverQuota {
+                    used_mib: (used.saturating_add(bytes.len() as u64)) >> 20,
+                    limit_mib,
+                });
             }
             if root.meta(&r.rel)?.is_some_and(|m| m.kind == Kind::Dir) {
                 return Err(SandboxError::invalid(

@@ -54,6 +54,8 @@ pub struct OutputChunk {
 pub(crate) enum Stop {
     TimedOut(f64),
     SandboxEnded(EndReason),
+    /// The sandbox's files passed its disk quota (MiB).
+    DiskQuota(u64),
 }
 
 /// A running or ended process.
@@ -307,6 +309,7 @@ pub(crate) fn spawn(
         let outcome = match (stopped, report) {
             (Some(Stop::TimedOut(after_s)), _) => Outcome::TimedOut { after_s },
             (Some(Stop::SandboxEnded(reason)), _) => Outcome::SandboxEnded { reason },
+            (Some(Stop::DiskQuota(limit_mib)), _) => Outcome::DiskQuotaExceeded { limit_mib },
             (None, Some(Report::Signal(9))) if oom && killed != Some(9) => Outcome::OutOfMemory,
             (None, Some(Report::Exit(code))) => Outcome::Exited { code },
             (None, Some(Report::Signal(signal))) => Outcome::Signaled { signal },

@@ -70,7 +70,16 @@ pub struct SandboxLimits {
     /// MiB, 1..=256 (default 16); what comes after is counted, not kept.
     #[schema(minimum = 1, maximum = 256)]
     pub output_mib: u64,
+    /// Most the sandbox's own files (its workdir and `/tmp`) may take
+    /// together, in MiB, 1..=1048576 (default 4096). No one file may pass
+    /// it; past it, the running processes end `disk_quota_exceeded` (within
+    /// a second) and no process starts until files are removed.
+    #[schema(minimum = 1, maximum = 1048576)]
+    pub disk_mib: u64,
 }
+
+/// Default of [`SandboxLimits::disk_mib`].
+pub const DEFAULT_SANDBOX_DISK_MIB: u64 = 4096;
 
 impl Default for SandboxLimits {
     fn default() -> Self {
@@ -79,6 +88,7 @@ impl Default for SandboxLimits {
             open_files: 4096,
             file_size_mib: None,
             output_mib: 16,
+            disk_mib: DEFAULT_SANDBOX_DISK_MIB,
         }
     }
 }
@@ -263,6 +273,12 @@ pub enum Outcome {
     },
     /// The kernel killed it for memory.
     OutOfMemory,
+    /// The sandbox's files passed its disk quota (`limits.disk_mib`) and it
+    /// was killed.
+    DiskQuotaExceeded {
+        /// The quota, in MiB.
+        limit_mib: u64,
+    },
     /// The sandbox ended while it ran.
     SandboxEnded {
         /// Why the sandbox ended.

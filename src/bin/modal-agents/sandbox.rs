@@ -101,6 +101,12 @@ fn exit_code(outcome: &Outcome) -> (u8, Option<String>) {
             Some(format!("timed_out: its timeout of {after_s} s ran out")),
         ),
         Outcome::OutOfMemory => (137, Some("out_of_memory: killed for memory".into())),
+        Outcome::DiskQuotaExceeded { limit_mib } => (
+            137,
+            Some(format!(
+                "disk_quota_exceeded: the sandbox's files passed its quota of {limit_mib} MiB"
+            )),
+        ),
         Outcome::SandboxEnded { reason } => (
             125,
             Some(format!("sandbox_ended: the sandbox ended ({reason})")),
