@@ -70,10 +70,8 @@ pub struct SandboxLimits {
     /// MiB, 1..=256 (default 16); what comes after is counted, not kept.
     #[schema(minimum = 1, maximum = 256)]
     pub output_mib: u64,
-    /// Most the sandbox's own files (its workdir and `/tmp`) may take
-    /// together, in MiB, 1..=1048576 (default 4096). No one file may pass
-    /// it; past it, the running processes end `disk_quota_exceeded` (within
-    /// a second) and no process starts until files are removed.
+    /// MiB its files (workdir and `/tmp`) may take, 1..=1048576 (default
+    /// 4096); past it processes end `disk_quota_exceeded`.
     #[schema(minimum = 1, maximum = 1048576)]
     pub disk_mib: u64,
 }
