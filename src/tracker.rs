@@ -106,7 +106,9 @@ impl TaskStore {
             self.index.insert(record.created_at, id, record.status);
             slot.insert(Kept::new(record, &self.names));
         }
-        self.durable.get().map(|d| (d.clone(), d.mark(id, job)))
+        self.durable
+            .get()
+            .map(|d| (d.clone(), d.mark(self, id, job)))
     }
 
     /// Where a task keeps its files (inputs, results, logs).
@@ -169,7 +171,7 @@ impl TaskStore {
         self.index.moved(record.created_at, id, before, status);
         drop(record);
         if let Some(d) = self.durable.get() {
-            d.mark(id, None);
+            d.mark(self, id, None);
         }
         if status.is_terminal() {
             // Its last change: told, then the channel goes (receivers keep

@@ -66,7 +66,7 @@ impl Runtime {
             tracing::error!(task_id = %id, "a task's record was unreadable; it is marked failed");
             tracker.restore(record, 0);
             if let Some(d) = tracker.durable() {
-                d.mark(id, None);
+                d.mark(&tracker, id, None);
             }
         }
         let retries: std::collections::HashMap<String, u32> = functions_retries;
@@ -175,7 +175,7 @@ impl Runtime {
                             if let (Some(d), Ok(spec)) =
                                 (tracker.durable(), serde_json::to_value(spec))
                             {
-                                d.mark(record.task_id, Some(spec));
+                                d.mark(&tracker, record.task_id, Some(spec));
                             }
                             let (inputs, unreadable) = read_inputs(&dir, stored.count, given_up);
                             Some(TaskJob::Map {
@@ -208,7 +208,7 @@ impl Runtime {
                 Some(job) => {
                     tracker.restore(record, stored);
                     if let Some(d) = tracker.durable() {
-                        d.mark(id, None);
+                        d.mark(&tracker, id, None);
                     }
                     self.inner.dispatcher.submit(job);
                     requeued += 1;
@@ -222,7 +222,7 @@ impl Runtime {
                     )));
                     tracker.restore(record, stored);
                     if let Some(d) = tracker.durable() {
-                        d.mark(id, None);
+                        d.mark(&tracker, id, None);
                     }
                 }
             }

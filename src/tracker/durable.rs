@@ -1,12 +1,14 @@
 //! Group commit of task records to the journal: changes
 //! are marked dirty and appended in one write as soon as the previous write
 //! is done (a burst of changes shares one), and a task's creation (with its
-//! job) is acknowledged only once it is written. The writes are made by one
-//! thread of the journal's own, woken by a mark: no task, no blocking-pool
-//! hand-off per write. A write reaches the OS at
-//! once, which is what a crash of this process needs; at most once a second
-//! (and at shutdown) the journal is also fsynced, which bounds what a crash of
-//! the machine loses.
+//! job) is acknowledged only once it is written. A mark made while no write
+//! is under way is appended at once by the thread that made it (one append
+//! to the page cache: no hand-off); one made during a write is left to the
+//! journal's own writer thread, which takes everything marked meanwhile in
+//! its next write. A write reaches the OS at once, which is what a crash of
+//! this process needs; the writer thread alone fsyncs, at most once a second
+//! (and at shutdown), which bounds what a crash of the machine loses, and
+//! compacts.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -85,9 +87,9 @@ impl Durable {
         })
     }
 
-    /// Marks a record (and its job, when new) for the next write; returns
-    /// that write's number.
-    pub(crate) fn mark(&self, id: TaskId, job: Option<Value>) -> u64 {
+    /// Marks a record (and its job, when new) for the next write, and has
+    /// it written ([`Durable::write_soon`]); returns that write's number.
+    pub(crate) fn mark(&self, tasks: &TaskStore, id: TaskId, job: Option<Value>) -> u64 {
         let mut p = self.pending.lock().recover();
         p.dirty.insert(id);
         if let Some(job) = job {
@@ -95,8 +97,20 @@ impl Durable {
         }
         let epoch = p.epoch + 1;
         drop(p);
-        self.marked.notify_one();
+        self.write_soon(tasks);
         epoch
+    }
+
+    /// Has what is marked written: here and now when no write is under
+    /// way (one append to the page cache, no hand-off to the writer thread
+    /// and back: a call's create, start and end were three such round
+    /// trips), else by the writer thread once the write under way is done.
+    /// Fsyncs and compactions stay on the writer thread.
+    fn write_soon(&self, tasks: &TaskStore) {
+        match self.writing.try_lock() {
+            Ok(turn) if self.write_locked(&turn, tasks, None) => {}
+            _ => self.marked.notify_one(),
+        }
     }
 
     /// Marks tasks removed by retention for the next write; returns that
@@ -166,7 +180,19 @@ impl Durable {
     /// and its waiters keep waiting (a create times out rather than being
     /// acknowledged on a write that did not happen). Whether it was written.
     fn write(&self, tasks: &TaskStore, fsync: bool) -> bool {
-        let _turn = self.writing.lock().recover();
+        let turn = self.writing.lock().recover();
+        self.write_locked(&turn, tasks, Some(fsync))
+    }
+
+    /// [`Durable::write`] under its turn; with `settle` (whether to fsync)
+    /// the fsync or compaction that is due follows, without it that is left
+    /// to the writer thread's next round.
+    fn write_locked(
+        &self,
+        _turn: &std::sync::MutexGuard<'_, ()>,
+        tasks: &TaskStore,
+        settle: Option<bool>,
+    ) -> bool {
         let (dirty, jobs, forgets, files, epoch) = {
             let mut p = self.pending.lock().recover();
             p.epoch += 1;
@@ -216,8 +242,10 @@ impl Durable {
         d.unsynced |= !entries.is_empty();
         // The batch is in the file: what follows can fail without taking
         // that back, and is tried again next time.
-        if let Err(error) = d.settle(tasks, fsync) {
-            tracing::error!(%error, "could not fsync or compact the task journal; retrying");
+        if let Some(fsync) = settle {
+            if let Err(error) = d.settle(tasks, fsync) {
+                tracing::error!(%error, "could not fsync or compact the task journal; retrying");
+            }
         }
         drop(d);
         self.done.send_replace(epoch);
