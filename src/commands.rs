@@ -349,7 +349,9 @@ table! {
          up to 55 s and returns the first results in input order. Follow a map with \
          wait_tasks and get_task_results.";
     "request_gpu_task" => gpu_task(RequestGpuTask) -> GpuTaskResult, creates_work: true,
-        "Run one call of a deployed function that requested a GPU and wait for its result.";
+        "Run one call of a deployed function that requested a GPU and wait for its result \
+         (up to 55 s; past that the answer says it is still running: follow it with \
+         wait_tasks).";
     "coordinate_state" => coordinate_state(CoordinateState) -> StateResult, creates_work: false,
         "Shared state between agents in a named volume: read (answers value and version), \
          write value, list (by key prefix, a page at a time), delete, or cas \
@@ -521,6 +523,12 @@ pub struct Commands {
     runtime: Runtime,
     progress: Option<Progress>,
     started: Option<Started>,
+    /// The longest a tool that waits for a task waits when not told, then
+    /// answering with the task still running (a host's tool call times
+    /// out soon after a minute); `None` for as long as the work takes (an
+    /// MCP task: the host polls). Default
+    /// [`DEFAULT_WAIT_S`](crate::wire::DEFAULT_WAIT_S).
+    tool_wait_s: Option<f64>,
 }
 
 /// Told the id of each runtime task a command starts (so a caller that
@@ -542,6 +550,7 @@ impl Commands {
             runtime,
             progress: None,
             started: None,
+            tool_wait_s: Some(crate::wire::DEFAULT_WAIT_S),
         }
     }
 
@@ -550,6 +559,18 @@ impl Commands {
     pub fn with_started(mut self, started: Started) -> Commands {
         self.started = Some(started);
         self
+    }
+
+    /// The same commands, whose tools that wait for a task wait at most
+    /// `seconds` when not told otherwise (`None`: as long as it takes).
+    pub fn with_tool_wait(mut self, seconds: Option<f64>) -> Commands {
+        self.tool_wait_s = seconds.filter(|s| s.is_finite() && *s > 0.0);
+        self
+    }
+
+    /// How long a tool that waits for a task waits when not told.
+    fn tool_wait(&self) -> Option<f64> {
+        self.tool_wait_s
     }
 
     /// Tells the `started` hook, if any, of a task just started.

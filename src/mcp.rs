@@ -519,7 +519,7 @@ impl McpServer {
                 })
             };
             let server = McpServer {
-                host: Host::Local(tools.with_started(hook)),
+                host: Host::Local(tools.with_started(hook).with_tool_wait(None)),
                 tasks,
                 created,
             };

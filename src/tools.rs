@@ -60,6 +60,16 @@ impl Tools {
         self
     }
 
+    /// The same tools, whose calls that wait for a task (`spawn_task` and
+    /// `spawn_parallel_tasks` with `wait`, `request_gpu_task`) wait at most
+    /// `seconds` when not told otherwise, then answer with the task still
+    /// running (default 55 s, under a host's usual tool timeout); `None`:
+    /// as long as the work takes (an MCP task, which the host polls).
+    pub fn with_tool_wait(mut self, seconds: Option<f64>) -> Tools {
+        self.commands = self.commands.with_tool_wait(seconds);
+        self
+    }
+
     /// The same tools on behalf of `caller` (whose idempotency keys are
     /// theirs alone).
     pub(crate) fn for_caller(mut self, caller: Caller) -> Tools {

@@ -419,3 +419,58 @@ async fn a_keyed_call_is_answered_again_after_a_restart() {
     assert_eq!(rt.tasks(None, 0, 10).1, 1, "one task in all");
     rt.shutdown().await;
 }
+
+/// A tool that waits for a task answers within its bound (55 s unless the
+/// host says otherwise) with the task still running, never past a host's
+/// tool timeout; the task goes on and wait_tasks follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_tools_answer_within_their_bound_with_the_task_running() {
+    let t = support::scripted(&[]).await;
+    let (open, opened) = tokio::sync::watch::channel(false);
+    t.scripts.script_async("gate", move |_, _| {
+        let mut opened = opened.clone();
+        Box::pin(async move {
+            let _ = opened.wait_for(|o| *o).await;
+            Ok(json!("through"))
+        })
+    });
+    let tools = Tools::new(t.rt.clone()).with_tool_wait(Some(0.5));
+    tools
+        .call(
+            "deploy_modal_function",
+            json!({"function_code": "def gate(*a):\n    pass\n", "function_name": "gate"}),
+        )
+        .await
+        .unwrap();
+    let call = tools
+        .call("spawn_task", json!({"function_name": "gate", "wait": true}))
+        .await
+        .unwrap();
+    assert_eq!(call["status"], "running", "{call}");
+    let map = tools
+        .call(
+            "spawn_parallel_tasks",
+            json!({"function_name": "gate", "inputs": [1, 2], "wait": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(map["status"], "running", "{map}");
+    open.send_replace(true);
+    let done = tools
+        .call(
+            "wait_tasks",
+            json!({"task_ids": [call["task_id"], map["task_id"]], "timeout_s": 30}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done["done"], true, "{done}");
+    let call = tools
+        .call("spawn_task", json!({"function_name": "gate", "wait": true}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (call["status"].clone(), call["result"].clone()),
+        (json!("completed"), json!("through"))
+    );
+    t.rt.shutdown().await;
+}

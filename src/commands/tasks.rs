@@ -45,7 +45,7 @@ fn wait_limit(command: &str, seconds: Option<f64>) -> Result<Option<Duration>, C
         Some(s) => Err(CommandError::invalid(
             command,
             "wait_timeout",
-            format!("got {s}; expected seconds from 0 to 86400"),
+            format!("got {s}; expected more than 0 and at most 86400 seconds"),
         )),
     }
 }
@@ -141,8 +141,14 @@ impl Commands {
         &self,
         a: SpawnParallelTasks,
     ) -> Result<MapSubmitted, CommandError> {
-        self.run_parallel(a.function_name, (a.inputs, a.inputs_as), a.wait, None)
-            .await
+        let wait_timeout = self.tool_wait();
+        self.run_parallel(
+            a.function_name,
+            (a.inputs, a.inputs_as),
+            a.wait,
+            wait_timeout,
+        )
+        .await
     }
 
     /// Starts one call; with `wait`, its record once it ends (or the
@@ -171,8 +177,11 @@ impl Commands {
     /// [`MAX_TOOL_RESULT_BYTES`] included.
     pub(super) async fn spawn_task_for_tool(
         &self,
-        a: SpawnTaskRequest,
+        mut a: SpawnTaskRequest,
     ) -> Result<TaskRecord, CommandError> {
+        if a.wait_timeout.is_none() {
+            a.wait_timeout = self.tool_wait();
+        }
         let mut record = self.spawn_task(a).await?;
         self.load_result(&mut record)
             .await
@@ -218,7 +227,12 @@ impl Commands {
             .await
             .map_err(err)?;
         self.note_started(id);
-        let mut record = self.runtime.wait(id, None).await.map_err(err)?;
+        let limit = self.tool_wait().map(Duration::from_secs_f64);
+        let mut record = match self.wait_for(NAME, id, limit).await? {
+            Some(record) => record,
+            // Still running: its record says so, and wait_tasks waits on.
+            None => self.runtime.status(id).map_err(err)?,
+        };
         self.load_result(&mut record).await.map_err(err)?;
         Ok(GpuTaskResult {
             task_id: id,

@@ -46,10 +46,12 @@ pub struct RunParallelRequest {
     /// `f(**input)`).
     #[serde(default, skip_serializing_if = "InputsAs::is_argument")]
     pub inputs_as: InputsAs,
-    /// Wait for the map and return its results (default false: 202 at once).
+    /// Wait for the map and return its results (default false: its id at
+    /// once).
     #[serde(default)]
     pub wait: bool,
-    /// With `wait`, answer 202 after this many seconds if not finished.
+    /// With `wait`, answer after this many seconds with the task still
+    /// running if it has not finished (agent tools: default 55).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(exclusive_minimum = 0, maximum = 86400)]
     pub wait_timeout: Option<f64>,
@@ -144,10 +146,11 @@ pub struct SpawnTaskRequest {
     /// Keyword arguments.
     #[serde(default)]
     pub kwargs: Map<String, Value>,
-    /// Wait for the result (default false: 202 at once).
+    /// Wait for the result (default false: the task's id at once).
     #[serde(default)]
     pub wait: bool,
-    /// With `wait`, answer 202 after this many seconds if not finished.
+    /// With `wait`, answer after this many seconds with the task still
+    /// running if it has not finished (agent tools: default 55).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(exclusive_minimum = 0, maximum = 86400)]
     pub wait_timeout: Option<f64>,
