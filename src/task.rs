@@ -261,10 +261,12 @@ fn floor_char(s: &str, max: usize) -> usize {
 /// has the whole error.
 pub const LISTED_ERROR_MESSAGE: usize = 1 << 10;
 
-/// Largest result (as JSON) a task record holds itself (64 KiB): a larger
+/// Largest result (as JSON) a task record holds itself (4 KiB): a larger
 /// one is kept in the task's files and referred to by
-/// [`TaskRecord::result_ref`].
-pub const INLINE_RESULT_BYTES: usize = 64 << 10;
+/// [`TaskRecord::result_ref`]. Records stay in memory while retention keeps
+/// them (up to 100,000 finished tasks), so this bounds what results cost
+/// there: 400 MB at most, where 64 KiB allowed 6 GB.
+pub const INLINE_RESULT_BYTES: usize = 4 << 10;
 
 /// Largest result (as JSON) a call or a map input may return (64 MiB); a
 /// larger one is the input's `ResultTooLarge` error.

@@ -381,7 +381,7 @@ async fn raw_get(api: &Api, path: &str) -> (u16, Vec<u8>) {
     (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
 }
 
-/// Results over 64 KiB live in the task's files, not in memory, the
+/// Results over 4 KiB live in the task's files, not in memory, the
 /// journal or any listing; past 64 MiB they are refused; large volume
 /// files stream over HTTP and are refused by the MCP tool.
 ///
@@ -416,6 +416,29 @@ pub(crate) async fn attack_large_results_stay_out_of_memory_and_listings(t: &Tar
     assert!(
         grown < 128 << 20,
         "1 GB of results grew the RSS {} MiB",
+        grown >> 20
+    );
+    // Mid-sized results (60 KB, under the old 64 KiB inline bound) stay
+    // out of memory too: 600 of them would be 36 MB there.
+    let rss_before = rss_anon(t.pid);
+    let mut mid = Vec::new();
+    for _ in 0..600 {
+        let task = api
+            .post(
+                "/spawn-task",
+                json!({"function_name": "big", "args": [60_000]}),
+            )
+            .await;
+        mid.push(task["task_id"].as_str().unwrap().to_owned());
+    }
+    let waited = api
+        .post("/tasks/wait", json!({"task_ids": mid, "timeout_s": 300}))
+        .await;
+    assert_eq!(waited["done"], true);
+    let grown = rss_anon(t.pid).saturating_sub(rss_before);
+    assert!(
+        grown < 16 << 20,
+        "36 MB of mid-sized results grew the RSS {} MiB",
         grown >> 20
     );
     // Listings carry no results, with or without the flag (these are not
