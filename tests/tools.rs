@@ -474,3 +474,71 @@ async fn waiting_tools_answer_within_their_bound_with_the_task_running() {
     );
     t.rt.shutdown().await;
 }
+
+/// A tool's answer goes whole into a model's context: a page of results
+/// holds at most 1 MiB of them (one at least), and next_offset says where
+/// the rest begins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_pages_for_a_model_hold_at_most_a_mebibyte() {
+    let t = support::scripted(&[]).await;
+    t.scripts.script("wide", |a, _| {
+        Ok(json!("x".repeat(a[0].as_u64().unwrap() as usize)))
+    });
+    let tools = Tools::new(t.rt.clone());
+    tools
+        .call(
+            "deploy_modal_function",
+            json!({"function_code": "def wide(n):\n    pass\n", "function_name": "wide"}),
+        )
+        .await
+        .unwrap();
+    let map = tools
+        .call(
+            "spawn_parallel_tasks",
+            json!({"function_name": "wide", "inputs": [600000, 600000, 600000, 10], "wait": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(map["status"], "completed", "{}", &map.to_string()[..200]);
+    assert_eq!(map["results"].as_array().unwrap().len(), 1);
+    assert_eq!(map["next_offset"], 1);
+    let mut offset = 1;
+    let mut seen = 1;
+    while let Some(next) = Some(offset).filter(|o| *o < 4) {
+        let page = tools
+            .call(
+                "get_task_results",
+                json!({"task_id": map["task_id"], "offset": next}),
+            )
+            .await
+            .unwrap();
+        assert!(page.to_string().len() < 1_100_000);
+        seen += page["results"].as_array().unwrap().len();
+        offset = page["next_offset"].as_u64().unwrap_or(4);
+    }
+    assert_eq!(seen, 4);
+    // A page of shared state too.
+    for key in ["w1", "w2", "w3"] {
+        tools
+            .call(
+                "coordinate_state",
+                json!({"volume_name": "wide", "operation": "write", "key": key, "value": "y".repeat(600_000)}),
+            )
+            .await
+            .unwrap();
+    }
+    let listed = tools
+        .call(
+            "coordinate_state",
+            json!({"volume_name": "wide", "operation": "list"}),
+        )
+        .await
+        .unwrap();
+    assert!(
+        listed.to_string().len() < 1_300_000,
+        "{} bytes",
+        listed.to_string().len()
+    );
+    assert!(listed["next_after"].is_string(), "the rest is a page away");
+    t.rt.shutdown().await;
+}

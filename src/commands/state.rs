@@ -65,7 +65,8 @@ impl Commands {
                     prefix: prefix.clone(),
                     after: a.after,
                     limit: limit as usize,
-                    max_bytes: crate::wire::MAX_LIST_PAGE_BYTES,
+                    // A tool's answer goes whole into a model's context.
+                    max_bytes: super::MAX_TOOL_RESULT_BYTES as usize,
                 };
                 let (entries, more) = volumes.list_page(volume, page).await.map_err(err)?;
                 let next_after = more

@@ -35,6 +35,25 @@ fn keep_tail(text: &mut String, id: TaskId) {
     );
 }
 
+/// Cuts a page of results that starts at `offset` to what fits in
+/// [`MAX_TOOL_RESULT_BYTES`] of JSON (one result at least, so a page always
+/// moves on), pointing `next_offset` at the first left out: a tool's answer
+/// goes whole into a model's context.
+fn fit_for_tool(results: &mut Vec<serde_json::Value>, offset: u64, next_offset: &mut Option<u64>) {
+    let mut bytes = 0u64;
+    let keep = results
+        .iter()
+        .position(|r| {
+            bytes += serde_json::to_vec(r).map_or(0, |v| v.len() as u64) + 1;
+            bytes > MAX_TOOL_RESULT_BYTES
+        })
+        .map(|cut| cut.max(1));
+    if let Some(keep) = keep.filter(|k| *k < results.len()) {
+        results.truncate(keep);
+        *next_offset = Some(offset + keep as u64);
+    }
+}
+
 /// A wait bound given in seconds, checked.
 fn wait_limit(command: &str, seconds: Option<f64>) -> Result<Option<Duration>, CommandError> {
     match seconds {
@@ -142,13 +161,18 @@ impl Commands {
         a: SpawnParallelTasks,
     ) -> Result<MapSubmitted, CommandError> {
         let wait_timeout = self.tool_wait();
-        self.run_parallel(
-            a.function_name,
-            (a.inputs, a.inputs_as),
-            a.wait,
-            wait_timeout,
-        )
-        .await
+        let mut out = self
+            .run_parallel(
+                a.function_name,
+                (a.inputs, a.inputs_as),
+                a.wait,
+                wait_timeout,
+            )
+            .await?;
+        if let Some(results) = out.results.as_mut() {
+            fit_for_tool(results, 0, &mut out.next_offset);
+        }
+        Ok(out)
     }
 
     /// Starts one call; with `wait`, its record once it ends (or the
@@ -296,10 +320,13 @@ impl Commands {
                 format!("got {}; expected 1 to {MAX_RESULTS_PAGE}", a.limit),
             ));
         }
-        self.runtime
+        let mut page = self
+            .runtime
             .results(a.task_id, a.offset, a.limit)
             .await
-            .map_err(|e| CommandError::runtime(NAME, e))
+            .map_err(|e| CommandError::runtime(NAME, e))?;
+        fit_for_tool(&mut page.results, page.offset, &mut page.next_offset);
+        Ok(page)
     }
 
     /// What a task printed.
