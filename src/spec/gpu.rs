@@ -215,7 +215,10 @@ impl Serialize for GpuSpec {
 impl<'de> Deserialize<'de> for GpuSpec {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
-        #[serde(untagged)]
+        #[serde(
+            untagged,
+            expecting = "a GPU such as \"T4\" or \"A100:2\", or a list of them in order of preference"
+        )]
         enum Repr {
             One(String),
             List(Vec<String>),

@@ -111,7 +111,10 @@ impl<'de> Deserialize<'de> for RetryPolicy {
             60.0
         }
         #[derive(Deserialize)]
-        #[serde(untagged)]
+        #[serde(
+            untagged,
+            expecting = "a retry count from 0 to 4294967295, or {\"max_retries\": N, \"initial_delay_s\", \"backoff_coefficient\", \"max_delay_s\"} with N from 0"
+        )]
         enum Repr {
             Count(u32),
             Full(Full),

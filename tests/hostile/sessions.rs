@@ -287,8 +287,10 @@ async fn what_the_hostile_pass_found_stays_fixed() {
         "{slow}"
     );
 
-    // The rest in a sandbox that does not idle out between steps.
-    let id = create(&api, json!({})).await;
+    // The rest in a sandbox that does not idle out between steps, with room
+    // in its disk quota for the sparse file below (a sparse file's size is
+    // what the file-size limit sees).
+    let id = create(&api, json!({"limits": {"disk_mib": 16384}})).await;
 
     // Code cannot write the wrapper's report, nor see the server's
     // descriptors.
