@@ -13,6 +13,7 @@
 
 mod http;
 mod sessions;
+mod stdio;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -181,14 +182,10 @@ impl McpServer {
     }
 
     /// Speaks MCP on stdin and stdout until the client closes them.
+    /// Every line that is not a JSON-RPC message is answered with an
+    /// error (never dropped while the host waits).
     pub async fn serve_stdio(self) -> Result<(), std::io::Error> {
-        use rmcp::ServiceExt as _;
-        let running = self
-            .serve(rmcp::transport::io::stdio())
-            .await
-            .map_err(std::io::Error::other)?;
-        running.waiting().await.map_err(std::io::Error::other)?;
-        Ok(())
+        stdio::serve(self).await
     }
 
     /// How many of `ids` have finished, for progress notes.

@@ -104,6 +104,59 @@ async fn an_agent_session_over_streamable_http() {
     );
 }
 
+/// Over stdio every line gets an answer: one that is not a JSON-RPC
+/// message (not JSON, not UTF-8, too deep, an array) is a JSON-RPC error
+/// with a null id, and the session goes on (it used to be dropped while the
+/// host waited for ever).
+#[test]
+fn every_stdio_line_gets_an_answer() {
+    use std::io::{BufRead, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(["mcp", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "error")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    writeln!(stdin, "{init}").unwrap();
+    stdin
+        .write_all(b"garbage\n{\"id\":9,\"name\":\"x\xff\"}\n[1]\n")
+        .unwrap();
+    writeln!(stdin, "{}", "[".repeat(100_000)).unwrap();
+    writeln!(
+        stdin,
+        r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#
+    )
+    .unwrap();
+    writeln!(stdin, r#"{{"jsonrpc":"2.0","id":2,"method":"ping"}}"#).unwrap();
+    drop(stdin);
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let answers: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    assert!(child.wait().unwrap().success());
+    let errors: Vec<i64> = answers
+        .iter()
+        .filter(|a| a["id"].is_null())
+        .map(|a| a["error"]["code"].as_i64().unwrap())
+        .collect();
+    assert_eq!(errors, [-32700, -32700, -32600, -32700], "{answers:?}");
+    for id in [1, 2] {
+        assert!(
+            answers
+                .iter()
+                .any(|a| a["id"] == id && a.get("result").is_some()),
+            "{answers:?}"
+        );
+    }
+}
+
 #[test]
 fn an_agent_session_over_stdio_on_an_embedded_runtime() {
     let dir = tempfile::tempdir().unwrap();
