@@ -272,6 +272,16 @@ pub(crate) fn plain(message: &str) -> String {
     text
 }
 
+/// A tool's arguments with those given as null left out: a model sends
+/// null for an argument it means to leave out (a state value, which may be
+/// null itself, aside). HTTP bodies are held to their schema instead.
+fn without_nulls(mut args: Value) -> Value {
+    if let Value::Object(map) = &mut args {
+        map.retain(|name, v| !v.is_null() || matches!(name.as_str(), "value" | "data"));
+    }
+    args
+}
+
 /// A command's JSON arguments as its input type ([`parse_from`]); null is
 /// an empty object.
 pub fn parse<T: DeserializeOwned>(command: &str, value: Value) -> Result<T, CommandError> {
@@ -326,7 +336,7 @@ macro_rules! table {
             run: {
                 fn run(c: &Commands, args: Value) -> BoxFuture<'_, Result<Value, CommandError>> {
                     Box::pin(async move {
-                        let input: $input = parse($name, args)?;
+                        let input: $input = parse($name, without_nulls(args))?;
                         c.$method(input).await.map(|out| json!(out))
                     })
                 }

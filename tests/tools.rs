@@ -542,3 +542,42 @@ async fn result_pages_for_a_model_hold_at_most_a_mebibyte() {
     assert!(listed["next_after"].is_string(), "the rest is a page away");
     t.rt.shutdown().await;
 }
+
+/// Models send null for the arguments they leave out: such an argument is
+/// one not given, whatever its type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_arguments_are_arguments_left_out() {
+    let t = support::scripted(&["echo"]).await;
+    let tools = Tools::new(t.rt.clone());
+    tools
+        .call(
+            "deploy_modal_function",
+            json!({"function_code": "def echo(x=None):\n    return x\n", "function_name": "echo",
+                   "gpu": null, "timeout": null, "retries": null, "secrets": null}),
+        )
+        .await
+        .unwrap();
+    let listed = tools
+        .call("list_functions", json!({"include_code": null}))
+        .await
+        .unwrap();
+    assert!(listed.to_string().contains("echo"), "{listed}");
+    let done = tools
+        .call(
+            "spawn_task",
+            json!({"function_name": "echo", "args": [3], "kwargs": null, "wait": true,
+                   "wait_timeout": null, "idempotency_key": null}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done["result"], 3, "{done}");
+    let listed = tools
+        .call(
+            "coordinate_state",
+            json!({"volume_name": "v", "operation": "list", "key": null, "after": null, "limit": null}),
+        )
+        .await
+        .unwrap();
+    assert!(listed.is_object(), "{listed}");
+    t.rt.shutdown().await;
+}

@@ -114,7 +114,7 @@ pub(super) fn fingerprint(command: &str, input: &Value) -> [u8; 32] {
 }
 
 /// Takes `idempotency_key` out of `args`, checked: 1 to 255 bytes, no
-/// control characters.
+/// control characters (null: none).
 pub(super) fn take_key(command: &str, args: &mut Value) -> Result<Option<String>, CommandError> {
     let Some(key) = args
         .as_object_mut()
@@ -124,6 +124,8 @@ pub(super) fn take_key(command: &str, args: &mut Value) -> Result<Option<String>
     };
     match key {
         Value::String(k) => check_key(command, k).map(Some),
+        // Left out, as a model says it.
+        Value::Null => Ok(None),
         other => Err(CommandError::invalid(
             command,
             "idempotency_key",
