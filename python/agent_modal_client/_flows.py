@@ -165,12 +165,16 @@ def _start(op: Op[Dict[str, Any]], started: Set[str]) -> Flow[Any, Dict[str, Any
 
 
 def cancel_all(task_ids: Set[str]) -> Flow[Any, None]:
-    """Cancels the tasks (errors ignored: this is cleaning up)."""
+    """Cancels the tasks, each tried twice when the first try gets no
+    answer (a timeout, a dropped connection, a busy server); errors are
+    ignored past that: this is cleaning up."""
     for task_id in sorted(task_ids):
-        try:
-            yield ops.cancel_quietly(task_id)
-        except Exception:
-            pass
+        for _ in range(2):
+            try:
+                if (yield ops.cancel_quietly(task_id)):
+                    break
+            except Exception:
+                pass
     task_ids.clear()
 
 

@@ -181,11 +181,12 @@ def cancel(task_id: str) -> Op[Dict[str, Any]]:
     return Op("POST", f"/tasks/{seg(task_id)}/cancel", as_dict)
 
 
-def cancel_quietly(task_id: str) -> Op[None]:
+def cancel_quietly(task_id: str) -> Op[bool]:
     """`cancel`, whatever the answer (cleaning up after an error), with a
-    short timeout."""
-    return Op("POST", f"/tasks/{seg(task_id)}/cancel", lambda r: None, allow=tuple(range(400, 600)),
-              timeout=CLEANUP_TIMEOUT_S)
+    short timeout; whether the server answered it (a 5xx is not an
+    answer: the cancel may not have happened)."""
+    return Op("POST", f"/tasks/{seg(task_id)}/cancel", lambda r: r.status_code < 500,
+              allow=tuple(range(400, 600)), timeout=CLEANUP_TIMEOUT_S)
 
 
 def logs(task_id: str) -> Op[Dict[str, str]]:

@@ -154,16 +154,16 @@ impl Builder<'_> {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot run the installer: {e}"))?;
-        let pid = child.id();
+        // The step's whole process group goes when the step does: at its
+        // limit, and when the build is dropped (its caller gone).
+        let mut group = GroupKill(child.id());
         let out = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
-            Ok(out) => out.map_err(|e| format!("the installer failed: {e}"))?,
+            Ok(out) => {
+                group.0 = None;
+                out.map_err(|e| format!("the installer failed: {e}"))?
+            }
             Err(_) => {
-                if let Some(pid) = pid {
-                    // SAFETY: kill(2) on the process group the step leads.
-                    unsafe {
-                        libc::kill(-(pid as i32), libc::SIGKILL);
-                    }
-                }
+                drop(group);
                 return Err(format!(
                     "the package build ran past its limit of {} s and was stopped",
                     self.timeout.as_secs()
@@ -182,6 +182,21 @@ impl Builder<'_> {
             let tail: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
             let tail = tail[tail.len().saturating_sub(6)..].join("\n");
             Err(format!("installer exited with {}: {tail}", out.status))
+        }
+    }
+}
+
+/// Kills the process group its pid leads, when dropped holding one.
+struct GroupKill(Option<u32>);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            // SAFETY: kill(2) on the process group the step leads (it was
+            // started with `process_group(0)` and not yet waited for).
+            unsafe {
+                libc::kill(-(pid as i32), libc::SIGKILL);
+            }
         }
     }
 }
