@@ -339,7 +339,7 @@ impl ServerHandler for McpServer {
             )));
         }
         let args = request.arguments.map(Value::Object).unwrap_or(Value::Null);
-        let progress = match context.meta.get_progress_token() {
+        let progress = match Self::progress_token_of(&context) {
             Some(token) if name == "wait_tasks" => {
                 let ids: Vec<TaskId> = args["task_ids"]
                     .as_array()
@@ -373,7 +373,7 @@ impl ServerHandler for McpServer {
         };
         // A map (or a sandbox exec) waited for tells its progress through
         // the tools' hook.
-        let map_progress = match (&self.host, context.meta.get_progress_token()) {
+        let map_progress = match (&self.host, Self::progress_token_of(&context)) {
             (Host::Local(tools), Some(token))
                 if matches!(
                     name.as_str(),
@@ -461,6 +461,19 @@ impl McpServer {
     /// goes on in the background, `tasks/get` tells its state and then its
     /// result, and `tasks/cancel` stops it and cancels every runtime task it
     /// started. Otherwise the call runs as usual.
+    /// Leaves a progress token out of the answer when it is past a few
+    /// hundred bytes: each notification repeats it (a 1 MB token had made
+    /// 5 MB of notifications in 6 s).
+    fn progress_token_of(
+        context: &RequestContext<RoleServer>,
+    ) -> Option<rmcp::model::ProgressToken> {
+        const MAX_TOKEN: usize = 256;
+        context.meta.get_progress_token().filter(|t| match &t.0 {
+            rmcp::model::NumberOrString::String(s) => s.len() <= MAX_TOKEN,
+            rmcp::model::NumberOrString::Number(_) => true,
+        })
+    }
+
     fn as_task(
         &self,
         name: &str,

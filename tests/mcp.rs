@@ -157,6 +157,68 @@ fn every_stdio_line_gets_an_answer() {
     }
 }
 
+/// A progress token past a few hundred bytes gets no progress
+/// notifications (each would repeat it); the call itself is answered.
+#[test]
+fn a_huge_progress_token_is_not_repeated() {
+    use std::io::{BufRead, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(["mcp", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "error")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut send = |v: serde_json::Value| writeln!(stdin, "{v}").unwrap();
+    send(
+        serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}),
+    );
+    send(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    send(
+        serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+        "name": "deploy_modal_function", "arguments": {
+            "function_code": "import time\ndef slow(x):\n    time.sleep(2.5)\n    return x\n",
+            "function_name": "slow"}}}),
+    );
+    let mut answered = |id: i64, lines: &mut Vec<String>| loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "{lines:?}");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        lines.push(line);
+        if v["id"] == id {
+            return v;
+        }
+    };
+    let mut lines = Vec::new();
+    let deployed = answered(2, &mut lines);
+    assert!(deployed["result"]["isError"] != true, "{deployed}");
+    let token = "t".repeat(1000);
+    send(
+        serde_json::json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+        "_meta": {"progressToken": token},
+        "name": "spawn_parallel_tasks",
+        "arguments": {"function_name": "slow", "inputs": [1], "wait": true}}}),
+    );
+    let done = answered(3, &mut lines);
+    assert_eq!(
+        done["result"]["structuredContent"]["status"], "completed",
+        "{done}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("notifications/progress")),
+        "{lines:?}"
+    );
+    drop(send);
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
+
 #[test]
 fn an_agent_session_over_stdio_on_an_embedded_runtime() {
     let dir = tempfile::tempdir().unwrap();
