@@ -214,7 +214,6 @@ fn a_huge_progress_token_is_not_repeated() {
         !lines.iter().any(|l| l.contains("notifications/progress")),
         "{lines:?}"
     );
-    drop(send);
     drop(stdin);
     assert!(child.wait().unwrap().success());
 }
