@@ -824,19 +824,25 @@ async fn webhook_state(s: &Server, id: &str, want: &str) -> Value {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn signed_webhooks_retry_and_verify() {
-    let s = Server::start(ApiConfig {
+/// A server whose webhooks may reach 127.0.0.1 (the test's receivers),
+/// retrying quickly, at most `max_attempts` times.
+async fn webhook_server(max_attempts: u32) -> Server {
+    Server::start(ApiConfig {
         tokens: vec![TOKEN.into()],
         webhooks: modal_agents::webhooks::WebhookConfig {
             allow: vec!["127.0.0.0/8".parse::<Cidr>().unwrap()],
             backoff: Duration::from_millis(20),
-            max_attempts: 4,
+            max_attempts,
             ..Default::default()
         },
         ..ApiConfig::default()
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_webhooks_retry_and_verify() {
+    let s = webhook_server(4).await;
     s.post(
         "/deploy-function",
         json!({"function_code": "def f(x): return x", "function_name": "f"}),
@@ -915,17 +921,7 @@ async fn signed_webhooks_retry_and_verify() {
 /// field; an unknown sandbox is a 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandbox_webhooks_say_expiring_then_ended() {
-    let s = Server::start(ApiConfig {
-        tokens: vec![TOKEN.into()],
-        webhooks: modal_agents::webhooks::WebhookConfig {
-            allow: vec!["127.0.0.0/8".parse::<Cidr>().unwrap()],
-            backoff: Duration::from_millis(20),
-            max_attempts: 3,
-            ..Default::default()
-        },
-        ..ApiConfig::default()
-    })
-    .await;
+    let s = webhook_server(3).await;
     let (status, _, sbx) = s
         .post(
             "/sandboxes",

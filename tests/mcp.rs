@@ -104,6 +104,20 @@ async fn an_agent_session_over_streamable_http() {
     );
 }
 
+/// `modal-agents mcp` on an embedded runtime in `dir`, its stdin and
+/// stdout piped.
+fn mcp_on_stdio(dir: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(BIN)
+        .args(["mcp", "--data-dir"])
+        .arg(dir.join("data"))
+        .env("RUST_LOG", "error")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// Over stdio every line gets an answer: one that is not a JSON-RPC
 /// message (not JSON, not UTF-8, too deep, an array) is a JSON-RPC error
 /// with a null id, and the session goes on (it used to be dropped while the
@@ -112,15 +126,7 @@ async fn an_agent_session_over_streamable_http() {
 fn every_stdio_line_gets_an_answer() {
     use std::io::{BufRead, Write};
     let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(BIN)
-        .args(["mcp", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .env("RUST_LOG", "error")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = mcp_on_stdio(dir.path());
     let mut stdin = child.stdin.take().unwrap();
     let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
     writeln!(stdin, "{init}").unwrap();
@@ -163,15 +169,7 @@ fn every_stdio_line_gets_an_answer() {
 fn a_huge_progress_token_is_not_repeated() {
     use std::io::{BufRead, Write};
     let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(BIN)
-        .args(["mcp", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .env("RUST_LOG", "error")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = mcp_on_stdio(dir.path());
     let mut stdin = child.stdin.take().unwrap();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut send = |v: serde_json::Value| writeln!(stdin, "{v}").unwrap();

@@ -273,11 +273,7 @@ impl Sandboxes {
             // quota is refused (what it replaces is counted as freed).
             let limit_mib = sandbox.request.limits.disk_mib;
             let limit = limit_mib.saturating_mul(1 << 20);
-            let used = [sandbox.host.join("work"), sandbox.host.join("tmp")]
-                .iter()
-                .fold(0u64, |sum, d| {
-                    sum.saturating_add(super::quota::usage(d, limit))
-                });
+            let used = super::quota::used(sandbox, limit);
             let replaced = root.meta(&r.rel)?.map_or(0, |m| m.size);
             if used
                 .saturating_sub(replaced)

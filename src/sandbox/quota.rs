@@ -42,13 +42,9 @@ pub(crate) async fn watch(shutdown: CancellationToken, sandbox: Arc<Sandbox>) {
                 .cloned()
                 .collect()
         };
-        let dirs = [sandbox.host.join("work"), sandbox.host.join("tmp")];
-        let Ok(used) = tokio::task::spawn_blocking(move || {
-            dirs.iter().fold(0u64, |sum, d| {
-                sum.saturating_add(usage(d, limit.saturating_add(1)))
-            })
-        })
-        .await
+        let measured = sandbox.clone();
+        let Ok(used) =
+            tokio::task::spawn_blocking(move || used(&measured, limit.saturating_add(1))).await
         else {
             continue;
         };
@@ -61,6 +57,14 @@ pub(crate) async fn watch(shutdown: CancellationToken, sandbox: Arc<Sandbox>) {
             }
         }
     }
+}
+
+/// Bytes `sandbox`'s own files (its workdir and `/tmp`) take, counted up
+/// to a little past `stop`.
+pub(crate) fn used(sandbox: &Sandbox, stop: u64) -> u64 {
+    [sandbox.host.join("work"), sandbox.host.join("tmp")]
+        .iter()
+        .fold(0u64, |sum, d| sum.saturating_add(usage(d, stop)))
 }
 
 /// Bytes the files under `dir` take on disk (links not followed), counted
