@@ -5,13 +5,12 @@
 //! (`benches/peer_fastapi.py`) when fastapi and uvicorn are importable.
 //!
 //! Run: `cargo bench --bench api` (`BENCH_API_N` sets requests per phase,
-//! default 4000). The peer runs under `BENCH_PEER_PYTHON`, else
+//! default 4000; `BENCH_ONLY=spawn` or `BENCH_ONLY=status` runs one phase). The peer runs under `BENCH_PEER_PYTHON`, else
 //! `target/bench-venv/bin/python` when it exists (`python3 -m venv
 //! target/bench-venv && target/bench-venv/bin/pip install fastapi uvicorn`),
 //! else `python3`.
 
 use std::os::unix::process::CommandExt;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use modal_agents::api::{app, ApiConfig};
@@ -19,30 +18,62 @@ use modal_agents::Runtime;
 use serde_json::{json, Value};
 
 const TOKEN: &str = "bench-token-0123456789abcdef";
+const AUTHORIZATION: &str = "Bearer bench-token-0123456789abcdef";
 const CONCURRENCY: usize = 16;
 
 fn percentile(sorted: &[Duration], p: f64) -> u128 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_micros()
 }
 
-async fn load(
-    http: &reqwest::Client,
-    n: usize,
-    request: Arc<dyn Fn(&reqwest::Client) -> reqwest::RequestBuilder + Send + Sync>,
-) -> (f64, Vec<Duration>) {
+/// One request of the load, built once: every worker sends the same bytes.
+#[derive(Clone)]
+struct Shot {
+    method: hyper::Method,
+    path: String,
+    body: Option<bytes::Bytes>,
+}
+
+/// The load generator, the same for both servers: `CONCURRENCY` workers,
+/// each on one keep-alive HTTP/1.1 connection, sending a request built
+/// once (no URL parsing or JSON encoding per request, as wrk or oha do),
+/// so the figure is the server's, not the generator's.
+async fn load(addr: &str, n: usize, shot: Shot) -> (f64, Vec<Duration>) {
+    use http_body_util::{BodyExt, Full};
     let per = n / CONCURRENCY;
+    let mut senders = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("handshake");
+        tokio::spawn(conn);
+        senders.push(sender);
+    }
     let started = Instant::now();
     let mut workers = Vec::new();
-    for _ in 0..CONCURRENCY {
-        let http = http.clone();
-        let request = request.clone();
+    for mut sender in senders {
+        let (shot, host) = (shot.clone(), addr.to_owned());
         workers.push(tokio::spawn(async move {
             let mut times = Vec::with_capacity(per);
             for _ in 0..per {
+                let mut req = hyper::Request::builder()
+                    .method(shot.method.clone())
+                    .uri(shot.path.as_str())
+                    .header(hyper::header::HOST, host.as_str())
+                    .header(hyper::header::AUTHORIZATION, AUTHORIZATION);
+                if shot.body.is_some() {
+                    req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+                }
+                let req = req
+                    .body(Full::new(shot.body.clone().unwrap_or_default()))
+                    .expect("request");
                 let t = Instant::now();
-                let r = request(&http).send().await.expect("request");
+                sender.ready().await.expect("connection");
+                let r = sender.send_request(req).await.expect("request");
                 assert!(r.status().is_success(), "{}", r.status());
-                r.bytes().await.expect("body");
+                r.into_body().collect().await.expect("body");
                 times.push(t.elapsed());
             }
             times
@@ -77,21 +108,30 @@ async fn measure(server: &str, url: &str, n: usize) {
         .await
         .expect("warm");
     let task: Value = warm.json().await.expect("task");
-    let spawn: Arc<dyn Fn(&reqwest::Client) -> reqwest::RequestBuilder + Send + Sync> =
-        Arc::new(move |c| c.post(&spawn_url).bearer_auth(TOKEN).json(&body));
-    let (rate, times) = load(&http, n, spawn).await;
-    println!(
-        "{}",
-        json!({"bench": "api_spawn_task_wait", "server": server, "n": times.len(), "concurrency": CONCURRENCY,
+    let addr = url.trim_start_matches("http://");
+    let spawn = Shot {
+        method: hyper::Method::POST,
+        path: "/spawn-task".into(),
+        body: Some(serde_json::to_vec(&body).expect("body").into()),
+    };
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if "api_spawn_task_wait".contains(only.as_str()) {
+        let (rate, times) = load(addr, n, spawn).await;
+        println!(
+            "{}",
+            json!({"bench": "api_spawn_task_wait", "server": server, "n": times.len(), "concurrency": CONCURRENCY,
                "per_sec": rate.round(), "p50_us": percentile(&times, 0.5), "p99_us": percentile(&times, 0.99)})
-    );
-    let status_url = format!(
-        "{url}/status/{}",
-        task["task_id"].as_str().expect("task id")
-    );
-    let status: Arc<dyn Fn(&reqwest::Client) -> reqwest::RequestBuilder + Send + Sync> =
-        Arc::new(move |c| c.get(&status_url).bearer_auth(TOKEN));
-    let (rate, times) = load(&http, n * 4, status).await;
+        );
+    }
+    if !"api_status".contains(only.as_str()) {
+        return;
+    }
+    let status = Shot {
+        method: hyper::Method::GET,
+        path: format!("/status/{}", task["task_id"].as_str().expect("task id")),
+        body: None,
+    };
+    let (rate, times) = load(addr, n * 4, status).await;
     println!(
         "{}",
         json!({"bench": "api_status", "server": server, "n": times.len(), "concurrency": CONCURRENCY,
