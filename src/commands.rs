@@ -651,28 +651,27 @@ impl Commands {
         } else {
             None
         };
-        let fingerprint = replay::fingerprint(name, &args);
+        let key = key.map(|k| (k, replay::fingerprint(name, &args)));
         let (me, run) = (self.clone(), row.run);
         let work = async move { run(&me, args).await };
-        self.keyed(caller, name, key, fingerprint, work).await
+        self.keyed(caller, name, key, work).await
     }
 
-    /// Runs `run`, the command `name` with `input` (its
-    /// [`replay::fingerprint`]), under the idempotency rule when `key` is
-    /// given: a replay gets the first answer.
+    /// Runs `run`, the command `name`, under the idempotency rule when a
+    /// key is given (with the input's [`replay::fingerprint`], taken only
+    /// then): a replay gets the first answer.
     pub(crate) async fn keyed<O, E>(
         &self,
         caller: Caller,
         name: &str,
-        key: Option<String>,
-        fingerprint: [u8; 32],
+        key: Option<(String, [u8; 32])>,
         run: impl Future<Output = Result<O, E>> + Send + 'static,
     ) -> Result<Keyed<O>, E>
     where
         O: Serialize + DeserializeOwned + Send + 'static,
         E: From<CommandError> + Send + 'static,
     {
-        let Some(key) = key else {
+        let Some((key, fingerprint)) = key else {
             return run.await.map(|answer| Keyed {
                 answer,
                 replayed: false,

@@ -13,6 +13,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 mod kind;
+pub(crate) mod time;
 
 pub use kind::ErrorKind;
 
@@ -313,10 +314,13 @@ pub struct TaskRecord {
     /// Lifecycle state.
     pub status: TaskStatus,
     /// When it was accepted.
+    #[serde(serialize_with = "time::serialize")]
     pub created_at: DateTime<Utc>,
     /// When it started running.
+    #[serde(serialize_with = "time::serialize_opt")]
     pub started_at: Option<DateTime<Utc>>,
     /// When it finished.
+    #[serde(serialize_with = "time::serialize_opt")]
     pub finished_at: Option<DateTime<Utc>>,
     /// Attempts made (a call's retries count; a map counts 1).
     pub attempts: u32,

@@ -23,14 +23,10 @@ pub(crate) async fn deploy(
     ApiJson(req): ApiJson<DeployRequest>,
 ) -> Result<Response, Error> {
     const NAME: &str = "deploy_modal_function";
-    let key = super::idempotency_key(&headers)?;
-    let fingerprint = Commands::fingerprint(NAME, &req);
+    let key = super::idempotency_key(&headers)?.map(|k| (k, Commands::fingerprint(NAME, &req)));
     let commands = state.commands.clone();
     let work = async move { commands.deploy(req).await.map_err(Error::from) };
-    let deployed = state
-        .commands
-        .keyed(caller, NAME, key, fingerprint, work)
-        .await?;
+    let deployed = state.commands.keyed(caller, NAME, key, work).await?;
     Ok(super::replayed(
         Json(deployed.answer).into_response(),
         deployed.replayed,

@@ -47,14 +47,10 @@ pub(crate) async fn create(
     ApiJson(req): ApiJson<CreateSandbox>,
 ) -> Result<Response, Error> {
     const NAME: &str = "create_sandbox";
-    let key = super::idempotency_key(&headers)?;
-    let fingerprint = Commands::fingerprint(NAME, &req);
+    let key = super::idempotency_key(&headers)?.map(|k| (k, Commands::fingerprint(NAME, &req)));
     let commands = state.commands.clone();
     let work = async move { commands.create_sandbox(req).await.map_err(Error::from) };
-    let keyed = state
-        .commands
-        .keyed(caller, NAME, key, fingerprint, work)
-        .await?;
+    let keyed = state.commands.keyed(caller, NAME, key, work).await?;
     let view = keyed.answer;
     let location = format!("/sandboxes/{}", view.sandbox_id);
     let response = (

@@ -48,8 +48,7 @@ pub(crate) async fn run_parallel(
     ApiJson(req): ApiJson<RunParallelRequest>,
 ) -> Result<Response, Error> {
     const NAME: &str = "spawn_parallel_tasks";
-    let key = super::idempotency_key(&headers)?;
-    let fingerprint = Commands::fingerprint(NAME, &req);
+    let key = super::idempotency_key(&headers)?.map(|k| (k, Commands::fingerprint(NAME, &req)));
     let waited = req.wait;
     let commands = state.commands.clone();
     let work = async move {
@@ -63,10 +62,7 @@ pub(crate) async fn run_parallel(
             .await
             .map_err(Error::from)
     };
-    let keyed = state
-        .commands
-        .keyed(caller, NAME, key, fingerprint, work)
-        .await?;
+    let keyed = state.commands.keyed(caller, NAME, key, work).await?;
     let map = keyed.answer;
     // 200 only for a caller who asked to wait: without `wait` the answer is
     // 202 whether or not the work happened to finish before it was sent.
@@ -91,15 +87,11 @@ pub(crate) async fn spawn_task(
     ApiJson(req): ApiJson<SpawnTaskRequest>,
 ) -> Result<Response, Error> {
     const NAME: &str = "spawn_task";
-    let key = super::idempotency_key(&headers)?;
-    let fingerprint = Commands::fingerprint(NAME, &req);
+    let key = super::idempotency_key(&headers)?.map(|k| (k, Commands::fingerprint(NAME, &req)));
     let waited = req.wait;
     let commands = state.commands.clone();
     let work = async move { commands.spawn_task(req).await.map_err(Error::from) };
-    let keyed = state
-        .commands
-        .keyed(caller, NAME, key, fingerprint, work)
-        .await?;
+    let keyed = state.commands.keyed(caller, NAME, key, work).await?;
     let record = keyed.answer;
     let id = record.task_id;
     let response = if waited && record.status.is_terminal() {

@@ -38,8 +38,7 @@ pub(crate) async fn register(
             ))
         }
     };
-    let key = super::idempotency_key(&headers)?;
-    let fingerprint = Commands::fingerprint(NAME, &req);
+    let key = super::idempotency_key(&headers)?.map(|k| (k, Commands::fingerprint(NAME, &req)));
     let webhooks = state.webhooks.clone();
     let work = async move {
         let registered = match task {
@@ -57,10 +56,7 @@ pub(crate) async fn register(
             WebhookError::Storage(e) => Error::Internal(e.to_string()),
         })
     };
-    let keyed = state
-        .commands
-        .keyed(caller, NAME, key, fingerprint, work)
-        .await?;
+    let keyed = state.commands.keyed(caller, NAME, key, work).await?;
     let created = (StatusCode::CREATED, Json(keyed.answer)).into_response();
     Ok(super::replayed(created, keyed.replayed))
 }
