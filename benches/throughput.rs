@@ -35,6 +35,12 @@ fn percentile(sorted: &[Duration], p: f64) -> u128 {
 async fn map_trivial(rt: &Runtime, n: u64, suffix: &str) -> Result<(), RuntimeError> {
     rt.deploy_function(FunctionSpec::new("f", "def f(x): return x * 2\n"))
         .await?;
+    // Warm, as the peer's Pool is before its timed map: a map of 1,000
+    // first, so both containers are up.
+    let warm = rt
+        .run_parallel("f", (0..1000).map(|i| json!(i)).collect())
+        .await?;
+    rt.wait(warm, None).await?;
     let inputs = futures_util::stream::iter((0..n).map(|i| json!(i)));
     let started = Instant::now();
     let id = rt.run_parallel_stream("f", inputs, Some(n)).await?;
