@@ -315,8 +315,8 @@ async fn every_bound_holds_in_a_row() {
     assert_eq!(raw(&api).await, before, "the bystander's results changed");
     // What the attackers deployed is theirs to keep: its warm containers
     // are state they asked for. Undeployed, those go; the tasks they ran
-    // stay. Threads of the blocking pool idle out after 10 s and the server
-    // gives free heap back every 10 s: memory comes back within a bounded
+    // stay. Threads of the blocking pool idle out after 2 s and the server
+    // gives free heap back every 2 s: memory comes back within a bounded
     // wait, or the test fails.
     let functions = api.get("/functions").await;
     for f in functions.as_array().unwrap() {

@@ -221,7 +221,7 @@ def slow(x):
     elif x == 3000:
         re.match(r'(a+)+$', 'a' * 64 + 'b')
     elif x >= 1000:
-        time.sleep(0.3)
+        time.sleep(0.15)
     return x
 "#;
 

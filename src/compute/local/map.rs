@@ -178,18 +178,13 @@ impl Scheduler {
                     self.fresh.drain(..n).collect()
                 };
                 self.running_inputs += slots.len() as u64;
-                // Each batch is a task of its own: its encoding, exchange
-                // and decoding run on whichever worker thread is free while
-                // this one settles and hands out the others (on one task, the
-                // containers sat idle a third of the time). Dropped with the
-                // scheduler, the batches are aborted with it.
-                let batch = self.tasks.spawn(run_batch(
+                running.push(run_batch(
                     self.pool.clone(),
                     slots,
                     self.ctx.clone(),
                     self.timeout,
+                    self.tasks.clone(),
                 ));
-                running.push(tokio_util::task::AbortOnDropHandle::new(batch));
             }
             self.publish_meter();
             if self.input_ended && self.head == self.next_index {
@@ -204,13 +199,7 @@ impl Scheduler {
                 () = self.ctx.cancel.cancelled() => return,
                 () = self.shutdown.cancelled() => return,
                 () = tx.closed() => return,
-                Some(done) = running.next(), if !running.is_empty() => match done {
-                    Ok(done) => self.finish(done),
-                    // A batch that panicked takes the map down as it did when
-                    // batches ran on this task (the job reports it).
-                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                    Err(_) => return,
-                },
+                Some(done) = running.next(), if !running.is_empty() => self.finish(done),
                 () = tokio::time::sleep_until(next_retry.unwrap_or_else(Instant::now)), if next_retry.is_some() => {
                     self.release_due_retries();
                 }
@@ -341,8 +330,8 @@ async fn run_batch(
     slots: Vec<InputSlot>,
     ctx: CallContext,
     timeout: Duration,
+    tasks: tokio_util::task::TaskTracker,
 ) -> BatchDone {
-    let request = map_request(slots.iter().map(|s| &s.input), ctx.inputs_as);
     // Each input has the function's timeout, enforced in the container (an
     // input past it fails alone, the batch goes on); this bound on the whole
     // batch is only the backstop for a container that stops answering.
@@ -354,35 +343,57 @@ async fn run_batch(
         AttemptError::Lost(e) => Outcome::Lost(e),
         AttemptError::Failed(e) => Outcome::Failed(e),
     };
-    // Timed from when a container has it: the wait for one is not the
-    // batch's cost (batch sizes adapt to this).
-    let mut started = Instant::now();
-    let outcome = match pool.acquire(&ctx.cancel).await {
-        Err(e) => attempt(e),
-        Ok(mut lease) => {
-            started = Instant::now();
-            match lease
-                .request(&request, slots.len(), timeout, &ctx.logs)
-                .await
-            {
-                Err(e) => attempt(e),
-                Ok(reply) => match decode_map_reply(&reply, slots.len()) {
-                    Ok((results, output)) => {
-                        write_output(&ctx.logs, output);
-                        Outcome::Results(results)
-                    }
-                    Err(e) => {
-                        lease.discard();
-                        Outcome::Failed(e)
-                    }
-                },
+    // Containers are taken here, in the order the scheduler made the
+    // batches (the earliest inputs first).
+    let mut lease = match pool.acquire(&ctx.cancel).await {
+        Ok(lease) => lease,
+        Err(e) => {
+            return BatchDone {
+                slots,
+                outcome: attempt(e),
+                elapsed: Duration::ZERO,
             }
         }
     };
-    BatchDone {
-        slots,
-        outcome,
-        elapsed: started.elapsed(),
+    // The batch's encoding, exchange and decoding run as a task of their
+    // own, on whichever worker thread is free, while the scheduler's settles
+    // results and hands out the other batches (run on its task, the
+    // containers sat idle a third of the time). Dropped with its map, the
+    // batch is aborted and its lease with it.
+    let exchange = tasks.spawn(async move {
+        // Timed from when a container has it: the wait for one is not the
+        // batch's cost (batch sizes adapt to this).
+        let started = Instant::now();
+        let request = map_request(slots.iter().map(|s| &s.input), ctx.inputs_as);
+        let outcome = match lease
+            .request(&request, slots.len(), timeout, &ctx.logs)
+            .await
+        {
+            Err(e) => attempt(e),
+            Ok(reply) => match decode_map_reply(&reply, slots.len()) {
+                Ok((results, output)) => {
+                    write_output(&ctx.logs, output);
+                    Outcome::Results(results)
+                }
+                Err(e) => {
+                    lease.discard();
+                    Outcome::Failed(e)
+                }
+            },
+        };
+        BatchDone {
+            slots,
+            outcome,
+            elapsed: started.elapsed(),
+        }
+    });
+    match tokio_util::task::AbortOnDropHandle::new(exchange).await {
+        Ok(done) => done,
+        // A batch that panicked takes its map down, as it did on the
+        // scheduler's task (the job reports it).
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Aborted only when the runtime itself goes: so does the map.
+        Err(e) => panic!("a map batch was stopped under its map: {e}"),
     }
 }
 
