@@ -226,6 +226,50 @@ where
     })
 }
 
+/// `e` with a whole-number argument's range said as the tool's input
+/// schema gives it (`timeout`: "from 1 to 86400", where serde says its Rust
+/// type's range, "from 0 to 4294967295"), and a number too large for any
+/// integer said as the number it is, not as "floating point".
+pub(crate) fn with_bounds(e: CommandError, schema: &Value) -> CommandError {
+    let CommandError::InvalidArguments {
+        tool,
+        field,
+        mut message,
+    } = e
+    else {
+        return e;
+    };
+    if let Some(at) = message.find("expected a whole number") {
+        let mut node = schema;
+        for part in field.split('.') {
+            let name = part.split('[').next().unwrap_or(part);
+            node = &node["properties"][name];
+            if part.contains('[') {
+                node = &node["items"];
+            }
+        }
+        // The integer alternative of a `oneOf` (`retries`: a count or a
+        // policy) says the range of a number given there.
+        let integer = std::iter::once(node)
+            .chain(node["oneOf"].as_array().into_iter().flatten())
+            .find(|n| n["type"] == "integer");
+        if let Some((min, max)) =
+            integer.and_then(|n| Some((n["minimum"].as_i64()?, n["maximum"].as_i64()?)))
+        {
+            message.replace_range(
+                at..,
+                &format!("expected a whole number from {min} to {max}"),
+            );
+        }
+        message = message.replace("invalid type: floating point", "invalid value: the number");
+    }
+    CommandError::InvalidArguments {
+        tool,
+        field,
+        message,
+    }
+}
+
 /// A deserialisation message in the words of JSON rather than of Rust:
 /// no parser position, `object`/`array`/`whole number` for Rust's type
 /// names, a UUID's parse failure said as what is accepted.
@@ -336,7 +380,8 @@ macro_rules! table {
             run: {
                 fn run(c: &Commands, args: Value) -> BoxFuture<'_, Result<Value, CommandError>> {
                     Box::pin(async move {
-                        let input: $input = parse($name, without_nulls(args))?;
+                        let input: $input = parse($name, without_nulls(args))
+                            .map_err(|e| with_bounds(e, &json_schema::<$input>()))?;
                         c.$method(input).await.map(|out| json!(out))
                     })
                 }
@@ -786,6 +831,35 @@ mod tests {
                 d.name
             );
         }
+    }
+
+    /// A whole number out of range says the range the schema gives, not
+    /// the Rust type's; a number past any integer is said as a number.
+    #[test]
+    fn whole_number_errors_say_the_schemas_range() {
+        let schema = json_schema::<DeployRequest>();
+        let said = |args: Value| {
+            let e = parse::<DeployRequest>("t", args).unwrap_err();
+            with_bounds(e, &schema).to_string()
+        };
+        let e = said(json!({"function_code": "x", "function_name": "f", "timeout": -5}));
+        assert!(
+            e.contains("`timeout`") && e.ends_with("expected a whole number from 1 to 86400"),
+            "{e}"
+        );
+        let e =
+            said(json!({"function_code": "x", "function_name": "f", "limits": {"processes": 1.5}}));
+        assert!(
+            e.contains("limits.processes") && e.ends_with("from 4 to 65536"),
+            "{e}"
+        );
+        let e = said(
+            json!({"function_code": "x", "function_name": "f", "timeout": 1.1805916207174113e21}),
+        );
+        assert!(
+            e.contains("the number") && !e.contains("floating point"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! correct itself; an unknown tool is a protocol error. `wait_tasks` sends
 //! progress notifications when the client gave a progress token.
 
+mod check;
 mod http;
 mod sessions;
 mod stdio;

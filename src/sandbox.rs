@@ -1206,21 +1206,24 @@ fn validate(r: &CreateSandbox) -> Result<String, SandboxError> {
     }
     let mut mounts = r.volumes.clone();
     mounts.insert(workdir.clone(), "workdir".into());
+    // The workdir is checked as the mount it is, and named as itself.
     crate::spec::validate_volumes(&mounts).map_err(|e| {
-        let field = if e.field() == format!("volumes[{workdir:?}]") {
-            "workdir".to_owned()
-        } else {
-            e.field().to_owned()
-        };
-        SandboxError::invalid(field, e.to_string())
+        let e = e.with_field(|f| {
+            if f == format!("volumes[{workdir:?}]") {
+                "workdir".to_owned()
+            } else {
+                f.to_owned()
+            }
+        });
+        SandboxError::invalid(e.field().to_owned(), e.detail())
     })?;
     for name in &r.secrets {
         crate::spec::validate_object_name("secrets", name)
-            .map_err(|e| SandboxError::invalid("secrets", e.to_string()))?;
+            .map_err(|e| SandboxError::invalid("secrets", e.detail()))?;
     }
     if let Some(name) = &r.name {
         crate::spec::validate_object_name("name", name)
-            .map_err(|e| SandboxError::invalid("name", e.to_string()))?;
+            .map_err(|e| SandboxError::invalid("name", e.detail()))?;
     }
     if r.tags.len() > 32
         || r.tags
@@ -1233,7 +1236,7 @@ fn validate(r: &CreateSandbox) -> Result<String, SandboxError> {
         ));
     }
     crate::spec::validate_python_packages(&r.image.python_packages)
-        .map_err(|e| SandboxError::invalid(e.field().to_owned(), e.to_string()))?;
+        .map_err(|e| SandboxError::invalid(e.field().to_owned(), e.detail()))?;
     check_env("env", &r.env)?;
     let size: usize = r.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
     if size > 512 << 10 {
@@ -1307,5 +1310,28 @@ mod tests {
         let bad = [("A=B".to_owned(), "x".into())].into();
         let e = check_env("env", &bad).unwrap_err().to_string();
         assert!(e.contains("the name \"A=B\""), "{e}");
+    }
+
+    /// A bad workdir is named as the workdir (it was checked as a mount and
+    /// named `volumes["rel"]`), and a bad mount names its field once.
+    #[test]
+    fn mount_errors_name_their_field_once() {
+        let e = validate(&CreateSandbox {
+            workdir: Some("rel".into()),
+            ..CreateSandbox::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("`workdir`: got \"rel\"; expected") && !e.contains("volumes"),
+            "{e}"
+        );
+        let e = validate(&CreateSandbox {
+            volumes: [("data".to_owned(), "team".to_owned())].into(),
+            ..CreateSandbox::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert_eq!(e.matches("volumes[").count(), 1, "{e}");
     }
 }

@@ -103,6 +103,17 @@ impl SpecError {
         }
     }
 
+    /// What is wrong without the field's name (for an error that names
+    /// the field itself): `got "x"; expected ...`.
+    pub(crate) fn detail(&self) -> String {
+        match self {
+            SpecError::Invalid {
+                value, expected, ..
+            } => format!("got {value:?}; expected {expected}"),
+            other => other.to_string(),
+        }
+    }
+
     /// The field this error is about, when it is about one.
     pub fn field(&self) -> &str {
         match self {

@@ -66,15 +66,15 @@ pub enum VolumeError {
     #[error(transparent)]
     Name(#[from] SpecError),
     /// A state key is not acceptable.
-    #[error("invalid key {key:?}: expected 1 to 512 bytes without control characters")]
+    #[error("invalid key {key:?}: expected 1 to 512 characters without control characters")]
     BadKey {
-        /// The key.
+        /// The key (its first bytes when long).
         key: String,
     },
     /// A file path is not acceptable.
     #[error("invalid path {path:?}: {why}")]
     BadPath {
-        /// The path.
+        /// The path (its first bytes when long).
         path: String,
         /// What is wrong and what is accepted.
         why: String,
@@ -135,7 +135,7 @@ pub enum VolumeError {
 /// means said plainly (they are the caller's path, not a server fault).
 fn file_error(volume: &str, path: &str, source: std::io::Error) -> VolumeError {
     let bad = |why: &str| VolumeError::BadPath {
-        path: path.to_owned(),
+        path: crate::value::clip(path, crate::value::MAX_ECHO).into_owned(),
         why: why.to_owned(),
     };
     match source.raw_os_error() {
@@ -270,7 +270,7 @@ fn check_key(key: &str) -> Result<(), VolumeError> {
     // 512 characters (not bytes): what the API's schema says.
     if key.is_empty() || key.chars().count() > 512 || key.chars().any(char::is_control) {
         return Err(VolumeError::BadKey {
-            key: key.to_owned(),
+            key: crate::value::clip(key, crate::value::MAX_ECHO).into_owned(),
         });
     }
     Ok(())
@@ -701,6 +701,26 @@ mod tests {
     use super::*;
     use crate::supervisor::{RestartPolicy, RootSupervisor, RootSupervisorArgs};
     use ractor::Actor;
+
+    /// A huge key or path is echoed by its first bytes, so what is accepted
+    /// is still said (a 1 MiB key made an 8 KiB answer of its bytes, the
+    /// rest of the message cut off).
+    #[test]
+    fn a_huge_key_or_path_is_echoed_short() {
+        let huge = "A".repeat(1 << 20);
+        let e = check_key(&huge).unwrap_err().to_string();
+        assert!(
+            e.len() < 400 && e.ends_with("without control characters"),
+            "{e}"
+        );
+        let e = files::resolve(Path::new("/v"), &huge)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.len() < 400 && e.ends_with("expected 1 to 1024 bytes"),
+            "{e}"
+        );
+    }
 
     async fn volumes(dir: &Path) -> Volumes {
         let (root, _) = Actor::spawn(

@@ -612,7 +612,7 @@ async fn send(
     };
     let body = serde_json::to_vec(&json!({
         "type": kind,
-        "timestamp": chrono::Utc::now().to_rfc3339(),
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
         "data": data,
     }))
     .expect("JSON serializes");
@@ -637,7 +637,7 @@ async fn send(
             let attempts = &mut r.view.attempts;
             attempts.push(WebhookAttempt {
                 event: Some(kind.to_owned()),
-                at: at.to_rfc3339(),
+                at: at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
                 status,
                 error,
                 duration_ms: started.elapsed().as_millis() as u64,

@@ -316,6 +316,9 @@ async fn the_seed_examples_verbatim() {
     // Functions, tasks, logs, cancel, resources.
     let (_, _, fns) = s.get("/functions").await;
     assert_eq!(fns[0]["function_name"], "my_function");
+    // One timestamp format everywhere: UTC with `Z`, as task records say it.
+    let deployed = fns[0]["deployed_at"].as_str().unwrap();
+    assert!(deployed.ends_with('Z'), "{deployed}");
     let (_, _, tasks) = s.get("/tasks?status=failed").await;
     assert_eq!(tasks["total"], 1);
     let (status, _, _) = s.get(&format!("/tasks/{task_id}/logs")).await;

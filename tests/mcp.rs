@@ -140,6 +140,13 @@ fn every_stdio_line_gets_an_answer() {
     )
     .unwrap();
     writeln!(stdin, r#"{{"jsonrpc":"2.0","id":2,"method":"ping"}}"#).unwrap();
+    // Arguments that are not an object: invalid params, to the call's id
+    // (rmcp alone said "method not found: tools/call").
+    writeln!(
+        stdin,
+        r#"{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{{"name":"list_functions","arguments":[1,2]}}}}"#
+    )
+    .unwrap();
     drop(stdin);
     let out = std::io::BufReader::new(child.stdout.take().unwrap());
     let answers: Vec<serde_json::Value> = out
@@ -161,6 +168,15 @@ fn every_stdio_line_gets_an_answer() {
             "{answers:?}"
         );
     }
+    let bad = answers.iter().find(|a| a["id"] == 3).expect("answer to 3");
+    assert_eq!(bad["error"]["code"], -32602, "{bad}");
+    assert!(
+        bad["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`params.arguments`"),
+        "{bad}"
+    );
 }
 
 /// A progress token past a few hundred bytes gets no progress
@@ -280,6 +296,78 @@ async fn rpc(url: &str, headers: &[(&str, &str)], body: serde_json::Value) -> se
         .find(|l| l.starts_with('{'))
         .unwrap_or(text.trim());
     serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// Over HTTP, what rmcp cannot type is answered as JSON-RPC says: a
+/// `tools/call` whose arguments are no object gets invalid params to its
+/// id (rmcp said "method not found"), an object with no `method` that is
+/// no answer gets invalid request (rmcp said HTTP 415), unreadable JSON a
+/// parse error with a null id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_get_json_rpc_errors_over_http() {
+    let (url, _t) = scripted_server(&[TOKEN]).await;
+    let url = format!("{url}/mcp");
+    let post = |body: String| {
+        reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(TOKEN)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let cases = [
+        (
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"spawn_task","arguments":[1,2]}}"#.to_owned(),
+            200,
+            serde_json::json!(7),
+            -32602,
+            "`params.arguments`",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":"spawn_task"}"#.to_owned(),
+            200,
+            serde_json::json!(8),
+            -32602,
+            "`params` of tools/call",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":9}"#.to_owned(),
+            400,
+            serde_json::json!(9),
+            -32600,
+            "no `method`",
+        ),
+        (
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{}1{}}}"#,
+                "[".repeat(10_000),
+                "]".repeat(10_000)
+            ),
+            400,
+            serde_json::Value::Null,
+            -32700,
+            "recursion limit",
+        ),
+        (
+            "[1]".to_owned(),
+            400,
+            serde_json::Value::Null,
+            -32600,
+            "not a JSON-RPC message",
+        ),
+    ];
+    for (body, status, id, code, says) in cases {
+        let response = post(body).await.unwrap();
+        assert_eq!(response.status().as_u16(), status);
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(answer["id"], id, "{answer}");
+        assert_eq!(answer["error"]["code"], code, "{answer}");
+        assert!(
+            answer["error"]["message"].as_str().unwrap().contains(says),
+            "{answer}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -132,6 +132,14 @@ async fn the_seed_tool_flow() {
     assert_eq!(c["version"], 2);
     let stale = state(json!({"volume_name": "team", "operation": "cas", "key": "plan", "data": {"step": 3}, "expected_version": 1})).await;
     assert!(stale.unwrap_err().to_string().contains("version conflict"));
+    // Versions start at 1: 0 is refused naming the field (it was taken for
+    // a conflict with "absent").
+    let zero = state(json!({"volume_name": "team", "operation": "cas", "key": "plan", "value": 1, "expected_version": 0})).await;
+    let zero = zero.unwrap_err().to_string();
+    assert!(
+        zero.contains("`expected_version`") && zero.contains("got 0"),
+        "{zero}"
+    );
     let l = state(json!({"volume_name": "team", "operation": "list", "key": "pl"}))
         .await
         .unwrap();
@@ -267,6 +275,15 @@ async fn an_idempotency_key_makes_a_retry_return_the_first_answer() {
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a["task_id"], b["task_id"]);
     assert_eq!(t.rt.tasks(None, 0, 100).1, 1, "one task");
+    // `function_ref` names the function here too, as in the seed's tools.
+    let by_ref = tools
+        .call(
+            "spawn_task",
+            json!({"function_ref": "inc", "args": [4], "wait": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(by_ref["result"], 5, "{by_ref}");
 
     // The same key with other arguments is refused, naming the key.
     let other = json!({"function_name": "inc", "args": [2], "idempotency_key": "spawn-7"});

@@ -49,8 +49,15 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 /// Parses a JSON body through the one parser ([`crate::commands::parse_from`]):
 /// bad syntax is a 400, a field that does not fit a 422 naming it.
-pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+pub(crate) fn parse_json<T: DeserializeOwned + utoipa::ToSchema>(bytes: &[u8]) -> Result<T, Error> {
     use crate::commands::ParseError;
+    // A whole number out of range is said with the schema's range.
+    let said = |e| {
+        Error::from(crate::commands::with_bounds(
+            e,
+            &crate::wire::json_schema::<T>(),
+        ))
+    };
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = crate::commands::parse_from("request", &mut de).map_err(|e| match e {
         // serde_json calls some misfits syntax (a number where an enum's
@@ -58,19 +65,19 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> 
         // error names the field.
         ParseError::Syntax(why) => match serde_json::from_slice::<serde_json::Value>(bytes) {
             Ok(value) => match crate::commands::parse_from::<T, _>("request", value) {
-                Err(ParseError::Field(e)) => Error::from(e),
+                Err(ParseError::Field(e)) => said(e),
                 _ => Error::BadRequest(format!("malformed JSON: {why}")),
             },
             Err(_) => Error::BadRequest(format!("malformed JSON: {why}")),
         },
-        ParseError::Field(e) => Error::from(e),
+        ParseError::Field(e) => said(e),
     })?;
     de.end()
         .map_err(|e| Error::BadRequest(format!("malformed JSON: {e}")))?;
     Ok(value)
 }
 
-impl<T: DeserializeOwned> FromRequest<ApiState> for ApiJson<T> {
+impl<T: DeserializeOwned + utoipa::ToSchema> FromRequest<ApiState> for ApiJson<T> {
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &ApiState) -> Result<Self, Error> {

@@ -42,6 +42,13 @@ impl Commands {
                 let data = a.value.ok_or_else(|| {
                     CommandError::invalid(NAME, "value", format!("required for operation `{op}`"))
                 })?;
+                if cas && a.expected_version == Some(0) {
+                    return Err(CommandError::invalid(
+                        NAME,
+                        "expected_version",
+                        "got 0; expected a version, 1 or more (versions start at 1), or none for \"must not exist\"",
+                    ));
+                }
                 let version = if cas {
                     volumes
                         .compare_and_swap(volume, &key, a.expected_version, data)

@@ -65,9 +65,15 @@ struct Envelope {
     method: Option<String>,
     #[serde(default)]
     id: Option<serde_json::Value>,
-    /// Only its `taskId` is looked at (an answer or a log line may echo it).
+    /// Only its `taskId` is looked at (an answer or a log line may echo
+    /// it), and a `tools/call`'s shape ([`super::check`]).
     #[serde(default)]
     params: Option<serde_json::Value>,
+    /// Present in an answer to the server's own request.
+    #[serde(default)]
+    result: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
 }
 
 /// Longest JSON-RPC `method` and string `id` accepted: both come back in
@@ -110,15 +116,41 @@ pub(crate) async fn guard(State(guard): State<Guard>, req: Request, next: Next) 
         let envelope = match serde_json::from_slice::<Envelope>(&bytes) {
             Ok(e) => e,
             Err(e) => {
-                return Error::BadRequest(format!(
-                    "not a JSON-RPC message: {}",
-                    crate::value::clip(&e.to_string(), MAX_NAME)
-                ))
-                .into_response()
+                // JSON-RPC's answer to what cannot be read: an error with a
+                // null id (a parse error, or JSON that is no message).
+                let code = if e.is_syntax() || e.is_eof() {
+                    -32700
+                } else {
+                    super::check::INVALID_REQUEST
+                };
+                return rpc_error(
+                    StatusCode::BAD_REQUEST,
+                    None,
+                    code,
+                    &format!(
+                        "not a JSON-RPC message: {}",
+                        crate::value::clip(&e.to_string(), MAX_NAME)
+                    ),
+                );
             }
         };
         if let Err(e) = short_names(&envelope) {
             return e.into_response();
+        }
+        let method = envelope.method.clone().map(serde_json::Value::String);
+        if let Err(refused) = super::check::check(
+            method.as_ref(),
+            envelope.params.as_ref(),
+            envelope.result.is_some() || envelope.error.is_some(),
+        ) {
+            // A request refused for its params is answered as JSON-RPC
+            // says, to its id; one that is no message at all, as a 400.
+            let status = if refused.code == super::check::INVALID_PARAMS {
+                StatusCode::OK
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return rpc_error(status, envelope.id.as_ref(), refused.code, &refused.message);
         }
         if envelope.method.as_deref() == Some("initialize") {
             let limits = guard.sessions.limits();
@@ -189,6 +221,21 @@ pub(crate) async fn guard(State(guard): State<Guard>, req: Request, next: Next) 
         }),
         None => response,
     }
+}
+
+/// A JSON-RPC error answer to `id` (null when there is none) with `status`.
+fn rpc_error(
+    status: StatusCode,
+    id: Option<&serde_json::Value>,
+    code: i64,
+    message: &str,
+) -> Response {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id.unwrap_or(&serde_json::Value::Null),
+        "error": {"code": code, "message": crate::value::clip(message, 512)},
+    });
+    (status, axum::Json(body)).into_response()
 }
 
 /// Refuses a `method` or string `id` longer than [`MAX_NAME`].

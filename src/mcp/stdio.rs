@@ -79,6 +79,7 @@ async fn gate(
             Line::TooLong(bytes) => {
                 let _ = answers
                     .send(error(
+                        &serde_json::Value::Null,
                         -32600,
                         &format!("a message of over {bytes} bytes; at most {MAX_LINE} are read"),
                     ))
@@ -90,18 +91,30 @@ async fn gate(
         if text.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
+        let null = serde_json::Value::Null;
         let refusal = match serde_json::from_slice::<serde_json::Value>(&text) {
-            Ok(serde_json::Value::Object(_)) => None,
+            Ok(serde_json::Value::Object(m)) => super::check::check(
+                m.get("method"),
+                m.get("params"),
+                m.contains_key("result") || m.contains_key("error"),
+            )
+            .err()
+            .map(|r| (m.get("id").cloned().unwrap_or(null), r.code, r.message)),
             Ok(serde_json::Value::Array(_)) => Some((
+                null,
                 -32600,
                 "a batch (JSON array); send one message per line".to_owned(),
             )),
-            Ok(_) => Some((-32600, "not a JSON-RPC message (a JSON object)".to_owned())),
-            Err(e) => Some((-32700, format!("not JSON: {e}"))),
+            Ok(_) => Some((
+                null,
+                -32600,
+                "not a JSON-RPC message (a JSON object)".to_owned(),
+            )),
+            Err(e) => Some((null, -32700, format!("not JSON: {e}"))),
         };
         match refusal {
-            Some((code, why)) => {
-                let _ = answers.send(error(code, &why)).await;
+            Some((id, code, why)) => {
+                let _ = answers.send(error(&id, code, &why)).await;
             }
             None => {
                 if server.write_all(&text).await.is_err() || server.write_all(b"\n").await.is_err()
@@ -157,11 +170,12 @@ fn finish(mut line: Vec<u8>, seen: usize) -> Line {
     Line::Text(line)
 }
 
-/// A JSON-RPC error answer with a null id, as one line.
-fn error(code: i64, message: &str) -> Vec<u8> {
+/// A JSON-RPC error answer to `id` (null for a message that could not be
+/// read), as one line.
+fn error(id: &serde_json::Value, code: i64, message: &str) -> Vec<u8> {
     let mut line = serde_json::to_vec(&serde_json::json!({
         "jsonrpc": "2.0",
-        "id": null,
+        "id": id,
         "error": {"code": code, "message": crate::value::clip(message, 512)},
     }))
     .unwrap_or_default();
@@ -179,7 +193,7 @@ mod tests {
     async fn every_line_is_passed_on_or_answered() {
         let big = "x".repeat(MAX_LINE + 10);
         let input = format!(
-            "garbage\n{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}}\r\n[1]\n\n{}\n{big}\n7\n",
+            "garbage\n{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}}\r\n[1]\n\n{}\n{big}\n7\n{{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"tools/call\",\"params\":{{\"name\":\"t\",\"arguments\":[1]}}}}\n{{\"jsonrpc\":\"2.0\",\"id\":3}}\n",
             "[".repeat(10_000)
         );
         let (server, mut server_side) = tokio::io::duplex(1 << 20);
@@ -201,9 +215,21 @@ mod tests {
         let mut codes = Vec::new();
         while let Some(line) = said.recv().await {
             let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
-            assert_eq!(v["id"], serde_json::Value::Null);
-            codes.push(v["error"]["code"].as_i64().unwrap());
+            codes.push((v["id"].as_i64(), v["error"]["code"].as_i64().unwrap()));
         }
-        assert_eq!(codes, [-32700, -32600, -32700, -32600, -32600]);
+        // A tools/call whose arguments are not an object is answered as
+        // invalid params, to its id (rmcp said "method not found").
+        assert_eq!(
+            codes,
+            [
+                (None, -32700),
+                (None, -32600),
+                (None, -32700),
+                (None, -32600),
+                (None, -32600),
+                (Some(9), -32602),
+                (Some(3), -32600)
+            ]
+        );
     }
 }

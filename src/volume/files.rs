@@ -23,7 +23,7 @@ pub struct FileStat {
 /// no empty or `.` segments, at most 1024 bytes.
 pub(crate) fn resolve(root: &Path, path: &str) -> Result<PathBuf, VolumeError> {
     let bad = |why: &str| VolumeError::BadPath {
-        path: path.to_owned(),
+        path: crate::value::clip(path, crate::value::MAX_ECHO).into_owned(),
         why: why.to_owned(),
     };
     if path.is_empty() || path.len() > 1024 {

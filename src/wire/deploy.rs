@@ -340,7 +340,9 @@ impl From<FunctionInfo> for FunctionView {
             function_id: f.function_id.to_string(),
             function_name: f.function_name,
             backend: f.backend,
-            deployed_at: f.deployed_at.to_rfc3339(),
+            deployed_at: f
+                .deployed_at
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
             spec: serde_json::to_value(&f.spec).unwrap_or(Value::Null),
         }
     }

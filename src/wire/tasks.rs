@@ -138,7 +138,9 @@ impl TaskStatusView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpawnTaskRequest {
-    /// A deployed function.
+    /// A deployed function (`function_ref` is accepted too, as the other
+    /// task tools accept it).
+    #[serde(alias = "function_ref")]
     pub function_name: String,
     /// Positional arguments.
     #[serde(default)]
