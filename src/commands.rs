@@ -359,22 +359,40 @@ pub(crate) fn restore_replays(runtime: &Runtime) -> Result<(), crate::store::Sto
         .restore(runtime.store().clone())
 }
 
+/// What a command does to the runtime's state, as MCP's tool annotations
+/// tell a host (which may, say, run the reading ones without asking).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    /// Reads only.
+    Reads,
+    /// Adds state and changes nothing already there.
+    Adds,
+    /// May change or remove what is there: runs code, overwrites, cancels.
+    #[default]
+    Changes,
+}
+
 /// One row of the table.
 struct Row {
     name: &'static str,
     description: &'static str,
     creates_work: bool,
+    effect: Effect,
     input: fn() -> Value,
     output: fn() -> Value,
     run: for<'a> fn(&'a Commands, Value) -> BoxFuture<'a, Result<Value, CommandError>>,
 }
 
 macro_rules! table {
-    ($($name:literal => $method:ident($input:ty) -> $output:ty, creates_work: $work:expr, $description:expr;)*) => {
+    ($($name:literal => $method:ident($input:ty) -> $output:ty, creates_work: $work:expr, effect: $effect:expr, $description:expr;)*) => {
         static TABLE: &[Row] = &[$(Row {
             name: $name,
             description: $description,
             creates_work: $work,
+            effect: $effect,
             input: json_schema::<$input>,
             output: output_json_schema::<$output>,
             run: {
@@ -392,100 +410,100 @@ macro_rules! table {
 }
 
 table! {
-    "deploy_modal_function" => deploy(DeployRequest) -> Deployed, creates_work: true,
+    "deploy_modal_function" => deploy(DeployRequest) -> Deployed, creates_work: true, effect: Effect::Changes,
         "Deploy (or redeploy) a Python function from source code so it can be called. \
          Give the code and the name of the function in it; optionally pip packages, a GPU, \
          a timeout, retries, secrets and volumes. Do this before spawn_task or \
          spawn_parallel_tasks.";
-    "spawn_parallel_tasks" => spawn_parallel(SpawnParallelTasks) -> MapSubmitted, creates_work: true,
+    "spawn_parallel_tasks" => spawn_parallel(SpawnParallelTasks) -> MapSubmitted, creates_work: true, effect: Effect::Changes,
         "Run a deployed function once per input, in parallel: each input is its one \
          argument (inputs_as=args: a list of arguments, inputs_as=kwargs: an object of \
          keyword arguments). Returns the map's task_id at once; with wait=true it waits \
          up to 55 s and returns the first results in input order. Follow a map with \
          wait_tasks and get_task_results.";
-    "request_gpu_task" => gpu_task(RequestGpuTask) -> GpuTaskResult, creates_work: true,
+    "request_gpu_task" => gpu_task(RequestGpuTask) -> GpuTaskResult, creates_work: true, effect: Effect::Changes,
         "Run one call of a deployed function that requested a GPU and wait for its result \
          (up to 55 s; past that the answer says it is still running: follow it with \
          wait_tasks).";
-    "coordinate_state" => coordinate_state(CoordinateState) -> StateResult, creates_work: false,
+    "coordinate_state" => coordinate_state(CoordinateState) -> StateResult, creates_work: false, effect: Effect::Changes,
         "Shared state between agents in a named volume: read (answers value and version), \
          write value, list (by key prefix, a page at a time), delete, or cas \
          (compare-and-swap: write value only if the key still has expected_version; omit \
          it for 'only if absent'). Every write returns the new version.";
-    "spawn_task" => spawn_task_for_tool(SpawnTaskRequest) -> TaskRecord, creates_work: true,
+    "spawn_task" => spawn_task_for_tool(SpawnTaskRequest) -> TaskRecord, creates_work: true, effect: Effect::Changes,
         "Start one call of a deployed function with args and kwargs; returns its task_id \
          at once (or, with wait=true, its record once it finished or 55 s passed). Use \
          wait_tasks to wait for several.";
-    "get_task_status" => task_status_for_tool(TaskRef) -> TaskStatusView, creates_work: false,
+    "get_task_status" => task_status_for_tool(TaskRef) -> TaskStatusView, creates_work: false, effect: Effect::Reads,
         "A task's status, result or error (with traceback), timing and a map's progress; \
          a finished map's results are included when there are at most 10,000.";
-    "wait_tasks" => wait_tasks(WaitTasksRequest) -> WaitTasksResult, creates_work: false,
+    "wait_tasks" => wait_tasks(WaitTasksRequest) -> WaitTasksResult, creates_work: false, effect: Effect::Reads,
         "Wait, without polling, until all (mode=all) or any (mode=any) of the given tasks \
          have finished, at most timeout_s (default 55). Returns one summary line per task; \
          call again if done is false. Prefer this over calling get_task_status repeatedly.";
-    "cancel_task" => cancel_task(TaskRef) -> TaskRecord, creates_work: false,
+    "cancel_task" => cancel_task(TaskRef) -> TaskRecord, creates_work: false, effect: Effect::Changes,
         "Cancel a pending or running task (a call or a whole map); returns its final record.";
-    "get_task_results" => task_results(TaskResultsRequest) -> ResultsPage, creates_work: false,
+    "get_task_results" => task_results(TaskResultsRequest) -> ResultsPage, creates_work: false, effect: Effect::Reads,
         "A page of a map's results in input order (offset, limit up to 10000); a failed \
          input is {\"error\": {type, message}} in its slot. next_offset is where the next \
          page starts, null at the end.";
-    "get_task_logs" => task_logs_for_tool(TaskRef) -> TaskLogs, creates_work: false,
+    "get_task_logs" => task_logs_for_tool(TaskRef) -> TaskLogs, creates_work: false, effect: Effect::Reads,
         "What a task's function printed (stdout and stderr).";
-    "list_functions" => list_functions(ListFunctions) -> FunctionList, creates_work: false,
+    "list_functions" => list_functions(ListFunctions) -> FunctionList, creates_work: false, effect: Effect::Reads,
         "The deployed functions with their specs (the source only with include_code).";
-    "read_volume_file" => read_file_for_tool(VolumeFileRef) -> VolumeFile, creates_work: false,
+    "read_volume_file" => read_file_for_tool(VolumeFileRef) -> VolumeFile, creates_work: false, effect: Effect::Reads,
         "Read a file from a volume: content (text), or content_base64 when it is binary.";
-    "write_volume_file" => write_file(WriteVolumeFile) -> crate::volume::FileStat, creates_work: true,
+    "write_volume_file" => write_file(WriteVolumeFile) -> crate::volume::FileStat, creates_work: true, effect: Effect::Changes,
         "Write a file into a volume (atomically), as content (text) or content_base64; \
          functions that mount the volume see it.";
-    "list_volume_files" => list_files(ListVolumeFiles) -> VolumeFileList, creates_work: false,
+    "list_volume_files" => list_files(ListVolumeFiles) -> VolumeFileList, creates_work: false, effect: Effect::Reads,
         "List the files in a volume, optionally under a path prefix, a page at a time \
          (limit, then after=next_after).";
-    "run_code" => run_code(crate::wire::RunCode) -> crate::wire::RunCodeResult, creates_work: true,
+    "run_code" => run_code(crate::wire::RunCode) -> crate::wire::RunCodeResult, creates_work: true, effect: Effect::Changes,
         "Run a code snippet once (language python, the default, or sh) with nothing to deploy \
          or clean up: it runs in a fresh private sandbox (no network unless network=true) \
          that ends with it. Returns its outcome ({kind: exited, code} | signaled | timed_out \
          | out_of_memory) with stdout and stderr; if it is still running after wait_s \
          (default 55), returns sandbox_id and process_id for wait_sandbox_process. For files \
          that must stay between runs, use create_sandbox.";
-    "create_sandbox" => create_sandbox(crate::wire::CreateSandbox) -> crate::wire::SandboxView, creates_work: true,
+    "create_sandbox" => create_sandbox(crate::wire::CreateSandbox) -> crate::wire::SandboxView, creates_work: true, effect: Effect::Adds,
         "Create a sandbox: a private Linux workspace (workdir /workspace, no network unless \
          network=true) that lives timeout_s seconds (default 300, max 86400; extend with \
          keepalive_sandbox). Run commands in it with sandbox_exec and move files with \
          write_sandbox_file / read_sandbox_file. Its files are snapshotted before it expires.";
-    "sandbox_exec" => sandbox_exec(crate::wire::SandboxExec) -> crate::wire::ExecResult, creates_work: true,
+    "sandbox_exec" => sandbox_exec(crate::wire::SandboxExec) -> crate::wire::ExecResult, creates_work: true, effect: Effect::Changes,
         "Run a command in a sandbox: cmd is the argv list (use [\"sh\", \"-c\", \"...\"] for \
          shell syntax). Waits up to wait_s (default 55) and returns its outcome \
          ({kind: exited, code} | signaled | timed_out | out_of_memory | sandbox_ended) with \
          stdout and stderr; if it is still running, returns its process_id for \
          wait_sandbox_process.";
-    "wait_sandbox_process" => wait_sandbox_process(crate::wire::SandboxProcessRef) -> crate::wire::ExecResult, creates_work: false,
+    "wait_sandbox_process" => wait_sandbox_process(crate::wire::SandboxProcessRef) -> crate::wire::ExecResult, creates_work: false, effect: Effect::Reads,
         "Wait up to wait_s (default 55) for a sandbox process to end; returns its outcome \
          and output once it has, else its state (call again).";
-    "read_sandbox_file" => read_sandbox_file(crate::wire::SandboxFileRef) -> crate::wire::SandboxFileContent, creates_work: false,
+    "read_sandbox_file" => read_sandbox_file(crate::wire::SandboxFileRef) -> crate::wire::SandboxFileContent, creates_work: false, effect: Effect::Reads,
         "Read a file from a sandbox (path relative to its workdir, or absolute under the \
          workdir, /tmp or a volume mount): content (text), or content_base64 when binary; \
          at most 1 MiB.";
-    "write_sandbox_file" => write_sandbox_file(crate::wire::WriteSandboxFile) -> crate::wire::SandboxFileEntry, creates_work: true,
+    "write_sandbox_file" => write_sandbox_file(crate::wire::WriteSandboxFile) -> crate::wire::SandboxFileEntry, creates_work: true, effect: Effect::Changes,
         "Write a file into a sandbox as content (text) or content_base64, making missing \
          directories.";
-    "list_sandbox_files" => list_sandbox_files(crate::wire::ListSandboxFiles) -> crate::wire::SandboxFileList, creates_work: false,
+    "list_sandbox_files" => list_sandbox_files(crate::wire::ListSandboxFiles) -> crate::wire::SandboxFileList, creates_work: false, effect: Effect::Reads,
         "List a directory of a sandbox (default its workdir): name, size, mode, mtime, is_dir.";
-    "snapshot_sandbox" => snapshot_sandbox(crate::wire::SandboxRef) -> crate::wire::SnapshotInfo, creates_work: true,
+    "snapshot_sandbox" => snapshot_sandbox(crate::wire::SandboxRef) -> crate::wire::SnapshotInfo, creates_work: true, effect: Effect::Adds,
         "Snapshot a sandbox's workdir; returns a snapshot_id to create sandboxes from \
          (create_sandbox from_snapshot) or to compare (diff_snapshots).";
-    "fork_sandbox" => fork_sandbox(crate::wire::ForkSandbox) -> crate::wire::Forked, creates_work: true,
+    "fork_sandbox" => fork_sandbox(crate::wire::ForkSandbox) -> crate::wire::Forked, creates_work: true, effect: Effect::Adds,
         "Make count (1-16) new sandboxes holding a copy of a sandbox's current files, to try \
          variants side by side; returns them and the snapshot they start from.";
-    "diff_snapshots" => diff_snapshots(crate::wire::DiffSnapshots) -> crate::wire::SnapshotDiff, creates_work: false,
+    "diff_snapshots" => diff_snapshots(crate::wire::DiffSnapshots) -> crate::wire::SnapshotDiff, creates_work: false, effect: Effect::Reads,
         "Compare two snapshots: files added, changed and removed, with a unified diff for \
          text files.";
-    "keepalive_sandbox" => keepalive_sandbox(crate::wire::KeepaliveSandbox) -> crate::wire::SandboxView, creates_work: false,
+    "keepalive_sandbox" => keepalive_sandbox(crate::wire::KeepaliveSandbox) -> crate::wire::SandboxView, creates_work: false, effect: Effect::Adds,
         "Keep a sandbox alive: resets its idle clock and adds extend_s seconds to its \
          lifetime (the whole lifetime may not pass 86400 s).";
-    "terminate_sandbox" => terminate_sandbox(crate::wire::SandboxRef) -> crate::wire::SandboxView, creates_work: false,
+    "terminate_sandbox" => terminate_sandbox(crate::wire::SandboxRef) -> crate::wire::SandboxView, creates_work: false, effect: Effect::Changes,
         "End a sandbox now (its processes are killed); idempotent.";
-    "list_sandboxes" => list_sandboxes(crate::wire::ListSandboxes) -> crate::wire::SandboxList, creates_work: false,
+    "list_sandboxes" => list_sandboxes(crate::wire::ListSandboxes) -> crate::wire::SandboxList, creates_work: false, effect: Effect::Reads,
         "List sandboxes (filter by state, name, tag key=value), newest first, with why each \
          ended one ended.";
 }
@@ -534,6 +552,7 @@ pub fn definitions() -> Vec<ToolDefinition> {
                     description: r.description.into(),
                     input_schema: input,
                     output_schema: Some(output),
+                    effect: r.effect,
                 }
             })
             .collect()
@@ -798,7 +817,7 @@ mod tests {
     /// property called `description` is kept. The whole list stays under a
     /// ceiling (it was 71 KB with prose in the output schemas; 53 KB with
     /// the 27 tools of `run_code`'s addition; 54.6 KB with the disk quota's
-    /// limit and outcome).
+    /// limit and outcome; 55.3 KB with each tool's effect).
     #[test]
     fn output_schemas_are_terse_and_complete() {
         let mut schema = json!({"type": "object", "description": "x", "properties": {
@@ -815,7 +834,7 @@ mod tests {
         );
         let defs = definitions();
         let size = serde_json::to_vec(&defs).unwrap().len();
-        assert!(size < 55_000, "tools/list is {size} bytes");
+        assert!(size < 56_000, "tools/list is {size} bytes");
         for d in &defs {
             let full = TABLE
                 .iter()

@@ -255,11 +255,23 @@ fn to_mcp(def: ToolDefinition) -> Tool {
         Value::Object(map) => Arc::new(map),
         _ => Arc::new(serde_json::Map::new()),
     };
+    use crate::commands::Effect;
     let mut tool = Tool::new(def.name, def.description, object(def.input_schema));
     if let Some(output) = def.output_schema {
         tool = tool.with_raw_output_schema(object(output));
     }
-    tool
+    // What a host may run without asking: the reading tools; one that only
+    // adds is not destructive (MCP's default is that a tool may be).
+    let annotations = match def.effect {
+        Effect::Reads => rmcp::model::ToolAnnotations::new().read_only(true),
+        Effect::Adds => rmcp::model::ToolAnnotations::new()
+            .read_only(false)
+            .destructive(false),
+        Effect::Changes => rmcp::model::ToolAnnotations::new()
+            .read_only(false)
+            .destructive(true),
+    };
+    tool.annotate(annotations)
 }
 
 /// A short text of an answer, for a model to read.

@@ -411,6 +411,19 @@ async fn each_protocol_revision_connects() {
     .await;
     let tools = listed["result"]["tools"].as_array().expect("tools");
     assert!(tools.iter().any(|t| t["name"] == "wait_tasks"), "{listed}");
+    // Annotations tell a host what a tool may do: reading tools are read
+    // only, one that only adds is not destructive, one that runs code or
+    // ends things may be.
+    let hints = |name: &str| {
+        let tool = tools.iter().find(|t| t["name"] == name).expect(name);
+        let a = &tool["annotations"];
+        (a["readOnlyHint"].as_bool(), a["destructiveHint"].as_bool())
+    };
+    assert_eq!(hints("get_task_status"), (Some(true), None));
+    assert_eq!(hints("list_sandboxes"), (Some(true), None));
+    assert_eq!(hints("create_sandbox"), (Some(false), Some(false)));
+    assert_eq!(hints("terminate_sandbox"), (Some(false), Some(true)));
+    assert_eq!(hints("spawn_task"), (Some(false), Some(true)));
 }
 
 /// Long tool calls as MCP tasks (the Tasks extension on revision

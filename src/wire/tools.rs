@@ -24,6 +24,11 @@ pub struct ToolDefinition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub output_schema: Option<Value>,
+    /// Whether it only `reads`, only `adds`, or `changes` what is there
+    /// (runs code, overwrites, cancels): MCP lists it as the tool's
+    /// annotations.
+    #[serde(default)]
+    pub effect: crate::commands::Effect,
 }
 
 /// Arguments of `spawn_parallel_tasks`.
