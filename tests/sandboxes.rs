@@ -209,6 +209,12 @@ async fn links_never_lead_out_and_paths_stay_inside() {
         let e = sbx.read_file(&id, path).await.unwrap_err();
         assert!(matches!(e, SandboxError::NoSuchFile(_)), "{path}: {e}");
     }
+    // A link read is said to be a link (it was "no file at").
+    let e = sbx.read_file(&id, "pw").await.unwrap_err().to_string();
+    assert!(
+        e.contains("is a link") && e.contains("never follows links"),
+        "{e}"
+    );
     // A write through a link replaces the link, never its target.
     sbx.write_file(&id, "leak", b"x".to_vec()).await.unwrap();
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "do not read");

@@ -144,6 +144,11 @@ async fn the_seed_tool_flow() {
         .await
         .unwrap();
     assert_eq!(l["keys"], json!(["plan"]));
+    // `prefix`, as list_volume_files names it, says the same for a list.
+    let l = state(json!({"volume_name": "team", "operation": "list", "prefix": "pl"}))
+        .await
+        .unwrap();
+    assert_eq!(l["keys"], json!(["plan"]));
     let d = state(json!({"volume_name": "team", "operation": "delete", "key": "plan"}))
         .await
         .unwrap();

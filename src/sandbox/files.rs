@@ -153,7 +153,16 @@ impl Sandboxes {
             }
             let (file, size) = root.open_file(&r.rel).map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => {
-                    SandboxError::NoSuchFile(format!("no file at {}", short(&r.inside)))
+                    // A link is there, but is never followed: said so.
+                    let link = matches!(root.meta(&r.rel), Ok(Some(m)) if m.kind == Kind::Link);
+                    SandboxError::NoSuchFile(if link {
+                        format!(
+                            "{} is a link, and the files API never follows links; read the file it points to by that file's path",
+                            short(&r.inside)
+                        )
+                    } else {
+                        format!("no file at {}", short(&r.inside))
+                    })
                 }
                 _ => e.into(),
             })?;

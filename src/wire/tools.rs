@@ -112,8 +112,8 @@ pub struct CoordinateState {
     pub volume_name: String,
     /// What to do.
     pub operation: StateOperation,
-    /// The key (a prefix for `list`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The key (for `list`, a prefix, which `prefix` names too).
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "prefix")]
     pub key: Option<String>,
     /// The value to write (`write`, `cas`); `data`, the seed's name, is
     /// accepted too. `read` answers it as `value`.
