@@ -319,11 +319,37 @@ pub(crate) fn plain(message: &str) -> String {
 /// A tool's arguments with those given as null left out: a model sends
 /// null for an argument it means to leave out (a state value, which may be
 /// null itself, aside). HTTP bodies are held to their schema instead.
-fn without_nulls(mut args: Value) -> Value {
+fn without_nulls(mut args: Value) -> (Value, Vec<String>) {
+    let mut left_out = Vec::new();
     if let Value::Object(map) = &mut args {
-        map.retain(|name, v| !v.is_null() || matches!(name.as_str(), "value" | "data"));
+        map.retain(|name, v| {
+            let keep = !v.is_null() || matches!(name.as_str(), "value" | "data");
+            if !keep {
+                left_out.push(name.clone());
+            }
+            keep
+        });
     }
-    args
+    (args, left_out)
+}
+
+/// `e`, for a required argument that was given as null (and so left out),
+/// said as null given rather than as missing.
+fn null_given(e: CommandError, left_out: &[String]) -> CommandError {
+    match e {
+        CommandError::InvalidArguments {
+            tool,
+            field,
+            message,
+        } if message.starts_with("missing field") && left_out.contains(&field) => {
+            CommandError::InvalidArguments {
+                tool,
+                field,
+                message: "got null; it is required (null leaves an argument out)".into(),
+            }
+        }
+        e => e,
+    }
 }
 
 /// A command's JSON arguments as its input type ([`parse_from`]); null is
@@ -398,8 +424,10 @@ macro_rules! table {
             run: {
                 fn run(c: &Commands, args: Value) -> BoxFuture<'_, Result<Value, CommandError>> {
                     Box::pin(async move {
-                        let input: $input = parse($name, without_nulls(args))
-                            .map_err(|e| with_bounds(e, &json_schema::<$input>()))?;
+                        let (args, left_out) = without_nulls(args);
+                        let input: $input = parse($name, args).map_err(|e| {
+                            null_given(with_bounds(e, &json_schema::<$input>()), &left_out)
+                        })?;
                         c.$method(input).await.map(|out| json!(out))
                     })
                 }

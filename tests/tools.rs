@@ -601,5 +601,18 @@ async fn null_arguments_are_arguments_left_out() {
         .await
         .unwrap();
     assert!(listed.is_object(), "{listed}");
+    // A required argument given as null is said to be null, not missing.
+    let e = tools
+        .call(
+            "deploy_modal_function",
+            json!({"function_name": "f", "function_code": null}),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, CommandError::InvalidArguments { field, message, .. }
+            if field == "function_code" && message.starts_with("got null")),
+        "{e}"
+    );
     t.rt.shutdown().await;
 }
