@@ -493,3 +493,68 @@ async fn kills_of_slow_starting_containers_charge_no_innocent_input() {
     .await;
     kill_containers_at_random(t).await;
 }
+
+/// One slow input holds back only so many bytes of later results (they
+/// leave in input order): with input 0 stuck, the inputs after it that run
+/// stop at about 64 MiB of results, not at the count of inputs the window
+/// takes (65,536 of 32 KB each had been 2 GB); once it ends, all are there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_input_holds_back_a_bounded_number_of_bytes() {
+    let t = support::start(2).await;
+    let code = r#"
+import json, os, time
+def held(x):
+    root = json.loads(os.environ["MODAL_AGENTS_VOLUMES"])["/held"]
+    if x == 0:
+        deadline = time.time() + 120
+        while not os.path.exists(os.path.join(root, "open")) and time.time() < deadline:
+            time.sleep(0.01)
+    else:
+        with open(os.path.join(root, "runs"), "a") as f:
+            f.write(".")
+    return "y" * 65536
+"#;
+    t.rt.deploy_function(FunctionSpec::new("held", code).volume("/held", "held"))
+        .await
+        .unwrap();
+    let n = 3000u64;
+    let id =
+        t.rt.run_parallel("held", (0..n).map(|i| json!(i)).collect())
+            .await
+            .unwrap();
+    let runs = t.rt.volume_dir("held").join("runs");
+    let count = || std::fs::metadata(&runs).map_or(0, |m| m.len());
+    // Until the count of inputs run stops moving.
+    let (mut last, mut since) = (u64::MAX, std::time::Instant::now());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while since.elapsed() < Duration::from_secs(1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "runs never settled: {}",
+            count()
+        );
+        if count() != last {
+            (last, since) = (count(), std::time::Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // 64 MiB held is 1,024 results of 64 KiB; batches in flight add at most
+    // 4 x 8 MiB more.
+    assert!(
+        last > 0 && last < 2000,
+        "{last} inputs ran behind the stuck one"
+    );
+    std::fs::write(t.rt.volume_dir("held").join("open"), "").unwrap();
+    let record = t.rt.wait(id, Some(Duration::from_secs(120))).await.unwrap();
+    assert_eq!(record.status, TaskStatus::Completed, "{record:?}");
+    for at in [0, 1, n / 2, n - 1] {
+        let page = t.rt.results(id, at, 1).await.unwrap();
+        assert_eq!(
+            page.results[0].as_str().map(str::len),
+            Some(65536),
+            "slot {at}"
+        );
+    }
+    assert_eq!(count(), n - 1, "every other input ran once");
+    t.rt.shutdown().await;
+}

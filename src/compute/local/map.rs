@@ -58,7 +58,22 @@ struct BatchDone {
     slots: Vec<InputSlot>,
     outcome: Outcome,
     elapsed: Duration,
+    /// Bytes of the container's reply (0 when there was none).
+    reply_bytes: usize,
 }
+
+/// Most bytes of finished results held waiting for an earlier input to
+/// finish (results leave in input order): past it no new batch starts until
+/// the earliest input is done, so one slow input holds up memory by bytes,
+/// not by the count of inputs after it (65,536 results of 32 KB had been
+/// 2 GB).
+const MAX_HELD_BYTES: usize = 64 << 20;
+
+/// Largest reply a batch is sized for: batches shrink for large results.
+const MAX_BATCH_REPLY_BYTES: f64 = (8 << 20) as f64;
+
+/// What an error result is taken to weigh while it is held.
+const ERROR_WEIGHT: usize = 1024;
 
 /// Batch size that adapts so each batch takes about `target`.
 struct Adaptive {
@@ -72,14 +87,22 @@ impl Adaptive {
         self.size.clamp(1.0, self.max) as usize
     }
 
-    fn observe(&mut self, n: usize, elapsed: Duration) {
-        let per_item = elapsed.as_secs_f64() / n.max(1) as f64;
+    /// Learns from a batch of `n` inputs that took `elapsed` and answered
+    /// `bytes`: the next size aims at the target time, and at a reply of at
+    /// most [`MAX_BATCH_REPLY_BYTES`].
+    fn observe(&mut self, n: usize, elapsed: Duration, bytes: usize) {
+        let n = n.max(1) as f64;
+        let per_item = elapsed.as_secs_f64() / n;
         let ideal = if per_item > 0.0 {
             self.target / per_item
         } else {
             self.max
         };
-        self.size = ideal.min(self.size * 4.0).clamp(1.0, self.max);
+        let by_bytes = MAX_BATCH_REPLY_BYTES / (bytes as f64 / n).max(1.0);
+        self.size = ideal
+            .min(by_bytes)
+            .min(self.size * 4.0)
+            .clamp(1.0, self.max);
     }
 }
 
@@ -116,6 +139,7 @@ pub(crate) fn start(
         next_index: 0,
         input_ended: false,
         running_inputs: 0,
+        held_bytes: 0,
         tasks: tasks.clone(),
     };
     tasks.spawn(scheduler.run(inputs, tx));
@@ -137,7 +161,10 @@ struct Scheduler {
     /// Inputs waiting out a retry backoff, by due time.
     delayed: BTreeMap<(Instant, u64), InputSlot>,
     /// Outcomes from `head` on; `None` where the input is not done yet.
-    done: VecDeque<Option<MapItem>>,
+    /// Each with the bytes it is taken to hold.
+    done: VecDeque<Option<(MapItem, usize)>>,
+    /// Bytes of the finished results in `done`.
+    held_bytes: usize,
     head: u64,
     next_index: u64,
     input_ended: bool,
@@ -152,7 +179,9 @@ impl Scheduler {
         loop {
             let mut ready = Vec::new();
             while matches!(self.done.front(), Some(Some(_))) {
-                ready.push(self.done.pop_front().flatten().expect("checked above"));
+                let (item, weight) = self.done.pop_front().flatten().expect("checked above");
+                self.held_bytes -= weight;
+                ready.push(item);
                 self.head += 1;
             }
             if !ready.is_empty() && tx.send(ready).await.is_err() {
@@ -169,6 +198,10 @@ impl Scheduler {
                 let free = in_flight - running.len();
                 let slots = if let Some(batch) = self.again.pop_front() {
                     batch
+                } else if self.held_bytes >= MAX_HELD_BYTES {
+                    // Held up by an earlier input: only batches to run
+                    // again (which hold it) go until it is done.
+                    break;
                 } else {
                     self.pull_ready(&mut inputs, self.batch.size() * free);
                     if self.fresh.is_empty() {
@@ -262,9 +295,16 @@ impl Scheduler {
         self.running_inputs -= done.slots.len() as u64;
         match done.outcome {
             Outcome::Results(results) => {
-                self.batch.observe(done.slots.len(), done.elapsed);
+                self.batch
+                    .observe(done.slots.len(), done.elapsed, done.reply_bytes);
+                let weight = done.reply_bytes / done.slots.len().max(1);
                 for (slot, result) in done.slots.into_iter().zip(results) {
-                    self.settle(slot, result);
+                    let weight = if result.is_ok() {
+                        weight
+                    } else {
+                        weight.max(ERROR_WEIGHT)
+                    };
+                    self.settle(slot, result, weight);
                 }
             }
             Outcome::Lost(error) => {
@@ -293,7 +333,7 @@ impl Scheduler {
     fn failed(&mut self, mut slots: Vec<InputSlot>, error: TaskError) {
         if slots.len() == 1 {
             let slot = slots.pop().expect("one slot");
-            self.settle(slot, Err(error));
+            self.settle(slot, Err(error), ERROR_WEIGHT);
             return;
         }
         tracing::info!(
@@ -308,7 +348,7 @@ impl Scheduler {
     }
 
     /// Records an attempt's outcome: done, or scheduled for a retry.
-    fn settle(&mut self, mut slot: InputSlot, result: Result<Value, TaskError>) {
+    fn settle(&mut self, mut slot: InputSlot, result: Result<Value, TaskError>, weight: usize) {
         slot.attempts += 1;
         let policy = &self.pool.spec.retries;
         if result.is_err() && slot.attempts <= policy.max_retries {
@@ -317,11 +357,15 @@ impl Scheduler {
             return;
         }
         let pos = (slot.index - self.head) as usize;
-        self.done[pos] = Some(MapItem {
-            index: slot.index,
-            result,
-            attempts: slot.attempts,
-        });
+        self.held_bytes += weight;
+        self.done[pos] = Some((
+            MapItem {
+                index: slot.index,
+                result,
+                attempts: slot.attempts,
+            },
+            weight,
+        ));
     }
 }
 
@@ -352,6 +396,7 @@ async fn run_batch(
                 slots,
                 outcome: attempt(e),
                 elapsed: Duration::ZERO,
+                reply_bytes: 0,
             }
         }
     };
@@ -365,26 +410,31 @@ async fn run_batch(
         // batch's cost (batch sizes adapt to this).
         let started = Instant::now();
         let request = map_request(slots.iter().map(|s| &s.input), ctx.inputs_as);
+        let mut reply_bytes = 0;
         let outcome = match lease
             .request(&request, slots.len(), timeout, &ctx.logs)
             .await
         {
             Err(e) => attempt(e),
-            Ok(reply) => match decode_map_reply(&reply, slots.len()) {
-                Ok((results, output)) => {
-                    write_output(&ctx.logs, output);
-                    Outcome::Results(results)
+            Ok(reply) => {
+                reply_bytes = reply.len();
+                match decode_map_reply(&reply, slots.len()) {
+                    Ok((results, output)) => {
+                        write_output(&ctx.logs, output);
+                        Outcome::Results(results)
+                    }
+                    Err(e) => {
+                        lease.discard();
+                        Outcome::Failed(e)
+                    }
                 }
-                Err(e) => {
-                    lease.discard();
-                    Outcome::Failed(e)
-                }
-            },
+            }
         };
         BatchDone {
             slots,
             outcome,
             elapsed: started.elapsed(),
+            reply_bytes,
         }
     });
     match tokio_util::task::AbortOnDropHandle::new(exchange).await {
@@ -418,7 +468,7 @@ mod tests {
         for _ in 0..7 {
             let n = a.size();
             sizes.push(n);
-            a.observe(n, Duration::from_micros(10 * n as u64));
+            a.observe(n, Duration::from_micros(10 * n as u64), 8 * n);
         }
         assert_eq!(sizes, [1, 4, 16, 64, 256, 999, 999]);
     }
@@ -428,13 +478,26 @@ mod tests {
         let mut a = adaptive();
         a.size = 512.0;
         // 50 ms per input, five times the target: one at a time.
-        a.observe(512, Duration::from_millis(50 * 512));
+        a.observe(512, Duration::from_millis(50 * 512), 8 * 512);
         assert_eq!(a.size(), 1);
         // Instant inputs: never past the cap.
         for _ in 0..10 {
             let n = a.size();
-            a.observe(n, Duration::ZERO);
+            a.observe(n, Duration::ZERO, 8 * n);
         }
         assert_eq!(a.size(), 1024);
+    }
+
+    /// Large results make small batches: a batch's reply aims at 8 MiB.
+    #[test]
+    fn large_results_shrink_batches_to_a_reply_of_8_mib() {
+        let mut a = adaptive();
+        a.size = 1024.0;
+        // 1 MiB each, instantly: 8 per batch.
+        a.observe(1024, Duration::ZERO, 1024 << 20);
+        assert_eq!(a.size(), 8);
+        // 100 MiB each: one at a time.
+        a.observe(8, Duration::ZERO, 800 << 20);
+        assert_eq!(a.size(), 1);
     }
 }
