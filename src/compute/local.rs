@@ -526,10 +526,12 @@ impl ComputeBackend for LocalBackend {
             StartError::Code(e) => BackendError::Code(e),
             // The process died while it ran the code's module: the code's
             // doing (an exit, a crash, memory), told as a load error.
-            StartError::Died(reason) => BackendError::Code(crate::spec::SpecError::Load {
-                kind: "ContainerExited".into(),
-                message: format!("the container died while loading the code: {reason}"),
-            }),
+            StartError::Died(reason) | StartError::Exited(reason) => {
+                BackendError::Code(crate::spec::SpecError::Load {
+                    kind: "ContainerExited".into(),
+                    message: format!("the container died while loading the code: {reason}"),
+                })
+            }
             StartError::Failed(reason) => BackendError::ContainerStart {
                 function: spec.name.clone(),
                 reason,

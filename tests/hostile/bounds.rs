@@ -218,8 +218,16 @@ pub(crate) async fn attack_mcp_sessions_are_bounded(t: &Target<'_>) {
         .send()
         .await
         .unwrap();
+    // What cannot be read is answered as JSON-RPC says: a parse error with
+    // a null id.
     assert_eq!(r.status(), 400);
-    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(
+        (answer["id"].clone(), answer["error"]["code"].clone()),
+        (Value::Null, json!(-32700)),
+        "{answer}"
+    );
     let huge_key = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
         "params": {"name": "list_functions", "arguments": {"k".repeat(1 << 20): 1}}});
     let (_, _, text) = mcp(api, Some(&kept), &huge_key).await;

@@ -122,7 +122,7 @@ impl Launcher {
             container.limit_processes(processes);
             container.limit_memory(memory_mib);
             match container.load(load_frame).await {
-                Err(StartError::Failed(why) | StartError::Died(why)) => {
+                Err(StartError::Failed(why) | StartError::Died(why) | StartError::Exited(why)) => {
                     tracing::debug!(%why, "standby container unusable; starting a fresh one");
                 }
                 other => return other.map(|()| container),
@@ -373,6 +373,9 @@ pub(crate) enum StartError {
     /// The process died while starting or loading (most often killed from
     /// outside): starting again may well work.
     Died(String),
+    /// The process exited with a code of its own while loading (code that
+    /// calls `os._exit` at import): the code's doing, the same next time.
+    Exited(String),
 }
 
 /// A running container. Dropping it kills its process group.
@@ -548,11 +551,28 @@ impl Container {
         }
     }
 
-    fn start_error(&self, failure: Failure) -> StartError {
+    /// A start's failure: one the process brought on itself (it hung or
+    /// broke the protocol: `Failed`; exited with a code of its own, as code
+    /// that calls `os._exit` at import does: `Exited`) comes again next
+    /// time; one by a signal (most often a kill from outside) is `Died`,
+    /// worth another try.
+    fn start_error(&mut self, failure: Failure) -> StartError {
         match failure {
             Failure::TimedOut | Failure::Protocol(_) => StartError::Failed(self.explain(failure)),
+            died if self.exited_by_itself() => StartError::Exited(self.explain(died)),
             died => StartError::Died(self.explain(died)),
         }
+    }
+
+    /// Whether the process has ended with an exit code of its own (not by
+    /// a signal; under bubblewrap, whose 128 + N says signal N, not that).
+    fn exited_by_itself(&mut self) -> bool {
+        let sandboxed = self.sandboxed;
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+            .and_then(|status| status.code())
+            .is_some_and(|code| !(sandboxed && (129..=128 + 64).contains(&code)))
     }
 
     /// Lets the harness's process use `seconds` more CPU time from now: its

@@ -48,10 +48,12 @@ enum Outcome {
     Results(Vec<Result<Value, TaskError>>),
     /// The container was lost before the batch ran.
     Lost(TaskError),
-    /// The container failed while running the batch (crash, timeout) or could
-    /// not start for good: not attributable to one input unless the batch
-    /// held just one.
+    /// The container failed while running the batch (crash, timeout): not
+    /// attributable to one input unless the batch held just one.
     Failed(TaskError),
+    /// No container could be started for it: no input ran, each is charged
+    /// the error (its retries apply).
+    Unstarted(TaskError),
 }
 
 struct BatchDone {
@@ -325,6 +327,11 @@ impl Scheduler {
                 }
             }
             Outcome::Failed(error) => self.failed(done.slots, error),
+            Outcome::Unstarted(error) => {
+                for slot in done.slots {
+                    self.settle(slot, Err(error.clone()), ERROR_WEIGHT);
+                }
+            }
         }
     }
 
@@ -394,7 +401,10 @@ async fn run_batch(
         Err(e) => {
             return BatchDone {
                 slots,
-                outcome: attempt(e),
+                outcome: match e {
+                    AttemptError::Lost(e) => Outcome::Lost(e),
+                    AttemptError::Failed(e) => Outcome::Unstarted(e),
+                },
                 elapsed: Duration::ZERO,
                 reply_bytes: 0,
             }

@@ -43,7 +43,27 @@ pub(crate) struct Pool {
     /// Most containers running at once.
     pub(crate) size: usize,
     closed: AtomicBool,
+    /// Starts that failed for a reason of their own, in a row.
+    broken: Mutex<Broken>,
 }
+
+/// Container starts that failed for a reason of their own (the function's
+/// code exited or hung while loading: the next start fails the same way),
+/// in a row; any start that works clears it. Past [`BROKEN_AFTER`] the pool
+/// starts no container for [`BROKEN_FOR`] after the last failure, and an
+/// input that needs one fails at once (charged, so its retries still
+/// apply): a map of a function that can no longer start ends in seconds,
+/// not one failed start per input (50 inputs had taken 4 minutes).
+#[derive(Debug, Default)]
+struct Broken {
+    in_a_row: u32,
+    last: Option<(Instant, String)>,
+}
+
+/// Failed starts in a row that stop new starts for a while.
+const BROKEN_AFTER: u32 = 3;
+/// How long after the last failed start no new one is tried.
+const BROKEN_FOR: Duration = Duration::from_secs(5);
 
 /// Why an attempt on a pool got no reply.
 #[derive(Debug)]
@@ -104,6 +124,7 @@ impl Pool {
             slots: Arc::new(Semaphore::new(size)),
             size,
             closed: AtomicBool::new(false),
+            broken: Mutex::new(Broken::default()),
         }
     }
 
@@ -198,10 +219,9 @@ impl Pool {
                 crate::task::ErrorKind::ContainerStartFailed,
                 e.to_string(),
             )),
-            StartError::Failed(why) => AttemptError::Failed(TaskError::new(
-                crate::task::ErrorKind::ContainerStartFailed,
-                why,
-            )),
+            StartError::Failed(why) | StartError::Exited(why) => AttemptError::Failed(
+                TaskError::new(crate::task::ErrorKind::ContainerStartFailed, why),
+            ),
             StartError::Died(why) => AttemptError::Lost(TaskError::new(
                 crate::task::ErrorKind::ContainerStartFailed,
                 why,
@@ -216,11 +236,20 @@ impl Pool {
             if let Some((c, _)) = self.idle.lock().recover().pop() {
                 break c;
             }
+            if let Some(why) = self.broken_now() {
+                return Err(AttemptError::Failed(TaskError::new(
+                    crate::task::ErrorKind::ContainerStartFailed,
+                    why,
+                )));
+            }
             tokio::select! {
                 reserved = self.reserve() => {
                     let reservation = reserved.map_err(|why| TaskError::new(crate::task::ErrorKind::ContainerStartFailed, why))?;
                     tokio::select! {
-                        started = self.launch(reservation) => break started.map_err(start_failed)?,
+                        started = self.launch(reservation) => {
+                            self.note_start(started.as_ref().err());
+                            break started.map_err(start_failed)?
+                        }
                         () = cancel.cancelled() => return Err(cancelled_error().into()),
                     }
                 }
@@ -254,6 +283,39 @@ impl Pool {
                 () = idle_soon => {}
             }
         }
+    }
+
+    /// Counts a start: one that failed for a reason of its own adds to the
+    /// failures in a row, any other clears them.
+    fn note_start(&self, failed: Option<&StartError>) {
+        let mut broken = self.broken.lock().recover();
+        match failed {
+            Some(StartError::Failed(why) | StartError::Exited(why)) => {
+                broken.in_a_row += 1;
+                broken.last = Some((Instant::now(), why.clone()));
+            }
+            Some(StartError::Code(e)) => {
+                broken.in_a_row += 1;
+                broken.last = Some((Instant::now(), e.to_string()));
+            }
+            // Killed from outside, most likely: says nothing of the next.
+            Some(StartError::Died(_)) => {}
+            None => *broken = Broken::default(),
+        }
+    }
+
+    /// Why no container is started now, when starts keep failing.
+    fn broken_now(&self) -> Option<String> {
+        let broken = self.broken.lock().recover();
+        let (at, why) = broken.last.as_ref()?;
+        (broken.in_a_row >= BROKEN_AFTER && at.elapsed() < BROKEN_FOR).then(|| {
+            format!(
+                "the last {} container starts failed, so none is started for {} s after the last; it said: {}",
+                broken.in_a_row,
+                BROKEN_FOR.as_secs(),
+                crate::value::clip(why, 2048)
+            )
+        })
     }
 
     /// Keeps a container warm.
