@@ -357,6 +357,19 @@ async fn malformed_messages_get_json_rpc_errors_over_http() {
             "not a JSON-RPC message",
         ),
     ];
+    // A notification with bad params is accepted and dropped, never
+    // answered; an answer whose result is null is no refusal.
+    let note = post(r#"{"jsonrpc":"2.0","method":"tools/call","params":"x"}"#.to_owned())
+        .await
+        .unwrap();
+    assert_eq!(note.status().as_u16(), 202);
+    assert!(note.text().await.unwrap().is_empty());
+    let answer = post(r#"{"jsonrpc":"2.0","id":5,"result":null}"#.to_owned())
+        .await
+        .unwrap();
+    // (rmcp's own answer follows: this one has no session.)
+    let text = answer.text().await.unwrap();
+    assert!(!text.contains("no `method`"), "{text}");
     for (body, status, id, code, says) in cases {
         let response = post(body).await.unwrap();
         assert_eq!(response.status().as_u16(), status);

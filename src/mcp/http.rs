@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use serde::Deserialize as _;
+
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
@@ -69,11 +71,16 @@ struct Envelope {
     /// it), and a `tools/call`'s shape ([`super::check`]).
     #[serde(default)]
     params: Option<serde_json::Value>,
-    /// Present in an answer to the server's own request.
-    #[serde(default)]
-    result: Option<serde::de::IgnoredAny>,
-    #[serde(default)]
-    error: Option<serde::de::IgnoredAny>,
+    /// Present (even as null) in an answer to the server's own request.
+    #[serde(default, deserialize_with = "present")]
+    result: bool,
+    #[serde(default, deserialize_with = "present")]
+    error: bool,
+}
+
+/// True for a field that is there, whatever its value (null included).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
 }
 
 /// Longest JSON-RPC `method` and string `id` accepted: both come back in
@@ -141,14 +148,17 @@ pub(crate) async fn guard(State(guard): State<Guard>, req: Request, next: Next) 
         if let Err(refused) = super::check::check(
             method.as_ref(),
             envelope.params.as_ref(),
-            envelope.result.is_some() || envelope.error.is_some(),
+            envelope.result || envelope.error,
         ) {
             // A request refused for its params is answered as JSON-RPC
-            // says, to its id; one that is no message at all, as a 400.
-            let status = if refused.code == super::check::INVALID_PARAMS {
-                StatusCode::OK
-            } else {
-                StatusCode::BAD_REQUEST
+            // says, to its id; a notification is never answered (accepted
+            // and dropped); one that is no message at all is a 400.
+            let status = match (refused.code, &envelope.id) {
+                (super::check::INVALID_PARAMS, None) => {
+                    return StatusCode::ACCEPTED.into_response()
+                }
+                (super::check::INVALID_PARAMS, Some(_)) => StatusCode::OK,
+                _ => StatusCode::BAD_REQUEST,
             };
             return rpc_error(status, envelope.id.as_ref(), refused.code, &refused.message);
         }

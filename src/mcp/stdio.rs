@@ -93,13 +93,19 @@ async fn gate(
         }
         let null = serde_json::Value::Null;
         let refusal = match serde_json::from_slice::<serde_json::Value>(&text) {
-            Ok(serde_json::Value::Object(m)) => super::check::check(
+            Ok(serde_json::Value::Object(m)) => match super::check::check(
                 m.get("method"),
                 m.get("params"),
                 m.contains_key("result") || m.contains_key("error"),
-            )
-            .err()
-            .map(|r| (m.get("id").cloned().unwrap_or(null), r.code, r.message)),
+            ) {
+                Ok(()) => None,
+                // A notification is never answered: one with bad params
+                // is dropped (JSON-RPC).
+                Err(r) if r.code == super::check::INVALID_PARAMS && !m.contains_key("id") => {
+                    continue
+                }
+                Err(r) => Some((m.get("id").cloned().unwrap_or(null), r.code, r.message)),
+            },
             Ok(serde_json::Value::Array(_)) => Some((
                 null,
                 -32600,
@@ -193,7 +199,7 @@ mod tests {
     async fn every_line_is_passed_on_or_answered() {
         let big = "x".repeat(MAX_LINE + 10);
         let input = format!(
-            "garbage\n{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}}\r\n[1]\n\n{}\n{big}\n7\n{{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"tools/call\",\"params\":{{\"name\":\"t\",\"arguments\":[1]}}}}\n{{\"jsonrpc\":\"2.0\",\"id\":3}}\n",
+            "garbage\n{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}}\r\n[1]\n\n{}\n{big}\n7\n{{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"tools/call\",\"params\":{{\"name\":\"t\",\"arguments\":[1]}}}}\n{{\"jsonrpc\":\"2.0\",\"id\":3}}\n{{\"jsonrpc\":\"2.0\",\"method\":\"tools/call\",\"params\":5}}\n",
             "[".repeat(10_000)
         );
         let (server, mut server_side) = tokio::io::duplex(1 << 20);
@@ -218,7 +224,8 @@ mod tests {
             codes.push((v["id"].as_i64(), v["error"]["code"].as_i64().unwrap()));
         }
         // A tools/call whose arguments are not an object is answered as
-        // invalid params, to its id (rmcp said "method not found").
+        // invalid params, to its id (rmcp said "method not found"); as a
+        // notification (no id) it is dropped, unanswered.
         assert_eq!(
             codes,
             [

@@ -536,7 +536,7 @@ impl Container {
         )
         .await
         .map(drop)
-        .map_err(|f| self.start_error(f))
+        .map_err(|f| self.start_error(f, false))
     }
 
     /// Loads a function into a blank container.
@@ -544,7 +544,7 @@ impl Container {
         let reply = self
             .exchange(load_frame, Duration::from_secs(120), &LogSink::discard())
             .await
-            .map_err(|f| self.start_error(f))?;
+            .map_err(|f| self.start_error(f, true))?;
         match decode_load_reply(&reply) {
             Ok(result) => result.map_err(StartError::Code),
             Err(why) => Err(StartError::Failed(why)),
@@ -552,14 +552,15 @@ impl Container {
     }
 
     /// A start's failure: one the process brought on itself (it hung or
-    /// broke the protocol: `Failed`; exited with a code of its own, as code
-    /// that calls `os._exit` at import does: `Exited`) comes again next
-    /// time; one by a signal (most often a kill from outside) is `Died`,
-    /// worth another try.
-    fn start_error(&mut self, failure: Failure) -> StartError {
+    /// broke the protocol: `Failed`; while `loading` the code, exited with a
+    /// code of its own, as code that calls `os._exit` at import does:
+    /// `Exited`) comes again next time; one by a signal (most often a kill
+    /// from outside), or before the interpreter answered (bubblewrap's own
+    /// setup failing exits 1 too), is `Died`, worth another try.
+    fn start_error(&mut self, failure: Failure, loading: bool) -> StartError {
         match failure {
             Failure::TimedOut | Failure::Protocol(_) => StartError::Failed(self.explain(failure)),
-            died if self.exited_by_itself() => StartError::Exited(self.explain(died)),
+            died if loading && self.exited_by_itself() => StartError::Exited(self.explain(died)),
             died => StartError::Died(self.explain(died)),
         }
     }

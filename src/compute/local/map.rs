@@ -51,8 +51,9 @@ enum Outcome {
     /// The container failed while running the batch (crash, timeout): not
     /// attributable to one input unless the batch held just one.
     Failed(TaskError),
-    /// No container could be started for it: no input ran, each is charged
-    /// the error (its retries apply).
+    /// No container may be started for it now (its pool's starts keep
+    /// failing): no input ran, each is charged the error (its retries
+    /// apply).
     Unstarted(TaskError),
 }
 
@@ -179,15 +180,23 @@ impl Scheduler {
     async fn run(mut self, mut inputs: BoxStream<'static, Value>, tx: mpsc::Sender<Vec<MapItem>>) {
         let mut running = FuturesUnordered::new();
         loop {
-            let mut ready = Vec::new();
+            // Finished results leave in input order, in messages of about
+            // a batch's reply at most: the channel's 16 places then hold
+            // 128 MiB at most, not 16 times the held bytes.
             while matches!(self.done.front(), Some(Some(_))) {
-                let (item, weight) = self.done.pop_front().flatten().expect("checked above");
-                self.held_bytes -= weight;
-                ready.push(item);
-                self.head += 1;
-            }
-            if !ready.is_empty() && tx.send(ready).await.is_err() {
-                return;
+                let (mut ready, mut bytes) = (Vec::new(), 0);
+                while bytes < MAX_BATCH_REPLY_BYTES as usize
+                    && matches!(self.done.front(), Some(Some(_)))
+                {
+                    let (item, weight) = self.done.pop_front().flatten().expect("checked above");
+                    self.held_bytes -= weight;
+                    bytes += weight;
+                    ready.push(item);
+                    self.head += 1;
+                }
+                if tx.send(ready).await.is_err() {
+                    return;
+                }
             }
             if self.input_ended && self.head == self.next_index {
                 return;
@@ -393,6 +402,7 @@ async fn run_batch(
     let attempt = |e| match e {
         AttemptError::Lost(e) => Outcome::Lost(e),
         AttemptError::Failed(e) => Outcome::Failed(e),
+        AttemptError::Refused(e) => Outcome::Unstarted(e),
     };
     // Containers are taken here, in the order the scheduler made the
     // batches (the earliest inputs first).
@@ -401,10 +411,7 @@ async fn run_batch(
         Err(e) => {
             return BatchDone {
                 slots,
-                outcome: match e {
-                    AttemptError::Lost(e) => Outcome::Lost(e),
-                    AttemptError::Failed(e) => Outcome::Unstarted(e),
-                },
+                outcome: attempt(e),
                 elapsed: Duration::ZERO,
                 reply_bytes: 0,
             }

@@ -75,12 +75,16 @@ pub(crate) enum AttemptError {
     /// The attempt counts: the input ran (or can never run) and this is
     /// its error.
     Failed(TaskError),
+    /// No container may be started now: the last starts failed for a
+    /// reason of their own ([`BROKEN_AFTER`] in a row). Nothing ran; each
+    /// input that needed one is charged this.
+    Refused(TaskError),
 }
 
 impl AttemptError {
     pub(crate) fn into_error(self) -> TaskError {
         match self {
-            AttemptError::Lost(e) | AttemptError::Failed(e) => e,
+            AttemptError::Lost(e) | AttemptError::Failed(e) | AttemptError::Refused(e) => e,
         }
     }
 }
@@ -237,7 +241,7 @@ impl Pool {
                 break c;
             }
             if let Some(why) = self.broken_now() {
-                return Err(AttemptError::Failed(TaskError::new(
+                return Err(AttemptError::Refused(TaskError::new(
                     crate::task::ErrorKind::ContainerStartFailed,
                     why,
                 )));
