@@ -559,41 +559,42 @@ def held(x):
     t.rt.shutdown().await;
 }
 
-/// A function whose code can no longer start (its import now exits) fails
-/// a map at once, each input with `ContainerStartFailed` saying why: a
-/// start that fails for a reason of its own is not retried as if killed
-/// from outside (each input had been tried a hundred times), and after
-/// three in a row none is tried for a while.
+/// A function whose code can no longer start (its import now exits, or
+/// crashes in C) fails a map at once, each input with
+/// `ContainerStartFailed` saying why: a start that fails by its own doing
+/// is not retried as if killed from outside (each input had been tried a
+/// hundred times), and after three in a row none is tried for a while.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_that_can_no_longer_start_fails_its_map_at_once() {
     let t = support::start(2).await;
-    let code = r#"
-import json, os
-if os.path.exists(os.path.join(json.loads(os.environ["MODAL_AGENTS_VOLUMES"])["/flag"], "broken")):
-    os._exit(9)
-def f(x):
-    return x
-"#;
-    t.rt.deploy_function(FunctionSpec::new("f", code).volume("/flag", "flag"))
-        .await
-        .unwrap();
-    std::fs::write(t.rt.volume_dir("flag").join("broken"), "").unwrap();
-    // The containers started before: gone, so every input needs a new one.
-    for pid in t.backend.container_pids() {
-        support::kill(pid, libc::SIGKILL);
-    }
-    let n = 200u64;
-    let id =
-        t.rt.run_parallel("f", (0..n).map(|i| json!(i)).collect())
+    for (name, breaks, says) in [
+        ("exits", "os._exit(9)", "code 9"),
+        ("crashes", "import ctypes; ctypes.string_at(0)", "SIGSEGV"),
+    ] {
+        let code = format!(
+            "import json, os\nif os.path.exists(os.path.join(json.loads(os.environ['MODAL_AGENTS_VOLUMES'])['/flag'], '{name}')):\n    {breaks}\ndef {name}(x):\n    return x\n"
+        );
+        t.rt.deploy_function(FunctionSpec::new(name, code).volume("/flag", "flag"))
             .await
             .unwrap();
-    let record = t.rt.wait(id, Some(Duration::from_secs(60))).await.unwrap();
-    assert!(record.status.is_terminal(), "{record:?}");
-    assert_eq!(record.progress.unwrap().failed, n, "{record:?}");
-    for r in all_results(&t.rt, id, 100).await {
-        assert_eq!(r["error"]["type"], "ContainerStartFailed", "{r}");
-        let message = r["error"]["message"].as_str().unwrap();
-        assert!(message.contains("code 9"), "{message}");
+        std::fs::write(t.rt.volume_dir("flag").join(name), "").unwrap();
+        // The containers started before: gone, so every input needs a new one.
+        for pid in t.backend.container_pids() {
+            support::kill(pid, libc::SIGKILL);
+        }
+        let n = 100u64;
+        let id =
+            t.rt.run_parallel(name, (0..n).map(|i| json!(i)).collect())
+                .await
+                .unwrap();
+        let record = t.rt.wait(id, Some(Duration::from_secs(60))).await.unwrap();
+        assert!(record.status.is_terminal(), "{record:?}");
+        assert_eq!(record.progress.unwrap().failed, n, "{name}: {record:?}");
+        for r in all_results(&t.rt, id, 100).await {
+            assert_eq!(r["error"]["type"], "ContainerStartFailed", "{r}");
+            let message = r["error"]["message"].as_str().unwrap();
+            assert!(message.contains(says), "{name}: {message}");
+        }
     }
     t.rt.shutdown().await;
 }

@@ -565,15 +565,34 @@ impl Container {
         }
     }
 
-    /// Whether the process has ended with an exit code of its own (not by
-    /// a signal; under bubblewrap, whose 128 + N says signal N, not that).
+    /// Whether the process ended by its own doing: an exit code of its own,
+    /// or a fault of its own code (SIGSEGV, SIGBUS, SIGILL, SIGFPE,
+    /// SIGABRT: a C extension crashing at import, `os.abort()`), which no
+    /// one sends from outside; a SIGKILL (a kill, the OOM killer) is not.
+    /// Under bubblewrap, 128 + N says signal N.
     fn exited_by_itself(&mut self) -> bool {
+        use std::os::unix::process::ExitStatusExt;
         let sandboxed = self.sandboxed;
-        self.child
+        let Some(status) = self
+            .child
             .as_mut()
             .and_then(|c| c.try_wait().ok().flatten())
-            .and_then(|status| status.code())
-            .is_some_and(|code| !(sandboxed && (129..=128 + 64).contains(&code)))
+        else {
+            return false;
+        };
+        let signal = status.signal().or_else(|| {
+            status
+                .code()
+                .filter(|c| sandboxed && (129..=128 + 64).contains(c))
+                .map(|c| c - 128)
+        });
+        match signal {
+            Some(sig) => matches!(
+                sig,
+                libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGABRT
+            ),
+            None => status.code().is_some(),
+        }
     }
 
     /// Lets the harness's process use `seconds` more CPU time from now: its
