@@ -598,3 +598,37 @@ async fn a_function_that_can_no_longer_start_fails_its_map_at_once() {
     }
     t.rt.shutdown().await;
 }
+
+/// Starts that keep failing do not fail inputs a container still alive can
+/// run: once the pool stops starting new ones, inputs wait for the one it
+/// has (only the inputs whose own starts failed are charged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_wait_for_a_live_container_when_starts_keep_failing() {
+    let t = support::start(2).await;
+    // Input 0 keeps the live container busy for a second, while the other
+    // batches try (and fail) to start their own.
+    let code = "import json, os, time\nif os.path.exists(os.path.join(json.loads(os.environ['MODAL_AGENTS_VOLUMES'])['/flag'], 'broken')):\n    os._exit(9)\ndef g(x):\n    if x == 0:\n        time.sleep(1)\n    return x * 2\n";
+    t.rt.deploy_function(FunctionSpec::new("g", code).volume("/flag", "flag"))
+        .await
+        .unwrap();
+    // The container the deploy warmed stays; any new one exits at import.
+    std::fs::write(t.rt.volume_dir("flag").join("broken"), "").unwrap();
+    let n = 50u64;
+    let id =
+        t.rt.run_parallel("g", (0..n).map(|i| json!(i)).collect())
+            .await
+            .unwrap();
+    let record = t.rt.wait(id, Some(Duration::from_secs(60))).await.unwrap();
+    let progress = record.progress.unwrap();
+    assert!(
+        progress.failed <= 3,
+        "only the inputs whose own starts failed: {progress:?}"
+    );
+    assert_eq!(progress.completed + progress.failed, n);
+    for (i, r) in all_results(&t.rt, id, 100).await.iter().enumerate() {
+        if r.get("error").is_none() {
+            assert_eq!(r, &json!(i as u64 * 2), "slot {i}");
+        }
+    }
+    t.rt.shutdown().await;
+}

@@ -240,11 +240,21 @@ impl Pool {
             if let Some((c, _)) = self.idle.lock().recover().pop() {
                 break c;
             }
-            if let Some(why) = self.broken_now() {
-                return Err(AttemptError::Refused(TaskError::new(
-                    crate::task::ErrorKind::ContainerStartFailed,
-                    why,
-                )));
+            if let Some((why, until)) = self.broken_now() {
+                // No start now: a container of this pool that is busy may
+                // still come back (wait for it, or for the pause's end);
+                // with none, the input fails at once.
+                if self.in_use.load(Ordering::SeqCst) == 0 {
+                    return Err(AttemptError::Refused(TaskError::new(
+                        crate::task::ErrorKind::ContainerStartFailed,
+                        why,
+                    )));
+                }
+                tokio::select! {
+                    () = &mut returned => continue,
+                    () = tokio::time::sleep_until(until) => continue,
+                    () = cancel.cancelled() => return Err(cancelled_error().into()),
+                }
             }
             tokio::select! {
                 reserved = self.reserve() => {
@@ -308,17 +318,19 @@ impl Pool {
         }
     }
 
-    /// Why no container is started now, when starts keep failing.
-    fn broken_now(&self) -> Option<String> {
+    /// Why no container is started now, when starts keep failing, and
+    /// until when.
+    fn broken_now(&self) -> Option<(String, Instant)> {
         let broken = self.broken.lock().recover();
         let (at, why) = broken.last.as_ref()?;
         (broken.in_a_row >= BROKEN_AFTER && at.elapsed() < BROKEN_FOR).then(|| {
-            format!(
+            let why = format!(
                 "the last {} container starts failed, so none is started for {} s after the last; it said: {}",
                 broken.in_a_row,
                 BROKEN_FOR.as_secs(),
                 crate::value::clip(why, 2048)
-            )
+            );
+            (why, *at + BROKEN_FOR)
         })
     }
 
