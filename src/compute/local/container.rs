@@ -571,7 +571,6 @@ impl Container {
     /// one sends from outside; a SIGKILL (a kill, the OOM killer) is not.
     /// Under bubblewrap, 128 + N says signal N.
     fn exited_by_itself(&mut self) -> bool {
-        use std::os::unix::process::ExitStatusExt;
         let sandboxed = self.sandboxed;
         let Some(status) = self
             .child
@@ -580,13 +579,7 @@ impl Container {
         else {
             return false;
         };
-        let signal = status.signal().or_else(|| {
-            status
-                .code()
-                .filter(|c| sandboxed && (129..=128 + 64).contains(c))
-                .map(|c| c - 128)
-        });
-        match signal {
+        match exit_signal(status, sandboxed) {
             Some(sig) => matches!(
                 sig,
                 libc::SIGSEGV | libc::SIGBUS | libc::SIGILL | libc::SIGFPE | libc::SIGABRT
@@ -803,18 +796,23 @@ impl Container {
     }
 }
 
+/// The signal that ended a process, if one did: bubblewrap exits with
+/// 128 + N when the program it ran was killed by signal N.
+fn exit_signal(status: ExitStatus, sandboxed: bool) -> Option<i32> {
+    status.signal().or_else(|| {
+        status
+            .code()
+            .filter(|c| sandboxed && (129..=128 + 64).contains(c))
+            .map(|c| c - 128)
+    })
+}
+
 /// A human description of how a process ended. bubblewrap exits with
 /// 128 + N when the program it ran was killed by signal N.
 /// `cpu_limited`: the container had a CPU limit set, whose hard stop (a
 /// second past the soft one) is a SIGKILL.
 fn describe_exit(status: ExitStatus, sandboxed: bool, cpu_limited: bool) -> String {
-    let signal = status.signal().or_else(|| {
-        status
-            .code()
-            .filter(|c| sandboxed && (129..=128 + 64).contains(c))
-            .map(|c| c - 128)
-    });
-    if let Some(sig) = signal {
+    if let Some(sig) = exit_signal(status, sandboxed) {
         let name = match sig {
             libc::SIGKILL if cpu_limited => {
                 " (SIGKILL: killed from outside, or the input ran past the hard stop of limits.cpu_s)"

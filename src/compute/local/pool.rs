@@ -302,20 +302,19 @@ impl Pool {
     /// Counts a start: one that failed for a reason of its own adds to the
     /// failures in a row, any other clears them.
     fn note_start(&self, failed: Option<&StartError>) {
-        let mut broken = self.broken.lock().recover();
-        match failed {
-            Some(StartError::Failed(why) | StartError::Exited(why)) => {
-                broken.in_a_row += 1;
-                broken.last = Some((Instant::now(), why.clone()));
-            }
-            Some(StartError::Code(e)) => {
-                broken.in_a_row += 1;
-                broken.last = Some((Instant::now(), e.to_string()));
-            }
+        let why = match failed {
+            Some(StartError::Failed(why) | StartError::Exited(why)) => why.clone(),
+            Some(StartError::Code(e)) => e.to_string(),
             // Killed from outside, most likely: says nothing of the next.
-            Some(StartError::Died(_)) => {}
-            None => *broken = Broken::default(),
-        }
+            Some(StartError::Died(_)) => return,
+            None => {
+                *self.broken.lock().recover() = Broken::default();
+                return;
+            }
+        };
+        let mut broken = self.broken.lock().recover();
+        broken.in_a_row += 1;
+        broken.last = Some((Instant::now(), why));
     }
 
     /// Why no container is started now, when starts keep failing, and
